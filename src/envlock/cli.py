@@ -1,0 +1,195 @@
+"""The command line: parse, call one core function, render. Every EnvlockError becomes one red line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import click
+import typer
+
+from envlock import __version__
+from envlock.errors import EnvlockError
+
+app = typer.Typer(
+    name="envlock",
+    help="Lock, build, run and reproduce ML training environments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+PlatformOpt = Annotated[
+    str | None, typer.Option("--platform", help="Only this platform, e.g. linux/amd64.", show_default=False)
+]
+
+
+def _say(message: str) -> None:
+    typer.secho(message, err=True, dim=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"envlock {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Lock, build, run and reproduce ML training environments."""
+
+
+@app.command()
+def lock(
+    project: ProjectOpt = Path(),
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit non-zero if envlock.lock is stale; never resolves or writes.")
+    ] = False,
+    upgrade: Annotated[bool, typer.Option("--upgrade", "-U", help="Ignore earlier pins; take the newest.")] = False,
+    upgrade_package: Annotated[
+        list[str] | None,
+        typer.Option("--upgrade-package", "-P", help="Let this package (repeatable) move; keep the rest."),
+    ] = None,
+    resolver: Annotated[
+        str, typer.Option("--resolver", help="uv (any target) or pip-tools (this machine's Python only).")
+    ] = "uv",
+) -> None:
+    """Resolve packages, CUDA stack and driver floor for every platform into envlock.lock."""
+    from envlock.spec import load_spec  # noqa: PLC0415  (keep `--help` and `--check` fast)
+
+    spec = load_spec(project)
+    if check:
+        from envlock.locking import check as check_lock  # noqa: PLC0415
+
+        locked = check_lock(spec)
+        typer.echo(f"envlock.lock is up to date (lock {locked.short_hash})")
+        return
+    from envlock.base import DockerImageInspector  # noqa: PLC0415
+    from envlock.locking import LockOptions, lock_project  # noqa: PLC0415
+
+    outcome = lock_project(
+        spec,
+        _resolver(resolver),
+        inspector=DockerImageInspector(),
+        options=LockOptions(upgrade=upgrade, upgrade_packages=tuple(upgrade_package or ())),
+        report=_say,
+    )
+    new = outcome.lock
+    if not outcome.written:
+        if outcome.resolved:
+            typer.echo(f"envlock.lock unchanged (lock {new.short_hash})")
+        return
+    if outcome.previous is None:
+        summary = ", ".join(f"{t.platform}: {len(t.packages)} packages" for t in new.targets)
+        typer.echo(f"wrote envlock.lock (lock {new.short_hash}; {summary})")
+        return
+    typer.echo(f"updated envlock.lock (lock {outcome.previous.short_hash} -> {new.short_hash})")
+    for line in outcome.changes.lines() or ["inputs changed; the resolution is the same"]:
+        typer.echo(f"  {line}")
+
+
+def _resolver(name: str) -> Any:
+    if name == "uv":
+        from envlock.uv import UvResolver  # noqa: PLC0415
+
+        return UvResolver()
+    if name == "pip-tools":
+        from envlock.piptools import PipToolsResolver  # noqa: PLC0415
+
+        return PipToolsResolver()
+    raise EnvlockError(f"unknown resolver {name!r}", hint="use --resolver uv or --resolver pip-tools")
+
+
+@app.command()
+def show(project: ProjectOpt = Path(), as_json: JsonOpt = False, platform: PlatformOpt = None) -> None:
+    """What is locked, per platform, with the CUDA / driver / GPU architecture summary."""
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.render import lock_summary, render_lock  # noqa: PLC0415
+
+    locked = lockfile.read(project / "envlock.lock")
+    platforms = [platform] if platform else [t.platform for t in locked.targets]
+    for name in platforms:
+        locked.target(name)
+    stale = _staleness(project, locked)
+    if as_json:
+        typer.echo(json.dumps(lock_summary(locked, platforms, stale), indent=2, default=str))
+    else:
+        typer.echo(render_lock(locked, platforms, stale))
+
+
+def _staleness(project: Path, locked: Any) -> str:
+    """`up to date`, `stale`, or why we cannot tell: show works even when pyproject.toml is broken."""
+    from envlock.spec import load_spec  # noqa: PLC0415
+
+    try:
+        spec = load_spec(project)
+    except EnvlockError:
+        return "unknown (pyproject.toml does not load)"
+    return "up to date" if spec.input_hash() == locked.input_hash else "stale (run envlock lock)"
+
+
+@export_app.command("pylock")
+def export_pylock(
+    project: ProjectOpt = Path(),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: print to stdout).")
+    ] = None,
+    platform: PlatformOpt = None,
+) -> None:
+    """The lock as a PEP 751 pylock.toml, for uv, pip and other installers."""
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.export import to_pylock  # noqa: PLC0415
+    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+
+    locked = lockfile.read(project / "envlock.lock")
+    text = to_pylock(locked, [platform] if platform else None)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    for line in details:
+        typer.echo(f"  {line}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; the one place that turns errors into messages."""
+    code: int | Literal[0] = 0
+    try:
+        result = app(args=argv, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except EnvlockError as exc:
+        code = _fail(exc.message, exc.hint, exc.exit_code, exc.details)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = _fail("interrupted", "", 130)
+    return code
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

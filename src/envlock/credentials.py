@@ -1,0 +1,48 @@
+"""Index URLs may carry credentials; they are expanded at use and never stored."""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from envlock.errors import SpecError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def redact(url: str) -> str:
+    """The URL without any user:password part, safe to write to a file or a log."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str, secret_urls: list[str]) -> str:
+    """Remove every credential of the given URLs from a free text (a resolver's error output)."""
+    for url in secret_urls:
+        parts = urlsplit(url)
+        for secret in (parts.password, parts.username):
+            if secret:
+                text = text.replace(secret, "****")
+    return text
+
+
+def expand(url: str, environ: dict[str, str] | None = None) -> str:
+    """Substitute ${VAR} from the environment, so tokens live in the environment, not pyproject.toml."""
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise SpecError(
+                f"index URL {redact(url)!r} refers to ${{{name}}}, which is not set",
+                hint=f"export {name}=… before running envlock",
+            )
+        return env[name]
+
+    return _VAR.sub(substitute, url)

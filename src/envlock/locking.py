@@ -1,0 +1,144 @@
+"""`envlock lock`: spec + resolver (+ base inspector) → Lock, written only when something changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from packaging.utils import canonicalize_name
+
+from envlock import __version__, lockfile
+from envlock import base as base_mod
+from envlock.credentials import expand, redact
+from envlock.cuda import check_wish, derive_cuda
+from envlock.diff import LockDiff, diff_locks
+from envlock.errors import EnvlockError, LockfileError, StaleLockError
+from envlock.lockfile import BaseLock, Lock, TargetLock
+from envlock.resolve import ResolveRequest, Resolver
+from envlock.spec import Spec
+from envlock.targets import DEFAULT_GLIBC, Target
+
+Report = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LockOptions:
+    """How `envlock lock` treats the earlier pins."""
+
+    upgrade: bool = False
+    upgrade_packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What `envlock lock` did."""
+
+    lock: Lock
+    previous: Lock | None
+    written: bool
+    resolved: bool
+    changes: LockDiff = field(default_factory=LockDiff)
+
+
+def base_of(spec: Spec, inspector: base_mod.ImageInspector | None) -> tuple[BaseLock, tuple[int, int], dict[str, str]]:
+    """The base's identity, the glibc wheels may assume, and (for images) the base's ENV."""
+    if base_mod.is_image_reference(spec.base):
+        env = inspector.image_env(spec.base) if inspector else {}
+        digest = spec.base.rsplit("@", 1)[1]
+        return BaseLock(spec.base, "image", digest.removeprefix("sha256:")), DEFAULT_GLIBC, env
+    recipe = base_mod.load_recipe(spec.base)
+    return BaseLock(recipe.name, "recipe", recipe.sha256), recipe.glibc, {}
+
+
+def check(spec: Spec) -> Lock:
+    """Raise StaleLockError unless the lock on disk was made from exactly these inputs (no resolving)."""
+    if not spec.lock_path.exists():
+        raise StaleLockError(f"there is no envlock.lock in {spec.project_dir}")
+    lock = lockfile.read(spec.lock_path)
+    if lock.input_hash != spec.input_hash():
+        raise StaleLockError("envlock.lock is stale: pyproject.toml changed since it was locked")
+    return lock
+
+
+def lock_project(
+    spec: Spec,
+    resolver: Resolver,
+    *,
+    inspector: base_mod.ImageInspector | None = None,
+    options: LockOptions = LockOptions(),
+    report: Report = _silent,
+) -> LockOutcome:
+    """Resolve every platform, derive its CUDA stack, and write envlock.lock if its content changed."""
+    previous = _previous(spec)
+    wanted = {canonicalize_name(n) for n in options.upgrade_packages}
+    if previous and not options.upgrade and not wanted and previous.input_hash == spec.input_hash():
+        report("envlock.lock is up to date with pyproject.toml (use --upgrade to look for newer versions)")
+        return LockOutcome(previous, previous, written=False, resolved=False)
+    if wanted:
+        locked = {p.name for t in previous.targets for p in t.packages} if previous else set()
+        unknown = sorted(wanted - locked)
+        if unknown:
+            raise EnvlockError(
+                f"--upgrade-package {', '.join(unknown)}: not in the current lock",
+                hint="name packages listed by `envlock show`, or add them to your requirements",
+            )
+    base, glibc, base_env = base_of(spec, inspector)
+    index_url = expand(spec.index_url)
+    extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
+
+    def resolve_one(platform: str) -> TargetLock:
+        target = Target(platform=platform, python=spec.python, glibc=glibc)  # type: ignore[arg-type]
+        preferences = ()
+        if previous and platform in {t.platform for t in previous.targets}:
+            preferences = previous.target(platform).packages
+        report(f"resolving {len(spec.requirements)} requirements for {platform} (Python {spec.python}) with {resolver.name}")
+        packages = resolver.resolve(
+            ResolveRequest(
+                requirements=spec.requirements,
+                target=target,
+                index_url=index_url,
+                extra_index_urls=extra_index_urls,
+                preferences=preferences,
+                upgrade=options.upgrade,
+                upgrade_packages=tuple(sorted(wanted)),
+            )
+        )
+        stack = derive_cuda(packages, base_env)
+        check_wish(stack, spec.cuda, platform)
+        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages))
+
+    with ThreadPoolExecutor(max_workers=len(spec.platforms)) as pool:
+        targets = tuple(pool.map(resolve_one, spec.platforms))
+    lock = Lock(
+        python=spec.python,
+        base=base,
+        system_packages=spec.system_packages,
+        indexes=tuple(redact(u) for u in (spec.index_url, *spec.extra_index_urls)),
+        source_date_epoch=lockfile.source_date_epoch(targets),
+        targets=targets,
+        input_hash=spec.input_hash(),
+        resolver=resolver.version(),
+        envlock_version=__version__,
+    )
+    if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
+        return LockOutcome(previous, previous, written=False, resolved=True)
+    lockfile.write(spec.lock_path, lock)
+    changes = diff_locks(previous, lock) if previous else LockDiff()
+    return LockOutcome(lock, previous, written=True, resolved=True, changes=changes)
+
+
+def _previous(spec: Spec) -> Lock | None:
+    if not spec.lock_path.exists():
+        return None
+    try:
+        return lockfile.read(spec.lock_path)
+    except LockfileError as exc:
+        raise LockfileError(
+            f"the existing envlock.lock cannot be used: {exc.message}",
+            hint="restore it from version control, or delete it to lock afresh",
+        ) from exc

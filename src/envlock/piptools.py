@@ -1,0 +1,141 @@
+"""The alternative resolver: pip-compile (pip-tools), which resolves only for the interpreter it runs in."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from envlock.credentials import redact, redact_text
+from envlock.errors import (
+    IndexUnreachableError,
+    ResolverError,
+    ResolverMissingError,
+    UnsatisfiableError,
+    UnsupportedTargetError,
+)
+from envlock.resolve import LockedPackage, ResolveRequest
+from envlock.simpleindex import FileFinder, SimpleIndexFinder
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+_HOST_PLATFORM = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
+# pip settings from the user's pip.conf or environment must not leak into a lock: the spec names the indexes.
+_PIP_ENV_DROPPED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT")
+
+
+def host_target() -> tuple[str, str]:
+    """The (platform, python) pip-compile can serve: this machine and this interpreter."""
+    machine = platform.machine()
+    host = _HOST_PLATFORM.get(machine, f"{sys.platform}/{machine}") if sys.platform == "linux" else sys.platform
+    return host, f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def parse_pins(text: str) -> dict[str, tuple[str, set[str]]]:
+    """`name==version` lines with their `--hash=sha256:` continuation lines."""
+    pins: dict[str, tuple[str, set[str]]] = {}
+    current: str | None = None
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("--hash") else raw.strip()
+        if match := _PIN.match(line):
+            current = canonicalize_name(match.group(1))
+            pins[current] = (match.group(2).split(";")[0], set())
+        for digest in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
+            if current:
+                pins[current][1].add(digest)
+    return pins
+
+
+class PipToolsResolver:
+    """Resolver through `python -m piptools compile`, then each pin's files from the index's Simple API."""
+
+    name = "pip-tools"
+
+    def __init__(self, finder: FileFinder | None = None, python: str = sys.executable) -> None:
+        self.finder = finder or SimpleIndexFinder()
+        self.python = python
+
+    def version(self) -> str:
+        """`pip-tools 7.6.2`."""
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            return f"pip-tools {version('pip-tools')}"
+        except PackageNotFoundError:
+            return "pip-tools (unknown version)"
+
+    def resolve(self, request: ResolveRequest) -> list[LockedPackage]:
+        """Refuse targets other than the host; otherwise compile, then list and cross-check files."""
+        target = request.target
+        host_platform, host_python = host_target()
+        if (target.platform, target.python) != (host_platform, host_python):
+            raise UnsupportedTargetError(
+                f"pip-tools resolves only for the interpreter it runs in (Python {host_python} on "
+                f"{host_platform}); it cannot resolve for Python {target.python} on {target.platform}",
+                hint="use the default resolver (--resolver uv), which resolves for any target",
+            )
+        with tempfile.TemporaryDirectory(prefix="envlock-piptools-") as tmp:
+            requirements = Path(tmp, "requirements.in")
+            requirements.write_text("\n".join(request.requirements) + "\n", encoding="utf-8")
+            output = Path(tmp, "requirements.txt")
+            if request.preferences and not request.upgrade:
+                output.write_text("".join(f"{p.name}=={p.version}\n" for p in request.preferences), encoding="utf-8")
+            command = [
+                self.python, "-m", "piptools", "compile", str(requirements), "--output-file", str(output),
+                "--generate-hashes", "--allow-unsafe", "--strip-extras", "--quiet", "--no-header",
+                "--no-annotate", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
+                "--index-url", request.index_url, "--pip-args", "--retries 1 --timeout 30",
+            ]  # fmt: skip
+            for url in request.extra_index_urls:
+                command += ["--extra-index-url", url]
+            if request.upgrade:
+                command.append("--upgrade")
+            for package in request.upgrade_packages:
+                command += ["--upgrade-package", package]
+            env = {k: v for k, v in os.environ.items() if k not in _PIP_ENV_DROPPED}
+            env["PIP_CONFIG_FILE"] = os.devnull
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+            if done.returncode != 0:
+                raise self._explain(done.stderr, request)
+            pins = parse_pins(output.read_text(encoding="utf-8"))
+        packages = self.finder.files(
+            [(name, version) for name, (version, _) in sorted(pins.items())], target, request.index_urls
+        )
+        for package in packages:
+            allowed = pins[package.name][1]
+            strangers = [f.name for f in package.files if f.sha256 not in allowed]
+            if strangers:
+                raise ResolverError(
+                    f"the index lists {', '.join(strangers)} with a sha256 pip-compile did not see",
+                    hint="the index changed during locking; run envlock lock again",
+                )
+        return packages
+
+    @staticmethod
+    def _explain(stderr: str, request: ResolveRequest) -> ResolverError:
+        text = redact_text(stderr, request.index_urls)
+        if "No module named piptools" in text:
+            return ResolverMissingError(
+                "pip-tools is not installed in envlock's environment",
+                hint="pip install pip-tools, or use the default resolver (--resolver uv)",
+            )
+        if missing := re.search(r"No matching distribution found for (\S+)", text):
+            return UnsatisfiableError(
+                f"no version of {missing.group(1)!r} on the index ({redact(request.index_url)}) satisfies the requirements",
+                hint="check the spelling and the version constraint, or add the index that hosts it",
+            )
+        if "ResolutionImpossible" in text or "conflict" in text.lower():
+            conflict = [line.strip() for line in text.splitlines() if "requested" in line or "depends on" in line]
+            return UnsatisfiableError(
+                f"the requirements cannot be satisfied together: {'; '.join(conflict[:3]) or 'conflicting pins'}",
+                hint="loosen or fix the conflicting version constraints",
+            )
+        if re.search(r"Could not fetch URL|NewConnectionError|Max retries exceeded|ConnectionError", text):
+            return IndexUnreachableError(f"cannot reach the package index {redact(request.index_url)}")
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        return ResolverError(f"pip-compile failed: {' / '.join(lines[-3:]) or 'no output'}")

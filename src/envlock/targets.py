@@ -1,0 +1,59 @@
+"""Target platforms: what `linux/amd64` means to uv, to wheel tags and to environment markers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Platform = Literal["linux/amd64", "linux/arm64"]
+PLATFORMS: tuple[Platform, ...] = get_args(Platform)
+
+# manylinux glibc floor assumed when the base's own glibc is unknown (an upstream image base).
+DEFAULT_GLIBC = (2, 28)
+# manylinux_2_17 is the oldest tag uv accepts for --python-platform.
+_UV_MIN_GLIBC = (2, 17)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One platform of the lock, with the Python and glibc of the image it will run in."""
+
+    platform: Platform
+    python: str  # "3.11"
+    glibc: tuple[int, int]
+
+    @property
+    def machine(self) -> str:
+        """The machine name in wheel tags and in `platform.machine()`."""
+        return {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[self.platform]
+
+    @property
+    def uv_python_platform(self) -> str:
+        """The `--python-platform` value for uv, e.g. `x86_64-manylinux_2_36`."""
+        major, minor = max(self.glibc, _UV_MIN_GLIBC)
+        return f"{self.machine}-manylinux_{major}_{minor}"
+
+    @property
+    def python_tuple(self) -> tuple[int, int]:
+        """The target Python as a (major, minor) tuple."""
+        major, minor = self.python.split(".")
+        return int(major), int(minor)
+
+    @property
+    def marker(self) -> str:
+        """A PEP 508 marker that is true exactly on this target."""
+        return (
+            f"sys_platform == 'linux' and platform_machine == '{self.machine}'"
+            f" and python_version == '{self.python}'"
+        )
+
+    def platform_tags(self) -> list[str]:
+        """manylinux platform tags the target accepts, most specific first."""
+        arch = self.machine
+        glibc_major, glibc_minor = self.glibc
+        tags = [f"manylinux_{glibc_major}_{minor}_{arch}" for minor in range(glibc_minor, 4, -1)]
+        legacy = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5): "manylinux1"}
+        for (major, minor), alias in legacy.items():
+            if (major, minor) <= self.glibc and (arch == "x86_64" or alias == "manylinux2014"):
+                tags.append(f"{alias}_{arch}")
+        return tags
