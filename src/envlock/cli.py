@@ -120,7 +120,7 @@ def show(project: ProjectOpt = Path(), as_json: JsonOpt = False, platform: Platf
     from envlock.render import lock_summary, render_lock  # noqa: PLC0415
 
     locked = lockfile.read(project / "envlock.lock")
-    platforms = [platform] if platform else [t.platform for t in locked.targets]
+    platforms: list[str] = [platform] if platform else [t.platform for t in locked.targets]
     for name in platforms:
         locked.target(name)
     stale = _staleness(project, locked)

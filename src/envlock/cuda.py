@@ -28,7 +28,12 @@ _ANY_CUDA = re.compile(
     r"(-cu\d+)?$"
 )
 # ENV names in NVIDIA's CUDA base images (nvidia/cuda:*).
-_BASE_ENV = {"runtime": "CUDA_VERSION", "cudnn": "NV_CUDNN_VERSION", "nccl": "NCCL_VERSION", "cublas": "NV_LIBCUBLAS_VERSION"}
+_BASE_ENV = {
+    "runtime": "CUDA_VERSION",
+    "cudnn": "NV_CUDNN_VERSION",
+    "nccl": "NCCL_VERSION",
+    "cublas": "NV_LIBCUBLAS_VERSION",
+}
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,13 @@ def driver_floor(cuda_version: str) -> tuple[str, str]:
     """(full, minor-version-compatible) minimum driver for a CUDA minor version; unknown when not tabled."""
     table = _table()["driver"]
     full = table["full"].get(cuda_version, UNKNOWN)
-    compat = table["minor-compat"].get(cuda_version.split(".")[0], UNKNOWN)
+    compat = table["minor-compat"].get(cuda_version.split(".", maxsplit=1)[0], UNKNOWN)
     return str(full), str(compat)
 
 
 def torch_archs(torch_version: str, cuda_version: str) -> tuple[tuple[str, ...], str]:
     """GPU architectures of PyPI's torch build for that CUDA, with the source; empty when not known."""
-    torch_minor = minor_version(torch_version.split("+")[0])
+    torch_minor = minor_version(torch_version.split("+", maxsplit=1)[0])
     for row in _table()["torch-archs"]:
         if torch_minor in row["torch"] and cuda_version in row["cuda"]:
             return tuple(row["archs"]), str(row["source"])
@@ -151,5 +156,5 @@ def check_wish(stack: CudaStack, wish: str, platform: str) -> None:
         found = "no CUDA libraries" if stack.kind == "cpu" else f"CUDA {stack.version} (runtime {stack.runtime})"
         raise CudaMismatchError(
             f'cuda = "{wish}" but the resolution for {platform} has {found}',
-            hint=f"pin your framework to a build for CUDA {wish}, or set cuda = \"auto\"",
+            hint=f'pin your framework to a build for CUDA {wish}, or set cuda = "auto"',
         )

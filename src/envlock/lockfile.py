@@ -46,6 +46,10 @@ class TargetLock:
     cuda: CudaStack
     packages: tuple[LockedPackage, ...]
 
+    def __post_init__(self) -> None:
+        # Sorted by name, always: equal content compares equal and diffs stay small.
+        object.__setattr__(self, "packages", tuple(sorted(self.packages, key=lambda p: p.name)))
+
 
 @dataclass(frozen=True)
 class Lock:
@@ -85,7 +89,7 @@ class Lock:
                     "platform": t.platform,
                     "python-platform": t.python_platform,
                     "cuda": t.cuda.as_dict(),
-                    "packages": [_package_content(p) for p in sorted(t.packages, key=lambda p: p.name)],
+                    "packages": [_package_content(p) for p in t.packages],
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
             ],
@@ -147,7 +151,6 @@ def dumps(lock: Lock) -> str:
     for target in sorted(lock.targets, key=lambda t: t.platform):
         section = tomlkit.table()
         section["python-platform"] = target.python_platform
-        section["package-count"] = len(target.packages)
         cuda = tomlkit.table()
         for key, value in target.cuda.as_dict().items():
             cuda[key] = value
@@ -155,7 +158,7 @@ def dumps(lock: Lock) -> str:
             cuda["archs-source"] = target.cuda.archs_source
         section["cuda"] = cuda
         packages = tomlkit.aot()
-        for package in sorted(target.packages, key=lambda p: p.name):
+        for package in target.packages:
             packages.append(package_table(package))
         section["packages"] = packages
         targets[target.platform] = section

@@ -15,9 +15,9 @@ from envlock.cuda import check_wish, derive_cuda
 from envlock.diff import LockDiff, diff_locks
 from envlock.errors import EnvlockError, LockfileError, StaleLockError
 from envlock.lockfile import BaseLock, Lock, TargetLock
-from envlock.resolve import ResolveRequest, Resolver
+from envlock.resolve import LockedPackage, Resolver, ResolveRequest
 from envlock.spec import Spec
-from envlock.targets import DEFAULT_GLIBC, Target
+from envlock.targets import DEFAULT_GLIBC, Platform, Target
 
 Report = Callable[[str], None]
 
@@ -91,12 +91,12 @@ def lock_project(
     index_url = expand(spec.index_url)
     extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
 
-    def resolve_one(platform: str) -> TargetLock:
-        target = Target(platform=platform, python=spec.python, glibc=glibc)  # type: ignore[arg-type]
-        preferences = ()
+    def resolve_one(platform: Platform) -> TargetLock:
+        target = Target(platform=platform, python=spec.python, glibc=glibc)
+        preferences: tuple[LockedPackage, ...] = ()
         if previous and platform in {t.platform for t in previous.targets}:
             preferences = previous.target(platform).packages
-        report(f"resolving {len(spec.requirements)} requirements for {platform} (Python {spec.python}) with {resolver.name}")
+        report(f"resolving {len(spec.requirements)} requirements for {platform} (Python {spec.python})")
         packages = resolver.resolve(
             ResolveRequest(
                 requirements=spec.requirements,

@@ -106,9 +106,9 @@ class PipToolsResolver:
         packages = self.finder.files(
             [(name, version) for name, (version, _) in sorted(pins.items())], target, request.index_urls
         )
-        for package in packages:
-            allowed = pins[package.name][1]
-            strangers = [f.name for f in package.files if f.sha256 not in allowed]
+        for locked in packages:
+            allowed = pins[locked.name][1]
+            strangers = [f.name for f in locked.files if f.sha256 not in allowed]
             if strangers:
                 raise ResolverError(
                     f"the index lists {', '.join(strangers)} with a sha256 pip-compile did not see",
@@ -126,7 +126,7 @@ class PipToolsResolver:
             )
         if missing := re.search(r"No matching distribution found for (\S+)", text):
             return UnsatisfiableError(
-                f"no version of {missing.group(1)!r} on the index ({redact(request.index_url)}) satisfies the requirements",
+                f"no version of {missing.group(1)!r} on {redact(request.index_url)} satisfies the requirements",
                 hint="check the spelling and the version constraint, or add the index that hosts it",
             )
         if "ResolutionImpossible" in text or "conflict" in text.lower():

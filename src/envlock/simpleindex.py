@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import (
@@ -60,7 +60,7 @@ class SimpleIndexFinder:
             return sorted(pool.map(lookup, pins), key=lambda p: p.name)
 
     @staticmethod
-    def _one(clients: list[object], index_urls: list[str], pin: tuple[str, str], tags: set[Tag]) -> LockedPackage:
+    def _one(clients: list[Any], index_urls: list[str], pin: tuple[str, str], tags: set[Tag]) -> LockedPackage:
         import requests  # noqa: PLC0415
         from pypi_simple import NoSuchProjectError  # noqa: PLC0415
 
@@ -68,11 +68,13 @@ class SimpleIndexFinder:
         wanted = Version(version)
         for client, url in zip(clients, index_urls, strict=True):
             try:
-                page = client.get_project_page(name)  # type: ignore[attr-defined]
+                page = client.get_project_page(name)
             except NoSuchProjectError:
                 continue
             except requests.RequestException as exc:
-                raise IndexUnreachableError(f"cannot reach the package index {redact(url)}: {exc.__class__.__name__}") from exc
+                raise IndexUnreachableError(
+                    f"cannot reach the package index {redact(url)}: {exc.__class__.__name__}"
+                ) from exc
             wheels: list[LockedFile] = []
             sdist: LockedFile | None = None
             for dist in page.packages:
@@ -101,7 +103,8 @@ class SimpleIndexFinder:
                     if sdist_version == wanted:
                         sdist = locked
             if wheels or sdist:
-                return LockedPackage(canonicalize_name(name), version, tuple(sorted(wheels, key=lambda f: f.name)), sdist)
+                wheels.sort(key=lambda f: f.name)
+                return LockedPackage(canonicalize_name(name), version, tuple(wheels), sdist)
         raise ResolverError(
             f"{name}=={version} has no file with a sha256 for this target on {', '.join(map(redact, index_urls))}",
             hint="the index must publish sha256 digests (PEP 503 #sha256= fragments or PEP 691 JSON)",

@@ -162,31 +162,13 @@ def load_spec(project_dir: Path) -> Spec:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(
-            f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line and column shown"
-        ) from exc
+        raise SpecError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line and column shown") from exc
     return parse_spec(document, project_dir, path, text)
 
 
-def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
-    """Validate a parsed pyproject document into a Spec."""
-    problems = _Problems(path, text)
+def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems) -> list[str]:
+    """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups."""
     project = document.get("project", {})
-    table = document.get("tool", {}).get("envlock", {})
-    if not isinstance(table, dict):
-        raise SpecError(f"{path.name}: tool.envlock must be a table")
-
-    for key in table:
-        if key not in FIELDS:
-            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
-
-    # name
-    default_name = re.sub(r"[^a-z0-9._-]+", "-", str(project.get("name", project_dir.resolve().name)).lower())
-    name = table.get("name", default_name.strip("-._") or "envlock-project")
-    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
-        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
-
-    # requirements: explicit list, else [project].dependencies; then extras and groups
     if "requirements" in table:
         requirements = _string_list(table["requirements"], "tool.envlock.requirements", problems)
     elif "dependencies" in project:
@@ -194,16 +176,14 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     else:
         requirements = []
         if "dependencies" in project.get("dynamic", []):
-            problems.add(
-                "project.dependencies",
-                "is dynamic; list what to lock in [tool.envlock] requirements",
-            )
+            problems.add("project.dependencies", "is dynamic; list what to lock in [tool.envlock] requirements")
     optional = project.get("optional-dependencies", {})
     for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
-        if extra not in optional:
-            problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{_did_you_mean(extra, list(optional))}")
-        else:
+        if extra in optional:
             requirements += _string_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
+        else:
+            close = _did_you_mean(extra, list(optional))
+            problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
     groups = document.get("dependency-groups", {})
     for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
         requirements += _group_requirements(groups, group, problems)
@@ -219,28 +199,29 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
                 f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes",
             )
     if not requirements and not problems.items:
-        problems.add(
-            "project.dependencies", "nothing to lock: list packages in [project] dependencies"
-        )
+        problems.add("project.dependencies", "nothing to lock: list packages in [project] dependencies")
+    return requirements
 
-    # python
-    python = table.get("python")
+
+def _base_and_python(table: dict[str, Any], problems: _Problems) -> tuple[str, str]:
+    """The base, and the Python it carries (a recipe fixes it; an image base needs it stated)."""
     base = table.get("base", base_mod.DEFAULT_BASE)
-    if not isinstance(base, str) or (problem := base_mod.check_base(base)):
-        problems.add("tool.envlock.base", problem if isinstance(base, str) else "must be a string")
+    if not isinstance(base, str):
+        problems.add("tool.envlock.base", "must be a string")
         base = base_mod.DEFAULT_BASE
-    recipe = base_mod.load_recipe(base) if not base_mod.is_image_reference(base) else None
-    if python is None:
-        python = recipe.python if recipe else "3.11"
+    elif problem := base_mod.check_base(base):
+        problems.add("tool.envlock.base", problem)
+        base = base_mod.DEFAULT_BASE
+    recipe = None if base_mod.is_image_reference(base) else base_mod.load_recipe(base)
+    python = table.get("python", recipe.python if recipe else "3.11")
     if not isinstance(python, str) or not _PYTHON.match(python):
-        problems.add("tool.envlock.python", f"{python!r} must be a Python version like \"3.11\"")
+        problems.add("tool.envlock.python", f'{python!r} must be a Python version like "3.11"')
     elif recipe and python != recipe.python:
-        problems.add(
-            "tool.envlock.python",
-            f"base {recipe.name!r} carries Python {recipe.python}, not {python}",
-        )
+        problems.add("tool.envlock.python", f"base {recipe.name!r} carries Python {recipe.python}, not {python}")
+    return base, str(python)
 
-    # platforms
+
+def _platforms(table: dict[str, Any], problems: _Problems) -> tuple[Platform, ...]:
     platforms = _string_list(table.get("platforms", ["linux/amd64"]), "tool.envlock.platforms", problems)
     if not platforms and "platforms" in table:
         problems.add("tool.envlock.platforms", "needs at least one platform")
@@ -248,25 +229,48 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         if platform not in PLATFORMS:
             problems.add(
                 "tool.envlock.platforms",
-                f"unknown platform {platform!r}{_did_you_mean(platform, PLATFORMS)}; "
-                f"supported: {', '.join(PLATFORMS)}",
+                f"unknown platform {platform!r}{_did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}",
             )
     if len(set(platforms)) != len(platforms):
         problems.add("tool.envlock.platforms", "lists a platform twice")
+    return tuple(p for p in PLATFORMS if p in platforms)
 
-    # system packages, cuda, indexes, registry
+
+def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str, ...]]:
+    index_url = table.get("index-url", DEFAULT_INDEX)
+    extras = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
+    for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extras]:
+        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
+            problems.add(f"tool.envlock.{key}", f"{redact(str(url))!r} must be an http(s):// or file:// URL")
+    return str(index_url), tuple(extras)
+
+
+def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
+    """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
+    problems = _Problems(path, text)
+    table = document.get("tool", {}).get("envlock", {})
+    if not isinstance(table, dict):
+        raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
+    for key in table:
+        if key not in FIELDS:
+            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
+
+    project_name = str(document.get("project", {}).get("name", project_dir.resolve().name))
+    default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
+    name = table.get("name", default_name)
+    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
+        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
+    requirements = _requirements(document, table, problems)
+    base, python = _base_and_python(table, problems)
+    platforms = _platforms(table, problems)
     system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
     for package in system_packages:
         if not _DEBIAN_PACKAGE.match(package):
             problems.add("tool.envlock.system-packages", f"{package!r} is not a Debian package name")
     cuda = table.get("cuda", "auto")
     if not isinstance(cuda, str) or not _CUDA.match(cuda):
-        problems.add("tool.envlock.cuda", f"{cuda!r} must be \"auto\", \"cpu\" or a version like \"12.4\"")
-    index_url = table.get("index-url", DEFAULT_INDEX)
-    extra_index_urls = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
-    for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extra_index_urls]:
-        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
-            problems.add(f"tool.envlock.{key}", f"{redact(str(url))!r} must be an http(s):// or file:// URL")
+        problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')
+    index_url, extra_index_urls = _indexes(table, problems)
     registry = table.get("registry")
     if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
         problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
@@ -281,13 +285,13 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     return Spec(
         project_dir=project_dir,
         name=str(name),
-        python=str(python),
+        python=python,
         requirements=tuple(requirements),
-        platforms=tuple(p for p in PLATFORMS if p in platforms),  # type: ignore[misc]
-        base=str(base),
+        platforms=platforms,
+        base=base,
         system_packages=tuple(system_packages),
         cuda=str(cuda),
-        index_url=str(index_url),
-        extra_index_urls=tuple(extra_index_urls),
+        index_url=index_url,
+        extra_index_urls=extra_index_urls,
         registry=registry,
     )

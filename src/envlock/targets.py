@@ -42,10 +42,7 @@ class Target:
     @property
     def marker(self) -> str:
         """A PEP 508 marker that is true exactly on this target."""
-        return (
-            f"sys_platform == 'linux' and platform_machine == '{self.machine}'"
-            f" and python_version == '{self.python}'"
-        )
+        return f"sys_platform == 'linux' and platform_machine == '{self.machine}' and python_version == '{self.python}'"
 
     def platform_tags(self) -> list[str]:
         """manylinux platform tags the target accepts, most specific first."""

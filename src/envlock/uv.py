@@ -59,7 +59,8 @@ def explain_failure(stderr: str, request: ResolveRequest) -> ResolverError:
         )
     if fetch := _FETCH.search(text):
         causes = [line.split("cause:", 1)[1].strip() for line in text.splitlines() if "cause:" in line]
-        return IndexUnreachableError(f"cannot reach the package index: {fetch.group(1)} ({causes[-1] if causes else 'no answer'})")
+        cause = causes[-1] if causes else "no answer"
+        return IndexUnreachableError(f"cannot reach the package index: {fetch.group(1)} ({cause})")
     last = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return ResolverError(f"uv failed on {platform}: {' / '.join(last[-3:]) or 'no output'}")
 

@@ -1,0 +1,66 @@
+"""Fakes at envlock's boundaries: a resolver and an image inspector, written once, used by unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from envlock.resolve import LockedFile, LockedPackage, ResolveRequest
+
+
+def wheel(name: str, version: str, tag: str = "py3-none-any", day: int = 1) -> LockedFile:
+    """A plausible wheel file entry; its sha256 is derived from its name so it is stable."""
+    import hashlib
+
+    filename = f"{name.replace('-', '_')}-{version}-{tag}.whl"
+    return LockedFile(
+        name=filename,
+        url=f"https://files.example/{filename}",
+        sha256=hashlib.sha256(filename.encode()).hexdigest(),
+        size=1000 + len(filename),
+        upload_time=datetime(2024, 10, day, 12, 0, 0, tzinfo=UTC),
+    )
+
+
+def package(name: str, version: str, tag: str = "py3-none-any", day: int = 1) -> LockedPackage:
+    return LockedPackage(name=name, version=version, wheels=(wheel(name, version, tag, day),))
+
+
+TORCH_251_AMD64 = [
+    package("torch", "2.5.1", "cp311-cp311-manylinux1_x86_64", day=29),
+    package("nvidia-cuda-runtime-cu12", "12.4.127", "py3-none-manylinux2014_x86_64"),
+    package("nvidia-cudnn-cu12", "9.1.0.70", "py3-none-manylinux2014_x86_64"),
+    package("nvidia-nccl-cu12", "2.21.5", "py3-none-manylinux2014_x86_64"),
+    package("nvidia-cublas-cu12", "12.4.5.8", "py3-none-manylinux2014_x86_64"),
+    package("triton", "3.1.0", "cp311-cp311-manylinux_2_17_x86_64"),
+    package("filelock", "3.16.1"),
+]
+
+
+@dataclass
+class FakeResolver:
+    """Answers from a table of platform → packages; records every request it was given."""
+
+    by_platform: dict[str, list[LockedPackage]]
+    name: str = "fake"
+    requests: list[ResolveRequest] = field(default_factory=list)
+    error: Exception | None = None
+
+    def version(self) -> str:
+        return "fake 1.0"
+
+    def resolve(self, request: ResolveRequest) -> list[LockedPackage]:
+        self.requests.append(request)
+        if self.error is not None:
+            raise self.error
+        return sorted(self.by_platform[request.target.platform], key=lambda p: p.name)
+
+
+@dataclass
+class FakeInspector:
+    """An engine that knows the ENV of some images."""
+
+    envs: dict[str, dict[str, str]]
+
+    def image_env(self, ref: str) -> dict[str, str]:
+        return self.envs[ref]
