@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -10,8 +11,6 @@ from envlock.resolve import LockedFile, LockedPackage, ResolveRequest
 
 def wheel(name: str, version: str, tag: str = "py3-none-any", day: int = 1) -> LockedFile:
     """A plausible wheel file entry; its sha256 is derived from its name so it is stable."""
-    import hashlib
-
     filename = f"{name.replace('-', '_')}-{version}-{tag}.whl"
     return LockedFile(
         name=filename,

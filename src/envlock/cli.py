@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import click
 import typer
 
 from envlock import __version__
@@ -173,21 +172,16 @@ def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> 
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code; the one place that turns errors into messages."""
-    code: int | Literal[0] = 0
+    """Run the CLI and return its exit code; the one place that turns EnvlockErrors into messages."""
     try:
-        result = app(args=argv, standalone_mode=False)
-        code = result if isinstance(result, int) else 0
+        app(args=argv, standalone_mode=True)  # typer reports its own usage errors and exits
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EnvlockError as exc:
-        code = _fail(exc.message, exc.hint, exc.exit_code, exc.details)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        code = _fail("interrupted", "", 130)
-    return code
+        return _fail(exc.message, exc.hint, exc.exit_code, exc.details)
+    except KeyboardInterrupt:
+        return _fail("interrupted", "", 130)
+    return 0
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def test_failed_resolution_leaves_the_lock_untouched(sample: Callable[[str], Pat
 def test_check_compares_inputs_without_resolving(sample: Callable[[str], Path]) -> None:
     project = sample("basic")
     spec = load_spec(project)
-    with pytest.raises(StaleLockError, match="no envlock.lock"):
+    with pytest.raises(StaleLockError, match=r"no envlock\.lock"):
         check(spec)
     lock_project(spec, FakeResolver(BASIC))
     assert check(spec).input_hash == spec.input_hash()
@@ -107,7 +107,7 @@ def test_hand_edited_lock_is_refused(sample: Callable[[str], Path]) -> None:
     spec.lock_path.write_text(text.replace('version = "2.1.3"', 'version = "2.1.4"'), encoding="utf-8")
     with pytest.raises(LockfileError, match="edited by hand"):
         check(spec)
-    with pytest.raises(LockfileError, match="existing envlock.lock cannot be used"):
+    with pytest.raises(LockfileError, match=r"existing envlock\.lock cannot be used"):
         lock_project(spec, FakeResolver(BASIC))
 
 

@@ -41,7 +41,7 @@ def test_malformed_toml_names_the_place(sample: Callable[[str], Path]) -> None:
 
 
 def test_missing_pyproject(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="no pyproject.toml"):
+    with pytest.raises(SpecError, match=r"no pyproject\.toml"):
         load_spec(tmp_path)
 
 

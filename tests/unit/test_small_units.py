@@ -1,0 +1,86 @@
+"""Small pure pieces: credentials, target tags, pip-compile output, pylock export."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+
+import pytest
+from packaging.tags import Tag
+
+from envlock.credentials import expand, redact, redact_text
+from envlock.cuda import CPU
+from envlock.errors import SpecError
+from envlock.export import to_pylock
+from envlock.lockfile import TargetLock
+from envlock.piptools import parse_pins
+from envlock.simpleindex import supported_tags
+from envlock.targets import Target
+from tests.fakes import package
+from tests.unit.test_lockfile import make_lock
+
+
+def test_redact_removes_userinfo_only() -> None:
+    assert redact("https://alice:s3cret@pypi.example:8443/simple/") == "https://pypi.example:8443/simple/"
+    assert redact("https://__token__@pypi.example/simple") == "https://pypi.example/simple"
+    assert redact("https://pypi.org/simple") == "https://pypi.org/simple"
+    text = redact_text("GET https://alice:s3cret@x/ failed", ["https://alice:s3cret@x/"])
+    assert text == "GET https://****:****@x/ failed"
+
+
+def test_expand_reads_environment() -> None:
+    assert expand("https://u:${TOKEN}@x/simple", {"TOKEN": "t0k"}) == "https://u:t0k@x/simple"
+    with pytest.raises(SpecError, match=r"\$\{TOKEN\}, which is not set"):
+        expand("https://u:${TOKEN}@x/simple", {})
+
+
+def test_target_tags_accept_the_right_wheels() -> None:
+    amd64 = supported_tags(Target("linux/amd64", "3.11", (2, 36)))
+    assert Tag("cp311", "cp311", "manylinux_2_17_x86_64") in amd64
+    assert Tag("cp311", "cp311", "manylinux2014_x86_64") in amd64
+    assert Tag("cp37", "abi3", "manylinux1_x86_64") in amd64
+    assert Tag("py3", "none", "any") in amd64
+    assert Tag("cp311", "cp311", "manylinux_2_39_x86_64") not in amd64
+    assert Tag("cp312", "cp312", "manylinux_2_17_x86_64") not in amd64
+    assert Tag("cp311", "cp311", "manylinux_2_17_aarch64") not in amd64
+    assert Tag("cp311", "cp311", "musllinux_1_2_x86_64") not in amd64
+    arm64 = supported_tags(Target("linux/arm64", "3.11", (2, 36)))
+    assert Tag("cp311", "cp311", "manylinux2014_aarch64") in arm64
+    assert Tag("cp311", "cp311", "manylinux1_x86_64") not in arm64
+
+
+def test_parse_pins_with_hashes_and_comments() -> None:
+    text = (
+        "certifi==2024.8.30 \\\n    --hash=sha256:" + "a" * 64 + " \\\n    --hash=sha256:" + "b" * 64 + "\n"
+        "    # via requests\nCharset_Normalizer==3.4.0 ; python_version >= '3.8' \\\n"
+        "    --hash=sha256:" + "c" * 64 + "\n"
+    )
+    assert parse_pins(text) == {
+        "certifi": ("2024.8.30", {"a" * 64, "b" * 64}),
+        "charset-normalizer": ("3.4.0", {"c" * 64}),
+    }
+
+
+def test_pylock_export_marks_platform_specific_packages() -> None:
+    lock = make_lock([package("numpy", "2.1.3", "cp311-cp311-manylinux_2_17_x86_64"), package("six", "1.16.0")])
+    arm = TargetLock(
+        "linux/arm64",
+        "aarch64-manylinux_2_36",
+        CPU,
+        (package("numpy", "2.1.3", "cp311-cp311-manylinux_2_17_aarch64"), package("six", "1.16.0")),
+    )
+    lock = replace(lock, targets=(*lock.targets, arm))
+    document = tomllib.loads(to_pylock(lock))
+    assert document["lock-version"] == "1.0"
+    assert document["requires-python"] == "==3.11.*"
+    assert len(document["environments"]) == 2
+    entries = {(p["name"], p.get("marker")) for p in document["packages"]}
+    assert ("six", None) in entries
+    numpy_markers = sorted(str(m) for n, m in entries if n == "numpy")
+    assert numpy_markers == [
+        "(sys_platform == 'linux' and platform_machine == 'aarch64' and python_version == '3.11')",
+        "(sys_platform == 'linux' and platform_machine == 'x86_64' and python_version == '3.11')",
+    ]
+    only_arm = tomllib.loads(to_pylock(lock, ["linux/arm64"]))
+    assert {p["name"] for p in only_arm["packages"]} == {"numpy", "six"}
+    assert all("marker" not in p for p in only_arm["packages"])
