@@ -124,6 +124,14 @@ class PipToolsResolver:
                 "pip-tools is not installed in envlock's environment",
                 hint="pip install pip-tools, or use the default resolver (--resolver uv)",
             )
+        # pip logs an unreachable index as a warning, then reports "no versions": the warning is the cause.
+        if unreachable := re.search(r"connection broken by '(\w+)\(.*?\)'\)?'?: (\S+)", text):
+            return IndexUnreachableError(
+                f"cannot reach the package index {redact(request.index_url)} "
+                f"({unreachable.group(1)} on {unreachable.group(2)})"
+            )
+        if re.search(r"Could not fetch URL|Max retries exceeded", text):
+            return IndexUnreachableError(f"cannot reach the package index {redact(request.index_url)}")
         if missing := re.search(r"No matching distribution found for (\S+)", text):
             return UnsatisfiableError(
                 f"no version of {missing.group(1)!r} on {redact(request.index_url)} satisfies the requirements",
@@ -135,7 +143,5 @@ class PipToolsResolver:
                 f"the requirements cannot be satisfied together: {'; '.join(conflict[:3]) or 'conflicting pins'}",
                 hint="loosen or fix the conflicting version constraints",
             )
-        if re.search(r"Could not fetch URL|NewConnectionError|Max retries exceeded|ConnectionError", text):
-            return IndexUnreachableError(f"cannot reach the package index {redact(request.index_url)}")
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         return ResolverError(f"pip-compile failed: {' / '.join(lines[-3:]) or 'no output'}")

@@ -1,0 +1,107 @@
+"""A real PEP 503 package index on 127.0.0.1 with HTTP basic auth, serving wheels built on the spot."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def build_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """A minimal, valid pure-Python wheel with one module."""
+    module = name.replace("-", "_")
+    dist_info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist_info}/METADATA": "Metadata-Version: 2.1\n"
+        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: envlock-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(text.encode())}\n"
+    files[f"{dist_info}/RECORD"] = record + f"{dist_info}/RECORD,,\n"
+    wheel = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0)), text)
+    return wheel
+
+
+@dataclass
+class LocalIndex:
+    """Where the index listens and the credentials it wants."""
+
+    port: int
+    user: str
+    password: str
+
+    def url(self, user: str | None = None, password: str | None = None) -> str:
+        user = self.user if user is None else user
+        password = self.password if password is None else password
+        return f"http://{user}:{password}@127.0.0.1:{self.port}/simple"
+
+
+@contextmanager
+def serve_index(wheels: list[Path], user: str = "ci", password: str = "s3cr3t-t0ken") -> Iterator[LocalIndex]:
+    """Serve the wheels under /simple/<project>/ until the block ends (the server then stops by itself)."""
+    by_project: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        by_project.setdefault(wheel.name.split("-")[0].replace("_", "-").lower(), []).append(wheel)
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_HEAD(self) -> None:
+            self.head_only = True
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="test"')
+                self.end_headers()
+                return
+            parts = [p for p in self.path.split("?")[0].split("/") if p]
+            if len(parts) == 2 and parts[0] == "simple" and parts[1] in by_project:
+                links = "".join(
+                    f'<a href="/files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>\n'
+                    for w in by_project[parts[1]]
+                )
+                self._send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), "text/html")
+            elif len(parts) == 2 and parts[0] == "files":
+                match = [w for ws in by_project.values() for w in ws if w.name == parts[1]]
+                if match:
+                    self._send(200, match[0].read_bytes(), "application/octet-stream")
+                else:
+                    self._send(404, b"not found", "text/plain")
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def _send(self, code: int, body: bytes, kind: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not getattr(self, "head_only", False):
+                self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield LocalIndex(server.server_address[1], user, password)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
