@@ -53,7 +53,9 @@ def test_pip_tools_gives_the_same_pins_and_files_as_uv(write_project: Callable[[
     spec.lock_path.unlink()
     by_pip_tools = lock_project(spec, PipToolsResolver()).lock
     assert pins(by_pip_tools) == pins(by_uv)
-    for ours, theirs in zip(by_uv.target("linux/amd64").packages, by_pip_tools.target("linux/amd64").packages):
+    for ours, theirs in zip(
+        by_uv.target("linux/amd64").packages, by_pip_tools.target("linux/amd64").packages, strict=True
+    ):
         assert {f.sha256 for f in ours.wheels} == {f.sha256 for f in theirs.wheels}, ours.name
         assert (ours.sdist.sha256 if ours.sdist else None) == (theirs.sdist.sha256 if theirs.sdist else None)
     assert by_pip_tools.resolver.startswith("pip-tools ")
@@ -118,7 +120,9 @@ def test_private_index_with_credentials(
     with serve_index(wheels) as index:
         monkeypatch.setenv("PROBE_TOKEN", index.password)
         url = f"http://{index.user}:${{PROBE_TOKEN}}@127.0.0.1:{index.port}/simple"
-        project = write_project(f'[project]\nname = "p"\ndependencies = ["envlock-probe"]\n[tool.envlock]\nindex-url = "{url}"\n')
+        project = write_project(
+            f'[project]\nname = "p"\ndependencies = ["envlock-probe"]\n[tool.envlock]\nindex-url = "{url}"\n'
+        )
         for resolver in (UvResolver(), PipToolsResolver()):
             (project / "envlock.lock").unlink(missing_ok=True)
             lock = lock_project(load_spec(project), resolver).lock
@@ -160,7 +164,18 @@ def test_exported_pylock_installs_with_uv(write_project: Callable[[str], Path], 
     assert run(["export", "pylock", "-C", str(project), "-o", str(pylock)]) == 0
     target = tmp_path / "site"
     done = subprocess.run(
-        [find_uv(), "pip", "install", "--no-config", "--python", sys.executable, "--target", str(target), "-r", str(pylock)],
+        [
+            find_uv(),
+            "pip",
+            "install",
+            "--no-config",
+            "--python",
+            sys.executable,
+            "--target",
+            str(target),
+            "-r",
+            str(pylock),
+        ],
         capture_output=True,
         text=True,
         check=False,
