@@ -21,7 +21,9 @@ def build_wheel(directory: Path, name: str, version: str, requires: tuple[str, .
         f"{module}/__init__.py": f'__version__ = "{version}"\n',
         f"{dist_info}/METADATA": "Metadata-Version: 2.1\n"
         f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: envlock-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: envlock-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
     record = ""
     for path, text in files.items():
