@@ -1,0 +1,52 @@
+"""Train a classifier on scikit-learn's bundled digits (no download) and write metrics and the model.
+
+Deterministic: fixed split and seed, single-threaded BLAS; the same image gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import accuracy_score, log_loss  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("ENVLOCK_OUTPUT_DIR", "out")))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("ENVLOCK_SEED", "0")))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    digits = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        digits.data / 16.0, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target
+    )
+    model = LogisticRegression(max_iter=2000, random_state=args.seed)
+    model.fit(x_train, y_train)
+    metrics = {
+        "accuracy": round(float(accuracy_score(y_test, model.predict(x_test))), 6),
+        "log_loss": round(float(log_loss(y_test, model.predict_proba(x_test))), 6),
+        "train_samples": len(x_train),
+        "test_samples": len(x_test),
+        "seed": args.seed,
+    }
+    model_bytes = pickle.dumps(model, protocol=5)
+    (args.out / "model.pkl").write_bytes(model_bytes)
+    metrics["model_sha256"] = hashlib.sha256(model_bytes).hexdigest()
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(metrics, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

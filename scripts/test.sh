@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run envlock's checks and whole test suite (lint, types, unit and integration tests). Needs scripts/setup.sh
+# (or scripts/quickstart.sh) to have run once; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/pytest ]; then
+  echo "test: no .venv yet; run: bash scripts/setup.sh" >&2
+  exit 1
+fi
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/pytest "$@"
