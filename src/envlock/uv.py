@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -23,6 +24,21 @@ from envlock.resolve import LockedPackage, ResolveRequest
 
 _NOT_FOUND = re.compile(r"Because (\S+) was not found in the package registry")
 _FETCH = re.compile(r"Failed to fetch: `?(\S+?)`?$", re.MULTILINE)
+
+
+# uv settings that change how it talks to the network, not what it resolves; every other UV_* variable
+# (indexes, find-links, constraints, exclude-newer, …) is dropped: the spec alone decides the resolution.
+_UV_ENV_KEPT = (
+    "UV_CACHE_DIR", "UV_NO_CACHE", "UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_HTTP_RETRIES", "UV_INSECURE_HOST",
+    "UV_KEYRING_PROVIDER", "UV_CONCURRENT_DOWNLOADS", "UV_CONCURRENT_BUILDS", "UV_CONCURRENT_INSTALLS",
+)  # fmt: skip
+
+
+def uv_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment uv runs in: the caller's, less any UV_* setting that could steer the resolution."""
+    env = {k: v for k, v in environ.items() if not k.startswith("UV_") or k in _UV_ENV_KEPT}
+    env.setdefault("UV_HTTP_RETRIES", "1")
+    return env
 
 
 def find_uv() -> str:
@@ -110,8 +126,7 @@ class UvResolver:
                 command.append("--upgrade")
             for package in request.upgrade_packages:
                 command += ["--upgrade-package", package]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("UV_INDEX")}
-            env.setdefault("UV_HTTP_RETRIES", "1")
+            env = uv_environment(os.environ)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
             except OSError as exc:

@@ -136,6 +136,20 @@ def test_private_index_with_credentials(
         assert "wrong" not in str(caught.value) and index.password not in str(caught.value)
 
 
+def test_user_index_settings_do_not_leak_into_the_lock(
+    write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("UV_CONSTRAINT", "/nonexistent/constraints.txt")
+    project = write_project('[project]\nname = "p"\ndependencies = ["six==1.16.0"]\n')
+    for resolver in (UvResolver(), PipToolsResolver()):
+        (project / "envlock.lock").unlink(missing_ok=True)
+        lock = lock_project(load_spec(project), resolver).lock
+        assert lock.indexes == ("https://pypi.org/simple",)
+        assert pins(lock) == {"six": "1.16.0"}
+
+
 def test_unreachable_index_leaves_the_lock_alone(
     write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

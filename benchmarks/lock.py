@@ -1,0 +1,155 @@
+"""Benchmark `envlock lock` against raw `uv pip compile` and `pip-compile --generate-hashes`.
+
+Run from the repository root (stdlib only; needs network access to PyPI):
+
+    .venv/bin/python benchmarks/lock.py [--sets small,torch] [--repeat N] [--skip-pip-compile]
+
+For each input set ("small" = numpy, scipy, pandas, scikit-learn, matplotlib; "torch" = torch==2.5.1) it
+builds a throw-away project and times, cold (fresh empty cache dir) and warm (the same cache dir again):
+
+- `envlock lock -C PROJECT` (envlock.lock deleted before every run; UV_CACHE_DIR points at the cache),
+- the `uv pip compile --format pylock.toml ...` command envlock runs internally, with the same flags,
+- `pip-compile --generate-hashes --index-url https://pypi.org/simple --cache-dir CACHE` with pip's own
+  configuration ignored (PIP_CONFIG_FILE=/dev/null, PIP_INDEX_URL & co. removed),
+
+and `envlock lock --check` on the locked project (best of 5). The binaries are taken from the directory of
+the running interpreter (.venv/bin). With --repeat N each cell is the median of N cold/warm pairs. One
+table is printed, then the targets: envlock lock within 1.3x of raw uv; lock --check under 0.3 s.
+Exit status 1 when any command failed or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+INDEX = "https://pypi.org/simple"
+PLATFORM, UV_PLATFORM, PYTHON = "linux/amd64", "x86_64-manylinux_2_36", "3.11"
+SETS = {"small": ("numpy", "scipy", "pandas", "scikit-learn", "matplotlib"), "torch": ("torch==2.5.1",)}
+TIMEOUT = 600.0
+UV_RATIO_TARGET, CHECK_TARGET = 1.3, 0.3
+PIP_DROPPED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_NO_CACHE_DIR")
+TOOLS = ("envlock", "uv", "pip-compile")
+Cell = float | str  # seconds, or a short label ("FAIL", "timeout", "n/a", "skipped")
+
+
+class Failed(Exception):
+    """A benchmarked command failed or timed out; the message says why."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(reason)
+        self.label = label
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall-clock seconds of one run, and its stderr; Failed on a non-zero exit or after TIMEOUT."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise Failed("timeout", f"did not finish within {TIMEOUT:.0f} s") from None
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = " / ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
+        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
+    return elapsed, done.stderr
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def uv_env(cache: Path) -> dict[str, str]:
+    """The environment envlock gives uv (no UV_INDEX*, one HTTP retry), with our cache dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_INDEX")}
+    env.setdefault("UV_HTTP_RETRIES", "1")
+    return env | {"UV_CACHE_DIR": str(cache)}
+
+
+def pip_env(cache: Path) -> dict[str, str]:
+    """No pip.conf, no index/find-links settings from the environment; temp files under our cache."""
+    env = {k: v for k, v in os.environ.items() if k not in PIP_DROPPED}
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    return env | {"PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(cache / "tmp")}
+
+
+def tools(project: Path, work: Path) -> dict[str, tuple[Callable[[Path], list[str]], Callable[[Path], dict], Path]]:
+    """Per tool: command(cache), env(cache), and the output file deleted before every run."""
+    requirements = work / "requirements.in"
+    uv_out, pip_out = work / "pylock.toml", work / "requirements.txt"
+    uv = [str(BIN / "uv"), "pip", "compile", str(requirements), "--format", "pylock.toml", "--output-file"]
+    uv += [str(uv_out), "--python-platform", UV_PLATFORM, "--python-version", PYTHON]
+    uv += ["--no-config", "--quiet", "--no-header", "--index-url", INDEX]
+    pip = [str(BIN / "pip-compile"), str(requirements), "--generate-hashes", "--strip-extras", "--no-header", "-v"]
+    pip += ["--output-file", str(pip_out), "--index-url", INDEX, "--pip-args", "--progress-bar off", "--cache-dir"]
+    return {
+        "envlock": (lambda _: [str(BIN / "envlock"), "lock", "-C", str(project)], uv_env, project / "envlock.lock"),
+        "uv": (lambda _: uv, uv_env, uv_out),
+        "pip-compile": (lambda cache: [*pip, str(cache)], pip_env, pip_out),
+    }
+
+
+def bench_set(name: str, root: Path, args: argparse.Namespace, notes: list[str]) -> dict[tuple[str, str], Cell]:
+    """Cells keyed (phase, tool), plus ("check", "envlock") for `lock --check`."""
+    project, work = root / name / "project", root / name / "raw"
+    project.mkdir(parents=True)
+    work.mkdir()
+    deps = ", ".join(f'"{r}"' for r in SETS[name])
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "bench-{name}"\nversion = "0"\ndependencies = [{deps}]\n\n'
+        f'[tool.envlock]\nplatforms = ["{PLATFORM}"]\n',
+        encoding="utf-8",
+    )
+    (work / "requirements.in").write_text("\n".join(SETS[name]) + "\n", encoding="utf-8")
+    cells: dict[tuple[str, str], Cell] = {}
+    for tool, (command, make_env, output) in tools(project, work).items():
+        if tool == "pip-compile" and args.skip_pip_compile:
+            cells["cold", tool] = cells["warm", tool] = "skipped"
+            continue
+        runs: dict[str, list[float]] = {"cold": [], "warm": []}
+        try:
+            for i in range(args.repeat):
+                cache = root / name / f"{tool}-cache-{i}"
+                for phase in runs:
+                    output.unlink(missing_ok=True)
+                    seconds, stderr = timed(command(cache), make_env(cache))
+                    runs[phase].append(seconds)
+                    print(f"  {name:<6} {phase:<5} {tool:<12} {seconds:8.2f} s", file=sys.stderr)
+                    if tool == "pip-compile" and i == 0:
+                        lines = [line.strip() for line in stderr.splitlines()]
+                        fetched = sum(1 for s in lines if s.startswith("Downloading ") and ".metadata" not in s)
+                        hashed = sum(1 for s in lines if s.startswith("Hashing "))
+                        notes.append(
+                            f"pip-compile {name} {phase}: {fetched} whole distribution files downloaded to read "
+                            f"metadata, {hashed} more downloaded just to hash them"
+                        )
+                if tool == "uv" and i == 0:
+                    notes.append(f"uv {name}: its cache holds {size_mb(cache):.1f} MB after the cold and warm runs")
+        except Failed as exc:
+            phase = "warm" if len(runs["cold"]) > len(runs["warm"]) else "cold"
+            notes.append(f"{tool} {name} {phase}: {exc}")
+            cells[phase, tool] = exc.label
+        for phase, seconds in runs.items():
+            cells.setdefault((phase, tool), statistics.median(seconds) if seconds else "n/a")
+        if tool == "envlock":
+            cells["check", tool] = bench_check(project, notes, name)
+    return cells
+
+
+def bench_check(project: Path, notes: list[str], name: str) -> Cell:
+    """Best of 5 `envlock lock --check` on the freshly locked project."""
+    if not (project / "envlock.lock").exists():
+        return "n/a"
+    try:
+        return min(timed([str(BIN / "envlock"), "lock", "--check", "-C", str(project)], dict(os.environ))[0] for _ in range(5))
+    except Failed as exc:
+        notes.append(f"envlock lock --check {name}: {exc}")
+        return exc.label
