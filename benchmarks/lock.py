@@ -75,10 +75,11 @@ def uv_env(cache: Path) -> dict[str, str]:
 
 
 def pip_env(cache: Path) -> dict[str, str]:
-    """No pip.conf, no index/find-links settings from the environment; temp files under our cache."""
+    """No pip.conf, no index/find-links settings from the environment; pip's temp files kept beside the cache."""
     env = {k: v for k, v in os.environ.items() if k not in PIP_DROPPED}
-    (cache / "tmp").mkdir(parents=True, exist_ok=True)
-    return env | {"PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(cache / "tmp")}
+    tmp = cache.with_name(f"{cache.name}-tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    return env | {"PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(tmp)}
 
 
 def tools(project: Path, work: Path) -> dict[str, tuple[Callable[[Path], list[str]], Callable[[Path], dict], Path]]:
@@ -118,10 +119,10 @@ def bench_set(name: str, root: Path, args: argparse.Namespace, notes: list[str])
         try:
             for i in range(args.repeat):
                 cache = root / name / f"{tool}-cache-{i}"
-                for phase in runs:
+                for phase, phase_runs in runs.items():
                     output.unlink(missing_ok=True)
                     seconds, stderr = timed(command(cache), make_env(cache))
-                    runs[phase].append(seconds)
+                    phase_runs.append(seconds)
                     print(f"  {name:<6} {phase:<5} {tool:<12} {seconds:8.2f} s", file=sys.stderr)
                     if tool == "pip-compile" and i == 0:
                         lines = [line.strip() for line in stderr.splitlines()]
@@ -149,7 +150,82 @@ def bench_check(project: Path, notes: list[str], name: str) -> Cell:
     if not (project / "envlock.lock").exists():
         return "n/a"
     try:
-        return min(timed([str(BIN / "envlock"), "lock", "--check", "-C", str(project)], dict(os.environ))[0] for _ in range(5))
+        return min(
+            timed([str(BIN / "envlock"), "lock", "--check", "-C", str(project)], dict(os.environ))[0] for _ in range(5)
+        )
     except Failed as exc:
         notes.append(f"envlock lock --check {name}: {exc}")
         return exc.label
+
+
+def fmt(cell: Cell | None, digits: int = 2) -> str:
+    return f"{cell:.{digits}f}" if isinstance(cell, float) else str(cell or "n/a")
+
+
+def ratio(top: Cell, bottom: Cell) -> float | None:
+    return top / bottom if isinstance(top, float) and isinstance(bottom, float) and bottom > 0 else None
+
+
+def verdict(values: list[tuple[float, str]], limit: float, unit: str) -> str:
+    if not values:
+        return "n/a (nothing measured)"
+    worst, where = max(values)
+    return f"{'PASS' if worst <= limit else 'MISS'} (worst {worst:.2f}{unit}: {where})"
+
+
+def report(results: dict[str, dict[tuple[str, str], Cell]], repeat: int, notes: list[str]) -> None:
+    versions = [subprocess.run([str(BIN / t), "--version"], capture_output=True, text=True, check=False) for t in TOOLS]
+    print(" | ".join(v.stdout.strip().splitlines()[0] if v.stdout.strip() else "?" for v in versions))
+    print(f"target {PLATFORM}, Python {PYTHON} ({UV_PLATFORM}); index {INDEX}; median of {repeat} run(s) per cell")
+    rows = [("set", "run", "envlock s", "uv s", "pip-compile s", "envlock/uv", "pip-compile/envlock")]
+    over_uv: list[tuple[float, str]] = []
+    for name, cells in results.items():
+        for phase in ("cold", "warm"):
+            env_s, uv_s, pip_s = (cells.get((phase, tool), "n/a") for tool in TOOLS)
+            over, speed = ratio(env_s, uv_s), ratio(pip_s, env_s)
+            if over is not None:
+                over_uv.append((over, f"{name} {phase}"))
+            mark = "n/a" if over is None else f"{over:.2f}x {'PASS' if over <= UV_RATIO_TARGET else 'MISS'}"
+            rows.append(
+                (name, phase, fmt(env_s), fmt(uv_s), fmt(pip_s), mark, "n/a" if speed is None else f"{speed:.1f}x")
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    checks = {name: cells.get(("check", "envlock"), "n/a") for name, cells in results.items()}
+    print()
+    print("envlock lock --check (best of 5): " + ", ".join(f"{n} {fmt(c, 3)} s" for n, c in checks.items()))
+    print(f"target: envlock lock within {UV_RATIO_TARGET}x of raw uv: {verdict(over_uv, UV_RATIO_TARGET, 'x')}")
+    measured = [(c, n) for n, c in checks.items() if isinstance(c, float)]
+    print(f"target: lock --check under {CHECK_TARGET} s: {verdict(measured, CHECK_TARGET, ' s')}")
+    if notes:
+        print("\nnotes:")
+        for note in notes:
+            print(f"  {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sets", default="small,torch", help="comma-separated input sets: small, torch")
+    parser.add_argument("--repeat", type=int, default=1, help="cold/warm pairs per cell; the median is shown")
+    parser.add_argument("--skip-pip-compile", action="store_true", help="time envlock and uv only")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if not names or any(n not in SETS for n in names):
+        parser.error(f"--sets takes a comma-separated subset of: {', '.join(SETS)}")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    needed = [t for t in TOOLS if not (t == "pip-compile" and args.skip_pip_compile)]
+    if missing := [t for t in needed if not (BIN / t).exists()]:
+        parser.error(f"{', '.join(missing)} not found in {BIN}: run this with the project's .venv/bin/python")
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="envlock-bench-", ignore_cleanup_errors=True) as tmp:
+        results = {name: bench_set(name, Path(tmp), args, notes) for name in names}
+    report(results, args.repeat, notes)
+    failed = [c for cells in results.values() for c in cells.values() if c in ("FAIL", "timeout")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

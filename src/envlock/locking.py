@@ -96,7 +96,8 @@ def lock_project(
         preferences: tuple[LockedPackage, ...] = ()
         if previous and platform in {t.platform for t in previous.targets}:
             preferences = previous.target(platform).packages
-        report(f"resolving {len(spec.requirements)} requirements for {platform} (Python {spec.python})")
+        count = len(spec.requirements)
+        report(f"resolving {count} requirement{'s' if count != 1 else ''} for {platform} (Python {spec.python})")
         packages = resolver.resolve(
             ResolveRequest(
                 requirements=spec.requirements,

@@ -92,12 +92,17 @@ class _Problems:
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.lines = text.splitlines()
-        self.items: list[str] = []
+        self._found: list[tuple[int, str]] = []
 
     def add(self, dotted: str, message: str) -> None:
         line = self._locate(dotted)
         where = f"{self.path.name}:{line}" if line else self.path.name
-        self.items.append(f"{where}: {dotted}: {message}")
+        self._found.append((line or 0, f"{where}: {dotted}: {message}"))
+
+    @property
+    def items(self) -> list[str]:
+        """The problems in the order they appear in the file."""
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
 
     def _locate(self, dotted: str) -> int | None:
         """The line where a key is written, found by reading the text (tomllib keeps no positions)."""
@@ -126,6 +131,23 @@ def _string_list(value: Any, key: str, problems: _Problems) -> list[str]:
     return list(value)
 
 
+def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
+    """A list of PEP 508 requirements from an index (a direct URL cannot be locked per file)."""
+    valid = []
+    for requirement in _string_list(value, key, problems):
+        try:
+            parsed = Requirement(requirement)
+        except InvalidRequirement as exc:
+            reason = str(exc).splitlines()[0]
+            problems.add(key, f"{requirement!r} is not a valid requirement ({reason})")
+            continue
+        if parsed.url:
+            problems.add(key, f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes")
+            continue
+        valid.append(requirement)
+    return valid
+
+
 def _group_requirements(
     groups: dict[str, Any], name: str, problems: _Problems, seen: tuple[str, ...] = ()
 ) -> list[str]:
@@ -141,7 +163,7 @@ def _group_requirements(
     out: list[str] = []
     for item in normalized[key]:
         if isinstance(item, str):
-            out.append(item)
+            out += _requirement_list([item], f"dependency-groups.{name}", problems)
         elif isinstance(item, dict) and "include-group" in item:
             out += _group_requirements(groups, str(item["include-group"]), problems, (*seen, key))
     return out
@@ -170,9 +192,9 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
     """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups."""
     project = document.get("project", {})
     if "requirements" in table:
-        requirements = _string_list(table["requirements"], "tool.envlock.requirements", problems)
+        requirements = _requirement_list(table["requirements"], "tool.envlock.requirements", problems)
     elif "dependencies" in project:
-        requirements = _string_list(project["dependencies"], "project.dependencies", problems)
+        requirements = _requirement_list(project["dependencies"], "project.dependencies", problems)
     else:
         requirements = []
         if "dependencies" in project.get("dynamic", []):
@@ -180,24 +202,13 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
     optional = project.get("optional-dependencies", {})
     for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
         if extra in optional:
-            requirements += _string_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
+            requirements += _requirement_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
         else:
             close = _did_you_mean(extra, list(optional))
             problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
     groups = document.get("dependency-groups", {})
     for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
         requirements += _group_requirements(groups, group, problems)
-    for requirement in requirements:
-        try:
-            parsed = Requirement(requirement)
-        except InvalidRequirement as exc:
-            problems.add("tool.envlock.requirements", f"{requirement!r} is not a valid requirement: {exc}")
-            continue
-        if parsed.url:
-            problems.add(
-                "tool.envlock.requirements",
-                f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes",
-            )
     if not requirements and not problems.items:
         problems.add("project.dependencies", "nothing to lock: list packages in [project] dependencies")
     return requirements
