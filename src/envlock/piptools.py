@@ -89,14 +89,8 @@ class PipToolsResolver:
                 self.python, "-m", "piptools", "compile", str(requirements), "--output-file", str(output),
                 "--generate-hashes", "--allow-unsafe", "--strip-extras", "--quiet", "--no-header",
                 "--no-annotate", "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
-                "--index-url", request.index_url, "--pip-args", "--retries 1 --timeout 30",
+                "--pip-args", "--retries 1 --timeout 30", *request.compile_flags(),
             ]  # fmt: skip
-            for url in request.extra_index_urls:
-                command += ["--extra-index-url", url]
-            if request.upgrade:
-                command.append("--upgrade")
-            for package in request.upgrade_packages:
-                command += ["--upgrade-package", package]
             env = {k: v for k, v in os.environ.items() if k not in _PIP_ENV_DROPPED}
             env["PIP_CONFIG_FILE"] = os.devnull
             done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)

@@ -65,6 +65,17 @@ class ResolveRequest:
         """The indexes in priority order (credentials included: for use, never for storage)."""
         return [self.index_url, *self.extra_index_urls]
 
+    def compile_flags(self) -> list[str]:
+        """Index and upgrade flags, spelled alike by `uv pip compile` and `pip-compile`."""
+        flags = ["--index-url", self.index_url]
+        for url in self.extra_index_urls:
+            flags += ["--extra-index-url", url]
+        if self.upgrade:
+            flags.append("--upgrade")
+        for package in self.upgrade_packages:
+            flags += ["--upgrade-package", package]
+        return flags
+
 
 class Resolver(Protocol):
     """Turns requirements into pinned packages with per-file hashes for one target."""

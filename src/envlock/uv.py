@@ -118,14 +118,8 @@ class UvResolver:
                 "--python-platform", target.uv_python_platform,
                 "--python-version", target.python,
                 "--no-config", "--quiet", "--no-header",
-                "--index-url", request.index_url,
+                *request.compile_flags(),
             ]  # fmt: skip
-            for url in request.extra_index_urls:
-                command += ["--extra-index-url", url]
-            if request.upgrade:
-                command.append("--upgrade")
-            for package in request.upgrade_packages:
-                command += ["--upgrade-package", package]
             env = uv_environment(os.environ)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
