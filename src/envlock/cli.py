@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from envlock import __version__
 from envlock.errors import EnvlockError
+
+if TYPE_CHECKING:
+    from envlock.lockfile import Lock
+    from envlock.resolve import Resolver
 
 app = typer.Typer(
     name="envlock",
@@ -100,7 +104,7 @@ def lock(
         typer.echo(f"  {line}")
 
 
-def _resolver(name: str) -> Any:
+def _resolver(name: str) -> Resolver:
     if name == "uv":
         from envlock.uv import UvResolver  # noqa: PLC0415
 
@@ -129,7 +133,7 @@ def show(project: ProjectOpt = Path(), as_json: JsonOpt = False, platform: Platf
         typer.echo(render_lock(locked, platforms, stale))
 
 
-def _staleness(project: Path, locked: Any) -> str:
+def _staleness(project: Path, locked: Lock) -> str:
     """`up to date`, `stale`, or why we cannot tell: show works even when pyproject.toml is broken."""
     from envlock.spec import load_spec  # noqa: PLC0415
 

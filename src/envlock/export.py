@@ -5,13 +5,13 @@ from __future__ import annotations
 from envlock.lockfile import Lock
 from envlock.pylock import dump_pylock
 from envlock.resolve import LockedPackage
-from envlock.targets import Target
+from envlock.targets import environment_marker
 
 
 def to_pylock(lock: Lock, platforms: list[str] | None = None) -> str:
     """One pylock.toml for the chosen platforms: packages shared by all of them carry no marker."""
     targets = [lock.target(p) for p in platforms] if platforms else list(lock.targets)
-    markers: dict[str, str] = {t.platform: Target(t.platform, lock.python, (0, 0)).marker for t in targets}
+    markers = {t.platform: environment_marker(t.platform, lock.python) for t in targets}
     seen: dict[LockedPackage, list[str]] = {}
     for target in targets:
         for package in target.packages:

@@ -58,7 +58,7 @@ def base_of(spec: Spec, inspector: base_mod.ImageInspector | None) -> tuple[Base
 def check(spec: Spec) -> Lock:
     """Raise StaleLockError unless the lock on disk was made from exactly these inputs (no resolving)."""
     if not spec.lock_path.exists():
-        raise StaleLockError(f"there is no envlock.lock in {spec.project_dir}")
+        raise StaleLockError(f"there is no lock file at {spec.lock_path}")
     lock = lockfile.read(spec.lock_path)
     if lock.input_hash != spec.input_hash():
         raise StaleLockError("envlock.lock is stale: pyproject.toml changed since it was locked")

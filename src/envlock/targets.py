@@ -14,6 +14,14 @@ DEFAULT_GLIBC = (2, 28)
 _UV_MIN_GLIBC = (2, 17)
 
 
+_MACHINES: dict[str, str] = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+
+
+def environment_marker(platform: str, python: str) -> str:
+    """A PEP 508 marker that is true exactly on this platform with this Python minor version."""
+    return f"sys_platform == 'linux' and platform_machine == '{_MACHINES[platform]}' and python_version == '{python}'"
+
+
 @dataclass(frozen=True)
 class Target:
     """One platform of the lock, with the Python and glibc of the image it will run in."""
@@ -25,7 +33,7 @@ class Target:
     @property
     def machine(self) -> str:
         """The machine name in wheel tags and in `platform.machine()`."""
-        return {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[self.platform]
+        return _MACHINES[self.platform]
 
     @property
     def uv_python_platform(self) -> str:
@@ -42,7 +50,7 @@ class Target:
     @property
     def marker(self) -> str:
         """A PEP 508 marker that is true exactly on this target."""
-        return f"sys_platform == 'linux' and platform_machine == '{self.machine}' and python_version == '{self.python}'"
+        return environment_marker(self.platform, self.python)
 
     def platform_tags(self) -> list[str]:
         """manylinux platform tags the target accepts, most specific first."""

@@ -91,7 +91,7 @@ def test_failed_resolution_leaves_the_lock_untouched(sample: Callable[[str], Pat
 def test_check_compares_inputs_without_resolving(sample: Callable[[str], Path]) -> None:
     project = sample("basic")
     spec = load_spec(project)
-    with pytest.raises(StaleLockError, match=r"no envlock\.lock"):
+    with pytest.raises(StaleLockError, match=r"no lock file at .*envlock\.lock"):
         check(spec)
     lock_project(spec, FakeResolver(BASIC))
     assert check(spec).input_hash == spec.input_hash()
