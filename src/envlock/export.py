@@ -11,7 +11,7 @@ from envlock.targets import environment_marker
 def to_pylock(lock: Lock, platforms: list[str] | None = None) -> str:
     """One pylock.toml for the chosen platforms: packages shared by all of them carry no marker."""
     targets = [lock.target(p) for p in platforms] if platforms else list(lock.targets)
-    markers = {t.platform: environment_marker(t.platform, lock.python) for t in targets}
+    markers: dict[str, str] = {t.platform: environment_marker(t.platform, lock.python) for t in targets}
     seen: dict[LockedPackage, list[str]] = {}
     for target in targets:
         for package in target.packages:
