@@ -38,6 +38,7 @@ TIMEOUT = 600.0
 UV_RATIO_TARGET, CHECK_TARGET = 1.3, 0.3
 PIP_DROPPED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_NO_CACHE_DIR")
 TOOLS = ("envlock", "uv", "pip-compile")
+UV_KEPT = ("UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_HTTP_RETRIES", "UV_INSECURE_HOST", "UV_CONCURRENT_DOWNLOADS")
 Cell = float | str  # seconds, or a short label ("FAIL", "timeout", "n/a", "skipped")
 
 
@@ -50,7 +51,7 @@ class Failed(Exception):
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall-clock seconds of one run, and its stderr; Failed on a non-zero exit or after TIMEOUT."""
+    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after TIMEOUT."""
     start = time.perf_counter()
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -60,7 +61,7 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     if done.returncode != 0:
         tail = " / ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
         raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
-    return elapsed, done.stderr
+    return elapsed, done.stdout + done.stderr
 
 
 def size_mb(path: Path) -> float:
@@ -68,8 +69,8 @@ def size_mb(path: Path) -> float:
 
 
 def uv_env(cache: Path) -> dict[str, str]:
-    """The environment envlock gives uv (no UV_INDEX*, one HTTP retry), with our cache dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_INDEX")}
+    """For envlock and raw uv alike: like envlock's uv environment (only network UV_* settings), our cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k in UV_KEPT}
     env.setdefault("UV_HTTP_RETRIES", "1")
     return env | {"UV_CACHE_DIR": str(cache)}
 
@@ -121,19 +122,19 @@ def bench_set(name: str, root: Path, args: argparse.Namespace, notes: list[str])
                 cache = root / name / f"{tool}-cache-{i}"
                 for phase, phase_runs in runs.items():
                     output.unlink(missing_ok=True)
-                    seconds, stderr = timed(command(cache), make_env(cache))
+                    seconds, output_text = timed(command(cache), make_env(cache))
                     phase_runs.append(seconds)
                     print(f"  {name:<6} {phase:<5} {tool:<12} {seconds:8.2f} s", file=sys.stderr)
                     if tool == "pip-compile" and i == 0:
-                        lines = [line.strip() for line in stderr.splitlines()]
+                        lines = [line.strip() for line in output_text.splitlines()]
                         fetched = sum(1 for s in lines if s.startswith("Downloading ") and ".metadata" not in s)
                         hashed = sum(1 for s in lines if s.startswith("Hashing "))
                         notes.append(
                             f"pip-compile {name} {phase}: {fetched} whole distribution files downloaded to read "
-                            f"metadata, {hashed} more downloaded just to hash them"
+                            f"metadata; {hashed} files downloaded to compute their hashes"
                         )
-                if tool == "uv" and i == 0:
-                    notes.append(f"uv {name}: its cache holds {size_mb(cache):.1f} MB after the cold and warm runs")
+                if i == 0:
+                    notes.append(f"{tool} {name}: its cache dir holds {size_mb(cache):.1f} MB after the cold+warm runs")
         except Failed as exc:
             phase = "warm" if len(runs["cold"]) > len(runs["warm"]) else "cold"
             notes.append(f"{tool} {name} {phase}: {exc}")
@@ -174,8 +175,12 @@ def verdict(values: list[tuple[float, str]], limit: float, unit: str) -> str:
 
 
 def report(results: dict[str, dict[tuple[str, str], Cell]], repeat: int, notes: list[str]) -> None:
-    versions = [subprocess.run([str(BIN / t), "--version"], capture_output=True, text=True, check=False) for t in TOOLS]
-    print(" | ".join(v.stdout.strip().splitlines()[0] if v.stdout.strip() else "?" for v in versions))
+    versions = [
+        subprocess.run([str(BIN / t), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+        for t in TOOLS
+        if (BIN / t).exists()
+    ]
+    print(" | ".join(v.splitlines()[0] for v in versions if v))
     print(f"target {PLATFORM}, Python {PYTHON} ({UV_PLATFORM}); index {INDEX}; median of {repeat} run(s) per cell")
     rows = [("set", "run", "envlock s", "uv s", "pip-compile s", "envlock/uv", "pip-compile/envlock")]
     over_uv: list[tuple[float, str]] = []
@@ -195,7 +200,8 @@ def report(results: dict[str, dict[tuple[str, str], Cell]], repeat: int, notes: 
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     checks = {name: cells.get(("check", "envlock"), "n/a") for name, cells in results.items()}
     print()
-    print("envlock lock --check (best of 5): " + ", ".join(f"{n} {fmt(c, 3)} s" for n, c in checks.items()))
+    shown = (f"{n} {fmt(c, 3)}{' s' if isinstance(c, float) else ''}" for n, c in checks.items())
+    print("envlock lock --check (best of 5): " + ", ".join(shown))
     print(f"target: envlock lock within {UV_RATIO_TARGET}x of raw uv: {verdict(over_uv, UV_RATIO_TARGET, 'x')}")
     measured = [(c, n) for n, c in checks.items() if isinstance(c, float)]
     print(f"target: lock --check under {CHECK_TARGET} s: {verdict(measured, CHECK_TARGET, ' s')}")

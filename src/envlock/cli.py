@@ -26,6 +26,8 @@ app = typer.Typer(
 export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
+INTERRUPTED = 130
+
 ProjectOpt = Annotated[
     Path,
     typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
@@ -180,11 +182,14 @@ def run(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=True)  # typer reports its own usage errors and exits
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
+            return _fail("interrupted", "envlock writes atomically: every file is as it was before", code)
+        return code
     except EnvlockError as exc:
         return _fail(exc.message, exc.hint, exc.exit_code, exc.details)
     except KeyboardInterrupt:
-        return _fail("interrupted", "", 130)
+        return _fail("interrupted", "envlock writes atomically: every file is as it was before", INTERRUPTED)
     return 0
 
 

@@ -113,7 +113,8 @@ def lock_project(
         check_wish(stack, spec.cuda, platform)
         return TargetLock(platform, target.uv_python_platform, stack, tuple(packages))
 
-    with ThreadPoolExecutor(max_workers=len(spec.platforms)) as pool:
+    with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
+        resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving
         targets = tuple(pool.map(resolve_one, spec.platforms))
     lock = Lock(
         python=spec.python,
@@ -123,7 +124,7 @@ def lock_project(
         source_date_epoch=lockfile.source_date_epoch(targets),
         targets=targets,
         input_hash=spec.input_hash(),
-        resolver=resolver.version(),
+        resolver=resolver_version.result(),
         envlock_version=__version__,
     )
     if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import tomllib
 from collections.abc import Mapping
 from functools import cache
@@ -88,13 +89,15 @@ class UvResolver:
 
     def __init__(self, uv_bin: str | None = None) -> None:
         self._uv_bin = uv_bin
+        self._finding = threading.Lock()
 
     @property
     def uv_bin(self) -> str:
-        """Path of the uv executable."""
-        if self._uv_bin is None:
-            self._uv_bin = find_uv()
-        return self._uv_bin
+        """Path of the uv executable (looked up once: uv's own finder is not thread-safe on first use)."""
+        with self._finding:
+            if self._uv_bin is None:
+                self._uv_bin = find_uv()
+            return self._uv_bin
 
     def version(self) -> str:
         """`uv 0.13.9`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +53,9 @@ class LocalIndex:
 
 
 @contextmanager
-def serve_index(wheels: list[Path], user: str = "ci", password: str = "s3cr3t-t0ken") -> Iterator[LocalIndex]:
+def serve_index(
+    wheels: list[Path], user: str = "ci", password: str = "s3cr3t-t0ken", stall: float = 0.0
+) -> Iterator[LocalIndex]:
     """Serve the wheels under /simple/<project>/ until the block ends (the server then stops by itself)."""
     by_project: dict[str, list[Path]] = {}
     for wheel in wheels:
@@ -68,6 +71,8 @@ def serve_index(wheels: list[Path], user: str = "ci", password: str = "s3cr3t-t0
             self.do_GET()
 
         def do_GET(self) -> None:
+            if stall:
+                time.sleep(stall)  # an index that hangs: bounded, so the server always stops
             if self.headers.get("Authorization") != expected:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="test"')

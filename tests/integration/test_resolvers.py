@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +62,7 @@ def test_pip_tools_gives_the_same_pins_and_files_as_uv(write_project: Callable[[
         assert {f.sha256 for f in ours.wheels} == {f.sha256 for f in theirs.wheels}, ours.name
         assert (ours.sdist.sha256 if ours.sdist else None) == (theirs.sdist.sha256 if theirs.sdist else None)
     assert by_pip_tools.resolver.startswith("pip-tools ")
+    assert by_pip_tools.lock_hash == by_uv.lock_hash, "same pins, same files, same lock"
 
 
 def test_pip_tools_refuses_a_target_it_cannot_serve(write_project: Callable[[str], Path]) -> None:
@@ -169,6 +173,30 @@ def test_unreachable_index_leaves_the_lock_alone(
     assert (project / "envlock.lock").read_bytes() == before
     with pytest.raises(IndexUnreachableError):
         lock_project(load_spec(project), PipToolsResolver())
+
+
+def test_ctrl_c_while_resolving_leaves_nothing_behind(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
+    wheel = build_wheel(tmp_path, "envlock-probe", "1.0")
+    with serve_index([wheel], stall=20) as index:
+        project = write_project(
+            f'[project]\nname = "p"\ndependencies = ["envlock-probe"]\n[tool.envlock]\nindex-url = "{index.url()}"\n'
+        )
+        envlock = Path(sys.executable).with_name("envlock")
+        process = subprocess.Popen(
+            [str(envlock), "lock", "-C", str(project)],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+        )
+        assert process.stderr is not None
+        assert "resolving" in process.stderr.readline()
+        time.sleep(0.5)  # uv is now waiting on the stalled index
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "error: interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in project.iterdir()) == ["pyproject.toml"]
 
 
 def test_exported_pylock_installs_with_uv(write_project: Callable[[str], Path], tmp_path: Path) -> None:

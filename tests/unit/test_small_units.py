@@ -55,10 +55,7 @@ def test_parse_pins_with_hashes_and_comments() -> None:
         "    # via requests\nCharset_Normalizer==3.4.0 ; python_version >= '3.8' \\\n"
         "    --hash=sha256:" + "c" * 64 + "\n"
     )
-    assert parse_pins(text) == {
-        "certifi": ("2024.8.30", {"a" * 64, "b" * 64}),
-        "charset-normalizer": ("3.4.0", {"c" * 64}),
-    }
+    assert parse_pins(text) == {"certifi": "2024.8.30", "charset-normalizer": "3.4.0"}
 
 
 def test_pylock_export_marks_platform_specific_packages() -> None:
