@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.tags import Tag
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -29,16 +29,6 @@ class FileFinder(Protocol):
         ...
 
 
-def supported_tags(target: Target) -> set[Tag]:
-    """Every wheel tag a CPython of the target's version on the target's platform accepts."""
-    version = target.python_tuple
-    interpreter = f"cp{version[0]}{version[1]}"
-    platforms = target.platform_tags()
-    tags = set(cpython_tags(version, abis=[interpreter], platforms=platforms))
-    tags |= set(compatible_tags(version, interpreter, platforms))
-    return tags
-
-
 class SimpleIndexFinder:
     """FileFinder through pypi-simple: the first index in priority order that has the project wins."""
 
@@ -50,7 +40,7 @@ class SimpleIndexFinder:
         import requests  # noqa: PLC0415
         from pypi_simple import PyPISimple  # noqa: PLC0415  (0.2 s to import; only pip-tools needs it)
 
-        tags = supported_tags(target)
+        tags = set(target.wheel_tags())
         clients = [PyPISimple(endpoint=url.rstrip("/") + "/", session=requests.Session()) for url in index_urls]
 
         def lookup(pin: tuple[str, str]) -> LockedPackage:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from packaging.tags import Tag, compatible_tags, cpython_tags
+
 Platform = Literal["linux/amd64", "linux/arm64"]
 PLATFORMS: tuple[Platform, ...] = get_args(Platform)
 
@@ -51,6 +53,15 @@ class Target:
     def marker(self) -> str:
         """A PEP 508 marker that is true exactly on this target."""
         return environment_marker(self.platform, self.python)
+
+    def wheel_tags(self) -> list[Tag]:
+        """Wheel tags a CPython of the target's version accepts on the target, best first (as installers rank)."""
+        version = self.python_tuple
+        interpreter = f"cp{version[0]}{version[1]}"
+        platforms = self.platform_tags()
+        ranked = [*cpython_tags(version, abis=[interpreter], platforms=platforms)]
+        ranked += compatible_tags(version, interpreter, platforms)
+        return list(dict.fromkeys(ranked))
 
     def platform_tags(self) -> list[str]:
         """manylinux platform tags the target accepts, most specific first."""

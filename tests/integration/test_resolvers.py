@@ -19,7 +19,8 @@ from envlock.locking import LockOptions, lock_project
 from envlock.piptools import PipToolsResolver
 from envlock.spec import load_spec
 from envlock.uv import UvResolver, find_uv
-from tests.integration.localindex import build_wheel, serve_index
+from tests.integration.localindex import serve_index
+from tests.wheelmaker import build_wheel
 
 pytestmark = pytest.mark.network
 
