@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from envlock.errors import EngineError, SpecError
-
 DEFAULT_BASE = "debian-bookworm"
 _DIGEST_REF = re.compile(
     r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
@@ -78,28 +76,3 @@ class ImageInspector(Protocol):
     def image_env(self, ref: str) -> dict[str, str]:
         """The image's ENV as a mapping."""
         ...
-
-
-class DockerImageInspector:
-    """ImageInspector through docker-py."""
-
-    def image_env(self, ref: str) -> dict[str, str]:
-        """The ENV of a local image; the engine must already hold it (nothing is pulled here)."""
-        import docker  # noqa: PLC0415  (docker-py is slow to import; only base-image locks need it)
-        import docker.errors  # noqa: PLC0415
-
-        try:
-            client = docker.from_env()
-            image = client.images.get(ref)
-        except docker.errors.ImageNotFound as exc:
-            raise SpecError(
-                f"base image {ref} is not in the local Docker engine",
-                hint=f"pull it by digest first: docker pull {ref}",
-            ) from exc
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"cannot inspect base image {ref}: the Docker engine is not reachable") from exc
-        env: dict[str, str] = {}
-        for item in image.attrs.get("Config", {}).get("Env") or []:
-            key, _, value = item.partition("=")
-            env[key] = value
-        return env

@@ -82,13 +82,13 @@ def lock(
         locked = check_lock(spec)
         typer.echo(f"envlock.lock is up to date (lock {locked.short_hash})")
         return
-    from envlock.base import DockerImageInspector  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.locking import LockOptions, lock_project  # noqa: PLC0415
 
     outcome = lock_project(
         spec,
         _resolver(resolver),
-        inspector=DockerImageInspector(),
+        inspector=DockerEngine(),
         options=LockOptions(upgrade=upgrade, upgrade_packages=tuple(upgrade_package or ())),
         report=_say,
     )

@@ -1,0 +1,131 @@
+"""The container engine behind a small Protocol; the real one is Docker through docker-py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from envlock.errors import EngineError
+
+
+class Engine(Protocol):
+    """What envlock needs from a container engine."""
+
+    def image_id(self, ref: str) -> str | None:
+        """The ID of a local image by name:tag or ID, or None when absent."""
+        ...
+
+    def image_env(self, ref: str) -> dict[str, str]:
+        """The ENV of a local image (raises EngineError when absent)."""
+        ...
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        """The labels of a local image."""
+        ...
+
+    def load(self, archive: Path) -> str:
+        """Load a docker-archive tarball; returns the loaded image's ID."""
+        ...
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        """Point repository:tag at an image."""
+        ...
+
+    def remove(self, ref: str) -> None:
+        """Remove a local image (or tag); absent is fine."""
+        ...
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    import docker.errors  # noqa: PLC0415
+    import requests  # noqa: PLC0415
+
+    try:
+        yield
+    except docker.errors.DockerException as exc:
+        if "Connection" in str(exc) or "FileNotFoundError" in str(exc):
+            raise EngineError(f"cannot {action}: the Docker engine is not reachable") from exc
+        raise EngineError(
+            f"cannot {action}: {_first_line(exc)}", hint="see `docker info` for the engine's state"
+        ) from exc
+    except requests.RequestException as exc:
+        raise EngineError(f"cannot {action}: the Docker engine is not reachable ({exc.__class__.__name__})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
+class DockerEngine:
+    """Engine through docker-py (DOCKER_HOST or the default socket)."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The docker-py client, connected on first use."""
+        if self._client is None:
+            import docker  # noqa: PLC0415  (slow to import; only commands that touch the engine need it)
+
+            with _translated("connect to Docker"):
+                self._client = docker.from_env()
+                self._client.ping()
+        return self._client
+
+    def _attrs(self, ref: str) -> dict[str, Any] | None:
+        import docker.errors  # noqa: PLC0415
+
+        with _translated(f"inspect {ref}"):
+            try:
+                attrs: dict[str, Any] = self.client.api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+        return attrs
+
+    def image_id(self, ref: str) -> str | None:
+        """ID of a local image, or None."""
+        attrs = self._attrs(ref)
+        return str(attrs["Id"]) if attrs else None
+
+    def image_env(self, ref: str) -> dict[str, str]:
+        """ENV of a local image as a mapping."""
+        attrs = self._attrs(ref)
+        if attrs is None:
+            raise EngineError(f"image {ref} is not in the local Docker engine", hint=f"docker pull {ref}")
+        env = {}
+        for item in attrs.get("Config", {}).get("Env") or []:
+            key, _, value = item.partition("=")
+            env[key] = value
+        return env
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        """Labels of a local image."""
+        attrs = self._attrs(ref)
+        return dict((attrs or {}).get("Config", {}).get("Labels") or {})
+
+    def load(self, archive: Path) -> str:
+        """`docker load` through the API, streaming the file."""
+        with _translated("load the image into Docker"), archive.open("rb") as handle:
+            images = self.client.images.load(handle)
+        if not images:
+            raise EngineError("Docker loaded no image from the archive")
+        return str(images[0].id)
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        """Tag an image."""
+        with _translated(f"tag {repository}:{tag}"):
+            self.client.api.tag(image_id, repository, tag)
+
+    def remove(self, ref: str) -> None:
+        """Remove an image or tag if present."""
+        import docker.errors  # noqa: PLC0415
+
+        with _translated(f"remove {ref}"):
+            try:
+                self.client.api.remove_image(ref, force=True)
+            except docker.errors.ImageNotFound:
+                return
