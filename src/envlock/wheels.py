@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock.credentials import redact
@@ -153,15 +153,15 @@ class WheelCache:
             paths = list(pool.map(lambda f: self._ensure_one(f, progress), unique.values()))
         return dict(zip(unique, paths, strict=True))
 
-    def open_verified(self, file: LockedFile) -> BinaryIO:
-        """Open a cached file for reading after checking its bytes again (they may have changed on disk)."""
+    def require(self, file: LockedFile) -> Path:
+        """The cached file, its bytes checked again just before use (they may have changed on disk)."""
         path = self.verified(file)
         if path is None:
             raise HashMismatchError(
                 f"{file.name} is missing from the wheel cache or its bytes changed",
                 hint="run the command again: envlock fetches it afresh",
             )
-        return path.open("rb")
+        return path
 
     def _ensure_one(self, file: LockedFile, progress: Progress) -> Path:
         if (path := self.verified(file)) is not None:

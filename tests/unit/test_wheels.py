@@ -101,14 +101,13 @@ def test_index_serving_other_bytes_is_refused_by_name(tmp_path: Path) -> None:
     assert not list((tmp_path / "partial").iterdir())
 
 
-def test_open_verified_refuses_changed_bytes(tmp_path: Path) -> None:
+def test_require_refuses_changed_bytes(tmp_path: Path) -> None:
     file = locked("e-1.0-py3-none-any.whl", b"original")
     cache = WheelCache(tmp_path, FakeFetcher({file.url: b"original"}))
     cache.ensure([file])
-    with cache.open_verified(file) as handle:
-        assert handle.read() == b"original"
+    assert cache.require(file).read_bytes() == b"original"
     cache.path_for(file.sha256).write_bytes(b"changed!")
     with pytest.raises(
         HashMismatchError, match=r"e-1\.0-py3-none-any\.whl is missing from the wheel cache or its bytes"
     ):
-        cache.open_verified(file)
+        cache.require(file)

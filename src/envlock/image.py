@@ -1,0 +1,215 @@
+"""Deterministic image assembly: plan the layers from the lock, build (or reuse) each, write the config."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from envlock import __version__
+from envlock.layers import Layer, write_layer
+from envlock.lockfile import Lock
+from envlock.resolve import LockedFile
+from envlock.staging import VENV, VenvLayout, choose_wheel, install_wheel
+from envlock.targets import Target
+from envlock.wheels import WheelCache
+
+# Bumped whenever the bytes a layer is made of change for the same inputs (paths, metadata, layout).
+LAYER_FORMAT = 1
+LOCK_PATH = "etc/envlock/envlock.lock"
+HEAVY_NAMES = re.compile(
+    r"^(torch|torchvision|torchaudio|triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
+    r"flash-attn|vllm|nvidia-.+)$"
+)
+# A package this big gets a layer of its own even when its name is not known to be heavy.
+HEAVY_BYTES = 48 * 1024 * 1024
+ARCHITECTURES = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer to make: a label, the wheels it installs, and a key naming its content."""
+
+    label: str
+    wheels: tuple[LockedFile, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What `envlock build` will make, before anything is made."""
+
+    repository: str
+    tag: str
+    platform: str
+    lock: Lock
+    lock_text: str
+    layers: tuple[LayerPlan, ...]
+
+    @property
+    def reference(self) -> str:
+        """`name:tag`."""
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def wheels(self) -> list[LockedFile]:
+        """Every wheel the image installs."""
+        return [w for layer in self.layers for w in layer.wheels]
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
+
+
+def plan_image(lock: Lock, lock_text: str, repository: str, platform: str) -> ImagePlan:
+    """Heavy packages (torch, nvidia-*, triton, anything ≥ 48 MiB) one layer each, below one layer of the rest."""
+    target = lock.target(platform)
+    tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
+    heavy: list[LayerPlan] = []
+    light: list[LockedFile] = []
+    for package in target.packages:
+        wheel = choose_wheel(package, tags)
+        if HEAVY_NAMES.match(package.name) or (wheel.size or 0) >= HEAVY_BYTES:
+            heavy.append(LayerPlan(package.name, (wheel,), _key(lock.python, lock.source_date_epoch, wheel.sha256)))
+        else:
+            light.append(wheel)
+    layers = [LayerPlan("venv", (), _key(lock.python, lock.source_date_epoch, "venv"))]
+    layers += sorted(heavy, key=lambda layer: layer.label)
+    if light:
+        layers.append(
+            LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
+        )
+    lock_key = _key(lock.source_date_epoch, hashlib.sha256(lock_text.encode()).hexdigest())
+    layers.append(LayerPlan("lock", (), lock_key))
+    return ImagePlan(repository, lock.short_hash, platform, lock, lock_text, tuple(layers))
+
+
+class LayerStore:
+    """Finished layer tarballs by content key, so a rebuild re-makes only the layers that changed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, key: str) -> Layer | None:
+        """A finished layer, or None."""
+        meta = self.root / f"{key}.json"
+        tar = self.root / f"{key}.tar"
+        if not (meta.is_file() and tar.is_file()):
+            return None
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        if tar.stat().st_size != data["size"]:
+            return None
+        return Layer(tar, data["diff_id"], data["size"])
+
+    def put(self, key: str, made: Callable[[Path], Layer]) -> Layer:
+        """Make a layer into the store; it appears only once complete."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".making-") as tmp:
+            layer = made(Path(tmp) / "layer.tar")
+            tar = self.root / f"{key}.tar"
+            layer.tar.replace(tar)
+            meta = self.root / f"{key}.json"
+            meta.write_text(json.dumps({"diff_id": layer.diff_id, "size": layer.size}), encoding="utf-8")
+        return Layer(tar, layer.diff_id, layer.size)
+
+
+def make_layers(plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report) -> list[Layer]:
+    """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
+    layout = VenvLayout(plan.lock.python)
+    epoch = plan.lock.source_date_epoch
+    layers = []
+    for spec in plan.layers:
+        if (found := store.get(spec.key)) is not None:
+            layers.append(found)
+            continue
+        report(f"making layer {spec.label}")
+
+        def made(out: Path, spec: LayerPlan = spec) -> Layer:
+            with tempfile.TemporaryDirectory(prefix="envlock-stage-") as tmp:
+                root = Path(tmp) / "root"
+                root.mkdir()
+                if spec.label == "lock":
+                    (root / LOCK_PATH).parent.mkdir(parents=True)
+                    (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
+                    return write_layer(root, out, epoch)
+                if spec.label == "venv":
+                    layout.skeleton(root)
+                for wheel in spec.wheels:
+                    install_wheel(cache.require(wheel), wheel.name, root, layout)
+                return write_layer(root, out, epoch, prefix=VENV.lstrip("/"))
+
+        layers.append(store.put(spec.key, made))
+    return layers
+
+
+def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, str], layers: list[Layer]) -> bytes:
+    """The image config JSON, canonical: its sha256 is the image ID."""
+    created = datetime.fromtimestamp(plan.lock.source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    target = plan.lock.target(plan.platform)
+    path = f"{VENV}/bin:" + base_env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env = {
+        **base_env,
+        "PATH": path,
+        "VIRTUAL_ENV": VENV,
+        "LANG": base_env.get("LANG", "C.UTF-8"),
+        "ENVLOCK_LOCK": f"/{LOCK_PATH}",
+        "ENVLOCK_LOCK_HASH": plan.lock.lock_hash,
+        "ENVLOCK_PLATFORM": plan.platform,
+    }
+    labels = {
+        "org.opencontainers.image.created": created,
+        "dev.envlock.lock-hash": plan.lock.lock_hash,
+        "dev.envlock.version": __version__,
+        "dev.envlock.platform": plan.platform,
+        "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",
+    }
+    history = [{"created": created, "created_by": "envlock base", "comment": d} for d in base_diff_ids]
+    history += [{"created": created, "created_by": f"envlock layer {spec.label}"} for spec in plan.layers]
+    config: dict[str, Any] = {
+        "architecture": ARCHITECTURES[plan.platform],
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": [f"{k}={v}" for k, v in sorted(env.items())],
+            "Labels": labels,
+            "WorkingDir": "/",
+            "Cmd": ["python"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [*base_diff_ids, *(layer.diff_id for layer in layers)]},
+        "history": history,
+    }
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_archive(out: Path, config: bytes, layer_tars: list[tuple[str, Path]]) -> str:
+    """A docker-archive (what `docker load` reads) holding the config and every layer; returns the image ID."""
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = [
+        {
+            "Config": f"{image_id.removeprefix('sha256:')}.json",
+            "RepoTags": None,
+            "Layers": [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id, _ in layer_tars],
+        }
+    ]
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add_bytes(archive, f"{image_id.removeprefix('sha256:')}.json", config)
+        _add_bytes(archive, "manifest.json", json.dumps(manifest).encode())
+        for diff_id, tar in layer_tars:
+            archive.add(str(tar), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
+    return image_id
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    archive.addfile(info, fileobj=io.BytesIO(data))
