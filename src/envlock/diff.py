@@ -73,7 +73,19 @@ class LockDiff:
 _DERIVED = ("targets", "source-date-epoch")
 
 
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys (`base.sha256`), so a change names the field that moved."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    old, new = _flat(old), _flat(new)
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 

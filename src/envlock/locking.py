@@ -61,7 +61,7 @@ def check(spec: Spec) -> Lock:
         raise StaleLockError(f"there is no lock file at {spec.lock_path}")
     lock = lockfile.read(spec.lock_path)
     if lock.input_hash != spec.input_hash():
-        raise StaleLockError("envlock.lock is stale: pyproject.toml changed since it was locked")
+        raise StaleLockError("envlock.lock is stale: pyproject.toml or the base recipe changed since it was locked")
     return lock
 
 

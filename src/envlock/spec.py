@@ -74,6 +74,8 @@ class Spec:
             "requirements": sorted(str(Requirement(r)) for r in self.requirements),
             "platforms": sorted(self.platforms),
             "base": self.base,
+            # A recipe's content is an input too: editing base-images/NAME.toml makes the lock stale.
+            "base-recipe": None if base_mod.is_image_reference(self.base) else base_mod.load_recipe(self.base).sha256,
             "system-packages": sorted(self.system_packages),
             "cuda": self.cuda,
             "index-url": redact(self.index_url),
