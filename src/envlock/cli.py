@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+base_app = typer.Typer(help="Base images: envlock's reproducible recipes under base-images/.", no_args_is_help=True)
+app.add_typer(base_app, name="base")
 
 INTERRUPTED = 130
 
@@ -166,6 +168,106 @@ def export_pylock(
     else:
         atomic_write_text(output, text)
         typer.echo(f"wrote {output}", err=True)
+
+
+def _stores() -> tuple[Any, Any, Any]:
+    """The wheel cache, layer store and base store under the user's cache directory."""
+    from envlock.base import BaseStore, MmdebstrapBuilder  # noqa: PLC0415
+    from envlock.image import LayerStore  # noqa: PLC0415
+    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
+
+    root = default_cache_dir()
+    return (
+        WheelCache(root / "wheels", HttpFetcher()),
+        LayerStore(root / "layers"),
+        BaseStore(root / "bases", MmdebstrapBuilder()),
+    )
+
+
+@app.command()
+def build(
+    project: ProjectOpt = Path(),
+    platform: PlatformOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every layer afresh.")] = False,
+) -> None:
+    """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn  # noqa: PLC0415
+
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.build import build_image, host_platform  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.locking import check as check_lock  # noqa: PLC0415
+    from envlock.spec import load_spec  # noqa: PLC0415
+    from envlock.wheels import HttpFetcher  # noqa: PLC0415
+
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    chosen = platform or host_platform()
+    cache, layers, bases = _stores()
+    cache.fetcher = HttpFetcher([spec.index_url, *spec.extra_index_urls])
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
+    tasks: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total)
+        bars.update(tasks[name], completed=done)
+
+    with bars:
+        outcome = build_image(
+            locked,
+            spec.lock_path.read_text(encoding="utf-8"),
+            spec.name,
+            chosen,
+            engine=DockerEngine(),
+            cache=cache,
+            layers=layers,
+            bases=bases,
+            no_cache=no_cache,
+            report=_say,
+            progress=progress,
+        )
+    verb = "built" if outcome.built else "already built:"
+    typer.echo(f"{verb} {outcome.reference} ({outcome.image_id})")
+
+
+@base_app.command("list")
+def base_list(as_json: JsonOpt = False) -> None:
+    """The base recipes and the bases built from them on this machine."""
+    from envlock.base import load_recipe, recipe_names  # noqa: PLC0415
+
+    built = _stores()[2].built()
+    rows = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        mine = [b for b in built if b["recipe"] == name and b["recipe-sha256"] == recipe.sha256]
+        rows.append({"name": name, "python": recipe.python, "recipe-sha256": recipe.sha256, "built": mine})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = ", ".join(f"{b['platform']} {b['diff-id'][:19]} ({len(b['packages'])} debs)" for b in row["built"])
+        typer.echo(
+            f"{row['name']:<20} Python {row['python']}  recipe {row['recipe-sha256'][:12]}  {state or 'not built'}"
+        )
+
+
+@base_app.command("build")
+def base_build(
+    name: Annotated[str, typer.Argument(help="Recipe name, e.g. debian-bookworm.")],
+    platform: PlatformOpt = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when already built.")] = False,
+) -> None:
+    """Build a base from its recipe (mmdebstrap, SOURCE_DATE_EPOCH) into envlock's store."""
+    from envlock.base import load_recipe, recipe_names  # noqa: PLC0415
+    from envlock.build import host_platform  # noqa: PLC0415
+
+    if name not in recipe_names():
+        raise EnvlockError(f"no base recipe {name!r}", hint=f"known recipes: {', '.join(recipe_names())}")
+    chosen = platform or host_platform()
+    _say(f"building base {name} for {chosen} with mmdebstrap")
+    built = _stores()[2].ensure(load_recipe(name), chosen, rebuild=rebuild)
+    typer.echo(f"base {name} {chosen}: {built.diff_id} ({len(built.packages)} Debian packages)")
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:

@@ -171,6 +171,7 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
         "dev.envlock.version": __version__,
         "dev.envlock.platform": plan.platform,
         "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",
+        "dev.envlock.base": ",".join(base_diff_ids),
     }
     history = [{"created": created, "created_by": "envlock base", "comment": d} for d in base_diff_ids]
     history += [{"created": created, "created_by": f"envlock layer {spec.label}"} for spec in plan.layers]
