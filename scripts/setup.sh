@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything envlock needs on a fresh Debian bookworm machine (idempotent): Debian packages, then a
-# virtual environment in .venv with envlock and its development tools.
+# Set up everything envlock needs on a fresh Debian bookworm machine (idempotent): Debian packages (Python,
+# the Docker engine, mmdebstrap), a virtual environment in .venv with envlock and its tools, and a running dockerd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -q
@@ -29,4 +31,5 @@ fi
 echo "setup: installing envlock and its tools into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+bash scripts/services.sh
 echo "setup: done ($(.venv/bin/envlock --version))"

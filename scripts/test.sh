@@ -7,6 +7,7 @@ if [ ! -x .venv/bin/pytest ]; then
   echo "test: no .venv yet; run: bash scripts/setup.sh" >&2
   exit 1
 fi
+bash scripts/services.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tarfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from envlock.resolve import LockedFile, LockedPackage, ResolveRequest
 
@@ -63,3 +67,60 @@ class FakeInspector:
 
     def image_env(self, ref: str) -> dict[str, str]:
         return self.envs[ref]
+
+
+@dataclass
+class FakeEngine:
+    """An engine that keeps images in a dict; `load` reads the docker-archive's config to compute the ID."""
+
+    images: dict[str, dict[str, object]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    fail_load: BaseException | None = None
+    loads: int = 0
+
+    def image_id(self, ref: str) -> str | None:
+        if ref in self.images:
+            return ref
+        return self.tags.get(ref)
+
+    def image_env(self, ref: str) -> dict[str, str]:
+        return {}
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        image_id = self.image_id(ref)
+        return dict(self.images[image_id]["labels"]) if image_id else {}  # type: ignore[call-overload]
+
+    def load(self, archive: Path) -> str:
+        self.loads += 1
+        if self.fail_load is not None:
+            raise self.fail_load
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+            config = tar.extractfile(manifest[0]["Config"]).read()  # type: ignore[union-attr]
+            layers = manifest[0]["Layers"]
+            assert all(tar.getmember(layer) for layer in layers)
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        self.images[image_id] = {"labels": json.loads(config)["config"]["Labels"], "layers": layers}
+        return image_id
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        self.tags[f"{repository}:{tag}"] = image_id
+
+    def remove(self, ref: str) -> None:
+        self.tags.pop(ref, None)
+        self.images.pop(ref, None)
+
+
+class FakeBaseBuilder:
+    """Writes a tiny root filesystem with a dpkg status file instead of running mmdebstrap."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+
+    def build(self, recipe: object, platform: str, out: Path) -> None:
+        self.builds += 1
+        status = b"Package: python3\nStatus: install ok installed\nVersion: 3.11.2-1+b1\n\n"
+        with tarfile.open(out, "w") as tar:
+            info = tarfile.TarInfo("var/lib/dpkg/status")
+            info.size = len(status)
+            tar.addfile(info, io.BytesIO(status))

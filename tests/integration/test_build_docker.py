@@ -1,0 +1,126 @@
+"""envlock build against the real Docker engine, real mmdebstrap bases and real wheels from PyPI."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from envlock import lockfile
+from envlock.base import BaseStore, MmdebstrapBuilder, load_recipe
+from envlock.build import BuildOutcome, build_image
+from envlock.cli import run
+from envlock.engine import DockerEngine
+from envlock.errors import EngineError
+from envlock.image import LayerStore
+from envlock.locking import lock_project
+from envlock.spec import Spec, load_spec
+from envlock.uv import UvResolver
+from envlock.wheels import HttpFetcher, WheelCache
+
+pytestmark = [pytest.mark.docker, pytest.mark.network]
+PROJECT = '[project]\nname = "envlock-it"\ndependencies = ["six==1.16.0", "tabulate==0.9.0"]\n'
+
+
+@pytest.fixture(scope="session")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> BaseStore:
+    """One real base for the whole session (mmdebstrap takes ~20 s)."""
+    return BaseStore(tmp_path_factory.mktemp("bases"), MmdebstrapBuilder())
+
+
+@pytest.fixture
+def engine() -> Iterator[DockerEngine]:
+    engine = DockerEngine()
+    yield engine
+    for image in engine.client.images.list(name="envlock-it"):
+        engine.client.images.remove(image.id, force=True)
+
+
+def build(spec: Spec, engine: DockerEngine, cache_root: Path, bases: BaseStore) -> BuildOutcome:
+    return build_image(
+        lockfile.read(spec.lock_path),
+        spec.lock_path.read_text(encoding="utf-8"),
+        spec.name,
+        "linux/amd64",
+        engine=engine,
+        cache=WheelCache(cache_root / "wheels", HttpFetcher()),
+        layers=LayerStore(cache_root / "layers"),
+        bases=bases,
+    )
+
+
+def test_same_lock_same_image_id_and_the_image_works(
+    tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    spec = load_spec(write_project(PROJECT))
+    lock_project(spec, UvResolver())
+    first = build(spec, engine, tmp_path / "cache", bases)
+    assert first.built
+    assert engine.image_id(first.reference) == first.image_id
+
+    client = docker.from_env()
+    out = client.containers.run(
+        first.image_id,
+        ["python", "-c", "import six, tabulate; print(six.__version__)"],
+        remove=True,
+        network_mode="none",
+    )
+    assert out.decode().strip() == "1.16.0"
+    out = client.containers.run(first.image_id, ["tabulate", "--help"], remove=True, network_mode="none")
+    assert out.decode().startswith("Usage: tabulate")
+    embedded = client.containers.run(first.image_id, ["cat", "/etc/envlock/envlock.lock"], remove=True)
+    assert embedded.decode() == spec.lock_path.read_text(encoding="utf-8")
+
+    again = build(spec, engine, tmp_path / "cache", bases)
+    assert not again.built and again.image_id == first.image_id
+
+    engine.remove(first.reference)
+    engine.remove(first.image_id)
+    shutil.rmtree(tmp_path / "cache")
+    rebuilt = build(spec, engine, tmp_path / "cache", bases)
+    assert rebuilt.built and rebuilt.image_id == first.image_id
+
+
+def test_two_base_builds_are_identical(bases: BaseStore, tmp_path: Path) -> None:
+    recipe = load_recipe("debian-bookworm")
+    first = bases.ensure(recipe, "linux/amd64")
+    second = BaseStore(tmp_path / "other", MmdebstrapBuilder()).ensure(recipe, "linux/amd64")
+    assert first.diff_id == second.diff_id
+    assert first.packages == second.packages
+    assert first.packages["python3"].startswith("3.11")
+
+
+def test_cli_build_then_noop(
+    write_project: Callable[[str], Path],
+    engine: DockerEngine,
+    bases: BaseStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = write_project(PROJECT)
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    shutil.copytree(bases.root, tmp_path / "cache" / "bases")  # reuse the session's base: no second mmdebstrap
+    assert run(["lock", "-C", str(project)]) == 0
+    assert run(["build", "-C", str(project)]) == 0
+    assert "built envlock-it:" in capsys.readouterr().out
+    assert run(["build", "-C", str(project)]) == 0
+    assert "already built: envlock-it:" in capsys.readouterr().out
+
+
+def test_stale_lock_is_not_built(write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+    project = write_project(PROJECT)
+    assert run(["lock", "-C", str(project)]) == 0
+    (project / "pyproject.toml").write_text(PROJECT.replace("0.9.0", "0.8.10"), encoding="utf-8")
+    capsys.readouterr()
+    assert run(["build", "-C", str(project)]) == 4
+    assert "envlock.lock is stale" in capsys.readouterr().err
+
+
+def test_engine_down_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(EngineError, match="the Docker engine is not reachable"):
+        DockerEngine().image_id("anything")

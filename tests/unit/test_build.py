@@ -1,0 +1,123 @@
+"""`envlock build` through fakes: plan, no-op, tag only after a verified load, same inputs → same ID."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from envlock import lockfile
+from envlock.base import BaseStore
+from envlock.build import build_image, host_platform
+from envlock.errors import EngineError, EnvlockError
+from envlock.image import LayerStore, plan_image
+from envlock.locking import lock_project
+from envlock.resolve import LockedFile, LockedPackage
+from envlock.spec import load_spec
+from envlock.wheels import WheelCache
+from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
+from tests.unit.test_wheels import FakeFetcher
+from tests.wheelmaker import build_wheel
+
+pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
+
+
+def project_with_wheels(tmp_path: Path, write_project, names: list[str]):  # type: ignore[no-untyped-def]
+    wheels_dir = tmp_path / "wheels"
+    wheels_dir.mkdir()
+    served = {}
+    packages = []
+    for name in names:
+        built = build_wheel(wheels_dir, name, "1.0")
+        data = built.read_bytes()
+        url = f"https://files.example/{built.name}"
+        served[url] = data
+        file = LockedFile(built.name, url, hashlib.sha256(data).hexdigest(), len(data))
+        packages.append(LockedPackage(name, "1.0", (file,)))
+    project = write_project(f'[project]\nname = "demo"\ndependencies = {names!r}\n'.replace("'", '"'))
+    spec = load_spec(project)
+    lock_project(spec, FakeResolver({"linux/amd64": packages}))
+    return spec, served
+
+
+def stores(root: Path, served: dict[str, bytes]) -> tuple[WheelCache, LayerStore, BaseStore, FakeBaseBuilder]:
+    builder = FakeBaseBuilder()
+    return (
+        WheelCache(root / "wheels", FakeFetcher(served)),
+        LayerStore(root / "layers"),
+        BaseStore(root / "bases", builder),
+        builder,
+    )
+
+
+def run_build(spec, engine, cache, layers, bases, **options):  # type: ignore[no-untyped-def]
+    lock = lockfile.read(spec.lock_path)
+    return build_image(
+        lock,
+        spec.lock_path.read_text(),
+        spec.name,
+        "linux/amd64",
+        engine=engine,
+        cache=cache,
+        layers=layers,
+        bases=bases,
+        **options,
+    )
+
+
+def test_build_then_noop(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "beta"])
+    cache, layers, bases, builder = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    assert first.built and first.reference == f"demo:{lockfile.read(spec.lock_path).short_hash}"
+    assert engine.tags[first.reference] == first.image_id
+    second = run_build(spec, engine, cache, layers, bases)
+    assert not second.built and second.image_id == first.image_id
+    assert engine.loads == 1 and builder.builds == 1
+
+
+def test_same_lock_same_image_id_from_empty_caches(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "beta"])
+    ids = []
+    for attempt in ("one", "two"):
+        cache, layers, bases, _ = stores(tmp_path / attempt, served)
+        ids.append(run_build(spec, FakeEngine(), cache, layers, bases).image_id)
+    assert ids[0] == ids[1]
+
+
+def test_no_cache_rebuilds_to_the_same_id(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    again = run_build(spec, engine, cache, layers, bases, no_cache=True)
+    assert again.built and again.image_id == first.image_id and engine.loads == 2
+
+
+def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    for failure in (EngineError("cannot load the image into Docker: disk full"), KeyboardInterrupt()):
+        engine = FakeEngine(fail_load=failure)
+        with pytest.raises(type(failure)):
+            run_build(spec, engine, cache, layers, bases)
+        assert engine.tags == {}
+    assert run_build(spec, FakeEngine(), cache, layers, bases).built, "the next build succeeds"
+
+
+def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, _ = project_with_wheels(tmp_path, write_project, ["torch", "nvidia-cudnn-cu12", "six", "idna"])
+    lock = lockfile.read(spec.lock_path)
+    plan = plan_image(lock, "", "demo", "linux/amd64")
+    assert [layer.label for layer in plan.layers] == ["venv", "nvidia-cudnn-cu12", "torch", "packages", "lock"]
+    assert [w.name for w in plan.layers[3].wheels] == ["idna-1.0-py3-none-any.whl", "six-1.0-py3-none-any.whl"]
+
+
+def test_other_platform_is_refused_clearly(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    lock = lockfile.read(spec.lock_path)
+    with pytest.raises(EnvlockError, match="has no platform 'linux/arm64'"):
+        build_image(lock, "", "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
