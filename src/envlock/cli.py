@@ -193,7 +193,6 @@ def build(
     """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from envlock import lockfile  # noqa: PLC0415
     from envlock.build import build_image, host_platform  # noqa: PLC0415
     from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
