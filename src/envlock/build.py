@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform as host
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from envlock import base as base_mod
 from envlock.engine import Engine
 from envlock.errors import EngineError, EnvlockError
-from envlock.image import LayerStore, image_config, make_layers, plan_image, write_archive
+from envlock.fsutil import atomic_write_text
+from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
 from envlock.lockfile import Lock
+from envlock.registry import Blob, Registry, push, split_target
 from envlock.wheels import Progress, WheelCache
 
 Report = Callable[[str], None]
@@ -42,6 +47,106 @@ def host_platform() -> str:
     return _HOST_PLATFORMS.get(host.machine(), host.machine())
 
 
+@dataclass(frozen=True)
+class Assembled:
+    """Everything an image is made of: its config and its layer tarballs (base first)."""
+
+    config: bytes
+    parts: list[tuple[str, Path]]  # (diff_id, tar)
+    base_diff_id: str
+
+    @property
+    def image_id(self) -> str:
+        """The sha256 of the config: what any engine will call this image."""
+        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+
+
+@dataclass
+class Builder:
+    """`envlock build` and `--push`, with their collaborators passed in."""
+
+    engine: Engine
+    cache: WheelCache
+    layers: LayerStore
+    bases: base_mod.BaseStore
+    report: Report = _silent
+    progress: Progress = _no_progress
+
+    def assemble(self, plan: ImagePlan, scratch: Path, fresh: bool = False) -> Assembled:
+        """The base, the verified wheels and every layer (reused by content key unless fresh)."""
+        lock = plan.lock
+        if plan.platform != host_platform():
+            raise EnvlockError(
+                f"cannot build {plan.platform} images on this {host_platform()} host yet",
+                hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
+            )
+        if base_mod.is_image_reference(lock.base.name):
+            raise EnvlockError(
+                f"building on an upstream image base ({lock.base.name}) is not supported yet",
+                hint=f'use an envlock recipe base: base = "{base_mod.DEFAULT_BASE}"',
+            )
+        recipe = base_mod.load_recipe(lock.base.name)
+        if recipe.sha256 != lock.base.sha256:
+            raise EnvlockError(
+                f"base recipe {recipe.name} changed since the lock was made",
+                hint="run `envlock lock` to lock against the current recipe",
+            )
+        self.report(f"base {recipe.name} for {plan.platform}")
+        built_base = self.bases.ensure(recipe, plan.platform)
+        self.report(f"fetching {len(plan.wheels)} wheels")
+        self.cache.ensure(plan.wheels, self.progress)
+        # fresh (--no-cache): every layer made anew into this build's scratch store; wheels are still verified.
+        made = make_layers(plan, self.cache, LayerStore(scratch / "layers") if fresh else self.layers, self.report)
+        config = image_config(plan, [built_base.diff_id], {}, made)
+        parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
+        return Assembled(config, parts, built_base.diff_id)
+
+    def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
+        """Build the plan's image, or find it already built from this lock."""
+        if not no_cache and (existing := self.engine.image_id(plan.reference)) is not None:
+            labels = self.engine.image_labels(existing)
+            if labels.get("dev.envlock.lock-hash") == plan.lock.lock_hash:
+                return BuildOutcome(plan.reference, existing, False, labels.get("dev.envlock.base", ""))
+            self.report(f"{plan.reference} exists but was not built from this lock; rebuilding")
+        with tempfile.TemporaryDirectory(prefix="envlock-image-") as tmp:
+            assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
+            archive = Path(tmp) / "image.tar"
+            write_archive(archive, assembled.config, assembled.parts)
+            self.report(f"loading {plan.reference} into the engine")
+            loaded = self.engine.load(archive)
+        if loaded != assembled.image_id:
+            raise EngineError(
+                f"the engine computed image ID {loaded}, not {assembled.image_id}",
+                hint="the engine rewrote the image; please report this with `docker version`",
+            )
+        # Tag last: a lock-hash tag only ever names a complete, verified image.
+        self.engine.tag(loaded, plan.repository, plan.tag)
+        return BuildOutcome(plan.reference, loaded, True, assembled.base_diff_id)
+
+    def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
+        """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
+        _, namespace = split_target(target)
+        repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
+        with tempfile.TemporaryDirectory(prefix="envlock-push-") as tmp:
+            assembled = self.assemble(plan, Path(tmp))
+            self.report(f"pushing {len(assembled.parts)} layers to {target}")
+            blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
+            pushed = push(registry, repository, plan.tag, assembled.config, blobs)
+        return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+
+
+def record_image(project_dir: Path, lock: Lock, outcome: BuildOutcome, pushed: str | None) -> Path:
+    """Remember, in the project's .envlock/images.json, which image (and registry digest) a lock gave."""
+    path = project_dir / ".envlock" / "images.json"
+    known: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    entry = known.setdefault(lock.lock_hash, {})
+    entry.update({"image-id": outcome.image_id, "reference": outcome.reference, "base": outcome.base_diff_id})
+    if pushed and pushed not in entry.setdefault("pushed", []):
+        entry["pushed"].append(pushed)
+    atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def build_image(
     lock: Lock,
     lock_text: str,
@@ -57,46 +162,5 @@ def build_image(
     progress: Progress = _no_progress,
 ) -> BuildOutcome:
     """Build the image of `lock` for `platform`, or find it already built."""
-    plan = plan_image(lock, lock_text, repository, platform)
-    if not no_cache and (existing := engine.image_id(plan.reference)) is not None:
-        labels = engine.image_labels(existing)
-        if labels.get("dev.envlock.lock-hash") == lock.lock_hash:
-            return BuildOutcome(plan.reference, existing, built=False, base_diff_id=labels.get("dev.envlock.base", ""))
-        report(f"{plan.reference} exists but was not built from this lock; rebuilding")
-    if platform != host_platform():
-        raise EnvlockError(
-            f"cannot build {platform} images on this {host_platform()} host yet",
-            hint=f"build on a {platform} machine, or pass --platform {host_platform()}",
-        )
-    if base_mod.is_image_reference(lock.base.name):
-        raise EnvlockError(
-            f"building on an upstream image base ({lock.base.name}) is not supported yet",
-            hint=f'use an envlock recipe base: base = "{base_mod.DEFAULT_BASE}"',
-        )
-    recipe = base_mod.load_recipe(lock.base.name)
-    if recipe.sha256 != lock.base.sha256:
-        raise EnvlockError(
-            f"base recipe {recipe.name} changed since the lock was made",
-            hint="run `envlock lock` to lock against the current recipe",
-        )
-    report(f"base {recipe.name} for {platform}")
-    built_base = bases.ensure(recipe, platform)
-    report(f"fetching {len(plan.wheels)} wheels")
-    cache.ensure(plan.wheels, progress)
-    with tempfile.TemporaryDirectory(prefix="envlock-image-") as tmp:
-        # --no-cache: every layer made afresh (into this build's own scratch store); wheels are still verified.
-        made = make_layers(plan, cache, LayerStore(Path(tmp) / "layers") if no_cache else layers, report)
-        config = image_config(plan, [built_base.diff_id], {}, made)
-        archive = Path(tmp) / "image.tar"
-        parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
-        expected = write_archive(archive, config, parts)
-        report(f"loading {plan.reference} into the engine")
-        loaded = engine.load(archive)
-    if loaded != expected:
-        raise EngineError(
-            f"the engine computed image ID {loaded}, not {expected}",
-            hint="the engine rewrote the image; please report this with `docker version`",
-        )
-    # Tag last: a lock-hash tag only ever names a complete, verified image.
-    engine.tag(loaded, plan.repository, plan.tag)
-    return BuildOutcome(plan.reference, loaded, built=True, base_diff_id=built_base.diff_id)
+    builder = Builder(engine, cache, layers, bases, report, progress)
+    return builder.build(plan_image(lock, lock_text, repository, platform), no_cache=no_cache)

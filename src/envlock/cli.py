@@ -189,19 +189,30 @@ def build(
     project: ProjectOpt = Path(),
     platform: PlatformOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every layer afresh.")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Push to the registry ([tool.envlock] registry).")] = False,
+    registry: Annotated[
+        str | None, typer.Option("--registry", help="Push here instead: host[:port][/namespace].", show_default=False)
+    ] = None,
 ) -> None:
     """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from envlock.build import build_image, host_platform  # noqa: PLC0415
+    from envlock.build import Builder, host_platform, record_image  # noqa: PLC0415
     from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.image import plan_image  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
+    from envlock.registry import HttpRegistry, split_target  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
     from envlock.wheels import HttpFetcher  # noqa: PLC0415
 
     spec = load_spec(project)
     locked = check_lock(spec)
     chosen = platform or host_platform()
+    target = registry or spec.registry
+    if (push or registry) and not target:
+        raise EnvlockError(
+            "--push needs a registry", hint='set registry = "host[:port]/namespace" in [tool.envlock], or --registry'
+        )
     cache, layers, bases = _stores()
     cache.fetcher = HttpFetcher([spec.index_url, *spec.extra_index_urls])
     bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
@@ -212,22 +223,18 @@ def build(
             tasks[name] = bars.add_task(name, total=total)
         bars.update(tasks[name], completed=done)
 
+    builder = Builder(DockerEngine(), cache, layers, bases, _say, progress)
+    plan = plan_image(locked, spec.lock_path.read_text(encoding="utf-8"), spec.name, chosen)
     with bars:
-        outcome = build_image(
-            locked,
-            spec.lock_path.read_text(encoding="utf-8"),
-            spec.name,
-            chosen,
-            engine=DockerEngine(),
-            cache=cache,
-            layers=layers,
-            bases=bases,
-            no_cache=no_cache,
-            report=_say,
-            progress=progress,
+        outcome = builder.build(plan, no_cache=no_cache)
+        pushed = (
+            builder.push(plan, HttpRegistry(split_target(target)[0]), target) if target and (push or registry) else None
         )
     verb = "built" if outcome.built else "already built:"
     typer.echo(f"{verb} {outcome.reference} ({outcome.image_id})")
+    if pushed:
+        typer.echo(f"pushed {pushed}")
+    record_image(spec.project_dir, locked, outcome, pushed)
 
 
 @base_app.command("list")

@@ -11,15 +11,17 @@ import pytest
 
 from envlock import lockfile
 from envlock.base import BaseStore, MmdebstrapBuilder, load_recipe
-from envlock.build import BuildOutcome, build_image
+from envlock.build import Builder, BuildOutcome, build_image
 from envlock.cli import run
 from envlock.engine import DockerEngine
 from envlock.errors import EngineError
-from envlock.image import LayerStore
+from envlock.image import LayerStore, plan_image
 from envlock.locking import lock_project
+from envlock.registry import HttpRegistry, RegistryError
 from envlock.spec import Spec, load_spec
 from envlock.uv import UvResolver
 from envlock.wheels import HttpFetcher, WheelCache
+from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
 PROJECT = '[project]\nname = "envlock-it"\ndependencies = ["six==1.16.0", "tabulate==0.9.0"]\n'
@@ -124,3 +126,49 @@ def test_engine_down_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(EngineError, match="the Docker engine is not reachable"):
         DockerEngine().image_id("anything")
+
+
+def test_push_gives_the_same_digest_from_any_machine_and_pulls_back(
+    tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    spec = load_spec(write_project(PROJECT))
+    lock_project(spec, UvResolver())
+    lock = lockfile.read(spec.lock_path)
+    plan = plan_image(lock, spec.lock_path.read_text(encoding="utf-8"), spec.name, "linux/amd64")
+    with serve_registry(tmp_path / "registry") as address:
+        digests = []
+        for machine in ("one", "two"):  # two machines: nothing shared but the lock (and the base bytes)
+            builder = Builder(
+                engine,
+                WheelCache(tmp_path / machine / "wheels", HttpFetcher()),
+                LayerStore(tmp_path / machine / "layers"),
+                bases,
+            )
+            digests.append(builder.push(plan, HttpRegistry(address), f"{address}/team"))
+        assert digests[0] == digests[1]
+        assert digests[0].startswith(f"{address}/team/envlock-it@sha256:")
+
+        built = Builder(
+            engine,
+            WheelCache(tmp_path / "one" / "wheels", HttpFetcher()),
+            LayerStore(tmp_path / "one" / "layers"),
+            bases,
+        ).build(plan)
+        engine.remove(built.reference)
+        engine.remove(built.image_id)
+        assert engine.image_id(built.image_id) is None
+        pulled = docker.from_env().images.pull(digests[0])
+        assert pulled.id == built.image_id, "pulled by digest, the image is the one we built"
+
+
+def test_registry_down_is_one_clear_error(
+    tmp_path: Path, write_project: Callable[[str], Path], bases: BaseStore
+) -> None:
+    spec = load_spec(write_project(PROJECT))
+    lock_project(spec, UvResolver())
+    plan = plan_image(lockfile.read(spec.lock_path), "", spec.name, "linux/amd64")
+    builder = Builder(
+        DockerEngine(), WheelCache(tmp_path / "wheels", HttpFetcher()), LayerStore(tmp_path / "layers"), bases
+    )
+    with pytest.raises(RegistryError, match=r"cannot reach the registry 127\.0\.0\.1:9"):
+        builder.push(plan, HttpRegistry("127.0.0.1:9"), "127.0.0.1:9/team")

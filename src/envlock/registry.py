@@ -1,0 +1,188 @@
+"""Push an image's own blobs through the Registry HTTP API v2, so its digest is the same from any machine.
+
+Layers are pushed uncompressed (`application/vnd.oci.image.layer.v1.tar`): each blob's digest is its diff_id,
+and the manifest is canonical JSON, so the manifest digest depends on the image alone — not on a machine's gzip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from envlock.errors import EnvlockError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+class RegistryError(EnvlockError):
+    """The registry refused or could not be reached."""
+
+    exit_code = 11
+    default_hint = "check the registry address and that it is running; credentials come from `docker login`"
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A content-addressed blob: its digest, size and where its bytes are."""
+
+    digest: str
+    size: int
+    path: Path | None = None
+    data: bytes | None = None
+
+
+def manifest_for(config: bytes, layers: list[Blob]) -> bytes:
+    """The canonical OCI manifest for a config and uncompressed layers."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": b.digest, "size": b.size} for b in layers],
+    }
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """`127.0.0.1:5000/team` + image name → (registry host, repository path prefix)."""
+    host, _, namespace = target.partition("/")
+    if not re.match(r"^[A-Za-z0-9.-]+(:\d+)?$", host):
+        raise RegistryError(f"{target!r} is not a registry address", hint="write it as host[:port][/namespace]")
+    return host, namespace
+
+
+class Registry(Protocol):
+    """The parts of the distribution API a push needs."""
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """True when the registry already holds the blob."""
+        ...
+
+    def put_blob(self, repository: str, blob: Blob) -> None:
+        """Upload a blob (monolithic upload), checked by the registry against its digest."""
+        ...
+
+    def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
+        """Store the manifest under a tag; returns the digest the registry reports."""
+        ...
+
+
+class HttpRegistry:
+    """Registry over HTTP(S) with requests; basic or bearer-token auth from the user's Docker config."""
+
+    def __init__(self, host: str, insecure: bool | None = None, timeout: float = 60.0) -> None:
+        import requests  # noqa: PLC0415
+
+        self.host = host
+        loopback = host.split(":", maxsplit=1)[0] in ("localhost", "127.0.0.1", "::1")
+        plain = loopback if insecure is None else insecure  # Docker, too, speaks plain HTTP to loopback only
+        self.base = f"{'http' if plain else 'https'}://{host}"
+        self.session = requests.Session()
+        self.timeout = timeout
+        self._credentials = _docker_credentials(host)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        import requests  # noqa: PLC0415
+
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            if response.status_code == 401 and self._credentials:
+                self._authenticate(response)
+                if "data" in kwargs and hasattr(kwargs["data"], "seek"):
+                    kwargs["data"].seek(0)
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise RegistryError(f"cannot reach the registry {self.host}: {exc.__class__.__name__}") from exc
+        return response
+
+    def _authenticate(self, challenge: Any) -> None:
+        header = challenge.headers.get("WWW-Authenticate", "")
+        user, password = self._credentials or ("", "")
+        if header.lower().startswith("basic"):
+            self.session.auth = (user, password)
+            return
+        params = dict(re.findall(r'(\w+)="([^"]*)"', header))
+        token = self.session.get(
+            params.get("realm", ""),
+            params={k: v for k, v in params.items() if k in ("service", "scope")},
+            auth=(user, password),
+            timeout=self.timeout,
+        )
+        if token.status_code != 200:
+            raise RegistryError(f"the registry {self.host} refused the credentials from your Docker config")
+        body = token.json()
+        self.session.headers["Authorization"] = f"Bearer {body.get('token') or body.get('access_token')}"
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """HEAD the blob."""
+        response = self._request("HEAD", f"{self.base}/v2/{repository}/blobs/{digest}")
+        return bool(response.status_code == 200)
+
+    def put_blob(self, repository: str, blob: Blob) -> None:
+        """POST an upload session, then PUT the bytes with their digest."""
+        started = self._request("POST", f"{self.base}/v2/{repository}/blobs/uploads/")
+        if started.status_code != 202:
+            raise self._refused(started, f"start an upload to {repository}")
+        location = started.headers["Location"]
+        if location.startswith("/"):
+            location = self.base + location
+        separator = "&" if "?" in location else "?"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
+        if blob.path is not None:
+            with blob.path.open("rb") as body:
+                done = self._request("PUT", f"{location}{separator}digest={blob.digest}", data=body, headers=headers)
+        else:
+            done = self._request("PUT", f"{location}{separator}digest={blob.digest}", data=blob.data, headers=headers)
+        if done.status_code != 201:
+            raise self._refused(done, f"upload {blob.digest[:19]} to {repository}")
+
+    def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
+        """PUT the manifest's exact bytes."""
+        done = self._request(
+            "PUT",
+            f"{self.base}/v2/{repository}/manifests/{reference}",
+            data=manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        if done.status_code != 201:
+            raise self._refused(done, f"store the manifest of {repository}:{reference}")
+        return str(done.headers.get("Docker-Content-Digest") or _digest(manifest))
+
+    def _refused(self, response: Any, action: str) -> RegistryError:
+        detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+        return RegistryError(f"the registry {self.host} would not {action}: HTTP {response.status_code} {detail}")
+
+
+def _docker_credentials(host: str) -> tuple[str, str] | None:
+    """Username and password for host from ~/.docker/config.json (and its credential helpers); never stored."""
+    import docker.auth  # noqa: PLC0415
+    import docker.errors  # noqa: PLC0415
+
+    try:
+        found = docker.auth.load_config().resolve_authconfig(host)
+    except docker.errors.DockerException:
+        return None
+    if not found or not found.get("Username"):
+        return None
+    return str(found["Username"]), str(found.get("Password", ""))
+
+
+def push(registry: Registry, repository: str, tag: str, config: bytes, layers: list[Blob]) -> str:
+    """Push the blobs the registry lacks, then the manifest; returns `repository@sha256:…`."""
+    for blob in [Blob(_digest(config), len(config), data=config), *layers]:
+        if not registry.has_blob(repository, blob.digest):
+            registry.put_blob(repository, blob)
+    manifest = manifest_for(config, layers)
+    digest = registry.put_manifest(repository, tag, manifest)
+    if digest != _digest(manifest):
+        raise RegistryError(f"the registry reports digest {digest} for a manifest whose digest is {_digest(manifest)}")
+    return f"{repository}@{digest}"
