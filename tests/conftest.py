@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,16 @@ def write_project(tmp_path: Path) -> Callable[[str], Path]:
         return project
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache."""
+    cache = tmp_path_factory.mktemp("envlock-cache")
+    before = os.environ.get("ENVLOCK_CACHE_DIR")
+    os.environ["ENVLOCK_CACHE_DIR"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("ENVLOCK_CACHE_DIR", None)
+    else:
+        os.environ["ENVLOCK_CACHE_DIR"] = before

@@ -9,6 +9,7 @@ import tarfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from envlock.resolve import LockedFile, LockedPackage, ResolveRequest
 
@@ -116,10 +117,13 @@ class FakeBaseBuilder:
 
     def __init__(self) -> None:
         self.builds = 0
+        self.recipes: list[Any] = []
+        self.python_version = "3.11.2-1+b1"
 
-    def build(self, recipe: object, platform: str, out: Path) -> None:
+    def build(self, recipe: Any, platform: str, out: Path) -> None:
         self.builds += 1
-        status = b"Package: python3\nStatus: install ok installed\nVersion: 3.11.2-1+b1\n\n"
+        self.recipes.append(recipe)
+        status = f"Package: python3\nStatus: install ok installed\nVersion: {self.python_version}\n\n".encode()
         with tarfile.open(out, "w") as tar:
             info = tarfile.TarInfo("var/lib/dpkg/status")
             info.size = len(status)

@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,17 @@ class Recipe:
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     source_date_epoch: int = 1700000000
+    system_packages: tuple[str, ...] = ()
+
+    def including(self, system_packages: tuple[str, ...]) -> Recipe:
+        """This recipe with the project's own Debian packages added."""
+        return replace(self, system_packages=tuple(sorted(system_packages)))
+
+    @property
+    def key(self) -> str:
+        """Names the base's inputs: the recipe file and the project's system packages."""
+        blob = json.dumps([self.sha256, self.system_packages]).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def recipes_dir() -> Path:
@@ -108,6 +119,7 @@ class BuiltBase:
         return {
             "recipe": self.recipe.name,
             "recipe-sha256": self.recipe.sha256,
+            "system-packages": list(self.recipe.system_packages),
             "platform": self.platform,
             "diff-id": self.diff_id,
             "packages": self.packages,
@@ -149,7 +161,7 @@ class MmdebstrapBuilder:
         arch = {"linux/amd64": "amd64", "linux/arm64": "arm64"}[platform]
         command = [
             "mmdebstrap", "--quiet", "--variant=minbase", f"--architectures={arch}",
-            f"--include={','.join(recipe.packages)}", recipe.suite, str(out), recipe.mirror,
+            f"--include={','.join((*recipe.packages, *recipe.system_packages))}", recipe.suite, str(out), recipe.mirror,
         ]  # fmt: skip
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -169,7 +181,7 @@ class BaseStore:
         self.builder = builder
 
     def _paths(self, recipe: Recipe, platform: str) -> tuple[Path, Path]:
-        stem = f"{recipe.name}-{recipe.sha256[:12]}-{platform.replace('/', '-')}"
+        stem = f"{recipe.name}-{recipe.key}-{platform.replace('/', '-')}"
         return self.root / f"{stem}.tar", self.root / f"{stem}.json"
 
     def get(self, recipe: Recipe, platform: str) -> BuiltBase | None:

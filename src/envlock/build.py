@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from envlock.fsutil import atomic_write_text
 from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
 from envlock.lockfile import Lock
 from envlock.registry import Blob, Registry, push, split_target
+from envlock.targets import host_platform
 from envlock.wheels import Progress, WheelCache
 
 Report = Callable[[str], None]
-_HOST_PLATFORMS = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
 
 
 def _silent(_: str) -> None:
@@ -40,11 +39,6 @@ class BuildOutcome:
     image_id: str
     built: bool
     base_diff_id: str
-
-
-def host_platform() -> str:
-    """The platform this machine builds for without emulation."""
-    return _HOST_PLATFORMS.get(host.machine(), host.machine())
 
 
 @dataclass(frozen=True)
@@ -92,7 +86,23 @@ class Builder:
                 hint="run `envlock lock` to lock against the current recipe",
             )
         self.report(f"base {recipe.name} for {plan.platform}")
-        built_base = self.bases.ensure(recipe, plan.platform)
+        built_base = self.bases.ensure(recipe.including(lock.system_packages), plan.platform)
+        pinned = lock.target(plan.platform).base
+        if pinned is None:
+            self.report(f"the lock does not pin the base's bytes for {plan.platform}; using {built_base.diff_id[:19]}")
+        elif pinned.diff_id != built_base.diff_id:
+            moved = [
+                f"{name} {pinned.debian.get(name, 'absent')} -> {version}"
+                for name, version in built_base.packages.items()
+                if pinned.debian.get(name) != version
+            ]
+            changes = ", ".join(moved[:3]) or "same packages, other bytes"
+            raise EnvlockError(
+                f"the {recipe.name} base on this machine ({built_base.diff_id[:19]}) is not the lock's "
+                f"({pinned.diff_id[:19]}): the Debian mirror moved ({changes})",
+                hint=f"build where the lock's base is, or adopt today's: envlock base build {recipe.name} --rebuild "
+                "&& envlock lock --upgrade",
+            )
         self.report(f"fetching {len(plan.wheels)} wheels")
         self.cache.ensure(plan.wheels, self.progress)
         # fresh (--no-cache): every layer made anew into this build's scratch store; wheels are still verified.

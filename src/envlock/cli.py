@@ -91,6 +91,7 @@ def lock(
         spec,
         _resolver(resolver),
         inspector=DockerEngine(),
+        bases=_stores()[2],
         options=LockOptions(upgrade=upgrade, upgrade_packages=tuple(upgrade_package or ())),
         report=_say,
     )
@@ -197,12 +198,13 @@ def build(
     """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from envlock.build import Builder, host_platform, record_image  # noqa: PLC0415
+    from envlock.build import Builder, record_image  # noqa: PLC0415
     from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.image import plan_image  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
     from envlock.registry import HttpRegistry, split_target  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
+    from envlock.targets import host_platform  # noqa: PLC0415
     from envlock.wheels import HttpFetcher  # noqa: PLC0415
 
     spec = load_spec(project)
@@ -266,7 +268,7 @@ def base_build(
 ) -> None:
     """Build a base from its recipe (mmdebstrap, SOURCE_DATE_EPOCH) into envlock's store."""
     from envlock.base import load_recipe, recipe_names  # noqa: PLC0415
-    from envlock.build import host_platform  # noqa: PLC0415
+    from envlock.targets import host_platform  # noqa: PLC0415
 
     if name not in recipe_names():
         raise EnvlockError(f"no base recipe {name!r}", hint=f"known recipes: {', '.join(recipe_names())}")

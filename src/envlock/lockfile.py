@@ -38,6 +38,14 @@ class BaseLock:
 
 
 @dataclass(frozen=True)
+class TargetBase:
+    """The exact base a platform's image starts from: its layer's diff_id and the Debian packages in it."""
+
+    diff_id: str
+    debian: dict[str, str]
+
+
+@dataclass(frozen=True)
 class TargetLock:
     """Everything locked for one platform."""
 
@@ -45,6 +53,8 @@ class TargetLock:
     python_platform: str
     cuda: CudaStack
     packages: tuple[LockedPackage, ...]
+    # None: the base could not be built where the lock was made (another architecture, or an image base).
+    base: TargetBase | None = None
 
     def __post_init__(self) -> None:
         # Sorted by name, always: equal content compares equal and diffs stay small.
@@ -89,6 +99,7 @@ class Lock:
                     "platform": t.platform,
                     "python-platform": t.python_platform,
                     "cuda": t.cuda.as_dict(),
+                    "base": {"diff-id": t.base.diff_id, "debian": t.base.debian} if t.base else None,
                     "packages": [_package_content(p) for p in t.packages],
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
@@ -157,6 +168,14 @@ def dumps(lock: Lock) -> str:
         if target.cuda.archs_source:
             cuda["archs-source"] = target.cuda.archs_source
         section["cuda"] = cuda
+        if target.base is not None:
+            base_table = tomlkit.table()
+            base_table["diff-id"] = target.base.diff_id
+            debian = tomlkit.table()
+            for name, version in sorted(target.base.debian.items()):
+                debian[name] = version
+            base_table["debian"] = debian
+            section["base"] = base_table
         packages = tomlkit.aot()
         for package in target.packages:
             packages.append(package_table(package))
@@ -223,6 +242,9 @@ def _from_document(document: dict[str, Any]) -> Lock:
                 python_platform=str(section["python-platform"]),
                 cuda=_cuda_from_table(section["cuda"]),
                 packages=tuple(packages_from_pylock(section)),
+                base=TargetBase(str(section["base"]["diff-id"]), dict(section["base"]["debian"]))
+                if "base" in section
+                else None,
             )
         )
     return Lock(

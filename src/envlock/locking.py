@@ -14,10 +14,10 @@ from envlock.credentials import expand, redact
 from envlock.cuda import check_wish, derive_cuda
 from envlock.diff import LockDiff, diff_locks
 from envlock.errors import EnvlockError, LockfileError, StaleLockError
-from envlock.lockfile import BaseLock, Lock, TargetLock
+from envlock.lockfile import BaseLock, Lock, TargetBase, TargetLock
 from envlock.resolve import LockedPackage, Resolver, ResolveRequest
 from envlock.spec import Spec
-from envlock.targets import DEFAULT_GLIBC, Platform, Target
+from envlock.targets import DEFAULT_GLIBC, Platform, Target, host_platform
 
 Report = Callable[[str], None]
 
@@ -70,6 +70,7 @@ def lock_project(
     resolver: Resolver,
     *,
     inspector: base_mod.ImageInspector | None = None,
+    bases: base_mod.BaseStore | None = None,
     options: LockOptions = LockOptions(),
     report: Report = _silent,
 ) -> LockOutcome:
@@ -111,7 +112,17 @@ def lock_project(
         )
         stack = derive_cuda(packages, base_env)
         check_wish(stack, spec.cuda, platform)
-        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages))
+        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base_for(platform))
+
+    def base_for(platform: Platform) -> TargetBase | None:
+        """Build (once per machine) the base this host can build, to pin its bytes and Debian packages."""
+        if bases is None or base.kind != "recipe" or platform != host_platform():
+            return None
+        recipe = base_mod.load_recipe(base.name).including(spec.system_packages)
+        if bases.get(recipe, platform) is None:
+            report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
+        built = bases.ensure(recipe, platform)
+        return TargetBase(built.diff_id, built.packages)
 
     with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
         resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving

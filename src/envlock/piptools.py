@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -22,18 +21,16 @@ from envlock.errors import (
 )
 from envlock.resolve import LockedPackage, ResolveRequest
 from envlock.simpleindex import FileFinder, SimpleIndexFinder
+from envlock.targets import host_platform
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
-_HOST_PLATFORM = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
 # pip settings from the user's pip.conf or environment must not leak into a lock: the spec names the indexes.
 _PIP_ENV_DROPPED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT")
 
 
 def host_target() -> tuple[str, str]:
     """The (platform, python) pip-compile can serve: this machine and this interpreter."""
-    machine = platform.machine()
-    host = _HOST_PLATFORM.get(machine, f"{sys.platform}/{machine}") if sys.platform == "linux" else sys.platform
-    return host, f"{sys.version_info.major}.{sys.version_info.minor}"
+    return host_platform(), f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def parse_pins(text: str) -> dict[str, str]:

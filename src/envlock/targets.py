@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -17,6 +19,13 @@ _UV_MIN_GLIBC = (2, 17)
 
 
 _MACHINES: dict[str, str] = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+_HOST_PLATFORMS = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
+
+
+def host_platform() -> str:
+    """The platform this machine runs (and builds bases for) without emulation."""
+    machine = platform.machine()
+    return _HOST_PLATFORMS.get(machine, f"{sys.platform}/{machine}")
 
 
 def environment_marker(platform: str, python: str) -> str:

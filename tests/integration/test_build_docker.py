@@ -28,9 +28,9 @@ PROJECT = '[project]\nname = "envlock-it"\ndependencies = ["six==1.16.0", "tabul
 
 
 @pytest.fixture(scope="session")
-def bases(tmp_path_factory: pytest.TempPathFactory) -> BaseStore:
-    """One real base for the whole session (mmdebstrap takes ~20 s)."""
-    return BaseStore(tmp_path_factory.mktemp("bases"), MmdebstrapBuilder())
+def bases(isolated_cache: Path) -> BaseStore:
+    """One real base for the whole session, where the CLI looks too (mmdebstrap takes ~20 s)."""
+    return BaseStore(isolated_cache / "bases", MmdebstrapBuilder())
 
 
 @pytest.fixture
@@ -58,9 +58,11 @@ def test_same_lock_same_image_id_and_the_image_works(
     tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
 ) -> None:
     spec = load_spec(write_project(PROJECT))
-    lock_project(spec, UvResolver())
+    lock_project(spec, UvResolver(), bases=bases)
+    pinned = lockfile.read(spec.lock_path).target("linux/amd64").base
+    assert pinned is not None and pinned.debian["python3"].startswith("3.11")
     first = build(spec, engine, tmp_path / "cache", bases)
-    assert first.built
+    assert first.built and first.base_diff_id == pinned.diff_id
     assert engine.image_id(first.reference) == first.image_id
 
     client = docker.from_env()
@@ -103,9 +105,7 @@ def test_cli_build_then_noop(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    project = write_project(PROJECT)
-    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
-    shutil.copytree(bases.root, tmp_path / "cache" / "bases")  # reuse the session's base: no second mmdebstrap
+    project = write_project(PROJECT)  # the CLI finds the session's base under ENVLOCK_CACHE_DIR/bases
     assert run(["lock", "-C", str(project)]) == 0
     assert run(["build", "-C", str(project)]) == 0
     assert "built envlock-it:" in capsys.readouterr().out

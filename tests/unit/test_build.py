@@ -9,12 +9,13 @@ import pytest
 
 from envlock import lockfile
 from envlock.base import BaseStore
-from envlock.build import build_image, host_platform
+from envlock.build import build_image
 from envlock.errors import EngineError, EnvlockError
 from envlock.image import LayerStore, plan_image
-from envlock.locking import lock_project
+from envlock.locking import LockOptions, lock_project
 from envlock.resolve import LockedFile, LockedPackage
 from envlock.spec import load_spec
+from envlock.targets import host_platform
 from envlock.wheels import WheelCache
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
 from tests.unit.test_wheels import FakeFetcher
@@ -121,3 +122,33 @@ def test_other_platform_is_refused_clearly(tmp_path: Path, write_project) -> Non
     lock = lockfile.read(spec.lock_path)
     with pytest.raises(EnvlockError, match="has no platform 'linux/arm64'"):
         build_image(lock, "", "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
+
+
+def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, builder = stores(tmp_path / "cache", served)
+    lock_project(
+        spec,
+        FakeResolver({"linux/amd64": lockfile.read(spec.lock_path).target("linux/amd64").packages}),
+        bases=bases,
+        options=LockOptions(upgrade=True),
+    )
+    pinned = lockfile.read(spec.lock_path).target("linux/amd64").base
+    assert pinned is not None and pinned.debian == {"python3": "3.11.2-1+b1"}
+    assert run_build(spec, FakeEngine(), cache, layers, bases).built
+
+    builder.python_version = "3.11.2-6+deb12u9"  # the mirror moved; another machine builds the base today
+    elsewhere = BaseStore(tmp_path / "elsewhere", builder)
+    with pytest.raises(
+        EnvlockError, match=r"the Debian mirror moved \(python3 3\.11\.2-1\+b1 -> 3\.11\.2-6\+deb12u9\)"
+    ):
+        run_build(spec, FakeEngine(), cache, layers, elsewhere)
+
+
+def test_system_packages_reach_the_base_builder(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    project = write_project(
+        '[project]\nname = "demo"\ndependencies = ["alpha"]\n[tool.envlock]\nsystem-packages = ["libgomp1"]\n'
+    )
+    _, _, bases, builder = stores(tmp_path / "cache", {})
+    lock_project(load_spec(project), FakeResolver({"linux/amd64": []}), bases=bases)
+    assert builder.recipes[-1].system_packages == ("libgomp1",)
