@@ -7,6 +7,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,33 @@ class Builder:
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
             pushed = push(registry, repository, plan.tag, assembled.config, blobs)
         return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+
+
+def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
+    """Load a built base into the engine as an image of its own (for `FROM` in other builds); returns its name."""
+    created = datetime.fromtimestamp(built.recipe.source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config = {
+        "architecture": built.platform.split("/")[1],
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+            "Cmd": ["bash"],
+            "Labels": {"dev.envlock.base": built.diff_id, "dev.envlock.recipe-sha256": built.recipe.sha256},
+        },
+        "rootfs": {"type": "layers", "diff_ids": [built.diff_id]},
+        "history": [{"created": created, "created_by": f"envlock base {built.recipe.name}"}],
+    }
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    with tempfile.TemporaryDirectory(prefix="envlock-base-") as tmp:
+        archive = Path(tmp) / "base.tar"
+        expected = write_archive(archive, blob, [(built.diff_id, built.tar)])
+        loaded = engine.load(archive)
+    if loaded != expected:
+        raise EngineError(f"the engine computed image ID {loaded} for the base, not {expected}")
+    repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]
+    engine.tag(loaded, repository, tag)
+    return f"{repository}:{tag}"
 
 
 def record_image(project_dir: Path, lock: Lock, outcome: BuildOutcome, pushed: str | None) -> Path:

@@ -265,6 +265,7 @@ def base_build(
     name: Annotated[str, typer.Argument(help="Recipe name, e.g. debian-bookworm.")],
     platform: PlatformOpt = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when already built.")] = False,
+    load: Annotated[bool, typer.Option("--load", help="Also load it into Docker as envlock-base/NAME:…")] = False,
 ) -> None:
     """Build a base from its recipe (mmdebstrap, SOURCE_DATE_EPOCH) into envlock's store."""
     from envlock.base import load_recipe, recipe_names  # noqa: PLC0415
@@ -276,6 +277,11 @@ def base_build(
     _say(f"building base {name} for {chosen} with mmdebstrap")
     built = _stores()[2].ensure(load_recipe(name), chosen, rebuild=rebuild)
     typer.echo(f"base {name} {chosen}: {built.diff_id} ({len(built.packages)} Debian packages)")
+    if load:
+        from envlock.build import load_base  # noqa: PLC0415
+        from envlock.engine import DockerEngine  # noqa: PLC0415
+
+        typer.echo(f"loaded as {load_base(built, DockerEngine())}")
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:

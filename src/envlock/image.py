@@ -29,8 +29,10 @@ HEAVY_NAMES = re.compile(
     r"^(torch|torchvision|torchaudio|triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
     r"flash-attn|vllm|nvidia-.+)$"
 )
-# A package this big gets a layer of its own even when its name is not known to be heavy.
-HEAVY_BYTES = 48 * 1024 * 1024
+# Packages whose wheel is at least this big get a layer of their own (so changing a small package re-makes
+# only the small layer), the biggest first, up to OWN_LAYERS_MAX; every other package shares one layer.
+OWN_LAYER_BYTES = 4 * 1024 * 1024
+OWN_LAYERS_MAX = 60
 ARCHITECTURES = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
 Report = Callable[[str], None]
 
@@ -71,15 +73,21 @@ def _key(*parts: object) -> str:
 
 
 def plan_image(lock: Lock, lock_text: str, repository: str, platform: str) -> ImagePlan:
-    """Heavy packages (torch, nvidia-*, triton, anything ≥ 48 MiB) one layer each, below one layer of the rest."""
+    """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
     target = lock.target(platform)
     tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
+    chosen = [(package.name, choose_wheel(package, tags)) for package in target.packages]
+    by_size = sorted(chosen, key=lambda item: (not HEAVY_NAMES.match(item[0]), -(item[1].size or 0), item[0]))
+    own = {
+        name
+        for name, wheel in by_size[:OWN_LAYERS_MAX]
+        if HEAVY_NAMES.match(name) or (wheel.size or 0) >= OWN_LAYER_BYTES
+    }
     heavy: list[LayerPlan] = []
     light: list[LockedFile] = []
-    for package in target.packages:
-        wheel = choose_wheel(package, tags)
-        if HEAVY_NAMES.match(package.name) or (wheel.size or 0) >= HEAVY_BYTES:
-            heavy.append(LayerPlan(package.name, (wheel,), _key(lock.python, lock.source_date_epoch, wheel.sha256)))
+    for name, wheel in chosen:
+        if name in own:
+            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, lock.source_date_epoch, wheel.sha256)))
         else:
             light.append(wheel)
     layers = [LayerPlan("venv", (), _key(lock.python, lock.source_date_epoch, "venv"))]
