@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Set up envlock, then do its main job on the bundled examples: lock, check, and show what is locked.
+# Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, and
+# train inside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-envlock=.venv/bin/envlock
+envlock=$PWD/.venv/bin/envlock
+
+# A fresh copy of the example: its lock and its base are then made on this machine. (The committed
+# examples/*/envlock.lock pin the Debian base as built when they were locked; a machine whose mirror has moved
+# since would rightly refuse to build them without that base.)
+work=$(mktemp -d "${TMPDIR:-/tmp}/envlock-quickstart.XXXXXX")
+cp examples/digits/pyproject.toml examples/digits/train.py "$work/"
 
 echo
-echo "== envlock lock: examples/digits (CPU training, linux/amd64 + linux/arm64)"
-"$envlock" lock -C examples/digits
-"$envlock" lock --check -C examples/digits
-"$envlock" show -C examples/digits
+echo "== envlock lock   (examples/digits: scikit-learn + numpy, linux/amd64 and linux/arm64)"
+"$envlock" lock -C "$work"
+"$envlock" lock --check -C "$work"
+"$envlock" show -C "$work" --platform linux/amd64
 
 echo
-echo "== envlock lock: examples/torch-gpu (torch 2.5.1 with its CUDA 12.4 wheels)"
-"$envlock" lock -C examples/torch-gpu
+echo "== envlock build  (a deterministic image tagged by the lock hash)"
+"$envlock" build -C "$work"
+"$envlock" build -C "$work"   # the second time is a no-op
+image=$(.venv/bin/python -c "import json,sys; d=json.load(open(sys.argv[1])); print(next(iter(d.values()))['reference'])" "$work/.envlock/images.json")
+
+echo
+echo "== training inside $image"
+docker run --rm --network none --user "$(id -u):$(id -g)" -v "$work:/work" -w /work "$image" \
+  python train.py --out /work/out
+echo "metrics: $work/out/metrics.json"
+
+echo
+echo "== envlock show   (examples/torch-gpu: torch 2.5.1 with its CUDA 12.4 wheels)"
 "$envlock" show -C examples/torch-gpu --platform linux/amd64 | head -n 8
-
-echo
-echo "Done. Lock your own project with: .venv/bin/envlock lock -C /path/to/project"

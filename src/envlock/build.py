@@ -14,7 +14,7 @@ from typing import Any
 from envlock import base as base_mod
 from envlock.engine import Engine
 from envlock.errors import EngineError, EnvlockError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, sweep_stale
 from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
 from envlock.lockfile import Lock
 from envlock.registry import Blob, Registry, push, split_target
@@ -112,6 +112,17 @@ class Builder:
         parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
         return Assembled(config, parts, built_base.diff_id)
 
+    def sweep(self) -> None:
+        """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""
+        for root, prefix in ((self.layers.root, ".making-"), (self.bases.root, ".building-"), (self.scratch, "")):
+            for removed in sweep_stale(root, prefix):
+                self.report(f"removed stale scratch {removed}")
+
+    @property
+    def scratch(self) -> Path:
+        """Where builds assemble archives: beside the caches, not in a small /tmp."""
+        return self.layers.root.parent / "tmp"
+
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
         if not no_cache and (existing := self.engine.image_id(plan.reference)) is not None:
@@ -119,7 +130,9 @@ class Builder:
             if labels.get("dev.envlock.lock-hash") == plan.lock.lock_hash:
                 return BuildOutcome(plan.reference, existing, False, labels.get("dev.envlock.base", ""))
             self.report(f"{plan.reference} exists but was not built from this lock; rebuilding")
-        with tempfile.TemporaryDirectory(prefix="envlock-image-") as tmp:
+        self.sweep()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
             archive = Path(tmp) / "image.tar"
             write_archive(archive, assembled.config, assembled.parts)
@@ -138,7 +151,8 @@ class Builder:
         """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
-        with tempfile.TemporaryDirectory(prefix="envlock-push-") as tmp:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="push-", dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp))
             self.report(f"pushing {len(assembled.parts)} layers to {target}")
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]

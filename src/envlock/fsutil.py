@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -35,3 +37,20 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write text (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]:
+    """Remove scratch entries named prefix* under root left by a killed process (older than max_age seconds)."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    cutoff = time.time() - max_age
+    for entry in root.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            if entry.lstat().st_mtime < cutoff:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed

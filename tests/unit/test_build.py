@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,18 @@ def test_system_packages_reach_the_base_builder(tmp_path: Path, write_project) -
     _, _, bases, builder = stores(tmp_path / "cache", {})
     lock_project(load_spec(project), FakeResolver({"linux/amd64": []}), bases=bases)
     assert builder.recipes[-1].system_packages == ("libgomp1",)
+
+
+def test_scratch_of_a_killed_build_is_swept_by_the_next(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    old = [layers.root / ".making-x1", bases.root / ".building-y2", tmp_path / "cache" / "tmp" / "image-z3"]
+    fresh = layers.root / ".making-now"
+    for path in [*old, fresh]:
+        path.mkdir(parents=True)
+        (path / "part.tar").write_bytes(b"half")
+    for path in old:
+        os.utime(path, (1, 1))
+    run_build(spec, FakeEngine(), cache, layers, bases)
+    assert not any(path.exists() for path in old)
+    assert fresh.exists(), "a scratch dir that may belong to a running build is left alone"
