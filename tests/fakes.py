@@ -111,6 +111,12 @@ class FakeEngine:
         self.tags.pop(ref, None)
         self.images.pop(ref, None)
 
+    def pull(self, ref: str) -> str:
+        raise NotImplementedError("the fake engine has no registry")
+
+    def save(self, ref: str, out: Path) -> None:
+        raise NotImplementedError("the fake engine keeps no layers")
+
 
 class FakeBaseBuilder:
     """Writes a tiny root filesystem with a dpkg status file instead of running mmdebstrap."""

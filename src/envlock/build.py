@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from envlock import base as base_mod
 from envlock.engine import Engine
 from envlock.errors import EngineError, EnvlockError
 from envlock.fsutil import atomic_write_text, sweep_stale
-from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
+from envlock.image import ARCHITECTURES, ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
+from envlock.layers import Layer
 from envlock.lockfile import Lock
 from envlock.registry import Blob, Registry, push, split_target
+from envlock.staging import VenvLayout
 from envlock.targets import host_platform
 from envlock.wheels import Progress, WheelCache
 
@@ -76,10 +79,13 @@ class Builder:
                 hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
             )
         if base_mod.is_image_reference(lock.base.name):
-            raise EnvlockError(
-                f"building on an upstream image base ({lock.base.name}) is not supported yet",
-                hint=f'use an envlock recipe base: base = "{base_mod.DEFAULT_BASE}"',
-            )
+            base_parts, base_env, home = self.upstream_base(lock.base.name, plan, scratch)
+            self.report(f"fetching {len(plan.wheels)} wheels")
+            self.cache.ensure(plan.wheels, self.progress)
+            store = LayerStore(scratch / "layers") if fresh else self.layers
+            made = make_layers(plan, self.cache, store, self.report, VenvLayout(lock.python, home))
+            config = image_config(plan, [d for d, _ in base_parts], base_env, made)
+            return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in made)], lock.base.name)
         recipe = base_mod.load_recipe(lock.base.name)
         if recipe.sha256 != lock.base.sha256:
             raise EnvlockError(
@@ -123,6 +129,43 @@ class Builder:
         """Where builds assemble archives: beside the caches, not in a small /tmp."""
         return self.layers.root.parent / "tmp"
 
+    def upstream_base(
+        self, ref: str, plan: ImagePlan, scratch: Path
+    ) -> tuple[list[tuple[str, Path]], dict[str, str], str]:
+        """An upstream base by digest: from the engine (pulled if absent), its layers checked against its config."""
+        if self.engine.image_id(ref) is None:
+            self.report(f"pulling base {ref}")
+            self.engine.pull(ref)
+        archive = scratch / "base.tar"
+        self.engine.save(ref, archive)
+        with tarfile.open(archive) as saved:
+            manifest = json.load(_member(saved, "manifest.json"))[0]
+            config = json.load(_member(saved, manifest["Config"]))
+            if config.get("architecture") != ARCHITECTURES[plan.platform]:
+                raise EnvlockError(
+                    f"base {ref} is a {config.get('architecture')} image, not {plan.platform}",
+                    hint="pin the digest of the image for this platform (a manifest list's entry)",
+                )
+            parts = []
+            for diff_id, member in zip(config["rootfs"]["diff_ids"], manifest["Layers"], strict=True):
+                parts.append((diff_id, self._base_layer(saved, member, diff_id).tar))
+        env = dict(item.partition("=")[::2] for item in config.get("config", {}).get("Env") or [])
+        return parts, env, python_home([tar for _, tar in parts], plan.lock.python, ref)
+
+    def _base_layer(self, saved: tarfile.TarFile, member: str, diff_id: str) -> Layer:
+        def extract(out: Path) -> Layer:
+            digest = hashlib.sha256()
+            with _member(saved, member) as source, out.open("wb") as target:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(chunk)
+                    target.write(chunk)
+            if "sha256:" + digest.hexdigest() != diff_id:
+                raise EngineError(f"the engine exported a layer of the base whose sha256 is not its diff_id {diff_id}")
+            return Layer(out, diff_id, out.stat().st_size)
+
+        key = "base-" + diff_id.removeprefix("sha256:")
+        return self.layers.get(key) or self.layers.put(key, extract)
+
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
         if not no_cache and (existing := self.engine.image_id(plan.reference)) is not None:
@@ -158,6 +201,30 @@ class Builder:
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
             pushed = push(registry, repository, plan.tag, assembled.config, blobs)
         return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise EngineError(f"the engine's image export has no {name}")
+    return handle
+
+
+def python_home(layer_tars: list[Path], python: str, ref: str) -> str:
+    """Where the base's own `pythonX.Y` is (the upper layers win): /usr/local/bin or /usr/bin."""
+    found = ""
+    for tar in layer_tars:
+        with tarfile.open(tar) as layer:
+            names = {name.lstrip("./") for name in layer.getnames()}
+        for home in ("usr/bin", "usr/local/bin"):
+            if f"{home}/python{python}" in names:
+                found = "/" + home
+    if not found:
+        raise EnvlockError(
+            f"base {ref} has no python{python} in /usr/local/bin or /usr/bin",
+            hint=f'pick a base that ships Python {python}, or set python = "X.Y" in [tool.envlock] to what it ships',
+        )
+    return found
 
 
 def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:

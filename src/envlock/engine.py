@@ -37,6 +37,14 @@ class Engine(Protocol):
         """Remove a local image (or tag); absent is fine."""
         ...
 
+    def pull(self, ref: str) -> str:
+        """Pull an image (by digest: `repo@sha256:…`); returns its ID."""
+        ...
+
+    def save(self, ref: str, out: Path) -> None:
+        """Write a local image as a docker-archive tarball."""
+        ...
+
 
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
@@ -94,6 +102,9 @@ class DockerEngine:
     def image_env(self, ref: str) -> dict[str, str]:
         """ENV of a local image as a mapping."""
         attrs = self._attrs(ref)
+        if attrs is None and "@sha256:" in ref:  # pinned by digest: pulling cannot give other content
+            self.pull(ref)
+            attrs = self._attrs(ref)
         if attrs is None:
             raise EngineError(f"image {ref} is not in the local Docker engine", hint=f"docker pull {ref}")
         env = {}
@@ -119,6 +130,26 @@ class DockerEngine:
         """Tag an image."""
         with _translated(f"tag {repository}:{tag}"):
             self.client.api.tag(image_id, repository, tag)
+
+    def pull(self, ref: str) -> str:
+        """`docker pull` through the API; the engine verifies the content against the digest."""
+        import docker.errors  # noqa: PLC0415
+
+        with _translated(f"pull {ref}"):
+            try:
+                image = self.client.images.pull(ref)
+            except docker.errors.APIError as exc:
+                raise EngineError(
+                    f"cannot pull {ref}: {_first_line(exc)}",
+                    hint="is the registry reachable? an image can also be loaded with `docker load` first",
+                ) from exc
+        return str(image.id)
+
+    def save(self, ref: str, out: Path) -> None:
+        """`docker save` through the API, streamed to a file."""
+        with _translated(f"export {ref}"), out.open("wb") as handle:
+            for chunk in self.client.images.get(ref).save(named=False):
+                handle.write(chunk)
 
     def remove(self, ref: str) -> None:
         """Remove an image or tag if present."""

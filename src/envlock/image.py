@@ -130,13 +130,17 @@ class LayerStore:
         return Layer(tar, layer.diff_id, layer.size)
 
 
-def make_layers(plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report) -> list[Layer]:
+def make_layers(
+    plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report, layout: VenvLayout | None = None
+) -> list[Layer]:
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
-    layout = VenvLayout(plan.lock.python)
+    layout = layout or VenvLayout(plan.lock.python)
     epoch = plan.lock.source_date_epoch
     layers = []
     for spec in plan.layers:
-        if (found := store.get(spec.key)) is not None:
+        # The venv's pyvenv.cfg and links name the base's interpreter: its layer depends on where that lives.
+        key = _key(spec.key, layout.home) if spec.label == "venv" else spec.key
+        if (found := store.get(key)) is not None:
             layers.append(found)
             continue
         report(f"making layer {spec.label}")
@@ -155,7 +159,7 @@ def make_layers(plan: ImagePlan, cache: WheelCache, store: LayerStore, report: R
                     install_wheel(cache.require(wheel), wheel.name, root, layout)
                 return write_layer(root, out, epoch, prefix=VENV.lstrip("/"))
 
-        layers.append(store.put(spec.key, made))
+        layers.append(store.put(key, made))
     return layers
 
 

@@ -26,6 +26,7 @@ class VenvLayout:
     """Paths of the image's venv, relative to the venv root, for one Python minor version."""
 
     python: str  # "3.11"
+    home: str = "/usr/bin"  # where the base's own interpreter lives
 
     @property
     def site_packages(self) -> str:
@@ -47,14 +48,14 @@ class VenvLayout:
         (root / "bin").mkdir(parents=True, exist_ok=True)
         (root / self.site_packages).mkdir(parents=True, exist_ok=True)
         (root / "pyvenv.cfg").write_text(
-            f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {self.python}\n"
-            f"executable = /usr/bin/python{self.python}\ncommand = envlock\n",
+            f"home = {self.home}\ninclude-system-site-packages = false\nversion = {self.python}\n"
+            f"executable = {self.home}/python{self.python}\ncommand = envlock\n",
             encoding="utf-8",
         )
         for name in ("python", "python3", f"python{self.python}"):
             link = root / "bin" / name
             if not link.is_symlink():
-                link.symlink_to(f"/usr/bin/python{self.python}")
+                link.symlink_to(f"{self.home}/python{self.python}")
 
 
 def choose_wheel(package: LockedPackage, tags: list[Tag]) -> LockedFile:

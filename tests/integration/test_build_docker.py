@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from envlock import lockfile
 from envlock.base import BaseStore, MmdebstrapBuilder, load_recipe
-from envlock.build import Builder, BuildOutcome, build_image
+from envlock.build import Builder, BuildOutcome, build_image, load_base
 from envlock.cli import run
 from envlock.engine import DockerEngine
 from envlock.errors import EngineError
@@ -37,8 +38,10 @@ def bases(isolated_cache: Path) -> BaseStore:
 def engine() -> Iterator[DockerEngine]:
     engine = DockerEngine()
     yield engine
-    for image in engine.client.images.list(name="envlock-it"):
-        engine.client.images.remove(image.id, force=True)
+    for image in engine.client.images.list():
+        names = image.tags + [d.split("@")[0] for d in image.attrs.get("RepoDigests", [])]
+        if any(name.split(":")[0].endswith("envlock-it") for name in names):
+            engine.client.images.remove(image.id, force=True)
 
 
 def build(spec: Spec, engine: DockerEngine, cache_root: Path, bases: BaseStore) -> BuildOutcome:
@@ -172,3 +175,35 @@ def test_registry_down_is_one_clear_error(
     )
     with pytest.raises(RegistryError, match=r"cannot reach the registry 127\.0\.0\.1:9"):
         builder.push(plan, HttpRegistry("127.0.0.1:9"), "127.0.0.1:9/team")
+
+
+def test_upstream_base_pinned_by_digest_is_pulled_and_built_on(
+    tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    client = docker.from_env()
+    base_image = load_base(bases.ensure(load_recipe("debian-bookworm"), "linux/amd64"), engine)
+    with serve_registry(tmp_path / "registry") as address:
+        upstream = f"{address}/upstream/envlock-it-debian"
+        dockerfile = f"FROM {base_image}\nLABEL dev.envlock.test=upstream-base\n".encode()
+        derived, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{upstream}:12", rm=True)
+        client.images.push(upstream, "12")
+        digest = client.images.get_registry_data(f"{upstream}:12").id
+        ref = f"{upstream}:12@{digest}"
+        client.images.remove(derived.id, force=True)
+        assert engine.image_id(ref) is None, "the base is now only in the registry"
+
+        project = write_project(PROJECT + f'[tool.envlock]\nbase = "{ref}"\npython = "3.11"\n')
+        spec = load_spec(project)
+        lock_project(spec, UvResolver(), inspector=engine)
+        assert lockfile.read(spec.lock_path).base.kind == "image"
+        first = build(spec, engine, tmp_path / "cache", bases)
+        out = client.containers.run(first.image_id, ["python", "-c", "import six; print(six.__version__)"], remove=True)
+        assert out.decode().strip() == "1.16.0"
+
+        engine.remove(first.reference)
+        engine.remove(first.image_id)
+        for image in client.images.list(name=upstream):
+            client.images.remove(image.id, force=True)
+        shutil.rmtree(tmp_path / "cache")
+        again = build(spec, engine, tmp_path / "cache", bases)
+        assert again.image_id == first.image_id, "pulled again by digest, built again: the same image"
