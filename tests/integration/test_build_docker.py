@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -207,3 +210,25 @@ def test_upstream_base_pinned_by_digest_is_pulled_and_built_on(
         shutil.rmtree(tmp_path / "cache")
         again = build(spec, engine, tmp_path / "cache", bases)
         assert again.image_id == first.image_id, "pulled again by digest, built again: the same image"
+
+
+def test_kill_9_mid_build_leaves_no_tag_and_the_next_build_succeeds(
+    write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    project = write_project(PROJECT)
+    spec = load_spec(project)
+    lock_project(spec, UvResolver(), bases=bases)
+    reference = f"envlock-it:{lockfile.read(spec.lock_path).short_hash}"
+    envlock = str(Path(sys.executable).with_name("envlock"))
+    process = subprocess.Popen([envlock, "build", "-C", str(project)], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "making layer" in line or "loading" in line:
+            process.kill()  # SIGKILL: no cleanup handler runs
+            break
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert engine.image_id(reference) is None, "no image carries the lock-hash tag unless it is complete"
+    done = subprocess.run([envlock, "build", "-C", str(project)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert engine.image_id(reference) is not None
