@@ -1,27 +1,20 @@
-"""Benchmark `envlock build` against a hand-written Dockerfile on the same base with the same packages.
+"""Benchmark `envlock build` against a hand-written Dockerfile: same base, same packages, side by side.
 
 Run from the repository root (stdlib only; needs the Docker engine and network access to PyPI):
 
     .venv/bin/python benchmarks/build.py [--repeat N]
 
 The packages are examples/digits's (scikit-learn>=1.5,<1.8, numpy>=2,<3), locked for linux/amd64 in a throw-away
-project. The Dockerfile does the usual thing with the same name==version pins from that lock: FROM the image
-`envlock base build debian-bookworm --load` loads (the base envlock builds on), `python3 -m venv /opt/venv`, COPY
-requirements.txt, `pip install --no-cache-dir -r` (the host's CA bundle copied in for pip), built with
-`docker build` (legacy builder, DOCKER_BUILDKIT=0). For each side it measures:
-
-- cold build: envlock with a fresh ENVLOCK_CACHE_DIR holding only bases/ (linked from the user's cache),
-  `docker build --no-cache`; neither image in the engine beforehand,
-- no-op rebuild: the same build again with nothing changed,
-- one light package: six==1.16.0 added (envlock: pyproject.toml edited, `envlock lock` run untimed, then the
-  timed `envlock build`; Dockerfile: requirements.txt edited, `docker build` with its layer cache),
-- image size: `docker image inspect` .Size of the cold build's image.
-
-A second cold envlock build (fresh cache, image removed) checks that the image ID is the same. With --repeat N
-each cell is the median of N rounds. One table is printed, then the targets: envlock no-op under 0.5 s; its
-one-light-package rebuild under 25 % of its cold build; its image no bigger and its cold build no slower than the
-Dockerfile's. The images and directories made here are removed at the end (the envlock-base image is kept).
-Exit status 1 when any command failed or timed out.
+project. The Dockerfile does the usual thing with the same name==version pins: FROM the image that `envlock base
+build debian-bookworm --load` loads, `python3 -m venv`, COPY requirements.txt, `pip install --no-cache-dir -r`
+(`docker build`, legacy builder). Timed for each: the cold build (envlock: fresh ENVLOCK_CACHE_DIR holding only
+the user's bases/; Docker: --no-cache; neither image in the engine), the no-op rebuild, and the rebuild after
+adding six==1.16.0 (envlock: pyproject.toml edited and `envlock lock` run untimed; Docker: requirements.txt edited,
+layer cache on); plus the cold image's size. A second cold envlock build checks that the image ID is the same.
+With --repeat N each cell is the median of N rounds. One table is printed, then the targets: envlock no-op under
+0.5 s, its light-package rebuild under 25 % of its cold build, its image and cold build no bigger / slower than
+the Dockerfile's. Images and directories made here are removed (the envlock-base image is kept). Exit status 1
+when any command failed or timed out.
 """
 
 from __future__ import annotations
@@ -50,7 +43,6 @@ TIMEOUT = 900.0
 NOOP_TARGET, LIGHT_SHARE_TARGET = 0.5, 0.25
 ORDER = ("cold", "size", "no-op", "light")  # the order each round measures in
 LABELS = {"cold": "cold build s", "no-op": "no-op rebuild s", "light": "one light package s", "size": "image size MB"}
-TOOLS = ("envlock", "Dockerfile")
 DOCKERFILE = """\
 FROM {base}
 LABEL {label}
@@ -135,12 +127,12 @@ class Bench:
         (self.context / "Dockerfile").write_text(DOCKERFILE.format(base=base_ref, label=LABEL), encoding="utf-8")
         self.caches, self.cache = 0, root
         self.image_ids: list[str] = []
+        self.notes: list[str] = []
         self.runs: dict[tuple[str, str], list[float]] = {}
         self.failed: dict[tuple[str, str], str] = {}
-        self.notes: list[str] = []
-        self.refs: dict[str, str] = {}  # "base" / "light" -> envlock's image reference
-        self.pins: dict[str, list[tuple[str, str]]] = {}
-        self.locks: dict[str, str] = {}
+        self.refs: dict[str, str] = {}  # by state, "base" or "light": envlock's image reference,
+        self.locks: dict[str, str] = {}  # its lock text,
+        self.pins: dict[str, list[tuple[str, str]]] = {}  # and its (name, version) pins
         for state, extra in (("base", ()), ("light", (LIGHT,))):
             self.write_project(extra)
             envlock("lock", "-C", str(self.project))
@@ -175,11 +167,13 @@ class Bench:
         found = [m.group(1) for _, text in lines if (m := re.match(r"built \S+ \((sha256:[0-9a-f]+)\)", text))]
         self.image_ids += found[:1]
         if len(self.image_ids) == 1:
-            self.notes.append(f"envlock cold build, seconds per step (from its output): {phases(lines, seconds)}")
+            steps = phases(lines, seconds)
+            self.notes.append(f"envlock cold, s per step (its archive is written in the step before loading): {steps}")
         self.cache = cache
         return seconds
 
     def envlock_round(self) -> Iterator[tuple[str, float]]:
+        """Cold, size, no-op, one light package (its `envlock lock` untimed)."""
         yield "cold", self.envlock_cold()
         yield "size", size_mb(self.refs["base"])
         seconds, lines = envlock("build", "-C", str(self.project), cache=self.cache)
@@ -188,9 +182,11 @@ class Bench:
         yield "no-op", seconds
         self.write_project((LIGHT,))
         envlock("lock", "-C", str(self.project))
+        if (self.project / "envlock.lock").read_text(encoding="utf-8") != self.locks["light"]:
+            self.notes.append("envlock lock gave another lock than at setup: the Dockerfile's pins may differ")
         seconds, lines = envlock("build", "-C", str(self.project), cache=self.cache)
         if not any(n.startswith("envlock one light package") for n in self.notes):
-            self.notes.append(f"envlock one light package, seconds per step: {phases(lines, seconds)}")
+            self.notes.append(f"envlock one light package, s per step: {phases(lines, seconds)}")
         yield "light", seconds
 
     def docker_build(self, state: str, *flags: str) -> float:
@@ -280,30 +276,26 @@ def report(bench: Bench, repeat: int) -> None:
     pins = ", ".join(f"{n} {v}" for n, v in bench.pins["base"])
     print(f"{PLATFORM}: {pins}; light change: + {LIGHT.replace('==', ' ')}")
     print(f"base {bench.base_ref}; median of {repeat} run(s) per cell")
-    rows = [("", *TOOLS, "envlock/Dockerfile")]
+    rows, vs = [("", "envlock", "Dockerfile", "envlock/Dockerfile")], dict[str, float | None]()
     for row, label in LABELS.items():
         mine, theirs = bench.cell(row, "envlock"), bench.cell(row, "Dockerfile")
-        share, digits = ratio(mine, theirs), 1 if row == "size" else 2
-        rows.append((label, fmt(mine, digits), fmt(theirs, digits), "n/a" if share is None else f"{share:.2f}x"))
+        vs[row], digits = ratio(mine, theirs), 1 if row == "size" else 2
+        rows.append((label, fmt(mine, digits), fmt(theirs, digits), "n/a" if vs[row] is None else f"{vs[row]:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    for line in rows:
+        print(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        )
     print()
-    noop, cold = bench.cell("no-op", "envlock"), bench.cell("cold", "envlock")
-    targets = [
-        (f"envlock no-op rebuild under {NOOP_TARGET} s", noop if isinstance(noop, float) else None, NOOP_TARGET, " s"),
-        (
-            f"envlock one light package under {LIGHT_SHARE_TARGET:.0%} of its cold build",
-            ratio(bench.cell("light", "envlock"), cold),
-            LIGHT_SHARE_TARGET,
-            "%",
-        ),
-        ("envlock image size <= Dockerfile's", ratio(bench.cell("size", "envlock"), bench.cell("size", "Dockerfile"))),
-        ("envlock cold build <= Dockerfile's", ratio(cold, bench.cell("cold", "Dockerfile"))),
-    ]
-    for text, value, *limit in targets:
-        print(f"target: {text}: {verdict(value, *(limit or (1.0, 'x')))}")
+    light = ratio(bench.cell("light", "envlock"), bench.cell("cold", "envlock"))
+    for text, value, limit, unit in (
+        (f"envlock no-op rebuild under {NOOP_TARGET} s", ratio(bench.cell("no-op", "envlock"), 1.0), NOOP_TARGET, " s"),
+        (f"envlock one light package under {LIGHT_SHARE_TARGET:.0%} of its cold build", light, LIGHT_SHARE_TARGET, "%"),
+        ("envlock image size <= Dockerfile's", vs["size"], 1.0, "x"),
+        ("envlock cold build <= Dockerfile's", vs["cold"], 1.0, "x"),
+    ):
+        print(f"target: {text}: {verdict(value, limit, unit)}")
     if bench.notes:
         print("\nnotes:")
         for note in bench.notes:

@@ -22,10 +22,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML tables like [tool.envlock]: plain text, not markup
 )
-export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True)
+export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(export_app, name="export")
-base_app = typer.Typer(help="Base images: envlock's reproducible recipes under base-images/.", no_args_is_help=True)
+base_app = typer.Typer(
+    help="Base images: envlock's reproducible recipes under base-images/.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(base_app, name="base")
 
 INTERRUPTED = 130

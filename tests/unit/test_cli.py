@@ -23,8 +23,20 @@ def invoke(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = invoke(capsys, "--help")
     assert code == 0
-    for command in ("lock", "show", "export"):
+    for command in ("lock", "show", "export", "build", "base"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["lock"], ["show"], ["build"], ["export"], ["export", "pylock"], ["base"], ["base", "list"], ["base", "build"]],
+)
+def test_every_help_page_renders(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code, out, err = invoke(capsys, *command, "--help")
+    assert code == 0, err
+    assert "Usage:" in out
+    if command == ["build"]:
+        assert "([tool.envlock] registry)" in out and "host[:port][/namespace]" in out
 
 
 def test_spec_problems_exit_2_with_every_problem(
