@@ -91,11 +91,14 @@ class FakeEngine:
         image_id = self.image_id(ref)
         return dict(self.images[image_id]["labels"]) if image_id else {}  # type: ignore[call-overload]
 
-    def load(self, archive: Path) -> str:
+    def load(self, write: Any) -> str:
         self.loads += 1
         if self.fail_load is not None:
             raise self.fail_load
-        with tarfile.open(archive) as tar:
+        buffer = io.BytesIO()
+        write(buffer)
+        buffer.seek(0)
+        with tarfile.open(fileobj=buffer) as tar:
             manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
             config = tar.extractfile(manifest[0]["Config"]).read()  # type: ignore[union-attr]
             layers = manifest[0]["Layers"]

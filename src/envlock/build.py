@@ -177,10 +177,8 @@ class Builder:
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
-            archive = Path(tmp) / "image.tar"
-            write_archive(archive, assembled.config, assembled.parts)
             self.report(f"loading {plan.reference} into the engine")
-            loaded = self.engine.load(archive)
+            loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
         if loaded != assembled.image_id:
             raise EngineError(
                 f"the engine computed image ID {loaded}, not {assembled.image_id}",
@@ -243,10 +241,8 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
         "history": [{"created": created, "created_by": f"envlock base {built.recipe.name}"}],
     }
     blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    with tempfile.TemporaryDirectory(prefix="envlock-base-") as tmp:
-        archive = Path(tmp) / "base.tar"
-        expected = write_archive(archive, blob, [(built.diff_id, built.tar)])
-        loaded = engine.load(archive)
+    expected = "sha256:" + hashlib.sha256(blob).hexdigest()
+    loaded = engine.load(lambda sink: write_archive(sink, blob, [(built.diff_id, built.tar)]))
     if loaded != expected:
         raise EngineError(f"the engine computed image ID {loaded} for the base, not {expected}")
     repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]

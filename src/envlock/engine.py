@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from envlock.errors import EngineError
+
+ArchiveWriter = Callable[[BinaryIO], object]
 
 
 class Engine(Protocol):
@@ -25,8 +29,8 @@ class Engine(Protocol):
         """The labels of a local image."""
         ...
 
-    def load(self, archive: Path) -> str:
-        """Load a docker-archive tarball; returns the loaded image's ID."""
+    def load(self, write: ArchiveWriter) -> str:
+        """Load the docker-archive that `write` streams; returns the loaded image's ID."""
         ...
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
@@ -118,10 +122,31 @@ class DockerEngine:
         attrs = self._attrs(ref)
         return dict((attrs or {}).get("Config", {}).get("Labels") or {})
 
-    def load(self, archive: Path) -> str:
-        """`docker load` through the API, streaming the file."""
-        with _translated("load the image into Docker"), archive.open("rb") as handle:
-            images = self.client.images.load(handle)
+    def load(self, write: ArchiveWriter) -> str:
+        """`docker load` through the API, fed through a pipe: the archive (GBs for CUDA stacks) never hits disk."""
+        read_fd, write_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            with os.fdopen(write_fd, "wb") as sink:
+                try:
+                    write(sink)
+                except BrokenPipeError:
+                    return  # the engine stopped reading: its own error is the one to report
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
+                    failure.append(exc)
+
+        producer = threading.Thread(target=produce, name="envlock-archive", daemon=True)
+        producer.start()
+        with os.fdopen(read_fd, "rb") as source:
+            chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
+            try:
+                with _translated("load the image into Docker"):
+                    images = self.client.images.load(chunks)
+            finally:
+                producer.join()
+        if failure:
+            raise failure[0]
         if not images:
             raise EngineError("Docker loaded no image from the archive")
         return str(images[0].id)

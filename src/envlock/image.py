@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from envlock import __version__
 from envlock.layers import Layer, write_layer
@@ -203,8 +203,8 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_archive(out: Path, config: bytes, layer_tars: list[tuple[str, Path]]) -> str:
-    """A docker-archive (what `docker load` reads) holding the config and every layer; returns the image ID."""
+def write_archive(out: BinaryIO, config: bytes, layer_tars: list[tuple[str, Path]]) -> str:
+    """Stream a docker-archive (what `docker load` reads) with the config and every layer; returns the image ID."""
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
     manifest = [
         {
@@ -213,7 +213,7 @@ def write_archive(out: Path, config: bytes, layer_tars: list[tuple[str, Path]]) 
             "Layers": [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id, _ in layer_tars],
         }
     ]
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         _add_bytes(archive, f"{image_id.removeprefix('sha256:')}.json", config)
         _add_bytes(archive, "manifest.json", json.dumps(manifest).encode())
         for diff_id, tar in layer_tars:
