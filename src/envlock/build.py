@@ -6,7 +6,6 @@ import hashlib
 import json
 import tarfile
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,19 +19,10 @@ from envlock.image import ARCHITECTURES, ImagePlan, LayerStore, image_config, ma
 from envlock.layers import Layer
 from envlock.lockfile import Lock
 from envlock.registry import Blob, Registry, push, split_target
+from envlock.report import Progress, Report, no_progress, silent
 from envlock.staging import VenvLayout
 from envlock.targets import host_platform
-from envlock.wheels import Progress, WheelCache
-
-Report = Callable[[str], None]
-
-
-def _silent(_: str) -> None:
-    return None
-
-
-def _no_progress(_name: str, _done: int, _total: int | None) -> None:
-    return None
+from envlock.wheels import WheelCache
 
 
 @dataclass(frozen=True)
@@ -67,8 +57,8 @@ class Builder:
     cache: WheelCache
     layers: LayerStore
     bases: base_mod.BaseStore
-    report: Report = _silent
-    progress: Progress = _no_progress
+    report: Report = silent
+    progress: Progress = no_progress
 
     def assemble(self, plan: ImagePlan, scratch: Path, fresh: bool = False) -> Assembled:
         """The base, the verified wheels and every layer (reused by content key unless fresh)."""
@@ -273,8 +263,8 @@ def build_image(
     layers: LayerStore,
     bases: base_mod.BaseStore,
     no_cache: bool = False,
-    report: Report = _silent,
-    progress: Progress = _no_progress,
+    report: Report = silent,
+    progress: Progress = no_progress,
 ) -> BuildOutcome:
     """Build the image of `lock` for `platform`, or find it already built."""
     builder = Builder(engine, cache, layers, bases, report, progress)

@@ -13,6 +13,7 @@ from envlock import __version__
 from envlock.errors import EnvlockError
 
 if TYPE_CHECKING:
+    from envlock.base import BaseStore
     from envlock.lockfile import Lock
     from envlock.resolve import Resolver
 
@@ -94,7 +95,7 @@ def lock(
         spec,
         _resolver(resolver),
         inspector=DockerEngine(),
-        bases=_stores()[2],
+        bases=_bases(),
         options=LockOptions(upgrade=upgrade, upgrade_packages=tuple(upgrade_package or ())),
         report=_say,
     )
@@ -174,18 +175,12 @@ def export_pylock(
         typer.echo(f"wrote {output}", err=True)
 
 
-def _stores() -> tuple[Any, Any, Any]:
-    """The wheel cache, layer store and base store under the user's cache directory."""
+def _bases() -> BaseStore:
+    """The store of built bases under the user's cache directory."""
     from envlock.base import BaseStore, MmdebstrapBuilder  # noqa: PLC0415
-    from envlock.image import LayerStore  # noqa: PLC0415
-    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
+    from envlock.wheels import default_cache_dir  # noqa: PLC0415
 
-    root = default_cache_dir()
-    return (
-        WheelCache(root / "wheels", HttpFetcher()),
-        LayerStore(root / "layers"),
-        BaseStore(root / "bases", MmdebstrapBuilder()),
-    )
+    return BaseStore(default_cache_dir() / "bases", MmdebstrapBuilder())
 
 
 @app.command()
@@ -203,12 +198,12 @@ def build(
 
     from envlock.build import Builder, record_image  # noqa: PLC0415
     from envlock.engine import DockerEngine  # noqa: PLC0415
-    from envlock.image import plan_image  # noqa: PLC0415
+    from envlock.image import LayerStore, plan_image  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
     from envlock.registry import HttpRegistry, split_target  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
     from envlock.targets import host_platform  # noqa: PLC0415
-    from envlock.wheels import HttpFetcher  # noqa: PLC0415
+    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
 
     spec = load_spec(project)
     locked = check_lock(spec)
@@ -218,8 +213,8 @@ def build(
         raise EnvlockError(
             "--push needs a registry", hint='set registry = "host[:port]/namespace" in [tool.envlock], or --registry'
         )
-    cache, layers, bases = _stores()
-    cache.fetcher = HttpFetcher([spec.index_url, *spec.extra_index_urls])
+    root = default_cache_dir()
+    cache = WheelCache(root / "wheels", HttpFetcher([spec.index_url, *spec.extra_index_urls]))
     bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
     tasks: dict[str, Any] = {}
 
@@ -228,7 +223,7 @@ def build(
             tasks[name] = bars.add_task(name, total=total)
         bars.update(tasks[name], completed=done)
 
-    builder = Builder(DockerEngine(), cache, layers, bases, _say, progress)
+    builder = Builder(DockerEngine(), cache, LayerStore(root / "layers"), _bases(), _say, progress)
     plan = plan_image(locked, spec.lock_path.read_text(encoding="utf-8"), spec.name, chosen)
     with bars:
         outcome = builder.build(plan, no_cache=no_cache)
@@ -247,8 +242,8 @@ def base_list(as_json: JsonOpt = False) -> None:
     """The base recipes and the bases built from them on this machine."""
     from envlock.base import load_recipe, recipe_names  # noqa: PLC0415
 
-    built = _stores()[2].built()
-    rows = []
+    built = _bases().built()
+    rows: list[dict[str, Any]] = []
     for name in recipe_names():
         recipe = load_recipe(name)
         mine = [b for b in built if b["recipe"] == name and b["recipe-sha256"] == recipe.sha256]
@@ -278,7 +273,7 @@ def base_build(
         raise EnvlockError(f"no base recipe {name!r}", hint=f"known recipes: {', '.join(recipe_names())}")
     chosen = platform or host_platform()
     _say(f"building base {name} for {chosen} with mmdebstrap")
-    built = _stores()[2].ensure(load_recipe(name), chosen, rebuild=rebuild)
+    built = _bases().ensure(load_recipe(name), chosen, rebuild=rebuild)
     typer.echo(f"base {name} {chosen}: {built.diff_id} ({len(built.packages)} Debian packages)")
     if load:
         from envlock.build import load_base  # noqa: PLC0415

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from envlock import __version__
 from envlock.layers import Layer, write_layer
 from envlock.lockfile import Lock
+from envlock.report import Report
 from envlock.resolve import LockedFile
 from envlock.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.targets import Target
@@ -34,7 +35,6 @@ HEAVY_NAMES = re.compile(
 OWN_LAYER_BYTES = 4 * 1024 * 1024
 OWN_LAYERS_MAX = 60
 ARCHITECTURES = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
-Report = Callable[[str], None]
 
 
 @dataclass(frozen=True)

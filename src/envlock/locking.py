@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,15 +14,10 @@ from envlock.cuda import check_wish, derive_cuda
 from envlock.diff import LockDiff, diff_locks
 from envlock.errors import EnvlockError, LockfileError, StaleLockError
 from envlock.lockfile import BaseLock, Lock, TargetBase, TargetLock
+from envlock.report import Report, silent
 from envlock.resolve import LockedPackage, Resolver, ResolveRequest
 from envlock.spec import Spec
 from envlock.targets import DEFAULT_GLIBC, Platform, Target, host_platform
-
-Report = Callable[[str], None]
-
-
-def _silent(_: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def lock_project(
     inspector: base_mod.ImageInspector | None = None,
     bases: base_mod.BaseStore | None = None,
     options: LockOptions = LockOptions(),
-    report: Report = _silent,
+    report: Report = silent,
 ) -> LockOutcome:
     """Resolve every platform, derive its CUDA stack, and write envlock.lock if its content changed."""
     previous = _previous(spec)

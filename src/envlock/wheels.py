@@ -7,7 +7,7 @@ import errno
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from envlock.credentials import redact
 from envlock.errors import EnvlockError
+from envlock.report import Progress, no_progress
 from envlock.resolve import LockedFile
 
 CHUNK = 1 << 20
@@ -108,13 +109,6 @@ class HttpFetcher:
                 raise DownloadError(f"download of {redact(url)} broke off: {exc.__class__.__name__}") from exc
 
 
-Progress = Callable[[str, int, int | None], None]
-
-
-def _quiet(_name: str, _done: int, _total: int | None) -> None:
-    return None
-
-
 def sha256_of(path: Path) -> str:
     """The sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -146,7 +140,7 @@ class WheelCache:
             return None
         return path
 
-    def ensure(self, files: Iterable[LockedFile], progress: Progress = _quiet) -> dict[str, Path]:
+    def ensure(self, files: Iterable[LockedFile], progress: Progress = no_progress) -> dict[str, Path]:
         """Every file present and verified, fetching what is missing in parallel; sha256 → path."""
         unique = {f.sha256: f for f in files}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
