@@ -124,10 +124,14 @@ class FakeEngine:
 class FakeBaseBuilder:
     """Writes a tiny root filesystem with a dpkg status file instead of running mmdebstrap."""
 
-    def __init__(self) -> None:
+    def __init__(self, available: bool = True) -> None:
         self.builds = 0
         self.recipes: list[Any] = []
         self.python_version = "3.11.2-1+b1"
+        self.can_build = available
+
+    def available(self) -> bool:
+        return self.can_build
 
     def build(self, recipe: Any, platform: str, out: Path) -> None:
         self.builds += 1

@@ -143,6 +143,10 @@ def debian_packages(tar: Path) -> dict[str, str]:
 class BaseBuilder(Protocol):
     """Makes a base root filesystem tarball from a recipe."""
 
+    def available(self) -> bool:
+        """Whether this machine can build bases at all."""
+        ...
+
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         """Write the root filesystem of recipe for platform into out."""
         ...
@@ -150,6 +154,10 @@ class BaseBuilder(Protocol):
 
 class MmdebstrapBuilder:
     """BaseBuilder through mmdebstrap from the Debian mirror, under the recipe's SOURCE_DATE_EPOCH."""
+
+    def available(self) -> bool:
+        """mmdebstrap is installed."""
+        return shutil.which("mmdebstrap") is not None
 
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         """Run mmdebstrap; its output is bit-identical for the same mirror state."""

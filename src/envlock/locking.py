@@ -114,6 +114,9 @@ def lock_project(
             return None
         recipe = base_mod.load_recipe(base.name).including(spec.system_packages)
         if bases.get(recipe, platform) is None:
+            if not bases.builder.available():
+                report(f"warning: mmdebstrap is not installed, so the {recipe.name} base is not pinned in the lock")
+                return None
             report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
         built = bases.ensure(recipe, platform)
         return TargetBase(built.diff_id, built.packages)

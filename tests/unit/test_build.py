@@ -168,3 +168,12 @@ def test_scratch_of_a_killed_build_is_swept_by_the_next(tmp_path: Path, write_pr
     run_build(spec, FakeEngine(), cache, layers, bases)
     assert not any(path.exists() for path in old)
     assert fresh.exists(), "a scratch dir that may belong to a running build is left alone"
+
+
+def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    project = write_project('[project]\nname = "demo"\ndependencies = ["alpha"]\n')
+    messages: list[str] = []
+    bases = BaseStore(tmp_path / "bases", FakeBaseBuilder(available=False))
+    outcome = lock_project(load_spec(project), FakeResolver({"linux/amd64": []}), bases=bases, report=messages.append)
+    assert outcome.lock.target("linux/amd64").base is None
+    assert any("mmdebstrap is not installed" in m and "not pinned" in m for m in messages)
