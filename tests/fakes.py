@@ -1,4 +1,4 @@
-"""Fakes at envlock's boundaries: a resolver and an image inspector, written once, used by unit tests."""
+"""Fakes at envlock's boundaries (resolver, engine, base builder), written once, used by unit tests."""
 
 from __future__ import annotations
 
@@ -61,16 +61,6 @@ class FakeResolver:
 
 
 @dataclass
-class FakeInspector:
-    """An engine that knows the ENV of some images."""
-
-    envs: dict[str, dict[str, str]]
-
-    def image_env(self, ref: str) -> dict[str, str]:
-        return self.envs[ref]
-
-
-@dataclass
 class FakeEngine:
     """An engine that keeps images in a dict; `load` reads the docker-archive's config to compute the ID."""
 
@@ -83,9 +73,6 @@ class FakeEngine:
         if ref in self.images:
             return ref
         return self.tags.get(ref)
-
-    def image_env(self, ref: str) -> dict[str, str]:
-        return {}
 
     def image_labels(self, ref: str) -> dict[str, str]:
         image_id = self.image_id(ref)

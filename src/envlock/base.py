@@ -13,10 +13,15 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from envlock.errors import EnvlockError
+from envlock.errors import EngineError, EnvlockError
 from envlock.fsutil import atomic_write_text
+from envlock.layers import Layer
+
+if TYPE_CHECKING:
+    from envlock.engine import Engine
+    from envlock.image import LayerStore
 
 DEFAULT_BASE = "debian-bookworm"
 _DIGEST_REF = re.compile(
@@ -96,14 +101,6 @@ def check_base(base: str) -> str | None:
     return f"unknown base {base!r}; known recipes: {', '.join(recipe_names())}, or an image `repo@sha256:…`"
 
 
-class ImageInspector(Protocol):
-    """Reads an image's config from the container engine."""
-
-    def image_env(self, ref: str) -> dict[str, str]:
-        """The image's ENV as a mapping."""
-        ...
-
-
 @dataclass(frozen=True)
 class BuiltBase:
     """A base made from a recipe: one layer tarball, its diff_id, and the Debian packages in it."""
@@ -126,12 +123,18 @@ class BuiltBase:
         }
 
 
-def debian_packages(tar: Path) -> dict[str, str]:
-    """Installed Debian packages and versions, read from the tarball's dpkg status (no chroot needed)."""
+def _dpkg_status(tar: Path) -> str | None:
     with tarfile.open(tar) as archive:
         member = next((m for m in archive.getmembers() if m.name.lstrip("./") == "var/lib/dpkg/status"), None)
         handle = archive.extractfile(member) if member else None
-        text = handle.read().decode("utf-8") if handle else ""
+        return handle.read().decode("utf-8") if handle else None
+
+
+def debian_packages(*layer_tars: Path) -> dict[str, str]:
+    """Installed Debian packages and versions from the dpkg status in the layers (the upper one wins)."""
+    text = ""
+    for tar in layer_tars:
+        text = _dpkg_status(tar) or text
     packages = {}
     for stanza in text.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
@@ -221,3 +224,97 @@ class BaseStore:
     def built(self) -> list[dict[str, Any]]:
         """Metadata of every base in the store."""
         return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.root.glob("*.json"))]
+
+
+@dataclass(frozen=True)
+class UpstreamBase:
+    """An upstream image base, exported from the engine: its ID, its layers (verified), ENV and Debian packages."""
+
+    ref: str
+    image_id: str
+    architecture: str
+    layers: list[tuple[str, Path]]  # (diff_id, tar in the layer store)
+    env: dict[str, str]
+    packages: dict[str, str]
+    python_homes: dict[str, str]  # "3.11" → "/usr/local/bin"
+
+
+def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path) -> UpstreamBase:
+    """Take the base from the engine (pulled by digest if absent), export it, check each layer against its diff_id."""
+    if engine.image_id(ref) is None:
+        engine.pull(ref)
+    image_id = engine.image_id(ref) or ""
+    cached = layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json"
+    if cached.is_file():
+        data = json.loads(cached.read_text(encoding="utf-8"))
+        found = [(d, layers.get("base-" + d.removeprefix("sha256:"))) for d in data["diff-ids"]]
+        if all(layer is not None for _, layer in found):
+            return UpstreamBase(
+                ref, image_id, data["architecture"], [(d, layer.tar) for d, layer in found if layer],
+                data["env"], data["packages"], data["python-homes"],
+            )  # fmt: skip
+    archive = scratch / "upstream.tar"
+    engine.save(ref, archive)
+    with tarfile.open(archive) as saved:
+        manifest = json.load(_member(saved, "manifest.json"))[0]
+        config = json.load(_member(saved, manifest["Config"]))
+        parts = [
+            (diff_id, _verified_layer(saved, member, diff_id, layers).tar)
+            for diff_id, member in zip(config["rootfs"]["diff_ids"], manifest["Layers"], strict=True)
+        ]
+    archive.unlink()
+    tars = [tar for _, tar in parts]
+    base = UpstreamBase(
+        ref=ref,
+        image_id=image_id,
+        architecture=str(config.get("architecture", "")),
+        layers=parts,
+        env=dict(item.partition("=")[::2] for item in config.get("config", {}).get("Env") or []),
+        packages=debian_packages(*tars),
+        python_homes=_python_homes(tars),
+    )
+    record = {
+        "ref": ref,
+        "architecture": base.architecture,
+        "diff-ids": [d for d, _ in parts],
+        "env": base.env,
+        "packages": base.packages,
+        "python-homes": base.python_homes,
+    }
+    atomic_write_text(cached, json.dumps(record, indent=2, sort_keys=True))
+    return base
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise EngineError(f"the engine's image export has no {name}")
+    return handle
+
+
+def _verified_layer(saved: tarfile.TarFile, member: str, diff_id: str, layers: LayerStore) -> Layer:
+    key = "base-" + diff_id.removeprefix("sha256:")
+
+    def extract(out: Path) -> Layer:
+        digest = hashlib.sha256()
+        with _member(saved, member) as source, out.open("wb") as target:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+                target.write(chunk)
+        if "sha256:" + digest.hexdigest() != diff_id:
+            raise EngineError(f"the engine exported a base layer whose sha256 is not its diff_id {diff_id}")
+        return Layer(out, diff_id, out.stat().st_size)
+
+    return layers.get(key) or layers.put(key, extract)
+
+
+def _python_homes(layer_tars: list[Path]) -> dict[str, str]:
+    """Each `pythonX.Y` in /usr/bin or /usr/local/bin of the layers (the upper layer wins)."""
+    homes: dict[str, str] = {}
+    pattern = re.compile(r"^(usr/(?:local/)?bin)/python(3\.\d+)$")
+    for tar in layer_tars:
+        with tarfile.open(tar) as layer:
+            for name in layer.getnames():
+                if match := pattern.match(name.lstrip("./")):
+                    homes[match.group(2)] = "/" + match.group(1)
+    return homes

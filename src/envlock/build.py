@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from envlock import base as base_mod
 from envlock.engine import Engine
 from envlock.errors import EngineError, EnvlockError
 from envlock.fsutil import atomic_write_text, sweep_stale
-from envlock.image import ARCHITECTURES, ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
-from envlock.layers import Layer
-from envlock.lockfile import Lock
+from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
+from envlock.lockfile import Lock, TargetBase
 from envlock.registry import Blob, Registry, push, split_target
 from envlock.report import Progress, Report, no_progress, silent
 from envlock.staging import VenvLayout
-from envlock.targets import host_platform
+from envlock.targets import ARCHITECTURES, host_platform
 from envlock.wheels import WheelCache
 
 
@@ -69,7 +67,10 @@ class Builder:
                 hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
             )
         if base_mod.is_image_reference(lock.base.name):
-            base_parts, base_env, home = self.upstream_base(lock.base.name, plan, scratch)
+            upstream = base_mod.export_upstream(lock.base.name, self.engine, self.layers, scratch)
+            check_upstream(upstream, plan, lock.target(plan.platform).base)
+            base_parts, base_env = upstream.layers, upstream.env
+            home = upstream.python_homes[lock.python]
             self.report(f"fetching {len(plan.wheels)} wheels")
             self.cache.ensure(plan.wheels, self.progress)
             store = LayerStore(scratch / "layers") if fresh else self.layers
@@ -87,7 +88,7 @@ class Builder:
         pinned = lock.target(plan.platform).base
         if pinned is None:
             self.report(f"the lock does not pin the base's bytes for {plan.platform}; using {built_base.diff_id[:19]}")
-        elif pinned.diff_id != built_base.diff_id:
+        elif pinned.id != built_base.diff_id:
             moved = [
                 f"{name} {pinned.debian.get(name, 'absent')} -> {version}"
                 for name, version in built_base.packages.items()
@@ -96,7 +97,7 @@ class Builder:
             changes = ", ".join(moved[:3]) or "same packages, other bytes"
             raise EnvlockError(
                 f"the {recipe.name} base on this machine ({built_base.diff_id[:19]}) is not the lock's "
-                f"({pinned.diff_id[:19]}): the Debian mirror moved ({changes})",
+                f"({pinned.id[:19]}): the Debian mirror moved ({changes})",
                 hint=f"build where the lock's base is, or adopt today's: envlock base build {recipe.name} --rebuild "
                 "&& envlock lock --upgrade",
             )
@@ -118,43 +119,6 @@ class Builder:
     def scratch(self) -> Path:
         """Where builds assemble archives: beside the caches, not in a small /tmp."""
         return self.layers.root.parent / "tmp"
-
-    def upstream_base(
-        self, ref: str, plan: ImagePlan, scratch: Path
-    ) -> tuple[list[tuple[str, Path]], dict[str, str], str]:
-        """An upstream base by digest: from the engine (pulled if absent), its layers checked against its config."""
-        if self.engine.image_id(ref) is None:
-            self.report(f"pulling base {ref}")
-            self.engine.pull(ref)
-        archive = scratch / "base.tar"
-        self.engine.save(ref, archive)
-        with tarfile.open(archive) as saved:
-            manifest = json.load(_member(saved, "manifest.json"))[0]
-            config = json.load(_member(saved, manifest["Config"]))
-            if config.get("architecture") != ARCHITECTURES[plan.platform]:
-                raise EnvlockError(
-                    f"base {ref} is a {config.get('architecture')} image, not {plan.platform}",
-                    hint="pin the digest of the image for this platform (a manifest list's entry)",
-                )
-            parts = []
-            for diff_id, member in zip(config["rootfs"]["diff_ids"], manifest["Layers"], strict=True):
-                parts.append((diff_id, self._base_layer(saved, member, diff_id).tar))
-        env = dict(item.partition("=")[::2] for item in config.get("config", {}).get("Env") or [])
-        return parts, env, python_home([tar for _, tar in parts], plan.lock.python, ref)
-
-    def _base_layer(self, saved: tarfile.TarFile, member: str, diff_id: str) -> Layer:
-        def extract(out: Path) -> Layer:
-            digest = hashlib.sha256()
-            with _member(saved, member) as source, out.open("wb") as target:
-                for chunk in iter(lambda: source.read(1 << 20), b""):
-                    digest.update(chunk)
-                    target.write(chunk)
-            if "sha256:" + digest.hexdigest() != diff_id:
-                raise EngineError(f"the engine exported a layer of the base whose sha256 is not its diff_id {diff_id}")
-            return Layer(out, diff_id, out.stat().st_size)
-
-        key = "base-" + diff_id.removeprefix("sha256:")
-        return self.layers.get(key) or self.layers.put(key, extract)
 
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
@@ -191,28 +155,24 @@ class Builder:
         return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
 
 
-def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
-    handle = archive.extractfile(name)
-    if handle is None:
-        raise EngineError(f"the engine's image export has no {name}")
-    return handle
-
-
-def python_home(layer_tars: list[Path], python: str, ref: str) -> str:
-    """Where the base's own `pythonX.Y` is (the upper layers win): /usr/local/bin or /usr/bin."""
-    found = ""
-    for tar in layer_tars:
-        with tarfile.open(tar) as layer:
-            names = {name.lstrip("./") for name in layer.getnames()}
-        for home in ("usr/bin", "usr/local/bin"):
-            if f"{home}/python{python}" in names:
-                found = "/" + home
-    if not found:
+def check_upstream(upstream: base_mod.UpstreamBase, plan: ImagePlan, pinned: TargetBase | None) -> None:
+    """The upstream base is for this platform, ships the lock's Python, and is the image the lock pinned."""
+    if upstream.architecture != ARCHITECTURES[plan.platform]:
         raise EnvlockError(
-            f"base {ref} has no python{python} in /usr/local/bin or /usr/bin",
-            hint=f'pick a base that ships Python {python}, or set python = "X.Y" in [tool.envlock] to what it ships',
+            f"base {upstream.ref} is a {upstream.architecture} image, not {plan.platform}",
+            hint="pin the digest of the image for this platform (a manifest list's entry)",
         )
-    return found
+    if plan.lock.python not in upstream.python_homes:
+        shipped = ", ".join(sorted(upstream.python_homes)) or "none"
+        raise EnvlockError(
+            f"base {upstream.ref} has no python{plan.lock.python} in /usr/local/bin or /usr/bin (it has: {shipped})",
+            hint='set python = "X.Y" in [tool.envlock] to a Python the base ships',
+        )
+    if pinned is not None and pinned.id != upstream.image_id:
+        raise EnvlockError(
+            f"base {upstream.ref} is image {upstream.image_id[:19]} here, but the lock pinned {pinned.id[:19]}",
+            hint="the engine rewrote the image; pull it again by digest, or re-lock",
+        )
 
 
 def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:

@@ -13,7 +13,7 @@ from envlock import __version__
 from envlock.errors import EnvlockError
 
 if TYPE_CHECKING:
-    from envlock.base import BaseStore
+    from envlock.base import BaseStore, UpstreamBase
     from envlock.lockfile import Lock
     from envlock.resolve import Resolver
 
@@ -88,13 +88,12 @@ def lock(
         locked = check_lock(spec)
         typer.echo(f"envlock.lock is up to date (lock {locked.short_hash})")
         return
-    from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.locking import LockOptions, lock_project  # noqa: PLC0415
 
     outcome = lock_project(
         spec,
         _resolver(resolver),
-        inspector=DockerEngine(),
+        upstream=_upstream,
         bases=_bases(),
         options=LockOptions(upgrade=upgrade, upgrade_packages=tuple(upgrade_package or ())),
         report=_say,
@@ -173,6 +172,21 @@ def export_pylock(
     else:
         atomic_write_text(output, text)
         typer.echo(f"wrote {output}", err=True)
+
+
+def _upstream(ref: str) -> UpstreamBase:
+    """An upstream base from the engine (pulled by digest if absent), exported once into the layer store."""
+    import tempfile  # noqa: PLC0415
+
+    from envlock.base import export_upstream  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.image import LayerStore  # noqa: PLC0415
+    from envlock.wheels import default_cache_dir  # noqa: PLC0415
+
+    root = default_cache_dir()
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="upstream-", dir=root / "tmp") as scratch:
+        return export_upstream(ref, DockerEngine(), LayerStore(root / "layers"), Path(scratch))
 
 
 def _bases() -> BaseStore:

@@ -21,10 +21,6 @@ class Engine(Protocol):
         """The ID of a local image by name:tag or ID, or None when absent."""
         ...
 
-    def image_env(self, ref: str) -> dict[str, str]:
-        """The ENV of a local image (raises EngineError when absent)."""
-        ...
-
     def image_labels(self, ref: str) -> dict[str, str]:
         """The labels of a local image."""
         ...
@@ -102,20 +98,6 @@ class DockerEngine:
         """ID of a local image, or None."""
         attrs = self._attrs(ref)
         return str(attrs["Id"]) if attrs else None
-
-    def image_env(self, ref: str) -> dict[str, str]:
-        """ENV of a local image as a mapping."""
-        attrs = self._attrs(ref)
-        if attrs is None and "@sha256:" in ref:  # pinned by digest: pulling cannot give other content
-            self.pull(ref)
-            attrs = self._attrs(ref)
-        if attrs is None:
-            raise EngineError(f"image {ref} is not in the local Docker engine", hint=f"docker pull {ref}")
-        env = {}
-        for item in attrs.get("Config", {}).get("Env") or []:
-            key, _, value = item.partition("=")
-            env[key] = value
-        return env
 
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of a local image."""

@@ -20,7 +20,7 @@ from envlock.lockfile import Lock
 from envlock.report import Report
 from envlock.resolve import LockedFile
 from envlock.staging import VENV, VenvLayout, choose_wheel, install_wheel
-from envlock.targets import Target
+from envlock.targets import ARCHITECTURES, Target
 from envlock.wheels import WheelCache
 
 # Bumped whenever the bytes a layer is made of change for the same inputs (paths, metadata, layout).
@@ -34,7 +34,6 @@ HEAVY_NAMES = re.compile(
 # only the small layer), the biggest first, up to OWN_LAYERS_MAX; every other package shares one layer.
 OWN_LAYER_BYTES = 4 * 1024 * 1024
 OWN_LAYERS_MAX = 60
-ARCHITECTURES = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
 
 
 @dataclass(frozen=True)

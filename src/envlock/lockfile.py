@@ -39,9 +39,12 @@ class BaseLock:
 
 @dataclass(frozen=True)
 class TargetBase:
-    """The exact base a platform's image starts from: its layer's diff_id and the Debian packages in it."""
+    """The exact base a platform's image starts from, and the Debian packages in it.
 
-    diff_id: str
+    `id` is the recipe base's layer diff_id, or the upstream base's image ID (the sha256 of its config).
+    """
+
+    id: str
     debian: dict[str, str]
 
 
@@ -99,7 +102,7 @@ class Lock:
                     "platform": t.platform,
                     "python-platform": t.python_platform,
                     "cuda": t.cuda.as_dict(),
-                    "base": {"diff-id": t.base.diff_id, "debian": t.base.debian} if t.base else None,
+                    "base": {"id": t.base.id, "debian": t.base.debian} if t.base else None,
                     "packages": [_package_content(p) for p in t.packages],
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
@@ -170,7 +173,7 @@ def dumps(lock: Lock) -> str:
         section["cuda"] = cuda
         if target.base is not None:
             base_table = tomlkit.table()
-            base_table["diff-id"] = target.base.diff_id
+            base_table["id"] = target.base.id
             debian = tomlkit.table()
             for name, version in sorted(target.base.debian.items()):
                 debian[name] = version
@@ -242,7 +245,7 @@ def _from_document(document: dict[str, Any]) -> Lock:
                 python_platform=str(section["python-platform"]),
                 cuda=_cuda_from_table(section["cuda"]),
                 packages=tuple(packages_from_pylock(section)),
-                base=TargetBase(str(section["base"]["diff-id"]), dict(section["base"]["debian"]))
+                base=TargetBase(str(section["base"]["id"]), dict(section["base"]["debian"]))
                 if "base" in section
                 else None,
             )

@@ -1,7 +1,8 @@
-"""`envlock lock`: spec + resolver (+ base inspector) → Lock, written only when something changed."""
+"""`envlock lock`: spec + resolver (+ base store, + upstream base) → Lock, written only when something changed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -12,12 +13,12 @@ from envlock import base as base_mod
 from envlock.credentials import expand, redact
 from envlock.cuda import check_wish, derive_cuda
 from envlock.diff import LockDiff, diff_locks
-from envlock.errors import EnvlockError, LockfileError, StaleLockError
+from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError
 from envlock.lockfile import BaseLock, Lock, TargetBase, TargetLock
 from envlock.report import Report, silent
 from envlock.resolve import LockedPackage, Resolver, ResolveRequest
 from envlock.spec import Spec
-from envlock.targets import DEFAULT_GLIBC, Platform, Target, host_platform
+from envlock.targets import ARCHITECTURES, DEFAULT_GLIBC, Platform, Target, host_platform
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,23 @@ class LockOutcome:
     changes: LockDiff = field(default_factory=LockDiff)
 
 
-def base_of(spec: Spec, inspector: base_mod.ImageInspector | None) -> tuple[BaseLock, tuple[int, int], dict[str, str]]:
-    """The base's identity, the glibc wheels may assume, and (for images) the base's ENV."""
+Upstream = Callable[[str], base_mod.UpstreamBase]
+
+
+def base_of(spec: Spec, upstream: Upstream | None) -> tuple[BaseLock, tuple[int, int], base_mod.UpstreamBase | None]:
+    """The base's identity, the glibc wheels may assume, and (for an upstream image) the image itself."""
     if base_mod.is_image_reference(spec.base):
-        env = inspector.image_env(spec.base) if inspector else {}
+        image = upstream(spec.base) if upstream else None
+        if image is not None and spec.python not in image.python_homes:
+            shipped = ", ".join(sorted(image.python_homes)) or "none"
+            raise SpecError(
+                f"base {spec.base} has no python{spec.python} in /usr/local/bin or /usr/bin (it has: {shipped})",
+                hint='set python = "X.Y" in [tool.envlock] to a Python the base ships',
+            )
         digest = spec.base.rsplit("@", 1)[1]
-        return BaseLock(spec.base, "image", digest.removeprefix("sha256:")), DEFAULT_GLIBC, env
+        return BaseLock(spec.base, "image", digest.removeprefix("sha256:")), DEFAULT_GLIBC, image
     recipe = base_mod.load_recipe(spec.base)
-    return BaseLock(recipe.name, "recipe", recipe.sha256), recipe.glibc, {}
+    return BaseLock(recipe.name, "recipe", recipe.sha256), recipe.glibc, None
 
 
 def check(spec: Spec) -> Lock:
@@ -63,7 +73,7 @@ def lock_project(
     spec: Spec,
     resolver: Resolver,
     *,
-    inspector: base_mod.ImageInspector | None = None,
+    upstream: Upstream | None = None,
     bases: base_mod.BaseStore | None = None,
     options: LockOptions = LockOptions(),
     report: Report = silent,
@@ -82,7 +92,7 @@ def lock_project(
                 f"--upgrade-package {', '.join(unknown)}: not in the current lock",
                 hint="name packages listed by `envlock show`, or add them to your requirements",
             )
-    base, glibc, base_env = base_of(spec, inspector)
+    base, glibc, image = base_of(spec, upstream)
     index_url = expand(spec.index_url)
     extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
 
@@ -104,12 +114,14 @@ def lock_project(
                 upgrade_packages=tuple(sorted(wanted)),
             )
         )
-        stack = derive_cuda(packages, base_env)
+        stack = derive_cuda(packages, image.env if image else None)
         check_wish(stack, spec.cuda, platform)
         return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base_for(platform))
 
     def base_for(platform: Platform) -> TargetBase | None:
-        """Build (once per machine) the base this host can build, to pin its bytes and Debian packages."""
+        """Pin the base's bytes and Debian packages: the upstream image's, or a recipe base this host builds."""
+        if image is not None:
+            return TargetBase(image.image_id, image.packages) if image.architecture == ARCHITECTURES[platform] else None
         if bases is None or base.kind != "recipe" or platform != host_platform():
             return None
         recipe = base_mod.load_recipe(base.name).including(spec.system_packages)

@@ -19,6 +19,8 @@ _UV_MIN_GLIBC = (2, 17)
 
 
 _MACHINES: dict[str, str] = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+# The OCI / Docker `architecture` of each platform.
+ARCHITECTURES: dict[str, str] = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
 _HOST_PLATFORMS = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
 
 

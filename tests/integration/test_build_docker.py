@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from envlock import lockfile
-from envlock.base import BaseStore, MmdebstrapBuilder, load_recipe
+from envlock.base import BaseStore, MmdebstrapBuilder, export_upstream, load_recipe
 from envlock.build import Builder, BuildOutcome, build_image, load_base
 from envlock.cli import run
 from envlock.engine import DockerEngine
@@ -68,7 +68,7 @@ def test_same_lock_same_image_id_and_the_image_works(
     pinned = lockfile.read(spec.lock_path).target("linux/amd64").base
     assert pinned is not None and pinned.debian["python3"].startswith("3.11")
     first = build(spec, engine, tmp_path / "cache", bases)
-    assert first.built and first.base_diff_id == pinned.diff_id
+    assert first.built and first.base_diff_id == pinned.id
     assert engine.image_id(first.reference) == first.image_id
 
     client = docker.from_env()
@@ -197,8 +197,12 @@ def test_upstream_base_pinned_by_digest_is_pulled_and_built_on(
 
         project = write_project(PROJECT + f'[tool.envlock]\nbase = "{ref}"\npython = "3.11"\n')
         spec = load_spec(project)
-        lock_project(spec, UvResolver(), inspector=engine)
-        assert lockfile.read(spec.lock_path).base.kind == "image"
+        layers = LayerStore(tmp_path / "cache" / "layers")
+        lock_project(spec, UvResolver(), upstream=lambda image: export_upstream(image, engine, layers, tmp_path))
+        lock = lockfile.read(spec.lock_path)
+        assert lock.base.kind == "image"
+        pinned = lock.target("linux/amd64").base
+        assert pinned is not None and pinned.debian["python3"].startswith("3.11"), "its Debian packages are locked"
         first = build(spec, engine, tmp_path / "cache", bases)
         out = client.containers.run(first.image_id, ["python", "-c", "import six; print(six.__version__)"], remove=True)
         assert out.decode().strip() == "1.16.0"

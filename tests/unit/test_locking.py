@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from envlock import lockfile
-from envlock.errors import LockfileError, StaleLockError, UnsatisfiableError
+from envlock.base import UpstreamBase
+from envlock.errors import LockfileError, SpecError, StaleLockError, UnsatisfiableError
 from envlock.locking import LockOptions, check, lock_project
 from envlock.spec import load_spec
-from tests.fakes import TORCH_251_AMD64, FakeInspector, FakeResolver, package
+from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
 BASIC = {"linux/amd64": [package("numpy", "2.1.3", "cp311-cp311-manylinux_2_17_x86_64"), package("requests", "2.32.3")]}
 
@@ -141,10 +143,25 @@ def test_image_base_cuda_comes_from_the_image(write_project: Callable[[str], Pat
     project = write_project(
         f'[project]\nname = "x"\ndependencies = ["numpy"]\n[tool.envlock]\nbase = "{ref}"\npython = "3.10"\n'
     )
-    inspector = FakeInspector({ref: {"CUDA_VERSION": "12.4.1", "NV_CUDNN_VERSION": "9.1.0.70-1"}})
-    outcome = lock_project(load_spec(project), FakeResolver(BASIC), inspector=inspector)
+    image = UpstreamBase(
+        ref=ref,
+        image_id="sha256:" + "c" * 64,
+        architecture="amd64",
+        layers=[],
+        env={"CUDA_VERSION": "12.4.1", "NV_CUDNN_VERSION": "9.1.0.70-1"},
+        packages={"cuda-cudart-12-4": "12.4.127-1"},
+        python_homes={"3.10": "/usr/bin"},
+    )
+    outcome = lock_project(load_spec(project), FakeResolver(BASIC), upstream=lambda _: image)
     assert outcome.lock.base.kind == "image"
     assert outcome.lock.base.sha256 == "b" * 64
     cuda = outcome.lock.target("linux/amd64").cuda
     assert (cuda.source, cuda.runtime, cuda.cudnn) == ("base", "12.4.1", "9.1.0.70")
     assert outcome.lock.target("linux/amd64").python_platform == "x86_64-manylinux_2_28"
+    pinned = outcome.lock.target("linux/amd64").base
+    assert pinned is not None and pinned.id == image.image_id and pinned.debian == image.packages
+    wrong_python = replace(image, python_homes={"3.12": "/usr/local/bin"})
+    with pytest.raises(SpecError, match=r"has no python3\.10 in /usr/local/bin or /usr/bin \(it has: 3\.12\)"):
+        lock_project(
+            load_spec(project), FakeResolver(BASIC), upstream=lambda _: wrong_python, options=LockOptions(upgrade=True)
+        )
