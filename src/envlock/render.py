@@ -23,6 +23,7 @@ def lock_summary(lock: Lock, platforms: list[str], stale: str) -> dict[str, Any]
         "system-packages": list(lock.system_packages),
         "targets": {
             t.platform: {
+                "base": {"id": t.base.id, "debian": t.base.debian} if t.base else None,
                 "cuda": t.cuda.as_dict(),
                 "packages": [
                     {
@@ -64,6 +65,10 @@ def render_lock(lock: Lock, platforms: list[str], stale: str) -> str:
         if target.platform not in platforms:
             continue
         lines += ["", f"{target.platform}  {len(target.packages)} packages  ({target.python_platform})"]
+        if target.base is not None:
+            lines.append(f"  base {target.base.id[:19]} with {len(target.base.debian)} Debian packages")
+        else:
+            lines.append("  base not pinned here (locked on another architecture, or without mmdebstrap)")
         lines += _cuda_lines(target)
         width = max((len(p.name) for p in target.packages), default=0)
         lines += [f"    {p.name.ljust(width)}  {p.version}" for p in target.packages]

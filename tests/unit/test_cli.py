@@ -80,6 +80,7 @@ def test_show_text_and_json(sample: Callable[[str], Path], capsys: pytest.Captur
     assert "driver >= 550.54.14 (full) · >= 525.60.13 (minor-version compatibility)" in out
     assert "GPU architectures: sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90" in out
     assert "inputs up to date" in out
+    assert "base not pinned here" in out  # locked through a fake, without a base store
     code, out, _ = invoke(capsys, "show", "--json", "-C", str(project))
     data = json.loads(out)
     assert data["targets"]["linux/amd64"]["cuda"]["cudnn"] == "9.1.0.70"
