@@ -200,10 +200,16 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
     return f"{repository}:{tag}"
 
 
+def read_images(project_dir: Path) -> dict[str, Any]:
+    """The project's .envlock/images.json: lock hash → image ID, reference, base, pushed digests."""
+    path = project_dir / ".envlock" / "images.json"
+    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
+
+
 def record_image(project_dir: Path, lock: Lock, outcome: BuildOutcome, pushed: str | None) -> Path:
     """Remember, in the project's .envlock/images.json, which image (and registry digest) a lock gave."""
     path = project_dir / ".envlock" / "images.json"
-    known: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    known = read_images(project_dir)
     entry = known.setdefault(lock.lock_hash, {})
     entry.update({"image-id": outcome.image_id, "reference": outcome.reference, "base": outcome.base_diff_id})
     if pushed and pushed not in entry.setdefault("pushed", []):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from envlock.base import BaseStore, UpstreamBase
     from envlock.lockfile import Lock
     from envlock.resolve import Resolver
+    from envlock.runs import RunStore
 
 app = typer.Typer(
     name="envlock",
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 export_app = typer.Typer(help="Write the lock in another tool's format.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(export_app, name="export")
+runs_app = typer.Typer(help="The run records of this project.", rich_markup_mode=None)
+app.add_typer(runs_app, name="runs")
 base_app = typer.Typer(
     help="Base images: envlock's reproducible recipes under base-images/.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -294,6 +297,158 @@ def base_build(
         from envlock.engine import DockerEngine  # noqa: PLC0415
 
         typer.echo(f"loaded as {load_base(built, DockerEngine())}")
+
+
+def _write_through(stream: str, data: bytes) -> None:
+    target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    target.write(data)
+    target.flush()
+
+
+@app.command("run", context_settings={"allow_interspersed_args": False})
+def run_command(
+    command: Annotated[list[str], typer.Argument(help="The command, after --: envlock run -- python train.py")],
+    project: ProjectOpt = Path(),
+    seed: Annotated[int, typer.Option("--seed", help="Seed: PYTHONHASHSEED and ENVLOCK_SEED.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Run although the host fails the preflight.")] = False,
+    gpus: Annotated[
+        bool | None, typer.Option("--gpus/--no-gpus", help="Default: GPUs when the host has them and the lock is CUDA.")
+    ] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", "-o", help="A file or directory the run produces (repeatable).")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="Pass this host variable in (repeatable); recorded by name.")
+    ] = None,
+) -> None:
+    """Run a command in the lock's image and record the run under .envlock/runs/."""
+    from envlock.build import Builder, read_images  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.gitstate import git_state  # noqa: PLC0415
+    from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
+    from envlock.image import LayerStore, plan_image  # noqa: PLC0415
+    from envlock.launch import DockerLauncher  # noqa: PLC0415
+    from envlock.locking import check as check_lock  # noqa: PLC0415
+    from envlock.runner import PinnedImage, RunRequest, run_in_image  # noqa: PLC0415
+    from envlock.runs import RunStore  # noqa: PLC0415
+    from envlock.spec import load_spec  # noqa: PLC0415
+    from envlock.targets import host_platform  # noqa: PLC0415
+    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
+
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    lock_text = spec.lock_path.read_text(encoding="utf-8")
+    platform = host_platform()
+    engine = DockerEngine()
+    root = default_cache_dir()
+    cache = WheelCache(root / "wheels", HttpFetcher([spec.index_url, *spec.extra_index_urls]))
+    builder = Builder(engine, cache, LayerStore(root / "layers"), _bases(), _say)
+    built = builder.build(plan_image(locked, lock_text, spec.name, platform))
+    pushed = read_images(spec.project_dir).get(locked.lock_hash, {}).get("pushed", [])
+    launcher = DockerLauncher(engine.client)
+    store = RunStore(spec.project_dir)
+    for orphan in store.settle_orphans(launcher.remove):
+        _say(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
+    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
+    record = run_in_image(
+        locked,
+        lock_text,
+        platform,
+        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ())),
+        project_dir=spec.project_dir,
+        image=PinnedImage(built.image_id, built.reference, tuple(pushed)),
+        host=probe_host(PynvmlAdapter(), docker_version=lambda: str(engine.client.version().get("Version"))),
+        git=git_state(spec.project_dir, outputs),
+        launcher=launcher,
+        store=store,
+        output=_write_through,
+    )
+    for note in record.preflight:
+        _say(f"preflight: {note}")
+    _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
+    raise typer.Exit(record.exit_code or 0)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
+    """The project's runs, oldest first (a table, or --json)."""
+    if ctx.invoked_subcommand:
+        return
+    from envlock.runs import RunStore  # noqa: PLC0415
+
+    store = RunStore(project)
+    _settle_quietly(store)
+    records = store.all()
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    if not records:
+        typer.echo("no runs yet: envlock run -- COMMAND")
+        return
+    typer.echo(f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND")
+    for r in records:
+        commit = (r.git.get("commit") or "-")[:10] + ("+" if r.git.get("dirty") else "")
+        code = "-" if r.exit_code is None else str(r.exit_code)
+        lock = r.lock_hash.removeprefix("sha256:")[:12]
+        image = r.image_id[:19]
+        typer.echo(
+            f"{r.run_id:<26} {r.status:<11} {code:>4}  {image:<19} {lock:<12} {commit:<13} {' '.join(r.command)}"
+        )
+
+
+def _settle_quietly(store: RunStore) -> None:
+    """Mark runs whose envlock was killed; remove their containers when the engine is reachable."""
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.launch import DockerLauncher  # noqa: PLC0415
+
+    def remove(name: str) -> None:
+        try:
+            DockerLauncher(DockerEngine().client).remove(name)
+        except EnvlockError as exc:
+            _say(f"warning: could not remove container {name}: {exc.message}")
+
+    for orphan in store.settle_orphans(remove):
+        _say(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted")
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    project: ProjectOpt = Path(),
+    as_json: JsonOpt = False,
+) -> None:
+    """One run record in full."""
+    from envlock.runs import RunStore  # noqa: PLC0415
+
+    store = RunStore(project)
+    _settle_quietly(store)
+    record = store.load(run_id)
+    if as_json:
+        typer.echo(json.dumps(record.as_dict(), indent=2, sort_keys=True))
+        return
+    host = record.host
+    gpus = ", ".join(f"{g['name']} ({g['arch']})" for g in host.get("gpus", [])) or "none"
+    code = record.git.get("commit") or "not a git repository"
+    dirty = "  (dirty: diff.patch saved)" if record.git.get("dirty") else ""
+    machine = f"{host.get('cpu-model')} · kernel {host.get('kernel')} · docker {host.get('docker-version')}"
+    settings = " ".join(f"{k}={v}" for k, v in sorted(record.environment.items()) if not k.startswith("ENVLOCK_"))
+    lines = [
+        f"run       {record.run_id}  {record.status}, exit {record.exit_code}",
+        f"command   {' '.join(record.command)}",
+        f"image     {record.image_id}  ({record.image_reference})",
+        *(f"pushed    {d}" for d in record.repo_digests),
+        f"lock      {record.lock_hash}  (copy: {store.directory(record.run_id) / 'envlock.lock'})",
+        f"code      {code}{dirty}",
+        f"host      driver {host.get('driver-version') or 'none'} · GPUs {gpus} · {machine}",
+        f"seed      {record.seed}  {settings}",
+        f"time      {record.started} → {record.ended or '-'}",
+        f"log       {store.log_path(record.run_id)}",
+        *(f"preflight {note}" for note in record.preflight),
+        *(f"output    {path}  {digest or 'not produced'}" for path, digest in record.outputs.items()),
+    ]
+    if record.forced:
+        lines.append("forced    yes: the preflight refused this host and --force overrode it")
+    typer.echo("\n".join(lines))
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:

@@ -47,7 +47,7 @@ class Engine(Protocol):
 
 
 @contextmanager
-def _translated(action: str) -> Iterator[None]:
+def translated(action: str) -> Iterator[None]:
     import docker.errors  # noqa: PLC0415
     import requests  # noqa: PLC0415
 
@@ -79,7 +79,7 @@ class DockerEngine:
         if self._client is None:
             import docker  # noqa: PLC0415  (slow to import; only commands that touch the engine need it)
 
-            with _translated("connect to Docker"):
+            with translated("connect to Docker"):
                 self._client = docker.from_env()
                 self._client.ping()
         return self._client
@@ -87,7 +87,7 @@ class DockerEngine:
     def _attrs(self, ref: str) -> dict[str, Any] | None:
         import docker.errors  # noqa: PLC0415
 
-        with _translated(f"inspect {ref}"):
+        with translated(f"inspect {ref}"):
             try:
                 attrs: dict[str, Any] = self.client.api.inspect_image(ref)
             except docker.errors.ImageNotFound:
@@ -123,7 +123,7 @@ class DockerEngine:
         with os.fdopen(read_fd, "rb") as source:
             chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
             try:
-                with _translated("load the image into Docker"):
+                with translated("load the image into Docker"):
                     images = self.client.images.load(chunks)
             finally:
                 producer.join()
@@ -135,14 +135,14 @@ class DockerEngine:
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         """Tag an image."""
-        with _translated(f"tag {repository}:{tag}"):
+        with translated(f"tag {repository}:{tag}"):
             self.client.api.tag(image_id, repository, tag)
 
     def pull(self, ref: str) -> str:
         """`docker pull` through the API; the engine verifies the content against the digest."""
         import docker.errors  # noqa: PLC0415
 
-        with _translated(f"pull {ref}"):
+        with translated(f"pull {ref}"):
             try:
                 image = self.client.images.pull(ref)
             except docker.errors.APIError as exc:
@@ -154,7 +154,7 @@ class DockerEngine:
 
     def save(self, ref: str, out: Path) -> None:
         """`docker save` through the API, streamed to a file."""
-        with _translated(f"export {ref}"), out.open("wb") as handle:
+        with translated(f"export {ref}"), out.open("wb") as handle:
             for chunk in self.client.images.get(ref).save(named=False):
                 handle.write(chunk)
 
@@ -162,7 +162,7 @@ class DockerEngine:
         """Remove an image or tag if present."""
         import docker.errors  # noqa: PLC0415
 
-        with _translated(f"remove {ref}"):
+        with translated(f"remove {ref}"):
             try:
                 self.client.api.remove_image(ref, force=True)
             except docker.errors.ImageNotFound:

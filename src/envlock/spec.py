@@ -37,6 +37,7 @@ FIELDS = (
     "index-url",
     "extra-index-urls",
     "registry",
+    "outputs",
 )
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
@@ -60,6 +61,7 @@ class Spec:
     index_url: str
     extra_index_urls: tuple[str, ...]
     registry: str | None
+    outputs: tuple[str, ...] = ()  # files or directories a run produces, relative to the project; hashed per run
 
     @property
     def lock_path(self) -> Path:
@@ -288,6 +290,11 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
         problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
 
+    outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
+    for declared in outputs:
+        if Path(declared).is_absolute() or ".." in Path(declared).parts:
+            problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
+
     if problems.items:
         count = len(problems.items)
         raise SpecError(
@@ -307,4 +314,5 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         index_url=index_url,
         extra_index_urls=extra_index_urls,
         registry=registry,
+        outputs=tuple(outputs),
     )

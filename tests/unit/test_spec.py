@@ -76,6 +76,7 @@ def test_unknown_group_and_extra_suggest(write_project: Callable[[str], Path]) -
         ('requirements = ["pkg @ https://example.com/pkg.whl"]', "is a direct URL"),
         ('base = "nonsense"', "unknown base 'nonsense'"),
         ("requirements = []", "nothing to lock"),
+        ('outputs = ["../secrets.txt"]', "must be a path inside the project"),
     ],
 )
 def test_single_field_problems(write_project: Callable[[str], Path], envlock_table: str, message: str) -> None:

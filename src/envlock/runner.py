@@ -1,0 +1,146 @@
+"""`envlock run`: preflight the host against the lock, launch in the pinned image, record the run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from envlock.gitstate import GitState
+from envlock.hostprobe import HostState
+from envlock.launch import Launcher, LaunchSpec, Output
+from envlock.lockfile import Lock
+from envlock.preflight import check_host, enforce
+from envlock.runs import RunRecord, RunStore, new_run_id, now
+
+# cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked to run, and how."""
+
+    command: list[str]
+    seed: int = 0
+    force: bool = False
+    gpus: bool | None = None  # None: when the host has GPUs and the lock is CUDA
+    outputs: tuple[str, ...] = ()
+    pass_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PinnedImage:
+    """The image the run uses, by ID, with what is known of it."""
+
+    image_id: str
+    reference: str
+    repo_digests: tuple[str, ...] = ()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_outputs(project_dir: Path, outputs: tuple[str, ...]) -> dict[str, str | None]:
+    """sha256 of each declared output; a directory counts as every file in it. None: not produced."""
+    hashes: dict[str, str | None] = {}
+    for declared in outputs:
+        path = project_dir / declared
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                hashes[file.relative_to(project_dir).as_posix()] = sha256_file(file)
+        else:
+            hashes[declared] = sha256_file(path) if path.is_file() else None
+    return hashes
+
+
+def run_in_image(
+    lock: Lock,
+    lock_text: str,
+    platform: str,
+    request: RunRequest,
+    *,
+    project_dir: Path,
+    image: PinnedImage,
+    host: HostState,
+    git: GitState,
+    launcher: Launcher,
+    store: RunStore,
+    output: Output,
+) -> RunRecord:
+    """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record."""
+    stack = lock.target(platform).cuda
+    notes = enforce(check_host(stack, host), request.force)
+    gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
+    run_id = new_run_id()
+    environment = {
+        "PYTHONHASHSEED": str(request.seed),
+        "ENVLOCK_SEED": str(request.seed),
+        "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG,
+        "ENVLOCK_RUN_ID": run_id,
+        "ENVLOCK_IMAGE_ID": image.image_id,
+        "ENVLOCK_LOCK_HASH": lock.lock_hash,
+    }
+    passed = {name: os.environ[name] for name in request.pass_env if name in os.environ}
+    record = RunRecord(
+        run_id=run_id,
+        status="running",
+        command=list(request.command),
+        image_id=image.image_id,
+        image_reference=image.reference,
+        repo_digests=list(image.repo_digests),
+        lock_hash=lock.lock_hash,
+        platform=platform,
+        git=git.as_dict(),
+        host=host.as_dict(),
+        seed=request.seed,
+        environment=environment,
+        passed_env=sorted(passed),
+        forced=request.force and any(n.startswith("forced: ") for n in notes),
+        preflight=list(notes),
+        started=now(),
+        container=f"envlock-run-{run_id}",
+        envlock_pid=os.getpid(),
+    )
+    store.start(record, lock_text, git.diff)
+    launch = LaunchSpec(
+        image_id=image.image_id,
+        command=list(request.command),
+        name=record.container,
+        project_dir=project_dir,
+        environment={**environment, **passed},
+        user=f"{os.getuid()}:{os.getgid()}",
+        gpus=gpus,
+        labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
+    )
+    with store.log_path(run_id).open("ab") as log:
+
+        def tee(stream: str, data: bytes) -> None:
+            log.write(data)
+            log.flush()
+            output(stream, data)
+
+        try:
+            code = launcher.run(launch, tee)
+        except KeyboardInterrupt:
+            store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
+            raise
+        except BaseException:
+            store.save(replace(record, status="failed", ended=now()))
+            raise
+    finished = replace(
+        record,
+        status="finished" if code == 0 else "failed",
+        ended=now(),
+        exit_code=code,
+        outputs=hash_outputs(project_dir, request.outputs),
+    )
+    store.save(finished)
+    return finished

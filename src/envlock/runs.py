@@ -1,0 +1,137 @@
+"""Run records under `.envlock/runs/<id>/`: written atomically at start and at end, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from envlock.errors import EnvlockError
+from envlock.fsutil import atomic_write_bytes, atomic_write_text
+
+Status = Literal["running", "finished", "failed", "interrupted"]
+RECORD_VERSION = 1
+
+
+class RunNotFoundError(EnvlockError):
+    """No run record by that id."""
+
+    exit_code = 13
+    default_hint = "list the runs with `envlock runs`"
+
+
+def now() -> str:
+    """UTC time, ISO 8601, to the microsecond."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique: `20261126T075012Z-3f9a1c`."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything needed, months later, to say which software and hardware produced a result."""
+
+    run_id: str
+    status: Status
+    command: list[str]
+    image_id: str
+    image_reference: str
+    repo_digests: list[str]
+    lock_hash: str
+    platform: str
+    git: dict[str, Any]
+    host: dict[str, Any]
+    seed: int
+    environment: dict[str, str]  # what envlock set (determinism, ENVLOCK_*): values are envlock's own
+    passed_env: list[str]  # names only: values may be secrets
+    forced: bool
+    preflight: list[str]
+    started: str
+    container: str
+    envlock_pid: int
+    ended: str | None = None
+    exit_code: int | None = None
+    outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
+    record_version: int = RECORD_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (field names as written)."""
+        return asdict(self)
+
+
+class RunStore:
+    """The project's run records."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.root = project_dir / ".envlock" / "runs"
+
+    def directory(self, run_id: str) -> Path:
+        """Where one run keeps its record, log, lock copy and diff."""
+        return self.root / run_id
+
+    def log_path(self, run_id: str) -> Path:
+        """The run's combined stdout/stderr."""
+        return self.directory(run_id) / "log.txt"
+
+    def start(self, record: RunRecord, lock_text: str, diff: bytes) -> None:
+        """Save the lock copy, the diff (when dirty) and the record in state `running`."""
+        directory = self.directory(record.run_id)
+        directory.mkdir(parents=True, exist_ok=False)
+        atomic_write_text(directory / "envlock.lock", lock_text)
+        if diff:
+            atomic_write_bytes(directory / "diff.patch", diff)
+        self.save(record)
+
+    def save(self, record: RunRecord) -> None:
+        """Replace the record atomically."""
+        text = json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.directory(record.run_id) / "record.json", text)
+
+    def load(self, run_id: str) -> RunRecord:
+        """One record; a unique prefix of the id is enough."""
+        matches = [p for p in self._ids() if p.startswith(run_id)] if run_id else []
+        if len(matches) != 1:
+            more = "matches several runs" if matches else "is not a run of this project"
+            raise RunNotFoundError(f"{run_id!r} {more}")
+        data = json.loads((self.directory(matches[0]) / "record.json").read_text(encoding="utf-8"))
+        return RunRecord(**data)
+
+    def all(self) -> list[RunRecord]:
+        """Every readable record, oldest first."""
+        records = []
+        for run_id in self._ids():
+            path = self.directory(run_id) / "record.json"
+            if path.is_file():
+                records.append(RunRecord(**json.loads(path.read_text(encoding="utf-8"))))
+        return records
+
+    def _ids(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def settle_orphans(self, remove_container: Any) -> list[RunRecord]:
+        """Runs whose envlock died (kill -9): mark them interrupted and remove their containers."""
+        settled = []
+        for record in self.all():
+            if record.status == "running" and not _alive(record.envlock_pid):
+                remove_container(record.container)
+                finished = replace(record, status="interrupted", ended=now())
+                self.save(finished)
+                settled.append(finished)
+        return settled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
