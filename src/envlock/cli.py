@@ -372,6 +372,7 @@ def run_command(
 @runs_app.callback(invoke_without_command=True)
 def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
     """The project's runs, oldest first (a table, or --json)."""
+    ctx.obj = project  # `envlock runs -C DIR show ID` means that project for show too
     if ctx.invoked_subcommand:
         return
     from envlock.runs import RunStore  # noqa: PLC0415
@@ -413,14 +414,18 @@ def _settle_quietly(store: RunStore) -> None:
 
 @runs_app.command("show")
 def runs_show(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
-    project: ProjectOpt = Path(),
+    project: Annotated[
+        Path | None,
+        typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One run record in full."""
     from envlock.runs import RunStore  # noqa: PLC0415
 
-    store = RunStore(project)
+    store = RunStore(project or ctx.obj or Path())
     _settle_quietly(store)
     record = store.load(run_id)
     if as_json:

@@ -1,0 +1,94 @@
+"""envlock run against the real engine: the CPU example run twice, exit codes, and a kill -9 of envlock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from envlock.runs import RunStore
+
+pytestmark = [pytest.mark.docker, pytest.mark.network]
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
+ENVLOCK = str(Path(sys.executable).with_name("envlock"))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the CPU example, locked and built once for the module."""
+    project = tmp_path_factory.mktemp("digits")
+    for name in ("pyproject.toml", "train.py"):
+        shutil.copy(EXAMPLE / name, project / name)
+    for args in (["lock"], ["build"]):
+        done = subprocess.run([ENVLOCK, *args, "-C", str(project)], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    yield project
+    client = docker.from_env()
+    for image in client.images.list(name="digits"):
+        client.images.remove(image.id, force=True)
+
+
+def envlock(*args: str, project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVLOCK, *args[:1], "-C", str(project), *args[1:]], capture_output=True, text=True, check=False
+    )
+
+
+def test_the_example_runs_twice_to_the_same_outputs_in_the_built_image(digits: Path) -> None:
+    images = json.loads((digits / ".envlock" / "images.json").read_text())
+    (built,) = images.values()
+    for _ in range(2):
+        done = envlock("run", "--output", "out", "--", "python", "train.py", "--out", "out", project=digits)
+        assert done.returncode == 0, done.stderr
+        assert '"accuracy"' in done.stdout, "the training output is streamed to the user"
+    first, second = RunStore(digits).all()[-2:]
+    assert first.image_id == second.image_id == built["image-id"]
+    assert first.outputs == second.outputs and set(first.outputs) == {"out/metrics.json", "out/model.pkl"}
+    assert all(first.outputs.values())
+    assert first.status == second.status == "finished" and first.host["kernel"]
+    listing = envlock("runs", project=digits)
+    assert first.run_id in listing.stdout and second.run_id in listing.stdout
+    shown = envlock("runs", "show", second.run_id[:20], project=digits)
+    assert shown.returncode == 0 and "out/metrics.json" in shown.stdout and built["image-id"] in shown.stdout
+
+
+def test_exit_code_is_propagated(digits: Path) -> None:
+    done = envlock("run", "--", "python", "-c", "import sys; print('bye'); sys.exit(3)", project=digits)
+    assert done.returncode == 3 and "bye" in done.stdout
+    assert RunStore(digits).all()[-1].status == "failed"
+
+
+def test_kill_9_of_envlock_leaves_no_corrupt_record_and_no_orphan(digits: Path) -> None:
+    process = subprocess.Popen(
+        [ENVLOCK, "run", "-C", str(digits), "--", "python", "-c", "import time; time.sleep(300)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = RunStore(digits)
+    before = {r.run_id for r in store.all()}
+    client = docker.from_env()
+    deadline = time.monotonic() + 120
+    record = None
+    while time.monotonic() < deadline:
+        new = [r for r in store.all() if r.run_id not in before]
+        if new and client.containers.list(filters={"label": f"dev.envlock.run-id={new[0].run_id}"}):
+            record = new[0]
+            break
+        time.sleep(0.2)
+    assert record is not None, "the run started"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert store.load(record.run_id).status == "running", "the record is whole (written atomically)"
+
+    listing = envlock("runs", project=digits)
+    assert listing.returncode == 0
+    assert store.load(record.run_id).status == "interrupted"
+    leftover = client.containers.list(all=True, filters={"label": f"dev.envlock.run-id={record.run_id}"})
+    assert leftover == [], "no orphaned container after the next command"
