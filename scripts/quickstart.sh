@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, and
-# train inside it.
+# Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, train
+# inside it twice, and show the run records (their output hashes match).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -22,13 +22,14 @@ echo
 echo "== envlock build  (a deterministic image tagged by the lock hash)"
 "$envlock" build -C "$work"
 "$envlock" build -C "$work"   # the second time is a no-op
-image=$(.venv/bin/python -c "import json,sys; d=json.load(open(sys.argv[1])); print(next(iter(d.values()))['reference'])" "$work/.envlock/images.json")
 
 echo
-echo "== training inside $image"
-docker run --rm --network none --user "$(id -u):$(id -g)" -v "$work:/work" -w /work "$image" \
-  python train.py --out /work/out
-echo "metrics: $work/out/metrics.json"
+echo "== envlock run   (training inside the pinned image, twice, each run recorded)"
+"$envlock" run -C "$work" --output out -- python train.py --out out
+"$envlock" run -C "$work" --output out -- python train.py --out out
+"$envlock" runs -C "$work"
+last=$(ls "$work/.envlock/runs" | tail -n 1)
+"$envlock" runs -C "$work" show "$last"
 
 echo
 echo "== envlock show   (examples/torch-gpu: torch 2.5.1 with its CUDA 12.4 wheels)"
