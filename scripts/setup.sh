@@ -32,5 +32,7 @@ fi
 echo "setup: installing envlock and its tools into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Byte-compile envlock once: with PYTHONDONTWRITEBYTECODE set (as on some machines) every start would compile it.
+.venv/bin/python -m compileall -q src >/dev/null
 bash scripts/services.sh
 echo "setup: done ($(.venv/bin/envlock --version))"

@@ -8,12 +8,11 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from envlock import base as base_mod
 from envlock.engine import Engine
 from envlock.errors import EngineError, EnvlockError
-from envlock.fsutil import atomic_write_text, sweep_stale
+from envlock.fsutil import sweep_stale
 from envlock.image import ImagePlan, LayerStore, image_config, make_layers, plan_image, write_archive
 from envlock.lockfile import Lock, TargetBase
 from envlock.registry import Blob, Registry, push, split_target
@@ -122,11 +121,9 @@ class Builder:
 
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
-        if not no_cache and (existing := self.engine.image_id(plan.reference)) is not None:
-            labels = self.engine.image_labels(existing)
-            if labels.get("dev.envlock.lock-hash") == plan.lock.lock_hash:
-                return BuildOutcome(plan.reference, existing, False, labels.get("dev.envlock.base", ""))
-            self.report(f"{plan.reference} exists but was not built from this lock; rebuilding")
+        if not no_cache and (existing := self.engine.existing(plan.reference, plan.lock.lock_hash)) is not None:
+            base = self.engine.image_labels(existing).get("dev.envlock.base", "")
+            return BuildOutcome(plan.reference, existing, False, base)
         self.sweep()
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
@@ -198,24 +195,6 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
     repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]
     engine.tag(loaded, repository, tag)
     return f"{repository}:{tag}"
-
-
-def read_images(project_dir: Path) -> dict[str, Any]:
-    """The project's .envlock/images.json: lock hash → image ID, reference, base, pushed digests."""
-    path = project_dir / ".envlock" / "images.json"
-    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
-
-
-def record_image(project_dir: Path, lock: Lock, outcome: BuildOutcome, pushed: str | None) -> Path:
-    """Remember, in the project's .envlock/images.json, which image (and registry digest) a lock gave."""
-    path = project_dir / ".envlock" / "images.json"
-    known = read_images(project_dir)
-    entry = known.setdefault(lock.lock_hash, {})
-    entry.update({"image-id": outcome.image_id, "reference": outcome.reference, "base": outcome.base_diff_id})
-    if pushed and pushed not in entry.setdefault("pushed", []):
-        entry["pushed"].append(pushed)
-    atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def build_image(

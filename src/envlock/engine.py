@@ -25,6 +25,10 @@ class Engine(Protocol):
         """The labels of a local image."""
         ...
 
+    def existing(self, reference: str, lock_hash: str) -> str | None:
+        """The ID of the image tagged `reference` if it was built from this lock, else None."""
+        ...
+
     def load(self, write: ArchiveWriter) -> str:
         """Load the docker-archive that `write` streams; returns the loaded image's ID."""
         ...
@@ -80,8 +84,8 @@ class DockerEngine:
             import docker  # noqa: PLC0415  (slow to import; only commands that touch the engine need it)
 
             with translated("connect to Docker"):
+                # from_env negotiates the API version: that request already proves the engine answers.
                 self._client = docker.from_env()
-                self._client.ping()
         return self._client
 
     def _attrs(self, ref: str) -> dict[str, Any] | None:
@@ -98,6 +102,13 @@ class DockerEngine:
         """ID of a local image, or None."""
         attrs = self._attrs(ref)
         return str(attrs["Id"]) if attrs else None
+
+    def existing(self, reference: str, lock_hash: str) -> str | None:
+        """ID of `reference` when its dev.envlock.lock-hash label is this lock's (one inspect)."""
+        attrs = self._attrs(reference)
+        if attrs is None or (attrs.get("Config", {}).get("Labels") or {}).get("dev.envlock.lock-hash") != lock_hash:
+            return None
+        return str(attrs["Id"])
 
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of a local image."""

@@ -201,12 +201,21 @@ def _reason(exc: BaseException) -> str:
     return _UNAVAILABLE_REASONS.get(name, f"NVML: {exc}")
 
 
+# Any of these exists wherever NVML can work (the kernel driver's files, or WSL's bridged library).
+DRIVER_TRACES = (
+    Path("/proc/driver/nvidia/version"),
+    Path("/dev/nvidiactl"),
+    Path("/usr/lib/wsl/lib/libnvidia-ml.so.1"),
+)
+
+
 class PynvmlAdapter:
     """Nvml through pynvml (nvidia-ml-py), imported only when a probe runs."""
 
-    def __init__(self, module: Any | None = None) -> None:
+    def __init__(self, module: Any | None = None, driver_traces: tuple[Path, ...] = DRIVER_TRACES) -> None:
         self._module = module  # pynvml itself unless a test hands in a stand-in
         self._handles: dict[int, Any] = {}
+        self._driver_traces = driver_traces
 
     def _pynvml(self) -> Any:
         if self._module is None:
@@ -217,6 +226,9 @@ class PynvmlAdapter:
 
     def init(self) -> None:
         """nvmlInit; every failure here means there is no usable driver."""
+        if self._module is None and not any(trace.exists() for trace in self._driver_traces):
+            # No NVIDIA driver on this machine: say so without loading the bindings (start-up time).
+            raise NvmlUnavailableError("no NVIDIA driver on this host (no /proc/driver/nvidia, /dev/nvidiactl)")
         try:
             pynvml = self._pynvml()
         except ImportError as exc:

@@ -336,3 +336,8 @@ def test_the_real_adapter_never_raises_for_a_missing_driver() -> None:
     host = probe_host(PynvmlAdapter(), lambda: None)
     assert host.is_gpu_host or host.nvml_error
     assert host.cpu_model
+
+
+def test_no_driver_traces_means_a_cpu_host_without_loading_nvml(tmp_path: Path) -> None:
+    host = probe_host(PynvmlAdapter(driver_traces=(tmp_path / "proc-driver-nvidia",)), lambda: None, lambda: "cpu")
+    assert not host.is_gpu_host and host.nvml_error is not None and "no NVIDIA driver" in host.nvml_error

@@ -1,0 +1,491 @@
+"""Benchmark `envlock run -- true` against `docker run --rm IMAGE true`: what envlock adds around a container.
+
+Run from the repository root (stdlib only; needs the Docker engine, and network access to PyPI for the lock):
+
+    .venv/bin/python benchmarks/run.py [--repeat N]
+
+A throw-away project pinning six==1.16.0 for linux/amd64 is locked and built, untimed, with an ENVLOCK_CACHE_DIR
+of its own (holding only the user's bases/, hard-linked). Then N rounds, each timing in turn: `envlock run -C
+PROJECT -- true`, `docker run --rm IMAGE_ID true` (the Docker CLI on PATH), `envlock --help` and `python -c pass`
+(the venv's interpreter: the floor of any Python CLI); and, for the notes, the no-op `envlock build`, `envlock
+runs`, `docker version`, `docker run` with the options envlock's launcher passes, and, when PYTHONDONTWRITEBYTECODE
+is set, `envlock run -- true` with bytecode cached in a temp PYTHONPYCACHEPREFIX. One more `envlock run -- true`
+is instrumented in-process (wall seconds per phase: imports, Docker calls, host probe, records, container steps)
+and one runs under `python -X importtime` (import seconds per top-level package). Each cell is the best and the
+median of N. One table is printed, then the targets: (envlock run -- true) / (docker run --rm IMAGE true) <= 1.3
+on the medians; envlock --help under 0.3 s. The image, any container left from it and the directories made here
+are removed. Exit status 1 when any command failed or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+NAME, PLATFORM, DEPENDENCY = "envlock-bench-run", "linux/amd64", "six==1.16.0"
+PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
+TIMEOUT = 600.0
+RATIO_TARGET, HELP_TARGET = 1.3, 0.3
+BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
+LABELS = {  # measurement key -> what it is called in the table and notes
+    "run": "envlock run -- true",
+    "docker": "docker run --rm IMAGE true",
+    "help": "envlock --help",
+    "python": "python -c pass (interpreter floor)",
+    "build": "envlock build (no-op)",
+    "runs": "envlock runs",
+    "docker-version": "docker version (Docker CLI start + one API call)",
+    "docker-options": "docker run --rm with envlock's options",
+    "run-cached": "envlock run -- true, bytecode cached",
+}
+ENVLOCK_RUNS = ("run", "run-cached")  # the keys that make a run record
+# One `envlock run -- true` in-process, wall seconds per phase. Nested phases are exclusive: a phase's time leaves
+# out the phases and imports inside it. Targets not found (renamed) are listed in "missing", not fatal.
+PROBE = r"""
+import builtins, importlib, json, sys, time
+
+START, STARTED = time.perf_counter(), time.time()
+project, out = sys.argv[1], sys.argv[2]
+TARGETS = [
+    ("envlock.spec", "load_spec", "project + lock"),
+    ("envlock.locking", "check", "project + lock"),
+    ("envlock.image", "plan_image", "project + lock"),
+    ("envlock.build", "read_images", "project + lock"),
+    ("docker", "from_env", "Docker connect (/version, /_ping)"),
+    ("docker.api.client", "APIClient.ping", "Docker connect (/version, /_ping)"),
+    ("envlock.build", "Builder.build", "image check (no-op build)"),
+    ("envlock.hostprobe", "probe_host", "host probe (NVML, Docker /version)"),
+    ("envlock.gitstate", "git_state", "git state"),
+    ("envlock.runs", "RunStore.settle_orphans", "run records"),
+    ("envlock.runs", "RunStore.start", "run records"),
+    ("envlock.runs", "RunStore.save", "run records"),
+    ("envlock.launch", "DockerLauncher.run", "container attach + output"),
+    ("docker.models.containers", "ContainerCollection.create", "container create"),
+    ("docker.models.containers", "Container.start", "container start"),
+    ("docker.models.containers", "Container.wait", "container wait"),
+    ("docker.models.containers", "Container.remove", "container remove"),
+]
+spent, stack, missing = {}, [], []
+
+
+def enter(label):
+    stack.append([label, time.perf_counter(), 0.0])
+
+
+def leave():
+    label, began, inner = stack.pop()
+    elapsed = time.perf_counter() - began
+    spent[label] = spent.get(label, 0.0) + elapsed - inner
+    if stack:
+        stack[-1][2] += elapsed
+
+
+def timed(function, label):
+    def wrapper(*args, **kwargs):
+        enter(label)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            leave()
+
+    return wrapper
+
+
+real_import = builtins.__import__
+
+
+def timed_import(*args, **kwargs):
+    if stack and stack[-1][0] == "imports":
+        return real_import(*args, **kwargs)
+    enter("imports")
+    try:
+        return real_import(*args, **kwargs)
+    finally:
+        leave()
+
+
+builtins.__import__ = timed_import
+enter("imports")
+modules = {name: importlib.import_module(name) for name in ["envlock.cli", *dict.fromkeys(t[0] for t in TARGETS)]}
+leave()
+for module, attribute, label in TARGETS:
+    owner, _, name = attribute.rpartition(".")
+    try:
+        holder = getattr(modules[module], owner) if owner else modules[module]
+        setattr(holder, name, timed(getattr(holder, name), label))
+    except AttributeError:
+        missing.append(f"{module}.{attribute}")
+enter("CLI, typer and envlock's glue")
+code = modules["envlock.cli"].run(["run", "-C", project, "--", "true"])
+leave()
+found = {"code": code, "total": time.perf_counter() - START, "spent": spent, "missing": missing}
+with open(out, "w", encoding="utf-8") as handle:
+    json.dump(found | {"started": STARTED, "ended": time.time()}, handle)
+"""
+PHASE_ORDER = (
+    "imports",
+    "CLI, typer and envlock's glue",
+    "project + lock",
+    "Docker connect (/version, /_ping)",
+    "image check (no-op build)",
+    "host probe (NVML, Docker /version)",
+    "git state",
+    "run records",
+    "container create",
+    "container attach + output",
+    "container start",
+    "container wait",
+    "container remove",
+)
+Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
+
+
+class Failed(Exception):
+    """A benchmarked command failed or timed out; the message says why."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(reason)
+        self.label = label
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after TIMEOUT."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise Failed("timeout", f"did not finish within {TIMEOUT:.0f} s") from None
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = " / ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
+        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
+    return elapsed, done.stdout + done.stderr
+
+
+def docker(*args: str) -> str:
+    """A quiet, untimed docker command's stdout ("" when it failed)."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def user_cache() -> Path:
+    """envlock's own default: $ENVLOCK_CACHE_DIR, else the user cache directory (platformdirs' on Linux)."""
+    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
+
+
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def uncached_modules() -> tuple[int, int]:
+    """How many of envlock's own modules have no cached bytecode beside them, and how many there are."""
+    spec = importlib.util.find_spec("envlock")
+    if spec is None or spec.origin is None:
+        return 0, 0
+    sources = sorted(Path(spec.origin).parent.glob("*.py"))
+    missing = [p for p in sources if not Path(importlib.util.cache_from_source(str(p))).exists()]
+    return len(missing), len(sources)
+
+
+def import_owners(importtime: str) -> Counter[str]:
+    """Import self-times (s) per top-level package; stdlib modules go to the nearest non-stdlib importer."""
+    entries = []
+    for line in importtime.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
+            depth = (len(fields[2]) - len(fields[2].lstrip()) - 1) // 2
+            entries.append((depth, fields[2].strip(), int(fields[0]) / 1e6))
+    per: Counter[str] = Counter()
+    owners: list[tuple[int, str]] = []  # (depth, owner) of the enclosing imports
+    for depth, name, seconds in reversed(entries):  # reversed, an import comes before the ones it made
+        while owners and owners[-1][0] >= depth:
+            owners.pop()
+        top = name.split(".")[0]
+        stdlib = bool({top, top.lstrip("_")} & sys.stdlib_module_names) or top in sys.builtin_module_names
+        owner = (owners[-1][1] if owners else "stdlib") if stdlib else top
+        owners.append((depth, owner))
+        per[owner] += seconds
+    return per
+
+
+def best_median(samples: list[float]) -> str:
+    return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
+
+
+class Bench:
+    """The throw-away project, its private envlock cache, the image, and what the rounds measured."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.project, self.cache = root, root / "project", root / "cache"
+        self.env = os.environ | {"ENVLOCK_CACHE_DIR": str(self.cache)}
+        self.reference, self.image_id = "", ""
+        self.samples: dict[str, list[float]] = {}
+        self.failed: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.envlock_runs = 0  # every `envlock run` started here, each should leave one record
+
+    def envlock(self, *args: str) -> str:
+        return timed([str(BIN / "envlock"), *args], self.env)[1]
+
+    def setup(self) -> None:
+        """Lock and build the project (untimed); remember the image's reference and ID."""
+        self.project.mkdir()
+        (self.project / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
+        if (user_cache() / "bases").is_dir():
+            shutil.copytree(user_cache() / "bases", self.cache / "bases", copy_function=link_or_copy)
+        self.envlock("lock", "-C", str(self.project))
+        found = BUILT.search(self.envlock("build", "-C", str(self.project)))
+        if not found:
+            raise Failed("FAIL", "envlock build did not say which image it built")
+        self.reference, self.image_id = found.groups()
+
+    def commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Per measurement key: the command and its environment, in the order each round runs them."""
+        envlock, project = str(BIN / "envlock"), str(self.project)
+        twin = ["docker", "run", "--rm", "-v", f"{self.project.resolve()}:/work", "-w", "/work"]
+        twin += ["-u", f"{os.getuid()}:{os.getgid()}", "--label", "dev.envlock.run-id=bench"]
+        for variable in ("PYTHONHASHSEED=0", "ENVLOCK_SEED=0", "CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+            twin += ["-e", variable]
+        twin += ["-e", "ENVLOCK_RUN_ID=bench", "-e", f"ENVLOCK_IMAGE_ID={self.image_id}", "-e", "ENVLOCK_LOCK_HASH=x"]
+        run = [envlock, "run", "-C", project, "--", "true"]
+        found = {
+            "run": (run, self.env),
+            "docker": (["docker", "run", "--rm", self.image_id, "true"], self.env),
+            "help": ([envlock, "--help"], self.env),
+            "python": ([sys.executable, "-c", "pass"], self.env),
+            "build": ([envlock, "build", "-C", project], self.env),
+            "runs": ([envlock, "runs", "-C", project], self.env),
+            "docker-version": (["docker", "version", "-f", "{{.Server.Version}}"], self.env),
+            "docker-options": ([*twin, self.image_id, "true"], self.env),
+        }
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            cached = {k: v for k, v in self.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            found["run-cached"] = (run, cached | {"PYTHONPYCACHEPREFIX": str(self.root / "pycache")})
+        return found
+
+    def measure(self, repeat: int) -> None:
+        """Every command once per round (interleaved, so drift hits all alike); a failed one is not retried."""
+        commands = self.commands()
+        if "run-cached" in commands:  # untimed: fills the temp bytecode cache
+            self.once("run-cached", *commands["run-cached"])
+        for i in range(repeat):
+            print(f"  round {i + 1}/{repeat}", file=sys.stderr)
+            for key, (command, env) in commands.items():
+                if key not in self.failed and (seconds := self.once(key, command, env)) is not None:
+                    self.samples.setdefault(key, []).append(seconds)
+
+    def once(self, key: str, command: list[str], env: dict[str, str]) -> float | None:
+        self.envlock_runs += key in ENVLOCK_RUNS
+        try:
+            seconds, output = timed(command, env)
+        except Failed as exc:
+            self.failed[key] = exc.label
+            self.notes.append(f"{LABELS[key]}: {exc}")
+            return None
+        if key == "build" and "already built" not in output:
+            self.notes.append("envlock build was not a no-op (no `already built`): it built again")
+        return seconds
+
+    def cell(self, key: str) -> Cell:
+        values = self.samples.get(key)
+        return (min(values), statistics.median(values)) if values else self.failed.get(key, "n/a")
+
+    def phases(self) -> None:
+        """One instrumented `envlock run -- true`: where its wall time goes, by phase."""
+        out = self.root / "phases.json"
+        command = [sys.executable, "-c", PROBE, str(self.project), str(out)]
+        self.envlock_runs += 1
+        launched = time.time()
+        try:
+            wall = timed(command, self.env)[0]
+            found = json.loads(out.read_text(encoding="utf-8"))
+        except (Failed, OSError, ValueError) as exc:
+            self.notes.append(f"instrumented envlock run: {exc}")
+            return
+        finished, spent = time.time(), dict[str, float](found["spent"])
+        parts = [f"interpreter start {found['started'] - launched:.3f}"]
+        parts += [f"{label} {spent[label]:.3f}" for label in PHASE_ORDER if label in spent]
+        parts += [f"{label} {seconds:.3f}" for label, seconds in spent.items() if label not in PHASE_ORDER]
+        parts += [f"interpreter exit (module teardown, final garbage collection) {finished - found['ended']:.3f}"]
+        container = sum(s for label, s in spent.items() if label.startswith("container "))
+        self.notes.append(
+            f"envlock run -- true, one instrumented run, {wall:.3f} s wall (exit {found['code']}), s per phase: "
+            + ", ".join(parts)
+        )
+        self.notes.append(
+            f"  of which container create..remove through docker-py {container:.3f} s; everything else "
+            f"(envlock's own overhead) {wall - container:.3f} s"
+        )
+        if found["missing"]:
+            self.notes.append(f"  not instrumented (not found): {', '.join(found['missing'])}")
+
+    def imports(self) -> None:
+        """One `envlock run -- true` under -X importtime: import self-times summed per top-level package."""
+        command = [sys.executable, "-X", "importtime", str(BIN / "envlock"), "run", "-C", str(self.project)]
+        self.envlock_runs += 1
+        try:
+            output = timed([*command, "--", "true"], self.env)[1]
+        except Failed as exc:
+            self.notes.append(f"envlock run under -X importtime: {exc}")
+            return
+        per = import_owners(output)
+        shown = ", ".join(f"{name} {seconds:.3f}" for name, seconds in per.most_common(10))
+        rest = sum(per.values()) - sum(s for _, s in per.most_common(10))
+        self.notes.append(
+            f"imports of envlock run -- true, s (-X importtime self times, inflated by the tracing; a standard "
+            f"library module counts for the package that imported it first): {sum(per.values()):.3f} in all: "
+            f"{shown}, others {rest:.3f}"
+        )
+
+    def count_records(self) -> None:
+        root = self.project / ".envlock" / "runs"
+        statuses: Counter[str] = Counter()
+        for directory in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            try:
+                record = json.loads((directory / "record.json").read_text(encoding="utf-8"))
+                statuses[f"{record['status']} exit {record['exit_code']}"] += 1
+            except (OSError, ValueError, KeyError):
+                statuses["unreadable"] += 1
+        made = sum(statuses.values())
+        shown = ", ".join(f"{n} {status}" for status, n in statuses.items()) or "none"
+        verdict = "one each" if made == self.envlock_runs else "MISMATCH"
+        self.notes.append(
+            f"run records: {made} written for {self.envlock_runs} `envlock run`s ({verdict}): {shown}; removed with "
+            "the project"
+        )
+
+    def cleanup(self) -> None:
+        """Containers from the image (none expected), then the image itself."""
+        if not self.image_id:
+            return
+        if leftovers := docker("ps", "-a", "-q", "--filter", f"ancestor={self.image_id}").split():
+            docker("rm", "-f", *leftovers)
+            self.notes.append(f"{len(leftovers)} container(s) of the image were left behind: removed")
+        docker("image", "rm", self.reference)
+        if docker("image", "inspect", "-f", "{{.Id}}", self.image_id):
+            self.notes.append(f"image {self.image_id[:19]} still in the engine under another name: kept")
+
+
+def ratio(top: Cell, bottom: Cell) -> tuple[float, float] | None:
+    if isinstance(top, str) or isinstance(bottom, str) or min(bottom) <= 0:
+        return None
+    return top[0] / bottom[0], top[1] / bottom[1]
+
+
+def verdict(value: tuple[float, float] | None, limit: float, unit: str) -> str:
+    if value is None:
+        return "n/a (not measured)"
+    best, median = value
+    fmt = (lambda v: f"{v:.2f}x") if unit == "x" else (lambda v: f"{v:.3f} s")
+    return f"{'PASS' if median <= limit else 'MISS'} (median {fmt(median)}; best {fmt(best)})"
+
+
+def report(bench: Bench, repeat: int) -> None:
+    version = subprocess.run([str(BIN / "envlock"), "--version"], capture_output=True, text=True, check=False)
+    engine, client = docker("version", "-f", "{{.Server.Version}}"), docker("version", "-f", "{{.Client.Version}}")
+    print(f"{version.stdout.strip()} | Docker engine {engine}, CLI {client} ({shutil.which('docker')})")
+    print(f"{NAME} ({DEPENDENCY}, {PLATFORM}): {bench.reference} {bench.image_id[:19]}")
+    print(f"best and median of {repeat} run(s) per cell, the commands interleaved round by round")
+    rows = [("", "best s", "median s")]
+    for key in ("run", "docker"):
+        cell = bench.cell(key)
+        rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
+    over = ratio(bench.cell("run"), bench.cell("docker"))
+    rows.append(("ratio envlock run / docker run", *((f"{v:.2f}x" for v in over) if over else ("n/a", "n/a"))))
+    for key in ("help", "python"):
+        cell = bench.cell(key)
+        rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print()
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print()
+    help_cell = bench.cell("help")
+    helped = verdict(None if isinstance(help_cell, str) else help_cell, HELP_TARGET, " s")
+    print(
+        f"target: overhead ratio (envlock run -- true) / (docker run --rm IMAGE true) <= {RATIO_TARGET}: "
+        f"{verdict(over, RATIO_TARGET, 'x')}"
+    )
+    print(f"target: envlock --help under {HELP_TARGET} s: {helped}")
+    notes = breakdown(bench) + bench.notes
+    if notes:
+        print("\nnotes:")
+        for note in notes:
+            print(f"  {note}")
+
+
+def breakdown(bench: Bench) -> list[str]:
+    """The subprocess-level notes: no-op build, runs, Docker CLI floor, envlock's options, bytecode."""
+    notes = []
+    explained = {
+        "build": "CLI start + lock check + Docker connect + image inspect, all of which envlock run repeats",
+        "runs": f"CLI start + reading the records, 1 to {bench.envlock_runs} of them, as envlock run does too",
+        "docker-version": "the Go CLI's own floor",
+        "docker-options": "-v PROJECT:/work -w /work -u UID:GID --label, 6 -e: like envlock's container",
+    }
+    for key, why in explained.items():
+        if key in bench.samples:
+            notes.append(f"{LABELS[key]}: {best_median(bench.samples[key])} ({why})")
+    run, twin = bench.cell("run"), bench.cell("docker-options")
+    if isinstance(run, tuple) and isinstance(twin, tuple):
+        allowed = (RATIO_TARGET - 1) * twin[1]
+        notes.append(
+            f"envlock run median - docker run with its options median = {run[1] - twin[1]:.3f} s outside the "
+            f"container; the {RATIO_TARGET}x target leaves about {allowed:.3f} s for it"
+        )
+    if "run-cached" in bench.samples:
+        missing, total = uncached_modules()
+        notes.append(
+            f"PYTHONDONTWRITEBYTECODE is set here and {missing} of envlock's {total} modules have no cached bytecode, "
+            f"so they are compiled at every start; with bytecode cached (temp PYTHONPYCACHEPREFIX) "
+            f"{LABELS['run']}: {best_median(bench.samples['run-cached'])}"
+        )
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=10, help="runs per cell; the best and the median are shown")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if not (BIN / "envlock").exists():
+        parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
+    if not docker("version", "-f", "{{.Server.Version}}"):
+        parser.error("the Docker engine is not reachable (`docker info`); start it: bash scripts/services.sh")
+    with tempfile.TemporaryDirectory(prefix="envlock-bench-run-", ignore_cleanup_errors=True) as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            bench.setup()
+            bench.measure(args.repeat)
+            bench.phases()
+            bench.imports()
+            bench.count_records()
+        except Failed as exc:
+            print(f"setup failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            bench.cleanup()
+    report(bench, args.repeat)
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
