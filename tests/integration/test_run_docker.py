@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -92,3 +93,30 @@ def test_kill_9_of_envlock_leaves_no_corrupt_record_and_no_orphan(digits: Path) 
     assert store.load(record.run_id).status == "interrupted"
     leftover = client.containers.list(all=True, filters={"label": f"dev.envlock.run-id={record.run_id}"})
     assert leftover == [], "no orphaned container after the next command"
+
+
+def test_ctrl_c_stops_and_removes_the_container(digits: Path) -> None:
+    process = subprocess.Popen(
+        [ENVLOCK, "run", "-C", str(digits), "--", "python", "-c", "import time; time.sleep(300)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    store = RunStore(digits)
+    before = {r.run_id for r in store.all()}
+    client = docker.from_env()
+    deadline = time.monotonic() + 120
+    record = None
+    while time.monotonic() < deadline and record is None:
+        new = [r for r in store.all() if r.run_id not in before]
+        if new and client.containers.list(filters={"label": f"dev.envlock.run-id={new[0].run_id}"}):
+            record = new[0]
+        time.sleep(0.2)
+    assert record is not None, "the run started"
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert store.load(record.run_id).status == "interrupted"
+    assert client.containers.list(all=True, filters={"label": f"dev.envlock.run-id={record.run_id}"}) == []
