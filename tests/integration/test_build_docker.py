@@ -43,7 +43,7 @@ def engine() -> Iterator[DockerEngine]:
     yield engine
     for image in engine.client.images.list():
         names = image.tags + [d.split("@")[0] for d in image.attrs.get("RepoDigests", [])]
-        if any("envlock-it" in name.split(":")[0] for name in names):
+        if any("envlock-it" in name for name in names):
             engine.client.images.remove(image.id, force=True)
 
 
