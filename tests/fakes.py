@@ -108,6 +108,9 @@ class FakeEngine:
     def pull(self, ref: str) -> str:
         raise NotImplementedError("the fake engine has no registry")
 
+    def read_file(self, ref: str, path: str) -> bytes:
+        raise NotImplementedError("the fake engine keeps no files")
+
     def save(self, ref: str, out: Path) -> None:
         raise NotImplementedError("the fake engine keeps no layers")
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from envlock.engine import DockerEngine
     from envlock.lockfile import Lock
     from envlock.resolve import Resolver
-    from envlock.runs import RunStore
+    from envlock.runs import RunRecord, RunStore
     from envlock.spec import Spec
 
 app = typer.Typer(
@@ -473,6 +473,60 @@ def runs_show(
     if record.forced:
         lines.append("forced    yes: the preflight refused this host and --force overrode it")
     typer.echo("\n".join(lines))
+
+
+@app.command("diff")
+def diff_command(
+    a: Annotated[str, typer.Argument(help="A lock file (or its directory), a run id, or a local image.")],
+    b: Annotated[str, typer.Argument(help="The same kinds: what to compare A with.")],
+    project: ProjectOpt = Path(),
+    as_json: JsonOpt = False,
+) -> None:
+    """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
+    from envlock.diff import diff_locks, diff_runs  # noqa: PLC0415
+
+    (kind_a, lock_a, run_a), (kind_b, lock_b, run_b) = _diff_side(a, project), _diff_side(b, project)
+    changes = diff_runs(run_a, run_b, lock_a, lock_b) if run_a and run_b else diff_locks(lock_a, lock_b)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"a": {"kind": kind_a, "name": a}, "b": {"kind": kind_b, "name": b}, **changes.as_dict()}, indent=2
+            )
+        )
+        return
+    typer.echo(f"{kind_a} {a} -> {kind_b} {b}")
+    for line in changes.lines() or ["no differences"]:
+        typer.echo(f"  {line}")
+
+
+def _diff_side(name: str, project: Path) -> tuple[str, Lock, RunRecord | None]:
+    """Read one side of `envlock diff`: a lock file, a run of the project, or a local image's embedded lock."""
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.image import LOCK_PATH  # noqa: PLC0415
+    from envlock.runs import RunNotFoundError, RunStore  # noqa: PLC0415
+
+    path = Path(name)
+    if path.is_dir() and (path / "envlock.lock").is_file():
+        path = path / "envlock.lock"
+    if path.is_file():
+        return "lock", lockfile.read(path), None
+    store = RunStore(project)
+    try:
+        record = store.load(name)
+    except RunNotFoundError:
+        record = None
+    if record is not None:
+        return "run", lockfile.read(store.directory(record.run_id) / "envlock.lock"), record
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+
+    engine = DockerEngine()
+    if engine.image_id(name) is not None:
+        text = engine.read_file(name, "/" + LOCK_PATH).decode("utf-8")
+        return "image", lockfile.loads(text, Path(f"{name}:/{LOCK_PATH}")), None
+    raise EnvlockError(
+        f"{name!r} is not a lock file, a run of {project.resolve()}, or a local image",
+        hint="pass a path to envlock.lock, a run id from `envlock runs`, or an image name:tag / ID",
+    )
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:

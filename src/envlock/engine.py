@@ -45,6 +45,10 @@ class Engine(Protocol):
         """Pull an image (by digest: `repo@sha256:…`); returns its ID."""
         ...
 
+    def read_file(self, ref: str, path: str) -> bytes:
+        """One file from a local image, without running it."""
+        ...
+
     def save(self, ref: str, out: Path) -> None:
         """Write a local image as a docker-archive tarball."""
         ...
@@ -162,6 +166,21 @@ class DockerEngine:
                     hint="is the registry reachable? an image can also be loaded with `docker load` first",
                 ) from exc
         return str(image.id)
+
+    def read_file(self, ref: str, path: str) -> bytes:
+        """Create a container (never started), copy the file out of it, remove it."""
+        import io  # noqa: PLC0415
+        import tarfile  # noqa: PLC0415
+
+        with translated(f"read {path} from {ref}"):
+            container = self.client.containers.create(ref, ["true"])
+            try:
+                chunks, _ = container.get_archive(path)
+                with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                    member = archive.extractfile(archive.getmembers()[0])
+                    return member.read() if member else b""
+            finally:
+                container.remove(force=True)
 
     def save(self, ref: str, out: Path) -> None:
         """`docker save` through the API, streamed to a file."""

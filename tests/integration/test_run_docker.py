@@ -120,3 +120,18 @@ def test_ctrl_c_stops_and_removes_the_container(digits: Path) -> None:
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert store.load(record.run_id).status == "interrupted"
     assert client.containers.list(all=True, filters={"label": f"dev.envlock.run-id={record.run_id}"}) == []
+
+
+def test_diff_reads_the_image_and_compares_runs(digits: Path) -> None:
+    (built,) = json.loads((digits / ".envlock" / "images.json").read_text()).values()
+    same = envlock("diff", built["reference"], str(digits / "envlock.lock"), project=digits)
+    assert same.returncode == 0 and "no differences" in same.stdout, same.stderr
+    for seed in ("0", "1"):
+        done = envlock(
+            "run", "--seed", seed, "--output", "out", "--", "python", "train.py", "--out", "out", project=digits
+        )
+        assert done.returncode == 0, done.stderr
+    first, second = RunStore(digits).all()[-2:]
+    moved = envlock("diff", first.run_id, second.run_id, project=digits)
+    assert moved.returncode == 0
+    assert "seed: 0 -> 1" in moved.stdout and "output out/metrics.json" in moved.stdout

@@ -11,7 +11,7 @@ import pytest
 from envlock.cli import run
 from envlock.locking import lock_project
 from envlock.spec import load_spec
-from tests.fakes import TORCH_251_AMD64, FakeResolver
+from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
 
 def invoke(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -102,3 +102,23 @@ def test_unknown_resolver(sample: Callable[[str], Path], capsys: pytest.CaptureF
 def test_usage_errors_are_not_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(capsys, "lock", "--no-such-flag")
     assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_diff_of_two_locks_names_the_package(
+    write_project: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locks = []
+    for version in ("3.7", "3.8"):
+        project = tmp_path / version
+        project.mkdir()
+        (project / "pyproject.toml").write_text(f'[project]\nname = "x"\ndependencies = ["idna=={version}"]\n')
+        lock_project(
+            load_spec(project), FakeResolver({"linux/amd64": [package("idna", version), package("six", "1.16.0")]})
+        )
+        locks.append(project)
+    code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1] / "envlock.lock"), "-C", str(tmp_path))
+    assert code == 0 and out.splitlines()[1:] == ["  linux/amd64: ~ idna 3.7 -> 3.8"]
+    code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1]), "--json", "-C", str(tmp_path))
+    assert json.loads(out)["targets"]["linux/amd64"]["changed"] == {"idna": {"old": "3.7", "new": "3.8"}}
+    code, _, err = invoke(capsys, "diff", str(locks[0]), "no-such-thing", "-C", str(tmp_path))
+    assert code == 1 and "is not a lock file, a run of" in err

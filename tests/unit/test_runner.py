@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from envlock import lockfile
+from envlock.diff import diff_runs
 from envlock.gitstate import GitState, git_state
 from envlock.launch import LaunchSpec, Output
 from envlock.locking import lock_project
@@ -163,3 +164,26 @@ def test_git_state_of_a_real_repository(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print(2)\n")
     dirty = git_state(tmp_path, outputs=("out",))
     assert dirty.dirty and b"print(2)" in dirty.diff and dirty.diff_sha256
+
+
+def test_diff_of_two_runs_names_each_factor_that_moved(write_project: Callable[[str], Path]) -> None:
+    project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
+    first = run(
+        project,
+        FakeLauncher(writes={"out/m.json": b"1"}),
+        gpu_host("550.54.15", A100),
+        RunRequest(["t"], outputs=("out",)),
+    )
+    second = run(
+        project,
+        FakeLauncher(writes={"out/m.json": b"2"}),
+        gpu_host("560.35.03", A100),
+        RunRequest(["t"], seed=1, outputs=("out",)),
+    )
+    lock = lockfile.read(project / "envlock.lock")
+    changes = diff_runs(first, second, lock, lock)
+    assert set(changes.factors) == {"driver", "seed"}
+    assert changes.factors["driver"] == ("550.54.15", "560.35.03")
+    assert list(changes.outputs) == ["out/m.json"]
+    assert "output out/m.json: " in "\n".join(changes.lines())
+    assert not diff_runs(first, first, lock, lock), "a run does not differ from itself"
