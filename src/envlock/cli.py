@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,6 +40,7 @@ base_app = typer.Typer(
 app.add_typer(base_app, name="base")
 
 INTERRUPTED = 130
+NOT_REPRODUCED = 16
 
 ProjectOpt = Annotated[
     Path,
@@ -527,6 +529,177 @@ def _diff_side(name: str, project: Path) -> tuple[str, Lock, RunRecord | None]:
         f"{name!r} is not a lock file, a run of {project.resolve()}, or a local image",
         hint="pass a path to envlock.lock, a run id from `envlock runs`, or an image name:tag / ID",
     )
+
+
+ArchiveOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--archive", help="An image archive to restore from (repeatable); .envlock/archives/ is searched too."
+    ),
+]
+
+
+def _archive_path(project: Path, image_id: str) -> Path:
+    return project / ".envlock" / "archives" / f"{image_id.removeprefix('sha256:')[:12]}.tar"
+
+
+def _rebuild(lock_path: Path, repository: str, engine: DockerEngine) -> Callable[[], str]:
+    """A rebuild from a lock copy, for restore's last resort (accepted only if it gives the recorded ID)."""
+
+    def rebuild() -> str:
+        from envlock import lockfile  # noqa: PLC0415
+        from envlock.build import Builder  # noqa: PLC0415
+        from envlock.image import LayerStore, plan_image  # noqa: PLC0415
+        from envlock.targets import host_platform  # noqa: PLC0415
+        from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
+
+        lock = lockfile.read(lock_path)
+        root = default_cache_dir()
+        builder = Builder(
+            engine, WheelCache(root / "wheels", HttpFetcher()), LayerStore(root / "layers"), _bases(), _say
+        )
+        plan = plan_image(lock, lock_path.read_text(encoding="utf-8"), repository, host_platform())
+        return builder.build(plan).image_id
+
+    return rebuild
+
+
+@app.command("archive")
+def archive_command(
+    target: Annotated[str, typer.Argument(help="A run id (its image) or a local image name / ID.")],
+    project: ProjectOpt = Path(),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: .envlock/archives/ID.tar")] = None,
+) -> None:
+    """Write a verified image archive for cold storage (registries expire old images)."""
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.restore import write_archive_file  # noqa: PLC0415
+    from envlock.runs import RunNotFoundError, RunStore  # noqa: PLC0415
+
+    engine = DockerEngine()
+    try:
+        image_id = RunStore(project).load(target).image_id
+    except RunNotFoundError:
+        image_id = engine.image_id(target) or ""
+    if not image_id or engine.image_id(image_id) is None:
+        raise EnvlockError(
+            f"{target!r} is neither a run with its image here nor a local image", hint="envlock restore it first"
+        )
+    out = output or _archive_path(project, image_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_archive_file(engine, image_id, out)
+    typer.echo(f"archived {image_id} to {out} ({out.stat().st_size / 1e6:.1f} MB, verified)")
+
+
+@app.command("restore")
+def restore_command(
+    target: Annotated[str, typer.Argument(help="A run id, a registry digest repo@sha256:…, or a lock file.")],
+    project: ProjectOpt = Path(),
+    archive: ArchiveOpt = None,
+) -> None:
+    """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.images import read_images  # noqa: PLC0415
+    from envlock.restore import restore_image  # noqa: PLC0415
+    from envlock.runs import RunNotFoundError, RunStore  # noqa: PLC0415
+
+    engine = DockerEngine()
+    if "@sha256:" in target:
+        typer.echo(f"restored {engine.pull(target)} from the registry ({target})")
+        return
+    store = RunStore(project)
+    archives = tuple(archive or ())
+    if Path(target).is_file():
+        from envlock import lockfile  # noqa: PLC0415
+
+        lock = lockfile.read(Path(target))
+        known = read_images(project).get(lock.lock_hash, {})
+        expected = known.get("image-id")
+        repository = str(known.get("reference", "envlock-restored:")).split(":")[0] or "envlock-restored"
+        rebuild = _rebuild(Path(target), repository, engine)
+        if expected is None:
+            typer.echo(f"restored {rebuild()} by a rebuild from {target} (no image was recorded for this lock)")
+            return
+        digests = tuple(known.get("pushed", []))
+    else:
+        try:
+            record = store.load(target)
+        except RunNotFoundError as exc:
+            raise EnvlockError(
+                f"{target!r} is not a run of this project, a registry digest or a lock file",
+                hint="pass a run id from `envlock runs`, repo@sha256:…, or a path to envlock.lock",
+            ) from exc
+        expected = record.image_id
+        digests = tuple(record.repo_digests)
+        repository = record.image_reference.split(":")[0]
+        rebuild = _rebuild(store.directory(record.run_id) / "envlock.lock", repository, engine)
+    restored = restore_image(
+        expected,
+        engine=engine,
+        repo_digests=digests,
+        archives=(*archives, _archive_path(project, expected)),
+        rebuild=rebuild,
+        report=_say,
+    )
+    typer.echo(f"restored {restored.image_id} from {restored.source}")
+
+
+@app.command("reproduce")
+def reproduce_command(
+    run_id: Annotated[str, typer.Argument(help="The run to re-verify (a unique prefix of its id is enough).")],
+    project: ProjectOpt = Path(),
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numbers in JSON/CSV outputs.")] = 0.0,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numbers in JSON/CSV outputs.")] = 0.0,
+    archive: ArchiveOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Run although the host fails the preflight.")] = False,
+) -> None:
+    """Restore a run's image, re-run its command on its code with its seed, and compare the outputs."""
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.gitstate import git_state  # noqa: PLC0415
+    from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
+    from envlock.launch import DockerLauncher  # noqa: PLC0415
+    from envlock.reproduce import Tolerance, reproduce_run  # noqa: PLC0415
+    from envlock.restore import restore_image  # noqa: PLC0415
+    from envlock.runner import PinnedImage, RunRequest, run_in_image  # noqa: PLC0415
+    from envlock.runs import RunStore  # noqa: PLC0415
+
+    engine = DockerEngine()
+    store = RunStore(project)
+    original = store.load(run_id)
+    lock_path = store.directory(original.run_id) / "envlock.lock"
+    restored = restore_image(
+        original.image_id,
+        engine=engine,
+        repo_digests=tuple(original.repo_digests),
+        archives=(*(archive or ()), _archive_path(project, original.image_id)),
+        rebuild=_rebuild(lock_path, original.image_reference.split(":")[0], engine),
+        report=_say,
+    )
+    _say(f"image {restored.image_id[:19]} from {restored.source}")
+    outputs = tuple(original.outputs)
+
+    def rerun(code: Path) -> RunRecord:
+        return run_in_image(
+            lockfile.read(lock_path),
+            lock_path.read_text(encoding="utf-8"),
+            original.platform,
+            RunRequest(
+                original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
+            ),
+            project_dir=code,
+            image=PinnedImage(original.image_id, original.image_reference, tuple(original.repo_digests)),
+            host=probe_host(PynvmlAdapter(), docker_version=lambda: str(engine.client.version().get("Version"))),
+            git=git_state(code, outputs),
+            launcher=DockerLauncher(engine.client),
+            store=store,
+            output=_write_through,
+        )
+
+    verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol))
+    for line in verdict.lines():
+        typer.echo(line)
+    if not verdict.reproduced:
+        raise typer.Exit(NOT_REPRODUCED)
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from envlock.lockfile import Lock
 from envlock.preflight import check_host, enforce
 from envlock.runs import RunRecord, RunStore, new_run_id, now
 
+# Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
+METRICS_SUFFIXES = (".json", ".csv")
+METRICS_MAX_BYTES = 1 << 20
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
@@ -28,6 +32,7 @@ class RunRequest:
     gpus: bool | None = None  # None: when the host has GPUs and the lock is CUDA
     outputs: tuple[str, ...] = ()
     pass_env: tuple[str, ...] = ()
+    reproduces: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ def run_in_image(
         started=now(),
         container=f"envlock-run-{run_id}",
         envlock_pid=os.getpid(),
+        reproduces=request.reproduces,
     )
     store.start(record, lock_text, git.diff)
     launch = LaunchSpec(
@@ -135,12 +141,15 @@ def run_in_image(
         except BaseException:
             store.save(replace(record, status="failed", ended=now()))
             raise
+    outputs = hash_outputs(project_dir, request.outputs)
+    for path, digest in outputs.items():
+        source = project_dir / path
+        if digest and source.suffix.lower() in METRICS_SUFFIXES and source.stat().st_size <= METRICS_MAX_BYTES:
+            saved = store.saved_output(run_id, path)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, saved)
     finished = replace(
-        record,
-        status="finished" if code == 0 else "failed",
-        ended=now(),
-        exit_code=code,
-        outputs=hash_outputs(project_dir, request.outputs),
+        record, status="finished" if code == 0 else "failed", ended=now(), exit_code=code, outputs=outputs
     )
     store.save(finished)
     return finished

@@ -59,6 +59,7 @@ class RunRecord:
     ended: str | None = None
     exit_code: int | None = None
     outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
+    reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,6 +76,10 @@ class RunStore:
     def directory(self, run_id: str) -> Path:
         """Where one run keeps its record, log, lock copy and diff."""
         return self.root / run_id
+
+    def saved_output(self, run_id: str, path: str) -> Path:
+        """Where a run keeps its copy of a small metrics output (for comparisons within a tolerance)."""
+        return self.directory(run_id) / "outputs" / path
 
     def log_path(self, run_id: str) -> Path:
         """The run's combined stdout/stderr."""
