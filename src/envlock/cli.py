@@ -595,6 +595,7 @@ def restore_command(
     target: Annotated[str, typer.Argument(help="A run id, a registry digest repo@sha256:…, or a lock file.")],
     project: ProjectOpt = Path(),
     archive: ArchiveOpt = None,
+    no_rebuild: Annotated[bool, typer.Option("--no-rebuild", help="Only the engine, registry and archives.")] = False,
 ) -> None:
     """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
     from envlock.engine import DockerEngine  # noqa: PLC0415
@@ -637,7 +638,7 @@ def restore_command(
         engine=engine,
         repo_digests=digests,
         archives=(*archives, _archive_path(project, expected)),
-        rebuild=rebuild,
+        rebuild=None if no_rebuild else rebuild,
         report=_say,
     )
     typer.echo(f"restored {restored.image_id} from {restored.source}")

@@ -107,9 +107,15 @@ def restore_image(
             tried.append(f"archive {archive}: missing")
             continue
         report(f"verifying archive {archive}")
-        found = verify_archive(archive)  # a tampered archive is refused outright, by name
+        try:
+            found = verify_archive(archive)
+        except RestoreError as exc:  # a tampered archive is refused, by name, and the next source is tried
+            report(f"refused: {exc.message}")
+            tried.append(exc.message)
+            continue
         if found != image_id:
-            raise RestoreError(f"archive {archive} holds image {found[:19]}, not the recorded {image_id[:19]}")
+            tried.append(f"archive {archive} holds image {found[:19]}, not the recorded one")
+            continue
         loaded = engine.load(functools.partial(_stream, archive))
         if loaded == image_id:
             return Restored(image_id, f"archive {archive}")
