@@ -1,0 +1,111 @@
+"""restore / reproduce against the real engine and registry: registry by digest, archive, tampering, dirty code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from envlock.runs import RunStore
+from tests.integration.localregistry import serve_registry
+
+pytestmark = [pytest.mark.docker, pytest.mark.network]
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
+ENVLOCK = str(Path(sys.executable).with_name("envlock"))
+
+
+def envlock(project: Path, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ENVLOCK, command, "-C", str(project), *args], capture_output=True, text=True, check=False)
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Path]:
+    """The CPU example in a git repository of its own, locked."""
+    project = tmp_path / "digits"
+    project.mkdir()
+    for name in ("pyproject.toml", "train.py"):
+        shutil.copy(EXAMPLE / name, project / name)
+    (project / ".gitignore").write_text("out/\n.envlock/\n")
+    git(project, "init", "-q")
+    git(project, "add", ".")
+    git(project, "commit", "-qm", "example")
+    assert envlock(project, "lock").returncode == 0
+    yield project
+    client = docker.from_env()
+    for image in client.images.list():
+        names = image.tags + image.attrs.get("RepoDigests", [])
+        if any(name.split("/")[-1].startswith("digits") for name in names):
+            client.images.remove(image.id, force=True)
+
+
+def remove_image(image_id: str) -> None:
+    docker.from_env().images.remove(image_id, force=True)
+
+
+def test_reproduce_from_the_registry_then_from_an_archive(repo: Path, tmp_path: Path) -> None:
+    with serve_registry(tmp_path / "registry") as address:
+        built = envlock(repo, "build", "--registry", f"{address}/team")
+        assert built.returncode == 0 and f"pushed {address}/team/digits@sha256:" in built.stdout, built.stderr
+        ran = envlock(repo, "run", "--output", "out", "--", "python", "train.py", "--out", "out")
+        assert ran.returncode == 0, ran.stderr
+        (original,) = RunStore(repo).all()
+        assert original.repo_digests and original.repo_digests[0].startswith(f"{address}/team/digits@sha256:")
+        archive = tmp_path / "digits.tar"
+        archived = envlock(repo, "archive", original.run_id, "-o", str(archive))
+        assert archived.returncode == 0 and "verified" in archived.stdout, archived.stderr
+
+        remove_image(original.image_id)
+        verdict = envlock(repo, "reproduce", original.run_id)
+        assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+        assert "REPRODUCED" in verdict.stdout and "output out/model.pkl: identical" in verdict.stdout
+        assert "from registry" in verdict.stderr
+    # The registry is gone now (registries expire images too): the archive brings the image back.
+    remove_image(original.image_id)
+    restored = envlock(repo, "restore", original.run_id, "--archive", str(archive), "--no-rebuild")
+    assert restored.returncode == 0 and f"from archive {archive}" in restored.stdout, restored.stderr
+    runs = RunStore(repo).all()
+    assert runs[-1].reproduces == original.run_id and runs[-1].image_id == original.image_id
+
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    remove_image(original.image_id)
+    refused = envlock(repo, "restore", original.run_id, "--archive", str(archive), "--no-rebuild")
+    assert refused.returncode == 15 and "corrupt or tampered" in refused.stderr and str(archive) in refused.stderr
+
+
+def test_dirty_code_is_reproduced_from_the_saved_diff_and_moved_outputs_are_named(repo: Path) -> None:
+    train = repo / "train.py"
+    train.write_text(train.read_text() + "\n# an uncommitted change\n")
+    assert envlock(repo, "run", "--output", "out", "--", "python", "train.py", "--out", "out").returncode == 0
+    (dirty,) = RunStore(repo).all()
+    assert dirty.git["dirty"] and dirty.git["diff-sha256"]
+    git(repo, "checkout", "--", "train.py")  # the working tree moved on; the record still has the diff
+    verdict = envlock(repo, "reproduce", dirty.run_id)
+    assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
+
+    (repo / "clock.py").write_text(
+        "import json, os, time\nos.makedirs('out', exist_ok=True)\n"
+        "json.dump({'accuracy': 0.9, 'when': time.time()}, open('out/clock.json', 'w'))\n"
+    )
+    git(repo, "add", "clock.py")
+    git(repo, "commit", "-qm", "clock")
+    assert envlock(repo, "run", "--output", "out/clock.json", "--", "python", "clock.py").returncode == 0
+    flaky = RunStore(repo).all()[-1]
+    verdict = envlock(repo, "reproduce", flaky.run_id)
+    assert verdict.returncode == 16 and "NOT REPRODUCED" in verdict.stdout
+    assert "output out/clock.json: differs" in verdict.stdout and "when:" in verdict.stdout
+    assert "accuracy" not in verdict.stdout, "only what moved is listed"
+    tolerant = envlock(repo, "reproduce", flaky.run_id, "--atol", "1e9")
+    assert tolerant.returncode == 0 and "within tolerance" in tolerant.stdout
