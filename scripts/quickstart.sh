@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, train
-# inside it twice, and show the run records (their output hashes match).
+# inside it twice, show the run records (their output hashes match), and re-verify the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -30,6 +30,10 @@ echo "== envlock run   (training inside the pinned image, twice, each run record
 "$envlock" runs -C "$work"
 last=$(ls "$work/.envlock/runs" | tail -n 1)
 "$envlock" runs -C "$work" show "$last"
+
+echo
+echo "== envlock reproduce   (re-run the recorded command on the recorded code and compare the outputs)"
+"$envlock" reproduce -C "$work" "$last"
 
 echo
 echo "== envlock show   (examples/torch-gpu: torch 2.5.1 with its CUDA 12.4 wheels)"
