@@ -615,7 +615,8 @@ def restore_command(
         lock = lockfile.read(Path(target))
         known = read_images(project).get(lock.lock_hash, {})
         expected = known.get("image-id")
-        repository = str(known.get("reference", "envlock-restored:")).split(":")[0] or "envlock-restored"
+        reference = known.get("reference")
+        repository = str(reference or "envlock-restored:").split(":")[0] or "envlock-restored"
         rebuild = _rebuild(Path(target), repository, engine)
         if expected is None:
             typer.echo(f"restored {rebuild()} by a rebuild from {target} (no image was recorded for this lock)")
@@ -631,7 +632,8 @@ def restore_command(
             ) from exc
         expected = record.image_id
         digests = tuple(record.repo_digests)
-        repository = record.image_reference.split(":")[0]
+        reference = record.image_reference
+        repository = reference.split(":")[0]
         rebuild = _rebuild(store.directory(record.run_id) / "envlock.lock", repository, engine)
     restored = restore_image(
         expected,
@@ -639,6 +641,7 @@ def restore_command(
         repo_digests=digests,
         archives=(*archives, _archive_path(project, expected)),
         rebuild=None if no_rebuild else rebuild,
+        reference=reference,
         report=_say,
     )
     typer.echo(f"restored {restored.image_id} from {restored.source}")
@@ -674,6 +677,7 @@ def reproduce_command(
         repo_digests=tuple(original.repo_digests),
         archives=(*(archive or ()), _archive_path(project, original.image_id)),
         rebuild=_rebuild(lock_path, original.image_reference.split(":")[0], engine),
+        reference=original.image_reference,
         report=_say,
     )
     _say(f"image {restored.image_id[:19]} from {restored.source}")

@@ -86,9 +86,31 @@ def restore_image(
     repo_digests: tuple[str, ...] = (),
     archives: tuple[Path, ...] = (),
     rebuild: Callable[[], str] | None = None,
+    reference: str | None = None,
     report: Report = silent,
 ) -> Restored:
-    """Try, in order: the local engine, the registry by digest, archives, a rebuild; accept only `image_id`."""
+    """Try, in order: the local engine, the registry by digest, archives, a rebuild; accept only `image_id`.
+
+    The verified image gets its `name:tag` back (last, as in a build), so `envlock run` finds it again.
+    """
+    restored = _find(
+        image_id, engine=engine, repo_digests=repo_digests, archives=archives, rebuild=rebuild, report=report
+    )
+    if reference:
+        repository, _, tag = reference.rpartition(":")
+        engine.tag(image_id, repository, tag)
+    return restored
+
+
+def _find(
+    image_id: str,
+    *,
+    engine: Engine,
+    repo_digests: tuple[str, ...],
+    archives: tuple[Path, ...],
+    rebuild: Callable[[], str] | None,
+    report: Report,
+) -> Restored:
     if engine.image_id(image_id) is not None:
         return Restored(image_id, "engine")
     tried: list[str] = []

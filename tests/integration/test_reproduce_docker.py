@@ -74,8 +74,12 @@ def test_reproduce_from_the_registry_then_from_an_archive(repo: Path, tmp_path: 
     remove_image(original.image_id)
     restored = envlock(repo, "restore", original.run_id, "--archive", str(archive), "--no-rebuild")
     assert restored.returncode == 0 and f"from archive {archive}" in restored.stdout, restored.stderr
-    runs = RunStore(repo).all()
-    assert runs[-1].reproduces == original.run_id and runs[-1].image_id == original.image_id
+    tags = docker.from_env().images.get(original.image_id).tags
+    assert tags == [original.image_reference], "the restored image is found by its name:tag again"
+    rerun = envlock(repo, "run", "--", "true")
+    assert rerun.returncode == 0 and "loading" not in rerun.stderr, "run uses the restored image, no rebuild"
+    (again,) = [r for r in RunStore(repo).all() if r.reproduces == original.run_id]
+    assert again.image_id == original.image_id
 
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
