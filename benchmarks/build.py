@@ -33,6 +33,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+from common import Failed, docker, link_or_copy, user_cache
+
 BIN = Path(sys.executable).parent
 PLATFORM, RECIPE = "linux/amd64", "debian-bookworm"
 DEPENDENCIES, LIGHT = ("scikit-learn>=1.5,<1.8", "numpy>=2,<3"), "six==1.16.0"
@@ -55,14 +57,6 @@ RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 """
 Cell = float | str  # a number, or a short label ("FAIL", "timeout", "n/a")
 Lines = list[tuple[float, str]]  # output lines with their seconds since the command started
-
-
-class Failed(Exception):
-    """A benchmarked command failed or timed out; the message says why."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, Lines]:
@@ -89,30 +83,10 @@ def envlock(*args: str, cache: Path | None = None) -> tuple[float, Lines]:
     return run([str(BIN / "envlock"), *args], env)
 
 
-def docker(*args: str) -> str:
-    """A quiet, untimed docker command's stdout ("" when it failed)."""
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def size_mb(ref: str) -> float:
     if not (size := docker("image", "inspect", "-f", "{{.Size}}", ref)):
         raise Failed("FAIL", f"image {ref} is not in the engine")
     return int(size) / 1e6
-
-
-def user_cache() -> Path:
-    """envlock's own default: $ENVLOCK_CACHE_DIR, else the user cache directory (platformdirs' on Linux)."""
-    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
-
-
-def link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 class Bench:

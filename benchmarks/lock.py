@@ -26,42 +26,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from common import Failed, timed
 
 BIN = Path(sys.executable).parent
 INDEX = "https://pypi.org/simple"
 PLATFORM, UV_PLATFORM, PYTHON = "linux/amd64", "x86_64-manylinux_2_36", "3.11"
 SETS = {"small": ("numpy", "scipy", "pandas", "scikit-learn", "matplotlib"), "torch": ("torch==2.5.1",)}
-TIMEOUT = 600.0
 UV_RATIO_TARGET, CHECK_TARGET = 1.3, 0.3
 PIP_DROPPED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_NO_CACHE_DIR")
 TOOLS = ("envlock", "uv", "pip-compile")
 UV_KEPT = ("UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_HTTP_RETRIES", "UV_INSECURE_HOST", "UV_CONCURRENT_DOWNLOADS")
 Cell = float | str  # seconds, or a short label ("FAIL", "timeout", "n/a", "skipped")
-
-
-class Failed(Exception):
-    """A benchmarked command failed or timed out; the message says why."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
-
-
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after TIMEOUT."""
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise Failed("timeout", f"did not finish within {TIMEOUT:.0f} s") from None
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = " / ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
-        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
-    return elapsed, done.stdout + done.stderr
 
 
 def size_mb(path: Path) -> float:

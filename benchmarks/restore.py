@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+from common import Failed, docker, free_port, link_or_copy, timed, user_cache
 
 BIN = Path(sys.executable).parent
 NAME, PLATFORM, DEPENDENCIES = "envlock-bench-restore", "linux/amd64", ("numpy==2.4.6", "six==1.16.0")
@@ -76,54 +77,6 @@ print(f"{time.perf_counter() - start:.6f} {found}")
 """
 TIMED = ("registry", "pull", "archive", "load")  # the table's rows
 Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
-
-
-class Failed(Exception):
-    """A benchmarked command failed or timed out; the message says why."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
-
-
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after TIMEOUT."""
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise Failed("timeout", f"did not finish within {TIMEOUT:.0f} s") from None
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = " / ".join(line.strip() for line in (done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
-    return elapsed, done.stdout + done.stderr
-
-
-def docker(*args: str) -> str:
-    """A quiet, untimed docker command's stdout ("" when it failed)."""
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-def user_cache() -> Path:
-    """envlock's own default: $ENVLOCK_CACHE_DIR, else the user cache directory (platformdirs' on Linux)."""
-    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
-
-
-def link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def best_median(samples: list[float]) -> str:

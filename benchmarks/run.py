@@ -33,10 +33,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from common import Failed, docker, link_or_copy, timed, user_cache
+
 BIN = Path(sys.executable).parent
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-run", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
-TIMEOUT = 600.0
 RATIO_TARGET, HELP_TARGET = 1.3, 0.3
 BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
 LABELS = {  # measurement key -> what it is called in the table and notes
@@ -150,48 +151,6 @@ PHASE_ORDER = (
     "container remove",
 )
 Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
-
-
-class Failed(Exception):
-    """A benchmarked command failed or timed out; the message says why."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
-
-
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after TIMEOUT."""
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise Failed("timeout", f"did not finish within {TIMEOUT:.0f} s") from None
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = " / ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
-        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
-    return elapsed, done.stdout + done.stderr
-
-
-def docker(*args: str) -> str:
-    """A quiet, untimed docker command's stdout ("" when it failed)."""
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-def user_cache() -> Path:
-    """envlock's own default: $ENVLOCK_CACHE_DIR, else the user cache directory (platformdirs' on Linux)."""
-    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
-
-
-def link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def uncached_modules() -> tuple[int, int]:

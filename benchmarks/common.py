@@ -1,0 +1,62 @@
+"""Helpers the benchmark scripts share: timing a command, quiet docker calls, envlock's cache, a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+TIMEOUT = 600.0
+
+
+class Failed(Exception):
+    """A benchmarked command failed or timed out; the message says why."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(reason)
+        self.label = label
+
+
+def timed(command: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT) -> tuple[float, str]:
+    """Wall-clock seconds of one run, and its output; Failed on a non-zero exit or after the timeout."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise Failed("timeout", f"did not finish within {timeout:.0f} s") from None
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = " / ".join(line.strip() for line in (done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise Failed("FAIL", f"exit {done.returncode}: {tail or 'no output'}")
+    return elapsed, done.stdout + done.stderr
+
+
+def docker(*args: str) -> str:
+    """A quiet, untimed docker command's stdout ("" when it failed)."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def user_cache() -> Path:
+    """envlock's own default: $ENVLOCK_CACHE_DIR, else the user cache directory (platformdirs' on Linux)."""
+    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """Hard-link a cache file (no extra disk), copying when the file system refuses."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
