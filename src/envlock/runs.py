@@ -17,6 +17,13 @@ Status = Literal["running", "finished", "failed", "interrupted"]
 RECORD_VERSION = 1
 
 
+class RunRecordError(EnvlockError):
+    """A run record exists but cannot be read."""
+
+    exit_code = 13
+    default_hint = "envlock writes records atomically: this one was edited or damaged; restore it or remove its folder"
+
+
 class RunNotFoundError(EnvlockError):
     """No run record by that id."""
 
@@ -105,17 +112,38 @@ class RunStore:
         if len(matches) != 1:
             more = "matches several runs" if matches else "is not a run of this project"
             raise RunNotFoundError(f"{run_id!r} {more}")
-        data = json.loads((self.directory(matches[0]) / "record.json").read_text(encoding="utf-8"))
-        return RunRecord(**data)
+        return self._read(self.directory(matches[0]) / "record.json")
+
+    @staticmethod
+    def _read(path: Path) -> RunRecord:
+        try:
+            return RunRecord(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
 
     def all(self) -> list[RunRecord]:
-        """Every readable record, oldest first."""
+        """Every readable record, oldest first (see `unreadable` for the others)."""
         records = []
         for run_id in self._ids():
             path = self.directory(run_id) / "record.json"
             if path.is_file():
-                records.append(RunRecord(**json.loads(path.read_text(encoding="utf-8"))))
+                try:
+                    records.append(self._read(path))
+                except RunRecordError:
+                    continue
         return records
+
+    def unreadable(self) -> list[Path]:
+        """Records that exist but cannot be read (edited or damaged by hand; envlock writes them atomically)."""
+        broken = []
+        for run_id in self._ids():
+            path = self.directory(run_id) / "record.json"
+            if path.is_file():
+                try:
+                    self._read(path)
+                except RunRecordError:
+                    broken.append(path)
+        return broken
 
     def _ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from envlock import lockfile
+from envlock.cli import run as cli
 from envlock.diff import diff_runs
 from envlock.gitstate import GitState, git_state
 from envlock.launch import LaunchSpec, Output
@@ -187,3 +188,18 @@ def test_diff_of_two_runs_names_each_factor_that_moved(write_project: Callable[[
     assert list(changes.outputs) == ["out/m.json"]
     assert "output out/m.json: " in "\n".join(changes.lines())
     assert not diff_runs(first, first, lock, lock), "a run does not differ from itself"
+
+
+def test_a_damaged_record_is_named_not_a_traceback(
+    write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
+    good = run(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    bad = run(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    (RunStore(project).directory(bad.run_id) / "record.json").write_text("{ not json")
+    capsys.readouterr()
+    assert cli(["runs", "-C", str(project)]) == 0
+    out, err = capsys.readouterr()
+    assert good.run_id in out and bad.run_id not in out and "skipped unreadable run record" in err
+    assert cli(["runs", "-C", str(project), "show", bad.run_id]) == 13
+    assert "is unreadable" in capsys.readouterr().err
