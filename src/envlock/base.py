@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from envlock.errors import EngineError, EnvlockError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, read_json
 from envlock.layers import Layer
 
 if TYPE_CHECKING:
@@ -200,7 +200,9 @@ class BaseStore:
         tar, meta = self._paths(recipe, platform)
         if not (tar.is_file() and meta.is_file()):
             return None
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        data = read_json(meta)
+        if not isinstance(data, dict) or "diff-id" not in data or "packages" not in data:
+            return None  # damaged metadata: the base is built again
         return BuiltBase(recipe, platform, tar, data["diff-id"], data["packages"])
 
     def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False) -> BuiltBase:
@@ -245,8 +247,9 @@ def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path)
         engine.pull(ref)
     image_id = engine.image_id(ref) or ""
     cached = layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json"
-    if cached.is_file():
-        data = json.loads(cached.read_text(encoding="utf-8"))
+    data = read_json(cached)
+    keys = ("diff-ids", "architecture", "env", "packages", "python-homes")
+    if isinstance(data, dict) and all(key in data for key in keys):  # else missing or damaged: export again
         found = [(d, layers.get("base-" + d.removeprefix("sha256:"))) for d in data["diff-ids"]]
         if all(layer is not None for _, layer in found):
             return UpstreamBase(

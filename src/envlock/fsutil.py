@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -54,3 +56,11 @@ def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]
                     entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of envlock's own state, or None when it is missing or damaged (then it is simply remade)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from envlock import __version__
+from envlock.fsutil import read_json
 from envlock.layers import Layer, write_layer
 from envlock.lockfile import Lock
 from envlock.report import Report
@@ -112,8 +113,8 @@ class LayerStore:
         tar = self.root / f"{key}.tar"
         if not (meta.is_file() and tar.is_file()):
             return None
-        data = json.loads(meta.read_text(encoding="utf-8"))
-        if tar.stat().st_size != data["size"]:
+        data = read_json(meta)
+        if not isinstance(data, dict) or tar.stat().st_size != data.get("size"):
             return None
         return Layer(tar, data["diff_id"], data["size"])
 

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, read_json
 
 
 def read_images(project_dir: Path) -> dict[str, Any]:
     """The project's .envlock/images.json: lock hash → image ID, reference, base, pushed digests."""
     path = project_dir / ".envlock" / "images.json"
-    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
+    known = read_json(path)
+    return dict(known) if isinstance(known, dict) else {}
 
 
 def record_image(

@@ -177,3 +177,18 @@ def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(tmp
     outcome = lock_project(load_spec(project), FakeResolver({"linux/amd64": []}), bases=bases, report=messages.append)
     assert outcome.lock.target("linux/amd64").base is None
     assert any("mmdebstrap is not installed" in m and "not pinned" in m for m in messages)
+
+
+def test_damaged_cache_metadata_is_remade_not_a_traceback(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    from envlock.images import read_images
+
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, builder = stores(tmp_path / "cache", served)
+    first = run_build(spec, FakeEngine(), cache, layers, bases)
+    for meta in [*layers.root.glob("*.json"), *bases.root.glob("*.json")]:
+        meta.write_text("{ damaged")
+    again = run_build(spec, FakeEngine(), cache, layers, bases)
+    assert again.image_id == first.image_id and builder.builds == 2
+    (spec.project_dir / ".envlock").mkdir(exist_ok=True)
+    (spec.project_dir / ".envlock" / "images.json").write_text("not json")
+    assert read_images(spec.project_dir) == {}
