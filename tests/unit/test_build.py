@@ -13,6 +13,7 @@ from envlock.base import BaseStore
 from envlock.build import build_image
 from envlock.errors import EngineError, EnvlockError
 from envlock.image import LayerStore, plan_image
+from envlock.images import read_images
 from envlock.locking import LockOptions, lock_project
 from envlock.resolve import LockedFile, LockedPackage
 from envlock.spec import load_spec
@@ -180,8 +181,6 @@ def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(tmp
 
 
 def test_damaged_cache_metadata_is_remade_not_a_traceback(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
-    from envlock.images import read_images
-
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, builder = stores(tmp_path / "cache", served)
     first = run_build(spec, FakeEngine(), cache, layers, bases)
