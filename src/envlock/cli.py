@@ -709,6 +709,46 @@ def reproduce_command(
         raise typer.Exit(NOT_REPRODUCED)
 
 
+@export_app.command("k8s", context_settings={"allow_interspersed_args": False})
+def export_k8s(
+    command: Annotated[list[str], typer.Argument(help="The command, after --: envlock export k8s -- python train.py")],
+    project: ProjectOpt = Path(),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    platform: PlatformOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: PYTHONHASHSEED and ENVLOCK_SEED.")] = 0,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="nvidia.com/gpu to request (default: 1 if CUDA).")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="The Job's namespace.")] = None,
+    code_claim: Annotated[
+        str | None, typer.Option("--code-claim", help="A PersistentVolumeClaim with the project, mounted at /work.")
+    ] = None,
+) -> None:
+    """A Kubernetes Job (JSON, for kubectl apply -f) running the lock's pushed image by digest."""
+    from envlock.export import JobRequest, to_k8s_job  # noqa: PLC0415
+    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+    from envlock.images import read_images  # noqa: PLC0415
+    from envlock.locking import check as check_lock  # noqa: PLC0415
+    from envlock.spec import load_spec  # noqa: PLC0415
+
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    known = read_images(spec.project_dir).get(locked.lock_hash, {})
+    if not known.get("pushed"):
+        raise EnvlockError(
+            "the lock's image was never pushed: a cluster can only pull it from a registry, by digest",
+            hint="envlock build --push (registry from [tool.envlock]) or envlock build --registry HOST/NAMESPACE",
+        )
+    request = JobRequest(
+        list(command), known["pushed"][-1], known["image-id"], spec.name, seed, gpus, namespace, code_claim
+    )
+    job = to_k8s_job(locked, platform or locked.targets[0].platform, request)
+    text = json.dumps(job, indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {output}: kubectl apply -f {output}", err=True)
+
+
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:
     typer.secho(f"error: {message}", err=True, fg="red")
     for line in details:

@@ -11,6 +11,21 @@ from envlock.engine import translated
 from envlock.errors import EngineError
 
 WORKDIR = "/work"
+# cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def determinism_env(seed: int, image_id: str, lock_hash: str) -> dict[str, str]:
+    """The variables every envlock launch sets, wherever it runs (Docker here, a Kubernetes Job there)."""
+    return {
+        "PYTHONHASHSEED": str(seed),
+        "ENVLOCK_SEED": str(seed),
+        "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG,
+        "ENVLOCK_IMAGE_ID": image_id,
+        "ENVLOCK_LOCK_HASH": lock_hash,
+    }
+
+
 Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from envlock.gitstate import GitState
 from envlock.hostprobe import HostState
-from envlock.launch import Launcher, LaunchSpec, Output
+from envlock.launch import Launcher, LaunchSpec, Output, determinism_env
 from envlock.lockfile import Lock
 from envlock.preflight import check_host, enforce
 from envlock.runs import RunRecord, RunStore, new_run_id, now
@@ -18,8 +18,6 @@ from envlock.runs import RunRecord, RunStore, new_run_id, now
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
 METRICS_SUFFIXES = (".json", ".csv")
 METRICS_MAX_BYTES = 1 << 20
-# cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
-CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 @dataclass(frozen=True)
@@ -85,14 +83,7 @@ def run_in_image(
     notes = enforce(check_host(stack, host), request.force)
     gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
     run_id = new_run_id()
-    environment = {
-        "PYTHONHASHSEED": str(request.seed),
-        "ENVLOCK_SEED": str(request.seed),
-        "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG,
-        "ENVLOCK_RUN_ID": run_id,
-        "ENVLOCK_IMAGE_ID": image.image_id,
-        "ENVLOCK_LOCK_HASH": lock.lock_hash,
-    }
+    environment = {**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id}
     passed = {name: os.environ[name] for name in request.pass_env if name in os.environ}
     record = RunRecord(
         run_id=run_id,

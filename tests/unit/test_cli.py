@@ -29,7 +29,24 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["lock"], ["show"], ["build"], ["export"], ["export", "pylock"], ["base"], ["base", "list"], ["base", "build"]],
+    [
+        ["lock"],
+        ["show"],
+        ["build"],
+        ["export"],
+        ["export", "pylock"],
+        ["export", "k8s"],
+        ["base"],
+        ["base", "list"],
+        ["base", "build"],
+        ["run"],
+        ["runs"],
+        ["runs", "show"],
+        ["diff"],
+        ["archive"],
+        ["restore"],
+        ["reproduce"],
+    ],  # fmt: skip
 )
 def test_every_help_page_renders(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, err = invoke(capsys, *command, "--help")
