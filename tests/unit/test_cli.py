@@ -46,7 +46,7 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         ["archive"],
         ["restore"],
         ["reproduce"],
-    ],  # fmt: skip
+    ],
 )
 def test_every_help_page_renders(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, err = invoke(capsys, *command, "--help")
