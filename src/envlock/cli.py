@@ -40,6 +40,12 @@ base_app = typer.Typer(
 app.add_typer(base_app, name="base")
 
 INTERRUPTED = 130
+
+
+class CommandExited(SystemExit):
+    """The exit status of the user's command: passed through as it is, never read as envlock's own."""
+
+
 NOT_REPRODUCED = 16
 
 ProjectOpt = Annotated[
@@ -371,7 +377,7 @@ def run_command(
     for note in record.preflight:
         _say(f"preflight: {note}")
     _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
-    raise typer.Exit(record.exit_code or 0)
+    raise CommandExited(record.exit_code or 0)
 
 
 def _build_for_run(spec: Spec, locked: Lock, lock_text: str, platform: str, engine: DockerEngine) -> str:
@@ -762,6 +768,8 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; the one place that turns EnvlockErrors into messages."""
     try:
         app(args=argv, standalone_mode=True)  # typer reports its own usage errors and exits
+    except CommandExited as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130

@@ -64,6 +64,8 @@ def test_exit_code_is_propagated(digits: Path) -> None:
     done = envlock("run", "--", "python", "-c", "import sys; print('bye'); sys.exit(3)", project=digits)
     assert done.returncode == 3 and "bye" in done.stdout
     assert RunStore(digits).all()[-1].status == "failed"
+    own = envlock("run", "--", "python", "-c", "raise SystemExit(130)", project=digits)
+    assert own.returncode == 130 and "interrupted" not in own.stderr, "the command's 130 is its own, not a Ctrl-C"
 
 
 def test_kill_9_of_envlock_leaves_no_corrupt_record_and_no_orphan(digits: Path) -> None:
