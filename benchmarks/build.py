@@ -19,7 +19,6 @@ when any command failed or timed out.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -33,9 +32,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import Failed, docker, link_or_copy, user_cache
+from common import BIN, Failed, docker, docker_bench_args, link_or_copy, user_cache
 
-BIN = Path(sys.executable).parent
 PLATFORM, RECIPE = "linux/amd64", "debian-bookworm"
 DEPENDENCIES, LIGHT = ("scikit-learn>=1.5,<1.8", "numpy>=2,<3"), "six==1.16.0"
 NAME, DOCKER_REPO = "envlock-bench-build", "envlock-bench-dockerfile"
@@ -277,15 +275,7 @@ def report(bench: Bench, repeat: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="rounds per cell; the median is shown")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    if not (BIN / "envlock").exists():
-        parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
-    if not docker("version", "-f", "{{.Server.Version}}"):
-        parser.error("the Docker engine is not reachable (`docker info`); start it: bash scripts/services.sh")
+    parser, args = docker_bench_args(__doc__, 1, "rounds per cell; the median is shown", argv)
     if not CA_BUNDLE.is_file():
         parser.error(f"{CA_BUNDLE} not found: the Dockerfile copies the host's CA bundle for pip")
     with tempfile.TemporaryDirectory(prefix="envlock-bench-build-", ignore_cleanup_errors=True) as tmp:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,3 +62,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+BIN = Path(sys.executable).parent
+
+
+def docker_bench_args(
+    doc: str | None, repeat: int, repeat_help: str, argv: list[str] | None
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse `--repeat` and refuse to start without envlock in this venv or a reachable Docker engine."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if not (BIN / "envlock").exists():
+        parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
+    if not docker("version", "-f", "{{.Server.Version}}"):
+        parser.error("the Docker engine is not reachable (`docker info`); start it: bash scripts/services.sh")
+    return parser, args

@@ -29,9 +29,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common import Failed, timed
+from common import BIN, Failed, timed
 
-BIN = Path(sys.executable).parent
 INDEX = "https://pypi.org/simple"
 PLATFORM, UV_PLATFORM, PYTHON = "linux/amd64", "x86_64-manylinux_2_36", "3.11"
 SETS = {"small": ("numpy", "scipy", "pandas", "scikit-learn", "matplotlib"), "torch": ("torch==2.5.1",)}

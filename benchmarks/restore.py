@@ -25,7 +25,6 @@ rounds). Exit status 1 when any command failed, timed out or restored from anoth
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -40,9 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from common import Failed, docker, free_port, link_or_copy, timed, user_cache
+from common import BIN, Failed, docker, docker_bench_args, free_port, link_or_copy, timed, user_cache
 
-BIN = Path(sys.executable).parent
 NAME, PLATFORM, DEPENDENCIES = "envlock-bench-restore", "linux/amd64", ("numpy==2.4.6", "six==1.16.0")
 PYPROJECT = (
     f'[project]\nname = "{NAME}"\ndependencies = {json.dumps(list(DEPENDENCIES))}\n'
@@ -429,15 +427,7 @@ def breakdown(bench: Bench) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="rounds per cell; the best and the median are shown")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    if not (BIN / "envlock").exists():
-        parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
-    if not docker("version", "-f", "{{.Server.Version}}"):
-        parser.error("the Docker engine is not reachable (`docker info`); start it: bash scripts/services.sh")
+    parser, args = docker_bench_args(__doc__, 3, "rounds per cell; the best and the median are shown", argv)
     if shutil.which("docker-registry") is None:
         parser.error("docker-registry is not installed: run bash scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="envlock-bench-restore-", ignore_cleanup_errors=True) as tmp:

@@ -19,7 +19,6 @@ are removed. Exit status 1 when any command failed or timed out.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -33,9 +32,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import Failed, docker, link_or_copy, timed, user_cache
+from common import BIN, Failed, docker, docker_bench_args, link_or_copy, timed, user_cache
 
-BIN = Path(sys.executable).parent
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-run", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
 RATIO_TARGET, HELP_TARGET = 1.3, 0.3
@@ -420,15 +418,7 @@ def breakdown(bench: Bench) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=10, help="runs per cell; the best and the median are shown")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    if not (BIN / "envlock").exists():
-        parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
-    if not docker("version", "-f", "{{.Server.Version}}"):
-        parser.error("the Docker engine is not reachable (`docker info`); start it: bash scripts/services.sh")
+    _, args = docker_bench_args(__doc__, 10, "runs per cell; the best and the median are shown", argv)
     with tempfile.TemporaryDirectory(prefix="envlock-bench-run-", ignore_cleanup_errors=True) as tmp:
         bench = Bench(Path(tmp))
         try:
