@@ -16,8 +16,10 @@ from envlock.errors import EnvlockError
 
 if TYPE_CHECKING:
     from envlock.base import BaseStore, UpstreamBase
+    from envlock.build import Builder
     from envlock.engine import DockerEngine
     from envlock.lockfile import Lock
+    from envlock.report import Progress
     from envlock.resolve import Resolver
     from envlock.runs import RunRecord, RunStore
     from envlock.spec import Spec
@@ -203,6 +205,18 @@ def _upstream(ref: str) -> UpstreamBase:
         return export_upstream(ref, DockerEngine(), LayerStore(root / "layers"), Path(scratch))
 
 
+def _builder(engine: DockerEngine, index_urls: list[str] | None = None, progress: Progress | None = None) -> Builder:
+    """A Builder over the user's cache directory: wheel cache, layer store and bases, all in one place."""
+    from envlock.build import Builder  # noqa: PLC0415
+    from envlock.image import LayerStore  # noqa: PLC0415
+    from envlock.report import no_progress  # noqa: PLC0415
+    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
+
+    root = default_cache_dir()
+    cache = WheelCache(root / "wheels", HttpFetcher(index_urls or []))
+    return Builder(engine, cache, LayerStore(root / "layers"), _bases(), _say, progress or no_progress)
+
+
 def _bases() -> BaseStore:
     """The store of built bases under the user's cache directory."""
     from envlock.base import BaseStore, MmdebstrapBuilder  # noqa: PLC0415
@@ -224,15 +238,13 @@ def build(
     """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from envlock.build import Builder  # noqa: PLC0415
     from envlock.engine import DockerEngine  # noqa: PLC0415
-    from envlock.image import LayerStore, plan_image  # noqa: PLC0415
+    from envlock.image import plan_image  # noqa: PLC0415
     from envlock.images import record_image  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
     from envlock.registry import HttpRegistry, split_target  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
     from envlock.targets import host_platform  # noqa: PLC0415
-    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
 
     spec = load_spec(project)
     locked = check_lock(spec)
@@ -242,8 +254,6 @@ def build(
         raise EnvlockError(
             "--push needs a registry", hint='set registry = "host[:port]/namespace" in [tool.envlock], or --registry'
         )
-    root = default_cache_dir()
-    cache = WheelCache(root / "wheels", HttpFetcher([spec.index_url, *spec.extra_index_urls]))
     bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
     tasks: dict[str, Any] = {}
 
@@ -252,7 +262,7 @@ def build(
             tasks[name] = bars.add_task(name, total=total)
         bars.update(tasks[name], completed=done)
 
-    builder = Builder(DockerEngine(), cache, LayerStore(root / "layers"), _bases(), _say, progress)
+    builder = _builder(DockerEngine(), [spec.index_url, *spec.extra_index_urls], progress)
     plan = plan_image(locked, spec.lock_path.read_text(encoding="utf-8"), spec.name, chosen)
     with bars:
         outcome = builder.build(plan, no_cache=no_cache)
@@ -382,16 +392,11 @@ def run_command(
 
 def _build_for_run(spec: Spec, locked: Lock, lock_text: str, platform: str, engine: DockerEngine) -> str:
     """Build the lock's image for `envlock run` when it is missing; its ID."""
-    from envlock.build import Builder  # noqa: PLC0415
-    from envlock.image import LayerStore, plan_image  # noqa: PLC0415
+    from envlock.image import plan_image  # noqa: PLC0415
     from envlock.images import record_image  # noqa: PLC0415
-    from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
 
-    root = default_cache_dir()
-    cache = WheelCache(root / "wheels", HttpFetcher([spec.index_url, *spec.extra_index_urls]))
-    built = Builder(engine, cache, LayerStore(root / "layers"), _bases(), _say).build(
-        plan_image(locked, lock_text, spec.name, platform)
-    )
+    builder = _builder(engine, [spec.index_url, *spec.extra_index_urls])
+    built = builder.build(plan_image(locked, lock_text, spec.name, platform))
     record_image(spec.project_dir, locked.lock_hash, built.image_id, built.reference, built.base_diff_id)
     return built.image_id
 
@@ -556,18 +561,11 @@ def _rebuild(lock_path: Path, repository: str, engine: DockerEngine) -> Callable
 
     def rebuild() -> str:
         from envlock import lockfile  # noqa: PLC0415
-        from envlock.build import Builder  # noqa: PLC0415
-        from envlock.image import LayerStore, plan_image  # noqa: PLC0415
+        from envlock.image import plan_image  # noqa: PLC0415
         from envlock.targets import host_platform  # noqa: PLC0415
-        from envlock.wheels import HttpFetcher, WheelCache, default_cache_dir  # noqa: PLC0415
 
-        lock = lockfile.read(lock_path)
-        root = default_cache_dir()
-        builder = Builder(
-            engine, WheelCache(root / "wheels", HttpFetcher()), LayerStore(root / "layers"), _bases(), _say
-        )
-        plan = plan_image(lock, lock_path.read_text(encoding="utf-8"), repository, host_platform())
-        return builder.build(plan).image_id
+        plan = plan_image(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), repository, host_platform())
+        return _builder(engine).build(plan).image_id
 
     return rebuild
 

@@ -87,6 +87,9 @@ def test_reproduce_from_the_registry_then_from_an_archive(repo: Path, tmp_path: 
     remove_image(original.image_id)
     refused = envlock(repo, "restore", original.run_id, "--archive", str(archive), "--no-rebuild")
     assert refused.returncode == 15 and "corrupt or tampered" in refused.stderr and str(archive) in refused.stderr
+    rebuilt = envlock(repo, "restore", original.run_id, "--archive", str(archive))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "refused: archive" in rebuilt.stderr and f"restored {original.image_id} from rebuild" in rebuilt.stdout
 
 
 def test_dirty_code_is_reproduced_from_the_saved_diff_and_moved_outputs_are_named(repo: Path) -> None:
