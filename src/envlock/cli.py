@@ -411,8 +411,8 @@ def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt
 
     store = RunStore(project)
     _settle_quietly(store)
-    records = store.all()
-    for broken in store.unreadable():
+    records, unreadable = store.scan()
+    for broken in unreadable:
         _say(f"warning: skipped unreadable run record {broken}")
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in records], indent=2))

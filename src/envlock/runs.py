@@ -121,29 +121,23 @@ class RunStore:
         except (OSError, ValueError, TypeError) as exc:
             raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
 
-    def all(self) -> list[RunRecord]:
-        """Every readable record, oldest first (see `unreadable` for the others)."""
-        records = []
+    def scan(self) -> tuple[list[RunRecord], list[Path]]:
+        """Every readable record, oldest first, and the paths of records that cannot be read (edited or damaged
+        by hand; envlock writes them atomically)."""
+        records: list[RunRecord] = []
+        broken: list[Path] = []
         for run_id in self._ids():
             path = self.directory(run_id) / "record.json"
             if path.is_file():
                 try:
                     records.append(self._read(path))
                 except RunRecordError:
-                    continue
-        return records
-
-    def unreadable(self) -> list[Path]:
-        """Records that exist but cannot be read (edited or damaged by hand; envlock writes them atomically)."""
-        broken = []
-        for run_id in self._ids():
-            path = self.directory(run_id) / "record.json"
-            if path.is_file():
-                try:
-                    self._read(path)
-                except RunRecordError:
                     broken.append(path)
-        return broken
+        return records, broken
+
+    def all(self) -> list[RunRecord]:
+        """Every readable record, oldest first."""
+        return self.scan()[0]
 
     def _ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
