@@ -1,24 +1,95 @@
 #!/usr/bin/env bash
-# Start the Docker engine if it is not running (idempotent): envlock build and its tests talk to it.
+# Start the services envlock and its tests talk to, when they are not running (idempotent):
+# - the Docker engine (envlock build / run);
+# - a one-node Slurm cluster on this machine (envlock submit --slurm): munged, slurmctld, slurmd, with the
+#   slurm.conf below written to /etc/slurm when there is none. A machine with its own slurm.conf (a real cluster's
+#   login node) is left as it is.
 set -euo pipefail
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 state=${ENVLOCK_SERVICES_DIR:-/var/lib/envlock-services}
+"${sudo_cmd[@]}" mkdir -p "$state"
+
+wait_for() { # seconds, command...
+  local tries=$(($1 * 2))
+  shift
+  for _ in $(seq 1 "$tries"); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  return 1
+}
 
 if ! docker info >/dev/null 2>&1; then
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${sudo_cmd[@]}" systemctl start docker
   else
-    "${sudo_cmd[@]}" mkdir -p "$state"
     "${sudo_cmd[@]}" sh -c "nohup dockerd >'$state/dockerd.log' 2>&1 </dev/null &"
   fi
-  for _ in $(seq 1 120); do
-    docker info >/dev/null 2>&1 && break
-    sleep 0.5
-  done
-  if ! docker info >/dev/null 2>&1; then
+  if ! wait_for 60 docker info; then
     echo "services: the Docker engine did not start; see $state/dockerd.log" >&2
     exit 1
   fi
 fi
 echo "services: Docker engine $(docker version --format '{{.Server.Version}}') is running"
+
+if ! command -v slurmctld >/dev/null 2>&1; then
+  echo "services: Slurm is not installed (bash scripts/setup.sh installs it); envlock submit --slurm needs it"
+  exit 0
+fi
+conf=/etc/slurm/slurm.conf
+marker="# written by envlock scripts/services.sh"
+if [ -f "$conf" ] && ! grep -qF "$marker" "$conf"; then
+  echo "services: $conf is this machine's own: Slurm left as configured"
+  exit 0
+fi
+node=$(hostname -s)
+cpus=$(nproc)
+"${sudo_cmd[@]}" mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm /run/munge
+"${sudo_cmd[@]}" tee "$conf.new" >/dev/null <<CONF
+$marker: a one-node cluster on this machine, for envlock submit --slurm and its tests
+ClusterName=envlock
+SlurmctldHost=$node(127.0.0.1)
+AuthType=auth/munge
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MinJobAge=3600
+KillWait=30
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+MpiDefault=none
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+CONF
+"${sudo_cmd[@]}" mv "$conf.new" "$conf"
+
+if ! sh -c "munge -n | unmunge" >/dev/null 2>&1; then
+  "${sudo_cmd[@]}" chown munge:munge /run/munge
+  "${sudo_cmd[@]}" su -s /bin/sh munge -c munged
+fi
+wait_for 20 sh -c 'munge -n | unmunge' || { echo "services: munged did not start" >&2; exit 1; }
+scontrol ping >/dev/null 2>&1 || "${sudo_cmd[@]}" slurmctld
+wait_for 30 scontrol ping || { echo "services: slurmctld did not start; see /var/log/slurm/slurmctld.log" >&2; exit 1; }
+scontrol show slurmd >/dev/null 2>&1 || "${sudo_cmd[@]}" slurmd
+wait_for 30 scontrol show slurmd || { echo "services: slurmd did not start; see /var/log/slurm/slurmd.log" >&2; exit 1; }
+node_up() { sinfo -h -n "$node" -o %T | grep -qE '^(idle|mixed|allocated|completing)'; }
+if ! wait_for 30 node_up; then
+  # A node left down/drained by an earlier run (e.g. a reboot mid-job) is put back into service.
+  "${sudo_cmd[@]}" scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+  wait_for 30 node_up || { echo "services: Slurm node $node is $(sinfo -h -n "$node" -o %T); see /var/log/slurm/slurmd.log" >&2; exit 1; }
+fi
+echo "services: Slurm $(sinfo --version | cut -d' ' -f2) is running (one node: $node, partition debug)"

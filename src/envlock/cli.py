@@ -6,6 +6,7 @@ import gc
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from envlock.lockfile import Lock
     from envlock.report import Progress
     from envlock.resolve import Resolver
+    from envlock.runner import RunRequest
     from envlock.runs import RunRecord, RunStore
+    from envlock.slurm import JobState
     from envlock.spec import Spec
 
 app = typer.Typer(
@@ -401,6 +404,189 @@ def _build_for_run(spec: Spec, locked: Lock, lock_text: str, platform: str, engi
     return built.image_id
 
 
+@dataclass(frozen=True)
+class SubmitArgs:
+    """`envlock submit [envlock options] --slurm [sbatch options] -- CMD`, split before typer parses the first part:
+    sbatch's options (-o, -e, -C, --gpus…) would otherwise collide with envlock's."""
+
+    sbatch: list[str]
+    command: list[str]
+
+
+def _split_submit(args: list[str]) -> tuple[list[str], SubmitArgs]:
+    head, command = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+    if "--slurm" not in head:
+        return head, SubmitArgs([], command)
+    at = head.index("--slurm") + 1
+    return head[:at], SubmitArgs(head[at:], command)
+
+
+@app.command("submit")
+def submit_command(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Submit to Slurm; the options after it, up to --, go to sbatch.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: PYTHONHASHSEED and ENVLOCK_SEED.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Run although the node fails the preflight.")] = False,
+    gpus: Annotated[
+        bool | None,
+        typer.Option("--gpus/--no-gpus", help="Default: GPUs when the node has them and the lock is CUDA."),
+    ] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", "-o", help="A file or directory the run produces (repeatable).")
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="Pass this variable in (repeatable; as the job sees it); recorded by name."),
+    ] = None,
+) -> None:
+    """Submit a batch job that runs a command in the lock's image on a cluster node, with a run record.
+
+    envlock submit [options] --slurm [sbatch options] -- python train.py
+    """
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.images import read_images  # noqa: PLC0415
+    from envlock.locking import check as check_lock  # noqa: PLC0415
+    from envlock.runner import PinnedImage, RunRequest  # noqa: PLC0415
+    from envlock.runs import RunStore  # noqa: PLC0415
+    from envlock.slurm import Slurm  # noqa: PLC0415
+    from envlock.spec import load_spec  # noqa: PLC0415
+    from envlock.submit import Submission, sbatch_options_of, submit_run  # noqa: PLC0415
+    from envlock.targets import host_platform  # noqa: PLC0415
+
+    parsed = ctx.obj if isinstance(ctx.obj, SubmitArgs) else SubmitArgs([], [])
+    if not slurm:
+        raise EnvlockError("choose the scheduler to submit to", hint="envlock submit --slurm [sbatch options] -- CMD")
+    if not parsed.command:
+        raise EnvlockError(
+            "no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py"
+        )
+    sbatch = sbatch_options_of(parsed.sbatch)
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    lock_text = spec.lock_path.read_text(encoding="utf-8")
+    platform = host_platform()
+    engine = DockerEngine()
+    reference = f"{spec.name}:{locked.short_hash}"
+    image_id = engine.existing(reference, locked.lock_hash) or _build_for_run(spec, locked, lock_text, platform, engine)
+    pushed = read_images(spec.project_dir).get(locked.lock_hash, {}).get("pushed", [])
+    if not pushed:
+        _say(
+            "note: the image was never pushed: a node that does not have it rebuilds it from the lock "
+            "(envlock build --push lets nodes pull it by digest)"
+        )
+    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
+    store = RunStore(spec.project_dir)
+    project_dir = spec.project_dir.resolve()
+
+    def task(run_id: str) -> list[str]:
+        return [sys.executable, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
+
+    record = submit_run(
+        locked,
+        lock_text,
+        platform,
+        Submission(
+            RunRequest(list(parsed.command), seed, force, gpus, outputs, tuple(env or ())),
+            sbatch,
+            f"envlock-{spec.name}",
+        ),
+        project_dir=project_dir,
+        image=PinnedImage(image_id, reference, tuple(pushed)),
+        store=store,
+        slurm=Slurm(),
+        task=task,
+    )
+    job = (record.scheduler or {}).get("job-id")
+    typer.echo(
+        f"run {record.run_id}: queued as Slurm job {job}; follow it with `envlock runs` (log: "
+        f"{store.log_path(record.run_id)})"
+    )
+
+
+def _stop_on_sigterm() -> None:
+    """Slurm cancels (scancel, time limit) with SIGTERM: stop like Ctrl-C, so the container goes and the record
+    says interrupted."""
+    import signal  # noqa: PLC0415
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+@app.command("run-submitted", hidden=True)
+def run_submitted_command(
+    run_id: Annotated[str, typer.Argument(help="The queued run (its record was written by envlock submit).")],
+    project: ProjectOpt = Path(),
+) -> None:
+    """A submitted job's task, on its node: probe, preflight, restore the image by ID, run, record."""
+    import os  # noqa: PLC0415
+
+    from envlock.runs import RunStore  # noqa: PLC0415
+    from envlock.submit import on_node, run_submitted, submitted_request  # noqa: PLC0415
+
+    _stop_on_sigterm()
+    store = RunStore(project)
+
+    def start(queued: RunRecord) -> RunRecord:
+        lock_path = store.directory(queued.run_id) / "envlock.lock"
+        return _run_pinned(
+            queued, lock_path, submitted_request(queued, os.environ), project, store, queued=on_node(queued, os.environ)
+        )
+
+    record = run_submitted(store, run_id, start)
+    _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
+    raise CommandExited(record.exit_code or 0)
+
+
+def _run_pinned(
+    recorded: RunRecord,
+    lock_path: Path,
+    request: RunRequest,
+    code: Path,
+    store: RunStore,
+    queued: RunRecord | None = None,
+    archives: tuple[Path, ...] = (),
+) -> RunRecord:
+    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host."""
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.engine import DockerEngine  # noqa: PLC0415
+    from envlock.gitstate import git_state  # noqa: PLC0415
+    from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
+    from envlock.launch import DockerLauncher  # noqa: PLC0415
+    from envlock.restore import restore_image  # noqa: PLC0415
+    from envlock.runner import PinnedImage, run_in_image  # noqa: PLC0415
+
+    engine = DockerEngine()
+    restored = restore_image(
+        recorded.image_id,
+        engine=engine,
+        repo_digests=tuple(recorded.repo_digests),
+        archives=(*archives, _archive_path(store.root.parent.parent, recorded.image_id)),
+        rebuild=_rebuild(lock_path, recorded.image_reference.split(":")[0], engine),
+        reference=recorded.image_reference,
+        report=_say,
+    )
+    _say(f"image {restored.image_id[:19]} from {restored.source}")
+    return run_in_image(
+        lockfile.read(lock_path),
+        lock_path.read_text(encoding="utf-8"),
+        recorded.platform,
+        request,
+        project_dir=code,
+        image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
+        host=probe_host(PynvmlAdapter(), docker_version=lambda: str(engine.client.version().get("Version"))),
+        git=git_state(code, request.outputs),
+        launcher=DockerLauncher(engine.client),
+        store=store,
+        output=_write_through,
+        queued=queued,
+    )
+
+
 @runs_app.callback(invoke_without_command=True)
 def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
     """The project's runs, oldest first (a table, or --json)."""
@@ -410,8 +596,9 @@ def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt
     from envlock.runs import RunStore  # noqa: PLC0415
 
     store = RunStore(project)
-    _settle_quietly(store)
     records, unreadable = store.scan()
+    live, settled = _settle(store, records)
+    records = [settled.get(r.run_id, r) for r in records]
     for broken in unreadable:
         _say(f"warning: skipped unreadable run record {broken}")
     if as_json:
@@ -420,19 +607,27 @@ def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt
     if not records:
         typer.echo("no runs yet: envlock run -- COMMAND")
         return
-    typer.echo(f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND")
+    from envlock.submit import describe  # noqa: PLC0415
+
+    typer.echo(
+        f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'WHERE':<12} {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND"
+    )
     for r in records:
         commit = (r.git.get("commit") or "-")[:10] + ("+" if r.git.get("dirty") else "")
         code = "-" if r.exit_code is None else str(r.exit_code)
         lock = r.lock_hash.removeprefix("sha256:")[:12]
         image = r.image_id[:19]
+        where = describe(r, live)
         typer.echo(
-            f"{r.run_id:<26} {r.status:<11} {code:>4}  {image:<19} {lock:<12} {commit:<13} {' '.join(r.command)}"
+            f"{r.run_id:<26} {r.status:<11} {code:>4}  {where:<12} {image:<19} {lock:<12} {commit:<13} "
+            + " ".join(r.command)
         )
 
 
-def _settle_quietly(store: RunStore) -> None:
-    """Mark runs whose envlock was killed; remove their containers when the engine is reachable."""
+def _settle(store: RunStore, records: list[RunRecord]) -> tuple[dict[str, JobState], dict[str, RunRecord]]:
+    """Close the records of runs that lost their envlock: local ones whose envlock was killed (their containers
+    removed when the engine is reachable), batch jobs Slurm ended without envlock's task finishing them. Returns
+    Slurm's state of the jobs still queued or running, and the records closed now by run id."""
     from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.launch import DockerLauncher  # noqa: PLC0415
 
@@ -442,8 +637,24 @@ def _settle_quietly(store: RunStore) -> None:
         except EnvlockError as exc:
             _say(f"warning: could not remove container {name}: {exc.message}")
 
-    for orphan in store.settle_orphans(remove):
+    closed = {}
+    for orphan in store.settle_orphans(remove, records):
         _say(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted")
+        closed[orphan.run_id] = orphan
+    if not any(r.scheduler and r.status in ("queued", "running") for r in records):
+        return {}, closed
+    from envlock.slurm import Slurm  # noqa: PLC0415
+    from envlock.submit import settle_jobs  # noqa: PLC0415
+
+    try:
+        live, settled = settle_jobs(store, records, Slurm(), remove)
+    except EnvlockError as exc:
+        _say(f"warning: could not ask Slurm about queued/running jobs ({exc.message}): showing their last record")
+        return {}, closed
+    for job in settled:
+        _say(f"run {job.run_id}: {job.error}: marked {job.status}")
+        closed[job.run_id] = job
+    return live, closed
 
 
 @runs_app.command("show")
@@ -460,14 +671,15 @@ def runs_show(
     from envlock.runs import RunStore  # noqa: PLC0415
 
     store = RunStore(project or ctx.obj or Path())
-    _settle_quietly(store)
     record = store.load(run_id)
+    live, closed = _settle(store, [record])
+    record = closed.get(record.run_id, record)
     if as_json:
         typer.echo(json.dumps(record.as_dict(), indent=2, sort_keys=True))
         return
     host = record.host
     gpus = ", ".join(f"{g['name']} ({g['arch']})" for g in host.get("gpus", [])) or "none"
-    code = record.git.get("commit") or "not a git repository"
+    code = record.git.get("commit") or ("not a git repository" if record.git else "taken when the job starts")
     dirty = "  (dirty: diff.patch saved)" if record.git.get("dirty") else ""
     machine = f"{host.get('cpu-model')} · kernel {host.get('kernel')} · docker {host.get('docker-version')}"
     settings = " ".join(f"{k}={v}" for k, v in sorted(record.environment.items()) if not k.startswith("ENVLOCK_"))
@@ -478,13 +690,27 @@ def runs_show(
         *(f"pushed    {d}" for d in record.repo_digests),
         f"lock      {record.lock_hash}  (copy: {store.directory(record.run_id) / 'envlock.lock'})",
         f"code      {code}{dirty}",
-        f"host      driver {host.get('driver-version') or 'none'} · GPUs {gpus} · {machine}",
+        f"host      driver {host.get('driver-version') or 'none'} · GPUs {gpus} · {machine}"
+        if host
+        else "host      not probed: "
+        + ("the job's task probes the node it runs on" if record.status == "queued" else "the command never started"),
         f"seed      {record.seed}  {settings}",
         f"time      {record.started} → {record.ended or '-'}",
         f"log       {store.log_path(record.run_id)}",
         *(f"preflight {note}" for note in record.preflight),
         *(f"output    {path}  {digest or 'not produced'}" for path, digest in record.outputs.items()),
     ]
+    if record.scheduler:
+        from envlock.submit import describe  # noqa: PLC0415
+
+        job = record.scheduler
+        state = live[record.run_id].state if record.run_id in live else job.get("state", "")
+        lines.insert(1, f"job       {describe(record, live)}  {state}  node {job.get('node') or '-'}".rstrip())
+        lines.insert(
+            2, f"sbatch    {' '.join(job.get('options', [])) or '(no options)'}  submitted {job.get('submitted')}"
+        )
+    if record.error:
+        lines.append(f"error     {record.error}")
     if record.forced:
         lines.append("forced    yes: the preflight refused this host and --force overrode it")
     typer.echo("\n".join(lines))
@@ -663,48 +889,20 @@ def reproduce_command(
     force: Annotated[bool, typer.Option("--force", help="Run although the host fails the preflight.")] = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code with its seed, and compare the outputs."""
-    from envlock import lockfile  # noqa: PLC0415
-    from envlock.engine import DockerEngine  # noqa: PLC0415
-    from envlock.gitstate import git_state  # noqa: PLC0415
-    from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
-    from envlock.launch import DockerLauncher  # noqa: PLC0415
     from envlock.reproduce import Tolerance, reproduce_run  # noqa: PLC0415
-    from envlock.restore import restore_image  # noqa: PLC0415
-    from envlock.runner import PinnedImage, RunRequest, run_in_image  # noqa: PLC0415
+    from envlock.runner import RunRequest  # noqa: PLC0415
     from envlock.runs import RunStore  # noqa: PLC0415
 
-    engine = DockerEngine()
     store = RunStore(project)
     original = store.load(run_id)
     lock_path = store.directory(original.run_id) / "envlock.lock"
-    restored = restore_image(
-        original.image_id,
-        engine=engine,
-        repo_digests=tuple(original.repo_digests),
-        archives=(*(archive or ()), _archive_path(project, original.image_id)),
-        rebuild=_rebuild(lock_path, original.image_reference.split(":")[0], engine),
-        reference=original.image_reference,
-        report=_say,
+    outputs = tuple(original.outputs or (original.scheduler or {}).get("request", {}).get("outputs", ()))
+    request = RunRequest(
+        original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
     )
-    _say(f"image {restored.image_id[:19]} from {restored.source}")
-    outputs = tuple(original.outputs)
 
     def rerun(code: Path) -> RunRecord:
-        return run_in_image(
-            lockfile.read(lock_path),
-            lock_path.read_text(encoding="utf-8"),
-            original.platform,
-            RunRequest(
-                original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
-            ),
-            project_dir=code,
-            image=PinnedImage(original.image_id, original.image_reference, tuple(original.repo_digests)),
-            host=probe_host(PynvmlAdapter(), docker_version=lambda: str(engine.client.version().get("Version"))),
-            git=git_state(code, outputs),
-            launcher=DockerLauncher(engine.client),
-            store=store,
-            output=_write_through,
-        )
+        return _run_pinned(original, lock_path, request, code, store, archives=tuple(archive or ()))
 
     verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol))
     for line in verdict.lines():
@@ -764,8 +962,12 @@ def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; the one place that turns EnvlockErrors into messages."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    obj = None
+    if args[:1] == ["submit"]:
+        args, obj = _split_submit(args)
     try:
-        app(args=argv, standalone_mode=True)  # typer reports its own usage errors and exits
+        app(args=args, obj=obj, standalone_mode=True)  # typer reports its own usage errors and exits
     except CommandExited as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except SystemExit as exc:

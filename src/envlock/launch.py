@@ -40,6 +40,7 @@ class LaunchSpec:
     environment: dict[str, str]
     user: str  # "uid:gid"
     gpus: bool
+    gpu_devices: tuple[str, ...] = ()  # with gpus: only these (indices or UUIDs); empty: all of the host's
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,6 +56,15 @@ class Launcher(Protocol):
         ...
 
 
+def gpu_request(spec: LaunchSpec) -> Any:
+    """docker's --gpus: all of them, or only the devices given (a scheduler's allotment on a shared node)."""
+    import docker.types  # noqa: PLC0415
+
+    if spec.gpu_devices:
+        return docker.types.DeviceRequest(device_ids=list(spec.gpu_devices), capabilities=[["gpu"]])
+    return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
+
+
 class DockerLauncher:
     """Launcher through docker-py."""
 
@@ -63,9 +73,7 @@ class DockerLauncher:
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         """Create, attach, start, stream, wait, remove."""
-        import docker.types  # noqa: PLC0415
-
-        requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if spec.gpus else []
+        requests = [gpu_request(spec)] if spec.gpus else []
         with translated(f"start the container for {spec.image_id[:19]}"):
             container = self.client.containers.create(
                 spec.image_id,

@@ -31,6 +31,7 @@ class RunRequest:
     outputs: tuple[str, ...] = ()
     pass_env: tuple[str, ...] = ()
     reproduces: str | None = None
+    gpu_devices: tuple[str, ...] = ()  # only these GPUs (indices or UUIDs), e.g. the ones Slurm allotted the job
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,16 @@ def run_in_image(
     launcher: Launcher,
     store: RunStore,
     output: Output,
+    queued: RunRecord | None = None,
 ) -> RunRecord:
-    """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record."""
+    """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record.
+
+    `queued`: the record `envlock submit` left for a batch job; the run keeps its id, folder and scheduler facts.
+    """
     stack = lock.target(platform).cuda
     notes = enforce(check_host(stack, host), request.force)
     gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
-    run_id = new_run_id()
+    run_id = queued.run_id if queued else new_run_id()
     environment = {**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id}
     passed = {name: os.environ[name] for name in request.pass_env if name in os.environ}
     record = RunRecord(
@@ -105,8 +110,12 @@ def run_in_image(
         container=f"envlock-run-{run_id}",
         envlock_pid=os.getpid(),
         reproduces=request.reproduces,
+        scheduler=queued.scheduler if queued else None,
     )
-    store.start(record, lock_text, git.diff)
+    if queued:
+        store.begin(record, git.diff)
+    else:
+        store.start(record, lock_text, git.diff)
     launch = LaunchSpec(
         image_id=image.image_id,
         command=list(request.command),
@@ -115,6 +124,7 @@ def run_in_image(
         environment={**environment, **passed},
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=gpus,
+        gpu_devices=request.gpu_devices,
         labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
     )
     with store.log_path(run_id).open("ab") as log:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from envlock.errors import EnvlockError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 
-Status = Literal["running", "finished", "failed", "interrupted"]
+Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 RECORD_VERSION = 1
 
 
@@ -67,6 +67,8 @@ class RunRecord:
     exit_code: int | None = None
     outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
     reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
+    scheduler: dict[str, Any] | None = None  # a batch job's facts (envlock submit): kind, job-id, options, node…
+    error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,14 +94,23 @@ class RunStore:
         """The run's combined stdout/stderr."""
         return self.directory(run_id) / "log.txt"
 
-    def start(self, record: RunRecord, lock_text: str, diff: bytes) -> None:
-        """Save the lock copy, the diff (when dirty) and the record in state `running`."""
-        directory = self.directory(record.run_id)
+    def create(self, run_id: str, lock_text: str) -> Path:
+        """A new run's folder with its copy of the lock."""
+        directory = self.directory(run_id)
         directory.mkdir(parents=True, exist_ok=False)
         atomic_write_text(directory / "envlock.lock", lock_text)
+        return directory
+
+    def begin(self, record: RunRecord, diff: bytes) -> None:
+        """Save the diff (when dirty) and the record in state `running`."""
         if diff:
-            atomic_write_bytes(directory / "diff.patch", diff)
+            atomic_write_bytes(self.directory(record.run_id) / "diff.patch", diff)
         self.save(record)
+
+    def start(self, record: RunRecord, lock_text: str, diff: bytes) -> None:
+        """Save the lock copy, the diff (when dirty) and the record in state `running`."""
+        self.create(record.run_id, lock_text)
+        self.begin(record, diff)
 
     def save(self, record: RunRecord) -> None:
         """Replace the record atomically."""
@@ -142,11 +153,12 @@ class RunStore:
     def _ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
-    def settle_orphans(self, remove_container: Any) -> list[RunRecord]:
-        """Runs whose envlock died (kill -9): mark them interrupted and remove their containers."""
+    def settle_orphans(self, remove_container: Any, records: list[RunRecord] | None = None) -> list[RunRecord]:
+        """Local runs whose envlock died (kill -9): mark them interrupted and remove their containers. A batch job's
+        envlock lives on its node: the scheduler is asked about those (envlock.submit.settle_jobs)."""
         settled = []
-        for record in self.all():
-            if record.status == "running" and not _alive(record.envlock_pid):
+        for record in self.all() if records is None else records:
+            if record.status == "running" and record.scheduler is None and not _alive(record.envlock_pid):
                 remove_container(record.container)
                 finished = replace(record, status="interrupted", ended=now())
                 self.save(finished)

@@ -1,0 +1,236 @@
+"""`envlock submit --slurm`: a run record queued with its batch job, run on the allocated node, settled from Slurm.
+
+Submit host: the record (status `queued`, the lock copy, the job script) is written before the job may start —
+the job is submitted on hold and released only once its id is in the record. Node: `envlock run-submitted` (the
+job's one task) probes the node, restores the image by ID and runs exactly as `envlock run` does, into the same
+record. Anywhere: `envlock runs` asks Slurm about jobs whose record is not final and settles the ones Slurm ended
+without envlock's task finishing them (cancelled while queued, killed at the time limit, node failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from envlock.errors import EnvlockError
+from envlock.fsutil import atomic_write_text
+from envlock.launch import determinism_env
+from envlock.lockfile import Lock
+from envlock.runner import PinnedImage, RunRequest
+from envlock.runs import RunRecord, RunRecordError, RunStore, Status, new_run_id, now
+from envlock.slurm import JobState, SchedulerError, Slurm, batch_script
+
+# What Slurm tells a job about itself, passed into the container (the training code may want its rank or job id).
+SLURM_FACTS = (
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_NODELIST",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NNODES",
+    "SLURM_NODEID",
+    "SLURM_PROCID",
+    "SLURM_CPUS_ON_NODE",
+    "SLURM_GPUS_ON_NODE",
+)
+# Slurm job states after which a run that never finished its record counts as interrupted (not failed).
+STOPPED_STATES = frozenset({"CANCELLED", "DEADLINE", "PREEMPTED", "TIMEOUT"})
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `envlock submit` was asked: the command and the sbatch options, as given."""
+
+    request: RunRequest
+    sbatch_options: tuple[str, ...]
+    job_name: str
+
+
+def request_facts(request: RunRequest) -> dict[str, Any]:
+    """The parts of a request the node needs that the record does not already hold."""
+    return {"outputs": list(request.outputs), "force": request.force, "gpus": request.gpus}
+
+
+def submitted_request(record: RunRecord, environ: Mapping[str, str]) -> RunRequest:
+    """The request a queued record stands for, on the node: the user's variables plus Slurm's facts about the job,
+    and only the GPUs Slurm allotted (SLURM_JOB_GPUS) when it allotted some."""
+    facts = (record.scheduler or {}).get("request", {})
+    devices = tuple(d for d in environ.get("SLURM_JOB_GPUS", "").split(",") if d)
+    return RunRequest(
+        command=list(record.command),
+        seed=record.seed,
+        force=bool(facts.get("force", False)),
+        gpus=facts.get("gpus"),
+        outputs=tuple(facts.get("outputs", ())),
+        pass_env=(*record.passed_env, *(name for name in SLURM_FACTS if name in environ)),
+        gpu_devices=devices,
+    )
+
+
+def submit_run(
+    lock: Lock,
+    lock_text: str,
+    platform: str,
+    submission: Submission,
+    *,
+    project_dir: Path,
+    image: PinnedImage,
+    store: RunStore,
+    slurm: Slurm,
+    task: Callable[[str], list[str]],
+) -> RunRecord:
+    """Queue the run: record, job script, `sbatch --hold`, job id into the record, release. All or nothing: on any
+    failure the job is cancelled and the run's folder removed."""
+    run_id = new_run_id()
+    request = submission.request
+    record = RunRecord(
+        run_id=run_id,
+        status="queued",
+        command=list(request.command),
+        image_id=image.image_id,
+        image_reference=image.reference,
+        repo_digests=list(image.repo_digests),
+        lock_hash=lock.lock_hash,
+        platform=platform,
+        git={},
+        host={},
+        seed=request.seed,
+        environment={**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id},
+        passed_env=sorted(request.pass_env),
+        forced=False,
+        preflight=[],
+        started=now(),
+        container=f"envlock-run-{run_id}",
+        envlock_pid=os.getpid(),
+        scheduler={
+            "kind": "slurm",
+            "job-id": None,
+            "options": list(submission.sbatch_options),
+            "submitted": now(),
+            "submit-host": socket.gethostname(),
+            "request": request_facts(request),
+        },
+    )
+    directory = store.create(run_id, lock_text)
+    job_id = None
+    try:
+        script = directory / "job.sh"
+        text = batch_script(
+            job_name=submission.job_name,
+            project_dir=project_dir.resolve(),
+            run_dir=directory.resolve(),
+            task=task(run_id),
+        )
+        atomic_write_text(script, text)
+        store.save(record)
+        job_id = slurm.submit_held(script, submission.sbatch_options)
+        queued = replace(record, scheduler={**(record.scheduler or {}), "job-id": job_id})
+        store.save(queued)
+        slurm.release(job_id)
+    except BaseException:
+        if job_id is not None:
+            with contextlib.suppress(SchedulerError):  # the error that brought us here is the one to report
+                slurm.cancel(job_id)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return queued
+
+
+def run_submitted(store: RunStore, run_id: str, start: Callable[[RunRecord], RunRecord]) -> RunRecord:
+    """The job's task: run a queued record once. Whatever stops it before the command ran (preflight refusal,
+    engine down, image not restorable, cancellation) is written into the record, then raised."""
+    queued = store.load(run_id)
+    if queued.status != "queued" or queued.scheduler is None:
+        raise RunRecordError(
+            f"run {queued.run_id} is {queued.status}, not a queued job: a submitted run runs once",
+            hint="submit it again: envlock submit --slurm -- COMMAND",
+        )
+    try:
+        return start(queued)
+    except BaseException as exc:
+        current = store.load(queued.run_id)
+        if current.status == "queued":
+            stopped = isinstance(exc, KeyboardInterrupt)
+            if stopped:
+                why = "the job was cancelled before its command started"
+            elif isinstance(exc, EnvlockError):
+                why = "; ".join((exc.message, *exc.details))
+            else:
+                why = f"{exc.__class__.__name__}: {exc}"
+            store.save(replace(current, status="interrupted" if stopped else "failed", ended=now(), error=why))
+        raise
+
+
+def on_node(record: RunRecord, environ: Mapping[str, str]) -> RunRecord:
+    """The queued record with the node's facts added (where the job runs, which nodes it has)."""
+    scheduler = {
+        **(record.scheduler or {}),
+        "node": socket.gethostname(),
+        "nodes": environ.get("SLURM_JOB_NODELIST", ""),
+    }
+    return replace(record, scheduler=scheduler)
+
+
+def settle_jobs(
+    store: RunStore, records: list[RunRecord], slurm: Slurm, remove_container: Callable[[str], None]
+) -> tuple[dict[str, JobState], list[RunRecord]]:
+    """Ask Slurm about every submitted run whose record is not final: (live states by run id, records settled now).
+
+    A job Slurm has ended, or no longer knows, whose record still says queued/running never reached the end of
+    envlock's task (cancelled while queued, SIGKILLed at the time limit, node lost): its record is closed here.
+    """
+    live: dict[str, JobState] = {}
+    settled: list[RunRecord] = []
+    for record in records:
+        job_id = (record.scheduler or {}).get("job-id")
+        if record.status not in ("queued", "running") or not job_id:
+            continue
+        state = slurm.state(str(job_id))
+        if state is not None and not state.final:
+            live[record.run_id] = state
+            continue
+        current = store.load(record.run_id)  # the task may have finished it while we asked
+        if current.status not in ("queued", "running"):
+            continue
+        status: Status
+        if state is None:
+            status, why = "interrupted", f"Slurm no longer knows job {job_id} and envlock's task never finished it"
+        else:
+            status = "interrupted" if state.state in STOPPED_STATES else "failed"
+            why = f"Slurm job {job_id} ended {state.state} before envlock's task finished the run"
+        if current.status == "running" and (current.scheduler or {}).get("node") == socket.gethostname():
+            remove_container(current.container)
+        scheduler = {**(current.scheduler or {}), "state": state.state if state else "UNKNOWN"}
+        closed = replace(current, status=status, ended=now(), error=why, scheduler=scheduler)
+        store.save(closed)
+        settled.append(closed)
+    return live, settled
+
+
+def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
+    """Where a run runs, for listings: `local`, or `slurm 42` with Slurm's reason while it waits."""
+    scheduler = record.scheduler
+    if not scheduler:
+        return "local"
+    where = f"{scheduler.get('kind')} {scheduler.get('job-id') or '-'}"
+    state = live.get(record.run_id)
+    if state and state.state == "PENDING" and state.reason not in ("", "None"):
+        where += f" ({state.reason})"
+    return where
+
+
+def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
+    """The sbatch options as given, refusing the ones envlock owns (the script and its output are envlock's)."""
+    owned = ("--parsable", "--hold", "-H", "--wrap")
+    for arg in args:
+        if arg.split("=", 1)[0] in owned:
+            raise SchedulerError(
+                f"sbatch option {arg} is envlock's own: it submits on hold and writes the job script itself",
+                hint="leave it out; every other sbatch option (e.g. -p gpu --time=2:00:00 --gres=gpu:1) is passed on",
+            )
+    return tuple(args)
