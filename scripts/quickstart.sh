@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, train
-# inside it twice, show the run records (their output hashes match), and re-verify the last run.
+# inside it twice, show the run records (their output hashes match), re-verify the last run, and train once more
+# as a Slurm batch job (on the local one-node cluster) tracked in MLflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -34,6 +35,30 @@ last=$(ls "$work/.envlock/runs" | tail -n 1)
 echo
 echo "== envlock reproduce   (re-run the recorded command on the recorded code and compare the outputs)"
 "$envlock" reproduce -C "$work" "$last"
+
+echo
+echo "== envlock submit --slurm   (the same training as a batch job on the local one-node Slurm cluster, tracked in MLflow)"
+submitted=$("$envlock" submit -C "$work" --mlflow "$work/mlruns" --output out --slurm --time=10 -- python train.py --out out)
+echo "$submitted"
+job_run=$(echo "$submitted" | awk '{print $2}' | tr -d :)
+status() { "$envlock" runs -C "$work" show "$job_run" --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["status"])'; }
+for _ in $(seq 1 240); do
+  case "$(status)" in queued | running) sleep 1 ;; *) break ;; esac
+done
+"$envlock" runs -C "$work"
+"$envlock" runs -C "$work" show "$job_run"
+echo "-- the MLflow run envlock started; the metrics were logged by train.py inside the container:"
+MLFLOW_ALLOW_FILE_STORE=true .venv/bin/python - "$work" "$job_run" <<'PY'
+import json, sys
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+record = json.loads((Path(sys.argv[1]) / ".envlock/runs" / sys.argv[2] / "record.json").read_text())
+run = MlflowClient(record["tracking"]["uri"]).get_run(record["tracking"]["run-id"])
+print(f"MLflow run {run.info.run_id}: {run.info.status}, metrics {run.data.metrics}")
+for key in sorted(k for k in run.data.tags if k.startswith("envlock.")):
+    print(f"  {key} = {run.data.tags[key]}")
+PY
+test "$(status)" = finished
 
 echo
 echo "== envlock show   (examples/torch-gpu: torch 2.5.1 with its CUDA 12.4 wheels)"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from envlock.runs import RunRecord, RunStore
     from envlock.slurm import JobState
     from envlock.spec import Spec
+    from envlock.tracking import Tracking
 
 app = typer.Typer(
     name="envlock",
@@ -58,6 +59,15 @@ ProjectOpt = Annotated[
     typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        help="Track the run in MLflow at this URI (default: $MLFLOW_TRACKING_URI when set).",
+        show_default=False,
+    ),
+]
+NoMlflowOpt = Annotated[bool, typer.Option("--no-mlflow", help="Do not track, even with MLFLOW_TRACKING_URI set.")]
 PlatformOpt = Annotated[
     str | None, typer.Option("--platform", help="Only this platform, e.g. linux/amd64.", show_default=False)
 ]
@@ -347,8 +357,10 @@ def run_command(
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="Pass this host variable in (repeatable); recorded by name.")
     ] = None,
+    mlflow: MlflowOpt = None,
+    no_mlflow: NoMlflowOpt = False,
 ) -> None:
-    """Run a command in the lock's image and record the run under .envlock/runs/."""
+    """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.gitstate import git_state  # noqa: PLC0415
     from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
@@ -362,6 +374,7 @@ def run_command(
 
     spec = load_spec(project)
     locked = check_lock(spec)
+    tracking = _tracking(_tracking_settings(mlflow, no_mlflow, spec.name))
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     platform = host_platform()
     engine = DockerEngine()
@@ -386,11 +399,41 @@ def run_command(
         launcher=launcher,
         store=store,
         output=_write_through,
+        tracking=tracking,
     )
     for note in record.preflight:
         _say(f"preflight: {note}")
     _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
+    if record.tracking:
+        _say(f"MLflow: {record.tracking['link']}")
     raise CommandExited(record.exit_code or 0)
+
+
+def _tracking_settings(uri: str | None, off: bool, project_name: str) -> dict[str, Any] | None:
+    """Where to track, from --mlflow / --no-mlflow and MLflow's own variables; None: no tracking."""
+    import os  # noqa: PLC0415
+
+    if uri and off:
+        raise EnvlockError("--mlflow and --no-mlflow contradict each other", hint="give one of them")
+    uri = None if off else uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    return {
+        "uri": uri,
+        "experiment": os.environ.get("MLFLOW_EXPERIMENT_NAME") or project_name,
+        "reuse": os.environ.get("MLFLOW_RUN_ID") or None,
+    }
+
+
+def _tracking(settings: dict[str, Any] | None) -> Tracking | None:
+    """The MLflow tracker for these settings (checked up front: an unusable URI fails before anything runs)."""
+    if not settings:
+        return None
+    from envlock.tracking import MlflowTracker, Tracking, tracking_target  # noqa: PLC0415
+
+    tracker = MlflowTracker(tracking_target(settings["uri"]))
+    tracker.check()
+    return Tracking(tracker, settings["experiment"], settings["reuse"])
 
 
 def _build_for_run(spec: Spec, locked: Lock, lock_text: str, platform: str, engine: DockerEngine) -> str:
@@ -418,6 +461,8 @@ def _split_submit(args: list[str]) -> tuple[list[str], SubmitArgs]:
     if "--slurm" not in head:
         return head, SubmitArgs([], command)
     at = head.index("--slurm") + 1
+    if "--help" in head[at:]:  # `envlock submit --slurm --help` asks envlock, not sbatch
+        return [*head[:at], "--help"], SubmitArgs([], command)
     return head[:at], SubmitArgs(head[at:], command)
 
 
@@ -441,6 +486,8 @@ def submit_command(
         list[str] | None,
         typer.Option("--env", "-e", help="Pass this variable in (repeatable; as the job sees it); recorded by name."),
     ] = None,
+    mlflow: MlflowOpt = None,
+    no_mlflow: NoMlflowOpt = False,
 ) -> None:
     """Submit a batch job that runs a command in the lock's image on a cluster node, with a run record.
 
@@ -466,6 +513,8 @@ def submit_command(
     sbatch = sbatch_options_of(parsed.sbatch)
     spec = load_spec(project)
     locked = check_lock(spec)
+    tracking = _tracking_settings(mlflow, no_mlflow, spec.name)
+    _tracking(tracking)  # an unusable or unreachable store is refused now, not later on the node
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     platform = host_platform()
     engine = DockerEngine()
@@ -492,6 +541,7 @@ def submit_command(
             RunRequest(list(parsed.command), seed, force, gpus, outputs, tuple(env or ())),
             sbatch,
             f"envlock-{spec.name}",
+            tracking,
         ),
         project_dir=project_dir,
         image=PinnedImage(image_id, reference, tuple(pushed)),
@@ -526,16 +576,16 @@ def run_submitted_command(
     import os  # noqa: PLC0415
 
     from envlock.runs import RunStore  # noqa: PLC0415
-    from envlock.submit import on_node, run_submitted, submitted_request  # noqa: PLC0415
+    from envlock.submit import on_node, run_submitted, submitted_request, submitted_tracking  # noqa: PLC0415
 
     _stop_on_sigterm()
     store = RunStore(project)
 
     def start(queued: RunRecord) -> RunRecord:
         lock_path = store.directory(queued.run_id) / "envlock.lock"
-        return _run_pinned(
-            queued, lock_path, submitted_request(queued, os.environ), project, store, queued=on_node(queued, os.environ)
-        )
+        tracking = _tracking(submitted_tracking(queued, os.environ))
+        request = submitted_request(queued, os.environ)
+        return _run_pinned(queued, lock_path, request, project, store, on_node(queued, os.environ), tracking=tracking)
 
     record = run_submitted(store, run_id, start)
     _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
@@ -550,6 +600,7 @@ def _run_pinned(
     store: RunStore,
     queued: RunRecord | None = None,
     archives: tuple[Path, ...] = (),
+    tracking: Tracking | None = None,
 ) -> RunRecord:
     """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host."""
     from envlock import lockfile  # noqa: PLC0415
@@ -584,6 +635,7 @@ def _run_pinned(
         store=store,
         output=_write_through,
         queued=queued,
+        tracking=tracking,
     )
 
 
@@ -668,6 +720,7 @@ def runs_show(
     as_json: JsonOpt = False,
 ) -> None:
     """One run record in full."""
+    from envlock.hostprobe import gpu_summary  # noqa: PLC0415
     from envlock.runs import RunStore  # noqa: PLC0415
 
     store = RunStore(project or ctx.obj or Path())
@@ -678,7 +731,7 @@ def runs_show(
         typer.echo(json.dumps(record.as_dict(), indent=2, sort_keys=True))
         return
     host = record.host
-    gpus = ", ".join(f"{g['name']} ({g['arch']})" for g in host.get("gpus", [])) or "none"
+    gpus = gpu_summary(host.get("gpus", []))
     code = record.git.get("commit") or ("not a git repository" if record.git else "taken when the job starts")
     dirty = "  (dirty: diff.patch saved)" if record.git.get("dirty") else ""
     machine = f"{host.get('cpu-model')} · kernel {host.get('kernel')} · docker {host.get('docker-version')}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envlock.hostprobe import Gpu
 from envlock.lockfile import Lock
 from envlock.runs import RunRecord
 
@@ -161,7 +162,7 @@ def _short(digest: str | None) -> str:
 
 
 def _gpus(host: dict[str, Any]) -> list[str]:
-    return [f"{g.get('name')} ({g.get('arch')})" for g in host.get("gpus", [])]
+    return [f"{g['name']} ({Gpu.from_dict(g).arch})" for g in host.get("gpus", [])]
 
 
 def diff_runs(a: RunRecord, b: RunRecord, lock_a: Lock, lock_b: Lock) -> RunDiff:

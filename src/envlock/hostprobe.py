@@ -70,6 +70,11 @@ class Gpu:
         )
 
 
+def gpu_summary(gpus: list[Mapping[str, Any]]) -> str:
+    """Recorded GPUs in one line: `NVIDIA A100-SXM4-80GB (sm_80), …`, or `none`."""
+    return ", ".join(f"{g['name']} ({Gpu.from_dict(g).arch})" for g in gpus) or "none"
+
+
 @dataclass(frozen=True)
 class HostState:
     """The host a run meets; a host without an NVIDIA driver is a CPU host, which is not an error."""

@@ -42,6 +42,8 @@ class LaunchSpec:
     gpus: bool
     gpu_devices: tuple[str, ...] = ()  # with gpus: only these (indices or UUIDs); empty: all of the host's
     labels: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Path, ...] = ()  # host directories mounted at the same path (e.g. an MLflow file store)
+    host_network: bool = False  # share the host's network (a tracking server on its loopback)
 
 
 class Launcher(Protocol):
@@ -82,7 +84,11 @@ class DockerLauncher:
                 labels=spec.labels,
                 environment=spec.environment,
                 working_dir=WORKDIR,
-                volumes={str(spec.project_dir.resolve()): {"bind": WORKDIR, "mode": "rw"}},
+                volumes={
+                    str(spec.project_dir.resolve()): {"bind": WORKDIR, "mode": "rw"},
+                    **{str(path): {"bind": str(path), "mode": "rw"} for path in spec.mounts},
+                },
+                network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,
                 detach=True,

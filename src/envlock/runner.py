@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from envlock.errors import EnvlockError
 from envlock.gitstate import GitState
 from envlock.hostprobe import HostState
 from envlock.launch import Launcher, LaunchSpec, Output, determinism_env
 from envlock.lockfile import Lock
 from envlock.preflight import check_host, enforce
 from envlock.runs import RunRecord, RunStore, new_run_id, now
+from envlock.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
 METRICS_SUFFIXES = (".json", ".csv")
@@ -79,10 +82,13 @@ def run_in_image(
     store: RunStore,
     output: Output,
     queued: RunRecord | None = None,
+    tracking: Tracking | None = None,
 ) -> RunRecord:
     """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record.
 
     `queued`: the record `envlock submit` left for a batch job; the run keeps its id, folder and scheduler facts.
+    `tracking`: an MLflow run is started (or reused) and tagged before the launch, continued inside the container,
+    and ended with the command's outcome.
     """
     stack = lock.target(platform).cuda
     notes = enforce(check_host(stack, host), request.force)
@@ -112,6 +118,24 @@ def run_in_image(
         reproduces=request.reproduces,
         scheduler=queued.scheduler if queued else None,
     )
+    tracked = None
+    if tracking:
+        passed.update({name: os.environ[name] for name in CLIENT_SETTINGS if name in os.environ})
+        tags = stack_tags(
+            run_id=run_id,
+            image_id=image.image_id,
+            repo_digests=list(image.repo_digests),
+            lock_hash=lock.lock_hash,
+            platform=platform,
+            cuda=stack.as_dict(),
+            host=record.host,
+            git=record.git,
+            command=record.command,
+            seed=request.seed,
+            scheduler=record.scheduler,
+        )
+        tracked = tracking.tracker.start(tracking.experiment, run_id, tracking.reuse, tags)
+        record = replace(record, tracking=tracked.as_dict(), passed_env=sorted(passed))
     if queued:
         store.begin(record, git.diff)
     else:
@@ -121,11 +145,13 @@ def run_in_image(
         command=list(request.command),
         name=record.container,
         project_dir=project_dir,
-        environment={**environment, **passed},
+        environment={**environment, **passed, **(tracked.environment if tracked else {})},
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=gpus,
         gpu_devices=request.gpu_devices,
         labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
+        mounts=(tracked.target.mount,) if tracked and tracked.target.mount else (),
+        host_network=bool(tracked and tracked.target.host_network),
     )
     with store.log_path(run_id).open("ab") as log:
 
@@ -138,9 +164,11 @@ def run_in_image(
             code = launcher.run(launch, tee)
         except KeyboardInterrupt:
             store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
+            _end_quietly(tracking, tracked, "KILLED")
             raise
         except BaseException:
             store.save(replace(record, status="failed", ended=now()))
+            _end_quietly(tracking, tracked, "FAILED")
             raise
     outputs = hash_outputs(project_dir, request.outputs)
     for path, digest in outputs.items():
@@ -153,4 +181,13 @@ def run_in_image(
         record, status="finished" if code == 0 else "failed", ended=now(), exit_code=code, outputs=outputs
     )
     store.save(finished)
+    if tracking and tracked:
+        tracking.tracker.finish(tracked, status_of(code))
     return finished
+
+
+def _end_quietly(tracking: Tracking | None, tracked: TrackedRun | None, status: str) -> None:
+    """End the tracking run on the way out of a failure; the failure is what gets reported."""
+    if tracking and tracked:
+        with contextlib.suppress(EnvlockError):
+            tracking.tracker.finish(tracked, status)

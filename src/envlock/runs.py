@@ -69,6 +69,7 @@ class RunRecord:
     reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
     scheduler: dict[str, Any] | None = None  # a batch job's facts (envlock submit): kind, job-id, options, node…
     error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
+    tracking: dict[str, Any] | None = None  # the MLflow run the metrics went to: uri (no credentials), run-id
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from envlock.credentials import redact
 from envlock.errors import EnvlockError
 from envlock.fsutil import atomic_write_text
 from envlock.launch import determinism_env
@@ -49,6 +50,7 @@ class Submission:
     request: RunRequest
     sbatch_options: tuple[str, ...]
     job_name: str
+    tracking: dict[str, Any] | None = None  # MLflow: uri, experiment, reuse (the node starts the run)
 
 
 def request_facts(request: RunRequest) -> dict[str, Any]:
@@ -70,6 +72,21 @@ def submitted_request(record: RunRecord, environ: Mapping[str, str]) -> RunReque
         pass_env=(*record.passed_env, *(name for name in SLURM_FACTS if name in environ)),
         gpu_devices=devices,
     )
+
+
+def _recorded(tracking: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {**tracking, "uri": redact(tracking["uri"])} if tracking else None
+
+
+def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The MLflow settings the submitter asked for; its credentials come from the job's environment (sbatch
+    exports the submitter's), never from the record."""
+    recorded = (record.scheduler or {}).get("request", {}).get("mlflow")
+    if not recorded:
+        return None
+    exported = environ.get("MLFLOW_TRACKING_URI", "")
+    uri = exported if exported and redact(exported) == recorded["uri"] else recorded["uri"]
+    return {**recorded, "uri": uri}
 
 
 def submit_run(
@@ -113,7 +130,7 @@ def submit_run(
             "options": list(submission.sbatch_options),
             "submitted": now(),
             "submit-host": socket.gethostname(),
-            "request": request_facts(request),
+            "request": {**request_facts(request), "mlflow": _recorded(submission.tracking)},
         },
     )
     directory = store.create(run_id, lock_text)

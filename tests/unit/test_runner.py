@@ -23,7 +23,7 @@ from envlock.runner import PinnedImage, RunRequest, run_in_image
 from envlock.runs import RunStore
 from envlock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
-from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
+from tests.unit.test_hostprobe import A100, RTX_4090, cpu_host, gpu_host
 
 IMAGE = PinnedImage("sha256:" + "e" * 64, "demo:0123456789ab", ("127.0.0.1:5000/team/demo@sha256:" + "f" * 64,))
 
@@ -188,6 +188,20 @@ def test_diff_of_two_runs_names_each_factor_that_moved(write_project: Callable[[
     assert list(changes.outputs) == ["out/m.json"]
     assert "output out/m.json: " in "\n".join(changes.lines())
     assert not diff_runs(first, first, lock, lock), "a run does not differ from itself"
+    other_gpu = run(project, FakeLauncher(), gpu_host("550.54.15", RTX_4090), RunRequest(["t"]))
+    assert diff_runs(first, other_gpu, lock, lock).factors["gpus"] == (
+        ["NVIDIA A100-SXM4-80GB (sm_80)"],
+        ["NVIDIA GeForce RTX 4090 (sm_89)"],
+    )
+
+
+def test_runs_show_names_the_gpus_with_their_architecture(
+    write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
+    record = run(project, FakeLauncher(), gpu_host("550.54.15", A100, A100), RunRequest(["t"]))
+    assert cli(["runs", "-C", str(project), "show", record.run_id]) == 0
+    assert "GPUs NVIDIA A100-SXM4-80GB (sm_80), NVIDIA A100-SXM4-80GB (sm_80)" in capsys.readouterr().out
 
 
 def test_a_damaged_record_is_named_not_a_traceback(

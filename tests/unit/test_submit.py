@@ -91,7 +91,7 @@ def test_submit_queues_a_record_with_the_job_id_before_releasing_the_job(project
     store = RunStore(project)
     assert store.load(record.run_id) == record
     assert (record.status, record.scheduler["job-id"], record.scheduler["options"]) == ("queued", "42", ["-p", "gpu"])
-    assert record.scheduler["request"] == {"outputs": ["out"], "force": False, "gpus": None}
+    assert record.scheduler["request"] == {"outputs": ["out"], "force": False, "gpus": None, "mlflow": None}
     assert record.image_id == IMAGE.image_id and record.passed_env == ["WANDB_KEY"] and record.host == {}
     sbatch, release = fake.calls
     script = store.directory(record.run_id) / "job.sh"
@@ -129,6 +129,7 @@ def test_the_command_line_splits_envlock_options_sbatch_options_and_the_command(
     head, parsed = _split_submit(["submit", "-o", "out", "--slurm", "-o", "x.out", "-C", "a100", "--", "python", "-o"])
     assert head == ["submit", "-o", "out", "--slurm"]
     assert (parsed.sbatch, parsed.command) == (["-o", "x.out", "-C", "a100"], ["python", "-o"])
+    assert _split_submit(["submit", "--slurm", "-p", "gpu", "--help"])[0] == ["submit", "--slurm", "--help"]
 
 
 def test_submit_without_scheduler_or_command_is_one_clear_error(

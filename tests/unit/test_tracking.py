@@ -1,0 +1,173 @@
+"""MLflow tracking through a fake tracker: the run is tagged with the stack, continued in the container, ended with
+the command's outcome; URIs a container cannot reach are refused up front."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from envlock.cli import _tracking_settings
+from envlock.cli import run as cli
+from envlock.errors import EnvlockError
+from envlock.runner import RunRequest
+from envlock.runs import RunStore
+from envlock.tracking import TrackedRun, Tracking, TrackingError, TrackingTarget, tracking_target
+from tests.fakes import TORCH_251_AMD64, package
+from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
+from tests.unit.test_runner import FakeLauncher, locked_project
+from tests.unit.test_runner import run as run_project
+
+
+@dataclass
+class FakeTracker:
+    """Remembers what envlock asked of MLflow."""
+
+    target: TrackingTarget = field(default_factory=lambda: TrackingTarget("http://127.0.0.1:5000", host_network=True))
+    started: list[tuple[str, str, str | None, dict[str, str]]] = field(default_factory=list)
+    finished: list[tuple[str, str]] = field(default_factory=list)
+    fail_start: bool = False
+
+    def start(self, experiment: str, run_name: str, reuse: str | None, tags: Mapping[str, str]) -> TrackedRun:
+        if self.fail_start:
+            raise TrackingError("MLflow at http://127.0.0.1:5000 is unreachable: create a run: connection refused")
+        self.started.append((experiment, run_name, reuse, dict(tags)))
+        return TrackedRun(self.target, reuse or "r" * 32, "7")
+
+    def finish(self, run: TrackedRun, status: str) -> None:
+        self.finished.append((run.run_id, status))
+
+
+def tracked_run(project: Path, tracker: FakeTracker, launcher: FakeLauncher, host=None, reuse=None):  # type: ignore[no-untyped-def]
+    from envlock import lockfile  # noqa: PLC0415
+    from envlock.gitstate import GitState  # noqa: PLC0415
+    from envlock.runner import run_in_image  # noqa: PLC0415
+    from tests.unit.test_runner import IMAGE  # noqa: PLC0415
+
+    lock_path = project / "envlock.lock"
+    return run_in_image(
+        lockfile.read(lock_path),
+        lock_path.read_text(encoding="utf-8"),
+        "linux/amd64",
+        RunRequest(["python", "train.py"], seed=5),
+        project_dir=project,
+        image=IMAGE,
+        host=host or cpu_host(),
+        git=GitState(commit="c0ffee", dirty=False),
+        launcher=launcher,
+        store=RunStore(project),
+        output=lambda _s, _d: None,
+        tracking=Tracking(tracker, "demo", reuse),
+    )
+
+
+def test_the_run_is_tagged_with_the_stack_and_continued_in_the_container(
+    write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-123")
+    tracker, launcher = FakeTracker(), FakeLauncher()
+    record = tracked_run(project, tracker, launcher, host=gpu_host("550.54.15", A100))
+    ((experiment, run_name, reuse, tags),) = tracker.started
+    assert (experiment, run_name, reuse) == ("demo", record.run_id, None)
+    assert tags["envlock.image.digest"] == record.repo_digests[-1] and tags["envlock.lock_hash"] == record.lock_hash
+    assert tags["envlock.cuda"] == "12.4" and tags["envlock.cuda.cudnn"] == "9.1.0.70"
+    assert tags["envlock.cuda.driver_min"] == "550.54.14" and "sm_90" in tags["envlock.cuda.archs"]
+    assert tags["envlock.host.driver"] == "550.54.15" and tags["envlock.host.gpus"] == "NVIDIA A100-SXM4-80GB (sm_80)"
+    assert tags["mlflow.source.git.commit"] == "c0ffee" and tags["envlock.seed"] == "5"
+    (spec,) = launcher.launched
+    assert spec.environment["MLFLOW_RUN_ID"] == "r" * 32 and spec.environment["MLFLOW_EXPERIMENT_ID"] == "7"
+    assert spec.environment["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000" and spec.host_network
+    assert spec.environment["MLFLOW_TRACKING_TOKEN"] == "tok-123", "the client's credentials go in by name"
+    text = (RunStore(project).directory(record.run_id) / "record.json").read_text()
+    assert "tok-123" not in text and "MLFLOW_TRACKING_TOKEN" in record.passed_env
+    assert record.tracking == {
+        "kind": "mlflow",
+        "uri": "http://127.0.0.1:5000",
+        "run-id": "r" * 32,
+        "experiment-id": "7",
+        "link": f"http://127.0.0.1:5000/#/experiments/7/runs/{'r' * 32}",
+    }
+    assert tracker.finished == [("r" * 32, "FINISHED")]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "status"), [(FakeLauncher(code=2), "FAILED"), (FakeLauncher(interrupt=True), "KILLED")]
+)
+def test_the_run_ends_with_the_commands_outcome(
+    write_project: Callable[[str], Path], launcher: FakeLauncher, status: str
+) -> None:
+    project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
+    tracker = FakeTracker()
+    with contextlib.suppress(KeyboardInterrupt):
+        tracked_run(project, tracker, launcher, reuse="a" * 32)
+    assert tracker.started[0][2] == "a" * 32, "MLFLOW_RUN_ID on the host: that run is reused"
+    assert tracker.finished == [("a" * 32, status)]
+
+
+def test_an_unreachable_tracking_server_stops_the_run_before_anything_runs(
+    write_project: Callable[[str], Path],
+) -> None:
+    project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
+    launcher = FakeLauncher()
+    with pytest.raises(TrackingError, match="unreachable"):
+        tracked_run(project, FakeTracker(fail_start=True), launcher)
+    assert launcher.launched == [] and RunStore(project).all() == []
+
+
+def test_tracking_uris_say_how_a_container_reaches_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tracking_target("http://127.0.0.1:5000").host_network
+    assert tracking_target("http://localhost:5000/").host_network
+    remote = tracking_target("https://mlflow.example.com")
+    assert not remote.host_network and remote.mount is None
+    monkeypatch.chdir(tmp_path)
+    local = tracking_target("mlruns")
+    assert local.mount == tmp_path / "mlruns" and local.uri == (tmp_path / "mlruns").as_uri()
+    assert local.environment["MLFLOW_ALLOW_FILE_STORE"] == "true"
+    assert tracking_target(f"file://{tmp_path}/store").mount == tmp_path / "store"
+    with pytest.raises(TrackingError, match="cannot be reached from inside a container") as refused:
+        tracking_target("sqlite:///mlflow.db")
+    assert "mlflow server" in refused.value.hint
+    run = TrackedRun(tracking_target("https://user:pw@mlflow.example.com"), "x", "1")
+    assert run.as_dict()["uri"] == "https://mlflow.example.com" and "pw" not in run.link
+
+
+def test_settings_come_from_the_flag_or_mlflows_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert _tracking_settings(None, False, "digits") is None, "nothing configured: no tracking"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert _tracking_settings(None, False, "digits") == {
+        "uri": "http://127.0.0.1:5000",
+        "experiment": "digits",
+        "reuse": None,
+    }
+    assert _tracking_settings(None, True, "digits") is None, "--no-mlflow wins over the variable"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweeps")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "b" * 32)
+    assert _tracking_settings("http://other:5000", False, "digits") == {
+        "uri": "http://other:5000",
+        "experiment": "sweeps",
+        "reuse": "b" * 32,
+    }
+    with pytest.raises(EnvlockError, match="contradict"):
+        _tracking_settings("http://other:5000", True, "digits")
+
+
+def test_run_refuses_a_sqlite_tracking_uri_in_one_line(
+    write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
+    assert cli(["run", "-C", str(project), "--mlflow", "sqlite:///mlflow.db", "--", "true"]) == 18
+    err = capsys.readouterr().err
+    assert "cannot be reached from inside a container" in err and "Traceback" not in err
+    assert RunStore(project).all() == []
+
+
+def test_a_plain_run_without_tracking_is_unchanged(write_project: Callable[[str], Path]) -> None:
+    project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
+    record = run_project(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    assert record.tracking is None
