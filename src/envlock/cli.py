@@ -576,12 +576,19 @@ def run_submitted_command(
     import os  # noqa: PLC0415
 
     from envlock.runs import RunStore  # noqa: PLC0415
-    from envlock.submit import on_node, run_submitted, submitted_request, submitted_tracking  # noqa: PLC0415
+    from envlock.submit import (  # noqa: PLC0415
+        check_single_node,
+        on_node,
+        run_submitted,
+        submitted_request,
+        submitted_tracking,
+    )
 
     _stop_on_sigterm()
     store = RunStore(project)
 
     def start(queued: RunRecord) -> RunRecord:
+        check_single_node(os.environ)
         lock_path = store.directory(queued.run_id) / "envlock.lock"
         tracking = _tracking(submitted_tracking(queued, os.environ))
         request = submitted_request(queued, os.environ)

@@ -241,8 +241,29 @@ def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
     return where
 
 
+MULTI_NODE_HINT = (
+    "ask for one node with several GPUs (e.g. --gres=gpu:8); a container per node is not supported yet "
+    "(README: Beyond one machine)"
+)
+
+
+def _nodes_asked(args: Sequence[str]) -> list[str]:
+    """The values of -N / --nodes among sbatch options, in every spelling sbatch accepts."""
+    values = []
+    for index, arg in enumerate(args):
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if arg in ("-N", "--nodes"):
+            values.append(following)
+        elif arg.startswith("--nodes="):
+            values.append(arg.removeprefix("--nodes="))
+        elif arg.startswith("-N") and len(arg) > 2:
+            values.append(arg[2:])
+    return values
+
+
 def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
-    """The sbatch options as given, refusing the ones envlock owns (the script and its output are envlock's)."""
+    """The sbatch options as given, refusing the ones envlock owns (the script and its output are envlock's) and
+    allocations of more than one node (the job runs one container, on the first node)."""
     owned = ("--parsable", "--hold", "-H", "--wrap")
     for arg in args:
         if arg.split("=", 1)[0] in owned:
@@ -250,4 +271,19 @@ def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
                 f"sbatch option {arg} is envlock's own: it submits on hold and writes the job script itself",
                 hint="leave it out; every other sbatch option (e.g. -p gpu --time=2:00:00 --gres=gpu:1) is passed on",
             )
+    for value in _nodes_asked(args):
+        if value.strip() not in ("1", "1-1"):
+            raise SchedulerError(
+                f"sbatch --nodes={value}: envlock submit runs one container on one node", hint=MULTI_NODE_HINT
+            )
     return tuple(args)
+
+
+def check_single_node(environ: Mapping[str, str]) -> None:
+    """On the node: refuse an allocation of several nodes (set by SBATCH_* variables, say) instead of leaving all
+    but the first idle."""
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    if nodes != "1":
+        raise SchedulerError(
+            f"the job was given {nodes} nodes: envlock runs one container on one node", hint=MULTI_NODE_HINT
+        )

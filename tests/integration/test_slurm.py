@@ -67,6 +67,13 @@ def submitted(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout.split()[1].rstrip(":")
 
 
+def test_a_two_node_job_is_refused_before_anything_is_queued(digits: Path) -> None:
+    before = set(runs(digits))
+    done = envlock("submit", "--slurm", "-N", "2", "--", *TRAIN, project=digits)
+    assert done.returncode == 17 and "one container on one node" in done.stderr
+    assert set(runs(digits)) == before
+
+
 def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -> None:
     (local,) = runs(digits).values()
     run_id = submitted(
@@ -88,8 +95,22 @@ def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -
     assert "REPRODUCED: run " in again.stdout and "changed: nothing" in again.stdout
 
 
-def test_runs_follows_a_job_from_queued_to_cancelled(digits: Path) -> None:
+@pytest.fixture
+def cancel_at_end() -> Iterator[list[str]]:
+    """Job ids to cancel when the test ends, passed or not: no test leaves a job in the queue."""
+    jobs: list[str] = []
+    yield jobs
+    if jobs:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+def job_of(project: Path, run_id: str) -> str:
+    return str(runs(project)[run_id]["scheduler"]["job-id"])
+
+
+def test_runs_follows_a_job_from_queued_to_cancelled(digits: Path, cancel_at_end: list[str]) -> None:
     run_id = submitted(envlock("submit", "--slurm", "--begin=now+1hour", "--", "true", project=digits))
+    cancel_at_end.append(job_of(digits, run_id))
     deadline = time.monotonic() + 30
     while True:  # Slurm names the reason at its next scheduling pass
         listing = envlock("runs", project=digits).stdout
@@ -98,16 +119,18 @@ def test_runs_follows_a_job_from_queued_to_cancelled(digits: Path) -> None:
             break
         time.sleep(1)
     assert " queued " in line and "(BeginTime)" in line, listing
-    job = runs(digits)[run_id]["scheduler"]["job-id"]
-    subprocess.run(["scancel", job], check=True)
+    subprocess.run(["scancel", job_of(digits, run_id)], check=True)
     record = wait_for(digits, run_id, {"interrupted", "failed", "finished"}, seconds=60)
     assert record["status"] == "interrupted" and "CANCELLED" in record["error"]
     assert record["host"] == {} and record["exit_code"] is None, "it never ran: no host, no exit code"
 
 
-def test_a_running_job_cancelled_stops_its_container_and_says_interrupted(digits: Path) -> None:
+def test_a_running_job_cancelled_stops_its_container_and_says_interrupted(
+    digits: Path, cancel_at_end: list[str]
+) -> None:
     sleeper = ["python", "-c", "import time; print('started', flush=True); time.sleep(600)"]
     run_id = submitted(envlock("submit", "--slurm", "--", *sleeper, project=digits))
+    cancel_at_end.append(job_of(digits, run_id))
     wait_for(digits, run_id, {"running"})
     record = runs(digits)[run_id]
     line = next(line for line in envlock("runs", project=digits).stdout.splitlines() if line.startswith(run_id))

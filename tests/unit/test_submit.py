@@ -20,6 +20,7 @@ from envlock.runs import RunRecord, RunRecordError, RunStore
 from envlock.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
 from envlock.submit import (
     Submission,
+    check_single_node,
     on_node,
     run_submitted,
     sbatch_options_of,
@@ -123,6 +124,28 @@ def test_envlocks_own_sbatch_options_are_refused() -> None:
     for owned in ("--hold", "--parsable", "--wrap=hostname"):
         with pytest.raises(SchedulerError, match="envlock's own"):
             sbatch_options_of(["-p", "gpu", owned])
+
+
+@pytest.mark.parametrize("nodes", [["-N", "2"], ["-N2"], ["--nodes=2-4"], ["--nodes", "3"]])
+def test_more_than_one_node_is_refused_with_what_to_do_instead(nodes: list[str]) -> None:
+    with pytest.raises(SchedulerError, match="one container on one node") as refused:
+        sbatch_options_of(["-p", "gpu", *nodes])
+    assert "--gres=gpu:8" in refused.value.hint
+    assert sbatch_options_of(["-N", "1", "--nodes=1"]) == ("-N", "1", "--nodes=1")
+
+
+def test_a_node_given_several_nodes_fails_the_record(project: Path) -> None:
+    queued = submit(project, FakeSlurm())
+    store = RunStore(project)
+
+    def start(_queued: RunRecord) -> RunRecord:
+        check_single_node({"SLURM_JOB_NUM_NODES": "2"})
+        raise AssertionError("not reached")
+
+    with pytest.raises(SchedulerError):
+        run_submitted(store, queued.run_id, start)
+    record = store.load(queued.run_id)
+    assert record.status == "failed" and "given 2 nodes" in (record.error or "")
 
 
 def test_the_command_line_splits_envlock_options_sbatch_options_and_the_command() -> None:
