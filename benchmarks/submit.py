@@ -1,7 +1,8 @@
 """Benchmark `envlock submit --slurm` against plain `sbatch`, and what `envlock run --mlflow` adds to a run.
 
-Run from the repository root (stdlib only; needs the Docker engine, the one-node Slurm cluster started by
-scripts/services.sh, the venv's `mlflow` server (the dev extra) and network access to PyPI for the lock):
+Run from the repository root with the project's venv (it reads Slurm's final job states from envlock.slurm); needs
+the Docker engine, the one-node Slurm cluster started by scripts/services.sh, the venv's `mlflow` server (the dev
+extra) and network access to PyPI for the lock:
 
     .venv/bin/python benchmarks/submit.py [--repeat N]
 
@@ -47,28 +48,14 @@ from pathlib import Path
 
 from common import BIN, TIMEOUT, Failed, docker, docker_bench_args, free_port, link_or_copy, timed, user_cache
 
+from envlock.slurm import FINAL_STATES
+
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-submit", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
 BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
 QUEUED = re.compile(r"run (\S+): queued as Slurm job (\d+)")
 POLL, HEALTH_WAIT, SETTLE = 0.1, 60.0, 5.0
 RECORD_FINAL = frozenset({"finished", "failed", "interrupted"})
-# Slurm job states after which the job will not run (again): envlock.slurm's FINAL_STATES.
-JOB_FINAL = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "REVOKED",
-        "SPECIAL_EXIT",
-        "TIMEOUT",
-    }
-)
 LABELS = {  # measurement key -> what it is called in the notes
     "submit-done": "envlock submit -- true, submit -> record final",
     "sbatch-done": "sbatch --wrap 'docker run --rm IMAGE true', submit -> COMPLETED",
@@ -106,7 +93,7 @@ def wait_job(job_id: str, what: str) -> str:
     def ended() -> bool:
         nonlocal state
         state = job_state(job_id)
-        return state in JOB_FINAL
+        return state in FINAL_STATES
 
     poll(what, ended)
     return state

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from envlock.lockfile import Lock
     from envlock.report import Progress
     from envlock.resolve import Resolver
-    from envlock.runner import RunRequest
+    from envlock.runner import PinnedImage, RunRequest
     from envlock.runs import RunRecord, RunStore
     from envlock.slurm import JobState
     from envlock.spec import Spec
@@ -364,10 +364,9 @@ def run_command(
     from envlock.engine import DockerEngine  # noqa: PLC0415
     from envlock.gitstate import git_state  # noqa: PLC0415
     from envlock.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
-    from envlock.images import read_images  # noqa: PLC0415
     from envlock.launch import DockerLauncher  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
-    from envlock.runner import PinnedImage, RunRequest, run_in_image  # noqa: PLC0415
+    from envlock.runner import RunRequest, run_in_image  # noqa: PLC0415
     from envlock.runs import RunStore  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
     from envlock.targets import host_platform  # noqa: PLC0415
@@ -378,10 +377,7 @@ def run_command(
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     platform = host_platform()
     engine = DockerEngine()
-    reference = f"{spec.name}:{locked.short_hash}"
-    # The usual case, the image exists: found without importing the build machinery (start-up time).
-    image_id = engine.existing(reference, locked.lock_hash) or _build_for_run(spec, locked, lock_text, platform, engine)
-    pushed = read_images(spec.project_dir).get(locked.lock_hash, {}).get("pushed", [])
+    image = _pinned_image(spec, locked, lock_text, platform, engine)
     launcher = DockerLauncher(engine.client)
     store = RunStore(spec.project_dir)
     for orphan in store.settle_orphans(launcher.remove):
@@ -393,7 +389,7 @@ def run_command(
         platform,
         RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ())),
         project_dir=spec.project_dir,
-        image=PinnedImage(image_id, reference, tuple(pushed)),
+        image=image,
         host=probe_host(PynvmlAdapter(), docker_version=lambda: str(engine.client.version().get("Version"))),
         git=git_state(spec.project_dir, outputs),
         launcher=launcher,
@@ -434,6 +430,18 @@ def _tracking(settings: dict[str, Any] | None) -> Tracking | None:
     tracker = MlflowTracker(tracking_target(settings["uri"]))
     tracker.check()
     return Tracking(tracker, settings["experiment"], settings["reuse"])
+
+
+def _pinned_image(spec: Spec, locked: Lock, lock_text: str, platform: str, engine: DockerEngine) -> PinnedImage:
+    """The lock's image by ID (built when missing), with the digests it was pushed under."""
+    from envlock.images import read_images  # noqa: PLC0415
+    from envlock.runner import PinnedImage  # noqa: PLC0415
+
+    reference = f"{spec.name}:{locked.short_hash}"
+    # The usual case, the image exists: found without importing the build machinery (start-up time).
+    image_id = engine.existing(reference, locked.lock_hash) or _build_for_run(spec, locked, lock_text, platform, engine)
+    pushed = read_images(spec.project_dir).get(locked.lock_hash, {}).get("pushed", [])
+    return PinnedImage(image_id, reference, tuple(pushed))
 
 
 def _build_for_run(spec: Spec, locked: Lock, lock_text: str, platform: str, engine: DockerEngine) -> str:
@@ -494,9 +502,8 @@ def submit_command(
     envlock submit [options] --slurm [sbatch options] -- python train.py
     """
     from envlock.engine import DockerEngine  # noqa: PLC0415
-    from envlock.images import read_images  # noqa: PLC0415
     from envlock.locking import check as check_lock  # noqa: PLC0415
-    from envlock.runner import PinnedImage, RunRequest  # noqa: PLC0415
+    from envlock.runner import RunRequest  # noqa: PLC0415
     from envlock.runs import RunStore  # noqa: PLC0415
     from envlock.slurm import Slurm  # noqa: PLC0415
     from envlock.spec import load_spec  # noqa: PLC0415
@@ -517,11 +524,8 @@ def submit_command(
     _tracking(tracking)  # an unusable or unreachable store is refused now, not later on the node
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     platform = host_platform()
-    engine = DockerEngine()
-    reference = f"{spec.name}:{locked.short_hash}"
-    image_id = engine.existing(reference, locked.lock_hash) or _build_for_run(spec, locked, lock_text, platform, engine)
-    pushed = read_images(spec.project_dir).get(locked.lock_hash, {}).get("pushed", [])
-    if not pushed:
+    image = _pinned_image(spec, locked, lock_text, platform, DockerEngine())
+    if not image.repo_digests:
         _say(
             "note: the image was never pushed: a node that does not have it rebuilds it from the lock "
             "(envlock build --push lets nodes pull it by digest)"
@@ -544,7 +548,7 @@ def submit_command(
             tracking,
         ),
         project_dir=project_dir,
-        image=PinnedImage(image_id, reference, tuple(pushed)),
+        image=image,
         store=store,
         slurm=Slurm(),
         task=task,

@@ -8,6 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from envlock.errors import EnvlockError
 from envlock.gitstate import GitState
@@ -15,7 +16,7 @@ from envlock.hostprobe import HostState
 from envlock.launch import Launcher, LaunchSpec, Output, determinism_env
 from envlock.lockfile import Lock
 from envlock.preflight import check_host, enforce
-from envlock.runs import RunRecord, RunStore, new_run_id, now
+from envlock.runs import RunRecord, RunStore, Status, new_run_id, now
 from envlock.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -44,6 +45,45 @@ class PinnedImage:
     image_id: str
     reference: str
     repo_digests: tuple[str, ...] = ()
+
+
+def new_record(
+    run_id: str,
+    status: Status,
+    request: RunRequest,
+    image: PinnedImage,
+    lock: Lock,
+    *,
+    platform: str,
+    git: dict[str, Any],
+    host: dict[str, Any],
+    passed_env: list[str],
+    notes: tuple[str, ...] = (),
+    scheduler: dict[str, Any] | None = None,
+) -> RunRecord:
+    """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
+    return RunRecord(
+        run_id=run_id,
+        status=status,
+        command=list(request.command),
+        image_id=image.image_id,
+        image_reference=image.reference,
+        repo_digests=list(image.repo_digests),
+        lock_hash=lock.lock_hash,
+        platform=platform,
+        git=git,
+        host=host,
+        seed=request.seed,
+        environment={**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id},
+        passed_env=passed_env,
+        forced=request.force and any(n.startswith("forced: ") for n in notes),
+        preflight=list(notes),
+        started=now(),
+        container=f"envlock-run-{run_id}",
+        envlock_pid=os.getpid(),
+        reproduces=request.reproduces,
+        scheduler=scheduler,
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -94,28 +134,18 @@ def run_in_image(
     notes = enforce(check_host(stack, host), request.force)
     gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
     run_id = queued.run_id if queued else new_run_id()
-    environment = {**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id}
     passed = {name: os.environ[name] for name in request.pass_env if name in os.environ}
-    record = RunRecord(
-        run_id=run_id,
-        status="running",
-        command=list(request.command),
-        image_id=image.image_id,
-        image_reference=image.reference,
-        repo_digests=list(image.repo_digests),
-        lock_hash=lock.lock_hash,
+    record = new_record(
+        run_id,
+        "running",
+        request,
+        image,
+        lock,
         platform=platform,
         git=git.as_dict(),
         host=host.as_dict(),
-        seed=request.seed,
-        environment=environment,
         passed_env=sorted(passed),
-        forced=request.force and any(n.startswith("forced: ") for n in notes),
-        preflight=list(notes),
-        started=now(),
-        container=f"envlock-run-{run_id}",
-        envlock_pid=os.getpid(),
-        reproduces=request.reproduces,
+        notes=notes,
         scheduler=queued.scheduler if queued else None,
     )
     tracked = None
@@ -145,7 +175,7 @@ def run_in_image(
         command=list(request.command),
         name=record.container,
         project_dir=project_dir,
-        environment={**environment, **passed, **(tracked.environment if tracked else {})},
+        environment={**record.environment, **passed, **(tracked.environment if tracked else {})},
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=gpus,
         gpu_devices=request.gpu_devices,

@@ -10,7 +10,6 @@ without envlock's task finishing them (cancelled while queued, killed at the tim
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -21,9 +20,8 @@ from typing import Any
 from envlock.credentials import redact
 from envlock.errors import EnvlockError
 from envlock.fsutil import atomic_write_text
-from envlock.launch import determinism_env
 from envlock.lockfile import Lock
-from envlock.runner import PinnedImage, RunRequest
+from envlock.runner import PinnedImage, RunRequest, new_record
 from envlock.runs import RunRecord, RunRecordError, RunStore, Status, new_run_id, now
 from envlock.slurm import JobState, SchedulerError, Slurm, batch_script
 
@@ -105,25 +103,16 @@ def submit_run(
     failure the job is cancelled and the run's folder removed."""
     run_id = new_run_id()
     request = submission.request
-    record = RunRecord(
-        run_id=run_id,
-        status="queued",
-        command=list(request.command),
-        image_id=image.image_id,
-        image_reference=image.reference,
-        repo_digests=list(image.repo_digests),
-        lock_hash=lock.lock_hash,
+    record = new_record(
+        run_id,
+        "queued",
+        request,
+        image,
+        lock,
         platform=platform,
-        git={},
+        git={},  # taken on the node, when the job starts
         host={},
-        seed=request.seed,
-        environment={**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id},
         passed_env=sorted(request.pass_env),
-        forced=False,
-        preflight=[],
-        started=now(),
-        container=f"envlock-run-{run_id}",
-        envlock_pid=os.getpid(),
         scheduler={
             "kind": "slurm",
             "job-id": None,

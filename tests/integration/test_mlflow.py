@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +18,10 @@ import docker
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.integration.example import digits_repo
 from tests.integration.localregistry import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 BIN = Path(sys.executable).parent
 ENVLOCK = str(BIN / "envlock")
 TRAIN = ["python", "train.py", "--out", "out"]
@@ -81,12 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A git copy of the example (which logs to MLflow when given a run), built once."""
-    project = tmp_path_factory.mktemp("digits-mlflow")
-    for name in ("pyproject.toml", "train.py", "envlock.lock"):
-        shutil.copy(EXAMPLE / name, project / name)
-    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "example"]):
-        subprocess.run([*git, *args], check=True)
+    project = digits_repo(tmp_path_factory.mktemp("digits-mlflow"))
     done = subprocess.run([ENVLOCK, "build", "-C", str(project)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     yield project

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,10 +11,10 @@ import docker
 import pytest
 
 from envlock.runs import RunStore
+from tests.integration.example import digits_repo, git
 from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 
 
@@ -23,23 +22,10 @@ def envlock(project: Path, command: str, *args: str) -> subprocess.CompletedProc
     return subprocess.run([ENVLOCK, command, "-C", str(project), *args], capture_output=True, text=True, check=False)
 
 
-def git(project: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
-    )
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
     """The CPU example in a git repository of its own, locked."""
-    project = tmp_path / "digits"
-    project.mkdir()
-    for name in ("pyproject.toml", "train.py"):
-        shutil.copy(EXAMPLE / name, project / name)
-    (project / ".gitignore").write_text("out/\n.envlock/\n")
-    git(project, "init", "-q")
-    git(project, "add", ".")
-    git(project, "commit", "-qm", "example")
+    project = digits_repo(tmp_path / "digits", ("pyproject.toml", "train.py"))
     assert envlock(project, "lock").returncode == 0
     yield project
     client = docker.from_env()

@@ -15,8 +15,9 @@ from typing import Any
 import docker
 import pytest
 
+from tests.integration.example import digits_repo
+
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slurm]
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 TRAIN = ["python", "train.py", "--out", "out"]
 
@@ -32,12 +33,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A git copy of the CPU example, locked and built once, with one local run to compare the jobs with."""
     if shutil.which("sbatch") is None or subprocess.run(["scontrol", "ping"], check=False).returncode != 0:
         pytest.fail("Slurm is not running: bash scripts/services.sh starts the local one-node cluster")
-    project = tmp_path_factory.mktemp("digits-slurm")
-    for name in ("pyproject.toml", "train.py", "envlock.lock"):
-        shutil.copy(EXAMPLE / name, project / name)
-    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "example"]):
-        subprocess.run([*git, *args], check=True)
+    project = digits_repo(tmp_path_factory.mktemp("digits-slurm"))
     done = envlock("run", "--output", "out", "--", *TRAIN, project=project)
     assert done.returncode == 0, done.stderr
     yield project
