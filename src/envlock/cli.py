@@ -672,18 +672,18 @@ def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt
         return
     from envlock.submit import describe  # noqa: PLC0415
 
+    places = {r.run_id: describe(r, live) for r in records}
+    width = max(5, *(len(place) for place in places.values()))
     typer.echo(
-        f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'WHERE':<12} {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND"
+        f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'WHERE':<{width}} {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND"
     )
     for r in records:
         commit = (r.git.get("commit") or "-")[:10] + ("+" if r.git.get("dirty") else "")
         code = "-" if r.exit_code is None else str(r.exit_code)
         lock = r.lock_hash.removeprefix("sha256:")[:12]
-        image = r.image_id[:19]
-        where = describe(r, live)
         typer.echo(
-            f"{r.run_id:<26} {r.status:<11} {code:>4}  {where:<12} {image:<19} {lock:<12} {commit:<13} "
-            + " ".join(r.command)
+            f"{r.run_id:<26} {r.status:<11} {code:>4}  {places[r.run_id]:<{width}} {r.image_id[:19]:<19} {lock:<12} "
+            f"{commit:<13} {' '.join(r.command)}"
         )
 
 
