@@ -1,7 +1,7 @@
 """Benchmark `envlock submit --slurm` against plain `sbatch`, and what `envlock run --mlflow` adds to a run.
 
 Run from the repository root with the project's venv (it reads Slurm's final job states from envlock.slurm); needs
-the Docker engine, the one-node Slurm cluster started by scripts/services.sh, the venv's `mlflow` server (the dev
+the Docker engine, the local Slurm cluster started by scripts/services.sh, the venv's `mlflow` server (the dev
 extra) and network access to PyPI for the lock:
 
     .venv/bin/python benchmarks/submit.py [--repeat N]
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"mlflow not found in {BIN}: install the dev extra (pip install -e '.[dev]')")
     pinged = shutil.which("scontrol") and subprocess.run(["scontrol", "ping"], capture_output=True, check=False)
     if not pinged or pinged.returncode != 0 or shutil.which("sbatch") is None:
-        parser.error("Slurm is not reachable (`scontrol ping`); start the one-node cluster: bash scripts/services.sh")
+        parser.error("Slurm is not reachable (`scontrol ping`); start the local cluster: bash scripts/services.sh")
     with tempfile.TemporaryDirectory(prefix="envlock-bench-submit-", ignore_cleanup_errors=True) as tmp:
         bench = Bench(Path(tmp))
         try:

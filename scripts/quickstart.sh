@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up envlock, then do its main job on the bundled example: lock the stack, build the pinned image, train
 # inside it twice, show the run records (their output hashes match), re-verify the last run, and train once more
-# as a Slurm batch job (on the local one-node cluster) tracked in MLflow.
+# as a Slurm batch job (on the local two-node cluster) tracked in MLflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -37,7 +37,7 @@ echo "== envlock reproduce   (re-run the recorded command on the recorded code a
 "$envlock" reproduce -C "$work" "$last"
 
 echo
-echo "== envlock submit --slurm   (the same training as a batch job on the local one-node Slurm cluster, tracked in MLflow)"
+echo "== envlock submit --slurm   (the same training as a batch job on the local Slurm cluster, tracked in MLflow)"
 submitted=$("$envlock" submit -C "$work" --mlflow "$work/mlruns" --output out --slurm --time=10 -- python train.py --out out)
 echo "$submitted"
 job_run=$(echo "$submitted" | awk '{print $2}' | tr -d :)

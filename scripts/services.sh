@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start the services envlock and its tests talk to, when they are not running (idempotent):
 # - the Docker engine (envlock build / run);
-# - a one-node Slurm cluster on this machine (envlock submit --slurm): munged, slurmctld, slurmd, with the
-#   slurm.conf below written to /etc/slurm when there is none. A machine with its own slurm.conf (a real cluster's
-#   login node) is left as it is.
+# - a two-node Slurm cluster on this machine (envlock submit --slurm): munged, slurmctld and two slurmd, both on
+#   this host (node names HOST and HOST-2, ports 6818 and 6819), so that multi-node jobs run for real; the
+#   slurm.conf below is written to /etc/slurm when there is none. A machine with its own slurm.conf (a real
+#   cluster's login node) is left as it is.
 set -euo pipefail
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -44,10 +45,12 @@ if [ -f "$conf" ] && ! grep -qF "$marker" "$conf"; then
   exit 0
 fi
 node=$(hostname -s)
+nodes=("$node" "$node-2")
 cpus=$(nproc)
-"${sudo_cmd[@]}" mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm /run/munge
+"${sudo_cmd[@]}" mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/log/slurm /run/munge
+for name in "${nodes[@]}"; do "${sudo_cmd[@]}" mkdir -p "/var/lib/slurm/slurmd-$name"; done
 "${sudo_cmd[@]}" tee "$conf.new" >/dev/null <<CONF
-$marker: a one-node cluster on this machine, for envlock submit --slurm and its tests
+$marker: two nodes on this machine, for envlock submit --slurm and its tests
 ClusterName=envlock
 SlurmctldHost=$node(127.0.0.1)
 AuthType=auth/munge
@@ -66,15 +69,22 @@ ReturnToService=2
 MinJobAge=3600
 KillWait=30
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmdSpoolDir=/var/lib/slurm/slurmd-%n
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 MpiDefault=none
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+NodeName=${nodes[0]} NodeHostname=$node NodeAddr=127.0.0.1 Port=6818 CPUs=$cpus State=UNKNOWN
+NodeName=${nodes[1]} NodeHostname=$node NodeAddr=127.0.0.1 Port=6819 CPUs=$cpus State=UNKNOWN
+PartitionName=debug Nodes=${nodes[0]},${nodes[1]} Default=YES MaxTime=INFINITE State=UP
 CONF
+if ! cmp -s "$conf.new" "$conf" 2>/dev/null; then
+  # A new configuration (first start, or another layout): the daemons read it only when they start.
+  "${sudo_cmd[@]}" pkill -x slurmd || true
+  "${sudo_cmd[@]}" pkill -x slurmctld || true
+  wait_for 30 sh -c '! pgrep -x slurmd && ! pgrep -x slurmctld' || true
+fi
 "${sudo_cmd[@]}" mv "$conf.new" "$conf"
 
 if ! sh -c "munge -n | unmunge" >/dev/null 2>&1; then
@@ -84,12 +94,15 @@ fi
 wait_for 20 sh -c 'munge -n | unmunge' || { echo "services: munged did not start" >&2; exit 1; }
 scontrol ping >/dev/null 2>&1 || "${sudo_cmd[@]}" slurmctld
 wait_for 30 scontrol ping || { echo "services: slurmctld did not start; see /var/log/slurm/slurmctld.log" >&2; exit 1; }
-scontrol show slurmd >/dev/null 2>&1 || "${sudo_cmd[@]}" slurmd
-wait_for 30 scontrol show slurmd || { echo "services: slurmd did not start; see /var/log/slurm/slurmd.log" >&2; exit 1; }
-node_up() { sinfo -h -n "$node" -o %T | grep -qE '^(idle|mixed|allocated|completing)'; }
-if ! wait_for 30 node_up; then
-  # A node left down/drained by an earlier run (e.g. a reboot mid-job) is put back into service.
-  "${sudo_cmd[@]}" scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
-  wait_for 30 node_up || { echo "services: Slurm node $node is $(sinfo -h -n "$node" -o %T); see /var/log/slurm/slurmd.log" >&2; exit 1; }
-fi
-echo "services: Slurm $(sinfo --version | cut -d' ' -f2) is running (one node: $node, partition debug)"
+slurmd_alive() { [ -f "/run/slurmd-$1.pid" ] && kill -0 "$(cat "/run/slurmd-$1.pid")" 2>/dev/null; }
+node_up() { sinfo -h -n "$1" -o %T | grep -qE '^(idle|mixed|allocated|completing)'; }
+for name in "${nodes[@]}"; do
+  slurmd_alive "$name" || "${sudo_cmd[@]}" slurmd -N "$name"
+  wait_for 30 slurmd_alive "$name" || { echo "services: slurmd $name did not start; see /var/log/slurm/slurmd-$name.log" >&2; exit 1; }
+  if ! wait_for 30 node_up "$name"; then
+    # A node left down/drained by an earlier run (e.g. a reboot mid-job) is put back into service.
+    "${sudo_cmd[@]}" scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true
+    wait_for 30 node_up "$name" || { echo "services: Slurm node $name is $(sinfo -h -n "$name" -o %T); see /var/log/slurm/slurmd-$name.log" >&2; exit 1; }
+  fi
+done
+echo "services: Slurm $(sinfo --version | cut -d' ' -f2) is running (nodes ${nodes[*]} on this host, partition debug)"

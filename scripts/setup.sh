@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything envlock needs on a fresh Debian bookworm machine (idempotent): Debian packages (Python,
 # the Docker engine, mmdebstrap, a registry, Slurm), a virtual environment in .venv with envlock and its tools, and
-# the services started (dockerd; a one-node Slurm cluster on localhost).
+# the services started (dockerd; a two-node Slurm cluster on this host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,7 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
-# A one-node Slurm cluster on this machine (envlock submit --slurm and its tests): controller, node daemon, client, munge.
+# A Slurm cluster on this machine (envlock submit --slurm and its tests): controller, node daemons, client, munge.
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)

@@ -580,8 +580,10 @@ def run_submitted_command(
     import os  # noqa: PLC0415
 
     from envlock.runs import RunStore  # noqa: PLC0415
+    from envlock.slurm import Slurm  # noqa: PLC0415
     from envlock.submit import (  # noqa: PLC0415
-        check_single_node,
+        node_rank,
+        node_role,
         on_node,
         run_submitted,
         submitted_request,
@@ -590,16 +592,21 @@ def run_submitted_command(
 
     _stop_on_sigterm()
     store = RunStore(project)
+    rank = node_rank(os.environ)
 
-    def start(queued: RunRecord) -> RunRecord:
-        check_single_node(os.environ)
+    def start(queued: RunRecord, target: RunStore) -> RunRecord:
+        role = node_role(os.environ, Slurm())
         lock_path = store.directory(queued.run_id) / "envlock.lock"
-        tracking = _tracking(submitted_tracking(queued, os.environ))
-        request = submitted_request(queued, os.environ)
-        return _run_pinned(queued, lock_path, request, project, store, on_node(queued, os.environ), tracking=tracking)
+        # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
+        tracking = _tracking(submitted_tracking(queued, os.environ)) if rank == 0 else None
+        request = submitted_request(queued, os.environ, role)
+        return _run_pinned(
+            queued, lock_path, request, project, target, on_node(queued, os.environ, role), tracking=tracking
+        )
 
-    record = run_submitted(store, run_id, start)
-    _say(f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}")
+    record = run_submitted(store, run_id, rank, start)
+    where = store.directory(record.run_id) if rank == 0 else store.for_node(rank).directory(record.run_id)
+    _say(f"run {record.run_id} (node rank {rank}): {record.status} (exit {record.exit_code}); record in {where}")
     raise CommandExited(record.exit_code or 0)
 
 
@@ -773,6 +780,15 @@ def runs_show(
         lines.insert(
             2, f"sbatch    {' '.join(job.get('options', [])) or '(no options)'}  submitted {job.get('submitted')}"
         )
+        for offset, node in enumerate(store.node_records(record.run_id), start=3):
+            facts = node.scheduler or {}
+            lines.insert(
+                offset,
+                f"node {facts.get('rank', '?'):<4} {facts.get('node') or '-'}: {node.status}, exit {node.exit_code} · "
+                f"driver {node.host.get('driver-version') or 'none'} · GPUs {gpu_summary(node.host.get('gpus', []))}"
+                + (f" · {node.error}" if node.error else "")
+                + f"  ({store.for_node(int(facts.get('rank', 0))).directory(record.run_id)})",
+            )
     if record.error:
         lines.append(f"error     {record.error}")
     if record.forced:

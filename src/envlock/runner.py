@@ -6,7 +6,8 @@ import contextlib
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ class RunRequest:
     pass_env: tuple[str, ...] = ()
     reproduces: str | None = None
     gpu_devices: tuple[str, ...] = ()  # only these GPUs (indices or UUIDs), e.g. the ones Slurm allotted the job
+    settings: Mapping[str, str] = field(default_factory=dict)  # envlock-set variables (a job's rank), recorded
+    host_network: bool = False  # share the host's network (a multi-node job: NCCL between nodes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def new_record(
     passed_env: list[str],
     notes: tuple[str, ...] = (),
     scheduler: dict[str, Any] | None = None,
+    container: str | None = None,
 ) -> RunRecord:
     """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
     return RunRecord(
@@ -74,12 +78,16 @@ def new_record(
         git=git,
         host=host,
         seed=request.seed,
-        environment={**determinism_env(request.seed, image.image_id, lock.lock_hash), "ENVLOCK_RUN_ID": run_id},
+        environment={
+            **determinism_env(request.seed, image.image_id, lock.lock_hash),
+            "ENVLOCK_RUN_ID": run_id,
+            **request.settings,
+        },
         passed_env=passed_env,
         forced=request.force and any(n.startswith("forced: ") for n in notes),
         preflight=list(notes),
         started=now(),
-        container=f"envlock-run-{run_id}",
+        container=container or f"envlock-run-{run_id}",
         envlock_pid=os.getpid(),
         reproduces=request.reproduces,
         scheduler=scheduler,
@@ -147,6 +155,7 @@ def run_in_image(
         passed_env=sorted(passed),
         notes=notes,
         scheduler=queued.scheduler if queued else None,
+        container=queued.container if queued else None,
     )
     tracked = None
     if tracking:
@@ -181,7 +190,7 @@ def run_in_image(
         gpu_devices=request.gpu_devices,
         labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
         mounts=(tracked.target.mount,) if tracked and tracked.target.mount else (),
-        host_network=bool(tracked and tracked.target.host_network),
+        host_network=request.host_network or bool(tracked and tracked.target.host_network),
     )
     with store.log_path(run_id).open("ab") as log:
 

@@ -80,12 +80,30 @@ class RunRecord:
 class RunStore:
     """The project's run records."""
 
-    def __init__(self, project_dir: Path) -> None:
+    def __init__(self, project_dir: Path, node: int | None = None) -> None:
+        self.project_dir = project_dir
         self.root = project_dir / ".envlock" / "runs"
+        self.node = node
 
     def directory(self, run_id: str) -> Path:
-        """Where one run keeps its record, log, lock copy and diff."""
-        return self.root / run_id
+        """Where one run keeps its record, log, lock copy and diff (a multi-node job's other nodes: nodes/<rank>/)."""
+        return self.root / run_id if self.node is None else self.root / run_id / "nodes" / str(self.node)
+
+    def for_node(self, rank: int) -> RunStore:
+        """The records of a multi-node job's node `rank` (> 0; rank 0 keeps the run's own record)."""
+        return RunStore(self.project_dir, rank)
+
+    def node_records(self, run_id: str) -> list[RunRecord]:
+        """The records of a multi-node job's other nodes, by rank (unreadable ones left out)."""
+        nodes = self.root / run_id / "nodes"
+        ranks = sorted(int(p.name) for p in nodes.iterdir() if p.name.isdigit()) if nodes.is_dir() else []
+        found = []
+        for rank in ranks:
+            try:
+                found.append(self._read(nodes / str(rank) / "record.json"))
+            except RunRecordError:
+                continue
+        return found
 
     def saved_output(self, run_id: str, path: str) -> Path:
         """Where a run keeps its copy of a small metrics output (for comparisons within a tolerance)."""
@@ -116,7 +134,9 @@ class RunStore:
     def save(self, record: RunRecord) -> None:
         """Replace the record atomically."""
         text = json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n"
-        atomic_write_text(self.directory(record.run_id) / "record.json", text)
+        directory = self.directory(record.run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "record.json", text)
 
     def load(self, run_id: str) -> RunRecord:
         """One record; a unique prefix of the id is enough."""

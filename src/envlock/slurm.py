@@ -97,6 +97,17 @@ class Slurm:
         """Cancel a job (queued or running)."""
         self._call(f"could not cancel job {job_id}", ["scancel", job_id])
 
+    def hostnames(self, nodelist: str) -> list[str]:
+        """A compressed node list (`gpu[01-04]`) spelled out, in Slurm's order (rank order)."""
+        out = self._call(f"could not expand node list {nodelist}", ["scontrol", "show", "hostnames", nodelist])
+        return out.split()
+
+    def node_address(self, name: str) -> str:
+        """The address other nodes reach `name` at (NodeAddr, which defaults to its name)."""
+        out = self._call(f"could not ask Slurm about node {name}", ["scontrol", "show", "node", "--oneliner", name])
+        found = re.search(r"\bNodeAddr=(\S+)", out)
+        return found.group(1) if found else name
+
     def state(self, job_id: str) -> JobState | None:
         """The job's state from the controller; None when Slurm no longer knows the job (MinJobAge passed)."""
         done = self.command(["scontrol", "show", "job", "--oneliner", job_id])
@@ -112,19 +123,21 @@ class Slurm:
 
 def batch_script(*, job_name: str, project_dir: Path, run_dir: Path, task: Sequence[str]) -> str:
     """The batch script: envlock's defaults as #SBATCH lines (the user's sbatch options on the command line win),
-    then one task that runs the pinned image on the allocated node and keeps the run record."""
+    then one task per allocated node (srun) that runs the pinned image there and keeps its record."""
     return "\n".join(
         [
             "#!/bin/bash",
             f"#SBATCH --job-name={job_name}",
             f"#SBATCH --chdir={project_dir}",
             f"#SBATCH --output={run_dir}/slurm-%j.out",
-            "#SBATCH --ntasks=1",
-            "# Written by `envlock submit --slurm`: the task probes this node, checks it against the lock, restores",
-            "# the pinned image by ID (local engine, else the registry by digest, else a rebuild from the lock),",
-            "# runs the command in it and writes the run record beside this script.",
+            "#SBATCH --ntasks-per-node=1",
+            "# Written by `envlock submit --slurm`: one task per node probes that node, checks it against the lock,",
+            "# restores the pinned image by ID (local engine, else the registry by digest, else a rebuild from the",
+            "# lock), runs the command in it and writes its record beside this script (rank 0: record.json, the",
+            "# other nodes: nodes/<rank>/). A node whose task fails stops the others (--kill-on-bad-exit).",
             "set -euo pipefail",
-            f"exec {shlex.join(task)}",
+            'exec srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+            f"--kill-on-bad-exit=1 {shlex.join(task)}",
             "",
         ]
     )

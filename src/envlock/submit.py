@@ -1,10 +1,11 @@
 """`envlock submit --slurm`: a run record queued with its batch job, run on the allocated node, settled from Slurm.
 
 Submit host: the record (status `queued`, the lock copy, the job script) is written before the job may start —
-the job is submitted on hold and released only once its id is in the record. Node: `envlock run-submitted` (the
-job's one task) probes the node, restores the image by ID and runs exactly as `envlock run` does, into the same
-record. Anywhere: `envlock runs` asks Slurm about jobs whose record is not final and settles the ones Slurm ended
-without envlock's task finishing them (cancelled while queued, killed at the time limit, node failure).
+the job is submitted on hold and released only once its id is in the record. Nodes: `envlock run-submitted`, one
+task per allocated node (srun), probes its node, restores the image by ID and runs exactly as `envlock run` does;
+rank 0 into the run's record, the other nodes into records of their own under nodes/<rank>/. Anywhere: `envlock
+runs` asks Slurm about jobs whose record is not final and settles the ones Slurm ended without envlock's task
+finishing them (cancelled while queued, killed at the time limit, node failure).
 """
 
 from __future__ import annotations
@@ -56,11 +57,49 @@ def request_facts(request: RunRequest) -> dict[str, Any]:
     return {"outputs": list(request.outputs), "force": request.force, "gpus": request.gpus}
 
 
-def submitted_request(record: RunRecord, environ: Mapping[str, str]) -> RunRequest:
-    """The request a queued record stands for, on the node: the user's variables plus Slurm's facts about the job,
-    and only the GPUs Slurm allotted (SLURM_JOB_GPUS) when it allotted some."""
+@dataclass(frozen=True)
+class NodeRole:
+    """Where this task sits in its job: its rank among the nodes, and where rank 0 listens."""
+
+    rank: int
+    nodes: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """What the container is told, for a distributed launcher on every node (torchrun --nnodes
+        $ENVLOCK_NNODES --node-rank $ENVLOCK_NODE_RANK --master-addr $MASTER_ADDR --master-port $MASTER_PORT)."""
+        return {
+            "ENVLOCK_NODE_RANK": str(self.rank),
+            "ENVLOCK_NNODES": str(self.nodes),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
+
+
+def node_rank(environ: Mapping[str, str]) -> int:
+    """This task's node rank in its job (srun: one task per node, so the node's index)."""
+    return int(environ.get("SLURM_NODEID") or environ.get("SLURM_PROCID") or "0")
+
+
+def node_role(environ: Mapping[str, str], slurm: Slurm) -> NodeRole:
+    """This task's role, from what srun tells it; rank 0's address from Slurm (its NodeAddr)."""
+    nodes = int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1")
+    rank = node_rank(environ)
+    port = 20000 + int(environ.get("SLURM_JOB_ID") or "0") % 20000  # one per job, the same on every node
+    if nodes == 1:
+        return NodeRole(0, 1, "127.0.0.1", port)
+    first = slurm.hostnames(environ["SLURM_JOB_NODELIST"])[0]
+    return NodeRole(rank, nodes, slurm.node_address(first), port)
+
+
+def submitted_request(record: RunRecord, environ: Mapping[str, str], role: NodeRole) -> RunRequest:
+    """The request a queued record stands for, on a node: the user's variables plus Slurm's facts about the job,
+    the node's rank, and only the GPUs Slurm allotted (SLURM_STEP_GPUS / SLURM_JOB_GPUS) when it allotted some.
+    Several nodes share the host network, so NCCL and the rendezvous reach each other."""
     facts = (record.scheduler or {}).get("request", {})
-    devices = tuple(d for d in environ.get("SLURM_JOB_GPUS", "").split(",") if d)
+    allotted = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS") or ""
     return RunRequest(
         command=list(record.command),
         seed=record.seed,
@@ -68,7 +107,9 @@ def submitted_request(record: RunRecord, environ: Mapping[str, str]) -> RunReque
         gpus=facts.get("gpus"),
         outputs=tuple(facts.get("outputs", ())),
         pass_env=(*record.passed_env, *(name for name in SLURM_FACTS if name in environ)),
-        gpu_devices=devices,
+        gpu_devices=tuple(d for d in allotted.split(",") if d),
+        settings=role.settings,
+        host_network=role.nodes > 1,
     )
 
 
@@ -147,19 +188,33 @@ def submit_run(
     return queued
 
 
-def run_submitted(store: RunStore, run_id: str, start: Callable[[RunRecord], RunRecord]) -> RunRecord:
-    """The job's task: run a queued record once. Whatever stops it before the command ran (preflight refusal,
-    engine down, image not restorable, cancellation) is written into the record, then raised."""
-    queued = store.load(run_id)
-    if queued.status != "queued" or queued.scheduler is None:
+def run_submitted(
+    store: RunStore, run_id: str, rank: int, start: Callable[[RunRecord, RunStore], RunRecord]
+) -> RunRecord:
+    """A job's task on the node of `rank`: run the queued record once, into the run's record (rank 0) or the node's
+    own (nodes/<rank>/). Whatever stops it before the command ran (preflight refusal, engine down, image not
+    restorable, cancellation) is written into that record, then raised."""
+    main = store.load(run_id)
+    if main.scheduler is None:
+        raise RunRecordError(f"run {main.run_id} was not submitted to a scheduler", hint="envlock runs lists it")
+    target = store if rank == 0 else store.for_node(rank)
+    if rank == 0:
+        queued = main
+    else:
+        queued = replace(main, status="queued", container=f"{main.container}-{rank}", tracking=None)
+        if target.directory(main.run_id).exists():
+            queued = replace(queued, status="running")  # seen before: refused below
+        else:
+            target.save(queued)
+    if queued.status != "queued":
         raise RunRecordError(
-            f"run {queued.run_id} is {queued.status}, not a queued job: a submitted run runs once",
+            f"run {main.run_id} is {queued.status} on node rank {rank}, not queued: a submitted run runs once",
             hint="submit it again: envlock submit --slurm -- COMMAND",
         )
     try:
-        return start(queued)
+        return start(queued, target)
     except BaseException as exc:
-        current = store.load(queued.run_id)
+        current = target.load(queued.run_id)
         if current.status == "queued":
             stopped = isinstance(exc, KeyboardInterrupt)
             if stopped:
@@ -168,15 +223,18 @@ def run_submitted(store: RunStore, run_id: str, start: Callable[[RunRecord], Run
                 why = "; ".join((exc.message, *exc.details))
             else:
                 why = f"{exc.__class__.__name__}: {exc}"
-            store.save(replace(current, status="interrupted" if stopped else "failed", ended=now(), error=why))
+            target.save(replace(current, status="interrupted" if stopped else "failed", ended=now(), error=why))
         raise
 
 
-def on_node(record: RunRecord, environ: Mapping[str, str]) -> RunRecord:
-    """The queued record with the node's facts added (where the job runs, which nodes it has)."""
+def on_node(record: RunRecord, environ: Mapping[str, str], role: NodeRole) -> RunRecord:
+    """The queued record with the node's facts added: where it runs (Slurm's node name and the host), its rank,
+    and which nodes the job has."""
     scheduler = {
         **(record.scheduler or {}),
-        "node": socket.gethostname(),
+        "node": environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "host": socket.gethostname(),
+        "rank": role.rank,
         "nodes": environ.get("SLURM_JOB_NODELIST", ""),
     }
     return replace(record, scheduler=scheduler)
@@ -194,28 +252,48 @@ def settle_jobs(
     settled: list[RunRecord] = []
     for record in records:
         job_id = (record.scheduler or {}).get("job-id")
-        if record.status not in ("queued", "running") or not job_id:
+        if not job_id:
+            continue
+        open_nodes = [n for n in store.node_records(record.run_id) if n.status in ("queued", "running")]
+        if record.status not in ("queued", "running") and not open_nodes:
             continue
         state = slurm.state(str(job_id))
         if state is not None and not state.final:
             live[record.run_id] = state
             continue
-        current = store.load(record.run_id)  # the task may have finished it while we asked
-        if current.status not in ("queued", "running"):
-            continue
-        status: Status
-        if state is None:
-            status, why = "interrupted", f"Slurm no longer knows job {job_id} and envlock's task never finished it"
-        else:
-            status = "interrupted" if state.state in STOPPED_STATES else "failed"
-            why = f"Slurm job {job_id} ended {state.state} before envlock's task finished the run"
-        if current.status == "running" and (current.scheduler or {}).get("node") == socket.gethostname():
-            remove_container(current.container)
-        scheduler = {**(current.scheduler or {}), "state": state.state if state else "UNKNOWN"}
-        closed = replace(current, status=status, ended=now(), error=why, scheduler=scheduler)
-        store.save(closed)
-        settled.append(closed)
+        closed = _close(store, record.run_id, str(job_id), state, remove_container)
+        if closed is not None:
+            settled.append(closed)
+        for node in open_nodes:
+            _close(
+                store.for_node(int((node.scheduler or {}).get("rank", 0))),
+                node.run_id,
+                str(job_id),
+                state,
+                remove_container,
+            )
     return live, settled
+
+
+def _close(
+    store: RunStore, run_id: str, job_id: str, state: JobState | None, remove_container: Callable[[str], None]
+) -> RunRecord | None:
+    """Close a record Slurm's end of the job left open; None when the task finished it after all."""
+    current = store.load(run_id)  # the task may have finished it while we asked
+    if current.status not in ("queued", "running"):
+        return None
+    status: Status
+    if state is None:
+        status, why = "interrupted", f"Slurm no longer knows job {job_id} and envlock's task never finished it"
+    else:
+        status = "interrupted" if state.state in STOPPED_STATES else "failed"
+        why = f"Slurm job {job_id} ended {state.state} before envlock's task finished the run"
+    if current.status == "running" and (current.scheduler or {}).get("host") == socket.gethostname():
+        remove_container(current.container)
+    scheduler = {**(current.scheduler or {}), "state": state.state if state else "UNKNOWN"}
+    closed = replace(current, status=status, ended=now(), error=why, scheduler=scheduler)
+    store.save(closed)
+    return closed
 
 
 def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
@@ -230,29 +308,8 @@ def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
     return where
 
 
-MULTI_NODE_HINT = (
-    "ask for one node with several GPUs (e.g. --gres=gpu:8); a container per node is not supported yet "
-    "(README: Beyond one machine)"
-)
-
-
-def _nodes_asked(args: Sequence[str]) -> list[str]:
-    """The values of -N / --nodes among sbatch options, in every spelling sbatch accepts."""
-    values = []
-    for index, arg in enumerate(args):
-        following = args[index + 1] if index + 1 < len(args) else ""
-        if arg in ("-N", "--nodes"):
-            values.append(following)
-        elif arg.startswith("--nodes="):
-            values.append(arg.removeprefix("--nodes="))
-        elif arg.startswith("-N") and len(arg) > 2:
-            values.append(arg[2:])
-    return values
-
-
 def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
-    """The sbatch options as given, refusing the ones envlock owns (the script and its output are envlock's) and
-    allocations of more than one node (the job runs one container, on the first node)."""
+    """The sbatch options as given, refusing the ones envlock owns (the script and its output are envlock's)."""
     owned = ("--parsable", "--hold", "-H", "--wrap")
     for arg in args:
         if arg.split("=", 1)[0] in owned:
@@ -260,19 +317,4 @@ def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
                 f"sbatch option {arg} is envlock's own: it submits on hold and writes the job script itself",
                 hint="leave it out; every other sbatch option (e.g. -p gpu --time=2:00:00 --gres=gpu:1) is passed on",
             )
-    for value in _nodes_asked(args):
-        if value.strip() not in ("1", "1-1"):
-            raise SchedulerError(
-                f"sbatch --nodes={value}: envlock submit runs one container on one node", hint=MULTI_NODE_HINT
-            )
     return tuple(args)
-
-
-def check_single_node(environ: Mapping[str, str]) -> None:
-    """On the node: refuse an allocation of several nodes (set by SBATCH_* variables, say) instead of leaving all
-    but the first idle."""
-    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
-    if nodes != "1":
-        raise SchedulerError(
-            f"the job was given {nodes} nodes: envlock runs one container on one node", hint=MULTI_NODE_HINT
-        )

@@ -31,8 +31,11 @@ def envlock(*args: str, project: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A git copy of the CPU example, locked and built once, with one local run to compare the jobs with."""
-    if shutil.which("sbatch") is None or subprocess.run(["scontrol", "ping"], check=False).returncode != 0:
-        pytest.fail("Slurm is not running: bash scripts/services.sh starts the local one-node cluster")
+    if (
+        shutil.which("sbatch") is None
+        or subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0
+    ):
+        pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
     project = digits_repo(tmp_path_factory.mktemp("digits-slurm"))
     done = envlock("run", "--output", "out", "--", *TRAIN, project=project)
     assert done.returncode == 0, done.stderr
@@ -63,15 +66,74 @@ def submitted(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout.split()[1].rstrip(":")
 
 
-def test_a_two_node_job_is_refused_before_anything_is_queued(digits: Path) -> None:
-    before = set(runs(digits))
-    done = envlock("submit", "--slurm", "-N", "2", "--", *TRAIN, project=digits)
-    assert done.returncode == 17 and "one container on one node" in done.stderr
-    assert set(runs(digits)) == before
+RENDEZVOUS = """
+import os, socket, sys, time
+rank, nodes = int(os.environ["ENVLOCK_NODE_RANK"]), os.environ["ENVLOCK_NNODES"]
+address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+if rank == 0:
+    with socket.create_server(("0.0.0.0", address[1])) as server:
+        server.settimeout(120)
+        connection, _ = server.accept()
+        said = connection.recv(200).decode()
+    os.makedirs("met", exist_ok=True)
+    open("met/rendezvous.txt", "w").write(said)
+    print("rank 0 heard:", said)
+else:
+    for _ in range(240):
+        try:
+            connection = socket.create_connection(address, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    connection.sendall(f"rank {rank} of {nodes}".encode())
+    print("rank", rank, "spoke")
+"""
+
+
+def test_a_two_node_job_runs_a_container_per_node_that_meet_at_rank_0(digits: Path, cancel_at_end: list[str]) -> None:
+    (digits / "rendezvous.py").write_text(RENDEZVOUS)
+    done = envlock(
+        "submit",
+        "--output",
+        "out/rendezvous.txt",
+        "--slurm",
+        "-N",
+        "2",
+        "--",
+        "python",
+        "rendezvous.py",
+        project=digits,
+    )
+    run_id = submitted(done)
+    cancel_at_end.append(job_of(digits, run_id))
+    record = wait_for(digits, run_id, {"finished", "failed", "interrupted"})
+    assert record["status"] == "finished", (digits / ".envlock" / "runs" / run_id / "log.txt").read_text()
+    assert (digits / "met" / "rendezvous.txt").read_text() == "rank 1 of 2", "rank 1 reached rank 0 by MASTER_ADDR"
+    node = json.loads((digits / ".envlock" / "runs" / run_id / "nodes" / "1" / "record.json").read_text())
+    assert node["status"] == "finished" and node["scheduler"]["rank"] == 1
+    assert {record["scheduler"]["node"], node["scheduler"]["node"]} == set(
+        subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()
+    ), "one task on each of the two nodes"
+    assert node["image_id"] == record["image_id"] and node["container"] != record["container"]
+    assert record["environment"]["ENVLOCK_NNODES"] == "2" and node["environment"]["ENVLOCK_NODE_RANK"] == "1"
+    shown = envlock("runs", "show", run_id, project=digits).stdout
+    assert f"node 1    {node['scheduler']['node']}: finished, exit 0" in shown
+
+
+def test_a_failing_node_stops_the_others(digits: Path, cancel_at_end: list[str]) -> None:
+    fail_on_1 = "import os, sys, time; sys.exit(3) if os.environ['ENVLOCK_NODE_RANK'] == '1' else time.sleep(300)"
+    run_id = submitted(envlock("submit", "--slurm", "-N", "2", "--", "python", "-c", fail_on_1, project=digits))
+    cancel_at_end.append(job_of(digits, run_id))
+    record = wait_for(digits, run_id, {"finished", "failed", "interrupted"}, seconds=120)
+    assert record["status"] == "interrupted", "rank 0 was stopped, not left sleeping"
+    node = json.loads((digits / ".envlock" / "runs" / run_id / "nodes" / "1" / "record.json").read_text())
+    assert (node["status"], node["exit_code"]) == ("failed", 3)
+    client = docker.from_env()
+    assert not client.containers.list(all=True, filters={"name": record["container"]}), "rank 0's container removed"
 
 
 def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -> None:
-    (local,) = runs(digits).values()
+    local = next(r for r in runs(digits).values() if r["scheduler"] is None)
     run_id = submitted(
         envlock("submit", "--output", "out", "--slurm", "--time=10", "-J", "digits", "--", *TRAIN, project=digits)
     )
@@ -83,7 +145,7 @@ def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -
     assert record["outputs"] == local["outputs"], "the job's outputs are the local run's, byte for byte"
     assert record["host"]["docker-version"] and record["git"]["commit"] == local["git"]["commit"]
     slurm_out = (digits / ".envlock" / "runs" / run_id / f"slurm-{job['job-id']}.out").read_text()
-    assert '"accuracy"' in slurm_out and f"run {run_id}: finished" in slurm_out
+    assert '"accuracy"' in slurm_out and f"run {run_id} (node rank 0): finished" in slurm_out
     shown = envlock("runs", "show", run_id, project=digits)
     assert f"job       slurm {job['job-id']}" in shown.stdout and "sbatch    --time=10 -J digits" in shown.stdout
     again = envlock("reproduce", run_id, project=digits)

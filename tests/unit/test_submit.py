@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,9 @@ from envlock.runner import RunRequest, run_in_image
 from envlock.runs import RunRecord, RunRecordError, RunStore
 from envlock.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
 from envlock.submit import (
+    NodeRole,
     Submission,
-    check_single_node,
+    node_role,
     on_node,
     run_submitted,
     sbatch_options_of,
@@ -46,17 +47,24 @@ class FakeSlurm:
         args = list(args)
         self.calls.append(args)
         key = " ".join(args[:2]) if args[0] == "scontrol" else args[0]
+        code, out, err = 0, "", ""
         if key in self.fail:
-            return subprocess.CompletedProcess(args, 1, "", self.fail[key])
-        if args[0] == "sbatch":
+            code, err = 1, self.fail[key]
+        elif args[0] == "sbatch":
             self.next_id += 1
-            return subprocess.CompletedProcess(args, 0, f"{self.next_id};envlock\n", "")
-        if args[:3] == ["scontrol", "show", "job"]:
-            job = args[-1]
-            if job not in self.states:
-                return subprocess.CompletedProcess(args, 1, "", "slurm_load_jobs error: Invalid job id specified\n")
-            return subprocess.CompletedProcess(args, 0, self.states[job], "")
-        return subprocess.CompletedProcess(args, 0, "", "")
+            out = f"{self.next_id};envlock\n"
+        elif args[:3] == ["scontrol", "show", "hostnames"]:
+            prefix, _, ranged = args[3].partition("[")
+            first, _, last = ranged.rstrip("]").partition("-")
+            names = [f"{prefix}{n:0{len(first)}d}" for n in range(int(first), int(last) + 1)] if ranged else [prefix]
+            out = "\n".join(names) + "\n"
+        elif args[:3] == ["scontrol", "show", "node"]:
+            out = f"NodeName={args[-1]} NodeAddr=10.0.0.{args[-1][-1]} State=IDLE\n"
+        elif args[:3] == ["scontrol", "show", "job"] and args[-1] not in self.states:
+            code, err = 1, "slurm_load_jobs error: Invalid job id specified\n"
+        elif args[:3] == ["scontrol", "show", "job"]:
+            out = self.states[args[-1]]
+        return subprocess.CompletedProcess(args, code, out, err)
 
 
 def oneliner(state: str, reason: str = "None") -> str:
@@ -126,28 +134,6 @@ def test_envlocks_own_sbatch_options_are_refused() -> None:
             sbatch_options_of(["-p", "gpu", owned])
 
 
-@pytest.mark.parametrize("nodes", [["-N", "2"], ["-N2"], ["--nodes=2-4"], ["--nodes", "3"]])
-def test_more_than_one_node_is_refused_with_what_to_do_instead(nodes: list[str]) -> None:
-    with pytest.raises(SchedulerError, match="one container on one node") as refused:
-        sbatch_options_of(["-p", "gpu", *nodes])
-    assert "--gres=gpu:8" in refused.value.hint
-    assert sbatch_options_of(["-N", "1", "--nodes=1"]) == ("-N", "1", "--nodes=1")
-
-
-def test_a_node_given_several_nodes_fails_the_record(project: Path) -> None:
-    queued = submit(project, FakeSlurm())
-    store = RunStore(project)
-
-    def start(_queued: RunRecord) -> RunRecord:
-        check_single_node({"SLURM_JOB_NUM_NODES": "2"})
-        raise AssertionError("not reached")
-
-    with pytest.raises(SchedulerError):
-        run_submitted(store, queued.run_id, start)
-    record = store.load(queued.run_id)
-    assert record.status == "failed" and "given 2 nodes" in (record.error or "")
-
-
 def test_the_command_line_splits_envlock_options_sbatch_options_and_the_command() -> None:
     head, parsed = _split_submit(["submit", "-o", "out", "--slurm", "-o", "x.out", "-C", "a100", "--", "python", "-o"])
     assert head == ["submit", "-o", "out", "--slurm"]
@@ -180,23 +166,45 @@ def test_the_slurm_adapter_reads_scontrol_and_reports_failures() -> None:
         run_command(["/nonexistent/sbatch", "--version"])
 
 
-def test_batch_script_is_envlocks_defaults_then_one_exec() -> None:
+def test_batch_script_is_envlocks_defaults_then_one_task_per_node() -> None:
     text = batch_script(job_name="envlock-x", project_dir=Path("/p"), run_dir=Path("/p/r"), task=["envlock", "a b"])
     assert text.startswith("#!/bin/bash\n#SBATCH --job-name=envlock-x\n#SBATCH --chdir=/p\n")
-    assert text.endswith("set -euo pipefail\nexec envlock 'a b'\n")
+    assert text.endswith(
+        'exec srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        "--kill-on-bad-exit=1 envlock 'a b'\n"
+    )
 
 
-def node_start(project: Path, launcher: FakeLauncher, host, environ: dict[str, str]):  # type: ignore[no-untyped-def]
+def test_each_node_knows_its_rank_and_where_rank_0_listens() -> None:
+    fake = FakeSlurm()
+    two = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    role = node_role(two, Slurm(fake))
+    assert role == NodeRole(rank=1, nodes=2, master_addr="10.0.0.7", master_port=20042)
+    assert role.settings == {
+        "ENVLOCK_NODE_RANK": "1",
+        "ENVLOCK_NNODES": "2",
+        "MASTER_ADDR": "10.0.0.7",
+        "MASTER_PORT": "20042",
+    }
+    assert ["scontrol", "show", "hostnames", "gpu[07-08]"] in fake.calls
+    assert ["scontrol", "show", "node", "--oneliner", "gpu07"] in fake.calls
+    assert node_role({"SLURM_JOB_ID": "42"}, Slurm(FakeSlurm())) == NodeRole(0, 1, "127.0.0.1", 20042)
+
+
+SINGLE = NodeRole(0, 1, "127.0.0.1", 20042)
+
+
+def node_start(project: Path, launcher: FakeLauncher, host, environ: dict[str, str], role: NodeRole = SINGLE):  # type: ignore[no-untyped-def]
     """What `envlock run-submitted` does with a queued record, with fakes for the engine and the node."""
-    store = RunStore(project)
+    main = RunStore(project)
 
-    def start(queued: RunRecord) -> RunRecord:
-        lock_path = store.directory(queued.run_id) / "envlock.lock"
+    def start(queued: RunRecord, store: RunStore) -> RunRecord:
+        lock_path = main.directory(queued.run_id) / "envlock.lock"
         return run_in_image(
             lockfile.read(lock_path),
             lock_path.read_text(encoding="utf-8"),
             queued.platform,
-            submitted_request(queued, environ),
+            submitted_request(queued, environ, role),
             project_dir=project,
             image=IMAGE,
             host=host,
@@ -204,7 +212,7 @@ def node_start(project: Path, launcher: FakeLauncher, host, environ: dict[str, s
             launcher=launcher,
             store=store,
             output=lambda _s, _d: None,
-            queued=on_node(queued, environ),
+            queued=on_node(queued, environ, role),
         )
 
     return start
@@ -218,7 +226,7 @@ def test_the_nodes_task_runs_the_queued_record_once(project: Path, monkeypatch: 
         monkeypatch.setenv(name, value)  # the runner passes values from the process environment, as on a node
     launcher = FakeLauncher(writes={"out/metrics.json": b"{}"})
     store = RunStore(project)
-    record = run_submitted(store, queued.run_id, node_start(project, launcher, cpu_host(), environ))
+    record = run_submitted(store, queued.run_id, 0, node_start(project, launcher, cpu_host(), environ))
     assert (record.run_id, record.status, record.exit_code) == (queued.run_id, "finished", 0)
     assert record.scheduler["job-id"] == "42" and record.scheduler["nodes"] == "gpu07"
     assert record.host["cpu-model"] == "AMD EPYC 7763" and "out/metrics.json" in record.outputs
@@ -228,7 +236,38 @@ def test_the_nodes_task_runs_the_queued_record_once(project: Path, monkeypatch: 
     assert spec.gpu_devices == ("2", "3"), "only the GPUs Slurm allotted"
     assert "secret" not in (store.directory(record.run_id) / "record.json").read_text()
     with pytest.raises(RunRecordError, match="runs once"):
-        run_submitted(store, queued.run_id, node_start(project, launcher, cpu_host(), environ))
+        run_submitted(store, queued.run_id, 0, node_start(project, launcher, cpu_host(), environ))
+
+
+def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued = submit(project, FakeSlurm())
+    store = RunStore(project)
+    launchers = [FakeLauncher(), FakeLauncher(code=3)]
+    records = []
+    for rank in (0, 1):
+        environ = {
+            "SLURM_JOB_ID": "42",
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_NODEID": str(rank),
+            "SLURMD_NODENAME": f"gpu0{7 + rank}",
+        }
+        role = NodeRole(rank, 2, "10.0.0.7", 20042)
+        start = node_start(project, launchers[rank], cpu_host(), environ, role)
+        records.append(run_submitted(store, queued.run_id, rank, start))
+    main, other = records
+    assert (main.status, other.status, other.exit_code) == ("finished", "failed", 3)
+    assert store.load(queued.run_id) == main and store.node_records(queued.run_id) == [other]
+    assert (store.for_node(1).directory(queued.run_id) / "record.json").is_file()
+    assert other.scheduler["node"] == "gpu08" and other.scheduler["rank"] == 1
+    first, second = (launcher.launched[0] for launcher in launchers)
+    assert first.name != second.name, "one container per node, named apart"
+    assert second.environment["ENVLOCK_NODE_RANK"] == "1" and second.environment["MASTER_ADDR"] == "10.0.0.7"
+    assert first.host_network and second.host_network, "nodes reach each other (NCCL, rendezvous)"
+    assert other.environment["ENVLOCK_NNODES"] == "2", "the rank settings are recorded"
+    with pytest.raises(RunRecordError, match="runs once"):
+        run_submitted(store, queued.run_id, 1, node_start(project, FakeLauncher(), cpu_host(), {}, role))
 
 
 def test_a_node_that_fails_the_preflight_fails_the_record_with_the_reason(
@@ -239,7 +278,7 @@ def test_a_node_that_fails_the_preflight_fails_the_record_with_the_reason(
     store = RunStore(project)
     old = gpu_host("470.82.01", A100, cuda=11040)
     with pytest.raises(PreflightError):
-        run_submitted(store, queued.run_id, node_start(project, FakeLauncher(), old, {}))
+        run_submitted(store, queued.run_id, 0, node_start(project, FakeLauncher(), old, {}))
     record = store.load(queued.run_id)
     assert record.status == "failed" and "470.82.01" in (record.error or "")
 
@@ -248,11 +287,11 @@ def test_a_job_cancelled_before_its_command_started_is_interrupted(project: Path
     queued = submit(project, FakeSlurm())
     store = RunStore(project)
 
-    def cancelled(_queued: RunRecord) -> RunRecord:
+    def cancelled(_queued: RunRecord, _store: RunStore) -> RunRecord:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_submitted(store, queued.run_id, cancelled)
+        run_submitted(store, queued.run_id, 0, cancelled)
     record = store.load(queued.run_id)
     assert (record.status, record.error) == ("interrupted", "the job was cancelled before its command started")
 
@@ -261,7 +300,7 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     store = RunStore(project)
     fake = FakeSlurm()
     pending, cancelled, forgotten, finished = (submit(project, fake) for _ in range(4))
-    done = run_submitted(store, finished.run_id, node_start(project, FakeLauncher(), cpu_host(), {}))
+    done = run_submitted(store, finished.run_id, 0, node_start(project, FakeLauncher(), cpu_host(), {}))
     fake.states = {
         pending.scheduler["job-id"]: oneliner("PENDING", "Priority"),
         cancelled.scheduler["job-id"]: oneliner("CANCELLED"),
@@ -277,6 +316,10 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
         by_id[forgotten.run_id].error or ""
     )
     assert store.load(done.run_id).status == "finished" and removed == []
+    node = store.for_node(1)
+    node.save(replace(done, status="running", container=done.container + "-1", scheduler={**done.scheduler, "rank": 1}))
+    _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append)
+    assert closed == [] and store.node_records(done.run_id)[0].status == "failed", "a node left open is closed too"
     again, _ = settle_jobs(store, store.all(), Slurm(fake), removed.append)
     assert set(again) == {pending.run_id}, "settled records are final: Slurm is not asked about them again"
 
