@@ -41,10 +41,7 @@ echo "== envlock submit --slurm   (the same training as a batch job on the local
 submitted=$("$envlock" submit -C "$work" --mlflow "$work/mlruns" --output out --slurm --time=10 -- python train.py --out out)
 echo "$submitted"
 job_run=$(echo "$submitted" | awk '{print $2}' | tr -d :)
-status() { "$envlock" runs -C "$work" show "$job_run" --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["status"])'; }
-for _ in $(seq 1 240); do
-  case "$(status)" in queued | running) sleep 1 ;; *) break ;; esac
-done
+"$envlock" runs -C "$work" wait "$job_run" --timeout 600   # exits with the job's own status
 "$envlock" runs -C "$work"
 "$envlock" runs -C "$work" show "$job_run"
 echo "-- the MLflow run envlock started; the metrics were logged by train.py inside the container:"
@@ -58,7 +55,6 @@ print(f"MLflow run {run.info.run_id}: {run.info.status}, metrics {run.data.metri
 for key in sorted(k for k in run.data.tags if k.startswith("envlock.")):
     print(f"  {key} = {run.data.tags[key]}")
 PY
-test "$(status)" = finished
 
 echo
 echo "== envlock show   (examples/torch-gpu: torch 2.5.1 with its CUDA 12.4 wheels)"

@@ -518,6 +518,8 @@ def submit_command(
             "no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py"
         )
     sbatch = sbatch_options_of(parsed.sbatch)
+    scheduler = Slurm()
+    scheduler.ping()
     spec = load_spec(project)
     locked = check_lock(spec)
     tracking = _tracking_settings(mlflow, no_mlflow, spec.name)
@@ -550,14 +552,12 @@ def submit_command(
         project_dir=project_dir,
         image=image,
         store=store,
-        slurm=Slurm(),
+        slurm=scheduler,
         task=task,
     )
     job = (record.scheduler or {}).get("job-id")
-    typer.echo(
-        f"run {record.run_id}: queued as Slurm job {job}; follow it with `envlock runs` (log: "
-        f"{store.log_path(record.run_id)})"
-    )
+    typer.echo(f"run {record.run_id}: queued as Slurm job {job}")
+    _say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
 
 
 def _stop_on_sigterm() -> None:
@@ -725,6 +725,38 @@ def _settle(store: RunStore, records: list[RunRecord]) -> tuple[dict[str, JobSta
         _say(f"run {job.run_id}: {job.error}: marked {job.status}")
         closed[job.run_id] = job
     return live, closed
+
+
+@runs_app.command("wait")
+def runs_wait(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    project: Annotated[
+        Path | None,
+        typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up after this many seconds (exit 19).", min=0)
+    ] = None,
+) -> None:
+    """Wait until a run (a submitted job, or a run in another terminal) is final; exit with its command's status."""
+    from envlock.runs import RunStore, exit_status, wait_until_final  # noqa: PLC0415
+
+    store = RunStore(project or ctx.obj or Path())
+    run = store.load(run_id).run_id
+
+    def current() -> RunRecord:
+        record = store.load(run)
+        return _settle(store, [record])[1].get(run, record)
+
+    record = wait_until_final(current, timeout, poll=2.0)
+    nodes = [n for n in store.node_records(run) if n.status != "finished"]
+    typer.echo(
+        f"run {run}: {record.status} (exit {record.exit_code})"
+        + (f": {record.error}" if record.error else "")
+        + "".join(f"; node {(n.scheduler or {}).get('rank')}: {n.status} (exit {n.exit_code})" for n in nodes)
+    )
+    raise CommandExited(exit_status(record))
 
 
 @runs_app.command("show")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,15 @@ class RunNotFoundError(EnvlockError):
 
     exit_code = 13
     default_hint = "list the runs with `envlock runs`"
+
+
+class RunWaitTimeoutError(EnvlockError):
+    """A run was still queued or running when `envlock runs wait` stopped waiting."""
+
+    exit_code = 19
+
+
+FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})
 
 
 def now() -> str:
@@ -185,6 +196,38 @@ class RunStore:
                 self.save(finished)
                 settled.append(finished)
         return settled
+
+
+def wait_until_final(
+    current: Callable[[], RunRecord],
+    timeout: float | None,
+    *,
+    poll: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunRecord:
+    """Ask `current` (the record, settled against its scheduler) every `poll` seconds until the run is final."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        record = current()
+        if record.status in FINAL:
+            return record
+        if deadline is not None and clock() >= deadline:
+            raise RunWaitTimeoutError(
+                f"run {record.run_id} is still {record.status} after {timeout:g} s",
+                hint=f"envlock runs show {record.run_id}; wait longer with --timeout (or without it)",
+            )
+        sleep(poll if deadline is None else max(0.0, min(poll, deadline - clock())))
+
+
+def exit_status(record: RunRecord) -> int:
+    """What a shell should see for a finished run: its command's exit code; 130 when interrupted; 1 when it never
+    ran its command (the record's error says why)."""
+    if record.status == "interrupted":
+        return 130
+    if record.exit_code is not None:
+        return record.exit_code
+    return 0 if record.status == "finished" else 1
 
 
 def _alive(pid: int) -> bool:

@@ -81,6 +81,10 @@ class Slurm:
             raise SchedulerError(f"{what}: {said[-1] if said else f'{args[0]} exited {done.returncode}'}")
         return done.stdout
 
+    def ping(self) -> None:
+        """Check that the controller answers, before anything is built or written."""
+        self._call("Slurm's controller does not answer", ["scontrol", "ping"])
+
     def submit_held(self, script: Path, options: Sequence[str]) -> str:
         """Submit a batch script on hold (it cannot start before envlock has recorded its id); the job id."""
         out = self._call("sbatch refused the job", ["sbatch", "--parsable", "--hold", *options, str(script)])

@@ -124,7 +124,9 @@ def test_a_failing_node_stops_the_others(digits: Path, cancel_at_end: list[str])
     fail_on_1 = "import os, sys, time; sys.exit(3) if os.environ['ENVLOCK_NODE_RANK'] == '1' else time.sleep(300)"
     run_id = submitted(envlock("submit", "--slurm", "-N", "2", "--", "python", "-c", fail_on_1, project=digits))
     cancel_at_end.append(job_of(digits, run_id))
-    record = wait_for(digits, run_id, {"finished", "failed", "interrupted"}, seconds=120)
+    waited = envlock("runs", "wait", run_id, "--timeout", "120", project=digits)
+    assert waited.returncode == 130 and "; node 1: failed (exit 3)" in waited.stdout, waited.stdout
+    record = runs(digits)[run_id]
     assert record["status"] == "interrupted", "rank 0 was stopped, not left sleeping"
     node = json.loads((digits / ".envlock" / "runs" / run_id / "nodes" / "1" / "record.json").read_text())
     assert (node["status"], node["exit_code"]) == ("failed", 3)
@@ -137,8 +139,10 @@ def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -
     run_id = submitted(
         envlock("submit", "--output", "out", "--slurm", "--time=10", "-J", "digits", "--", *TRAIN, project=digits)
     )
-    record = wait_for(digits, run_id, {"finished", "failed", "interrupted"})
-    assert record["status"] == "finished", (digits / ".envlock" / "runs" / run_id / "log.txt").read_text()
+    waited = envlock("runs", "wait", run_id, "--timeout", "240", project=digits)
+    assert waited.returncode == 0, waited.stdout + (digits / ".envlock" / "runs" / run_id / "log.txt").read_text()
+    assert waited.stdout.strip() == f"run {run_id}: finished (exit 0)"
+    record = runs(digits)[run_id]
     job = record["scheduler"]
     assert job["job-id"].isdigit() and job["options"] == ["--time=10", "-J", "digits"] and job["node"]
     assert record["image_id"] == local["image_id"] and record["lock_hash"] == local["lock_hash"]
@@ -177,6 +181,8 @@ def test_runs_follows_a_job_from_queued_to_cancelled(digits: Path, cancel_at_end
             break
         time.sleep(1)
     assert " queued " in line and "(BeginTime)" in line, listing
+    late = envlock("runs", "wait", run_id, "--timeout", "1", project=digits)
+    assert late.returncode == 19 and f"run {run_id} is still queued after 1 s" in late.stderr
     subprocess.run(["scancel", job_of(digits, run_id)], check=True)
     record = wait_for(digits, run_id, {"interrupted", "failed", "finished"}, seconds=60)
     assert record["status"] == "interrupted" and "CANCELLED" in record["error"]

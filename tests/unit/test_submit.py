@@ -16,7 +16,7 @@ from envlock.gitstate import GitState
 from envlock.launch import LaunchSpec, gpu_request
 from envlock.preflight import PreflightError
 from envlock.runner import RunRequest, run_in_image
-from envlock.runs import RunRecord, RunRecordError, RunStore
+from envlock.runs import RunRecord, RunRecordError, RunStore, RunWaitTimeoutError, exit_status, wait_until_final
 from envlock.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
 from envlock.submit import (
     NodeRole,
@@ -329,3 +329,28 @@ def test_gpu_request_names_devices_only_when_given() -> None:
     assert gpu_request(spec)["Count"] == -1
     chosen = gpu_request(LaunchSpec("sha256:x", ["true"], "n", Path(), {}, "0:0", gpus=True, gpu_devices=("1",)))
     assert chosen["DeviceIDs"] == ["1"] and not chosen.get("Count")
+
+
+def test_waiting_returns_the_final_record_or_times_out(project: Path) -> None:
+    queued = submit(project, FakeSlurm())
+    answers = iter([queued, replace(queued, status="running"), replace(queued, status="finished", exit_code=0)])
+    slept: list[float] = []
+    done = wait_until_final(lambda: next(answers), None, poll=2.0, sleep=slept.append)
+    assert (done.status, slept) == ("finished", [2.0, 2.0])
+    ticks = iter([0.0, 0.0, 1.5, 3.0])
+    with pytest.raises(RunWaitTimeoutError, match="still queued after 3 s") as late:
+        wait_until_final(lambda: queued, 3.0, poll=2.0, clock=lambda: next(ticks), sleep=lambda _s: None)
+    assert late.value.exit_code == 19 and queued.run_id in late.value.hint
+
+
+def test_a_waited_runs_exit_status_is_its_commands(project: Path) -> None:
+    queued = submit(project, FakeSlurm())
+
+    def ended(status: str, code: int | None) -> RunRecord:
+        return replace(queued, status=status, exit_code=code)
+
+    assert exit_status(ended("finished", 0)) == 0
+    assert exit_status(ended("failed", 3)) == 3
+    assert exit_status(ended("interrupted", 130)) == 130
+    assert exit_status(ended("interrupted", None)) == 130, "cancelled while queued"
+    assert exit_status(ended("failed", None)) == 1, "never ran its command (preflight, engine)"
