@@ -1007,6 +1007,13 @@ def reproduce_command(
 
     store = RunStore(project)
     original = store.load(run_id)
+    nodes = original.environment.get("ENVLOCK_NNODES", "1")
+    if nodes != "1":
+        raise EnvlockError(
+            f"run {original.run_id} ran on {nodes} nodes: reproduce re-runs a command in one container, here",
+            hint=f"submit it again (envlock submit --slurm -N {nodes} -- {' '.join(original.command)}), then compare: "
+            f"envlock diff {original.run_id} NEW_RUN",
+        )
     lock_path = store.directory(original.run_id) / "envlock.lock"
     outputs = tuple(original.outputs or (original.scheduler or {}).get("request", {}).get("outputs", ()))
     request = RunRequest(

@@ -118,6 +118,8 @@ def test_a_two_node_job_runs_a_container_per_node_that_meet_at_rank_0(digits: Pa
     assert record["environment"]["ENVLOCK_NNODES"] == "2" and node["environment"]["ENVLOCK_NODE_RANK"] == "1"
     shown = envlock("runs", "show", run_id, project=digits).stdout
     assert f"node 1    {node['scheduler']['node']}: finished, exit 0" in shown
+    again = envlock("reproduce", run_id, project=digits)
+    assert again.returncode == 1 and "ran on 2 nodes" in again.stderr and "-N 2" in again.stderr
 
 
 def test_a_failing_node_stops_the_others(digits: Path, cancel_at_end: list[str]) -> None:
