@@ -61,7 +61,7 @@ TARGETS = [
     ("envlock.spec", "load_spec", "project + lock"),
     ("envlock.locking", "check", "project + lock"),
     ("envlock.image", "plan_image", "project + lock"),
-    ("envlock.build", "read_images", "project + lock"),
+    ("envlock.images", "read_images", "project + lock"),
     ("docker", "from_env", "Docker connect (/version, /_ping)"),
     ("docker.api.client", "APIClient.ping", "Docker connect (/version, /_ping)"),
     ("envlock.build", "Builder.build", "image check (no-op build)"),
