@@ -727,14 +727,19 @@ def _settle(store: RunStore, records: list[RunRecord]) -> tuple[dict[str, JobSta
     return live, closed
 
 
+RunIdArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
+# Under `envlock runs`, whose own -C applies when the subcommand has none (envlock runs -C DIR show ID).
+RunsProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+]
+
+
 @runs_app.command("wait")
 def runs_wait(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
-    project: Annotated[
-        Path | None,
-        typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
-    ] = None,
+    run_id: RunIdArg,
+    project: RunsProjectOpt = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up after this many seconds (exit 19).", min=0)
     ] = None,
@@ -762,11 +767,8 @@ def runs_wait(
 @runs_app.command("show")
 def runs_show(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
-    project: Annotated[
-        Path | None,
-        typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
-    ] = None,
+    run_id: RunIdArg,
+    project: RunsProjectOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One run record in full."""
