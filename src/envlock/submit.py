@@ -297,11 +297,15 @@ def _close(
 
 
 def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
-    """Where a run runs, for listings: `local`, or `slurm 42` with Slurm's reason while it waits."""
+    """Where a run runs, for listings: `local`, or `slurm 42` (`slurm 42, 4 nodes`) with Slurm's reason while it
+    waits."""
     scheduler = record.scheduler
     if not scheduler:
         return "local"
     where = f"{scheduler.get('kind')} {scheduler.get('job-id') or '-'}"
+    nodes = record.environment.get("ENVLOCK_NNODES", "1")
+    if nodes != "1":
+        where += f", {nodes} nodes"
     state = live.get(record.run_id)
     if state and state.state == "PENDING" and state.reason not in ("", "None"):
         where += f" ({state.reason})"

@@ -21,6 +21,7 @@ from envlock.slurm import JobState, SchedulerError, Slurm, batch_script, run_com
 from envlock.submit import (
     NodeRole,
     Submission,
+    describe,
     node_role,
     on_node,
     run_submitted,
@@ -266,6 +267,7 @@ def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(
     assert second.environment["ENVLOCK_NODE_RANK"] == "1" and second.environment["MASTER_ADDR"] == "10.0.0.7"
     assert first.host_network and second.host_network, "nodes reach each other (NCCL, rendezvous)"
     assert other.environment["ENVLOCK_NNODES"] == "2", "the rank settings are recorded"
+    assert describe(main, {}) == "slurm 42, 2 nodes" and describe(queued, {}) == "slurm 42"
     with pytest.raises(RunRecordError, match="runs once"):
         run_submitted(store, queued.run_id, 1, node_start(project, FakeLauncher(), cpu_host(), {}, role))
 
