@@ -25,14 +25,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from common import BIN, Failed, docker, docker_bench_args, link_or_copy, user_cache
+from common import BIN, Failed, docker, docker_bench_args, link_or_copy, run_bench, user_cache
 
 PLATFORM, RECIPE = "linux/amd64", "debian-bookworm"
 DEPENDENCIES, LIGHT = ("scikit-learn>=1.5,<1.8", "numpy>=2,<3"), "six==1.16.0"
@@ -278,22 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = docker_bench_args(__doc__, 1, "rounds per cell; the median is shown", argv)
     if not CA_BUNDLE.is_file():
         parser.error(f"{CA_BUNDLE} not found: the Dockerfile copies the host's CA bundle for pip")
-    with tempfile.TemporaryDirectory(prefix="envlock-bench-build-", ignore_cleanup_errors=True) as tmp:
-        try:
-            _, lines = envlock("base", "build", RECIPE, "--load")
-            base_ref = next((text.split()[-1] for _, text in lines if text.startswith("loaded as ")), "")
-            if not base_ref:
-                raise Failed("FAIL", f"envlock base build {RECIPE} --load did not say what it loaded")
-            bench = Bench(Path(tmp), base_ref)
-        except Failed as exc:
-            print(f"setup failed: {exc}", file=sys.stderr)
-            return 1
-        try:
-            bench.run_all(args.repeat)
-        finally:
-            bench.cleanup()
-    report(bench, args.repeat)
-    return 1 if bench.failed else 0
+
+    def make(root: Path) -> Bench:
+        _, lines = envlock("base", "build", RECIPE, "--load")
+        base_ref = next((text.split()[-1] for _, text in lines if text.startswith("loaded as ")), "")
+        if not base_ref:
+            raise Failed("FAIL", f"envlock base build {RECIPE} --load did not say what it loaded")
+        return Bench(root, base_ref)
+
+    steps: list[tuple[str, Callable[[Bench], None]]] = [("the builds", lambda bench: bench.run_all(args.repeat))]
+    return run_bench("envlock-bench-build-", make, steps, lambda bench: report(bench, args.repeat))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sized
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 TIMEOUT = 600.0
 
@@ -65,6 +68,46 @@ def free_port() -> int:
 
 
 BIN = Path(sys.executable).parent
+
+
+class Bench(Protocol):
+    """What run_bench needs of a benchmark: the cells that failed, and a cleanup that always runs."""
+
+    @property
+    def failed(self) -> Sized: ...
+
+    def cleanup(self) -> None: ...
+
+
+B = TypeVar("B", bound=Bench)
+
+
+def run_bench(
+    prefix: str,
+    make: Callable[[Path], B],
+    steps: list[tuple[str, Callable[[B], None]]],
+    report: Callable[[B], None],
+) -> int:
+    """Make the benchmark in a temp directory, run its steps (cleaning up whatever happens), then print its report;
+    the exit status: 1 when a step or any measured command failed."""
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        try:
+            bench = make(Path(tmp))
+        except Failed as exc:
+            print(f"setup failed: {exc}", file=sys.stderr)
+            return 1
+        step = "setup"
+        try:
+            for label, action in steps:
+                step = label
+                action(bench)
+        except Failed as exc:
+            print(f"{step} failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            bench.cleanup()
+    report(bench)
+    return 1 if bench.failed else 0
 
 
 def docker_bench_args(

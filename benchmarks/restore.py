@@ -33,13 +33,13 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from common import BIN, Failed, docker, docker_bench_args, free_port, link_or_copy, timed, user_cache
+from common import BIN, Failed, docker, docker_bench_args, free_port, link_or_copy, run_bench, timed, user_cache
 
 NAME, PLATFORM, DEPENDENCIES = "envlock-bench-restore", "linux/amd64", ("numpy==2.4.6", "six==1.16.0")
 PYPROJECT = (
@@ -430,21 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = docker_bench_args(__doc__, 3, "rounds per cell; the best and the median are shown", argv)
     if shutil.which("docker-registry") is None:
         parser.error("docker-registry is not installed: run bash scripts/setup.sh")
-    with tempfile.TemporaryDirectory(prefix="envlock-bench-restore-", ignore_cleanup_errors=True) as tmp:
-        bench = Bench(Path(tmp))
-        try:
-            step = "setup"
-            bench.setup()
-            step = "the rounds"
-            bench.measure(args.repeat)
-            bench.sizes()
-        except Failed as exc:
-            print(f"{step} failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            bench.cleanup()
-    report(bench, args.repeat)
-    return 1 if bench.failed else 0
+    steps: list[tuple[str, Callable[[Bench], None]]] = [
+        ("setup", Bench.setup),
+        ("the rounds", lambda bench: bench.measure(args.repeat)),
+        ("the sizes", Bench.sizes),
+    ]
+    return run_bench("envlock-bench-restore-", Bench, steps, lambda bench: report(bench, args.repeat))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from common import BIN, Failed, docker, docker_bench_args, link_or_copy, timed, user_cache
+from common import BIN, Failed, docker, docker_bench_args, link_or_copy, run_bench, timed, user_cache
 
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-run", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
@@ -419,21 +419,14 @@ def breakdown(bench: Bench) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     _, args = docker_bench_args(__doc__, 10, "runs per cell; the best and the median are shown", argv)
-    with tempfile.TemporaryDirectory(prefix="envlock-bench-run-", ignore_cleanup_errors=True) as tmp:
-        bench = Bench(Path(tmp))
-        try:
-            bench.setup()
-            bench.measure(args.repeat)
-            bench.phases()
-            bench.imports()
-            bench.count_records()
-        except Failed as exc:
-            print(f"setup failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            bench.cleanup()
-    report(bench, args.repeat)
-    return 1 if bench.failed else 0
+    steps: list[tuple[str, Callable[[Bench], None]]] = [
+        ("setup", Bench.setup),
+        ("the rounds", lambda bench: bench.measure(args.repeat)),
+        ("the phases", Bench.phases),
+        ("the imports", Bench.imports),
+        ("counting records", Bench.count_records),
+    ]
+    return run_bench("envlock-bench-run-", Bench, steps, lambda bench: report(bench, args.repeat))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -46,7 +45,18 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from common import BIN, TIMEOUT, Failed, docker, docker_bench_args, free_port, link_or_copy, timed, user_cache
+from common import (
+    BIN,
+    TIMEOUT,
+    Failed,
+    docker,
+    docker_bench_args,
+    free_port,
+    link_or_copy,
+    run_bench,
+    timed,
+    user_cache,
+)
 
 from envlock.slurm import FINAL_STATES
 
@@ -421,20 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     pinged = shutil.which("scontrol") and subprocess.run(["scontrol", "ping"], capture_output=True, check=False)
     if not pinged or pinged.returncode != 0 or shutil.which("sbatch") is None:
         parser.error("Slurm is not reachable (`scontrol ping`); start the local cluster: bash scripts/services.sh")
-    with tempfile.TemporaryDirectory(prefix="envlock-bench-submit-", ignore_cleanup_errors=True) as tmp:
-        bench = Bench(Path(tmp))
-        try:
-            bench.setup()
-            bench.measure(args.repeat)
-            bench.count_records()
-            bench.count_tracked()
-        except Failed as exc:
-            print(f"setup failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            bench.cleanup()
-    report(bench, args.repeat)
-    return 1 if bench.failed else 0
+    steps: list[tuple[str, Callable[[Bench], None]]] = [
+        ("setup", Bench.setup),
+        ("the rounds", lambda bench: bench.measure(args.repeat)),
+        ("counting records", Bench.count_records),
+        ("counting MLflow runs", Bench.count_tracked),
+    ]
+    return run_bench("envlock-bench-submit-", Bench, steps, lambda bench: report(bench, args.repeat))
 
 
 if __name__ == "__main__":
