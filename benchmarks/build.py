@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from common import BIN, Failed, docker, docker_bench_args, link_or_copy, run_bench, user_cache
+from common import BIN, Failed, docker, docker_bench_args, run_bench, seed_cache
 
 PLATFORM, RECIPE = "linux/amd64", "debian-bookworm"
 DEPENDENCIES, LIGHT = ("scikit-learn>=1.5,<1.8", "numpy>=2,<3"), "six==1.16.0"
@@ -125,7 +125,7 @@ class Bench:
         """A new ENVLOCK_CACHE_DIR with only the user's bases/ in it (hard links where possible)."""
         self.caches += 1
         cache = self.root / f"cache-{self.caches}"
-        shutil.copytree(user_cache() / "bases", cache / "bases", copy_function=link_or_copy)
+        seed_cache(cache)
         return cache
 
     def envlock_cold(self) -> float:

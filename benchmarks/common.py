@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,25 @@ def user_cache() -> Path:
     if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock"
+
+
+# What `envlock build` says about the image: `built NAME:TAG (sha256:…)` or `already built: NAME:TAG (sha256:…)`.
+BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
+
+
+def built_image(output: str) -> tuple[str, str]:
+    """(reference, image ID) from `envlock build`'s output; Failed when it says neither."""
+    found = BUILT.search(output)
+    if not found:
+        raise Failed("FAIL", f"envlock build did not say which image it built: {output.strip()[-200:]}")
+    return found.group(1), found.group(2)
+
+
+def seed_cache(cache: Path) -> None:
+    """Give a benchmark's own ENVLOCK_CACHE_DIR the user's bases/ (hard links where possible): the base is built
+    once per machine, never inside a timing."""
+    if (user_cache() / "bases").is_dir():
+        shutil.copytree(user_cache() / "bases", cache / "bases", copy_function=link_or_copy)
 
 
 def link_or_copy(source: str, target: str) -> None:

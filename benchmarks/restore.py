@@ -39,7 +39,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from common import BIN, Failed, docker, docker_bench_args, free_port, link_or_copy, run_bench, timed, user_cache
+from common import (
+    BIN,
+    Failed,
+    built_image,
+    docker,
+    docker_bench_args,
+    free_port,
+    run_bench,
+    seed_cache,
+    timed,
+)
 
 NAME, PLATFORM, DEPENDENCIES = "envlock-bench-restore", "linux/amd64", ("numpy==2.4.6", "six==1.16.0")
 PYPROJECT = (
@@ -49,7 +59,6 @@ PYPROJECT = (
 NAMESPACE = "team"
 TIMEOUT = 600.0
 RATIO_TARGET = 1.1
-BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
 PUSHED = re.compile(r"^pushed (\S+@sha256:[0-9a-f]+)", re.MULTILINE)
 RESTORED = re.compile(r"^restored (sha256:[0-9a-f]+) from (\S+)", re.MULTILINE)
 LABELS = {  # measurement key -> what it is called in the table and notes
@@ -162,15 +171,14 @@ class Bench:
         self.registry.start()
         self.project.mkdir()
         (self.project / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
-        if (user_cache() / "bases").is_dir():
-            shutil.copytree(user_cache() / "bases", self.cache / "bases", copy_function=link_or_copy)
+        seed_cache(self.cache)
         project = str(self.project)
         locked, _ = self.envlock("lock", "-C", project)
         built, output = self.envlock("build", "-C", project, "--registry", f"{self.registry.address}/{NAMESPACE}")
-        found, pushed = BUILT.search(output), PUSHED.search(output)
-        if not found or not pushed:
-            raise Failed("FAIL", f"envlock build --registry did not say what it built and pushed: {output.strip()}")
-        self.reference, self.image_id = found.groups()
+        pushed = PUSHED.search(output)
+        if not pushed:
+            raise Failed("FAIL", f"envlock build --registry did not say where it pushed: {output.strip()}")
+        self.reference, self.image_id = built_image(output)
         self.digest = pushed.group(1)
         if self.image_id in self.existing:  # the image ID does not depend on the project's name: another can share it
             tags = docker("image", "inspect", "-f", "{{json .RepoTags}}", self.image_id)

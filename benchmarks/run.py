@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,12 +31,20 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from common import BIN, Failed, docker, docker_bench_args, link_or_copy, run_bench, timed, user_cache
+from common import (
+    BIN,
+    Failed,
+    built_image,
+    docker,
+    docker_bench_args,
+    run_bench,
+    seed_cache,
+    timed,
+)
 
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-run", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
 RATIO_TARGET, HELP_TARGET = 1.3, 0.3
-BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
 LABELS = {  # measurement key -> what it is called in the table and notes
     "run": "envlock run -- true",
     "docker": "docker run --rm IMAGE true",
@@ -205,13 +212,9 @@ class Bench:
         """Lock and build the project (untimed); remember the image's reference and ID."""
         self.project.mkdir()
         (self.project / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
-        if (user_cache() / "bases").is_dir():
-            shutil.copytree(user_cache() / "bases", self.cache / "bases", copy_function=link_or_copy)
+        seed_cache(self.cache)
         self.envlock("lock", "-C", str(self.project))
-        found = BUILT.search(self.envlock("build", "-C", str(self.project)))
-        if not found:
-            raise Failed("FAIL", "envlock build did not say which image it built")
-        self.reference, self.image_id = found.groups()
+        self.reference, self.image_id = built_image(self.envlock("build", "-C", str(self.project)))
 
     def commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         """Per measurement key: the command and its environment, in the order each round runs them."""

@@ -49,20 +49,19 @@ from common import (
     BIN,
     TIMEOUT,
     Failed,
+    built_image,
     docker,
     docker_bench_args,
     free_port,
-    link_or_copy,
     run_bench,
+    seed_cache,
     timed,
-    user_cache,
 )
 
 from envlock.slurm import FINAL_STATES
 
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-submit", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'
-BUILT = re.compile(r"(?:built|already built:) (\S+) \((sha256:[0-9a-f]+)\)")
 QUEUED = re.compile(r"run (\S+): queued as Slurm job (\d+)")
 POLL, HEALTH_WAIT, SETTLE = 0.1, 60.0, 5.0
 RECORD_FINAL = frozenset({"finished", "failed", "interrupted"})
@@ -151,13 +150,9 @@ class Bench:
         """Lock and build the project (untimed); remember the image's reference and ID; start the MLflow server."""
         self.project.mkdir()
         (self.project / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
-        if (user_cache() / "bases").is_dir():
-            shutil.copytree(user_cache() / "bases", self.cache / "bases", copy_function=link_or_copy)
+        seed_cache(self.cache)
         self.envlock("lock", "-C", str(self.project))
-        found = BUILT.search(self.envlock("build", "-C", str(self.project)))
-        if not found:
-            raise Failed("FAIL", "envlock build did not say which image it built")
-        self.reference, self.image_id = found.groups()
+        self.reference, self.image_id = built_image(self.envlock("build", "-C", str(self.project)))
         try:
             self.start_server()
         except Failed as exc:
