@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/pytest ]; then
   exit 1
 fi
 bash scripts/services.sh
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
 .venv/bin/mypy
 .venv/bin/pytest "$@"

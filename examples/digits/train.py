@@ -13,13 +13,14 @@ import os
 import pickle
 from pathlib import Path
 
+# Set before scikit-learn loads numpy/scipy: their BLAS reads these once, at import (one thread: same bytes).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import accuracy_score, log_loss  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss
+from sklearn.model_selection import train_test_split
 
 
 def main() -> None:
