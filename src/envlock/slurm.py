@@ -74,11 +74,11 @@ class Slurm:
     def __init__(self, command: Command = run_command) -> None:
         self.command = command
 
-    def _call(self, what: str, args: list[str]) -> str:
+    def _call(self, what: str, args: list[str], hint: str = "") -> str:
         done = self.command(args)
         if done.returncode != 0:
             said = (done.stderr or done.stdout).strip().splitlines()
-            raise SchedulerError(f"{what}: {said[-1] if said else f'{args[0]} exited {done.returncode}'}")
+            raise SchedulerError(f"{what}: {said[-1] if said else f'{args[0]} exited {done.returncode}'}", hint=hint)
         return done.stdout
 
     def ping(self) -> None:
@@ -87,7 +87,12 @@ class Slurm:
 
     def submit_held(self, script: Path, options: Sequence[str]) -> str:
         """Submit a batch script on hold (it cannot start before envlock has recorded its id); the job id."""
-        out = self._call("sbatch refused the job", ["sbatch", "--parsable", "--hold", *options, str(script)])
+        out = self._call(
+            "sbatch refused the job",
+            ["sbatch", "--parsable", "--hold", *options, str(script)],
+            hint="the options between --slurm and -- go to sbatch as given: check them "
+            "(`sinfo` lists the partitions, `sbatch --help` the options)",
+        )
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
             raise SchedulerError(f"sbatch answered {out.strip()!r} where a job id was expected")

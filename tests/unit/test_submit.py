@@ -116,8 +116,10 @@ def test_submit_queues_a_record_with_the_job_id_before_releasing_the_job(project
 @pytest.mark.parametrize("failing", ["sbatch", "scontrol release"])
 def test_a_refused_submission_leaves_nothing_behind(project: Path, failing: str) -> None:
     fake = FakeSlurm(fail={failing: "sbatch: error: invalid partition specified: gpu\n"})
-    with pytest.raises(SchedulerError, match="invalid partition specified: gpu"):
+    with pytest.raises(SchedulerError, match="invalid partition specified: gpu") as refused:
         submit(project, fake)
+    if failing == "sbatch":
+        assert "sinfo" in refused.value.hint and "between --slurm and --" in refused.value.hint
     assert not (project / ".envlock" / "runs").exists() or not any((project / ".envlock" / "runs").iterdir())
     if failing == "scontrol release":
         assert fake.calls[-1] == ["scancel", "42"], "the held job is cancelled, not left behind"
