@@ -138,7 +138,8 @@ class MlflowTracker:
         except ImportError as exc:
             raise TrackingError(
                 "MLflow tracking needs the mlflow client, which is not installed",
-                hint="pip install 'envlock[mlflow]' (mlflow-skinny), or run with --no-mlflow",
+                hint="install mlflow-skinny where envlock runs (its mlflow extra: pip install -e '.[mlflow]' in "
+                "envlock's checkout), or run with --no-mlflow",
             ) from exc
         if target.mount is not None:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
