@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from common import BIN, Failed, docker, docker_bench_args, run_bench, seed_cache
+from common import BIN, Failed, docker, docker_bench_args, print_notes, print_table, run_bench, seed_cache
 
 PLATFORM, RECIPE = "linux/amd64", "debian-bookworm"
 DEPENDENCIES, LIGHT = ("scikit-learn>=1.5,<1.8", "numpy>=2,<3"), "six==1.16.0"
@@ -252,12 +252,7 @@ def report(bench: Bench, repeat: int) -> None:
         mine, theirs = bench.cell(row, "envlock"), bench.cell(row, "Dockerfile")
         vs[row], digits = ratio(mine, theirs), 1 if row == "size" else 2
         rows.append((label, fmt(mine, digits), fmt(theirs, digits), "n/a" if vs[row] is None else f"{vs[row]:.2f}x"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    for line in rows:
-        print(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-        )
+    print_table(rows)
     print()
     light = ratio(bench.cell("light", "envlock"), bench.cell("cold", "envlock"))
     for text, value, limit, unit in (
@@ -267,10 +262,7 @@ def report(bench: Bench, repeat: int) -> None:
         ("envlock cold build <= Dockerfile's", vs["cold"], 1.0, "x"),
     ):
         print(f"target: {text}: {verdict(value, limit, unit)}")
-    if bench.notes:
-        print("\nnotes:")
-        for note in bench.notes:
-            print(f"  {note}")
+    print_notes(bench.notes)
 
 
 def main(argv: list[str] | None = None) -> int:

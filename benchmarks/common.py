@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,31 @@ class Bench(Protocol):
 
 
 B = TypeVar("B", bound=Bench)
+
+
+def best_median(samples: list[float]) -> str:
+    """A cell's samples for the notes: `best 0.413 s, median 0.448 s`."""
+    return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
+
+
+def print_table(rows: list[tuple[str, ...]], labels: int = 1) -> None:
+    """Rows as aligned columns after a blank line: the first `labels` columns left-aligned, numbers right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i < labels else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def print_notes(notes: list[str]) -> None:
+    """The notes under a table, when there are any."""
+    if notes:
+        print("\nnotes:")
+        for note in notes:
+            print(f"  {note}")
 
 
 def run_bench(

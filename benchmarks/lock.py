@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common import BIN, Failed, timed
+from common import BIN, Failed, print_notes, print_table, timed
 
 INDEX = "https://pypi.org/simple"
 PLATFORM, UV_PLATFORM, PYTHON = "linux/amd64", "x86_64-manylinux_2_36", "3.11"
@@ -171,10 +171,7 @@ def report(results: dict[str, dict[tuple[str, str], Cell]], repeat: int, notes: 
             rows.append(
                 (name, phase, fmt(env_s), fmt(uv_s), fmt(pip_s), mark, "n/a" if speed is None else f"{speed:.1f}x")
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    for row in rows:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(rows, labels=2)
     checks = {name: cells.get(("check", "envlock"), "n/a") for name, cells in results.items()}
     print()
     shown = (f"{n} {fmt(c, 3)}{' s' if isinstance(c, float) else ''}" for n, c in checks.items())
@@ -182,10 +179,7 @@ def report(results: dict[str, dict[tuple[str, str], Cell]], repeat: int, notes: 
     print(f"target: envlock lock within {UV_RATIO_TARGET}x of raw uv: {verdict(over_uv, UV_RATIO_TARGET, 'x')}")
     measured = [(c, n) for n, c in checks.items() if isinstance(c, float)]
     print(f"target: lock --check under {CHECK_TARGET} s: {verdict(measured, CHECK_TARGET, ' s')}")
-    if notes:
-        print("\nnotes:")
-        for note in notes:
-            print(f"  {note}")
+    print_notes(notes)
 
 
 def main(argv: list[str] | None = None) -> int:

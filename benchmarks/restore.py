@@ -42,10 +42,13 @@ from typing import IO
 from common import (
     BIN,
     Failed,
+    best_median,
     built_image,
     docker,
     docker_bench_args,
     free_port,
+    print_notes,
+    print_table,
     run_bench,
     seed_cache,
     timed,
@@ -84,10 +87,6 @@ print(f"{time.perf_counter() - start:.6f} {found}")
 """
 TIMED = ("registry", "pull", "archive", "load")  # the table's rows
 Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
-
-
-def best_median(samples: list[float]) -> str:
-    return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
 
 
 def megabytes(size: float) -> str:
@@ -380,20 +379,13 @@ def report(bench: Bench, repeat: int) -> None:
         over[mine] = ratio(bench.cell(mine), bench.cell(theirs))
         shown = (f"{v:.2f}x" for v in over[mine]) if over[mine] else ("n/a", "n/a")
         rows.append((f"ratio envlock restore / {LABELS[theirs].split(' REPO')[0].split(' -i')[0]}", *shown))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    print()
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(rows)
     print()
     print(
         f"target: restore from the registry / docker pull <= {RATIO_TARGET}: {verdict(over['registry'], RATIO_TARGET)}"
     )
     print(f"restore from an archive / docker load: {verdict(over['archive'], None)}")
-    notes = bench.setup_notes + breakdown(bench) + bench.notes
-    if notes:
-        print("\nnotes:")
-        for note in notes:
-            print(f"  {note}")
+    print_notes(bench.setup_notes + breakdown(bench) + bench.notes)
 
 
 def breakdown(bench: Bench) -> list[str]:

@@ -34,9 +34,12 @@ from pathlib import Path
 from common import (
     BIN,
     Failed,
+    best_median,
     built_image,
     docker,
     docker_bench_args,
+    print_notes,
+    print_table,
     run_bench,
     seed_cache,
     timed,
@@ -187,10 +190,6 @@ def import_owners(importtime: str) -> Counter[str]:
         owners.append((depth, owner))
         per[owner] += seconds
     return per
-
-
-def best_median(samples: list[float]) -> str:
-    return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
 
 
 class Bench:
@@ -372,10 +371,7 @@ def report(bench: Bench, repeat: int) -> None:
     for key in ("help", "python"):
         cell = bench.cell(key)
         rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    print()
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(rows)
     print()
     help_cell = bench.cell("help")
     helped = verdict(None if isinstance(help_cell, str) else help_cell, HELP_TARGET, " s")
@@ -384,11 +380,7 @@ def report(bench: Bench, repeat: int) -> None:
         f"{verdict(over, RATIO_TARGET, 'x')}"
     )
     print(f"target: envlock --help under {HELP_TARGET} s: {helped}")
-    notes = breakdown(bench) + bench.notes
-    if notes:
-        print("\nnotes:")
-        for note in notes:
-            print(f"  {note}")
+    print_notes(breakdown(bench) + bench.notes)
 
 
 def breakdown(bench: Bench) -> list[str]:

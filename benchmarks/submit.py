@@ -49,10 +49,13 @@ from common import (
     BIN,
     TIMEOUT,
     Failed,
+    best_median,
     built_image,
     docker,
     docker_bench_args,
     free_port,
+    print_notes,
+    print_table,
     run_bench,
     seed_cache,
     timed,
@@ -82,10 +85,6 @@ ROWS = (  # table row: measurement, envlock's key, the alternative's key
 )
 ENVLOCK_RUNS = ("submit-done", "mlflow", "run")  # the keys that make a run record
 Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
-
-
-def best_median(samples: list[float]) -> str:
-    return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
 
 
 def job_state(job_id: str) -> str:
@@ -385,16 +384,9 @@ def report(bench: Bench, repeat: int) -> None:
             cell = bench.cell(key)
             cells += [f"{v:.3f}" for v in cell] if isinstance(cell, tuple) else [cell, cell]
         rows.append((label, *cells, ratio(bench.cell(mine), bench.cell(theirs))))
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    print()
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(rows)
     print("(ratio: of the medians)")
-    notes = differences(bench) + bench.notes
-    if notes:
-        print("\nnotes:")
-        for note in notes:
-            print(f"  {note}")
+    print_notes(differences(bench) + bench.notes)
 
 
 def differences(bench: Bench) -> list[str]:
