@@ -103,6 +103,16 @@ class Bench(Protocol):
 B = TypeVar("B", bound=Bench)
 
 
+Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
+
+
+def ratios(top: Cell, bottom: Cell) -> tuple[float, float] | None:
+    """(best, median) of one cell over another; None when either was not measured."""
+    if isinstance(top, str) or isinstance(bottom, str) or min(bottom) <= 0:
+        return None
+    return top[0] / bottom[0], top[1] / bottom[1]
+
+
 def best_median(samples: list[float]) -> str:
     """A cell's samples for the notes: `best 0.413 s, median 0.448 s`."""
     return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"

@@ -41,6 +41,7 @@ from typing import IO
 
 from common import (
     BIN,
+    Cell,
     Failed,
     best_median,
     built_image,
@@ -49,6 +50,7 @@ from common import (
     free_port,
     print_notes,
     print_table,
+    ratios,
     run_bench,
     seed_cache,
     timed,
@@ -86,7 +88,6 @@ found = verify_archive(Path(sys.argv[1]))
 print(f"{time.perf_counter() - start:.6f} {found}")
 """
 TIMED = ("registry", "pull", "archive", "load")  # the table's rows
-Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
 
 
 def megabytes(size: float) -> str:
@@ -347,12 +348,6 @@ def member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     return handle
 
 
-def ratio(top: Cell, bottom: Cell) -> tuple[float, float] | None:
-    if isinstance(top, str) or isinstance(bottom, str) or min(bottom) <= 0:
-        return None
-    return top[0] / bottom[0], top[1] / bottom[1]
-
-
 def verdict(value: tuple[float, float] | None, limit: float | None) -> str:
     if value is None:
         return "n/a (not measured)"
@@ -376,7 +371,7 @@ def report(bench: Bench, repeat: int) -> None:
         for key in (mine, theirs):
             cell = bench.cell(key)
             rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
-        over[mine] = ratio(bench.cell(mine), bench.cell(theirs))
+        over[mine] = ratios(bench.cell(mine), bench.cell(theirs))
         shown = (f"{v:.2f}x" for v in over[mine]) if over[mine] else ("n/a", "n/a")
         rows.append((f"ratio envlock restore / {LABELS[theirs].split(' REPO')[0].split(' -i')[0]}", *shown))
     print_table(rows)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from common import (
     BIN,
+    Cell,
     Failed,
     best_median,
     built_image,
@@ -40,6 +41,7 @@ from common import (
     docker_bench_args,
     print_notes,
     print_table,
+    ratios,
     run_bench,
     seed_cache,
     timed,
@@ -158,7 +160,6 @@ PHASE_ORDER = (
     "container wait",
     "container remove",
 )
-Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
 
 
 def uncached_modules() -> tuple[int, int]:
@@ -342,12 +343,6 @@ class Bench:
             self.notes.append(f"image {self.image_id[:19]} still in the engine under another name: kept")
 
 
-def ratio(top: Cell, bottom: Cell) -> tuple[float, float] | None:
-    if isinstance(top, str) or isinstance(bottom, str) or min(bottom) <= 0:
-        return None
-    return top[0] / bottom[0], top[1] / bottom[1]
-
-
 def verdict(value: tuple[float, float] | None, limit: float, unit: str) -> str:
     if value is None:
         return "n/a (not measured)"
@@ -366,7 +361,7 @@ def report(bench: Bench, repeat: int) -> None:
     for key in ("run", "docker"):
         cell = bench.cell(key)
         rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
-    over = ratio(bench.cell("run"), bench.cell("docker"))
+    over = ratios(bench.cell("run"), bench.cell("docker"))
     rows.append(("ratio envlock run / docker run", *((f"{v:.2f}x" for v in over) if over else ("n/a", "n/a"))))
     for key in ("help", "python"):
         cell = bench.cell(key)

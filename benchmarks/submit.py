@@ -48,6 +48,7 @@ from pathlib import Path
 from common import (
     BIN,
     TIMEOUT,
+    Cell,
     Failed,
     best_median,
     built_image,
@@ -56,6 +57,7 @@ from common import (
     free_port,
     print_notes,
     print_table,
+    ratios,
     run_bench,
     seed_cache,
     timed,
@@ -84,7 +86,6 @@ ROWS = (  # table row: measurement, envlock's key, the alternative's key
     ("envlock run (no MLflow) / docker run --rm IMAGE true", "run", "docker"),
 )
 ENVLOCK_RUNS = ("submit-done", "mlflow", "run")  # the keys that make a run record
-Cell = tuple[float, float] | str  # (best, median) seconds, or a short label ("FAIL", "timeout", "n/a")
 
 
 def job_state(job_id: str) -> str:
@@ -362,9 +363,9 @@ class Bench:
 
 
 def ratio(top: Cell, bottom: Cell) -> str:
-    if isinstance(top, str) or isinstance(bottom, str) or bottom[1] <= 0:
-        return "n/a"
-    return f"{top[1] / bottom[1]:.2f}x"
+    """The ratio of the medians, for the table."""
+    both = ratios(top, bottom)
+    return "n/a" if both is None else f"{both[1]:.2f}x"
 
 
 def report(bench: Bench, repeat: int) -> None:
