@@ -142,7 +142,8 @@ def run_in_image(
     notes = enforce(check_host(stack, host), request.force)
     gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
     run_id = queued.run_id if queued else new_run_id()
-    passed = {name: os.environ[name] for name in request.pass_env if name in os.environ}
+    names = (*request.pass_env, *(CLIENT_SETTINGS if tracking else ()))  # the MLflow client's credentials, by name
+    passed = {name: os.environ[name] for name in names if name in os.environ}
     record = new_record(
         run_id,
         "running",
@@ -159,7 +160,6 @@ def run_in_image(
     )
     tracked = None
     if tracking:
-        passed.update({name: os.environ[name] for name in CLIENT_SETTINGS if name in os.environ})
         tags = stack_tags(
             run_id=run_id,
             image_id=image.image_id,
@@ -174,7 +174,7 @@ def run_in_image(
             scheduler=record.scheduler,
         )
         tracked = tracking.tracker.start(tracking.experiment, run_id, tracking.reuse, tags)
-        record = replace(record, tracking=tracked.as_dict(), passed_env=sorted(passed))
+        record = replace(record, tracking=tracked.as_dict())
     if queued:
         store.begin(record, git.diff)
     else:
