@@ -755,11 +755,11 @@ def runs_wait(
         return _settle(store, [record])[1].get(run, record)
 
     record = wait_until_final(current, timeout, poll=2.0)
-    nodes = [n for n in store.node_records(run) if n.status != "finished"]
+    nodes = {rank: n for rank, n in store.node_records(run).items() if n.status != "finished"}
     typer.echo(
         f"run {run}: {record.status} (exit {record.exit_code})"
         + (f": {record.error}" if record.error else "")
-        + "".join(f"; node {(n.scheduler or {}).get('rank')}: {n.status} (exit {n.exit_code})" for n in nodes)
+        + "".join(f"; node {rank}: {n.status} (exit {n.exit_code})" for rank, n in nodes.items())
     )
     raise CommandExited(exit_status(record))
 
@@ -814,14 +814,13 @@ def runs_show(
         lines.insert(
             2, f"sbatch    {' '.join(job.get('options', [])) or '(no options)'}  submitted {job.get('submitted')}"
         )
-        for offset, node in enumerate(store.node_records(record.run_id), start=3):
-            facts = node.scheduler or {}
+        for offset, (rank, node) in enumerate(store.node_records(record.run_id).items(), start=3):
             lines.insert(
                 offset,
-                f"node {facts.get('rank', '?'):<4} {facts.get('node') or '-'}: {node.status}, exit {node.exit_code} · "
+                f"node {rank:<4} {(node.scheduler or {}).get('node') or '-'}: {node.status}, exit {node.exit_code} · "
                 f"driver {node.host.get('driver-version') or 'none'} · GPUs {gpu_summary(node.host.get('gpus', []))}"
                 + (f" · {node.error}" if node.error else "")
-                + f"  ({store.for_node(int(facts.get('rank', 0))).directory(record.run_id)})",
+                + f"  ({store.for_node(rank).directory(record.run_id)})",
             )
     if record.error:
         lines.append(f"error     {record.error}")

@@ -104,14 +104,15 @@ class RunStore:
         """The records of a multi-node job's node `rank` (> 0; rank 0 keeps the run's own record)."""
         return RunStore(self.project_dir, rank)
 
-    def node_records(self, run_id: str) -> list[RunRecord]:
-        """The records of a multi-node job's other nodes, by rank (unreadable ones left out)."""
+    def node_records(self, run_id: str) -> dict[int, RunRecord]:
+        """The records of a multi-node job's other nodes by rank, the rank read from their folder (a node's task
+        killed before it started has only the queued copy, without its facts); unreadable ones left out."""
         nodes = self.root / run_id / "nodes"
         ranks = sorted(int(p.name) for p in nodes.iterdir() if p.name.isdigit()) if nodes.is_dir() else []
-        found = []
+        found = {}
         for rank in ranks:
             try:
-                found.append(self._read(nodes / str(rank) / "record.json"))
+                found[rank] = self._read(nodes / str(rank) / "record.json")
             except RunRecordError:
                 continue
         return found

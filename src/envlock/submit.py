@@ -254,7 +254,7 @@ def settle_jobs(
         job_id = (record.scheduler or {}).get("job-id")
         if not job_id:
             continue
-        open_nodes = [n for n in store.node_records(record.run_id) if n.status in ("queued", "running")]
+        open_nodes = [r for r, n in store.node_records(record.run_id).items() if n.status in ("queued", "running")]
         if record.status not in ("queued", "running") and not open_nodes:
             continue
         state = slurm.state(str(job_id))
@@ -264,14 +264,8 @@ def settle_jobs(
         closed = _close(store, record.run_id, str(job_id), state, remove_container)
         if closed is not None:
             settled.append(closed)
-        for node in open_nodes:
-            _close(
-                store.for_node(int((node.scheduler or {}).get("rank", 0))),
-                node.run_id,
-                str(job_id),
-                state,
-                remove_container,
-            )
+        for rank in open_nodes:
+            _close(store.for_node(rank), record.run_id, str(job_id), state, remove_container)
     return live, settled
 
 

@@ -261,7 +261,7 @@ def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(
         records.append(run_submitted(store, queued.run_id, rank, start))
     main, other = records
     assert (main.status, other.status, other.exit_code) == ("finished", "failed", 3)
-    assert store.load(queued.run_id) == main and store.node_records(queued.run_id) == [other]
+    assert store.load(queued.run_id) == main and store.node_records(queued.run_id) == {1: other}
     assert (store.for_node(1).directory(queued.run_id) / "record.json").is_file()
     assert other.scheduler["node"] == "gpu08" and other.scheduler["rank"] == 1
     first, second = (launcher.launched[0] for launcher in launchers)
@@ -322,8 +322,11 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     assert store.load(done.run_id).status == "finished" and removed == []
     node = store.for_node(1)
     node.save(replace(done, status="running", container=done.container + "-1", scheduler={**done.scheduler, "rank": 1}))
+    store.for_node(2).save(replace(done, status="queued", container=done.container + "-2"))  # killed before starting
     _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append)
-    assert closed == [] and store.node_records(done.run_id)[0].status == "failed", "a node left open is closed too"
+    nodes = store.node_records(done.run_id)
+    assert closed == [] and nodes[1].status == "failed", "a node left open is closed too"
+    assert nodes[2].status == "failed", "also one whose task never wrote its facts (its rank is its folder)"
     again, _ = settle_jobs(store, store.all(), Slurm(fake), removed.append)
     assert set(again) == {pending.run_id}, "settled records are final: Slurm is not asked about them again"
 
