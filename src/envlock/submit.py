@@ -197,20 +197,20 @@ def run_submitted(
     main = store.load(run_id)
     if main.scheduler is None:
         raise RunRecordError(f"run {main.run_id} was not submitted to a scheduler", hint="envlock runs lists it")
-    target = store if rank == 0 else store.for_node(rank)
     if rank == 0:
-        queued = main
-    else:
+        target, queued = store, main
+        ran = main.status != "queued"
+    else:  # the node's own record, made from the run's; one already there means this node's task ran before
+        target = store.for_node(rank)
         queued = replace(main, status="queued", container=f"{main.container}-{rank}", tracking=None)
-        if target.directory(main.run_id).exists():
-            queued = replace(queued, status="running")  # seen before: refused below
-        else:
-            target.save(queued)
-    if queued.status != "queued":
+        ran = target.directory(main.run_id).exists()
+    if ran:
         raise RunRecordError(
-            f"run {main.run_id} is {queued.status} on node rank {rank}, not queued: a submitted run runs once",
+            f"run {main.run_id} already started on node rank {rank}: a submitted run runs once",
             hint="submit it again: envlock submit --slurm -- COMMAND",
         )
+    if rank > 0:
+        target.save(queued)
     try:
         return start(queued, target)
     except BaseException as exc:
