@@ -81,7 +81,7 @@ SOURCES = {"registry": "registry", "archive": "archive", "engine": "engine"}  # 
 VERIFY = r"""
 import sys, time
 from pathlib import Path
-from envlock.restore import verify_archive
+from envlock.image.restore import verify_archive
 
 start = time.perf_counter()
 found = verify_archive(Path(sys.argv[1]))

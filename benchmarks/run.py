@@ -70,19 +70,19 @@ import builtins, importlib, json, sys, time
 START, STARTED = time.perf_counter(), time.time()
 project, out = sys.argv[1], sys.argv[2]
 TARGETS = [
-    ("envlock.spec", "load_spec", "project + lock"),
-    ("envlock.locking", "check", "project + lock"),
+    ("envlock.lock.spec", "load_spec", "project + lock"),
+    ("envlock.lock.project", "check", "project + lock"),
     ("envlock.image", "plan_image", "project + lock"),
-    ("envlock.images", "read_images", "project + lock"),
+    ("envlock.image.catalog", "read_images", "project + lock"),
     ("docker", "from_env", "Docker connect (/version, /_ping)"),
     ("docker.api.client", "APIClient.ping", "Docker connect (/version, /_ping)"),
-    ("envlock.build", "Builder.build", "image check (no-op build)"),
-    ("envlock.hostprobe", "probe_host", "host probe (NVML, Docker /version)"),
-    ("envlock.gitstate", "git_state", "git state"),
-    ("envlock.runs", "RunStore.settle_orphans", "run records"),
-    ("envlock.runs", "RunStore.start", "run records"),
-    ("envlock.runs", "RunStore.save", "run records"),
-    ("envlock.launch", "DockerLauncher.run", "container attach + output"),
+    ("envlock.image.build", "Builder.build", "image check (no-op build)"),
+    ("envlock.run.hostprobe", "probe_host", "host probe (NVML, Docker /version)"),
+    ("envlock.run.gitstate", "git_state", "git state"),
+    ("envlock.run.records", "RunStore.settle_orphans", "run records"),
+    ("envlock.run.records", "RunStore.start", "run records"),
+    ("envlock.run.records", "RunStore.save", "run records"),
+    ("envlock.engine.launch", "DockerLauncher.run", "container attach + output"),
     ("docker.models.containers", "ContainerCollection.create", "container create"),
     ("docker.models.containers", "Container.start", "container start"),
     ("docker.models.containers", "Container.wait", "container wait"),
@@ -129,7 +129,7 @@ def timed_import(*args, **kwargs):
 
 builtins.__import__ = timed_import
 enter("imports")
-modules = {name: importlib.import_module(name) for name in ["envlock.cli", *dict.fromkeys(t[0] for t in TARGETS)]}
+modules = {name: importlib.import_module(name) for name in ["envlock.cli.app", *dict.fromkeys(t[0] for t in TARGETS)]}
 leave()
 for module, attribute, label in TARGETS:
     owner, _, name = attribute.rpartition(".")
@@ -139,7 +139,7 @@ for module, attribute, label in TARGETS:
     except AttributeError:
         missing.append(f"{module}.{attribute}")
 enter("CLI, typer and envlock's glue")
-code = modules["envlock.cli"].run(["run", "-C", project, "--", "true"])
+code = modules["envlock.cli.app"].run(["run", "-C", project, "--", "true"])
 leave()
 found = {"code": code, "total": time.perf_counter() - START, "spent": spent, "missing": missing}
 with open(out, "w", encoding="utf-8") as handle:

@@ -63,7 +63,7 @@ from common import (
     timed,
 )
 
-from envlock.slurm import FINAL_STATES
+from envlock.cluster.slurm import FINAL_STATES
 
 NAME, PLATFORM, DEPENDENCY = "envlock-bench-submit", "linux/amd64", "six==1.16.0"
 PYPROJECT = f'[project]\nname = "{NAME}"\ndependencies = ["{DEPENDENCY}"]\n[tool.envlock]\nplatforms = ["{PLATFORM}"]\n'

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from envlock.resolve import LockedFile, LockedPackage, ResolveRequest
+from envlock.lock.resolve import LockedFile, LockedPackage, ResolveRequest
 
 
 def wheel(name: str, version: str, tag: str = "py3-none-any", day: int = 1) -> LockedFile:

@@ -1,5 +1,5 @@
 """python -m envlock: the same CLI as the envlock command (what a batch job runs on its node)."""
 
-from envlock.cli import main
+from envlock.cli.app import main
 
 main()

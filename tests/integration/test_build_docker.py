@@ -13,18 +13,20 @@ from pathlib import Path
 import docker
 import pytest
 
-from envlock import lockfile
-from envlock.base import BaseStore, MmdebstrapBuilder, export_upstream, load_recipe
-from envlock.build import Builder, BuildOutcome, build_image, load_base
-from envlock.cli import run
-from envlock.engine import DockerEngine
+from envlock.cli.app import run
+from envlock.engine.docker import DockerEngine
 from envlock.errors import EngineError
-from envlock.image import LayerStore, plan_image
-from envlock.locking import lock_project
-from envlock.registry import HttpRegistry, RegistryError
-from envlock.spec import Spec, load_spec
-from envlock.uv import UvResolver
-from envlock.wheels import HttpFetcher, WheelCache
+from envlock.image.bases import BaseStore, MmdebstrapBuilder, export_upstream
+from envlock.image.build import Builder, BuildOutcome, build_image, load_base
+from envlock.image.layers import LayerStore
+from envlock.image.plan import plan_image
+from envlock.image.registry import HttpRegistry, RegistryError
+from envlock.image.wheels import HttpFetcher, WheelCache
+from envlock.lock import lockfile
+from envlock.lock.project import lock_project
+from envlock.lock.recipes import load_recipe
+from envlock.lock.spec import Spec, load_spec
+from envlock.lock.uv import UvResolver
 from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]

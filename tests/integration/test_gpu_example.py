@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from envlock.runs import RunStore
+from envlock.run.records import RunStore
 
 pytestmark = [pytest.mark.heavy, pytest.mark.docker, pytest.mark.network]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "torch-gpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from envlock.runs import RunStore
+from envlock.run.records import RunStore
 from tests.integration.example import digits_repo, git
 from tests.integration.localregistry import serve_registry
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.cli import run
+from envlock.cli.app import run
 from envlock.errors import IndexUnreachableError, UnsatisfiableError
-from envlock.locking import LockOptions, lock_project
-from envlock.piptools import PipToolsResolver
-from envlock.spec import load_spec
-from envlock.uv import UvResolver, find_uv
+from envlock.lock import lockfile
+from envlock.lock.piptools import PipToolsResolver
+from envlock.lock.project import LockOptions, lock_project
+from envlock.lock.spec import load_spec
+from envlock.lock.uv import UvResolver, find_uv
 from tests.integration.localindex import serve_index
 from tests.wheelmaker import build_wheel
 

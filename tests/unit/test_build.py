@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.base import BaseStore
-from envlock.build import build_image
 from envlock.errors import EngineError, EnvlockError
-from envlock.image import LayerStore, plan_image
-from envlock.images import read_images
-from envlock.locking import LockOptions, lock_project
-from envlock.resolve import LockedFile, LockedPackage
-from envlock.spec import load_spec
-from envlock.targets import host_platform
-from envlock.wheels import WheelCache
+from envlock.image.bases import BaseStore
+from envlock.image.build import build_image
+from envlock.image.catalog import read_images
+from envlock.image.layers import LayerStore
+from envlock.image.plan import plan_image
+from envlock.image.wheels import WheelCache
+from envlock.lock import lockfile
+from envlock.lock.project import LockOptions, lock_project
+from envlock.lock.resolve import LockedFile, LockedPackage
+from envlock.lock.spec import load_spec
+from envlock.lock.targets import host_platform
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
 from tests.unit.test_wheels import FakeFetcher
 from tests.wheelmaker import build_wheel

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from envlock.cli import run
-from envlock.locking import lock_project
-from envlock.spec import load_spec
+from envlock.cli.app import run
+from envlock.lock.project import lock_project
+from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from envlock.cuda import CPU, check_wish, derive_cuda, driver_floor
 from envlock.errors import CudaMismatchError
+from envlock.lock.cuda import CPU, check_wish, derive_cuda, driver_floor
 from tests.fakes import TORCH_251_AMD64, package
 
 

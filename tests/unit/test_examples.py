@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.locking import check
-from envlock.spec import load_spec
+from envlock.lock import lockfile
+from envlock.lock.project import check
+from envlock.lock.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

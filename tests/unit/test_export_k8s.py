@@ -9,12 +9,12 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from envlock import lockfile
-from envlock.cli import run
-from envlock.export import JobRequest, to_k8s_job
-from envlock.images import record_image
-from envlock.locking import lock_project
-from envlock.spec import load_spec
+from envlock.cli.app import run
+from envlock.cluster.k8s import JobRequest, to_k8s_job
+from envlock.image.catalog import record_image
+from envlock.lock import lockfile
+from envlock.lock.project import lock_project
+from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
 DIGEST = "127.0.0.1:5000/team/gpu@sha256:" + "d" * 64

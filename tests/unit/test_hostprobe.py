@@ -11,7 +11,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from envlock.hostprobe import (
+from envlock.run.hostprobe import (
     Gpu,
     HostProbeError,
     HostState,

@@ -6,7 +6,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from envlock.layers import compress, write_layer
+from envlock.image.layers import compress, write_layer
 
 
 def make_tree(root: Path, mtime: int, mode: int) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.cuda import derive_cuda
 from envlock.errors import LockfileError
-from envlock.lockfile import BaseLock, Lock, TargetLock
+from envlock.lock import lockfile
+from envlock.lock.cuda import derive_cuda
+from envlock.lock.lockfile import BaseLock, Lock, TargetLock
 from tests.fakes import TORCH_251_AMD64, package
 
 

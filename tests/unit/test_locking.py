@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.base import UpstreamBase
 from envlock.errors import LockfileError, SpecError, StaleLockError, UnsatisfiableError
-from envlock.locking import LockOptions, check, lock_project
-from envlock.spec import load_spec
+from envlock.image.bases import UpstreamBase
+from envlock.lock import lockfile
+from envlock.lock.project import LockOptions, check, lock_project
+from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
 BASIC = {"linux/amd64": [package("numpy", "2.1.3", "cp311-cp311-manylinux_2_17_x86_64"), package("requests", "2.32.3")]}

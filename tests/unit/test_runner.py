@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.cli import run as cli
-from envlock.diff import diff_runs
-from envlock.gitstate import GitState, git_state
-from envlock.launch import LaunchSpec, Output
-from envlock.locking import lock_project
-from envlock.preflight import PreflightError
-from envlock.runner import PinnedImage, RunRequest, run_in_image
-from envlock.runs import RunStore
-from envlock.spec import load_spec
+from envlock.cli.app import run as cli
+from envlock.engine.launch import LaunchSpec, Output
+from envlock.lock import lockfile
+from envlock.lock.project import lock_project
+from envlock.lock.spec import load_spec
+from envlock.run.diff import diff_runs
+from envlock.run.gitstate import GitState, git_state
+from envlock.run.preflight import PreflightError
+from envlock.run.records import RunStore
+from envlock.run.runner import PinnedImage, RunRequest, run_in_image
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 from tests.unit.test_hostprobe import A100, RTX_4090, cpu_host, gpu_host
 

@@ -8,13 +8,13 @@ from dataclasses import replace
 import pytest
 from packaging.tags import Tag
 
-from envlock.credentials import expand, redact, redact_text
-from envlock.cuda import CPU
 from envlock.errors import SpecError
-from envlock.export import to_pylock
-from envlock.lockfile import TargetLock
-from envlock.piptools import parse_pins
-from envlock.targets import Target
+from envlock.lock.credentials import expand, redact, redact_text
+from envlock.lock.cuda import CPU
+from envlock.lock.export import to_pylock
+from envlock.lock.lockfile import TargetLock
+from envlock.lock.piptools import parse_pins
+from envlock.lock.targets import Target
 from tests.fakes import package
 from tests.unit.test_lockfile import make_lock
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from envlock.errors import SpecError
-from envlock.spec import load_spec
+from envlock.lock.spec import load_spec
 
 
 def test_defaults_come_from_project_table(sample: Callable[[str], Path]) -> None:

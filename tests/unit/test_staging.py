@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from packaging.tags import Tag
 
-from envlock.resolve import LockedPackage
-from envlock.staging import VENV, NoWheelError, VenvLayout, choose_wheel, install_wheel
-from envlock.targets import Target
+from envlock.image.staging import VENV, NoWheelError, VenvLayout, choose_wheel, install_wheel
+from envlock.lock.resolve import LockedPackage
+from envlock.lock.targets import Target
 from tests.fakes import wheel
 from tests.wheelmaker import build_wheel
 

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from envlock import lockfile
-from envlock.cli import _split_submit
-from envlock.cli import run as cli
-from envlock.gitstate import GitState
-from envlock.launch import LaunchSpec, gpu_request
-from envlock.preflight import PreflightError
-from envlock.runner import RunRequest, run_in_image
-from envlock.runs import RunRecord, RunRecordError, RunStore, RunWaitTimeoutError, exit_status, wait_until_final
-from envlock.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
-from envlock.submit import (
+from envlock.cli.app import _split_submit
+from envlock.cli.app import run as cli
+from envlock.cluster.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
+from envlock.cluster.submit import (
     NodeRole,
     Submission,
     describe,
@@ -30,6 +24,12 @@ from envlock.submit import (
     submit_run,
     submitted_request,
 )
+from envlock.engine.launch import LaunchSpec, gpu_request
+from envlock.lock import lockfile
+from envlock.run.gitstate import GitState
+from envlock.run.preflight import PreflightError
+from envlock.run.records import RunRecord, RunRecordError, RunStore, RunWaitTimeoutError, exit_status, wait_until_final
+from envlock.run.runner import RunRequest, run_in_image
 from tests.fakes import TORCH_251_AMD64, package
 from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
 from tests.unit.test_runner import IMAGE, FakeLauncher, locked_project

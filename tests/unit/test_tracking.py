@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from envlock.cli import _tracking_settings
-from envlock.cli import run as cli
+from envlock.cli.app import _tracking_settings
+from envlock.cli.app import run as cli
 from envlock.errors import EnvlockError
-from envlock.runner import RunRequest
-from envlock.runs import RunStore
-from envlock.tracking import TrackedRun, Tracking, TrackingError, TrackingTarget, tracking_target
+from envlock.run.records import RunStore
+from envlock.run.runner import RunRequest
+from envlock.run.tracking import TrackedRun, Tracking, TrackingError, TrackingTarget, tracking_target
 from tests.fakes import TORCH_251_AMD64, package
 from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
 from tests.unit.test_runner import FakeLauncher, locked_project
@@ -42,9 +42,9 @@ class FakeTracker:
 
 
 def tracked_run(project: Path, tracker: FakeTracker, launcher: FakeLauncher, host=None, reuse=None):  # type: ignore[no-untyped-def]
-    from envlock import lockfile  # noqa: PLC0415
-    from envlock.gitstate import GitState  # noqa: PLC0415
-    from envlock.runner import run_in_image  # noqa: PLC0415
+    from envlock.lock import lockfile  # noqa: PLC0415
+    from envlock.run.gitstate import GitState  # noqa: PLC0415
+    from envlock.run.runner import run_in_image  # noqa: PLC0415
     from tests.unit.test_runner import IMAGE  # noqa: PLC0415
 
     lock_path = project / "envlock.lock"
@@ -74,8 +74,8 @@ def test_the_run_is_tagged_with_the_stack_and_continued_in_the_container(
     ((experiment, run_name, reuse, tags),) = tracker.started
     assert (experiment, run_name, reuse) == ("demo", record.run_id, None)
     assert tags["envlock.image.digest"] == record.repo_digests[-1] and tags["envlock.lock_hash"] == record.lock_hash
-    assert tags["envlock.cuda"] == "12.4" and tags["envlock.cuda.cudnn"] == "9.1.0.70"
-    assert tags["envlock.cuda.driver_min"] == "550.54.14" and "sm_90" in tags["envlock.cuda.archs"]
+    assert tags["envlock.lock.cuda"] == "12.4" and tags["envlock.lock.cuda.cudnn"] == "9.1.0.70"
+    assert tags["envlock.lock.cuda.driver_min"] == "550.54.14" and "sm_90" in tags["envlock.lock.cuda.archs"]
     assert tags["envlock.host.driver"] == "550.54.15" and tags["envlock.host.gpus"] == "NVIDIA A100-SXM4-80GB (sm_80)"
     assert tags["mlflow.source.git.commit"] == "c0ffee" and tags["envlock.seed"] == "5"
     (spec,) = launcher.launched

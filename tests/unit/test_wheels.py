@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from envlock.resolve import LockedFile
-from envlock.wheels import DownloadError, HashMismatchError, Response, WheelCache
+from envlock.image.wheels import DownloadError, HashMismatchError, Response, WheelCache
+from envlock.lock.resolve import LockedFile
 
 
 def locked(name: str, data: bytes) -> LockedFile:

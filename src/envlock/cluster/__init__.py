@@ -1,0 +1,1 @@
+"""Stage 4: the same run on a cluster (Slurm submit, Kubernetes export)."""

@@ -1,0 +1,1 @@
+"""The container engine behind a small Protocol (Docker adapter) and the launcher."""

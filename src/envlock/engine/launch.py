@@ -1,0 +1,123 @@
+"""Launch a command in the pinned image: by image ID, as the invoking user, streamed live, always cleaned up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from envlock.engine.docker import translated
+from envlock.errors import EngineError
+
+WORKDIR = "/work"
+# cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def determinism_env(seed: int, image_id: str, lock_hash: str) -> dict[str, str]:
+    """The variables every envlock launch sets, wherever it runs (Docker here, a Kubernetes Job there)."""
+    return {
+        "PYTHONHASHSEED": str(seed),
+        "ENVLOCK_SEED": str(seed),
+        "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG,
+        "ENVLOCK_IMAGE_ID": image_id,
+        "ENVLOCK_LOCK_HASH": lock_hash,
+    }
+
+
+Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One container run; the command is an argument list, never a shell string."""
+
+    image_id: str
+    command: list[str]
+    name: str
+    project_dir: Path
+    environment: dict[str, str]
+    user: str  # "uid:gid"
+    gpus: bool
+    gpu_devices: tuple[str, ...] = ()  # with gpus: only these (indices or UUIDs); empty: all of the host's
+    labels: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Path, ...] = ()  # host directories mounted at the same path (e.g. an MLflow file store)
+    host_network: bool = False  # share the host's network (a tracking server on its loopback)
+
+
+class Launcher(Protocol):
+    """Runs a LaunchSpec to completion."""
+
+    def run(self, spec: LaunchSpec, output: Output) -> int:
+        """The command's exit code; the container is gone afterwards, also on Ctrl-C."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove a container by name if it exists (an orphan of a killed envlock)."""
+        ...
+
+
+def gpu_request(spec: LaunchSpec) -> Any:
+    """docker's --gpus: all of them, or only the devices given (a scheduler's allotment on a shared node)."""
+    import docker.types  # noqa: PLC0415
+
+    if spec.gpu_devices:
+        return docker.types.DeviceRequest(device_ids=list(spec.gpu_devices), capabilities=[["gpu"]])
+    return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
+
+
+class DockerLauncher:
+    """Launcher through docker-py."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def run(self, spec: LaunchSpec, output: Output) -> int:
+        """Create, attach, start, stream, wait, remove."""
+        requests = [gpu_request(spec)] if spec.gpus else []
+        with translated(f"start the container for {spec.image_id[:19]}"):
+            container = self.client.containers.create(
+                spec.image_id,
+                spec.command,
+                name=spec.name,
+                labels=spec.labels,
+                environment=spec.environment,
+                working_dir=WORKDIR,
+                volumes={
+                    str(spec.project_dir.resolve()): {"bind": WORKDIR, "mode": "rw"},
+                    **{str(path): {"bind": str(path), "mode": "rw"} for path in spec.mounts},
+                },
+                network_mode="host" if spec.host_network else None,
+                user=spec.user,
+                device_requests=requests,
+                detach=True,
+            )
+        try:
+            with translated("run the container"):
+                stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+                container.start()
+                for stdout, stderr in stream:
+                    if stdout:
+                        output("stdout", stdout)
+                    if stderr:
+                        output("stderr", stderr)
+                result = container.wait()
+            code = int(result.get("StatusCode", 1))
+            if result.get("Error"):
+                raise EngineError(f"the container failed: {result['Error']}")
+            return code
+        finally:
+            # Also on Ctrl-C: stop and remove, so nothing keeps running behind the user's back.
+            with translated("remove the container"):
+                container.remove(force=True)
+
+    def remove(self, name: str) -> None:
+        """Force-remove a container by name; absent is fine."""
+        import docker.errors  # noqa: PLC0415
+
+        with translated(f"remove container {name}"):
+            try:
+                self.client.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                return

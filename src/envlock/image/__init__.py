@@ -1,0 +1,1 @@
+"""Stage 2: from a lock to an image (wheels, staging, layers, plan, base store, build, registry, archive/restore)."""

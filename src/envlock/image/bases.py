@@ -1,0 +1,250 @@
+"""The base store: bases built from recipes (mmdebstrap) and upstream bases exported from the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from envlock.errors import EngineError, EnvlockError
+from envlock.fsutil import atomic_write_text, read_json
+from envlock.image.layers import Layer
+
+if TYPE_CHECKING:
+    from envlock.engine.docker import Engine
+    from envlock.image.layers import LayerStore
+from envlock.lock.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class BuiltBase:
+    """A base made from a recipe: one layer tarball, its diff_id, and the Debian packages in it."""
+
+    recipe: Recipe
+    platform: str
+    tar: Path
+    diff_id: str
+    packages: dict[str, str]
+
+    def metadata(self) -> dict[str, Any]:
+        """What the store keeps beside the tarball."""
+        return {
+            "recipe": self.recipe.name,
+            "recipe-sha256": self.recipe.sha256,
+            "system-packages": list(self.recipe.system_packages),
+            "platform": self.platform,
+            "diff-id": self.diff_id,
+            "packages": self.packages,
+        }
+
+
+def _dpkg_status(tar: Path) -> str | None:
+    with tarfile.open(tar) as archive:
+        member = next((m for m in archive.getmembers() if m.name.lstrip("./") == "var/lib/dpkg/status"), None)
+        handle = archive.extractfile(member) if member else None
+        return handle.read().decode("utf-8") if handle else None
+
+
+def debian_packages(*layer_tars: Path) -> dict[str, str]:
+    """Installed Debian packages and versions from the dpkg status in the layers (the upper one wins)."""
+    text = ""
+    for tar in layer_tars:
+        text = _dpkg_status(tar) or text
+    packages = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            packages[fields["Package"]] = fields.get("Version", "")
+    return dict(sorted(packages.items()))
+
+
+class BaseBuilder(Protocol):
+    """Makes a base root filesystem tarball from a recipe."""
+
+    def available(self) -> bool:
+        """Whether this machine can build bases at all."""
+        ...
+
+    def build(self, recipe: Recipe, platform: str, out: Path) -> None:
+        """Write the root filesystem of recipe for platform into out."""
+        ...
+
+
+class MmdebstrapBuilder:
+    """BaseBuilder through mmdebstrap from the Debian mirror, under the recipe's SOURCE_DATE_EPOCH."""
+
+    def available(self) -> bool:
+        """mmdebstrap is installed."""
+        return shutil.which("mmdebstrap") is not None
+
+    def build(self, recipe: Recipe, platform: str, out: Path) -> None:
+        """Run mmdebstrap; its output is bit-identical for the same mirror state."""
+        if shutil.which("mmdebstrap") is None:
+            raise EnvlockError(
+                "mmdebstrap is not installed: envlock builds its Debian bases with it",
+                hint="sudo apt-get install mmdebstrap (or run bash scripts/setup.sh)",
+            )
+        arch = {"linux/amd64": "amd64", "linux/arm64": "arm64"}[platform]
+        command = [
+            "mmdebstrap", "--quiet", "--variant=minbase", f"--architectures={arch}",
+            f"--include={','.join((*recipe.packages, *recipe.system_packages))}", recipe.suite, str(out), recipe.mirror,
+        ]  # fmt: skip
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            last = [line for line in done.stderr.splitlines() if line.strip()][-3:]
+            raise EnvlockError(
+                f"mmdebstrap could not build base {recipe.name} for {platform}: {' / '.join(last)}",
+                hint="check that the Debian mirror is reachable and that you are root (or have user namespaces)",
+            )
+
+
+class BaseStore:
+    """Finished bases under the cache directory, by recipe hash and platform."""
+
+    def __init__(self, root: Path, builder: BaseBuilder) -> None:
+        self.root = root
+        self.builder = builder
+
+    def _paths(self, recipe: Recipe, platform: str) -> tuple[Path, Path]:
+        stem = f"{recipe.name}-{recipe.key}-{platform.replace('/', '-')}"
+        return self.root / f"{stem}.tar", self.root / f"{stem}.json"
+
+    def available(self) -> bool:
+        """Whether this store can build bases here (its builder's tool is installed)."""
+        return self.builder.available()
+
+    def get(self, recipe: Recipe, platform: str) -> BuiltBase | None:
+        """A built base, or None."""
+        tar, meta = self._paths(recipe, platform)
+        if not (tar.is_file() and meta.is_file()):
+            return None
+        data = read_json(meta)
+        if not isinstance(data, dict) or "diff-id" not in data or "packages" not in data:
+            return None  # damaged metadata: the base is built again
+        return BuiltBase(recipe, platform, tar, data["diff-id"], data["packages"])
+
+    def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False) -> BuiltBase:
+        """The built base, building it first when missing; it appears in the store only once complete."""
+        if not rebuild and (found := self.get(recipe, platform)) is not None:
+            return found
+        tar, meta = self._paths(recipe, platform)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".building-") as tmp:
+            partial = Path(tmp) / "rootfs.tar"
+            self.builder.build(recipe, platform, partial)
+            digest = hashlib.sha256()
+            with partial.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            built = BuiltBase(recipe, platform, tar, "sha256:" + digest.hexdigest(), debian_packages(partial))
+            partial.replace(tar)
+            atomic_write_text(meta, json.dumps(built.metadata(), indent=2, sort_keys=True))
+        return built
+
+    def built(self) -> list[dict[str, Any]]:
+        """Metadata of every base in the store."""
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.root.glob("*.json"))]
+
+
+@dataclass(frozen=True)
+class UpstreamBase:
+    """An upstream image base, exported from the engine: its ID, its layers (verified), ENV and Debian packages."""
+
+    ref: str
+    image_id: str
+    architecture: str
+    layers: list[tuple[str, Path]]  # (diff_id, tar in the layer store)
+    env: dict[str, str]
+    packages: dict[str, str]
+    python_homes: dict[str, str]  # "3.11" → "/usr/local/bin"
+
+
+def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path) -> UpstreamBase:
+    """Take the base from the engine (pulled by digest if absent), export it, check each layer against its diff_id."""
+    if engine.image_id(ref) is None:
+        engine.pull(ref)
+    image_id = engine.image_id(ref) or ""
+    cached = layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json"
+    data = read_json(cached)
+    keys = ("diff-ids", "architecture", "env", "packages", "python-homes")
+    if isinstance(data, dict) and all(key in data for key in keys):  # else missing or damaged: export again
+        found = [(d, layers.get("base-" + d.removeprefix("sha256:"))) for d in data["diff-ids"]]
+        if all(layer is not None for _, layer in found):
+            return UpstreamBase(
+                ref, image_id, data["architecture"], [(d, layer.tar) for d, layer in found if layer],
+                data["env"], data["packages"], data["python-homes"],
+            )  # fmt: skip
+    archive = scratch / "upstream.tar"
+    engine.save(ref, archive)
+    with tarfile.open(archive) as saved:
+        manifest = json.load(_member(saved, "manifest.json"))[0]
+        config = json.load(_member(saved, manifest["Config"]))
+        parts = [
+            (diff_id, _verified_layer(saved, member, diff_id, layers).tar)
+            for diff_id, member in zip(config["rootfs"]["diff_ids"], manifest["Layers"], strict=True)
+        ]
+    archive.unlink()
+    tars = [tar for _, tar in parts]
+    base = UpstreamBase(
+        ref=ref,
+        image_id=image_id,
+        architecture=str(config.get("architecture", "")),
+        layers=parts,
+        env=dict(item.partition("=")[::2] for item in config.get("config", {}).get("Env") or []),
+        packages=debian_packages(*tars),
+        python_homes=_python_homes(tars),
+    )
+    record = {
+        "ref": ref,
+        "architecture": base.architecture,
+        "diff-ids": [d for d, _ in parts],
+        "env": base.env,
+        "packages": base.packages,
+        "python-homes": base.python_homes,
+    }
+    atomic_write_text(cached, json.dumps(record, indent=2, sort_keys=True))
+    return base
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise EngineError(f"the engine's image export has no {name}")
+    return handle
+
+
+def _verified_layer(saved: tarfile.TarFile, member: str, diff_id: str, layers: LayerStore) -> Layer:
+    key = "base-" + diff_id.removeprefix("sha256:")
+
+    def extract(out: Path) -> Layer:
+        digest = hashlib.sha256()
+        with _member(saved, member) as source, out.open("wb") as target:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+                target.write(chunk)
+        if "sha256:" + digest.hexdigest() != diff_id:
+            raise EngineError(f"the engine exported a base layer whose sha256 is not its diff_id {diff_id}")
+        return Layer(out, diff_id, out.stat().st_size)
+
+    return layers.get(key) or layers.put(key, extract)
+
+
+def _python_homes(layer_tars: list[Path]) -> dict[str, str]:
+    """Each `pythonX.Y` in /usr/bin or /usr/local/bin of the layers (the upper layer wins)."""
+    homes: dict[str, str] = {}
+    pattern = re.compile(r"^(usr/(?:local/)?bin)/python(3\.\d+)$")
+    for tar in layer_tars:
+        with tarfile.open(tar) as layer:
+            for name in layer.getnames():
+                if match := pattern.match(name.lstrip("./")):
+                    homes[match.group(2)] = "/" + match.group(1)
+    return homes

@@ -1,0 +1,218 @@
+"""`envlock build`: the lock's image, made deterministically, loaded into the engine, tagged last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from envlock.engine.docker import Engine
+from envlock.errors import EngineError, EnvlockError
+from envlock.fsutil import sweep_stale
+from envlock.image import bases as base_mod
+from envlock.image.layers import LayerStore
+from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, write_archive
+from envlock.image.registry import Blob, Registry, push, split_target
+from envlock.image.staging import VenvLayout
+from envlock.image.wheels import WheelCache
+from envlock.lock import recipes
+from envlock.lock.lockfile import Lock, TargetBase
+from envlock.lock.targets import ARCHITECTURES, host_platform
+from envlock.report import Progress, Report, no_progress, silent
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """The image a build produced or found."""
+
+    reference: str
+    image_id: str
+    built: bool
+    base_diff_id: str
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """Everything an image is made of: its config and its layer tarballs (base first)."""
+
+    config: bytes
+    parts: list[tuple[str, Path]]  # (diff_id, tar)
+    base_diff_id: str
+
+    @property
+    def image_id(self) -> str:
+        """The sha256 of the config: what any engine will call this image."""
+        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+
+
+@dataclass
+class Builder:
+    """`envlock build` and `--push`, with their collaborators passed in."""
+
+    engine: Engine
+    cache: WheelCache
+    layers: LayerStore
+    bases: base_mod.BaseStore
+    report: Report = silent
+    progress: Progress = no_progress
+
+    def assemble(self, plan: ImagePlan, scratch: Path, fresh: bool = False) -> Assembled:
+        """The base, the verified wheels and every layer (reused by content key unless fresh)."""
+        lock = plan.lock
+        if plan.platform != host_platform():
+            raise EnvlockError(
+                f"cannot build {plan.platform} images on this {host_platform()} host yet",
+                hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
+            )
+        if recipes.is_image_reference(lock.base.name):
+            upstream = base_mod.export_upstream(lock.base.name, self.engine, self.layers, scratch)
+            check_upstream(upstream, plan, lock.target(plan.platform).base)
+            base_parts, base_env = upstream.layers, upstream.env
+            home = upstream.python_homes[lock.python]
+            self.report(f"fetching {len(plan.wheels)} wheels")
+            self.cache.ensure(plan.wheels, self.progress)
+            store = LayerStore(scratch / "layers") if fresh else self.layers
+            made = make_layers(plan, self.cache, store, self.report, VenvLayout(lock.python, home))
+            config = image_config(plan, [d for d, _ in base_parts], base_env, made)
+            return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in made)], lock.base.name)
+        recipe = recipes.load_recipe(lock.base.name)
+        if recipe.sha256 != lock.base.sha256:
+            raise EnvlockError(
+                f"base recipe {recipe.name} changed since the lock was made",
+                hint="run `envlock lock` to lock against the current recipe",
+            )
+        self.report(f"base {recipe.name} for {plan.platform}")
+        built_base = self.bases.ensure(recipe.including(lock.system_packages), plan.platform)
+        pinned = lock.target(plan.platform).base
+        if pinned is None:
+            self.report(f"the lock does not pin the base's bytes for {plan.platform}; using {built_base.diff_id[:19]}")
+        elif pinned.id != built_base.diff_id:
+            moved = [
+                f"{name} {pinned.debian.get(name, 'absent')} -> {version}"
+                for name, version in built_base.packages.items()
+                if pinned.debian.get(name) != version
+            ]
+            changes = ", ".join(moved[:3]) or "same packages, other bytes"
+            raise EnvlockError(
+                f"the {recipe.name} base on this machine ({built_base.diff_id[:19]}) is not the lock's "
+                f"({pinned.id[:19]}): the Debian mirror moved ({changes})",
+                hint=f"build where the lock's base is, or adopt today's: envlock base build {recipe.name} --rebuild "
+                "&& envlock lock --upgrade",
+            )
+        self.report(f"fetching {len(plan.wheels)} wheels")
+        self.cache.ensure(plan.wheels, self.progress)
+        # fresh (--no-cache): every layer made anew into this build's scratch store; wheels are still verified.
+        made = make_layers(plan, self.cache, LayerStore(scratch / "layers") if fresh else self.layers, self.report)
+        config = image_config(plan, [built_base.diff_id], {}, made)
+        parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
+        return Assembled(config, parts, built_base.diff_id)
+
+    def sweep(self) -> None:
+        """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""
+        for root, prefix in ((self.layers.root, ".making-"), (self.bases.root, ".building-"), (self.scratch, "")):
+            for removed in sweep_stale(root, prefix):
+                self.report(f"removed stale scratch {removed}")
+
+    @property
+    def scratch(self) -> Path:
+        """Where builds assemble archives: beside the caches, not in a small /tmp."""
+        return self.layers.root.parent / "tmp"
+
+    def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
+        """Build the plan's image, or find it already built from this lock."""
+        if not no_cache and (existing := self.engine.existing(plan.reference, plan.lock.lock_hash)) is not None:
+            base = self.engine.image_labels(existing).get("dev.envlock.base", "")
+            return BuildOutcome(plan.reference, existing, False, base)
+        self.sweep()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
+            assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
+            self.report(f"loading {plan.reference} into the engine")
+            loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
+        if loaded != assembled.image_id:
+            raise EngineError(
+                f"the engine computed image ID {loaded}, not {assembled.image_id}",
+                hint="the engine rewrote the image; please report this with `docker version`",
+            )
+        # Tag last: a lock-hash tag only ever names a complete, verified image.
+        self.engine.tag(loaded, plan.repository, plan.tag)
+        return BuildOutcome(plan.reference, loaded, True, assembled.base_diff_id)
+
+    def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
+        """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
+        _, namespace = split_target(target)
+        repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="push-", dir=self.scratch) as tmp:
+            assembled = self.assemble(plan, Path(tmp))
+            self.report(f"pushing {len(assembled.parts)} layers to {target}")
+            blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
+            pushed = push(registry, repository, plan.tag, assembled.config, blobs)
+        return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+
+
+def check_upstream(upstream: base_mod.UpstreamBase, plan: ImagePlan, pinned: TargetBase | None) -> None:
+    """The upstream base is for this platform, ships the lock's Python, and is the image the lock pinned."""
+    if upstream.architecture != ARCHITECTURES[plan.platform]:
+        raise EnvlockError(
+            f"base {upstream.ref} is a {upstream.architecture} image, not {plan.platform}",
+            hint="pin the digest of the image for this platform (a manifest list's entry)",
+        )
+    if plan.lock.python not in upstream.python_homes:
+        shipped = ", ".join(sorted(upstream.python_homes)) or "none"
+        raise EnvlockError(
+            f"base {upstream.ref} has no python{plan.lock.python} in /usr/local/bin or /usr/bin (it has: {shipped})",
+            hint='set python = "X.Y" in [tool.envlock] to a Python the base ships',
+        )
+    if pinned is not None and pinned.id != upstream.image_id:
+        raise EnvlockError(
+            f"base {upstream.ref} is image {upstream.image_id[:19]} here, but the lock pinned {pinned.id[:19]}",
+            hint="the engine rewrote the image; pull it again by digest, or re-lock",
+        )
+
+
+def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
+    """Load a built base into the engine as an image of its own (for `FROM` in other builds); returns its name."""
+    created = datetime.fromtimestamp(built.recipe.source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config = {
+        "architecture": built.platform.split("/")[1],
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+            "Cmd": ["bash"],
+            "Labels": {"dev.envlock.base": built.diff_id, "dev.envlock.recipe-sha256": built.recipe.sha256},
+        },
+        "rootfs": {"type": "layers", "diff_ids": [built.diff_id]},
+        "history": [{"created": created, "created_by": f"envlock base {built.recipe.name}"}],
+    }
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    expected = "sha256:" + hashlib.sha256(blob).hexdigest()
+    loaded = engine.load(lambda sink: write_archive(sink, blob, [(built.diff_id, built.tar)]))
+    if loaded != expected:
+        raise EngineError(f"the engine computed image ID {loaded} for the base, not {expected}")
+    repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]
+    engine.tag(loaded, repository, tag)
+    return f"{repository}:{tag}"
+
+
+def build_image(
+    lock: Lock,
+    lock_text: str,
+    repository: str,
+    platform: str,
+    *,
+    engine: Engine,
+    cache: WheelCache,
+    layers: LayerStore,
+    bases: base_mod.BaseStore,
+    no_cache: bool = False,
+    report: Report = silent,
+    progress: Progress = no_progress,
+) -> BuildOutcome:
+    """Build the image of `lock` for `platform`, or find it already built."""
+    builder = Builder(engine, cache, layers, bases, report, progress)
+    return builder.build(plan_image(lock, lock_text, repository, platform), no_cache=no_cache)

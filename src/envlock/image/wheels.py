@@ -1,0 +1,193 @@
+"""The wheel cache: the lock's files fetched on the host, stored by sha256, verified before every use."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from envlock.errors import EnvlockError
+from envlock.lock.credentials import redact
+from envlock.lock.resolve import LockedFile
+from envlock.report import Progress, no_progress
+
+CHUNK = 1 << 20
+
+
+class DownloadError(EnvlockError):
+    """A file of the lock could not be fetched."""
+
+    exit_code = 8
+    default_hint = "check your network and the index credentials; run the command again to resume"
+
+
+class HashMismatchError(EnvlockError):
+    """A file's bytes do not match the sha256 in the lock."""
+
+    exit_code = 9
+    default_hint = "the index serves other bytes than were locked; if that is expected, run `envlock lock --upgrade`"
+
+
+@dataclass(frozen=True)
+class Response:
+    """An open download: the body from `offset` on, and the whole size when the server says it."""
+
+    body: Iterator[bytes]
+    offset: int
+    total: int | None
+
+
+class Fetcher(Protocol):
+    """Opens a URL for reading, from a byte offset when the server allows it."""
+
+    def open(self, url: str, offset: int) -> contextlib.AbstractContextManager[Response]:
+        """The response; `Response.offset` says where it really starts (0 if the range was ignored)."""
+        ...
+
+
+class HttpFetcher:
+    """Fetcher over HTTP(S) with requests; credentials come from the spec's index URLs, matched by host."""
+
+    def __init__(self, index_urls: Iterable[str] = (), timeout: float = 60.0) -> None:
+        self.credentials: dict[tuple[str, str], tuple[str, str]] = {}
+        for url in index_urls:
+            parts = urlsplit(url)
+            if parts.username is not None:
+                host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+                self.credentials[(parts.scheme, host)] = (parts.username, parts.password or "")
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _session(self) -> object:
+        import requests  # noqa: PLC0415
+
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    @contextlib.contextmanager
+    def open(self, url: str, offset: int) -> Iterator[Response]:
+        """GET with a Range header when resuming."""
+        import requests  # noqa: PLC0415
+
+        parts = urlsplit(url)
+        auth = self.credentials.get((parts.scheme, parts.netloc))
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        session = self._session()
+        try:
+            response = session.get(  # type: ignore[attr-defined]
+                urlunsplit(parts), headers=headers, auth=auth, stream=True, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise DownloadError(f"cannot fetch {redact(url)}: {exc.__class__.__name__}") from exc
+        with response:
+            if response.status_code not in (200, 206):
+                raise DownloadError(f"cannot fetch {redact(url)}: HTTP {response.status_code}")
+            start = offset if response.status_code == 206 else 0
+            length = response.headers.get("Content-Length")
+            total = start + int(length) if length and length.isdigit() else None
+            try:
+                yield Response(response.iter_content(CHUNK), start, total)
+            except requests.RequestException as exc:
+                raise DownloadError(f"download of {redact(url)} broke off: {exc.__class__.__name__}") from exc
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class WheelCache:
+    """Content-addressed store: `<root>/sha256/ab/abcdef…`; partial downloads under `<root>/partial/`."""
+
+    def __init__(self, root: Path, fetcher: Fetcher, workers: int = 4) -> None:
+        self.root = root
+        self.fetcher = fetcher
+        self.workers = workers
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the file with this digest lives once fetched."""
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def verified(self, file: LockedFile) -> Path | None:
+        """The cached path if present and intact; a corrupt entry is removed (and so will be fetched again)."""
+        path = self.path_for(file.sha256)
+        if not path.is_file():
+            return None
+        if sha256_of(path) != file.sha256:
+            path.unlink()
+            return None
+        return path
+
+    def ensure(self, files: Iterable[LockedFile], progress: Progress = no_progress) -> dict[str, Path]:
+        """Every file present and verified, fetching what is missing in parallel; sha256 → path."""
+        unique = {f.sha256: f for f in files}
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            paths = list(pool.map(lambda f: self._ensure_one(f, progress), unique.values()))
+        return dict(zip(unique, paths, strict=True))
+
+    def require(self, file: LockedFile) -> Path:
+        """The cached file, its bytes checked again just before use (they may have changed on disk)."""
+        path = self.verified(file)
+        if path is None:
+            raise HashMismatchError(
+                f"{file.name} is missing from the wheel cache or its bytes changed",
+                hint="run the command again: envlock fetches it afresh",
+            )
+        return path
+
+    def _ensure_one(self, file: LockedFile, progress: Progress) -> Path:
+        if (path := self.verified(file)) is not None:
+            progress(file.name, file.size or 0, file.size)
+            return path
+        for attempt in (1, 2):
+            partial = self.root / "partial" / f"{file.sha256}.part"
+            try:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                self._download(file, partial, progress)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DownloadError(
+                        f"disk full while fetching {file.name} into {self.root}",
+                        hint="free some space (or set ENVLOCK_CACHE_DIR elsewhere); the download resumes",
+                    ) from exc
+                raise
+            got = sha256_of(partial)
+            if got == file.sha256:
+                target = self.path_for(file.sha256)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial.replace(target)
+                return target
+            partial.unlink()
+            if attempt == 2:
+                raise HashMismatchError(f"{file.name}: downloaded sha256 {got} is not the locked {file.sha256}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _download(self, file: LockedFile, partial: Path, progress: Progress) -> None:
+        offset = partial.stat().st_size if partial.exists() else 0
+        if file.size is not None and offset > file.size:
+            partial.unlink()
+            offset = 0
+        with self.fetcher.open(file.url, offset) as response:
+            mode = "ab" if response.offset == offset and offset else "wb"
+            done = response.offset
+            total = file.size if file.size is not None else response.total
+            with partial.open(mode) as handle:
+                for chunk in response.body:
+                    handle.write(chunk)
+                    done += len(chunk)
+                    progress(file.name, done, total)
+                handle.flush()
+                os.fsync(handle.fileno())

@@ -1,0 +1,1 @@
+"""Stage 1: from pyproject.toml to envlock.lock (spec, resolvers, CUDA, the lock file, base recipes)."""

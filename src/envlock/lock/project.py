@@ -1,0 +1,167 @@
+"""`envlock lock`: spec + resolver (+ base store, + upstream base) → Lock, written only when something changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from packaging.utils import canonicalize_name
+
+from envlock import __version__
+from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError
+from envlock.lock import lockfile, recipes
+from envlock.lock.credentials import expand, redact
+from envlock.lock.cuda import check_wish, derive_cuda
+from envlock.lock.diff import LockDiff, diff_locks
+from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
+from envlock.lock.recipes import BaseStoreView, UpstreamView
+from envlock.lock.resolve import LockedPackage, Resolver, ResolveRequest
+from envlock.lock.spec import Spec
+from envlock.lock.targets import ARCHITECTURES, DEFAULT_GLIBC, Platform, Target, host_platform
+from envlock.report import Report, silent
+
+
+@dataclass(frozen=True)
+class LockOptions:
+    """How `envlock lock` treats the earlier pins."""
+
+    upgrade: bool = False
+    upgrade_packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What `envlock lock` did."""
+
+    lock: Lock
+    previous: Lock | None
+    written: bool
+    resolved: bool
+    changes: LockDiff = field(default_factory=LockDiff)
+
+
+Upstream = Callable[[str], UpstreamView]
+
+
+def base_of(spec: Spec, upstream: Upstream | None) -> tuple[BaseLock, tuple[int, int], UpstreamView | None]:
+    """The base's identity, the glibc wheels may assume, and (for an upstream image) the image itself."""
+    if recipes.is_image_reference(spec.base):
+        image = upstream(spec.base) if upstream else None
+        if image is not None and spec.python not in image.python_homes:
+            shipped = ", ".join(sorted(image.python_homes)) or "none"
+            raise SpecError(
+                f"base {spec.base} has no python{spec.python} in /usr/local/bin or /usr/bin (it has: {shipped})",
+                hint='set python = "X.Y" in [tool.envlock] to a Python the base ships',
+            )
+        digest = spec.base.rsplit("@", 1)[1]
+        return BaseLock(spec.base, "image", digest.removeprefix("sha256:")), DEFAULT_GLIBC, image
+    recipe = recipes.load_recipe(spec.base)
+    return BaseLock(recipe.name, "recipe", recipe.sha256), recipe.glibc, None
+
+
+def check(spec: Spec) -> Lock:
+    """Raise StaleLockError unless the lock on disk was made from exactly these inputs (no resolving)."""
+    if not spec.lock_path.exists():
+        raise StaleLockError(f"there is no lock file at {spec.lock_path}")
+    lock = lockfile.read(spec.lock_path)
+    if lock.input_hash != spec.input_hash():
+        raise StaleLockError("envlock.lock is stale: pyproject.toml or the base recipe changed since it was locked")
+    return lock
+
+
+def lock_project(
+    spec: Spec,
+    resolver: Resolver,
+    *,
+    upstream: Upstream | None = None,
+    bases: BaseStoreView | None = None,
+    options: LockOptions = LockOptions(),
+    report: Report = silent,
+) -> LockOutcome:
+    """Resolve every platform, derive its CUDA stack, and write envlock.lock if its content changed."""
+    previous = _previous(spec)
+    wanted = {canonicalize_name(n) for n in options.upgrade_packages}
+    if previous and not options.upgrade and not wanted and previous.input_hash == spec.input_hash():
+        report("envlock.lock is up to date with pyproject.toml (use --upgrade to look for newer versions)")
+        return LockOutcome(previous, previous, written=False, resolved=False)
+    if wanted:
+        locked = {p.name for t in previous.targets for p in t.packages} if previous else set()
+        unknown = sorted(wanted - locked)
+        if unknown:
+            raise EnvlockError(
+                f"--upgrade-package {', '.join(unknown)}: not in the current lock",
+                hint="name packages listed by `envlock show`, or add them to your requirements",
+            )
+    base, glibc, image = base_of(spec, upstream)
+    index_url = expand(spec.index_url)
+    extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
+
+    def resolve_one(platform: Platform) -> TargetLock:
+        target = Target(platform=platform, python=spec.python, glibc=glibc)
+        preferences: tuple[LockedPackage, ...] = ()
+        if previous and platform in {t.platform for t in previous.targets}:
+            preferences = previous.target(platform).packages
+        count = len(spec.requirements)
+        report(f"resolving {count} requirement{'s' if count != 1 else ''} for {platform} (Python {spec.python})")
+        packages = resolver.resolve(
+            ResolveRequest(
+                requirements=spec.requirements,
+                target=target,
+                index_url=index_url,
+                extra_index_urls=extra_index_urls,
+                preferences=preferences,
+                upgrade=options.upgrade,
+                upgrade_packages=tuple(sorted(wanted)),
+            )
+        )
+        stack = derive_cuda(packages, image.env if image else None)
+        check_wish(stack, spec.cuda, platform)
+        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base_for(platform))
+
+    def base_for(platform: Platform) -> TargetBase | None:
+        """Pin the base's bytes and Debian packages: the upstream image's, or a recipe base this host builds."""
+        if image is not None:
+            return TargetBase(image.image_id, image.packages) if image.architecture == ARCHITECTURES[platform] else None
+        if bases is None or base.kind != "recipe" or platform != host_platform():
+            return None
+        recipe = recipes.load_recipe(base.name).including(spec.system_packages)
+        if bases.get(recipe, platform) is None:
+            if not bases.available():
+                report(f"warning: mmdebstrap is not installed, so the {recipe.name} base is not pinned in the lock")
+                return None
+            report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
+        built = bases.ensure(recipe, platform)
+        return TargetBase(built.diff_id, built.packages)
+
+    with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
+        resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving
+        targets = tuple(pool.map(resolve_one, spec.platforms))
+    lock = Lock(
+        python=spec.python,
+        base=base,
+        system_packages=spec.system_packages,
+        indexes=tuple(redact(u) for u in (spec.index_url, *spec.extra_index_urls)),
+        source_date_epoch=lockfile.source_date_epoch(targets),
+        targets=targets,
+        input_hash=spec.input_hash(),
+        resolver=resolver_version.result(),
+        envlock_version=__version__,
+    )
+    if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
+        return LockOutcome(previous, previous, written=False, resolved=True)
+    lockfile.write(spec.lock_path, lock)
+    changes = diff_locks(previous, lock) if previous else LockDiff()
+    return LockOutcome(lock, previous, written=True, resolved=True, changes=changes)
+
+
+def _previous(spec: Spec) -> Lock | None:
+    if not spec.lock_path.exists():
+        return None
+    try:
+        return lockfile.read(spec.lock_path)
+    except LockfileError as exc:
+        raise LockfileError(
+            f"the existing envlock.lock cannot be used: {exc.message}",
+            hint="restore it from version control, or delete it to lock afresh",
+        ) from exc

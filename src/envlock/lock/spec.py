@@ -1,0 +1,318 @@
+"""The project's wishes: `[tool.envlock]` in pyproject.toml, validated once, every problem reported."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from envlock.errors import SpecError
+from envlock.lock import recipes
+from envlock.lock.credentials import redact
+from envlock.lock.targets import PLATFORMS, Platform
+
+PYPROJECT = "pyproject.toml"
+DEFAULT_INDEX = "https://pypi.org/simple"
+# Bumped whenever the meaning of the inputs (and so of the input hash) changes.
+INPUT_SCHEMA = 1
+
+FIELDS = (
+    "name",
+    "python",
+    "requirements",
+    "extras",
+    "groups",
+    "platforms",
+    "base",
+    "system-packages",
+    "cuda",
+    "index-url",
+    "extra-index-urls",
+    "registry",
+    "outputs",
+)
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
+_PYTHON = re.compile(r"^3\.\d+$")
+_DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the user asked for, validated."""
+
+    project_dir: Path
+    name: str
+    python: str
+    requirements: tuple[str, ...]
+    platforms: tuple[Platform, ...]
+    base: str
+    system_packages: tuple[str, ...]
+    cuda: str
+    index_url: str
+    extra_index_urls: tuple[str, ...]
+    registry: str | None
+    outputs: tuple[str, ...] = ()  # files or directories a run produces, relative to the project; hashed per run
+
+    @property
+    def lock_path(self) -> Path:
+        """Where this project's lock lives."""
+        return self.project_dir / "envlock.lock"
+
+    def inputs(self) -> dict[str, Any]:
+        """Everything that decides the resolution, normalized, credentials removed."""
+        return {
+            "schema": INPUT_SCHEMA,
+            "python": self.python,
+            "requirements": sorted(str(Requirement(r)) for r in self.requirements),
+            "platforms": sorted(self.platforms),
+            "base": self.base,
+            # A recipe's content is an input too: editing base-images/NAME.toml makes the lock stale.
+            "base-recipe": None if recipes.is_image_reference(self.base) else recipes.load_recipe(self.base).sha256,
+            "system-packages": sorted(self.system_packages),
+            "cuda": self.cuda,
+            "index-url": redact(self.index_url),
+            "extra-index-urls": [redact(u) for u in self.extra_index_urls],
+        }
+
+    def input_hash(self) -> str:
+        """sha256 over the normalized inputs: what `lock --check` compares without resolving."""
+        blob = json.dumps(self.inputs(), sort_keys=True, separators=(",", ":")).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+class _Problems:
+    """Collects every problem with its place, to report them all at once."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+        self._found: list[tuple[int, str]] = []
+
+    def add(self, dotted: str, message: str) -> None:
+        line = self._locate(dotted)
+        where = f"{self.path.name}:{line}" if line else self.path.name
+        self._found.append((line or 0, f"{where}: {dotted}: {message}"))
+
+    @property
+    def items(self) -> list[str]:
+        """The problems in the order they appear in the file."""
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
+
+    def _locate(self, dotted: str) -> int | None:
+        """The line where a key is written, found by reading the text (tomllib keeps no positions)."""
+        *table, key = dotted.split(".")
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]")
+        assignment = re.compile(r"^\s*\"?" + re.escape(key) + r"\"?\s*=")
+        inside = not table
+        for number, line in enumerate(self.lines, start=1):
+            if re.match(r"^\s*\[", line):
+                inside = bool(header.match(line))
+                continue
+            if inside and assignment.match(line):
+                return number
+        return None
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _string_list(value: Any, key: str, problems: _Problems) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add(key, "must be a list of strings")
+        return []
+    return list(value)
+
+
+def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
+    """A list of PEP 508 requirements from an index (a direct URL cannot be locked per file)."""
+    valid = []
+    for requirement in _string_list(value, key, problems):
+        try:
+            parsed = Requirement(requirement)
+        except InvalidRequirement as exc:
+            reason = str(exc).splitlines()[0]
+            problems.add(key, f"{requirement!r} is not a valid requirement ({reason})")
+            continue
+        if parsed.url:
+            problems.add(key, f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes")
+            continue
+        valid.append(requirement)
+    return valid
+
+
+def _group_requirements(
+    groups: dict[str, Any], name: str, problems: _Problems, seen: tuple[str, ...] = ()
+) -> list[str]:
+    """PEP 735 dependency group, with `{include-group = …}` followed."""
+    normalized = {canonicalize_name(k): v for k, v in groups.items()}
+    key = canonicalize_name(name)
+    if key not in normalized:
+        problems.add("tool.envlock.groups", f"no dependency group {name!r}{_did_you_mean(name, list(groups))}")
+        return []
+    if key in seen:
+        problems.add("tool.envlock.groups", f"dependency group {name!r} includes itself")
+        return []
+    out: list[str] = []
+    for item in normalized[key]:
+        if isinstance(item, str):
+            out += _requirement_list([item], f"dependency-groups.{name}", problems)
+        elif isinstance(item, dict) and "include-group" in item:
+            out += _group_requirements(groups, str(item["include-group"]), problems, (*seen, key))
+    return out
+
+
+def load_spec(project_dir: Path) -> Spec:
+    """Read and validate the project's pyproject.toml; raise one SpecError listing every problem."""
+    path = project_dir / PYPROJECT
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(
+            f"no {PYPROJECT} in {project_dir}",
+            hint="run envlock inside your project, or point at it with --project DIR",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line and column shown") from exc
+    return parse_spec(document, project_dir, path, text)
+
+
+def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems) -> list[str]:
+    """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups."""
+    project = document.get("project", {})
+    if "requirements" in table:
+        requirements = _requirement_list(table["requirements"], "tool.envlock.requirements", problems)
+    elif "dependencies" in project:
+        requirements = _requirement_list(project["dependencies"], "project.dependencies", problems)
+    else:
+        requirements = []
+        if "dependencies" in project.get("dynamic", []):
+            problems.add("project.dependencies", "is dynamic; list what to lock in [tool.envlock] requirements")
+    optional = project.get("optional-dependencies", {})
+    for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
+        if extra in optional:
+            requirements += _requirement_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
+        else:
+            close = _did_you_mean(extra, list(optional))
+            problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
+    groups = document.get("dependency-groups", {})
+    for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
+        requirements += _group_requirements(groups, group, problems)
+    if not requirements and not problems.items:
+        problems.add("project.dependencies", "nothing to lock: list packages in [project] dependencies")
+    return requirements
+
+
+def _base_and_python(table: dict[str, Any], problems: _Problems) -> tuple[str, str]:
+    """The base, and the Python it carries (a recipe fixes it; an image base needs it stated)."""
+    base = table.get("base", recipes.DEFAULT_BASE)
+    if not isinstance(base, str):
+        problems.add("tool.envlock.base", "must be a string")
+        base = recipes.DEFAULT_BASE
+    elif problem := recipes.check_base(base):
+        problems.add("tool.envlock.base", problem)
+        base = recipes.DEFAULT_BASE
+    recipe = None if recipes.is_image_reference(base) else recipes.load_recipe(base)
+    python = table.get("python", recipe.python if recipe else "3.11")
+    if not isinstance(python, str) or not _PYTHON.match(python):
+        problems.add("tool.envlock.python", f'{python!r} must be a Python version like "3.11"')
+    elif recipe and python != recipe.python:
+        problems.add("tool.envlock.python", f"base {recipe.name!r} carries Python {recipe.python}, not {python}")
+    return base, str(python)
+
+
+def _platforms(table: dict[str, Any], problems: _Problems) -> tuple[Platform, ...]:
+    platforms = _string_list(table.get("platforms", ["linux/amd64"]), "tool.envlock.platforms", problems)
+    if not platforms and "platforms" in table:
+        problems.add("tool.envlock.platforms", "needs at least one platform")
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            problems.add(
+                "tool.envlock.platforms",
+                f"unknown platform {platform!r}{_did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}",
+            )
+    if len(set(platforms)) != len(platforms):
+        problems.add("tool.envlock.platforms", "lists a platform twice")
+    return tuple(p for p in PLATFORMS if p in platforms)
+
+
+def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str, ...]]:
+    index_url = table.get("index-url", DEFAULT_INDEX)
+    extras = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
+    for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extras]:
+        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
+            problems.add(f"tool.envlock.{key}", f"{redact(str(url))!r} must be an http(s):// or file:// URL")
+    return str(index_url), tuple(extras)
+
+
+def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
+    """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
+    problems = _Problems(path, text)
+    table = document.get("tool", {}).get("envlock", {})
+    if not isinstance(table, dict):
+        raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
+    for key in table:
+        if key not in FIELDS:
+            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
+
+    project_name = str(document.get("project", {}).get("name", project_dir.resolve().name))
+    default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
+    name = table.get("name", default_name)
+    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
+        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
+    requirements = _requirements(document, table, problems)
+    base, python = _base_and_python(table, problems)
+    platforms = _platforms(table, problems)
+    system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
+    for package in system_packages:
+        if not _DEBIAN_PACKAGE.match(package):
+            problems.add("tool.envlock.system-packages", f"{package!r} is not a Debian package name")
+    cuda = table.get("cuda", "auto")
+    if not isinstance(cuda, str) or not _CUDA.match(cuda):
+        problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')
+    index_url, extra_index_urls = _indexes(table, problems)
+    registry = table.get("registry")
+    if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
+        problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
+
+    outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
+    for declared in outputs:
+        if Path(declared).is_absolute() or ".." in Path(declared).parts:
+            problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
+
+    if problems.items:
+        count = len(problems.items)
+        raise SpecError(
+            f"{path.name} has {count} problem{'s' if count > 1 else ''}",
+            hint="fix the keys listed above",
+            details=tuple(problems.items),
+        )
+    return Spec(
+        project_dir=project_dir,
+        name=str(name),
+        python=python,
+        requirements=tuple(requirements),
+        platforms=platforms,
+        base=base,
+        system_packages=tuple(system_packages),
+        cuda=str(cuda),
+        index_url=index_url,
+        extra_index_urls=extra_index_urls,
+        registry=registry,
+        outputs=tuple(outputs),
+    )

@@ -1,0 +1,88 @@
+"""Where envlock keeps things: the user's cache (wheels, layers, bases, scratch) and a project's `.envlock/`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATE_DIR = ".envlock"
+
+
+def cache_root() -> Path:
+    """`$ENVLOCK_CACHE_DIR`, else the user's cache directory (e.g. ~/.cache/envlock)."""
+    if configured := os.environ.get("ENVLOCK_CACHE_DIR"):
+        return Path(configured)
+    from platformdirs import user_cache_path  # noqa: PLC0415  (only when no directory is configured)
+
+    return user_cache_path("envlock")
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The machine-wide, content-addressed cache: shared by every project of this user."""
+
+    root: Path
+
+    @property
+    def wheels(self) -> Path:
+        """Downloaded wheels by sha256."""
+        return self.root / "wheels"
+
+    @property
+    def layers(self) -> Path:
+        """Finished layer tarballs by content key."""
+        return self.root / "layers"
+
+    @property
+    def bases(self) -> Path:
+        """Bases built from recipes."""
+        return self.root / "bases"
+
+    @property
+    def scratch(self) -> Path:
+        """Temporary work (image assembly, upstream exports), swept when stale."""
+        return self.root / "tmp"
+
+
+@dataclass(frozen=True)
+class ProjectLayout:
+    """A project's own envlock state, under `<project>/.envlock/`."""
+
+    project_dir: Path
+
+    @property
+    def state(self) -> Path:
+        """The `.envlock/` directory itself."""
+        return self.project_dir / STATE_DIR
+
+    @property
+    def runs(self) -> Path:
+        """Run records, one directory per run id."""
+        return self.state / "runs"
+
+    @property
+    def images(self) -> Path:
+        """`images.json`: lock hash → image ID and pushed digests."""
+        return self.state / "images.json"
+
+    @property
+    def archives(self) -> Path:
+        """Verified image archives (`envlock archive`)."""
+        return self.state / "archives"
+
+    def archive_for(self, image_id: str) -> Path:
+        """The default archive file of an image."""
+        return self.archives / f"{image_id.removeprefix('sha256:')[:12]}.tar"
+
+
+def recipes_dir() -> Path:
+    """The base recipes: shipped inside the package (a wheel install), or the source checkout's base-images/."""
+    packaged = PACKAGE_DIR / "base_images"
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parents[1] / "base-images"
+
+
+def data_file(name: str) -> Path:
+    """A data table shipped with envlock (src/envlock/data/)."""
+    return PACKAGE_DIR / "data" / name

@@ -1,0 +1,80 @@
+"""What changed between two runs: image, lock, host, code, seed, outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from envlock.lock.diff import LockDiff, changed, diff_locks
+from envlock.lock.lockfile import Lock
+from envlock.run.hostprobe import Gpu
+from envlock.run.records import RunRecord
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """What moved between two runs: the software (image, lock), the hardware, the code, the seed, the outputs."""
+
+    locks: LockDiff
+    factors: dict[str, tuple[Any, Any]]  # image, lock, driver, cuda-driver, gpus, commit, dirty, seed, command
+    outputs: dict[str, tuple[str | None, str | None]]  # path → (sha256 in A, sha256 in B), differing only
+
+    def __bool__(self) -> bool:
+        return bool(self.locks or self.factors or self.outputs)
+
+    def lines(self) -> list[str]:
+        """Readable lines, one change each."""
+        out = [f"{key}: {old} -> {new}" for key, (old, new) in self.factors.items()]
+        out += self.locks.lines()
+        out += [f"output {path}: {_short(a)} -> {_short(b)}" for path, (a, b) in self.outputs.items()]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "factors": {k: {"old": o, "new": n} for k, (o, n) in self.factors.items()},
+            "lock": self.locks.as_dict(),
+            "outputs": {k: {"old": o, "new": n} for k, (o, n) in self.outputs.items()},
+        }
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "absent"
+
+
+def _gpus(host: dict[str, Any]) -> list[str]:
+    return [f"{g['name']} ({Gpu.from_dict(g).arch})" for g in host.get("gpus", [])]
+
+
+def diff_runs(a: RunRecord, b: RunRecord, lock_a: Lock, lock_b: Lock) -> RunDiff:
+    """Compare two run records and the locks they ran with."""
+    factors = changed(
+        {
+            "image": a.image_id,
+            "lock": a.lock_hash,
+            "driver": a.host.get("driver-version"),
+            "cuda-driver": a.host.get("cuda-driver-version"),
+            "gpus": _gpus(a.host),
+            "commit": a.git.get("commit"),
+            "dirty": a.git.get("diff-sha256") if a.git.get("dirty") else None,
+            "seed": a.seed,
+            "command": " ".join(a.command),
+        },
+        {
+            "image": b.image_id,
+            "lock": b.lock_hash,
+            "driver": b.host.get("driver-version"),
+            "cuda-driver": b.host.get("cuda-driver-version"),
+            "gpus": _gpus(b.host),
+            "commit": b.git.get("commit"),
+            "dirty": b.git.get("diff-sha256") if b.git.get("dirty") else None,
+            "seed": b.seed,
+            "command": " ".join(b.command),
+        },
+    )
+    outputs = {
+        path: (a.outputs.get(path), b.outputs.get(path))
+        for path in sorted(a.outputs.keys() | b.outputs.keys())
+        if a.outputs.get(path) != b.outputs.get(path)
+    }
+    return RunDiff(diff_locks(lock_a, lock_b), factors, outputs)

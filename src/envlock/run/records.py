@@ -1,0 +1,242 @@
+"""Run records under `.envlock/runs/<id>/`: written atomically at start and at end, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from envlock.errors import EnvlockError
+from envlock.fsutil import atomic_write_bytes, atomic_write_text
+from envlock.paths import ProjectLayout
+
+Status = Literal["queued", "running", "finished", "failed", "interrupted"]
+RECORD_VERSION = 1
+
+
+class RunRecordError(EnvlockError):
+    """A run record exists but cannot be read."""
+
+    exit_code = 13
+    default_hint = "envlock writes records atomically: this one was edited or damaged; restore it or remove its folder"
+
+
+class RunNotFoundError(EnvlockError):
+    """No run record by that id."""
+
+    exit_code = 13
+    default_hint = "list the runs with `envlock runs`"
+
+
+class RunWaitTimeoutError(EnvlockError):
+    """A run was still queued or running when `envlock runs wait` stopped waiting."""
+
+    exit_code = 19
+
+
+FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})
+
+
+def now() -> str:
+    """UTC time, ISO 8601, to the microsecond."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique: `20261126T075012Z-3f9a1c`."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything needed, months later, to say which software and hardware produced a result."""
+
+    run_id: str
+    status: Status
+    command: list[str]
+    image_id: str
+    image_reference: str
+    repo_digests: list[str]
+    lock_hash: str
+    platform: str
+    git: dict[str, Any]
+    host: dict[str, Any]
+    seed: int
+    environment: dict[str, str]  # what envlock set (determinism, ENVLOCK_*): values are envlock's own
+    passed_env: list[str]  # names only: values may be secrets
+    forced: bool
+    preflight: list[str]
+    started: str
+    container: str
+    envlock_pid: int
+    ended: str | None = None
+    exit_code: int | None = None
+    outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
+    reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
+    scheduler: dict[str, Any] | None = None  # a batch job's facts (envlock submit): kind, job-id, options, node…
+    error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
+    tracking: dict[str, Any] | None = None  # the MLflow run the metrics went to: uri (no credentials), run-id
+    record_version: int = RECORD_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (field names as written)."""
+        return asdict(self)
+
+
+class RunStore:
+    """The project's run records."""
+
+    def __init__(self, project_dir: Path, node: int | None = None) -> None:
+        self.project_dir = project_dir
+        self.root = ProjectLayout(project_dir).runs
+        self.node = node
+
+    def directory(self, run_id: str) -> Path:
+        """Where one run keeps its record, log, lock copy and diff (a multi-node job's other nodes: nodes/<rank>/)."""
+        return self.root / run_id if self.node is None else self.root / run_id / "nodes" / str(self.node)
+
+    def for_node(self, rank: int) -> RunStore:
+        """The records of a multi-node job's node `rank` (> 0; rank 0 keeps the run's own record)."""
+        return RunStore(self.project_dir, rank)
+
+    def node_records(self, run_id: str) -> dict[int, RunRecord]:
+        """The records of a multi-node job's other nodes by rank, the rank read from their folder (a node's task
+        killed before it started has only the queued copy, without its facts); unreadable ones left out."""
+        nodes = self.root / run_id / "nodes"
+        ranks = sorted(int(p.name) for p in nodes.iterdir() if p.name.isdigit()) if nodes.is_dir() else []
+        found = {}
+        for rank in ranks:
+            try:
+                found[rank] = self._read(nodes / str(rank) / "record.json")
+            except RunRecordError:
+                continue
+        return found
+
+    def saved_output(self, run_id: str, path: str) -> Path:
+        """Where a run keeps its copy of a small metrics output (for comparisons within a tolerance)."""
+        return self.directory(run_id) / "outputs" / path
+
+    def log_path(self, run_id: str) -> Path:
+        """The run's combined stdout/stderr."""
+        return self.directory(run_id) / "log.txt"
+
+    def create(self, run_id: str, lock_text: str) -> Path:
+        """A new run's folder with its copy of the lock."""
+        directory = self.directory(run_id)
+        directory.mkdir(parents=True, exist_ok=False)
+        atomic_write_text(directory / "envlock.lock", lock_text)
+        return directory
+
+    def begin(self, record: RunRecord, diff: bytes) -> None:
+        """Save the diff (when dirty) and the record in state `running`."""
+        if diff:
+            atomic_write_bytes(self.directory(record.run_id) / "diff.patch", diff)
+        self.save(record)
+
+    def start(self, record: RunRecord, lock_text: str, diff: bytes) -> None:
+        """Save the lock copy, the diff (when dirty) and the record in state `running`."""
+        self.create(record.run_id, lock_text)
+        self.begin(record, diff)
+
+    def save(self, record: RunRecord) -> None:
+        """Replace the record atomically."""
+        text = json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n"
+        directory = self.directory(record.run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "record.json", text)
+
+    def load(self, run_id: str) -> RunRecord:
+        """One record; a unique prefix of the id is enough."""
+        matches = [p for p in self._ids() if p.startswith(run_id)] if run_id else []
+        if len(matches) != 1:
+            more = "matches several runs" if matches else "is not a run of this project"
+            raise RunNotFoundError(f"{run_id!r} {more}")
+        return self._read(self.directory(matches[0]) / "record.json")
+
+    @staticmethod
+    def _read(path: Path) -> RunRecord:
+        try:
+            return RunRecord(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+
+    def scan(self) -> tuple[list[RunRecord], list[Path]]:
+        """Every readable record, oldest first, and the paths of records that cannot be read (edited or damaged
+        by hand; envlock writes them atomically)."""
+        records: list[RunRecord] = []
+        broken: list[Path] = []
+        for run_id in self._ids():
+            path = self.directory(run_id) / "record.json"
+            if path.is_file():
+                try:
+                    records.append(self._read(path))
+                except RunRecordError:
+                    broken.append(path)
+        return records, broken
+
+    def all(self) -> list[RunRecord]:
+        """Every readable record, oldest first."""
+        return self.scan()[0]
+
+    def _ids(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def settle_orphans(self, remove_container: Any, records: list[RunRecord] | None = None) -> list[RunRecord]:
+        """Local runs whose envlock died (kill -9): mark them interrupted and remove their containers. A batch job's
+        envlock lives on its node: the scheduler is asked about those (envlock.submit.settle_jobs)."""
+        settled = []
+        for record in self.all() if records is None else records:
+            if record.status == "running" and record.scheduler is None and not _alive(record.envlock_pid):
+                remove_container(record.container)
+                finished = replace(record, status="interrupted", ended=now())
+                self.save(finished)
+                settled.append(finished)
+        return settled
+
+
+def wait_until_final(
+    current: Callable[[], RunRecord],
+    timeout: float | None,
+    *,
+    poll: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunRecord:
+    """Ask `current` (the record, settled against its scheduler) every `poll` seconds until the run is final."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        record = current()
+        if record.status in FINAL:
+            return record
+        if deadline is not None and clock() >= deadline:
+            raise RunWaitTimeoutError(
+                f"run {record.run_id} is still {record.status} after {timeout:g} s",
+                hint=f"envlock runs show {record.run_id}; wait longer with --timeout (or without it)",
+            )
+        sleep(poll if deadline is None else max(0.0, min(poll, deadline - clock())))
+
+
+def exit_status(record: RunRecord) -> int:
+    """What a shell should see for a finished run: its command's exit code; 130 when interrupted; 1 when it never
+    ran its command (the record's error says why)."""
+    if record.status == "interrupted":
+        return 130
+    if record.exit_code is not None:
+        return record.exit_code
+    return 0 if record.status == "finished" else 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
