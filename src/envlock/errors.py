@@ -1,6 +1,48 @@
-"""The one error tree: every failure a user can cause or meet is an EnvlockError."""
+"""The one error tree and the one exit-code table: every failure a user can cause or meet is an EnvlockError."""
 
 from __future__ import annotations
+
+# Every exit status envlock itself gives, with its meaning. README's table is this table (a test compares them);
+# each EnvlockError subclass takes its code from here, and no two meanings share a code.
+EXIT_CODES: dict[int, str] = {
+    0: "success (for `run`, `runs wait`: the command exited 0)",
+    1: "an unexpected internal error: a bug in envlock, shown with its traceback (please report it)",
+    2: "command-line usage error (an unknown option, a missing argument, contradicting flags)",
+    3: "`envlock.lock` is missing, malformed, carries values that are not allowed, or was edited by hand",
+    4: "`envlock.lock` is stale (`lock --check`)",
+    5: "resolution failed: unknown or unsatisfiable package, conflicting pins, index unreachable, resolver "
+    "missing, or a target the resolver cannot serve",
+    6: "the resolved CUDA stack contradicts `cuda = …`",
+    7: "the container engine is unreachable or failed",
+    8: "a locked file could not be downloaded",
+    9: "a downloaded file's bytes do not match the lock",
+    10: "a locked package has no wheel for the target (sdist only)",
+    11: "the registry is unreachable or refused",
+    12: "the host fails the preflight (driver too old, GPU architecture not built for); `--force` overrides",
+    13: "no run by that id (or the prefix matches several)",
+    14: "the host probe failed (NVML present but broken)",
+    15: "the image could not be restored, or what came back is not the recorded image (e.g. a tampered archive)",
+    16: "`envlock reproduce`: not reproduced",
+    17: "Slurm refused the job or could not be asked (`sbatch`/`scontrol` missing or failing)",
+    18: "MLflow: the tracking store is unreachable or refused, or its URI cannot be reached from a container",
+    19: "`envlock runs wait --timeout S`: the run was still queued or running (`runs wait` itself exits 125 then)",
+    20: "`pyproject.toml` is malformed or `[tool.envlock]` is invalid",
+    21: "a run record was edited or damaged",
+    22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
+    23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
+    125: "`run`, `runs wait`: envlock itself failed; the error line names the failure and its own code above",
+    126: "`run`: the command was found but cannot be executed (not executable, a directory)",
+    127: "`run`: the command was not found in the image",
+    130: "interrupted (Ctrl-C, SIGTERM); every file is as it was before",
+}
+# Codes the commands that pass their command's status through (run, runs wait) never give for envlock's own
+# failures: those exit ENVLOCK_FAILED instead, so that a training script's own `exit 3` is never read as ours.
+ENVLOCK_FAILED = 125
+CANNOT_EXECUTE = 126
+NOT_FOUND = 127
+USAGE = 2
+INTERRUPTED = 130
+NOT_REPRODUCED = 16
 
 
 class EnvlockError(Exception):
@@ -16,8 +58,8 @@ class EnvlockError(Exception):
         self.details = details
 
 
-class SpecError(EnvlockError):
-    """pyproject.toml or its [tool.envlock] table is malformed or inconsistent."""
+class UsageError(EnvlockError):
+    """The command line asks for something contradictory or incomplete (beyond what the parser can see)."""
 
     exit_code = 2
 
@@ -70,3 +112,116 @@ class EngineError(EnvlockError):
 
     exit_code = 7
     default_hint = "is dockerd running? start it with `bash scripts/setup.sh` or `sudo systemctl start docker`"
+
+
+class DownloadError(EnvlockError):
+    """A file of the lock could not be fetched."""
+
+    exit_code = 8
+    default_hint = "check your network and the index credentials; run the command again to resume"
+
+
+class HashMismatchError(EnvlockError):
+    """A file's bytes do not match the sha256 in the lock."""
+
+    exit_code = 9
+    default_hint = "the index serves other bytes than were locked; if that is expected, run `envlock lock --upgrade`"
+
+
+class NoWheelError(EnvlockError):
+    """A locked package has no wheel the target can install."""
+
+    exit_code = 10
+
+
+class RegistryError(EnvlockError):
+    """The registry refused or could not be reached."""
+
+    exit_code = 11
+    default_hint = "check the registry address and that it is running; credentials come from `docker login`"
+
+
+class PreflightError(EnvlockError):
+    """The host cannot run the lock's stack (driver too old, GPU architecture not built for, no GPU)."""
+
+    exit_code = 12
+    default_hint = "use --force to run anyway (recorded in the run record)"
+
+
+class RunNotFoundError(EnvlockError):
+    """No run record by that id."""
+
+    exit_code = 13
+    default_hint = "list the runs with `envlock runs`"
+
+
+class NvmlUnavailableError(EnvlockError):
+    """NVML cannot start: no driver, driver not loaded, no permission. The probe reports a CPU host."""
+
+    exit_code = 14
+
+
+class HostProbeError(EnvlockError):
+    """NVML started but failed while reading the GPUs (a GPU fell off the bus, the driver broke)."""
+
+    exit_code = 14
+    default_hint = "see `nvidia-smi` for the driver's and the GPUs' state"
+
+
+class RestoreError(EnvlockError):
+    """The image could not be brought back, or what came back is not the recorded image."""
+
+    exit_code = 15
+
+
+class NotReproducedError(EnvlockError):
+    """`envlock reproduce` compared and found a difference (the verdict is printed before)."""
+
+    exit_code = 16
+
+
+class SchedulerError(EnvlockError):
+    """The scheduler refused or could not be asked."""
+
+    exit_code = 17
+    default_hint = (
+        "is Slurm reachable from here? `sinfo` should list the partitions (scripts/services.sh starts a local one)"
+    )
+
+
+class TrackingError(EnvlockError):
+    """The tracking server refused, or the tracking URI cannot be used from a container."""
+
+    exit_code = 18
+    default_hint = "check MLFLOW_TRACKING_URI (or --mlflow URI); --no-mlflow runs without tracking"
+
+
+class RunWaitTimeoutError(EnvlockError):
+    """A run was still queued or running when `envlock runs wait` stopped waiting."""
+
+    exit_code = 19
+
+
+class SpecError(EnvlockError):
+    """pyproject.toml or its [tool.envlock] table is malformed or inconsistent."""
+
+    exit_code = 20
+
+
+class RunRecordError(EnvlockError):
+    """A run record exists but cannot be read."""
+
+    exit_code = 21
+    default_hint = "envlock writes records atomically: this one was edited or damaged; restore it or remove its folder"
+
+
+class BuildError(EnvlockError):
+    """The image could not be built, or a file envlock writes could not be written."""
+
+    exit_code = 22
+
+
+class RerunError(EnvlockError):
+    """`envlock reproduce` could not set the original run up again (its code, diff or inputs)."""
+
+    exit_code = 23

@@ -15,12 +15,12 @@ import pytest
 
 from envlock.cli.app import run
 from envlock.engine.docker import DockerEngine
-from envlock.errors import EngineError
+from envlock.errors import EngineError, RegistryError
 from envlock.image.bases import BaseStore, MmdebstrapBuilder, export_upstream
 from envlock.image.build import Builder, BuildOutcome, build_image, load_base
 from envlock.image.layers import LayerStore
 from envlock.image.plan import plan_image
-from envlock.image.registry import HttpRegistry, RegistryError
+from envlock.image.registry import HttpRegistry
 from envlock.image.wheels import HttpFetcher, WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project

@@ -30,7 +30,7 @@ def test_gpu_example_builds_and_would_run_on_a_gpu_host(tmp_path: Path) -> None:
     if refused.returncode == 0:  # a GPU host with a new enough driver: it just runs
         assert "2.5.1" in refused.stdout
         return
-    assert refused.returncode == 12 and "550.54.14" in refused.stderr, "a CPU host is refused with the driver floor"
+    assert refused.returncode == 125 and "550.54.14" in refused.stderr, "a CPU host is refused with the driver floor"
     forced = subprocess.run(
         [ENVLOCK, "run", "-C", str(tmp_path), "--force", "--", *probe], capture_output=True, text=True, check=False
     )

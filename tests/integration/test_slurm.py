@@ -119,7 +119,7 @@ def test_a_two_node_job_runs_a_container_per_node_that_meet_at_rank_0(digits: Pa
     shown = envlock("runs", "show", run_id, project=digits).stdout
     assert f"node 1    {node['scheduler']['node']}: finished, exit 0" in shown
     again = envlock("reproduce", run_id, project=digits)
-    assert again.returncode == 1 and "ran on 2 nodes" in again.stderr and "-N 2" in again.stderr
+    assert again.returncode == 2 and "ran on 2 nodes" in again.stderr and "-N 2" in again.stderr
 
 
 def test_a_failing_node_stops_the_others(digits: Path, cancel_at_end: list[str]) -> None:
@@ -184,7 +184,7 @@ def test_runs_follows_a_job_from_queued_to_cancelled(digits: Path, cancel_at_end
         time.sleep(1)
     assert " queued " in line and "(BeginTime)" in line, listing
     late = envlock("runs", "wait", run_id, "--timeout", "1", project=digits)
-    assert late.returncode == 19 and f"run {run_id} is still queued after 1 s" in late.stderr
+    assert late.returncode == 125 and f"run {run_id} is still queued after 1 s" in late.stderr
     subprocess.run(["scancel", job_of(digits, run_id)], check=True)
     record = wait_for(digits, run_id, {"interrupted", "failed", "finished"}, seconds=60)
     assert record["status"] == "interrupted" and "CANCELLED" in record["error"]

@@ -57,7 +57,7 @@ def test_cli_refuses_an_unpushed_image_then_writes_the_job(
     write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = locked(write_project, TORCH_251_AMD64)
-    assert run(["export", "k8s", "-C", str(project), "--", "python", "train.py"]) == 1
+    assert run(["export", "k8s", "-C", str(project), "--", "python", "train.py"]) == 2
     assert "never pushed" in capsys.readouterr().err
     lock = lockfile.read(project / "envlock.lock")
     record_image(project, lock.lock_hash, IMAGE_ID, f"gpu_train:{lock.short_hash}", "base", pushed=DIGEST)

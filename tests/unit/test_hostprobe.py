@@ -11,16 +11,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from envlock.run.hostprobe import (
-    Gpu,
-    HostProbeError,
-    HostState,
-    NvmlUnavailableError,
-    PynvmlAdapter,
-    cuda_version_string,
-    probe_host,
-    read_cpu_model,
-)
+from envlock.errors import HostProbeError, NvmlUnavailableError
+from envlock.run.hostprobe import Gpu, HostState, PynvmlAdapter, cuda_version_string, probe_host, read_cpu_model
 
 GIB = 1024**3
 

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from envlock.errors import PreflightError
 from envlock.lock.cuda import CPU, derive_cuda
-from envlock.run.preflight import PreflightError, Verdict, check_host, enforce
+from envlock.run.preflight import Verdict, check_host, enforce
 from tests.fakes import TORCH_251_AMD64, package
 from tests.unit.test_hostprobe import A100, RTX_4090, FakeGpu, cpu_host, gpu_host
 

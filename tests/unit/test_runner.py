@@ -14,14 +14,15 @@ import pytest
 
 from envlock.cli.app import run as cli
 from envlock.engine.launch import LaunchSpec, Output
+from envlock.errors import PreflightError
+from envlock.image.catalog import PinnedImage
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
 from envlock.run.diff import diff_runs
 from envlock.run.gitstate import GitState, git_state
-from envlock.run.preflight import PreflightError
 from envlock.run.records import RunStore
-from envlock.run.runner import PinnedImage, RunRequest, run_in_image
+from envlock.run.runner import RunRequest, run_in_image
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 from tests.unit.test_hostprobe import A100, RTX_4090, cpu_host, gpu_host
 
@@ -215,5 +216,5 @@ def test_a_damaged_record_is_named_not_a_traceback(
     assert cli(["runs", "-C", str(project)]) == 0
     out, err = capsys.readouterr()
     assert good.run_id in out and bad.run_id not in out and "skipped unreadable run record" in err
-    assert cli(["runs", "-C", str(project), "show", bad.run_id]) == 13
+    assert cli(["runs", "-C", str(project), "show", bad.run_id]) == 21
     assert "is unreadable" in capsys.readouterr().err

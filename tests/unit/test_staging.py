@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from packaging.tags import Tag
 
-from envlock.image.staging import VENV, NoWheelError, VenvLayout, choose_wheel, install_wheel
+from envlock.errors import NoWheelError
+from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.targets import Target
 from tests.fakes import wheel

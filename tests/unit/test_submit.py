@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from envlock.cli.app import _split_submit
 from envlock.cli.app import run as cli
-from envlock.cluster.slurm import JobState, SchedulerError, Slurm, batch_script, run_command
+from envlock.cli.cluster_commands import split_submit
+from envlock.cluster.slurm import JobState, Slurm, batch_script, run_command
 from envlock.cluster.submit import (
     NodeRole,
     Submission,
@@ -25,10 +25,10 @@ from envlock.cluster.submit import (
     submitted_request,
 )
 from envlock.engine.launch import LaunchSpec, gpu_request
+from envlock.errors import PreflightError, RunRecordError, RunWaitTimeoutError, SchedulerError
 from envlock.lock import lockfile
 from envlock.run.gitstate import GitState
-from envlock.run.preflight import PreflightError
-from envlock.run.records import RunRecord, RunRecordError, RunStore, RunWaitTimeoutError, exit_status, wait_until_final
+from envlock.run.records import RunRecord, RunStore, exit_status, wait_until_final
 from envlock.run.runner import RunRequest, run_in_image
 from tests.fakes import TORCH_251_AMD64, package
 from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
@@ -138,18 +138,20 @@ def test_envlocks_own_sbatch_options_are_refused() -> None:
 
 
 def test_the_command_line_splits_envlock_options_sbatch_options_and_the_command() -> None:
-    head, parsed = _split_submit(["submit", "-o", "out", "--slurm", "-o", "x.out", "-C", "a100", "--", "python", "-o"])
+    head, sbatch, command = split_submit(
+        ["submit", "-o", "out", "--slurm", "-o", "x.out", "-C", "a100", "--", "python", "-o"]
+    )
     assert head == ["submit", "-o", "out", "--slurm"]
-    assert (parsed.sbatch, parsed.command) == (["-o", "x.out", "-C", "a100"], ["python", "-o"])
-    assert _split_submit(["submit", "--slurm", "-p", "gpu", "--help"])[0] == ["submit", "--slurm", "--help"]
+    assert (sbatch, command) == (["-o", "x.out", "-C", "a100"], ["python", "-o"])
+    assert split_submit(["submit", "--slurm", "-p", "gpu", "--help"])[0] == ["submit", "--slurm", "--help"]
 
 
 def test_submit_without_scheduler_or_command_is_one_clear_error(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli(["submit", "-C", str(project), "--", "python", "train.py"]) == 1
+    assert cli(["submit", "-C", str(project), "--", "python", "train.py"]) == 2
     assert "choose the scheduler" in capsys.readouterr().err
-    assert cli(["submit", "-C", str(project), "--slurm", "-p", "gpu"]) == 1
+    assert cli(["submit", "-C", str(project), "--slurm", "-p", "gpu"]) == 2
     assert "no command to run: it goes after --" in capsys.readouterr().err
     assert cli(["submit", "-C", str(project), "--slurm", "--hold", "--", "true"]) == 17
     err = capsys.readouterr().err

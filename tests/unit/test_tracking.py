@@ -10,12 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from envlock.cli.app import _tracking_settings
 from envlock.cli.app import run as cli
-from envlock.errors import EnvlockError
+from envlock.errors import EnvlockError, TrackingError
 from envlock.run.records import RunStore
 from envlock.run.runner import RunRequest
-from envlock.run.tracking import TrackedRun, Tracking, TrackingError, TrackingTarget, tracking_target
+from envlock.run.tracking import (
+    TrackedRun,
+    Tracking,
+    TrackingSettings,
+    TrackingTarget,
+    tracking_settings,
+    tracking_target,
+)
 from tests.fakes import TORCH_251_AMD64, package
 from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
 from tests.unit.test_runner import FakeLauncher, locked_project
@@ -135,33 +141,25 @@ def test_tracking_uris_say_how_a_container_reaches_them(tmp_path: Path, monkeypa
     assert run.as_dict()["uri"] == "https://mlflow.example.com" and "pw" not in run.link
 
 
-def test_settings_come_from_the_flag_or_mlflows_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    assert _tracking_settings(None, False, "digits") is None, "nothing configured: no tracking"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert _tracking_settings(None, False, "digits") == {
-        "uri": "http://127.0.0.1:5000",
-        "experiment": "digits",
-        "reuse": None,
-    }
-    assert _tracking_settings(None, True, "digits") is None, "--no-mlflow wins over the variable"
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweeps")
-    monkeypatch.setenv("MLFLOW_RUN_ID", "b" * 32)
-    assert _tracking_settings("http://other:5000", False, "digits") == {
-        "uri": "http://other:5000",
-        "experiment": "sweeps",
-        "reuse": "b" * 32,
-    }
+def test_settings_come_from_the_flag_or_mlflows_variables() -> None:
+    environ: dict[str, str] = {}
+    assert tracking_settings(None, False, "digits", environ) is None, "nothing configured: no tracking"
+    environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:5000"
+    assert tracking_settings(None, False, "digits", environ) == TrackingSettings("http://127.0.0.1:5000", "digits")
+    assert tracking_settings(None, True, "digits", environ) is None, "--no-mlflow wins over the variable"
+    environ |= {"MLFLOW_EXPERIMENT_NAME": "sweeps", "MLFLOW_RUN_ID": "b" * 32}
+    assert tracking_settings("http://other:5000", False, "digits", environ) == TrackingSettings(
+        "http://other:5000", "sweeps", "b" * 32
+    )
     with pytest.raises(EnvlockError, match="contradict"):
-        _tracking_settings("http://other:5000", True, "digits")
+        tracking_settings("http://other:5000", True, "digits", environ)
 
 
 def test_run_refuses_a_sqlite_tracking_uri_in_one_line(
     write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
-    assert cli(["run", "-C", str(project), "--mlflow", "sqlite:///mlflow.db", "--", "true"]) == 18
+    assert cli(["run", "-C", str(project), "--mlflow", "sqlite:///mlflow.db", "--", "true"]) == 125
     err = capsys.readouterr().err
     assert "cannot be reached from inside a container" in err and "Traceback" not in err
     assert RunStore(project).all() == []

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from envlock.image.wheels import DownloadError, HashMismatchError, Response, WheelCache
+from envlock.errors import DownloadError, HashMismatchError
+from envlock.image.wheels import Response, WheelCache
 from envlock.lock.resolve import LockedFile
 
 

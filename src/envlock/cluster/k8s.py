@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envlock.engine.launch import WORKDIR, determinism_env
+from envlock.errors import UsageError
 from envlock.lock.lockfile import Lock
 
 
@@ -79,3 +80,14 @@ def to_k8s_job(lock: Lock, platform: str, request: JobRequest) -> dict[str, Any]
             "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
         },
     }
+
+
+def pushed_image(known: dict[str, Any]) -> tuple[str, str]:
+    """(registry digest, image ID) of a lock's image as images.json knows it; a cluster pulls only by digest."""
+    pushed = known.get("pushed") or []
+    if not pushed or not known.get("image-id"):
+        raise UsageError(
+            "the lock's image was never pushed: a cluster can only pull it from a registry, by digest",
+            hint="envlock build --push (registry from [tool.envlock]) or envlock build --registry HOST/NAMESPACE",
+        )
+    return str(pushed[-1]), str(known["image-id"])

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envlock.errors import EnvlockError
+from envlock.errors import SchedulerError
 
 Command = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
@@ -29,15 +29,6 @@ FINAL_STATES = frozenset(
         "TIMEOUT",
     }
 )
-
-
-class SchedulerError(EnvlockError):
-    """The scheduler refused or could not be asked."""
-
-    exit_code = 17
-    default_hint = (
-        "is Slurm reachable from here? `sinfo` should list the partitions (scripts/services.sh starts a local one)"
-    )
 
 
 def run_command(args: Sequence[str]) -> subprocess.CompletedProcess[str]:

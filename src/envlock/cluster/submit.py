@@ -18,13 +18,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from envlock.cluster.slurm import JobState, SchedulerError, Slurm, batch_script
-from envlock.errors import EnvlockError
+from envlock.cluster.slurm import JobState, Slurm, batch_script
+from envlock.errors import EnvlockError, RunRecordError, SchedulerError
 from envlock.fsutil import atomic_write_text
+from envlock.image.catalog import PinnedImage
 from envlock.lock.credentials import redact
 from envlock.lock.lockfile import Lock
-from envlock.run.records import RunRecord, RunRecordError, RunStore, Status, new_run_id, now
-from envlock.run.runner import PinnedImage, RunRequest, new_record
+from envlock.report import Report
+from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
+from envlock.run.runner import RunRequest, new_record
+from envlock.run.tracking import TrackingSettings
 
 # What Slurm tells a job about itself, passed into the container (the training code may want its rank or job id).
 SLURM_FACTS = (
@@ -117,7 +120,7 @@ def _recorded(tracking: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**tracking, "uri": redact(tracking["uri"])} if tracking else None
 
 
-def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> dict[str, Any] | None:
+def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> TrackingSettings | None:
     """The MLflow settings the submitter asked for; its credentials come from the job's environment (sbatch
     exports the submitter's), never from the record."""
     recorded = (record.scheduler or {}).get("request", {}).get("mlflow")
@@ -125,7 +128,7 @@ def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> dict[st
         return None
     exported = environ.get("MLFLOW_TRACKING_URI", "")
     uri = exported if exported and redact(exported) == recorded["uri"] else recorded["uri"]
-    return {**recorded, "uri": uri}
+    return TrackingSettings(uri, str(recorded["experiment"]), recorded.get("reuse"))
 
 
 def submit_run(
@@ -316,3 +319,30 @@ def sbatch_options_of(args: Sequence[str]) -> tuple[str, ...]:
                 hint="leave it out; every other sbatch option (e.g. -p gpu --time=2:00:00 --gres=gpu:1) is passed on",
             )
     return tuple(args)
+
+
+def settle(
+    store: RunStore,
+    records: list[RunRecord],
+    slurm: Callable[[], Slurm],
+    remove_container: Callable[[str], None],
+    report: Report,
+) -> tuple[dict[str, JobState], dict[str, RunRecord]]:
+    """Close the records of runs that lost their envlock: local ones whose envlock was killed (their containers
+    removed), batch jobs Slurm ended without envlock's task finishing them. Returns Slurm's state of the jobs still
+    queued or running, and the records closed now, by run id. Slurm is asked only when a job's record is open."""
+    closed: dict[str, RunRecord] = {}
+    for orphan in store.settle_orphans(remove_container, records):
+        report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted")
+        closed[orphan.run_id] = orphan
+    if not any(r.scheduler and r.status in ("queued", "running") for r in records):
+        return {}, closed
+    try:
+        live, settled = settle_jobs(store, records, slurm(), remove_container)
+    except EnvlockError as exc:
+        report(f"warning: could not ask Slurm about queued/running jobs ({exc.message}): showing their last record")
+        return {}, closed
+    for job in settled:
+        report(f"run {job.run_id}: {job.error}: marked {job.status}")
+        closed[job.run_id] = job
+    return live, closed

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.engine.docker import translated
-from envlock.errors import EngineError
+from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
@@ -67,6 +67,27 @@ def gpu_request(spec: LaunchSpec) -> Any:
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
 
 
+def _start(container: Any) -> tuple[int, str] | None:
+    """Start the container; (126 or 127, why) when its command cannot be run, the way `docker run` reports it."""
+    import docker.errors  # noqa: PLC0415
+
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        text = str(getattr(exc, "explanation", None) or exc)
+        if "executable file not found" in text or "no such file or directory" in text:
+            return NOT_FOUND, f"the command was not found in the image ({_reason(text)})"
+        if "permission denied" in text or "is a directory" in text:
+            return CANNOT_EXECUTE, f"the command cannot be executed ({_reason(text)})"
+        raise
+    return None
+
+
+def _reason(text: str) -> str:
+    """The runtime's own words, without the OCI runtime's preamble."""
+    return text.rsplit("exec: ", 1)[-1].split(": unknown", maxsplit=1)[0].strip()
+
+
 class DockerLauncher:
     """Launcher through docker-py."""
 
@@ -96,7 +117,11 @@ class DockerLauncher:
         try:
             with translated("run the container"):
                 stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
-                container.start()
+                cannot = _start(container)
+                if cannot is not None:  # as `docker run` does: 127 not found, 126 not executable
+                    code, why = cannot
+                    output("stderr", f"envlock: {why}\n".encode())
+                    return code
                 for stdout, stderr in stream:
                     if stdout:
                         output("stdout", stdout)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from envlock.errors import EngineError, EnvlockError
+from envlock.errors import BuildError, EngineError
 from envlock.fsutil import atomic_write_text, read_json
 from envlock.image.layers import Layer
 
@@ -88,7 +88,7 @@ class MmdebstrapBuilder:
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         """Run mmdebstrap; its output is bit-identical for the same mirror state."""
         if shutil.which("mmdebstrap") is None:
-            raise EnvlockError(
+            raise BuildError(
                 "mmdebstrap is not installed: envlock builds its Debian bases with it",
                 hint="sudo apt-get install mmdebstrap (or run bash scripts/setup.sh)",
             )
@@ -101,7 +101,7 @@ class MmdebstrapBuilder:
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             last = [line for line in done.stderr.splitlines() if line.strip()][-3:]
-            raise EnvlockError(
+            raise BuildError(
                 f"mmdebstrap could not build base {recipe.name} for {platform}: {' / '.join(last)}",
                 hint="check that the Debian mirror is reachable and that you are root (or have user namespaces)",
             )
@@ -151,8 +151,10 @@ class BaseStore:
         return built
 
     def built(self) -> list[dict[str, Any]]:
-        """Metadata of every base in the store."""
-        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.root.glob("*.json"))]
+        """Metadata of every base in the store; a damaged entry is left out (the next build of it remakes it)."""
+        keys = ("recipe", "recipe-sha256", "platform", "diff-id", "packages")
+        found = [read_json(p) for p in sorted(self.root.glob("*.json"))]
+        return [entry for entry in found if isinstance(entry, dict) and all(k in entry for k in keys)]
 
 
 @dataclass(frozen=True)

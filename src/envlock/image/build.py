@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from envlock.engine.docker import Engine
-from envlock.errors import EngineError, EnvlockError
+from envlock.errors import BuildError, EngineError, StaleLockError
 from envlock.fsutil import sweep_stale
 from envlock.image import bases as base_mod
+from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, write_archive
 from envlock.image.registry import Blob, Registry, push, split_target
@@ -63,7 +64,7 @@ class Builder:
         """The base, the verified wheels and every layer (reused by content key unless fresh)."""
         lock = plan.lock
         if plan.platform != host_platform():
-            raise EnvlockError(
+            raise BuildError(
                 f"cannot build {plan.platform} images on this {host_platform()} host yet",
                 hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
             )
@@ -80,7 +81,7 @@ class Builder:
             return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in made)], lock.base.name)
         recipe = recipes.load_recipe(lock.base.name)
         if recipe.sha256 != lock.base.sha256:
-            raise EnvlockError(
+            raise StaleLockError(
                 f"base recipe {recipe.name} changed since the lock was made",
                 hint="run `envlock lock` to lock against the current recipe",
             )
@@ -96,7 +97,7 @@ class Builder:
                 if pinned.debian.get(name) != version
             ]
             changes = ", ".join(moved[:3]) or "same packages, other bytes"
-            raise EnvlockError(
+            raise BuildError(
                 f"the {recipe.name} base on this machine ({built_base.diff_id[:19]}) is not the lock's "
                 f"({pinned.id[:19]}): the Debian mirror moved ({changes})",
                 hint=f"build where the lock's base is, or adopt today's: envlock base build {recipe.name} --rebuild "
@@ -157,18 +158,18 @@ class Builder:
 def check_upstream(upstream: base_mod.UpstreamBase, plan: ImagePlan, pinned: TargetBase | None) -> None:
     """The upstream base is for this platform, ships the lock's Python, and is the image the lock pinned."""
     if upstream.architecture != ARCHITECTURES[plan.platform]:
-        raise EnvlockError(
+        raise BuildError(
             f"base {upstream.ref} is a {upstream.architecture} image, not {plan.platform}",
             hint="pin the digest of the image for this platform (a manifest list's entry)",
         )
     if plan.lock.python not in upstream.python_homes:
         shipped = ", ".join(sorted(upstream.python_homes)) or "none"
-        raise EnvlockError(
+        raise BuildError(
             f"base {upstream.ref} has no python{plan.lock.python} in /usr/local/bin or /usr/bin (it has: {shipped})",
             hint='set python = "X.Y" in [tool.envlock] to a Python the base ships',
         )
     if pinned is not None and pinned.id != upstream.image_id:
-        raise EnvlockError(
+        raise BuildError(
             f"base {upstream.ref} is image {upstream.image_id[:19]} here, but the lock pinned {pinned.id[:19]}",
             hint="the engine rewrote the image; pull it again by digest, or re-lock",
         )
@@ -197,6 +198,25 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
     repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]
     engine.tag(loaded, repository, tag)
     return f"{repository}:{tag}"
+
+
+def build_and_push(
+    lock: Lock,
+    lock_text: str,
+    repository: str,
+    platform: str,
+    *,
+    builder: Builder,
+    project_dir: Path,
+    no_cache: bool = False,
+    push_to: tuple[Registry, str] | None = None,
+) -> tuple[BuildOutcome, str | None]:
+    """`envlock build [--push]`: build (or find) the image, push it when asked, remember both in images.json."""
+    plan = plan_image(lock, lock_text, repository, platform)
+    outcome = builder.build(plan, no_cache=no_cache)
+    pushed = builder.push(plan, *push_to) if push_to else None
+    record_image(project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id, pushed=pushed)
+    return outcome, pushed
 
 
 def build_image(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envlock.fsutil import atomic_write_text, read_json
 from envlock.paths import ProjectLayout
+
+if TYPE_CHECKING:
+    from envlock.engine.docker import Engine
 
 
 def read_images(project_dir: Path) -> dict[str, Any]:
@@ -29,3 +34,40 @@ def record_image(
         entry["pushed"].append(pushed)
     atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class PinnedImage:
+    """The image a run uses, by ID, with what is known of it."""
+
+    image_id: str
+    reference: str
+    repo_digests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build made or found (see envlock.image.build.BuildOutcome)."""
+
+    image_id: str
+    reference: str
+    base_diff_id: str
+
+
+def image_for_lock(
+    lock_hash: str, reference: str, *, engine: Engine, project_dir: Path, build: Callable[[], Built]
+) -> PinnedImage:
+    """The lock's image by ID: the engine's when it holds it, else built now (and remembered in images.json)."""
+    # The usual case, the image exists: found without importing the build machinery (start-up time).
+    image_id = engine.existing(reference, lock_hash)
+    if image_id is None:
+        built = build()
+        record_image(project_dir, lock_hash, built.image_id, built.reference, built.base_diff_id)
+        image_id = built.image_id
+    return PinnedImage(image_id, reference, tuple(pushed_digests(project_dir, lock_hash)))
+
+
+def pushed_digests(project_dir: Path, lock_hash: str) -> list[str]:
+    """The registry digests (`repo@sha256:…`) a lock's image was pushed under, oldest first."""
+    pushed = read_images(project_dir).get(lock_hash, {}).get("pushed", [])
+    return [str(p) for p in pushed] if isinstance(pushed, list) else []

@@ -13,18 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from envlock.errors import EnvlockError
+from envlock.errors import RegistryError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-
-
-class RegistryError(EnvlockError):
-    """The registry refused or could not be reached."""
-
-    exit_code = 11
-    default_hint = "check the registry address and that it is running; credentials come from `docker login`"
 
 
 @dataclass(frozen=True)

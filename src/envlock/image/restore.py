@@ -13,14 +13,8 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from envlock.engine.docker import Engine
-from envlock.errors import EngineError, EnvlockError
+from envlock.errors import EngineError, RestoreError
 from envlock.report import Report, silent
-
-
-class RestoreError(EnvlockError):
-    """The image could not be brought back, or what came back is not the recorded image."""
-
-    exit_code = 15
 
 
 @dataclass(frozen=True)

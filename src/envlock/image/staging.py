@@ -9,16 +9,10 @@ from pathlib import Path
 from packaging.tags import Tag
 from packaging.utils import parse_wheel_filename
 
-from envlock.errors import EnvlockError
+from envlock.errors import NoWheelError
 from envlock.lock.resolve import LockedFile, LockedPackage
 
 VENV = "/opt/envlock/venv"
-
-
-class NoWheelError(EnvlockError):
-    """A locked package has no wheel the target can install."""
-
-    exit_code = 10
 
 
 @dataclass(frozen=True)

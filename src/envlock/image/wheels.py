@@ -14,26 +14,12 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from envlock.errors import EnvlockError
+from envlock.errors import DownloadError, HashMismatchError
 from envlock.lock.credentials import redact
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
 
 CHUNK = 1 << 20
-
-
-class DownloadError(EnvlockError):
-    """A file of the lock could not be fetched."""
-
-    exit_code = 8
-    default_hint = "check your network and the index credentials; run the command again to resume"
-
-
-class HashMismatchError(EnvlockError):
-    """A file's bytes do not match the sha256 in the lock."""
-
-    exit_code = 9
-    default_hint = "the index serves other bytes than were locked; if that is expected, run `envlock lock --upgrade`"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
 from envlock import __version__
-from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError
+from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError, UsageError
 from envlock.lock import lockfile, recipes
 from envlock.lock.credentials import expand, redact
 from envlock.lock.cuda import check_wish, derive_cuda
@@ -17,7 +18,7 @@ from envlock.lock.diff import LockDiff, diff_locks
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
 from envlock.lock.recipes import BaseStoreView, UpstreamView
 from envlock.lock.resolve import LockedPackage, Resolver, ResolveRequest
-from envlock.lock.spec import Spec
+from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import ARCHITECTURES, DEFAULT_GLIBC, Platform, Target, host_platform
 from envlock.report import Report, silent
 
@@ -89,7 +90,7 @@ def lock_project(
         locked = {p.name for t in previous.targets for p in t.packages} if previous else set()
         unknown = sorted(wanted - locked)
         if unknown:
-            raise EnvlockError(
+            raise UsageError(
                 f"--upgrade-package {', '.join(unknown)}: not in the current lock",
                 hint="name packages listed by `envlock show`, or add them to your requirements",
             )
@@ -165,3 +166,13 @@ def _previous(spec: Spec) -> Lock | None:
             f"the existing envlock.lock cannot be used: {exc.message}",
             hint="restore it from version control, or delete it to lock afresh",
         ) from exc
+
+
+def staleness(project_dir: Path, lock: Lock) -> str:
+    """`up to date`, `stale`, or why we cannot tell: `show` works even when pyproject.toml is broken."""
+
+    try:
+        spec = load_spec(project_dir)
+    except EnvlockError:
+        return "unknown (pyproject.toml does not load)"
+    return "up to date" if spec.input_hash() == lock.input_hash else "stale (run envlock lock)"

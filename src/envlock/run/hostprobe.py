@@ -9,22 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from envlock.errors import EnvlockError
+from envlock.errors import HostProbeError, NvmlUnavailableError
 
 UNKNOWN = "unknown"
 NOT_APPLICABLE = "n/a"
 _MIB = 1024 * 1024
-
-
-class NvmlUnavailableError(EnvlockError):
-    """NVML cannot start: no driver, driver not loaded, no permission. The probe reports a CPU host."""
-
-
-class HostProbeError(EnvlockError):
-    """NVML started but failed while reading the GPUs (a GPU fell off the bus, the driver broke)."""
-
-    exit_code = 14
-    default_hint = "see `nvidia-smi` for the driver's and the GPUs' state"
 
 
 @dataclass(frozen=True)

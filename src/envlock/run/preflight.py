@@ -5,19 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from envlock.errors import EnvlockError
+from envlock.errors import PreflightError
 from envlock.lock.cuda import UNKNOWN, CudaStack
 from envlock.run.hostprobe import Gpu, HostState
 
 _ARCH = re.compile(r"^sm_(\d+)(\d)$")  # the last digit is the minor: sm_86 is 8.6, sm_120 is 12.0
 _MINOR_COMPAT_LIMITS = "PTX newer than the driver will not JIT and some APIs need the full driver"
-
-
-class PreflightError(EnvlockError):
-    """The host cannot run the lock's stack (driver too old, GPU architecture not built for, no GPU)."""
-
-    exit_code = 12
-    default_hint = "use --force to run anyway (recorded in the run record)"
 
 
 @dataclass(frozen=True)

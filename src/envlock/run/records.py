@@ -12,32 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.errors import EnvlockError
+from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import ProjectLayout
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 RECORD_VERSION = 1
-
-
-class RunRecordError(EnvlockError):
-    """A run record exists but cannot be read."""
-
-    exit_code = 13
-    default_hint = "envlock writes records atomically: this one was edited or damaged; restore it or remove its folder"
-
-
-class RunNotFoundError(EnvlockError):
-    """No run record by that id."""
-
-    exit_code = 13
-    default_hint = "list the runs with `envlock runs`"
-
-
-class RunWaitTimeoutError(EnvlockError):
-    """A run was still queued or running when `envlock runs wait` stopped waiting."""
-
-    exit_code = 19
 
 
 FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.errors import EnvlockError
+from envlock.errors import RerunError, UsageError
 from envlock.lock import lockfile
 from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.runner import RunRequest
 
 Status = Literal["identical", "within tolerance", "differs", "missing"]
 
@@ -132,7 +133,7 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[P
         def git(*args: str, cwd: Path = project_dir) -> None:
             done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise EnvlockError(
+                raise RerunError(
                     f"git {args[0]} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}",
                     hint=f"is commit {commit[:12]} still in this repository?",
                 )
@@ -213,3 +214,19 @@ def reproduce_run(
     lock_before = lockfile.read(store.directory(original.run_id) / "envlock.lock")
     lock_after = lockfile.read(store.directory(new.run_id) / "envlock.lock")
     return Verdict(original, new, checks, diff_runs(original, new, lock_before, lock_after))
+
+
+def rerun_request(original: RunRecord, force: bool) -> RunRequest:
+    """What reproduce runs again: the original's command, seed, outputs and passed variable names; a multi-node
+    run is refused (one container here would wait for nodes that never come)."""
+    nodes = original.environment.get("ENVLOCK_NNODES", "1")
+    if nodes != "1":
+        raise UsageError(
+            f"run {original.run_id} ran on {nodes} nodes: reproduce re-runs a command in one container, here",
+            hint=f"submit it again (envlock submit --slurm -N {nodes} -- {' '.join(original.command)}), then compare: "
+            f"envlock diff {original.run_id} NEW_RUN",
+        )
+    outputs = tuple(original.outputs or (original.scheduler or {}).get("request", {}).get("outputs", ()))
+    return RunRequest(
+        original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 from envlock.engine.launch import Launcher, LaunchSpec, Output, determinism_env
 from envlock.errors import EnvlockError
+from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
@@ -39,15 +40,6 @@ class RunRequest:
     gpu_devices: tuple[str, ...] = ()  # only these GPUs (indices or UUIDs), e.g. the ones Slurm allotted the job
     settings: Mapping[str, str] = field(default_factory=dict)  # envlock-set variables (a job's rank), recorded
     host_network: bool = False  # share the host's network (a multi-node job: NCCL between nodes)
-
-
-@dataclass(frozen=True)
-class PinnedImage:
-    """The image the run uses, by ID, with what is known of it."""
-
-    image_id: str
-    reference: str
-    repo_digests: tuple[str, ...] = ()
 
 
 def new_record(
@@ -116,6 +108,90 @@ def hash_outputs(project_dir: Path, outputs: tuple[str, ...]) -> dict[str, str |
     return hashes
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before anything happens: the record as it starts, and what the container gets."""
+
+    record: RunRecord
+    launch: LaunchSpec
+    passed: dict[str, str]  # the host variables passed in, by name (values never recorded)
+
+
+def plan_run(
+    lock: Lock,
+    platform: str,
+    request: RunRequest,
+    *,
+    project_dir: Path,
+    image: PinnedImage,
+    host: HostState,
+    git: GitState,
+    tracked: bool,
+    queued: RunRecord | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> RunPlan:
+    """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects."""
+    stack = lock.target(platform).cuda
+    notes = enforce(check_host(stack, host), request.force)
+    gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
+    run_id = queued.run_id if queued else new_run_id()
+    names = (*request.pass_env, *(CLIENT_SETTINGS if tracked else ()))  # the MLflow client's credentials, by name
+    passed = {name: environ[name] for name in names if name in environ}
+    record = new_record(
+        run_id,
+        "running",
+        request,
+        image,
+        lock,
+        platform=platform,
+        git=git.as_dict(),
+        host=host.as_dict(),
+        passed_env=sorted(passed),
+        notes=notes,
+        scheduler=queued.scheduler if queued else None,
+        container=queued.container if queued else None,
+    )
+    launch = LaunchSpec(
+        image_id=image.image_id,
+        command=list(request.command),
+        name=record.container,
+        project_dir=project_dir,
+        environment={**record.environment, **passed},
+        user=f"{os.getuid()}:{os.getgid()}",
+        gpus=gpus,
+        gpu_devices=request.gpu_devices,
+        labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
+        host_network=request.host_network,
+    )
+    return RunPlan(record, launch, passed)
+
+
+def _tracked(plan: RunPlan, lock: Lock, tracking: Tracking) -> tuple[RunPlan, TrackedRun]:
+    """Start (or continue) the MLflow run, tagged with the stack; the container is told about it."""
+    record = plan.record
+    tags = stack_tags(
+        run_id=record.run_id,
+        image_id=record.image_id,
+        repo_digests=record.repo_digests,
+        lock_hash=lock.lock_hash,
+        platform=record.platform,
+        cuda=lock.target(record.platform).cuda.as_dict(),
+        host=record.host,
+        git=record.git,
+        command=record.command,
+        seed=record.seed,
+        scheduler=record.scheduler,
+    )
+    tracked = tracking.tracker.start(tracking.experiment, record.run_id, tracking.reuse, tags)
+    launch = replace(
+        plan.launch,
+        environment={**plan.launch.environment, **tracked.environment},
+        mounts=(tracked.target.mount,) if tracked.target.mount else (),
+        host_network=plan.launch.host_network or tracked.target.host_network,
+    )
+    return replace(plan, record=replace(record, tracking=tracked.as_dict()), launch=launch), tracked
+
+
 def run_in_image(
     lock: Lock,
     lock_text: str,
@@ -138,61 +214,19 @@ def run_in_image(
     `tracking`: an MLflow run is started (or reused) and tagged before the launch, continued inside the container,
     and ended with the command's outcome.
     """
-    stack = lock.target(platform).cuda
-    notes = enforce(check_host(stack, host), request.force)
-    gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
-    run_id = queued.run_id if queued else new_run_id()
-    names = (*request.pass_env, *(CLIENT_SETTINGS if tracking else ()))  # the MLflow client's credentials, by name
-    passed = {name: os.environ[name] for name in names if name in os.environ}
-    record = new_record(
-        run_id,
-        "running",
-        request,
-        image,
-        lock,
-        platform=platform,
-        git=git.as_dict(),
-        host=host.as_dict(),
-        passed_env=sorted(passed),
-        notes=notes,
-        scheduler=queued.scheduler if queued else None,
-        container=queued.container if queued else None,
-    )
+    plan = plan_run(
+        lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
+        tracked=tracking is not None, queued=queued,
+    )  # fmt: skip
     tracked = None
     if tracking:
-        tags = stack_tags(
-            run_id=run_id,
-            image_id=image.image_id,
-            repo_digests=list(image.repo_digests),
-            lock_hash=lock.lock_hash,
-            platform=platform,
-            cuda=stack.as_dict(),
-            host=record.host,
-            git=record.git,
-            command=record.command,
-            seed=request.seed,
-            scheduler=record.scheduler,
-        )
-        tracked = tracking.tracker.start(tracking.experiment, run_id, tracking.reuse, tags)
-        record = replace(record, tracking=tracked.as_dict())
+        plan, tracked = _tracked(plan, lock, tracking)
+    record = plan.record
     if queued:
         store.begin(record, git.diff)
     else:
         store.start(record, lock_text, git.diff)
-    launch = LaunchSpec(
-        image_id=image.image_id,
-        command=list(request.command),
-        name=record.container,
-        project_dir=project_dir,
-        environment={**record.environment, **passed, **(tracked.environment if tracked else {})},
-        user=f"{os.getuid()}:{os.getgid()}",
-        gpus=gpus,
-        gpu_devices=request.gpu_devices,
-        labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
-        mounts=(tracked.target.mount,) if tracked and tracked.target.mount else (),
-        host_network=request.host_network or bool(tracked and tracked.target.host_network),
-    )
-    with store.log_path(run_id).open("ab") as log:
+    with store.log_path(record.run_id).open("ab") as log:
 
         def tee(stream: str, data: bytes) -> None:
             log.write(data)
@@ -200,7 +234,7 @@ def run_in_image(
             output(stream, data)
 
         try:
-            code = launcher.run(launch, tee)
+            code = launcher.run(plan.launch, tee)
         except KeyboardInterrupt:
             store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
             _end_quietly(tracking, tracked, "KILLED")
@@ -209,20 +243,24 @@ def run_in_image(
             store.save(replace(record, status="failed", ended=now()))
             _end_quietly(tracking, tracked, "FAILED")
             raise
-    outputs = hash_outputs(project_dir, request.outputs)
-    for path, digest in outputs.items():
-        source = project_dir / path
-        if digest and source.suffix.lower() in METRICS_SUFFIXES and source.stat().st_size <= METRICS_MAX_BYTES:
-            saved = store.saved_output(run_id, path)
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, saved)
-    finished = replace(
-        record, status="finished" if code == 0 else "failed", ended=now(), exit_code=code, outputs=outputs
-    )
+    finished = _finished(record, code, project_dir, request.outputs, store)
     store.save(finished)
     if tracking and tracked:
         tracking.tracker.finish(tracked, status_of(code))
     return finished
+
+
+def _finished(record: RunRecord, code: int, project_dir: Path, outputs: tuple[str, ...], store: RunStore) -> RunRecord:
+    """The record at the end: the outputs hashed, small metrics files kept for comparisons within a tolerance."""
+    hashes = hash_outputs(project_dir, outputs)
+    for path, digest in hashes.items():
+        source = project_dir / path
+        if digest and source.suffix.lower() in METRICS_SUFFIXES and source.stat().st_size <= METRICS_MAX_BYTES:
+            saved = store.saved_output(record.run_id, path)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, saved)
+    status: Status = "finished" if code == 0 else "failed"
+    return replace(record, status=status, ended=now(), exit_code=code, outputs=hashes)
 
 
 def _end_quietly(tracking: Tracking | None, tracked: TrackedRun | None, status: str) -> None:

@@ -12,24 +12,17 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from envlock.errors import EnvlockError
+from envlock.errors import TrackingError, UsageError
 from envlock.lock.credentials import redact
 from envlock.run.hostprobe import gpu_summary
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-
-
-class TrackingError(EnvlockError):
-    """The tracking server refused, or the tracking URI cannot be used from a container."""
-
-    exit_code = 18
-    default_hint = "check MLFLOW_TRACKING_URI (or --mlflow URI); --no-mlflow runs without tracking"
 
 
 @dataclass(frozen=True)
@@ -125,6 +118,10 @@ class Tracker(Protocol):
 
     def finish(self, run: TrackedRun, status: str) -> None:
         """End the run as FINISHED, FAILED or KILLED."""
+        ...
+
+    def check(self) -> None:
+        """Fail now (TrackingError) when the store cannot be reached or used."""
         ...
 
 
@@ -252,3 +249,37 @@ def stack_tags(
         tags["mlflow.source.git.commit"] = str(git["commit"])
         tags["envlock.git.dirty"] = str(bool(git.get("dirty"))).lower()
     return tags
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where a run is tracked: the URI, the experiment, and an MLflow run to continue (MLFLOW_RUN_ID)."""
+
+    uri: str
+    experiment: str
+    reuse: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form a queued run's record keeps (a job's node reads it back)."""
+        return {"uri": self.uri, "experiment": self.experiment, "reuse": self.reuse}
+
+
+def tracking_settings(
+    uri: str | None, off: bool, project_name: str, environ: Mapping[str, str]
+) -> TrackingSettings | None:
+    """Where to track, from --mlflow / --no-mlflow and MLflow's own variables; None: no tracking."""
+    if uri and off:
+        raise UsageError("--mlflow and --no-mlflow contradict each other", hint="give one of them")
+    chosen = None if off else uri or environ.get("MLFLOW_TRACKING_URI")
+    if not chosen:
+        return None
+    return TrackingSettings(chosen, environ.get("MLFLOW_EXPERIMENT_NAME") or project_name, environ.get("MLFLOW_RUN_ID"))
+
+
+def open_tracking(settings: TrackingSettings | None, tracker_for: Callable[[str], Tracker]) -> Tracking | None:
+    """The tracker for these settings, checked up front: an unusable URI fails before anything is built or run."""
+    if settings is None:
+        return None
+    tracker = tracker_for(settings.uri)
+    tracker.check()
+    return Tracking(tracker, settings.experiment, settings.reuse)

@@ -1,0 +1,202 @@
+"""`envlock submit --slurm`, its node task (`run-submitted`), `export k8s`: the same run on a cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from envlock.cli.options import (
+    EnvOpt,
+    FileOutOpt,
+    GpusOpt,
+    MlflowOpt,
+    NoMlflowOpt,
+    OutputsOpt,
+    PlatformOpt,
+    ProjectOpt,
+    SeedOpt,
+)
+from envlock.cli.root import CommandExited, app, export_app
+from envlock.cli.wiring import wiring_of
+from envlock.errors import UsageError
+
+if TYPE_CHECKING:
+    from envlock.run.records import RunRecord, RunStore
+
+
+def split_submit(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """`envlock submit [envlock options] --slurm [sbatch options] -- CMD` → (what typer parses, sbatch's options,
+    the command), split before typer sees it: sbatch's -o, -e, -C, --gpus would collide with envlock's."""
+    head, command = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+    if "--slurm" not in head:
+        return head, [], command
+    at = head.index("--slurm") + 1
+    if "--help" in head[at:]:  # `envlock submit --slurm --help` asks envlock, not sbatch
+        return [*head[:at], "--help"], [], command
+    return head[:at], head[at:], command
+
+
+@app.command("submit")
+def submit_command(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Submit to Slurm; the options after it, up to --, go to sbatch.")
+    ] = False,
+    seed: SeedOpt = 0,
+    force: Annotated[bool, typer.Option("--force", help="Run although the node fails the preflight.")] = False,
+    gpus: GpusOpt = None,
+    output: OutputsOpt = None,
+    env: EnvOpt = None,
+    mlflow: MlflowOpt = None,
+    no_mlflow: NoMlflowOpt = False,
+) -> None:
+    """Submit a batch job that runs a command in the lock's image on a cluster node, with a run record.
+
+    envlock submit [options] --slurm [sbatch options] -- python train.py
+    """
+    from envlock.cluster.submit import Submission, sbatch_options_of, submit_run  # noqa: PLC0415
+    from envlock.lock.project import check as check_lock  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
+    from envlock.lock.targets import host_platform  # noqa: PLC0415
+    from envlock.run.pinned import lock_image  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.runner import RunRequest  # noqa: PLC0415
+    from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    if not slurm:
+        raise UsageError("choose the scheduler to submit to", hint="envlock submit --slurm [sbatch options] -- CMD")
+    if not wiring.submit_command:
+        raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
+    sbatch = sbatch_options_of(wiring.sbatch_args)
+    scheduler = wiring.slurm
+    scheduler.ping()
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
+    open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
+    lock_text = spec.lock_path.read_text(encoding="utf-8")
+    index_urls = [spec.index_url, *spec.extra_index_urls]
+    tools = wiring.run_tools()
+    image = lock_image(locked, lock_text, spec.name, project_dir=spec.project_dir, index_urls=index_urls, tools=tools)
+    if not image.repo_digests:
+        wiring.say(
+            "note: the image was never pushed: a node that does not have it rebuilds it from the lock "
+            "(envlock build --push lets nodes pull it by digest)"
+        )
+    project_dir = spec.project_dir.resolve()
+
+    def task(run_id: str) -> list[str]:
+        return [sys.executable, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
+
+    request = RunRequest(
+        list(wiring.submit_command), seed, force, gpus, tuple(dict.fromkeys([*spec.outputs, *(output or [])])),
+        tuple(env or ()),
+    )  # fmt: skip
+    record = submit_run(
+        locked,
+        lock_text,
+        host_platform(),
+        Submission(request, sbatch, f"envlock-{spec.name}", settings.as_dict() if settings else None),
+        project_dir=project_dir,
+        image=image,
+        store=RunStore(spec.project_dir),
+        slurm=scheduler,
+        task=task,
+    )
+    typer.echo(f"run {record.run_id}: queued as Slurm job {(record.scheduler or {}).get('job-id')}")
+    wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
+
+
+def _stop_on_sigterm() -> None:
+    """Slurm cancels (scancel, time limit) with SIGTERM: stop like Ctrl-C, so the container goes and the record
+    says interrupted."""
+    import signal  # noqa: PLC0415
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+@app.command("run-submitted", hidden=True)
+def run_submitted_command(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The queued run (its record was written by envlock submit).")],
+    project: ProjectOpt = Path(),
+) -> None:
+    """A submitted job's task, on its node: probe, preflight, restore the image by ID, run, record."""
+    from envlock.cluster.submit import (  # noqa: PLC0415
+        node_rank,
+        node_role,
+        on_node,
+        run_submitted,
+        submitted_request,
+        submitted_tracking,
+    )
+    from envlock.run.pinned import run_recorded  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.tracking import open_tracking  # noqa: PLC0415
+
+    _stop_on_sigterm()
+    wiring = wiring_of(ctx)
+    environ = wiring.environ
+    store = RunStore(project)
+    rank = node_rank(environ)
+
+    def start(queued: RunRecord, target: RunStore) -> RunRecord:
+        role = node_role(environ, wiring.slurm)
+        # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
+        tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
+        return run_recorded(
+            queued,
+            store.directory(queued.run_id) / "envlock.lock",
+            submitted_request(queued, environ, role),
+            code=project,
+            store=target,
+            tools=wiring.run_tools(),
+            queued=on_node(queued, environ, role),
+            tracking=tracking,
+        )
+
+    record = run_submitted(store, run_id, rank, start)
+    where = store.directory(record.run_id) if rank == 0 else store.for_node(rank).directory(record.run_id)
+    wiring.say(f"run {record.run_id} (node rank {rank}): {record.status} (exit {record.exit_code}); record in {where}")
+    raise CommandExited(record.exit_code or 0)
+
+
+@export_app.command("k8s", context_settings={"allow_interspersed_args": False})
+def export_k8s(
+    command: Annotated[list[str], typer.Argument(help="The command, after --: envlock export k8s -- python train.py")],
+    project: ProjectOpt = Path(),
+    output: FileOutOpt = None,
+    platform: PlatformOpt = None,
+    seed: SeedOpt = 0,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="nvidia.com/gpu to request (default: 1 if CUDA).")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="The Job's namespace.")] = None,
+    code_claim: Annotated[
+        str | None, typer.Option("--code-claim", help="A PersistentVolumeClaim with the project, mounted at /work.")
+    ] = None,
+) -> None:
+    """A Kubernetes Job (JSON, for kubectl apply -f) running the lock's pushed image by digest."""
+    from envlock.cluster.k8s import JobRequest, pushed_image, to_k8s_job  # noqa: PLC0415
+    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+    from envlock.image.catalog import read_images  # noqa: PLC0415
+    from envlock.lock.project import check as check_lock  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
+
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
+    request = JobRequest(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
+    text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {output}: kubectl apply -f {output}", err=True)

@@ -1,0 +1,50 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+]
+# Under `envlock runs`, whose own -C applies when the subcommand has none (envlock runs -C DIR show ID).
+RunsProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="Project directory holding pyproject.toml.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+PlatformOpt = Annotated[
+    str | None, typer.Option("--platform", help="Only this platform, e.g. linux/amd64.", show_default=False)
+]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        help="Track the run in MLflow at this URI (default: $MLFLOW_TRACKING_URI when set).",
+        show_default=False,
+    ),
+]
+NoMlflowOpt = Annotated[bool, typer.Option("--no-mlflow", help="Do not track, even with MLFLOW_TRACKING_URI set.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed: PYTHONHASHSEED and ENVLOCK_SEED.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run although the host fails the preflight.")]
+GpusOpt = Annotated[
+    bool | None, typer.Option("--gpus/--no-gpus", help="Default: GPUs when the host has them and the lock is CUDA.")
+]
+OutputsOpt = Annotated[
+    list[str] | None, typer.Option("--output", "-o", help="A file or directory the run produces (repeatable).")
+]
+EnvOpt = Annotated[
+    list[str] | None, typer.Option("--env", "-e", help="Pass this host variable in (repeatable); recorded by name.")
+]
+ArchiveOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--archive", help="An image archive to restore from (repeatable); .envlock/archives/ is searched too."
+    ),
+]
+RunIdArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
+FileOutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: print to stdout).")]

@@ -1,0 +1,125 @@
+"""`envlock run`, `reproduce`, `diff`: training in the pinned image, re-verified, compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from envlock.cli.options import (
+    ArchiveOpt,
+    EnvOpt,
+    ForceOpt,
+    GpusOpt,
+    JsonOpt,
+    MlflowOpt,
+    NoMlflowOpt,
+    OutputsOpt,
+    ProjectOpt,
+    SeedOpt,
+)
+from envlock.cli.root import CommandExited, app
+from envlock.cli.wiring import wiring_of
+from envlock.errors import NOT_REPRODUCED
+
+
+@app.command("run", context_settings={"allow_interspersed_args": False})
+def run_command(
+    ctx: typer.Context,
+    command: Annotated[list[str], typer.Argument(help="The command, after --: envlock run -- python train.py")],
+    project: ProjectOpt = Path(),
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    gpus: GpusOpt = None,
+    output: OutputsOpt = None,
+    env: EnvOpt = None,
+    mlflow: MlflowOpt = None,
+    no_mlflow: NoMlflowOpt = False,
+) -> None:
+    """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
+    from envlock.lock.project import check as check_lock  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
+    from envlock.run.pinned import run_project  # noqa: PLC0415
+    from envlock.run.runner import RunRequest  # noqa: PLC0415
+    from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    spec = load_spec(project)
+    locked = check_lock(spec)
+    tracking = open_tracking(tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ), wiring.tracker)
+    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
+    record, store = run_project(
+        spec,
+        locked,
+        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ())),
+        wiring.run_tools(),
+        tracking=tracking,
+        remove_container=wiring.remove_container,
+    )
+    for note in record.preflight:
+        wiring.say(f"preflight: {note}")
+    wiring.say(
+        f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}"
+    )
+    if record.tracking:
+        wiring.say(f"MLflow: {record.tracking['link']}")
+    raise CommandExited(record.exit_code or 0)
+
+
+@app.command("reproduce")
+def reproduce_command(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run to re-verify (a unique prefix of its id is enough).")],
+    project: ProjectOpt = Path(),
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numbers in JSON/CSV outputs.")] = 0.0,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numbers in JSON/CSV outputs.")] = 0.0,
+    archive: ArchiveOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Restore a run's image, re-run its command on its code with its seed, and compare the outputs."""
+    from envlock.run.pinned import run_recorded  # noqa: PLC0415
+    from envlock.run.records import RunRecord, RunStore  # noqa: PLC0415
+    from envlock.run.reproduce import Tolerance, reproduce_run, rerun_request  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    store = RunStore(project)
+    original = store.load(run_id)
+    request = rerun_request(original, force)
+    lock_path = store.directory(original.run_id) / "envlock.lock"
+    tools = wiring.run_tools()
+
+    def rerun(code: Path) -> RunRecord:
+        return run_recorded(
+            original, lock_path, request, code=code, store=store, tools=tools, archives=tuple(archive or ())
+        )
+
+    verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol))
+    for line in verdict.lines():
+        typer.echo(line)
+    if not verdict.reproduced:
+        raise typer.Exit(NOT_REPRODUCED)
+
+
+@app.command("diff")
+def diff_command(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="A lock file (or its directory), a run id, or a local image.")],
+    b: Annotated[str, typer.Argument(help="The same kinds: what to compare A with.")],
+    project: ProjectOpt = Path(),
+    as_json: JsonOpt = False,
+) -> None:
+    """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
+    from envlock.run.diff import diff_any  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    kind_a, kind_b, changes = diff_any(a, b, RunStore(project), lambda: wiring.engine)
+    if as_json:
+        document = {"a": {"kind": kind_a, "name": a}, "b": {"kind": kind_b, "name": b}, **changes.as_dict()}
+        typer.echo(json.dumps(document, indent=2))
+        return
+    typer.echo(f"{kind_a} {a} -> {kind_b} {b}")
+    for line in changes.lines() or ["no differences"]:
+        typer.echo(f"  {line}")

@@ -1,0 +1,208 @@
+"""The one composition root: the real adapters, built once and lazily; tests hand in fakes instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from envlock.paths import CacheLayout, cache_root
+from envlock.report import Progress, no_progress
+
+if TYPE_CHECKING:
+    from envlock.cluster.slurm import Slurm
+    from envlock.engine.docker import Engine
+    from envlock.engine.launch import Launcher
+    from envlock.image.bases import BaseStore, UpstreamBase
+    from envlock.image.build import Builder
+    from envlock.image.registry import Registry
+    from envlock.lock.resolve import Resolver
+    from envlock.run.hostprobe import HostState, Nvml
+    from envlock.run.pinned import RunTools
+    from envlock.run.tracking import Tracker
+
+
+def say(message: str) -> None:
+    """Progress and notes: dim, on stderr (stdout stays for results)."""
+    typer.secho(message, err=True, dim=True)
+
+
+def write_through(stream: str, data: bytes) -> None:
+    """A container's output, passed through as it comes."""
+    target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    target.write(data)
+    target.flush()
+
+
+@dataclass
+class Wiring:
+    """Builds each outside system once, on first use. Every field left None is the real adapter."""
+
+    engine_: Engine | None = None
+    launcher_: Launcher | None = None
+    nvml_: Nvml | None = None
+    slurm_: Slurm | None = None
+    bases_: BaseStore | None = None
+    resolvers: Mapping[str, Resolver] | None = None
+    builder_for: Callable[[Sequence[str], Progress], Builder] | None = None
+    tracker_for: Callable[[str], Tracker] | None = None
+    registry_for: Callable[[str], Registry] | None = None
+    upstream_for: Callable[[str], UpstreamBase] | None = None
+    docker_version: Callable[[], str | None] | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    say: Callable[[str], None] = say
+    write: Callable[[str, bytes], None] = write_through
+    cache_dir: Path | None = None
+    # Per invocation: `envlock submit`'s sbatch options and command (split before parsing), `envlock runs -C DIR`.
+    sbatch_args: list[str] = field(default_factory=list)
+    submit_command: list[str] = field(default_factory=list)
+    runs_project: Path | None = None
+
+    @property
+    def cache(self) -> CacheLayout:
+        """The user's cache (wheels, layers, bases, scratch)."""
+        return CacheLayout(self.cache_dir or cache_root())
+
+    @property
+    def engine(self) -> Engine:
+        """The container engine (Docker through docker-py)."""
+        if self.engine_ is None:
+            from envlock.engine.docker import DockerEngine  # noqa: PLC0415  (start-up time: only when used)
+
+            self.engine_ = DockerEngine()
+        return self.engine_
+
+    @property
+    def launcher(self) -> Launcher:
+        """What starts containers for runs."""
+        if self.launcher_ is None:
+            from envlock.engine.docker import DockerEngine  # noqa: PLC0415
+            from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+
+            engine = self.engine
+            client = engine.client if isinstance(engine, DockerEngine) else None
+            self.launcher_ = DockerLauncher(client if client is not None else DockerEngine().client)
+        return self.launcher_
+
+    @property
+    def slurm(self) -> Slurm:
+        """The Slurm client (sbatch, scontrol, scancel)."""
+        if self.slurm_ is None:
+            from envlock.cluster.slurm import Slurm  # noqa: PLC0415
+
+            self.slurm_ = Slurm()
+        return self.slurm_
+
+    @property
+    def bases(self) -> BaseStore:
+        """The store of bases built from recipes."""
+        if self.bases_ is None:
+            from envlock.image.bases import BaseStore, MmdebstrapBuilder  # noqa: PLC0415
+
+            self.bases_ = BaseStore(self.cache.bases, MmdebstrapBuilder())
+        return self.bases_
+
+    def resolver(self, name: str) -> Resolver:
+        """A resolver by name: uv or pip-tools."""
+        if self.resolvers is not None and name in self.resolvers:
+            return self.resolvers[name]
+        if name == "uv":
+            from envlock.lock.uv import UvResolver  # noqa: PLC0415
+
+            return UvResolver()
+        if name == "pip-tools":
+            from envlock.lock.piptools import PipToolsResolver  # noqa: PLC0415
+
+            return PipToolsResolver()
+        from envlock.errors import UsageError  # noqa: PLC0415
+
+        raise UsageError(f"unknown resolver {name!r}", hint="use --resolver uv or --resolver pip-tools")
+
+    def builder(self, index_urls: Sequence[str] = (), progress: Progress = no_progress) -> Builder:
+        """A Builder over the user's caches: wheel cache, layer store and bases."""
+        if self.builder_for is not None:
+            return self.builder_for(index_urls, progress)
+        from envlock.image.build import Builder  # noqa: PLC0415
+        from envlock.image.layers import LayerStore  # noqa: PLC0415
+        from envlock.image.wheels import HttpFetcher, WheelCache  # noqa: PLC0415
+
+        cache = WheelCache(self.cache.wheels, HttpFetcher(index_urls))
+        return Builder(self.engine, cache, LayerStore(self.cache.layers), self.bases, self.say, progress)
+
+    def tracker(self, uri: str) -> Tracker:
+        """The MLflow tracker for a URI."""
+        if self.tracker_for is not None:
+            return self.tracker_for(uri)
+        from envlock.run.tracking import MlflowTracker, tracking_target  # noqa: PLC0415
+
+        return MlflowTracker(tracking_target(uri))
+
+    def registry(self, address: str) -> Registry:
+        """A registry client for host[:port]."""
+        if self.registry_for is not None:
+            return self.registry_for(address)
+        from envlock.image.registry import HttpRegistry  # noqa: PLC0415
+
+        return HttpRegistry(address)
+
+    def upstream(self, ref: str) -> UpstreamBase:
+        """An upstream base from the engine (pulled by digest if absent), exported once into the layer store."""
+        if self.upstream_for is not None:
+            return self.upstream_for(ref)
+        import tempfile  # noqa: PLC0415
+
+        from envlock.image.bases import export_upstream  # noqa: PLC0415
+        from envlock.image.layers import LayerStore  # noqa: PLC0415
+
+        self.cache.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="upstream-", dir=self.cache.scratch) as scratch:
+            return export_upstream(ref, self.engine, LayerStore(self.cache.layers), Path(scratch))
+
+    def probe(self) -> HostState:
+        """This host's driver, GPUs, CPU, kernel and engine version (NVML; a CPU host is a normal host)."""
+        from envlock.run.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
+
+        nvml: Nvml = self.nvml_ if self.nvml_ is not None else PynvmlAdapter()
+        return probe_host(nvml, docker_version=self.docker_version or self._engine_version)
+
+    def _engine_version(self) -> str | None:
+        from envlock.engine.docker import DockerEngine  # noqa: PLC0415
+
+        engine = self.engine
+        return str(engine.client.version().get("Version")) if isinstance(engine, DockerEngine) else None
+
+    def remove_container(self, name: str) -> None:
+        """Remove a run's container; a failure is a warning (the engine may be down)."""
+        from envlock.errors import EnvlockError  # noqa: PLC0415
+
+        try:
+            self.launcher.remove(name)
+        except EnvlockError as exc:
+            self.say(f"warning: could not remove container {name}: {exc.message}")
+
+    def run_tools(self) -> RunTools:
+        """What the run stage needs of the outside world, from this root."""
+        from envlock.run.pinned import RunTools  # noqa: PLC0415
+
+        return RunTools(
+            engine=self.engine,
+            launcher=lambda: self.launcher,
+            probe=self.probe,
+            builder=self.builder,
+            output=self.write,
+            report=self.say,
+        )
+
+
+def wiring_of(ctx: typer.Context) -> Wiring:
+    """The composition root the CLI was started with (`run(argv, wiring)`), shared by every command."""
+    root = ctx.find_root().obj
+    if not isinstance(root, Wiring):  # a command invoked outside `run` (never by users): the real adapters
+        root = Wiring()
+        ctx.find_root().obj = root
+    return root

@@ -1,0 +1,205 @@
+"""The pinned image of a lock or of a recorded run: found or built, restored by ID, archived — and runs in it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from envlock.engine.docker import Engine
+from envlock.engine.launch import Launcher, Output
+from envlock.errors import RunNotFoundError, UsageError
+from envlock.image.catalog import Built, PinnedImage, image_for_lock, read_images
+from envlock.lock import lockfile
+from envlock.lock.lockfile import Lock
+from envlock.lock.spec import Spec
+from envlock.lock.targets import host_platform
+from envlock.paths import ProjectLayout
+from envlock.report import Report
+from envlock.run.gitstate import git_state
+from envlock.run.hostprobe import HostState
+from envlock.run.records import RunRecord, RunStore
+from envlock.run.runner import RunRequest, run_in_image
+from envlock.run.tracking import Tracking
+
+if TYPE_CHECKING:
+    from envlock.image.build import Builder
+
+
+@dataclass(frozen=True)
+class RunTools:
+    """The outside systems a run touches, handed in by the composition root (fakes in tests)."""
+
+    engine: Engine
+    launcher: Callable[[], Launcher]
+    probe: Callable[[], HostState]
+    builder: Callable[[Sequence[str]], Builder]  # index URLs → a Builder over the user's caches
+    output: Output
+    report: Report
+
+
+def build_lock(lock: Lock, lock_text: str, repository: str, platform: str, builder: Builder) -> Built:
+    """Build (or find) a lock's image: the one path `build`, `run`, `submit` and restore's rebuild share."""
+    from envlock.image.plan import plan_image  # noqa: PLC0415  (the build machinery only when building)
+
+    outcome = builder.build(plan_image(lock, lock_text, repository, platform))
+    return Built(outcome.image_id, outcome.reference, outcome.base_diff_id)
+
+
+def lock_image(
+    lock: Lock, lock_text: str, repository: str, *, project_dir: Path, index_urls: Sequence[str], tools: RunTools
+) -> PinnedImage:
+    """The lock's image for this host, by ID: the engine's, or built now when missing."""
+    platform = host_platform()
+    return image_for_lock(
+        lock.lock_hash,
+        f"{repository}:{lock.short_hash}",
+        engine=tools.engine,
+        project_dir=project_dir,
+        build=lambda: build_lock(lock, lock_text, repository, platform, tools.builder(index_urls)),
+    )
+
+
+def rebuild_from(lock_path: Path, repository: str, tools: RunTools) -> Callable[[], str]:
+    """A rebuild from a lock copy, for restore's last resort (accepted only if it gives the recorded ID)."""
+
+    def rebuild() -> str:
+        lock = lockfile.read(lock_path)
+        text = lock_path.read_text(encoding="utf-8")
+        return build_lock(lock, text, repository, host_platform(), tools.builder(())).image_id
+
+    return rebuild
+
+
+def run_recorded(
+    recorded: RunRecord,
+    lock_path: Path,
+    request: RunRequest,
+    *,
+    code: Path,
+    store: RunStore,
+    tools: RunTools,
+    queued: RunRecord | None = None,
+    archives: tuple[Path, ...] = (),
+    tracking: Tracking | None = None,
+) -> RunRecord:
+    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host."""
+    from envlock.image.restore import restore_image  # noqa: PLC0415
+
+    restored = restore_image(
+        recorded.image_id,
+        engine=tools.engine,
+        repo_digests=tuple(recorded.repo_digests),
+        archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
+        rebuild=rebuild_from(lock_path, recorded.image_reference.split(":")[0], tools),
+        reference=recorded.image_reference,
+        report=tools.report,
+    )
+    tools.report(f"image {restored.image_id[:19]} from {restored.source}")
+    return run_in_image(
+        lockfile.read(lock_path),
+        lock_path.read_text(encoding="utf-8"),
+        recorded.platform,
+        request,
+        project_dir=code,
+        image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
+        host=tools.probe(),
+        git=git_state(code, request.outputs),
+        launcher=tools.launcher(),
+        store=store,
+        output=tools.output,
+        queued=queued,
+        tracking=tracking,
+    )
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """What `envlock restore` was pointed at, resolved to the image it wants back and the ways to get it."""
+
+    image_id: str | None  # None: nothing was recorded for this lock, only a rebuild can bring it
+    reference: str
+    repo_digests: tuple[str, ...]
+    rebuild: Callable[[], str]
+
+
+def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTarget:
+    """A run id of the project or a lock file → the image to restore (a registry digest is pulled directly)."""
+    if Path(target).is_file():
+        lock = lockfile.read(Path(target))
+        known = read_images(project_dir).get(lock.lock_hash, {})
+        reference = str(known.get("reference") or f"envlock-restored:{lock.short_hash}")
+        image_id = known.get("image-id")
+        return RestoreTarget(
+            str(image_id) if image_id else None,
+            reference,
+            tuple(known.get("pushed", [])),
+            rebuild_from(Path(target), reference.split(":", maxsplit=1)[0], tools),
+        )
+    store = RunStore(project_dir)
+    try:
+        record = store.load(target)
+    except RunNotFoundError as exc:
+        raise UsageError(
+            f"{target!r} is not a run of this project, a registry digest or a lock file",
+            hint="pass a run id from `envlock runs`, repo@sha256:…, or a path to envlock.lock",
+        ) from exc
+    return RestoreTarget(
+        record.image_id,
+        record.image_reference,
+        tuple(record.repo_digests),
+        rebuild_from(store.directory(record.run_id) / "envlock.lock", record.image_reference.split(":")[0], tools),
+    )
+
+
+def archive_source(target: str, project_dir: Path, engine: Engine) -> str:
+    """The local image ID `envlock archive` writes: a run's image, or an image by name or ID."""
+    try:
+        image_id = RunStore(project_dir).load(target).image_id
+    except RunNotFoundError:
+        image_id = engine.image_id(target) or ""
+    if not image_id or engine.image_id(image_id) is None:
+        raise UsageError(
+            f"{target!r} is neither a run with its image here nor a local image", hint="envlock restore it first"
+        )
+    return image_id
+
+
+def run_project(
+    spec: Spec,
+    lock: Lock,
+    request: RunRequest,
+    tools: RunTools,
+    *,
+    tracking: Tracking | None,
+    remove_container: Callable[[str], None],
+) -> tuple[RunRecord, RunStore]:
+    """`envlock run`: the lock's image (built when missing), orphaned runs closed, then the run in it."""
+    lock_text = spec.lock_path.read_text(encoding="utf-8")
+    image = lock_image(
+        lock,
+        lock_text,
+        spec.name,
+        project_dir=spec.project_dir,
+        index_urls=[spec.index_url, *spec.extra_index_urls],
+        tools=tools,
+    )
+    store = RunStore(spec.project_dir)
+    for orphan in store.settle_orphans(remove_container):
+        tools.report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
+    record = run_in_image(
+        lock,
+        lock_text,
+        host_platform(),
+        request,
+        project_dir=spec.project_dir,
+        image=image,
+        host=tools.probe(),
+        git=git_state(spec.project_dir, request.outputs),
+        launcher=tools.launcher(),
+        store=store,
+        output=tools.output,
+        tracking=tracking,
+    )
+    return record, store
