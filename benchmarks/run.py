@@ -72,11 +72,11 @@ project, out = sys.argv[1], sys.argv[2]
 TARGETS = [
     ("envlock.lock.spec", "load_spec", "project + lock"),
     ("envlock.lock.project", "check", "project + lock"),
-    ("envlock.image", "plan_image", "project + lock"),
+    ("envlock.image.plan", "plan_image", "project + lock"),
     ("envlock.image.catalog", "read_images", "project + lock"),
     ("docker", "from_env", "Docker connect (/version, /_ping)"),
     ("docker.api.client", "APIClient.ping", "Docker connect (/version, /_ping)"),
-    ("envlock.image.build", "Builder.build", "image check (no-op build)"),
+    ("envlock.engine.docker", "DockerEngine.existing", "image check (tag and lock label)"),
     ("envlock.run.hostprobe", "probe_host", "host probe (NVML, Docker /version)"),
     ("envlock.run.gitstate", "git_state", "git state"),
     ("envlock.run.records", "RunStore.settle_orphans", "run records"),
