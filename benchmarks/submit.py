@@ -1,8 +1,8 @@
 """Benchmark `envlock submit --slurm` against plain `sbatch`, and what `envlock run --mlflow` adds to a run.
 
-Run from the repository root with the project's venv (it reads Slurm's final job states from envlock.cluster.slurm); needs
-the Docker engine, the local Slurm cluster started by scripts/services.sh, the venv's `mlflow` server (the dev
-extra) and network access to PyPI for the lock:
+Run from the repository root with the project's venv (it reads Slurm's final job states from
+envlock.cluster.slurm); needs the Docker engine, the local Slurm cluster started by scripts/services.sh, the
+venv's `mlflow` server (the dev extra) and network access to PyPI for the lock:
 
     .venv/bin/python benchmarks/submit.py [--repeat N]
 

@@ -43,7 +43,8 @@ def serve_registry(storage: Path) -> Iterator[str]:
             except OSError:
                 time.sleep(0.1)
         else:
-            raise RuntimeError(f"the registry did not start: {process.stderr.read() if process.stderr else ''}")
+            said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise RuntimeError(f"the registry did not start: {said}")
         yield address
     finally:
         process.terminate()

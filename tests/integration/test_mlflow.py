@@ -102,7 +102,8 @@ def envlock(*args: str, project: Path, **env: str) -> subprocess.CompletedProces
 
 def record_of(project: Path, stderr: str) -> dict[str, Any]:
     run_id = next(line.split()[1].rstrip(":") for line in stderr.splitlines() if line.startswith("run "))
-    return json.loads((project / ".envlock" / "runs" / run_id / "record.json").read_text())
+    record: dict[str, Any] = json.loads((project / ".envlock" / "runs" / run_id / "record.json").read_text())
+    return record
 
 
 def test_a_run_is_tagged_with_the_stack_and_the_examples_metrics_land_on_it(server: str, digits: Path) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -22,7 +23,7 @@ ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the CPU example, locked and built once for the module."""
     project = tmp_path_factory.mktemp("digits")
     for name in ("pyproject.toml", "train.py"):

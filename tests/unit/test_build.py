@@ -2,60 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from envlock.errors import EngineError, EnvlockError
 from envlock.image.bases import BaseStore
-from envlock.image.build import build_image
+from envlock.image.build import BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
 from envlock.image.plan import plan_image
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
-from envlock.lock.resolve import LockedFile, LockedPackage
-from envlock.lock.spec import load_spec
+from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
-from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
-from tests.unit.test_wheels import FakeFetcher
-from tests.wheelmaker import build_wheel
+from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
 
 
-def project_with_wheels(tmp_path: Path, write_project, names: list[str]):  # type: ignore[no-untyped-def]
-    wheels_dir = tmp_path / "wheels"
-    wheels_dir.mkdir()
-    served = {}
-    packages = []
-    for name in names:
-        built = build_wheel(wheels_dir, name, "1.0")
-        data = built.read_bytes()
-        url = f"https://files.example/{built.name}"
-        served[url] = data
-        file = LockedFile(built.name, url, hashlib.sha256(data).hexdigest(), len(data))
-        packages.append(LockedPackage(name, "1.0", (file,)))
-    project = write_project(f'[project]\nname = "demo"\ndependencies = {names!r}\n'.replace("'", '"'))
-    spec = load_spec(project)
-    lock_project(spec, FakeResolver({"linux/amd64": packages}))
-    return spec, served
-
-
-def stores(root: Path, served: dict[str, bytes]) -> tuple[WheelCache, LayerStore, BaseStore, FakeBaseBuilder]:
-    builder = FakeBaseBuilder()
-    return (
-        WheelCache(root / "wheels", FakeFetcher(served)),
-        LayerStore(root / "layers"),
-        BaseStore(root / "bases", builder),
-        builder,
-    )
-
-
-def run_build(spec, engine, cache, layers, bases, **options):  # type: ignore[no-untyped-def]
+def run_build(
+    spec: Spec, engine: FakeEngine, cache: WheelCache, layers: LayerStore, bases: BaseStore, no_cache: bool = False
+) -> BuildOutcome:
     lock = lockfile.read(spec.lock_path)
     return build_image(
         lock,
@@ -66,11 +37,11 @@ def run_build(spec, engine, cache, layers, bases, **options):  # type: ignore[no
         cache=cache,
         layers=layers,
         bases=bases,
-        **options,
+        no_cache=no_cache,
     )
 
 
-def test_build_then_noop(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_build_then_noop(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "beta"])
     cache, layers, bases, builder = stores(tmp_path / "cache", served)
     engine = FakeEngine()
@@ -82,7 +53,7 @@ def test_build_then_noop(tmp_path: Path, write_project) -> None:  # type: ignore
     assert engine.loads == 1 and builder.builds == 1
 
 
-def test_same_lock_same_image_id_from_empty_caches(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_same_lock_same_image_id_from_empty_caches(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "beta"])
     ids = []
     for attempt in ("one", "two"):
@@ -91,7 +62,7 @@ def test_same_lock_same_image_id_from_empty_caches(tmp_path: Path, write_project
     assert ids[0] == ids[1]
 
 
-def test_no_cache_rebuilds_to_the_same_id(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_no_cache_rebuilds_to_the_same_id(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     engine = FakeEngine()
@@ -100,7 +71,7 @@ def test_no_cache_rebuilds_to_the_same_id(tmp_path: Path, write_project) -> None
     assert again.built and again.image_id == first.image_id and engine.loads == 2
 
 
-def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     for failure in (EngineError("cannot load the image into Docker: disk full"), KeyboardInterrupt()):
@@ -111,7 +82,7 @@ def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project)
     assert run_build(spec, FakeEngine(), cache, layers, bases).built, "the next build succeeds"
 
 
-def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, _ = project_with_wheels(tmp_path, write_project, ["torch", "nvidia-cudnn-cu12", "six", "idna"])
     lock = lockfile.read(spec.lock_path)
     plan = plan_image(lock, "", "demo", "linux/amd64")
@@ -119,7 +90,7 @@ def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project) -> N
     assert [w.name for w in plan.layers[3].wheels] == ["idna-1.0-py3-none-any.whl", "six-1.0-py3-none-any.whl"]
 
 
-def test_other_platform_is_refused_clearly(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     lock = lockfile.read(spec.lock_path)
@@ -127,7 +98,7 @@ def test_other_platform_is_refused_clearly(tmp_path: Path, write_project) -> Non
         build_image(lock, "", "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
 
 
-def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, builder = stores(tmp_path / "cache", served)
     lock_project(
@@ -148,7 +119,7 @@ def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_proj
         run_build(spec, FakeEngine(), cache, layers, elsewhere)
 
 
-def test_system_packages_reach_the_base_builder(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_system_packages_reach_the_base_builder(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     project = write_project(
         '[project]\nname = "demo"\ndependencies = ["alpha"]\n[tool.envlock]\nsystem-packages = ["libgomp1"]\n'
     )
@@ -157,7 +128,7 @@ def test_system_packages_reach_the_base_builder(tmp_path: Path, write_project) -
     assert builder.recipes[-1].system_packages == ("libgomp1",)
 
 
-def test_scratch_of_a_killed_build_is_swept_by_the_next(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_scratch_of_a_killed_build_is_swept_by_the_next(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     old = [layers.root / ".making-x1", bases.root / ".building-y2", tmp_path / "cache" / "tmp" / "image-z3"]
@@ -172,7 +143,9 @@ def test_scratch_of_a_killed_build_is_swept_by_the_next(tmp_path: Path, write_pr
     assert fresh.exists(), "a scratch dir that may belong to a running build is left alone"
 
 
-def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
     project = write_project('[project]\nname = "demo"\ndependencies = ["alpha"]\n')
     messages: list[str] = []
     bases = BaseStore(tmp_path / "bases", FakeBaseBuilder(available=False))
@@ -181,7 +154,7 @@ def test_lock_without_mmdebstrap_still_locks_and_says_the_base_is_not_pinned(tmp
     assert any("mmdebstrap is not installed" in m and "not pinned" in m for m in messages)
 
 
-def test_damaged_cache_metadata_is_remade_not_a_traceback(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_cache_metadata_is_remade_not_a_traceback(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
     cache, layers, bases, builder = stores(tmp_path / "cache", served)
     first = run_build(spec, FakeEngine(), cache, layers, bases)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import kubernetes_validate
@@ -14,6 +14,7 @@ from envlock.cluster.k8s import JobRequest, to_k8s_job
 from envlock.image.catalog import record_image
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
+from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
 
@@ -21,7 +22,7 @@ DIGEST = "127.0.0.1:5000/team/gpu@sha256:" + "d" * 64
 IMAGE_ID = "sha256:" + "e" * 64
 
 
-def locked(write_project: Callable[[str], Path], packages: list) -> Path:  # type: ignore[type-arg]
+def locked(write_project: Callable[[str], Path], packages: Sequence[LockedPackage]) -> Path:
     project = write_project('[project]\nname = "gpu_Train"\ndependencies = ["torch==2.5.1"]\n')
     lock_project(load_spec(project), FakeResolver({"linux/amd64": packages}))
     return project

@@ -4,96 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pynvml
 import pytest
 
-from envlock.errors import HostProbeError, NvmlUnavailableError
+from envlock.errors import HostProbeError
 from envlock.run.hostprobe import Gpu, HostState, PynvmlAdapter, cuda_version_string, probe_host, read_cpu_model
+from tests.fakes import A100, GIB, RTX_4090, FakeGpu, FakeNvml, FakePynvml, cpu_host, gpu_host
 
-GIB = 1024**3
-
-
-@dataclass
-class FakeGpu:
-    """One GPU as the fake NVML reports it; mig/ecc None: not supported (consumer cards)."""
-
-    name: str
-    capability: tuple[int, int]
-    memory_bytes: int = 24 * GIB
-    mig: bool | None = None
-    ecc: bool | None = None
-    uuid: str = ""
-
-
-@dataclass
-class FakeNvml:
-    """NVML answering from fields; `unavailable` makes init fail the way a host without a driver does."""
-
-    driver: str = "550.54.15"
-    cuda: int = 12040
-    gpus: list[FakeGpu] = field(default_factory=list)
-    unavailable: str | None = None
-    broken_gpu: int | None = None  # reading this GPU fails, as a GPU that fell off the bus does
-    calls: list[str] = field(default_factory=list)
-
-    def init(self) -> None:
-        self.calls.append("init")
-        if self.unavailable is not None:
-            raise NvmlUnavailableError(self.unavailable)
-
-    def shutdown(self) -> None:
-        self.calls.append("shutdown")
-
-    def driver_version(self) -> str:
-        return self.driver
-
-    def cuda_driver_version(self) -> int:
-        return self.cuda
-
-    def device_count(self) -> int:
-        return len(self.gpus)
-
-    def _gpu(self, index: int) -> FakeGpu:
-        if index == self.broken_gpu:
-            raise HostProbeError(f"cannot read GPU {index} from NVML: GPU is lost")
-        return self.gpus[index]
-
-    def name(self, index: int) -> str:
-        return self._gpu(index).name
-
-    def uuid(self, index: int) -> str:
-        return self._gpu(index).uuid or f"GPU-{index:08d}-0000-0000-0000-000000000000"
-
-    def memory_total(self, index: int) -> int:
-        return self._gpu(index).memory_bytes
-
-    def compute_capability(self, index: int) -> tuple[int, int]:
-        return self._gpu(index).capability
-
-    def mig_mode(self, index: int) -> bool | None:
-        return self._gpu(index).mig
-
-    def ecc_mode(self, index: int) -> bool | None:
-        return self._gpu(index).ecc
-
-
-def gpu_host(driver: str = "550.54.15", *gpus: FakeGpu, cuda: int = 12040) -> HostState:
-    """A GPU host as probe_host reports it through the fake."""
-    return probe_host(FakeNvml(driver=driver, cuda=cuda, gpus=list(gpus)), lambda: "27.3.1", lambda: "AMD EPYC 7763")
-
-
-def cpu_host() -> HostState:
-    """A host without an NVIDIA driver."""
-    nvml = FakeNvml(unavailable="NVML shared library not found (no NVIDIA driver installed)")
-    return probe_host(nvml, lambda: "27.3.1", lambda: "AMD EPYC 7763")
-
-
-RTX_4090 = FakeGpu("NVIDIA GeForce RTX 4090", (8, 9), memory_bytes=24 * GIB)
-A100 = FakeGpu("NVIDIA A100-SXM4-80GB", (8, 0), memory_bytes=80 * GIB, mig=False, ecc=True)
 A100_RECORD = Gpu(0, "NVIDIA A100-SXM4-80GB", "GPU-a", 81920, "8.0", "disabled", "enabled").as_dict()
 
 
@@ -221,66 +141,6 @@ def test_cpu_model_without_model_name(tmp_path: Path) -> None:
     expected = platform.processor() or "unknown"
     assert read_cpu_model(arm) == expected
     assert read_cpu_model(tmp_path / "absent") == expected
-
-
-class FakePynvml:
-    """A stand-in for the pynvml module: its error classes and constants, answers from fields."""
-
-    NVMLError = pynvml.NVMLError
-    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
-    NVMLError_FunctionNotFound = pynvml.NVMLError_FunctionNotFound
-    NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
-    NVML_FEATURE_ENABLED = pynvml.NVML_FEATURE_ENABLED
-
-    def __init__(self, init_error: int | None = None, mig_error: int | None = None) -> None:
-        self.init_error = init_error
-        self.mig_error = mig_error
-        self.shut_down = False
-
-    def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise pynvml.NVMLError(self.init_error)
-
-    def nvmlShutdown(self) -> None:
-        self.shut_down = True
-
-    def nvmlSystemGetDriverVersion(self) -> bytes:
-        return b"535.104.05"  # nvidia-ml-py before 11.515 returned bytes
-
-    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
-        return 12020
-
-    def nvmlDeviceGetCount(self) -> int:
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
-        if index != 0:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return "handle-0"
-
-    def nvmlDeviceGetName(self, handle: str) -> str:
-        return "NVIDIA GeForce RTX 3090"
-
-    def nvmlDeviceGetUUID(self, handle: str) -> str:
-        return "GPU-3090"
-
-    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
-        @dataclass
-        class Memory:
-            total: int
-
-        return Memory(total=24 * GIB)
-
-    def nvmlDeviceGetCudaComputeCapability(self, handle: str) -> tuple[int, int]:
-        return (8, 6)
-
-    def nvmlDeviceGetMigMode(self, handle: str) -> list[int]:
-        if self.mig_error is not None:
-            raise pynvml.NVMLError(self.mig_error)
-        return [pynvml.NVML_DEVICE_MIG_DISABLE, pynvml.NVML_DEVICE_MIG_DISABLE]
-
-    def nvmlDeviceGetEccMode(self, handle: str) -> list[int]:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
 
 
 def test_adapter_reads_a_consumer_gpu() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,10 +13,11 @@ from envlock.errors import LockfileError
 from envlock.lock import lockfile
 from envlock.lock.cuda import derive_cuda
 from envlock.lock.lockfile import BaseLock, Lock, TargetLock
+from envlock.lock.resolve import LockedPackage
 from tests.fakes import TORCH_251_AMD64, package
 
 
-def make_lock(packages: list = TORCH_251_AMD64) -> Lock:  # type: ignore[type-arg]
+def make_lock(packages: Sequence[LockedPackage] = TORCH_251_AMD64) -> Lock:
     target = TargetLock("linux/amd64", "x86_64-manylinux_2_36", derive_cuda(packages), tuple(packages))
     return Lock(
         python="3.11",
@@ -74,7 +76,7 @@ def test_file_is_readable_and_sorted(tmp_path: Path) -> None:
         (lambda t: t.replace('nccl = "2.21.5"', 'nccl = "2.21.6"'), "edited by hand"),
     ],
 )
-def test_broken_locks_are_refused_with_a_reason(tmp_path: Path, mangle, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_broken_locks_are_refused_with_a_reason(tmp_path: Path, mangle: Callable[[str], str], message: str) -> None:
     path = tmp_path / "envlock.lock"
     lockfile.write(path, make_lock())
     path.write_text(mangle(path.read_text(encoding="utf-8")), encoding="utf-8")

@@ -9,8 +9,7 @@ import pytest
 from envlock.errors import PreflightError
 from envlock.lock.cuda import CPU, derive_cuda
 from envlock.run.preflight import Verdict, check_host, enforce
-from tests.fakes import TORCH_251_AMD64, package
-from tests.unit.test_hostprobe import A100, RTX_4090, FakeGpu, cpu_host, gpu_host
+from tests.fakes import A100, RTX_4090, TORCH_251_AMD64, FakeGpu, cpu_host, gpu_host, package
 
 CU124 = derive_cuda(TORCH_251_AMD64)  # torch 2.5.1: driver >= 550.54.14 (compat 525.60.13), sm_50 … sm_90
 CU128 = derive_cuda([package("torch", "2.8.0"), package("nvidia-cuda-runtime-cu12", "12.8.93")])

@@ -6,61 +6,42 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from envlock.cli.app import run as cli
-from envlock.engine.launch import LaunchSpec, Output
 from envlock.errors import PreflightError
 from envlock.image.catalog import PinnedImage
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
+from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import load_spec
 from envlock.run.diff import diff_runs
 from envlock.run.gitstate import GitState, git_state
-from envlock.run.records import RunStore
+from envlock.run.hostprobe import HostState
+from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunRequest, run_in_image
-from tests.fakes import TORCH_251_AMD64, FakeResolver, package
-from tests.unit.test_hostprobe import A100, RTX_4090, cpu_host, gpu_host
+from tests.fakes import A100, RTX_4090, TORCH_251_AMD64, FakeLauncher, FakeResolver, cpu_host, gpu_host, package
 
 IMAGE = PinnedImage("sha256:" + "e" * 64, "demo:0123456789ab", ("127.0.0.1:5000/team/demo@sha256:" + "f" * 64,))
 
 
-@dataclass
-class FakeLauncher:
-    """Runs nothing: writes the outputs a command would, says something on both streams, returns a code."""
-
-    code: int = 0
-    writes: dict[str, bytes] = field(default_factory=dict)
-    interrupt: bool = False
-    launched: list[LaunchSpec] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-
-    def run(self, spec: LaunchSpec, output: Output) -> int:
-        self.launched.append(spec)
-        output("stdout", b"training...\n")
-        output("stderr", b"a warning\n")
-        if self.interrupt:
-            raise KeyboardInterrupt
-        for name, data in self.writes.items():
-            (spec.project_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            (spec.project_dir / name).write_bytes(data)
-        return self.code
-
-    def remove(self, name: str) -> None:
-        self.removed.append(name)
-
-
-def locked_project(write_project: Callable[[str], Path], dependencies: str, packages: list) -> Path:  # type: ignore[type-arg]
+def locked_project(write_project: Callable[[str], Path], dependencies: str, packages: Sequence[LockedPackage]) -> Path:
     project = write_project(f'[project]\nname = "demo"\ndependencies = [{dependencies}]\n')
     lock_project(load_spec(project), FakeResolver({"linux/amd64": packages}))
     return project
 
 
-def run(project: Path, launcher: FakeLauncher, host, request: RunRequest, seen: list | None = None):  # type: ignore[no-untyped-def]
+def run(
+    project: Path,
+    launcher: FakeLauncher,
+    host: HostState,
+    request: RunRequest,
+    seen: list[tuple[str, bytes]] | None = None,
+) -> RunRecord:
     lock_path = project / "envlock.lock"
     return run_in_image(
         lockfile.read(lock_path),

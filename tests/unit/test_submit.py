@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,44 +28,17 @@ from envlock.engine.launch import LaunchSpec, gpu_request
 from envlock.errors import PreflightError, RunRecordError, RunWaitTimeoutError, SchedulerError
 from envlock.lock import lockfile
 from envlock.run.gitstate import GitState
-from envlock.run.records import RunRecord, RunStore, exit_status, wait_until_final
+from envlock.run.hostprobe import HostState
+from envlock.run.records import RunRecord, RunStore, Status, exit_status, wait_until_final
 from envlock.run.runner import RunRequest, run_in_image
-from tests.fakes import TORCH_251_AMD64, package
-from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
-from tests.unit.test_runner import IMAGE, FakeLauncher, locked_project
+from tests.fakes import A100, TORCH_251_AMD64, FakeLauncher, FakeSlurm, cpu_host, gpu_host, package
+from tests.unit.test_runner import IMAGE, locked_project
 
 
-@dataclass
-class FakeSlurm:
-    """Answers sbatch / scontrol / scancel like Slurm 22.05 does; `fail` maps a program to its stderr."""
-
-    states: dict[str, str] = field(default_factory=dict)  # job id → scontrol's one-line answer
-    fail: dict[str, str] = field(default_factory=dict)
-    calls: list[list[str]] = field(default_factory=list)
-    next_id: int = 41
-
-    def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        args = list(args)
-        self.calls.append(args)
-        key = " ".join(args[:2]) if args[0] == "scontrol" else args[0]
-        code, out, err = 0, "", ""
-        if key in self.fail:
-            code, err = 1, self.fail[key]
-        elif args[0] == "sbatch":
-            self.next_id += 1
-            out = f"{self.next_id};envlock\n"
-        elif args[:3] == ["scontrol", "show", "hostnames"]:
-            prefix, _, ranged = args[3].partition("[")
-            first, _, last = ranged.rstrip("]").partition("-")
-            names = [f"{prefix}{n:0{len(first)}d}" for n in range(int(first), int(last) + 1)] if ranged else [prefix]
-            out = "\n".join(names) + "\n"
-        elif args[:3] == ["scontrol", "show", "node"]:
-            out = f"NodeName={args[-1]} NodeAddr=10.0.0.{args[-1][-1]} State=IDLE\n"
-        elif args[:3] == ["scontrol", "show", "job"] and args[-1] not in self.states:
-            code, err = 1, "slurm_load_jobs error: Invalid job id specified\n"
-        elif args[:3] == ["scontrol", "show", "job"]:
-            out = self.states[args[-1]]
-        return subprocess.CompletedProcess(args, code, out, err)
+def scheduler(record: RunRecord) -> dict[str, Any]:
+    """The scheduler part of a submitted run's record."""
+    assert record.scheduler is not None, f"run {record.run_id} was not submitted"
+    return record.scheduler
 
 
 def oneliner(state: str, reason: str = "None") -> str:
@@ -100,8 +73,8 @@ def test_submit_queues_a_record_with_the_job_id_before_releasing_the_job(project
     record = submit(project, fake)
     store = RunStore(project)
     assert store.load(record.run_id) == record
-    assert (record.status, record.scheduler["job-id"], record.scheduler["options"]) == ("queued", "42", ["-p", "gpu"])
-    assert record.scheduler["request"] == {"outputs": ["out"], "force": False, "gpus": None, "mlflow": None}
+    assert (record.status, scheduler(record)["job-id"], scheduler(record)["options"]) == ("queued", "42", ["-p", "gpu"])
+    assert scheduler(record)["request"] == {"outputs": ["out"], "force": False, "gpus": None, "mlflow": None}
     assert record.image_id == IMAGE.image_id and record.passed_env == ["WANDB_KEY"] and record.host == {}
     sbatch, release = fake.calls
     script = store.directory(record.run_id) / "job.sh"
@@ -199,7 +172,9 @@ def test_each_node_knows_its_rank_and_where_rank_0_listens() -> None:
 SINGLE = NodeRole(0, 1, "127.0.0.1", 20042)
 
 
-def node_start(project: Path, launcher: FakeLauncher, host, environ: dict[str, str], role: NodeRole = SINGLE):  # type: ignore[no-untyped-def]
+def node_start(
+    project: Path, launcher: FakeLauncher, host: HostState, environ: dict[str, str], role: NodeRole = SINGLE
+) -> Callable[[RunRecord, RunStore], RunRecord]:
     """What `envlock run-submitted` does with a queued record, with fakes for the engine and the node."""
     main = RunStore(project)
 
@@ -233,7 +208,7 @@ def test_the_nodes_task_runs_the_queued_record_once(project: Path, monkeypatch: 
     store = RunStore(project)
     record = run_submitted(store, queued.run_id, 0, node_start(project, launcher, cpu_host(), environ))
     assert (record.run_id, record.status, record.exit_code) == (queued.run_id, "finished", 0)
-    assert record.scheduler["job-id"] == "42" and record.scheduler["nodes"] == "gpu07"
+    assert scheduler(record)["job-id"] == "42" and scheduler(record)["nodes"] == "gpu07"
     assert record.host["cpu-model"] == "AMD EPYC 7763" and "out/metrics.json" in record.outputs
     (spec,) = launcher.launched
     assert spec.command == ["python", "train.py", "--lr", "0.1 x"] and spec.environment["PYTHONHASHSEED"] == "3"
@@ -265,7 +240,7 @@ def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(
     assert (main.status, other.status, other.exit_code) == ("finished", "failed", 3)
     assert store.load(queued.run_id) == main and store.node_records(queued.run_id) == {1: other}
     assert (store.for_node(1).directory(queued.run_id) / "record.json").is_file()
-    assert other.scheduler["node"] == "gpu08" and other.scheduler["rank"] == 1
+    assert scheduler(other)["node"] == "gpu08" and scheduler(other)["rank"] == 1
     first, second = (launcher.launched[0] for launcher in launchers)
     assert first.name != second.name, "one container per node, named apart"
     assert second.environment["ENVLOCK_NODE_RANK"] == "1" and second.environment["MASTER_ADDR"] == "10.0.0.7"
@@ -308,9 +283,9 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     pending, cancelled, forgotten, finished = (submit(project, fake) for _ in range(4))
     done = run_submitted(store, finished.run_id, 0, node_start(project, FakeLauncher(), cpu_host(), {}))
     fake.states = {
-        pending.scheduler["job-id"]: oneliner("PENDING", "Priority"),
-        cancelled.scheduler["job-id"]: oneliner("CANCELLED"),
-        done.scheduler["job-id"]: oneliner("COMPLETED"),
+        scheduler(pending)["job-id"]: oneliner("PENDING", "Priority"),
+        scheduler(cancelled)["job-id"]: oneliner("CANCELLED"),
+        scheduler(done)["job-id"]: oneliner("COMPLETED"),
     }
     removed: list[str] = []
     live, settled = settle_jobs(store, store.all(), Slurm(fake), removed.append)
@@ -323,7 +298,9 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     )
     assert store.load(done.run_id).status == "finished" and removed == []
     node = store.for_node(1)
-    node.save(replace(done, status="running", container=done.container + "-1", scheduler={**done.scheduler, "rank": 1}))
+    node.save(
+        replace(done, status="running", container=done.container + "-1", scheduler={**scheduler(done), "rank": 1})
+    )
     store.for_node(2).save(replace(done, status="queued", container=done.container + "-2"))  # killed before starting
     _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append)
     nodes = store.node_records(done.run_id)
@@ -355,7 +332,7 @@ def test_waiting_returns_the_final_record_or_times_out(project: Path) -> None:
 def test_a_waited_runs_exit_status_is_its_commands(project: Path) -> None:
     queued = submit(project, FakeSlurm())
 
-    def ended(status: str, code: int | None) -> RunRecord:
+    def ended(status: Status, code: int | None) -> RunRecord:
         return replace(queued, status=status, exit_code=code)
 
     assert exit_status(ended("finished", 0)) == 0

@@ -4,50 +4,35 @@ the command's outcome; URIs a container cannot reach are refused up front."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from envlock.cli.app import run as cli
 from envlock.errors import EnvlockError, TrackingError
-from envlock.run.records import RunStore
+from envlock.run.hostprobe import HostState
+from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunRequest
 from envlock.run.tracking import (
     TrackedRun,
     Tracking,
     TrackingSettings,
-    TrackingTarget,
     tracking_settings,
     tracking_target,
 )
-from tests.fakes import TORCH_251_AMD64, package
-from tests.unit.test_hostprobe import A100, cpu_host, gpu_host
-from tests.unit.test_runner import FakeLauncher, locked_project
+from tests.fakes import A100, TORCH_251_AMD64, FakeLauncher, FakeTracker, cpu_host, gpu_host, package
+from tests.unit.test_runner import locked_project
 from tests.unit.test_runner import run as run_project
 
 
-@dataclass
-class FakeTracker:
-    """Remembers what envlock asked of MLflow."""
-
-    target: TrackingTarget = field(default_factory=lambda: TrackingTarget("http://127.0.0.1:5000", host_network=True))
-    started: list[tuple[str, str, str | None, dict[str, str]]] = field(default_factory=list)
-    finished: list[tuple[str, str]] = field(default_factory=list)
-    fail_start: bool = False
-
-    def start(self, experiment: str, run_name: str, reuse: str | None, tags: Mapping[str, str]) -> TrackedRun:
-        if self.fail_start:
-            raise TrackingError("MLflow at http://127.0.0.1:5000 is unreachable: create a run: connection refused")
-        self.started.append((experiment, run_name, reuse, dict(tags)))
-        return TrackedRun(self.target, reuse or "r" * 32, "7")
-
-    def finish(self, run: TrackedRun, status: str) -> None:
-        self.finished.append((run.run_id, status))
-
-
-def tracked_run(project: Path, tracker: FakeTracker, launcher: FakeLauncher, host=None, reuse=None):  # type: ignore[no-untyped-def]
+def tracked_run(
+    project: Path,
+    tracker: FakeTracker,
+    launcher: FakeLauncher,
+    host: HostState | None = None,
+    reuse: str | None = None,
+) -> RunRecord:
     from envlock.lock import lockfile  # noqa: PLC0415
     from envlock.run.gitstate import GitState  # noqa: PLC0415
     from envlock.run.runner import run_in_image  # noqa: PLC0415

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from envlock.errors import DownloadError, HashMismatchError
-from envlock.image.wheels import Response, WheelCache
+from envlock.image.wheels import WheelCache
 from envlock.lock.resolve import LockedFile
+from tests.fakes import FakeFetcher
 
 
 def locked(name: str, data: bytes) -> LockedFile:
     return LockedFile(name, f"https://files.example/{name}", hashlib.sha256(data).hexdigest(), len(data))
-
-
-@dataclass
-class FakeFetcher:
-    """Serves bytes by URL; can break a body after N bytes, serve other bytes, and honour ranges or not."""
-
-    files: dict[str, bytes]
-    break_after: dict[str, int] = field(default_factory=dict)
-    honour_ranges: bool = True
-    calls: list[tuple[str, int]] = field(default_factory=list)
-
-    @contextlib.contextmanager
-    def open(self, url: str, offset: int) -> Iterator[Response]:
-        self.calls.append((url, offset))
-        if url not in self.files:
-            raise DownloadError(f"cannot fetch {url}: HTTP 404")
-        data = self.files[url]
-        start = offset if self.honour_ranges else 0
-        limit = self.break_after.pop(url, None)
-
-        def body() -> Iterator[bytes]:
-            end = len(data) if limit is None else limit
-            for i in range(start, end, 7):
-                yield data[i : min(i + 7, end)]
-            if limit is not None:
-                raise DownloadError(f"download of {url} broke off: ConnectionError")
-
-        yield Response(body(), start, len(data))
 
 
 def test_fetch_then_serve_from_cache(tmp_path: Path) -> None:

@@ -62,8 +62,8 @@ def verify_archive(path: Path) -> str:
 def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
     """`docker save` the image into out (atomically), verified against its ID before it is kept."""
     partial = out.with_name(f".{out.name}.partial")
-    engine.save(image_id, partial)
     try:
+        engine.save(image_id, partial)  # inside: a failed or interrupted export leaves no partial file behind
         found = verify_archive(partial)
         if found != image_id:
             raise RestoreError(f"the engine exported image {found[:19]}, not {image_id[:19]}")
