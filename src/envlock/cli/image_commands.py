@@ -19,10 +19,14 @@ if TYPE_CHECKING:
 
 def _bars() -> tuple[Any, Progress]:
     """rich progress bars for downloads, and the callback the core reports bytes to."""
+    from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, DownloadColumn, TextColumn  # noqa: PLC0415
     from rich.progress import Progress as Bars  # noqa: PLC0415
 
-    bars = Bars(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
+    # On stderr: stdout is for results (`built NAME (ID)`), which scripts read.
+    bars = Bars(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True, console=Console(stderr=True)
+    )
     tasks: dict[str, Any] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:
