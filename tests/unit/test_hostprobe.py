@@ -151,6 +151,12 @@ def test_adapter_reads_a_consumer_gpu() -> None:
     assert module.shut_down
 
 
+def test_adapter_reads_no_mig_from_a_driver_without_the_call() -> None:
+    module = FakePynvml(mig_error=pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    host = probe_host(PynvmlAdapter(module), lambda: None, lambda: "x")
+    assert (host.gpus[0].mig_mode, host.gpus[0].ecc_mode) == ("n/a", "n/a")
+
+
 def test_adapter_reads_mig_disabled() -> None:
     host = probe_host(PynvmlAdapter(FakePynvml()), lambda: None, lambda: "x")
     assert host.gpus[0].mig_mode == "disabled"

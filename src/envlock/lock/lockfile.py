@@ -10,8 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
 from envlock.lock.cuda import CPU, UNKNOWN, CudaStack
@@ -142,6 +140,9 @@ def source_date_epoch(targets: tuple[TargetLock, ...]) -> int:
 
 def dumps(lock: Lock) -> str:
     """The lock as TOML: meta first, then the environment, then one section per platform."""
+    # Imported here: reading needs only tomllib, so hosts that only check locks (scripts/gpu-check.sh) need no tomlkit.
+    import tomlkit  # noqa: PLC0415
+
     document = tomlkit.document()
     for line in HEADER.splitlines():
         document.add(tomlkit.comment(line))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomlkit
 from packaging.utils import canonicalize_name
 
 from envlock.lock.credentials import redact
 from envlock.lock.resolve import LockedFile, LockedPackage, filename_from_url, utc_seconds
+
+if TYPE_CHECKING:
+    import tomlkit.items
 
 
 def _file_from_table(table: dict[str, Any]) -> LockedFile:
@@ -55,6 +57,8 @@ def file_table(file: LockedFile) -> dict[str, Any]:
 
 def package_table(package: LockedPackage, marker: str | None = None) -> tomlkit.items.Table:
     """A `[[packages]]` entry: name, version, optional marker, sdist, wheels one per line."""
+    import tomlkit  # noqa: PLC0415  (writing only: a host that only reads locks, e.g. gpu-check, may lack it)
+
     table = tomlkit.table()
     table["name"] = package.name
     table["version"] = package.version
@@ -72,6 +76,8 @@ def package_table(package: LockedPackage, marker: str | None = None) -> tomlkit.
 
 
 def _inline(mapping: dict[str, Any]) -> tomlkit.items.InlineTable:
+    import tomlkit  # noqa: PLC0415
+
     inline = tomlkit.inline_table()
     for key, value in mapping.items():
         inline[key] = _inline(value) if isinstance(value, dict) else value
@@ -85,6 +91,8 @@ def dump_pylock(
     created_by: str = "envlock",
 ) -> str:
     """A PEP 751 document: each package with the marker that limits it (None when it applies everywhere)."""
+    import tomlkit  # noqa: PLC0415
+
     document = tomlkit.document()
     document["lock-version"] = "1.0"
     if environments:
