@@ -166,7 +166,8 @@ def test_reproduce_says_reproduced_then_not(world: World, capsys: pytest.Capture
 def test_diff_of_two_runs_and_of_an_image_with_a_lock(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     for seed in ("1", "2"):
         world(capsys, "run", "-C", str(world.project), "--seed", seed, "--", "true")
-    first, second = (r.run_id for r in RunStore(world.project).all())
+    by_seed = {r.seed: r.run_id for r in RunStore(world.project).all()}
+    first, second = by_seed[1], by_seed[2]
     code, out, _ = world(capsys, "diff", first, second, "-C", str(world.project))
     assert code == 0 and "seed: 1 -> 2" in out
     reference = RunStore(world.project).all()[-1].image_reference

@@ -25,7 +25,7 @@ from envlock.run.gpucheck import (
     torch_section,
 )
 from envlock.run.hostprobe import HostState, probe_host, read_cpu_model
-from tests.unit.test_hostprobe import GIB, FakeGpu, FakeNvml
+from tests.fakes import GIB, FakeGpu, FakeNvml
 
 REPO = Path(__file__).resolve().parents[2]
 H200 = FakeGpu("NVIDIA H200", (9, 0), memory_bytes=141 * GIB, mig=False, ecc=True, uuid="GPU-6f1c2a3b")

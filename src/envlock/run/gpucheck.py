@@ -235,7 +235,8 @@ def preflight_cases(lock: str, stack: CudaStack, host: HostState) -> list[Prefli
 
 def check_case(case: PreflightCase, host: HostState) -> dict[str, Any]:
     """Run the real preflight and its refusal (`enforce`, not forced) on one case; record the verdict."""
-    from envlock.run.preflight import PreflightError, check_host, enforce  # noqa: PLC0415  (see the imports)
+    from envlock.errors import PreflightError  # noqa: PLC0415
+    from envlock.run.preflight import check_host, enforce  # noqa: PLC0415  (see the imports)
 
     verdict = check_host(case.stack, host)
     outcome: Outcome = "accepted" if verdict.ok else "refused"
