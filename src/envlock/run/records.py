@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,8 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: object, where: str = "run record") -> RunRecord:
         """Read a record of any version this envlock knows, its shape checked; RunRecordError lists every problem."""
+        if not isinstance(data, Mapping):
+            raise RunRecordError(f"{where} is damaged: it must be a table, not {type(data).__name__}")
         problems: list[str] = []
         table = Table(data, "", problems)
         version = table.data.get("record_version", 1)  # records before versioning said nothing: version 1

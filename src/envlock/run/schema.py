@@ -23,7 +23,7 @@ class Table:
 
     def __init__(self, data: object, where: str, problems: list[str]) -> None:
         if not isinstance(data, Mapping):
-            problems.append(f"{where} must be a table, not {_shown(data)}")
+            problems.append(f"{where.removesuffix('.') or 'the record'} must be a table, not {_shown(data)}")
             data = {}
         self.data: Mapping[str, Any] = data
         self.where = where
