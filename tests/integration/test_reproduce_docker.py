@@ -83,7 +83,7 @@ def test_dirty_code_is_reproduced_from_the_saved_diff_and_moved_outputs_are_name
     train.write_text(train.read_text() + "\n# an uncommitted change\n")
     assert envlock(repo, "run", "--output", "out", "--", "python", "train.py", "--out", "out").returncode == 0
     (dirty,) = RunStore(repo).all()
-    assert dirty.git["dirty"] and dirty.git["diff-sha256"]
+    assert dirty.git is not None and dirty.git.dirty and dirty.git.diff_sha256
     git(repo, "checkout", "--", "train.py")  # the working tree moved on; the record still has the diff
     verdict = envlock(repo, "reproduce", dirty.run_id)
     assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr

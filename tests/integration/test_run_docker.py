@@ -54,7 +54,7 @@ def test_the_example_runs_twice_to_the_same_outputs_in_the_built_image(digits: P
     assert first.image_id == second.image_id == built["image-id"]
     assert first.outputs == second.outputs and set(first.outputs) == {"out/metrics.json", "out/model.pkl"}
     assert all(first.outputs.values())
-    assert first.status == second.status == "finished" and first.host["kernel"]
+    assert first.status == second.status == "finished" and first.host is not None and first.host.kernel
     listing = envlock("runs", project=digits)
     assert first.run_id in listing.stdout and second.run_id in listing.stdout
     shown = envlock("runs", "show", second.run_id[:20], project=digits)

@@ -106,7 +106,8 @@ def test_run_records_the_run_and_passes_the_commands_status(world: World, capsys
     assert code == 0, said
     record = RunStore(world.project).all()[-1]
     assert record.status == "finished" and record.outputs["out/metrics.json"]
-    assert world.launcher.launched[-1].image_id == record.image_id and record.host["docker-version"] == "27.3.1"
+    assert world.launcher.launched[-1].image_id == record.image_id and record.host is not None
+    assert record.host.docker_version == "27.3.1"
     world.launcher.code = 3
     code, _, _ = world(capsys, "run", "-C", str(world.project), "--", "python", "t.py")
     assert code == 3, "the command's own status, as it is"
@@ -189,7 +190,7 @@ def test_submit_queues_through_the_wired_slurm(world: World, capsys: pytest.Capt
     assert code == 0 and "queued as Slurm job 42" in out, err
     assert [c[0] for c in world.slurm.calls] == ["scontrol", "sbatch", "scontrol"], "ping, submit held, release"
     record = RunStore(world.project).all()[-1]
-    assert record.status == "queued" and (record.scheduler or {})["options"] == ["-p", "gpu"]
+    assert record.status == "queued" and record.scheduler is not None and record.scheduler.options == ("-p", "gpu")
 
 
 def test_tracking_goes_to_the_wired_tracker(world: World, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,7 +83,8 @@ def test_cpu_run_is_recorded_whole(write_project: Callable[[str], Path], monkeyp
     assert store.log_path(record.run_id).read_bytes() == b"training...\na warning\n"
     assert (store.directory(record.run_id) / "envlock.lock").read_text() == (project / "envlock.lock").read_text()
     assert (store.directory(record.run_id) / "diff.patch").read_bytes().startswith(b"diff --git")
-    assert record.repo_digests == list(IMAGE.repo_digests) and record.host["driver-version"] is None
+    assert record.repo_digests == list(IMAGE.repo_digests)
+    assert record.host is not None and record.host.driver_version is None
     assert store.load(record.run_id[:12]) == record
 
 
@@ -105,7 +106,7 @@ def test_new_driver_runs_with_gpus(write_project: Callable[[str], Path]) -> None
     launcher = FakeLauncher(code=3)
     record = run(project, launcher, gpu_host("550.54.15", A100), RunRequest(["python", "train.py"]))
     assert (record.status, record.exit_code, record.forced) == ("failed", 3, False)
-    assert record.host["gpus"][0]["name"] == "NVIDIA A100-SXM4-80GB"
+    assert record.host is not None and record.host.gpus[0].name == "NVIDIA A100-SXM4-80GB"
 
 
 def test_ctrl_c_marks_the_record_interrupted(write_project: Callable[[str], Path]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,10 +34,9 @@ from tests.fakes import A100, TORCH_251_AMD64, FakeLauncher, FakeSlurm, cpu_host
 from tests.unit.test_runner import IMAGE, locked_project
 
 
-def scheduler(record: RunRecord) -> dict[str, Any]:
-    """The scheduler part of a submitted run's record."""
-    assert record.scheduler is not None, f"run {record.run_id} was not submitted"
-    return record.scheduler
+def job_id(record: RunRecord) -> str:
+    assert record.scheduler is not None and record.scheduler.job_id is not None
+    return record.scheduler.job_id
 
 
 def oneliner(state: str, reason: str = "None") -> str:
@@ -73,9 +71,11 @@ def test_submit_queues_a_record_with_the_job_id_before_releasing_the_job(project
     record = submit(project, fake)
     store = RunStore(project)
     assert store.load(record.run_id) == record
-    assert (record.status, scheduler(record)["job-id"], scheduler(record)["options"]) == ("queued", "42", ["-p", "gpu"])
-    assert scheduler(record)["request"] == {"outputs": ["out"], "force": False, "gpus": None, "mlflow": None}
-    assert record.image_id == IMAGE.image_id and record.passed_env == ["WANDB_KEY"] and record.host == {}
+    job = record.scheduler
+    assert job is not None and (record.status, job.job_id, job.options) == ("queued", "42", ("-p", "gpu"))
+    assert job.request.as_dict() == {"outputs": ["out"], "force": False, "gpus": None, "mlflow": None}
+    assert record.image_id == IMAGE.image_id and record.passed_env == ["WANDB_KEY"] and record.host is None
+    assert record.as_dict()["host"] == {} and record.as_dict()["git"] == {}, "not taken yet: {} as before"
     sbatch, release = fake.calls
     script = store.directory(record.run_id) / "job.sh"
     assert sbatch == ["sbatch", "--parsable", "--hold", "-p", "gpu", str(script)], "held: it cannot start unrecorded"
@@ -208,8 +208,8 @@ def test_the_nodes_task_runs_the_queued_record_once(project: Path, monkeypatch: 
     store = RunStore(project)
     record = run_submitted(store, queued.run_id, 0, node_start(project, launcher, cpu_host(), environ))
     assert (record.run_id, record.status, record.exit_code) == (queued.run_id, "finished", 0)
-    assert scheduler(record)["job-id"] == "42" and scheduler(record)["nodes"] == "gpu07"
-    assert record.host["cpu-model"] == "AMD EPYC 7763" and "out/metrics.json" in record.outputs
+    assert record.scheduler is not None and (record.scheduler.job_id, record.scheduler.nodes) == ("42", "gpu07")
+    assert record.host is not None and record.host.cpu_model == "AMD EPYC 7763" and "out/metrics.json" in record.outputs
     (spec,) = launcher.launched
     assert spec.command == ["python", "train.py", "--lr", "0.1 x"] and spec.environment["PYTHONHASHSEED"] == "3"
     assert spec.environment["WANDB_KEY"] == "secret" and spec.environment["SLURM_JOB_ID"] == "42"
@@ -240,7 +240,7 @@ def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(
     assert (main.status, other.status, other.exit_code) == ("finished", "failed", 3)
     assert store.load(queued.run_id) == main and store.node_records(queued.run_id) == {1: other}
     assert (store.for_node(1).directory(queued.run_id) / "record.json").is_file()
-    assert scheduler(other)["node"] == "gpu08" and scheduler(other)["rank"] == 1
+    assert other.scheduler is not None and (other.scheduler.node, other.scheduler.rank) == ("gpu08", 1)
     first, second = (launcher.launched[0] for launcher in launchers)
     assert first.name != second.name, "one container per node, named apart"
     assert second.environment["ENVLOCK_NODE_RANK"] == "1" and second.environment["MASTER_ADDR"] == "10.0.0.7"
@@ -283,9 +283,9 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     pending, cancelled, forgotten, finished = (submit(project, fake) for _ in range(4))
     done = run_submitted(store, finished.run_id, 0, node_start(project, FakeLauncher(), cpu_host(), {}))
     fake.states = {
-        scheduler(pending)["job-id"]: oneliner("PENDING", "Priority"),
-        scheduler(cancelled)["job-id"]: oneliner("CANCELLED"),
-        scheduler(done)["job-id"]: oneliner("COMPLETED"),
+        job_id(pending): oneliner("PENDING", "Priority"),
+        job_id(cancelled): oneliner("CANCELLED"),
+        job_id(done): oneliner("COMPLETED"),
     }
     removed: list[str] = []
     live, settled = settle_jobs(store, store.all(), Slurm(fake), removed.append)
@@ -298,8 +298,9 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
     )
     assert store.load(done.run_id).status == "finished" and removed == []
     node = store.for_node(1)
+    assert done.scheduler is not None
     node.save(
-        replace(done, status="running", container=done.container + "-1", scheduler={**scheduler(done), "rank": 1})
+        replace(done, status="running", container=done.container + "-1", scheduler=replace(done.scheduler, rank=1))
     )
     store.for_node(2).save(replace(done, status="queued", container=done.container + "-2"))  # killed before starting
     _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append)

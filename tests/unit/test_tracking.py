@@ -75,7 +75,7 @@ def test_the_run_is_tagged_with_the_stack_and_continued_in_the_container(
     assert spec.environment["MLFLOW_TRACKING_TOKEN"] == "tok-123", "the client's credentials go in by name"
     text = (RunStore(project).directory(record.run_id) / "record.json").read_text()
     assert "tok-123" not in text and "MLFLOW_TRACKING_TOKEN" in record.passed_env
-    assert record.tracking == {
+    assert record.tracking is not None and record.tracking.as_dict() == {
         "kind": "mlflow",
         "uri": "http://127.0.0.1:5000",
         "run-id": "r" * 32,
@@ -123,7 +123,7 @@ def test_tracking_uris_say_how_a_container_reaches_them(tmp_path: Path, monkeypa
         tracking_target("sqlite:///mlflow.db")
     assert "mlflow server" in refused.value.hint
     run = TrackedRun(tracking_target("https://user:pw@mlflow.example.com"), "x", "1")
-    assert run.as_dict()["uri"] == "https://mlflow.example.com" and "pw" not in run.link
+    assert run.recorded().uri == "https://mlflow.example.com" and "pw" not in run.link
 
 
 def test_settings_come_from_the_flag_or_mlflows_variables() -> None:

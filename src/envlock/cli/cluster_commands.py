@@ -102,14 +102,14 @@ def submit_command(
         locked,
         lock_text,
         host_platform(),
-        Submission(request, sbatch, f"envlock-{spec.name}", settings.as_dict() if settings else None),
+        Submission(request, sbatch, f"envlock-{spec.name}", settings),
         project_dir=project_dir,
         image=image,
         store=RunStore(spec.project_dir),
         slurm=scheduler,
         task=task,
     )
-    typer.echo(f"run {record.run_id}: queued as Slurm job {(record.scheduler or {}).get('job-id')}")
+    typer.echo(f"run {record.run_id}: queued as Slurm job {record.scheduler.job_id if record.scheduler else '-'}")
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
 
 

@@ -12,6 +12,7 @@ from envlock.lock.lockfile import Lock, TargetLock
 from envlock.lock.recipes import load_recipe, recipe_names
 from envlock.run.hostprobe import gpu_summary
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.schema import JobRecord
 
 
 def lock_summary(lock: Lock, platforms: list[str], stale: str) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def runs_table(records: list[RunRecord], places: dict[str, str]) -> str:
         f"{'RUN':<26} {'STATUS':<11} {'EXIT':>4}  {'WHERE':<{width}} {'IMAGE':<19} {'LOCK':<12} {'COMMIT':<13} COMMAND"
     ]
     for r in records:
-        commit = (r.git.get("commit") or "-")[:10] + ("+" if r.git.get("dirty") else "")
+        commit = ((r.git.commit if r.git else None) or "-")[:10] + ("+" if r.git and r.git.dirty else "")
         code = "-" if r.exit_code is None else str(r.exit_code)
         lock = r.lock_hash.removeprefix("sha256:")[:12]
         lines.append(
@@ -113,29 +114,30 @@ def _host_line(record: RunRecord) -> str:
     if not host:
         why = "the job's task probes the node it runs on" if record.status == "queued" else "the command never started"
         return f"host      not probed: {why}"
-    machine = f"{host.get('cpu-model')} · kernel {host.get('kernel')} · docker {host.get('docker-version')}"
-    gpus = gpu_summary(host.get("gpus", []))
-    return f"host      driver {host.get('driver-version') or 'none'} · GPUs {gpus} · {machine}"
+    machine = f"{host.cpu_model} · kernel {host.kernel} · docker {host.docker_version}"
+    return f"host      driver {host.driver_version or 'none'} · GPUs {gpu_summary(host.gpus)} · {machine}"
 
 
 def _code_line(record: RunRecord, saved_diff: bool) -> str:
-    code = record.git.get("commit") or ("not a git repository" if record.git else "taken when the job starts")
-    if not record.git.get("dirty"):
+    git = record.git
+    code = (git.commit or "not a git repository") if git else "taken when the job starts"
+    if not (git and git.dirty):
         return f"code      {code}"
     return f"code      {code}  (dirty: {'diff.patch saved' if saved_diff else 'no diff saved'})"
 
 
-def _job_lines(record: RunRecord, store: RunStore, live: Mapping[str, JobState]) -> list[str]:
-    job = record.scheduler or {}
-    state = live[record.run_id].state if record.run_id in live else job.get("state", "")
+def _job_lines(record: RunRecord, job: JobRecord, store: RunStore, live: Mapping[str, JobState]) -> list[str]:
+    state = live[record.run_id].state if record.run_id in live else job.state or ""
     lines = [
-        f"job       {describe(record, live)}  {state}  node {job.get('node') or '-'}".rstrip(),
-        f"sbatch    {' '.join(job.get('options', [])) or '(no options)'}  submitted {job.get('submitted')}",
+        f"job       {describe(record, live)}  {state}  node {job.node or '-'}".rstrip(),
+        f"sbatch    {' '.join(job.options) or '(no options)'}  submitted {job.submitted}",
     ]
     for rank, node in store.node_records(record.run_id).items():
+        name = (node.scheduler.node if node.scheduler else None) or "-"
+        driver = (node.host.driver_version if node.host else None) or "none"
+        gpus = gpu_summary(node.host.gpus if node.host else ())
         lines.append(
-            f"node {rank:<4} {(node.scheduler or {}).get('node') or '-'}: {node.status}, exit {node.exit_code} · "
-            f"driver {node.host.get('driver-version') or 'none'} · GPUs {gpu_summary(node.host.get('gpus', []))}"
+            f"node {rank:<4} {name}: {node.status}, exit {node.exit_code} · driver {driver} · GPUs {gpus}"
             + (f" · {node.error}" if node.error else "")
             + f"  ({store.for_node(rank).directory(record.run_id)})"
         )
@@ -147,7 +149,7 @@ def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]
     settings = " ".join(f"{k}={v}" for k, v in sorted(record.environment.items()) if not k.startswith("ENVLOCK_"))
     lines = [
         f"run       {record.run_id}  {record.status}, exit {record.exit_code}",
-        *(_job_lines(record, store, live) if record.scheduler else []),
+        *(_job_lines(record, record.scheduler, store, live) if record.scheduler else []),
         f"command   {' '.join(record.command)}",
         f"image     {record.image_id}  ({record.image_reference})",
         *(f"pushed    {d}" for d in record.repo_digests),
@@ -163,7 +165,7 @@ def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]
     if record.reproduces:
         lines.append(f"reproduces {record.reproduces}")
     if record.tracking:
-        lines.append(f"mlflow    {record.tracking.get('link') or record.tracking.get('run-id')}")
+        lines.append(f"mlflow    {record.tracking.link or record.tracking.run_id}")
     if record.error:
         lines.append(f"error     {record.error}")
     if record.forced:

@@ -64,7 +64,7 @@ def run_command(
         f"run {record.run_id}: {record.status} (exit {record.exit_code}); record in {store.directory(record.run_id)}"
     )
     if record.tracking:
-        wiring.say(f"MLflow: {record.tracking['link']}")
+        wiring.say(f"MLflow: {record.tracking.link}")
     raise CommandExited(record.exit_code or 0)
 
 

@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from envlock.cluster.slurm import JobState, Slurm, batch_script
 from envlock.errors import EnvlockError, RunRecordError, SchedulerError
@@ -27,6 +26,7 @@ from envlock.lock.lockfile import Lock
 from envlock.report import Report
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
 from envlock.run.runner import RunRequest, new_record
+from envlock.run.schema import JobRecord, JobRequest, TrackingRequest
 from envlock.run.tracking import TrackingSettings
 
 # What Slurm tells a job about itself, passed into the container (the training code may want its rank or job id).
@@ -52,12 +52,13 @@ class Submission:
     request: RunRequest
     sbatch_options: tuple[str, ...]
     job_name: str
-    tracking: dict[str, Any] | None = None  # MLflow: uri, experiment, reuse (the node starts the run)
+    tracking: TrackingSettings | None = None  # MLflow: uri, experiment, reuse (the node starts the run)
 
 
-def request_facts(request: RunRequest) -> dict[str, Any]:
-    """The parts of a request the node needs that the record does not already hold."""
-    return {"outputs": list(request.outputs), "force": request.force, "gpus": request.gpus}
+def request_facts(request: RunRequest, tracking: TrackingSettings | None = None) -> JobRequest:
+    """The parts of a request the node needs that the record does not already hold (the URI without credentials)."""
+    mlflow = TrackingRequest(redact(tracking.uri), tracking.experiment, tracking.reuse) if tracking else None
+    return JobRequest(request.outputs, request.force, request.gpus, mlflow)
 
 
 @dataclass(frozen=True)
@@ -101,14 +102,14 @@ def submitted_request(record: RunRecord, environ: Mapping[str, str], role: NodeR
     """The request a queued record stands for, on a node: the user's variables plus Slurm's facts about the job,
     the node's rank, and only the GPUs Slurm allotted (SLURM_STEP_GPUS / SLURM_JOB_GPUS) when it allotted some.
     Several nodes share the host network, so NCCL and the rendezvous reach each other."""
-    facts = (record.scheduler or {}).get("request", {})
+    facts = record.scheduler.request if record.scheduler else JobRequest()
     allotted = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS") or ""
     return RunRequest(
         command=list(record.command),
         seed=record.seed,
-        force=bool(facts.get("force", False)),
-        gpus=facts.get("gpus"),
-        outputs=tuple(facts.get("outputs", ())),
+        force=facts.force,
+        gpus=facts.gpus,
+        outputs=facts.outputs,
         pass_env=(*record.passed_env, *(name for name in SLURM_FACTS if name in environ)),
         gpu_devices=tuple(d for d in allotted.split(",") if d),
         settings=role.settings,
@@ -116,19 +117,15 @@ def submitted_request(record: RunRecord, environ: Mapping[str, str], role: NodeR
     )
 
 
-def _recorded(tracking: dict[str, Any] | None) -> dict[str, Any] | None:
-    return {**tracking, "uri": redact(tracking["uri"])} if tracking else None
-
-
 def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> TrackingSettings | None:
     """The MLflow settings the submitter asked for; its credentials come from the job's environment (sbatch
     exports the submitter's), never from the record."""
-    recorded = (record.scheduler or {}).get("request", {}).get("mlflow")
-    if not recorded:
+    recorded = record.scheduler.request.mlflow if record.scheduler else None
+    if recorded is None:
         return None
     exported = environ.get("MLFLOW_TRACKING_URI", "")
-    uri = exported if exported and redact(exported) == recorded["uri"] else recorded["uri"]
-    return TrackingSettings(uri, str(recorded["experiment"]), recorded.get("reuse"))
+    uri = exported if exported and redact(exported) == recorded.uri else recorded.uri
+    return TrackingSettings(uri, recorded.experiment, recorded.reuse)
 
 
 def submit_run(
@@ -147,6 +144,14 @@ def submit_run(
     failure the job is cancelled and the run's folder removed."""
     run_id = new_run_id()
     request = submission.request
+    job = JobRecord(
+        kind="slurm",
+        job_id=None,
+        options=submission.sbatch_options,
+        submitted=now(),
+        request=request_facts(request, submission.tracking),
+        submit_host=socket.gethostname(),
+    )
     record = new_record(
         run_id,
         "queued",
@@ -154,17 +159,10 @@ def submit_run(
         image,
         lock,
         platform=platform,
-        git={},  # taken on the node, when the job starts
-        host={},
+        git=None,  # taken on the node, when the job starts
+        host=None,
         passed_env=sorted(request.pass_env),
-        scheduler={
-            "kind": "slurm",
-            "job-id": None,
-            "options": list(submission.sbatch_options),
-            "submitted": now(),
-            "submit-host": socket.gethostname(),
-            "request": {**request_facts(request), "mlflow": _recorded(submission.tracking)},
-        },
+        scheduler=job,
     )
     directory = store.create(run_id, lock_text)
     job_id = None
@@ -179,7 +177,7 @@ def submit_run(
         atomic_write_text(script, text)
         store.save(record)
         job_id = slurm.submit_held(script, submission.sbatch_options)
-        queued = replace(record, scheduler={**(record.scheduler or {}), "job-id": job_id})
+        queued = replace(record, scheduler=replace(job, job_id=job_id))
         store.save(queued)
         slurm.release(job_id)
     except BaseException:
@@ -233,14 +231,11 @@ def run_submitted(
 def on_node(record: RunRecord, environ: Mapping[str, str], role: NodeRole) -> RunRecord:
     """The queued record with the node's facts added: where it runs (Slurm's node name and the host), its rank,
     and which nodes the job has."""
-    scheduler = {
-        **(record.scheduler or {}),
-        "node": environ.get("SLURMD_NODENAME") or socket.gethostname(),
-        "host": socket.gethostname(),
-        "rank": role.rank,
-        "nodes": environ.get("SLURM_JOB_NODELIST", ""),
-    }
-    return replace(record, scheduler=scheduler)
+    if record.scheduler is None:
+        raise RunRecordError(f"run {record.run_id} was not submitted to a scheduler", hint="envlock runs lists it")
+    node = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    job = record.scheduler.at_node(node, socket.gethostname(), role.rank, environ.get("SLURM_JOB_NODELIST", ""))
+    return replace(record, scheduler=job)
 
 
 def settle_jobs(
@@ -254,21 +249,21 @@ def settle_jobs(
     live: dict[str, JobState] = {}
     settled: list[RunRecord] = []
     for record in records:
-        job_id = (record.scheduler or {}).get("job-id")
+        job_id = record.scheduler.job_id if record.scheduler else None
         if not job_id:
             continue
         open_nodes = [r for r, n in store.node_records(record.run_id).items() if n.status in ("queued", "running")]
         if record.status not in ("queued", "running") and not open_nodes:
             continue
-        state = slurm.state(str(job_id))
+        state = slurm.state(job_id)
         if state is not None and not state.final:
             live[record.run_id] = state
             continue
-        closed = _close(store, record.run_id, str(job_id), state, remove_container)
+        closed = _close(store, record.run_id, job_id, state, remove_container)
         if closed is not None:
             settled.append(closed)
         for rank in open_nodes:
-            _close(store.for_node(rank), record.run_id, str(job_id), state, remove_container)
+            _close(store.for_node(rank), record.run_id, job_id, state, remove_container)
     return live, settled
 
 
@@ -285,10 +280,11 @@ def _close(
     else:
         status = "interrupted" if state.state in STOPPED_STATES else "failed"
         why = f"Slurm job {job_id} ended {state.state} before envlock's task finished the run"
-    if current.status == "running" and (current.scheduler or {}).get("host") == socket.gethostname():
+    job = current.scheduler
+    if current.status == "running" and job is not None and job.host == socket.gethostname():
         remove_container(current.container)
-    scheduler = {**(current.scheduler or {}), "state": state.state if state else "UNKNOWN"}
-    closed = replace(current, status=status, ended=now(), error=why, scheduler=scheduler)
+    ended = replace(job, state=state.state if state else "UNKNOWN") if job else None
+    closed = replace(current, status=status, ended=now(), error=why, scheduler=ended)
     store.save(closed)
     return closed
 
@@ -299,7 +295,7 @@ def describe(record: RunRecord, live: Mapping[str, JobState]) -> str:
     scheduler = record.scheduler
     if not scheduler:
         return "local"
-    where = f"{scheduler.get('kind')} {scheduler.get('job-id') or '-'}"
+    where = f"{scheduler.kind} {scheduler.job_id or '-'}"
     nodes = record.environment.get("ENVLOCK_NNODES", "1")
     if nodes != "1":
         where += f", {nodes} nodes"

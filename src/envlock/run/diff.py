@@ -13,7 +13,6 @@ from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
 from envlock.lock.diff import LockDiff, changed, diff_locks
 from envlock.lock.lockfile import Lock
-from envlock.run.hostprobe import Gpu
 from envlock.run.records import RunRecord, RunStore
 
 
@@ -48,36 +47,25 @@ def _short(digest: str | None) -> str:
     return digest[:12] if digest else "absent"
 
 
-def _gpus(host: dict[str, Any]) -> list[str]:
-    return [f"{g['name']} ({Gpu.from_dict(g).arch})" for g in host.get("gpus", [])]
+def _factors(run: RunRecord) -> dict[str, Any]:
+    """What a run ran with, by factor (a part not taken: None)."""
+    host, git = run.host, run.git
+    return {
+        "image": run.image_id,
+        "lock": run.lock_hash,
+        "driver": host.driver_version if host else None,
+        "cuda-driver": host.cuda_driver_version if host else None,
+        "gpus": [f"{gpu.name} ({gpu.arch})" for gpu in host.gpus] if host else [],
+        "commit": git.commit if git else None,
+        "dirty": git.diff_sha256 if git and git.dirty else None,
+        "seed": run.seed,
+        "command": " ".join(run.command),
+    }
 
 
 def diff_runs(a: RunRecord, b: RunRecord, lock_a: Lock, lock_b: Lock) -> RunDiff:
     """Compare two run records and the locks they ran with."""
-    factors = changed(
-        {
-            "image": a.image_id,
-            "lock": a.lock_hash,
-            "driver": a.host.get("driver-version"),
-            "cuda-driver": a.host.get("cuda-driver-version"),
-            "gpus": _gpus(a.host),
-            "commit": a.git.get("commit"),
-            "dirty": a.git.get("diff-sha256") if a.git.get("dirty") else None,
-            "seed": a.seed,
-            "command": " ".join(a.command),
-        },
-        {
-            "image": b.image_id,
-            "lock": b.lock_hash,
-            "driver": b.host.get("driver-version"),
-            "cuda-driver": b.host.get("cuda-driver-version"),
-            "gpus": _gpus(b.host),
-            "commit": b.git.get("commit"),
-            "dirty": b.git.get("diff-sha256") if b.git.get("dirty") else None,
-            "seed": b.seed,
-            "command": " ".join(b.command),
-        },
-    )
+    factors = changed(_factors(a), _factors(b))
     outputs = {
         path: (a.outputs.get(path), b.outputs.get(path))
         for path in sorted(a.outputs.keys() | b.outputs.keys())

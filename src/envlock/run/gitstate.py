@@ -6,7 +6,6 @@ import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,15 +21,6 @@ class GitState:
     def diff_sha256(self) -> str | None:
         """sha256 of the binary diff, or None when clean."""
         return hashlib.sha256(self.diff).hexdigest() if self.diff else None
-
-    def as_dict(self) -> dict[str, Any]:
-        """For the run record (the diff itself is saved beside it)."""
-        return {
-            "commit": self.commit,
-            "dirty": self.dirty,
-            "diff-sha256": self.diff_sha256,
-            "untracked": list(self.untracked),
-        }
 
 
 def git_state(project_dir: Path, outputs: tuple[str, ...] = ()) -> GitState:

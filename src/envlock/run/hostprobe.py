@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +59,9 @@ class Gpu:
         )
 
 
-def gpu_summary(gpus: list[Mapping[str, Any]]) -> str:
+def gpu_summary(gpus: Iterable[Gpu]) -> str:
     """Recorded GPUs in one line: `NVIDIA A100-SXM4-80GB (sm_80), …`, or `none`."""
-    return ", ".join(f"{g['name']} ({Gpu.from_dict(g).arch})" for g in gpus) or "none"
+    return ", ".join(f"{gpu.name} ({gpu.arch})" for gpu in gpus) or "none"
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import ProjectLayout
+from envlock.run.hostprobe import HostState
+from envlock.run.schema import GitRecord, JobRecord, Table, TrackingRecord, read_host
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
-RECORD_VERSION = 1
+# 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
 
 
 FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})
@@ -45,8 +51,8 @@ class RunRecord:
     repo_digests: list[str]
     lock_hash: str
     platform: str
-    git: dict[str, Any]
-    host: dict[str, Any]
+    git: GitRecord | None  # None: not taken yet (a queued job's node takes it)
+    host: HostState | None  # None: not probed yet (queued), or never (the job's command never started)
     seed: int
     environment: dict[str, str]  # what envlock set (determinism, ENVLOCK_*): values are envlock's own
     passed_env: list[str]  # names only: values may be secrets
@@ -59,14 +65,79 @@ class RunRecord:
     exit_code: int | None = None
     outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
     reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
-    scheduler: dict[str, Any] | None = None  # a batch job's facts (envlock submit): kind, job-id, options, node…
+    scheduler: JobRecord | None = None  # a batch job's facts (envlock submit): kind, job id, options, node…
     error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
-    tracking: dict[str, Any] | None = None  # the MLflow run the metrics went to: uri (no credentials), run-id
+    tracking: TrackingRecord | None = None  # the MLflow run the metrics went to: uri (no credentials), run id
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form (field names as written)."""
-        return asdict(self)
+        """JSON form: field names at the top, the parts' kebab-case keys inside (a part not taken yet: {})."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return data | {
+            "command": list(self.command),
+            "repo_digests": list(self.repo_digests),
+            "passed_env": list(self.passed_env),
+            "preflight": list(self.preflight),
+            "environment": dict(self.environment),
+            "outputs": dict(self.outputs),
+            "git": self.git.as_dict() if self.git else {},
+            "host": self.host.as_dict() if self.host else {},
+            "scheduler": self.scheduler.as_dict() if self.scheduler else None,
+            "tracking": self.tracking.as_dict() if self.tracking else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "run record") -> RunRecord:
+        """Read a record of any version this envlock knows, its shape checked; RunRecordError lists every problem."""
+        if not isinstance(data, Mapping):
+            raise RunRecordError(f"{where} is damaged: it must be a table, not {type(data).__name__}")
+        problems: list[str] = []
+        table = Table(data, "", problems)
+        version = table.data.get("record_version", 1)  # records before versioning said nothing: version 1
+        if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
+            raise RunRecordError(
+                f"{where} is record version {version}; this envlock reads versions "
+                f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}",
+                hint="a newer envlock wrote it: upgrade envlock (pip install -U envlock) to read it",
+            )
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            problems.append(f"'record_version' must be one of {list(READABLE_VERSIONS)}, not {version!r}")
+        table.unknown(frozenset(f.name for f in fields(cls)))
+        status = table.text("status")
+        if status and status not in get_args(Status):
+            problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
+        git, host, job, tracking = (table.part(key) for key in ("git", "host", "scheduler", "tracking"))
+        record = cls(
+            run_id=table.text("run_id", _RUN_ID),
+            status=cast("Status", status),
+            command=list(table.texts("command")),
+            image_id=table.text("image_id"),
+            image_reference=table.text("image_reference"),
+            repo_digests=list(table.texts("repo_digests")),
+            lock_hash=table.text("lock_hash"),
+            platform=table.text("platform"),
+            git=GitRecord.read(git) if git else None,
+            host=read_host(host) if host else None,
+            seed=table.integer("seed"),
+            environment=table.text_table("environment"),
+            passed_env=list(table.texts("passed_env")),
+            forced=table.flag("forced"),
+            preflight=list(table.texts("preflight")),
+            started=table.text("started"),
+            container=table.text("container"),
+            envlock_pid=table.integer("envlock_pid"),
+            ended=table.optional_text("ended"),
+            exit_code=table.optional_integer("exit_code"),
+            outputs=table.text_table("outputs", optional_values=True),
+            reproduces=table.optional_text("reproduces", _RUN_ID),
+            scheduler=JobRecord.read(job) if job else None,
+            error=table.optional_text("error"),
+            tracking=TrackingRecord.read(tracking) if tracking else None,
+        )  # read in any known version, held (and written again) as the current one
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise RunRecordError(f"{where} is damaged: {problems[0]}{more}", details=tuple(problems[1:]))
+        return record
 
 
 class RunStore:
@@ -142,9 +213,10 @@ class RunStore:
     @staticmethod
     def _read(path: Path) -> RunRecord:
         try:
-            return RunRecord(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+        return RunRecord.from_dict(data, f"run record {path}")
 
     def scan(self) -> tuple[list[RunRecord], list[Path]]:
         """Every readable record, oldest first, and the paths of records that cannot be read (edited or damaged

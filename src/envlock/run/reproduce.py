@@ -121,7 +121,7 @@ def compare_output(
 @contextlib.contextmanager
 def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[Path]:
     """The recorded code in a separate directory: a git worktree at the commit, with the recorded diff applied."""
-    commit = record.git.get("commit")
+    commit = record.git.commit if record.git else None
     with tempfile.TemporaryDirectory(prefix="envlock-reproduce-") as tmp:
         work = Path(tmp) / "code"
         if commit is None:
@@ -144,7 +144,7 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[P
         git("worktree", "add", "--detach", str(work), commit)
         try:
             patch = store.directory(record.run_id) / "diff.patch"
-            if record.git.get("dirty") and patch.is_file():
+            if record.git and record.git.dirty and patch.is_file():
                 git("apply", "--binary", str(patch), cwd=work)  # git diff paths are relative to the repository
             yield work / inside
         finally:
@@ -226,7 +226,7 @@ def rerun_request(original: RunRecord, force: bool) -> RunRequest:
             hint=f"submit it again (envlock submit --slurm -N {nodes} -- {' '.join(original.command)}), then compare: "
             f"envlock diff {original.run_id} NEW_RUN",
         )
-    outputs = tuple(original.outputs or (original.scheduler or {}).get("request", {}).get("outputs", ()))
+    outputs = tuple(original.outputs) or (original.scheduler.request.outputs if original.scheduler else ())
     return RunRequest(
         original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
     )

@@ -9,7 +9,6 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from envlock.engine.launch import Launcher, LaunchSpec, Output, determinism_env
 from envlock.errors import EnvlockError
@@ -19,6 +18,7 @@ from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.preflight import check_host, enforce
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
+from envlock.run.schema import GitRecord, JobRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -50,11 +50,11 @@ def new_record(
     lock: Lock,
     *,
     platform: str,
-    git: dict[str, Any],
-    host: dict[str, Any],
+    git: GitRecord | None,
+    host: HostState | None,
     passed_env: list[str],
     notes: tuple[str, ...] = (),
-    scheduler: dict[str, Any] | None = None,
+    scheduler: JobRecord | None = None,
     container: str | None = None,
 ) -> RunRecord:
     """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
@@ -144,8 +144,8 @@ def plan_run(
         image,
         lock,
         platform=platform,
-        git=git.as_dict(),
-        host=host.as_dict(),
+        git=GitRecord.of(git),
+        host=host,
         passed_env=sorted(passed),
         notes=notes,
         scheduler=queued.scheduler if queued else None,
@@ -189,7 +189,7 @@ def _tracked(plan: RunPlan, lock: Lock, tracking: Tracking) -> tuple[RunPlan, Tr
         mounts=(tracked.target.mount,) if tracked.target.mount else (),
         host_network=plan.launch.host_network or tracked.target.host_network,
     )
-    return replace(plan, record=replace(record, tracking=tracked.as_dict()), launch=launch), tracked
+    return replace(plan, record=replace(record, tracking=tracked.recorded()), launch=launch), tracked
 
 
 def run_in_image(

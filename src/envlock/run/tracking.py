@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from envlock.errors import TrackingError, UsageError
 from envlock.lock.credentials import redact
-from envlock.run.hostprobe import gpu_summary
+from envlock.run.hostprobe import HostState, gpu_summary
+from envlock.run.schema import GitRecord, JobRecord, TrackingRecord
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -83,15 +84,9 @@ class TrackedRun:
             return f"{uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"{uri} run {self.run_id}"
 
-    def as_dict(self) -> dict[str, Any]:
-        """For the run record."""
-        return {
-            "kind": "mlflow",
-            "uri": redact(self.target.uri),
-            "run-id": self.run_id,
-            "experiment-id": self.experiment_id,
-            "link": self.link,
-        }
+    def recorded(self) -> TrackingRecord:
+        """For the run record (the URI without credentials)."""
+        return TrackingRecord(redact(self.target.uri), self.run_id, self.experiment_id, self.link)
 
 
 # Credentials and settings of the MLflow client: passed into the container by name when set (values never recorded).
@@ -217,14 +212,13 @@ def stack_tags(
     lock_hash: str,
     platform: str,
     cuda: Mapping[str, Any],
-    host: Mapping[str, Any],
-    git: Mapping[str, Any],
+    host: HostState | None,
+    git: GitRecord | None,
     command: list[str],
     seed: int,
-    scheduler: Mapping[str, Any] | None = None,
+    scheduler: JobRecord | None = None,
 ) -> dict[str, str]:
     """The tags that say which software and hardware produced the run's metrics."""
-    gpus = host.get("gpus") or []
     tags = {
         "envlock.run_id": run_id,
         "envlock.image.id": image_id,
@@ -234,8 +228,8 @@ def stack_tags(
         "envlock.seed": str(seed),
         "envlock.command": " ".join(command),
         "envlock.lock.cuda": str(cuda.get("version") or cuda.get("kind") or "cpu"),
-        "envlock.host.driver": str(host.get("driver-version") or "none"),
-        "envlock.host.gpus": gpu_summary(gpus),
+        "envlock.host.driver": (host.driver_version if host else None) or "none",
+        "envlock.host.gpus": gpu_summary(host.gpus if host else ()),
     }
     for field in ("runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat"):
         if cuda.get(field):
@@ -243,11 +237,11 @@ def stack_tags(
     archs = cuda.get("archs")
     if archs:
         tags["envlock.lock.cuda.archs"] = ",".join(archs) if isinstance(archs, list | tuple) else str(archs)
-    if scheduler and scheduler.get("job-id"):
-        tags[f"envlock.{scheduler.get('kind')}.job_id"] = str(scheduler["job-id"])
-    if git.get("commit"):
-        tags["mlflow.source.git.commit"] = str(git["commit"])
-        tags["envlock.git.dirty"] = str(bool(git.get("dirty"))).lower()
+    if scheduler and scheduler.job_id:
+        tags[f"envlock.{scheduler.kind}.job_id"] = scheduler.job_id
+    if git and git.commit:
+        tags["mlflow.source.git.commit"] = git.commit
+        tags["envlock.git.dirty"] = str(git.dirty).lower()
     return tags
 
 
@@ -258,10 +252,6 @@ class TrackingSettings:
     uri: str
     experiment: str
     reuse: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The form a queued run's record keeps (a job's node reads it back)."""
-        return {"uri": self.uri, "experiment": self.experiment, "reuse": self.reuse}
 
 
 def tracking_settings(
