@@ -13,12 +13,15 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def redact(url: str) -> str:
     """The URL without any user:password part, safe to write to a file or a log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # not a URL at all: keep only what cannot be a credential
+        return url.rsplit("@", 1)[-1] if "@" in url else url
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
