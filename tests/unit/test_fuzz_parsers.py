@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -65,18 +66,14 @@ def mutate(text: str, data: st.DataObject) -> str:
 
 
 def parse_lock(text: str) -> None:
-    try:
+    with contextlib.suppress(EnvlockError):
         lockfile.loads(text)
-    except EnvlockError:
-        pass
 
 
 def parse_pyproject(text: str) -> None:
     (PROJECT / "pyproject.toml").write_text(text, encoding="utf-8")
-    try:
+    with contextlib.suppress(EnvlockError):
         load_spec(PROJECT)
-    except EnvlockError:
-        pass
 
 
 @FUZZ
