@@ -52,7 +52,6 @@ def engine() -> Iterator[DockerEngine]:
 def build(spec: Spec, engine: DockerEngine, cache_root: Path, bases: BaseStore) -> BuildOutcome:
     return build_image(
         lockfile.read(spec.lock_path),
-        spec.lock_path.read_text(encoding="utf-8"),
         spec.name,
         "linux/amd64",
         engine=engine,
@@ -142,7 +141,7 @@ def test_push_gives_the_same_digest_from_any_machine_and_pulls_back(
     spec = load_spec(write_project(PROJECT))
     lock_project(spec, UvResolver())
     lock = lockfile.read(spec.lock_path)
-    plan = plan_image(lock, spec.lock_path.read_text(encoding="utf-8"), spec.name, "linux/amd64")
+    plan = plan_image(lock, spec.name, "linux/amd64")
     with serve_registry(tmp_path / "registry") as address:
         digests = []
         for machine in ("one", "two"):  # two machines: nothing shared but the lock (and the base bytes)
@@ -174,7 +173,7 @@ def test_registry_down_is_one_clear_error(
 ) -> None:
     spec = load_spec(write_project(PROJECT))
     lock_project(spec, UvResolver())
-    plan = plan_image(lockfile.read(spec.lock_path), "", spec.name, "linux/amd64")
+    plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
     builder = Builder(
         DockerEngine(), WheelCache(tmp_path / "wheels", HttpFetcher()), LayerStore(tmp_path / "layers"), bases
     )

@@ -13,7 +13,7 @@ from envlock.image.bases import BaseStore
 from envlock.image.build import BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
-from envlock.image.plan import plan_image
+from envlock.image.plan import image_config, make_layers, plan_image
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
@@ -30,7 +30,6 @@ def run_build(
     lock = lockfile.read(spec.lock_path)
     return build_image(
         lock,
-        spec.lock_path.read_text(),
         spec.name,
         "linux/amd64",
         engine=engine,
@@ -85,7 +84,7 @@ def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project:
 def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
     spec, _ = project_with_wheels(tmp_path, write_project, ["torch", "nvidia-cudnn-cu12", "six", "idna"])
     lock = lockfile.read(spec.lock_path)
-    plan = plan_image(lock, "", "demo", "linux/amd64")
+    plan = plan_image(lock, "demo", "linux/amd64")
     assert [layer.label for layer in plan.layers] == ["venv", "nvidia-cudnn-cu12", "torch", "packages", "lock"]
     assert [w.name for w in plan.layers[3].wheels] == ["idna-1.0-py3-none-any.whl", "six-1.0-py3-none-any.whl"]
 
@@ -95,7 +94,7 @@ def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callab
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     lock = lockfile.read(spec.lock_path)
     with pytest.raises(EnvlockError, match="has no platform 'linux/arm64'"):
-        build_image(lock, "", "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
+        build_image(lock, "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
 
 
 def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -165,3 +164,23 @@ def test_damaged_cache_metadata_is_remade_not_a_traceback(tmp_path: Path, write_
     (spec.project_dir / ".envlock").mkdir(exist_ok=True)
     (spec.project_dir / ".envlock" / "images.json").write_text("not json")
     assert read_images(spec.project_dir) == {}
+
+
+def test_reformatted_lock_gives_the_same_image(tmp_path: Path, write_project) -> None:  # type: ignore[no-untyped-def]
+    """A comment or blank lines in envlock.lock keep its lock-hash, so they must keep its image ID too."""
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "beta"])
+    written = spec.lock_path.read_text(encoding="utf-8")
+    reformatted = "# reviewed by someone\n\n" + written.replace("\n[", "\n\n# a note\n[") + "\n\n"
+    cache, layers, _, _ = stores(tmp_path / "cache", served)
+
+    def config_digest(text: str) -> str:
+        lock = lockfile.loads(text)
+        plan = plan_image(lock, spec.name, "linux/amd64")
+        cache.ensure(plan.wheels)
+        made = make_layers(plan, cache, layers, lambda _: None)
+        return hashlib.sha256(image_config(plan, ["sha256:" + "b" * 64], {}, made)).hexdigest()
+
+    assert lockfile.loads(reformatted).lock_hash == lockfile.loads(written).lock_hash
+    assert config_digest(reformatted) == config_digest(written)
+    # The embedded text is the canonical one, and for a lock as envlock wrote it that is the file itself.
+    assert plan_image(lockfile.loads(reformatted), spec.name, "linux/amd64").lock_text == written

@@ -83,7 +83,7 @@ def submit_command(
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     index_urls = [spec.index_url, *spec.extra_index_urls]
     tools = wiring.run_tools()
-    image = lock_image(locked, lock_text, spec.name, project_dir=spec.project_dir, index_urls=index_urls, tools=tools)
+    image = lock_image(locked, spec.name, project_dir=spec.project_dir, index_urls=index_urls, tools=tools)
     if not image.repo_digests:
         wiring.say(
             "note: the image was never pushed: a node that does not have it rebuilds it from the lock "

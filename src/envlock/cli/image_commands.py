@@ -67,7 +67,6 @@ def build(
     with bars:
         outcome, pushed = build_and_push(
             locked,
-            spec.lock_path.read_text(encoding="utf-8"),
             spec.name,
             platform or host_platform(),
             builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),

@@ -202,7 +202,6 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
 
 def build_and_push(
     lock: Lock,
-    lock_text: str,
     repository: str,
     platform: str,
     *,
@@ -212,7 +211,7 @@ def build_and_push(
     push_to: tuple[Registry, str] | None = None,
 ) -> tuple[BuildOutcome, str | None]:
     """`envlock build [--push]`: build (or find) the image, push it when asked, remember both in images.json."""
-    plan = plan_image(lock, lock_text, repository, platform)
+    plan = plan_image(lock, repository, platform)
     outcome = builder.build(plan, no_cache=no_cache)
     pushed = builder.push(plan, *push_to) if push_to else None
     record_image(project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id, pushed=pushed)
@@ -221,7 +220,6 @@ def build_and_push(
 
 def build_image(
     lock: Lock,
-    lock_text: str,
     repository: str,
     platform: str,
     *,
@@ -235,4 +233,4 @@ def build_image(
 ) -> BuildOutcome:
     """Build the image of `lock` for `platform`, or find it already built."""
     builder = Builder(engine, cache, layers, bases, report, progress)
-    return builder.build(plan_image(lock, lock_text, repository, platform), no_cache=no_cache)
+    return builder.build(plan_image(lock, repository, platform), no_cache=no_cache)

@@ -17,6 +17,7 @@ from envlock import __version__
 from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.image.wheels import WheelCache
+from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
 from envlock.lock.resolve import LockedFile
 from envlock.lock.targets import ARCHITECTURES, Target
@@ -60,8 +61,16 @@ class ImagePlan:
     tag: str
     platform: str
     lock: Lock
-    lock_text: str
     layers: tuple[LayerPlan, ...]
+
+    @property
+    def lock_text(self) -> str:
+        """The lock as embedded in the image: its canonical text, as `envlock lock` writes it.
+
+        Comments, blank lines or reordered keys in someone's envlock.lock keep its lock-hash (and so its tag);
+        embedding the file byte for byte would have given the same lock another image ID.
+        """
+        return lockfile.dumps(self.lock)
 
     @property
     def reference(self) -> str:
@@ -78,7 +87,7 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
 
 
-def plan_image(lock: Lock, lock_text: str, repository: str, platform: str) -> ImagePlan:
+def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
     target = lock.target(platform)
     tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
@@ -102,9 +111,9 @@ def plan_image(lock: Lock, lock_text: str, repository: str, platform: str) -> Im
         layers.append(
             LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
         )
-    lock_key = _key(lock.source_date_epoch, hashlib.sha256(lock_text.encode()).hexdigest())
+    lock_key = _key(lock.source_date_epoch, hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest())
     layers.append(LayerPlan("lock", (), lock_key))
-    return ImagePlan(repository, lock.short_hash, platform, lock, lock_text, tuple(layers))
+    return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers))
 
 
 def make_layers(

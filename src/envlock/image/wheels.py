@@ -15,7 +15,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock.errors import DownloadError, HashMismatchError
-from envlock.lock.credentials import redact
+from envlock.lock.credentials import expand, redact
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
 
@@ -40,7 +40,10 @@ class Fetcher(Protocol):
 
 
 class HttpFetcher:
-    """Fetcher over HTTP(S) with requests; credentials come from the spec's index URLs, matched by host."""
+    """Fetcher over HTTP(S) with requests; credentials come from the spec's index URLs, matched by host.
+
+    URLs and credentials keep their ${VAR} references until a request is made: secrets live only in memory.
+    """
 
     def __init__(self, index_urls: Iterable[str] = (), timeout: float = 60.0) -> None:
         self.credentials: dict[tuple[str, str], tuple[str, str]] = {}
@@ -65,7 +68,9 @@ class HttpFetcher:
         import requests  # noqa: PLC0415
 
         parts = urlsplit(url)
-        auth = self.credentials.get((parts.scheme, parts.netloc))
+        found = self.credentials.get((parts.scheme, parts.netloc))
+        auth = (expand(found[0]), expand(found[1])) if found else None
+        parts = urlsplit(expand(url))  # a token in the path (`https://host/${TOKEN}/…`) is filled in here
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         session = self._session()
         try:

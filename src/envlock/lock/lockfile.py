@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
-from envlock.lock.cuda import CPU, UNKNOWN, CudaStack
-from envlock.lock.pylock import file_table, package_table, packages_from_pylock
-from envlock.lock.resolve import LockedPackage
+from envlock.lock import recipes
+from envlock.lock.cuda import CPU, UNKNOWN, CudaStack, Source
+from envlock.lock.pylock import file_table, package_table
+from envlock.lock.resolve import LockedFile, LockedPackage, utc_seconds
+from envlock.lock.shapes import (
+    debian_package_problem,
+    debian_version_problem,
+    digest_problem,
+    package_name_problem,
+    sdist_name_problem,
+    sha256_problem,
+    url_problem,
+    version_problem,
+    wheel_name_problem,
+)
 from envlock.lock.targets import PLATFORMS, Platform
 
 LOCK_VERSION = 1
@@ -206,21 +221,33 @@ def read(path: Path) -> Lock:
 
 
 def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
-    """Parse a lock from text, with errors that name the file and the place."""
+    """Parse a lock from text and check every value's shape, with errors that name the file and the key."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LockfileError(
             f"{path} is not valid TOML: {exc}", hint="restore it from version control or run `envlock lock`"
         ) from exc
-    try:
-        lock = _from_document(document)
-    except (KeyError, TypeError, ValueError) as exc:
+    except RecursionError as exc:
         raise LockfileError(
-            f"{path} is not an envlock lock (missing or malformed {exc})",
-            hint="restore it from version control, or delete it and run `envlock lock`",
+            f"{path} is not valid TOML: nested too deeply", hint="restore it from version control or run `envlock lock`"
         ) from exc
-    recorded = document["meta"]["lock-hash"]
+    version = document.get("lock-version")
+    if version != LOCK_VERSION and isinstance(version, int) and not isinstance(version, bool):
+        raise LockfileError(
+            f"{path} has lock-version {version} (this envlock reads {LOCK_VERSION})",
+            hint="use the envlock version that wrote it, or run `envlock lock` to lock afresh",
+        )
+    reader = _Reader()
+    lock, recorded = reader.lock(document)
+    if reader.problems or lock is None:
+        count = len(reader.problems)
+        raise LockfileError(
+            f"{path} is not an envlock lock: {count} value{'s' if count != 1 else ''} missing or not allowed "
+            f"(first: {reader.problems[0]})",
+            hint="restore it from version control, or delete it and run `envlock lock`",
+            details=tuple(reader.problems),
+        )
     if recorded != lock.lock_hash:
         raise LockfileError(
             f"{path} was edited by hand: its content no longer matches its lock-hash",
@@ -229,54 +256,309 @@ def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
     return lock
 
 
-def _from_document(document: dict[str, Any]) -> Lock:
-    version = document["lock-version"]
-    if version != LOCK_VERSION:
-        raise ValueError(f"lock-version {version} (this envlock reads {LOCK_VERSION})")
-    meta = document["meta"]
-    environment = document["environment"]
-    base = environment["base"]
-    targets = []
-    for platform, section in document["targets"].items():
-        if platform not in PLATFORMS:
-            raise ValueError(f"targets.{platform}")
-        targets.append(
-            TargetLock(
-                platform=platform,
-                python_platform=str(section["python-platform"]),
-                cuda=_cuda_from_table(section["cuda"]),
-                packages=tuple(packages_from_pylock(section)),
-                base=TargetBase(str(section["base"]["id"]), dict(section["base"]["debian"]))
-                if "base" in section
-                else None,
-            )
+# Tables and the keys each may hold; anything else was not written by envlock.
+_TOP_KEYS = ("lock-version", "meta", "environment", "targets")
+_META_KEYS = ("lock-hash", "input-hash", "resolver", "envlock-version")
+_ENVIRONMENT_KEYS = ("python", "source-date-epoch", "indexes", "system-packages", "base")
+_BASE_KEYS = ("name", "kind", "sha256")
+_TARGET_KEYS = ("python-platform", "cuda", "base", "packages")
+_TARGET_BASE_KEYS = ("id", "debian")
+_CUDA_KEYS = (
+    "kind", "source", "version", "runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat", "archs",
+    "archs-source",
+)  # fmt: skip
+_PACKAGE_KEYS = ("name", "version", "sdist", "wheels")
+_FILE_KEYS = ("name", "url", "upload-time", "size", "hashes")
+_PYTHON = re.compile(r"^3\.\d{1,3}$")
+_PYTHON_PLATFORM = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+_TEXT = re.compile(r"^[\w.+~:() -]{0,200}$")  # versions, archs, resolver names: plain printable words
+_NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")  # a free-text note on one line
+# SOURCE_DATE_EPOCH must be a time every tool can represent (zip, tar, datetime): 1970 up to 2106.
+EPOCH_MAX = 2**32 - 1
+_SOURCES = ("wheels", "base", "none")
+
+Check = Callable[[str], "str | None"]
+
+
+class _Reader:
+    """Builds a Lock from a parsed document, collecting every problem with the key it was found at."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def table(
+        self, parent: dict[str, Any], key: str, where: str, allowed: tuple[str, ...] | None
+    ) -> dict[str, Any] | None:
+        """A sub-table; unknown keys inside are reported."""
+        if key not in parent:
+            self.add(where, "missing")
+            return None
+        return self.as_table(parent[key], where, allowed)
+
+    def as_table(self, value: object, where: str, allowed: tuple[str, ...] | None) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.add(where, f"must be a table, not {_kind(value)}")
+            return None
+        if allowed is not None:
+            for unknown in sorted(set(value) - set(allowed)):
+                self.add(f"{where}.{unknown}", f"unknown key{_did_you_mean(unknown, allowed)}")
+        return value
+
+    def string(self, table: dict[str, Any], key: str, where: str, check: Check | None = None) -> str:
+        """A string value, its shape checked when `check` is given."""
+        if key not in table:
+            self.add(where, "missing")
+            return ""
+        value = table[key]
+        if not isinstance(value, str):
+            self.add(where, f"must be a string, not {_kind(value)}")
+            return ""
+        if check is not None and (problem := check(value)) is not None:
+            self.add(where, problem)
+        return value
+
+    def strings(self, table: dict[str, Any], key: str, where: str, check: Check) -> list[str]:
+        """A list of strings, each checked."""
+        value = table.get(key)
+        if not isinstance(value, list):
+            self.add(where, "missing" if key not in table else f"must be a list of strings, not {_kind(value)}")
+            return []
+        out = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.add(f"{where}[{index}]", f"must be a string, not {_kind(item)}")
+            elif (problem := check(item)) is not None:
+                self.add(f"{where}[{index}]", problem)
+            else:
+                out.append(item)
+        return out
+
+    def integer(self, value: object, where: str, low: int, high: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.add(where, f"must be an integer, not {_kind(value)}")
+            return low
+        if not low <= value <= high:
+            self.add(where, f"{value} is out of range ({low} to {high})")
+            return low
+        return value
+
+    def lock(self, document: dict[str, Any]) -> tuple[Lock | None, str]:
+        """The Lock and its recorded lock-hash; None when any problem was found."""
+        self.as_table(document, "envlock.lock", _TOP_KEYS)
+        if "lock-version" not in document:
+            self.add("lock-version", "missing")
+        elif document["lock-version"] != LOCK_VERSION or isinstance(document["lock-version"], bool):
+            self.add("lock-version", f"must be {LOCK_VERSION}")
+        meta = self.table(document, "meta", "meta", _META_KEYS) or {}
+        recorded = self.string(meta, "lock-hash", "meta.lock-hash", digest_problem) if meta else ""
+        input_hash = self.string(meta, "input-hash", "meta.input-hash", digest_problem) if meta else ""
+        resolver = self.string(meta, "resolver", "meta.resolver", _text_problem) if meta else ""
+        version = self.string(meta, "envlock-version", "meta.envlock-version", _text_problem) if meta else ""
+        environment = self.table(document, "environment", "environment", _ENVIRONMENT_KEYS) or {}
+        python = self.string(environment, "python", "environment.python", _python_problem) if environment else ""
+        epoch = FALLBACK_EPOCH
+        indexes: list[str] = []
+        system: list[str] = []
+        base: BaseLock | None = None
+        if environment:
+            where = "environment.source-date-epoch"
+            if "source-date-epoch" not in environment:
+                self.add(where, "missing")
+            else:
+                epoch = self.integer(environment["source-date-epoch"], where, 0, EPOCH_MAX)
+            indexes = self.strings(environment, "indexes", "environment.indexes", url_problem)
+            system = self.strings(environment, "system-packages", "environment.system-packages", debian_package_problem)
+            base = self.base(environment)
+        targets = self.targets(document)
+        if self.problems or base is None:
+            return None, recorded
+        lock = Lock(
+            python=python,
+            base=base,
+            system_packages=tuple(system),
+            indexes=tuple(indexes),
+            source_date_epoch=epoch,
+            targets=tuple(targets),
+            input_hash=input_hash,
+            resolver=resolver,
+            envlock_version=version,
         )
-    return Lock(
-        python=str(environment["python"]),
-        base=BaseLock(name=str(base["name"]), kind=str(base["kind"]), sha256=str(base["sha256"])),
-        system_packages=tuple(environment["system-packages"]),
-        indexes=tuple(environment["indexes"]),
-        source_date_epoch=int(environment["source-date-epoch"]),
-        targets=tuple(targets),
-        input_hash=str(meta["input-hash"]),
-        resolver=str(meta["resolver"]),
-        envlock_version=str(meta["envlock-version"]),
-    )
+        return lock, recorded
+
+    def base(self, environment: dict[str, Any]) -> BaseLock | None:
+        table = self.table(environment, "base", "environment.base", _BASE_KEYS)
+        if table is None:
+            return None
+        name = self.string(table, "name", "environment.base.name")
+        kind = self.string(table, "kind", "environment.base.kind")
+        sha256 = self.string(table, "sha256", "environment.base.sha256", sha256_problem)
+        if kind == "recipe":
+            if name and name not in recipes.recipe_names():
+                self.add(
+                    "environment.base.name",
+                    f"unknown recipe {name!r}{_did_you_mean(name, recipes.recipe_names())}; "
+                    f"known: {', '.join(recipes.recipe_names())}",
+                )
+        elif kind == "image":
+            if name and not recipes.is_image_reference(name):
+                self.add("environment.base.name", f"{name!r} is not an image pinned by digest (`repo@sha256:…`)")
+            elif name and not name.endswith(f"@sha256:{sha256}"):
+                self.add("environment.base.sha256", "is not the digest the base name pins")
+        elif kind:
+            self.add("environment.base.kind", f'{kind!r} must be "recipe" or "image"')
+        return BaseLock(name, kind, sha256)
+
+    def targets(self, document: dict[str, Any]) -> list[TargetLock]:
+        table = self.table(document, "targets", "targets", None)
+        if not table:
+            if table is not None:
+                self.add("targets", "locks no platform")
+            return []
+        targets = []
+        for platform, raw in table.items():
+            where = f"targets.{platform}"
+            if platform not in PLATFORMS:
+                self.add(where, f"unknown platform{_did_you_mean(platform, PLATFORMS)}; known: {', '.join(PLATFORMS)}")
+                continue
+            section = self.as_table(raw, where, _TARGET_KEYS)
+            if section is None:
+                continue
+            python_platform = self.string(
+                section, "python-platform", f"{where}.python-platform", _pattern(_PYTHON_PLATFORM, "a platform")
+            )
+            cuda = self.cuda(section, f"{where}.cuda")
+            base = self.target_base(section, f"{where}.base") if "base" in section else None
+            packages = self.packages(section, f"{where}.packages")
+            if cuda is not None:
+                targets.append(TargetLock(platform, python_platform, cuda, packages, base))
+        return targets
+
+    def target_base(self, section: dict[str, Any], where: str) -> TargetBase | None:
+        table = self.as_table(section["base"], where, _TARGET_BASE_KEYS)
+        if table is None:
+            return None
+        image_id = self.string(table, "id", f"{where}.id", digest_problem)
+        debian = self.as_table(table.get("debian"), f"{where}.debian", None) or {}
+        packages: dict[str, str] = {}
+        for name, version in debian.items():
+            if (problem := debian_package_problem(name)) is not None or "=" in name:
+                self.add(f"{where}.debian", problem or f"{name!r} is not a Debian package name")
+            elif not isinstance(version, str):
+                self.add(f"{where}.debian.{name}", f"must be a string, not {_kind(version)}")
+            elif (problem := debian_version_problem(version)) is not None:
+                self.add(f"{where}.debian.{name}", problem)
+            else:
+                packages[name] = version
+        return TargetBase(image_id, packages)
+
+    def cuda(self, section: dict[str, Any], where: str) -> CudaStack | None:
+        table = self.table(section, "cuda", where, _CUDA_KEYS)
+        if table is None:
+            return None
+        kind = self.string(table, "kind", f"{where}.kind")
+        if kind == "cpu":
+            return CPU
+        if kind != "cuda":
+            self.add(f"{where}.kind", f'{kind!r} must be "cuda" or "cpu"')
+            return None
+        source = self.string(table, "source", f"{where}.source", _choice(_SOURCES))
+        fields = {
+            key: self.string(table, key, f"{where}.{key}", _text_problem)
+            for key in ("runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat")
+        }
+        # `archs = "unknown"` when the wheels do not say which GPU architectures they were built for.
+        archs = (
+            []
+            if table.get("archs", UNKNOWN) == UNKNOWN
+            else self.strings(table, "archs", f"{where}.archs", _text_problem)
+        )
+        archs_source = (
+            self.string(table, "archs-source", f"{where}.archs-source", _note_problem)
+            if ("archs-source" in table)
+            else ""
+        )
+        return CudaStack(
+            kind="cuda",
+            source=cast(Source, source),  # checked against _SOURCES above
+            runtime=fields["runtime"],
+            cudnn=fields["cudnn"],
+            nccl=fields["nccl"],
+            cublas=fields["cublas"],
+            driver_min=fields["driver-min"],
+            driver_min_compat=fields["driver-min-compat"],
+            archs=tuple(archs),
+            archs_source=archs_source,
+        )
+
+    def packages(self, section: dict[str, Any], where: str) -> tuple[LockedPackage, ...]:
+        entries = section.get("packages", [])
+        if not isinstance(entries, list):
+            self.add(where, f"must be an array of tables, not {_kind(entries)}")
+            return ()
+        packages = []
+        for index, entry in enumerate(entries):
+            at = f"{where}[{index}]"
+            table = self.as_table(entry, at, _PACKAGE_KEYS)
+            if table is None:
+                continue
+            name = self.string(table, "name", f"{at}.name", package_name_problem)
+            version = self.string(table, "version", f"{at}.version", version_problem)
+            wheels: list[LockedFile] = []
+            raw_wheels = table.get("wheels", [])
+            if not isinstance(raw_wheels, list):
+                self.add(f"{at}.wheels", f"must be an array of tables, not {_kind(raw_wheels)}")
+                raw_wheels = []
+            for number, raw in enumerate(raw_wheels):
+                if (wheel := self.file(raw, f"{at}.wheels[{number}]", wheel_name_problem)) is not None:
+                    wheels.append(wheel)
+            sdist = self.file(table["sdist"], f"{at}.sdist", sdist_name_problem) if "sdist" in table else None
+            packages.append(LockedPackage(name, version, tuple(sorted(wheels, key=lambda f: f.name)), sdist))
+        return tuple(packages)
+
+    def file(self, raw: object, where: str, name_check: Check) -> LockedFile | None:
+        table = self.as_table(raw, where, _FILE_KEYS)
+        if table is None:
+            return None
+        name = self.string(table, "name", f"{where}.name", name_check)
+        url = self.string(table, "url", f"{where}.url", url_problem)
+        hashes = self.table(table, "hashes", f"{where}.hashes", ("sha256",)) or {}
+        sha256 = self.string(hashes, "sha256", f"{where}.hashes.sha256", sha256_problem) if hashes else ""
+        size = self.integer(table["size"], f"{where}.size", 0, 2**63 - 1) if "size" in table else None
+        upload = table.get("upload-time")
+        if upload is not None and not isinstance(upload, datetime):
+            self.add(f"{where}.upload-time", f"must be a date-time, not {_kind(upload)}")
+            upload = None
+        return LockedFile(name, url, sha256, size, utc_seconds(upload) if upload is not None else None)
 
 
-def _cuda_from_table(table: dict[str, Any]) -> CudaStack:
-    if table["kind"] == "cpu":
-        return CPU
-    archs = table.get("archs", UNKNOWN)
-    return CudaStack(
-        kind="cuda",
-        source=table["source"],
-        runtime=table["runtime"],
-        cudnn=table["cudnn"],
-        nccl=table["nccl"],
-        cublas=table["cublas"],
-        driver_min=table["driver-min"],
-        driver_min_compat=table["driver-min-compat"],
-        archs=tuple(archs) if isinstance(archs, list) else (),
-        archs_source=table.get("archs-source", ""),
-    )
+def _kind(value: object) -> str:
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _pattern(pattern: re.Pattern[str], what: str) -> Check:
+    return lambda value: None if pattern.match(value) else f"{value!r} is not {what}"
+
+
+def _choice(choices: tuple[str, ...]) -> Check:
+    return lambda value: None if value in choices else f"{value!r} must be one of {', '.join(choices)}"
+
+
+def _python_problem(value: str) -> str | None:
+    return None if _PYTHON.match(value) else f"{value!r} is not a Python version like 3.11"
+
+
+def _text_problem(value: str) -> str | None:
+    return None if _TEXT.match(value) else f"{value!r} holds characters a version or name does not"
+
+
+def _note_problem(value: str) -> str | None:
+    return None if _NOTE.match(value) else "must be one line of at most 500 printable characters"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -12,7 +12,7 @@ from packaging.utils import canonicalize_name
 from envlock import __version__
 from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError, UsageError
 from envlock.lock import lockfile, recipes
-from envlock.lock.credentials import expand, redact
+from envlock.lock.credentials import conceal, expand, redact, secrets_of
 from envlock.lock.cuda import check_wish, derive_cuda
 from envlock.lock.diff import LockDiff, diff_locks
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
@@ -97,6 +97,9 @@ def lock_project(
     base, glibc, image = base_of(spec, upstream)
     index_url = expand(spec.index_url)
     extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
+    # The resolver sees expanded URLs and answers with file URLs under them: a token in an index's path would
+    # be written into the lock (and from there into exports and images) unless put back as its ${VAR}.
+    secrets = secrets_of((spec.index_url, *spec.extra_index_urls))
 
     def resolve_one(platform: Platform) -> TargetLock:
         target = Target(platform=platform, python=spec.python, glibc=glibc)
@@ -116,6 +119,7 @@ def lock_project(
                 upgrade_packages=tuple(sorted(wanted)),
             )
         )
+        packages = [_concealed(p, secrets) for p in packages]
         stack = derive_cuda(packages, image.env if image else None)
         check_wish(stack, spec.cuda, platform)
         return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base_for(platform))
@@ -154,6 +158,14 @@ def lock_project(
     lockfile.write(spec.lock_path, lock)
     changes = diff_locks(previous, lock) if previous else LockDiff()
     return LockOutcome(lock, previous, written=True, resolved=True, changes=changes)
+
+
+def _concealed(package: LockedPackage, secrets: dict[str, str]) -> LockedPackage:
+    if not secrets:
+        return package
+    wheels = tuple(replace(w, url=conceal(w.url, secrets)) for w in package.wheels)
+    sdist = replace(package.sdist, url=conceal(package.sdist.url, secrets)) if package.sdist else None
+    return replace(package, wheels=wheels, sdist=sdist)
 
 
 def _previous(spec: Spec) -> Lock | None:

@@ -65,10 +65,11 @@ class ResolveRequest:
         """The indexes in priority order (credentials included: for use, never for storage)."""
         return [self.index_url, *self.extra_index_urls]
 
-    def compile_flags(self) -> list[str]:
-        """Index and upgrade flags, spelled alike by `uv pip compile` and `pip-compile`."""
-        flags = ["--index-url", self.index_url]
-        for url in self.extra_index_urls:
+    def compile_flags(self, indexes: bool = True) -> list[str]:
+        """Index and upgrade flags, spelled alike by `uv pip compile` and `pip-compile` (no indexes: they are
+        passed in the environment instead)."""
+        flags = ["--index-url", self.index_url] if indexes else []
+        for url in self.extra_index_urls if indexes else ():
             flags += ["--extra-index-url", url]
         if self.upgrade:
             flags.append("--upgrade")

@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 from envlock.errors import SpecError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
+from envlock.lock.shapes import debian_package_problem, url_problem
 from envlock.lock.targets import PLATFORMS, Platform
 
 PYPROJECT = "pyproject.toml"
@@ -42,7 +43,6 @@ FIELDS = (
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
 _PYTHON = re.compile(r"^3\.\d+$")
-_DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 
 
@@ -165,11 +165,16 @@ def _group_requirements(
         problems.add("tool.envlock.groups", f"dependency group {name!r} includes itself")
         return []
     out: list[str] = []
+    if not isinstance(normalized[key], list):
+        problems.add(f"dependency-groups.{name}", "must be a list of requirements and {include-group = …} tables")
+        return []
     for item in normalized[key]:
         if isinstance(item, str):
             out += _requirement_list([item], f"dependency-groups.{name}", problems)
-        elif isinstance(item, dict) and "include-group" in item:
-            out += _group_requirements(groups, str(item["include-group"]), problems, (*seen, key))
+        elif isinstance(item, dict) and isinstance(item.get("include-group"), str):
+            out += _group_requirements(groups, item["include-group"], problems, (*seen, key))
+        else:
+            problems.add(f"dependency-groups.{name}", f"{item!r} is neither a requirement nor {{include-group = …}}")
     return out
 
 
@@ -189,28 +194,43 @@ def load_spec(project_dir: Path) -> Spec:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line and column shown") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise SpecError(
+            f"{path} is not valid TOML for envlock: arrays or tables nested too deeply",
+            hint="flatten the deeply nested value",
+        ) from exc
     return parse_spec(document, project_dir, path, text)
+
+
+def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -> dict[str, Any]:
+    """A sub-table, or an empty one (with a problem) when the key holds something else."""
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(dotted, "must be a table")
+        return {}
+    return value
 
 
 def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems) -> list[str]:
     """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups."""
-    project = document.get("project", {})
+    project = _table(document, "project", "project", problems)
     if "requirements" in table:
         requirements = _requirement_list(table["requirements"], "tool.envlock.requirements", problems)
     elif "dependencies" in project:
         requirements = _requirement_list(project["dependencies"], "project.dependencies", problems)
     else:
         requirements = []
-        if "dependencies" in project.get("dynamic", []):
+        dynamic = project.get("dynamic", [])
+        if isinstance(dynamic, list) and "dependencies" in dynamic:
             problems.add("project.dependencies", "is dynamic; list what to lock in [tool.envlock] requirements")
-    optional = project.get("optional-dependencies", {})
+    optional = _table(project, "optional-dependencies", "project.optional-dependencies", problems)
     for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
         if extra in optional:
             requirements += _requirement_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
         else:
             close = _did_you_mean(extra, list(optional))
             problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
-    groups = document.get("dependency-groups", {})
+    groups = _table(document, "dependency-groups", "dependency-groups", problems)
     for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
         requirements += _group_requirements(groups, group, problems)
     if not requirements and not problems.items:
@@ -255,22 +275,28 @@ def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str
     index_url = table.get("index-url", DEFAULT_INDEX)
     extras = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
     for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extras]:
-        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
-            problems.add(f"tool.envlock.{key}", f"{redact(str(url))!r} must be an http(s):// or file:// URL")
+        if not isinstance(url, str):
+            problems.add(f"tool.envlock.{key}", "must be a string")
+        elif problem := url_problem(url):
+            problems.add(f"tool.envlock.{key}", problem.replace(repr(url), repr(redact(url))))
     return str(index_url), tuple(extras)
 
 
 def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
     """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
     problems = _Problems(path, text)
-    table = document.get("tool", {}).get("envlock", {})
+    tool = document.get("tool", {})
+    if not isinstance(tool, dict):
+        raise SpecError(f"{path.name}: tool must be a table", hint="write it as [tool.envlock]")
+    table = tool.get("envlock", {})
     if not isinstance(table, dict):
         raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
     for key in table:
         if key not in FIELDS:
             problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
 
-    project_name = str(document.get("project", {}).get("name", project_dir.resolve().name))
+    project = document.get("project", {})
+    project_name = str(project.get("name", project_dir.resolve().name) if isinstance(project, dict) else "")
     default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
     name = table.get("name", default_name)
     if not isinstance(name, str) or not _IMAGE_NAME.match(name):
@@ -280,8 +306,8 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     platforms = _platforms(table, problems)
     system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
     for package in system_packages:
-        if not _DEBIAN_PACKAGE.match(package):
-            problems.add("tool.envlock.system-packages", f"{package!r} is not a Debian package name")
+        if problem := debian_package_problem(package):
+            problems.add("tool.envlock.system-packages", problem)
     cuda = table.get("cuda", "auto")
     if not isinstance(cuda, str) or not _CUDA.match(cuda):
         problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')

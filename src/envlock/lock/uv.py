@@ -42,6 +42,15 @@ def uv_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def index_environment(request: ResolveRequest) -> dict[str, str]:
+    """The indexes for uv, credentials included, in its environment: a command line is readable by every user
+    (/proc/PID/cmdline), a process's environment only by its owner."""
+    env = {"UV_INDEX_URL": request.index_url}
+    if request.extra_index_urls:
+        env["UV_EXTRA_INDEX_URL"] = " ".join(request.extra_index_urls)
+    return env
+
+
 def find_uv() -> str:
     """The uv binary: the one installed with envlock (the `uv` package), else uv on PATH."""
     try:
@@ -121,9 +130,9 @@ class UvResolver:
                 "--python-platform", target.uv_python_platform,
                 "--python-version", target.python,
                 "--no-config", "--quiet", "--no-header",
-                *request.compile_flags(),
+                *request.compile_flags(indexes=False),
             ]  # fmt: skip
-            env = uv_environment(os.environ)
+            env = {**uv_environment(os.environ), **index_environment(request)}
             try:
                 done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
             except OSError as exc:

@@ -39,16 +39,16 @@ class RunTools:
     report: Report
 
 
-def build_lock(lock: Lock, lock_text: str, repository: str, platform: str, builder: Builder) -> Built:
+def build_lock(lock: Lock, repository: str, platform: str, builder: Builder) -> Built:
     """Build (or find) a lock's image: the one path `build`, `run`, `submit` and restore's rebuild share."""
     from envlock.image.plan import plan_image  # noqa: PLC0415  (the build machinery only when building)
 
-    outcome = builder.build(plan_image(lock, lock_text, repository, platform))
+    outcome = builder.build(plan_image(lock, repository, platform))
     return Built(outcome.image_id, outcome.reference, outcome.base_diff_id)
 
 
 def lock_image(
-    lock: Lock, lock_text: str, repository: str, *, project_dir: Path, index_urls: Sequence[str], tools: RunTools
+    lock: Lock, repository: str, *, project_dir: Path, index_urls: Sequence[str], tools: RunTools
 ) -> PinnedImage:
     """The lock's image for this host, by ID: the engine's, or built now when missing."""
     platform = host_platform()
@@ -57,7 +57,7 @@ def lock_image(
         f"{repository}:{lock.short_hash}",
         engine=tools.engine,
         project_dir=project_dir,
-        build=lambda: build_lock(lock, lock_text, repository, platform, tools.builder(index_urls)),
+        build=lambda: build_lock(lock, repository, platform, tools.builder(index_urls)),
     )
 
 
@@ -66,8 +66,7 @@ def rebuild_from(lock_path: Path, repository: str, tools: RunTools) -> Callable[
 
     def rebuild() -> str:
         lock = lockfile.read(lock_path)
-        text = lock_path.read_text(encoding="utf-8")
-        return build_lock(lock, text, repository, host_platform(), tools.builder(())).image_id
+        return build_lock(lock, repository, host_platform(), tools.builder(())).image_id
 
     return rebuild
 
@@ -179,7 +178,6 @@ def run_project(
     lock_text = spec.lock_path.read_text(encoding="utf-8")
     image = lock_image(
         lock,
-        lock_text,
         spec.name,
         project_dir=spec.project_dir,
         index_urls=[spec.index_url, *spec.extra_index_urls],
