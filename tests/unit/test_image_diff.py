@@ -31,7 +31,6 @@ def build(
     text = spec.lock_path.read_text(encoding="utf-8")
     outcome = build_image(
         lockfile.read(spec.lock_path),
-        text,
         "demo",
         "linux/amd64",
         engine=engine,

@@ -47,7 +47,7 @@ class Built:
 def build(tmp_path: Path, write_project: Callable[[str], Path], engine: FakeEngine, names: list[str]) -> Built:
     """Lock a project depending on `names` and build its image into engine."""
     spec, served = project_with_wheels(tmp_path, write_project, names)
-    plan = plan_image(lockfile.read(spec.lock_path), spec.lock_path.read_text(encoding="utf-8"), "demo", "linux/amd64")
+    plan = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     return Built(plan, served, Builder(engine, cache, layers, bases).build(plan).image_id)
 
