@@ -59,12 +59,9 @@ def submit_command(
 
     envlock submit [options] --slurm [sbatch options] -- python train.py
     """
-    from envlock.cluster.submit import Submission, sbatch_options_of, submit_run  # noqa: PLC0415
+    from envlock.cluster.submit import sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
-    from envlock.lock.targets import host_platform  # noqa: PLC0415
-    from envlock.run.pinned import lock_image  # noqa: PLC0415
-    from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.runner import RunRequest  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
@@ -74,40 +71,15 @@ def submit_command(
     if not wiring.submit_command:
         raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
     sbatch = sbatch_options_of(wiring.sbatch_args)
-    scheduler = wiring.slurm
-    scheduler.ping()
+    wiring.slurm.ping()
     spec = load_spec(project)
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    lock_text = spec.lock_path.read_text(encoding="utf-8")
-    index_urls = [spec.index_url, *spec.extra_index_urls]
-    tools = wiring.run_tools()
-    image = lock_image(locked, spec.name, project_dir=spec.project_dir, index_urls=index_urls, tools=tools)
-    if not image.repo_digests:
-        wiring.say(
-            "note: the image was never pushed: a node that does not have it rebuilds it from the lock "
-            "(envlock build --push lets nodes pull it by digest)"
-        )
-    project_dir = spec.project_dir.resolve()
-
-    def task(run_id: str) -> list[str]:
-        return [sys.executable, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
-
-    request = RunRequest(
-        list(wiring.submit_command), seed, force, gpus, tuple(dict.fromkeys([*spec.outputs, *(output or [])])),
-        tuple(env or ()),
-    )  # fmt: skip
-    record = submit_run(
-        locked,
-        lock_text,
-        host_platform(),
-        Submission(request, sbatch, f"envlock-{spec.name}", settings),
-        project_dir=project_dir,
-        image=image,
-        store=RunStore(spec.project_dir),
-        slurm=scheduler,
-        task=task,
+    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
+    request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
+    record = submit_project(
+        spec, locked, request, sbatch, settings, slurm=wiring.slurm, tools=wiring.run_tools(), python=sys.executable
     )
     typer.echo(f"run {record.run_id}: queued as Slurm job {record.scheduler.job_id if record.scheduler else '-'}")
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")

@@ -23,7 +23,10 @@ from envlock.fsutil import atomic_write_text
 from envlock.image.catalog import PinnedImage
 from envlock.lock.credentials import redact
 from envlock.lock.lockfile import Lock
+from envlock.lock.spec import Spec
+from envlock.lock.targets import host_platform
 from envlock.report import Report
+from envlock.run.pinned import RunTools, lock_image
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
 from envlock.run.runner import RunRequest, new_record
 from envlock.run.schema import JobRecord, JobRequest, TrackingRequest
@@ -342,3 +345,42 @@ def settle(
         report(f"run {job.run_id}: {job.error}: marked {job.status}")
         closed[job.run_id] = job
     return live, closed
+
+
+def submit_project(
+    spec: Spec,
+    lock: Lock,
+    request: RunRequest,
+    sbatch: tuple[str, ...],
+    tracking: TrackingSettings | None,
+    *,
+    slurm: Slurm,
+    tools: RunTools,
+    python: str,
+) -> RunRecord:
+    """`envlock submit --slurm`: the lock's image found or built here, then the run queued; each node's task runs
+    `python -m envlock run-submitted RUN` with the same interpreter (a venv shared with the nodes)."""
+    image = lock_image(
+        lock, spec.name, project_dir=spec.project_dir, index_urls=[spec.index_url, *spec.extra_index_urls], tools=tools
+    )
+    if not image.repo_digests:
+        tools.report(
+            "note: the image was never pushed: a node that does not have it rebuilds it from the lock "
+            "(envlock build --push lets nodes pull it by digest)"
+        )
+    project_dir = spec.project_dir.resolve()
+
+    def task(run_id: str) -> list[str]:
+        return [python, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
+
+    return submit_run(
+        lock,
+        spec.lock_path.read_text(encoding="utf-8"),
+        host_platform(),
+        Submission(request, sbatch, f"envlock-{spec.name}", tracking),
+        project_dir=project_dir,
+        image=image,
+        store=RunStore(spec.project_dir),
+        slurm=slurm,
+        task=task,
+    )
