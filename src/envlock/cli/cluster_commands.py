@@ -65,7 +65,7 @@ def submit_command(
     from envlock.lock.targets import host_platform  # noqa: PLC0415
     from envlock.run.pinned import lock_image  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
-    from envlock.run.runner import RunRequest  # noqa: PLC0415
+    from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -77,6 +77,7 @@ def submit_command(
     scheduler = wiring.slurm
     scheduler.ping()
     spec = load_spec(project)
+    outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
@@ -95,7 +96,7 @@ def submit_command(
         return [sys.executable, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
 
     request = RunRequest(
-        list(wiring.submit_command), seed, force, gpus, tuple(dict.fromkeys([*spec.outputs, *(output or [])])),
+        list(wiring.submit_command), seed, force, gpus, outputs,
         tuple(env or ()),
     )  # fmt: skip
     record = submit_run(

@@ -121,27 +121,30 @@ class DockerEngine:
 
     def load(self, write: ArchiveWriter) -> str:
         """`docker load` through the API, fed through a pipe: the archive (GBs for CUDA stacks) never hits disk."""
+        client = self.client  # connect first: an unreachable engine fails here, before any producer exists
         read_fd, write_fd = os.pipe()
         failure: list[BaseException] = []
 
         def produce() -> None:
-            with os.fdopen(write_fd, "wb") as sink:
-                try:
+            try:
+                with os.fdopen(write_fd, "wb") as sink:
                     write(sink)
-                except BrokenPipeError:
-                    return  # the engine stopped reading: its own error is the one to report
-                except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
-                    failure.append(exc)
+            except BrokenPipeError:
+                return  # the engine stopped reading: its own error is the one to report
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
+                failure.append(exc)
 
         producer = threading.Thread(target=produce, name="envlock-archive", daemon=True)
         producer.start()
-        with os.fdopen(read_fd, "rb") as source:
-            chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
-            try:
+        try:
+            with os.fdopen(read_fd, "rb") as source:
+                chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
                 with translated("load the image into Docker"):
-                    images = self.client.images.load(chunks)
-            finally:
-                producer.join()
+                    images = client.images.load(chunks)
+        finally:
+            # The read end is closed by now, so a producer blocked on a full pipe gets EPIPE and ends: joining
+            # while the read end is still open waits forever when the engine failed before reading it all.
+            producer.join()
         if failure:
             raise failure[0]
         if not images:
