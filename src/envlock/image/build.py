@@ -11,7 +11,7 @@ from pathlib import Path
 
 from envlock.engine.docker import Engine
 from envlock.errors import BuildError, EngineError, StaleLockError
-from envlock.fsutil import sweep_stale
+from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
@@ -113,7 +113,14 @@ class Builder:
 
     def sweep(self) -> None:
         """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""
-        for root, prefix in ((self.layers.root, ".making-"), (self.bases.root, ".building-"), (self.scratch, "")):
+        swept = (
+            (self.layers.root, ".making-"),
+            (self.bases.root, ".building-"),
+            (self.scratch, "image-"),
+            (self.scratch, "push-"),
+            (self.scratch, ""),  # anything else there: by age only
+        )
+        for root, prefix in swept:
             for removed in sweep_stale(root, prefix):
                 self.report(f"removed stale scratch {removed}")
 
@@ -129,7 +136,7 @@ class Builder:
             return BuildOutcome(plan.reference, existing, False, base)
         self.sweep()
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
             self.report(f"loading {plan.reference} into the engine")
             loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
@@ -147,7 +154,7 @@ class Builder:
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="push-", dir=self.scratch) as tmp:
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("push-"), dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp))
             self.report(f"pushing {len(assembled.parts)} layers to {target}")
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
