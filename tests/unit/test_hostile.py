@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,8 +22,20 @@ from envlock.cli.app import run as cli
 from envlock.engine.docker import DockerEngine
 from envlock.engine.launch import LaunchSpec, bind_mounts
 from envlock.errors import EngineError, RegistryError, UsageError
+from envlock.fsutil import owned_prefix, sweep_stale
+from envlock.image.bases import BaseStore
+from envlock.image.build import build_image
+from envlock.image.layers import LayerStore, write_layer
 from envlock.image.registry import Blob, HttpRegistry
+from envlock.image.wheels import HttpFetcher, WheelCache
+from envlock.lock import lockfile
+from envlock.lock.project import lock_project
+from envlock.lock.resolve import LockedFile, LockedPackage
+from envlock.lock.spec import load_spec
 from envlock.run.runner import project_outputs
+from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
+from tests.unit.test_build import project_with_wheels, run_build, stores
+from tests.wheelmaker import build_wheel
 
 
 @contextmanager
@@ -115,3 +133,105 @@ def test_project_path_with_a_colon_is_one_mount(tmp_path: Path) -> None:
         (str(project), "/work", "bind"),
         (str(tmp_path), str(tmp_path), "bind"),
     ]
+
+
+def test_flipped_byte_in_a_cached_layer_is_remade_not_failing_forever(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    first = run_build(spec, FakeEngine(), cache, layers, bases)
+    tar = max(layers.root.glob("*.tar"), key=lambda p: p.stat().st_size)
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    later = tar.stat().st_mtime_ns + 1_000_000_000  # as any later write: coarse clocks may not have moved yet
+    os.utime(tar, ns=(later, later))
+    engine = FakeEngine()
+    again = run_build(spec, engine, cache, layers, bases)
+    assert again.image_id == first.image_id and again.built
+    assert tar.read_bytes() != bytes(data), "the damaged entry was remade"
+
+
+def test_verified_layers_are_not_hashed_again(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    store = LayerStore(tmp_path / "layers")
+    made = store.put("k", lambda out: write_layer(tree, out, 0))
+    tmp_path = store.root
+    meta = json.loads((tmp_path / "k.json").read_text())
+    assert meta["verified"][0] == made.size
+    assert store.get("k") == made
+    (tmp_path / "k.json").write_text(json.dumps({**meta, "diff_id": "sha256:" + "0" * 64}))
+    assert store.get("k") is not None, "same (size, mtime, inode): trusted without hashing"
+    (tmp_path / "k.tar").write_bytes(b"x" * made.size)
+    os.utime(tmp_path / "k.tar", ns=(1, 1))
+    assert store.get("k") is None and not (tmp_path / "k.tar").exists()
+
+
+def test_scratch_of_a_dead_process_is_swept_at_once(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603
+    dead.wait()
+    mine = tmp_path / f"{owned_prefix('image-')}abc"
+    theirs = tmp_path / f"{owned_prefix('image-').replace(str(os.getpid()), str(dead.pid))}abc"
+    foreign = tmp_path / f"image-{dead.pid}-00000000-abc"
+    for path in (mine, theirs, foreign):
+        path.mkdir()
+    assert sweep_stale(tmp_path, "image-") == [theirs]
+    assert mine.exists() and foreign.exists(), "a live owner's, or another host's, is left to the age rule"
+
+
+class WheelServer(BaseHTTPRequestHandler):
+    """Serves one wheel slowly, with ranges, as an index's file host does."""
+
+    body = b""
+
+    def log_message(self, *args: object) -> None:
+        return
+
+    def do_GET(self) -> None:
+        start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+        if start >= len(self.body):
+            self.send_response(416)
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(self.body) - start))
+        self.end_headers()
+        for i in range(start, len(self.body), 64):  # slowly: the four builds overlap
+            self.wfile.write(self.body[i : i + 64])
+            time.sleep(0.002)
+
+
+def test_parallel_cold_cache_builds_of_one_lock_all_succeed(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    wheel_file = build_wheel(tmp_path, "alpha", "1.0")
+    WheelServer.body = wheel_file.read_bytes()
+    with serve(WheelServer) as host:
+        url = f"http://{host}/files/{wheel_file.name}"
+        locked = LockedFile(wheel_file.name, url, hashlib.sha256(WheelServer.body).hexdigest(), len(WheelServer.body))
+        project = write_project('[project]\nname = "demo"\ndependencies = ["alpha"]\n')
+        lock_project(load_spec(project), FakeResolver({"linux/amd64": [LockedPackage("alpha", "1.0", (locked,))]}))
+        lock_path = project / "envlock.lock"
+        root = tmp_path / "cache"
+
+        def build() -> str:
+            outcome = build_image(
+                lockfile.read(lock_path),
+                lock_path.read_text(encoding="utf-8"),
+                "demo",
+                "linux/amd64",
+                engine=FakeEngine(),
+                cache=WheelCache(root / "wheels", HttpFetcher()),
+                layers=LayerStore(root / "layers"),
+                bases=BaseStore(root / "bases", FakeBaseBuilder()),
+            )
+            return outcome.image_id
+
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(lambda _: build(), range(4)))
+    assert len(set(ids)) == 1
+    assert [p.name for p in (root / "wheels" / "sha256").rglob("*") if p.is_file()] == [locked.sha256]
+    assert not list((root / "wheels" / "partial").iterdir())
