@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,8 +12,11 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from envlock.errors import BuildError
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -82,6 +86,31 @@ def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]
                     entry.unlink()
                 removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def no_space_is_an_error(action: str, places: Iterable[Path]) -> Iterator[None]:
+    """A full disk while `action` becomes one BuildError naming the path and each place's free space."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = []
+        for place in dict.fromkeys(places):
+            with contextlib.suppress(OSError):
+                free.append(f"{place}: {shutil.disk_usage(_existing(place)).free // (1 << 20)} MiB free")
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise BuildError(
+            f"disk full while {action}{where}",
+            hint="free some space, or point TMPDIR / ENVLOCK_CACHE_DIR at a larger disk (" + "; ".join(free) + ")",
+        ) from exc
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def read_json(path: Path) -> Any:

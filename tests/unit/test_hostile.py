@@ -21,7 +21,7 @@ import pytest
 from envlock.cli.app import run as cli
 from envlock.engine.docker import DockerEngine
 from envlock.engine.launch import LaunchSpec, bind_mounts
-from envlock.errors import EngineError, RegistryError, UsageError
+from envlock.errors import BuildError, EngineError, RegistryError, UsageError
 from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.image.bases import BaseStore
 from envlock.image.build import build_image
@@ -235,3 +235,37 @@ def test_parallel_cold_cache_builds_of_one_lock_all_succeed(
     assert len(set(ids)) == 1
     assert [p.name for p in (root / "wheels" / "sha256").rglob("*") if p.is_file()] == [locked.sha256]
     assert not list((root / "wheels" / "partial").iterdir())
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, unmounted afterwards (CI runs as root; skipped only where mounting is not permitted)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    done = subprocess.run(  # noqa: S603
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],  # noqa: S607
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)  # noqa: S603, S607
+
+
+def test_disk_full_while_making_a_layer_is_one_build_error(tmp_path: Path, small_disk: Path) -> None:
+    wheel_file = build_wheel(tmp_path, "alpha", "1.0", padding=3 << 20)
+    data = wheel_file.read_bytes()
+    url = f"https://files.example/{wheel_file.name}"
+    locked = LockedFile(wheel_file.name, url, hashlib.sha256(data).hexdigest(), len(data))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["alpha"]\n')
+    lock_project(load_spec(project), FakeResolver({"linux/amd64": [LockedPackage("alpha", "1.0", (locked,))]}))
+    cache, _, bases, _ = stores(tmp_path / "cache", {url: data})
+    with pytest.raises(BuildError, match="disk full while building demo") as caught:
+        run_build(load_spec(project), FakeEngine(), cache, LayerStore(small_disk / "layers"), bases)
+    assert caught.value.exit_code == 22
+    assert "MiB free" in caught.value.hint

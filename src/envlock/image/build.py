@@ -11,7 +11,7 @@ from pathlib import Path
 
 from envlock.engine.docker import Engine
 from envlock.errors import BuildError, EngineError, StaleLockError
-from envlock.fsutil import owned_prefix, sweep_stale
+from envlock.fsutil import no_space_is_an_error, owned_prefix, sweep_stale
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
@@ -135,11 +135,13 @@ class Builder:
             base = self.engine.image_labels(existing).get("dev.envlock.base", "")
             return BuildOutcome(plan.reference, existing, False, base)
         self.sweep()
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
-            assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
-            self.report(f"loading {plan.reference} into the engine")
-            loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
+        places = (self.scratch, self.layers.root, self.bases.root, Path(tempfile.gettempdir()))
+        with no_space_is_an_error(f"building {plan.reference}", places):
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
+                assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
+                self.report(f"loading {plan.reference} into the engine")
+                loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
         if loaded != assembled.image_id:
             raise EngineError(
                 f"the engine computed image ID {loaded}, not {assembled.image_id}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envlock.fsutil import atomic_write_text, read_json
+from envlock.fsutil import atomic_write_text, no_space_is_an_error, read_json
 from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ def record_image(
     entry.update({"image-id": image_id, "reference": reference, "base": base})
     if pushed and pushed not in entry.setdefault("pushed", []):
         entry["pushed"].append(pushed)
-    atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+    with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
+        atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
     return path
 
 
