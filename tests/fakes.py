@@ -74,10 +74,6 @@ class FakeEngine:
             return ref
         return self.tags.get(ref)
 
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        image_id = self.image_id(reference)
-        return image_id if image_id and self.image_labels(image_id).get("dev.envlock.lock-hash") == lock_hash else None
-
     def image_labels(self, ref: str) -> dict[str, str]:
         image_id = self.image_id(ref)
         return dict(self.images[image_id]["labels"]) if image_id else {}  # type: ignore[call-overload]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +25,7 @@ from envlock.errors import BuildError, EngineError, RegistryError, UsageError
 from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.image.bases import BaseStore
 from envlock.image.build import build_image
+from envlock.image.catalog import Built, image_for_lock, record_image
 from envlock.image.layers import LayerStore, write_layer
 from envlock.image.registry import Blob, HttpRegistry
 from envlock.image.wheels import HttpFetcher, WheelCache
@@ -171,7 +172,7 @@ def test_verified_layers_are_not_hashed_again(tmp_path: Path) -> None:
 
 
 def test_scratch_of_a_dead_process_is_swept_at_once(tmp_path: Path) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     mine = tmp_path / f"{owned_prefix('image-')}abc"
     theirs = tmp_path / f"{owned_prefix('image-').replace(str(os.getpid()), str(dead.pid))}abc"
@@ -242,8 +243,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted afterwards (CI runs as root; skipped only where mounting is not permitted)."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
-    done = subprocess.run(  # noqa: S603
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],  # noqa: S607
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
         capture_output=True,
         check=False,
     )
@@ -252,7 +253,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)  # noqa: S603, S607
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_disk_full_while_making_a_layer_is_one_build_error(tmp_path: Path, small_disk: Path) -> None:
@@ -269,3 +270,32 @@ def test_disk_full_while_making_a_layer_is_one_build_error(tmp_path: Path, small
         run_build(load_spec(project), FakeEngine(), cache, LayerStore(small_disk / "layers"), bases)
     assert caught.value.exit_code == 22
     assert "MiB free" in caught.value.hint
+
+
+def test_forged_tag_is_rebuilt_and_never_run(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    forged = "sha256:" + "f" * 64  # `docker commit` of it: same labels, other content
+    engine.images[forged] = dict(engine.images[first.image_id])
+    engine.tags[first.reference] = forged
+    messages: list[str] = []
+    again = run_build(spec, engine, cache, layers, bases, report=messages.append)
+    assert again.built and again.image_id == first.image_id and engine.tags[first.reference] == first.image_id
+    assert any("not this lock's" in m and "rebuilding" in m for m in messages)
+
+    lock_hash = lockfile.read(spec.lock_path).lock_hash
+    record_image(spec.project_dir, lock_hash, first.image_id, first.reference, "")
+    engine.tags[first.reference] = forged
+    builds: list[str] = []
+
+    def build() -> Built:
+        builds.append("built")
+        return Built(first.image_id, first.reference, "")
+
+    pinned = image_for_lock(lock_hash, first.reference, engine=engine, project_dir=spec.project_dir, build=build)
+    assert pinned.image_id == first.image_id and builds == ["built"], "a forged tag is not run in"
+    engine.tags[first.reference] = first.image_id
+    image_for_lock(lock_hash, first.reference, engine=engine, project_dir=spec.project_dir, build=build)
+    assert builds == ["built"], "the recorded image under its tag: the fast path, no build"

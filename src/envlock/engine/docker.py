@@ -25,10 +25,6 @@ class Engine(Protocol):
         """The labels of a local image."""
         ...
 
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        """The ID of the image tagged `reference` if it was built from this lock, else None."""
-        ...
-
     def load(self, write: ArchiveWriter) -> str:
         """Load the docker-archive that `write` streams; returns the loaded image's ID."""
         ...
@@ -106,13 +102,6 @@ class DockerEngine:
         """ID of a local image, or None."""
         attrs = self._attrs(ref)
         return str(attrs["Id"]) if attrs else None
-
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        """ID of `reference` when its dev.envlock.lock-hash label is this lock's (one inspect)."""
-        attrs = self._attrs(reference)
-        if attrs is None or (attrs.get("Config", {}).get("Labels") or {}).get("dev.envlock.lock-hash") != lock_hash:
-            return None
-        return str(attrs["Id"])
 
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of a local image."""

@@ -131,15 +131,23 @@ class Builder:
 
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
-        if not no_cache and (existing := self.engine.existing(plan.reference, plan.lock.lock_hash)) is not None:
-            base = self.engine.image_labels(existing).get("dev.envlock.base", "")
-            return BuildOutcome(plan.reference, existing, False, base)
+        tagged = None if no_cache else self.engine.image_id(plan.reference)
         self.sweep()
         places = (self.scratch, self.layers.root, self.bases.root, Path(tempfile.gettempdir()))
         with no_space_is_an_error(f"building {plan.reference}", places):
             self.scratch.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
+                # The plan's image ID is the digest of its config, known once the layers are (cached layers are
+                # only verified, not made): the tag is trusted only when it names exactly that image, never by
+                # its labels, which a `docker commit` or a relabelled image carries just as well.
                 assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
+                if tagged == assembled.image_id:
+                    return BuildOutcome(plan.reference, tagged, False, assembled.base_diff_id)
+                if tagged is not None:
+                    self.report(
+                        f"{plan.reference} names image {tagged[:19]}, not this lock's {assembled.image_id[:19]}: "
+                        "rebuilding and re-tagging"
+                    )
                 self.report(f"loading {plan.reference} into the engine")
                 loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
         if loaded != assembled.image_id:
