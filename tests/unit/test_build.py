@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from envlock.errors import EngineError, EnvlockError
 from envlock.image.bases import BaseStore
-from envlock.image.build import build_image
+from envlock.image.build import BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
 from envlock.image.plan import plan_image
@@ -18,7 +19,7 @@ from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
 from envlock.lock.resolve import LockedFile, LockedPackage
-from envlock.lock.spec import load_spec
+from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver
 from tests.unit.test_wheels import FakeFetcher
@@ -55,7 +56,9 @@ def stores(root: Path, served: dict[str, bytes]) -> tuple[WheelCache, LayerStore
     )
 
 
-def run_build(spec, engine, cache, layers, bases, **options):  # type: ignore[no-untyped-def]
+def run_build(
+    spec: Spec, engine: FakeEngine, cache: WheelCache, layers: LayerStore, bases: BaseStore, **options: Any
+) -> BuildOutcome:
     lock = lockfile.read(spec.lock_path)
     return build_image(
         lock,
