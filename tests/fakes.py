@@ -292,12 +292,6 @@ class FakeEngine(Engine):
             raise EngineError(f"cannot {action}: No such image: {ref}", hint="see `docker info` for the engine's state")
         return self.images[image_id]
 
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        image_id = self.image_id(reference)
-        if image_id is None or self.images[image_id].labels.get("dev.envlock.lock-hash") != lock_hash:
-            return None
-        return image_id
-
     def image_labels(self, ref: str) -> dict[str, str]:
         image_id = self.image_id(ref)
         return self.images[image_id].labels if image_id else {}

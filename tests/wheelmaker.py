@@ -16,6 +16,7 @@ def build_wheel(
     requires: tuple[str, ...] = (),
     console_scripts: tuple[str, ...] = (),
     tag: str = "py3-none-any",
+    padding: int = 0,
 ) -> Path:
     """A minimal, valid wheel with one module, optional `name = module:function` console scripts."""
     module = name.replace("-", "_")
@@ -29,6 +30,8 @@ def build_wheel(
     if console_scripts:
         files[f"{module}/__init__.py"] += "def main():\n    print('hello from', __name__)\n"
         files[f"{dist_info}/entry_points.txt"] = "[console_scripts]\n" + "".join(f"{s}\n" for s in console_scripts)
+    if padding:  # bytes that compress away in the wheel but fill an (uncompressed) layer
+        files[f"{module}/padding.txt"] = "x" * padding
     record = ""
     for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()

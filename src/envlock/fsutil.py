@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from envlock.errors import BuildError
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -41,21 +48,69 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owned_prefix(prefix: str) -> str:
+    """A scratch name prefix that names its owner (pid and host), so a sweep can tell a dead owner's litter."""
+    return f"{prefix}{os.getpid()}-{_host_tag()}-"
+
+
+def _owner_gone(name: str, prefix: str) -> bool:
+    """True when the scratch entry names a process of this host that no longer exists."""
+    match = re.fullmatch(rf"{re.escape(prefix)}(\d+)-([0-9a-f]{{8}})-.*", name, flags=re.DOTALL)
+    if match is None or match.group(2) != _host_tag():
+        return False  # not ours to judge (an old name, or another machine sharing the cache): age decides
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
 def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]:
-    """Remove scratch entries named prefix* under root left by a killed process (older than max_age seconds)."""
+    """Remove scratch entries named prefix* under root left by a killed process: its owner is gone, or it is old."""
     removed: list[Path] = []
     if not root.is_dir():
         return removed
     cutoff = time.time() - max_age
     for entry in root.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):
-            if entry.lstat().st_mtime < cutoff:
+            if _owner_gone(entry.name, prefix) or entry.lstat().st_mtime < cutoff:
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
                 removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def no_space_is_an_error(action: str, places: Iterable[Path]) -> Iterator[None]:
+    """A full disk while `action` becomes one BuildError naming the path and each place's free space."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = []
+        for place in dict.fromkeys(places):
+            with contextlib.suppress(OSError):
+                free.append(f"{place}: {shutil.disk_usage(_existing(place)).free // (1 << 20)} MiB free")
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise BuildError(
+            f"disk full while {action}{where}",
+            hint="free some space, or point TMPDIR / ENVLOCK_CACHE_DIR at a larger disk (" + "; ".join(free) + ")",
+        ) from exc
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def read_json(path: Path) -> Any:

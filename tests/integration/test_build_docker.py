@@ -237,3 +237,38 @@ def test_kill_9_mid_build_leaves_no_tag_and_the_next_build_succeeds(
     done = subprocess.run([envlock, "build", "-C", str(project)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert engine.image_id(reference) is not None
+
+
+FORGED_PROJECT = '[project]\nname = "envlock-it-forged"\ndependencies = ["six==1.16.0"]\n'
+
+
+def test_forged_tag_is_rebuilt_and_never_run_in(
+    tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    """`docker commit` of the built image under the lock's tag: build re-tags the real one, run never uses it."""
+    project = tmp_path / "exp:colon"  # and a project path with a colon (docker's volume syntax) runs too
+    project.mkdir()
+    (project / "pyproject.toml").write_text(FORGED_PROJECT, encoding="utf-8")
+    spec = load_spec(project)
+    lock_project(spec, UvResolver(), bases=bases)
+    assert run(["build", "-C", str(project)]) == 0
+    reference = f"envlock-it-forged:{lockfile.read(spec.lock_path).short_hash}"
+    real = engine.image_id(reference)
+    container = engine.client.containers.create(reference, ["true"])
+    try:
+        container.commit(repository="envlock-it-forged", tag=reference.split(":")[1])
+    finally:
+        container.remove(force=True)
+    forged = str(engine.image_id(reference))
+    try:
+        assert forged not in ("None", real)
+        # run first: the recorded image is not under the tag, so it goes through the content check
+        assert run(["run", "-C", str(project), "--", "python", "-c", "print('hi')"]) == 0
+        assert engine.image_id(reference) == real
+        records = list((project / ".envlock" / "runs").glob("*/record.json"))
+        assert records and all(forged not in r.read_text() for r in records)
+        engine.tag(forged, "envlock-it-forged", reference.split(":")[1])
+        assert run(["build", "-C", str(project)]) == 0
+        assert engine.image_id(reference) == real
+    finally:
+        engine.remove(forged)  # a child of the real image: it goes first

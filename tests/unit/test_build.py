@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fi
 
 
 def run_build(
-    spec: Spec, engine: FakeEngine, cache: WheelCache, layers: LayerStore, bases: BaseStore, no_cache: bool = False
+    spec: Spec, engine: FakeEngine, cache: WheelCache, layers: LayerStore, bases: BaseStore, **options: Any
 ) -> BuildOutcome:
     lock = lockfile.read(spec.lock_path)
     return build_image(
@@ -37,7 +38,7 @@ def run_build(
         cache=cache,
         layers=layers,
         bases=bases,
-        no_cache=no_cache,
+        **options,
     )
 
 

@@ -62,7 +62,7 @@ def submit_command(
     from envlock.cluster.submit import sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
-    from envlock.run.runner import RunRequest  # noqa: PLC0415
+    from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -73,10 +73,10 @@ def submit_command(
     sbatch = sbatch_options_of(wiring.sbatch_args)
     wiring.slurm.ping()
     spec = load_spec(project)
+    outputs = tuple(dict.fromkeys(project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))))
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
     request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
     record = submit_project(
         spec, locked, request, sbatch, settings, slurm=wiring.slurm, tools=wiring.run_tools(), python=sys.executable

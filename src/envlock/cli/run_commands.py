@@ -42,14 +42,15 @@ def run_command(
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.run.pinned import run_project  # noqa: PLC0415
-    from envlock.run.runner import RunRequest  # noqa: PLC0415
+    from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     spec = load_spec(project)
+    # Before anything runs: an output outside the project could not be hashed nor kept with the record.
+    outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
     tracking = open_tracking(tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ), wiring.tracker)
-    outputs = tuple(dict.fromkeys([*spec.outputs, *(output or [])]))
     record, store = run_project(
         spec,
         locked,

@@ -25,10 +25,6 @@ class Engine(Protocol):
         """The labels of a local image."""
         ...
 
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        """The ID of the image tagged `reference` if it was built from this lock, else None."""
-        ...
-
     def load(self, write: ArchiveWriter) -> str:
         """Load the docker-archive that `write` streams; returns the loaded image's ID."""
         ...
@@ -107,13 +103,6 @@ class DockerEngine:
         attrs = self._attrs(ref)
         return str(attrs["Id"]) if attrs else None
 
-    def existing(self, reference: str, lock_hash: str) -> str | None:
-        """ID of `reference` when its dev.envlock.lock-hash label is this lock's (one inspect)."""
-        attrs = self._attrs(reference)
-        if attrs is None or (attrs.get("Config", {}).get("Labels") or {}).get("dev.envlock.lock-hash") != lock_hash:
-            return None
-        return str(attrs["Id"])
-
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of a local image."""
         attrs = self._attrs(ref)
@@ -121,27 +110,30 @@ class DockerEngine:
 
     def load(self, write: ArchiveWriter) -> str:
         """`docker load` through the API, fed through a pipe: the archive (GBs for CUDA stacks) never hits disk."""
+        client = self.client  # connect first: an unreachable engine fails here, before any producer exists
         read_fd, write_fd = os.pipe()
         failure: list[BaseException] = []
 
         def produce() -> None:
-            with os.fdopen(write_fd, "wb") as sink:
-                try:
+            try:
+                with os.fdopen(write_fd, "wb") as sink:
                     write(sink)
-                except BrokenPipeError:
-                    return  # the engine stopped reading: its own error is the one to report
-                except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
-                    failure.append(exc)
+            except BrokenPipeError:
+                return  # the engine stopped reading: its own error is the one to report
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
+                failure.append(exc)
 
         producer = threading.Thread(target=produce, name="envlock-archive", daemon=True)
         producer.start()
-        with os.fdopen(read_fd, "rb") as source:
-            chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
-            try:
+        try:
+            with os.fdopen(read_fd, "rb") as source:
+                chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
                 with translated("load the image into Docker"):
-                    images = self.client.images.load(chunks)
-            finally:
-                producer.join()
+                    images = client.images.load(chunks)
+        finally:
+            # The read end is closed by now, so a producer blocked on a full pipe gets EPIPE and ends: joining
+            # while the read end is still open waits forever when the engine failed before reading it all.
+            producer.join()
         if failure:
             raise failure[0]
         if not images:

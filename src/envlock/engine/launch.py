@@ -67,6 +67,15 @@ def gpu_request(spec: LaunchSpec) -> Any:
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
 
 
+def bind_mounts(spec: LaunchSpec) -> list[Any]:
+    """The project at /work and the extra directories, as mount objects: `volumes` strings split on `:`."""
+    import docker.types  # noqa: PLC0415
+
+    project = docker.types.Mount(target=WORKDIR, source=str(spec.project_dir.resolve()), type="bind")
+    extra = [docker.types.Mount(target=str(path), source=str(path), type="bind") for path in spec.mounts]
+    return [project, *extra]
+
+
 def _start(container: Any) -> tuple[int, str] | None:
     """Start the container; (126 or 127, why) when its command cannot be run, the way `docker run` reports it."""
     import docker.errors  # noqa: PLC0415
@@ -105,10 +114,7 @@ class DockerLauncher:
                 labels=spec.labels,
                 environment=spec.environment,
                 working_dir=WORKDIR,
-                volumes={
-                    str(spec.project_dir.resolve()): {"bind": WORKDIR, "mode": "rw"},
-                    **{str(path): {"bind": str(path), "mode": "rw"} for path in spec.mounts},
-                },
+                mounts=bind_mounts(spec),
                 network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,

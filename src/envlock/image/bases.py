@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from envlock.errors import BuildError, EngineError
-from envlock.fsutil import atomic_write_text, read_json
+from envlock.fsutil import atomic_write_text, owned_prefix, read_json
 from envlock.image.layers import Layer
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class BaseStore:
             return found
         tar, meta = self._paths(recipe, platform)
         self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=".building-") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=owned_prefix(".building-")) as tmp:
             partial = Path(tmp) / "rootfs.tar"
             self.builder.build(recipe, platform, partial)
             digest = hashlib.sha256()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from envlock.engine.docker import Engine
 from envlock.errors import BuildError, EngineError, StaleLockError
-from envlock.fsutil import sweep_stale
+from envlock.fsutil import no_space_is_an_error, owned_prefix, sweep_stale
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
@@ -113,7 +113,14 @@ class Builder:
 
     def sweep(self) -> None:
         """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""
-        for root, prefix in ((self.layers.root, ".making-"), (self.bases.root, ".building-"), (self.scratch, "")):
+        swept = (
+            (self.layers.root, ".making-"),
+            (self.bases.root, ".building-"),
+            (self.scratch, "image-"),
+            (self.scratch, "push-"),
+            (self.scratch, ""),  # anything else there: by age only
+        )
+        for root, prefix in swept:
             for removed in sweep_stale(root, prefix):
                 self.report(f"removed stale scratch {removed}")
 
@@ -124,15 +131,25 @@ class Builder:
 
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
-        if not no_cache and (existing := self.engine.existing(plan.reference, plan.lock.lock_hash)) is not None:
-            base = self.engine.image_labels(existing).get("dev.envlock.base", "")
-            return BuildOutcome(plan.reference, existing, False, base)
+        tagged = None if no_cache else self.engine.image_id(plan.reference)
         self.sweep()
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="image-", dir=self.scratch) as tmp:
-            assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
-            self.report(f"loading {plan.reference} into the engine")
-            loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
+        places = (self.scratch, self.layers.root, self.bases.root, Path(tempfile.gettempdir()))
+        with no_space_is_an_error(f"building {plan.reference}", places):
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
+                # The plan's image ID is the digest of its config, known once the layers are (cached layers are
+                # only verified, not made): the tag is trusted only when it names exactly that image, never by
+                # its labels, which a `docker commit` or a relabelled image carries just as well.
+                assembled = self.assemble(plan, Path(tmp), fresh=no_cache)
+                if tagged == assembled.image_id:
+                    return BuildOutcome(plan.reference, tagged, False, assembled.base_diff_id)
+                if tagged is not None:
+                    self.report(
+                        f"{plan.reference} names image {tagged[:19]}, not this lock's {assembled.image_id[:19]}: "
+                        "rebuilding and re-tagging"
+                    )
+                self.report(f"loading {plan.reference} into the engine")
+                loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
         if loaded != assembled.image_id:
             raise EngineError(
                 f"the engine computed image ID {loaded}, not {assembled.image_id}",
@@ -147,7 +164,7 @@ class Builder:
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="push-", dir=self.scratch) as tmp:
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("push-"), dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp))
             self.report(f"pushing {len(assembled.parts)} layers to {target}")
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envlock.fsutil import atomic_write_text, read_json
+from envlock.fsutil import atomic_write_text, no_space_is_an_error, read_json
 from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ def record_image(
     entry.update({"image-id": image_id, "reference": reference, "base": base})
     if pushed and pushed not in entry.setdefault("pushed", []):
         entry["pushed"].append(pushed)
-    atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+    with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
+        atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -58,9 +59,12 @@ def image_for_lock(
     lock_hash: str, reference: str, *, engine: Engine, project_dir: Path, build: Callable[[], Built]
 ) -> PinnedImage:
     """The lock's image by ID: the engine's when it holds it, else built now (and remembered in images.json)."""
-    # The usual case, the image exists: found without importing the build machinery (start-up time).
-    image_id = engine.existing(reference, lock_hash)
-    if image_id is None:
+    # The usual case, the image exists and is the one a build here made: one inspect, no build machinery
+    # imported (start-up time). Anything else (no tag, no record, a tag moved to another image: a forged or
+    # relabelled one) goes through the build, which checks the tagged image by content and rebuilds it if need be.
+    image_id = engine.image_id(reference)
+    recorded = read_images(project_dir).get(lock_hash, {}).get("image-id")
+    if image_id is None or image_id != recorded:
         built = build()
         record_image(project_dir, lock_hash, built.image_id, built.reference, built.base_diff_id)
         image_id = built.image_id

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import re
 import stat
 import tarfile
 import tempfile
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from envlock.fsutil import read_json
+from envlock.fsutil import atomic_write_text, owned_prefix, read_json
 
 # Never compiled into a layer: caches and logs are machine- and time-dependent.
 EXCLUDED_NAMES = frozenset({"__pycache__", ".DS_Store"})
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".log")
+_DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -117,30 +120,69 @@ def compress(layer: Layer, out: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _stamp(path: Path) -> list[int]:
+    """What changes when a file's bytes are rewritten or replaced: (size, mtime in ns, inode)."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
 class LayerStore:
-    """Finished layer tarballs by content key, so a rebuild re-makes only the layers that changed."""
+    """Finished layer tarballs by content key, so a rebuild re-makes only the layers that changed.
+
+    An entry is verified on read: its diff_id is hashed again whenever the tar's (size, mtime, inode) differ from
+    those it was last verified at, and an entry whose bytes are not its diff_id's is removed (and so remade).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def get(self, key: str) -> Layer | None:
-        """A finished layer, or None."""
+        """A finished, intact layer, or None (then the caller makes it; a damaged entry is removed first)."""
         meta = self.root / f"{key}.json"
         tar = self.root / f"{key}.tar"
         if not (meta.is_file() and tar.is_file()):
             return None
         data = read_json(meta)
-        if not isinstance(data, dict) or tar.stat().st_size != data.get("size"):
+        diff_id = data.get("diff_id") if isinstance(data, dict) else None
+        size = data.get("size") if isinstance(data, dict) else None
+        if not (isinstance(diff_id, str) and isinstance(size, int) and _DIFF_ID.fullmatch(diff_id)):
             return None
-        return Layer(tar, data["diff_id"], data["size"])
+        try:
+            stamp = _stamp(tar)
+            if stamp != data.get("verified"):
+                if stamp[0] != size or _sha256_of(tar) != diff_id:
+                    self._discard(key)
+                    return None
+                # Verified once for these bytes: not hashed again until the file changes.
+                self._write_meta(key, diff_id, size, stamp)
+        except FileNotFoundError:  # removed meanwhile by another build that found it damaged
+            return None
+        return Layer(tar, diff_id, size)
 
     def put(self, key: str, made: Callable[[Path], Layer]) -> Layer:
-        """Make a layer into the store; it appears only once complete."""
+        """Make a layer into the store; it appears only once complete, its metadata written atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=".making-") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=owned_prefix(".making-")) as tmp:
             layer = made(Path(tmp) / "layer.tar")
             tar = self.root / f"{key}.tar"
+            stamp = _stamp(layer.tar)  # rename keeps the inode and the mtime
             layer.tar.replace(tar)
-            meta = self.root / f"{key}.json"
-            meta.write_text(json.dumps({"diff_id": layer.diff_id, "size": layer.size}), encoding="utf-8")
+            self._write_meta(key, layer.diff_id, layer.size, stamp)
         return Layer(tar, layer.diff_id, layer.size)
+
+    def _write_meta(self, key: str, diff_id: str, size: int, stamp: list[int]) -> None:
+        meta = {"diff_id": diff_id, "size": size, "verified": stamp}
+        atomic_write_text(self.root / f"{key}.json", json.dumps(meta, sort_keys=True))
+
+    def _discard(self, key: str) -> None:
+        for suffix in (".json", ".tar"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / f"{key}{suffix}").unlink()

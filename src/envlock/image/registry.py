@@ -125,7 +125,12 @@ class HttpRegistry:
         started = self._request("POST", f"{self.base}/v2/{repository}/blobs/uploads/")
         if started.status_code != 202:
             raise self._refused(started, f"start an upload to {repository}")
-        location = started.headers["Location"]
+        location = started.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                f"the registry {self.host} started an upload to {repository} but named no upload location",
+                hint="the registry does not speak the distribution API (a proxy in between?); check its address",
+            )
         if location.startswith("/"):
             location = self.base + location
         separator = "&" if "?" in location else "?"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import threading
@@ -91,6 +92,17 @@ class HttpFetcher:
                 raise DownloadError(f"download of {redact(url)} broke off: {exc.__class__.__name__}") from exc
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on path (made if missing) for the block; the file itself stays (removing it races)."""
+    with path.open("a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def sha256_of(path: Path) -> str:
     """The sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -101,7 +113,8 @@ def sha256_of(path: Path) -> str:
 
 
 class WheelCache:
-    """Content-addressed store: `<root>/sha256/ab/abcdef…`; partial downloads under `<root>/partial/`."""
+    """Content-addressed store: `<root>/sha256/ab/abcdef…`; partial downloads under `<root>/partial/`, one writer
+    per entry at a time (a flock on `<root>/locks/<sha256>.lock`)."""
 
     def __init__(self, root: Path, fetcher: Fetcher, workers: int = 4) -> None:
         self.root = root
@@ -115,12 +128,14 @@ class WheelCache:
     def verified(self, file: LockedFile) -> Path | None:
         """The cached path if present and intact; a corrupt entry is removed (and so will be fetched again)."""
         path = self.path_for(file.sha256)
-        if not path.is_file():
+        try:
+            if sha256_of(path) == file.sha256:
+                return path
+        except (FileNotFoundError, IsADirectoryError):
             return None
-        if sha256_of(path) != file.sha256:
+        with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
             path.unlink()
-            return None
-        return path
+        return None
 
     def ensure(self, files: Iterable[LockedFile], progress: Progress = no_progress) -> dict[str, Path]:
         """Every file present and verified, fetching what is missing in parallel; sha256 → path."""
@@ -143,18 +158,31 @@ class WheelCache:
         if (path := self.verified(file)) is not None:
             progress(file.name, file.size or 0, file.size)
             return path
+        partials, locks = self.root / "partial", self.root / "locks"
+        try:
+            partials.mkdir(parents=True, exist_ok=True)
+            locks.mkdir(parents=True, exist_ok=True)
+            # One writer per entry, across threads and processes (parallel builds of one lock share the cache):
+            # the lock is held from the first byte to the publish, and the entry is looked for again once held.
+            with _locked(locks / f"{file.sha256}.lock"):
+                if (path := self.verified(file)) is not None:
+                    progress(file.name, file.size or 0, file.size)
+                    return path
+                return self._fetch(file, partials / f"{file.sha256}.part", progress)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DownloadError(
+                    f"disk full while fetching {file.name} into {self.root}",
+                    hint="free some space (or set ENVLOCK_CACHE_DIR elsewhere); the download resumes",
+                ) from exc
+            raise
+
+    def _fetch(self, file: LockedFile, partial: Path, progress: Progress) -> Path:
         for attempt in (1, 2):
-            partial = self.root / "partial" / f"{file.sha256}.part"
-            try:
-                partial.parent.mkdir(parents=True, exist_ok=True)
+            # A partial already whole (a process killed between download and publish) is not asked for again:
+            # a range from its end would be answered 416.
+            if not (file.size is not None and partial.is_file() and partial.stat().st_size == file.size):
                 self._download(file, partial, progress)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise DownloadError(
-                        f"disk full while fetching {file.name} into {self.root}",
-                        hint="free some space (or set ENVLOCK_CACHE_DIR elsewhere); the download resumes",
-                    ) from exc
-                raise
             got = sha256_of(partial)
             if got == file.sha256:
                 target = self.path_for(file.sha256)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -19,6 +21,7 @@ from envlock.errors import (
     ResolverMissingError,
     UnsatisfiableError,
 )
+from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.lock.credentials import redact, redact_text
 from envlock.lock.pylock import dump_pylock, packages_from_pylock
 from envlock.lock.resolve import LockedPackage, ResolveRequest
@@ -115,7 +118,8 @@ class UvResolver:
     def resolve(self, request: ResolveRequest) -> list[LockedPackage]:
         """Run uv for one target; earlier pins are passed as the existing output file (uv's preferences)."""
         target = request.target
-        with tempfile.TemporaryDirectory(prefix="envlock-uv-") as tmp:
+        sweep_stale(Path(tempfile.gettempdir()), "envlock-uv-")  # left by a killed envlock (its pid is gone)
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("envlock-uv-")) as tmp:
             requirements = Path(tmp, "requirements.in")
             requirements.write_text("\n".join(request.requirements) + "\n", encoding="utf-8")
             output = Path(tmp, "pylock.toml")
@@ -134,13 +138,27 @@ class UvResolver:
             ]  # fmt: skip
             env = {**uv_environment(os.environ), **index_environment(request)}
             try:
-                done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+                done = _run_owned(command, env)
             except OSError as exc:
                 raise ResolverMissingError(f"cannot run uv at {self.uv_bin}: {exc.strerror}") from exc
             if done.returncode != 0:
                 raise explain_failure(done.stderr, request)
             document = tomllib.loads(output.read_text(encoding="utf-8"))
         return packages_from_pylock(document)
+
+
+def _run_owned(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run uv in a process group of its own, and end that group whenever envlock leaves early (Ctrl-C, SIGTERM)."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @cache

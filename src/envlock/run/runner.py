@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from envlock.engine.launch import Launcher, LaunchSpec, Output, determinism_env
-from envlock.errors import EnvlockError
+from envlock.errors import EnvlockError, UsageError
 from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
 from envlock.run.gitstate import GitState
@@ -93,6 +93,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, ...]:
+    """The declared outputs as paths relative to the project; one outside it (absolute, `..`, a link out) is refused."""
+    root = project_dir.resolve()
+    kept: list[str] = []
+    outside: list[str] = []
+    for declared in outputs:
+        resolved = (root / declared).resolve()  # an absolute `declared` replaces root: checked like any other
+        if resolved == root or not resolved.is_relative_to(root):
+            outside.append(declared)
+        else:
+            kept.append(resolved.relative_to(root).as_posix() if Path(declared).is_absolute() else declared)
+    if outside:
+        raise UsageError(
+            f"--output {', '.join(outside)}: outputs must be files or folders inside the project ({root})",
+            hint="write the output inside the project (e.g. outputs/model.pt) and name it relative to it",
+        )
+    return tuple(dict.fromkeys(kept))
 
 
 def hash_outputs(project_dir: Path, outputs: tuple[str, ...]) -> dict[str, str | None]:
