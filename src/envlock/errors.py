@@ -30,7 +30,7 @@ EXIT_CODES: dict[int, str] = {
     21: "a run record was edited or damaged",
     22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
-    125: "`run`, `runs wait`: envlock itself failed; the error line names the failure and its own code above",
+    125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
     130: "interrupted (Ctrl-C, SIGTERM); every file is as it was before",

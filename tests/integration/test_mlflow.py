@@ -120,7 +120,7 @@ def test_a_run_is_tagged_with_the_stack_and_the_examples_metrics_land_on_it(serv
     assert run.data.params["seed"] == "0" and run.data.tags["model_sha256"] == metrics["model_sha256"]
     tags = run.data.tags
     assert tags["envlock.image.id"] == record["image_id"] == tags["envlock.image.digest"]
-    assert tags["envlock.lock_hash"] == record["lock_hash"] and tags["envlock.lock.cuda"] == "cpu"
+    assert tags["envlock.lock_hash"] == record["lock_hash"] and tags["envlock.cuda"] == "cpu"
     assert tags["envlock.host.driver"] == "none" and tags["envlock.host.gpus"] == "none"
     assert tags["mlflow.source.git.commit"] == record["git"]["commit"]
     experiment = client.get_experiment_by_name("digits")
@@ -177,5 +177,5 @@ def test_a_slurm_job_reports_into_the_mlflow_run(server: str, digits: Path) -> N
     record = json.loads(path.read_text())
     assert record["status"] == "finished", (path.parent / "log.txt").read_text()
     run = MlflowClient(server).get_run(record["tracking"]["run-id"])
-    assert run.data.tags["envlock.cluster.slurm.job_id"] == record["scheduler"]["job-id"]
+    assert run.data.tags["envlock.slurm.job_id"] == record["scheduler"]["job-id"]
     assert run.data.tags["envlock.image.id"] == record["image_id"] and "accuracy" in run.data.metrics

@@ -200,3 +200,16 @@ def test_tracking_goes_to_the_wired_tracker(world: World, capsys: pytest.Capture
     world.tracker.unreachable = True
     code, _, err = world(capsys, "run", "-C", str(world.project), "--mlflow", "http://127.0.0.1:5000", "--", "true")
     assert code == 125 and "unreachable" in err and "elsewhere 18" in err
+
+
+def test_passthrough_commands_give_125_for_envlocks_own_failures_even_when_parsing(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = world(capsys, "run", "--no-such-option", "--", "true")
+    assert code == 125 and "No such option" in err
+    code, _, err = world(capsys, "runs", "-C", str(world.project), "wait", "nope")
+    assert code == 125 and "elsewhere 13" in err
+    code, _, err = world(capsys, "runs", "-C", str(world.project), "show", "nope")
+    assert code == 13, "not a passthrough command: its own code"
+    code, _, err = world(capsys, "build", "--no-such-option")
+    assert code == 2

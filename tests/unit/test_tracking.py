@@ -65,8 +65,8 @@ def test_the_run_is_tagged_with_the_stack_and_continued_in_the_container(
     ((experiment, run_name, reuse, tags),) = tracker.started
     assert (experiment, run_name, reuse) == ("demo", record.run_id, None)
     assert tags["envlock.image.digest"] == record.repo_digests[-1] and tags["envlock.lock_hash"] == record.lock_hash
-    assert tags["envlock.lock.cuda"] == "12.4" and tags["envlock.lock.cuda.cudnn"] == "9.1.0.70"
-    assert tags["envlock.lock.cuda.driver_min"] == "550.54.14" and "sm_90" in tags["envlock.lock.cuda.archs"]
+    assert tags["envlock.cuda"] == "12.4" and tags["envlock.cuda.cudnn"] == "9.1.0.70"
+    assert tags["envlock.cuda.driver_min"] == "550.54.14" and "sm_90" in tags["envlock.cuda.archs"]
     assert tags["envlock.host.driver"] == "550.54.15" and tags["envlock.host.gpus"] == "NVIDIA A100-SXM4-80GB (sm_80)"
     assert tags["mlflow.source.git.commit"] == "c0ffee" and tags["envlock.seed"] == "5"
     (spec,) = launcher.launched

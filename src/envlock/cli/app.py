@@ -18,10 +18,10 @@ from envlock.cli import (  # noqa: F401
 from envlock.cli.cluster_commands import split_submit
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import Wiring
-from envlock.errors import ENVLOCK_FAILED, EXIT_CODES, INTERRUPTED, EnvlockError
+from envlock.errors import ENVLOCK_FAILED, EXIT_CODES, INTERRUPTED, USAGE, EnvlockError
 
 # Commands whose exit status is their command's: envlock's own failures there exit ENVLOCK_FAILED (125).
-PASSTHROUGH = ("run", "run-submitted", "runs wait")
+PASSTHROUGH = ("run", "run-submitted")
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:
@@ -34,8 +34,10 @@ def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> 
 
 
 def _passes_status_through(args: list[str]) -> bool:
-    words = [a for a in args if not a.startswith("-")]
-    return bool(words) and (words[0] in PASSTHROUGH or " ".join(words[:2]) in PASSTHROUGH)
+    """`run`, `run-submitted`, `runs … wait …`: the commands whose exit status is their command's (read from the
+    arguments, for the failures the parser reports before any command starts)."""
+    head = args[: args.index("--")] if "--" in args else args
+    return bool(head) and (head[0] in PASSTHROUGH or (head[0] == "runs" and "wait" in head[1:]))
 
 
 def _own_failure(exc: EnvlockError, args: list[str]) -> int:
@@ -45,6 +47,16 @@ def _own_failure(exc: EnvlockError, args: list[str]) -> int:
     meaning = EXIT_CODES.get(exc.exit_code, "")
     note = f"envlock failed, not your command: exit {ENVLOCK_FAILED} (elsewhere {exc.exit_code}: {meaning})"
     return _fail(exc.message, exc.hint, ENVLOCK_FAILED, (*exc.details, note))
+
+
+def _parser_exit(exc: SystemExit, args: list[str]) -> int:
+    """typer's own exits: help (0), usage errors (2; 125 for a passthrough command), a silent Ctrl-C (130)."""
+    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if code == INTERRUPTED:
+        return _fail("interrupted", "envlock writes atomically: every file is as it was before", code)
+    if code == USAGE and _passes_status_through(args):  # the parser's own message is printed already
+        return ENVLOCK_FAILED
+    return code
 
 
 def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
@@ -58,10 +70,7 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
     except CommandExited as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
-            return _fail("interrupted", "envlock writes atomically: every file is as it was before", code)
-        return code
+        return _parser_exit(exc, args)
     except EnvlockError as exc:
         return _own_failure(exc, args)
     except KeyboardInterrupt:

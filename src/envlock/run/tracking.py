@@ -227,16 +227,16 @@ def stack_tags(
         "envlock.platform": platform,
         "envlock.seed": str(seed),
         "envlock.command": " ".join(command),
-        "envlock.lock.cuda": str(cuda.get("version") or cuda.get("kind") or "cpu"),
+        "envlock.cuda": str(cuda.get("version") or cuda.get("kind") or "cpu"),
         "envlock.host.driver": (host.driver_version if host else None) or "none",
         "envlock.host.gpus": gpu_summary(host.gpus if host else ()),
     }
     for field in ("runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat"):
         if cuda.get(field):
-            tags[f"envlock.lock.cuda.{field.replace('-', '_')}"] = str(cuda[field])
+            tags[f"envlock.cuda.{field.replace('-', '_')}"] = str(cuda[field])
     archs = cuda.get("archs")
     if archs:
-        tags["envlock.lock.cuda.archs"] = ",".join(archs) if isinstance(archs, list | tuple) else str(archs)
+        tags["envlock.cuda.archs"] = ",".join(archs) if isinstance(archs, list | tuple) else str(archs)
     if scheduler and scheduler.job_id:
         tags[f"envlock.{scheduler.kind}.job_id"] = scheduler.job_id
     if git and git.commit:
