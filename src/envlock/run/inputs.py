@@ -1,0 +1,143 @@
+"""A run's declared inputs (data, configs): every file hashed before the command starts, read once thanks to a
+stat cache, and compared file by file when the run is reproduced or diffed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envlock.fsutil import atomic_write_text
+
+# A file whose mtime/ctime is this close to the moment it was read may still change within the same timestamp
+# tick without its stat changing: its hash is used but not cached (git's "racy clean" problem).
+RACY_NS = 1_000_000_000
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """The declared inputs as hashed: path (project-relative) → sha256, plus the declared paths that were absent."""
+
+    paths: tuple[str, ...]
+    files: Mapping[str, str] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """One sha256 over the manifest (`sha256sum` format, sorted by path): equal digests, equal inputs."""
+        manifest = "".join(f"{digest}  {path}\n" for path, digest in sorted(self.files.items()))
+        return hashlib.sha256(manifest.encode()).hexdigest()
+
+    def changes(self, other: InputSet) -> dict[str, str]:
+        """What differs in `other`, by path: "changed", "missing" (absent now) or "added"; declared roots too."""
+        moved: dict[str, str] = {}
+        for path in sorted(self.files.keys() | other.files.keys()):
+            before, after = self.files.get(path), other.files.get(path)
+            if before == after:
+                continue
+            moved[path] = "missing" if after is None else "added" if before is None else "changed"
+        for root in other.missing:
+            if root not in self.missing:
+                moved.setdefault(root, "missing")
+        return moved
+
+
+class StatCache:
+    """(path, size, mtime_ns, ctime_ns, inode) → sha256, kept in one JSON file; a cache only: any doubt, rehash."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list[object]] = {}
+        self.dirty = False
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                self.entries = loaded
+
+    @staticmethod
+    def _key(stat: os.stat_result) -> list[object]:
+        return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+    def get(self, path: str, stat: os.stat_result) -> str | None:
+        """The cached sha256 when the file's stat is unchanged."""
+        entry = self.entries.get(path)
+        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == self._key(stat) and isinstance(entry[4], str):
+            return entry[4]
+        return None
+
+    def put(self, path: str, stat: os.stat_result, digest: str, read_at_ns: int) -> None:
+        """Remember a hash, unless the file was touched too close to when it was read."""
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) >= read_at_ns - RACY_NS:
+            return
+        self.entries[path] = [*self._key(stat), digest]
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the cache back (atomically) when it learned something; a cache that cannot be written is skipped."""
+        if self.dirty:
+            with contextlib.suppress(OSError):
+                atomic_write_text(self.path, json.dumps(self.entries, separators=(",", ":")))
+            self.dirty = False
+
+
+def _files(root: Path) -> Iterator[Path]:
+    """Every regular file under a directory (symlinks to files followed, to directories not), or the file itself."""
+    if root.is_file():
+        yield root
+        return
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file():
+                    yield Path(entry.path)
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    read_at = time.time_ns()
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest(), read_at
+
+
+def hash_inputs(base: Path, paths: tuple[str, ...], cache: StatCache | None = None) -> InputSet:
+    """Hash every file of the declared inputs under `base` (threads: hashlib hashes without the GIL); files whose
+    stat the cache knows are not read. Paths in the result are relative to `base`, POSIX style."""
+    base = base.resolve()
+    found: list[tuple[str, Path, os.stat_result]] = []
+    missing: list[str] = []
+    for declared in paths:
+        root = base / declared
+        if not root.exists():
+            missing.append(declared)
+            continue
+        for file in _files(root):
+            found.append((file.relative_to(base).as_posix(), file, file.stat()))
+    digests: dict[str, str] = {}
+    todo: list[tuple[str, Path, os.stat_result]] = []
+    for name, file, stat in found:
+        known = cache.get(str(file), stat) if cache else None
+        if known is None:
+            todo.append((name, file, stat))
+        else:
+            digests[name] = known
+    if todo:
+        with ThreadPoolExecutor(_WORKERS) as pool:
+            for (name, file, stat), (digest, read_at) in zip(
+                todo, pool.map(lambda item: _sha256(item[1]), todo), strict=True
+            ):
+                digests[name] = digest
+                if cache:
+                    cache.put(str(file), stat, digest, read_at)
+    if cache:
+        cache.save()
+    return InputSet(tuple(paths), dict(sorted(digests.items())), tuple(missing))
