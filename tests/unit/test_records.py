@@ -49,7 +49,8 @@ def test_a_version_1_record_reads_and_writes_back_key_for_key(name: str) -> None
     data = v1(name)
     record = RunRecord.from_dict(data)
     written = json.loads(json.dumps(record.as_dict()))
-    added = {"declared_outputs": [], "inputs": None, "gpus": None, "log_sha256": None}  # version 3: unknown then
+    # Version 3's fields: unknown then.
+    added: dict[str, Any] = {"declared_outputs": [], "inputs": None, "gpus": None, "log_sha256": None}
     git = {**data["git"], "untracked-saved": {}, "untracked-skipped": {}} if data["git"] else {}
     assert written == {**data, **added, "git": git, "record_version": 3}, "the same keys and values, version 3's added"
     assert RunRecord.from_dict(written) == record

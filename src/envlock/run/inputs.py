@@ -52,8 +52,9 @@ class InputSet:
 class StatCache:
     """(path, size, mtime_ns, ctime_ns, inode) → sha256, kept in one JSON file; a cache only: any doubt, rehash."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, racy_ns: int = RACY_NS) -> None:
         self.path = path
+        self.racy_ns = racy_ns
         self.entries: dict[str, list[object]] = {}
         self.dirty = False
         with contextlib.suppress(OSError, ValueError):
@@ -74,7 +75,7 @@ class StatCache:
 
     def put(self, path: str, stat: os.stat_result, digest: str, read_at_ns: int) -> None:
         """Remember a hash, unless the file was touched too close to when it was read."""
-        if max(stat.st_mtime_ns, stat.st_ctime_ns) >= read_at_ns - RACY_NS:
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) >= read_at_ns - self.racy_ns:
             return
         self.entries[path] = [*self._key(stat), digest]
         self.dirty = True
