@@ -69,7 +69,15 @@ class StatCache:
     def get(self, path: str, stat: os.stat_result) -> str | None:
         """The cached sha256 when the file's stat is unchanged."""
         entry = self.entries.get(path)
-        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == self._key(stat) and isinstance(entry[4], str):
+        if (
+            isinstance(entry, list)
+            and len(entry) == 5
+            and entry[0] == stat.st_size
+            and entry[1] == stat.st_mtime_ns
+            and entry[2] == stat.st_ctime_ns
+            and entry[3] == stat.st_ino
+            and isinstance(entry[4], str)
+        ):
             return entry[4]
         return None
 
@@ -88,45 +96,47 @@ class StatCache:
             self.dirty = False
 
 
-def _files(root: Path) -> Iterator[Path]:
-    """Every regular file under a directory (symlinks to files followed, to directories not), or the file itself."""
-    if root.is_file():
-        yield root
+def _files(base: str, declared: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative name, absolute path, stat) of every regular file of one declared input: the file itself, or every
+    file under the directory (symlinks to files followed, to directories not). Strings, not Paths: a warm pass over
+    a dataset of many small files is mostly this loop."""
+    top = str(Path(base) / declared.rstrip("/"))
+    if Path(top).is_file():
+        yield declared.rstrip("/"), top, Path(top).stat()
         return
-    stack = [root]
+    skip = len(base) + 1
+    stack = [top]
     while stack:
         directory = stack.pop()
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    stack.append(entry.path)
                 elif entry.is_file():
-                    yield Path(entry.path)
+                    yield entry.path[skip:], entry.path, entry.stat()
 
 
-def _sha256(path: Path) -> tuple[str, int]:
+def _sha256(path: str) -> tuple[str, int]:
     read_at = time.time_ns()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:  # noqa: PTH123  (a str path, as _files yields)
         return hashlib.file_digest(handle, "sha256").hexdigest(), read_at
 
 
 def hash_inputs(base: Path, paths: tuple[str, ...], cache: StatCache | None = None) -> InputSet:
     """Hash every file of the declared inputs under `base` (threads: hashlib hashes without the GIL); files whose
     stat the cache knows are not read. Paths in the result are relative to `base`, POSIX style."""
-    base = base.resolve()
-    found: list[tuple[str, Path, os.stat_result]] = []
+    root = str(base.resolve())
+    found: list[tuple[str, str, os.stat_result]] = []
     missing: list[str] = []
     for declared in paths:
-        root = base / declared
-        if not root.exists():
+        if not (Path(root) / declared).exists():
             missing.append(declared)
             continue
-        for file in _files(root):
-            found.append((file.relative_to(base).as_posix(), file, file.stat()))
+        found += _files(root, declared)
     digests: dict[str, str] = {}
-    todo: list[tuple[str, Path, os.stat_result]] = []
+    todo: list[tuple[str, str, os.stat_result]] = []
     for name, file, stat in found:
-        known = cache.get(str(file), stat) if cache else None
+        known = cache.get(file, stat) if cache else None
         if known is None:
             todo.append((name, file, stat))
         else:
@@ -138,7 +148,7 @@ def hash_inputs(base: Path, paths: tuple[str, ...], cache: StatCache | None = No
             ):
                 digests[name] = digest
                 if cache:
-                    cache.put(str(file), stat, digest, read_at)
+                    cache.put(file, stat, digest, read_at)
     if cache:
         cache.save()
     return InputSet(tuple(paths), dict(sorted(digests.items())), tuple(missing))
