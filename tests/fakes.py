@@ -423,9 +423,12 @@ class FakeLauncher(Launcher):
     interrupt: bool = False
     launched: list[LaunchSpec] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    reads: tuple[str, ...] = ()  # files the command reads: what it found is kept in `seen`, one dict per launch
+    seen: list[dict[str, bytes | None]] = field(default_factory=list)
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         self.launched.append(spec)
+        self.seen.append({name: _read_as_mounted(spec, name) for name in self.reads})
         output("stdout", b"training...\n")
         output("stderr", b"a warning\n")
         if self.interrupt:
@@ -437,6 +440,17 @@ class FakeLauncher(Launcher):
 
     def remove(self, name: str) -> None:
         self.removed.append(name)
+
+
+def _read_as_mounted(spec: LaunchSpec, name: str) -> bytes | None:
+    """A file as the container would see it at /work/NAME: a read-only mount over the project, else the project."""
+    for host, inside in spec.read_only:
+        prefix = inside.removeprefix("/work/")
+        if name == prefix or name.startswith(prefix + "/"):
+            path = host / name[len(prefix) :].lstrip("/") if name != prefix else host
+            return path.read_bytes() if path.is_file() else None
+    path = spec.project_dir / name
+    return path.read_bytes() if path.is_file() else None
 
 
 @dataclass

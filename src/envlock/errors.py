@@ -30,6 +30,8 @@ EXIT_CODES: dict[int, str] = {
     21: "a run record was edited or damaged",
     22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
+    24: "`envlock reproduce`: nothing compared (no output to compare, no log): the re-run proves nothing",
+    25: "`envlock reproduce`: the original run had failed, and the re-run failed the same way (never REPRODUCED)",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -43,6 +45,8 @@ NOT_FOUND = 127
 USAGE = 2
 INTERRUPTED = 130
 NOT_REPRODUCED = 16
+NOTHING_COMPARED = 24
+FAILURE_REPRODUCED = 25
 
 
 class EnvlockError(Exception):

@@ -72,6 +72,16 @@ class ProjectLayout:
         """Verified image archives (`envlock archive`)."""
         return self.state / "archives"
 
+    @property
+    def objects(self) -> Path:
+        """Content-addressed copies of what a run saw (untracked code): `objects/sha256/ab/<hex>`, shared by runs."""
+        return self.state / "objects"
+
+    @property
+    def input_stats(self) -> Path:
+        """The inputs' stat cache: (path, size, mtime_ns, inode) → sha256, so unchanged data is not read again."""
+        return self.state / "cache" / "input-stats.json"
+
     def archive_for(self, image_id: str) -> Path:
         """The default archive file of an image."""
         return self.archives / f"{image_id.removeprefix('sha256:')[:12]}.tar"

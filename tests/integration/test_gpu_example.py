@@ -41,3 +41,20 @@ def test_gpu_example_builds_and_would_run_on_a_gpu_host(tmp_path: Path) -> None:
     client = docker.from_env()
     for image in client.images.list(name="torch-gpu"):
         client.images.remove(image.id, force=True)
+
+
+def test_no_gpus_runs_the_cuda_lock_on_a_cpu_host_without_force(tmp_path: Path) -> None:
+    for name in ("pyproject.toml", "train.py", "envlock.lock"):
+        shutil.copy(EXAMPLE / name, tmp_path / name)
+    probe = ["python", "-c", "import torch; print(torch.cuda.is_available())"]
+    ran = subprocess.run(
+        [ENVLOCK, "run", "-C", str(tmp_path), "--no-gpus", "--", *probe], capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 0 and ran.stdout.split() == ["False"], ran.stderr
+    assert "--no-gpus" in ran.stderr and "550.54.14" in ran.stderr, "the note names the driver floor"
+    record = RunStore(tmp_path).all()[-1]
+    assert not record.forced and record.gpus is False
+    again = subprocess.run(
+        [ENVLOCK, "reproduce", record.run_id, "-C", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 0 and "REPRODUCED:" in again.stdout, again.stdout + again.stderr

@@ -37,6 +37,12 @@ GpusOpt = Annotated[
 OutputsOpt = Annotated[
     list[str] | None, typer.Option("--output", "-o", help="A file or directory the run produces (repeatable).")
 ]
+InputsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input", "-i", help="A file or directory the run reads (repeatable): hashed first, mounted read-only."
+    ),
+]
 EnvOpt = Annotated[
     list[str] | None, typer.Option("--env", "-e", help="Pass this host variable in (repeatable); recorded by name.")
 ]

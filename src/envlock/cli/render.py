@@ -118,12 +118,39 @@ def _host_line(record: RunRecord) -> str:
     return f"host      driver {host.driver_version or 'none'} · GPUs {gpu_summary(host.gpus)} · {machine}"
 
 
-def _code_line(record: RunRecord, saved_diff: bool) -> str:
+def _code_lines(record: RunRecord, saved_diff: bool) -> list[str]:
+    """The commit; the uncommitted diff (saved or not); the untracked files, saved (restored by reproduce) or not."""
     git = record.git
     code = (git.commit or "not a git repository") if git else "taken when the job starts"
     if not (git and git.dirty):
-        return f"code      {code}"
-    return f"code      {code}  (dirty: {'diff.patch saved' if saved_diff else 'no diff saved'})"
+        return [f"code      {code}"]
+    parts = []
+    if git.diff_sha256:
+        parts.append("diff.patch saved" if saved_diff else "diff.patch missing")
+    if git.untracked:
+        parts.append(f"{len(git.untracked)} untracked: {len(git.saved)} saved, {len(git.unsaved)} not")
+    lines = [f"code      {code}  (dirty: {', '.join(parts)})"]
+    lines += [f"untracked {name}  saved (sha256 {digest[:12]})" for name, digest in git.saved.items()]
+    lines += [f"untracked {name}  NOT saved: {git.skipped.get(name, 'named only')}" for name in git.unsaved]
+    return lines
+
+
+def _inputs_lines(record: RunRecord) -> list[str]:
+    inputs = record.inputs
+    if inputs is None:
+        return []
+    lines = [f"inputs    {' '.join(inputs.paths)}  ({len(inputs.files)} files, digest {inputs.digest[:12]})"]
+    lines += [f"input     {path}  missing" for path in inputs.missing]
+    return lines
+
+
+def _verdict_lines(record: RunRecord, store: RunStore) -> list[str]:
+    if not record.reproduces:
+        return []
+    verdict = store.verdict(record.run_id) or {}
+    outcome = verdict.get("verdict") or ("REPRODUCED" if verdict.get("reproduced") else "no verdict kept")
+    where = store.directory(record.run_id) / "verdict.json"
+    return [f"reproduces {record.reproduces}", f"verdict   {outcome}  ({where})"]
 
 
 def _job_lines(record: RunRecord, job: JobRecord, store: RunStore, live: Mapping[str, JobState]) -> list[str]:
@@ -154,16 +181,17 @@ def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]
         f"image     {record.image_id}  ({record.image_reference})",
         *(f"pushed    {d}" for d in record.repo_digests),
         f"lock      {record.lock_hash}  (copy: {store.directory(record.run_id) / 'envlock.lock'})",
-        _code_line(record, (store.directory(record.run_id) / "diff.patch").is_file()),
+        *_code_lines(record, (store.directory(record.run_id) / "diff.patch").is_file()),
+        *_inputs_lines(record),
         _host_line(record),
+        *([f"gpus      {'yes' if record.gpus else 'no (--no-gpus, or none here)'}"] if record.gpus is not None else []),
         f"seed      {record.seed}  {settings}",
         f"time      {record.started} → {record.ended or '-'}",
         f"log       {store.log_path(record.run_id)}",
         *(f"preflight {note}" for note in record.preflight),
         *(f"output    {path}  {digest or 'not produced'}" for path, digest in record.outputs.items()),
     ]
-    if record.reproduces:
-        lines.append(f"reproduces {record.reproduces}")
+    lines += _verdict_lines(record, store)
     if record.tracking:
         lines.append(f"mlflow    {record.tracking.link or record.tracking.run_id}")
     if record.error:

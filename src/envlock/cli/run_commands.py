@@ -13,6 +13,7 @@ from envlock.cli.options import (
     EnvOpt,
     ForceOpt,
     GpusOpt,
+    InputsOpt,
     JsonOpt,
     MlflowOpt,
     NoMlflowOpt,
@@ -22,7 +23,6 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
-from envlock.errors import NOT_REPRODUCED
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False})
@@ -34,13 +34,14 @@ def run_command(
     force: ForceOpt = False,
     gpus: GpusOpt = None,
     output: OutputsOpt = None,
+    inputs: InputsOpt = None,
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
-    from envlock.lock.spec import load_spec  # noqa: PLC0415
+    from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
     from envlock.run.pinned import run_project  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
@@ -51,10 +52,11 @@ def run_command(
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
     tracking = open_tracking(tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ), wiring.tracker)
+    read = tuple(dict.fromkeys([*spec.run_inputs, *(check_input(path) for path in inputs or [])]))
     record, store = run_project(
         spec,
         locked,
-        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ())),
+        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ()), inputs=read),
         wiring.run_tools(),
         tracking=tracking,
         remove_container=wiring.remove_container,
@@ -79,7 +81,8 @@ def reproduce_command(
     archive: ArchiveOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Restore a run's image, re-run its command on its code with its seed, and compare the outputs."""
+    """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
+    mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
     from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.records import RunRecord, RunStore  # noqa: PLC0415
     from envlock.run.reproduce import Tolerance, reproduce_run, rerun_request  # noqa: PLC0415
@@ -93,14 +96,16 @@ def reproduce_command(
 
     def rerun(code: Path) -> RunRecord:
         return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=tuple(archive or ())
-        )
+            original, lock_path, request, code=code, store=store, tools=tools, archives=tuple(archive or ()),
+            inputs_from=project,
+        )  # fmt: skip
 
     verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol))
     for line in verdict.lines():
         typer.echo(line)
-    if not verdict.reproduced:
-        raise typer.Exit(NOT_REPRODUCED)
+    wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
+    if verdict.exit_code:
+        raise typer.Exit(verdict.exit_code)
 
 
 @app.command("diff")

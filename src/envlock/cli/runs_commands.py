@@ -96,6 +96,8 @@ def runs_show(ctx: typer.Context, run_id: RunIdArg, project: RunsProjectOpt = No
     live, closed = _settle(wiring_of(ctx), store, [record])
     record = closed.get(record.run_id, record)
     if as_json:
-        typer.echo(json.dumps(record.as_dict(), indent=2, sort_keys=True))
+        verdict = store.verdict(record.run_id) if record.reproduces else None
+        document = record.as_dict() | ({"verdict": verdict} if verdict else {})
+        typer.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
         typer.echo(run_details(record, store, live))

@@ -196,6 +196,7 @@ class Wiring:
             builder=self.builder,
             output=self.write,
             report=self.say,
+            environ=self.environ,
         )
 
 

@@ -13,6 +13,14 @@ from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 WORKDIR = "/work"
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+# A home every uid can write (the image has no home for an arbitrary --user; HOME=/ is not writable): a tmpfs,
+# world-writable and sticky like /tmp, gone with the container.
+CONTAINER_HOME = "/tmp/envlock-home"  # noqa: S108  (a tmpfs of the container's own, not the host's /tmp)
+
+
+def home_env() -> dict[str, str]:
+    """HOME and XDG_CACHE_HOME inside the container: writable for any uid (~/.cache, torch hub, HF caches)."""
+    return {"HOME": CONTAINER_HOME, "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache"}
 
 
 def determinism_env(seed: int, image_id: str, lock_hash: str) -> dict[str, str]:
@@ -44,6 +52,7 @@ class LaunchSpec:
     labels: dict[str, str] = field(default_factory=dict)
     mounts: tuple[Path, ...] = ()  # host directories mounted at the same path (e.g. an MLflow file store)
     host_network: bool = False  # share the host's network (a tracking server on its loopback)
+    read_only: tuple[tuple[Path, str], ...] = ()  # host path → container path, mounted read-only (declared inputs)
 
 
 class Launcher(Protocol):
@@ -73,7 +82,11 @@ def bind_mounts(spec: LaunchSpec) -> list[Any]:
 
     project = docker.types.Mount(target=WORKDIR, source=str(spec.project_dir.resolve()), type="bind")
     extra = [docker.types.Mount(target=str(path), source=str(path), type="bind") for path in spec.mounts]
-    return [project, *extra]
+    inputs = [
+        docker.types.Mount(target=inside, source=str(host.resolve()), type="bind", read_only=True)
+        for host, inside in spec.read_only
+    ]
+    return [project, *extra, *inputs]
 
 
 def _start(container: Any) -> tuple[int, str] | None:
@@ -115,6 +128,7 @@ class DockerLauncher:
                 environment=spec.environment,
                 working_dir=WORKDIR,
                 mounts=bind_mounts(spec),
+                tmpfs={CONTAINER_HOME: "mode=1777,exec"},
                 network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,

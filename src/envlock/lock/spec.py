@@ -14,7 +14,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from envlock.errors import SpecError
+from envlock.errors import SpecError, UsageError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
 from envlock.lock.shapes import debian_package_problem, url_problem
@@ -39,7 +39,11 @@ FIELDS = (
     "extra-index-urls",
     "registry",
     "outputs",
+    "inputs",
+    "untracked-max-bytes",
 )
+# The untracked files a run keeps copies of, in total, unless [tool.envlock] untracked-max-bytes says otherwise.
+UNTRACKED_MAX_BYTES = 50_000_000
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
 _PYTHON = re.compile(r"^3\.\d+$")
@@ -62,6 +66,10 @@ class Spec:
     extra_index_urls: tuple[str, ...]
     registry: str | None
     outputs: tuple[str, ...] = ()  # files or directories a run produces, relative to the project; hashed per run
+    # Files or directories a run reads (data): hashed before each run, compared by reproduce. Not a lock input:
+    # changing them never makes the lock stale.
+    run_inputs: tuple[str, ...] = ()
+    untracked_max_bytes: int = UNTRACKED_MAX_BYTES  # untracked files saved with a run, in total
 
     @property
     def lock_path(self) -> Path:
@@ -121,6 +129,21 @@ class _Problems:
             if inside and assignment.match(line):
                 return number
         return None
+
+
+def project_path_problem(path: str) -> str | None:
+    """Why a declared input cannot be used: it must be a plain path inside the project (mounted under /work)."""
+    parts = path.rstrip("/").split("/")
+    if not path.rstrip("/") or path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return f"{path!r} must be a path inside the project (relative, without . or ..)"
+    return None
+
+
+def check_input(path: str) -> str:
+    """A declared input from the command line, normalized; a UsageError when it leaves the project."""
+    if problem := project_path_problem(path):
+        raise UsageError(f"--input {problem}", hint="inputs are mounted under /work, where the project is")
+    return path.rstrip("/")
 
 
 def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -282,6 +305,19 @@ def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str
     return str(index_url), tuple(extras)
 
 
+def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str], int]:
+    """What runs read (inputs = [...]) and how much untracked code they keep (untracked-max-bytes)."""
+    run_inputs = _string_list(table.get("inputs", []), "tool.envlock.inputs", problems)
+    for declared in run_inputs:
+        if problem := project_path_problem(declared):
+            problems.add("tool.envlock.inputs", problem)
+    cap = table.get("untracked-max-bytes", UNTRACKED_MAX_BYTES)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        problems.add("tool.envlock.untracked-max-bytes", f"{cap!r} must be a number of bytes (>= 0)")
+        cap = UNTRACKED_MAX_BYTES
+    return run_inputs, cap
+
+
 def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
     """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
     problems = _Problems(path, text)
@@ -320,6 +356,7 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     for declared in outputs:
         if Path(declared).is_absolute() or ".." in Path(declared).parts:
             problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
+    run_inputs, untracked_max_bytes = _run_settings(table, problems)
 
     if problems.items:
         count = len(problems.items)
@@ -341,4 +378,6 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         extra_index_urls=extra_index_urls,
         registry=registry,
         outputs=tuple(outputs),
+        run_inputs=tuple(p.rstrip("/") for p in run_inputs),
+        untracked_max_bytes=untracked_max_bytes,
     )

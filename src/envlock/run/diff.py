@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,14 +24,16 @@ class RunDiff:
     locks: LockDiff
     factors: dict[str, tuple[Any, Any]]  # image, lock, driver, cuda-driver, gpus, commit, dirty, seed, command
     outputs: dict[str, tuple[str | None, str | None]]  # path → (sha256 in A, sha256 in B), differing only
+    inputs: dict[str, str] = field(default_factory=dict)  # input file → "changed" | "missing" | "added" in B
 
     def __bool__(self) -> bool:
-        return bool(self.locks or self.factors or self.outputs)
+        return bool(self.locks or self.factors or self.outputs or self.inputs)
 
     def lines(self) -> list[str]:
         """Readable lines, one change each."""
         out = [f"{key}: {old} -> {new}" for key, (old, new) in self.factors.items()]
         out += self.locks.lines()
+        out += [f"input {path}: {how}" for path, how in self.inputs.items()]
         out += [f"output {path}: {_short(a)} -> {_short(b)}" for path, (a, b) in self.outputs.items()]
         return out
 
@@ -40,6 +43,7 @@ class RunDiff:
             "factors": {k: {"old": o, "new": n} for k, (o, n) in self.factors.items()},
             "lock": self.locks.as_dict(),
             "outputs": {k: {"old": o, "new": n} for k, (o, n) in self.outputs.items()},
+            "inputs": dict(self.inputs),
         }
 
 
@@ -58,20 +62,31 @@ def _factors(run: RunRecord) -> dict[str, Any]:
         "gpus": [f"{gpu.name} ({gpu.arch})" for gpu in host.gpus] if host else [],
         "commit": git.commit if git else None,
         "dirty": git.diff_sha256 if git and git.dirty else None,
+        "untracked": _untracked(run),
+        "inputs": list(run.inputs.paths) if run.inputs else None,
         "seed": run.seed,
         "command": " ".join(run.command),
     }
 
 
+def _untracked(run: RunRecord) -> str | None:
+    """One digest for the untracked files (names, and the copies' sha256 where kept); None: there were none."""
+    if not run.git or not run.git.untracked:
+        return None
+    listed = "".join(f"{run.git.saved.get(name, 'not-saved')}  {name}\n" for name in sorted(run.git.untracked))
+    return hashlib.sha256(listed.encode()).hexdigest()[:12]
+
+
 def diff_runs(a: RunRecord, b: RunRecord, lock_a: Lock, lock_b: Lock) -> RunDiff:
-    """Compare two run records and the locks they ran with."""
+    """Compare two run records and the locks they ran with (inputs file by file)."""
     factors = changed(_factors(a), _factors(b))
+    inputs = a.inputs.changes(b.inputs) if a.inputs and b.inputs else {}
     outputs = {
         path: (a.outputs.get(path), b.outputs.get(path))
         for path in sorted(a.outputs.keys() | b.outputs.keys())
         if a.outputs.get(path) != b.outputs.get(path)
     }
-    return RunDiff(diff_locks(lock_a, lock_b), factors, outputs)
+    return RunDiff(diff_locks(lock_a, lock_b), factors, outputs, inputs)
 
 
 DiffKind = Literal["lock", "run", "image"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,13 @@ from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, read_images
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
-from envlock.lock.spec import Spec
+from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
 from envlock.paths import ProjectLayout
 from envlock.report import Report
-from envlock.run.gitstate import git_state
+from envlock.run.gitstate import GitState, git_state, save_untracked
 from envlock.run.hostprobe import HostState
+from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunRequest, run_in_image
 from envlock.run.tracking import Tracking
@@ -37,6 +39,17 @@ class RunTools:
     builder: Callable[[Sequence[str]], Builder]  # index URLs → a Builder over the user's caches
     output: Output
     report: Report
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
+
+
+def code_state(project_dir: Path, request: RunRequest, store: RunStore, max_bytes: int, report: Report) -> GitState:
+    """The code as the run sees it: commit, diff, and the untracked files copied into `.envlock/objects/` (up to
+    `max_bytes`); each file left without a copy is reported (a reproduction cannot bring it back)."""
+    state = git_state(project_dir, (*request.outputs, *request.inputs))
+    state = save_untracked(state, project_dir, ObjectStore(ProjectLayout(store.project_dir).objects), max_bytes)
+    for name, why in state.skipped.items():
+        report(f"warning: untracked {name} not saved with the run ({why}): a reproduction cannot restore it")
+    return state
 
 
 def build_lock(lock: Lock, repository: str, platform: str, builder: Builder) -> Built:
@@ -82,8 +95,10 @@ def run_recorded(
     queued: RunRecord | None = None,
     archives: tuple[Path, ...] = (),
     tracking: Tracking | None = None,
+    inputs_from: Path | None = None,
 ) -> RunRecord:
-    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host."""
+    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host;
+    `inputs_from`: where the declared inputs are (a reproduction: the project, while the code is a worktree)."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
 
     restored = restore_image(
@@ -104,12 +119,14 @@ def run_recorded(
         project_dir=code,
         image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
         host=tools.probe(),
-        git=git_state(code, request.outputs),
+        git=code_state(code, request, store, UNTRACKED_MAX_BYTES, tools.report),
         launcher=tools.launcher(),
         store=store,
         output=tools.output,
         queued=queued,
         tracking=tracking,
+        inputs_from=inputs_from,
+        environ=tools.environ,
     )
 
 
@@ -194,10 +211,11 @@ def run_project(
         project_dir=spec.project_dir,
         image=image,
         host=tools.probe(),
-        git=git_state(spec.project_dir, request.outputs),
+        git=code_state(spec.project_dir, request, store, spec.untracked_max_bytes, tools.report),
         launcher=tools.launcher(),
         store=store,
         output=tools.output,
         tracking=tracking,
+        environ=tools.environ,
     )
     return record, store

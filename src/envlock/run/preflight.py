@@ -131,6 +131,15 @@ def check_host(stack: CudaStack, host: HostState) -> Verdict:
     return Verdict(ok=not problems, problems=tuple(problems), warnings=tuple(warnings))
 
 
+def without_gpus(stack: CudaStack) -> str:
+    """The note for a CUDA lock run with --no-gpus: allowed on any host, the driver floor named for later."""
+    needs = f"driver >= {stack.driver_min}" if stack.driver_min != UNKNOWN else "a driver of unknown floor"
+    return (
+        f"--no-gpus: the lock's stack is {_describe(stack)} (it needs {needs} on a GPU host); the command runs on "
+        "the CPU, its CUDA code paths are not exercised"
+    )
+
+
 def enforce(verdict: Verdict, force: bool) -> tuple[str, ...]:
     """Raise PreflightError on problems unless forced; the notes for the run record (forced ones marked)."""
     if verdict.ok:

@@ -17,12 +17,15 @@ from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import ProjectLayout
 from envlock.run.hostprobe import HostState
-from envlock.run.schema import GitRecord, JobRecord, Table, TrackingRecord, read_host
+from envlock.run.inputs import InputSet
+from envlock.run.schema import GitRecord, JobRecord, Table, TrackingRecord, inputs_as_dict, read_host, read_inputs
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
-RECORD_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: the untracked files' saved copies (git), inputs, declared_outputs, gpus, log_sha256 (absent in 1 and 2: unknown).
+RECORD_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
 
 
@@ -68,6 +71,10 @@ class RunRecord:
     scheduler: JobRecord | None = None  # a batch job's facts (envlock submit): kind, job id, options, node…
     error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
     tracking: TrackingRecord | None = None  # the MLflow run the metrics went to: uri (no credentials), run id
+    inputs: InputSet | None = None  # the declared inputs, every file's sha256 taken before the command started
+    declared_outputs: list[str] = field(default_factory=list)  # as declared (a directory stays a directory)
+    gpus: bool | None = None  # whether the container got GPUs (None: recorded before envlock said)
+    log_sha256: str | None = None  # sha256 of log.txt at the end (compared when no output is declared)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +87,8 @@ class RunRecord:
             "preflight": list(self.preflight),
             "environment": dict(self.environment),
             "outputs": dict(self.outputs),
+            "declared_outputs": list(self.declared_outputs),
+            "inputs": inputs_as_dict(self.inputs) if self.inputs else None,
             "git": self.git.as_dict() if self.git else {},
             "host": self.host.as_dict() if self.host else {},
             "scheduler": self.scheduler.as_dict() if self.scheduler else None,
@@ -106,7 +115,9 @@ class RunRecord:
         status = table.text("status")
         if status and status not in get_args(Status):
             problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
-        git, host, job, tracking = (table.part(key) for key in ("git", "host", "scheduler", "tracking"))
+        git, host, job, tracking, inputs = (
+            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs")
+        )
         record = cls(
             run_id=table.text("run_id", _RUN_ID),
             status=cast("Status", status),
@@ -133,6 +144,10 @@ class RunRecord:
             scheduler=JobRecord.read(job) if job else None,
             error=table.optional_text("error"),
             tracking=TrackingRecord.read(tracking) if tracking else None,
+            inputs=read_inputs(inputs) if inputs else None,
+            declared_outputs=list(table.texts("declared_outputs", ())),
+            gpus=table.optional_flag("gpus"),
+            log_sha256=table.optional_text("log_sha256", _SHA256),
         )  # read in any known version, held (and written again) as the current one
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -172,6 +187,19 @@ class RunStore:
     def saved_output(self, run_id: str, path: str) -> Path:
         """Where a run keeps its copy of a small metrics output (for comparisons within a tolerance)."""
         return self.directory(run_id) / "outputs" / path
+
+    def save_verdict(self, run_id: str, verdict: Mapping[str, Any]) -> None:
+        """Keep `envlock reproduce`'s verdict beside the record of the run it made."""
+        text = json.dumps(verdict, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.directory(run_id) / "verdict.json", text)
+
+    def verdict(self, run_id: str) -> dict[str, Any] | None:
+        """The verdict kept beside a reproducing run's record (None: none, or unreadable)."""
+        try:
+            data = json.loads((self.directory(run_id) / "verdict.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def log_path(self, run_id: str) -> Path:
         """The run's combined stdout/stderr."""

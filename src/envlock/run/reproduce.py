@@ -1,4 +1,5 @@
-"""Re-verify a recorded result: same image, same code, same seed; compare the outputs and name what moved."""
+"""Re-verify a recorded result: same image, code (untracked files too), inputs, seed; compare what the two runs
+produced and name what moved. A verdict claims only what was compared (see Verdict.outcome)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.errors import RerunError, UsageError
+from envlock.errors import FAILURE_REPRODUCED, NOT_REPRODUCED, NOTHING_COMPARED, RerunError, UsageError
 from envlock.lock import lockfile
+from envlock.paths import ProjectLayout
 from envlock.run.diff import RunDiff, diff_runs
+from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunRequest
+from envlock.run.runner import RunRequest, sha256_file
+from envlock.run.schema import relative_path_problem
 
-Status = Literal["identical", "within tolerance", "differs", "missing"]
+# "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
+Status = Literal["identical", "within tolerance", "differs", "missing", "not produced"]
+Outcome = Literal["REPRODUCED", "NOT REPRODUCED", "NOTHING COMPARED", "FAILURE REPRODUCED"]
+EXIT_OF: dict[Outcome, int] = {
+    "REPRODUCED": 0,
+    "NOT REPRODUCED": NOT_REPRODUCED,
+    "NOTHING COMPARED": NOTHING_COMPARED,
+    "FAILURE REPRODUCED": FAILURE_REPRODUCED,
+}
+_FINE = ("identical", "within tolerance")
 
 
 @dataclass(frozen=True)
@@ -95,15 +108,22 @@ def _table(path: Path) -> dict[str, Any]:
     return {f"row {r} col {c}": cell for r, row in enumerate(rows) for c, cell in enumerate(row)}
 
 
+def _by_presence(path: str, before: str | None, after: str | None) -> OutputCheck:
+    """The cases the hashes decide alone: equal, or produced by one run only, or by neither."""
+    if before == after:
+        return OutputCheck(path, "identical") if before else OutputCheck(path, "not produced", ("neither run did",))
+    if after is None:
+        return OutputCheck(path, "missing", ("the new run did not produce it",))
+    return OutputCheck(path, "differs", ("the original run did not produce it",))
+
+
 def compare_output(
     path: str, hashes: tuple[str | None, str | None], before: Path | None, after: Path, tolerance: Tolerance
 ) -> OutputCheck:
     """Bit-identical, or (JSON/CSV with a saved copy) equal within the tolerance, or which values moved."""
     before_hash, after_hash = hashes
-    if after_hash is None:
-        return OutputCheck(path, "missing", ("the new run did not produce it",))
-    if before_hash == after_hash:
-        return OutputCheck(path, "identical")
+    if before_hash is None or after_hash is None or before_hash == after_hash:
+        return _by_presence(path, before_hash, after_hash)
     if before is None or not before.is_file():
         return OutputCheck(path, "differs", (f"sha256 {str(before_hash)[:12]} -> {after_hash[:12]}",))
     try:
@@ -120,7 +140,8 @@ def compare_output(
 
 @contextlib.contextmanager
 def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[Path]:
-    """The recorded code in a separate directory: a git worktree at the commit, with the recorded diff applied."""
+    """The recorded code in a separate directory: a git worktree at the commit, the recorded diff applied, the
+    untracked files restored from `.envlock/objects/`. RerunError when any of it cannot be brought back."""
     commit = record.git.commit if record.git else None
     with tempfile.TemporaryDirectory(prefix="envlock-reproduce-") as tmp:
         work = Path(tmp) / "code"
@@ -143,52 +164,153 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[P
         inside = project_dir.resolve().relative_to(Path(top).resolve()) if top else Path()
         git("worktree", "add", "--detach", str(work), commit)
         try:
-            patch = store.directory(record.run_id) / "diff.patch"
-            if record.git and record.git.dirty and patch.is_file():
-                git("apply", "--binary", str(patch), cwd=work)  # git diff paths are relative to the repository
+            # Absolute: git runs in the worktree, where a relative path (-C .) would name nothing.
+            patch = (store.directory(record.run_id) / "diff.patch").resolve()
+            if record.git and record.git.diff_sha256:
+                if not patch.is_file() or sha256_file(patch) != record.git.diff_sha256:
+                    raise RerunError(
+                        f"the run's diff.patch is missing or is not the diff recorded ({patch})",
+                        hint="the uncommitted changes of that run cannot be brought back",
+                    )
+                git("apply", "--index", "--binary", str(patch), cwd=work)  # paths relative to the repository
+            _restore_untracked(record, work / inside, ObjectStore(ProjectLayout(store.project_dir).objects))
             yield work / inside
         finally:
             subprocess.run(["git", "-C", str(project_dir), "worktree", "remove", "--force", str(work)],
                            capture_output=True, check=False)  # fmt: skip
 
 
+def _restore_untracked(record: RunRecord, root: Path, objects: ObjectStore) -> None:
+    """Write the run's saved untracked files back, each verified against its recorded sha256."""
+    for name, digest in (record.git.saved if record.git else {}).items():
+        data = objects.get(digest) if relative_path_problem(name) is None else None
+        if data is None:
+            raise RerunError(
+                f"untracked file {name} cannot be restored: its copy (sha256 {digest[:12]}) is missing or damaged "
+                f"in {objects.root}",
+                hint="the run's untracked code is gone; commit such files to make runs reproducible",
+            )
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """Reproduced or not, and why: every output compared, every factor that moved between the two runs."""
+    """Reproduced or not, and why: every output compared, every factor compared or not, what moved."""
 
     original: RunRecord
     new: RunRecord
     outputs: tuple[OutputCheck, ...]
     changes: RunDiff
+    log: OutputCheck | None = None  # the logs compared, when no output was
+    compared: tuple[str, ...] = ()  # the factors compared, with what they covered
+    not_compared: tuple[str, ...] = ()  # what could not be compared, and why
+    extra: tuple[str, ...] = ()  # files the re-run wrote into a declared directory that the original did not
+
+    @property
+    def checks(self) -> tuple[OutputCheck, ...]:
+        """What was actually compared: the outputs either run produced, else the log."""
+        produced = tuple(check for check in self.outputs if check.status != "not produced")
+        return produced or ((self.log,) if self.log else ())
+
+    @property
+    def outcome(self) -> Outcome:
+        """NOT REPRODUCED on any difference (exit status, an input, an output, the log); NOTHING COMPARED when no
+        output and no log could be compared; FAILURE REPRODUCED when the original had failed and failed again the
+        same way; REPRODUCED only for a successful run whose compared results all match."""
+        if self.new.exit_code != self.original.exit_code or self.changes.inputs:
+            return "NOT REPRODUCED"
+        if any(check.status not in _FINE for check in self.checks):
+            return "NOT REPRODUCED"
+        if not self.checks:
+            return "NOTHING COMPARED"
+        return "FAILURE REPRODUCED" if self.original.exit_code != 0 else "REPRODUCED"
 
     @property
     def reproduced(self) -> bool:
-        """Same exit code, and every output identical or within tolerance."""
-        fine = all(check.status in ("identical", "within tolerance") for check in self.outputs)
-        return fine and self.new.exit_code == self.original.exit_code
+        """REPRODUCED, and nothing less."""
+        return self.outcome == "REPRODUCED"
+
+    @property
+    def exit_code(self) -> int:
+        """The verdict's exit status (0 only for REPRODUCED)."""
+        return EXIT_OF[self.outcome]
 
     def lines(self) -> list[str]:
         """The verdict as text."""
-        head = "REPRODUCED" if self.reproduced else "NOT REPRODUCED"
-        lines = [f"{head}: run {self.new.run_id} re-ran {self.original.run_id}"]
+        lines = [f"{self.outcome}: run {self.new.run_id} re-ran {self.original.run_id}"]
         if self.new.exit_code != self.original.exit_code:
             lines.append(f"  exit code: {self.original.exit_code} -> {self.new.exit_code}")
+        else:
+            lines.append(f"  exit code: {self.new.exit_code} (both)")
         for check in self.outputs:
             lines.append(f"  output {check.path}: {check.status}")
             lines += [f"    {detail}" for detail in check.details]
+        if self.log and self.log in self.checks:
+            lines.append(f"  log (no output to compare): {self.log.status}")
+            lines += [f"    {detail}" for detail in self.log.details]
         moved = [line for line in self.changes.lines() if not line.startswith("output ")]
-        lines += [f"  changed: {line}" for line in moved] or ["  changed: nothing (same image, lock, host, code, seed)"]
+        lines.append(f"  compared: {', '.join(self.compared)}")
+        lines += [f"  changed: {line}" for line in moved] or ["  changed: nothing"]
+        lines += [f"  not compared: {what}" for what in self.not_compared]
+        lines += [f"  also written by the re-run (not compared): {path}" for path in self.extra]
         return lines
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready verdict."""
+        """JSON-ready verdict (kept beside the new run's record as verdict.json)."""
         return {
+            "verdict": self.outcome,
+            "exit_code": self.exit_code,
             "reproduced": self.reproduced,
             "original": self.original.run_id,
             "new": self.new.run_id,
+            "exit_codes": {"original": self.original.exit_code, "new": self.new.exit_code},
             "outputs": [{"path": c.path, "status": c.status, "details": list(c.details)} for c in self.outputs],
+            "log": {"status": self.log.status, "details": list(self.log.details)} if self.log else None,
+            "compared": list(self.compared),
+            "not_compared": list(self.not_compared),
+            "extra": list(self.extra),
             "changes": self.changes.as_dict(),
         }
+
+
+def _log_check(original: RunRecord, new: RunRecord, store: RunStore) -> OutputCheck | None:
+    """The two logs by sha256 (an original recorded before envlock hashed its log: its log file as it is)."""
+    before = original.log_sha256
+    if before is None and store.log_path(original.run_id).is_file():
+        before = sha256_file(store.log_path(original.run_id))
+    if before is None or new.log_sha256 is None:
+        return None
+    if before == new.log_sha256:
+        return OutputCheck("log.txt", "identical")
+    return OutputCheck("log.txt", "differs", (f"sha256 {before[:12]} -> {new.log_sha256[:12]}",))
+
+
+def _factors(original: RunRecord, new: RunRecord) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(compared, not compared): each factor of the design brief, with what it covered or why it could not be."""
+    compared = ["image", "lock"]
+    missing: list[str] = []
+    git = original.git
+    if git is None or git.commit is None:
+        missing.append("code: the original was not in a git repository; the project was copied as it is now")
+    else:
+        parts = [f"commit {git.commit[:10]}"]
+        if git.diff_sha256:
+            parts.append("diff")
+        if git.saved:
+            parts.append(f"{len(git.saved)} untracked file{'s' if len(git.saved) > 1 else ''}")
+        compared.append(f"code ({' + '.join(parts)})")
+        missing += [f"untracked {name}: {git.skipped.get(name, 'no copy was kept')}" for name in git.unsaved]
+    if original.inputs:
+        compared.append(f"inputs ({len(original.inputs.files)} files)")
+    else:
+        missing.append("inputs: none declared (--input, or inputs = [...] in [tool.envlock])")
+    absent = sorted(set(original.passed_env) - set(new.passed_env))
+    compared.append(f"environment names ({', '.join(original.passed_env) or 'none passed'})")
+    missing += [f"environment {name}: not set here, not passed" for name in absent]
+    compared += ["seed", "host"]
+    return tuple(compared), tuple(missing)
 
 
 def reproduce_run(
@@ -198,7 +320,8 @@ def reproduce_run(
     rerun: Callable[[Path], RunRecord],
     tolerance: Tolerance,
 ) -> Verdict:
-    """Run `rerun` on the recorded code and compare its outputs and circumstances with the original's."""
+    """Run `rerun` on the recorded code and compare its outputs and circumstances with the original's; the new
+    run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json)."""
     with code_at(project_dir, original, store) as code:
         new = rerun(code)
         checks = tuple(
@@ -211,14 +334,32 @@ def reproduce_run(
             )
             for path, digest in sorted(original.outputs.items())
         )
+        for path, digest in new.outputs.items():
+            kept = store.saved_output(new.run_id, path)
+            if digest and not kept.is_file() and relative_path_problem(path) is None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(code / path, kept)
     lock_before = lockfile.read(store.directory(original.run_id) / "envlock.lock")
     lock_after = lockfile.read(store.directory(new.run_id) / "envlock.lock")
-    return Verdict(original, new, checks, diff_runs(original, new, lock_before, lock_after))
+    compared, not_compared = _factors(original, new)
+    verdict = Verdict(
+        original,
+        new,
+        checks,
+        diff_runs(original, new, lock_before, lock_after),
+        log=_log_check(original, new, store),
+        compared=compared,
+        not_compared=not_compared,
+        extra=tuple(sorted(set(new.outputs) - set(original.outputs))),
+    )
+    store.save_verdict(new.run_id, verdict.as_dict())
+    return verdict
 
 
 def rerun_request(original: RunRecord, force: bool) -> RunRequest:
-    """What reproduce runs again: the original's command, seed, outputs and passed variable names; a multi-node
-    run is refused (one container here would wait for nodes that never come)."""
+    """What reproduce runs again: the original's command, seed, declared outputs and inputs, passed variable names,
+    GPU mode and --force (a forced original is re-run forced); a multi-node run is refused (one container here
+    would wait for nodes that never come)."""
     nodes = original.environment.get("ENVLOCK_NNODES", "1")
     if nodes != "1":
         raise UsageError(
@@ -226,7 +367,16 @@ def rerun_request(original: RunRecord, force: bool) -> RunRequest:
             hint=f"submit it again (envlock submit --slurm -N {nodes} -- {' '.join(original.command)}), then compare: "
             f"envlock diff {original.run_id} NEW_RUN",
         )
-    outputs = tuple(original.outputs) or (original.scheduler.request.outputs if original.scheduler else ())
+    request = original.scheduler.request if original.scheduler else None
+    outputs = tuple(original.declared_outputs) or tuple(original.outputs) or (request.outputs if request else ())
+    gpus = original.gpus if original.gpus is not None else (request.gpus if request else None)
     return RunRequest(
-        original.command, original.seed, force, None, outputs, tuple(original.passed_env), original.run_id
+        original.command,
+        original.seed,
+        force or original.forced or bool(request and request.force),
+        gpus,
+        outputs,
+        tuple(original.passed_env),
+        original.run_id,
+        inputs=tuple(original.inputs.paths) if original.inputs else (),
     )

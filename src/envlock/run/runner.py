@@ -6,17 +6,20 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from envlock.engine.launch import Launcher, LaunchSpec, Output, determinism_env
+from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import EnvlockError, UsageError
 from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
+from envlock.paths import ProjectLayout
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
-from envlock.run.preflight import check_host, enforce
+from envlock.run.inputs import InputSet, StatCache, hash_inputs
+from envlock.run.preflight import check_host, enforce, without_gpus
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
 from envlock.run.schema import GitRecord, JobRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
@@ -24,6 +27,9 @@ from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_ta
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
 METRICS_SUFFIXES = (".json", ".csv")
 METRICS_MAX_BYTES = 1 << 20
+# The kernel stamps files from a coarse clock (a tick behind time.time_ns()): a directory output's files count as
+# written during the run when modified no earlier than this before the launch.
+MTIME_SLACK_NS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class RunRequest:
     gpu_devices: tuple[str, ...] = ()  # only these GPUs (indices or UUIDs), e.g. the ones Slurm allotted the job
     settings: Mapping[str, str] = field(default_factory=dict)  # envlock-set variables (a job's rank), recorded
     host_network: bool = False  # share the host's network (a multi-node job: NCCL between nodes)
+    inputs: tuple[str, ...] = ()  # files or directories the command reads, relative to the project: hashed first
 
 
 def new_record(
@@ -56,6 +63,8 @@ def new_record(
     notes: tuple[str, ...] = (),
     scheduler: JobRecord | None = None,
     container: str | None = None,
+    gpus: bool | None = None,
+    inputs: InputSet | None = None,
 ) -> RunRecord:
     """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
     return RunRecord(
@@ -73,6 +82,7 @@ def new_record(
         environment={
             **determinism_env(request.seed, image.image_id, lock.lock_hash),
             "ENVLOCK_RUN_ID": run_id,
+            **home_env(),
             **request.settings,
         },
         passed_env=passed_env,
@@ -83,6 +93,9 @@ def new_record(
         envlock_pid=os.getpid(),
         reproduces=request.reproduces,
         scheduler=scheduler,
+        inputs=inputs,
+        declared_outputs=list(request.outputs),
+        gpus=gpus,
     )
 
 
@@ -114,14 +127,16 @@ def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, .
     return tuple(dict.fromkeys(kept))
 
 
-def hash_outputs(project_dir: Path, outputs: tuple[str, ...]) -> dict[str, str | None]:
-    """sha256 of each declared output; a directory counts as every file in it. None: not produced."""
+def hash_outputs(project_dir: Path, outputs: tuple[str, ...], since_ns: int | None = None) -> dict[str, str | None]:
+    """sha256 of each declared output; a directory counts as every file in it written during the run (modified at
+    or after `since_ns`: a directory that accumulates, like mlruns/, keeps older runs' files). None: not produced."""
     hashes: dict[str, str | None] = {}
     for declared in outputs:
         path = project_dir / declared
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                hashes[file.relative_to(project_dir).as_posix()] = sha256_file(file)
+                if since_ns is None or file.stat().st_mtime_ns >= since_ns:
+                    hashes[file.relative_to(project_dir).as_posix()] = sha256_file(file)
         else:
             hashes[declared] = sha256_file(path) if path.is_file() else None
     return hashes
@@ -148,10 +163,18 @@ def plan_run(
     tracked: bool,
     queued: RunRecord | None = None,
     environ: Mapping[str, str] = os.environ,
+    inputs: InputSet | None = None,
+    inputs_from: Path | None = None,
 ) -> RunPlan:
-    """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects."""
+    """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
+
+    `--no-gpus` on a CUDA lock needs no --force: nothing of the host's driver is used, the preflight's refusal
+    becomes a note naming the floor. Declared inputs are mounted read-only where the command expects them."""
     stack = lock.target(platform).cuda
-    notes = enforce(check_host(stack, host), request.force)
+    if request.gpus is False and stack.kind == "cuda":
+        notes: tuple[str, ...] = (without_gpus(stack),)
+    else:
+        notes = enforce(check_host(stack, host), request.force)
     gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
     run_id = queued.run_id if queued else new_run_id()
     names = (*request.pass_env, *(CLIENT_SETTINGS if tracked else ()))  # the MLflow client's credentials, by name
@@ -169,7 +192,11 @@ def plan_run(
         notes=notes,
         scheduler=queued.scheduler if queued else None,
         container=queued.container if queued else None,
+        gpus=gpus,
+        inputs=inputs,
     )
+    source = inputs_from or project_dir
+    present = [p.rstrip("/") for p in (inputs.paths if inputs else ()) if p not in (inputs.missing if inputs else ())]
     launch = LaunchSpec(
         image_id=image.image_id,
         command=list(request.command),
@@ -181,6 +208,7 @@ def plan_run(
         gpu_devices=request.gpu_devices,
         labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
         host_network=request.host_network,
+        read_only=tuple((source / path, f"{WORKDIR}/{path}") for path in present),
     )
     return RunPlan(record, launch, passed)
 
@@ -226,16 +254,32 @@ def run_in_image(
     output: Output,
     queued: RunRecord | None = None,
     tracking: Tracking | None = None,
+    inputs_from: Path | None = None,
+    environ: Mapping[str, str] = os.environ,
 ) -> RunRecord:
     """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record.
 
     `queued`: the record `envlock submit` left for a batch job; the run keeps its id, folder and scheduler facts.
     `tracking`: an MLflow run is started (or reused) and tagged before the launch, continued inside the container,
     and ended with the command's outcome.
+    `inputs_from`: where the declared inputs are (default: project_dir; a reproduction runs in a worktree and reads
+    the project's). They are hashed before anything starts; a missing one is refused unless this is a reproduction
+    (whose verdict then names it).
     """
+    source = inputs_from or project_dir
+    inputs = None
+    if request.inputs:
+        inputs = hash_inputs(source, request.inputs, StatCache(ProjectLayout(store.project_dir).input_stats))
+        if inputs.missing and request.reproduces is None:
+            raise UsageError(
+                f"input {inputs.missing[0]!r} does not exist in {source}",
+                hint="--input and `inputs = [...]` name files or directories inside the project",
+                details=tuple(f"input {m!r} does not exist either" for m in inputs.missing[1:]),
+            )
+        _mount_points(project_dir, source, inputs)
     plan = plan_run(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
-        tracked=tracking is not None, queued=queued,
+        tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
     )  # fmt: skip
     tracked = None
     if tracking:
@@ -252,6 +296,7 @@ def run_in_image(
             log.flush()
             output(stream, data)
 
+        since_ns = time.time_ns() - MTIME_SLACK_NS
         try:
             code = launcher.run(plan.launch, tee)
         except KeyboardInterrupt:
@@ -262,16 +307,35 @@ def run_in_image(
             store.save(replace(record, status="failed", ended=now()))
             _end_quietly(tracking, tracked, "FAILED")
             raise
-    finished = _finished(record, code, project_dir, request.outputs, store)
+    finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
     store.save(finished)
     if tracking and tracked:
         tracking.tracker.finish(tracked, status_of(code))
     return finished
 
 
-def _finished(record: RunRecord, code: int, project_dir: Path, outputs: tuple[str, ...], store: RunStore) -> RunRecord:
-    """The record at the end: the outputs hashed, small metrics files kept for comparisons within a tolerance."""
-    hashes = hash_outputs(project_dir, outputs)
+def _mount_points(project_dir: Path, source: Path, inputs: InputSet) -> None:
+    """In a worktree that lacks them (gitignored data), the inputs' mount points: made here as the caller, so the
+    engine does not make them as root."""
+    if project_dir.resolve() == source.resolve():
+        return
+    for path in inputs.paths:
+        if path in inputs.missing or (project_dir / path).exists():
+            continue
+        target = project_dir / path.rstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (source / path).is_dir():
+            target.mkdir()
+        else:
+            target.touch()
+
+
+def _finished(
+    record: RunRecord, code: int, project_dir: Path, outputs: tuple[str, ...], store: RunStore, *, since_ns: int
+) -> RunRecord:
+    """The record at the end: the outputs hashed, small metrics files kept for comparisons within a tolerance,
+    the log hashed (what is compared when no output is declared)."""
+    hashes = hash_outputs(project_dir, outputs, since_ns)
     for path, digest in hashes.items():
         source = project_dir / path
         if digest and source.suffix.lower() in METRICS_SUFFIXES and source.stat().st_size <= METRICS_MAX_BYTES:
@@ -279,7 +343,9 @@ def _finished(record: RunRecord, code: int, project_dir: Path, outputs: tuple[st
             saved.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, saved)
     status: Status = "finished" if code == 0 else "failed"
-    return replace(record, status=status, ended=now(), exit_code=code, outputs=hashes)
+    log = store.log_path(record.run_id)
+    log_sha256 = sha256_file(log) if log.is_file() else None
+    return replace(record, status=status, ended=now(), exit_code=code, outputs=hashes, log_sha256=log_sha256)
 
 
 def _end_quietly(tracking: Tracking | None, tracked: TrackedRun | None, status: str) -> None:

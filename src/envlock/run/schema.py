@@ -1,21 +1,31 @@
 """The run record's typed parts (code, host, batch job, tracking) and the checked reading of their JSON form.
 
 JSON keeps the key names records always had: snake_case at the top, kebab-case inside the parts (external readers
-and MLflow tags see no change). Record version 2 is version 1 with its shape enforced on read.
+and MLflow tags see no change). Record version 2 is version 1 with its shape enforced on read; version 3 adds the
+untracked files' saved copies, the inputs, the declared outputs, the GPU mode and the log's hash.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
+from envlock.run.inputs import InputSet
 
 _HEX_COMMIT = re.compile(r"[0-9a-f]{1,64}")  # hex only: a recorded commit never reaches git as an option
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def relative_path_problem(path: str) -> str | None:
+    """Why a recorded project-relative path may not be used (absolute, or climbing out), or None."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in parts):
+        return f"{path!r} is not a plain path inside the project"
+    return None
 
 
 class Table:
@@ -119,17 +129,26 @@ def _keys(*names: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class GitRecord:
-    """Where the code was: commit (None outside git), dirty flag, sha256 of the diff saved beside the record."""
+    """Where the code was: commit (None outside git), dirty flag, sha256 of the diff saved beside the record, the
+    untracked files, and of those the ones copied into `.envlock/objects/` (by sha256) and the ones not (why)."""
 
     commit: str | None
     dirty: bool
     diff_sha256: str | None = None
     untracked: tuple[str, ...] = ()
+    saved: Mapping[str, str] = field(default_factory=dict)
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, state: GitState) -> GitRecord:
         """The recorded form of a probed git state (the diff itself goes to diff.patch)."""
-        return cls(state.commit, state.dirty, state.diff_sha256, state.untracked)
+        saved, skipped = dict(state.saved), dict(state.skipped)
+        return cls(state.commit, state.dirty, state.diff_sha256, state.untracked, saved, skipped)
+
+    @property
+    def unsaved(self) -> tuple[str, ...]:
+        """Untracked files of which no copy was kept (over the cap, or recorded before envlock kept copies)."""
+        return tuple(name for name in self.untracked if name not in self.saved)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -138,18 +157,57 @@ class GitRecord:
             "dirty": self.dirty,
             "diff-sha256": self.diff_sha256,
             "untracked": list(self.untracked),
+            "untracked-saved": dict(self.saved),
+            "untracked-skipped": dict(self.skipped),
         }
 
     @classmethod
     def read(cls, table: Table) -> GitRecord:
-        """Read the JSON form, collecting problems."""
-        table.unknown(_keys("commit", "dirty", "diff-sha256", "untracked"))
+        """Read the JSON form, collecting problems (names become paths in a worktree: checked here)."""
+        table.unknown(_keys("commit", "dirty", "diff-sha256", "untracked", "untracked-saved", "untracked-skipped"))
+        saved = table.text_table("untracked-saved")
+        for name, digest in saved.items():
+            if problem := relative_path_problem(name):
+                table.problems.append(f"{table.where}'untracked-saved': {problem}")
+            if not _SHA256.fullmatch(digest):
+                table.problems.append(f"{table.where}'untracked-saved': {digest!r} is not a sha256")
         return cls(
             commit=table.optional_text("commit", _HEX_COMMIT),
             dirty=table.flag("dirty"),
             diff_sha256=table.optional_text("diff-sha256", _SHA256),
             untracked=table.texts("untracked", ()),
+            saved=saved,
+            skipped=table.text_table("untracked-skipped"),
         )
+
+
+def inputs_as_dict(inputs: InputSet) -> dict[str, Any]:
+    """The inputs part's JSON form: declared paths, per-file sha256, the manifest digest, the absent paths."""
+    return {
+        "paths": list(inputs.paths),
+        "files": dict(inputs.files),
+        "digest": inputs.digest,
+        "missing": list(inputs.missing),
+    }
+
+
+def read_inputs(table: Table) -> InputSet:
+    """The inputs part, its paths and digests checked (and the manifest digest recomputed and compared)."""
+    table.unknown(_keys("paths", "files", "digest", "missing"))
+    files = table.text_table("files")
+    for name, digest in files.items():
+        if problem := relative_path_problem(name):
+            table.problems.append(f"{table.where}'files': {problem}")
+        if not _SHA256.fullmatch(digest):
+            table.problems.append(f"{table.where}'files': {digest!r} is not a sha256")
+    paths = table.texts("paths")
+    for declared in paths:
+        if problem := relative_path_problem(declared.rstrip("/")):
+            table.problems.append(f"{table.where}'paths': {problem}")
+    inputs = InputSet(paths, files, table.texts("missing", ()))
+    if table.text("digest", _SHA256) and table.data.get("digest") != inputs.digest:
+        table.problems.append(f"{table.where}'digest' is not the digest of the files listed")
+    return inputs
 
 
 def read_host(table: Table) -> HostState:
