@@ -30,6 +30,8 @@ EXIT_CODES: dict[int, str] = {
     21: "a run record was edited or damaged",
     22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
+    24: "`envlock verify`: a signature or a hash does not hold (each mismatch is named), or the attestation is "
+    "missing or malformed",
     125: "`run`, `runs wait`: envlock itself failed; the error line names the failure and its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -225,3 +227,10 @@ class RerunError(EnvlockError):
     """`envlock reproduce` could not set the original run up again (its code, diff or inputs)."""
 
     exit_code = 23
+
+
+class VerificationError(EnvlockError):
+    """An attestation's signature or one of its hashes does not hold against what is on disk."""
+
+    exit_code = 24
+    default_hint = "something changed since the attestation was made: the lines above name each mismatch"
