@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from envlock import __version__
+from envlock.errors import VerificationError
 from envlock.image.plan import ImagePlan
-from envlock.image.signing import STATEMENT_TYPE, SigningKey, envelope, write_envelope
+from envlock.image.signing import STATEMENT_TYPE, PublicKey, SigningKey, envelope, open_envelope, write_envelope
 from envlock.paths import ProjectLayout
 
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -35,8 +36,11 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
     ]
     if pushed:
         subject.append(
-            {"name": pushed.partition("@")[0], "digest": {"sha256": hex_of(pushed)},
-             "annotations": {"envlock:kind": "manifest"}}  # fmt: skip
+            {
+                "name": pushed.partition("@")[0],
+                "digest": {"sha256": hex_of(pushed)},
+                "annotations": {"envlock:kind": "manifest"},
+            }
         )
     base: dict[str, Any] = {"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256}
     if target.base is not None:
@@ -44,8 +48,11 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
     dependencies: list[dict[str, Any]] = []
     if target.base is not None:
         dependencies.append(
-            {"name": f"base:{lock.base.name}", "digest": {"sha256": hex_of(target.base.id)},
-             "annotations": {"debian-packages": len(target.base.debian)}}  # fmt: skip
+            {
+                "name": f"base:{lock.base.name}",
+                "digest": {"sha256": hex_of(target.base.id)},
+                "annotations": {"debian-packages": len(target.base.debian)},
+            }
         )
     dependencies += [
         {"name": wheel.name, "uri": wheel.url, "digest": {"sha256": wheel.sha256}}
@@ -54,8 +61,11 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
     byproducts = []
     if plan.sbom:
         byproducts.append(
-            {"name": "sbom.cdx.json", "mediaType": "application/vnd.cyclonedx+json",
-             "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()}}  # fmt: skip
+            {
+                "name": "sbom.cdx.json",
+                "mediaType": "application/vnd.cyclonedx+json",
+                "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()},
+            }
         )
     return {
         "_type": STATEMENT_TYPE,
@@ -67,7 +77,8 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
                 "externalParameters": {
                     "lock-hash": lock.lock_hash,
                     "base": base,
-                    "recipe": {"name": lock.base.name, "sha256": lock.base.sha256} if lock.base.kind == "recipe"
+                    "recipe": {"name": lock.base.name, "sha256": lock.base.sha256}
+                    if lock.base.kind == "recipe"
                     else None,
                     "platform": plan.platform,
                 },
@@ -98,3 +109,20 @@ def write_image_attestation(
     """Write the image's signed (or unsigned) provenance into the project's .envlock/attestations/."""
     document = envelope(image_statement(plan, image_id, pushed), key)
     return write_envelope(attestation_path(project_dir, image_id), document), document
+
+
+def check_pulled(document: dict[str, Any], manifest_digest: str, image_id: str, key: PublicKey | None) -> str:
+    """A provenance fetched from the registry must be about this manifest and this image (and signed by key)."""
+    opened = open_envelope(document, key, "the image's provenance in the registry")
+    subjects = {
+        (s.get("annotations") or {}).get("envlock:kind"): "sha256:" + str(s.get("digest", {}).get("sha256"))
+        for s in opened.statement.get("subject") or []
+    }
+    for kind, wanted in (("manifest", manifest_digest), ("config", image_id)):
+        if subjects.get(kind) != wanted:
+            raise VerificationError(
+                f"the provenance in the registry is about {kind} {str(subjects.get(kind))[:19]}, not {wanted[:19]}"
+            )
+    return f"provenance subject = manifest {manifest_digest[:19]} and image {image_id[:19]}" + (
+        f", signed by {opened.signed_by[:16]}" if opened.signed_by else " (signature not checked: --key PUB)"
+    )

@@ -51,9 +51,7 @@ def artifact_manifest(artifact: Artifact, subject_digest: str, subject_size: int
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact.artifact_type,
         "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": _digest(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
-        "layers": [
-            {"mediaType": artifact.artifact_type, "digest": _digest(artifact.data), "size": len(artifact.data)}
-        ],
+        "layers": [{"mediaType": artifact.artifact_type, "digest": _digest(artifact.data), "size": len(artifact.data)}],
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject_size},
     }
     return _canonical(manifest)
@@ -65,7 +63,7 @@ def push_referrers(registry: Registry, repository: str, subject_digest: str, art
     subject = registry.manifest(repository, subject_digest)
     if subject is None or _digest(subject) != subject_digest:
         raise RegistryError(f"the registry has no manifest {subject_digest[:19]} in {repository} to refer to")
-    descriptors = []
+    descriptors: list[dict[str, Any]] = []
     for artifact in artifacts:
         for blob in (EMPTY_CONFIG, artifact.data):
             if not registry.has_blob(repository, _digest(blob)):
@@ -80,11 +78,14 @@ def push_referrers(registry: Registry, repository: str, subject_digest: str, art
     if registry.referrers(repository, subject_digest) is None:
         tag = fallback_tag(subject_digest)
         existing = registry.manifest(repository, tag)
-        index = json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        known = {d.get("digest") for d in index.get("manifests", [])}
-        index["manifests"] = [*index.get("manifests", []), *(d for d in descriptors if d["digest"] not in known)]
+        index: dict[str, Any] = (
+            json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        )
+        listed: list[dict[str, Any]] = list(index.get("manifests") or [])
+        known = {d.get("digest") for d in listed}
+        index["manifests"] = [*listed, *(d for d in descriptors if d["digest"] not in known)]
         registry.put_manifest(repository, tag, _canonical(index), OCI_INDEX)
-    return [d["digest"] for d in descriptors]
+    return [str(d["digest"]) for d in descriptors]
 
 
 def fetch_referrers(registry: Registry, repository: str, subject_digest: str) -> list[Artifact]:
@@ -107,3 +108,35 @@ def fetch_referrers(registry: Registry, repository: str, subject_digest: str) ->
             raise RegistryError(f"the document of referrer {digest[:19]} is missing or not its digest")
         found.append(Artifact(str(document.get("artifactType") or layer["mediaType"]), data))
     return found
+
+
+def split_pushed(pushed: str) -> tuple[str, str, str]:
+    """`host/repo@sha256:…` → (host, repository, digest)."""
+    name, _, digest = pushed.partition("@")
+    host, _, repository = name.partition("/")
+    return host, repository, digest
+
+
+def publish(registry: Registry, pushed: str, sbom: str, attestation: bytes) -> list[str]:
+    """`envlock build --push`: the SBOM and the image's provenance, as referrers of the pushed manifest."""
+    _, repository, digest = split_pushed(pushed)
+    return push_referrers(
+        registry, repository, digest, [Artifact(SBOM_TYPE, sbom.encode()), Artifact(DSSE_TYPE, attestation)]
+    )
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What a registry holds about a pushed image: its SBOM and its provenance envelope (None: absent)."""
+
+    sbom: bytes | None
+    attestation: dict[str, Any] | None
+
+
+def retrieve(registry: Registry, pushed: str) -> Retrieved:
+    """The SBOM and provenance referring to a pushed image, each checked by digest and subject."""
+    _, repository, digest = split_pushed(pushed)
+    artifacts = fetch_referrers(registry, repository, digest)
+    sbom = next((a.data for a in artifacts if a.artifact_type == SBOM_TYPE), None)
+    raw = next((a.data for a in artifacts if a.artifact_type == DSSE_TYPE), None)
+    return Retrieved(sbom, json.loads(raw) if raw else None)

@@ -54,8 +54,11 @@ def build_bom(lock: Lock, platform: str) -> Any:
         properties=[
             Property(name="envlock:base:kind", value=lock.base.kind),
             Property(name="envlock:base:id", value=target.base.id if target.base else "not pinned"),
-            *([Property(name="envlock:system-packages", value=" ".join(lock.system_packages))]
-              if lock.system_packages else []),  # fmt: skip
+            *(
+                [Property(name="envlock:system-packages", value=" ".join(lock.system_packages))]
+                if lock.system_packages
+                else []
+            ),
         ],
     )
     components: list[Any] = [base]
@@ -63,9 +66,13 @@ def build_bom(lock: Lock, platform: str) -> Any:
         purl = PackageURL(type="deb", namespace="debian", name=name, version=version)
         components.append(
             Component(
-                name=name, version=version, type=ComponentType.LIBRARY, purl=purl, bom_ref=BomRef(str(purl)),
+                name=name,
+                version=version,
+                type=ComponentType.LIBRARY,
+                purl=purl,
+                bom_ref=BomRef(str(purl)),
                 properties=[Property(name="envlock:layer", value="base")],
-            )  # fmt: skip
+            )
         )
     for package in target.packages:
         purl = PackageURL(type="pypi", name=package.name, version=package.version)
@@ -82,27 +89,39 @@ def build_bom(lock: Lock, platform: str) -> Any:
         )
     cuda = target.cuda
     if cuda.kind == "cuda":
-        parts = (("runtime", "cuda-runtime", cuda.runtime), ("cudnn", "cudnn", cuda.cudnn),
-                 ("nccl", "nccl", cuda.nccl), ("cublas", "cublas", cuda.cublas))  # fmt: skip
+        parts = (
+            ("runtime", "cuda-runtime", cuda.runtime),
+            ("cudnn", "cudnn", cuda.cudnn),
+            ("nccl", "nccl", cuda.nccl),
+            ("cublas", "cublas", cuda.cublas),
+        )
         for key, name, version in parts:
             components.append(
                 Component(
-                    name=name, version=version, type=ComponentType.LIBRARY, group="nvidia",
+                    name=name,
+                    version=version,
+                    type=ComponentType.LIBRARY,
+                    group="nvidia",
                     bom_ref=BomRef(f"envlock-cuda:{key}"),
-                    properties=[Property(name="envlock:cuda:part", value=key),
-                                Property(name="envlock:cuda:source", value=cuda.source)],
-                )  # fmt: skip
+                    properties=[
+                        Property(name="envlock:cuda:part", value=key),
+                        Property(name="envlock:cuda:source", value=cuda.source),
+                    ],
+                )
             )
         components.append(
             Component(
-                name="nvidia-driver", version=f">={cuda.driver_min}", type=ComponentType.PLATFORM, group="nvidia",
+                name="nvidia-driver",
+                version=f">={cuda.driver_min}",
+                type=ComponentType.PLATFORM,
+                group="nvidia",
                 bom_ref=BomRef("envlock-cuda:driver"),
                 properties=[
                     Property(name="envlock:cuda:driver-min", value=cuda.driver_min),
                     Property(name="envlock:cuda:driver-min-compat", value=cuda.driver_min_compat),
                     Property(name="envlock:cuda:archs", value=" ".join(cuda.archs) or "unknown"),
                 ],
-            )  # fmt: skip
+            )
         )
     image = Component(
         name=f"envlock-image:{lock.short_hash}",
@@ -117,12 +136,13 @@ def build_bom(lock: Lock, platform: str) -> Any:
         ],
     )
     tools = ToolRepository(
-        components=[Component(name="envlock", version=__version__, type=ComponentType.APPLICATION,
-                              bom_ref=BomRef("envlock-tool"))]  # fmt: skip
+        components=[
+            Component(
+                name="envlock", version=__version__, type=ComponentType.APPLICATION, bom_ref=BomRef("envlock-tool")
+            )
+        ]
     )
-    metadata = BomMetaData(
-        component=image, timestamp=datetime.fromtimestamp(lock.source_date_epoch, UTC), tools=tools
-    )
+    metadata = BomMetaData(component=image, timestamp=datetime.fromtimestamp(lock.source_date_epoch, UTC), tools=tools)
     bom = Bom(components=components, metadata=metadata, serial_number=serial_number(lock, platform))
     bom.register_dependency(image, components)
     return bom

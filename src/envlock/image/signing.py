@@ -102,8 +102,10 @@ class SigningKey:
         """The verifying half, as PEM."""
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-        pem = self._key().public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        pem = (
+            self._key()
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         return PublicKey(pem)
 
@@ -158,9 +160,7 @@ def load_signing_key(flag: Path | None, environ: dict[str, str] | Any) -> Signin
     except OSError as exc:
         raise UsageError(f"cannot read the signing key {chosen}: {exc.strerror}") from exc
     if mode & 0o077:
-        raise UsageError(
-            f"the signing key {chosen} can be read by others (mode {mode:o})", hint=f"chmod 600 {chosen}"
-        )
+        raise UsageError(f"the signing key {chosen} can be read by others (mode {mode:o})", hint=f"chmod 600 {chosen}")
     return SigningKey(pem, chosen)
 
 
@@ -237,5 +237,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
