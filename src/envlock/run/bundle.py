@@ -255,14 +255,14 @@ def project_from_bundle(found: Unpacked) -> Iterator[Path]:
         repo = Path(tmp) / "repo"
         commit = found.manifest.get("commit")
         if commit:
-            cloned = subprocess.run(
-                ["git", "clone", "--quiet", "--no-checkout", str(found.root / "code.gitbundle"), str(repo)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if cloned.returncode != 0:
-                raise RerunError(f"cannot clone the bundle's code: {cloned.stderr.strip()}")
+            repo.mkdir()
+            for args in (
+                ("init", "--quiet"),
+                ("fetch", "--quiet", str(found.root / "code.gitbundle"), "refs/envlock-bundle/*:refs/envlock-bundle/*"),
+            ):
+                done = _git(repo, *args)
+                if done.returncode != 0:
+                    raise RerunError(f"cannot read the bundle's code (git {args[0]}): {done.stderr.strip()}")
             checkout = _git(repo, "checkout", "--quiet", "--detach", str(commit))
             if checkout.returncode != 0:
                 raise RerunError(f"the bundle's code has no commit {str(commit)[:12]}: {checkout.stderr.strip()}")
