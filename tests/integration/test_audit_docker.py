@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.network]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 
 
-def envlock(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ENVLOCK, *args], capture_output=True, text=True, check=False, cwd=cwd, env={**os.environ, **env}
+        [ENVLOCK, *args], capture_output=True, text=True, check=False, cwd=cwd, env={**os.environ, **(env or {})}
     )
 
 
@@ -54,7 +54,7 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
     public = tmp_path / "keys" / "signing.pem.pub"
     signing = {"ENVLOCK_SIGNING_KEY": str(key)}
     with serve_registry(tmp_path / "registry") as address:
-        built = envlock("build", "-C", str(repo), "--registry", f"{address}/team", **signing)
+        built = envlock("build", "-C", str(repo), "--registry", f"{address}/team", env=signing)
         assert built.returncode == 0 and "pushed SBOM and provenance as referrers" in built.stdout, built.stderr
         pushed = built.stdout.split("pushed ")[1].split()[0]
         image_id = built.stdout.split("(")[1].split(")")[0]
@@ -65,7 +65,9 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
         said = check_pulled(found.attestation, pushed.partition("@")[2], image_id, load_public_key(public))
         assert "signed by" in said
 
-        ran = envlock("run", "-C", str(repo), "--output", "out", "--", "python", "train.py", "--out", "out", **signing)
+        ran = envlock(
+            "run", "-C", str(repo), "--output", "out", "--", "python", "train.py", "--out", "out", env=signing
+        )
         assert ran.returncode == 0, ran.stderr
         (record,) = RunStore(repo).all()
         verified = envlock("verify", record.run_id, "-C", str(repo), "--key", str(public))
@@ -96,10 +98,10 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
     fresh.mkdir()
     (fresh / "run.tar").write_bytes(bundle.read_bytes())
     empty_cache = {"ENVLOCK_CACHE_DIR": str(tmp_path / "empty-cache")}
-    verdict = envlock("reproduce", "run.tar", "-C", str(fresh), cwd=fresh, **empty_cache)
+    verdict = envlock("reproduce", "run.tar", "-C", str(fresh), cwd=fresh, env=empty_cache)
     assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
     assert "output out/model.pkl: identical" in verdict.stdout and "from archive" in verdict.stderr
-    checked = envlock("verify", "run.tar", "-C", str(fresh), "--key", str(public), cwd=fresh, **empty_cache)
+    checked = envlock("verify", "run.tar", "-C", str(fresh), "--key", str(public), cwd=fresh, env=empty_cache)
     assert checked.returncode == 0 and "VERIFIED" in checked.stdout, checked.stdout + checked.stderr
     assert f"signature by key {load_public_key(public).keyid}" in checked.stdout
     assert sorted(p.name for p in fresh.iterdir()) == ["run.tar"]
