@@ -15,6 +15,8 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+# A headless browser: the test that `envlock report --html` renders (chromium --headless --dump-dom).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # A Slurm cluster on this machine (envlock submit --slurm and its tests): controller, node daemons, client, munge.
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)

@@ -37,7 +37,7 @@ from envlock.errors import (
 from envlock.image.bases import BaseBuilder, BaseStore
 from envlock.image.layers import LayerStore
 from envlock.image.plan import write_archive
-from envlock.image.registry import OCI_LAYER, Blob, Registry
+from envlock.image.registry import OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry
 from envlock.image.wheels import Fetcher, Response, WheelCache
 from envlock.lock.project import lock_project
 from envlock.lock.recipes import Recipe
@@ -188,10 +188,14 @@ class FakeRegistry(Registry):
         self.blobs[(repository, blob.digest)] = data
         self.uploads.append(blob.digest)
 
-    def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
+    def put_manifest(self, repository: str, reference: str, manifest: bytes, media_type: str = OCI_MANIFEST) -> str:
         document = json.loads(manifest)
-        for descriptor in [document["config"], *document["layers"]]:
-            if not self.has_blob(repository, descriptor["digest"]):
+        if media_type == OCI_INDEX:  # an index refers to manifests the repository must already hold
+            wanted = [(self.manifests, d["digest"]) for d in document.get("manifests", [])]
+        else:
+            wanted = [(self.blobs, d["digest"]) for d in [document["config"], *document["layers"]]]
+        for store, digest in wanted:
+            if (repository, digest) not in store:
                 raise RegistryError(
                     f"the registry {self.host} would not store the manifest of {repository}:{reference}: HTTP 400 "
                     '{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}'
@@ -208,6 +212,10 @@ class FakeRegistry(Registry):
     def blob(self, repository: str, digest: str) -> bytes | None:
         """GET /v2/<repository>/blobs/<digest>."""
         return self.blobs.get((repository, digest))
+
+    def referrers(self, repository: str, digest: str) -> bytes | None:
+        """Like Debian's registry (distribution 2.8): no referrers API, the tag schema is the way."""
+        return None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ EXIT_CODES: dict[int, str] = {
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
     24: "`envlock reproduce`: nothing compared (no output to compare, no log): the re-run proves nothing",
     25: "`envlock reproduce`: the original run had failed, and the re-run failed the same way (never REPRODUCED)",
+    26: "`envlock verify`: a signature or a hash does not hold (each mismatch is named), or the attestation is "
+    "missing or malformed",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -229,3 +231,10 @@ class RerunError(EnvlockError):
     """`envlock reproduce` could not set the original run up again (its code, diff or inputs)."""
 
     exit_code = 23
+
+
+class VerificationError(EnvlockError):
+    """An attestation's signature or one of its hashes does not hold against what is on disk."""
+
+    exit_code = 26
+    default_hint = "something changed since the attestation was made: the lines above name each mismatch"

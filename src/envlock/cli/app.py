@@ -9,6 +9,7 @@ import typer
 
 # Importing the command modules registers their commands on the typer apps.
 from envlock.cli import (  # noqa: F401
+    audit_commands,
     cluster_commands,
     image_commands,
     lock_commands,

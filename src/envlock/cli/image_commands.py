@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from envlock.cli.audit_commands import KeyOpt, PublicKeyOpt, signing_key
 from envlock.cli.options import ArchiveOpt, JsonOpt, PlatformOpt, ProjectOpt
 from envlock.cli.root import app, base_app
-from envlock.cli.wiring import wiring_of
+from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
 
 if TYPE_CHECKING:
+    from envlock.image.plan import ImagePlan
+    from envlock.image.signing import SigningKey
     from envlock.report import Progress
 
 
@@ -47,15 +50,18 @@ def build(
     registry: Annotated[
         str | None, typer.Option("--registry", help="Push here instead: host[:port][/namespace].", show_default=False)
     ] = None,
+    key: KeyOpt = None,
 ) -> None:
     """Build the lock's image, tagged <name>:<lock-hash-prefix>; a no-op when it exists."""
     from envlock.image.build import build_and_push  # noqa: PLC0415
+    from envlock.image.plan import plan_image  # noqa: PLC0415
     from envlock.image.registry import split_target  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.lock.targets import host_platform  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    signer = signing_key(wiring, key)
     spec = load_spec(project)
     locked = check_lock(spec)
     target = registry or spec.registry
@@ -77,6 +83,23 @@ def build(
     typer.echo(f"{'built' if outcome.built else 'already built:'} {outcome.reference} ({outcome.image_id})")
     if pushed:
         typer.echo(f"pushed {pushed}")
+    plan = plan_image(locked, spec.name, platform or host_platform())
+    _attest_image(wiring, spec.project_dir, plan, outcome.image_id, pushed, signer)
+
+
+def _attest_image(
+    wiring: Wiring, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None, key: SigningKey | None
+) -> None:
+    """The image's provenance in .envlock/attestations/; once pushed, it and the SBOM as referrers in the registry."""
+    from envlock.image.provenance import write_image_attestation  # noqa: PLC0415
+    from envlock.image.referrers import publish, split_pushed  # noqa: PLC0415
+    from envlock.image.signing import canonical  # noqa: PLC0415
+
+    path, document = write_image_attestation(project_dir, plan, image_id, pushed, key)
+    wiring.say(f"provenance {path} ({'signed' if key else 'unsigned: no --key'})")
+    if pushed:
+        publish(wiring.registry(split_pushed(pushed)[0]), pushed, plan.sbom, canonical(document))
+        typer.echo(f"pushed SBOM and provenance as referrers of {pushed}")
 
 
 @base_app.command("list")
@@ -147,6 +170,7 @@ def restore_command(
     project: ProjectOpt = Path(),
     archive: ArchiveOpt = None,
     no_rebuild: Annotated[bool, typer.Option("--no-rebuild", help="Only the engine, registry and archives.")] = False,
+    key: PublicKeyOpt = None,
 ) -> None:
     """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
@@ -155,7 +179,9 @@ def restore_command(
 
     wiring = wiring_of(ctx)
     if "@sha256:" in target:
-        typer.echo(f"restored {wiring.engine.pull(target)} from the registry ({target})")
+        image_id = wiring.engine.pull(target)
+        typer.echo(f"restored {image_id} from the registry ({target})")
+        _check_referrers(wiring, project, target, image_id, key)
         return
     wanted = restore_target(target, project, wiring.run_tools())
     if wanted.image_id is None:
@@ -176,3 +202,23 @@ def restore_command(
         report=wiring.say,
     )
     typer.echo(f"restored {restored.image_id} from {restored.source}")
+
+
+def _check_referrers(wiring: Wiring, project: Path, pushed: str, image_id: str, key: Path | None) -> None:
+    """After a pull by digest: the SBOM and provenance that refer to it, checked and kept in .envlock/attestations/."""
+    from envlock.fsutil import atomic_write_bytes  # noqa: PLC0415
+    from envlock.image.provenance import attestation_path, check_pulled  # noqa: PLC0415
+    from envlock.image.referrers import retrieve, split_pushed  # noqa: PLC0415
+    from envlock.image.signing import load_public_key, write_envelope  # noqa: PLC0415
+
+    host, _, digest = split_pushed(pushed)
+    found = retrieve(wiring.registry(host), pushed)
+    if found.attestation is None:
+        wiring.say(f"no provenance refers to {pushed} in the registry (pushed before envlock attached them?)")
+    else:
+        typer.echo(check_pulled(found.attestation, digest, image_id, load_public_key(key) if key else None))
+        write_envelope(attestation_path(project, image_id), found.attestation)
+    if found.sbom is not None:
+        sbom_path = attestation_path(project, image_id).with_suffix("").with_suffix(".cdx.json")
+        atomic_write_bytes(sbom_path, found.sbom)
+        typer.echo(f"SBOM from the registry in {sbom_path}")

@@ -24,6 +24,10 @@ base_app = typer.Typer(
     help="Base images: envlock's reproducible recipes under base-images/.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(base_app, name="base")
+key_app = typer.Typer(
+    help="Signing keys for attestations (Ed25519 or ECDSA P-256).", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(key_app, name="key")
 
 
 class CommandExited(SystemExit):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from envlock.cli.audit_commands import KeyOpt, attest_finished_run, signing_key
 from envlock.cli.options import (
     ArchiveOpt,
     EnvOpt,
@@ -38,6 +40,7 @@ def run_command(
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
+    key: KeyOpt = None,
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
@@ -47,6 +50,7 @@ def run_command(
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    signer = signing_key(wiring, key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
@@ -61,6 +65,7 @@ def run_command(
         tracking=tracking,
         remove_container=wiring.remove_container,
     )
+    attest_finished_run(wiring, store.directory(record.run_id), signer)
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
     wiring.say(
@@ -88,6 +93,10 @@ def reproduce_command(
     from envlock.run.reproduce import Tolerance, reproduce_run, rerun_request  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    if bundled := _bundle_project(Path(run_id)):  # envlock reproduce BUNDLE: the project rebuilt from the bundle
+        with bundled as (rebuilt, archives):
+            reproduce_command(ctx, _bundle_run_id(rebuilt), rebuilt, rtol, atol, [*(archive or ()), *archives], force)
+        return
     store = RunStore(project)
     original = store.load(run_id)
     request = rerun_request(original, force)
@@ -106,6 +115,19 @@ def reproduce_command(
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
     if verdict.exit_code:
         raise typer.Exit(verdict.exit_code)
+
+
+def _bundle_project(path: Path) -> contextlib.AbstractContextManager[tuple[Path, list[Path]]] | None:
+    from envlock.run.bundle import is_bundle, reproducible  # noqa: PLC0415
+
+    return reproducible(path) if is_bundle(path) else None
+
+
+def _bundle_run_id(project: Path) -> str:
+    from envlock.paths import ProjectLayout  # noqa: PLC0415
+
+    (run_dir,) = ProjectLayout(project).runs.iterdir()
+    return run_dir.name
 
 
 @app.command("diff")

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 from envlock import __version__
 from envlock.image.layers import Layer, LayerStore, write_layer
+from envlock.image.sbom import SBOM_PATH, sbom_json
 from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
@@ -62,6 +63,7 @@ class ImagePlan:
     platform: str
     lock: Lock
     layers: tuple[LayerPlan, ...]
+    sbom: str = ""  # the CycloneDX JSON embedded at SBOM_PATH (image/sbom.py)
 
     @property
     def lock_text(self) -> str:
@@ -111,9 +113,15 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         layers.append(
             LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
         )
-    lock_key = _key(lock.source_date_epoch, hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest())
+    # The lock layer holds the lock and its SBOM: keyed by both texts, so a new SBOM format makes a new layer.
+    sbom = sbom_json(lock, platform)
+    lock_key = _key(
+        lock.source_date_epoch,
+        hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest(),
+        hashlib.sha256(sbom.encode()).hexdigest(),
+    )
     layers.append(LayerPlan("lock", (), lock_key))
-    return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers))
+    return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers), sbom)
 
 
 def make_layers(
@@ -138,6 +146,8 @@ def make_layers(
                 if spec.label == "lock":
                     (root / LOCK_PATH).parent.mkdir(parents=True)
                     (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
+                    if plan.sbom:
+                        (root / SBOM_PATH).write_text(plan.sbom, encoding="utf-8")
                     return write_layer(root, out, epoch)
                 if spec.label == "venv":
                     layout.skeleton(root)
@@ -170,6 +180,7 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
         "dev.envlock.platform": plan.platform,
         "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",
         "dev.envlock.base": ",".join(base_diff_ids),
+        **({"dev.envlock.sbom": f"/{SBOM_PATH}"} if plan.sbom else {}),
     }
     history = [{"created": created, "created_by": "envlock base", "comment": d} for d in base_diff_ids]
     history += [{"created": created, "created_by": f"envlock layer {spec.label}"} for spec in plan.layers]

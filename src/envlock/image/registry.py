@@ -18,6 +18,7 @@ from envlock.errors import RegistryError
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,20 @@ class Registry(Protocol):
         """Upload a blob (monolithic upload), checked by the registry against its digest."""
         ...
 
-    def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
-        """Store the manifest under a tag; returns the digest the registry reports."""
+    def put_manifest(self, repository: str, reference: str, manifest: bytes, media_type: str = OCI_MANIFEST) -> str:
+        """Store the manifest under a tag (or its digest); returns the digest the registry reports."""
+        ...
+
+    def manifest(self, repository: str, reference: str) -> bytes | None:
+        """A manifest's exact bytes by tag or digest; None when the registry has none."""
+        ...
+
+    def blob(self, repository: str, digest: str) -> bytes | None:
+        """A blob's bytes; None when the registry has none."""
+        ...
+
+    def referrers(self, repository: str, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers API's index for a manifest; None when the registry has no such API."""
         ...
 
 
@@ -143,17 +156,46 @@ class HttpRegistry:
         if done.status_code != 201:
             raise self._refused(done, f"upload {blob.digest[:19]} to {repository}")
 
-    def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
+    def put_manifest(self, repository: str, reference: str, manifest: bytes, media_type: str = OCI_MANIFEST) -> str:
         """PUT the manifest's exact bytes."""
         done = self._request(
             "PUT",
             f"{self.base}/v2/{repository}/manifests/{reference}",
             data=manifest,
-            headers={"Content-Type": OCI_MANIFEST},
+            headers={"Content-Type": media_type},
         )
         if done.status_code != 201:
             raise self._refused(done, f"store the manifest of {repository}:{reference}")
         return str(done.headers.get("Docker-Content-Digest") or _digest(manifest))
+
+    def manifest(self, repository: str, reference: str) -> bytes | None:
+        """GET a manifest (OCI manifest or index) by tag or digest."""
+        response = self._request(
+            "GET",
+            f"{self.base}/v2/{repository}/manifests/{reference}",
+            headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"},
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._refused(response, f"give the manifest {repository}:{reference}")
+        return bytes(response.content)
+
+    def blob(self, repository: str, digest: str) -> bytes | None:
+        """GET a blob (following the registry's redirect)."""
+        response = self._request("GET", f"{self.base}/v2/{repository}/blobs/{digest}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._refused(response, f"give the blob {digest[:19]} of {repository}")
+        return bytes(response.content)
+
+    def referrers(self, repository: str, digest: str) -> bytes | None:
+        """GET /v2/<repository>/referrers/<digest>: None where the registry lacks the API (distribution 2.8)."""
+        response = self._request("GET", f"{self.base}/v2/{repository}/referrers/{digest}")
+        if response.status_code != 200 or OCI_INDEX not in response.headers.get("Content-Type", ""):
+            return None
+        return bytes(response.content)
 
     def _refused(self, response: Any, action: str) -> RegistryError:
         detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""

@@ -1,0 +1,229 @@
+"""`envlock sbom`, `key`, `attest`, `verify`, `bundle`, `report`: the audit trail an independent party can check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from envlock.cli.options import FileOutOpt, PlatformOpt, ProjectOpt, RunIdArg
+from envlock.cli.root import app, key_app
+from envlock.cli.wiring import Wiring, wiring_of
+
+if TYPE_CHECKING:
+    from envlock.engine.docker import Engine
+    from envlock.image.signing import SigningKey
+    from envlock.run.attest import Checks
+
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="Signing key (PEM); default: $ENVLOCK_SIGNING_KEY; none: unsigned.", show_default=False),
+]
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="The signer's public key (PEM) to check signatures with.", show_default=False),
+]
+
+
+def signing_key(wiring: Wiring, flag: Path | None) -> SigningKey | None:
+    """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""
+    from envlock.image.signing import load_signing_key  # noqa: PLC0415
+
+    return load_signing_key(flag, wiring.environ)
+
+
+def attest_finished_run(wiring: Wiring, run_dir: Path, key: SigningKey | None) -> None:
+    """The hook `envlock run` calls when a run ends: its attestation beside its record."""
+    from envlock.run.attest import attest_run  # noqa: PLC0415
+
+    path = attest_run(run_dir, key)
+    wiring.say(f"attestation {path} ({'signed by ' + key.public.keyid[:16] if key else 'unsigned: no --key'})")
+
+
+def _engine_or_none(wiring: Wiring) -> Engine | None:
+    from envlock.errors import EngineError  # noqa: PLC0415
+
+    try:
+        engine = wiring.engine
+        engine.image_id("sha256:" + "0" * 64)  # reach it now: an engine that is down is "not checked", not an error
+    except EngineError:
+        return None
+    return engine
+
+
+@app.command("sbom")
+def sbom_command(
+    ctx: typer.Context, project: ProjectOpt = Path(), platform: PlatformOpt = None, output: FileOutOpt = None
+) -> None:
+    """The lock's SBOM: CycloneDX 1.6 JSON (Python packages, Debian packages of the base, CUDA stack, base)."""
+    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+    from envlock.image.sbom import sbom_json  # noqa: PLC0415
+    from envlock.lock.lockfile import read  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
+    from envlock.lock.targets import host_platform  # noqa: PLC0415
+
+    spec = load_spec(project)
+    lock = read(spec.lock_path)
+    text = sbom_json(lock, platform or host_platform())
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(output, text)
+    wiring_of(ctx).say(f"wrote {output}")
+
+
+@key_app.command("generate")
+def key_generate(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Default: ~/.config/envlock/signing-key.pem")
+    ] = None,
+    kind: Annotated[str, typer.Option("--type", help="ed25519 (default) or ecdsa-p256.")] = "ed25519",
+) -> None:
+    """Make a signing key (mode 0600) and its public key beside it (.pub)."""
+    from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.image.signing import default_key_path, generate_key, public_path  # noqa: PLC0415
+
+    if kind not in ("ed25519", "ecdsa-p256"):
+        raise UsageError(f"unknown key type {kind!r}", hint="--type ed25519 or --type ecdsa-p256")
+    path = output or default_key_path()
+    key = generate_key(path, "ed25519" if kind == "ed25519" else "ecdsa-p256")
+    typer.echo(f"key {key.public.keyid} in {path} (public: {public_path(path)})")
+    typer.echo(f"sign with: export ENVLOCK_SIGNING_KEY={path}   (or --key {path})")
+
+
+@key_app.command("public")
+def key_public(ctx: typer.Context, key: KeyOpt = None) -> None:
+    """Print the public key (PEM) of the signing key, for whoever verifies."""
+    from envlock.errors import UsageError  # noqa: PLC0415
+
+    found = signing_key(wiring_of(ctx), key)
+    if found is None:
+        raise UsageError("no signing key: pass --key PATH or set ENVLOCK_SIGNING_KEY", hint="envlock key generate")
+    typer.echo(found.public.pem.decode(), nl=False)
+
+
+@app.command("attest")
+def attest_command(ctx: typer.Context, run_id: RunIdArg, project: ProjectOpt = Path(), key: KeyOpt = None) -> None:
+    """(Re)write a finished run's attestation (runs made before envlock wrote them, or to sign one now)."""
+    from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.run.records import FINAL, RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    store = RunStore(project)
+    record = store.load(run_id)
+    if record.status not in FINAL:
+        raise UsageError(f"run {record.run_id} is still {record.status}: it is attested when it ends")
+    attest_finished_run(wiring, store.directory(record.run_id), signing_key(wiring, key))
+
+
+def _show(checks: Checks) -> None:
+    for line in checks.lines():
+        typer.echo(line)
+
+
+@app.command("verify")
+def verify_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A run id, a bundle (envlock bundle), or an attestation file.")],
+    project: ProjectOpt = Path(),
+    key: PublicKeyOpt = None,
+) -> None:
+    """Check an attestation: its signature, then every hash against what is on disk and the image by ID."""
+    from envlock.errors import VerificationError  # noqa: PLC0415
+    from envlock.image.signing import load_public_key  # noqa: PLC0415
+    from envlock.run.attest import verify_envelope_file, verify_run_dir  # noqa: PLC0415
+    from envlock.run.bundle import is_bundle, verify_bundle  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    public = load_public_key(key) if key else None
+    engine: list[Engine | None] = []
+
+    def current() -> Engine | None:
+        if not engine:
+            engine.append(_engine_or_none(wiring))
+        return engine[0]
+
+    def present(image_id: str) -> bool | None:
+        found = current()
+        return None if found is None or found.image_id(image_id) is None else True
+
+    path = Path(target)
+    if is_bundle(path):
+        checks = verify_bundle(path, public, current)
+    elif path.is_file():
+        checks = verify_envelope_file(path, public, present)
+    else:
+        store = RunStore(project)
+        record = store.load(target)
+        checks = verify_run_dir(store.directory(record.run_id), project, key=public, image_present=present)
+    _show(checks)
+    if checks.mismatches:
+        raise VerificationError(
+            f"verification failed: {len(checks.mismatches)} mismatch(es): "
+            + "; ".join(m.split(":")[0] for m in checks.mismatches[:5])
+        )
+    typer.echo(
+        f"VERIFIED: {len(checks.held)} checks held"
+        + (f", {len(checks.unchecked)} not checked" if checks.unchecked else "")
+    )
+
+
+@app.command("bundle")
+def bundle_command(
+    ctx: typer.Context,
+    run_id: RunIdArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (a tar).")],
+    project: ProjectOpt = Path(),
+    with_image: Annotated[bool, typer.Option("--with-image", help="Include the image (docker save).")] = False,
+    with_inputs: Annotated[bool, typer.Option("--with-inputs", help="Include the input files themselves.")] = False,
+    key: KeyOpt = None,
+) -> None:
+    """One file with everything to verify and reproduce a run elsewhere: envlock verify|reproduce FILE."""
+    from envlock.run.bundle import make_bundle  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    manifest = make_bundle(
+        project,
+        run_id,
+        output,
+        engine=lambda: wiring.engine,
+        with_image=with_image,
+        with_inputs=with_inputs,
+        key=signing_key(wiring, key),
+    )
+    image = manifest["image"]
+    where = (
+        "image archive included" if image["archive"] else f"image by digest: {', '.join(image['digests']) or 'none'}"
+    )
+    typer.echo(f"bundle {output}: run {manifest['run-id']}, {len(manifest['contents'])} files, {where}")
+
+
+@app.command("report")
+def report_command(
+    ctx: typer.Context,
+    run_id: RunIdArg,
+    project: ProjectOpt = Path(),
+    html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
+    output: FileOutOpt = None,
+    key: PublicKeyOpt = None,
+) -> None:
+    """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced and verified."""
+    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+    from envlock.image.signing import load_public_key  # noqa: PLC0415
+    from envlock.run.summary import render_html, render_text, summarize  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    engine = _engine_or_none(wiring)
+
+    def present(image_id: str) -> bool | None:
+        return None if engine is None or engine.image_id(image_id) is None else True
+
+    summary = summarize(project, run_id, key=load_public_key(key) if key else None, image_present=present)
+    text = render_html(summary) if html else render_text(summary)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(output, text)
+    wiring.say(f"wrote {output}")

@@ -1,0 +1,128 @@
+"""The image's provenance: an in-toto Statement v1 with a SLSA Provenance v1 predicate, in a DSSE envelope.
+
+Subject: the image config digest (the image ID) and, once pushed, the manifest digest. The build is described by
+what decides the image's bytes: the lock hash, the base, the recipe, the platform, and every wheel by sha256.
+Nothing in it varies between two builds of the same lock (no times), so rebuilding writes the same statement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from envlock import __version__
+from envlock.errors import VerificationError
+from envlock.image.plan import ImagePlan
+from envlock.image.signing import STATEMENT_TYPE, PublicKey, SigningKey, envelope, open_envelope, write_envelope
+from envlock.paths import ProjectLayout
+
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://envlock.dev/build/v1"
+BUILDER_ID = "https://envlock.dev/builder/envlock"
+
+
+def hex_of(digest: str) -> str:
+    """`sha256:abc…` or `repo@sha256:abc…` → `abc…`."""
+    return digest.rpartition("sha256:")[2]
+
+
+def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -> dict[str, Any]:
+    """The statement for the plan's image, built as `image_id` (and pushed as `repo@sha256:…`)."""
+    lock = plan.lock
+    target = lock.target(plan.platform)
+    subject: list[dict[str, Any]] = [
+        {"name": plan.reference, "digest": {"sha256": hex_of(image_id)}, "annotations": {"envlock:kind": "config"}}
+    ]
+    if pushed:
+        subject.append(
+            {
+                "name": pushed.partition("@")[0],
+                "digest": {"sha256": hex_of(pushed)},
+                "annotations": {"envlock:kind": "manifest"},
+            }
+        )
+    base: dict[str, Any] = {"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256}
+    if target.base is not None:
+        base["id"] = target.base.id
+    dependencies: list[dict[str, Any]] = []
+    if target.base is not None:
+        dependencies.append(
+            {
+                "name": f"base:{lock.base.name}",
+                "digest": {"sha256": hex_of(target.base.id)},
+                "annotations": {"debian-packages": len(target.base.debian)},
+            }
+        )
+    dependencies += [
+        {"name": wheel.name, "uri": wheel.url, "digest": {"sha256": wheel.sha256}}
+        for wheel in sorted(plan.wheels, key=lambda w: w.name)
+    ]
+    byproducts = []
+    if plan.sbom:
+        byproducts.append(
+            {
+                "name": "sbom.cdx.json",
+                "mediaType": "application/vnd.cyclonedx+json",
+                "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()},
+            }
+        )
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subject,
+        "predicateType": SLSA_PROVENANCE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "lock-hash": lock.lock_hash,
+                    "base": base,
+                    "recipe": {"name": lock.base.name, "sha256": lock.base.sha256}
+                    if lock.base.kind == "recipe"
+                    else None,
+                    "platform": plan.platform,
+                },
+                "internalParameters": {
+                    "python": lock.python,
+                    "source-date-epoch": lock.source_date_epoch,
+                    "system-packages": list(lock.system_packages),
+                },
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {"id": f"{BUILDER_ID}@{__version__}", "version": {"envlock": __version__}},
+                "metadata": {"invocationId": f"{lock.lock_hash}|{plan.platform}"},
+                "byproducts": byproducts,
+            },
+        },
+    }
+
+
+def attestation_path(project_dir: Path, image_id: str) -> Path:
+    """`.envlock/attestations/<image-id hex>.dsse.json`."""
+    return ProjectLayout(project_dir).state / "attestations" / f"{hex_of(image_id)}.dsse.json"
+
+
+def write_image_attestation(
+    project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None, key: SigningKey | None
+) -> tuple[Path, dict[str, Any]]:
+    """Write the image's signed (or unsigned) provenance into the project's .envlock/attestations/."""
+    document = envelope(image_statement(plan, image_id, pushed), key)
+    return write_envelope(attestation_path(project_dir, image_id), document), document
+
+
+def check_pulled(document: dict[str, Any], manifest_digest: str, image_id: str, key: PublicKey | None) -> str:
+    """A provenance fetched from the registry must be about this manifest and this image (and signed by key)."""
+    opened = open_envelope(document, key, "the image's provenance in the registry")
+    subjects = {
+        (s.get("annotations") or {}).get("envlock:kind"): "sha256:" + str(s.get("digest", {}).get("sha256"))
+        for s in opened.statement.get("subject") or []
+    }
+    for kind, wanted in (("manifest", manifest_digest), ("config", image_id)):
+        if subjects.get(kind) != wanted:
+            raise VerificationError(
+                f"the provenance in the registry is about {kind} {str(subjects.get(kind))[:19]}, not {wanted[:19]}"
+            )
+    return f"provenance subject = manifest {manifest_digest[:19]} and image {image_id[:19]}" + (
+        f", signed by {opened.signed_by[:16]}" if opened.signed_by else " (signature not checked: --key PUB)"
+    )

@@ -1,0 +1,293 @@
+"""A portable bundle of one run: everything an independent party needs to verify it and to reproduce it.
+
+One tar file:
+
+    bundle.json             what is inside, each file's sha256, the run id, the commit, the project's folder in
+                            the repository, the image (ID, registry digests, archive or not)
+    run/                    the run's folder: record.json, envlock.lock, attestation.dsse.json (+ the signer's
+                            public key), log.txt, diff.patch, saved metrics, … (all of it)
+    sbom.cdx.json           the CycloneDX SBOM of the lock copy, for the run's platform
+    image.dsse.json         the image's provenance, when the project has it
+    code.gitbundle          `git bundle` of the recorded commit (absent outside git)
+    objects/                saved copies of untracked files the record names (by sha256)
+    outputs/<path>          the declared outputs as they are now (verify compares them with the attestation)
+    inputs/<path>           the inputs, with --with-inputs
+    image.tar               the image (`docker save`, verified by ID), with --with-image
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envlock.engine.docker import Engine
+from envlock.errors import RerunError, UsageError, VerificationError
+from envlock.fsutil import atomic_write_text
+from envlock.image.provenance import attestation_path
+from envlock.image.restore import verify_archive, write_archive_file
+from envlock.image.sbom import sbom_json
+from envlock.image.signing import PublicKey, SigningKey, file_sha256, open_envelope
+from envlock.lock import lockfile
+from envlock.paths import ProjectLayout
+from envlock.run.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
+from envlock.run.records import FINAL, RunStore
+
+BUNDLE_VERSION = 1
+MANIFEST = "bundle.json"
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+
+
+def _safe(name: str) -> bool:
+    path = Path(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts
+
+
+def make_bundle(  # noqa: PLR0912  (one branch per optional part of the bundle)
+    project_dir: Path,
+    run_id: str,
+    out: Path,
+    *,
+    engine: Callable[[], Engine],
+    with_image: bool = False,
+    with_inputs: bool = False,
+    key: SigningKey | None = None,
+) -> dict[str, Any]:
+    """Write the run's bundle to `out` (atomically); returns its manifest. A run without an attestation (made
+    before envlock wrote them) gets one now, signed with `key` when given."""
+    store = RunStore(project_dir)
+    record = store.load(run_id)
+    run_dir = store.directory(record.run_id)
+    if record.status not in FINAL:
+        raise UsageError(f"run {record.run_id} is still {record.status}", hint=f"envlock runs wait {record.run_id}")
+    if not (run_dir / ATTESTATION).is_file():
+        attest_run(run_dir, key)
+    raw = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".envlock-bundle-", dir=out.parent) as tmp:
+        stage = Path(tmp) / "bundle"
+        shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns("nodes"))
+        lock = lockfile.read(run_dir / "envlock.lock")
+        (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
+        provenance = attestation_path(project_dir, record.image_id)
+        if provenance.is_file():
+            _copy(provenance, stage / "image.dsse.json")
+        commit = record.git.commit if record.git else None
+        subdir = ""
+        if commit:
+            subdir = _git(project_dir, "rev-parse", "--show-prefix").stdout.strip()
+            _git_bundle(project_dir, commit, record.run_id, stage / "code.gitbundle")
+        saved = (raw.get("git") or {}).get("untracked-saved") or {}
+        for digest in sorted(set(saved.values()) if isinstance(saved, dict) else ()):
+            source = ProjectLayout(project_dir).state / "objects" / "sha256" / str(digest)[:2] / str(digest)
+            if source.is_file():
+                _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
+        for path, digest in sorted(record.outputs.items()):
+            if digest and _safe(path) and (project_dir / path).is_file():
+                _copy(project_dir / path, stage / "outputs" / path)
+        inputs = raw.get("inputs") or {}
+        if with_inputs:
+            for path in sorted((inputs.get("files") or {}) if isinstance(inputs, dict) else {}):
+                if _safe(path) and (project_dir / path).is_file():
+                    _copy(project_dir / path, stage / "inputs" / path)
+        if with_image:
+            write_archive_file(engine(), record.image_id, stage / "image.tar")
+        contents = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        manifest = {
+            "bundle-version": BUNDLE_VERSION,
+            "run-id": record.run_id,
+            "commit": commit,
+            "project-subdir": subdir,
+            "image": {
+                "id": record.image_id,
+                "reference": record.image_reference,
+                "digests": list(record.repo_digests),
+                "archive": "image.tar" if with_image else None,
+            },
+            "contents": contents,
+        }
+        atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        partial = out.with_name(f".{out.name}.partial")
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+            for member in [
+                stage / MANIFEST,
+                *sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST),
+            ]:
+                archive.add(member, arcname=member.relative_to(stage).as_posix(), recursive=False)
+        partial.replace(out)
+    return manifest
+
+
+def _git_bundle(project_dir: Path, commit: str, run_id: str, out: Path) -> None:
+    """`git bundle create` of the commit, through a temporary ref (a bundle holds refs, not bare commits)."""
+    ref = f"refs/envlock-bundle/{run_id}"
+    made = _git(project_dir, "update-ref", ref, commit)
+    if made.returncode != 0:
+        raise RerunError(f"commit {commit[:12]} is not in this repository: {made.stderr.strip()}")
+    try:
+        done = _git(project_dir, "bundle", "create", str(out.resolve()), ref)
+        if done.returncode != 0:
+            raise RerunError(f"git bundle failed: {done.stderr.strip()}")
+    finally:
+        _git(project_dir, "update-ref", "-d", ref)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A bundle unpacked: its folder and manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        """The bundled run's id."""
+        return str(self.manifest["run-id"])
+
+    @property
+    def archive(self) -> Path | None:
+        """The image archive, when bundled."""
+        name = (self.manifest.get("image") or {}).get("archive")
+        return self.root / name if name else None
+
+
+def is_bundle(path: Path) -> bool:
+    """True for a tar file with a bundle.json."""
+    if not path.is_file() or not tarfile.is_tarfile(path):
+        return False
+    with tarfile.open(path) as archive:
+        return MANIFEST in archive.getnames()
+
+
+@contextlib.contextmanager
+def unpacked(bundle: Path) -> Iterator[Unpacked]:
+    """Unpack into a temporary folder (tar's `data` filter: no links out, no absolute paths) and check every file's
+    sha256 against bundle.json."""
+    with tempfile.TemporaryDirectory(prefix="envlock-bundle-") as tmp:
+        root = Path(tmp)
+        try:
+            with tarfile.open(bundle) as archive:
+                archive.extractall(root, filter="data")
+            manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        except (tarfile.TarError, OSError, ValueError) as exc:
+            raise VerificationError(f"{bundle} is not a readable envlock bundle: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("bundle-version") != BUNDLE_VERSION:
+            raise VerificationError(f"{bundle}: unknown bundle version")
+        contents = manifest.get("contents") or {}
+        problems = [
+            name
+            for name, digest in contents.items()
+            if not _safe(name) or not (root / name).is_file() or file_sha256(root / name) != digest
+        ]
+        extra = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        problems += [name for name in extra if name != MANIFEST and name not in contents]
+        if problems:
+            raise VerificationError(
+                f"{bundle}: {len(problems)} file(s) differ from the bundle's own list: "
+                + ", ".join(sorted(problems)[:5])
+            )
+        yield Unpacked(root, manifest)
+
+
+def verify_bundle(bundle: Path, key: PublicKey | None, engine: Callable[[], Engine | None]) -> Checks:
+    """Verify a bundle alone: the run's attestation against the bundled files, the SBOM against the lock copy,
+    the image provenance against the run, the image archive (when bundled) by ID, the git bundle's commit."""
+    with unpacked(bundle) as found:
+        root = found.root
+        archive = found.archive
+        image_id = str((found.manifest.get("image") or {}).get("id") or "")
+
+        def image_present(wanted: str) -> bool | None:
+            if archive is not None:
+                return verify_archive(archive) == wanted
+            current = engine()
+            return None if current is None or current.image_id(wanted) is None else True
+
+        checks = verify_run_dir(root / "run", root / "outputs", key=key, image_present=image_present)
+        checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
+        record = json.loads((root / "run" / "record.json").read_text(encoding="utf-8"))
+        lock = lockfile.read(root / "run" / "envlock.lock")
+        checks.expect(
+            "sbom.cdx.json (remade from the lock copy)",
+            sbom_json(lock, str(record.get("platform"))),
+            (root / "sbom.cdx.json").read_text(encoding="utf-8"),
+        )
+        if (root / "image.dsse.json").is_file():
+            document = json.loads((root / "image.dsse.json").read_text(encoding="utf-8"))
+            statement = open_checked(document, key, None, checks, "image.dsse.json").statement
+            subjects = image_subjects(statement)
+            checks.expect("image provenance: subject image ID", image_id, subjects.get("config"))
+            attested_lock = statement.get("predicate", {}).get("buildDefinition", {}).get("externalParameters", {})
+            checks.expect("image provenance: lock hash", lock.lock_hash, attested_lock.get("lock-hash"))
+        else:
+            checks.unchecked.append("image provenance: not in the bundle (the image was not built with envlock build)")
+        commit = found.manifest.get("commit")
+        if commit:
+            listed = _git(root, "bundle", "list-heads", str(root / "code.gitbundle")).stdout.split()
+            checks.expect("code.gitbundle: recorded commit", commit, commit if commit in listed else None)
+            attested = open_envelope(json.loads((root / "run" / ATTESTATION).read_text()), None).statement
+            checks.expect("attested commit", (attested["predicate"].get("code") or {}).get("commit"), commit)
+        else:
+            checks.unchecked.append("code: the run was not in a git repository")
+        return checks
+
+
+@contextlib.contextmanager
+def project_from_bundle(found: Unpacked) -> Iterator[Path]:
+    """A project folder rebuilt from the bundle: the git bundle cloned, the run's folder, saved objects and inputs
+    put where the project keeps them. Yields the project directory."""
+    with tempfile.TemporaryDirectory(prefix="envlock-bundle-project-") as tmp:
+        repo = Path(tmp) / "repo"
+        commit = found.manifest.get("commit")
+        if commit:
+            repo.mkdir()
+            for args in (
+                ("init", "--quiet"),
+                ("fetch", "--quiet", str(found.root / "code.gitbundle"), "refs/envlock-bundle/*:refs/envlock-bundle/*"),
+            ):
+                done = _git(repo, *args)
+                if done.returncode != 0:
+                    raise RerunError(f"cannot read the bundle's code (git {args[0]}): {done.stderr.strip()}")
+            checkout = _git(repo, "checkout", "--quiet", "--detach", str(commit))
+            if checkout.returncode != 0:
+                raise RerunError(f"the bundle's code has no commit {str(commit)[:12]}: {checkout.stderr.strip()}")
+        else:
+            raise RerunError("the bundled run was not in a git repository: its code is not in the bundle")
+        subdir = str(found.manifest.get("project-subdir") or "")
+        if subdir and not _safe(subdir):
+            raise VerificationError(f"the bundle names an unsafe project folder {subdir!r}")
+        project = repo / subdir if subdir else repo
+        project.mkdir(parents=True, exist_ok=True)
+        layout = ProjectLayout(project)
+        shutil.copytree(found.root / "run", layout.runs / found.run_id)
+        if (found.root / "objects").is_dir():
+            shutil.copytree(found.root / "objects", layout.state / "objects", dirs_exist_ok=True)
+        if (found.root / "inputs").is_dir():
+            shutil.copytree(found.root / "inputs", project, dirs_exist_ok=True)
+        if (found.root / "image.dsse.json").is_file():
+            image_id = str(found.manifest["image"]["id"])
+            _copy(found.root / "image.dsse.json", attestation_path(project, image_id))
+        yield project
+
+
+@contextlib.contextmanager
+def reproducible(bundle: Path) -> Iterator[tuple[Path, list[Path]]]:
+    """`envlock reproduce BUNDLE`: the bundle checked and unpacked, the project rebuilt from it; yields the project
+    and the image archives to restore from."""
+    with unpacked(bundle) as found, project_from_bundle(found) as project:
+        yield project, [found.archive] if found.archive else []
