@@ -30,6 +30,9 @@ EXIT_CODES: dict[int, str] = {
     21: "a run record was edited or damaged",
     22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
+    24: "`envlock init`: the file to import (requirements, uv.lock, poetry.lock, pylock.toml, environment.yml) is "
+    "missing or cannot be read",
+    25: "`envlock gc`: another `envlock gc` holds the cache",
     125: "`run`, `runs wait`: envlock itself failed; the error line names the failure and its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -225,3 +228,16 @@ class RerunError(EnvlockError):
     """`envlock reproduce` could not set the original run up again (its code, diff or inputs)."""
 
     exit_code = 23
+
+
+class ImportSourceError(EnvlockError):
+    """`envlock init`: the requirements or lock file to import is missing, malformed or of an unknown kind."""
+
+    exit_code = 24
+
+
+class CacheBusyError(EnvlockError):
+    """`envlock gc`: another collection is running over the same cache."""
+
+    exit_code = 25
+    default_hint = "wait for the other `envlock gc` to finish, then run it again"

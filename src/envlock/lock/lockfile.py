@@ -15,6 +15,7 @@ import tomlkit
 from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
 from envlock.lock.cuda import CPU, UNKNOWN, CudaStack
+from envlock.lock.localpackages import LocalPackage
 from envlock.lock.pylock import file_table, package_table, packages_from_pylock
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.targets import PLATFORMS, Platform
@@ -77,6 +78,8 @@ class Lock:
     input_hash: str
     resolver: str
     envlock_version: str
+    # The project's own packages, installed from the mounted code (their metadata is part of the image).
+    local_packages: tuple[LocalPackage, ...] = ()
 
     def target(self, platform: str) -> TargetLock:
         """The lock of one platform."""
@@ -90,7 +93,7 @@ class Lock:
 
     def content(self) -> dict[str, Any]:
         """The normalized resolved content: what the lock hash covers (no formatting, no meta)."""
-        return {
+        content = {
             "lock-version": LOCK_VERSION,
             "python": self.python,
             "base": {"name": self.base.name, "kind": self.base.kind, "sha256": self.base.sha256},
@@ -108,6 +111,9 @@ class Lock:
                 for t in sorted(self.targets, key=lambda t: t.platform)
             ],
         }
+        if self.local_packages:  # absent when none: earlier locks keep their hash
+            content["local-packages"] = [p.as_dict() for p in self.local_packages]
+        return content
 
     @property
     def lock_hash(self) -> str:
@@ -161,6 +167,14 @@ def dumps(lock: Lock) -> str:
     base.update({"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256})
     environment["base"] = base
     document["environment"] = environment
+    if lock.local_packages:
+        local = tomlkit.aot()
+        for package in lock.local_packages:
+            table = tomlkit.table()
+            for key, value in package.as_dict().items():
+                table[key] = value
+            local.append(table)
+        document["local-packages"] = local
     targets = tomlkit.table(is_super_table=True)
     for target in sorted(lock.targets, key=lambda t: t.platform):
         section = tomlkit.table()
@@ -260,6 +274,7 @@ def _from_document(document: dict[str, Any]) -> Lock:
         input_hash=str(meta["input-hash"]),
         resolver=str(meta["resolver"]),
         envlock_version=str(meta["envlock-version"]),
+        local_packages=tuple(LocalPackage.from_dict(t) for t in document.get("local-packages", [])),
     )
 
 

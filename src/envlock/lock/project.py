@@ -114,6 +114,7 @@ def lock_project(
                 preferences=preferences,
                 upgrade=options.upgrade,
                 upgrade_packages=tuple(sorted(wanted)),
+                constraints=spec.constraints,
             )
         )
         stack = derive_cuda(packages, image.env if image else None)
@@ -148,6 +149,7 @@ def lock_project(
         input_hash=spec.input_hash(),
         resolver=resolver_version.result(),
         envlock_version=__version__,
+        local_packages=spec.local_packages,
     )
     if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
         return LockOutcome(previous, previous, written=False, resolved=True)

@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 from envlock.errors import SpecError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
+from envlock.lock.localpackages import LocalPackage, local_packages, local_url_path
 from envlock.lock.targets import PLATFORMS, Platform
 
 PYPROJECT = "pyproject.toml"
@@ -28,6 +29,7 @@ FIELDS = (
     "name",
     "python",
     "requirements",
+    "constraints",
     "extras",
     "groups",
     "platforms",
@@ -62,6 +64,10 @@ class Spec:
     extra_index_urls: tuple[str, ...]
     registry: str | None
     outputs: tuple[str, ...] = ()  # files or directories a run produces, relative to the project; hashed per run
+    # Exact pins taken over from another tool's lock (`envlock init`): they bound versions, never add packages.
+    constraints: tuple[str, ...] = ()
+    # The project's own package and path dependencies inside it: installed from the mounted code.
+    local_packages: tuple[LocalPackage, ...] = ()
 
     @property
     def lock_path(self) -> Path:
@@ -69,8 +75,8 @@ class Spec:
         return self.project_dir / "envlock.lock"
 
     def inputs(self) -> dict[str, Any]:
-        """Everything that decides the resolution, normalized, credentials removed."""
-        return {
+        """Everything that decides the resolution and the image, normalized, credentials removed."""
+        inputs = {
             "schema": INPUT_SCHEMA,
             "python": self.python,
             "requirements": sorted(str(Requirement(r)) for r in self.requirements),
@@ -83,6 +89,12 @@ class Spec:
             "index-url": redact(self.index_url),
             "extra-index-urls": [redact(u) for u in self.extra_index_urls],
         }
+        # Present only when used, so that the input hash of a project without them is what it always was.
+        if self.constraints:
+            inputs["constraints"] = sorted(str(Requirement(c)) for c in self.constraints)
+        if self.local_packages:
+            inputs["local-packages"] = [p.as_dict() for p in self.local_packages]
+        return inputs
 
     def input_hash(self) -> str:
         """sha256 over the normalized inputs: what `lock --check` compares without resolving."""
@@ -144,6 +156,9 @@ def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
         except InvalidRequirement as exc:
             reason = str(exc).splitlines()[0]
             problems.add(key, f"{requirement!r} is not a valid requirement ({reason})")
+            continue
+        if parsed.url and local_url_path(parsed, problems.path.parent) is not None:
+            valid.append(requirement)  # a package inside the project: set aside as a local package
             continue
         if parsed.url:
             problems.add(key, f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes")
@@ -276,6 +291,9 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     if not isinstance(name, str) or not _IMAGE_NAME.match(name):
         problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
     requirements = _requirements(document, table, problems)
+    constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
+    local = local_packages(document, project_dir, requirements)
+    requirements = _without_local(requirements, local)
     base, python = _base_and_python(table, problems)
     platforms = _platforms(table, problems)
     system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
@@ -315,4 +333,17 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         extra_index_urls=extra_index_urls,
         registry=registry,
         outputs=tuple(outputs),
+        constraints=tuple(constraints),
+        local_packages=local,
     )
+
+
+def _without_local(requirements: list[str], local: tuple[LocalPackage, ...]) -> list[str]:
+    """Local packages come from the mounted code: their own dependencies are resolved instead of them."""
+    names = {canonicalize_name(p.name) for p in local}
+    kept = [r for r in requirements if canonicalize_name(Requirement(r).name) not in names]
+    for package in local:
+        if package.path in (".", "src"):
+            continue  # the project itself: its dependencies are the requirements already (or were overridden)
+        kept += [r for r in package.requires if canonicalize_name(Requirement(r).name) not in names]
+    return list(dict.fromkeys(kept))
