@@ -11,6 +11,7 @@ import typer
 from envlock.cli import (  # noqa: F401
     cluster_commands,
     image_commands,
+    init_commands,
     lock_commands,
     run_commands,
     runs_commands,

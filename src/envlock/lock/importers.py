@@ -133,7 +133,7 @@ def _read_requirements(path: Path, imported: Imported, *, into_constraints: bool
     for number, line in _logical_lines(text):
         where = f"{path.name}:{number}"
         if line.startswith("-") and not line.startswith("--hash"):
-            _requirements_option(line, path, where, imported, into_constraints, (*seen, resolved))
+            _requirements_option(line, path, where, imported, into_constraints=into_constraints, seen=(*seen, resolved))
             continue
         # Options may follow a requirement: `pkg==1.0 --hash=sha256:…` (hashes: envlock records its own).
         requirement = re.split(r"\s+--?[a-z]", line, maxsplit=1)[0].strip()
@@ -153,7 +153,7 @@ def _read_requirements(path: Path, imported: Imported, *, into_constraints: bool
 
 
 def _requirements_option(
-    line: str, path: Path, where: str, imported: Imported, into_constraints: bool, seen: tuple[Path, ...]
+    line: str, path: Path, where: str, imported: Imported, *, into_constraints: bool, seen: tuple[Path, ...]
 ) -> None:
     try:
         words = shlex.split(line)
@@ -166,7 +166,9 @@ def _requirements_option(
         if flag in ("-r", "--requirement", "-c", "--constraint"):
             value, index = _option(words, index, line, where)
             constraint = flag in ("-c", "--constraint")
-            _read_requirements(path.parent / value, imported, into_constraints=into_constraints or constraint, seen=seen)
+            _read_requirements(
+                path.parent / value, imported, into_constraints=into_constraints or constraint, seen=seen
+            )
         elif flag in ("-i", "--index-url"):
             value, index = _option(words, index, line, where)
             imported.add_index(value, primary=True)
@@ -330,7 +332,7 @@ def _pip_section(path: Path, lines: list[str], imported: Imported) -> None:
     for number, line in enumerate(lines, start=1):
         where = f"{path.name} pip section, line {number}"
         if line.startswith("-"):
-            _requirements_option(line, fake, where, imported, False, (path.resolve(),))
+            _requirements_option(line, fake, where, imported, into_constraints=False, seen=(path.resolve(),))
             continue
         try:
             imported.requirements.append(str(Requirement(line)))

@@ -7,7 +7,6 @@ dist-info, so `importlib.metadata.version()` and console scripts work while the 
 
 from __future__ import annotations
 
-import glob
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -122,7 +121,7 @@ def local_packages(document: dict[str, Any], project_dir: Path, requirements: li
     if (own := package_of(document, project_dir, project_dir)) is not None:
         found[canonicalize_name(own.name)] = own
     members = document.get("tool", {}).get("uv", {}).get("workspace", {}).get("members", [])
-    directories = [Path(p) for pattern in members for p in sorted(glob.glob(str(project_dir / pattern)))]
+    directories = [p for pattern in members for p in sorted(project_dir.glob(str(pattern)))]
     for requirement in requirements:
         try:
             parsed = Requirement(requirement)

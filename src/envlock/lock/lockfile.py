@@ -169,9 +169,9 @@ def dumps(lock: Lock) -> str:
     document["environment"] = environment
     if lock.local_packages:
         local = tomlkit.aot()
-        for package in lock.local_packages:
+        for local_package in lock.local_packages:
             table = tomlkit.table()
-            for key, value in package.as_dict().items():
+            for key, value in local_package.as_dict().items():
                 table[key] = value
             local.append(table)
         document["local-packages"] = local
