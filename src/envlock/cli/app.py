@@ -10,6 +10,7 @@ import typer
 # Importing the command modules registers their commands on the typer apps.
 from envlock.cli import (  # noqa: F401
     cluster_commands,
+    gc_commands,
     image_commands,
     init_commands,
     lock_commands,

@@ -118,7 +118,7 @@ def plan_image(lock: Lock, lock_text: str, repository: str, platform: str) -> Im
     return ImagePlan(repository, lock.short_hash, platform, lock, lock_text, tuple(layers))
 
 
-def _layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
+def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
     # The venv's pyvenv.cfg and links name the base's interpreter: its layer depends on where that lives.
     return _key(spec.key, layout.home) if spec.label == "venv" else spec.key
 
@@ -141,13 +141,13 @@ def make_layers(
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
     layout = layout or VenvLayout(plan.lock.python)
     epoch = plan.lock.source_date_epoch
-    if any(store.get(_layer_key(spec, layout)) is None for spec in plan.layers):
+    if any(store.get(layer_key(spec, layout)) is None for spec in plan.layers):
         wheels = [(wheel.name, cache.require(wheel)) for wheel in plan.wheels]
         for overlap in find_overlaps(wheels, layout):
             report(overlap_warning(overlap))
     layers = []
     for spec in plan.layers:
-        key = _layer_key(spec, layout)
+        key = layer_key(spec, layout)
         if (found := store.get(key)) is not None:
             layers.append(found)
             continue
