@@ -143,10 +143,13 @@ def find_overlaps(wheels: Sequence[tuple[str, Path]], layout: VenvLayout) -> lis
         paths = _installed_paths(path, layout)
         for installed, crc in sorted(paths.items()):
             parents = [str(p) for p in PurePosixPath(installed).parents][:-1]
-            clash = directories.get(installed) or next((owner[p][0] for p in parents if p in owner), None)
-            if clash is not None and clash != name:
+            clashes = [(installed, directories[installed])] if installed in directories else []
+            clashes += [(p, owner[p][0]) for p in parents if p in owner]
+            for where, other in clashes:
+                if other == name:
+                    continue
                 raise BuildError(
-                    f"{clash} and {name} cannot both be installed: {installed} is a file in one and a directory "
+                    f"{other} and {name} cannot both be installed: {where} is a file in one and a directory "
                     "in the other",
                     hint="pin versions of the two that agree, or drop one of them from the requirements",
                 )
