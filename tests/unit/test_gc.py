@@ -22,7 +22,7 @@ from envlock.lock.spec import load_spec
 from envlock.paths import CacheLayout
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.retention import needed_by
-from tests.fakes import FakeEngine, stores
+from tests.fakes import FakeEngine, FakeResolver, stores
 from tests.wheelmaker import build_wheel
 
 LATER = time.time() + 3600  # every entry is older than the grace period then
