@@ -127,3 +127,14 @@ def test_gc_command_prints_what_it_removes_and_the_bytes_freed(
     assert run(["gc", "--dry-run", "-C", str(project)], wiring) == 0
     out = capsys.readouterr().out
     assert "would remove image demo:" in out and "would free" in out and old in engine.images
+
+
+def test_images_of_other_projects_are_never_candidates(
+    two_builds: tuple[Path, FakeEngine, CacheLayout, str, str],
+) -> None:
+    project, engine, cache, old, new = two_builds
+    for name in [n for n, target in engine.tags.items() if target == old]:
+        del engine.tags[name]
+    engine.tags["someone-else:v1"] = old  # the same engine, another project's image
+    collect_garbage(needed_by([project])[0], engine, cache, now=LATER)
+    assert set(engine.images) == {old, new}

@@ -32,10 +32,15 @@ PYTHON_HOMES = ("/usr/bin", "/usr/local/bin")
 
 @dataclass(frozen=True)
 class Needed:
-    """What must survive: locks (with their exact text, which keys the lock layer) and image IDs of runs."""
+    """What must survive: locks (with their exact text, which keys the lock layer) and image IDs of runs.
+
+    Only images of `repositories` (the projects' image names) are candidates: an engine shared with other
+    projects keeps their images, whatever this collection is told about its own.
+    """
 
     locks: tuple[tuple[Lock, str], ...] = ()
     image_ids: frozenset[str] = frozenset()
+    repositories: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -60,7 +65,7 @@ class GcReport:
         return sum(r.size for r in self.removed)
 
 
-def needed_of(lock_texts: list[str], image_ids: set[str]) -> Needed:
+def needed_of(lock_texts: list[str], image_ids: set[str], repositories: set[str]) -> Needed:
     """Needed from lock files' text (a damaged one is skipped: it cannot be rebuilt from anyway)."""
     locks = []
     for text in lock_texts:
@@ -68,7 +73,7 @@ def needed_of(lock_texts: list[str], image_ids: set[str]) -> Needed:
             locks.append((lockfile.loads(text), text))
         except Exception:  # noqa: BLE001, S112  (any damage: that lock keeps nothing)
             continue
-    return Needed(tuple(locks), frozenset(image_ids))
+    return Needed(tuple(locks), frozenset(image_ids), frozenset(repositories))
 
 
 @contextmanager
@@ -133,7 +138,8 @@ def collect_garbage(
 
     with _exclusive(cache):
         images = engine.envlock_images()
-        kept_images = [i for i in images if _image_needed(i, needed.image_ids, lock_hashes)]
+        mine = [i for i in images if any(t.rpartition(":")[0] in needed.repositories for t in i.tags)]
+        kept_images = [i for i in images if i not in mine or _image_needed(i, needed.image_ids, lock_hashes)]
         diff_ids = {d for image in kept_images for d in image.diff_ids} | bases
         for image in images:
             if image in kept_images:
