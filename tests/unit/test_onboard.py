@@ -156,3 +156,11 @@ def test_a_broken_requirement_line_names_file_and_line(tmp_path: Path, capsys: p
     (tmp_path / "reqs.txt").write_text("idna\nnot a requirement!!\n")
     assert run(["init", "-C", str(tmp_path), "--from", "reqs.txt"]) == 24
     assert "reqs.txt:2" in capsys.readouterr().err
+
+
+def test_a_project_with_dependencies_and_nothing_to_import_gets_an_empty_table_once(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["idna"]\n')
+    first = init_project(tmp_path)
+    assert first.changes == ("[tool.envlock] added (empty: [project] dependencies are the requirements)",)
+    assert "[tool.envlock]" in (tmp_path / "pyproject.toml").read_text()
+    assert init_project(tmp_path).changes == ()

@@ -159,8 +159,8 @@ def init_project(project_dir: Path, source: Path | None = None, *, write_gitigno
     outputs = _detect_outputs(project_dir)
     text = tomlkit.dumps(document)
     if text != before:
-        if created and not changes:
-            changes.append("[tool.envlock] (empty: [project] dependencies are the requirements)")
+        if not changes:
+            changes.append("[tool.envlock] added (empty: [project] dependencies are the requirements)")
         try:
             parse_spec(tomllib.loads(text), project_dir, path, text)
         except SpecError as exc:
