@@ -45,6 +45,8 @@ def main() -> int:
         ("envlock lock", ["lock"]),
         ("envlock build", ["build"]),
         ("envlock run -- python train.py", ["run", "--", "python", "train.py"]),
+        ("envlock run (again)", ["run", "--", "python", "train.py"]),
+        ("envlock run -- true", ["run", "--", "true"]),
         ("envlock init (again)", ["init"]),
         ("envlock lock (again)", ["lock"]),
     ]

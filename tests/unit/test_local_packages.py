@@ -6,6 +6,9 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from envlock.errors import LockfileError
 from envlock.image.layers import LayerStore
 from envlock.image.plan import make_layers, plan_image
 from envlock.image.wheels import WheelCache
@@ -105,3 +108,16 @@ def test_the_local_layer_holds_metadata_only_and_does_not_move_when_the_code_doe
     assert b"[my.plugins]\nfast = my_trainer.plugins:Fast" in files[f"{info}/entry_points.txt"]
     assert files["opt/envlock/venv/bin/train"].startswith(b"#!/opt/envlock/venv/bin/python\n")
     assert not any(name.endswith("my_trainer/__init__.py") for name in files), "no code in the image"
+
+
+def test_a_lock_whose_local_package_would_write_outside_the_venv_is_refused(
+    write_project: Callable[[str], Path],
+) -> None:
+    project = _package_project(write_project)
+    spec = load_spec(project)
+    lock_project(spec, FakeResolver({"linux/amd64": []}))
+    text = spec.lock_path.read_text()
+    for good, bad in (('"train"', '"../../etc/cron"'), ('path = "src"', 'path = "../elsewhere"')):
+        assert good in text
+        with pytest.raises(LockfileError, match="malformed"):
+            lockfile.loads(text.replace(good, bad))

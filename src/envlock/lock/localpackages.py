@@ -7,6 +7,7 @@ dist-info, so `importlib.metadata.version()` and console scripts work while the 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +18,11 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.errors import SpecError
+
+# A project name (PEP 508), a version without path separators, a script name that stays in bin/.
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_VERSION = re.compile(r"^[A-Za-z0-9.+!_-]+$")
+_SCRIPT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,21 @@ class LocalPackage:
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             raise ValueError(f"local package path {path!r}")
         points = tuple((str(g), str(n), str(v)) for g, n, v in table.get("entry-points", []))
-        return cls(str(table["name"]), str(table["version"]), path, tuple(map(str, table.get("requires", []))), points)
+        package = cls(
+            str(table["name"]), str(table["version"]), path, tuple(map(str, table.get("requires", []))), points
+        )
+        if problem := package.problem():
+            raise ValueError(problem)
+        return package
+
+    def problem(self) -> str | None:
+        """What makes this metadata unusable as file names in the image (None: nothing)."""
+        if not _NAME.match(self.name):
+            return f"local package name {self.name!r}"
+        if not _VERSION.match(self.version):
+            return f"local package version {self.version!r}"
+        bad = [n for g, n, _ in self.entry_points if g.endswith("_scripts") and not _SCRIPT.match(n)]
+        return f"script name {bad[0]!r}" if bad else None
 
     @property
     def dist_name(self) -> str:
@@ -83,13 +103,16 @@ def package_of(document: dict[str, Any], directory: Path, project_dir: Path) -> 
     root = _import_root(directory, project["name"])
     relative = directory.resolve().relative_to(project_dir.resolve())
     path = str(PurePosixPath(relative.as_posix()) / root) if relative.parts else root
-    return LocalPackage(
+    package = LocalPackage(
         project["name"],
         version,
         path.removeprefix("./") or ".",
         tuple(str(r) for r in requires if isinstance(r, str)),
         _entry_points(project),
     )
+    if problem := package.problem():
+        raise SpecError(f"{directory / 'pyproject.toml'}: [project] has an unusable {problem}")
+    return package
 
 
 def local_url_path(requirement: Requirement, project_dir: Path) -> Path | None:
