@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from envlock.cli.render import render_lock
 from envlock.errors import LockfileError
 from envlock.image.layers import LayerStore
 from envlock.image.plan import make_layers, plan_image
@@ -51,6 +52,8 @@ def test_a_package_project_is_a_local_package_keyed_into_inputs_and_lock(write_p
     assert spec.requirements == ("idna>=3",)
     outcome = lock_project(spec, FakeResolver({"linux/amd64": [LockedPackage("idna", "3.10")]}))
     assert lockfile.loads(lockfile.dumps(outcome.lock)) == outcome.lock
+    shown = render_lock(outcome.lock, ["linux/amd64"], "up to date")
+    assert "local package My-Trainer 1.2.0 from /work/src; scripts: train" in shown
     assert outcome.lock.local_packages == spec.local_packages
 
     bumped = _package_project(write_project, PACKAGE.replace('version = "1.2.0"', 'version = "1.3.0"'))
