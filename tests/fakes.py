@@ -24,7 +24,7 @@ from typing import Any
 import pynvml
 
 from envlock.cluster.slurm import Command
-from envlock.engine.docker import ArchiveWriter, Engine
+from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo
 from envlock.engine.launch import Launcher, LaunchSpec, Output
 from envlock.errors import (
     DownloadError,
@@ -339,6 +339,19 @@ class FakeEngine(Engine):
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         found = self._image(image_id, f"tag {repository}:{tag}")
         self.tags[f"{repository}:{tag}"] = found.image_id
+
+    def envlock_images(self) -> list[ImageInfo]:
+        return [
+            ImageInfo(
+                image_id,
+                tuple(sorted(name for name, target in self.tags.items() if target == image_id)),
+                image.labels,
+                tuple(image.diff_ids),
+                sum(len(self.layers.get(d, b"")) for d in image.diff_ids),
+            )
+            for image_id, image in sorted(self.images.items())
+            if "dev.envlock.lock-hash" in image.labels
+        ]
 
     def remove(self, ref: str) -> None:
         # As `docker rmi --force`: a name drops that name (and the image with its last name); an ID drops it all.

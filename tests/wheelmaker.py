@@ -17,6 +17,7 @@ def build_wheel(
     console_scripts: tuple[str, ...] = (),
     tag: str = "py3-none-any",
     padding: int = 0,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """A minimal, valid wheel with one module, optional `name = module:function` console scripts."""
     module = name.replace("-", "_")
@@ -27,6 +28,7 @@ def build_wheel(
         f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{dist_info}/WHEEL": (f"Wheel-Version: 1.0\nGenerator: envlock-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"),
     }
+    files.update(extra_files or {})
     if console_scripts:
         files[f"{module}/__init__.py"] += "def main():\n    print('hello from', __name__)\n"
         files[f"{dist_info}/entry_points.txt"] = "[console_scripts]\n" + "".join(f"{s}\n" for s in console_scripts)

@@ -34,6 +34,9 @@ EXIT_CODES: dict[int, str] = {
     25: "`envlock reproduce`: the original run had failed, and the re-run failed the same way (never REPRODUCED)",
     26: "`envlock verify`: a signature or a hash does not hold (each mismatch is named), or the attestation is "
     "missing or malformed",
+    27: "`envlock init`: the file to import (requirements, uv.lock, poetry.lock, pylock.toml, environment.yml) is "
+    "missing or cannot be read",
+    28: "`envlock gc`: another `envlock gc` holds the cache",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -238,3 +241,16 @@ class VerificationError(EnvlockError):
 
     exit_code = 26
     default_hint = "something changed since the attestation was made: the lines above name each mismatch"
+
+
+class ImportSourceError(EnvlockError):
+    """`envlock init`: the requirements or lock file to import is missing, malformed or of an unknown kind."""
+
+    exit_code = 27
+
+
+class CacheBusyError(EnvlockError):
+    """`envlock gc`: another collection is running over the same cache."""
+
+    exit_code = 28
+    default_hint = "wait for the other `envlock gc` to finish, then run it again"

@@ -11,7 +11,9 @@ import typer
 from envlock.cli import (  # noqa: F401
     audit_commands,
     cluster_commands,
+    gc_commands,
     image_commands,
+    init_commands,
     lock_commands,
     run_commands,
     runs_commands,

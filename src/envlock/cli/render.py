@@ -28,6 +28,7 @@ def lock_summary(lock: Lock, platforms: list[str], stale: str) -> dict[str, Any]
         "source-date-epoch": lock.source_date_epoch,
         "indexes": list(lock.indexes),
         "system-packages": list(lock.system_packages),
+        "local-packages": [p.as_dict() for p in lock.local_packages],
         "targets": {
             t.platform: {
                 "base": {"id": t.base.id, "debian": t.base.debian} if t.base else None,
@@ -68,6 +69,11 @@ def render_lock(lock: Lock, platforms: list[str], stale: str) -> str:
         f"Python {lock.python} · base {lock.base.name} ({lock.base.kind} {lock.base.sha256[:12]})"
         f" · resolved by {lock.resolver}",
     ]
+    for local in lock.local_packages:
+        scripts = [n for g, n, _ in local.entry_points if g == "console_scripts"]
+        shown = f"; scripts: {', '.join(scripts)}" if scripts else ""
+        where = "/work" if local.path == "." else f"/work/{local.path}"
+        lines.append(f"local package {local.name} {local.version} from {where}{shown}")
     for target in lock.targets:
         if target.platform not in platforms:
             continue

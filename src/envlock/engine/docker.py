@@ -6,12 +6,36 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from envlock.errors import EngineError
 
 ArchiveWriter = Callable[[BinaryIO], object]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A local image as `envlock gc` sees it."""
+
+    image_id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    diff_ids: tuple[str, ...]
+    size: int
+
+
+class ImageLister(Protocol):
+    """The part of an engine `envlock gc` needs: list envlock's images, remove one."""
+
+    def envlock_images(self) -> list[ImageInfo]:
+        """Every local image with a `dev.envlock.lock-hash` label."""
+        ...
+
+    def remove(self, ref: str) -> None:
+        """Remove a local image (or tag); absent is fine."""
+        ...
 
 
 class Engine(Protocol):
@@ -47,6 +71,10 @@ class Engine(Protocol):
 
     def save(self, ref: str, out: Path) -> None:
         """Write a local image as a docker-archive tarball."""
+        ...
+
+    def envlock_images(self) -> list[ImageInfo]:
+        """Every local image with a `dev.envlock.lock-hash` label (what `envlock gc` may remove)."""
         ...
 
 
@@ -179,6 +207,24 @@ class DockerEngine:
         with translated(f"export {ref}"), out.open("wb") as handle:
             for chunk in self.client.images.get(ref).save(named=False):
                 handle.write(chunk)
+
+    def envlock_images(self) -> list[ImageInfo]:
+        """Every local image built by envlock (it carries `dev.envlock.lock-hash`)."""
+        with translated("list images"):
+            found = self.client.api.images(filters={"label": "dev.envlock.lock-hash"})
+            out = []
+            for summary in found:
+                attrs = self.client.api.inspect_image(summary["Id"])
+                out.append(
+                    ImageInfo(
+                        str(attrs["Id"]),
+                        tuple(t for t in attrs.get("RepoTags") or [] if t != "<none>:<none>"),
+                        dict(attrs.get("Config", {}).get("Labels") or {}),
+                        tuple(attrs.get("RootFS", {}).get("Layers") or []),
+                        int(attrs.get("Size") or 0),
+                    )
+                )
+        return out
 
     def remove(self, ref: str) -> None:
         """Remove an image or tag if present."""

@@ -16,7 +16,15 @@ from typing import Any, BinaryIO
 from envlock import __version__
 from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.sbom import SBOM_PATH, sbom_json
-from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
+from envlock.image.staging import (
+    VENV,
+    Overlap,
+    VenvLayout,
+    choose_wheel,
+    find_overlaps,
+    install_local,
+    install_wheel,
+)
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
@@ -113,6 +121,9 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         layers.append(
             LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
         )
+    if lock.local_packages:
+        local = [p.as_dict() for p in lock.local_packages]
+        layers.append(LayerPlan("local", (), _key(lock.python, lock.source_date_epoch, "local", local)))
     # The lock layer holds the lock and its SBOM: keyed by both texts, so a new SBOM format makes a new layer.
     sbom = sbom_json(lock, platform)
     lock_key = _key(
@@ -124,16 +135,36 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers), sbom)
 
 
+def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
+    # The venv's pyvenv.cfg and links name the base's interpreter: its layer depends on where that lives.
+    return _key(spec.key, layout.home) if spec.label == "venv" else spec.key
+
+
+def overlap_warning(overlap: Overlap) -> str:
+    """One line naming the two packages, how many files they share and which copies the image keeps."""
+    shared = len(overlap.paths)
+    example = overlap.differing[0] if overlap.differing else overlap.paths[0]
+    differ = f", {len(overlap.differing)} with other bytes" if overlap.differing else " (identical bytes)"
+    return (
+        f"warning: {overlap.earlier} and {overlap.later} both install {shared} file{'s' if shared != 1 else ''}"
+        f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: own-layer packages by name, "
+        "then the others by name; later wins, as with pip)"
+    )
+
+
 def make_layers(
     plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report, layout: VenvLayout | None = None
 ) -> list[Layer]:
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
     layout = layout or VenvLayout(plan.lock.python)
     epoch = plan.lock.source_date_epoch
+    if any(store.get(layer_key(spec, layout)) is None for spec in plan.layers):
+        wheels = [(wheel.name, cache.require(wheel)) for wheel in plan.wheels]
+        for overlap in find_overlaps(wheels, layout):
+            report(overlap_warning(overlap))
     layers = []
     for spec in plan.layers:
-        # The venv's pyvenv.cfg and links name the base's interpreter: its layer depends on where that lives.
-        key = _key(spec.key, layout.home) if spec.label == "venv" else spec.key
+        key = layer_key(spec, layout)
         if (found := store.get(key)) is not None:
             layers.append(found)
             continue
@@ -151,6 +182,9 @@ def make_layers(
                     return write_layer(root, out, epoch)
                 if spec.label == "venv":
                     layout.skeleton(root)
+                if spec.label == "local":
+                    for package in plan.lock.local_packages:
+                        install_local(package, root, layout)
                 for wheel in spec.wheels:
                     install_wheel(cache.require(wheel), wheel.name, root, layout)
                 return write_layer(root, out, epoch, prefix=VENV.lstrip("/"))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from packaging.tags import Tag
 from packaging.utils import parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
-from envlock.errors import NoWheelError
+from envlock.engine.launch import WORKDIR
+from envlock.errors import BuildError, NoWheelError
+from envlock.lock.localpackages import LocalPackage
 from envlock.lock.resolve import LockedFile, LockedPackage
 
 VENV = "/opt/envlock/venv"
@@ -80,6 +87,9 @@ def install_wheel(wheel: Path, filename: str, root: Path, layout: VenvLayout) ->
         interpreter=f"{VENV}/bin/python",
         script_kind="posix",
         bytecode_optimization_levels=(),
+        # Wheels that ship the same files (mlflow, mlflow-skinny, mlflow-tracing): the later one wins, as with
+        # pip; find_overlaps() has already named them and refused the conflicts that cannot be installed.
+        overwrite_existing=True,
     )
     # WheelFile wants the real file name (it parses the distribution from it); the cache names files by hash.
     with tempfile.TemporaryDirectory(prefix="envlock-wheel-") as tmp:
@@ -87,3 +97,113 @@ def install_wheel(wheel: Path, filename: str, root: Path, layout: VenvLayout) ->
         link.symlink_to(wheel)
         with WheelFile.open(link) as source:
             install(source, destination, additional_metadata={"INSTALLER": b"envlock\n"})
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Files two wheels both install: the later wheel's copies are the ones the image keeps."""
+
+    earlier: str  # distribution names
+    later: str
+    paths: tuple[str, ...]  # relative to the venv
+    differing: tuple[str, ...]  # the subset whose bytes differ (by the zip's CRC-32)
+
+
+def _installed_paths(wheel: Path, layout: VenvLayout) -> dict[str, int]:
+    """Where each file of a wheel lands in the venv (dist-info and RECORD included), with its CRC-32."""
+    out: dict[str, int] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            parts = PurePosixPath(info.filename).parts
+            if parts[0].endswith(".data") and len(parts) > 2:
+                scheme, rest = parts[1], PurePosixPath(*parts[2:])
+                if scheme in ("purelib", "platlib"):
+                    out[str(PurePosixPath(layout.site_packages) / rest)] = info.CRC
+                elif scheme == "scripts":
+                    out[str(PurePosixPath("bin") / rest)] = info.CRC
+                elif scheme == "data":
+                    out[str(rest)] = info.CRC
+                continue
+            out[str(PurePosixPath(layout.site_packages, *parts))] = info.CRC
+    return out
+
+
+def find_overlaps(wheels: Sequence[tuple[str, Path]], layout: VenvLayout) -> list[Overlap]:
+    """Files installed by more than one of `wheels` (file name, path; in install order): later wins.
+
+    A path that is a file for one wheel and a directory for another cannot be installed at all: BuildError.
+    """
+    owner: dict[str, tuple[str, int]] = {}
+    directories: dict[str, str] = {}
+    found: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for filename, path in wheels:
+        name = str(parse_wheel_filename(filename)[0])
+        paths = _installed_paths(path, layout)
+        for installed, crc in sorted(paths.items()):
+            parents = [str(p) for p in PurePosixPath(installed).parents][:-1]
+            clashes = [(installed, directories[installed])] if installed in directories else []
+            clashes += [(p, owner[p][0]) for p in parents if p in owner]
+            for where, other in clashes:
+                if other == name:
+                    continue
+                raise BuildError(
+                    f"{other} and {name} cannot both be installed: {where} is a file in one and a directory "
+                    "in the other",
+                    hint="pin versions of the two that agree, or drop one of them from the requirements",
+                )
+            if installed in owner and owner[installed][0] != name:
+                earlier, earlier_crc = owner[installed]
+                paths_of, differing = found.setdefault((earlier, name), ([], []))
+                paths_of.append(installed)
+                if earlier_crc != crc:
+                    differing.append(installed)
+            owner[installed] = (name, crc)
+            for parent in parents:
+                directories.setdefault(parent, name)
+    return [Overlap(a, b, tuple(p), tuple(d)) for (a, b), (p, d) in found.items()]
+
+
+def install_local(package: LocalPackage, root: Path, layout: VenvLayout) -> None:
+    """A package from the mounted code: a `.pth` into /work and a dist-info generated from its metadata.
+
+    Only metadata goes into the image, never code: editing the code changes nothing here; the same metadata gives
+    the same bytes.
+    """
+    from installer.scripts import Script  # noqa: PLC0415
+
+    site = root / layout.site_packages
+    site.mkdir(parents=True, exist_ok=True)
+    code = PurePosixPath(WORKDIR, package.path)
+    (site / f"_envlock_local_{package.dist_name}.pth").write_text(f"{code}\n", encoding="utf-8")
+    try:
+        version = str(Version(package.version))
+    except InvalidVersion:
+        version = package.version
+    info = site / f"{package.dist_name}-{version}.dist-info"
+    info.mkdir()
+    metadata = f"Metadata-Version: 2.1\nName: {package.name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in package.requires)
+    files = {
+        "METADATA": metadata,
+        "INSTALLER": "envlock\n",
+        "direct_url.json": json.dumps({"dir_info": {"editable": True}, "url": f"file://{code}"}) + "\n",
+    }
+    groups: dict[str, list[str]] = {}
+    for group, name, value in package.entry_points:
+        groups.setdefault(group, []).append(f"{name} = {value}")
+    if groups:
+        files["entry_points.txt"] = "".join(f"[{g}]\n" + "".join(f"{e}\n" for e in v) + "\n" for g, v in groups.items())
+    for name, text in files.items():
+        (info / name).write_text(text, encoding="utf-8")
+    (info / "RECORD").write_text("".join(f"{info.name}/{n},,\n" for n in [*files, "RECORD"]), encoding="utf-8")
+    for group, name, value in package.entry_points:
+        if group not in ("console_scripts", "gui_scripts"):
+            continue
+        module, _, attr = value.partition(":")
+        section: Literal["console", "gui"] = "console" if group == "console_scripts" else "gui"
+        script_name, data = Script(name, module.strip(), attr.strip(), section).generate(f"{VENV}/bin/python", "posix")
+        (root / "bin").mkdir(exist_ok=True)
+        (root / "bin" / script_name).write_bytes(data)
+        (root / "bin" / script_name).chmod(0o755)

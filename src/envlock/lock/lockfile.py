@@ -17,6 +17,7 @@ from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
 from envlock.lock import recipes
 from envlock.lock.cuda import CPU, UNKNOWN, CudaStack, Source
+from envlock.lock.localpackages import LocalPackage
 from envlock.lock.pylock import file_table, package_table
 from envlock.lock.resolve import LockedFile, LockedPackage, utc_seconds
 from envlock.lock.shapes import (
@@ -90,6 +91,8 @@ class Lock:
     input_hash: str
     resolver: str
     envlock_version: str
+    # The project's own packages, installed from the mounted code (their metadata is part of the image).
+    local_packages: tuple[LocalPackage, ...] = ()
 
     def target(self, platform: str) -> TargetLock:
         """The lock of one platform."""
@@ -103,7 +106,7 @@ class Lock:
 
     def content(self) -> dict[str, Any]:
         """The normalized resolved content: what the lock hash covers (no formatting, no meta)."""
-        return {
+        content = {
             "lock-version": LOCK_VERSION,
             "python": self.python,
             "base": {"name": self.base.name, "kind": self.base.kind, "sha256": self.base.sha256},
@@ -121,6 +124,9 @@ class Lock:
                 for t in sorted(self.targets, key=lambda t: t.platform)
             ],
         }
+        if self.local_packages:  # absent when none: earlier locks keep their hash
+            content["local-packages"] = [p.as_dict() for p in self.local_packages]
+        return content
 
     @property
     def lock_hash(self) -> str:
@@ -177,6 +183,14 @@ def dumps(lock: Lock) -> str:
     base.update({"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256})
     environment["base"] = base
     document["environment"] = environment
+    if lock.local_packages:
+        local = tomlkit.aot()
+        for local_package in lock.local_packages:
+            table = tomlkit.table()
+            for key, value in local_package.as_dict().items():
+                table[key] = value
+            local.append(table)
+        document["local-packages"] = local
     targets = tomlkit.table(is_super_table=True)
     for target in sorted(lock.targets, key=lambda t: t.platform):
         section = tomlkit.table()
@@ -257,7 +271,7 @@ def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
 
 
 # Tables and the keys each may hold; anything else was not written by envlock.
-_TOP_KEYS = ("lock-version", "meta", "environment", "targets")
+_TOP_KEYS = ("lock-version", "meta", "environment", "targets", "local-packages")
 _META_KEYS = ("lock-hash", "input-hash", "resolver", "envlock-version")
 _ENVIRONMENT_KEYS = ("python", "source-date-epoch", "indexes", "system-packages", "base")
 _BASE_KEYS = ("name", "kind", "sha256")
@@ -373,6 +387,7 @@ class _Reader:
             system = self.strings(environment, "system-packages", "environment.system-packages", debian_package_problem)
             base = self.base(environment)
         targets = self.targets(document)
+        local = self.local_packages(document.get("local-packages", []))
         if self.problems or base is None:
             return None, recorded
         lock = Lock(
@@ -385,8 +400,26 @@ class _Reader:
             input_hash=input_hash,
             resolver=resolver,
             envlock_version=version,
+            local_packages=local,
         )
         return lock, recorded
+
+    def local_packages(self, raw: object) -> tuple[LocalPackage, ...]:
+        """The project's own packages (metadata only; names and paths checked before they become file names)."""
+        if not isinstance(raw, list):
+            self.add("local-packages", f"must be an array of tables, not {_kind(raw)}")
+            return ()
+        found = []
+        for index, entry in enumerate(raw):
+            where = f"local-packages[{index}]"
+            if not isinstance(entry, dict):
+                self.add(where, f"must be a table, not {_kind(entry)}")
+                continue
+            try:
+                found.append(LocalPackage.from_dict(entry))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.add(where, f"is not a usable local package ({exc.__class__.__name__}: {exc})")
+        return tuple(found)
 
     def base(self, environment: dict[str, Any]) -> BaseLock | None:
         table = self.table(environment, "base", "environment.base", _BASE_KEYS)

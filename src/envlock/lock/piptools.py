@@ -77,7 +77,11 @@ class PipToolsResolver:
             )
         with tempfile.TemporaryDirectory(prefix="envlock-piptools-") as tmp:
             requirements = Path(tmp, "requirements.in")
-            requirements.write_text("\n".join(request.requirements) + "\n", encoding="utf-8")
+            lines = list(request.requirements)
+            if request.constraints:
+                Path(tmp, "constraints.txt").write_text("\n".join(request.constraints) + "\n", encoding="utf-8")
+                lines.append("-c constraints.txt")
+            requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
             output = Path(tmp, "requirements.txt")
             if request.preferences and not request.upgrade:
                 output.write_text("".join(f"{p.name}=={p.version}\n" for p in request.preferences), encoding="utf-8")

@@ -117,6 +117,7 @@ def lock_project(
                 preferences=preferences,
                 upgrade=options.upgrade,
                 upgrade_packages=tuple(sorted(wanted)),
+                constraints=spec.constraints,
             )
         )
         packages = [_concealed(p, secrets) for p in packages]
@@ -152,6 +153,7 @@ def lock_project(
         input_hash=spec.input_hash(),
         resolver=resolver_version.result(),
         envlock_version=__version__,
+        local_packages=spec.local_packages,
     )
     if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
         return LockOutcome(previous, previous, written=False, resolved=True)

@@ -59,6 +59,7 @@ class ResolveRequest:
     preferences: tuple[LockedPackage, ...] = ()
     upgrade: bool = False
     upgrade_packages: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()  # exact pins that bound versions without adding packages
 
     @property
     def index_urls(self) -> list[str]:

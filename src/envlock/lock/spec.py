@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 from envlock.errors import SpecError, UsageError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
+from envlock.lock.localpackages import LocalPackage, local_packages, local_url_path
 from envlock.lock.shapes import debian_package_problem, url_problem
 from envlock.lock.targets import PLATFORMS, Platform
 
@@ -29,6 +30,7 @@ FIELDS = (
     "name",
     "python",
     "requirements",
+    "constraints",
     "extras",
     "groups",
     "platforms",
@@ -70,6 +72,10 @@ class Spec:
     # changing them never makes the lock stale.
     run_inputs: tuple[str, ...] = ()
     untracked_max_bytes: int = UNTRACKED_MAX_BYTES  # untracked files saved with a run, in total
+    # Exact pins taken over from another tool's lock (`envlock init`): they bound versions, never add packages.
+    constraints: tuple[str, ...] = ()
+    # The project's own package and path dependencies inside it: installed from the mounted code.
+    local_packages: tuple[LocalPackage, ...] = ()
 
     @property
     def lock_path(self) -> Path:
@@ -77,8 +83,8 @@ class Spec:
         return self.project_dir / "envlock.lock"
 
     def inputs(self) -> dict[str, Any]:
-        """Everything that decides the resolution, normalized, credentials removed."""
-        return {
+        """Everything that decides the resolution and the image, normalized, credentials removed."""
+        inputs = {
             "schema": INPUT_SCHEMA,
             "python": self.python,
             "requirements": sorted(str(Requirement(r)) for r in self.requirements),
@@ -91,6 +97,12 @@ class Spec:
             "index-url": redact(self.index_url),
             "extra-index-urls": [redact(u) for u in self.extra_index_urls],
         }
+        # Present only when used, so that the input hash of a project without them is what it always was.
+        if self.constraints:
+            inputs["constraints"] = sorted(str(Requirement(c)) for c in self.constraints)
+        if self.local_packages:
+            inputs["local-packages"] = [p.as_dict() for p in self.local_packages]
+        return inputs
 
     def input_hash(self) -> str:
         """sha256 over the normalized inputs: what `lock --check` compares without resolving."""
@@ -167,6 +179,9 @@ def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
         except InvalidRequirement as exc:
             reason = str(exc).splitlines()[0]
             problems.add(key, f"{requirement!r} is not a valid requirement ({reason})")
+            continue
+        if parsed.url and local_url_path(parsed, problems.path.parent) is not None:
+            valid.append(requirement)  # a package inside the project: set aside as a local package
             continue
         if parsed.url:
             problems.add(key, f"{requirement!r} is a direct URL; envlock locks index packages with per-file hashes")
@@ -338,6 +353,9 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     if not isinstance(name, str) or not _IMAGE_NAME.match(name):
         problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
     requirements = _requirements(document, table, problems)
+    constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
+    local = local_packages(document, project_dir, requirements)
+    requirements = _without_local(requirements, local)
     base, python = _base_and_python(table, problems)
     platforms = _platforms(table, problems)
     system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
@@ -380,4 +398,17 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         outputs=tuple(outputs),
         run_inputs=tuple(p.rstrip("/") for p in run_inputs),
         untracked_max_bytes=untracked_max_bytes,
+        constraints=tuple(constraints),
+        local_packages=local,
     )
+
+
+def _without_local(requirements: list[str], local: tuple[LocalPackage, ...]) -> list[str]:
+    """Local packages come from the mounted code: their own dependencies are resolved instead of them."""
+    names = {canonicalize_name(p.name) for p in local}
+    kept = [r for r in requirements if canonicalize_name(Requirement(r).name) not in names]
+    for package in local:
+        if package.path in (".", "src"):
+            continue  # the project itself: its dependencies are the requirements already (or were overridden)
+        kept += [r for r in package.requires if canonicalize_name(Requirement(r).name) not in names]
+    return list(dict.fromkeys(kept))

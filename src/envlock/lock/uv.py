@@ -122,6 +122,11 @@ class UvResolver:
         with tempfile.TemporaryDirectory(prefix=owned_prefix("envlock-uv-")) as tmp:
             requirements = Path(tmp, "requirements.in")
             requirements.write_text("\n".join(request.requirements) + "\n", encoding="utf-8")
+            constraint_flags: list[str] = []
+            if request.constraints:
+                constraints = Path(tmp, "constraints.txt")
+                constraints.write_text("\n".join(request.constraints) + "\n", encoding="utf-8")
+                constraint_flags = ["--constraint", str(constraints)]
             output = Path(tmp, "pylock.toml")
             if request.preferences and not request.upgrade:
                 output.write_text(
@@ -135,6 +140,7 @@ class UvResolver:
                 "--python-version", target.python,
                 "--no-config", "--quiet", "--no-header",
                 *request.compile_flags(indexes=False),
+                *constraint_flags,
             ]  # fmt: skip
             env = {**uv_environment(os.environ), **index_environment(request)}
             try:

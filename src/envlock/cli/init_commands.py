@@ -1,0 +1,64 @@
+"""`envlock init`: onboard a project from its requirements file or another tool's lock in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from envlock.cli.options import ProjectOpt
+from envlock.cli.root import app
+
+
+@app.command()
+def init(
+    project: ProjectOpt = Path(),
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="requirements.txt, uv.lock, poetry.lock, pylock.toml or environment.yml (default: the first found).",
+            show_default=False,
+        ),
+    ] = None,
+    gitignore: Annotated[bool, typer.Option("--gitignore", help="Append the proposed lines to .gitignore.")] = False,
+) -> None:
+    """Write [tool.envlock] into pyproject.toml from the project's requirements or lock; safe to run twice."""
+    from envlock.lock.onboard import init_project  # noqa: PLC0415
+
+    outcome = init_project(project, source, write_gitignore=gitignore)
+    imported = outcome.imported
+    if imported is not None:
+        typer.echo(f"imported {imported.source.name}", err=True)
+    if outcome.changes:
+        verb = "created" if outcome.created else "updated"
+        typer.echo(f"{verb} {outcome.pyproject}")
+        for line in outcome.changes:
+            typer.echo(f"  {line}")
+    else:
+        typer.echo(f"nothing changed: {outcome.pyproject} already says what {_source_name(outcome)} says")
+    if imported is not None:
+        for item in imported.not_handled:
+            typer.echo(f"  not handled: {item}")
+        if imported.not_handled:
+            typer.echo(
+                "  hint: add PyPI equivalents to [tool.envlock] requirements, Debian ones to system-packages",
+            )
+        for note in imported.notes:
+            typer.echo(f"  note: {note}")
+    if outcome.gitignore:
+        action = "added to .gitignore" if outcome.gitignore_written else "propose for .gitignore (--gitignore adds)"
+        typer.echo(f"{action}: {' '.join(outcome.gitignore)}")
+    if outcome.outputs:
+        declared = ", ".join(f'"{o}"' for o in outcome.outputs)
+        typer.echo(f"outputs found: declare them with outputs = [{declared}] to hash them into each run record")
+    typer.echo(
+        "commit: pyproject.toml and envlock.lock (.envlock/runs/ run records are optional to commit); "
+        "next: envlock lock"
+    )
+
+
+def _source_name(outcome: object) -> str:
+    imported = getattr(outcome, "imported", None)
+    return imported.source.name if imported is not None else "[project]"

@@ -1,0 +1,187 @@
+"""`envlock gc`: remove the images, layers, bases and wheels that no lock or run record still needs.
+
+What restore and reproduce need is kept: each run's image and its lock's wheels and layers, and the current lock's.
+Two collections never run at once (an fcntl lock on <cache>/gc.lock), and any cache entry touched in the last
+`grace` seconds is left alone, so a build running beside gc keeps what it is making.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envlock.engine.docker import ImageInfo, ImageLister
+from envlock.errors import CacheBusyError
+from envlock.fsutil import read_json
+from envlock.image.plan import layer_key, plan_image
+from envlock.image.staging import VenvLayout
+from envlock.lock import lockfile
+from envlock.lock.lockfile import Lock
+from envlock.paths import CacheLayout
+from envlock.report import Report, silent
+
+GRACE_SECONDS = 15 * 60
+Drop = Callable[[str, str, list[Path]], None]
+# Where an upstream base keeps its Python: the venv layer's key depends on it.
+PYTHON_HOMES = ("/usr/bin", "/usr/local/bin")
+
+
+@dataclass(frozen=True)
+class Needed:
+    """What must survive: locks (with their exact text, which keys the lock layer) and image IDs of runs.
+
+    Only images of `repositories` (the projects' image names) are candidates: an engine shared with other
+    projects keeps their images, whatever this collection is told about its own.
+    """
+
+    locks: tuple[tuple[Lock, str], ...] = ()
+    image_ids: frozenset[str] = frozenset()
+    repositories: frozenset[str] = frozenset()
+
+
+@dataclass
+class Removal:
+    """One thing gc removes (or, with --dry-run, would remove)."""
+
+    kind: str  # image | layer | base | wheel
+    name: str
+    size: int
+
+
+@dataclass
+class GcReport:
+    """Everything removed, and the bytes freed."""
+
+    removed: list[Removal] = field(default_factory=list)
+    kept_recent: int = 0
+
+    @property
+    def freed(self) -> int:
+        """Bytes freed on disk and in the engine."""
+        return sum(r.size for r in self.removed)
+
+
+def needed_of(lock_texts: list[str], image_ids: set[str], repositories: set[str]) -> Needed:
+    """Needed from lock files' text (a damaged one is skipped: it cannot be rebuilt from anyway)."""
+    locks = []
+    for text in lock_texts:
+        try:
+            locks.append((lockfile.loads(text), text))
+        except Exception:  # noqa: BLE001, S112  (any damage: that lock keeps nothing)
+            continue
+    return Needed(tuple(locks), frozenset(image_ids), frozenset(repositories))
+
+
+@contextmanager
+def _exclusive(cache: CacheLayout) -> Iterator[None]:
+    cache.root.mkdir(parents=True, exist_ok=True)
+    with (cache.root / "gc.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheBusyError(f"another `envlock gc` is collecting {cache.root}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _keys(lock: Lock) -> set[str]:
+    keys = set()
+    for target in lock.targets:
+        try:
+            plan = plan_image(lock, "gc", target.platform)
+        except Exception:  # noqa: BLE001, S112  (a platform with no wheel for this host: nothing to keep)
+            continue
+        for home in PYTHON_HOMES:
+            keys |= {layer_key(spec, VenvLayout(lock.python, home)) for spec in plan.layers}
+    return keys
+
+
+def collect_garbage(
+    needed: Needed,
+    engine: ImageLister,
+    cache: CacheLayout,
+    *,
+    dry_run: bool = False,
+    grace: float = GRACE_SECONDS,
+    now: float | None = None,
+    report: Report = silent,
+) -> GcReport:
+    """Remove what `needed` does not need from the engine and the cache; report what went and the bytes freed."""
+    result = GcReport()
+    moment = time.time() if now is None else now
+    lock_hashes = {lock.lock_hash for lock, _ in needed.locks}
+    wheels = {f.sha256 for lock, _ in needed.locks for t in lock.targets for p in t.packages for f in p.files}
+    keys = set().union(*(_keys(lock) for lock, _text in needed.locks)) if needed.locks else set()
+    bases = {t.base.id for lock, _ in needed.locks for t in lock.targets if t.base is not None}
+
+    def recent(path: Path) -> bool:
+        try:
+            fresh = moment - path.stat().st_mtime < grace
+        except FileNotFoundError:
+            return True
+        result.kept_recent += fresh
+        return fresh
+
+    def drop(kind: str, name: str, paths: list[Path]) -> None:
+        size = sum(p.stat().st_size for p in paths if p.exists())
+        result.removed.append(Removal(kind, name, size))
+        report(f"{'would remove' if dry_run else 'removing'} {kind} {name} ({size} bytes)")
+        if not dry_run:
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+    with _exclusive(cache):
+        images = engine.envlock_images()
+        mine = [i for i in images if any(t.rpartition(":")[0] in needed.repositories for t in i.tags)]
+        kept_images = [i for i in images if i not in mine or _image_needed(i, needed.image_ids, lock_hashes)]
+        diff_ids = {d for image in kept_images for d in image.diff_ids} | bases
+        for image in images:
+            if image in kept_images:
+                continue
+            names = ", ".join(image.tags) or image.image_id[:19]
+            result.removed.append(Removal("image", names, image.size))
+            report(f"{'would remove' if dry_run else 'removing'} image {names} ({image.size} bytes)")
+            if not dry_run:
+                engine.remove(image.image_id)
+        _layers(cache.layers, keys, diff_ids, recent, drop)
+        for meta in sorted(cache.bases.glob("*.json")) if cache.bases.is_dir() else []:
+            data = read_json(meta)
+            diff_id = data.get("diff-id") if isinstance(data, dict) else None
+            tar = meta.with_suffix(".tar")
+            if diff_id in diff_ids or recent(meta) or recent(tar):
+                continue
+            drop("base", meta.stem, [tar, meta])
+        store = cache.wheels / "sha256"
+        for path in sorted(store.glob("*/*")) if store.is_dir() else []:
+            if path.name in wheels or recent(path):
+                continue
+            drop("wheel", path.name[:12], [path])
+    return result
+
+
+def _image_needed(image: ImageInfo, image_ids: frozenset[str], lock_hashes: set[str]) -> bool:
+    return image.image_id in image_ids or image.labels.get("dev.envlock.lock-hash") in lock_hashes
+
+
+def _layers(root: Path, keys: set[str], diff_ids: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
+    """Finished layers by content key, and upstream bases' exports (kept while any of their layers is)."""
+    if not root.is_dir():
+        return
+    for meta in sorted(root.glob("*.json")):
+        data = read_json(meta)
+        tar = meta.with_suffix(".tar")
+        if meta.name.startswith("upstream-"):
+            wanted = isinstance(data, dict) and bool(set(data.get("diff-ids", [])) & diff_ids)
+            if not wanted and not recent(meta):
+                drop("layer", meta.stem, [meta])
+            continue
+        diff_id = data.get("diff_id") if isinstance(data, dict) else None
+        if meta.stem in keys or diff_id in diff_ids or recent(meta) or recent(tar):
+            continue
+        drop("layer", meta.stem[:12], [tar, meta])

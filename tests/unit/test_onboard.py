@@ -1,0 +1,166 @@
+"""`envlock init`: requirements files and other tools' locks → [tool.envlock], formatting kept, idempotent."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from envlock.cli.app import run
+from envlock.errors import ImportSourceError
+from envlock.lock.importers import from_requirements, import_file
+from envlock.lock.onboard import init_project
+from envlock.lock.project import lock_project
+from envlock.lock.resolve import LockedPackage
+from envlock.lock.spec import load_spec
+from tests.fakes import FakeResolver
+
+IMPORTS = Path(__file__).parents[1] / "data" / "imports"
+
+
+def _envlock(project: Path) -> dict[str, object]:
+    table: dict[str, object] = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["envlock"]
+    return table
+
+
+def test_requirements_with_includes_markers_hashes_and_indexes(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text(
+        "# training deps\n"
+        "--index-url https://mirror.example/simple/\n"
+        "--extra-index-url=https://download.pytorch.org/whl/cpu\n"
+        "-r base.txt\n"
+        "-c constraints.txt\n"
+        "requests==2.32.3 \\\n    --hash=sha256:aaa \\\n    --hash=sha256:bbb\n"
+        "numpy>=2 ; python_version >= '3.10'  # why not\n"
+        "-e ./vendored\n"
+    )
+    (tmp_path / "base.txt").write_text("idna<4\n")
+    (tmp_path / "constraints.txt").write_text("urllib3==2.2.3\n")
+    imported = from_requirements(tmp_path / "requirements.txt")
+    assert imported.requirements == ["idna<4", "requests==2.32.3", 'numpy>=2; python_version >= "3.10"']
+    assert imported.constraints == ["urllib3==2.2.3"]
+    assert imported.index_url == "https://mirror.example/simple"
+    assert imported.extra_index_urls == ["https://download.pytorch.org/whl/cpu"]
+    assert any("vendored" in item for item in imported.not_handled)
+
+
+def test_a_requirements_include_loop_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("-r other.txt\n")
+    (tmp_path / "other.txt").write_text("-r requirements.txt\n")
+    with pytest.raises(ImportSourceError, match="includes itself"):
+        from_requirements(tmp_path / "requirements.txt")
+
+
+def test_init_on_a_requirements_only_project_creates_pyproject_and_is_idempotent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "requirements.txt").write_text("numpy==2.1.3\nscikit-learn>=1.5\n")
+    (tmp_path / "checkpoints").mkdir()
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "created" in out and "requirements = 2 entries" in out
+    assert "checkpoints/" in out and "envlock.lock" in out
+    assert _envlock(tmp_path)["requirements"] == ["numpy==2.1.3", "scikit-learn>=1.5"]
+    spec = load_spec(tmp_path)
+    assert spec.requirements == ("numpy==2.1.3", "scikit-learn>=1.5") and spec.name == tmp_path.name.lower()
+    before = (tmp_path / "pyproject.toml").read_text()
+    assert run(["init", "-C", str(tmp_path), "--gitignore"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing changed" in out and "added to .gitignore" in out
+    assert (tmp_path / "pyproject.toml").read_text() == before
+    assert "checkpoints/" in (tmp_path / ".gitignore").read_text()
+    assert run(["init", "-C", str(tmp_path), "--gitignore"]) == 0
+    assert "gitignore" not in capsys.readouterr().out, "the lines are there now"
+
+
+def test_init_keeps_the_users_formatting_and_comments(tmp_path: Path) -> None:
+    text = (
+        '# my project\n[project]\nname = "demo"  # the name\nversion = "1"\n\n'
+        '[tool.envlock]\ncuda = "cpu"   # no GPUs here\n\n[tool.other]\nx = 1\n'
+    )
+    (tmp_path / "pyproject.toml").write_text(text)
+    (tmp_path / "requirements.txt").write_text("idna==3.10\n")
+    outcome = init_project(tmp_path)
+    written = (tmp_path / "pyproject.toml").read_text()
+    assert written.startswith(text.split("[tool.other]", maxsplit=1)[0].rstrip("\n"))
+    assert '"cpu"   # no GPUs here' in written and "[tool.other]\nx = 1" in written
+    assert outcome.changes and _envlock(tmp_path)["requirements"] == ["idna==3.10"]
+
+
+def test_uv_lock_pins_become_constraints_and_the_project_itself_is_left_out(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["requests>=2"]\n'
+    )
+    shutil.copy(IMPORTS / "uv.lock", tmp_path)
+    init_project(tmp_path)
+    table = _envlock(tmp_path)
+    assert "requirements" not in table, "[project].dependencies stay the wishes"
+    assert table["constraints"] == [
+        "idna==3.10",
+        "numpy==1.26.4 ; (python_full_version < '3.12')",
+        "numpy==2.1.3 ; (python_full_version >= '3.12')",
+        "requests==2.32.3",
+    ]
+    spec = load_spec(tmp_path)
+    resolver = FakeResolver({"linux/amd64": [LockedPackage("requests", "2.32.3")]})
+    lock_project(spec, resolver)
+    assert resolver.requests[0].constraints == spec.constraints and "constraints" in spec.inputs()
+
+
+def test_pylock_without_project_dependencies_pins_everything_with_markers(tmp_path: Path) -> None:
+    imported = import_file(IMPORTS / "pylock.toml", {})
+    assert imported.requirements == ["colorama==0.4.6 ; sys_platform == 'win32'", "idna==3.10"]
+    assert imported.constraints == imported.requirements
+
+
+def test_poetry_lock_main_group_is_wished_and_every_pin_constrains(tmp_path: Path) -> None:
+    project = {"tool": {"poetry": {"dependencies": {"python": "^3.11", "idna": "^3.7"}}}}
+    imported = import_file(IMPORTS / "poetry.lock", project)
+    assert imported.requirements == ["idna>=3.7"]
+    assert imported.constraints == ["idna==3.10", "pytest==8.3.4"]
+    without_wishes = import_file(IMPORTS / "poetry.lock", {})
+    assert without_wishes.requirements == ["idna==3.10"], "the main group only"
+
+
+def test_conda_environment_pip_section_python_and_what_is_not_handled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(IMPORTS / "environment.yml", tmp_path)
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "not handled: cudatoolkit=11.8" in out and "not handled: conda-forge::ffmpeg" in out
+    assert "hint:" in out
+    table = _envlock(tmp_path)
+    assert table["requirements"] == ["idna==3.10", "requests<3,>=2"]
+    assert table["python"] == "3.11" and table["extra-index-urls"] == ["https://download.pytorch.org/whl/cpu"]
+
+
+def test_conda_python_the_base_does_not_carry_is_a_note_not_a_broken_spec(tmp_path: Path) -> None:
+    (tmp_path / "environment.yml").write_text("dependencies:\n  - python=3.10\n  - pip:\n    - idna\n")
+    outcome = init_project(tmp_path)
+    assert outcome.imported is not None and any("Python 3.10" in n for n in outcome.imported.notes)
+    assert "python" not in _envlock(tmp_path)
+    load_spec(tmp_path)
+
+
+def test_nothing_to_import_exits_24_with_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["init", "-C", str(tmp_path)]) == 27
+    err = capsys.readouterr().err
+    assert "nothing to import" in err and "--from FILE" in err
+    assert not (tmp_path / "pyproject.toml").exists()
+
+
+def test_a_broken_requirement_line_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "reqs.txt").write_text("idna\nnot a requirement!!\n")
+    assert run(["init", "-C", str(tmp_path), "--from", "reqs.txt"]) == 27
+    assert "reqs.txt:2" in capsys.readouterr().err
+
+
+def test_a_project_with_dependencies_and_nothing_to_import_gets_an_empty_table_once(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["idna"]\n')
+    first = init_project(tmp_path)
+    assert first.changes == ("[tool.envlock] added (empty: [project] dependencies are the requirements)",)
+    assert "[tool.envlock]" in (tmp_path / "pyproject.toml").read_text()
+    assert init_project(tmp_path).changes == ()
