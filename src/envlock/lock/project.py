@@ -71,6 +71,79 @@ def check(spec: Spec) -> Lock:
     return lock
 
 
+def _checked_upgrades(previous: Lock | None, wanted: set[str]) -> None:
+    """--upgrade-package names must be in the current lock (a typo would silently upgrade nothing)."""
+    locked = {p.name for t in previous.targets for p in t.packages} if previous else set()
+    unknown = sorted(wanted - locked)
+    if unknown:
+        raise UsageError(
+            f"--upgrade-package {', '.join(unknown)}: not in the current lock",
+            hint="name packages listed by `envlock show`, or add them to your requirements",
+        )
+
+
+@dataclass(frozen=True)
+class _Resolution:
+    """What every platform's resolution shares: the spec, the earlier pins, the indexes (expanded only here)."""
+
+    spec: Spec
+    resolver: Resolver
+    previous: Lock | None
+    options: LockOptions
+    wanted: frozenset[str]
+    glibc: tuple[int, int]
+    image: UpstreamView | None
+    report: Report
+
+    def target(self, platform: Platform, base: TargetBase | None) -> TargetLock:
+        """Resolve one platform and derive its CUDA stack."""
+        spec = self.spec
+        target = Target(platform=platform, python=spec.python, glibc=self.glibc)
+        preferences: tuple[LockedPackage, ...] = ()
+        if self.previous and platform in {t.platform for t in self.previous.targets}:
+            preferences = self.previous.target(platform).packages
+        count = len(spec.requirements)
+        self.report(f"resolving {count} requirement{'s' if count != 1 else ''} for {platform} (Python {spec.python})")
+        packages = self.resolver.resolve(
+            ResolveRequest(
+                requirements=spec.requirements,
+                target=target,
+                index_url=expand(spec.index_url),
+                extra_index_urls=tuple(expand(u) for u in spec.extra_index_urls),
+                preferences=preferences,
+                upgrade=self.options.upgrade,
+                upgrade_packages=tuple(sorted(self.wanted)),
+                constraints=spec.constraints,
+            )
+        )
+        # The resolver sees expanded URLs and answers with file URLs under them: a token in an index's path would
+        # be written into the lock (and from there into exports and images) unless put back as its ${VAR}.
+        secrets = secrets_of((spec.index_url, *spec.extra_index_urls))
+        packages = [_concealed(p, secrets) for p in packages]
+        stack = derive_cuda(packages, self.image.env if self.image else None)
+        check_wish(stack, spec.cuda, platform)
+        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base)
+
+
+def _pinned_base(
+    spec: Spec, base: BaseLock, image: UpstreamView | None, bases: BaseStoreView | None, *, platform: Platform,
+    report: Report,
+) -> TargetBase | None:  # fmt: skip
+    """Pin the base's bytes and Debian packages: the upstream image's, or a recipe base this host builds."""
+    if image is not None:
+        return TargetBase(image.image_id, image.packages) if image.architecture == ARCHITECTURES[platform] else None
+    if bases is None or base.kind != "recipe" or platform != host_platform():
+        return None
+    recipe = recipes.load_recipe(base.name).including(spec.system_packages)
+    if bases.get(recipe, platform) is None:
+        if not bases.available():
+            report(f"warning: mmdebstrap is not installed, so the {recipe.name} base is not pinned in the lock")
+            return None
+        report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
+    built = bases.ensure(recipe, platform)
+    return TargetBase(built.diff_id, built.packages)
+
+
 def lock_project(
     spec: Spec,
     resolver: Resolver,
@@ -82,63 +155,17 @@ def lock_project(
 ) -> LockOutcome:
     """Resolve every platform, derive its CUDA stack, and write envlock.lock if its content changed."""
     previous = _previous(spec)
-    wanted = {canonicalize_name(n) for n in options.upgrade_packages}
+    wanted = frozenset(canonicalize_name(n) for n in options.upgrade_packages)
     if previous and not options.upgrade and not wanted and previous.input_hash == spec.input_hash():
         report("envlock.lock is up to date with pyproject.toml (use --upgrade to look for newer versions)")
         return LockOutcome(previous, previous, written=False, resolved=False)
     if wanted:
-        locked = {p.name for t in previous.targets for p in t.packages} if previous else set()
-        unknown = sorted(wanted - locked)
-        if unknown:
-            raise UsageError(
-                f"--upgrade-package {', '.join(unknown)}: not in the current lock",
-                hint="name packages listed by `envlock show`, or add them to your requirements",
-            )
+        _checked_upgrades(previous, set(wanted))
     base, glibc, image = base_of(spec, upstream)
-    index_url = expand(spec.index_url)
-    extra_index_urls = tuple(expand(u) for u in spec.extra_index_urls)
-    # The resolver sees expanded URLs and answers with file URLs under them: a token in an index's path would
-    # be written into the lock (and from there into exports and images) unless put back as its ${VAR}.
-    secrets = secrets_of((spec.index_url, *spec.extra_index_urls))
+    resolution = _Resolution(spec, resolver, previous, options, wanted, glibc, image, report)
 
     def resolve_one(platform: Platform) -> TargetLock:
-        target = Target(platform=platform, python=spec.python, glibc=glibc)
-        preferences: tuple[LockedPackage, ...] = ()
-        if previous and platform in {t.platform for t in previous.targets}:
-            preferences = previous.target(platform).packages
-        count = len(spec.requirements)
-        report(f"resolving {count} requirement{'s' if count != 1 else ''} for {platform} (Python {spec.python})")
-        packages = resolver.resolve(
-            ResolveRequest(
-                requirements=spec.requirements,
-                target=target,
-                index_url=index_url,
-                extra_index_urls=extra_index_urls,
-                preferences=preferences,
-                upgrade=options.upgrade,
-                upgrade_packages=tuple(sorted(wanted)),
-                constraints=spec.constraints,
-            )
-        )
-        packages = [_concealed(p, secrets) for p in packages]
-        stack = derive_cuda(packages, image.env if image else None)
-        check_wish(stack, spec.cuda, platform)
-        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base_for(platform))
-
-    def base_for(platform: Platform) -> TargetBase | None:
-        """Pin the base's bytes and Debian packages: the upstream image's, or a recipe base this host builds."""
-        if image is not None:
-            return TargetBase(image.image_id, image.packages) if image.architecture == ARCHITECTURES[platform] else None
-        if bases is None or base.kind != "recipe" or platform != host_platform():
-            return None
-        recipe = recipes.load_recipe(base.name).including(spec.system_packages)
-        if bases.get(recipe, platform) is None:
-            if not bases.available():
-                report(f"warning: mmdebstrap is not installed, so the {recipe.name} base is not pinned in the lock")
-                return None
-            report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
-        built = bases.ensure(recipe, platform)
-        return TargetBase(built.diff_id, built.packages)
+        return resolution.target(platform, _pinned_base(spec, base, image, bases, platform=platform, report=report))
 
     with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
         resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving
