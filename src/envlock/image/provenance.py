@@ -30,7 +30,32 @@ def hex_of(digest: str) -> str:
 def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -> dict[str, Any]:
     """The statement for the plan's image, built as `image_id` (and pushed as `repo@sha256:…`)."""
     lock = plan.lock
-    target = lock.target(plan.platform)
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": _subjects(plan, image_id, pushed),
+        "predicateType": SLSA_PROVENANCE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": _external_parameters(plan),
+                "internalParameters": {
+                    "python": lock.python,
+                    "source-date-epoch": lock.source_date_epoch,
+                    "system-packages": list(lock.system_packages),
+                },
+                "resolvedDependencies": _resolved_dependencies(plan),
+            },
+            "runDetails": {
+                "builder": {"id": f"{BUILDER_ID}@{__version__}", "version": {"envlock": __version__}},
+                "metadata": {"invocationId": f"{lock.lock_hash}|{plan.platform}"},
+                "byproducts": _byproducts(plan),
+            },
+        },
+    }
+
+
+def _subjects(plan: ImagePlan, image_id: str, pushed: str | None) -> list[dict[str, Any]]:
+    """The image config (the image ID) and, once pushed, the manifest."""
     subject: list[dict[str, Any]] = [
         {"name": plan.reference, "digest": {"sha256": hex_of(image_id)}, "annotations": {"envlock:kind": "config"}}
     ]
@@ -42,9 +67,28 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
                 "annotations": {"envlock:kind": "manifest"},
             }
         )
+    return subject
+
+
+def _external_parameters(plan: ImagePlan) -> dict[str, Any]:
+    """What the builder was asked for: the lock hash, the base, the recipe (for a recipe base), the platform."""
+    lock = plan.lock
+    target = lock.target(plan.platform)
     base: dict[str, Any] = {"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256}
     if target.base is not None:
         base["id"] = target.base.id
+    return {
+        "lock-hash": lock.lock_hash,
+        "base": base,
+        "recipe": {"name": lock.base.name, "sha256": lock.base.sha256} if lock.base.kind == "recipe" else None,
+        "platform": plan.platform,
+    }
+
+
+def _resolved_dependencies(plan: ImagePlan) -> list[dict[str, Any]]:
+    """The pinned base (with its Debian package count) and every wheel by sha256, by name."""
+    lock = plan.lock
+    target = lock.target(plan.platform)
     dependencies: list[dict[str, Any]] = []
     if target.base is not None:
         dependencies.append(
@@ -58,44 +102,20 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
         {"name": wheel.name, "uri": wheel.url, "digest": {"sha256": wheel.sha256}}
         for wheel in sorted(plan.wheels, key=lambda w: w.name)
     ]
-    byproducts = []
-    if plan.sbom:
-        byproducts.append(
-            {
-                "name": "sbom.cdx.json",
-                "mediaType": "application/vnd.cyclonedx+json",
-                "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()},
-            }
-        )
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": subject,
-        "predicateType": SLSA_PROVENANCE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "lock-hash": lock.lock_hash,
-                    "base": base,
-                    "recipe": {"name": lock.base.name, "sha256": lock.base.sha256}
-                    if lock.base.kind == "recipe"
-                    else None,
-                    "platform": plan.platform,
-                },
-                "internalParameters": {
-                    "python": lock.python,
-                    "source-date-epoch": lock.source_date_epoch,
-                    "system-packages": list(lock.system_packages),
-                },
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": {
-                "builder": {"id": f"{BUILDER_ID}@{__version__}", "version": {"envlock": __version__}},
-                "metadata": {"invocationId": f"{lock.lock_hash}|{plan.platform}"},
-                "byproducts": byproducts,
-            },
-        },
-    }
+    return dependencies
+
+
+def _byproducts(plan: ImagePlan) -> list[dict[str, Any]]:
+    """The SBOM embedded in the image, by sha256 (none when the plan has no SBOM)."""
+    if not plan.sbom:
+        return []
+    return [
+        {
+            "name": "sbom.cdx.json",
+            "mediaType": "application/vnd.cyclonedx+json",
+            "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()},
+        }
+    ]
 
 
 def attestation_path(project_dir: Path, image_id: str) -> Path:
