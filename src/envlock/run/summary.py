@@ -11,8 +11,11 @@ from pathlib import Path
 from envlock.errors import EnvlockError
 from envlock.image.signing import PublicKey
 from envlock.lock import lockfile
+from envlock.lock.lockfile import Lock
 from envlock.run.attest import ATTESTATION, verify_run_dir
+from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.schema import GitRecord
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -44,94 +47,115 @@ def summarize(
     record = store.load(run_id)
     run_dir = store.directory(record.run_id)
     lock = lockfile.read(run_dir / "envlock.lock")
-    target = lock.target(record.platform)
-    cuda = target.cuda
-    host = record.host
-    git = record.git
-    if (run_dir / ATTESTATION).is_file():
-        try:
-            checks = verify_run_dir(run_dir, project_dir, key=key, image_present=image_present)
-            verified = "VERIFIED" if not checks.mismatches else "VERIFICATION FAILED"
-            verify_rows = [("verdict", verified)] + [("check", line) for line in checks.lines()]
-        except EnvlockError as exc:
-            verified, verify_rows = "VERIFICATION FAILED", [("verdict", exc.message)]
-    else:
-        verified, verify_rows = "not attested", [("verdict", "no attestation (envlock attest " + record.run_id + ")")]
+    verified, verify_rows = _verification(run_dir, project_dir, record, key=key, image_present=image_present)
+    reproductions = _reproductions(store, record)
     sections: list[Section] = [
-        (
-            "Run",
-            [
-                ("id", record.run_id),
-                ("command", " ".join(record.command)),
-                ("status", record.status),
-                ("exit code", str(record.exit_code)),
-                ("started", record.started),
-                ("ended", str(record.ended)),
-                ("seed", str(record.seed)),
-                ("forced past preflight", str(record.forced)),
-            ],
-        ),
-        (
-            "Image",
-            [
-                ("id", record.image_id),
-                ("reference", record.image_reference),
-                ("registry digests", ", ".join(record.repo_digests) or "not pushed"),
-            ],
-        ),
-        (
-            "Lock",
-            [
-                ("hash", record.lock_hash),
-                ("platform", record.platform),
-                ("python", lock.python),
-                ("base", f"{lock.base.name} ({lock.base.kind})"),
-                ("packages", str(len(target.packages))),
-                (
-                    "CUDA",
-                    f"{cuda.version} (runtime {cuda.runtime}, cuDNN {cuda.cudnn}, NCCL {cuda.nccl}, "
-                    f"driver >= {cuda.driver_min})"
-                    if cuda.kind == "cuda"
-                    else "cpu",
-                ),
-            ],
-        ),
-        (
-            "Code",
-            [
-                ("commit", str(git.commit) if git else "not recorded"),
-                ("dirty", str(git.dirty) if git else "-"),
-                ("diff sha256", str(git.diff_sha256) if git and git.diff_sha256 else "none"),
-                ("untracked files", ", ".join(git.untracked) if git and git.untracked else "none"),
-            ],
-        ),
-        (
-            "Hardware",
-            [
-                ("driver", str(host.driver_version) if host else "not probed"),
-                ("CUDA driver", str(host.cuda_driver_version) if host else "-"),
-                (
-                    "GPUs",
-                    ", ".join(f"{g.name} (sm_{g.compute_capability.replace('.', '')})" for g in host.gpus)
-                    if host and host.gpus
-                    else "none (CPU host)",
-                ),
-                ("CPU", host.cpu_model if host else "-"),
-                ("kernel", host.kernel if host else "-"),
-            ],
-        ),
+        ("Run", _run_rows(record)),
+        ("Image", _image_rows(record)),
+        ("Lock", _lock_rows(record, lock)),
+        ("Code", _code_rows(record.git)),
+        ("Hardware", _hardware_rows(record.host)),
         ("Determinism", sorted(record.environment.items())),
         (
             "Outputs",
             [(path, digest or "not produced") for path, digest in sorted(record.outputs.items())]
             or [("outputs", "none declared")],
         ),
-        ("Reproduced", _reproductions(store, record)),
+        ("Reproduced", reproductions),
         ("Verified", verify_rows),
     ]
-    reproduced = any("REPRODUCED" in value for _, value in sections[7][1])
+    reproduced = any("REPRODUCED" in value for _, value in reproductions)
     verdict = f"{verified}; {'reproduced' if reproduced else 'not reproduced yet'}"
     return Summary(f"envlock run {record.run_id}", verdict, sections)
+
+
+def _verification(
+    run_dir: Path,
+    project_dir: Path,
+    record: RunRecord,
+    *,
+    key: PublicKey | None,
+    image_present: Callable[[str], bool | None],
+) -> tuple[str, list[tuple[str, str]]]:
+    """The attestation's verdict and its checks, one row each (or why there is nothing to check)."""
+    if not (run_dir / ATTESTATION).is_file():
+        return "not attested", [("verdict", "no attestation (envlock attest " + record.run_id + ")")]
+    try:
+        checks = verify_run_dir(run_dir, project_dir, key=key, image_present=image_present)
+        verified = "VERIFIED" if not checks.mismatches else "VERIFICATION FAILED"
+        rows = [("verdict", verified)] + [("check", line) for line in checks.lines()]
+    except EnvlockError as exc:
+        return "VERIFICATION FAILED", [("verdict", exc.message)]
+    return verified, rows
+
+
+def _run_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """What ran, when, and how it ended."""
+    return [
+        ("id", record.run_id),
+        ("command", " ".join(record.command)),
+        ("status", record.status),
+        ("exit code", str(record.exit_code)),
+        ("started", record.started),
+        ("ended", str(record.ended)),
+        ("seed", str(record.seed)),
+        ("forced past preflight", str(record.forced)),
+    ]
+
+
+def _image_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """The image it ran on, and where it was pushed."""
+    return [
+        ("id", record.image_id),
+        ("reference", record.image_reference),
+        ("registry digests", ", ".join(record.repo_digests) or "not pushed"),
+    ]
+
+
+def _lock_rows(record: RunRecord, lock: Lock) -> list[tuple[str, str]]:
+    """The lock the image was built from: its hash, Python, base, packages and CUDA stack."""
+    target = lock.target(record.platform)
+    cuda = target.cuda
+    return [
+        ("hash", record.lock_hash),
+        ("platform", record.platform),
+        ("python", lock.python),
+        ("base", f"{lock.base.name} ({lock.base.kind})"),
+        ("packages", str(len(target.packages))),
+        (
+            "CUDA",
+            f"{cuda.version} (runtime {cuda.runtime}, cuDNN {cuda.cudnn}, NCCL {cuda.nccl}, "
+            f"driver >= {cuda.driver_min})"
+            if cuda.kind == "cuda"
+            else "cpu",
+        ),
+    ]
+
+
+def _code_rows(git: GitRecord | None) -> list[tuple[str, str]]:
+    """The code that ran: its commit, and what was uncommitted."""
+    return [
+        ("commit", str(git.commit) if git else "not recorded"),
+        ("dirty", str(git.dirty) if git else "-"),
+        ("diff sha256", str(git.diff_sha256) if git and git.diff_sha256 else "none"),
+        ("untracked files", ", ".join(git.untracked) if git and git.untracked else "none"),
+    ]
+
+
+def _hardware_rows(host: HostState | None) -> list[tuple[str, str]]:
+    """The host it ran on: driver, GPUs, CPU and kernel."""
+    return [
+        ("driver", str(host.driver_version) if host else "not probed"),
+        ("CUDA driver", str(host.cuda_driver_version) if host else "-"),
+        (
+            "GPUs",
+            ", ".join(f"{g.name} (sm_{g.compute_capability.replace('.', '')})" for g in host.gpus)
+            if host and host.gpus
+            else "none (CPU host)",
+        ),
+        ("CPU", host.cpu_model if host else "-"),
+        ("kernel", host.kernel if host else "-"),
+    ]
 
 
 def render_text(summary: Summary) -> str:
