@@ -38,7 +38,7 @@ from envlock.image.signing import PublicKey, SigningKey, file_sha256, open_envel
 from envlock.lock import lockfile
 from envlock.paths import ProjectLayout
 from envlock.run.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
-from envlock.run.records import FINAL, RunStore
+from envlock.run.records import FINAL, RunRecord, RunStore
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
@@ -58,7 +58,7 @@ def _safe(name: str) -> bool:
     return bool(name) and not path.is_absolute() and ".." not in path.parts
 
 
-def make_bundle(  # noqa: PLR0912  (one branch per optional part of the bundle)
+def make_bundle(
     project_dir: Path,
     run_id: str,
     out: Path,
@@ -81,56 +81,90 @@ def make_bundle(  # noqa: PLR0912  (one branch per optional part of the bundle)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".envlock-bundle-", dir=out.parent) as tmp:
         stage = Path(tmp) / "bundle"
-        shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns("nodes"))
-        lock = lockfile.read(run_dir / "envlock.lock")
-        (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
-        provenance = attestation_path(project_dir, record.image_id)
-        if provenance.is_file():
-            _copy(provenance, stage / "image.dsse.json")
+        _stage_run(project_dir, run_dir, record, stage)
         commit = record.git.commit if record.git else None
-        subdir = ""
-        if commit:
-            subdir = _git(project_dir, "rev-parse", "--show-prefix").stdout.strip()
-            _git_bundle(project_dir, commit, record.run_id, stage / "code.gitbundle")
-        saved = (raw.get("git") or {}).get("untracked-saved") or {}
-        for digest in sorted(set(saved.values()) if isinstance(saved, dict) else ()):
-            source = ProjectLayout(project_dir).state / "objects" / "sha256" / str(digest)[:2] / str(digest)
-            if source.is_file():
-                _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
-        for path, digest in sorted(record.outputs.items()):
-            if digest and _safe(path) and (project_dir / path).is_file():
-                _copy(project_dir / path, stage / "outputs" / path)
-        inputs = raw.get("inputs") or {}
+        subdir = _stage_code(project_dir, commit, record.run_id, stage) if commit else ""
+        _stage_untracked(project_dir, raw, stage)
+        _stage_outputs(project_dir, record, stage)
         if with_inputs:
-            for path in sorted((inputs.get("files") or {}) if isinstance(inputs, dict) else {}):
-                if _safe(path) and (project_dir / path).is_file():
-                    _copy(project_dir / path, stage / "inputs" / path)
+            _stage_inputs(project_dir, raw, stage)
         if with_image:
             write_archive_file(engine(), record.image_id, stage / "image.tar")
-        contents = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {
-            "bundle-version": BUNDLE_VERSION,
-            "run-id": record.run_id,
-            "commit": commit,
-            "project-subdir": subdir,
-            "image": {
-                "id": record.image_id,
-                "reference": record.image_reference,
-                "digests": list(record.repo_digests),
-                "archive": "image.tar" if with_image else None,
-            },
-            "contents": contents,
-        }
+        manifest = _manifest(record, stage, commit, subdir, with_image=with_image)
         atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        partial = out.with_name(f".{out.name}.partial")
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
-            for member in [
-                stage / MANIFEST,
-                *sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST),
-            ]:
-                archive.add(member, arcname=member.relative_to(stage).as_posix(), recursive=False)
-        partial.replace(out)
+        _write_tar(stage, out)
     return manifest
+
+
+def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path) -> None:
+    """The run's folder (less the nodes' own), the lock's SBOM for the run's platform, the image's provenance."""
+    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns("nodes"))
+    lock = lockfile.read(run_dir / "envlock.lock")
+    (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
+    provenance = attestation_path(project_dir, record.image_id)
+    if provenance.is_file():
+        _copy(provenance, stage / "image.dsse.json")
+
+
+def _stage_code(project_dir: Path, commit: str, run_id: str, stage: Path) -> str:
+    """`git bundle` of the recorded commit; returns the project's folder in the repository."""
+    subdir = _git(project_dir, "rev-parse", "--show-prefix").stdout.strip()
+    _git_bundle(project_dir, commit, run_id, stage / "code.gitbundle")
+    return subdir
+
+
+def _stage_untracked(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
+    """The saved copies of the untracked files the record names, by sha256."""
+    saved = (raw.get("git") or {}).get("untracked-saved") or {}
+    for digest in sorted(set(saved.values()) if isinstance(saved, dict) else ()):
+        source = ProjectLayout(project_dir).state / "objects" / "sha256" / str(digest)[:2] / str(digest)
+        if source.is_file():
+            _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
+
+
+def _stage_outputs(project_dir: Path, record: RunRecord, stage: Path) -> None:
+    """The declared outputs the run produced, as they are now."""
+    for path, digest in sorted(record.outputs.items()):
+        if digest and _safe(path) and (project_dir / path).is_file():
+            _copy(project_dir / path, stage / "outputs" / path)
+
+
+def _stage_inputs(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
+    """The input files the record names (--with-inputs)."""
+    inputs = raw.get("inputs") or {}
+    for path in sorted((inputs.get("files") or {}) if isinstance(inputs, dict) else {}):
+        if _safe(path) and (project_dir / path).is_file():
+            _copy(project_dir / path, stage / "inputs" / path)
+
+
+def _manifest(record: RunRecord, stage: Path, commit: str | None, subdir: str, *, with_image: bool) -> dict[str, Any]:
+    """bundle.json: the run, the code, the image, and the sha256 of every file staged so far."""
+    contents = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    return {
+        "bundle-version": BUNDLE_VERSION,
+        "run-id": record.run_id,
+        "commit": commit,
+        "project-subdir": subdir,
+        "image": {
+            "id": record.image_id,
+            "reference": record.image_reference,
+            "digests": list(record.repo_digests),
+            "archive": "image.tar" if with_image else None,
+        },
+        "contents": contents,
+    }
+
+
+def _write_tar(stage: Path, out: Path) -> None:
+    """The staged bundle as one tar, the manifest first, written beside `out` and moved into place."""
+    partial = out.with_name(f".{out.name}.partial")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+        for member in [
+            stage / MANIFEST,
+            *sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST),
+        ]:
+            archive.add(member, arcname=member.relative_to(stage).as_posix(), recursive=False)
+    partial.replace(out)
 
 
 def _git_bundle(project_dir: Path, commit: str, run_id: str, out: Path) -> None:
