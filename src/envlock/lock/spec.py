@@ -336,62 +336,30 @@ def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str]
 def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
     """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
     problems = _Problems(path, text)
-    tool = document.get("tool", {})
-    if not isinstance(tool, dict):
-        raise SpecError(f"{path.name}: tool must be a table", hint="write it as [tool.envlock]")
-    table = tool.get("envlock", {})
-    if not isinstance(table, dict):
-        raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
-    for key in table:
-        if key not in FIELDS:
-            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
-
-    project = document.get("project", {})
-    project_name = str(project.get("name", project_dir.resolve().name) if isinstance(project, dict) else "")
-    default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
-    name = table.get("name", default_name)
-    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
-        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
+    table = _envlock_table(document, path, problems)
+    name = _image_name(document, table, project_dir, problems)
     requirements = _requirements(document, table, problems)
     constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
     local = local_packages(document, project_dir, requirements)
     requirements = _without_local(requirements, local)
     base, python = _base_and_python(table, problems)
     platforms = _platforms(table, problems)
-    system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
-    for package in system_packages:
-        if problem := debian_package_problem(package):
-            problems.add("tool.envlock.system-packages", problem)
-    cuda = table.get("cuda", "auto")
-    if not isinstance(cuda, str) or not _CUDA.match(cuda):
-        problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')
+    system_packages = _system_packages(table, problems)
+    cuda = _cuda(table, problems)
     index_url, extra_index_urls = _indexes(table, problems)
-    registry = table.get("registry")
-    if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
-        problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
-
-    outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
-    for declared in outputs:
-        if Path(declared).is_absolute() or ".." in Path(declared).parts:
-            problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
+    registry = _registry(table, problems)
+    outputs = _outputs(table, problems)
     run_inputs, untracked_max_bytes = _run_settings(table, problems)
-
-    if problems.items:
-        count = len(problems.items)
-        raise SpecError(
-            f"{path.name} has {count} problem{'s' if count > 1 else ''}",
-            hint="fix the keys listed above",
-            details=tuple(problems.items),
-        )
+    _raise_problems(problems, path)
     return Spec(
         project_dir=project_dir,
-        name=str(name),
+        name=name,
         python=python,
         requirements=tuple(requirements),
         platforms=platforms,
         base=base,
         system_packages=tuple(system_packages),
-        cuda=str(cuda),
+        cuda=cuda,
         index_url=index_url,
         extra_index_urls=extra_index_urls,
         registry=registry,
@@ -401,6 +369,76 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         constraints=tuple(constraints),
         local_packages=local,
     )
+
+
+def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) -> dict[str, Any]:
+    """[tool.envlock], which must be a table (raised at once: nothing else can be read), its unknown keys noted."""
+    tool = document.get("tool", {})
+    if not isinstance(tool, dict):
+        raise SpecError(f"{path.name}: tool must be a table", hint="write it as [tool.envlock]")
+    table = tool.get("envlock", {})
+    if not isinstance(table, dict):
+        raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
+    for key in table:
+        if key not in FIELDS:
+            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
+    return table
+
+
+def _image_name(document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _Problems) -> str:
+    """tool.envlock.name, by default the project's name (or its folder's) made a valid image name."""
+    project = document.get("project", {})
+    project_name = str(project.get("name", project_dir.resolve().name) if isinstance(project, dict) else "")
+    default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
+    name = table.get("name", default_name)
+    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
+        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
+    return str(name)
+
+
+def _system_packages(table: dict[str, Any], problems: _Problems) -> list[str]:
+    """tool.envlock.system-packages: Debian package names."""
+    system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
+    for package in system_packages:
+        if problem := debian_package_problem(package):
+            problems.add("tool.envlock.system-packages", problem)
+    return system_packages
+
+
+def _cuda(table: dict[str, Any], problems: _Problems) -> str:
+    """tool.envlock.cuda: "auto", "cpu" or a CUDA version."""
+    cuda = table.get("cuda", "auto")
+    if not isinstance(cuda, str) or not _CUDA.match(cuda):
+        problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')
+    return str(cuda)
+
+
+def _registry(table: dict[str, Any], problems: _Problems) -> str | None:
+    """tool.envlock.registry: host[:port][/namespace], or None."""
+    registry = table.get("registry")
+    if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
+        problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
+    return registry if isinstance(registry, str) else None
+
+
+def _outputs(table: dict[str, Any], problems: _Problems) -> list[str]:
+    """tool.envlock.outputs: paths inside the project."""
+    outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
+    for declared in outputs:
+        if Path(declared).is_absolute() or ".." in Path(declared).parts:
+            problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
+    return outputs
+
+
+def _raise_problems(problems: _Problems, path: Path) -> None:
+    """One SpecError listing every problem found, if any was."""
+    if problems.items:
+        count = len(problems.items)
+        raise SpecError(
+            f"{path.name} has {count} problem{'s' if count > 1 else ''}",
+            hint="fix the keys listed above",
+            details=tuple(problems.items),
+        )
 
 
 def _without_local(requirements: list[str], local: tuple[LocalPackage, ...]) -> list[str]:
