@@ -137,36 +137,53 @@ def collect_garbage(
                 path.unlink(missing_ok=True)
 
     with _exclusive(cache):
-        images = engine.envlock_images()
-        mine = [i for i in images if any(t.rpartition(":")[0] in needed.repositories for t in i.tags)]
-        kept_images = [i for i in images if i not in mine or _image_needed(i, needed.image_ids, lock_hashes)]
+        kept_images = _images(engine, needed, lock_hashes, result, dry_run=dry_run, report=report)
         diff_ids = {d for image in kept_images for d in image.diff_ids} | bases
-        for image in images:
-            if image in kept_images:
-                continue
-            names = ", ".join(image.tags) or image.image_id[:19]
-            result.removed.append(Removal("image", names, image.size))
-            report(f"{'would remove' if dry_run else 'removing'} image {names} ({image.size} bytes)")
-            if not dry_run:
-                engine.remove(image.image_id)
         _layers(cache.layers, keys, diff_ids, recent, drop)
-        for meta in sorted(cache.bases.glob("*.json")) if cache.bases.is_dir() else []:
-            data = read_json(meta)
-            diff_id = data.get("diff-id") if isinstance(data, dict) else None
-            tar = meta.with_suffix(".tar")
-            if diff_id in diff_ids or recent(meta) or recent(tar):
-                continue
-            drop("base", meta.stem, [tar, meta])
-        store = cache.wheels / "sha256"
-        for path in sorted(store.glob("*/*")) if store.is_dir() else []:
-            if path.name in wheels or recent(path):
-                continue
-            drop("wheel", path.name[:12], [path])
+        _bases(cache.bases, diff_ids, recent, drop)
+        _wheels(cache.wheels / "sha256", wheels, recent, drop)
     return result
 
 
 def _image_needed(image: ImageInfo, image_ids: frozenset[str], lock_hashes: set[str]) -> bool:
     return image.image_id in image_ids or image.labels.get("dev.envlock.lock-hash") in lock_hashes
+
+
+def _images(
+    engine: ImageLister, needed: Needed, lock_hashes: set[str], result: GcReport, *, dry_run: bool, report: Report
+) -> list[ImageInfo]:
+    """Remove the projects' images no lock or run needs (others' images are never candidates); returns the kept."""
+    images = engine.envlock_images()
+    mine = [i for i in images if any(t.rpartition(":")[0] in needed.repositories for t in i.tags)]
+    kept_images = [i for i in images if i not in mine or _image_needed(i, needed.image_ids, lock_hashes)]
+    for image in images:
+        if image in kept_images:
+            continue
+        names = ", ".join(image.tags) or image.image_id[:19]
+        result.removed.append(Removal("image", names, image.size))
+        report(f"{'would remove' if dry_run else 'removing'} image {names} ({image.size} bytes)")
+        if not dry_run:
+            engine.remove(image.image_id)
+    return kept_images
+
+
+def _bases(root: Path, diff_ids: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
+    """Exported recipe bases (tar and metadata), kept while an image or a lock uses their layer."""
+    for meta in sorted(root.glob("*.json")) if root.is_dir() else []:
+        data = read_json(meta)
+        diff_id = data.get("diff-id") if isinstance(data, dict) else None
+        tar = meta.with_suffix(".tar")
+        if diff_id in diff_ids or recent(meta) or recent(tar):
+            continue
+        drop("base", meta.stem, [tar, meta])
+
+
+def _wheels(store: Path, wheels: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
+    """Cached wheels by sha256, kept while a lock names them."""
+    for path in sorted(store.glob("*/*")) if store.is_dir() else []:
+        if path.name in wheels or recent(path):
+            continue
+        drop("wheel", path.name[:12], [path])
 
 
 def _layers(root: Path, keys: set[str], diff_ids: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
