@@ -95,8 +95,8 @@ class _Resolution:
     image: UpstreamView | None
     report: Report
 
-    def target(self, platform: Platform, base: TargetBase | None) -> TargetLock:
-        """Resolve one platform and derive its CUDA stack."""
+    def target(self, platform: Platform, pin_base: Callable[[], TargetBase | None]) -> TargetLock:
+        """Resolve one platform and derive its CUDA stack; then pin its base (a resolution failure builds none)."""
         spec = self.spec
         target = Target(platform=platform, python=spec.python, glibc=self.glibc)
         preferences: tuple[LockedPackage, ...] = ()
@@ -122,7 +122,7 @@ class _Resolution:
         packages = [_concealed(p, secrets) for p in packages]
         stack = derive_cuda(packages, self.image.env if self.image else None)
         check_wish(stack, spec.cuda, platform)
-        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), base)
+        return TargetLock(platform, target.uv_python_platform, stack, tuple(packages), pin_base())
 
 
 def _pinned_base(
@@ -165,7 +165,9 @@ def lock_project(
     resolution = _Resolution(spec, resolver, previous, options, wanted, glibc, image, report)
 
     def resolve_one(platform: Platform) -> TargetLock:
-        return resolution.target(platform, _pinned_base(spec, base, image, bases, platform=platform, report=report))
+        return resolution.target(
+            platform, lambda: _pinned_base(spec, base, image, bases, platform=platform, report=report)
+        )
 
     with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
         resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving

@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -154,15 +153,15 @@ class UvResolver:
 
 
 def _run_owned(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run uv in a process group of its own, and end that group whenever envlock leaves early (Ctrl-C, SIGTERM)."""
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    ) as process:
+    """Run uv, and end it whenever this thread leaves early. uv stays in envlock's process group on purpose: a
+    Ctrl-C in the terminal (or a signal to the group) reaches it directly, even while it runs in a worker thread
+    that never sees the KeyboardInterrupt."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
         try:
             stdout, stderr = process.communicate()
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
             raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
