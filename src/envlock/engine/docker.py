@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from envlock.errors import EngineError
 
@@ -47,6 +47,15 @@ class Engine(Protocol):
 
     def save(self, ref: str, out: Path) -> None:
         """Write a local image as a docker-archive tarball."""
+        ...
+
+
+@runtime_checkable
+class LayerHolder(Protocol):
+    """An engine that can say which layers it holds, so a load can leave those out of the archive."""
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        """How many leading layers of this stack (base first) the engine holds, by chain, as far as it knows."""
         ...
 
 
@@ -139,6 +148,36 @@ class DockerEngine:
         if not images:
             raise EngineError("Docker loaded no image from the archive")
         return str(images[0].id)
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        """The longest prefix of this stack that an image of envlock's (or a base it loaded) is made of.
+
+        Candidates are found by their `dev.envlock.base` label, which names the base layers; their layers are
+        then read from the engine itself, so a copied label gains nothing. A layer shared with an image of
+        anyone else's is not seen: it is sent, and dockerd skips it after unpacking.
+        """
+        with translated("list the engine's images"):
+            summaries = self.client.api.images(filters={"label": "dev.envlock.base"})
+            best = 0
+            for summary in summaries:
+                base = ((summary.get("Labels") or {}).get("dev.envlock.base") or "").split(",")
+                if base != diff_ids[: len(base)]:
+                    continue
+                import docker.errors  # noqa: PLC0415
+
+                try:
+                    layers = self.client.api.inspect_image(summary["Id"])["RootFS"]["Layers"]
+                except (docker.errors.NotFound, KeyError, TypeError):
+                    continue
+                common = 0
+                for theirs, ours in zip(layers, diff_ids, strict=False):
+                    if theirs != ours:
+                        break
+                    common += 1
+                best = max(best, common)
+                if best == len(diff_ids):
+                    break
+        return best
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         """Tag an image."""
