@@ -11,6 +11,10 @@ from envlock.engine.docker import translated
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
+# Where a run's Python writes and finds bytecode (PYTHONPYCACHEPREFIX): a host folder per image ID, so the
+# image stays free of .pyc files (and its ID free of the compiler's patch version) while every start after
+# the first imports from bytecode.
+BYTECODE_DIR = "/var/cache/envlock-pyc"
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
@@ -67,13 +71,32 @@ def gpu_request(spec: LaunchSpec) -> Any:
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
 
 
-def bind_mounts(spec: LaunchSpec) -> list[Any]:
-    """The project at /work and the extra directories, as mount objects: `volumes` strings split on `:`."""
+def bind_mounts(spec: LaunchSpec, bytecode: Path | None = None) -> list[Any]:
+    """The project at /work, the extra directories and the bytecode folder, as mount objects (`volumes` strings
+    split on `:`)."""
     import docker.types  # noqa: PLC0415
 
     project = docker.types.Mount(target=WORKDIR, source=str(spec.project_dir.resolve()), type="bind")
     extra = [docker.types.Mount(target=str(path), source=str(path), type="bind") for path in spec.mounts]
-    return [project, *extra]
+    cache = [docker.types.Mount(target=BYTECODE_DIR, source=str(bytecode), type="bind")] if bytecode else []
+    return [project, *extra, *cache]
+
+
+def bytecode_folder(root: Path | None, image_id: str) -> Path | None:
+    """The image's bytecode folder under root, made (as the invoking user, who runs the container) if needed.
+
+    Keyed by image ID: sources in every envlock image carry the same mtime (the lock's epoch), so bytecode of
+    one image would pass Python's (mtime, size) check for a same-sized file of another. None: no cache (no root
+    given, or it cannot be made: the run goes on and compiles in memory, as before).
+    """
+    if root is None:
+        return None
+    folder = root / image_id.removeprefix("sha256:")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
 
 
 def _start(container: Any) -> tuple[int, str] | None:
@@ -100,21 +123,24 @@ def _reason(text: str) -> str:
 class DockerLauncher:
     """Launcher through docker-py."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, bytecode_root: Path | None = None) -> None:
         self.client = client
+        self.bytecode_root = bytecode_root
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         """Create, attach, start, stream, wait, remove."""
         requests = [gpu_request(spec)] if spec.gpus else []
+        bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
+        environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment
         with translated(f"start the container for {spec.image_id[:19]}"):
             container = self.client.containers.create(
                 spec.image_id,
                 spec.command,
                 name=spec.name,
                 labels=spec.labels,
-                environment=spec.environment,
+                environment=environment,
                 working_dir=WORKDIR,
-                mounts=bind_mounts(spec),
+                mounts=bind_mounts(spec, bytecode),
                 network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,
