@@ -6,6 +6,8 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from envlock.image.plan import image_config, make_layers, plan_image
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
+from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
@@ -263,3 +266,29 @@ def test_noop_build_reads_no_wheel(tmp_path: Path, write_project: Callable[[str]
     assert not again.built and again.image_id == first.image_id
     engine.remove(first.image_id)
     assert run_build(spec, engine, cache, layers, bases).image_id == first.image_id, "and reloads from layers"
+
+
+def uploaded(lock: lockfile.Lock, name: str, when: datetime) -> lockfile.Lock:
+    """The lock with `name`'s wheels uploaded at `when`, and the lock's epoch that follows from it."""
+
+    def package(p: LockedPackage) -> LockedPackage:
+        return replace(p, wheels=tuple(replace(w, upload_time=when) for w in p.wheels)) if p.name == name else p
+
+    targets = tuple(replace(t, packages=tuple(package(p) for p in t.packages)) for t in lock.targets)
+    return replace(lock, targets=targets, source_date_epoch=lockfile.source_date_epoch(targets))
+
+
+def test_a_newly_uploaded_light_package_keeps_every_layer_below_it(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, _ = two_locks(tmp_path, write_project)
+    before = uploaded(before, "torch", datetime(2024, 1, 1, tzinfo=UTC))
+    after = uploaded(
+        uploaded(after, "torch", datetime(2024, 1, 1, tzinfo=UTC)), "beta", datetime(2026, 11, 1, tzinfo=UTC)
+    )
+    assert after.source_date_epoch > before.source_date_epoch, "the new package moved the lock's epoch"
+    old, new = (plan_image(lock, "demo", "linux/amd64").layers for lock in (before, after))
+    assert [layer.label for layer in new] == ["venv", "torch", "packages", "lock"]
+    assert [layer.key for layer in new[:2]] == [layer.key for layer in old[:2]], "venv and torch are reused"
+    assert new[1].epoch == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    assert new[2].key != old[2].key and new[3].key != old[3].key

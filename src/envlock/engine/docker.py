@@ -139,6 +139,11 @@ class DockerEngine:
                 chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
                 with translated("load the image into Docker"):
                     images = client.images.load(chunks)
+        except EngineError as exc:
+            producer.join()
+            if failure:  # the producer gave up (e.g. a layer failed its digest): that is the cause to report
+                raise failure[0] from exc
+            raise
         finally:
             # The read end is closed by now, so a producer blocked on a full pipe gets EPIPE and ends: joining
             # while the read end is still open waits forever when the engine failed before reading it all.

@@ -19,13 +19,14 @@ from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
-from envlock.lock.lockfile import Lock
+from envlock.lock.lockfile import FALLBACK_EPOCH, Lock
 from envlock.lock.resolve import LockedFile
 from envlock.lock.targets import ARCHITECTURES, Target
 from envlock.report import Report
 
 # Bumped whenever the bytes a layer is made of change for the same inputs (paths, metadata, layout).
-LAYER_FORMAT = 1
+# 2: each layer's mtime is its own wheels' newest upload time, not the whole lock's.
+LAYER_FORMAT = 2
 
 
 LOCK_PATH = "etc/envlock/envlock.lock"
@@ -47,11 +48,12 @@ OWN_LAYERS_MAX = 60
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer to make: a label, the wheels it installs, and a key naming its content."""
+    """One layer to make: a label, the wheels it installs, its files' mtime, and a key naming its content."""
 
     label: str
     wheels: tuple[LockedFile, ...]
     key: str
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,12 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
 
 
+def _epoch(wheels: list[LockedFile]) -> int:
+    """The newest upload time among these wheels (a fixed date when the index gave none)."""
+    times = [int(w.upload_time.timestamp()) for w in wheels if w.upload_time is not None]
+    return max(times, default=FALLBACK_EPOCH)
+
+
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
     target = lock.target(platform)
@@ -103,17 +111,19 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     light: list[LockedFile] = []
     for name, wheel in chosen:
         if name in own:
-            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, lock.source_date_epoch, wheel.sha256)))
+            epoch = _epoch([wheel])
+            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch))
         else:
             light.append(wheel)
-    layers = [LayerPlan("venv", (), _key(lock.python, lock.source_date_epoch, "venv"))]
+    # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
+    # and must not re-make (and re-send) the 3 GB torch layer below it.
+    layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
     layers += sorted(heavy, key=lambda layer: layer.label)
     if light:
-        layers.append(
-            LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
-        )
+        epoch = _epoch(light)
+        layers.append(LayerPlan("packages", tuple(light), _key(lock.python, epoch, [w.sha256 for w in light]), epoch))
     lock_key = _key(lock.source_date_epoch, hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest())
-    layers.append(LayerPlan("lock", (), lock_key))
+    layers.append(LayerPlan("lock", (), lock_key, lock.source_date_epoch))
     return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers))
 
 
@@ -133,7 +143,6 @@ def make_layers(
 ) -> list[Layer]:
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
     layout = layout or VenvLayout(plan.lock.python)
-    epoch = plan.lock.source_date_epoch
     layers = []
     for spec in plan.layers:
         key = _store_key(spec, layout)
@@ -149,12 +158,12 @@ def make_layers(
                 if spec.label == "lock":
                     (root / LOCK_PATH).parent.mkdir(parents=True)
                     (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
-                    return write_layer(root, out, epoch)
+                    return write_layer(root, out, spec.epoch)
                 if spec.label == "venv":
                     layout.skeleton(root)
                 for wheel in spec.wheels:
                     install_wheel(cache.require(wheel), wheel.name, root, layout)
-                return write_layer(root, out, epoch, prefix=VENV.lstrip("/"))
+                return write_layer(root, out, spec.epoch, prefix=VENV.lstrip("/"))
 
         layers.append(store.put(key, made))
     return layers
@@ -209,48 +218,56 @@ def write_archive(out: BinaryIO, config: bytes, layer_tars: list[tuple[str, Path
     the caller sends the whole archive again.
     """
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = [
-        {
-            "Config": f"{image_id.removeprefix('sha256:')}.json",
-            "RepoTags": None,
-            "Layers": [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id, _ in layer_tars],
-        }
-    ]
+    manifest = archive_manifest(config, [diff_id for diff_id, _ in layer_tars])
     # Written by hand, not through tarfile's stream mode: that re-slices its buffer in 10 KiB steps, which costs
     # more than the engine's own work on GBs of layers. Each layer goes to the sink by sendfile when it can.
-    written = _member(out, f"{image_id.removeprefix('sha256:')}.json", config)
-    written += _member(out, "manifest.json", json.dumps(manifest).encode())
+    written = archive_member(out, f"{image_id.removeprefix('sha256:')}.json", config)
+    written += archive_member(out, "manifest.json", manifest)
     for diff_id, tar in layer_tars[held:]:
         written += _file_member(out, f"{diff_id.removeprefix('sha256:')}/layer.tar", tar)
-    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
-    written += len(end)
-    out.write(end + tarfile.NUL * (-written % tarfile.RECORDSIZE))
-    out.flush()
+    archive_end(out, written)
     return image_id
 
 
-def _header(name: str, size: int) -> bytes:
+def archive_manifest(config: bytes, diff_ids: list[str]) -> bytes:
+    """The manifest.json of a one-image docker-archive whose layers are at `<diff_id hex>/layer.tar`."""
+    image_hex = hashlib.sha256(config).hexdigest()
+    layers = [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id in diff_ids]
+    return json.dumps([{"Config": f"{image_hex}.json", "RepoTags": None, "Layers": layers}]).encode()
+
+
+def archive_header(name: str, size: int) -> bytes:
+    """A tar member's header (PAX, as every tar envlock writes)."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _padding(size: int) -> bytes:
+def archive_padding(size: int) -> bytes:
+    """The NULs that round a member's content up to a whole tar block."""
     return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
 
 
-def _member(out: BinaryIO, name: str, data: bytes) -> int:
-    chunk = _header(name, len(data)) + data + _padding(len(data))
+def archive_member(out: BinaryIO, name: str, data: bytes) -> int:
+    """One member from bytes; returns the bytes written."""
+    chunk = archive_header(name, len(data)) + data + archive_padding(len(data))
     out.write(chunk)
     return len(chunk)
+
+
+def archive_end(out: BinaryIO, written: int) -> None:
+    """The end-of-archive blocks, padded to a whole record as tar does."""
+    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    out.write(end + tarfile.NUL * (-(written + len(end)) % tarfile.RECORDSIZE))
+    out.flush()
 
 
 def _file_member(out: BinaryIO, name: str, path: Path) -> int:
     """A file's member: header, content (sendfile into a pipe or file, else 1 MiB copies), padding."""
     with path.open("rb") as source:
         size = os.fstat(source.fileno()).st_size
-        header = _header(name, size)
+        header = archive_header(name, size)
         out.write(header)
         copied = 0
         try:
@@ -267,5 +284,5 @@ def _file_member(out: BinaryIO, name: str, path: Path) -> int:
                 copied += len(chunk)
     if copied != size:
         raise OSError(f"{path} changed size while it was being archived")
-    out.write(_padding(size))
-    return len(header) + size + len(_padding(size))
+    out.write(archive_padding(size))
+    return len(header) + size + len(archive_padding(size))
