@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from envlock.errors import EngineError
 
 ArchiveWriter = Callable[[BinaryIO], object]
+API_VERSION = "1.41"
 
 
 class Engine(Protocol):
@@ -69,6 +70,11 @@ def translated(action: str) -> Iterator[None]:
     except docker.errors.DockerException as exc:
         if "Connection" in str(exc) or "FileNotFoundError" in str(exc):
             raise EngineError(f"cannot {action}: the Docker engine is not reachable") from exc
+        if "is too new" in str(exc):
+            raise EngineError(
+                f"cannot {action}: the Docker engine is older than 20.10 (API {API_VERSION})",
+                hint="upgrade Docker, or set DOCKER_API_VERSION=auto",
+            ) from exc
         raise EngineError(
             f"cannot {action}: {_first_line(exc)}", hint="see `docker info` for the engine's state"
         ) from exc
@@ -93,8 +99,10 @@ class DockerEngine:
             import docker  # noqa: PLC0415  (slow to import; only commands that touch the engine need it)
 
             with translated("connect to Docker"):
-                # from_env negotiates the API version: that request already proves the engine answers.
-                self._client = docker.from_env()
+                # A fixed API version, not "auto": negotiating costs a /version round trip at every start.
+                # 1.41 is Docker 20.10's, accepted by every newer engine; DOCKER_API_VERSION overrides it, as it
+                # does for the Docker CLI ("auto" negotiates).
+                self._client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or API_VERSION)
         return self._client
 
     def _attrs(self, ref: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,15 +121,38 @@ def _reason(text: str) -> str:
     return text.rsplit("exec: ", 1)[-1].split(": unknown", maxsplit=1)[0].strip()
 
 
+class _Waiter:
+    """`POST /containers/ID/wait?condition=removed`, sent from a thread: its answer is the exit status."""
+
+    def __init__(self, container: Any) -> None:
+        self._outcome: list[dict[str, Any]] = []
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._wait, args=(container,), name="envlock-wait", daemon=True)
+        self._thread.start()
+
+    def _wait(self, container: Any) -> None:
+        try:
+            self._outcome.append(container.wait(condition="removed"))
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._failure.append(exc)
+
+    def result(self) -> dict[str, Any]:
+        """The engine's answer once the container is gone."""
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+        return self._outcome[0]
+
+
 class DockerLauncher:
-    """Launcher through docker-py."""
+    """Launcher through docker-py: the requests `docker run --rm` makes, and no more."""
 
     def __init__(self, client: Any, bytecode_root: Path | None = None) -> None:
         self.client = client
         self.bytecode_root = bytecode_root
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
-        """Create, attach, start, stream, wait, remove."""
+        """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""
         requests = [gpu_request(spec)] if spec.gpus else []
         bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
         environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment
@@ -144,11 +168,15 @@ class DockerLauncher:
                 network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,
+                auto_remove=True,  # as `docker run --rm`: the engine removes it, no request of ours at the end
                 detach=True,
             )
+        removed = False
         try:
             with translated("run the container"):
                 stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+                # Asked before the start, answered as the container goes: no round trip after the output ends.
+                waiting = _Waiter(container)
                 cannot = _start(container)
                 if cannot is not None:  # as `docker run` does: 127 not found, 126 not executable
                     code, why = cannot
@@ -159,15 +187,16 @@ class DockerLauncher:
                         output("stdout", stdout)
                     if stderr:
                         output("stderr", stderr)
-                result = container.wait()
+                result = waiting.result()
+                removed = True
             code = int(result.get("StatusCode", 1))
             if result.get("Error"):
                 raise EngineError(f"the container failed: {result['Error']}")
             return code
         finally:
-            # Also on Ctrl-C: stop and remove, so nothing keeps running behind the user's back.
-            with translated("remove the container"):
-                container.remove(force=True)
+            # Also on Ctrl-C or a failed start: stop and remove, so nothing keeps running behind the user's back.
+            if not removed:
+                _remove_quietly(container)
 
     def remove(self, name: str) -> None:
         """Force-remove a container by name; absent is fine."""
@@ -178,3 +207,17 @@ class DockerLauncher:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 return
+
+
+def _remove_quietly(container: Any) -> None:
+    """Force-remove; gone already (the engine's auto-remove) or going is fine."""
+    import docker.errors  # noqa: PLC0415
+
+    with translated("remove the container"):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
