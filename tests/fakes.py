@@ -271,6 +271,10 @@ class FakeEngine(Engine):
     registries: dict[str, FakeRegistry] = field(default_factory=dict)  # registry host → registry
     fail_load: BaseException | None = None
     loads: int = 0
+    sent_layers: list[int] = field(default_factory=list)  # per load: how many layer tars the archive carried
+    # Stacks held_layers claims on top of the images' own, which load does not have (an image removed between
+    # the question and the load).
+    phantom_stacks: list[list[str]] = field(default_factory=list)
     pulls: list[str] = field(default_factory=list)
 
     @classmethod
@@ -315,13 +319,37 @@ class FakeEngine(Engine):
             with tarfile.open(fileobj=buffer) as archive:
                 entry = json.loads(_member_bytes(archive, "manifest.json"))[0]
                 image = FakeImage(_member_bytes(archive, entry["Config"]))
-                blobs = [_member_bytes(archive, member) for member in entry["Layers"]]
+                present = set(archive.getnames())
+                self.sent_layers.append(sum(member in present for member in entry["Layers"]))
+                blobs = [
+                    _member_bytes(archive, member) if member in present else self._held(image.diff_ids[: index + 1])
+                    for index, member in enumerate(entry["Layers"])
+                ]
         except (tarfile.TarError, KeyError, IndexError, ValueError) as exc:
             raise EngineError(f"cannot load the image into Docker: not a docker-archive ({exc})") from exc
         self._keep(image, blobs, "load the image into Docker")
         for name in entry.get("RepoTags") or []:
             self.tags[name] = image.image_id
         return image.image_id
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        stacks = [image.diff_ids for image in self.images.values()] + self.phantom_stacks
+        best = 0
+        for stack in stacks:
+            common = 0
+            for theirs, ours in zip(stack, diff_ids, strict=False):
+                if theirs != ours:
+                    break
+                common += 1
+            best = max(best, common)
+        return best
+
+    def _held(self, chain: list[str]) -> bytes:
+        """A layer left out of an archive: dockerd finds it by chain ID, or fails opening its missing tar."""
+        if not any(image.diff_ids[: len(chain)] == chain for image in self.images.values()):
+            member = f"{chain[-1].removeprefix('sha256:')}/layer.tar"
+            raise ValueError(f"open /var/lib/docker/tmp/docker-import-1/{member}: no such file or directory")
+        return self.layers[chain[-1]]
 
     def _keep(self, image: FakeImage, blobs: list[bytes], action: str) -> None:
         """Store an image whose layers are exactly its config's diff_ids, as dockerd insists."""

@@ -41,6 +41,11 @@ class CacheLayout:
         return self.root / "bases"
 
     @property
+    def bytecode(self) -> Path:
+        """Python bytecode written by runs, one folder per image ID (PYTHONPYCACHEPREFIX); never in an image."""
+        return self.root / "pyc"
+
+    @property
     def scratch(self) -> Path:
         """Temporary work (image assembly, upstream exports), swept when stale."""
         return self.root / "tmp"

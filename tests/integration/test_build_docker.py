@@ -272,3 +272,39 @@ def test_forged_tag_is_rebuilt_and_never_run_in(
         assert engine.image_id(reference) == real
     finally:
         engine.remove(forged)  # a child of the real image: it goes first
+
+
+class _Overclaiming(DockerEngine):
+    """dockerd as seen by a build that asked just before someone removed the image it was going to reuse."""
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        return len(diff_ids) - 1
+
+
+def test_adding_a_package_sends_only_the_new_layers_and_a_refused_partial_load_falls_back(
+    tmp_path: Path, write_project: Callable[[str], Path], engine: DockerEngine, bases: BaseStore
+) -> None:
+    spec = load_spec(write_project(PROJECT))
+    lock_project(spec, UvResolver(), bases=bases)
+    first = build(spec, engine, tmp_path / "cache", bases)
+    spec = load_spec(write_project(PROJECT.replace('"]', '", "idna==3.7"]')))
+    lock_project(spec, UvResolver(), bases=bases)
+    notes: list[str] = []
+    cache = WheelCache(tmp_path / "cache" / "wheels", HttpFetcher())
+    builder = Builder(engine, cache, LayerStore(tmp_path / "cache" / "layers"), bases, notes.append)
+    plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
+    second = builder.build(plan)
+    assert second.built and second.image_id != first.image_id
+    assert any("(2 of 4 layers)" in note for note in notes), notes  # base and venv held; packages, lock sent
+    out = docker.from_env().containers.run(second.image_id, ["python", "-c", "import idna, six"], remove=True)
+    assert out == b""
+
+    engine.remove(second.reference)
+    engine.remove(second.image_id)
+    notes.clear()
+    # The engine is believed to hold every layer but the last: it lacks the new packages layer, refuses the
+    # partial archive, and the full one is sent; the image is the same.
+    builder = Builder(_Overclaiming(), cache, LayerStore(tmp_path / "cache" / "layers"), bases, notes.append)
+    again = builder.build(plan)
+    assert again.built and again.image_id == second.image_id
+    assert any("sending every layer" in note for note in notes), notes

@@ -138,3 +138,18 @@ def test_diff_reads_the_image_and_compares_runs(digits: Path) -> None:
     moved = envlock("diff", first.run_id, second.run_id, project=digits)
     assert moved.returncode == 0
     assert "seed: 0 -> 1" in moved.stdout and "output out/metrics.json" in moved.stdout
+
+
+def test_bytecode_goes_to_the_images_folder_on_the_host_and_never_into_the_image(digits: Path) -> None:
+    (built,) = json.loads((digits / ".envlock" / "images.json").read_text()).values()
+    probe = "import sys, sklearn; print(sys.pycache_prefix)"
+    for _ in range(2):
+        done = envlock("run", "--", "python", "-c", probe, project=digits)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().endswith("/var/cache/envlock-pyc")
+    folder = Path(os.environ["ENVLOCK_CACHE_DIR"]) / "pyc" / built["image-id"].removeprefix("sha256:")
+    site = folder / "opt" / "envlock" / "venv" / "lib" / "python3.11" / "site-packages"
+    compiled = site / "sklearn" / "__init__.cpython-311.pyc"
+    assert compiled.is_file() and compiled.stat().st_uid == os.getuid()
+    image = docker.from_env().images.get(built["reference"])
+    assert image.id == built["image-id"], "running wrote nothing into the image"

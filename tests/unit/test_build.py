@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from envlock.image.plan import image_config, make_layers, plan_image
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
+from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
@@ -186,3 +190,105 @@ def test_reformatted_lock_gives_the_same_image(tmp_path: Path, write_project) ->
     assert config_digest(reformatted) == config_digest(written)
     # The embedded text is the canonical one, and for a lock as envlock wrote it that is the file itself.
     assert plan_image(lockfile.loads(reformatted), spec.name, "linux/amd64").lock_text == written
+
+
+def two_locks(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> tuple[lockfile.Lock, lockfile.Lock, dict[str, bytes]]:
+    """A lock with torch (a layer of its own) and alpha, and the same plus one light package."""
+    spec, served = project_with_wheels(tmp_path, write_project, ["torch", "alpha"])
+    before = lockfile.read(spec.lock_path)
+    spec, more = project_with_wheels(tmp_path, write_project, ["torch", "alpha", "beta"])
+    return before, lockfile.read(spec.lock_path), {**served, **more}
+
+
+def test_rebuild_sends_the_engine_only_the_layers_it_lacks(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    kwargs: dict[str, Any] = {"engine": engine, "cache": cache, "layers": layers, "bases": bases}
+    first = build_image(before, "demo", "linux/amd64", **kwargs)
+    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    # base, venv, torch, packages, lock: the light package changes only the last two.
+    assert engine.sent_layers == [5, 2]
+    assert second.built and engine.tags[second.reference] == second.image_id != first.image_id
+    assert engine.images[second.image_id].diff_ids[:3] == engine.images[first.image_id].diff_ids[:3]
+
+
+def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    notes: list[str] = []
+    kwargs: dict[str, Any] = {
+        "engine": engine,
+        "cache": cache,
+        "layers": layers,
+        "bases": bases,
+        "report": notes.append,
+    }
+    first = build_image(before, "demo", "linux/amd64", **kwargs)
+    # The image is removed between the engine's answer and the load: its layers are gone with it.
+    engine.phantom_stacks.append(engine.images[first.image_id].diff_ids)
+    engine.remove(first.image_id)
+    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    assert engine.sent_layers == [5, 2, 5] and engine.loads == 3
+    assert engine.tags == {second.reference: second.image_id}
+    assert any("sending every layer" in note and "no such file" in note for note in notes)
+
+
+def test_a_lost_image_is_loaded_whole_and_gets_the_same_id(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, _, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    kwargs: dict[str, Any] = {"engine": engine, "cache": cache, "layers": layers, "bases": bases}
+    first = build_image(before, "demo", "linux/amd64", **kwargs)
+    engine.remove(first.image_id)
+    again = build_image(before, "demo", "linux/amd64", **kwargs)
+    assert again.built and again.image_id == first.image_id and engine.sent_layers == [5, 5]
+
+
+def test_noop_build_reads_no_wheel(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "torch"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    # Every layer is in the store: the wheels are neither hashed nor fetched (gone from cache and index alike).
+    shutil.rmtree(cache.root / "sha256")
+    served.clear()
+    again = run_build(spec, engine, cache, layers, bases)
+    assert not again.built and again.image_id == first.image_id
+    engine.remove(first.image_id)
+    assert run_build(spec, engine, cache, layers, bases).image_id == first.image_id, "and reloads from layers"
+
+
+def uploaded(lock: lockfile.Lock, name: str, when: datetime) -> lockfile.Lock:
+    """The lock with `name`'s wheels uploaded at `when`, and the lock's epoch that follows from it."""
+
+    def package(p: LockedPackage) -> LockedPackage:
+        return replace(p, wheels=tuple(replace(w, upload_time=when) for w in p.wheels)) if p.name == name else p
+
+    targets = tuple(replace(t, packages=tuple(package(p) for p in t.packages)) for t in lock.targets)
+    return replace(lock, targets=targets, source_date_epoch=lockfile.source_date_epoch(targets))
+
+
+def test_a_newly_uploaded_light_package_keeps_every_layer_below_it(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, _ = two_locks(tmp_path, write_project)
+    before = uploaded(before, "torch", datetime(2024, 1, 1, tzinfo=UTC))
+    after = uploaded(
+        uploaded(after, "torch", datetime(2024, 1, 1, tzinfo=UTC)), "beta", datetime(2026, 11, 1, tzinfo=UTC)
+    )
+    assert after.source_date_epoch > before.source_date_epoch, "the new package moved the lock's epoch"
+    old, new = (plan_image(lock, "demo", "linux/amd64").layers for lock in (before, after))
+    assert [layer.label for layer in new] == ["venv", "torch", "packages", "lock"]
+    assert [layer.key for layer in new[:2]] == [layer.key for layer in old[:2]], "venv and torch are reused"
+    assert new[1].epoch == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    assert new[2].key != old[2].key and new[3].key != old[3].key

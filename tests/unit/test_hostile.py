@@ -301,3 +301,68 @@ def test_forged_tag_is_rebuilt_and_never_run(tmp_path: Path, write_project: Call
     engine.tags[first.reference] = first.image_id
     image_for_lock(lock_hash, first.reference, engine=engine, project_dir=spec.project_dir, build=build)
     assert builds == ["built"], "the recorded image under its tag: the fast path, no build"
+
+
+class ImageApi:
+    """docker-py's low-level API over a few images: the listing filtered by label, and inspect."""
+
+    def __init__(self, held: dict[str, tuple[dict[str, str], list[str]]]) -> None:
+        self.held = held
+        self.inspected: list[str] = []
+
+    def images(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        label = filters["label"]
+        return [{"Id": i, "Labels": labels} for i, (labels, _) in self.held.items() if label in labels]
+
+    def inspect_image(self, image_id: str) -> dict[str, Any]:
+        self.inspected.append(image_id)
+        return {"Id": image_id, "RootFS": {"Layers": self.held[image_id][1]}}
+
+
+class ImageClient:
+    def __init__(self, api: ImageApi) -> None:
+        self.api = api
+
+
+def test_held_layers_is_the_longest_prefix_among_envlock_images_on_the_same_base() -> None:
+    base, venv, torch, small, other = (f"sha256:{c * 64}" for c in "abcde")
+    api = ImageApi(
+        {
+            "sha256:1": ({"dev.envlock.base": base}, [base, venv, torch, small]),
+            "sha256:2": ({"dev.envlock.base": other}, [other, venv, torch]),  # another base: not even inspected
+            "sha256:3": ({}, [base, venv, torch, small]),  # not envlock's: not listed
+        }
+    )
+    engine = DockerEngine(ImageClient(api))
+    assert engine.held_layers([base, venv, torch, other]) == 3
+    assert api.inspected == ["sha256:1"]
+    assert engine.held_layers([other, venv]) == 2
+    assert engine.held_layers(["sha256:" + "f" * 64]) == 0
+
+
+class DigestRefusal(Exception):
+    pass
+
+
+class EofImages:
+    """An engine that reads the whole stream and then finds it cut short."""
+
+    def load(self, data: Iterator[bytes]) -> list[Any]:
+        import docker.errors  # noqa: PLC0415
+
+        for _ in data:
+            pass
+        raise docker.errors.APIError("500 Server Error: unexpected EOF")
+
+
+class EofClient:
+    images = EofImages()
+
+
+def test_a_producer_that_refuses_its_own_bytes_is_the_error_reported() -> None:
+    def refusing(sink: BinaryIO) -> None:
+        sink.write(b"\0" * 1024)
+        raise DigestRefusal("layer 3 is not its diff_id")
+
+    with pytest.raises(DigestRefusal, match="not its diff_id"):
+        DockerEngine(EofClient()).load(refusing)

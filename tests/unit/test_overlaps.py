@@ -55,7 +55,7 @@ def test_one_layer_installs_both_later_wins_and_the_build_warns(tmp_path: Path) 
         "3.11", BaseLock("debian-bookworm", "recipe", "0" * 64), (), (), 315532800,
         (TargetLock("linux/amd64", "x86_64-manylinux_2_36", CPU, packages),), "sha256:x", "fake", "0",
     )  # fmt: skip
-    plan = ImagePlan("demo", "t", "linux/amd64", lock, (LayerPlan("packages", tuple(files), "k"),))
+    plan = ImagePlan("demo", "t", "linux/amd64", lock, (LayerPlan("packages", tuple(files), "k", 315532800),))
     cache = WheelCache(tmp_path / "cache", FakeFetcher(served))
     cache.ensure(files)
     said: list[str] = []

@@ -18,7 +18,7 @@ from envlock.image.plan import LOCK_PATH, ImagePlan, plan_image
 from envlock.image.restore import Restored, restore_image, verify_archive, write_archive_file
 from envlock.lock import lockfile
 from envlock.lock.targets import host_platform
-from tests.fakes import FakeEngine, FakeRegistry, project_with_wheels, stores
+from tests.fakes import FakeEngine, FakeImage, FakeRegistry, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
 
@@ -143,7 +143,7 @@ def test_archive_is_written_verified_and_restores_into_an_empty_engine(
         report=reported.append,
     )
     assert restored == Restored(built.image_id, f"archive {out}")
-    assert reported == [f"verifying archive {out}"]
+    assert reported == [f"loading archive {out} (verified while it loads)"]
     assert elsewhere.loads == 1 and elsewhere.tags == {built.plan.reference: built.image_id}
     assert elsewhere.layers == engine.layers, "the same layers, byte for byte"
 
@@ -165,7 +165,8 @@ def test_a_tampered_archive_is_refused_with_exit_15(tmp_path: Path, write_projec
         restore_image(built.image_id, engine=elsewhere, archives=(bad,), report=reported.append)
     assert refused.value.exit_code == 15
     assert any(line.startswith(f"refused: archive {bad} is corrupt or tampered") for line in reported)
-    assert elsewhere.loads == 0 and elsewhere.images == {}, "a refused archive never reaches the engine"
+    # One pass: the load began, the tampered layer was refused before its last chunk and before any manifest.
+    assert elsewhere.loads == 1 and elsewhere.images == {} and elsewhere.tags == {}, "nothing loaded"
 
 
 def test_an_archive_of_another_image_is_not_accepted(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -210,3 +211,22 @@ def test_archiving_an_image_the_engine_lacks_leaves_nothing_behind(tmp_path: Pat
     with pytest.raises(EngineError, match="No such image"):
         write_archive_file(FakeEngine(), "sha256:" + "b" * 64, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restoring_an_archive_sends_only_the_layers_the_engine_lacks(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    engine = FakeEngine()
+    built = build(tmp_path, write_project, engine, ["alpha"])
+    out = tmp_path / "demo.tar"
+    write_archive_file(engine, built.image_id, out)
+    engine.remove(built.image_id)
+    assert restore_image(built.image_id, engine=engine, archives=(out,)).image_id == built.image_id
+    assert engine.sent_layers[-1] == len(engine.images[built.image_id].diff_ids), "nothing held: every layer"
+    # Another image on the same stack but the last layer: only that layer travels.
+    stack = engine.images[built.image_id].diff_ids
+    engine.remove(built.image_id)
+    other = FakeImage(json.dumps({"rootfs": {"diff_ids": stack[:-1]}}).encode())
+    engine.images[other.image_id] = other
+    assert restore_image(built.image_id, engine=engine, archives=(out,)).image_id == built.image_id
+    assert engine.sent_layers[-1] == 1

@@ -86,7 +86,9 @@ class Wiring:
 
             engine = self.engine
             client = engine.client if isinstance(engine, DockerEngine) else None
-            self.launcher_ = DockerLauncher(client if client is not None else DockerEngine().client)
+            self.launcher_ = DockerLauncher(
+                client if client is not None else DockerEngine().client, bytecode_root=self.cache.bytecode
+            )
         return self.launcher_
 
     @property

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from envlock.errors import EngineError
 
 ArchiveWriter = Callable[[BinaryIO], object]
+API_VERSION = "1.41"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,15 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class LayerHolder(Protocol):
+    """An engine that can say which layers it holds, so a load can leave those out of the archive."""
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        """How many leading layers of this stack (base first) the engine holds, by chain, as far as it knows."""
+        ...
+
+
 @contextmanager
 def translated(action: str) -> Iterator[None]:
     import docker.errors  # noqa: PLC0415
@@ -88,6 +98,11 @@ def translated(action: str) -> Iterator[None]:
     except docker.errors.DockerException as exc:
         if "Connection" in str(exc) or "FileNotFoundError" in str(exc):
             raise EngineError(f"cannot {action}: the Docker engine is not reachable") from exc
+        if "is too new" in str(exc):
+            raise EngineError(
+                f"cannot {action}: the Docker engine is older than 20.10 (API {API_VERSION})",
+                hint="upgrade Docker, or set DOCKER_API_VERSION=auto",
+            ) from exc
         raise EngineError(
             f"cannot {action}: {_first_line(exc)}", hint="see `docker info` for the engine's state"
         ) from exc
@@ -112,8 +127,10 @@ class DockerEngine:
             import docker  # noqa: PLC0415  (slow to import; only commands that touch the engine need it)
 
             with translated("connect to Docker"):
-                # from_env negotiates the API version: that request already proves the engine answers.
-                self._client = docker.from_env()
+                # A fixed API version, not "auto": negotiating costs a /version round trip at every start.
+                # 1.41 is Docker 20.10's, accepted by every newer engine; DOCKER_API_VERSION overrides it, as it
+                # does for the Docker CLI ("auto" negotiates).
+                self._client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or API_VERSION)
         return self._client
 
     def _attrs(self, ref: str) -> dict[str, Any] | None:
@@ -158,6 +175,11 @@ class DockerEngine:
                 chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
                 with translated("load the image into Docker"):
                     images = client.images.load(chunks)
+        except EngineError as exc:
+            producer.join()
+            if failure:  # the producer gave up (e.g. a layer failed its digest): that is the cause to report
+                raise failure[0] from exc
+            raise
         finally:
             # The read end is closed by now, so a producer blocked on a full pipe gets EPIPE and ends: joining
             # while the read end is still open waits forever when the engine failed before reading it all.
@@ -167,6 +189,36 @@ class DockerEngine:
         if not images:
             raise EngineError("Docker loaded no image from the archive")
         return str(images[0].id)
+
+    def held_layers(self, diff_ids: list[str]) -> int:
+        """The longest prefix of this stack that an image of envlock's (or a base it loaded) is made of.
+
+        Candidates are found by their `dev.envlock.base` label, which names the base layers; their layers are
+        then read from the engine itself, so a copied label gains nothing. A layer shared with an image of
+        anyone else's is not seen: it is sent, and dockerd skips it after unpacking.
+        """
+        with translated("list the engine's images"):
+            summaries = self.client.api.images(filters={"label": "dev.envlock.base"})
+            best = 0
+            for summary in summaries:
+                base = ((summary.get("Labels") or {}).get("dev.envlock.base") or "").split(",")
+                if base != diff_ids[: len(base)]:
+                    continue
+                import docker.errors  # noqa: PLC0415
+
+                try:
+                    layers = self.client.api.inspect_image(summary["Id"])["RootFS"]["Layers"]
+                except (docker.errors.NotFound, KeyError, TypeError):
+                    continue
+                common = 0
+                for theirs, ours in zip(layers, diff_ids, strict=False):
+                    if theirs != ours:
+                        break
+                    common += 1
+                best = max(best, common)
+                if best == len(diff_ids):
+                    break
+        return best
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         """Tag an image."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,10 @@ from envlock.engine.docker import translated
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
+# Where a run's Python writes and finds bytecode (PYTHONPYCACHEPREFIX): a host folder per image ID, so the
+# image stays free of .pyc files (and its ID free of the compiler's patch version) while every start after
+# the first imports from bytecode.
+BYTECODE_DIR = "/var/cache/envlock-pyc"
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 # A home every uid can write (the image has no home for an arbitrary --user; HOME=/ is not writable): a tmpfs,
@@ -76,8 +81,9 @@ def gpu_request(spec: LaunchSpec) -> Any:
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
 
 
-def bind_mounts(spec: LaunchSpec) -> list[Any]:
-    """The project at /work and the extra directories, as mount objects: `volumes` strings split on `:`."""
+def bind_mounts(spec: LaunchSpec, bytecode: Path | None = None) -> list[Any]:
+    """The project at /work, the extra directories and the bytecode folder, as mount objects (`volumes` strings
+    split on `:`)."""
     import docker.types  # noqa: PLC0415
 
     project = docker.types.Mount(target=WORKDIR, source=str(spec.project_dir.resolve()), type="bind")
@@ -86,7 +92,25 @@ def bind_mounts(spec: LaunchSpec) -> list[Any]:
         docker.types.Mount(target=inside, source=str(host.resolve()), type="bind", read_only=True)
         for host, inside in spec.read_only
     ]
-    return [project, *extra, *inputs]
+    cache = [docker.types.Mount(target=BYTECODE_DIR, source=str(bytecode), type="bind")] if bytecode else []
+    return [project, *extra, *inputs, *cache]
+
+
+def bytecode_folder(root: Path | None, image_id: str) -> Path | None:
+    """The image's bytecode folder under root, made (as the invoking user, who runs the container) if needed.
+
+    Keyed by image ID: sources in every envlock image carry the same mtime (the lock's epoch), so bytecode of
+    one image would pass Python's (mtime, size) check for a same-sized file of another. None: no cache (no root
+    given, or it cannot be made: the run goes on and compiles in memory, as before).
+    """
+    if root is None:
+        return None
+    folder = root / image_id.removeprefix("sha256:")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
 
 
 def _start(container: Any) -> tuple[int, str] | None:
@@ -110,33 +134,63 @@ def _reason(text: str) -> str:
     return text.rsplit("exec: ", 1)[-1].split(": unknown", maxsplit=1)[0].strip()
 
 
-class DockerLauncher:
-    """Launcher through docker-py."""
+class _Waiter:
+    """`POST /containers/ID/wait?condition=removed`, sent from a thread: its answer is the exit status."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, container: Any) -> None:
+        self._outcome: list[dict[str, Any]] = []
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._wait, args=(container,), name="envlock-wait", daemon=True)
+        self._thread.start()
+
+    def _wait(self, container: Any) -> None:
+        try:
+            self._outcome.append(container.wait(condition="removed"))
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._failure.append(exc)
+
+    def result(self) -> dict[str, Any]:
+        """The engine's answer once the container is gone."""
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+        return self._outcome[0]
+
+
+class DockerLauncher:
+    """Launcher through docker-py: the requests `docker run --rm` makes, and no more."""
+
+    def __init__(self, client: Any, bytecode_root: Path | None = None) -> None:
         self.client = client
+        self.bytecode_root = bytecode_root
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
-        """Create, attach, start, stream, wait, remove."""
+        """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""
         requests = [gpu_request(spec)] if spec.gpus else []
+        bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
+        environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment
         with translated(f"start the container for {spec.image_id[:19]}"):
             container = self.client.containers.create(
                 spec.image_id,
                 spec.command,
                 name=spec.name,
                 labels=spec.labels,
-                environment=spec.environment,
+                environment=environment,
                 working_dir=WORKDIR,
-                mounts=bind_mounts(spec),
+                mounts=bind_mounts(spec, bytecode),
                 tmpfs={CONTAINER_HOME: "mode=1777,exec"},
                 network_mode="host" if spec.host_network else None,
                 user=spec.user,
                 device_requests=requests,
+                auto_remove=True,  # as `docker run --rm`: the engine removes it, no request of ours at the end
                 detach=True,
             )
+        removed = False
         try:
             with translated("run the container"):
                 stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+                # Asked before the start, answered as the container goes: no round trip after the output ends.
+                waiting = _Waiter(container)
                 cannot = _start(container)
                 if cannot is not None:  # as `docker run` does: 127 not found, 126 not executable
                     code, why = cannot
@@ -147,15 +201,16 @@ class DockerLauncher:
                         output("stdout", stdout)
                     if stderr:
                         output("stderr", stderr)
-                result = container.wait()
+                result = waiting.result()
+                removed = True
             code = int(result.get("StatusCode", 1))
             if result.get("Error"):
                 raise EngineError(f"the container failed: {result['Error']}")
             return code
         finally:
-            # Also on Ctrl-C: stop and remove, so nothing keeps running behind the user's back.
-            with translated("remove the container"):
-                container.remove(force=True)
+            # Also on Ctrl-C or a failed start: stop and remove, so nothing keeps running behind the user's back.
+            if not removed:
+                _remove_quietly(container)
 
     def remove(self, name: str) -> None:
         """Force-remove a container by name; absent is fine."""
@@ -166,3 +221,17 @@ class DockerLauncher:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 return
+
+
+def _remove_quietly(container: Any) -> None:
+    """Force-remove; gone already (the engine's auto-remove) or going is fine."""
+    import docker.errors  # noqa: PLC0415
+
+    with translated("remove the container"):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from envlock.engine.docker import Engine
+from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import BuildError, EngineError, StaleLockError
 from envlock.fsutil import no_space_is_an_error, owned_prefix, sweep_stale
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
-from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, write_archive
+from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, wheels_to_make, write_archive
 from envlock.image.registry import Blob, Registry, push, split_target
 from envlock.image.staging import VenvLayout
 from envlock.image.wheels import WheelCache
@@ -73,9 +73,8 @@ class Builder:
             check_upstream(upstream, plan, lock.target(plan.platform).base)
             base_parts, base_env = upstream.layers, upstream.env
             home = upstream.python_homes[lock.python]
-            self.report(f"fetching {len(plan.wheels)} wheels")
-            self.cache.ensure(plan.wheels, self.progress)
             store = LayerStore(scratch / "layers") if fresh else self.layers
+            self.fetch(plan, store, VenvLayout(lock.python, home))
             made = make_layers(plan, self.cache, store, self.report, VenvLayout(lock.python, home))
             config = image_config(plan, [d for d, _ in base_parts], base_env, made)
             return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in made)], lock.base.name)
@@ -103,13 +102,20 @@ class Builder:
                 hint=f"build where the lock's base is, or adopt today's: envlock base build {recipe.name} --rebuild "
                 "&& envlock lock --upgrade",
             )
-        self.report(f"fetching {len(plan.wheels)} wheels")
-        self.cache.ensure(plan.wheels, self.progress)
         # fresh (--no-cache): every layer made anew into this build's scratch store; wheels are still verified.
-        made = make_layers(plan, self.cache, LayerStore(scratch / "layers") if fresh else self.layers, self.report)
+        store = LayerStore(scratch / "layers") if fresh else self.layers
+        self.fetch(plan, store, VenvLayout(lock.python))
+        made = make_layers(plan, self.cache, store, self.report)
         config = image_config(plan, [built_base.diff_id], {}, made)
         parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
         return Assembled(config, parts, built_base.diff_id)
+
+    def fetch(self, plan: ImagePlan, store: LayerStore, layout: VenvLayout) -> None:
+        """Download and verify the wheels of the layers to make; a cached layer's wheels are not read at all."""
+        wheels = wheels_to_make(plan, store, layout)
+        if wheels:
+            self.report(f"fetching {len(wheels)} wheels")
+            self.cache.ensure(wheels, self.progress)
 
     def sweep(self) -> None:
         """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""
@@ -148,8 +154,7 @@ class Builder:
                         f"{plan.reference} names image {tagged[:19]}, not this lock's {assembled.image_id[:19]}: "
                         "rebuilding and re-tagging"
                     )
-                self.report(f"loading {plan.reference} into the engine")
-                loaded = self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
+                loaded = self.load(assembled, plan.reference)
         if loaded != assembled.image_id:
             raise EngineError(
                 f"the engine computed image ID {loaded}, not {assembled.image_id}",
@@ -158,6 +163,21 @@ class Builder:
         # Tag last: a lock-hash tag only ever names a complete, verified image.
         self.engine.tag(loaded, plan.repository, plan.tag)
         return BuildOutcome(plan.reference, loaded, True, assembled.base_diff_id)
+
+    def load(self, assembled: Assembled, reference: str) -> str:
+        """Send the engine the layers it lacks (all of them when it cannot say); returns the loaded image's ID."""
+        diff_ids = [diff_id for diff_id, _ in assembled.parts]
+        held = self.engine.held_layers(diff_ids) if isinstance(self.engine, LayerHolder) else 0
+        if held:
+            self.report(f"loading {reference} into the engine ({len(diff_ids) - held} of {len(diff_ids)} layers)")
+            try:
+                return self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts, held))
+            except EngineError as exc:
+                # An image removed between the question and the load takes its layers with it: send them all.
+                self.report(f"the engine refused the partial archive ({exc.message}); sending every layer")
+        else:
+            self.report(f"loading {reference} into the engine")
+        return self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
 
     def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
         """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""

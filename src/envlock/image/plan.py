@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import tempfile
@@ -27,13 +28,14 @@ from envlock.image.staging import (
 )
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
-from envlock.lock.lockfile import Lock
+from envlock.lock.lockfile import FALLBACK_EPOCH, Lock
 from envlock.lock.resolve import LockedFile
 from envlock.lock.targets import ARCHITECTURES, Target
 from envlock.report import Report
 
 # Bumped whenever the bytes a layer is made of change for the same inputs (paths, metadata, layout).
-LAYER_FORMAT = 1
+# 2: each layer's mtime is its own wheels' newest upload time, not the whole lock's.
+LAYER_FORMAT = 2
 
 
 LOCK_PATH = "etc/envlock/envlock.lock"
@@ -55,11 +57,12 @@ OWN_LAYERS_MAX = 60
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer to make: a label, the wheels it installs, and a key naming its content."""
+    """One layer to make: a label, the wheels it installs, its files' mtime, and a key naming its content."""
 
     label: str
     wheels: tuple[LockedFile, ...]
     key: str
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
 
 
+def _epoch(wheels: list[LockedFile]) -> int:
+    """The newest upload time among these wheels (a fixed date when the index gave none)."""
+    times = [int(w.upload_time.timestamp()) for w in wheels if w.upload_time is not None]
+    return max(times, default=FALLBACK_EPOCH)
+
+
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
     target = lock.target(platform)
@@ -112,18 +121,21 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     light: list[LockedFile] = []
     for name, wheel in chosen:
         if name in own:
-            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, lock.source_date_epoch, wheel.sha256)))
+            epoch = _epoch([wheel])
+            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch))
         else:
             light.append(wheel)
-    layers = [LayerPlan("venv", (), _key(lock.python, lock.source_date_epoch, "venv"))]
+    # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
+    # and must not re-make (and re-send) the 3 GB torch layer below it.
+    layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
     layers += sorted(heavy, key=lambda layer: layer.label)
     if light:
-        layers.append(
-            LayerPlan("packages", tuple(light), _key(lock.python, lock.source_date_epoch, [w.sha256 for w in light]))
-        )
+        epoch = _epoch(light)
+        layers.append(LayerPlan("packages", tuple(light), _key(lock.python, epoch, [w.sha256 for w in light]), epoch))
     if lock.local_packages:
+        # Metadata only (the code is mounted): a fixed mtime, so a new upload elsewhere never re-makes it.
         local = [p.as_dict() for p in lock.local_packages]
-        layers.append(LayerPlan("local", (), _key(lock.python, lock.source_date_epoch, "local", local)))
+        layers.append(LayerPlan("local", (), _key(lock.python, FALLBACK_EPOCH, "local", local), FALLBACK_EPOCH))
     # The lock layer holds the lock and its SBOM: keyed by both texts, so a new SBOM format makes a new layer.
     sbom = sbom_json(lock, platform)
     lock_key = _key(
@@ -131,11 +143,12 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest(),
         hashlib.sha256(sbom.encode()).hexdigest(),
     )
-    layers.append(LayerPlan("lock", (), lock_key))
+    layers.append(LayerPlan("lock", (), lock_key, lock.source_date_epoch))
     return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers), sbom)
 
 
 def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
+    """The layer store's key of one planned layer on this venv layout."""
     # The venv's pyvenv.cfg and links name the base's interpreter: its layer depends on where that lives.
     return _key(spec.key, layout.home) if spec.label == "venv" else spec.key
 
@@ -152,12 +165,17 @@ def overlap_warning(overlap: Overlap) -> str:
     )
 
 
+def wheels_to_make(plan: ImagePlan, store: LayerStore, layout: VenvLayout | None = None) -> list[LockedFile]:
+    """The wheels of the layers the store lacks: a rebuild fetches and hashes only these, not 3 GB of CUDA."""
+    layout = layout or VenvLayout(plan.lock.python)
+    return [wheel for spec in plan.layers if store.get(layer_key(spec, layout)) is None for wheel in spec.wheels]
+
+
 def make_layers(
     plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report, layout: VenvLayout | None = None
 ) -> list[Layer]:
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
     layout = layout or VenvLayout(plan.lock.python)
-    epoch = plan.lock.source_date_epoch
     if any(store.get(layer_key(spec, layout)) is None for spec in plan.layers):
         wheels = [(wheel.name, cache.require(wheel)) for wheel in plan.wheels]
         for overlap in find_overlaps(wheels, layout):
@@ -179,7 +197,7 @@ def make_layers(
                     (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
                     if plan.sbom:
                         (root / SBOM_PATH).write_text(plan.sbom, encoding="utf-8")
-                    return write_layer(root, out, epoch)
+                    return write_layer(root, out, spec.epoch)
                 if spec.label == "venv":
                     layout.skeleton(root)
                 if spec.label == "local":
@@ -187,7 +205,7 @@ def make_layers(
                         install_local(package, root, layout)
                 for wheel in spec.wheels:
                     install_wheel(cache.require(wheel), wheel.name, root, layout)
-                return write_layer(root, out, epoch, prefix=VENV.lstrip("/"))
+                return write_layer(root, out, spec.epoch, prefix=VENV.lstrip("/"))
 
         layers.append(store.put(key, made))
     return layers
@@ -234,26 +252,80 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_archive(out: BinaryIO, config: bytes, layer_tars: list[tuple[str, Path]]) -> str:
-    """Stream a docker-archive (what `docker load` reads) with the config and every layer; returns the image ID."""
+def write_archive(out: BinaryIO, config: bytes, layer_tars: list[tuple[str, Path]], held: int = 0) -> str:
+    """Stream a docker-archive (what `docker load` reads) with the config and the layers; returns the image ID.
+
+    The manifest lists every layer, but the first `held` layer tars are left out: the engine already holds
+    that stack (dockerd looks a layer up by chain ID before it opens its tar, and skips the tar when found), so
+    a rebuild sends only the layers that changed. An engine that lacks one of them refuses the archive, and
+    the caller sends the whole archive again.
+    """
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = [
-        {
-            "Config": f"{image_id.removeprefix('sha256:')}.json",
-            "RepoTags": None,
-            "Layers": [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id, _ in layer_tars],
-        }
-    ]
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-        _add_bytes(archive, f"{image_id.removeprefix('sha256:')}.json", config)
-        _add_bytes(archive, "manifest.json", json.dumps(manifest).encode())
-        for diff_id, tar in layer_tars:
-            archive.add(str(tar), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
+    manifest = archive_manifest(config, [diff_id for diff_id, _ in layer_tars])
+    # Written by hand, not through tarfile's stream mode: that re-slices its buffer in 10 KiB steps, which costs
+    # more than the engine's own work on GBs of layers. Each layer goes to the sink by sendfile when it can.
+    written = archive_member(out, f"{image_id.removeprefix('sha256:')}.json", config)
+    written += archive_member(out, "manifest.json", manifest)
+    for diff_id, tar in layer_tars[held:]:
+        written += _file_member(out, f"{diff_id.removeprefix('sha256:')}/layer.tar", tar)
+    archive_end(out, written)
     return image_id
 
 
-def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+def archive_manifest(config: bytes, diff_ids: list[str]) -> bytes:
+    """The manifest.json of a one-image docker-archive whose layers are at `<diff_id hex>/layer.tar`."""
+    image_hex = hashlib.sha256(config).hexdigest()
+    layers = [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id in diff_ids]
+    return json.dumps([{"Config": f"{image_hex}.json", "RepoTags": None, "Layers": layers}]).encode()
+
+
+def archive_header(name: str, size: int) -> bytes:
+    """A tar member's header (PAX, as every tar envlock writes)."""
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mode = 0o644
-    archive.addfile(info, fileobj=io.BytesIO(data))
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def archive_padding(size: int) -> bytes:
+    """The NULs that round a member's content up to a whole tar block."""
+    return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+
+
+def archive_member(out: BinaryIO, name: str, data: bytes) -> int:
+    """One member from bytes; returns the bytes written."""
+    chunk = archive_header(name, len(data)) + data + archive_padding(len(data))
+    out.write(chunk)
+    return len(chunk)
+
+
+def archive_end(out: BinaryIO, written: int) -> None:
+    """The end-of-archive blocks, padded to a whole record as tar does."""
+    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    out.write(end + tarfile.NUL * (-(written + len(end)) % tarfile.RECORDSIZE))
+    out.flush()
+
+
+def _file_member(out: BinaryIO, name: str, path: Path) -> int:
+    """A file's member: header, content (sendfile into a pipe or file, else 1 MiB copies), padding."""
+    with path.open("rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        header = archive_header(name, size)
+        out.write(header)
+        copied = 0
+        try:
+            target = out.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            target = -1
+        if target >= 0:
+            out.flush()
+            while copied < size and (sent := os.sendfile(target, source.fileno(), copied, size - copied)):
+                copied += sent
+        else:
+            while chunk := source.read(min(1 << 20, size - copied)):
+                out.write(chunk)
+                copied += len(chunk)
+    if copied != size:
+        raise OSError(f"{path} changed size while it was being archived")
+    out.write(archive_padding(size))
+    return len(header) + size + len(archive_padding(size))

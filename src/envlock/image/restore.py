@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from envlock.engine.docker import Engine
+from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import EngineError, RestoreError
+from envlock.image.plan import archive_end, archive_header, archive_manifest, archive_member, archive_padding
 from envlock.report import Report, silent
 
 
@@ -30,11 +29,6 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     if handle is None:
         raise RestoreError(f"the archive has no {name}")
     return handle
-
-
-def _stream(path: Path, sink: BinaryIO) -> None:
-    with path.open("rb") as source:
-        shutil.copyfileobj(source, sink, 1 << 20)
 
 
 def verify_archive(path: Path) -> str:
@@ -57,6 +51,75 @@ def verify_archive(path: Path) -> str:
     except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
         raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
     return "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+
+
+def load_archive(path: Path, image_id: str, engine: Engine) -> str:
+    """Load an archive's image in one read of it, verified on the way: no unverified byte is ever loaded.
+
+    The config must hash to `image_id` before anything is sent. The engine then gets an archive written here,
+    not the file's own: the config, each layer the engine lacks (hashed while streamed; the last chunk is held
+    back until the layer's digest matches its diff_id, so a tampered layer never even reaches the engine whole),
+    and, last, a manifest made from the config (no tags, no other images the file may carry). dockerd reads the
+    manifest only once the stream has ended: a stream cut short by a refusal has none, and loads nothing.
+    """
+    try:
+        with tarfile.open(path) as archive:  # headers only: contents are read below, once, and only if needed
+            config, names = _image_entry(archive, image_id, path)
+            diff_ids: list[str] = json.loads(config)["rootfs"]["diff_ids"]
+            if len(diff_ids) != len(names):
+                raise RestoreError(f"archive {path} lists {len(names)} layers for {len(diff_ids)} diff_ids")
+            held = engine.held_layers(diff_ids) if isinstance(engine, LayerHolder) else 0
+            members = [archive.getmember(name) for name in names]
+
+            def write(sink: BinaryIO) -> None:
+                written = archive_member(sink, f"{image_id.removeprefix('sha256:')}.json", config)
+                for index in range(held, len(diff_ids)):
+                    written += _verified_member(archive, members[index], diff_ids[index], sink, path)
+                written += archive_member(sink, "manifest.json", archive_manifest(config, diff_ids))
+                archive_end(sink, written)
+
+            loaded = engine.load(write)
+    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
+        raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
+    if loaded != image_id:  # cannot happen with a verified config; never leave a wrong image behind
+        engine.remove(loaded)
+        raise RestoreError(f"archive {path}: the engine loaded {loaded[:19]}, not {image_id[:19]}")
+    return loaded
+
+
+def _image_entry(archive: tarfile.TarFile, image_id: str, path: Path) -> tuple[bytes, list[str]]:
+    """The config whose sha256 is image_id, and the names of its layer members, from the archive's manifest."""
+    held = []
+    for entry in json.load(_member(archive, "manifest.json")):
+        config = _member(archive, entry["Config"]).read()
+        found = "sha256:" + hashlib.sha256(config).hexdigest()
+        if found == image_id:
+            return config, [str(name) for name in entry["Layers"]]
+        held.append(found[:19])
+    raise RestoreError(f"archive {path} holds image {', '.join(held) or 'none'}, not the recorded one")
+
+
+def _verified_member(
+    archive: tarfile.TarFile, member: tarfile.TarInfo, diff_id: str, sink: BinaryIO, path: Path
+) -> int:
+    """Stream one layer into the archive being loaded, refusing it before its last chunk if it is not diff_id."""
+    name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
+    header = archive_header(name, member.size)
+    sink.write(header)
+    digest = hashlib.sha256()
+    pending = b""
+    with _member(archive, member.name) as layer:
+        for chunk in iter(lambda: layer.read(1 << 20), b""):
+            sink.write(pending)
+            digest.update(chunk)
+            pending = chunk
+    if "sha256:" + digest.hexdigest() != diff_id:
+        raise RestoreError(
+            f"archive {path} is corrupt or tampered: layer {member.name} is not {diff_id[:19]}",
+            hint="use another copy of the archive, the registry, or a rebuild from the lock",
+        )
+    sink.write(pending + archive_padding(member.size))
+    return len(header) + member.size + len(archive_padding(member.size))
 
 
 def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
@@ -122,20 +185,14 @@ def _find(
         if not archive.is_file():
             tried.append(f"archive {archive}: missing")
             continue
-        report(f"verifying archive {archive}")
+        report(f"loading archive {archive} (verified while it loads)")
         try:
-            found = verify_archive(archive)
+            load_archive(archive, image_id, engine)
         except RestoreError as exc:  # a tampered archive is refused, by name, and the next source is tried
             report(f"refused: {exc.message}")
             tried.append(exc.message)
             continue
-        if found != image_id:
-            tried.append(f"archive {archive} holds image {found[:19]}, not the recorded one")
-            continue
-        loaded = engine.load(functools.partial(_stream, archive))
-        if loaded == image_id:
-            return Restored(image_id, f"archive {archive}")
-        tried.append(f"archive {archive}: the engine loaded {loaded[:19]}")
+        return Restored(image_id, f"archive {archive}")
     if rebuild is not None:
         report("rebuilding from the lock")
         rebuilt = rebuild()
