@@ -26,6 +26,7 @@ import pynvml
 from envlock.cluster.slurm import Command
 from envlock.engine.docker import ArchiveWriter, Engine
 from envlock.engine.launch import Launcher, LaunchSpec, Output
+from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import (
     DownloadError,
     EngineError,
@@ -437,6 +438,9 @@ class FakeLauncher(Launcher):
 
     def remove(self, name: str) -> None:
         self.removed.append(name)
+
+    def runtime(self) -> RuntimeInfo:
+        return RuntimeInfo("docker", "24.0.fake")
 
 
 @dataclass

@@ -41,7 +41,7 @@ def test_every_kind_of_record_is_kept_as_test_data() -> None:
         "v1-slurm-node1.json",
         "v1-slurm-queued.json",
     ]
-    assert RECORD_VERSION == 2 and all(v1(name)["record_version"] == 1 for name in V1)
+    assert RECORD_VERSION == 3 and all(v1(name)["record_version"] == 1 for name in V1)
 
 
 @pytest.mark.parametrize("name", V1)
@@ -49,7 +49,7 @@ def test_a_version_1_record_reads_and_writes_back_key_for_key(name: str) -> None
     data = v1(name)
     record = RunRecord.from_dict(data)
     written = json.loads(json.dumps(record.as_dict()))
-    assert written == {**data, "record_version": 2}, "the same keys and values; only the version moves"
+    assert written == {**data, "record_version": 3, "runtime": None}, "the same keys and values; the version moves"
     assert RunRecord.from_dict(written) == record
 
 
@@ -138,8 +138,8 @@ def test_a_record_that_is_not_a_table_is_refused(data: object) -> None:
 
 def test_a_newer_version_is_refused_with_a_hint_to_upgrade() -> None:
     with pytest.raises(RunRecordError) as refused:
-        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 3, "energy-kwh": 1.5})
-    assert "record version 3" in refused.value.message and "reads versions 1 to 2" in refused.value.message
+        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 4, "energy-kwh": 1.5})
+    assert "record version 4" in refused.value.message and "reads versions 1 to 3" in refused.value.message
     assert "upgrade envlock" in refused.value.hint
 
 
@@ -174,7 +174,7 @@ def test_runs_show_reads_the_records_an_earlier_envlock_wrote(
     assert "mlflow    http://127.0.0.1:5000/#/experiments/7/runs/" in out and "(sm_80)" in out
     assert cli(["runs", "-C", str(project), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["record_version"] for r in listed} == {2} and all(r["host"]["kernel"] for r in listed)
+    assert {r["record_version"] for r in listed} == {3} and all(r["host"]["kernel"] for r in listed)
 
 
 def test_a_record_of_the_wrong_shape_exits_21_without_a_traceback(

@@ -48,3 +48,10 @@ ArchiveOpt = Annotated[
 ]
 RunIdArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
 FileOutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: print to stdout).")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        help="What runs the image: docker, podman or charliecloud (default: [tool.envlock] runtime, else docker).",
+    ),
+]

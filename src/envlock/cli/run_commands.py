@@ -18,6 +18,7 @@ from envlock.cli.options import (
     NoMlflowOpt,
     OutputsOpt,
     ProjectOpt,
+    RuntimeOpt,
     SeedOpt,
 )
 from envlock.cli.root import CommandExited, app
@@ -37,6 +38,7 @@ def run_command(
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
@@ -47,6 +49,7 @@ def run_command(
 
     wiring = wiring_of(ctx)
     spec = load_spec(project)
+    wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
@@ -78,6 +81,7 @@ def reproduce_command(
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numbers in JSON/CSV outputs.")] = 0.0,
     archive: ArchiveOpt = None,
     force: ForceOpt = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Restore a run's image, re-run its command on its code with its seed, and compare the outputs."""
     from envlock.run.pinned import run_recorded  # noqa: PLC0415
@@ -87,6 +91,7 @@ def reproduce_command(
     wiring = wiring_of(ctx)
     store = RunStore(project)
     original = store.load(run_id)
+    wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
     request = rerun_request(original, force)
     lock_path = store.directory(original.run_id) / "envlock.lock"
     tools = wiring.run_tools()

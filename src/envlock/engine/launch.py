@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.engine.docker import translated
+from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
@@ -55,6 +56,10 @@ class Launcher(Protocol):
 
     def remove(self, name: str) -> None:
         """Remove a container by name if it exists (an orphan of a killed envlock)."""
+        ...
+
+    def runtime(self) -> RuntimeInfo:
+        """Which runtime this is and its version, for the run record."""
         ...
 
 
@@ -152,3 +157,9 @@ class DockerLauncher:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 return
+
+    def runtime(self) -> RuntimeInfo:
+        """Docker and the engine's version."""
+        with translated("ask Docker for its version"):
+            version = self.client.version().get("Version")
+        return RuntimeInfo("docker", str(version) if version else None)

@@ -9,11 +9,12 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
@@ -39,6 +40,7 @@ FIELDS = (
     "extra-index-urls",
     "registry",
     "outputs",
+    "runtime",
 )
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
@@ -62,6 +64,7 @@ class Spec:
     extra_index_urls: tuple[str, ...]
     registry: str | None
     outputs: tuple[str, ...] = ()  # files or directories a run produces, relative to the project; hashed per run
+    runtime: RuntimeName = "docker"  # what runs the image (not an input of the lock: the same image either way)
 
     @property
     def lock_path(self) -> Path:
@@ -282,6 +285,19 @@ def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str
     return str(index_url), tuple(extras)
 
 
+def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
+    """What runs the image by default (`envlock run --runtime` overrides it); not an input of the lock."""
+    runtime = table.get("runtime", "docker")
+    if runtime in RUNTIMES:
+        return cast("RuntimeName", runtime)
+    shown = runtime if isinstance(runtime, str) else repr(runtime)
+    problems.add(
+        "tool.envlock.runtime",
+        f"unknown runtime {runtime!r}{_did_you_mean(shown, RUNTIMES)}; supported: {', '.join(RUNTIMES)}",
+    )
+    return "docker"
+
+
 def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
     """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
     problems = _Problems(path, text)
@@ -321,6 +337,8 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         if Path(declared).is_absolute() or ".." in Path(declared).parts:
             problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
 
+    runtime = _runtime(table, problems)
+
     if problems.items:
         count = len(problems.items)
         raise SpecError(
@@ -341,4 +359,5 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         extra_index_urls=extra_index_urls,
         registry=registry,
         outputs=tuple(outputs),
+        runtime=runtime,
     )

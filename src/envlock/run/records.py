@@ -17,12 +17,13 @@ from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import ProjectLayout
 from envlock.run.hostprobe import HostState
-from envlock.run.schema import GitRecord, JobRecord, Table, TrackingRecord, read_host
+from envlock.run.schema import GitRecord, JobRecord, RuntimeRecord, Table, TrackingRecord, read_host
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
-RECORD_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: the runtime (docker, podman, charliecloud) and its version; older records read with runtime None (docker).
+RECORD_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
 
 
@@ -68,6 +69,7 @@ class RunRecord:
     scheduler: JobRecord | None = None  # a batch job's facts (envlock submit): kind, job id, options, node…
     error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
     tracking: TrackingRecord | None = None  # the MLflow run the metrics went to: uri (no credentials), run id
+    runtime: RuntimeRecord | None = None  # what ran the command and its version (None: not started; before v3)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class RunRecord:
             "host": self.host.as_dict() if self.host else {},
             "scheduler": self.scheduler.as_dict() if self.scheduler else None,
             "tracking": self.tracking.as_dict() if self.tracking else None,
+            "runtime": self.runtime.as_dict() if self.runtime else None,
         }
 
     @classmethod
@@ -106,7 +109,9 @@ class RunRecord:
         status = table.text("status")
         if status and status not in get_args(Status):
             problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
-        git, host, job, tracking = (table.part(key) for key in ("git", "host", "scheduler", "tracking"))
+        git, host, job, tracking, runtime = (
+            table.part(key) for key in ("git", "host", "scheduler", "tracking", "runtime")
+        )
         record = cls(
             run_id=table.text("run_id", _RUN_ID),
             status=cast("Status", status),
@@ -133,6 +138,7 @@ class RunRecord:
             scheduler=JobRecord.read(job) if job else None,
             error=table.optional_text("error"),
             tracking=TrackingRecord.read(tracking) if tracking else None,
+            runtime=RuntimeRecord.read(runtime) if runtime else None,
         )  # read in any known version, held (and written again) as the current one
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -18,7 +18,7 @@ from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.preflight import check_host, enforce
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.schema import GitRecord, JobRecord
+from envlock.run.schema import GitRecord, JobRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -148,6 +148,7 @@ def plan_run(
     tracked: bool,
     queued: RunRecord | None = None,
     environ: Mapping[str, str] = os.environ,
+    runtime: RuntimeRecord | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects."""
     stack = lock.target(platform).cuda
@@ -170,6 +171,7 @@ def plan_run(
         scheduler=queued.scheduler if queued else None,
         container=queued.container if queued else None,
     )
+    record = replace(record, runtime=runtime)
     launch = LaunchSpec(
         image_id=image.image_id,
         command=list(request.command),
@@ -235,7 +237,7 @@ def run_in_image(
     """
     plan = plan_run(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
-        tracked=tracking is not None, queued=queued,
+        tracked=tracking is not None, queued=queued, runtime=RuntimeRecord.of(launcher.runtime()),
     )  # fmt: skip
     tracked = None
     if tracking:
