@@ -137,9 +137,13 @@ class FakeBaseBuilder(BaseBuilder):
         self.recipes: list[Recipe] = []
         self.python_version = "3.11.2-1+b1"
         self.can_build = available
+        self.platforms = {"linux/amd64", "linux/arm64"}  # as on a machine with qemu's binfmt handlers
 
     def available(self) -> bool:
         return self.can_build
+
+    def builds_for(self, platform: str) -> bool:
+        return self.can_build and platform in self.platforms
 
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         self.builds += 1

@@ -21,7 +21,7 @@ from envlock.image.staging import VenvLayout
 from envlock.image.wheels import WheelCache
 from envlock.lock import recipes
 from envlock.lock.lockfile import Lock, TargetBase
-from envlock.lock.targets import ARCHITECTURES, host_platform
+from envlock.lock.targets import ARCHITECTURES
 from envlock.report import Progress, Report, no_progress, silent
 
 
@@ -63,11 +63,6 @@ class Builder:
     def assemble(self, plan: ImagePlan, scratch: Path, fresh: bool = False) -> Assembled:
         """The base, the verified wheels and every layer (reused by content key unless fresh)."""
         lock = plan.lock
-        if plan.platform != host_platform():
-            raise BuildError(
-                f"cannot build {plan.platform} images on this {host_platform()} host yet",
-                hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
-            )
         if recipes.is_image_reference(lock.base.name):
             upstream = base_mod.export_upstream(lock.base.name, self.engine, self.layers, scratch)
             check_upstream(upstream, plan, lock.target(plan.platform).base)
