@@ -18,7 +18,12 @@ RunsProjectOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 PlatformOpt = Annotated[
-    str | None, typer.Option("--platform", help="Only this platform, e.g. linux/amd64.", show_default=False)
+    str | None,
+    typer.Option(
+        "--platform",
+        help="Only this platform, e.g. linux/arm64 (`all`: every platform of the lock).",
+        show_default=False,
+    ),
 ]
 MlflowOpt = Annotated[
     str | None,

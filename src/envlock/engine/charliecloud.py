@@ -41,7 +41,7 @@ def _hex(image_id: str) -> str:
     return hex_id
 
 
-class _Hashing:
+class Hashing:
     """A read-only file object that hashes what is read through it."""
 
     def __init__(self, source: IO[bytes]) -> None:
@@ -101,7 +101,7 @@ def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str,
             diff_ids = config["rootfs"]["diff_ids"]
             for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
                 whiteouts: list[str] = []
-                hashing = _Hashing(_member(archive, name))
+                hashing = Hashing(_member(archive, name))
                 with tarfile.open(fileobj=hashing, mode="r|") as layer:  # type: ignore[call-overload]
                     whiteouts = [m.name for m in layer if Path(m.name).name.startswith(WHITEOUT)]
                 if hashing.drain() != diff_id:

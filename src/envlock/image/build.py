@@ -226,7 +226,10 @@ def build_and_push(
     plan = plan_image(lock, repository, platform)
     outcome = builder.build(plan, no_cache=no_cache)
     pushed = builder.push(plan, *push_to) if push_to else None
-    record_image(project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id, pushed=pushed)
+    record_image(
+        project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id,
+        pushed=pushed, platform=platform,
+    )  # fmt: skip
     return outcome, pushed
 
 

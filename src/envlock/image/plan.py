@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from envlock import __version__
+from envlock.image.catalog import platform_tag
 from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
 from envlock.image.wheels import WheelCache
@@ -113,7 +114,7 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         )
     lock_key = _key(lock.source_date_epoch, hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest())
     layers.append(LayerPlan("lock", (), lock_key))
-    return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers))
+    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers))
 
 
 def make_layers(
