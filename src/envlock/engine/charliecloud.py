@@ -28,7 +28,7 @@ from envlock.engine.runtimes import (
 )
 from envlock.errors import EngineError
 
-Export = Callable[[str, Path], None]  # image ID → a docker-archive of it written to the path
+Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _SKIPPED = (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)  # ch-run binds the host's /dev

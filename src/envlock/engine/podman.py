@@ -20,7 +20,7 @@ from envlock.engine.runtimes import (
 )
 from envlock.errors import EngineError
 
-Export = Callable[[str, Path], None]  # image ID → a docker-archive of it written to the path
+Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
 # Where Podman cannot raise its limits (a container or an unprivileged user namespace), runc fails with
 # "error setting rlimit type 7": ask for limits every such host allows.
 ULIMITS = ("--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")
