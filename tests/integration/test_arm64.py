@@ -28,7 +28,7 @@ def envlock(*args: str, project: Path) -> subprocess.CompletedProcess[str]:
 
 def built_id(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stderr
-    line = next(line for line in done.stdout.splitlines() if "linux/arm64" in line)
+    line = next(line for line in done.stdout.splitlines() if "-arm64 (" in line)
     return line.split("(")[1].split(")")[0]
 
 

@@ -63,23 +63,42 @@ def build(
         raise UsageError(
             "--push needs a registry", hint='set registry = "host[:port]/namespace" in [tool.envlock], or --registry'
         )
-    platforms = [t.platform for t in locked.targets] if platform == "all" else [platform or host_platform()]
-    bars, progress = _bars()
-    for chosen in platforms:
+    if platform == "all":
+        from envlock.image.multiarch import build_platforms  # noqa: PLC0415
+
+        bars, progress = _bars()
         with bars:
-            outcome, pushed = build_and_push(
+            images, index = build_platforms(
                 locked,
                 spec.name,
-                chosen,
+                [t.platform for t in locked.targets],
                 builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
                 project_dir=spec.project_dir,
                 no_cache=no_cache,
                 push_to=(wiring.registry(split_target(target)[0]), target) if target and (push or registry) else None,
             )
-        built = "built" if outcome.built else "already built:"
-        typer.echo(f"{built} {outcome.reference} ({outcome.image_id}) for {chosen}")
-        if pushed:
-            typer.echo(f"pushed {pushed}")
+        for image in images:
+            built = "built" if image.outcome.built else "already built:"
+            typer.echo(f"{built} {image.outcome.reference} ({image.outcome.image_id}) for {image.platform}")
+            if image.pushed:
+                typer.echo(f"pushed {image.pushed}")
+        if index:
+            typer.echo(f"pushed index {index}")
+        return
+    bars, progress = _bars()
+    with bars:
+        outcome, pushed = build_and_push(
+            locked,
+            spec.name,
+            platform or host_platform(),
+            builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
+            project_dir=spec.project_dir,
+            no_cache=no_cache,
+            push_to=(wiring.registry(split_target(target)[0]), target) if target and (push or registry) else None,
+        )
+    typer.echo(f"{'built' if outcome.built else 'already built:'} {outcome.reference} ({outcome.image_id})")
+    if pushed:
+        typer.echo(f"pushed {pushed}")
 
 
 @base_app.command("list")

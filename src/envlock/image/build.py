@@ -16,7 +16,7 @@ from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, write_archive
-from envlock.image.registry import Blob, Registry, push, split_target
+from envlock.image.registry import Blob, PlatformManifest, Registry, manifest_for, push, split_target
 from envlock.image.staging import VenvLayout
 from envlock.image.wheels import WheelCache
 from envlock.lock import recipes
@@ -156,6 +156,10 @@ class Builder:
 
     def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
         """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
+        return self.push_platform(plan, registry, target)[0]
+
+    def push_platform(self, plan: ImagePlan, registry: Registry, target: str) -> tuple[str, PlatformManifest]:
+        """`push`, also returning the manifest's entry for an image index."""
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,9 @@ class Builder:
             self.report(f"pushing {len(assembled.parts)} layers to {target}")
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
             pushed = push(registry, repository, plan.tag, assembled.config, blobs)
-        return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+            manifest = manifest_for(assembled.config, blobs)
+        entry = PlatformManifest(plan.platform, pushed.rsplit("@", 1)[1], len(manifest))
+        return f"{target.split('/', maxsplit=1)[0]}/{pushed}", entry
 
 
 def check_upstream(upstream: base_mod.UpstreamBase, plan: ImagePlan, pinned: TargetBase | None) -> None:

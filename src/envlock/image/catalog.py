@@ -45,7 +45,12 @@ def record_image(
     known = read_images(project_dir)
     entry = known.setdefault(lock_hash, {})
     if platform is not None:
-        entry.setdefault("platforms", {})[platform] = {"image-id": image_id, "reference": reference}
+        mine = entry.setdefault("platforms", {}).setdefault(platform, {})
+        if mine.get("image-id") != image_id:
+            mine.clear()
+        mine.update({"image-id": image_id, "reference": reference})
+        if pushed and pushed not in mine.setdefault("pushed", []):
+            mine["pushed"].append(pushed)
     if platform is not None and platform != host_platform():
         with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
             atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
@@ -54,6 +59,20 @@ def record_image(
     if pushed and pushed not in entry.setdefault("pushed", []):
         entry["pushed"].append(pushed)
     with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
+        atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def record_index(project_dir: Path, lock_hash: str, index: str) -> Path:
+    """Remember the image index pushed over a lock's per-platform images: as `index`, and among the host entry's
+    pushed digests (pulling it by digest gives the engine its own platform's image, checked by ID as any other)."""
+    path = ProjectLayout(project_dir).images
+    known = read_images(project_dir)
+    entry = known.setdefault(lock_hash, {})
+    entry["index"] = index
+    if index not in entry.setdefault("pushed", []):
+        entry["pushed"].append(index)
+    with no_space_is_an_error(f"recording the image index in {path}", (path.parent,)):
         atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
     return path
 
