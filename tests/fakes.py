@@ -195,6 +195,12 @@ class FakeRegistry(Registry):
 
     def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
         document = json.loads(manifest)
+        if "manifests" in document:  # an image index: every manifest it lists must be here already
+            if any((repository, m["digest"]) not in self.manifests for m in document["manifests"]):
+                raise RegistryError(f"the registry {self.host} would not store the index: MANIFEST_UNKNOWN")
+            digest = _sha256(manifest)
+            self.manifests[(repository, reference)] = self.manifests[(repository, digest)] = manifest
+            return digest
         for descriptor in [document["config"], *document["layers"]]:
             if not self.has_blob(repository, descriptor["digest"]):
                 raise RegistryError(

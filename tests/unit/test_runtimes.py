@@ -17,12 +17,14 @@ from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.podman import PodmanLauncher
 from envlock.engine.runtimes import Done, Output
-from envlock.errors import EngineError, SpecError
+from envlock.errors import EngineError, RegistryError, SpecError
 from envlock.image.catalog import platform_tag
 from envlock.image.portable import oci_archive
+from envlock.image.registry import Blob, PlatformManifest, index_for, manifest_for, push, push_index
 from envlock.lock.spec import Spec, parse_spec
 from envlock.run.records import RunRecord
 from envlock.run.schema import JobRequest, RuntimeRecord, Table
+from tests.fakes import FakeRegistry
 
 
 def layer(files: Mapping[str, bytes | None]) -> bytes:
@@ -248,3 +250,22 @@ def test_the_record_names_its_runtime_and_a_job_its_requested_one() -> None:
 def test_platform_tags_keep_amd64_as_it_was() -> None:
     assert platform_tag("3f9a1c2b4d5e", "linux/amd64") == "3f9a1c2b4d5e"
     assert platform_tag("3f9a1c2b4d5e", "linux/arm64") == "3f9a1c2b4d5e-arm64"
+
+
+def test_the_image_index_lists_each_platform_once_sorted_and_needs_its_manifests() -> None:
+    registry = FakeRegistry()
+    layer_blob = Blob("sha256:" + hashlib.sha256(b"x").hexdigest(), 1, data=b"x")
+    entries = []
+    for platform in ("linux/arm64", "linux/amd64"):
+        config = json.dumps({"architecture": platform[6:]}).encode()
+        ref = push(registry, "team/app", f"t-{platform[6:]}", config, [layer_blob])
+        size = len(manifest_for(config, [layer_blob]))
+        entries.append(PlatformManifest(platform, ref.split("@")[1], size))
+    index = json.loads(index_for(entries))
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert index_for(entries) == index_for(entries[::-1]), "the same bytes whatever the build order"
+    pushed = push_index(registry, "team/app", "h-index", entries)
+    assert pushed == "team/app@sha256:" + hashlib.sha256(index_for(entries)).hexdigest()
+    with pytest.raises(RegistryError):
+        push_index(registry, "team/app", "h-index", [PlatformManifest("linux/amd64", "sha256:" + "1" * 64, 10)])
