@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +145,27 @@ def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
     assert record["scheduler"]["request"]["runtime"] == runtime and record["scheduler"]["node"]
     assert record["host"] and record["git"]["commit"] and record["ended"]
     assert record["outputs"] == reference["outputs"] and record["image_id"] == reference["image_id"]
+
+
+def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(
+    digits: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    project, reference = digits
+    for kind, suffix in (("enroot", "sqsh"), ("apptainer", "tar")):
+        outputs = [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)]
+        for out in outputs:
+            done = envlock("export", kind, "-o", str(out), project=project)
+            assert done.returncode == 0, done.stderr
+            assert reference["image_id"] in done.stdout
+        assert outputs[0].read_bytes() == outputs[1].read_bytes(), f"{kind}: two exports, the same bytes"
+    listed = subprocess.run(["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False)
+    assert "squashfs-root/opt/envlock/venv/bin/python" in listed.stdout and "squashfs-root/work" in listed.stdout
+    with tarfile.open(tmp_path / "apptainer-1.tar") as oci:
+        index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest = json.load(oci.extractfile("blobs/sha256/" + index["manifests"][0]["digest"][7:]))  # type: ignore[arg-type]
+        assert manifest["config"]["digest"] == reference["image_id"]
+        assert all(f"blobs/sha256/{layer['digest'][7:]}" in oci.getnames() for layer in manifest["layers"])
+    assert (
+        "apptainer build apptainer-1.sif oci-archive://"
+        in envlock("export", "apptainer", "-o", str(tmp_path / "apptainer-1.tar"), project=project).stdout
+    )
