@@ -147,6 +147,11 @@ def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
     assert record["outputs"] == reference["outputs"] and record["image_id"] == reference["image_id"]
 
 
+def export(kind: str, out: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    args = [ENVLOCK, "export", kind, "-C", str(project), "-o", str(out)]
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
 def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(
     digits: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -154,11 +159,13 @@ def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(
     for kind, suffix in (("enroot", "sqsh"), ("apptainer", "tar")):
         outputs = [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)]
         for out in outputs:
-            done = envlock("export", kind, "-o", str(out), project=project)
+            done = export(kind, out, project)
             assert done.returncode == 0, done.stderr
             assert reference["image_id"] in done.stdout
         assert outputs[0].read_bytes() == outputs[1].read_bytes(), f"{kind}: two exports, the same bytes"
-    listed = subprocess.run(["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False)
+    listed = subprocess.run(
+        ["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False
+    )
     assert "squashfs-root/opt/envlock/venv/bin/python" in listed.stdout and "squashfs-root/work" in listed.stdout
     with tarfile.open(tmp_path / "apptainer-1.tar") as oci:
         index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
