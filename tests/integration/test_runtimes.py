@@ -174,5 +174,5 @@ def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(
         assert all(f"blobs/sha256/{layer['digest'][7:]}" in oci.getnames() for layer in manifest["layers"])
     assert (
         "apptainer build apptainer-1.sif oci-archive://"
-        in envlock("export", "apptainer", "-o", str(tmp_path / "apptainer-1.tar"), project=project).stdout
+        in export("apptainer", tmp_path / "apptainer-1.tar", project).stdout
     )
