@@ -22,10 +22,26 @@ command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+# linux/arm64 images on an amd64 machine: the arm64 base is built by mmdebstrap under qemu's binfmt handler.
+command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+command -v update-binfmts >/dev/null 2>&1 || missing+=(binfmt-support)
+command -v arch-test >/dev/null 2>&1 || missing+=(arch-test)
+# Runtimes without Docker (envlock run/submit --runtime podman|charliecloud) and `envlock export enroot`.
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v ch-run >/dev/null 2>&1 || missing+=(charliecloud-runtime)
+command -v mksquashfs >/dev/null 2>&1 || missing+=(squashfs-tools)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# qemu's handlers are registered through binfmt_misc, which a container or a fresh machine may not have mounted.
+if [ "$(uname -m)" != aarch64 ]; then
+  if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
+    "${sudo_cmd[@]}" mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "setup: cannot mount binfmt_misc"
+  fi
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || "${sudo_cmd[@]}" update-binfmts --enable qemu-aarch64 || true
 fi
 
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

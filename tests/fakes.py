@@ -26,6 +26,7 @@ import pynvml
 from envlock.cluster.slurm import Command
 from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo
 from envlock.engine.launch import Launcher, LaunchSpec, Output
+from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import (
     DownloadError,
     EngineError,
@@ -136,9 +137,13 @@ class FakeBaseBuilder(BaseBuilder):
         self.recipes: list[Recipe] = []
         self.python_version = "3.11.2-1+b1"
         self.can_build = available
+        self.platforms = {"linux/amd64", "linux/arm64"}  # as on a machine with qemu's binfmt handlers
 
     def available(self) -> bool:
         return self.can_build
+
+    def builds_for(self, platform: str) -> bool:
+        return self.can_build and platform in self.platforms
 
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         self.builds += 1
@@ -489,6 +494,9 @@ class FakeLauncher(Launcher):
 
     def remove(self, name: str) -> None:
         self.removed.append(name)
+
+    def runtime(self) -> RuntimeInfo:
+        return RuntimeInfo("docker", "24.0.fake")
 
 
 def _read_as_mounted(spec: LaunchSpec, name: str) -> bytes | None:

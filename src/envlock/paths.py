@@ -50,6 +50,11 @@ class CacheLayout:
         """Temporary work (image assembly, upstream exports), swept when stale."""
         return self.root / "tmp"
 
+    @property
+    def charliecloud(self) -> Path:
+        """Image directories for Charliecloud's ch-run, one per image ID."""
+        return self.root / "charliecloud"
+
 
 @dataclass(frozen=True)
 class ProjectLayout:

@@ -45,8 +45,9 @@ def test_sbom_bytes_are_pinned(example: str, platform: str, digest: str) -> None
     [
         ("digits", "linux/amd64", None, "43a54dadc3ad6d74fa6fb78c7b9459fa6afa307c1e4e38f788ce66bbf25b10fc"),
         ("digits", "linux/amd64", PUSHED, "9760d56210a8d844b592220253b2fc64170c96eec6bf1bb8bc3b8d559b0a2518"),
-        ("digits", "linux/arm64", None, "919befb118e2ce3f492a3d2e40d61cd34f60100eb1eb034dd170b6f4916a0d91"),
-        ("digits", "linux/arm64", PUSHED, "4c094f7d77ce0494e0b449ea2a12060c5fe0c3fb56017f8bca95438df703d40a"),
+        # arm64 images are tagged <hash>-arm64 since platform-specific tags came in: the reference in the statement moved.
+        ("digits", "linux/arm64", None, "c9d9f5c7935165287d9f61f0a28243c82c9c449ee8e8ee67e3e3870cf0637f27"),
+        ("digits", "linux/arm64", PUSHED, "ae11cef166af371c35c34b3591a25a4e92105f5386c09b850f000651fd10d57c"),
         ("torch-gpu", "linux/amd64", None, "e9d890a1c842cda07b2aceb7dc52081454a58b7ac635a6a82b0c1caaa039ae15"),
         ("torch-gpu", "linux/amd64", PUSHED, "0bf2887fd241573355f5b5992afd4bc394cdbcfd2b9bceb1c7c9120b1434c366"),
     ],

@@ -41,7 +41,7 @@ def test_every_kind_of_record_is_kept_as_test_data() -> None:
         "v1-slurm-node1.json",
         "v1-slurm-queued.json",
     ]
-    assert RECORD_VERSION == 3 and all(v1(name)["record_version"] == 1 for name in V1)
+    assert RECORD_VERSION == 4 and all(v1(name)["record_version"] == 1 for name in V1)
 
 
 @pytest.mark.parametrize("name", V1)
@@ -52,7 +52,9 @@ def test_a_version_1_record_reads_and_writes_back_key_for_key(name: str) -> None
     # Version 3's fields: unknown then.
     added: dict[str, Any] = {"declared_outputs": [], "inputs": None, "gpus": None, "log_sha256": None}
     git = {**data["git"], "untracked-saved": {}, "untracked-skipped": {}} if data["git"] else {}
-    assert written == {**data, **added, "git": git, "record_version": 3}, "the same keys and values, version 3's added"
+    assert written == {**data, **added, "git": git, "record_version": 4, "runtime": None}, (
+        "the same keys and values, versions 3 and 4's added"
+    )
     assert RunRecord.from_dict(written) == record
 
 
@@ -141,8 +143,8 @@ def test_a_record_that_is_not_a_table_is_refused(data: object) -> None:
 
 def test_a_newer_version_is_refused_with_a_hint_to_upgrade() -> None:
     with pytest.raises(RunRecordError) as refused:
-        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 4, "energy-kwh": 1.5})
-    assert "record version 4" in refused.value.message and "reads versions 1 to 3" in refused.value.message
+        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 5, "energy-kwh": 1.5})
+    assert "record version 5" in refused.value.message and "reads versions 1 to 4" in refused.value.message
     assert "upgrade envlock" in refused.value.hint
 
 
@@ -177,7 +179,7 @@ def test_runs_show_reads_the_records_an_earlier_envlock_wrote(
     assert "mlflow    http://127.0.0.1:5000/#/experiments/7/runs/" in out and "(sm_80)" in out
     assert cli(["runs", "-C", str(project), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["record_version"] for r in listed} == {3} and all(r["host"]["kernel"] for r in listed)
+    assert {r["record_version"] for r in listed} == {4} and all(r["host"]["kernel"] for r in listed)
 
 
 def test_a_record_of_the_wrong_shape_exits_21_without_a_traceback(

@@ -18,6 +18,7 @@ from envlock.cli.options import (
     OutputsOpt,
     PlatformOpt,
     ProjectOpt,
+    RuntimeOpt,
     SeedOpt,
 )
 from envlock.cli.root import CommandExited, app, export_app
@@ -54,6 +55,7 @@ def submit_command(
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Submit a batch job that runs a command in the lock's image on a cluster node, with a run record.
 
@@ -73,13 +75,22 @@ def submit_command(
     sbatch = sbatch_options_of(wiring.sbatch_args)
     wiring.slurm.ping()
     spec = load_spec(project)
+    chosen = wiring.choose_runtime(runtime, spec.runtime)
     outputs = tuple(dict.fromkeys(project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))))
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
     request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
     record = submit_project(
-        spec, locked, request, sbatch, settings, slurm=wiring.slurm, tools=wiring.run_tools(), python=sys.executable
+        spec,
+        locked,
+        request,
+        sbatch,
+        settings,
+        slurm=wiring.slurm,
+        tools=wiring.run_tools(),
+        python=sys.executable,
+        runtime=chosen,
     )
     typer.echo(f"run {record.run_id}: queued as Slurm job {record.scheduler.job_id if record.scheduler else '-'}")
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
@@ -123,6 +134,7 @@ def run_submitted_command(
 
     def start(queued: RunRecord, target: RunStore) -> RunRecord:
         role = node_role(environ, wiring.slurm)
+        wiring.choose_runtime(None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker")
         # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
         return run_recorded(

@@ -18,7 +18,12 @@ RunsProjectOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 PlatformOpt = Annotated[
-    str | None, typer.Option("--platform", help="Only this platform, e.g. linux/amd64.", show_default=False)
+    str | None,
+    typer.Option(
+        "--platform",
+        help="Only this platform, e.g. linux/arm64 (`all`: every platform of the lock).",
+        show_default=False,
+    ),
 ]
 MlflowOpt = Annotated[
     str | None,
@@ -54,3 +59,10 @@ ArchiveOpt = Annotated[
 ]
 RunIdArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
 FileOutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: print to stdout).")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        help="What runs the image: docker, podman or charliecloud (default: [tool.envlock] runtime, else docker).",
+    ),
+]

@@ -21,6 +21,7 @@ from envlock.cli.options import (
     NoMlflowOpt,
     OutputsOpt,
     ProjectOpt,
+    RuntimeOpt,
     SeedOpt,
 )
 from envlock.cli.root import CommandExited, app
@@ -41,6 +42,7 @@ def run_command(
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
     key: KeyOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
@@ -52,6 +54,7 @@ def run_command(
     wiring = wiring_of(ctx)
     signer = signing_key(wiring, key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
+    wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
@@ -85,6 +88,7 @@ def reproduce_command(
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numbers in JSON/CSV outputs.")] = 0.0,
     archive: ArchiveOpt = None,
     force: ForceOpt = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
@@ -99,6 +103,7 @@ def reproduce_command(
         return
     store = RunStore(project)
     original = store.load(run_id)
+    wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
     request = rerun_request(original, force)
     lock_path = store.directory(original.run_id) / "envlock.lock"
     tools = wiring.run_tools()

@@ -62,6 +62,7 @@ class Wiring:
     sbatch_args: list[str] = field(default_factory=list)
     submit_command: list[str] = field(default_factory=list)
     runs_project: Path | None = None
+    runtime: str = "docker"  # docker, podman or charliecloud: chosen per invocation (--runtime, the spec, a job)
 
     @property
     def cache(self) -> CacheLayout:
@@ -79,17 +80,38 @@ class Wiring:
 
     @property
     def launcher(self) -> Launcher:
-        """What starts containers for runs."""
+        """What starts containers for runs: the chosen runtime (Podman and Charliecloud get the image from a
+        verified export of the engine's copy, once)."""
         if self.launcher_ is None:
-            from envlock.engine.docker import DockerEngine  # noqa: PLC0415
-            from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+            if self.runtime == "podman":
+                from envlock.engine.podman import PodmanLauncher  # noqa: PLC0415
 
-            engine = self.engine
-            client = engine.client if isinstance(engine, DockerEngine) else None
-            self.launcher_ = DockerLauncher(
-                client if client is not None else DockerEngine().client, bytecode_root=self.cache.bytecode
-            )
+                self.launcher_ = PodmanLauncher(self.engine.save, self.cache.scratch)
+            elif self.runtime == "charliecloud":
+                from envlock.engine.charliecloud import CharliecloudLauncher  # noqa: PLC0415
+
+                self.launcher_ = CharliecloudLauncher(self.cache.charliecloud, self.engine.save)
+            else:
+                from envlock.engine.docker import DockerEngine  # noqa: PLC0415
+                from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+
+                engine = self.engine
+                client = engine.client if isinstance(engine, DockerEngine) else None
+                self.launcher_ = DockerLauncher(
+                    client if client is not None else DockerEngine().client, bytecode_root=self.cache.bytecode
+                )
         return self.launcher_
+
+    def choose_runtime(self, given: str | None, configured: str = "docker") -> str:
+        """The runtime for this invocation: --runtime, else [tool.envlock] runtime (or a job's), else docker."""
+        from envlock.engine.runtimes import RUNTIMES  # noqa: PLC0415
+        from envlock.errors import UsageError  # noqa: PLC0415
+
+        chosen = given or configured
+        if chosen not in RUNTIMES:
+            raise UsageError(f"unknown runtime {chosen!r}", hint=f"use --runtime {' | '.join(RUNTIMES)}")
+        self.runtime = chosen
+        return chosen
 
     @property
     def slurm(self) -> Slurm:

@@ -56,12 +56,15 @@ class Submission:
     sbatch_options: tuple[str, ...]
     job_name: str
     tracking: TrackingSettings | None = None  # MLflow: uri, experiment, reuse (the node starts the run)
+    runtime: str | None = None  # what the nodes run the image with (None: docker)
 
 
-def request_facts(request: RunRequest, tracking: TrackingSettings | None = None) -> JobRequest:
+def request_facts(
+    request: RunRequest, tracking: TrackingSettings | None = None, runtime: str | None = None
+) -> JobRequest:
     """The parts of a request the node needs that the record does not already hold (the URI without credentials)."""
     mlflow = TrackingRequest(redact(tracking.uri), tracking.experiment, tracking.reuse) if tracking else None
-    return JobRequest(request.outputs, request.force, request.gpus, mlflow)
+    return JobRequest(request.outputs, request.force, request.gpus, mlflow, runtime)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def submit_run(
         job_id=None,
         options=submission.sbatch_options,
         submitted=now(),
-        request=request_facts(request, submission.tracking),
+        request=request_facts(request, submission.tracking, submission.runtime),
         submit_host=socket.gethostname(),
     )
     record = new_record(
@@ -357,6 +360,7 @@ def submit_project(
     slurm: Slurm,
     tools: RunTools,
     python: str,
+    runtime: str | None = None,
 ) -> RunRecord:
     """`envlock submit --slurm`: the lock's image found or built here, then the run queued; each node's task runs
     `python -m envlock run-submitted RUN` with the same interpreter (a venv shared with the nodes)."""
@@ -377,7 +381,7 @@ def submit_project(
         lock,
         spec.lock_path.read_text(encoding="utf-8"),
         host_platform(),
-        Submission(request, sbatch, f"envlock-{spec.name}", tracking),
+        Submission(request, sbatch, f"envlock-{spec.name}", tracking, runtime),
         project_dir=project_dir,
         image=image,
         store=RunStore(spec.project_dir),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.engine.docker import translated
+from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
@@ -69,6 +70,10 @@ class Launcher(Protocol):
 
     def remove(self, name: str) -> None:
         """Remove a container by name if it exists (an orphan of a killed envlock)."""
+        ...
+
+    def runtime(self) -> RuntimeInfo:
+        """Which runtime this is and its version, for the run record."""
         ...
 
 
@@ -221,6 +226,12 @@ class DockerLauncher:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 return
+
+    def runtime(self) -> RuntimeInfo:
+        """Docker and the engine's version."""
+        with translated("ask Docker for its version"):
+            version = self.client.version().get("Version")
+        return RuntimeInfo("docker", str(version) if version else None)
 
 
 def _remove_quietly(container: Any) -> None:

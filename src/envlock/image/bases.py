@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from envlock.engine.docker import Engine
     from envlock.image.layers import LayerStore
 from envlock.lock.recipes import Recipe
+from envlock.lock.targets import emulated, host_platform
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class BaseBuilder(Protocol):
         """Write the root filesystem of recipe for platform into out."""
         ...
 
+    def builds_for(self, platform: str) -> bool:
+        """Whether it can build `platform`'s root filesystem here (a foreign one needs emulation)."""
+        ...
+
 
 class MmdebstrapBuilder:
     """BaseBuilder through mmdebstrap from the Debian mirror, under the recipe's SOURCE_DATE_EPOCH."""
@@ -85,12 +90,22 @@ class MmdebstrapBuilder:
         """mmdebstrap is installed."""
         return shutil.which("mmdebstrap") is not None
 
+    def builds_for(self, platform: str) -> bool:
+        """mmdebstrap runs a foreign architecture's maintainer scripts under qemu's binfmt handler."""
+        return self.available() and emulated(platform)
+
     def build(self, recipe: Recipe, platform: str, out: Path) -> None:
         """Run mmdebstrap; its output is bit-identical for the same mirror state."""
         if shutil.which("mmdebstrap") is None:
             raise BuildError(
                 "mmdebstrap is not installed: envlock builds its Debian bases with it",
                 hint="sudo apt-get install mmdebstrap (or run bash scripts/setup.sh)",
+            )
+        if not emulated(platform):
+            raise BuildError(
+                f"this {host_platform()} machine cannot run {platform} programs, which building its base needs",
+                hint="install qemu-user-static, binfmt-support and arch-test and mount binfmt_misc "
+                f"(bash scripts/setup.sh does), or build on a {platform} machine",
             )
         arch = {"linux/amd64": "amd64", "linux/arm64": "arm64"}[platform]
         command = [
@@ -121,6 +136,10 @@ class BaseStore:
     def available(self) -> bool:
         """Whether this store can build bases here (its builder's tool is installed)."""
         return self.builder.available()
+
+    def builds_for(self, platform: str) -> bool:
+        """Whether this store can build `platform`'s base here."""
+        return self.builder.builds_for(platform)
 
     def get(self, recipe: Recipe, platform: str) -> BuiltBase | None:
         """A built base, or None."""

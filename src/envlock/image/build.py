@@ -16,12 +16,12 @@ from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, wheels_to_make, write_archive
-from envlock.image.registry import Blob, Registry, push, split_target
+from envlock.image.registry import Blob, PlatformManifest, Registry, manifest_for, push, split_target
 from envlock.image.staging import VenvLayout
 from envlock.image.wheels import WheelCache
 from envlock.lock import recipes
 from envlock.lock.lockfile import Lock, TargetBase
-from envlock.lock.targets import ARCHITECTURES, host_platform
+from envlock.lock.targets import ARCHITECTURES
 from envlock.report import Progress, Report, no_progress, silent
 
 
@@ -63,11 +63,6 @@ class Builder:
     def assemble(self, plan: ImagePlan, scratch: Path, fresh: bool = False) -> Assembled:
         """The base, the verified wheels and every layer (reused by content key unless fresh)."""
         lock = plan.lock
-        if plan.platform != host_platform():
-            raise BuildError(
-                f"cannot build {plan.platform} images on this {host_platform()} host yet",
-                hint=f"build on a {plan.platform} machine, or pass --platform {host_platform()}",
-            )
         if recipes.is_image_reference(lock.base.name):
             upstream = base_mod.export_upstream(lock.base.name, self.engine, self.layers, scratch)
             check_upstream(upstream, plan, lock.target(plan.platform).base)
@@ -181,6 +176,10 @@ class Builder:
 
     def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
         """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
+        return self.push_platform(plan, registry, target)[0]
+
+    def push_platform(self, plan: ImagePlan, registry: Registry, target: str) -> tuple[str, PlatformManifest]:
+        """`push`, also returning the manifest's entry for an image index."""
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -189,7 +188,9 @@ class Builder:
             self.report(f"pushing {len(assembled.parts)} layers to {target}")
             blobs = [Blob(diff_id, tar.stat().st_size, path=tar) for diff_id, tar in assembled.parts]
             pushed = push(registry, repository, plan.tag, assembled.config, blobs)
-        return f"{target.split('/', maxsplit=1)[0]}/{pushed}"
+            manifest = manifest_for(assembled.config, blobs)
+        entry = PlatformManifest(plan.platform, pushed.rsplit("@", 1)[1], len(manifest))
+        return f"{target.split('/', maxsplit=1)[0]}/{pushed}", entry
 
 
 def check_upstream(upstream: base_mod.UpstreamBase, plan: ImagePlan, pinned: TargetBase | None) -> None:
@@ -251,7 +252,10 @@ def build_and_push(
     plan = plan_image(lock, repository, platform)
     outcome = builder.build(plan, no_cache=no_cache)
     pushed = builder.push(plan, *push_to) if push_to else None
-    record_image(project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id, pushed=pushed)
+    record_image(
+        project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id,
+        pushed=pushed, platform=platform,
+    )  # fmt: skip
     return outcome, pushed
 
 

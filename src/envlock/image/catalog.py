@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envlock.fsutil import atomic_write_text, no_space_is_an_error, read_json
+from envlock.lock.targets import host_platform
 from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
@@ -22,17 +23,56 @@ def read_images(project_dir: Path) -> dict[str, Any]:
     return dict(known) if isinstance(known, dict) else {}
 
 
+def platform_tag(short_hash: str, platform: str) -> str:
+    """A lock's image tag for a platform: the lock-hash prefix for linux/amd64 (as always), with the architecture
+    appended for the others (`3f9a1c2b4d5e-arm64`): one engine holds both without one tag stealing the other's."""
+    return short_hash if platform == "linux/amd64" else f"{short_hash}-{platform.rsplit('/', 1)[-1]}"
+
+
 def record_image(
-    project_dir: Path, lock_hash: str, image_id: str, reference: str, base: str, *, pushed: str | None = None
+    project_dir: Path,
+    lock_hash: str,
+    image_id: str,
+    reference: str,
+    base: str,
+    *,
+    pushed: str | None = None,
+    platform: str | None = None,
 ) -> Path:
-    """Remember, in the project's .envlock/images.json, which image (and registry digest) a lock gave."""
+    """Remember, in the project's .envlock/images.json, which image (and registry digest) a lock gave. The host
+    platform's image is the entry's own (what `run` uses here); every platform's is kept under `platforms`."""
     path = ProjectLayout(project_dir).images
     known = read_images(project_dir)
     entry = known.setdefault(lock_hash, {})
+    if platform is not None:
+        mine = entry.setdefault("platforms", {}).setdefault(platform, {})
+        if mine.get("image-id") != image_id:
+            mine.clear()
+        mine.update({"image-id": image_id, "reference": reference})
+        if pushed and pushed not in mine.setdefault("pushed", []):
+            mine["pushed"].append(pushed)
+    if platform is not None and platform != host_platform():
+        with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
+            atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+        return path
     entry.update({"image-id": image_id, "reference": reference, "base": base})
     if pushed and pushed not in entry.setdefault("pushed", []):
         entry["pushed"].append(pushed)
     with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
+        atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def record_index(project_dir: Path, lock_hash: str, index: str) -> Path:
+    """Remember the image index pushed over a lock's per-platform images: as `index`, and among the host entry's
+    pushed digests (pulling it by digest gives the engine its own platform's image, checked by ID as any other)."""
+    path = ProjectLayout(project_dir).images
+    known = read_images(project_dir)
+    entry = known.setdefault(lock_hash, {})
+    entry["index"] = index
+    if index not in entry.setdefault("pushed", []):
+        entry["pushed"].append(index)
+    with no_space_is_an_error(f"recording the image index in {path}", (path.parent,)):
         atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from envlock import __version__
+from envlock.image.catalog import platform_tag
 from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.sbom import SBOM_PATH, sbom_json
 from envlock.image.staging import (
@@ -144,7 +145,7 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         hashlib.sha256(sbom.encode()).hexdigest(),
     )
     layers.append(LayerPlan("lock", (), lock_key, lock.source_date_epoch))
-    return ImagePlan(repository, lock.short_hash, platform, lock, tuple(layers), sbom)
+    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers), sbom)
 
 
 def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:

@@ -226,3 +226,37 @@ def push(registry: Registry, repository: str, tag: str, config: bytes, layers: l
     if digest != _digest(manifest):
         raise RegistryError(f"the registry reports digest {digest} for a manifest whose digest is {_digest(manifest)}")
     return f"{repository}@{digest}"
+
+
+@dataclass(frozen=True)
+class PlatformManifest:
+    """One platform's pushed manifest, as an image index lists it."""
+
+    platform: str  # "linux/arm64"
+    digest: str
+    size: int
+
+
+def index_for(manifests: list[PlatformManifest]) -> bytes:
+    """The canonical OCI image index over per-platform manifests (sorted by platform: the same bytes anywhere)."""
+    entries = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": m.digest,
+            "size": m.size,
+            "platform": {"os": m.platform.split("/")[0], "architecture": m.platform.split("/")[1]},
+        }
+        for m in sorted(manifests, key=lambda m: m.platform)
+    ]
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def push_index(registry: Registry, repository: str, tag: str, manifests: list[PlatformManifest]) -> str:
+    """Push the index over manifests already in the registry; returns `repository@sha256:…` (the index's digest)."""
+    index = index_for(manifests)
+    digest = registry.put_manifest(repository, tag, index, OCI_INDEX)
+    if digest != _digest(index):
+        raise RegistryError(f"the registry reports digest {digest} for an index whose digest is {_digest(index)}")
+    return f"{repository}@{digest}"

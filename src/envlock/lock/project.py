@@ -132,14 +132,24 @@ def _pinned_base(
     """Pin the base's bytes and Debian packages: the upstream image's, or a recipe base this host builds."""
     if image is not None:
         return TargetBase(image.image_id, image.packages) if image.architecture == ARCHITECTURES[platform] else None
-    if bases is None or base.kind != "recipe" or platform != host_platform():
+    if bases is None or base.kind != "recipe":
         return None
     recipe = recipes.load_recipe(base.name).including(spec.system_packages)
     if bases.get(recipe, platform) is None:
         if not bases.available():
             report(f"warning: mmdebstrap is not installed, so the {recipe.name} base is not pinned in the lock")
             return None
-        report(f"building base {recipe.name} for {platform} with mmdebstrap (once per machine, ~20 s)")
+        if not bases.builds_for(platform):
+            report(
+                f"note: this {host_platform()} machine cannot run {platform} programs (no qemu binfmt handler), "
+                f"so the {platform} base is not pinned in the lock"
+            )
+            return None
+        native = platform == host_platform()
+        report(
+            f"building base {recipe.name} for {platform} with mmdebstrap "
+            f"(once per machine, {'~20 s' if native else '~75 s under emulation'})"
+        )
     built = bases.ensure(recipe, platform)
     return TargetBase(built.diff_id, built.packages)
 

@@ -105,6 +105,10 @@ class BaseStoreView(Protocol):
         """Whether bases can be built on this machine (mmdebstrap installed)."""
         ...
 
+    def builds_for(self, platform: str) -> bool:
+        """Whether this machine can build `platform`'s base (natively or under emulation)."""
+        ...
+
     def get(self, recipe: Recipe, platform: str) -> BuiltView | None:
         """The built base, or None."""
         ...

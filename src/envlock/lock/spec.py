@@ -9,11 +9,12 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
@@ -43,6 +44,7 @@ FIELDS = (
     "outputs",
     "inputs",
     "untracked-max-bytes",
+    "runtime",
 )
 # The untracked files a run keeps copies of, in total, unless [tool.envlock] untracked-max-bytes says otherwise.
 UNTRACKED_MAX_BYTES = 50_000_000
@@ -76,6 +78,7 @@ class Spec:
     constraints: tuple[str, ...] = ()
     # The project's own package and path dependencies inside it: installed from the mounted code.
     local_packages: tuple[LocalPackage, ...] = ()
+    runtime: RuntimeName = "docker"  # what runs the image (not an input of the lock: the same image either way)
 
     @property
     def lock_path(self) -> Path:
@@ -333,6 +336,19 @@ def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str]
     return run_inputs, cap
 
 
+def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
+    """What runs the image by default (`envlock run --runtime` overrides it); not an input of the lock."""
+    runtime = table.get("runtime", "docker")
+    if runtime in RUNTIMES:
+        return cast("RuntimeName", runtime)
+    shown = runtime if isinstance(runtime, str) else repr(runtime)
+    problems.add(
+        "tool.envlock.runtime",
+        f"unknown runtime {runtime!r}{_did_you_mean(shown, RUNTIMES)}; supported: {', '.join(RUNTIMES)}",
+    )
+    return "docker"
+
+
 def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
     """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
     problems = _Problems(path, text)
@@ -350,6 +366,7 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     registry = _registry(table, problems)
     outputs = _outputs(table, problems)
     run_inputs, untracked_max_bytes = _run_settings(table, problems)
+    runtime = _runtime(table, problems)
     _raise_problems(problems, path)
     return Spec(
         project_dir=project_dir,
@@ -368,6 +385,7 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         untracked_max_bytes=untracked_max_bytes,
         constraints=tuple(constraints),
         local_packages=local,
+        runtime=runtime,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
@@ -28,6 +29,19 @@ def host_platform() -> str:
     """The platform this machine runs (and builds bases for) without emulation."""
     machine = platform.machine()
     return _HOST_PLATFORMS.get(machine, f"{sys.platform}/{machine}")
+
+
+def emulated(platform: str, binfmt: Path = Path("/proc/sys/fs/binfmt_misc")) -> bool:
+    """Whether this machine runs `platform`'s programs, natively or through an enabled qemu binfmt handler
+    (Debian: qemu-user-static and binfmt-support, binfmt_misc mounted)."""
+    if platform == host_platform():
+        return True
+    machine = _MACHINES.get(platform)
+    handler = binfmt / f"qemu-{machine}"
+    try:
+        return machine is not None and handler.read_text(encoding="utf-8").startswith("enabled")
+    except OSError:
+        return False
 
 
 def environment_marker(platform: str, python: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
 from envlock.errors import RunNotFoundError, UsageError
-from envlock.image.catalog import Built, PinnedImage, image_for_lock, read_images
+from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
@@ -67,7 +67,7 @@ def lock_image(
     platform = host_platform()
     return image_for_lock(
         lock.lock_hash,
-        f"{repository}:{lock.short_hash}",
+        f"{repository}:{platform_tag(lock.short_hash, platform)}",
         engine=tools.engine,
         project_dir=project_dir,
         build=lambda: build_lock(lock, repository, platform, tools.builder(index_urls)),

@@ -18,13 +18,23 @@ from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import ProjectLayout
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet
-from envlock.run.schema import GitRecord, JobRecord, Table, TrackingRecord, inputs_as_dict, read_host, read_inputs
+from envlock.run.schema import (
+    GitRecord,
+    JobRecord,
+    RuntimeRecord,
+    Table,
+    TrackingRecord,
+    inputs_as_dict,
+    read_host,
+    read_inputs,
+)
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
 # 3: the untracked files' saved copies (git), inputs, declared_outputs, gpus, log_sha256 (absent in 1 and 2: unknown).
-RECORD_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: the runtime (docker, podman, charliecloud) and its version; older records read with runtime None (docker).
+RECORD_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
 
@@ -75,6 +85,7 @@ class RunRecord:
     declared_outputs: list[str] = field(default_factory=list)  # as declared (a directory stays a directory)
     gpus: bool | None = None  # whether the container got GPUs (None: recorded before envlock said)
     log_sha256: str | None = None  # sha256 of log.txt at the end (compared when no output is declared)
+    runtime: RuntimeRecord | None = None  # what ran the command and its version (None: not started; before v3)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,6 +104,7 @@ class RunRecord:
             "host": self.host.as_dict() if self.host else {},
             "scheduler": self.scheduler.as_dict() if self.scheduler else None,
             "tracking": self.tracking.as_dict() if self.tracking else None,
+            "runtime": self.runtime.as_dict() if self.runtime else None,
         }
 
     @classmethod
@@ -115,8 +127,8 @@ class RunRecord:
         status = table.text("status")
         if status and status not in get_args(Status):
             problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
-        git, host, job, tracking, inputs = (
-            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs")
+        git, host, job, tracking, inputs, runtime = (
+            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs", "runtime")
         )
         record = cls(
             run_id=table.text("run_id", _RUN_ID),
@@ -148,6 +160,7 @@ class RunRecord:
             declared_outputs=list(table.texts("declared_outputs", ())),
             gpus=table.optional_flag("gpus"),
             log_sha256=table.optional_text("log_sha256", _SHA256),
+            runtime=RuntimeRecord.read(runtime) if runtime else None,
         )  # read in any known version, held (and written again) as the current one
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

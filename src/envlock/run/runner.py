@@ -21,7 +21,7 @@ from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet, StatCache, hash_inputs
 from envlock.run.preflight import check_host, enforce, without_gpus
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.schema import GitRecord, JobRecord
+from envlock.run.schema import GitRecord, JobRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -165,6 +165,7 @@ def plan_run(
     environ: Mapping[str, str] = os.environ,
     inputs: InputSet | None = None,
     inputs_from: Path | None = None,
+    runtime: RuntimeRecord | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
 
@@ -195,6 +196,7 @@ def plan_run(
         gpus=gpus,
         inputs=inputs,
     )
+    record = replace(record, runtime=runtime)
     source = inputs_from or project_dir
     present = [p.rstrip("/") for p in (inputs.paths if inputs else ()) if p not in (inputs.missing if inputs else ())]
     launch = LaunchSpec(
@@ -280,6 +282,7 @@ def run_in_image(
     plan = plan_run(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
         tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
+        runtime=RuntimeRecord.of(launcher.runtime()),
     )  # fmt: skip
     tracked = None
     if tracking:

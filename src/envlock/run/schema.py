@@ -2,7 +2,8 @@
 
 JSON keeps the key names records always had: snake_case at the top, kebab-case inside the parts (external readers
 and MLflow tags see no change). Record version 2 is version 1 with its shape enforced on read; version 3 adds the
-untracked files' saved copies, the inputs, the declared outputs, the GPU mode and the log's hash.
+untracked files' saved copies, the inputs, the declared outputs, the GPU mode and the log's hash; version 4: the
+runtime that ran the command (docker, podman, charliecloud) and its version.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from envlock.engine.runtimes import RUNTIMES, RuntimeInfo
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet
@@ -249,26 +251,32 @@ class JobRequest:
     force: bool = False
     gpus: bool | None = None
     mlflow: TrackingRequest | None = None
+    runtime: str | None = None  # what the node runs the image with (None: docker, as before version 3)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
+        """JSON form (the runtime only when chosen: older readers see the keys they know)."""
+        data = {
             "outputs": list(self.outputs),
             "force": self.force,
             "gpus": self.gpus,
             "mlflow": self.mlflow.as_dict() if self.mlflow else None,
         }
+        return data | ({"runtime": self.runtime} if self.runtime else {})
 
     @classmethod
     def read(cls, table: Table) -> JobRequest:
         """Read the JSON form, collecting problems."""
-        table.unknown(_keys("outputs", "force", "gpus", "mlflow"))
+        table.unknown(_keys("outputs", "force", "gpus", "mlflow", "runtime"))
         mlflow = table.part("mlflow")
+        runtime = table.optional_text("runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            table.problems.append(f"{table.where}'runtime' must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         return cls(
             outputs=table.texts("outputs", ()),
             force=table.flag("force", False),
             gpus=table.optional_flag("gpus"),
             mlflow=TrackingRequest.read(mlflow) if mlflow else None,
+            runtime=runtime,
         )
 
 
@@ -367,3 +375,29 @@ class TrackingRecord:
             link=table.text("link"),
             kind=table.text("kind"),
         )
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """The container runtime that ran the command, and its version (None when it did not say)."""
+
+    name: str
+    version: str | None
+
+    @classmethod
+    def of(cls, info: RuntimeInfo) -> RuntimeRecord:
+        """The recorded form of a launcher's own account of itself."""
+        return cls(info.name, info.version)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def read(cls, table: Table) -> RuntimeRecord:
+        """Read the JSON form, collecting problems."""
+        table.unknown(_keys("name", "version"))
+        name = table.text("name")
+        if name and name not in RUNTIMES:
+            table.problems.append(f"{table.where}'name' must be one of {', '.join(RUNTIMES)}, not {name!r}")
+        return cls(name, table.optional_text("version"))

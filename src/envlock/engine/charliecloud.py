@@ -1,0 +1,236 @@
+"""Charliecloud: unprivileged `ch-run` from an image directory that envlock unpacks, verified, from the image.
+
+The directory is keyed by image ID under the user's cache (`charliecloud/<hex>/rootfs`), made once per node:
+unpacked into a temporary directory beside it and renamed into place, so a present directory is a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from envlock.engine.launch import WORKDIR, LaunchSpec
+from envlock.engine.runtimes import (
+    Command,
+    Output,
+    RuntimeInfo,
+    Stream,
+    first_line,
+    run_command,
+    stream_command,
+)
+from envlock.errors import EngineError
+
+Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+_SKIPPED = (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)  # ch-run binds the host's /dev
+
+
+def _hex(image_id: str) -> str:
+    hex_id = image_id.removeprefix("sha256:")
+    if len(hex_id) != 64 or any(c not in "0123456789abcdef" for c in hex_id):
+        raise EngineError(f"{image_id!r} is not an image ID (sha256:<64 hex>)")
+    return hex_id
+
+
+class Hashing:
+    """A read-only file object that hashes what is read through it."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        for _ in iter(lambda: self.read(1 << 20), b""):
+            pass
+        return "sha256:" + self.digest.hexdigest()
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise EngineError(f"the image archive has no {name}")
+    return handle
+
+
+def _apply_whiteouts(rootfs: Path, names: list[str]) -> None:
+    """A layer's whiteouts, applied to the layers below it before its own files land."""
+    for name in names:
+        path = Path(name.lstrip("/"))
+        if ".." in path.parts:
+            raise EngineError(f"the image has a whiteout outside its root: {name}")
+        target = rootfs / path.parent
+        if path.name == OPAQUE:
+            if target.is_dir() and not target.is_symlink():
+                for child in target.iterdir():
+                    _remove(child)
+        else:
+            _remove(target / path.name.removeprefix(WHITEOUT))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str, Any]:
+    """Unpack a docker-archive's layers in order into `rootfs` (whiteouts respected), checking the config's sha256
+    against the image ID and every layer's against its diff_id. Returns the image config."""
+    try:
+        with tarfile.open(archive_path) as archive:
+            manifest = json.load(_member(archive, "manifest.json"))[0]
+            config_bytes = _member(archive, manifest["Config"]).read()
+            if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
+                raise EngineError(f"the exported image is not {image_id[:19]}: its config has another digest")
+            config: dict[str, Any] = json.loads(config_bytes)
+            diff_ids = config["rootfs"]["diff_ids"]
+            for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
+                whiteouts: list[str] = []
+                hashing = Hashing(_member(archive, name))
+                with tarfile.open(fileobj=hashing, mode="r|") as layer:  # type: ignore[call-overload]
+                    whiteouts = [m.name for m in layer if Path(m.name).name.startswith(WHITEOUT)]
+                if hashing.drain() != diff_id:
+                    raise EngineError(f"layer {name} of {image_id[:19]} is not {diff_id[:19]}: refusing to unpack it")
+                _apply_whiteouts(rootfs, whiteouts)
+                with tarfile.open(fileobj=_member(archive, name), mode="r|") as layer:
+                    for member in layer:
+                        if Path(member.name).name.startswith(WHITEOUT) or member.type in _SKIPPED:
+                            continue
+                        _replace_existing(rootfs, member)
+                        layer.extract(member, rootfs, set_attrs=True, filter="tar")
+    except (tarfile.TarError, KeyError, ValueError, IndexError, OSError) as exc:
+        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc}") from exc
+    return config
+
+
+def _replace_existing(rootfs: Path, member: tarfile.TarInfo) -> None:
+    """A file from an upper layer replaces the lower one (a directory stays a directory and is merged)."""
+    path = rootfs / member.name.lstrip("/")
+    if path.is_symlink() or (path.exists() and not (path.is_dir() and member.isdir())):
+        _remove(path)
+
+
+class CharliecloudLauncher:
+    """Launcher through `ch-run`, from an image directory prepared once per image ID."""
+
+    def __init__(
+        self,
+        store: Path,
+        export: Export,
+        *,
+        command: Command = run_command,
+        stream: Stream = stream_command,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.store = store
+        self.export = export
+        self.command = command
+        self.stream = stream
+        self.environ = environ
+
+    def directory(self, image_id: str) -> Path:
+        """Where an image's directory (rootfs/ and config.json) is kept."""
+        return self.store / _hex(image_id)
+
+    def prepare(self, image_id: str) -> Path:
+        """The image's directory, unpacked from a verified export of the image when it is not here yet."""
+        final = self.directory(image_id)
+        if (final / "rootfs").is_dir():
+            return final
+        self.store.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}-", dir=self.store))
+        try:
+            archive = scratch / "image.tar"
+            self.export(image_id, archive)
+            rootfs = scratch / "rootfs"
+            rootfs.mkdir()
+            config = unpack_archive(archive, image_id, rootfs)
+            archive.unlink()
+            (rootfs / WORKDIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            (scratch / "config.json").write_text(json.dumps(config, sort_keys=True), encoding="utf-8")
+            try:
+                scratch.rename(final)
+            except OSError:
+                if not (final / "rootfs").is_dir():  # another node's task made it meanwhile: use theirs
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return final
+
+    def _user_env(self) -> dict[str, str]:
+        """ch-run's own environment: it needs USER (a batch job's may lack it)."""
+        environ = dict(self.environ)
+        if not environ.get("USER"):
+            import pwd  # noqa: PLC0415
+
+            environ["USER"] = pwd.getpwuid(os.getuid()).pw_name
+        return environ
+
+    def runtime(self) -> RuntimeInfo:
+        """`ch-run --version`."""
+        done = self.command(["env", f"USER={self._user_env()['USER']}", "ch-run", "--version"])
+        said = (done.stdout or done.stderr).strip()
+        return RuntimeInfo("charliecloud", said.splitlines()[0] if done.code == 0 and said else None)
+
+    def run(self, spec: LaunchSpec, output: Output) -> int:
+        """ch-run with the project at /work, only envlock's environment (the image's, then the run's), the GPUs
+        through the host's libraries injected once by `ch-fromhost --nvidia` and CUDA_VISIBLE_DEVICES."""
+        directory = self.prepare(spec.image_id)
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        image_env = [str(item) for item in (config.get("config") or {}).get("Env") or []]
+        environment = dict(item.split("=", 1) for item in image_env if "=" in item)
+        environment |= spec.environment
+        if spec.gpus:
+            self._inject_nvidia(directory)
+            if spec.gpu_devices:
+                environment["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
+        for mount in spec.mounts:
+            (directory / "rootfs" / str(mount).lstrip("/")).mkdir(parents=True, exist_ok=True)
+        binds = [f"--bind={spec.project_dir.resolve()}:{WORKDIR}", *(f"--bind={m}:{m}" for m in spec.mounts)]
+        with tempfile.NamedTemporaryFile("w", prefix="envlock-env-", suffix=".txt", encoding="utf-8") as env_file:
+            # Values in a file (mode 0600), not on the command line: passed variables may be secrets.
+            env_file.write("".join(f"{name}={value}\n" for name, value in environment.items()))
+            env_file.flush()
+            args = [
+                "ch-run",
+                *binds,
+                f"--cd={WORKDIR}",
+                "--unset-env=*",
+                "--env-no-expand",
+                f"--set-env={env_file.name}",
+                str(directory / "rootfs"),
+                "--",
+                *spec.command,
+            ]
+            return self.stream(args, output, self._user_env())
+
+    def _inject_nvidia(self, directory: Path) -> None:
+        marker = directory / "nvidia-injected"
+        if marker.exists():
+            return
+        done = self.command(["ch-fromhost", "--nvidia", str(directory / "rootfs")])
+        if done.code != 0:
+            raise EngineError(
+                f"ch-fromhost --nvidia could not add the host's NVIDIA libraries: {first_line(done)}",
+                hint="run without GPUs (--no-gpus) or use --runtime podman with the NVIDIA CDI specification",
+            )
+        marker.write_text("ch-fromhost --nvidia\n", encoding="utf-8")
+
+    def remove(self, name: str) -> None:
+        """Nothing to remove: ch-run leaves no container behind (its process ends with envlock's)."""
+        del name

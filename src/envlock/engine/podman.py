@@ -1,0 +1,102 @@
+"""Podman (daemonless; rootless where the user's namespaces allow): the image loaded from envlock's own export of
+it with `podman load`, checked by ID (Podman keeps the config bytes, so its ID is the engine's), then `podman run`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from envlock.engine.launch import WORKDIR, LaunchSpec
+from envlock.engine.runtimes import (
+    Command,
+    Output,
+    RuntimeInfo,
+    Stream,
+    first_line,
+    run_command,
+    stream_command,
+)
+from envlock.errors import EngineError
+
+Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
+# Where Podman cannot raise its limits (a container or an unprivileged user namespace), runc fails with
+# "error setting rlimit type 7": ask for limits every such host allows.
+ULIMITS = ("--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")
+
+
+class PodmanLauncher:
+    """Launcher through the podman command."""
+
+    def __init__(
+        self,
+        export: Export,
+        scratch: Path,
+        *,
+        command: Command = run_command,
+        stream: Stream = stream_command,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.export = export
+        self.scratch = scratch
+        self.command = command
+        self.stream = stream
+        self.environ = environ
+
+    def has_image(self, image_id: str) -> bool:
+        """True when Podman's store has the image under exactly this ID."""
+        done = self.command(["podman", "image", "inspect", "--format", "{{.Id}}", image_id.removeprefix("sha256:")])
+        return done.code == 0 and done.stdout.strip().removeprefix("sha256:") == image_id.removeprefix("sha256:")
+
+    def prepare(self, image_id: str) -> None:
+        """Load the image into Podman's store once (from a verified export), and check it arrived by ID."""
+        if self.has_image(image_id):
+            return
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="podman-", dir=self.scratch) as scratch:
+            archive = Path(scratch) / "image.tar"
+            self.export(image_id, archive)
+            done = self.command(["podman", "load", "--quiet", "--input", str(archive)])
+        if done.code != 0:
+            raise EngineError(f"podman could not load {image_id[:19]}: {first_line(done)}")
+        if not self.has_image(image_id):
+            raise EngineError(f"podman loaded the image but not as {image_id[:19]}: refusing to run it")
+
+    def runtime(self) -> RuntimeInfo:
+        """`podman version`."""
+        done = self.command(["podman", "version", "--format", "{{.Client.Version}}"])
+        return RuntimeInfo("podman", done.stdout.strip() or None if done.code == 0 else None)
+
+    def run(self, spec: LaunchSpec, output: Output) -> int:
+        """`podman run --rm` by image ID; variables passed by name (`-e NAME`) so no value shows on a command line;
+        GPUs through CDI (`--device nvidia.com/gpu=…`, from `nvidia-ctk cdi generate`)."""
+        self.prepare(spec.image_id)
+        gpus = [f"--device=nvidia.com/gpu={d}" for d in (spec.gpu_devices or ("all",))] if spec.gpus else []
+        mounts = [f"--volume={spec.project_dir.resolve()}:{WORKDIR}", *(f"--volume={m}:{m}" for m in spec.mounts)]
+        args = [
+            "podman",
+            "run",
+            "--rm",
+            f"--name={spec.name}",
+            f"--user={spec.user}",
+            f"--workdir={WORKDIR}",
+            *ULIMITS,
+            *mounts,
+            *(f"--env={name}" for name in spec.environment),
+            *(f"--label={key}={value}" for key, value in spec.labels.items()),
+            *(["--network=host"] if spec.host_network else []),
+            *gpus,
+            spec.image_id.removeprefix("sha256:"),
+            *spec.command,
+        ]
+        try:
+            return self.stream(args, output, {**self.environ, **spec.environment})
+        finally:
+            self.remove(spec.name)  # also on Ctrl-C: podman's --rm does not run when podman itself is stopped
+
+    def remove(self, name: str) -> None:
+        """Force-remove a container by name; absent is fine."""
+        done = self.command(["podman", "rm", "--force", "--ignore", name])
+        if done.code != 0:
+            raise EngineError(f"podman could not remove container {name}: {first_line(done)}")

@@ -1,0 +1,109 @@
+"""The container runtimes a run can use, and what launching through a command-line runtime has in common."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Literal
+
+from envlock.errors import EngineError
+
+RuntimeName = Literal["docker", "podman", "charliecloud"]
+RUNTIMES: tuple[RuntimeName, ...] = ("docker", "podman", "charliecloud")
+
+Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes), as engine.launch.Output
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """Which runtime ran a command, and its version (None when it did not say)."""
+
+    name: str
+    version: str | None
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished command: exit status and its captured output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+Command = Callable[[Sequence[str]], Done]  # runs a short command to completion (a fake in unit tests)
+# Runs a long command with the given environment (None: envlock's own), its output passed on as it comes.
+Stream = Callable[[Sequence[str], Output, Mapping[str, str] | None], int]
+
+
+def run_command(args: Sequence[str]) -> Done:
+    """Run a short runtime command (version, load, inspect); a missing program is an EngineError."""
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise EngineError(f"{args[0]} is not installed", hint=INSTALL_HINTS.get(args[0], "")) from exc
+    return Done(done.returncode, done.stdout, done.stderr)
+
+
+INSTALL_HINTS = {
+    "podman": "install Podman (Debian: apt-get install podman) or choose another runtime with --runtime",
+    "ch-run": "install Charliecloud (Debian: apt-get install charliecloud-runtime) or choose another runtime",
+    "ch-fromhost": "install Charliecloud's builders/tools (Debian: charliecloud-builders) for GPU support",
+}
+
+
+def _pump(pipe: IO[bytes], stream: str, output: Output) -> None:
+    for chunk in iter(lambda: pipe.read1(1 << 16), b""):  # type: ignore[attr-defined]
+        output(stream, chunk)
+
+
+def stream_command(args: Sequence[str], output: Output, env: Mapping[str, str] | None = None) -> int:
+    """Run a command in its own process group, its stdout and stderr passed on live; Ctrl-C stops the whole group
+    (and is re-raised), so nothing keeps running behind the user's back."""
+    try:
+        process = subprocess.Popen(
+            list(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=None if env is None else dict(env),
+        )
+    except FileNotFoundError as exc:
+        raise EngineError(f"{args[0]} is not installed", hint=INSTALL_HINTS.get(args[0], "")) from exc
+    assert process.stdout is not None and process.stderr is not None  # noqa: S101  (PIPE given above)
+    pumps = [
+        threading.Thread(target=_pump, args=(process.stdout, "stdout", output), daemon=True),
+        threading.Thread(target=_pump, args=(process.stderr, "stderr", output), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+    try:
+        code = process.wait()
+    except BaseException:
+        _stop(process)
+        raise
+    for pump in pumps:
+        pump.join()
+    return code
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group, SIGKILL after 10 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        return
+
+
+def first_line(done: Done) -> str:
+    """What a failed command said, in one line."""
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {done.code}"

@@ -1,0 +1,178 @@
+"""The example under Podman and Charliecloud (no Docker at launch): the same image, the same outputs as under Docker,
+locally and as Slurm jobs on the local two-node cluster; the record names the runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from envlock.paths import CacheLayout, cache_root
+from tests.integration.example import digits_repo, git
+
+pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.runtimes]
+ENVLOCK = str(Path(sys.executable).with_name("envlock"))
+TRAIN = ["python", "train.py", "--out", "out"]
+NAME = "envlock-test-runtimes"
+
+
+def envlock(*args: str, project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVLOCK, *args[:1], "-C", str(project), *args[1:]], capture_output=True, text=True, check=False
+    )
+
+
+def record_of(project: Path, run_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((project / ".envlock" / "runs" / run_id / "record.json").read_text())
+    return data
+
+
+def last_run(project: Path) -> str:
+    return sorted(p.name for p in (project / ".envlock" / "runs").iterdir())[-1]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The example under an image name of its own, run once under Docker: the outputs to compare with."""
+    for program in ("podman", "ch-run"):
+        if shutil.which(program) is None:
+            pytest.fail(f"{program} is missing: bash scripts/setup.sh installs Podman and Charliecloud")
+    project = digits_repo(tmp_path_factory.mktemp("digits-runtimes"))
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("[tool.envlock]", f'[tool.envlock]\nname = "{NAME}"'))
+    git(project, "commit", "-qam", "own image name")
+    done = envlock("run", "--output", "out", "--", *TRAIN, project=project)
+    assert done.returncode == 0, done.stderr
+    reference = record_of(project, last_run(project))
+    assert reference["runtime"]["name"] == "docker" and reference["record_version"] == 3
+    yield project, reference
+    client = docker.from_env()
+    for image in client.images.list(name=NAME):
+        client.images.remove(image.id, force=True)
+    subprocess.run(["podman", "rmi", "--force", reference["image_id"].removeprefix("sha256:")], check=False)
+
+
+def test_podman_loads_the_image_by_id_and_gives_the_docker_outputs(digits: tuple[Path, dict[str, Any]]) -> None:
+    project, reference = digits
+    hex_id = reference["image_id"].removeprefix("sha256:")
+    subprocess.run(["podman", "rmi", "--force", hex_id], capture_output=True, check=False)  # a cold load
+    done = envlock("run", "--runtime", "podman", "--output", "out", "--", *TRAIN, project=project)
+    assert done.returncode == 0, done.stderr
+    record = record_of(project, last_run(project))
+    assert record["runtime"]["name"] == "podman" and record["runtime"]["version"]
+    assert record["image_id"] == reference["image_id"] and record["outputs"] == reference["outputs"]
+    inspected = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", hex_id], capture_output=True, check=False
+    )
+    assert inspected.stdout.decode().strip() == hex_id, "Podman holds it under the same ID"
+
+
+def test_charliecloud_unpacks_once_by_image_id_and_gives_the_docker_outputs(
+    digits: tuple[Path, dict[str, Any]],
+) -> None:
+    project, reference = digits
+    directory = CacheLayout(cache_root()).charliecloud / reference["image_id"].removeprefix("sha256:")
+    shutil.rmtree(directory, ignore_errors=True)
+    started = time.monotonic()
+    done = envlock("run", "--runtime", "charliecloud", "--output", "out", "--", *TRAIN, project=project)
+    cold = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert (directory / "rootfs" / "opt" / "envlock" / "venv").is_dir()
+    record = record_of(project, last_run(project))
+    assert record["runtime"] == {"name": "charliecloud", "version": record["runtime"]["version"]}
+    assert record["image_id"] == reference["image_id"] and record["outputs"] == reference["outputs"]
+    assert record["environment"] == {**reference["environment"], "ENVLOCK_RUN_ID": record["run_id"]}
+    started = time.monotonic()
+    again = envlock("run", "--runtime", "charliecloud", "--", "python", "-c", "print('warm')", project=project)
+    warm = time.monotonic() - started
+    assert again.returncode == 0 and "warm" in again.stdout, again.stderr
+    print(f"charliecloud: cold run (export + unpack + run) {cold:.1f} s, warm start of a print {warm:.1f} s")
+
+
+def test_the_runtime_comes_from_the_project_and_a_bad_one_is_refused(digits: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = digits
+    refused = envlock("run", "--runtime", "singularity", "--", "true", project=project)
+    assert refused.returncode == 125 and "unknown runtime 'singularity'" in refused.stderr, "envlock's own exit"
+    pyproject = project / "pyproject.toml"
+    original = pyproject.read_text()
+    pyproject.write_text(original.replace("[tool.envlock]", '[tool.envlock]\nruntime = "charliecloud"'))
+    try:
+        assert envlock("lock", "--check", project=project).returncode == 0, "the runtime does not make the lock stale"
+        done = envlock("run", "--", "python", "-c", "import platform; print(platform.machine())", project=project)
+        assert done.returncode == 0, done.stderr
+        assert record_of(project, last_run(project))["runtime"]["name"] == "charliecloud"
+    finally:
+        pyproject.write_text(original)
+
+
+def wait_for(project: Path, run_id: str, seconds: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    record: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        done = envlock("runs", "--json", project=project)
+        record = {r["run_id"]: r for r in json.loads(done.stdout)}[run_id]
+        if record["status"] in {"finished", "failed", "interrupted"}:
+            return record
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} still {record.get('status')} after {seconds} s")
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("runtime", ["podman", "charliecloud"])
+def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
+    digits: tuple[Path, dict[str, Any]], runtime: str
+) -> None:
+    project, reference = digits
+    if subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
+    done = envlock(
+        "submit", "--runtime", runtime, "--output", "out", "--slurm", "--time=10", "--", *TRAIN, project=project
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[1].rstrip(":")
+    record = wait_for(project, run_id)
+    assert record["status"] == "finished", record
+    assert record["runtime"]["name"] == runtime and record["runtime"]["version"]
+    assert record["scheduler"]["request"]["runtime"] == runtime and record["scheduler"]["node"]
+    assert record["host"] and record["git"]["commit"] and record["ended"]
+    assert record["outputs"] == reference["outputs"] and record["image_id"] == reference["image_id"]
+
+
+def export(kind: str, out: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    args = [ENVLOCK, "export", kind, "-C", str(project), "-o", str(out)]
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(
+    digits: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    project, reference = digits
+    for kind, suffix in (("enroot", "sqsh"), ("apptainer", "tar")):
+        outputs = [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)]
+        for out in outputs:
+            done = export(kind, out, project)
+            assert done.returncode == 0, done.stderr
+            assert reference["image_id"] in done.stdout
+        assert outputs[0].read_bytes() == outputs[1].read_bytes(), f"{kind}: two exports, the same bytes"
+    listed = subprocess.run(
+        ["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False
+    )
+    assert "squashfs-root/opt/envlock/venv/bin/python" in listed.stdout and "squashfs-root/work" in listed.stdout
+    with tarfile.open(tmp_path / "apptainer-1.tar") as oci:
+        index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest = json.load(oci.extractfile("blobs/sha256/" + index["manifests"][0]["digest"][7:]))  # type: ignore[arg-type]
+        assert manifest["config"]["digest"] == reference["image_id"]
+        assert all(f"blobs/sha256/{layer['digest'][7:]}" in oci.getnames() for layer in manifest["layers"])
+    assert (
+        "apptainer build apptainer-1.sif oci-archive://"
+        in export("apptainer", tmp_path / "apptainer-1.tar", project).stdout
+    )

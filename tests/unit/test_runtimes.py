@@ -1,0 +1,271 @@
+"""Podman and Charliecloud launchers through fake commands: the arguments they run, the image made ready once and
+checked by content, whiteouts honoured, the runtime recorded; the runtime chosen from --runtime or the project."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
+from envlock.engine.launch import LaunchSpec
+from envlock.engine.podman import PodmanLauncher
+from envlock.engine.runtimes import Done, Output
+from envlock.errors import EngineError, RegistryError, SpecError
+from envlock.image.catalog import platform_tag
+from envlock.image.portable import oci_archive
+from envlock.image.registry import Blob, PlatformManifest, index_for, manifest_for, push, push_index
+from envlock.lock.spec import Spec, parse_spec
+from envlock.run.records import RunRecord
+from envlock.run.schema import JobRequest, RuntimeRecord, Table
+from tests.fakes import FakeRegistry
+
+
+def layer(files: Mapping[str, bytes | None]) -> bytes:
+    """A layer tar: a file per name (None: a directory)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def docker_archive(path: Path, layers: list[bytes], tamper: bool = False) -> str:
+    """A docker-archive of the layers; returns its image ID."""
+    diff_ids = ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers]
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin", "LANG=C.UTF-8"]},
+         "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True
+    ).encode()  # fmt: skip
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    names = [f"{d[7:]}/layer.tar" for d in diff_ids]
+    manifest = json.dumps([{"Config": "config.json", "Layers": names}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, content in [("manifest.json", manifest), ("config.json", config), *zip(names, layers, strict=True)]:
+            data = content + b"x" * 512 if tamper and name.endswith("layer.tar") else content
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return image_id
+
+
+LOWER = layer({"etc": None, "etc/gone": b"1", "etc/kept": b"2", "opt": None, "opt/old": b"3", "app": b"lower"})
+UPPER = layer({"etc/.wh.gone": b"", "opt/.wh..wh..opq": b"", "opt/new": b"4", "app": b"upper"})
+
+
+def test_charliecloud_unpacks_layers_in_order_with_whiteouts(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER, UPPER])
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    config = unpack_archive(archive, image_id, rootfs)
+    assert config["config"]["Env"] == ["PATH=/usr/bin", "LANG=C.UTF-8"]
+    assert sorted(p.relative_to(rootfs).as_posix() for p in rootfs.rglob("*")) == [
+        "app", "etc", "etc/kept", "opt", "opt/new"
+    ]  # fmt: skip
+    assert (rootfs / "app").read_bytes() == b"upper"
+
+
+def test_charliecloud_refuses_an_export_that_is_not_the_image(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    with pytest.raises(EngineError, match="another digest"):
+        unpack_archive(archive, "sha256:" + "0" * 64, rootfs)
+    docker_archive(archive, [LOWER], tamper=True)
+    with pytest.raises(EngineError):
+        unpack_archive(archive, image_id, rootfs)
+
+
+class Commands:
+    """Records the commands a launcher runs; answers like the real tools."""
+
+    def __init__(self, loaded: bool = False) -> None:
+        self.ran: list[list[str]] = []
+        self.streamed: list[tuple[list[str], Mapping[str, str] | None]] = []
+        self.loaded = loaded
+        self.env_file = ""
+
+    def command(self, args: Sequence[str]) -> Done:
+        self.ran.append(list(args))
+        if args[:3] == ["podman", "image", "inspect"]:
+            return Done(0, f"sha256:{args[-1]}\n", "") if self.loaded else Done(125, "", "no such image")
+        if args[:2] == ["podman", "load"]:
+            self.loaded = True
+        if "--version" in args or args[:2] == ["podman", "version"]:
+            return Done(0, "4.3.1\n" if args[0] == "podman" else "0.31\n", "")
+        return Done(0, "", "")
+
+    def stream(self, args: Sequence[str], output: Output, env: Mapping[str, str] | None) -> int:
+        self.streamed.append((list(args), env))
+        env_file = next((a.split("=", 1)[1] for a in args if a.startswith("--set-env=")), "")
+        if env_file:
+            self.env_file = Path(env_file).read_text()
+        output("stdout", b"ok\n")
+        return 3
+
+
+def spec(tmp_path: Path, image_id: str, **kw: object) -> LaunchSpec:
+    values: dict[str, object] = dict(
+        image_id=image_id, command=["python", "train.py"], name="envlock-run-x", project_dir=tmp_path,
+        environment={"PYTHONHASHSEED": "0", "SECRET": "s3cret"}, user="1000:1000", gpus=False,
+    )  # fmt: skip
+    values.update(kw)
+    return LaunchSpec(**values)  # type: ignore[arg-type]
+
+
+def test_podman_loads_once_runs_by_id_and_passes_values_by_name(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    exported: list[str] = []
+    commands = Commands()
+
+    def export(ref: str, out: Path) -> None:
+        exported.append(ref)
+        out.write_bytes(archive.read_bytes())
+
+    launcher = PodmanLauncher(export, tmp_path / "scratch", command=commands.command, stream=commands.stream)
+    got: list[bytes] = []
+    gpu = spec(tmp_path, image_id, gpus=True, gpu_devices=("1",), host_network=True)
+    assert launcher.run(gpu, lambda _s, data: got.append(data)) == 3 and got == [b"ok\n"]
+    args, env = commands.streamed[0]
+    assert args[:3] == ["podman", "run", "--rm"] and args[-3:] == [image_id[7:], "python", "train.py"]
+    assert "--env=SECRET" in args and not any("s3cret" in a for a in args), "values never on the command line"
+    assert env is not None and env["SECRET"] == "s3cret"
+    assert {"--ulimit=nofile=1024:1024", "--device=nvidia.com/gpu=1", "--network=host", "--user=1000:1000"} <= set(args)
+    assert ["podman", "rm", "--force", "--ignore", "envlock-run-x"] in commands.ran
+    launcher.run(spec(tmp_path, image_id), lambda _s, _d: None)
+    assert exported == [image_id], "loaded once; the second run finds it by ID"
+    assert launcher.runtime().name == "podman" and launcher.runtime().version == "4.3.1"
+
+
+def test_podman_refuses_an_image_that_did_not_arrive_under_its_id(tmp_path: Path) -> None:
+    class Never(Commands):
+        def command(self, args: Sequence[str]) -> Done:
+            done = super().command(args)
+            return Done(125, "", "no such image") if args[:3] == ["podman", "image", "inspect"] else done
+
+    commands = Never()
+    launcher = PodmanLauncher(lambda _r, out: out.write_bytes(b""), tmp_path, command=commands.command)
+    with pytest.raises(EngineError, match="refusing to run it"):
+        launcher.prepare("sha256:" + "a" * 64)
+
+
+def test_charliecloud_prepares_once_and_runs_with_only_envlocks_environment(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER, UPPER])
+    exported: list[str] = []
+    commands = Commands()
+
+    def export(ref: str, out: Path) -> None:
+        exported.append(ref)
+        out.write_bytes(archive.read_bytes())
+
+    launcher = CharliecloudLauncher(
+        tmp_path / "cc", export, command=commands.command, stream=commands.stream, environ={"HOME": "/root"}
+    )
+    assert launcher.run(spec(tmp_path, image_id), lambda _s, _d: None) == 3
+    launcher.run(spec(tmp_path, image_id), lambda _s, _d: None)
+    assert exported == [image_id]
+    directory = tmp_path / "cc" / image_id[7:]
+    assert (directory / "rootfs" / "work").is_dir() and (directory / "rootfs" / "opt" / "new").is_file()
+    args, env = commands.streamed[0]
+    assert args[0] == "ch-run" and f"--bind={tmp_path.resolve()}:/work" in args and "--unset-env=*" in args
+    assert args[-3:] == ["--", "python", "train.py"] and args[-4] == str(directory / "rootfs")
+    assert not any("s3cret" in a for a in args) and env is not None and env["USER"]
+    assert commands.env_file.splitlines() == ["PATH=/usr/bin", "LANG=C.UTF-8", "PYTHONHASHSEED=0", "SECRET=s3cret"]
+    assert launcher.runtime().name == "charliecloud"
+
+
+def test_charliecloud_gpus_come_from_ch_fromhost_once(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    commands = Commands()
+    launcher = CharliecloudLauncher(
+        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
+        command=commands.command, stream=commands.stream,
+    )  # fmt: skip
+    for _ in range(2):
+        launcher.run(spec(tmp_path, image_id, gpus=True, gpu_devices=("0", "2")), lambda _s, _d: None)
+    assert [c for c in commands.ran if c[0] == "ch-fromhost"] == [
+        ["ch-fromhost", "--nvidia", str(tmp_path / "cc" / image_id[7:] / "rootfs")]
+    ]
+    assert "CUDA_VISIBLE_DEVICES=0,2" in commands.env_file.splitlines()
+
+
+def test_the_oci_archive_is_the_same_bytes_twice(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER, UPPER])
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    assert oci_archive(archive, image_id, first, "x:1") == oci_archive(archive, image_id, second, "x:1")
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        assert tar.getnames()[:2] == ["oci-layout", "index.json"]
+        assert f"blobs/sha256/{image_id[7:]}" in tar.getnames()
+
+
+PYPROJECT = '[project]\nname = "p"\ndependencies = ["numpy"]\n[tool.envlock]\n'
+
+
+def test_runtime_in_the_project_is_validated_and_not_a_lock_input(tmp_path: Path) -> None:
+    def parsed(extra: str) -> Spec:
+        text = PYPROJECT + extra
+        return parse_spec(tomllib.loads(text), tmp_path, tmp_path / "pyproject.toml", text)
+
+    podman = parsed('runtime = "podman"\n')
+    docker = parsed("")
+    assert podman.runtime == "podman" and docker.runtime == "docker"
+    assert podman.input_hash() == docker.input_hash()
+    with pytest.raises(SpecError) as refused:
+        parsed('runtime = "podmn"\n')
+    assert "did you mean 'podman'" in " ".join(refused.value.details)
+
+
+def test_the_record_names_its_runtime_and_a_job_its_requested_one() -> None:
+    problems: list[str] = []
+    assert RuntimeRecord.read(Table({"name": "charliecloud", "version": "0.31"}, "runtime.", problems)) == (
+        RuntimeRecord("charliecloud", "0.31")
+    )
+    RuntimeRecord.read(Table({"name": "lxc", "version": None}, "runtime.", problems))
+    JobRequest.read(Table({"runtime": "rkt"}, "scheduler.request.", problems))
+    assert len(problems) == 2 and "'name' must be one of" in problems[0] and "rkt" in problems[1]
+    assert JobRequest(runtime="podman").as_dict()["runtime"] == "podman"
+    assert "runtime" not in JobRequest().as_dict(), "a docker job's request keeps version 2's keys"
+    assert "runtime" in {f for f in RunRecord.__dataclass_fields__}
+
+
+def test_platform_tags_keep_amd64_as_it_was() -> None:
+    assert platform_tag("3f9a1c2b4d5e", "linux/amd64") == "3f9a1c2b4d5e"
+    assert platform_tag("3f9a1c2b4d5e", "linux/arm64") == "3f9a1c2b4d5e-arm64"
+
+
+def test_the_image_index_lists_each_platform_once_sorted_and_needs_its_manifests() -> None:
+    registry = FakeRegistry()
+    layer_blob = Blob("sha256:" + hashlib.sha256(b"x").hexdigest(), 1, data=b"x")
+    entries = []
+    for platform in ("linux/arm64", "linux/amd64"):
+        config = json.dumps({"architecture": platform[6:]}).encode()
+        ref = push(registry, "team/app", f"t-{platform[6:]}", config, [layer_blob])
+        size = len(manifest_for(config, [layer_blob]))
+        entries.append(PlatformManifest(platform, ref.split("@")[1], size))
+    index = json.loads(index_for(entries))
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert index_for(entries) == index_for(entries[::-1]), "the same bytes whatever the build order"
+    pushed = push_index(registry, "team/app", "h-index", entries)
+    assert pushed == "team/app@sha256:" + hashlib.sha256(index_for(entries)).hexdigest()
+    with pytest.raises(RegistryError):
+        push_index(registry, "team/app", "h-index", [PlatformManifest("linux/amd64", "sha256:" + "1" * 64, 10)])
