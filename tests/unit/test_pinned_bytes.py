@@ -45,7 +45,7 @@ def test_sbom_bytes_are_pinned(example: str, platform: str, digest: str) -> None
     [
         ("digits", "linux/amd64", None, "43a54dadc3ad6d74fa6fb78c7b9459fa6afa307c1e4e38f788ce66bbf25b10fc"),
         ("digits", "linux/amd64", PUSHED, "9760d56210a8d844b592220253b2fc64170c96eec6bf1bb8bc3b8d559b0a2518"),
-        # arm64 images are tagged <hash>-arm64 since platform-specific tags came in: the reference in the statement moved.
+        # arm64 images are tagged <hash>-arm64 since platform tags came in: the reference in the statement moved.
         ("digits", "linux/arm64", None, "c9d9f5c7935165287d9f61f0a28243c82c9c449ee8e8ee67e3e3870cf0637f27"),
         ("digits", "linux/arm64", PUSHED, "ae11cef166af371c35c34b3591a25a4e92105f5386c09b850f000651fd10d57c"),
         ("torch-gpu", "linux/amd64", None, "e9d890a1c842cda07b2aceb7dc52081454a58b7ac635a6a82b0c1caaa039ae15"),
