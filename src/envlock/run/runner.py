@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -269,16 +269,7 @@ def run_in_image(
     (whose verdict then names it).
     """
     source = inputs_from or project_dir
-    inputs = None
-    if request.inputs:
-        inputs = hash_inputs(source, request.inputs, StatCache(ProjectLayout(store.project_dir).input_stats))
-        if inputs.missing and request.reproduces is None:
-            raise UsageError(
-                f"input {inputs.missing[0]!r} does not exist in {source}",
-                hint="--input and `inputs = [...]` name files or directories inside the project",
-                details=tuple(f"input {m!r} does not exist either" for m in inputs.missing[1:]),
-            )
-        _mount_points(project_dir, source, inputs)
+    inputs = _declared_inputs(request, project_dir, source, store)
     plan = plan_run(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
         tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
@@ -292,29 +283,60 @@ def run_in_image(
         store.begin(record, git.diff)
     else:
         store.start(record, lock_text, git.diff)
-    with store.log_path(record.run_id).open("ab") as log:
+    since_ns = time.time_ns() - MTIME_SLACK_NS
+    with _ending_on_failure(record, store, tracking, tracked):
+        code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
+    finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
+    store.save(finished)
+    if tracking and tracked:
+        tracking.tracker.finish(tracked, status_of(code))
+    return finished
+
+
+def _declared_inputs(request: RunRequest, project_dir: Path, source: Path, store: RunStore) -> InputSet | None:
+    """The declared inputs hashed (through the stat cache) before anything starts; a missing one is refused unless
+    this is a reproduction, whose verdict names it."""
+    if not request.inputs:
+        return None
+    inputs = hash_inputs(source, request.inputs, StatCache(ProjectLayout(store.project_dir).input_stats))
+    if inputs.missing and request.reproduces is None:
+        raise UsageError(
+            f"input {inputs.missing[0]!r} does not exist in {source}",
+            hint="--input and `inputs = [...]` name files or directories inside the project",
+            details=tuple(f"input {m!r} does not exist either" for m in inputs.missing[1:]),
+        )
+    _mount_points(project_dir, source, inputs)
+    return inputs
+
+
+def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, output: Output) -> int:
+    """Run the container; its output goes to the terminal and to the run's log as it comes."""
+    with log_path.open("ab") as log:
 
         def tee(stream: str, data: bytes) -> None:
             log.write(data)
             log.flush()
             output(stream, data)
 
-        since_ns = time.time_ns() - MTIME_SLACK_NS
-        try:
-            code = launcher.run(plan.launch, tee)
-        except KeyboardInterrupt:
-            store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
-            _end_quietly(tracking, tracked, "KILLED")
-            raise
-        except BaseException:
-            store.save(replace(record, status="failed", ended=now()))
-            _end_quietly(tracking, tracked, "FAILED")
-            raise
-    finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
-    store.save(finished)
-    if tracking and tracked:
-        tracking.tracker.finish(tracked, status_of(code))
-    return finished
+        return launcher.run(launch, tee)
+
+
+@contextlib.contextmanager
+def _ending_on_failure(
+    record: RunRecord, store: RunStore, tracking: Tracking | None, tracked: TrackedRun | None
+) -> Iterator[None]:
+    """A run that did not come back (Ctrl-C, the engine failing) is recorded as interrupted or failed, and its
+    tracking run ended the same way, before the failure goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
+        _end_quietly(tracking, tracked, "KILLED")
+        raise
+    except BaseException:
+        store.save(replace(record, status="failed", ended=now()))
+        _end_quietly(tracking, tracked, "FAILED")
+        raise
 
 
 def _mount_points(project_dir: Path, source: Path, inputs: InputSet) -> None:
