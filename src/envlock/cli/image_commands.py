@@ -16,7 +16,10 @@ from envlock.errors import UsageError
 
 if TYPE_CHECKING:
     from envlock.image.plan import ImagePlan
+    from envlock.image.registry import Registry
     from envlock.image.signing import SigningKey
+    from envlock.lock.lockfile import Lock
+    from envlock.lock.spec import Spec
     from envlock.report import Progress
 
 
@@ -69,27 +72,9 @@ def build(
         raise UsageError(
             "--push needs a registry", hint='set registry = "host[:port]/namespace" in [tool.envlock], or --registry'
         )
+    push_to = (wiring.registry(split_target(target)[0]), target) if target and (push or registry) else None
     if platform == "all":
-        from envlock.image.multiarch import build_platforms  # noqa: PLC0415
-
-        bars, progress = _bars()
-        with bars:
-            images, index = build_platforms(
-                locked,
-                spec.name,
-                [t.platform for t in locked.targets],
-                builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
-                project_dir=spec.project_dir,
-                no_cache=no_cache,
-                push_to=(wiring.registry(split_target(target)[0]), target) if target and (push or registry) else None,
-            )
-        for image in images:
-            built = "built" if image.outcome.built else "already built:"
-            typer.echo(f"{built} {image.outcome.reference} ({image.outcome.image_id}) for {image.platform}")
-            if image.pushed:
-                typer.echo(f"pushed {image.pushed}")
-        if index:
-            typer.echo(f"pushed index {index}")
+        _build_all(wiring, spec, locked, no_cache=no_cache, push_to=push_to, signer=signer)
         return
     bars, progress = _bars()
     with bars:
@@ -100,13 +85,48 @@ def build(
             builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
             project_dir=spec.project_dir,
             no_cache=no_cache,
-            push_to=(wiring.registry(split_target(target)[0]), target) if target and (push or registry) else None,
+            push_to=push_to,
         )
     typer.echo(f"{'built' if outcome.built else 'already built:'} {outcome.reference} ({outcome.image_id})")
     if pushed:
         typer.echo(f"pushed {pushed}")
     plan = plan_image(locked, spec.name, platform or host_platform())
     _attest_image(wiring, spec.project_dir, plan, outcome.image_id, pushed, signer)
+
+
+def _build_all(
+    wiring: Wiring,
+    spec: Spec,
+    locked: Lock,
+    *,
+    no_cache: bool,
+    push_to: tuple[Registry, str] | None,
+    signer: SigningKey | None,
+) -> None:
+    """`envlock build --platform all`: every platform of the lock, each attested, then one index when pushed."""
+    from envlock.image.multiarch import build_platforms  # noqa: PLC0415
+    from envlock.image.plan import plan_image  # noqa: PLC0415
+
+    bars, progress = _bars()
+    with bars:
+        images, index = build_platforms(
+            locked,
+            spec.name,
+            [t.platform for t in locked.targets],
+            builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
+            project_dir=spec.project_dir,
+            no_cache=no_cache,
+            push_to=push_to,
+        )
+    for image in images:
+        built = "built" if image.outcome.built else "already built:"
+        typer.echo(f"{built} {image.outcome.reference} ({image.outcome.image_id}) for {image.platform}")
+        if image.pushed:
+            typer.echo(f"pushed {image.pushed}")
+        plan = plan_image(locked, spec.name, image.platform)
+        _attest_image(wiring, spec.project_dir, plan, image.outcome.image_id, image.pushed, signer)
+    if index:
+        typer.echo(f"pushed index {index}")
 
 
 def _attest_image(
