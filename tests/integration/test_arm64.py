@@ -14,6 +14,7 @@ import pytest
 
 from envlock.lock.targets import emulated
 from tests.integration.example import digits_repo, git
+from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.emulation]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
@@ -70,3 +71,18 @@ def test_two_cold_arm64_builds_give_one_image_id(digits: Path) -> None:
     docker.from_env().images.remove(first, force=True)
     second = built_id(envlock("build", "--platform", "linux/arm64", "--no-cache", project=digits))
     assert first == second
+
+
+def test_a_pushed_two_platform_index_pulled_by_digest_gives_this_hosts_image(digits: Path, tmp_path: Path) -> None:
+    with serve_registry(tmp_path / "registry") as address:
+        done = envlock("build", "--platform", "all", "--registry", f"{address}/team", project=digits)
+        assert done.returncode == 0, done.stderr
+        index = next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("pushed index "))
+        entry = next(iter(json.loads((digits / ".envlock" / "images.json").read_text()).values()))
+        assert entry["index"] == index and index in entry["pushed"]
+        amd64, arm64 = (entry["platforms"][p]["image-id"] for p in ("linux/amd64", "linux/arm64"))
+        assert amd64 == entry["image-id"] != arm64
+        client = docker.from_env()
+        client.images.remove(amd64, force=True)
+        pulled = client.images.pull(index)
+        assert pulled.id == amd64, "the index gave this amd64 host the amd64 image, by ID"

@@ -292,3 +292,28 @@ def test_a_newly_uploaded_light_package_keeps_every_layer_below_it(
     assert [layer.key for layer in new[:2]] == [layer.key for layer in old[:2]], "venv and torch are reused"
     assert new[1].epoch == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
     assert new[2].key != old[2].key and new[3].key != old[3].key
+
+
+@pytest.mark.parametrize("emulation", [True, False])
+def test_lock_pins_each_platforms_base_it_can_build(
+    tmp_path: Path, write_project: Callable[[str], Path], emulation: bool
+) -> None:
+    both = '[tool.envlock]\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+    project = write_project('[project]\nname = "demo"\ndependencies = ["alpha"]\n' + both)
+    builder = FakeBaseBuilder()
+    builder.platforms = {"linux/amd64", "linux/arm64"} if emulation else {"linux/amd64"}
+    messages: list[str] = []
+    outcome = lock_project(
+        load_spec(project),
+        FakeResolver({"linux/amd64": [], "linux/arm64": []}),
+        bases=BaseStore(tmp_path / "bases", builder),
+        report=messages.append,
+    )
+    assert outcome.lock.target("linux/amd64").base is not None
+    arm64 = outcome.lock.target("linux/arm64").base
+    if emulation:
+        assert arm64 is not None and arm64.debian == {"python3": "3.11.2-1+b1"}
+        assert any("linux/arm64" in m and "under emulation" in m for m in messages)
+    else:
+        assert arm64 is None
+        assert any("cannot run linux/arm64 programs" in m and "not pinned" in m for m in messages)
