@@ -23,24 +23,39 @@ if TYPE_CHECKING:
     from envlock.report import Progress
 
 
-def _bars() -> tuple[Any, Progress]:
-    """rich progress bars for downloads, and the callback the core reports bytes to."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.progress import BarColumn, DownloadColumn, TextColumn  # noqa: PLC0415
-    from rich.progress import Progress as Bars  # noqa: PLC0415
+class _Bars:
+    """rich progress bars for downloads, made at the first byte reported: a no-op build never imports rich."""
 
-    # On stderr: stdout is for results (`built NAME (ID)`), which scripts read.
-    bars = Bars(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True, console=Console(stderr=True)
-    )
-    tasks: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.bars: Any = None
+        self.tasks: dict[str, Any] = {}
 
-    def progress(name: str, done: int, total: int | None) -> None:
-        if name not in tasks:
-            tasks[name] = bars.add_task(name, total=total)
-        bars.update(tasks[name], completed=done)
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if self.bars is None:
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import BarColumn, DownloadColumn, TextColumn  # noqa: PLC0415
+            from rich.progress import Progress as Bars  # noqa: PLC0415
 
-    return bars, progress
+            # On stderr: stdout is for results (`built NAME (ID)`), which scripts read.
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+            self.bars = Bars(*columns, transient=True, console=Console(stderr=True))
+            self.bars.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bars.add_task(name, total=total)
+        self.bars.update(self.tasks[name], completed=done)
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+
+def _bars() -> tuple[_Bars, Progress]:
+    """The bars (a context manager) and the callback the core reports bytes to: the same object."""
+    bars = _Bars()
+    return bars, bars
 
 
 @app.command()
