@@ -213,3 +213,14 @@ def test_passthrough_commands_give_125_for_envlocks_own_failures_even_when_parsi
     assert code == 13, "not a passthrough command: its own code"
     code, _, err = world(capsys, "build", "--no-such-option")
     assert code == 2
+
+
+def test_download_bars_are_made_once_when_threads_report_at_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from envlock.cli.image_commands import _bars
+
+    bars, progress = _bars()
+    with bars, ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: progress(f"wheel-{i % 4}", i, 64), range(64)))
+    assert len(bars.tasks) == 4

@@ -27,10 +27,17 @@ class _Bars:
     """rich progress bars for downloads, made at the first byte reported: a no-op build never imports rich."""
 
     def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+
         self.bars: Any = None
         self.tasks: dict[str, Any] = {}
+        self.lock = threading.Lock()  # downloads report from several threads
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
+        with self.lock:
+            self._report(name, done, total)
+
+    def _report(self, name: str, done: int, total: int | None) -> None:
         if self.bars is None:
             from rich.console import Console  # noqa: PLC0415
             from rich.progress import BarColumn, DownloadColumn, TextColumn  # noqa: PLC0415
