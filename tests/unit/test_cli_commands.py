@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from envlock.cli.app import run
+from envlock.cli.image_commands import _bars
 from envlock.cli.wiring import Wiring
 from envlock.cluster.slurm import Slurm
 from envlock.image.build import Builder
@@ -216,10 +218,6 @@ def test_passthrough_commands_give_125_for_envlocks_own_failures_even_when_parsi
 
 
 def test_download_bars_are_made_once_when_threads_report_at_once() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from envlock.cli.image_commands import _bars
-
     bars, progress = _bars()
     with bars, ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda i: progress(f"wheel-{i % 4}", i, 64), range(64)))
