@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from envlock.fsutil import atomic_write_text, owned_prefix, read_json
+from envlock.fsutil import atomic_write_text, owned_prefix, read_json, sha256_file
 
 # Never compiled into a layer: caches and logs are machine- and time-dependent.
 EXCLUDED_NAMES = frozenset({"__pycache__", ".DS_Store"})
@@ -126,14 +126,6 @@ def _stamp(path: Path) -> list[int]:
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
 class LayerStore:
     """Finished layer tarballs by content key, so a rebuild re-makes only the layers that changed.
 
@@ -158,7 +150,7 @@ class LayerStore:
         try:
             stamp = _stamp(tar)
             if stamp != data.get("verified"):
-                if stamp[0] != size or _sha256_of(tar) != diff_id:
+                if stamp[0] != size or "sha256:" + sha256_file(tar) != diff_id:
                     self._discard(key)
                     return None
                 # Verified once for these bytes: not hashed again until the file changes.

@@ -228,12 +228,3 @@ def open_envelope(document: object, key: PublicKey | None, where: str = "attesta
             return Opened(statement, key.keyid, len(signatures))
     what = "has no signature" if not signatures else f"has no valid signature by key {key.keyid[:16]}"
     raise VerificationError(f"{where} {what}", hint="check --key: the public key of whoever signed it")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -16,6 +15,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock.errors import DownloadError, HashMismatchError
+from envlock.fsutil import sha256_file
 from envlock.lock.credentials import expand, redact
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
@@ -103,15 +103,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class WheelCache:
     """Content-addressed store: `<root>/sha256/ab/abcdef…`; partial downloads under `<root>/partial/`, one writer
     per entry at a time (a flock on `<root>/locks/<sha256>.lock`)."""
@@ -129,7 +120,7 @@ class WheelCache:
         """The cached path if present and intact; a corrupt entry is removed (and so will be fetched again)."""
         path = self.path_for(file.sha256)
         try:
-            if sha256_of(path) == file.sha256:
+            if sha256_file(path) == file.sha256:
                 return path
         except (FileNotFoundError, IsADirectoryError):
             return None
@@ -183,7 +174,7 @@ class WheelCache:
             # a range from its end would be answered 416.
             if not (file.size is not None and partial.is_file() and partial.stat().st_size == file.size):
                 self._download(file, partial, progress)
-            got = sha256_of(partial)
+            got = sha256_file(partial)
             if got == file.sha256:
                 target = self.path_for(file.sha256)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from envlock import __version__
 from envlock.errors import EnvlockError, VerificationError
+from envlock.fsutil import sha256_file
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.image.signing import (
     STATEMENT_TYPE,
@@ -24,7 +25,6 @@ from envlock.image.signing import (
     PublicKey,
     SigningKey,
     envelope,
-    file_sha256,
     load_public_key,
     open_envelope,
     write_envelope,
@@ -59,7 +59,7 @@ def run_files(run_dir: Path) -> dict[str, str]:
             and relative not in _NOT_BOUND
             and not relative.startswith("nodes/")
         ):
-            found[relative] = file_sha256(path)
+            found[relative] = sha256_file(path)
     return found
 
 
@@ -213,11 +213,11 @@ def verify_run_dir(
         if ".." in Path(name).parts or Path(name).is_absolute():
             checks.mismatches.append(f"output {name}: not a path inside the project")
             continue
-        found = file_sha256(target) if target.is_file() else None  # records hash each file of a directory
+        found = sha256_file(target) if target.is_file() else None  # records hash each file of a directory
         checks.expect(f"output {name}", subject.get("digest", {}).get("sha256"), found)
     for relative, digest in sorted((predicate.get("run-files") or {}).items()):
         file = run_dir / relative
-        checks.expect(f"run file {relative}", digest, file_sha256(file) if file.is_file() else None)
+        checks.expect(f"run file {relative}", digest, sha256_file(file) if file.is_file() else None)
     lock_copy = run_dir / "envlock.lock"
     try:
         lock_hash = lockfile.read(lock_copy).lock_hash

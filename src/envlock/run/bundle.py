@@ -30,11 +30,11 @@ from typing import Any
 
 from envlock.engine.docker import Engine
 from envlock.errors import RerunError, UsageError, VerificationError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
-from envlock.image.signing import PublicKey, SigningKey, file_sha256, open_envelope
+from envlock.image.signing import PublicKey, SigningKey, open_envelope
 from envlock.lock import lockfile
 from envlock.paths import ProjectLayout
 from envlock.run.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
@@ -139,7 +139,7 @@ def _stage_inputs(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
 
 def _manifest(record: RunRecord, stage: Path, commit: str | None, subdir: str, *, with_image: bool) -> dict[str, Any]:
     """bundle.json: the run, the code, the image, and the sha256 of every file staged so far."""
-    contents = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    contents = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
     return {
         "bundle-version": BUNDLE_VERSION,
         "run-id": record.run_id,
@@ -226,7 +226,7 @@ def unpacked(bundle: Path) -> Iterator[Unpacked]:
         problems = [
             name
             for name, digest in contents.items()
-            if not _safe(name) or not (root / name).is_file() or file_sha256(root / name) != digest
+            if not _safe(name) or not (root / name).is_file() or sha256_file(root / name) != digest
         ]
         extra = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         problems += [name for name in extra if name != MANIFEST and name not in contents]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from envlock import __version__
 from envlock.engine.launch import determinism_env
 from envlock.errors import EnvlockError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.run.hostprobe import DRIVER_TRACES, HostState, Nvml, PynvmlAdapter, probe_host
 
 # The lock reader and the preflight need `packaging`; they are imported where the preflight runs, so that a host
@@ -302,14 +301,6 @@ def arm_environment(
     return {**env, **settings}, settings
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train_once(
     training: Training, out: Path, deterministic: bool, env: Mapping[str, str], timeout: float | None
 ) -> dict[str, Any]:
@@ -347,7 +338,7 @@ def train_once(
     elif not weights.is_file():
         run["error"] = f"wrote no {training.weights}"
     else:
-        run["sha256"] = _sha256(weights)
+        run["sha256"] = sha256_file(weights)
     return run
 
 

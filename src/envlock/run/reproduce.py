@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envlock.errors import FAILURE_REPRODUCED, NOT_REPRODUCED, NOTHING_COMPARED, RerunError, UsageError
+from envlock.fsutil import sha256_file
 from envlock.lock import lockfile
 from envlock.paths import ProjectLayout
 from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunRequest, sha256_file
+from envlock.run.runner import RunRequest
 from envlock.run.schema import relative_path_problem
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import EnvlockError, UsageError
+from envlock.fsutil import sha256_file
 from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
 from envlock.paths import ProjectLayout
@@ -97,15 +97,6 @@ def new_record(
         declared_outputs=list(request.outputs),
         gpus=gpus,
     )
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, ...]:
