@@ -11,6 +11,7 @@ import typer
 from envlock.cli import (  # noqa: F401
     audit_commands,
     cluster_commands,
+    export_commands,
     gc_commands,
     image_commands,
     init_commands,

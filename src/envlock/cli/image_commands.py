@@ -10,7 +10,7 @@ import typer
 
 from envlock.cli.audit_commands import KeyOpt, PublicKeyOpt, signing_key
 from envlock.cli.options import ArchiveOpt, JsonOpt, PlatformOpt, ProjectOpt
-from envlock.cli.root import app, base_app, export_app
+from envlock.cli.root import app, base_app
 from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
 
@@ -286,63 +286,3 @@ def _check_referrers(wiring: Wiring, project: Path, pushed: str, image_id: str, 
         sbom_path = attestation_path(project, image_id).with_suffix("").with_suffix(".cdx.json")
         atomic_write_bytes(sbom_path, found.sbom)
         typer.echo(f"SBOM from the registry in {sbom_path}")
-
-
-def _exported_image(ctx: typer.Context, project: Path, platform: str | None, scratch: Path) -> tuple[str, str, Path]:
-    """The lock's image for a platform (built when missing), saved from the engine: (image ID, reference, archive)."""
-    from envlock.lock.project import check as check_lock  # noqa: PLC0415
-    from envlock.lock.spec import load_spec  # noqa: PLC0415
-    from envlock.lock.targets import host_platform  # noqa: PLC0415
-    from envlock.run.pinned import build_lock  # noqa: PLC0415
-
-    wiring = wiring_of(ctx)
-    spec = load_spec(project)
-    locked = check_lock(spec)
-    built = build_lock(
-        locked, spec.name, platform or host_platform(), wiring.builder([spec.index_url, *spec.extra_index_urls])
-    )
-    archive = scratch / "image.tar"
-    wiring.engine.save(built.image_id, archive)
-    return built.image_id, built.reference, archive
-
-
-@export_app.command("enroot")
-def export_enroot(
-    ctx: typer.Context,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The SquashFS file to write.")],
-    project: ProjectOpt = Path(),
-    platform: PlatformOpt = None,
-) -> None:
-    """The lock's image as a SquashFS for enroot (`enroot create`) and pyxis (`srun --container-image=FILE`)."""
-    import tempfile  # noqa: PLC0415
-
-    from envlock.image.portable import enroot_squashfs  # noqa: PLC0415
-
-    scratch_root = wiring_of(ctx).cache.scratch
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch_root) as scratch:
-        image_id, _, archive = _exported_image(ctx, project, platform, Path(scratch))
-        enroot_squashfs(archive, image_id, output, Path(scratch))
-    typer.echo(f"wrote {output} ({image_id})")
-    wiring_of(ctx).say(f"on the cluster: enroot create -n NAME {output}, or srun --container-image={output.resolve()}")
-
-
-@export_app.command("apptainer")
-def export_apptainer(
-    ctx: typer.Context,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The OCI archive (.tar) to write.")],
-    project: ProjectOpt = Path(),
-    platform: PlatformOpt = None,
-) -> None:
-    """The lock's image as an OCI archive, and the `apptainer build` command that makes a SIF of it."""
-    import tempfile  # noqa: PLC0415
-
-    from envlock.image.portable import oci_archive  # noqa: PLC0415
-
-    scratch_root = wiring_of(ctx).cache.scratch
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch_root) as scratch:
-        image_id, reference, archive = _exported_image(ctx, project, platform, Path(scratch))
-        digest = oci_archive(archive, image_id, output, reference)
-    typer.echo(f"wrote {output} ({image_id}, manifest {digest})")
-    typer.echo(f"apptainer build {output.with_suffix('.sif').name} oci-archive://{output.resolve()}")
