@@ -77,6 +77,13 @@ def test_reproduce_from_the_registry_then_from_an_archive(repo: Path, tmp_path: 
     data[top.offset_data + top.size // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
     remove_image(original.image_id)
+    # Images of other tests built from the same lock (under other names) hold that layer too: without them the
+    # engine lacks it, so the restore must read the archive's (damaged) copy.
+    top_layer = "sha256:" + top.name.split("/")[0]
+    client = docker.from_env()
+    for image in client.images.list():
+        if top_layer in image.attrs.get("RootFS", {}).get("Layers", []):
+            client.images.remove(image.id, force=True)
     refused = envlock(repo, "restore", original.run_id, "--archive", str(archive), "--no-rebuild")
     assert refused.returncode == 15 and "corrupt or tampered" in refused.stderr and str(archive) in refused.stderr
     rebuilt = envlock(repo, "restore", original.run_id, "--archive", str(archive))
