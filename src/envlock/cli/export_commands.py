@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +16,19 @@ from envlock.cli.root import export_app
 from envlock.cli.wiring import wiring_of
 
 
-def _exported_image(ctx: typer.Context, project: Path, platform: str | None, scratch: Path) -> tuple[str, str, Path]:
-    """The lock's image for a platform (built when missing), saved from the engine: (image ID, reference, archive)."""
+@dataclass(frozen=True)
+class _Exported:
+    """The lock's image saved from the engine into a scratch folder (removed afterwards)."""
+
+    image_id: str
+    reference: str
+    archive: Path
+    scratch: Path
+
+
+@contextmanager
+def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> Iterator[_Exported]:
+    """The lock's image for a platform (built when missing), saved from the engine into envlock's scratch."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.lock.targets import host_platform  # noqa: PLC0415
@@ -25,9 +40,11 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None, scr
     built = build_lock(
         locked, spec.name, platform or host_platform(), wiring.builder([spec.index_url, *spec.extra_index_urls])
     )
-    archive = scratch / "image.tar"
-    wiring.engine.save(built.image_id, archive)
-    return built.image_id, built.reference, archive
+    wiring.cache.scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="export-", dir=wiring.cache.scratch) as scratch:
+        archive = Path(scratch) / "image.tar"
+        wiring.engine.save(built.image_id, archive)
+        yield _Exported(built.image_id, built.reference, archive, Path(scratch))
 
 
 @export_app.command("enroot")
@@ -38,16 +55,11 @@ def export_enroot(
     platform: PlatformOpt = None,
 ) -> None:
     """The lock's image as a SquashFS for enroot (`enroot create`) and pyxis (`srun --container-image=FILE`)."""
-    import tempfile  # noqa: PLC0415
-
     from envlock.image.portable import enroot_squashfs  # noqa: PLC0415
 
-    scratch_root = wiring_of(ctx).cache.scratch
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch_root) as scratch:
-        image_id, _, archive = _exported_image(ctx, project, platform, Path(scratch))
-        enroot_squashfs(archive, image_id, output, Path(scratch))
-    typer.echo(f"wrote {output} ({image_id})")
+    with _exported_image(ctx, project, platform) as image:
+        enroot_squashfs(image.archive, image.image_id, output, image.scratch)
+    typer.echo(f"wrote {output} ({image.image_id})")
     wiring_of(ctx).say(f"on the cluster: enroot create -n NAME {output}, or srun --container-image={output.resolve()}")
 
 
@@ -59,14 +71,9 @@ def export_apptainer(
     platform: PlatformOpt = None,
 ) -> None:
     """The lock's image as an OCI archive, and the `apptainer build` command that makes a SIF of it."""
-    import tempfile  # noqa: PLC0415
-
     from envlock.image.portable import oci_archive  # noqa: PLC0415
 
-    scratch_root = wiring_of(ctx).cache.scratch
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch_root) as scratch:
-        image_id, reference, archive = _exported_image(ctx, project, platform, Path(scratch))
-        digest = oci_archive(archive, image_id, output, reference)
-    typer.echo(f"wrote {output} ({image_id}, manifest {digest})")
+    with _exported_image(ctx, project, platform) as image:
+        digest = oci_archive(image.archive, image.image_id, output, image.reference)
+    typer.echo(f"wrote {output} ({image.image_id}, manifest {digest})")
     typer.echo(f"apptainer build {output.with_suffix('.sif').name} oci-archive://{output.resolve()}")
