@@ -88,6 +88,32 @@ def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]
     return removed
 
 
+def tree_size(root: Path) -> int:
+    """Bytes of the regular files under root (links not followed)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size  # noqa: PTH118
+    return total
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a directory tree so that no reader ever sees part of it: renamed to a dot-name beside it first (a
+    name readers skip), then removed, read-only folders (an unpacked image's) included."""
+    doomed = root.with_name(f".{root.name}.removing-{os.getpid()}")
+    root.rename(doomed)
+
+    def writable(function: Any, path: str, _exc: Any) -> None:
+        parent = os.path.dirname(path)  # noqa: PTH120
+        os.chmod(parent, 0o700)  # noqa: PTH101
+        if os.path.isdir(path) and not os.path.islink(path):  # noqa: PTH112, PTH114
+            os.chmod(path, 0o700)  # noqa: PTH101
+        function(path)
+
+    shutil.rmtree(doomed, onerror=writable)
+
+
 @contextlib.contextmanager
 def no_space_is_an_error(action: str, places: Iterable[Path]) -> Iterator[None]:
     """A full disk while `action` becomes one BuildError naming the path and each place's free space."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from envlock.cli.app import run
+from envlock.cli.app import ALL_COMMAND_MODULES, COMMAND_MODULES, load_commands, run
+from envlock.cli.root import app
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
@@ -25,6 +28,42 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for command in ("lock", "show", "export", "build", "base"):
         assert command in out
+
+
+def _registering_modules() -> dict[str, set[str]]:
+    """Every top-level command and group of the loaded CLI, with the modules whose functions it calls."""
+    found: dict[str, set[str]] = {}
+    for command in app.registered_commands:
+        assert command.callback is not None
+        name = command.name or command.callback.__name__.replace("_", "-")
+        found.setdefault(name, set()).add(command.callback.__module__)
+    for group in app.registered_groups:
+        assert group.name is not None and group.typer_instance is not None
+        sub = group.typer_instance
+        callbacks = [c.callback for c in sub.registered_commands]
+        if sub.registered_callback is not None:
+            callbacks.append(sub.registered_callback.callback)
+        found[group.name] = {c.__module__ for c in callbacks if c is not None}
+    return found
+
+
+def test_each_command_loads_the_modules_that_register_it() -> None:
+    """The start-up table (which modules a command imports) is exactly what the modules register."""
+    load_commands([])
+    registered = _registering_modules()
+    assert set(ALL_COMMAND_MODULES) == {m.rsplit(".", 1)[-1] for ms in registered.values() for m in ms}
+    assert {name: {f"envlock.cli.{m}" for m in ms} for name, ms in COMMAND_MODULES.items()} == registered
+
+
+def test_a_command_imports_only_its_own_command_module() -> None:
+    """`envlock run` does not pay for the other commands' imports (nor typer for building them)."""
+    probe = (
+        "import sys; from envlock.cli.app import run; code = run(['run', '--help']); "
+        "print(code, sorted(m for m in sys.modules if m.endswith('_commands')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 ['envlock.cli.run_commands']"
 
 
 @pytest.mark.parametrize(

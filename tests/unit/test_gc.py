@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 
 from envlock.cli.app import run
 from envlock.cli.wiring import Wiring
+from envlock.engine.launch import bytecode_folder
 from envlock.errors import CacheBusyError
 from envlock.image.build import Builder
-from envlock.image.gc import _exclusive, collect_garbage
+from envlock.image.gc import GRACE_SECONDS, Needed, _exclusive, collect_garbage
 from envlock.image.plan import plan_image
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
@@ -138,3 +140,56 @@ def test_images_of_other_projects_are_never_candidates(
     engine.tags["someone-else:v1"] = old  # the same engine, another project's image
     collect_garbage(needed_by([project])[0], engine, cache, now=LATER)
     assert set(engine.images) == {old, new}
+
+
+def _image_folder(root: Path, image_id: str, *, read_only: bool = False) -> Path:
+    folder = root / image_id.removeprefix("sha256:")
+    inner = folder / "rootfs" / "usr" / "lib"
+    inner.mkdir(parents=True)
+    (inner / "module.pyc").write_bytes(b"x" * 100)
+    if read_only:  # as an unpacked image's folders can be: gc must still remove them
+        inner.chmod(0o555)
+        inner.parent.chmod(0o555)
+    return folder
+
+
+def test_per_image_folders_go_with_their_image(two_builds: tuple[Path, FakeEngine, CacheLayout, str, str]) -> None:
+    """Bytecode folders and Charliecloud's unpacked images of removed images are freed; the kept image's stay,
+    and so do folders being made (dot-names) and folders in use (touched within the grace period)."""
+    project, engine, cache, old, new = two_builds
+    gone = "sha256:" + "e" * 64  # an image no engine nor record knows any more
+    folders = {
+        "old bytecode": _image_folder(cache.bytecode, old),
+        "new bytecode": _image_folder(cache.bytecode, new),
+        "orphan bytecode": _image_folder(cache.bytecode, gone),
+        "old charliecloud": _image_folder(cache.charliecloud, old, read_only=True),
+        "new charliecloud": _image_folder(cache.charliecloud, new),
+        "being made": _image_folder(cache.charliecloud, ".eeee-partial"),
+    }
+    needed, _ = needed_by([project])
+    dry = collect_garbage(needed, engine, cache, dry_run=True, now=LATER)
+    assert all(folder.is_dir() for folder in folders.values()), "--dry-run removes nothing"
+    done = collect_garbage(needed, engine, cache, now=LATER)
+    assert [(r.kind, r.name) for r in done.removed] == [(r.kind, r.name) for r in dry.removed]
+    left = {name for name, folder in folders.items() if folder.is_dir()}
+    assert left == {"new bytecode", "new charliecloud", "being made"}
+    freed = {(r.kind, r.name): r.size for r in done.removed if r.kind in ("bytecode", "charliecloud")}
+    assert freed == {("bytecode", old[7:19]): 100, ("bytecode", gone[7:19]): 100, ("charliecloud", old[7:19]): 100}
+    assert not [p for p in cache.charliecloud.iterdir() if ".removing-" in p.name], "nothing half-removed is left"
+
+
+def test_a_folder_in_use_or_named_by_a_run_is_kept(
+    two_builds: tuple[Path, FakeEngine, CacheLayout, str, str],
+) -> None:
+    project, engine, cache, _, _ = two_builds
+    recorded = "sha256:" + "d" * 64  # not in the engine, but a run record names it: restorable, so kept
+    in_use = _image_folder(cache.bytecode, "sha256:" + "c" * 64)
+    named = _image_folder(cache.bytecode, recorded)
+    needed, _ = needed_by([project])
+    needed = Needed(needed.locks, needed.image_ids | {recorded}, needed.repositories)
+    old_enough = time.time() - GRACE_SECONDS - 60
+    os.utime(named, (old_enough, old_enough))
+    os.utime(in_use, (old_enough, old_enough))
+    bytecode_folder(cache.bytecode, "sha256:" + "c" * 64)  # a run starts with it: touched
+    collect_garbage(needed, engine, cache)
+    assert in_use.is_dir() and named.is_dir()

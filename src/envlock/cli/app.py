@@ -3,26 +3,52 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import sys
 
 import typer
 
-# Importing the command modules registers their commands on the typer apps.
-from envlock.cli import (  # noqa: F401
-    audit_commands,
-    cluster_commands,
-    export_commands,
-    gc_commands,
-    image_commands,
-    init_commands,
-    lock_commands,
-    run_commands,
-    runs_commands,
-)
-from envlock.cli.cluster_commands import split_submit
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import Wiring
 from envlock.errors import ENVLOCK_FAILED, EXIT_CODES, INTERRUPTED, USAGE, EnvlockError
+
+# The modules (under envlock.cli) whose imports register each top-level command or group: a command imports only
+# its own, so typer builds one command and not all of them (start-up time: `envlock run` is on every training
+# job's path). Anything else (no command, --help, --version, an unknown name) imports every module. Checked against
+# what the modules register by tests/unit/test_cli.py.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "init": ("init_commands",),
+    "lock": ("lock_commands",),
+    "show": ("lock_commands",),
+    "build": ("image_commands",),
+    "archive": ("image_commands",),
+    "restore": ("image_commands",),
+    "base": ("image_commands",),
+    "run": ("run_commands",),
+    "reproduce": ("run_commands",),
+    "diff": ("run_commands",),
+    "runs": ("runs_commands",),
+    "submit": ("cluster_commands",),
+    "run-submitted": ("cluster_commands",),
+    "export": ("cluster_commands", "export_commands", "lock_commands"),
+    "gc": ("gc_commands",),
+    "sbom": ("audit_commands",),
+    "key": ("audit_commands",),
+    "attest": ("audit_commands",),
+    "verify": ("audit_commands",),
+    "bundle": ("audit_commands",),
+    "report": ("audit_commands",),
+}
+ALL_COMMAND_MODULES = tuple(sorted({module for modules in COMMAND_MODULES.values() for module in modules}))
+
+
+def load_commands(args: list[str]) -> tuple[str, ...]:
+    """Register the commands these arguments can reach (importing a module twice is a no-op); the modules named."""
+    modules = COMMAND_MODULES.get(args[0], ALL_COMMAND_MODULES) if args else ALL_COMMAND_MODULES
+    for module in modules:
+        importlib.import_module(f"envlock.cli.{module}")
+    return modules
+
 
 # Commands whose exit status is their command's: envlock's own failures there exit ENVLOCK_FAILED (125).
 PASSTHROUGH = ("run", "run-submitted")
@@ -68,7 +94,10 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     root = wiring or Wiring()
     if args[:1] == ["submit"]:
+        from envlock.cli.cluster_commands import split_submit  # noqa: PLC0415  (only submit's module, see above)
+
         args, root.sbatch_args, root.submit_command = split_submit(args)
+    load_commands(args)
     try:
         app(args=args, obj=root, standalone_mode=True)  # typer reports its own usage errors and exits 2
     except CommandExited as exc:

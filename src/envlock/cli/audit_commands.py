@@ -7,38 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from envlock.cli.options import FileOutOpt, PlatformOpt, ProjectOpt, RunIdArg
+from envlock.cli.options import FileOutOpt, KeyOpt, PlatformOpt, ProjectOpt, PublicKeyOpt, RunIdArg
 from envlock.cli.root import app, key_app
 from envlock.cli.wiring import Wiring, wiring_of
 
 if TYPE_CHECKING:
     from envlock.engine.docker import Engine
-    from envlock.image.signing import SigningKey
     from envlock.run.attest import Checks
-
-KeyOpt = Annotated[
-    Path | None,
-    typer.Option("--key", help="Signing key (PEM); default: $ENVLOCK_SIGNING_KEY; none: unsigned.", show_default=False),
-]
-PublicKeyOpt = Annotated[
-    Path | None,
-    typer.Option("--key", help="The signer's public key (PEM) to check signatures with.", show_default=False),
-]
-
-
-def signing_key(wiring: Wiring, flag: Path | None) -> SigningKey | None:
-    """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""
-    from envlock.image.signing import load_signing_key  # noqa: PLC0415
-
-    return load_signing_key(flag, wiring.environ)
-
-
-def attest_finished_run(wiring: Wiring, run_dir: Path, key: SigningKey | None) -> None:
-    """The hook `envlock run` calls when a run ends: its attestation beside its record."""
-    from envlock.run.attest import attest_run  # noqa: PLC0415
-
-    path = attest_run(run_dir, key)
-    wiring.say(f"attestation {path} ({'signed by ' + key.public.keyid[:16] if key else 'unsigned: no --key'})")
 
 
 def _engine_or_none(wiring: Wiring) -> Engine | None:
@@ -97,7 +72,7 @@ def key_public(ctx: typer.Context, key: KeyOpt = None) -> None:
     """Print the public key (PEM) of the signing key, for whoever verifies."""
     from envlock.errors import UsageError  # noqa: PLC0415
 
-    found = signing_key(wiring_of(ctx), key)
+    found = wiring_of(ctx).signing_key(key)
     if found is None:
         raise UsageError("no signing key: pass --key PATH or set ENVLOCK_SIGNING_KEY", hint="envlock key generate")
     typer.echo(found.public.pem.decode(), nl=False)
@@ -114,7 +89,7 @@ def attest_command(ctx: typer.Context, run_id: RunIdArg, project: ProjectOpt = P
     record = store.load(run_id)
     if record.status not in FINAL:
         raise UsageError(f"run {record.run_id} is still {record.status}: it is attested when it ends")
-    attest_finished_run(wiring, store.directory(record.run_id), signing_key(wiring, key))
+    wiring.attest_run(store.directory(record.run_id), wiring.signing_key(key))
 
 
 def _show(checks: Checks) -> None:
@@ -191,7 +166,7 @@ def bundle_command(
         engine=lambda: wiring.engine,
         with_image=with_image,
         with_inputs=with_inputs,
-        key=signing_key(wiring, key),
+        key=wiring.signing_key(key),
     )
     image = manifest["image"]
     where = (

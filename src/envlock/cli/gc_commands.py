@@ -1,4 +1,5 @@
-"""`envlock gc`: free the images, layers, bases and wheels no lock or run record of the given projects needs."""
+"""`envlock gc`: free the images, layers, bases, wheels and per-image folders no lock or run record of the given
+projects needs."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def gc(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
 ) -> None:
-    """Remove images, layers, bases and wheels that no lock or run record of these projects needs."""
+    """Remove images, layers, bases, wheels and per-image folders (bytecode, Charliecloud) no lock or run needs."""
     from envlock.image.gc import collect_garbage  # noqa: PLC0415
     from envlock.run.retention import needed_by  # noqa: PLC0415
 

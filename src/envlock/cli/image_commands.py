@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from envlock.cli.audit_commands import KeyOpt, PublicKeyOpt, signing_key
-from envlock.cli.options import ArchiveOpt, JsonOpt, PlatformOpt, ProjectOpt
+from envlock.cli.options import ArchiveOpt, JsonOpt, KeyOpt, PlatformOpt, ProjectOpt, PublicKeyOpt
 from envlock.cli.root import app, base_app
 from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
@@ -86,7 +85,7 @@ def build(
     from envlock.lock.targets import host_platform  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    signer = signing_key(wiring, key)
+    signer = wiring.signing_key(key)
     spec = load_spec(project)
     locked = check_lock(spec)
     target = registry or spec.registry

@@ -66,3 +66,11 @@ RuntimeOpt = Annotated[
         help="What runs the image: docker, podman or charliecloud (default: [tool.envlock] runtime, else docker).",
     ),
 ]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="Signing key (PEM); default: $ENVLOCK_SIGNING_KEY; none: unsigned.", show_default=False),
+]
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="The signer's public key (PEM) to check signatures with.", show_default=False),
+]

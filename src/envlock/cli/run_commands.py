@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from envlock.cli.audit_commands import KeyOpt, attest_finished_run, signing_key
 from envlock.cli.options import (
     ArchiveOpt,
     EnvOpt,
@@ -17,6 +16,7 @@ from envlock.cli.options import (
     GpusOpt,
     InputsOpt,
     JsonOpt,
+    KeyOpt,
     MlflowOpt,
     NoMlflowOpt,
     OutputsOpt,
@@ -52,7 +52,7 @@ def run_command(
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    signer = signing_key(wiring, key)  # before the run: an unreadable key fails now, not after training
+    signer = wiring.signing_key(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
@@ -68,7 +68,7 @@ def run_command(
         tracking=tracking,
         remove_container=wiring.remove_container,
     )
-    attest_finished_run(wiring, store.directory(record.run_id), signer)
+    wiring.attest_run(store.directory(record.run_id), signer)
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
     wiring.say(

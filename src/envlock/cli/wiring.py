@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from envlock.image.bases import BaseStore, UpstreamBase
     from envlock.image.build import Builder
     from envlock.image.registry import Registry
+    from envlock.image.signing import SigningKey
     from envlock.lock.resolve import Resolver
     from envlock.run.hostprobe import HostState, Nvml
     from envlock.run.pinned import RunTools
@@ -63,6 +64,7 @@ class Wiring:
     submit_command: list[str] = field(default_factory=list)
     runs_project: Path | None = None
     runtime: str = "docker"  # docker, podman or charliecloud: chosen per invocation (--runtime, the spec, a job)
+    _engine_versions: list[str | None] = field(default_factory=list, repr=False)  # asked once per invocation
 
     @property
     def cache(self) -> CacheLayout:
@@ -98,7 +100,9 @@ class Wiring:
                 engine = self.engine
                 client = engine.client if isinstance(engine, DockerEngine) else None
                 self.launcher_ = DockerLauncher(
-                    client if client is not None else DockerEngine().client, bytecode_root=self.cache.bytecode
+                    client if client is not None else DockerEngine().client,
+                    bytecode_root=self.cache.bytecode,
+                    version=self._engine_version if client is not None else None,
                 )
         return self.launcher_
 
@@ -195,10 +199,27 @@ class Wiring:
         return probe_host(nvml, docker_version=self.docker_version or self._engine_version)
 
     def _engine_version(self) -> str | None:
+        """The Docker engine's version, asked once (the host probe and the run record's runtime both name it)."""
         from envlock.engine.docker import DockerEngine  # noqa: PLC0415
 
-        engine = self.engine
-        return str(engine.client.version().get("Version")) if isinstance(engine, DockerEngine) else None
+        if not self._engine_versions:
+            engine = self.engine
+            found = engine.client.version().get("Version") if isinstance(engine, DockerEngine) else None
+            self._engine_versions.append(str(found) if found else None)
+        return self._engine_versions[0]
+
+    def signing_key(self, flag: Path | None) -> SigningKey | None:
+        """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""
+        from envlock.image.signing import load_signing_key  # noqa: PLC0415
+
+        return load_signing_key(flag, self.environ)
+
+    def attest_run(self, run_dir: Path, key: SigningKey | None) -> None:
+        """A finished run's attestation, written beside its record (`envlock run` when a run ends, `attest`)."""
+        from envlock.run.attest import attest_run  # noqa: PLC0415
+
+        path = attest_run(run_dir, key)
+        self.say(f"attestation {path} ({'signed by ' + key.public.keyid[:16] if key else 'unsigned: no --key'})")
 
     def remove_container(self, name: str) -> None:
         """Remove a run's container; a failure is a warning (the engine may be down)."""

@@ -6,6 +6,7 @@ unpacked into a temporary directory beside it and renamed into place, so a prese
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -151,6 +152,8 @@ class CharliecloudLauncher:
         """The image's directory, unpacked from a verified export of the image when it is not here yet."""
         final = self.directory(image_id)
         if (final / "rootfs").is_dir():
+            with contextlib.suppress(OSError):
+                os.utime(final)  # in use: `envlock gc` leaves folders touched in its grace period alone
             return final
         self.store.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}-", dir=self.store))

@@ -1,6 +1,8 @@
 """`envlock gc`: remove the images, layers, bases and wheels that no lock or run record still needs.
 
 What restore and reproduce need is kept: each run's image and its lock's wheels and layers, and the current lock's.
+Folders kept per image ID (the bytecode runs write, Charliecloud's unpacked images) go with their image: kept while
+the engine keeps it or a run record names it.
 Two collections never run at once (an fcntl lock on <cache>/gc.lock), and any cache entry touched in the last
 `grace` seconds is left alone, so a build running beside gc keeps what it is making.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from envlock.engine.docker import ImageInfo, ImageLister
 from envlock.errors import CacheBusyError
-from envlock.fsutil import read_json
+from envlock.fsutil import read_json, remove_tree, tree_size
 from envlock.image.plan import layer_key, plan_image
 from envlock.image.staging import VenvLayout
 from envlock.lock import lockfile
@@ -47,7 +49,7 @@ class Needed:
 class Removal:
     """One thing gc removes (or, with --dry-run, would remove)."""
 
-    kind: str  # image | layer | base | wheel
+    kind: str  # image | layer | base | wheel | bytecode | charliecloud
     name: str
     size: int
 
@@ -142,6 +144,9 @@ def collect_garbage(
         _layers(cache.layers, keys, diff_ids, recent, drop)
         _bases(cache.bases, diff_ids, recent, drop)
         _wheels(cache.wheels / "sha256", wheels, recent, drop)
+        images = {image.image_id for image in kept_images} | needed.image_ids
+        for kind, root in (("bytecode", cache.bytecode), ("charliecloud", cache.charliecloud)):
+            _image_folders(root, kind, images, recent, result, dry_run=dry_run, report=report)
     return result
 
 
@@ -202,3 +207,27 @@ def _layers(root: Path, keys: set[str], diff_ids: set[str], recent: Callable[[Pa
         if meta.stem in keys or diff_id in diff_ids or recent(meta) or recent(tar):
             continue
         drop("layer", meta.stem[:12], [tar, meta])
+
+
+def _image_folders(
+    root: Path,
+    kind: str,
+    image_ids: set[str],
+    recent: Callable[[Path], bool],
+    result: GcReport,
+    *,
+    dry_run: bool,
+    report: Report,
+) -> None:
+    """Folders named by image ID, kept while their image is; one in use is recent (every start touches it). A
+    dot-name is one being made or removed."""
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
+            continue
+        if f"sha256:{folder.name}" in image_ids or recent(folder):
+            continue
+        size = tree_size(folder)
+        result.removed.append(Removal(kind, folder.name[:12], size))
+        report(f"{'would remove' if dry_run else 'removing'} {kind} {folder.name[:12]} ({size} bytes)")
+        if not dry_run:
+            remove_tree(folder)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,9 @@ METRICS_MAX_BYTES = 1 << 20
 # The kernel stamps files from a coarse clock (a tick behind time.time_ns()): a directory output's files count as
 # written during the run when modified no earlier than this before the launch.
 MTIME_SLACK_NS = 50_000_000
+# What a run imports only once its command has ended (the attestation and what it reads: SBOM, provenance):
+# imported from a thread while the engine starts the container, the time this process only waits for its answer.
+IMPORTED_AFTER_LAUNCH = ("envlock.run.attest",)
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,7 @@ def run_in_image(
     else:
         store.start(record, lock_text, git.diff)
     since_ns = time.time_ns() - MTIME_SLACK_NS
+    _import_meanwhile(IMPORTED_AFTER_LAUNCH)
     with _ending_on_failure(record, store, tracking, tracked):
         code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
     finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
@@ -282,6 +288,17 @@ def run_in_image(
     if tracking and tracked:
         tracking.tracker.finish(tracked, status_of(code))
     return finished
+
+
+def _import_meanwhile(modules: tuple[str, ...]) -> None:
+    """Import these modules in a daemon thread; a failure there is left for the import that needs the module."""
+
+    def load() -> None:
+        with contextlib.suppress(BaseException):
+            for module in modules:
+                importlib.import_module(module)
+
+    threading.Thread(target=load, name="envlock-imports", daemon=True).start()
 
 
 def _declared_inputs(request: RunRequest, project_dir: Path, source: Path, store: RunStore) -> InputSet | None:
