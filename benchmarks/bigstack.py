@@ -17,7 +17,8 @@ through the host's CA bundle). Each side, in turn, is timed for:
 - image removed and brought back from what is cached on the machine: envlock `build` again (every layer in its
   layer store; nothing of the image left in the engine but the base); Docker: `docker load` of a `docker save`
   of its image (made untimed before the removal: the layers the builder caches go with the image). Throughput is
-  the image's own layer bytes over the seconds, next to `cat` of envlock's same layer files into /dev/null;
+  the image's own layer bytes over the seconds, next to `cat` of envlock's same layer files into /dev/null and
+  `tar -x` of them into a scratch directory (the files any load must write);
 - the imports, in the light image: the first start after the build, then the median of three more starts
   (envlock: `envlock run`, the bytecode folder of the image empty before the first; Docker: `docker run --rm`),
   timed inside the container.
@@ -101,6 +102,7 @@ class Bench:
         self.cache = root
         self.reload_bytes = self.docker_bytes = 0
         self.cat: tuple[int, float] | None = None
+        self.untar: tuple[int, float] | None = None
         self.refs: dict[str, str] = {}
         self.locks: dict[str, str] = {}
         self.pins: dict[str, list[tuple[str, str]]] = {}
@@ -174,7 +176,17 @@ class Bench:
             with path.open("rb") as handle:
                 while handle.read(1 << 20):
                     pass
-        self.cat = (sum(p.stat().st_size for p in files), time.perf_counter() - start)
+        size = sum(p.stat().st_size for p in files)
+        self.cat = (size, time.perf_counter() - start)
+        # What any load must at least do: write the layers' files out. `tar -x` of the same layer tars, base first,
+        # into one scratch directory on this disk (the engine's overlay directories are on the same file system).
+        scratch = self.root / "untar"
+        scratch.mkdir()
+        start = time.perf_counter()
+        for path in files:
+            run(["tar", "-xf", str(path), "-C", str(scratch)])
+        self.untar = (size, time.perf_counter() - start)
+        shutil.rmtree(scratch)
         return seconds
 
     def layer_files(self, ref: str) -> list[Path]:
@@ -295,10 +307,13 @@ def report(bench: Bench) -> None:
     )  # fmt: skip
     for text, value, limit, shown in targets:
         print(f"target: {text}: {'n/a' if value is None else 'PASS' if value <= limit else 'MISS'} ({shown})")
-    if reload_gbs and cat_gbs:
-        share = reload_gbs / cat_gbs
+    untar = bench.untar
+    untar_gbs = untar[0] / 1e9 / untar[1] if untar and untar[1] > 0 else None
+    if reload_gbs and cat_gbs and untar_gbs:
         print(
-            f"reload from cached layers: {reload_gbs:.2f} GB/s, cat of the same files {cat_gbs:.2f} GB/s ({share:.0%})"
+            f"reload from cached layers: {reload_gbs:.2f} GB/s; cat of the same layer files {cat_gbs:.2f} GB/s "
+            f"({reload_gbs / cat_gbs:.0%}); tar -x of them into a directory {untar_gbs:.2f} GB/s "
+            f"({reload_gbs / untar_gbs:.0%}: the files any load must write)"
         )
     ids = sorted(set(bench.image_ids))
     same = "yes" if len(bench.image_ids) >= 2 and len(ids) == 1 else "NO" if len(ids) > 1 else "n/a"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -118,7 +118,7 @@ def best_median(samples: list[float]) -> str:
     return f"best {min(samples):.3f} s, median {statistics.median(samples):.3f} s"
 
 
-def print_table(rows: list[tuple[str, ...]], labels: int = 1) -> None:
+def print_table(rows: Sequence[tuple[str, ...]], labels: int = 1) -> None:
     """Rows as aligned columns after a blank line: the first `labels` columns left-aligned, numbers right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()

@@ -60,7 +60,9 @@ def pip_env(cache: Path) -> dict[str, str]:
     return env | {"PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(tmp)}
 
 
-def tools(project: Path, work: Path) -> dict[str, tuple[Callable[[Path], list[str]], Callable[[Path], dict], Path]]:
+def tools(
+    project: Path, work: Path
+) -> dict[str, tuple[Callable[[Path], list[str]], Callable[[Path], dict[str, str]], Path]]:
     """Per tool: command(cache), env(cache), and the output file deleted before every run."""
     requirements = work / "requirements.in"
     uv_out, pip_out = work / "pylock.toml", work / "requirements.txt"
@@ -116,8 +118,8 @@ def bench_set(name: str, root: Path, args: argparse.Namespace, notes: list[str])
             phase = "warm" if len(runs["cold"]) > len(runs["warm"]) else "cold"
             notes.append(f"{tool} {name} {phase}: {exc}")
             cells[phase, tool] = exc.label
-        for phase, seconds in runs.items():
-            cells.setdefault((phase, tool), statistics.median(seconds) if seconds else "n/a")
+        for phase, timings in runs.items():
+            cells.setdefault((phase, tool), statistics.median(timings) if timings else "n/a")
         if tool == "envlock":
             cells["check", tool] = bench_check(project, notes, name)
     return cells

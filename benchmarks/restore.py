@@ -371,8 +371,8 @@ def report(bench: Bench, repeat: int) -> None:
         for key in (mine, theirs):
             cell = bench.cell(key)
             rows.append((LABELS[key], *((f"{v:.3f}" for v in cell) if isinstance(cell, tuple) else (cell, cell))))
-        over[mine] = ratios(bench.cell(mine), bench.cell(theirs))
-        shown = (f"{v:.2f}x" for v in over[mine]) if over[mine] else ("n/a", "n/a")
+        over[mine] = pair = ratios(bench.cell(mine), bench.cell(theirs))
+        shown = (f"{v:.2f}x" for v in pair) if pair else ("n/a", "n/a")
         rows.append((f"ratio envlock restore / {LABELS[theirs].split(' REPO')[0].split(' -i')[0]}", *shown))
     print_table(rows)
     print()

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def uncached_modules() -> tuple[int, int]:
     return len(missing), len(sources)
 
 
-def import_owners(importtime: str) -> Counter[str]:
+def import_owners(importtime: str) -> dict[str, float]:
     """Import self-times (s) per top-level package; stdlib modules go to the nearest non-stdlib importer."""
     entries = []
     for line in importtime.splitlines():
@@ -180,7 +180,7 @@ def import_owners(importtime: str) -> Counter[str]:
         if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
             depth = (len(fields[2]) - len(fields[2].lstrip()) - 1) // 2
             entries.append((depth, fields[2].strip(), int(fields[0]) / 1e6))
-    per: Counter[str] = Counter()
+    per: dict[str, float] = defaultdict(float)
     owners: list[tuple[int, str]] = []  # (depth, owner) of the enclosing imports
     for depth, name, seconds in reversed(entries):  # reversed, an import comes before the ones it made
         while owners and owners[-1][0] >= depth:
@@ -306,8 +306,9 @@ class Bench:
             self.notes.append(f"envlock run under -X importtime: {exc}")
             return
         per = import_owners(output)
-        shown = ", ".join(f"{name} {seconds:.3f}" for name, seconds in per.most_common(10))
-        rest = sum(per.values()) - sum(s for _, s in per.most_common(10))
+        top = sorted(per.items(), key=lambda item: -item[1])[:10]
+        shown = ", ".join(f"{name} {seconds:.3f}" for name, seconds in top)
+        rest = sum(per.values()) - sum(s for _, s in top)
         self.notes.append(
             f"imports of envlock run -- true, s (-X importtime self times, inflated by the tracing; a standard "
             f"library module counts for the package that imported it first): {sum(per.values()):.3f} in all: "
@@ -347,7 +348,10 @@ def verdict(value: tuple[float, float] | None, limit: float, unit: str) -> str:
     if value is None:
         return "n/a (not measured)"
     best, median = value
-    fmt = (lambda v: f"{v:.2f}x") if unit == "x" else (lambda v: f"{v:.3f} s")
+
+    def fmt(v: float) -> str:
+        return f"{v:.2f}x" if unit == "x" else f"{v:.3f} s"
+
     return f"{'PASS' if median <= limit else 'MISS'} (median {fmt(median)}; best {fmt(best)})"
 
 
