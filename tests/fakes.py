@@ -24,7 +24,7 @@ from typing import Any
 import pynvml
 
 from envlock.cluster.slurm import Command
-from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo
+from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo, Sink
 from envlock.engine.launch import Launcher, LaunchSpec, Output
 from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import (
@@ -281,6 +281,7 @@ class FakeEngine(Engine):
     # the question and the load).
     phantom_stacks: list[list[str]] = field(default_factory=list)
     pulls: list[str] = field(default_factory=list)
+    save_chunk: int = 32 * 1024  # `save` streams the archive in pieces of this size
 
     @classmethod
     def with_registry(cls, *registries: FakeRegistry) -> FakeEngine:
@@ -453,16 +454,19 @@ class FakeEngine(Engine):
             raise EngineError(f"cannot read {path} from {ref}: Could not find the file {path} in container")
         return content
 
-    def save(self, ref: str, out: Path) -> None:
-        with out.open("wb") as handle:  # as the adapter: the file exists before the engine answers
-            image = self._image(ref, f"export {ref}")
-            with tempfile.TemporaryDirectory(prefix="fake-engine-") as tmp:
-                parts = []
-                for index, diff_id in enumerate(image.diff_ids):
-                    tar = Path(tmp) / f"{index}.tar"
-                    tar.write_bytes(self.layers[diff_id])
-                    parts.append((diff_id, tar))
-                write_archive(handle, image.config, parts)
+    def save(self, ref: str, sink: Sink) -> None:
+        image = self._image(ref, f"export {ref}")
+        with tempfile.TemporaryDirectory(prefix="fake-engine-") as tmp:
+            parts = []
+            for index, diff_id in enumerate(image.diff_ids):
+                tar = Path(tmp) / f"{index}.tar"
+                tar.write_bytes(self.layers[diff_id])
+                parts.append((diff_id, tar))
+            buffer = io.BytesIO()
+            write_archive(buffer, image.config, parts)
+            data = buffer.getvalue()
+            for at in range(0, len(data), self.save_chunk):  # in pieces, as the engine streams it
+                sink.write(data[at : at + self.save_chunk])
 
 
 # --- Running ---------------------------------------------------------------------------------------------------

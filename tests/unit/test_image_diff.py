@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from envlock.engine.docker import save_file
 from envlock.errors import EngineError, LockfileError
 from envlock.image.build import build_image
 from envlock.image.layers import write_layer
@@ -66,7 +67,7 @@ def test_an_image_keeps_its_lock_through_an_archive(tmp_path: Path, write_projec
     name, text = build(tmp_path, write_project, engine, ["alpha"], "1.0")
     image_id = engine.image_id(name)
     assert image_id is not None
-    engine.save(name, tmp_path / "demo.tar")
+    save_file(engine, name, tmp_path / "demo.tar")
     elsewhere = FakeEngine()
     loaded = elsewhere.load(lambda sink: sink.write((tmp_path / "demo.tar").read_bytes()))
     assert loaded == image_id

@@ -6,12 +6,15 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from envlock.engine.docker import Sink
 from envlock.errors import EngineError, RestoreError
 from envlock.image.build import Builder
 from envlock.image.plan import LOCK_PATH, ImagePlan, plan_image
@@ -211,6 +214,93 @@ def test_archiving_an_image_the_engine_lacks_leaves_nothing_behind(tmp_path: Pat
     with pytest.raises(EngineError, match="No such image"):
         write_archive_file(FakeEngine(), "sha256:" + "b" * 64, out)
     assert list(tmp_path.iterdir()) == []
+
+
+@dataclass
+class ExportingEngine(FakeEngine):
+    """An engine whose export is changed on its way out: bytes replaced, or cut off by a failure after some."""
+
+    replace: tuple[bytes, bytes] | None = None
+    fail_after: int | None = None  # bytes written before the export fails
+
+    def save(self, ref: str, sink: Sink) -> None:
+        buffer = io.BytesIO()
+        super().save(ref, buffer)
+        data = buffer.getvalue()
+        if self.replace:
+            data = data.replace(*self.replace)
+        if self.fail_after is not None:
+            sink.write(data[: self.fail_after])
+            raise EngineError("cannot export: the Docker engine is not reachable")
+        for at in range(0, len(data), self.save_chunk):
+            sink.write(data[at : at + self.save_chunk])
+
+
+def test_an_archive_is_checked_as_it_is_written_not_read_again(
+    tmp_path: Path, write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass: the layers are hashed on their way to the file; the file is never opened for reading."""
+    engine = FakeEngine(save_chunk=1000)  # small pieces: tar headers and layers split across writes
+    built = build(tmp_path, write_project, engine, ["alpha", "beta"])
+    out = tmp_path / "demo.tar"
+    opened: list[str] = []
+    real_open, real_tar_open = Path.open, tarfile.open
+
+    def watched(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if self.name.endswith(".partial"):
+            opened.append(mode)
+        return real_open(self, mode, *args, **kwargs)
+
+    def watched_tar(name: Any = None, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        opened.append(f"tar {Path(name).name if name else 'stream'} {mode}")
+        return real_tar_open(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", watched)
+    monkeypatch.setattr(tarfile, "open", watched_tar)
+    assert write_archive_file(engine, built.image_id, out) == built.image_id
+    monkeypatch.undo()
+    assert opened == ["wb", "tar stream r|"], "the partial file is written, and read only as it is written"
+    assert verify_archive(out) == built.image_id
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"replace": (b'python = "3.11"', b'python = "3.12"')}, RestoreError, "corrupt or tampered: layer"),
+        ({"fail_after": 5000}, EngineError, "not reachable"),
+        ({"fail_after": 0}, EngineError, "not reachable"),
+    ],
+)
+def test_a_bad_or_broken_export_leaves_no_file_and_no_thread(
+    tmp_path: Path,
+    write_project: Callable[[str], Path],
+    change: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    engine = ExportingEngine(**change)
+    built = build(tmp_path, write_project, engine, ["alpha"])
+    out = tmp_path / "archives" / "demo.tar"
+    out.parent.mkdir()
+    with pytest.raises(error, match=message):
+        write_archive_file(engine, built.image_id, out)
+    assert list(out.parent.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "envlock-archive-check"]
+
+
+def test_an_export_that_is_not_an_archive_is_refused(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
+    engine = ExportingEngine()
+    built = build(tmp_path, write_project, engine, ["alpha"])
+
+    class Garbage(FakeEngine):
+        def save(self, ref: str, sink: Sink) -> None:
+            for _ in range(300):  # more than a pipe holds: the writer must not block on a reader that gave up
+                sink.write(b"not a tar archive " * 4096)
+
+    out = tmp_path / "demo.tar"
+    with pytest.raises(RestoreError, match="not a readable image archive"):
+        write_archive_file(Garbage(images=engine.images, layers=engine.layers), built.image_id, out)
+    assert not out.exists() and not list(tmp_path.glob(".demo.tar*"))
 
 
 def test_restoring_an_archive_sends_only_the_layers_the_engine_lacks(

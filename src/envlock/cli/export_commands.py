@@ -29,6 +29,7 @@ class _Exported:
 @contextmanager
 def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> Iterator[_Exported]:
     """The lock's image for a platform (built when missing), saved from the engine into envlock's scratch."""
+    from envlock.engine.docker import save_file  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.lock.targets import host_platform  # noqa: PLC0415
@@ -43,7 +44,7 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
     wiring.cache.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=wiring.cache.scratch) as scratch:
         archive = Path(scratch) / "image.tar"
-        wiring.engine.save(built.image_id, archive)
+        save_file(wiring.engine, built.image_id, archive)
         yield _Exported(built.image_id, built.reference, archive, Path(scratch))
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,13 +87,15 @@ class Wiring:
         verified export of the engine's copy, once)."""
         if self.launcher_ is None:
             if self.runtime == "podman":
+                from envlock.engine.docker import save_file  # noqa: PLC0415
                 from envlock.engine.podman import PodmanLauncher  # noqa: PLC0415
 
-                self.launcher_ = PodmanLauncher(self.engine.save, self.cache.scratch)
+                self.launcher_ = PodmanLauncher(partial(save_file, self.engine), self.cache.scratch)
             elif self.runtime == "charliecloud":
                 from envlock.engine.charliecloud import CharliecloudLauncher  # noqa: PLC0415
+                from envlock.engine.docker import save_file  # noqa: PLC0415
 
-                self.launcher_ = CharliecloudLauncher(self.cache.charliecloud, self.engine.save)
+                self.launcher_ = CharliecloudLauncher(self.cache.charliecloud, partial(save_file, self.engine))
             else:
                 from envlock.engine.docker import DockerEngine  # noqa: PLC0415
                 from envlock.engine.launch import DockerLauncher  # noqa: PLC0415

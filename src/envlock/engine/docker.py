@@ -13,6 +13,16 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from envlock.errors import EngineError
 
 ArchiveWriter = Callable[[BinaryIO], object]
+
+
+class Sink(Protocol):
+    """Where an engine writes an exported archive: a file, or anything else that takes bytes."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next bytes."""
+        ...
+
+
 API_VERSION = "1.41"
 
 
@@ -70,8 +80,8 @@ class Engine(Protocol):
         """One file from a local image, without running it."""
         ...
 
-    def save(self, ref: str, out: Path) -> None:
-        """Write a local image as a docker-archive tarball."""
+    def save(self, ref: str, sink: Sink) -> None:
+        """Write a local image as a docker-archive tarball into sink, as the engine streams it."""
         ...
 
     def envlock_images(self) -> list[ImageInfo]:
@@ -112,6 +122,12 @@ def translated(action: str) -> Iterator[None]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
+def save_file(engine: Engine, ref: str, out: Path) -> None:
+    """`engine.save` into a file (made before the engine answers; whoever chose the path removes it on failure)."""
+    with out.open("wb") as handle:
+        engine.save(ref, handle)
 
 
 class DockerEngine:
@@ -254,11 +270,11 @@ class DockerEngine:
             finally:
                 container.remove(force=True)
 
-    def save(self, ref: str, out: Path) -> None:
-        """`docker save` through the API, streamed to a file."""
-        with translated(f"export {ref}"), out.open("wb") as handle:
+    def save(self, ref: str, sink: Sink) -> None:
+        """`docker save` through the API, streamed into sink."""
+        with translated(f"export {ref}"):
             for chunk in self.client.images.get(ref).save(named=False):
-                handle.write(chunk)
+                sink.write(chunk)
 
     def envlock_images(self) -> list[ImageInfo]:
         """Every local image built by envlock (it carries `dev.envlock.lock-hash`)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from envlock.engine.docker import save_file
 from envlock.errors import BuildError, EngineError
 from envlock.fsutil import atomic_write_text, owned_prefix, read_json
 from envlock.image.layers import Layer
@@ -205,7 +206,7 @@ def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path)
                 data["env"], data["packages"], data["python-homes"],
             )  # fmt: skip
     archive = scratch / "upstream.tar"
-    engine.save(ref, archive)
+    save_file(engine, ref, archive)
     with tarfile.open(archive) as saved:
         manifest = json.load(_member(saved, "manifest.json"))[0]
         config = json.load(_member(saved, manifest["Config"]))

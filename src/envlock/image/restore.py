@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import posixpath
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from envlock.engine.docker import Engine, LayerHolder
+from envlock.engine.docker import Engine, LayerHolder, Sink
 from envlock.errors import EngineError, RestoreError
 from envlock.image.plan import archive_end, archive_header, archive_manifest, archive_member, archive_padding
 from envlock.report import Report, silent
@@ -31,26 +34,120 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     return handle
 
 
+# Members up to this size are kept whole while an archive is read (manifest, configs); every member is hashed.
+SMALL_MEMBER = 4 << 20
+CHUNK = 1 << 20
+
+
+@dataclass
+class _Scan:
+    """One sequential read of a docker-archive: every member's sha256, the small ones' bytes, the links."""
+
+    digests: dict[str, str]
+    small: dict[str, bytes]
+    links: dict[str, str]
+
+    def digest(self, name: str) -> str | None:
+        """A member's sha256, through a link (a newer engine's layer path may point into blobs/)."""
+        for _ in range(8):
+            if name not in self.links:
+                break
+            name = self.links[name]
+        return self.digests.get(name)
+
+
+def _scan(stream: IO[bytes]) -> _Scan:
+    """Read an archive front to back once (tarfile's stream mode: nothing is sought back to)."""
+    scan = _Scan({}, {}, {})
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as archive:
+        for member in archive:
+            name = posixpath.normpath(member.name)
+            if member.issym() or member.islnk():
+                base = posixpath.dirname(name) if member.issym() else ""
+                scan.links[name] = posixpath.normpath(posixpath.join(base, member.linkname))
+                continue
+            if not member.isfile():
+                continue
+            handle = archive.extractfile(member)
+            if handle is None:
+                continue
+            digest, kept = hashlib.sha256(), bytearray()
+            for chunk in iter(lambda: handle.read(CHUNK), b""):  # noqa: B023  (consumed within the iteration)
+                digest.update(chunk)
+                if member.size <= SMALL_MEMBER:
+                    kept += chunk
+            scan.digests[name] = "sha256:" + digest.hexdigest()
+            if member.size <= SMALL_MEMBER:
+                scan.small[name] = bytes(kept)
+    return scan
+
+
+def _checked(scan: _Scan, path: Path) -> str:
+    """The image ID of a scanned archive whose layers all match their diff_ids (else RestoreError)."""
+    try:
+        manifest = json.loads(scan.small[posixpath.normpath("manifest.json")])[0]
+        config_name = posixpath.normpath(manifest["Config"])
+        config_bytes = scan.small[scan.links.get(config_name, config_name)]
+        diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
+        for diff_id, member in zip(diff_ids, manifest["Layers"], strict=True):
+            if scan.digest(posixpath.normpath(member)) != diff_id:
+                raise RestoreError(
+                    f"archive {path} is corrupt or tampered: layer {member} is not {diff_id[:19]}",
+                    hint="use another copy of the archive, the registry, or a rebuild from the lock",
+                )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RestoreError(f"archive {path} is not a readable image archive: {exc!r}") from exc
+    return "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+
+
 def verify_archive(path: Path) -> str:
     """Check a docker-archive: config sha256 = image ID, each layer's sha256 = its diff_id. Returns the image ID."""
     try:
-        with tarfile.open(path) as archive:
-            manifest = json.load(_member(archive, "manifest.json"))[0]
-            config_bytes = _member(archive, manifest["Config"]).read()
-            diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
-            for diff_id, member in zip(diff_ids, manifest["Layers"], strict=True):
-                digest = hashlib.sha256()
-                with _member(archive, member) as layer:
-                    for chunk in iter(lambda: layer.read(1 << 20), b""):
-                        digest.update(chunk)
-                if "sha256:" + digest.hexdigest() != diff_id:
-                    raise RestoreError(
-                        f"archive {path} is corrupt or tampered: layer {member} is not {diff_id[:19]}",
-                        hint="use another copy of the archive, the registry, or a rebuild from the lock",
-                    )
-    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
+        with path.open("rb") as stream:
+            scan = _scan(stream)
+    except (tarfile.TarError, OSError) as exc:
         raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
-    return "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    return _checked(scan, path)
+
+
+class _Tee:
+    """A sink that writes through to a file and to the pipe the checking thread reads."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def write(self, data: bytes, /) -> int:
+        for sink in self.sinks:
+            sink.write(data)
+        return len(data)
+
+
+def _scanned_while_written(save: Callable[[Sink], None], handle: Sink, path: Path) -> _Scan:
+    """Run `save` into handle while a thread reads the same bytes as an archive: each byte is read once, on its way
+    to disk, not again from the file afterwards. The thread always drains the pipe, so `save` never blocks on it."""
+    read_end, write_end = os.pipe()
+    outcome: list[_Scan | BaseException] = []
+
+    def check() -> None:
+        with os.fdopen(read_end, "rb") as stream:
+            try:
+                outcome.append(_scan(stream))
+            except BaseException as exc:  # noqa: BLE001  (reported by the caller's thread)
+                outcome.append(exc)
+            while stream.read(CHUNK):
+                pass
+
+    thread = threading.Thread(target=check, name="envlock-archive-check", daemon=True)
+    thread.start()
+    try:
+        with os.fdopen(write_end, "wb", buffering=CHUNK) as pipe:
+            save(_Tee(handle, pipe))
+    finally:
+        thread.join()
+    found = outcome[0]
+    if isinstance(found, BaseException):
+        raise RestoreError(f"the engine's export of {path.name} is not a readable image archive: {found}") from found
+    return found
 
 
 def load_archive(path: Path, image_id: str, engine: Engine) -> str:
@@ -123,11 +220,13 @@ def _verified_member(
 
 
 def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
-    """`docker save` the image into out (atomically), verified against its ID before it is kept."""
+    """`docker save` the image into out (atomically), verified against its ID before it is kept: in one pass, the
+    layers hashed as the engine streams them to the file."""
     partial = out.with_name(f".{out.name}.partial")
-    try:
-        engine.save(image_id, partial)  # inside: a failed or interrupted export leaves no partial file behind
-        found = verify_archive(partial)
+    try:  # a failed or interrupted export leaves no partial file behind
+        with partial.open("wb") as handle:
+            scan = _scanned_while_written(lambda sink: engine.save(image_id, sink), handle, out)
+        found = _checked(scan, out)
         if found != image_id:
             raise RestoreError(f"the engine exported image {found[:19]}, not {image_id[:19]}")
         partial.replace(out)
