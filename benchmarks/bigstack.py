@@ -200,7 +200,17 @@ class Bench:
         return found
 
     def envlock_import(self) -> float:
-        command = ["run", "-C", str(self.project), "--", "python", "-c", TIMER.format(statement=self.statement)]
+        # --no-gpus: the torch set's lock is CUDA; on a CPU host its preflight refuses a run that wants GPUs
+        command = [
+            "run",
+            "-C",
+            str(self.project),
+            "--no-gpus",
+            "--",
+            "python",
+            "-c",
+            TIMER.format(statement=self.statement),
+        ]
         return import_seconds("\n".join(t for _, t in envlock(*command, cache=self.cache)[1]))
 
     def envlock_side(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from envlock.errors import EngineError, EnvlockError
+from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
 from envlock.image.build import BuildOutcome, build_image
 from envlock.image.catalog import read_images
@@ -215,6 +216,30 @@ def test_rebuild_sends_the_engine_only_the_layers_it_lacks(
     assert engine.sent_layers == [5, 2]
     assert second.built and engine.tags[second.reference] == second.image_id != first.image_id
     assert engine.images[second.image_id].diff_ids[:3] == engine.images[first.image_id].diff_ids[:3]
+
+
+def test_a_light_change_reads_no_byte_of_the_heavy_wheels(
+    tmp_path: Path, write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a light package remakes two small layers: torch's wheel is neither hashed nor required (its files
+    are still checked for overlaps, from its listing), and a torch wheel gone from the cache does not matter."""
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    kwargs: dict[str, Any] = {"engine": FakeEngine(), "cache": cache, "layers": layers, "bases": bases}
+    build_image(before, "demo", "linux/amd64", **kwargs)
+    torch = next(f for p in after.target("linux/amd64").packages if p.name == "torch" for f in p.files)
+    hashed: list[str] = []
+
+    def watched(path: Path) -> str:
+        hashed.append(path.name)
+        return sha256_file(path)
+
+    monkeypatch.setattr("envlock.image.wheels.sha256_file", watched)
+    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    assert second.built and hashed and torch.sha256 not in hashed, "the new layer's wheels only"
+    cache.path_for(torch.sha256).unlink()  # a cached layer's wheel may be gone: the layer is what counts
+    third = build_image(after, "other", "linux/amd64", **kwargs)
+    assert third.image_id == second.image_id
 
 
 def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -244,7 +244,7 @@ def test_an_archive_is_checked_as_it_is_written_not_read_again(
     built = build(tmp_path, write_project, engine, ["alpha", "beta"])
     out = tmp_path / "demo.tar"
     opened: list[str] = []
-    real_open, real_tar_open = Path.open, tarfile.open
+    real_open, real_tar_open = Path.open, cast(Any, tarfile.open)
 
     def watched(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if self.name.endswith(".partial"):

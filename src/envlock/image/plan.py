@@ -178,8 +178,10 @@ def make_layers(
     """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
     layout = layout or VenvLayout(plan.lock.python)
     if any(store.get(layer_key(spec, layout)) is None for spec in plan.layers):
-        wheels = [(wheel.name, cache.require(wheel)) for wheel in plan.wheels]
-        for overlap in find_overlaps(wheels, layout):
+        # Which files two wheels both install needs only their listings: a cached layer's wheels are not hashed
+        # (GBs of CUDA wheels for one light package), and one no longer cached is left out of this check.
+        listed = [(wheel.name, cache.cached(wheel)) for wheel in plan.wheels]
+        for overlap in find_overlaps([(name, path) for name, path in listed if path is not None], layout):
             report(overlap_warning(overlap))
     layers = []
     for spec in plan.layers:

@@ -135,6 +135,11 @@ class WheelCache:
             paths = list(pool.map(lambda f: self._ensure_one(f, progress), unique.values()))
         return dict(zip(unique, paths, strict=True))
 
+    def cached(self, file: LockedFile) -> Path | None:
+        """The cached path if the entry exists, its bytes not read (for listings: a use of the bytes `require`s)."""
+        path = self.path_for(file.sha256)
+        return path if path.is_file() else None
+
     def require(self, file: LockedFile) -> Path:
         """The cached file, its bytes checked again just before use (they may have changed on disk)."""
         path = self.verified(file)
