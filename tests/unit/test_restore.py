@@ -320,3 +320,19 @@ def test_restoring_an_archive_sends_only_the_layers_the_engine_lacks(
     engine.images[other.image_id] = other
     assert restore_image(built.image_id, engine=engine, archives=(out,)).image_id == built.image_id
     assert engine.sent_layers[-1] == 1
+
+
+def test_an_archive_of_many_metadata_sized_members_is_refused_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifest and configs are kept in memory while an archive is read; a crafted one cannot make that unbounded."""
+    monkeypatch.setattr("envlock.image.restore.KEPT_MAX", 10_000)
+    crafted = tmp_path / "crafted.tar"
+    with tarfile.open(crafted, "w") as archive:
+        for index in range(20):
+            data = b"{}" + b" " * 998
+            info = tarfile.TarInfo(f"{index}.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(RestoreError, match="not a readable image archive: more than 0 MiB of metadata-sized"):
+        verify_archive(crafted)

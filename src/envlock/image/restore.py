@@ -34,8 +34,10 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     return handle
 
 
-# Members up to this size are kept whole while an archive is read (manifest, configs); every member is hashed.
+# While an archive is read every member is hashed; those that may be its manifest or a config (JSON by name, or an
+# OCI blob) are kept whole up to SMALL_MEMBER each and KEPT_MAX in all: a crafted archive cannot fill the memory.
 SMALL_MEMBER = 4 << 20
+KEPT_MAX = 256 << 20
 CHUNK = 1 << 20
 
 
@@ -46,6 +48,7 @@ class _Scan:
     digests: dict[str, str]
     small: dict[str, bytes]
     links: dict[str, str]
+    kept_bytes: int = 0
 
     def digest(self, name: str) -> str | None:
         """A member's sha256, through a link (a newer engine's layer path may point into blobs/)."""
@@ -71,14 +74,18 @@ def _scan(stream: IO[bytes]) -> _Scan:
             handle = archive.extractfile(member)
             if handle is None:
                 continue
+            keep = member.size <= SMALL_MEMBER and (name.endswith(".json") or name.startswith("blobs/"))
+            if keep and scan.kept_bytes + member.size > KEPT_MAX:
+                raise tarfile.ReadError(f"more than {KEPT_MAX >> 20} MiB of metadata-sized members")
             digest, kept = hashlib.sha256(), bytearray()
             for chunk in iter(lambda: handle.read(CHUNK), b""):  # noqa: B023  (consumed within the iteration)
                 digest.update(chunk)
-                if member.size <= SMALL_MEMBER:
+                if keep:
                     kept += chunk
             scan.digests[name] = "sha256:" + digest.hexdigest()
-            if member.size <= SMALL_MEMBER:
+            if keep:
                 scan.small[name] = bytes(kept)
+                scan.kept_bytes += len(kept)
     return scan
 
 
