@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,8 +103,16 @@ def test_a_project_on_mlflow_builds_despite_its_overlapping_wheels(tmp_path: Pat
     assert done.returncode == 0 and "mlflow 3." in done.stdout, done.stderr
 
 
-def test_gc_removes_an_old_tags_image_and_layers_and_keeps_the_current_runs(tmp_path: Path, cleanup: list[str]) -> None:
+def test_gc_removes_an_old_tags_image_and_layers_and_keeps_the_current_runs(
+    tmp_path: Path, cleanup: list[str], isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cleanup.append("envlock-it-gc")
+    # A cache of this test's own, with the session's bases linked in: gc here must not take the bases other tests
+    # use (this project's lock needs only the host's; rebuilding the arm64 one under qemu costs minutes).
+    cache = tmp_path / "cache"
+    if (isolated_cache / "bases").is_dir():
+        shutil.copytree(isolated_cache / "bases", cache / "bases", copy_function=os.link)
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(cache))
     project = tmp_path / "gcproject"
     project.mkdir()
     pyproject = '[project]\nname = "envlock-it-gc"\ndependencies = ["{dep}"]\n'
@@ -115,10 +126,6 @@ def test_gc_removes_an_old_tags_image_and_layers_and_keeps_the_current_runs(tmp_
     current = _image_id(project)
     client = docker.from_env()
     # Young entries are spared (a build may be running beside gc): age the cache as if it were made long ago.
-    import os  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
-    cache = Path(os.environ["ENVLOCK_CACHE_DIR"])
     past = time.time() - 7200
     for path in cache.rglob("*"):
         if path.is_file():
