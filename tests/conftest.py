@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,3 +50,38 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ENVLOCK_CACHE_DIR", None)
     else:
         os.environ["ENVLOCK_CACHE_DIR"] = before
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the arm64 base under qemu run last: it is built meanwhile (see arm64_base_meanwhile)."""
+    items.sort(key=lambda item: item.get_closest_marker("emulation") is not None)  # stable: the rest keep order
+
+
+@pytest.fixture(autouse=True, scope="session")
+def arm64_base_meanwhile(request: pytest.FixtureRequest, isolated_cache: Path) -> Iterator[None]:
+    """When emulation tests are selected, build the arm64 base (minutes under qemu, one core) in the background
+    from the start, while the other tests mostly wait on the engine and the network. Whoever needs it before it is
+    done waits on the base store's lock instead of building it again."""
+    from envlock.lock.targets import emulated  # noqa: PLC0415
+
+    wanted = any(item.get_closest_marker("emulation") for item in request.session.items)
+    if not wanted or not emulated("linux/arm64") or shutil.which("mmdebstrap") is None:
+        yield
+        return
+    envlock = Path(sys.executable).with_name("envlock")
+    log = (isolated_cache / "arm64-base.log").open("w")
+    build = subprocess.Popen(
+        [str(envlock), "base", "build", "debian-bookworm", "--platform", "linux/arm64"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ENVLOCK_CACHE_DIR": str(isolated_cache)},
+    )
+    try:
+        yield
+    finally:
+        try:
+            build.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            build.kill()
+            build.wait()
+        log.close()

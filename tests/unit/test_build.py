@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from envlock.image.plan import image_config, make_layers, plan_image
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
+from envlock.lock.recipes import Recipe, load_recipe
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
@@ -342,3 +345,33 @@ def test_lock_pins_each_platforms_base_it_can_build(
     else:
         assert arm64 is None
         assert any("cannot run linux/arm64 programs" in m and "not pinned" in m for m in messages)
+
+
+class SlowBaseBuilder(FakeBaseBuilder):
+    """mmdebstrap taking its time (minutes under qemu): long enough for a second process to arrive meanwhile."""
+
+    def __init__(self, started: threading.Event) -> None:
+        super().__init__()
+        self.started = started
+
+    def build(self, recipe: Recipe, platform: str, out: Path) -> None:
+        self.started.set()
+        time.sleep(0.3)
+        super().build(recipe, platform, out)
+
+
+def test_two_builds_of_a_missing_base_at_once_make_it_once(tmp_path: Path) -> None:
+    """A second envlock that needs the base while it is being built waits, says so, and takes the first's."""
+    started = threading.Event()
+    builder = SlowBaseBuilder(started)
+    first_store, second_store = BaseStore(tmp_path / "bases", builder), BaseStore(tmp_path / "bases", builder)
+    recipe = load_recipe("debian-bookworm")
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(first_store.ensure(recipe, "linux/arm64").diff_id))
+    first.start()
+    started.wait(5)
+    said: list[str] = []
+    second = second_store.ensure(recipe, "linux/arm64", report=said.append)
+    first.join()
+    assert builder.builds == 1 and results == [second.diff_id]
+    assert said == ["waiting for another envlock building base debian-bookworm for linux/arm64"]

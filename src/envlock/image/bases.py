@@ -16,8 +16,9 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from envlock.engine.docker import save_file
 from envlock.errors import BuildError, EngineError
-from envlock.fsutil import atomic_write_text, owned_prefix, read_json
+from envlock.fsutil import atomic_write_text, exclusive, owned_prefix, read_json
 from envlock.image.layers import Layer
+from envlock.report import Report, silent
 
 if TYPE_CHECKING:
     from envlock.engine.docker import Engine
@@ -152,12 +153,23 @@ class BaseStore:
             return None  # damaged metadata: the base is built again
         return BuiltBase(recipe, platform, tar, data["diff-id"], data["packages"])
 
-    def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False) -> BuiltBase:
-        """The built base, building it first when missing; it appears in the store only once complete."""
+    def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False, report: Report = silent) -> BuiltBase:
+        """The built base, building it first when missing; it appears in the store only once complete. One build of
+        a base at a time on this cache (a flock): a second process waits for the first's and takes it."""
         if not rebuild and (found := self.get(recipe, platform)) is not None:
             return found
         tar, meta = self._paths(recipe, platform)
         self.root.mkdir(parents=True, exist_ok=True)
+
+        def waiting() -> None:
+            report(f"waiting for another envlock building base {recipe.name} for {platform}")
+
+        with exclusive(self.root / "locks" / f"{tar.stem}.lock", waiting):
+            if not rebuild and (found := self.get(recipe, platform)) is not None:
+                return found  # built by the process this one waited for
+            return self._build(recipe, platform, tar, meta)
+
+    def _build(self, recipe: Recipe, platform: str, tar: Path, meta: Path) -> BuiltBase:
         with tempfile.TemporaryDirectory(dir=self.root, prefix=owned_prefix(".building-")) as tmp:
             partial = Path(tmp) / "rootfs.tar"
             self.builder.build(recipe, platform, partial)

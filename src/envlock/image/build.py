@@ -80,7 +80,7 @@ class Builder:
                 hint="run `envlock lock` to lock against the current recipe",
             )
         self.report(f"base {recipe.name} for {plan.platform}")
-        built_base = self.bases.ensure(recipe.including(lock.system_packages), plan.platform)
+        built_base = self.bases.ensure(recipe.including(lock.system_packages), plan.platform, report=self.report)
         pinned = lock.target(plan.platform).base
         if pinned is None:
             self.report(f"the lock does not pin the base's bytes for {plan.platform}; using {built_base.diff_id[:19]}")

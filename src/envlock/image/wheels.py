@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -15,7 +14,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock.errors import DownloadError, HashMismatchError
-from envlock.fsutil import sha256_file
+from envlock.fsutil import exclusive, sha256_file
 from envlock.lock.credentials import expand, redact
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
@@ -92,17 +91,6 @@ class HttpFetcher:
                 raise DownloadError(f"download of {redact(url)} broke off: {exc.__class__.__name__}") from exc
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on path (made if missing) for the block; the file itself stays (removing it races)."""
-    with path.open("a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 class WheelCache:
     """Content-addressed store: `<root>/sha256/ab/abcdef…`; partial downloads under `<root>/partial/`, one writer
     per entry at a time (a flock on `<root>/locks/<sha256>.lock`)."""
@@ -160,7 +148,7 @@ class WheelCache:
             locks.mkdir(parents=True, exist_ok=True)
             # One writer per entry, across threads and processes (parallel builds of one lock share the cache):
             # the lock is held from the first byte to the publish, and the entry is looked for again once held.
-            with _locked(locks / f"{file.sha256}.lock"):
+            with exclusive(locks / f"{file.sha256}.lock"):
                 if (path := self.verified(file)) is not None:
                     progress(file.name, file.size or 0, file.size)
                     return path

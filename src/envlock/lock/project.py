@@ -148,9 +148,9 @@ def _pinned_base(
         native = platform == host_platform()
         report(
             f"building base {recipe.name} for {platform} with mmdebstrap "
-            f"(once per machine, {'~20 s' if native else '~75 s under emulation'})"
+            f"(once per machine, {'~1 min' if native else 'minutes under emulation'})"
         )
-    built = bases.ensure(recipe, platform)
+    built = bases.ensure(recipe, platform, report=report)
     return TargetBase(built.diff_id, built.packages)
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 from envlock.paths import recipes_dir
+from envlock.report import Report, silent
 
 DEFAULT_BASE = "debian-bookworm"
 
@@ -113,8 +114,8 @@ class BaseStoreView(Protocol):
         """The built base, or None."""
         ...
 
-    def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False) -> BuiltView:
-        """The built base, built now when missing."""
+    def ensure(self, recipe: Recipe, platform: str, rebuild: bool = False, report: Report = silent) -> BuiltView:
+        """The built base, built now when missing (or waited for, when another process is building it)."""
         ...
 
 
