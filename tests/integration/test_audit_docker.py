@@ -34,12 +34,13 @@ def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
-    project = digits_repo(tmp_path / "digits", ("pyproject.toml", "train.py"))
-    # A name of its own: other tests on this engine build, tag and remove `digits:*` images concurrently.
+    # The example's own lock (a fresh one would wait for the arm64 base, built meanwhile for the emulation tests).
+    project = digits_repo(tmp_path / "digits")
+    # An image name of its own: other tests on this engine build, tag and remove `digits:*` images concurrently.
     pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('name = "digits"', 'name = "auditdigits"', 1))
-    git(project, "commit", "-qam", "a name of its own")
-    assert envlock("lock", "-C", str(project)).returncode == 0
+    pyproject.write_text(pyproject.read_text().replace("[tool.envlock]", '[tool.envlock]\nname = "auditdigits"', 1))
+    git(project, "commit", "-qam", "an image name of its own")
+    assert envlock("lock", "--check", "-C", str(project)).returncode == 0
     yield project
     client = docker.from_env()
     for image in client.images.list():
