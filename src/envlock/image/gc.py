@@ -9,7 +9,6 @@ Two collections never run at once (an fcntl lock on <cache>/gc.lock), and any ca
 
 from __future__ import annotations
 
-import fcntl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from envlock.engine.docker import ImageInfo, ImageLister
 from envlock.errors import CacheBusyError
-from envlock.fsutil import read_json, remove_tree, tree_size
+from envlock.fsutil import exclusive, read_json, remove_tree, tree_size
 from envlock.image.plan import layer_key, plan_image
 from envlock.image.staging import VenvLayout
 from envlock.lock import lockfile
@@ -80,16 +79,11 @@ def needed_of(lock_texts: list[str], image_ids: set[str], repositories: set[str]
 
 @contextmanager
 def _exclusive(cache: CacheLayout) -> Iterator[None]:
-    cache.root.mkdir(parents=True, exist_ok=True)
-    with (cache.root / "gc.lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CacheBusyError(f"another `envlock gc` is collecting {cache.root}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    def busy() -> None:
+        raise CacheBusyError(f"another `envlock gc` is collecting {cache.root}") from None
+
+    with exclusive(cache.root / "gc.lock", on_wait=busy):
+        yield
 
 
 def _keys(lock: Lock) -> set[str]:
@@ -131,12 +125,16 @@ def collect_garbage(
         return fresh
 
     def drop(kind: str, name: str, paths: list[Path]) -> None:
-        size = sum(p.stat().st_size for p in paths if p.exists())
+        """Remove files, and folders as a whole (renamed away first: see fsutil.remove_tree)."""
+        size = sum(tree_size(p) if p.is_dir() else p.stat().st_size for p in paths if p.exists())
         result.removed.append(Removal(kind, name, size))
         report(f"{'would remove' if dry_run else 'removing'} {kind} {name} ({size} bytes)")
         if not dry_run:
             for path in paths:
-                path.unlink(missing_ok=True)
+                if path.is_dir():
+                    remove_tree(path)
+                else:
+                    path.unlink(missing_ok=True)
 
     with _exclusive(cache):
         kept_images = _images(engine, needed, lock_hashes, result, dry_run=dry_run, report=report)
@@ -146,7 +144,7 @@ def collect_garbage(
         _wheels(cache.wheels / "sha256", wheels, recent, drop)
         images = {image.image_id for image in kept_images} | needed.image_ids
         for kind, root in (("bytecode", cache.bytecode), ("charliecloud", cache.charliecloud)):
-            _image_folders(root, kind, images, recent, result, dry_run=dry_run, report=report)
+            _image_folders(root, kind, images, recent, drop)
     return result
 
 
@@ -209,16 +207,7 @@ def _layers(root: Path, keys: set[str], diff_ids: set[str], recent: Callable[[Pa
         drop("layer", meta.stem[:12], [tar, meta])
 
 
-def _image_folders(
-    root: Path,
-    kind: str,
-    image_ids: set[str],
-    recent: Callable[[Path], bool],
-    result: GcReport,
-    *,
-    dry_run: bool,
-    report: Report,
-) -> None:
+def _image_folders(root: Path, kind: str, image_ids: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
     """Folders named by image ID, kept while their image is; one in use is recent (every start touches it). A
     dot-name is one being made or removed."""
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -226,8 +215,4 @@ def _image_folders(
             continue
         if f"sha256:{folder.name}" in image_ids or recent(folder):
             continue
-        size = tree_size(folder)
-        result.removed.append(Removal(kind, folder.name[:12], size))
-        report(f"{'would remove' if dry_run else 'removing'} {kind} {folder.name[:12]} ({size} bytes)")
-        if not dry_run:
-            remove_tree(folder)
+        drop(kind, folder.name[:12], [folder])
