@@ -17,8 +17,8 @@ import pytest
 from envlock.image.provenance import check_pulled
 from envlock.image.referrers import retrieve
 from envlock.image.registry import HttpRegistry
-from envlock.image.signing import load_public_key
 from envlock.run.records import RunStore
+from envlock.signing import load_public_key
 from tests.integration.example import digits_repo, git
 from tests.integration.localregistry import serve_registry
 

@@ -18,14 +18,14 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer._key import SSlibKey
 
 from envlock.errors import VerificationError
+from envlock.evidence.attest import RUN_PREDICATE
+from envlock.evidence.runreport import render_html
 from envlock.image.provenance import SLSA_PROVENANCE, check_pulled
 from envlock.image.referrers import DSSE_TYPE, SBOM_TYPE, fallback_tag, retrieve
 from envlock.image.sbom import SBOM_PATH, sbom_json
-from envlock.image.signing import PublicKey, envelope, generate_key, open_envelope
 from envlock.lock import lockfile
-from envlock.run.attest import RUN_PREDICATE
 from envlock.run.records import RunStore
-from envlock.run.summary import render_html
+from envlock.signing import PublicKey, envelope, generate_key, open_envelope
 from tests.unit import test_cli_commands
 from tests.unit.test_cli_commands import World
 
@@ -246,7 +246,7 @@ def test_report_text_and_html(world: World, capsys: pytest.CaptureFixture[str], 
 
 @pytest.mark.browser
 def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
-    from envlock.run.summary import Summary  # noqa: PLC0415
+    from envlock.evidence.runreport import Summary  # noqa: PLC0415
 
     binary = shutil.which("chromium")
     if binary is None:

@@ -13,7 +13,7 @@ from envlock.cli.wiring import Wiring, wiring_of
 
 if TYPE_CHECKING:
     from envlock.engine.docker import Engine
-    from envlock.run.attest import Checks
+    from envlock.evidence.attest import Checks
 
 
 def _engine_or_none(wiring: Wiring) -> Engine | None:
@@ -57,7 +57,7 @@ def key_generate(
 ) -> None:
     """Make a signing key (mode 0600) and its public key beside it (.pub)."""
     from envlock.errors import UsageError  # noqa: PLC0415
-    from envlock.image.signing import default_key_path, generate_key, public_path  # noqa: PLC0415
+    from envlock.signing import default_key_path, generate_key, public_path  # noqa: PLC0415
 
     if kind not in ("ed25519", "ecdsa-p256"):
         raise UsageError(f"unknown key type {kind!r}", hint="--type ed25519 or --type ecdsa-p256")
@@ -106,10 +106,10 @@ def verify_command(
 ) -> None:
     """Check an attestation: its signature, then every hash against what is on disk and the image by ID."""
     from envlock.errors import VerificationError  # noqa: PLC0415
-    from envlock.image.signing import load_public_key  # noqa: PLC0415
-    from envlock.run.attest import verify_envelope_file, verify_run_dir  # noqa: PLC0415
-    from envlock.run.bundle import is_bundle, verify_bundle  # noqa: PLC0415
+    from envlock.evidence.attest import verify_envelope_file, verify_run_dir  # noqa: PLC0415
+    from envlock.evidence.bundle import is_bundle, verify_bundle  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.signing import load_public_key  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     public = load_public_key(key) if key else None
@@ -156,7 +156,7 @@ def bundle_command(
     key: KeyOpt = None,
 ) -> None:
     """One file with everything to verify and reproduce a run elsewhere: envlock verify|reproduce FILE."""
-    from envlock.run.bundle import make_bundle  # noqa: PLC0415
+    from envlock.evidence.bundle import make_bundle  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     manifest = make_bundle(
@@ -185,9 +185,9 @@ def report_command(
     key: PublicKeyOpt = None,
 ) -> None:
     """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced and verified."""
+    from envlock.evidence.runreport import render_html, render_text, summarize  # noqa: PLC0415
     from envlock.fsutil import atomic_write_text  # noqa: PLC0415
-    from envlock.image.signing import load_public_key  # noqa: PLC0415
-    from envlock.run.summary import render_html, render_text, summarize  # noqa: PLC0415
+    from envlock.signing import load_public_key  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     engine = _engine_or_none(wiring)

@@ -16,10 +16,10 @@ from envlock.errors import UsageError
 if TYPE_CHECKING:
     from envlock.image.plan import ImagePlan
     from envlock.image.registry import Registry
-    from envlock.image.signing import SigningKey
     from envlock.lock.lockfile import Lock
     from envlock.lock.spec import Spec
     from envlock.report import Progress
+    from envlock.signing import SigningKey
 
 
 class _Bars:
@@ -156,7 +156,7 @@ def _attest_image(
     """The image's provenance in .envlock/attestations/; once pushed, it and the SBOM as referrers in the registry."""
     from envlock.image.provenance import write_image_attestation  # noqa: PLC0415
     from envlock.image.referrers import publish, split_pushed  # noqa: PLC0415
-    from envlock.image.signing import canonical  # noqa: PLC0415
+    from envlock.signing import canonical  # noqa: PLC0415
 
     path, document = write_image_attestation(project_dir, plan, image_id, pushed, key)
     wiring.say(f"provenance {path} ({'signed' if key else 'unsigned: no --key'})")
@@ -272,7 +272,7 @@ def _check_referrers(wiring: Wiring, project: Path, pushed: str, image_id: str, 
     from envlock.fsutil import atomic_write_bytes  # noqa: PLC0415
     from envlock.image.provenance import attestation_path, check_pulled  # noqa: PLC0415
     from envlock.image.referrers import retrieve, split_pushed  # noqa: PLC0415
-    from envlock.image.signing import load_public_key, write_envelope  # noqa: PLC0415
+    from envlock.signing import load_public_key, write_envelope  # noqa: PLC0415
 
     host, _, digest = split_pushed(pushed)
     found = retrieve(wiring.registry(host), pushed)

@@ -123,7 +123,7 @@ def reproduce_command(
 
 
 def _bundle_project(path: Path) -> contextlib.AbstractContextManager[tuple[Path, list[Path]]] | None:
-    from envlock.run.bundle import is_bundle, reproducible  # noqa: PLC0415
+    from envlock.evidence.bundle import is_bundle, reproducible  # noqa: PLC0415
 
     return reproducible(path) if is_bundle(path) else None
 

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
     from envlock.image.bases import BaseStore, UpstreamBase
     from envlock.image.build import Builder
     from envlock.image.registry import Registry
-    from envlock.image.signing import SigningKey
     from envlock.lock.resolve import Resolver
     from envlock.run.hostprobe import HostState, Nvml
     from envlock.run.pinned import RunTools
     from envlock.run.tracking import Tracker
+    from envlock.signing import SigningKey
 
 
 def say(message: str) -> None:
@@ -213,13 +213,13 @@ class Wiring:
 
     def signing_key(self, flag: Path | None) -> SigningKey | None:
         """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""
-        from envlock.image.signing import load_signing_key  # noqa: PLC0415
+        from envlock.signing import load_signing_key  # noqa: PLC0415
 
         return load_signing_key(flag, self.environ)
 
     def attest_run(self, run_dir: Path, key: SigningKey | None) -> None:
         """A finished run's attestation, written beside its record (`envlock run` when a run ends, `attest`)."""
-        from envlock.run.attest import attest_run  # noqa: PLC0415
+        from envlock.evidence.attest import attest_run  # noqa: PLC0415
 
         path = attest_run(run_dir, key)
         self.say(f"attestation {path} ({'signed by ' + key.public.keyid[:16] if key else 'unsigned: no --key'})")

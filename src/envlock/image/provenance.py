@@ -14,8 +14,8 @@ from typing import Any
 from envlock import __version__
 from envlock.errors import VerificationError
 from envlock.image.plan import ImagePlan
-from envlock.image.signing import STATEMENT_TYPE, PublicKey, SigningKey, envelope, open_envelope, write_envelope
 from envlock.paths import ProjectLayout
+from envlock.signing import STATEMENT_TYPE, PublicKey, SigningKey, envelope, open_envelope, write_envelope
 
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://envlock.dev/build/v1"

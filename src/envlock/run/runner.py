@@ -34,7 +34,7 @@ METRICS_MAX_BYTES = 1 << 20
 MTIME_SLACK_NS = 50_000_000
 # What a run imports only once its command has ended (the attestation and what it reads: SBOM, provenance):
 # imported from a thread while the engine starts the container, the time this process only waits for its answer.
-IMPORTED_AFTER_LAUNCH = ("envlock.run.attest",)
+IMPORTED_AFTER_LAUNCH = ("envlock.evidence.attest",)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock.errors import EnvlockError
-from envlock.image.signing import PublicKey
+from envlock.evidence.attest import ATTESTATION, verify_run_dir
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
-from envlock.run.attest import ATTESTATION, verify_run_dir
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.schema import GitRecord
+from envlock.signing import PublicKey
 
 Section = tuple[str, list[tuple[str, str]]]
 

@@ -30,15 +30,15 @@ from typing import Any
 
 from envlock.engine.docker import Engine
 from envlock.errors import RerunError, UsageError, VerificationError
+from envlock.evidence.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
-from envlock.image.signing import PublicKey, SigningKey, open_envelope
 from envlock.lock import lockfile
 from envlock.paths import ProjectLayout
-from envlock.run.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
 from envlock.run.records import FINAL, RunRecord, RunStore
+from envlock.signing import PublicKey, SigningKey, open_envelope
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"

@@ -19,7 +19,8 @@ from envlock import __version__
 from envlock.errors import EnvlockError, VerificationError
 from envlock.fsutil import sha256_file
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
-from envlock.image.signing import (
+from envlock.lock import lockfile
+from envlock.signing import (
     STATEMENT_TYPE,
     Opened,
     PublicKey,
@@ -29,7 +30,6 @@ from envlock.image.signing import (
     open_envelope,
     write_envelope,
 )
-from envlock.lock import lockfile
 
 RUN_PREDICATE = "https://envlock.dev/run/v1"
 ATTESTATION = "attestation.dsse.json"
