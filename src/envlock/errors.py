@@ -37,6 +37,10 @@ EXIT_CODES: dict[int, str] = {
     27: "`envlock init`: the file to import (requirements, uv.lock, poetry.lock, pylock.toml, environment.yml) is "
     "missing or cannot be read",
     28: "`envlock gc`: another `envlock gc` holds the cache",
+    29: "`envlock verify` / `reproduce BUNDLE`: the evidence is unsigned (`--allow-unsigned` checks its hashes only)",
+    30: "`envlock verify` / `reproduce BUNDLE`: signed by a key that is not trusted (`envlock trust add`, or `--key`)",
+    31: "a bundle is malformed, truncated or hostile (links, unsafe names, sizes past the caps): refused before "
+    "anything is written",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -241,6 +245,27 @@ class VerificationError(EnvlockError):
 
     exit_code = 26
     default_hint = "something changed since the attestation was made: the lines above name each mismatch"
+
+
+class UnsignedError(VerificationError):
+    """The evidence carries no signature: its hashes may hold, but nobody vouches for it."""
+
+    exit_code = 29
+    default_hint = "ask for a signed attestation, or pass --allow-unsigned to check its hashes only"
+
+
+class UntrustedKeyError(VerificationError):
+    """The evidence is signed, but by no key the verifier trusts (a key shipped beside it is never trusted)."""
+
+    exit_code = 30
+    default_hint = "if you know whose key it is: envlock trust add PUB --name NAME (or pass --key PUB)"
+
+
+class BundleError(EnvlockError):
+    """A bundle (or another archive from elsewhere) is malformed, truncated or breaks envlock's member rules."""
+
+    exit_code = 31
+    default_hint = "ask its sender for a new bundle made with `envlock bundle`"
 
 
 class ImportSourceError(EnvlockError):
