@@ -52,7 +52,7 @@ def run_command(
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    signer = wiring.signing_key(key)  # before the run: an unreadable key fails now, not after training
+    signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
@@ -64,11 +64,10 @@ def run_command(
         spec,
         locked,
         RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ()), inputs=read),
-        wiring.run_tools(),
+        wiring.run_tools(signer),
         tracking=tracking,
         remove_container=wiring.remove_container,
     )
-    wiring.attest_run(store.directory(record.run_id), signer)
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
     wiring.say(
@@ -114,7 +113,7 @@ def reproduce_command(
             inputs_from=project,
         )  # fmt: skip
 
-    verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol))
+    verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol), evidence=tools.evidence)
     for line in verdict.lines():
         typer.echo(line)
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")

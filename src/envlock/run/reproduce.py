@@ -22,7 +22,7 @@ from envlock.paths import ProjectLayout
 from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunRequest
+from envlock.run.runner import RunEvidence, RunRequest
 from envlock.run.schema import relative_path_problem
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
@@ -320,9 +320,12 @@ def reproduce_run(
     project_dir: Path,
     rerun: Callable[[Path], RunRecord],
     tolerance: Tolerance,
+    *,
+    evidence: RunEvidence,
 ) -> Verdict:
     """Run `rerun` on the recorded code and compare its outputs and circumstances with the original's; the new
-    run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json)."""
+    run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json), and the new
+    run is attested again with both (its attestation then binds the verdict it carries)."""
     with code_at(project_dir, original, store) as code:
         new = rerun(code)
         checks = tuple(
@@ -354,6 +357,7 @@ def reproduce_run(
         extra=tuple(sorted(set(new.outputs) - set(original.outputs))),
     )
     store.save_verdict(new.run_id, verdict.as_dict())
+    evidence.run_ended(store.directory(new.run_id))
     return verdict
 
 
