@@ -37,7 +37,7 @@ from envlock.errors import (
 )
 from envlock.image.bases import BaseBuilder, BaseStore
 from envlock.image.layers import LayerStore
-from envlock.image.plan import write_archive
+from envlock.image.plan import ImagePlan, write_archive
 from envlock.image.registry import OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry
 from envlock.image.wheels import Fetcher, Response, WheelCache
 from envlock.lock.project import lock_project
@@ -57,12 +57,17 @@ class FakeEvidence:
     writing the real attestation, unsigned)."""
 
     attested: list[Path] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
     real: bool = False
 
     @property
     def imports(self) -> tuple[str, ...]:
         """Nothing to import ahead."""
         return ()
+
+    def image_built(self, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None) -> None:
+        """Record the image."""
+        self.images.append(image_id)
 
     def run_ended(self, run_dir: Path) -> None:
         """Record the folder (and attest it for real when asked)."""

@@ -39,7 +39,12 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
     spec = load_spec(project)
     locked = check_lock(spec)
     built = build_lock(
-        locked, spec.name, platform or host_platform(), wiring.builder([spec.index_url, *spec.extra_index_urls])
+        locked,
+        spec.name,
+        platform or host_platform(),
+        wiring.builder([spec.index_url, *spec.extra_index_urls]),
+        project_dir=spec.project_dir,
+        evidence=wiring.evidence(),
     )
     wiring.cache.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=wiring.cache.scratch) as scratch:

@@ -14,12 +14,12 @@ from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
 
 if TYPE_CHECKING:
+    from envlock.cli.wiring import Attester
     from envlock.image.plan import ImagePlan
     from envlock.image.registry import Registry
     from envlock.lock.lockfile import Lock
     from envlock.lock.spec import Spec
     from envlock.report import Progress
-    from envlock.signing import SigningKey
 
 
 class _Bars:
@@ -85,7 +85,7 @@ def build(
     from envlock.lock.targets import host_platform  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    signer = wiring.signing_key(key)
+    signer = wiring.evidence(key)
     spec = load_spec(project)
     locked = check_lock(spec)
     target = registry or spec.registry
@@ -105,14 +105,15 @@ def build(
             platform or host_platform(),
             builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
             project_dir=spec.project_dir,
+            evidence=signer,
             no_cache=no_cache,
             push_to=push_to,
         )
     typer.echo(f"{'built' if outcome.built else 'already built:'} {outcome.reference} ({outcome.image_id})")
     if pushed:
         typer.echo(f"pushed {pushed}")
-    plan = plan_image(locked, spec.name, platform or host_platform())
-    _attest_image(wiring, spec.project_dir, plan, outcome.image_id, pushed, signer)
+        plan = plan_image(locked, spec.name, platform or host_platform())
+        _publish(wiring, spec.project_dir, plan, outcome.image_id, pushed)
 
 
 def _build_all(
@@ -122,7 +123,7 @@ def _build_all(
     *,
     no_cache: bool,
     push_to: tuple[Registry, str] | None,
-    signer: SigningKey | None,
+    signer: Attester,
 ) -> None:
     """`envlock build --platform all`: every platform of the lock, each attested, then one index when pushed."""
     from envlock.image.multiarch import build_platforms  # noqa: PLC0415
@@ -136,6 +137,7 @@ def _build_all(
             [t.platform for t in locked.targets],
             builder=wiring.builder([spec.index_url, *spec.extra_index_urls], progress),
             project_dir=spec.project_dir,
+            evidence=signer,
             no_cache=no_cache,
             push_to=push_to,
         )
@@ -144,25 +146,23 @@ def _build_all(
         typer.echo(f"{built} {image.outcome.reference} ({image.outcome.image_id}) for {image.platform}")
         if image.pushed:
             typer.echo(f"pushed {image.pushed}")
-        plan = plan_image(locked, spec.name, image.platform)
-        _attest_image(wiring, spec.project_dir, plan, image.outcome.image_id, image.pushed, signer)
+            plan = plan_image(locked, spec.name, image.platform)
+            _publish(wiring, spec.project_dir, plan, image.outcome.image_id, image.pushed)
     if index:
         typer.echo(f"pushed index {index}")
 
 
-def _attest_image(
-    wiring: Wiring, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None, key: SigningKey | None
-) -> None:
-    """The image's provenance in .envlock/attestations/; once pushed, it and the SBOM as referrers in the registry."""
-    from envlock.image.provenance import write_image_attestation  # noqa: PLC0415
+def _publish(wiring: Wiring, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str) -> None:
+    """A pushed image's SBOM and provenance (written by the build core) as referrers in the registry."""
+    import json  # noqa: PLC0415
+
+    from envlock.image.provenance import attestation_path  # noqa: PLC0415
     from envlock.image.referrers import publish, split_pushed  # noqa: PLC0415
     from envlock.signing import canonical  # noqa: PLC0415
 
-    path, document = write_image_attestation(project_dir, plan, image_id, pushed, key)
-    wiring.say(f"provenance {path} ({'signed' if key else 'unsigned: no --key'})")
-    if pushed:
-        publish(wiring.registry(split_pushed(pushed)[0]), pushed, plan.sbom, canonical(document))
-        typer.echo(f"pushed SBOM and provenance as referrers of {pushed}")
+    document = json.loads(attestation_path(project_dir, image_id).read_text(encoding="utf-8"))
+    publish(wiring.registry(split_pushed(pushed)[0]), pushed, plan.sbom, canonical(document))
+    typer.echo(f"pushed SBOM and provenance as referrers of {pushed}")
 
 
 @base_app.command("list")

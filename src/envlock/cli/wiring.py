@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from envlock.engine.launch import Launcher
     from envlock.image.bases import BaseStore, UpstreamBase
     from envlock.image.build import Builder
+    from envlock.image.plan import ImagePlan
     from envlock.image.registry import Registry
     from envlock.lock.resolve import Resolver
     from envlock.run.hostprobe import HostState, Nvml
@@ -269,6 +270,13 @@ class Attester:
     key: SigningKey | None
     say: Callable[[str], None]
     imports: tuple[str, ...] = ("envlock.evidence.attest",)
+
+    def image_built(self, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None) -> None:
+        """The image's provenance in the project's .envlock/attestations/ (signed when a key is configured)."""
+        from envlock.image.provenance import write_image_attestation  # noqa: PLC0415
+
+        path, _ = write_image_attestation(project_dir, plan, image_id, pushed, self.key)
+        self.say(f"provenance {path} ({'signed' if self.key else 'unsigned: no key'})")
 
     def run_ended(self, run_dir: Path) -> None:
         """Attest the run whose record in `run_dir` is final."""

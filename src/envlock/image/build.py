@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import BuildError, EngineError, StaleLockError
@@ -238,6 +239,14 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
     return f"{repository}:{tag}"
 
 
+class ImageEvidence(Protocol):
+    """The provenance writer the build core is handed (the composition root builds the real one): every image a
+    command builds or finds for a project gets its provenance there, whichever command asked for it."""
+
+    def image_built(self, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None) -> None:
+        """Write the provenance of `plan`'s image, built as `image_id` (and pushed as `pushed`)."""
+
+
 def build_and_push(
     lock: Lock,
     repository: str,
@@ -245,10 +254,12 @@ def build_and_push(
     *,
     builder: Builder,
     project_dir: Path,
+    evidence: ImageEvidence,
     no_cache: bool = False,
     push_to: tuple[Registry, str] | None = None,
 ) -> tuple[BuildOutcome, str | None]:
-    """`envlock build [--push]`: build (or find) the image, push it when asked, remember both in images.json."""
+    """`envlock build [--push]`: build (or find) the image, push it when asked, remember both in images.json, and
+    write its provenance."""
     plan = plan_image(lock, repository, platform)
     outcome = builder.build(plan, no_cache=no_cache)
     pushed = builder.push(plan, *push_to) if push_to else None
@@ -256,6 +267,7 @@ def build_and_push(
         project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id,
         pushed=pushed, platform=platform,
     )  # fmt: skip
+    evidence.image_built(project_dir, plan, outcome.image_id, pushed)
     return outcome, pushed
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envlock.image.build import Builder, BuildOutcome
+from envlock.image.build import Builder, BuildOutcome, ImageEvidence
 from envlock.image.catalog import record_image, record_index
 from envlock.image.plan import plan_image
 from envlock.image.registry import PlatformManifest, Registry, push_index, split_target
@@ -30,11 +30,12 @@ def build_platforms(
     *,
     builder: Builder,
     project_dir: Path,
+    evidence: ImageEvidence,
     no_cache: bool = False,
     push_to: tuple[Registry, str] | None = None,
 ) -> tuple[list[PlatformBuilt], str | None]:
-    """Build (and push) each platform's image; with several pushed, the index too. Returns the images and the
-    index's `host/repo@sha256:…` (None when not pushed or one platform only)."""
+    """Build (and push) each platform's image, each with its provenance; with several pushed, the index too.
+    Returns the images and the index's `host/repo@sha256:…` (None when not pushed or one platform only)."""
     done: list[PlatformBuilt] = []
     entries: list[PlatformManifest] = []
     for platform in platforms:
@@ -48,6 +49,7 @@ def build_platforms(
             project_dir, lock.lock_hash, outcome.image_id, outcome.reference, outcome.base_diff_id,
             pushed=pushed, platform=platform,
         )  # fmt: skip
+        evidence.image_built(project_dir, plan, outcome.image_id, pushed)
         done.append(PlatformBuilt(platform, outcome, pushed))
     if push_to is None or len(entries) < 2:
         return done, None

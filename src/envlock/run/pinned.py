@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
@@ -26,7 +26,16 @@ from envlock.run.runner import RunEvidence, RunRequest, run_in_image
 from envlock.run.tracking import Tracking
 
 if TYPE_CHECKING:
-    from envlock.image.build import Builder
+    from envlock.image.build import Builder, ImageEvidence
+    from envlock.image.plan import ImagePlan
+
+
+class Evidence(RunEvidence, Protocol):
+    """The one evidence writer the composition root hands the core: run attestations and (as image.build's
+    ImageEvidence, whose module loads only when building) image provenance."""
+
+    def image_built(self, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None) -> None:
+        """Write the provenance of `plan`'s image, built as `image_id` (and pushed as `pushed`)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class RunTools:
     builder: Callable[[Sequence[str]], Builder]  # index URLs → a Builder over the user's caches
     output: Output
     report: Report
-    evidence: RunEvidence  # attests every run that ends
+    evidence: Evidence  # attests every run that ends and every image built on the way
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
 
 
@@ -53,11 +62,16 @@ def code_state(project_dir: Path, request: RunRequest, store: RunStore, max_byte
     return state
 
 
-def build_lock(lock: Lock, repository: str, platform: str, builder: Builder) -> Built:
-    """Build (or find) a lock's image: the one path `build`, `run`, `submit` and restore's rebuild share."""
+def build_lock(
+    lock: Lock, repository: str, platform: str, builder: Builder, *, project_dir: Path, evidence: ImageEvidence
+) -> Built:
+    """Build (or find) a lock's image, with its provenance in the project: the one path `run`, `submit`, the
+    exports and restore's rebuild share."""
     from envlock.image.plan import plan_image  # noqa: PLC0415  (the build machinery only when building)
 
-    outcome = builder.build(plan_image(lock, repository, platform))
+    plan = plan_image(lock, repository, platform)
+    outcome = builder.build(plan)
+    evidence.image_built(project_dir, plan, outcome.image_id, None)
     return Built(outcome.image_id, outcome.reference, outcome.base_diff_id)
 
 
@@ -71,16 +85,22 @@ def lock_image(
         f"{repository}:{platform_tag(lock.short_hash, platform)}",
         engine=tools.engine,
         project_dir=project_dir,
-        build=lambda: build_lock(lock, repository, platform, tools.builder(index_urls)),
+        build=lambda: build_lock(
+            lock, repository, platform, tools.builder(index_urls), project_dir=project_dir, evidence=tools.evidence
+        ),
     )
 
 
-def rebuild_from(lock_path: Path, repository: str, tools: RunTools) -> Callable[[], str]:
-    """A rebuild from a lock copy, for restore's last resort (accepted only if it gives the recorded ID)."""
+def rebuild_from(lock_path: Path, repository: str, tools: RunTools, project_dir: Path) -> Callable[[], str]:
+    """A rebuild from a lock copy, for restore's last resort (accepted only if it gives the recorded ID); its
+    provenance goes into `project_dir`."""
 
     def rebuild() -> str:
         lock = lockfile.read(lock_path)
-        return build_lock(lock, repository, host_platform(), tools.builder(())).image_id
+        builder = tools.builder(())
+        return build_lock(
+            lock, repository, host_platform(), builder, project_dir=project_dir, evidence=tools.evidence
+        ).image_id
 
     return rebuild
 
@@ -107,7 +127,7 @@ def run_recorded(
         engine=tools.engine,
         repo_digests=tuple(recorded.repo_digests),
         archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
-        rebuild=rebuild_from(lock_path, recorded.image_reference.split(":")[0], tools),
+        rebuild=rebuild_from(lock_path, recorded.image_reference.split(":")[0], tools, store.project_dir),
         reference=recorded.image_reference,
         report=tools.report,
     )
@@ -153,7 +173,7 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
             str(image_id) if image_id else None,
             reference,
             tuple(known.get("pushed", [])),
-            rebuild_from(Path(target), reference.split(":", maxsplit=1)[0], tools),
+            rebuild_from(Path(target), reference.split(":", maxsplit=1)[0], tools, project_dir),
         )
     store = RunStore(project_dir)
     try:
@@ -167,7 +187,9 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
         record.image_id,
         record.image_reference,
         tuple(record.repo_digests),
-        rebuild_from(store.directory(record.run_id) / "envlock.lock", record.image_reference.split(":")[0], tools),
+        rebuild_from(
+            store.directory(record.run_id) / "envlock.lock", record.image_reference.split(":")[0], tools, project_dir
+        ),
     )
 
 
