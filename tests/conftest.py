@@ -40,6 +40,20 @@ def write_project(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def isolated_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's config (envlock's trust store, default keys) in a session temp dir: a test never trusts, nor
+    writes, a key of the user running the tests."""
+    config = tmp_path_factory.mktemp("xdg-config")
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(config)
+    yield config
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache."""
     cache = tmp_path_factory.mktemp("envlock-cache")

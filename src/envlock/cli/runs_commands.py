@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from envlock.cli.options import JsonOpt, ProjectOpt, RunIdArg, RunsProjectOpt
+from envlock.cli.options import AllowUnsignedOpt, JsonOpt, ProjectOpt, PublicKeyOpt, RunIdArg, RunsProjectOpt
 from envlock.cli.root import CommandExited, runs_app
 from envlock.cli.wiring import Wiring, wiring_of
 
@@ -94,11 +94,25 @@ def runs_wait(
 
 
 @runs_app.command("show")
-def runs_show(ctx: typer.Context, run_id: RunIdArg, project: RunsProjectOpt = None, as_json: JsonOpt = False) -> None:
-    """One run record in full."""
+def runs_show(
+    ctx: typer.Context,
+    run_id: RunIdArg,
+    project: RunsProjectOpt = None,
+    as_json: JsonOpt = False,
+    verified: Annotated[
+        bool,
+        typer.Option("--verified", help="Show the record as its attestation signed it, after verifying it."),
+    ] = False,
+    key: PublicKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
+) -> None:
+    """One run record in full (--verified: the signed record, shown only when its evidence holds)."""
     from envlock.cli.render import run_details  # noqa: PLC0415
 
     store = _store(ctx, project)
+    if verified:
+        _show_verified(ctx, store, run_id, key, as_json=as_json, allow_unsigned=allow_unsigned)
+        return
     record = store.load(run_id)
     live, closed = _settle(wiring_of(ctx), store, [record])
     record = closed.get(record.run_id, record)
@@ -108,3 +122,39 @@ def runs_show(ctx: typer.Context, run_id: RunIdArg, project: RunsProjectOpt = No
         typer.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
         typer.echo(run_details(record, store, live))
+
+
+def _show_verified(
+    ctx: typer.Context, store: RunStore, run_id: str, keys: list[Path] | None, *, as_json: bool, allow_unsigned: bool
+) -> None:
+    """`runs show --verified`: verify first; then render the record the attestation carries, never the file."""
+    from envlock.cli.render import run_details  # noqa: PLC0415
+    from envlock.errors import VerificationError  # noqa: PLC0415
+    from envlock.evidence.attest import RunPlaces, verify_run_dir  # noqa: PLC0415
+    from envlock.evidence.trust import load_trust  # noqa: PLC0415
+    from envlock.run.records import RunRecord  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    record = store.load(run_id)
+    trust = load_trust(keys or [], environ=wiring.environ, project_dir=store.project_dir)
+
+    def present(image_id: str) -> bool | None:
+        from envlock.errors import EngineError  # noqa: PLC0415
+
+        try:
+            return None if wiring.engine.image_id(image_id) is None else True
+        except EngineError:
+            return None
+
+    places = RunPlaces.of_project(store.project_dir, store.directory(record.run_id))
+    checks = verify_run_dir(places, trust=trust, image_present=present)
+    line = checks.require(allow_unsigned=allow_unsigned)  # refuses (26, 29, 30) before anything is shown
+    signed = checks.signed_record
+    if signed is None:
+        raise VerificationError(f"the attestation of run {record.run_id} carries no record")
+    shown = RunRecord.from_dict(signed, "the signed record")
+    wiring.say(line)
+    if as_json:
+        typer.echo(json.dumps(shown.as_dict(), indent=2, sort_keys=True))
+    else:
+        typer.echo(run_details(shown, store, {}))

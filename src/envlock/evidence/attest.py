@@ -250,6 +250,8 @@ _ABSENT = object()
 def _value(value: object) -> str:
     if value is _ABSENT:
         return "(absent)"
+    if value is None:
+        return "none"
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 24 else text[:12] + "…"
 
