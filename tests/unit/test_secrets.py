@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import stat
 import tarfile
 import threading
@@ -14,13 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from envlock.cli.app import run
+from envlock.cli.wiring import Wiring
+from envlock.errors import DownloadError, IndexUnreachableError
 from envlock.image.wheels import HttpFetcher
 from envlock.lock import lockfile
+from envlock.lock.credentials import mask, secrets_to_mask
 from envlock.lock.export import to_pylock
+from envlock.lock.piptools import PipToolsResolver, host_target
 from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedFile, LockedPackage, ResolveRequest
+from envlock.lock.simpleindex import SimpleIndexFinder
 from envlock.lock.spec import load_spec
-from envlock.lock.targets import Target
+from envlock.lock.targets import Platform, Target, host_platform
 from envlock.lock.uv import UvResolver
 from envlock.run.gitstate import GitState, save_untracked
 from envlock.run.objects import ObjectStore
@@ -233,3 +240,123 @@ def test_a_run_names_the_secrets_it_left_out_and_its_bundle_holds_none(
     code, out, _ = world(capsys, "reproduce", record.run_id, "-C", str(project))
     assert "not compared: untracked notes.txt: a private key" in out
     assert "not compared: untracked config/.env: readable only by its owner (mode 600)" in out
+
+
+# --- index URLs with secrets are masked in every message ---------------------------------------------------------
+
+
+def test_mask_shows_urls_as_pip_does_and_expanded_values_as_their_reference() -> None:
+    secrets = secrets_to_mask(
+        ["https://user:${PASSWORD}@pkgs.example/${TOKEN}/simple", "https://ci:literal-pw@other.example/simple"],
+        {"PASSWORD": PASSWORD, "TOKEN": TOKEN},
+    )
+    assert secrets == {PASSWORD: "${PASSWORD}", TOKEN: "${TOKEN}", "literal-pw": "****"}
+    text = (
+        f"GET https://user:{PASSWORD}@pkgs.example/{TOKEN}/simple/alpha/ failed; "
+        "retried https://ci:literal-pw@other.example/simple/ and "
+        f"https://{TOKEN}@third.example/simple (quoted: {TOKEN.replace('-', '%2D')})"
+    )
+    assert mask(text, secrets) == (
+        "GET https://user:${PASSWORD}@pkgs.example/${TOKEN}/simple/alpha/ failed; "
+        "retried https://ci:****@other.example/simple/ and "
+        "https://${TOKEN}@third.example/simple (quoted: tok%2D0123456789%2Dsecret)"
+    )
+    assert mask("https://__token__@pkgs.example/simple, https://a:p@ss@h.example/x") == (
+        "https://****@pkgs.example/simple, https://a:****@h.example/x"
+    ), "without the secrets at hand: a lone user name is a token, a password is masked up to the host"
+
+
+@pytest.fixture
+def uv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """uv's cache in the temp dir: nothing outside it changes."""
+    cache = tmp_path / "uv-cache"
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    monkeypatch.setitem(os.environ, "NO_PROXY", "127.0.0.1")
+    return cache
+
+
+def test_a_failing_lock_never_prints_the_expanded_token(
+    index_server: tuple[str, list[tuple[str, str]]],
+    write_project: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    uv_cache: Path,
+) -> None:
+    host, seen = index_server
+    monkeypatch.setenv("TOKEN", TOKEN)
+    monkeypatch.setenv("PASSWORD", PASSWORD)
+    project = write_project(
+        '[project]\nname = "demo"\ndependencies = ["alpha"]\n'
+        f'[tool.envlock]\nindex-url = "http://user:${{PASSWORD}}@{host}/${{TOKEN}}/simple"\n'
+    )
+    said: list[str] = []
+    code = run(["lock", "-C", str(project)], Wiring(resolvers={"uv": UvResolver()}, say=said.append))
+    err = capsys.readouterr().err
+    assert seen and seen[0][0] == f"/{TOKEN}/simple/alpha/", "the real uv asked the index with the token"
+    assert code == 5
+    error = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error == [f"error: package 'alpha' was not found on the index (http://user:****@{host}/${{TOKEN}}/simple)"]
+    assert TOKEN not in err + "\n".join(said) and PASSWORD not in err + "\n".join(said)
+    assert not (project / "envlock.lock").exists() and uv_cache.is_dir(), "uv's cache was the temp dir's"
+
+
+def test_any_resolver_s_error_is_masked_on_its_way_out(
+    write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", TOKEN)
+    project = write_project(
+        '[project]\nname = "demo"\ndependencies = ["alpha"]\n'
+        '[tool.envlock]\nindex-url = "https://pkgs.example/${TOKEN}/simple"\n'
+    )
+    said = f"cannot reach https://pkgs.example/{TOKEN}/simple/alpha/"
+    resolver = FakeResolver({}, error=IndexUnreachableError(said, hint=f"is {TOKEN} valid?", details=(said,)))
+    with pytest.raises(IndexUnreachableError) as raised:
+        lock_project(load_spec(project), resolver)
+    assert raised.value.message == "cannot reach https://pkgs.example/${TOKEN}/simple/alpha/"
+    assert raised.value.hint == "is ${TOKEN} valid?" and raised.value.details == (raised.value.message,)
+    assert TOKEN not in str(raised.value)
+
+
+HOST: Platform = "linux/arm64" if host_platform() == "linux/arm64" else "linux/amd64"  # pip-tools: this host only
+
+
+def test_pip_tools_output_and_the_simple_index_errors_are_masked(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f"echo 'Looking in indexes: https://user:{PASSWORD}@pkgs.example/simple' >&2\n"
+        f"echo 'Could not fetch URL https://user:{PASSWORD}@pkgs.example/simple/alpha/: 401' >&2\nexit 1\n",
+        encoding="utf-8",
+    )
+    python.chmod(0o755)
+    request = ResolveRequest(
+        ("alpha",), Target(HOST, host_target()[1], (2, 36)), f"https://user:{PASSWORD}@pkgs.example/simple"
+    )
+    with pytest.raises(IndexUnreachableError) as raised:
+        PipToolsResolver(python=str(python)).resolve(request)
+    assert raised.value.message == "cannot reach the package index https://user:****@pkgs.example/simple"
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://user:{PASSWORD}@127.0.0.1:{port}/simple"
+    with pytest.raises(IndexUnreachableError) as found:
+        SimpleIndexFinder().files([("alpha", "1.0")], request.target, [url])
+    assert (
+        found.value.message
+        == f"cannot reach the package index http://user:****@127.0.0.1:{port}/simple: ConnectionError"
+    )
+
+
+def test_a_failing_fetch_names_the_url_with_its_references(
+    index_server: tuple[str, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, _ = index_server
+    monkeypatch.setenv("PASSWORD", PASSWORD)
+    monkeypatch.setenv("TOKEN", TOKEN)
+    monkeypatch.setitem(os.environ, "NO_PROXY", "127.0.0.1")
+    fetcher = HttpFetcher([f"http://user:${{PASSWORD}}@{host}/${{TOKEN}}/simple"])
+    for url in (f"http://{host}/${{TOKEN}}/missing.whl", f"http://{host}/{TOKEN}/missing.whl"):
+        with pytest.raises(DownloadError) as raised, fetcher.open(url, 0):
+            pass
+        assert raised.value.message == f"cannot fetch http://{host}/${{TOKEN}}/missing.whl: HTTP 401"
