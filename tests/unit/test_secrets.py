@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from envlock.lock.targets import Platform, Target, host_platform
 from envlock.lock.uv import UvResolver
 from envlock.run.gitstate import GitState, save_untracked
 from envlock.run.objects import ObjectStore
+from envlock.signing import work_tree_of
 from tests.fakes import FakeResolver
 from tests.unit.test_cli_commands import World
 from tests.unit.test_reproduce import committed, last, world
@@ -360,3 +362,44 @@ def test_a_failing_fetch_names_the_url_with_its_references(
         with pytest.raises(DownloadError) as raised, fetcher.open(url, 0):
             pass
         assert raised.value.message == f"cannot fetch http://{host}/${{TOKEN}}/missing.whl: HTTP 401"
+
+
+# --- key generate: private folders, and a warning inside a git work tree ------------------------------------------
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    """The loosest umask: whatever envlock makes private, it makes so itself."""
+    before = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_key_generate_makes_private_folders_and_warns_inside_a_git_work_tree(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, umask_000: None
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "shared").mkdir(parents=True)
+    (repo / "shared").chmod(0o755)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, capture_output=True)
+    key = repo / "shared" / "keys" / "ci" / "signing.pem"
+    code, out, said = world(capsys, "key", "generate", "-o", str(key))
+    assert code == 0 and out.startswith("key "), said
+    assert _mode(key) == 0o600 and _mode(repo / "shared" / "keys") == 0o700 and _mode(key.parent) == 0o700
+    assert _mode(repo / "shared") == 0o755, "a folder that was there is left as it was"
+    assert said.strip().splitlines()[-1] == (
+        f"warning: {key} is inside the git work tree of {repo.resolve()}: never commit it; "
+        "add it to .gitignore or keep keys in ~/.config/envlock"
+    )
+
+    outside = tmp_path / "keys" / "signing.pem"
+    world.said.clear()
+    code, _, said = world(capsys, "key", "generate", "-o", str(outside))
+    assert code == 0 and "warning" not in said and _mode(outside.parent) == 0o700 and _mode(outside) == 0o600
+    assert work_tree_of(outside) is None and work_tree_of(key) == repo.resolve()
