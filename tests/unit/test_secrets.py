@@ -403,3 +403,15 @@ def test_key_generate_makes_private_folders_and_warns_inside_a_git_work_tree(
     code, _, said = world(capsys, "key", "generate", "-o", str(outside))
     assert code == 0 and "warning" not in said and _mode(outside.parent) == 0o700 and _mode(outside) == 0o600
     assert work_tree_of(outside) is None and work_tree_of(key) == repo.resolve()
+
+
+def test_links_and_unreadable_files_are_named_with_their_own_reason(tmp_path: Path) -> None:
+    _file(tmp_path, "elsewhere.pem", _key_text("-----BEGIN RSA PRIVATE KEY-----"), 0o644)
+    (tmp_path / "link.txt").symlink_to(tmp_path / "elsewhere.pem")
+    state = GitState(commit="c" * 40, dirty=True, untracked=("gone.txt", "link.txt"))
+    saved = save_untracked(state, tmp_path, ObjectStore(tmp_path / "objects"), 1 << 20)
+    assert dict(saved.skipped) == {
+        "gone.txt": "cannot be read (No such file or directory)",
+        "link.txt": "not a regular file (a symlink or special file)",
+    }
+    assert not saved.saved and not (tmp_path / "objects").exists()

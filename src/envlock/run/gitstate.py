@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -70,17 +71,19 @@ def holds_private_key(data: bytes) -> bool:
     return _PRIVATE_KEY.search(data) is not None
 
 
-def _read_regular(path: Path, max_bytes: int) -> tuple[os.stat_result, bytes | None] | None:
+def _read_regular(path: Path, max_bytes: int) -> tuple[os.stat_result, bytes | None] | str:
     """The file's status and, when it is at most `max_bytes`, its bytes (read once, through the one descriptor
-    that was checked); None when it is not a regular file (a symlink, a FIFO, a folder) or cannot be read."""
+    that was checked); or why not: not a regular file (a symlink, a FIFO, a folder), or unreadable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR) or path.is_symlink():
+            return "not a regular file (a symlink or special file)"
+        return f"cannot be read ({exc.strerror})"
     with os.fdopen(fd, "rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
-            return None
+            return "not a regular file (a symlink or special file)"
         return status, (handle.read(max_bytes + 1) if status.st_size <= max_bytes else None)
 
 
@@ -96,8 +99,8 @@ def save_untracked(state: GitState, project_dir: Path, objects: ObjectStore, max
     total = 0
     for name in state.untracked:
         found = _read_regular(project_dir / name, max_bytes)
-        if found is None:
-            skipped[name] = "not a regular file (a symlink or special file)"
+        if isinstance(found, str):
+            skipped[name] = found
             continue
         status, data = found
         mode = stat.S_IMODE(status.st_mode)

@@ -32,7 +32,7 @@ class ObjectStore:
         the narrower source says that its owner wants those bytes kept closer from now on."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        mode = 0o444 & readable
+        mode = 0o400 | (0o444 & readable)  # its owner (who wrote it) always reads it back
         try:
             present = target.lstat()
         except FileNotFoundError:
