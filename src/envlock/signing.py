@@ -1,6 +1,7 @@
 """Local signing keys and DSSE envelopes (in-toto Statement v1 payloads), with the `cryptography` package.
 
-A key is a PKCS#8 PEM file (Ed25519 by default, or ECDSA P-256), written with mode 0600; its key id is the sha256
+A key is a PKCS#8 PEM file (Ed25519 by default, or ECDSA P-256), written with mode 0600 (the folders made for it
+0700, whatever the umask); its key id is the sha256
 of the public key's DER (SubjectPublicKeyInfo). An envelope without a key is still written, with no signatures:
 its hashes can be checked, its origin cannot.
 """
@@ -128,6 +129,7 @@ def generate_key(out: Path, kind: KeyKind = "ed25519", overwrite: bool = False) 
 
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists: envlock never overwrites a key", hint="choose another path with -o")
+    _private_folders(out.parent)
     private = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else ec.generate_private_key(ec.SECP256R1())
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -136,6 +138,32 @@ def generate_key(out: Path, kind: KeyKind = "ed25519", overwrite: bool = False) 
     key = SigningKey(pem, out)
     atomic_write_bytes(public_path(out), key.public.pem)
     return key
+
+
+def _private_folders(folder: Path) -> None:
+    """Make the missing folders of `folder` 0700 whatever the umask (mkdir's mode is masked by it); a folder that
+    exists is left as it is: never loosened, and not ours to tighten."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        except OSError as exc:
+            raise UsageError(f"cannot make the folder {made} for the key: {exc.strerror}") from exc
+        made.chmod(0o700)
+
+
+def work_tree_of(path: Path) -> Path | None:
+    """The git work tree a path lies in (the nearest folder above it holding `.git`), or None: a key written there
+    is one `git add -A` away from being published."""
+    for folder in path.resolve().parents:
+        if (folder / ".git").exists():
+            return folder
+    return None
 
 
 def public_path(private: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from packaging.tags import Tag
 
 from envlock.errors import SpecError
-from envlock.lock.credentials import expand, redact, redact_text
+from envlock.lock.credentials import expand, mask, redact, url_secrets
 from envlock.lock.cuda import CPU
 from envlock.lock.export import to_pylock
 from envlock.lock.lockfile import TargetLock
@@ -23,8 +23,8 @@ def test_redact_removes_userinfo_only() -> None:
     assert redact("https://alice:s3cret@pypi.example:8443/simple/") == "https://pypi.example:8443/simple/"
     assert redact("https://__token__@pypi.example/simple") == "https://pypi.example/simple"
     assert redact("https://pypi.org/simple") == "https://pypi.org/simple"
-    text = redact_text("GET https://alice:s3cret@x/ failed", ["https://alice:s3cret@x/"])
-    assert text == "GET https://****:****@x/ failed"
+    text = mask("GET https://alice:s3cret@x/ failed: s3cret refused", url_secrets(["https://alice:s3cret@x/"]))
+    assert text == "GET https://alice:****@x/ failed: **** refused"
 
 
 def test_expand_reads_environment() -> None:

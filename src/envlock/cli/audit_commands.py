@@ -60,14 +60,15 @@ def sbom_command(
 
 @key_app.command("generate")
 def key_generate(
+    ctx: typer.Context,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Default: ~/.config/envlock/signing-key.pem")
     ] = None,
     kind: Annotated[str, typer.Option("--type", help="ed25519 (default) or ecdsa-p256.")] = "ed25519",
 ) -> None:
-    """Make a signing key (mode 0600) and its public key beside it (.pub)."""
+    """Make a signing key (mode 0600, new folders 0700) and its public key beside it (.pub)."""
     from envlock.errors import UsageError  # noqa: PLC0415
-    from envlock.signing import default_key_path, generate_key, public_path  # noqa: PLC0415
+    from envlock.signing import default_key_path, generate_key, public_path, work_tree_of  # noqa: PLC0415
 
     if kind not in ("ed25519", "ecdsa-p256"):
         raise UsageError(f"unknown key type {kind!r}", hint="--type ed25519 or --type ecdsa-p256")
@@ -75,6 +76,11 @@ def key_generate(
     key = generate_key(path, "ed25519" if kind == "ed25519" else "ecdsa-p256")
     typer.echo(f"key {key.public.keyid} in {path} (public: {public_path(path)})")
     typer.echo(f"sign with: export ENVLOCK_SIGNING_KEY={path}   (or --key {path})")
+    if (tree := work_tree_of(path)) is not None:
+        wiring_of(ctx).say(
+            f"warning: {path} is inside the git work tree of {tree}: never commit it; "
+            "add it to .gitignore or keep keys in ~/.config/envlock"
+        )
 
 
 @key_app.command("public")

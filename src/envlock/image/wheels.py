@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from envlock.errors import DownloadError, HashMismatchError
 from envlock.fsutil import exclusive, sha256_file
-from envlock.lock.credentials import expand, redact
+from envlock.lock.credentials import expand, mask, secrets_to_mask
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
 
@@ -46,8 +46,9 @@ class HttpFetcher:
     """
 
     def __init__(self, index_urls: Iterable[str] = (), timeout: float = 60.0) -> None:
+        self.index_urls = tuple(index_urls)
         self.credentials: dict[tuple[str, str], tuple[str, str]] = {}
-        for url in index_urls:
+        for url in self.index_urls:
             parts = urlsplit(url)
             if parts.username is not None:
                 host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
@@ -61,6 +62,10 @@ class HttpFetcher:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
         return self._local.session
+
+    def shown(self, url: str) -> str:
+        """The URL as a message may show it: credentials masked, any expanded secret back as its ${VAR}."""
+        return mask(url, secrets_to_mask((*self.index_urls, url)))
 
     @contextlib.contextmanager
     def open(self, url: str, offset: int) -> Iterator[Response]:
@@ -78,17 +83,17 @@ class HttpFetcher:
                 urlunsplit(parts), headers=headers, auth=auth, stream=True, timeout=self.timeout
             )
         except requests.RequestException as exc:
-            raise DownloadError(f"cannot fetch {redact(url)}: {exc.__class__.__name__}") from exc
+            raise DownloadError(f"cannot fetch {self.shown(url)}: {exc.__class__.__name__}") from exc
         with response:
             if response.status_code not in (200, 206):
-                raise DownloadError(f"cannot fetch {redact(url)}: HTTP {response.status_code}")
+                raise DownloadError(f"cannot fetch {self.shown(url)}: HTTP {response.status_code}")
             start = offset if response.status_code == 206 else 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else None
             try:
                 yield Response(response.iter_content(CHUNK), start, total)
             except requests.RequestException as exc:
-                raise DownloadError(f"download of {redact(url)} broke off: {exc.__class__.__name__}") from exc
+                raise DownloadError(f"download of {self.shown(url)} broke off: {exc.__class__.__name__}") from exc
 
 
 class WheelCache:

@@ -1,18 +1,30 @@
-"""Index URLs may carry credentials; they are expanded at use and never stored."""
+"""Index URLs may carry credentials; they are expanded at use, never stored, and masked in every message.
+
+Two functions keep them out of sight: `redact` drops a URL's credentials for what is written (a lock, a record);
+`mask` is the one every message goes through (an error line, a resolver's output, a log): it shows URLs as pip does
+(`https://user:****@host/…`) and puts each known secret value back as its `${VAR}` (or `****`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterable, Iterator, Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from envlock.errors import SpecError
+from envlock.errors import EnvlockError, SpecError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+# The credentials of a URL inside free text: `scheme://userinfo@`, the userinfo up to the last @ before the host
+# (a password with a bare @ in it is still masked whole).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"`<>()\[\]]*)@")
+MASK = "****"
 
 
 def redact(url: str) -> str:
-    """The URL without any user:password part, safe to write to a file or a log."""
+    """The URL without any user:password part, for what is written (a lock, a record); messages use `mask`."""
     try:
         parts = urlsplit(url)
         if parts.username is None and parts.password is None:
@@ -25,14 +37,62 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def redact_text(text: str, secret_urls: list[str]) -> str:
-    """Remove every credential of the given URLs from a free text (a resolver's error output)."""
-    for url in secret_urls:
-        parts = urlsplit(url)
-        for secret in (parts.password, parts.username):
-            if secret:
-                text = text.replace(secret, "****")
-    return text
+def _masked_userinfo(match: re.Match[str]) -> str:
+    user, colon, password = match.group("userinfo").partition(":")
+    if colon:  # pip's form: the user name stays, the password goes (a ${VAR} reference is no secret)
+        return f"{match.group('scheme')}{user}:{password if _REFERENCE.fullmatch(password) else MASK}@"
+    return f"{match.group('scheme')}{user if _REFERENCE.fullmatch(user) else MASK}@"  # a lone user name is a token
+
+
+def mask(text: str, secrets: Mapping[str, str] | None = None) -> str:
+    """Text safe to show (an error line, a resolver's output, a log): every known secret value (`secrets`: value →
+    what stands for it, `${VAR}` or `****`), percent-encoded or not, replaced; then every URL's password as `****`
+    (`https://user:****@host`) and a lone user name, a token, as `****@host`."""
+    replacements: dict[str, str] = {}
+    for value, shown in (secrets or {}).items():
+        if value:
+            replacements[value] = shown
+            replacements.setdefault(quote(value, safe=""), shown)
+            replacements.setdefault(quote(value), shown)
+    for value in sorted(replacements, key=len, reverse=True):  # a longer secret may contain a shorter one
+        text = text.replace(value, replacements[value])
+    return _USERINFO.sub(_masked_userinfo, text)
+
+
+def url_secrets(urls: Iterable[str]) -> dict[str, str]:
+    """The credentials written in the URLs themselves (a password, or a lone user name: a token) → `****`."""
+    found: dict[str, str] = {}
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            user, password = parts.username, parts.password
+        except ValueError:
+            continue
+        for secret in (password,) if password is not None else (user,):
+            if secret and not _REFERENCE.fullmatch(secret):
+                found[secret] = MASK
+    return found
+
+
+def secrets_to_mask(urls: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every secret the URLs (as written, with their ${VAR}s) hold once expanded, with what shows instead: a
+    `${VAR}`'s value shows as `${VAR}`, a password written in the URL as `****`."""
+    urls = tuple(urls)
+    return {**url_secrets(urls), **secrets_of(urls, environ)}
+
+
+@contextlib.contextmanager
+def masking(secrets: Mapping[str, str]) -> Iterator[None]:
+    """An EnvlockError raised inside leaves with its message, hint and details masked: whatever a resolver or an
+    index said, an expanded token never reaches the error line."""
+    try:
+        yield
+    except EnvlockError as exc:
+        exc.message = mask(exc.message, secrets)
+        exc.hint = mask(exc.hint, secrets)
+        exc.details = tuple(mask(line, secrets) for line in exc.details)
+        exc.args = (exc.message, *exc.args[1:])
+        raise
 
 
 def expand(url: str, environ: dict[str, str] | None = None) -> str:
@@ -43,7 +103,7 @@ def expand(url: str, environ: dict[str, str] | None = None) -> str:
         name = match.group(1)
         if name not in env:
             raise SpecError(
-                f"index URL {redact(url)!r} refers to ${{{name}}}, which is not set",
+                f"index URL {mask(url)!r} refers to ${{{name}}}, which is not set",
                 hint=f"export {name}=… before running envlock",
             )
         return env[name]
@@ -51,7 +111,7 @@ def expand(url: str, environ: dict[str, str] | None = None) -> str:
     return _VAR.sub(substitute, url)
 
 
-def secrets_of(urls: list[str] | tuple[str, ...], environ: dict[str, str] | None = None) -> dict[str, str]:
+def secrets_of(urls: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Each value the URLs' ${VAR} references expand to, mapped back to its reference (`value → ${VAR}`)."""
     env = os.environ if environ is None else environ
     return {env[name]: f"${{{name}}}" for url in urls for name in _VAR.findall(url) if env.get(name)}

@@ -18,7 +18,7 @@ from envlock.errors import (
     UnsatisfiableError,
     UnsupportedTargetError,
 )
-from envlock.lock.credentials import redact, redact_text
+from envlock.lock.credentials import mask
 from envlock.lock.resolve import LockedPackage, ResolveRequest
 from envlock.lock.simpleindex import FileFinder, SimpleIndexFinder
 from envlock.lock.targets import host_platform
@@ -101,7 +101,8 @@ class PipToolsResolver:
 
     @staticmethod
     def _explain(stderr: str, request: ResolveRequest) -> ResolverError:
-        text = redact_text(stderr, request.index_urls)
+        text = mask(stderr, request.secrets)
+        index = mask(request.index_url, request.secrets)
         if "No module named piptools" in text:
             return ResolverMissingError(
                 "pip-tools is not installed in envlock's environment",
@@ -110,14 +111,13 @@ class PipToolsResolver:
         # pip logs an unreachable index as a warning, then reports "no versions": the warning is the cause.
         if unreachable := re.search(r"connection broken by '(\w+)\(.*?\)'\)?'?: (\S+)", text):
             return IndexUnreachableError(
-                f"cannot reach the package index {redact(request.index_url)} "
-                f"({unreachable.group(1)} on {unreachable.group(2)})"
+                f"cannot reach the package index {index} ({unreachable.group(1)} on {unreachable.group(2)})"
             )
         if re.search(r"Could not fetch URL|Max retries exceeded", text):
-            return IndexUnreachableError(f"cannot reach the package index {redact(request.index_url)}")
+            return IndexUnreachableError(f"cannot reach the package index {index}")
         if missing := re.search(r"No matching distribution found for (\S+)", text):
             return UnsatisfiableError(
-                f"no version of {missing.group(1)!r} on {redact(request.index_url)} satisfies the requirements",
+                f"no version of {missing.group(1)!r} on {index} satisfies the requirements",
                 hint="check the spelling and the version constraint, or add the index that hosts it",
             )
         if "ResolutionImpossible" in text or "conflict" in text.lower():

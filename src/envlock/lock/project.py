@@ -12,7 +12,7 @@ from packaging.utils import canonicalize_name
 from envlock import __version__
 from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError, UsageError
 from envlock.lock import lockfile, recipes
-from envlock.lock.credentials import conceal, expand, redact, secrets_of
+from envlock.lock.credentials import conceal, expand, masking, redact, secrets_of, secrets_to_mask
 from envlock.lock.cuda import check_wish, derive_cuda
 from envlock.lock.diff import LockDiff, diff_locks
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
@@ -104,18 +104,20 @@ class _Resolution:
             preferences = self.previous.target(platform).packages
         count = len(spec.requirements)
         self.report(f"resolving {count} requirement{'s' if count != 1 else ''} for {platform} (Python {spec.python})")
-        packages = self.resolver.resolve(
-            ResolveRequest(
-                requirements=spec.requirements,
-                target=target,
-                index_url=expand(spec.index_url),
-                extra_index_urls=tuple(expand(u) for u in spec.extra_index_urls),
-                preferences=preferences,
-                upgrade=self.options.upgrade,
-                upgrade_packages=tuple(sorted(self.wanted)),
-                constraints=spec.constraints,
-            )
+        request = ResolveRequest(
+            requirements=spec.requirements,
+            target=target,
+            index_url=expand(spec.index_url),
+            extra_index_urls=tuple(expand(u) for u in spec.extra_index_urls),
+            preferences=preferences,
+            upgrade=self.options.upgrade,
+            upgrade_packages=tuple(sorted(self.wanted)),
+            constraints=spec.constraints,
         )
+        # Whatever the resolver says (its own output, an index's URL) reaches the error line with every expanded
+        # ${VAR} shown as its reference: CI logs are often public.
+        with masking(secrets_to_mask((spec.index_url, *spec.extra_index_urls))):
+            packages = self.resolver.resolve(request)
         # The resolver sees expanded URLs and answers with file URLs under them: a token in an index's path would
         # be written into the lock (and from there into exports and images) unless put back as its ${VAR}.
         secrets = secrets_of((spec.index_url, *spec.extra_index_urls))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from envlock.lock.credentials import url_secrets
 from envlock.lock.targets import Target
 
 
@@ -65,6 +66,12 @@ class ResolveRequest:
     def index_urls(self) -> list[str]:
         """The indexes in priority order (credentials included: for use, never for storage)."""
         return [self.index_url, *self.extra_index_urls]
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The credentials in the index URLs, for `mask` (a token expanded into a path is masked by the caller,
+        which knows the ${VAR}s: see `credentials.masking`)."""
+        return url_secrets(self.index_urls)
 
     def compile_flags(self, indexes: bool = True) -> list[str]:
         """Index and upgrade flags, spelled alike by `uv pip compile` and `pip-compile` (no indexes: they are

@@ -16,7 +16,7 @@ from packaging.utils import (
 from packaging.version import Version
 
 from envlock.errors import IndexUnreachableError, ResolverError
-from envlock.lock.credentials import redact
+from envlock.lock.credentials import mask, redact, url_secrets
 from envlock.lock.resolve import LockedFile, LockedPackage, utc_seconds
 from envlock.lock.targets import Target
 
@@ -63,7 +63,7 @@ class SimpleIndexFinder:
                 continue
             except requests.RequestException as exc:
                 raise IndexUnreachableError(
-                    f"cannot reach the package index {redact(url)}: {exc.__class__.__name__}"
+                    f"cannot reach the package index {mask(url, url_secrets([url]))}: {exc.__class__.__name__}"
                 ) from exc
             wheels: list[LockedFile] = []
             sdist: LockedFile | None = None
@@ -95,7 +95,8 @@ class SimpleIndexFinder:
             if wheels or sdist:
                 wheels.sort(key=lambda f: f.name)
                 return LockedPackage(canonicalize_name(name), version, tuple(wheels), sdist)
+        indexes = mask(", ".join(index_urls), url_secrets(index_urls))
         raise ResolverError(
-            f"{name}=={version} has no file with a sha256 for this target on {', '.join(map(redact, index_urls))}",
+            f"{name}=={version} has no file with a sha256 for this target on {indexes}",
             hint="the index must publish sha256 digests (PEP 503 #sha256= fragments or PEP 691 JSON)",
         )

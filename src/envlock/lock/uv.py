@@ -21,7 +21,7 @@ from envlock.errors import (
     UnsatisfiableError,
 )
 from envlock.fsutil import owned_prefix, sweep_stale
-from envlock.lock.credentials import redact, redact_text
+from envlock.lock.credentials import mask
 from envlock.lock.pylock import dump_pylock, packages_from_pylock
 from envlock.lock.resolve import LockedPackage, ResolveRequest
 
@@ -71,11 +71,11 @@ def find_uv() -> str:
 
 def explain_failure(stderr: str, request: ResolveRequest) -> ResolverError:
     """One clear error from uv's report; credentials never included."""
-    text = redact_text(stderr, request.index_urls)
+    text = mask(stderr, request.secrets)
     platform = request.target.platform
     if missing := _NOT_FOUND.search(text):
         return UnsatisfiableError(
-            f"package {missing.group(1)!r} was not found on the index ({redact(request.index_url)})",
+            f"package {missing.group(1)!r} was not found on the index ({mask(request.index_url, request.secrets)})",
             hint="check the spelling, or add the index that hosts it to [tool.envlock] extra-index-urls",
         )
     if "No solution found" in text:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import stat
 from pathlib import Path
 
 from envlock.fsutil import atomic_write_bytes
@@ -23,12 +25,24 @@ class ObjectStore:
             raise ValueError(f"{digest!r} is not a sha256 digest")
         return self.root / "sha256" / digest[:2] / digest
 
-    def put(self, data: bytes) -> str:
-        """Store bytes (a no-op when present) and return their sha256."""
+    def put(self, data: bytes, readable: int = 0o444) -> str:
+        """Store bytes and return their sha256. The object is read-only and no more readable than `readable` (the
+        source file's mode): a 0640 source gives 0440. The same bytes already stored more widely are narrowed to
+        what both sources allow, never widened: whoever could read the wider copy could read its source too, but
+        the narrower source says that its owner wants those bytes kept closer from now on."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        if not target.is_file():
-            atomic_write_bytes(target, data, mode=0o444)
+        mode = 0o400 | (0o444 & readable)  # its owner (who wrote it) always reads it back
+        try:
+            present = target.lstat()
+        except FileNotFoundError:
+            atomic_write_bytes(target, data, mode=mode)
+            return digest
+        if stat.S_ISREG(present.st_mode) and stat.S_IMODE(present.st_mode) & ~mode:
+            with contextlib.suppress(PermissionError):  # another user's object in a shared project: left as it is
+                target.chmod(stat.S_IMODE(present.st_mode) & mode)
+        elif not stat.S_ISREG(present.st_mode):
+            atomic_write_bytes(target, data, mode=mode)  # something else took the name: replaced by the object
         return digest
 
     def get(self, digest: str) -> bytes | None:
