@@ -12,14 +12,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.lock import lockfile
+from envlock.lock.spec import load_spec
 
 pytestmark = pytest.mark.network
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 UV = str(Path(sys.executable).with_name("uv"))
 POETRY_PROJECT = Path(__file__).parents[1] / "data" / "imports" / "poetry-project"
+CONDA = Path(__file__).parents[1] / "data" / "conda"
 
 
 def envlock(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,3 +84,17 @@ def test_a_requirements_only_project(tmp_path: Path) -> None:
     ours = init_and_lock(project)
     assert ours == {"six": "1.15.0", "tabulate": "0.8.10"}
     assert envlock("lock", "--check", "-C", str(project)).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["science.yml", "exported.yml"])
+def test_a_conda_environment_locks_every_package_it_names_from_pypi(tmp_path: Path, name: str) -> None:
+    """The translated names exist on PyPI and the versions conda asked for are the versions locked."""
+    project = tmp_path / "condaproject"
+    project.mkdir()
+    shutil.copy(CONDA / name, project / "environment.yml")
+    ours = init_and_lock(project)
+    wanted = load_spec(project).requirements
+    for requirement in map(Requirement, wanted):
+        name_ = canonicalize_name(requirement.name)
+        assert name_ in ours, f"{requirement} is not in the lock"
+        assert requirement.specifier.contains(ours[name_]), (requirement, ours[name_])

@@ -7,13 +7,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from envlock.cli.app import run
 from envlock.errors import ImportSourceError
+from envlock.lock import conda
 from envlock.lock.importers import from_requirements, import_file
 from envlock.lock.onboard import init_project
 from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedPackage
+from envlock.lock.shapes import debian_package_problem
 from envlock.lock.spec import load_spec
 from tests.fakes import FakeResolver
 
@@ -164,3 +168,163 @@ def test_a_project_with_dependencies_and_nothing_to_import_gets_an_empty_table_o
     assert first.changes == ("[tool.envlock] added (empty: [project] dependencies are the requirements)",)
     assert "[tool.envlock]" in (tmp_path / "pyproject.toml").read_text()
     assert init_project(tmp_path).changes == ()
+
+
+# --- conda environment files ------------------------------------------------------------------------------------
+
+CONDA = Path(__file__).parents[1] / "data" / "conda"
+
+
+def test_a_hand_written_science_environment_keeps_every_package_under_its_pypi_name() -> None:
+    imported = import_file(CONDA / "science.yml", {})
+    assert imported.requirements == [
+        "numpy==1.26.*",
+        "pandas>=2.1",
+        "scipy",
+        "scikit-learn==1.4.*",
+        "matplotlib",
+        "seaborn",
+        "statsmodels",
+        "sympy",
+        "joblib",
+        "h5py",
+        "tables",
+        "tqdm",
+        "jupyterlab",
+        "ipykernel",
+        "tabulate==0.9.0",
+    ]
+    assert imported.python == "3.11" and imported.cuda is None and imported.extra_index_urls == []
+    assert imported.not_handled == [
+        "conda-forge::ffmpeg (conda-only; instead: Debian ffmpeg in system-packages, or PyPI imageio-ffmpeg in "
+        "requirements)"
+    ]
+    assert imported.notes == []
+
+
+def test_a_pytorch_cuda_environment_becomes_torchs_cuda_wheels_and_pip_lines_win() -> None:
+    imported = import_file(CONDA / "torch-cuda.yml", {})
+    assert imported.requirements == [
+        "torch==2.2.*",
+        "torchvision",
+        "torchaudio",
+        "numpy<2",
+        "pillow",
+        "opencv-python",
+        "scikit-image",
+        "pyyaml",
+        "tensorboard",
+        "datasets",
+        "einops",
+        "tqdm",
+        "cmake",
+        "wandb",
+        "transformers==4.40.0",  # the pip section's line replaces the conda one (pip installs last)
+    ]
+    assert imported.cuda == "12.1" and imported.extra_index_urls == ["https://download.pytorch.org/whl/cu121"]
+    assert imported.not_handled == [
+        "gxx (conda-only; instead: Debian g++ in system-packages)",
+        "git (conda-only; instead: Debian git in system-packages)",
+    ]
+
+
+def test_an_exported_environment_drops_build_strings_and_condas_own_runtime() -> None:
+    imported = import_file(CONDA / "exported.yml", {})
+    assert imported.requirements == [
+        "numpy==1.26.4",
+        "pandas==2.2.1",
+        "scipy==1.12.0",
+        "scikit-learn==1.4.1.post1",
+        "matplotlib==3.8.3",
+        "joblib==1.3.2",
+        "threadpoolctl==3.3.0",
+        "python-dateutil==2.9.0",
+        "pytz==2024.1",
+        "six==1.16.0",
+        "pillow==10.2.0",
+        "kiwisolver==1.4.5",
+    ]
+    assert imported.python == "3.11" and imported.not_handled == []
+    assert imported.notes == [
+        "left out, not needed in the image: _libgcc_mutex (conda's own bookkeeping), _openmp_mutex (conda's own "
+        "bookkeeping), bzip2 (the base's Python carries it), ca-certificates (the base carries CA certificates), "
+        "ld_impl_linux-64 (a conda cross-compiler part), libblas (PyPI's numpy and scipy wheels bundle OpenBLAS), "
+        "libgcc-ng (the base carries the C runtime), libstdcxx-ng (the base carries the C++ runtime), openssl (the "
+        "base carries OpenSSL), python_abi (conda's own bookkeeping)"
+    ]
+
+
+def test_mixed_conda_syntax_channels_space_form_brackets_or_and_cpuonly() -> None:
+    imported = import_file(CONDA / "cpu-mixed.yml", {})
+    assert imported.requirements == [
+        "torch<2.3,>=2.1",
+        "numpy==1.26.*",
+        "scipy>=1.11",
+        "xgboost<2.2,>=2.0",  # xgboost=2.0|2.1 and py-xgboost: one line, both bounds
+        "lightgbm",
+        "msgpack",
+        "networkx",
+        "polars",
+        "pyarrow>=15",
+        "requests",
+    ]
+    assert imported.python == "3.10"
+    assert imported.cuda == "cpu" and imported.extra_index_urls == ["https://download.pytorch.org/whl/cpu"]
+    assert imported.not_handled == ["openjdk=17 (conda-only; instead: Debian default-jre-headless in system-packages)"]
+    assert imported.notes == [
+        "xgboost=2.0|2.1: '=2.0|2.1' (conda's 'or') is taken as >=2.0,<2.2",
+        "left out, not needed in the image: r-base (an R package), hdf5 (the h5py and tables wheels bundle it)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("", ""),
+        ("=1.26", "==1.26.*"),
+        ("=1.26.4", "==1.26.4"),
+        ("==1.26", "==1.26"),
+        ("1.26.*", "==1.26.*"),
+        (">=1.2,<2", ">=1.2,<2"),
+        (">=1.2.*", ">=1.2"),
+        ("!=1.3", "!=1.3"),
+        ("=1.0|1.2.3", ">=1.0,<=1.2.3"),
+    ],
+)
+def test_conda_version_expressions_in_pep440(version: str, expected: str) -> None:
+    assert conda.pep440(version)[0] == expected
+
+
+def test_an_or_of_ranges_has_no_pep440_form_and_says_so() -> None:
+    assert conda.pep440(">=1,<2|>=3") == ("", "'>=1,<2|>=3' has no PEP 440 form (no 'or'): any version is allowed")
+
+
+def test_the_conda_table_lists_only_names_that_differ_and_every_conda_only_package_says_what_instead() -> None:
+    table = tomllib.loads((Path(conda.__file__).parents[1] / "data" / "conda.toml").read_text())
+    for name, pypi in table["pypi"].items():
+        assert canonicalize_name(Requirement(pypi).name) != canonicalize_name(name) or "[" in pypi, name
+    for name, instead in {**table["conda-only"], **table["conda-only-patterns"]}.items():
+        assert set(instead) <= {"debian", "pypi", "why"} and instead, name
+        assert not debian_package_problem(instead.get("debian", "ok")), name
+
+
+def test_cudatoolkit_without_torch_is_named_with_what_pypi_offers_instead() -> None:
+    translation = conda.translate(["cudatoolkit=11.8", "cupy", "numpy"])
+    assert translation.requirements == ["cupy-cuda11x", "numpy"] and translation.cuda is None
+    assert translation.not_handled == [
+        "cudatoolkit=11.8 (conda's CUDA runtime; on PyPI the CUDA libraries are nvidia-* wheels that a framework's "
+        "CUDA build depends on, e.g. tensorflow[and-cuda] or cupy-cuda12x)"
+    ]
+
+
+def test_init_from_a_pytorch_cuda_environment_writes_cuda_and_the_torch_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(CONDA / "torch-cuda.yml", tmp_path / "environment.yml")
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "not handled: gxx (conda-only; instead: Debian g++ in system-packages)" in out
+    table = _envlock(tmp_path)
+    assert table["cuda"] == "12.1" and table["extra-index-urls"] == ["https://download.pytorch.org/whl/cu121"]
+    spec = load_spec(tmp_path)
+    assert spec.cuda == "12.1" and "torch==2.2.*" in spec.requirements

@@ -92,6 +92,8 @@ def _wanted(imported: Imported, document: dict[str, Any]) -> dict[str, Any]:
         wanted["index-url"] = imported.index_url
     if imported.extra_index_urls:
         wanted["extra-index-urls"] = list(imported.extra_index_urls)
+    if imported.cuda:
+        wanted["cuda"] = imported.cuda
     return wanted
 
 
