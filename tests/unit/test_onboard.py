@@ -64,7 +64,7 @@ def test_init_on_a_requirements_only_project_creates_pyproject_and_is_idempotent
     (tmp_path / "checkpoints").mkdir()
     assert run(["init", "-C", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "created" in out and "requirements = 2 entries" in out
+    assert "created" in out and "+ requirements: numpy==2.1.3\n  + requirements: scikit-learn>=1.5\n" in out
     assert "checkpoints/" in out and "envlock.lock" in out
     assert _envlock(tmp_path)["requirements"] == ["numpy==2.1.3", "scikit-learn>=1.5"]
     spec = load_spec(tmp_path)
@@ -165,7 +165,7 @@ def test_a_broken_requirement_line_names_file_and_line(tmp_path: Path, capsys: p
 def test_a_project_with_dependencies_and_nothing_to_import_gets_an_empty_table_once(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["idna"]\n')
     first = init_project(tmp_path)
-    assert first.changes == ("[tool.envlock] added (empty: [project] dependencies are the requirements)",)
+    assert first.changes == ("+ [tool.envlock] (empty: [project] dependencies are the requirements)",)
     assert "[tool.envlock]" in (tmp_path / "pyproject.toml").read_text()
     assert init_project(tmp_path).changes == ()
 
@@ -328,3 +328,76 @@ def test_init_from_a_pytorch_cuda_environment_writes_cuda_and_the_torch_index(
     assert table["cuda"] == "12.1" and table["extra-index-urls"] == ["https://download.pytorch.org/whl/cu121"]
     spec = load_spec(tmp_path)
     assert spec.cuda == "12.1" and "torch==2.2.*" in spec.requirements
+
+
+# --- a later init merges ----------------------------------------------------------------------------------------
+
+
+def _hand_edited(tmp_path: Path) -> str:
+    """A project onboarded from requirements.txt, then edited by hand as the hint asked: a package and a comment."""
+    (tmp_path / "requirements.txt").write_text("numpy==2.1.3\nscikit-learn>=1.5\n")
+    init_project(tmp_path)
+    text = (
+        (tmp_path / "pyproject.toml")
+        .read_text()
+        .replace('"numpy==2.1.3",', '"numpy==2.1.3",  # the pin our results use\n    "rich",')
+    )
+    (tmp_path / "pyproject.toml").write_text(text.replace("[tool.envlock]\n", '[tool.envlock]\ncuda = "cpu"\n'))
+    (tmp_path / "requirements.txt").write_text("numpy==2.2.0\nidna\n")
+    return (tmp_path / "pyproject.toml").read_text()
+
+
+def test_a_second_init_adds_and_updates_and_keeps_hand_edits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _hand_edited(tmp_path)
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"updated {tmp_path / 'pyproject.toml'} [tool.envlock] (from requirements.txt):\n"
+        "  ~ requirements: numpy==2.1.3 -> numpy==2.2.0\n"
+        "  + requirements: idna\n"
+        "  kept requirements: rich (not in requirements.txt; --prune drops it)\n"
+        "  kept requirements: scikit-learn>=1.5 (not in requirements.txt; --prune drops it)\n"
+    ) in out
+    text = (tmp_path / "pyproject.toml").read_text()
+    assert '"numpy==2.2.0",  # the pin our results use' in text and 'cuda = "cpu"' in text
+    assert _envlock(tmp_path)["requirements"] == ["numpy==2.2.0", "rich", "scikit-learn>=1.5", "idna"]
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert (tmp_path / "pyproject.toml").read_text() == text
+
+
+def test_init_dry_run_prints_the_changes_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _hand_edited(tmp_path)
+    assert run(["init", "-C", str(tmp_path), "--dry-run", "--prune", "--gitignore"]) == 0
+    out = capsys.readouterr().out
+    assert "would update" in out and "- requirements: rich (not in requirements.txt; --prune)" in out
+    assert out.rstrip().endswith("dry run: nothing written")
+    assert (tmp_path / "pyproject.toml").read_text() == before and not (tmp_path / ".gitignore").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml", "requirements.txt"]
+
+
+def test_init_prune_drops_what_the_source_no_longer_names(tmp_path: Path) -> None:
+    _hand_edited(tmp_path)
+    outcome = init_project(tmp_path, prune=True)
+    assert outcome.changes == (
+        "~ requirements: numpy==2.1.3 -> numpy==2.2.0",
+        "- requirements: rich (not in requirements.txt; --prune)",
+        "- requirements: scikit-learn>=1.5 (not in requirements.txt; --prune)",
+        "+ requirements: idna",
+    )
+    assert outcome.kept == () and _envlock(tmp_path)["requirements"] == ["numpy==2.2.0", "idna"]
+
+
+def test_a_moved_lock_pin_replaces_its_constraint_per_marker(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\ndependencies = ["requests"]\n')
+    shutil.copy(IMPORTS / "uv.lock", tmp_path)
+    init_project(tmp_path)
+    lock = (tmp_path / "uv.lock").read_text()
+    (tmp_path / "uv.lock").write_text(lock.replace('version = "2.1.3"', 'version = "2.1.2"'))
+    outcome = init_project(tmp_path)
+    assert outcome.changes == (
+        "~ constraints: numpy==2.1.3 ; (python_full_version >= '3.12') -> "
+        "numpy==2.1.2 ; (python_full_version >= '3.12')",
+    )
