@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tomllib
 from pathlib import Path
@@ -11,7 +12,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.cli.app import run
-from envlock.errors import ImportSourceError
+from envlock.cli.wiring import Wiring
+from envlock.errors import ImportSourceError, SpecError
+from envlock.image.bases import BaseStore
 from envlock.lock import conda
 from envlock.lock.importers import from_requirements, import_file
 from envlock.lock.onboard import init_project
@@ -19,9 +22,13 @@ from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.shapes import debian_package_problem
 from envlock.lock.spec import load_spec
-from tests.fakes import FakeResolver
+from tests.fakes import FakeBaseBuilder, FakeResolver
 
 IMPORTS = Path(__file__).parents[1] / "data" / "imports"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _envlock(project: Path) -> dict[str, object]:
@@ -357,6 +364,7 @@ def test_a_second_init_adds_and_updates_and_keeps_hand_edits(
         f"updated {tmp_path / 'pyproject.toml'} [tool.envlock] (from requirements.txt):\n"
         "  ~ requirements: numpy==2.1.3 -> numpy==2.2.0\n"
         "  + requirements: idna\n"
+        f"  ~ imported-from = requirements.txt (sha256 {_sha(tmp_path / 'requirements.txt')[:12]})\n"
         "  kept requirements: rich (not in requirements.txt; --prune drops it)\n"
         "  kept requirements: scikit-learn>=1.5 (not in requirements.txt; --prune drops it)\n"
     ) in out
@@ -386,6 +394,7 @@ def test_init_prune_drops_what_the_source_no_longer_names(tmp_path: Path) -> Non
         "- requirements: rich (not in requirements.txt; --prune)",
         "- requirements: scikit-learn>=1.5 (not in requirements.txt; --prune)",
         "+ requirements: idna",
+        f"~ imported-from = requirements.txt (sha256 {_sha(tmp_path / 'requirements.txt')[:12]})",
     )
     assert outcome.kept == () and _envlock(tmp_path)["requirements"] == ["numpy==2.2.0", "idna"]
 
@@ -400,4 +409,88 @@ def test_a_moved_lock_pin_replaces_its_constraint_per_marker(tmp_path: Path) -> 
     assert outcome.changes == (
         "~ constraints: numpy==2.1.3 ; (python_full_version >= '3.12') -> "
         "numpy==2.1.2 ; (python_full_version >= '3.12')",
+        f"~ imported-from = uv.lock (sha256 {_sha(tmp_path / 'uv.lock')[:12]})",
+    )
+
+
+# --- lock follows the file init imported ------------------------------------------------------------------------
+
+
+def _lock_cli(project: Path, resolver: FakeResolver, *args: str) -> int:
+    wiring = Wiring(resolvers={"uv": resolver}, bases_=BaseStore(project / ".bases", FakeBaseBuilder(available=False)))
+    return run(["lock", "-C", str(project), *args], wiring)
+
+
+SOURCE_MOVES = [
+    # (file, what init writes the pins into, the edit, the pin the edit makes)
+    ("poetry.lock", "constraints", ('version = "3.10"', 'version = "3.9"'), "idna==3.9"),
+    ("uv.lock", "constraints", ('version = "3.10"', 'version = "3.9"'), "idna==3.9"),
+    ("requirements.txt", "requirements", ("idna==3.10", "idna==3.9"), "idna==3.9"),
+]
+
+
+@pytest.mark.parametrize(("name", "key", "edit", "pin"), SOURCE_MOVES)
+def test_a_source_changed_after_init_makes_the_lock_stale_and_lock_takes_its_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, key: str, edit: tuple[str, str], pin: str
+) -> None:
+    if name == "requirements.txt":
+        (tmp_path / name).write_text("idna==3.10\n")
+    else:
+        shutil.copy(IMPORTS / name, tmp_path)
+        (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\ndependencies = ["idna"]\n')
+    init_project(tmp_path)
+    recorded = _envlock(tmp_path)["imported-from"]
+    assert recorded == {"path": name, "sha256": _sha(tmp_path / name)}
+    resolver = FakeResolver({"linux/amd64": [LockedPackage("idna", "3.10")]})
+    assert _lock_cli(tmp_path, resolver) == 0
+    assert _lock_cli(tmp_path, resolver, "--check") == 0
+    capsys.readouterr()
+
+    source = tmp_path / name
+    source.write_text(source.read_text().replace(*edit))
+    assert _lock_cli(tmp_path, resolver, "--check") == 4
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: {name} changed since it was imported: run `envlock lock`"
+    assert "stale" in run_show(tmp_path, capsys)
+
+    resolver.by_platform = {"linux/amd64": [LockedPackage("idna", "3.9")]}
+    assert _lock_cli(tmp_path, resolver) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} changed since it was imported: re-imported into pyproject.toml\n")
+    assert f"  ~ {key}: {pin.replace('3.9', '3.10')} -> {pin}\n" in out
+    assert pin in (resolver.requests[-1].constraints if key == "constraints" else resolver.requests[-1].requirements)
+    assert _envlock(tmp_path)["imported-from"] == {"path": name, "sha256": _sha(source)}
+    assert _lock_cli(tmp_path, resolver, "--check") == 0
+
+
+def run_show(project: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert run(["show", "-C", str(project)]) == 0
+    return capsys.readouterr().out
+
+
+def test_an_imported_source_that_is_gone_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "requirements.txt").write_text("idna==3.10\n")
+    init_project(tmp_path)
+    resolver = FakeResolver({"linux/amd64": [LockedPackage("idna", "3.10")]})
+    assert _lock_cli(tmp_path, resolver) == 0
+    (tmp_path / "requirements.txt").unlink()
+    capsys.readouterr()
+    assert _lock_cli(tmp_path, resolver, "--check") == 4
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: requirements.txt was imported (tool.envlock.imported-from) but is gone"
+    )
+    assert _lock_cli(tmp_path, resolver) == 27
+    assert "delete imported-from" in capsys.readouterr().err
+
+
+def test_a_hand_broken_imported_from_is_a_spec_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\ndependencies = ["idna"]\n\n'
+        '[tool.envlock]\nimported-from = {path = "../elsewhere.lock", sha256 = "abc"}\n'
+    )
+    with pytest.raises(SpecError) as raised:
+        load_spec(tmp_path)
+    assert raised.value.details == (
+        "pyproject.toml:6: tool.envlock.imported-from: path '../elsewhere.lock' must be a path inside the project "
+        "(relative, without . or ..)",
     )

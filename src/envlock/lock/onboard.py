@@ -20,10 +20,10 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Array, Table
 
 from envlock.errors import ImportSourceError, SpecError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.lock import recipes
 from envlock.lock.importers import PYPI, Imported, detect, import_file
-from envlock.lock.spec import PYPROJECT, parse_spec
+from envlock.lock.spec import PYPROJECT, Spec, parse_spec
 
 # Directories training code commonly writes: proposed for .gitignore (and for `outputs` in [tool.envlock]).
 OUTPUT_DIRS = ("out", "outs", "output", "outputs", "checkpoints", "ckpt", "mlruns", "wandb", "lightning_logs")
@@ -150,6 +150,7 @@ class _Merge:
 
     source: str
     prune: bool
+    project_dir: Path
     changes: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
 
@@ -203,6 +204,26 @@ class _Merge:
                 self.array(table, key, value)
             else:
                 self.scalar(table, key, value)
+        self.record(table, imported)
+
+    def record(self, table: Table, imported: Imported) -> None:
+        """imported-from = {path, sha256}: what `lock --check` compares and `lock` re-imports when it moved."""
+        project_dir = self.project_dir.resolve()
+        try:
+            relative = imported.source.resolve().relative_to(project_dir).as_posix()
+        except ValueError:
+            imported.notes.append(f"{imported.source} is outside the project: `envlock lock` will not follow it")
+            return
+        wanted = {"path": relative, "sha256": sha256_file(imported.source)}
+        before = table.get("imported-from")
+        if before is not None and before.unwrap() == wanted:
+            return
+        record = tomlkit.inline_table()
+        record.update(wanted)
+        table["imported-from"] = record
+        self.changes.append(
+            f"{'~' if before is not None else '+'} imported-from = {relative} (sha256 {wanted['sha256'][:12]})"
+        )
 
     def scalar(self, table: Table, key: str, value: str) -> None:
         """The source decides this key: set it, saying what it was."""
@@ -265,7 +286,7 @@ def init_project(
             "environment.yml, and no [project] dependencies",
             hint="name the file with --from FILE",
         )
-    merge = _Merge(imported.source.name if imported else PYPROJECT, prune)
+    merge = _Merge(imported.source.name if imported else PYPROJECT, prune, project_dir)
     table = _envlock_table(document)  # created when missing: an empty one still says the project is onboarded
     if imported is not None:
         merge.imported(table, imported, plain)
@@ -295,3 +316,17 @@ def init_project(
         kept=tuple(merge.kept),
         written=written,
     )
+
+
+def follow_source(spec: Spec, *, dry_run: bool = False) -> InitOutcome | None:
+    """Re-import the file `init` imported when it changed since (None when it did not): `lock` follows it."""
+    source = spec.imported_from
+    if source is None or not source.changed(spec.project_dir):
+        return None
+    file = spec.project_dir / source.path
+    if not file.is_file():
+        raise ImportSourceError(
+            f"{source.path} was imported (tool.envlock.imported-from) but is gone",
+            hint="import another file with `envlock init --from FILE`, or delete imported-from to keep the pins",
+        )
+    return init_project(spec.project_dir, file, dry_run=dry_run)
