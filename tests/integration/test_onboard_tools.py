@@ -98,3 +98,19 @@ def test_a_conda_environment_locks_every_package_it_names_from_pypi(tmp_path: Pa
         name_ = canonicalize_name(requirement.name)
         assert name_ in ours, f"{requirement} is not in the lock"
         assert requirement.specifier.contains(ours[name_]), (requirement, ours[name_])
+
+
+def test_a_requirements_file_changed_after_init_is_followed_by_lock(tmp_path: Path) -> None:
+    project = tmp_path / "follows"
+    project.mkdir()
+    (project / "requirements.txt").write_text("tabulate==0.8.10\n")
+    assert init_and_lock(project) == {"tabulate": "0.8.10"}
+    (project / "requirements.txt").write_text("tabulate==0.9.0\n")
+    checked = envlock("lock", "--check", "-C", str(project))
+    assert checked.returncode == 4
+    assert checked.stderr.splitlines()[0] == "error: requirements.txt changed since it was imported: run `envlock lock`"
+    done = envlock("lock", "-C", str(project))
+    assert done.returncode == 0, done.stderr
+    assert "  ~ requirements: tabulate==0.8.10 -> tabulate==0.9.0" in done.stdout.splitlines()
+    assert locked_versions(project) == {"tabulate": "0.9.0"}
+    assert envlock("lock", "--check", "-C", str(project)).returncode == 0
