@@ -494,3 +494,22 @@ def test_a_hand_broken_imported_from_is_a_spec_problem(tmp_path: Path, capsys: p
         "pyproject.toml:6: tool.envlock.imported-from: path '../elsewhere.lock' must be a path inside the project "
         "(relative, without . or ..)",
     )
+
+
+def test_init_leaves_a_blank_line_before_the_next_table(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\n\n[tool.envlock]\ncuda = "cpu"\n[tool.other]\nx = 1\n'
+    )
+    (tmp_path / "requirements.txt").write_text("idna==3.10\n")
+    init_project(tmp_path)
+    text = (tmp_path / "pyproject.toml").read_text()
+    sha = _sha(tmp_path / "requirements.txt")
+    assert text.endswith(
+        '[tool.envlock]\ncuda = "cpu"\nrequirements = ["idna==3.10"]\n'
+        f'imported-from = {{path = "requirements.txt", sha256 = "{sha}"}}\n\n[tool.other]\nx = 1\n'
+    )
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "requirements.txt").write_text("idna==3.10\n")
+    init_project(fresh)
+    assert (fresh / "pyproject.toml").read_text().endswith('"}\n'), "one newline at the end, not a blank line"

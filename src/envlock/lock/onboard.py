@@ -17,7 +17,7 @@ import tomlkit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import Array, Table
+from tomlkit.items import Array, Table, Whitespace
 
 from envlock.errors import ImportSourceError, SpecError
 from envlock.fsutil import atomic_write_text, sha256_file
@@ -235,6 +235,13 @@ class _Merge:
         self.changes.append(f"{'~' if before is not None else '+'} {key} = {was}{json.dumps(value)}")
 
 
+def _spaced(table: Table) -> None:
+    """A blank line after [tool.envlock], so that a table after it stands apart (an extra one at the end is cut)."""
+    body = table.value.body
+    if body and not isinstance(body[-1][1], Whitespace):
+        table.add(tomlkit.nl())
+
+
 def _source(project_dir: Path, source: Path | None) -> Path | None:
     """The file to import: the one named (relative to the project when not found as given), or the first found."""
     if source is None:
@@ -291,8 +298,12 @@ def init_project(
     if imported is not None:
         merge.imported(table, imported, plain)
     changes = merge.changes
+    if changes:
+        _spaced(table)
     outputs = _detect_outputs(project_dir)
     text = tomlkit.dumps(document)
+    if text != before:
+        text = text.rstrip("\n") + "\n"
     written = False
     if text != before:
         if not changes:
