@@ -513,3 +513,24 @@ def test_init_leaves_a_blank_line_before_the_next_table(tmp_path: Path) -> None:
     (fresh / "requirements.txt").write_text("idna==3.10\n")
     init_project(fresh)
     assert (fresh / "pyproject.toml").read_text().endswith('"}\n'), "one newline at the end, not a blank line"
+
+
+def test_editable_lines_become_local_packages_or_say_what_is_missing(tmp_path: Path) -> None:
+    package = '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n[project]\nname = "{}"\n'
+    (tmp_path / "pyproject.toml").write_text(package.format("demo") + 'version = "1"\ndependencies = ["idna"]\n')
+    (tmp_path / "libs" / "helper").mkdir(parents=True)
+    (tmp_path / "libs" / "helper" / "pyproject.toml").write_text(package.format("helper") + 'version = "2"\n')
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "setup.py").write_text("from setuptools import setup\nsetup(name='old')\n")
+    (tmp_path / "requirements.txt").write_text("-e .\n-e ./libs/helper\n-e ./old\nsix\n")
+    imported = from_requirements(tmp_path / "requirements.txt")
+    assert imported.requirements == ["helper @ file:./libs/helper", "six"]
+    assert imported.notes == ["requirements.txt:1: -e . is the project itself: installed from the mounted code"]
+    assert imported.not_handled == [
+        "-e ./old (requirements.txt:3: envlock installs a local package from its pyproject.toml [project] and "
+        "[build-system]; this one has none (a setup.py-only package): add them)"
+    ]
+    init_project(tmp_path)
+    spec = load_spec(tmp_path)
+    assert [(p.name, p.path) for p in spec.local_packages] == [("demo", "."), ("helper", "libs/helper")]
+    assert spec.requirements == ("six",)

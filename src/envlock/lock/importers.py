@@ -180,7 +180,7 @@ def _requirements_option(
             imported.add_index(value)
         elif flag in ("-e", "--editable"):
             value, index = _option(words, index, line, where)
-            imported.not_handled.append(f"-e {value} ({where}: editable installs come from the mounted code)")
+            _editable(path.parent, value, where, imported, into_constraints=into_constraints)
         elif flag in ("-f", "--find-links", "--trusted-host", "--hash"):
             value, index = _option(words, index, line, where)
             if flag != "--hash":
@@ -190,6 +190,29 @@ def _requirements_option(
             imported.notes.append(f"{where}: {flag} ignored")
         else:
             raise ImportSourceError(f"{where}: unknown option {word!r} in {path.name}")
+
+
+def _editable(directory: Path, value: str, where: str, imported: Imported, *, into_constraints: bool) -> None:
+    """`-e PATH`: a package with [project] metadata becomes a local package (`name @ file:PATH`); else named."""
+    target = directory / value.removeprefix("file:")
+    document: dict[str, Any] = {}
+    if (target / "pyproject.toml").is_file():
+        try:
+            document = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ImportSourceError(f"{where}: cannot read {target / 'pyproject.toml'}: {exc}") from exc
+    name = document.get("project", {}).get("name")
+    if not isinstance(name, str) or "build-system" not in document or re.match(r"^[a-z+]+://", value):
+        imported.not_handled.append(
+            f"-e {value} ({where}: envlock installs a local package from its pyproject.toml [project] and "
+            "[build-system]; this one has none (a setup.py-only package): add them)"
+        )
+        return
+    if target.resolve() == directory.resolve():
+        imported.notes.append(f"{where}: -e {value} is the project itself: installed from the mounted code")
+        return
+    relative = value.removeprefix("file:").rstrip("/")
+    (imported.constraints if into_constraints else imported.requirements).append(f"{name} @ file:{relative}")
 
 
 # --- lock files -------------------------------------------------------------------------------------------------
