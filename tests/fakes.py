@@ -303,6 +303,7 @@ class FakeEngine(Engine):
     registries: dict[str, FakeRegistry] = field(default_factory=dict)  # registry host → registry
     fail_load: BaseException | None = None
     loads: int = 0
+    load_sizes: list[int] = field(default_factory=list)  # per load: the size the caller said it would send
     sent_layers: list[int] = field(default_factory=list)  # per load: how many layer tars the archive carried
     # Stacks held_layers claims on top of the images' own, which load does not have (an image removed between
     # the question and the load).
@@ -341,8 +342,9 @@ class FakeEngine(Engine):
         image_id = self.image_id(ref)
         return self.images[image_id].labels if image_id else {}
 
-    def load(self, write: ArchiveWriter) -> str:
+    def load(self, write: ArchiveWriter, size: int = 0) -> str:
         self.loads += 1
+        self.load_sizes.append(size)
         if self.fail_load is not None:
             raise self.fail_load
         buffer = io.BytesIO()

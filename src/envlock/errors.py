@@ -127,6 +127,12 @@ class EngineError(EnvlockError):
     default_hint = "is dockerd running? start it with `bash scripts/setup.sh` or `sudo systemctl start docker`"
 
 
+class EngineTimeoutError(EngineError):
+    """The engine took longer to answer than envlock waited (it may still be working)."""
+
+    default_hint = "the engine may be slow or busy (see `docker info`); run the command again"
+
+
 class DownloadError(EnvlockError):
     """A file of the lock could not be fetched."""
 

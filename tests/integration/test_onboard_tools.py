@@ -12,14 +12,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.lock import lockfile
+from envlock.lock.spec import load_spec
 
 pytestmark = pytest.mark.network
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 UV = str(Path(sys.executable).with_name("uv"))
 POETRY_PROJECT = Path(__file__).parents[1] / "data" / "imports" / "poetry-project"
+CONDA = Path(__file__).parents[1] / "data" / "conda"
 
 
 def envlock(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,4 +83,34 @@ def test_a_requirements_only_project(tmp_path: Path) -> None:
     )
     ours = init_and_lock(project)
     assert ours == {"six": "1.15.0", "tabulate": "0.8.10"}
+    assert envlock("lock", "--check", "-C", str(project)).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["science.yml", "exported.yml"])
+def test_a_conda_environment_locks_every_package_it_names_from_pypi(tmp_path: Path, name: str) -> None:
+    """The translated names exist on PyPI and the versions conda asked for are the versions locked."""
+    project = tmp_path / "condaproject"
+    project.mkdir()
+    shutil.copy(CONDA / name, project / "environment.yml")
+    ours = init_and_lock(project)
+    wanted = load_spec(project).requirements
+    for requirement in map(Requirement, wanted):
+        name_ = canonicalize_name(requirement.name)
+        assert name_ in ours, f"{requirement} is not in the lock"
+        assert requirement.specifier.contains(ours[name_]), (requirement, ours[name_])
+
+
+def test_a_requirements_file_changed_after_init_is_followed_by_lock(tmp_path: Path) -> None:
+    project = tmp_path / "follows"
+    project.mkdir()
+    (project / "requirements.txt").write_text("tabulate==0.8.10\n")
+    assert init_and_lock(project) == {"tabulate": "0.8.10"}
+    (project / "requirements.txt").write_text("tabulate==0.9.0\n")
+    checked = envlock("lock", "--check", "-C", str(project))
+    assert checked.returncode == 4
+    assert checked.stderr.splitlines()[0] == "error: requirements.txt changed since it was imported: run `envlock lock`"
+    done = envlock("lock", "-C", str(project))
+    assert done.returncode == 0, done.stderr
+    assert "  ~ requirements: tabulate==0.8.10 -> tabulate==0.9.0" in done.stdout.splitlines()
+    assert locked_versions(project) == {"tabulate": "0.9.0"}
     assert envlock("lock", "--check", "-C", str(project)).returncode == 0

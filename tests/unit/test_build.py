@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from envlock.errors import EngineError, EnvlockError
+from envlock.errors import EngineError, EngineTimeoutError, EnvlockError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
 from envlock.image.build import BuildOutcome, build_image
@@ -375,3 +375,27 @@ def test_two_builds_of_a_missing_base_at_once_make_it_once(tmp_path: Path) -> No
     first.join()
     assert builder.builds == 1 and results == [second.diff_id]
     assert said == ["waiting for another envlock building base debian-bookworm for linux/arm64"]
+
+
+def test_a_partial_load_that_times_out_is_reported_as_a_timeout_not_retried_whole(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    notes: list[str] = []
+    kwargs: dict[str, Any] = {
+        "engine": engine,
+        "cache": cache,
+        "layers": layers,
+        "bases": bases,
+        "report": notes.append,
+    }
+    build_image(before, "demo", "linux/amd64", **kwargs)
+    assert engine.load_sizes[0] > 0, "the load says how many bytes it sends"
+    engine.fail_load = EngineTimeoutError(
+        "cannot load the image into Docker: the Docker engine did not answer within 61 s"
+    )
+    with pytest.raises(EngineTimeoutError, match="did not answer within 61 s"):
+        build_image(after, "demo", "linux/amd64", **kwargs)
+    assert engine.loads == 2 and not any("sending every layer" in note for note in notes)

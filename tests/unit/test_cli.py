@@ -178,3 +178,9 @@ def test_diff_of_two_locks_names_the_package(
     assert json.loads(out)["targets"]["linux/amd64"]["changed"] == {"idna": {"old": "3.7", "new": "3.8"}}
     code, _, err = invoke(capsys, "diff", str(locks[0]), "no-such-thing", "-C", str(tmp_path))
     assert code == 2 and "is not a lock file, a run of" in err
+    code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1]), "--exit-code", "-C", str(tmp_path))
+    assert code == 1 and out.splitlines()[1:] == ["  linux/amd64: ~ idna 3.7 -> 3.8"]
+    code, _, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1]), "--json", "--exit-code", "-C", str(tmp_path))
+    assert code == 1
+    code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[0]), "--exit-code", "-C", str(tmp_path))
+    assert code == 0 and out.splitlines()[1:] == ["  no differences"]

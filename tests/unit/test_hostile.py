@@ -19,9 +19,9 @@ from typing import Any, BinaryIO
 import pytest
 
 from envlock.cli.app import run as cli
-from envlock.engine.docker import DockerEngine
+from envlock.engine.docker import DockerEngine, load_timeout
 from envlock.engine.launch import LaunchSpec, bind_mounts
-from envlock.errors import BuildError, EngineError, RegistryError, UsageError
+from envlock.errors import BuildError, EngineError, EngineTimeoutError, RegistryError, UsageError
 from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.image.bases import BaseStore
 from envlock.image.build import build_image
@@ -75,8 +75,47 @@ class RefusingImages:
         raise docker.errors.APIError("500 Server Error: no space left on device")
 
 
+class Api:
+    """docker-py's low-level client: only the timeout it reads per request."""
+
+    timeout = 60
+
+
 class RefusingClient:
     images = RefusingImages()
+    api = Api()
+
+
+class SlowImages:
+    """An engine that reads the whole archive, then takes longer to answer than the client waits."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.waited: list[float] = []
+
+    def load(self, data: Iterator[bytes]) -> list[Any]:
+        import requests  # noqa: PLC0415
+
+        for _ in data:
+            pass
+        self.waited.append(self.api.timeout)
+        raise requests.ReadTimeout("UnixHTTPConnectionPool(host='localhost', port=None): Read timed out.")
+
+
+class SlowClient:
+    def __init__(self) -> None:
+        self.api = Api()
+        self.images = SlowImages(self.api)
+
+
+def test_a_load_that_times_out_is_called_a_timeout_and_waits_by_its_size() -> None:
+    client = SlowClient()
+    with pytest.raises(EngineTimeoutError) as raised:
+        DockerEngine(client).load(lambda sink: sink.write(b"x" * 1024), size=4_000_000_000)
+    assert raised.value.message == "cannot load the image into Docker: the Docker engine did not answer within 260 s"
+    assert raised.value.exit_code == 7
+    assert client.images.waited == [load_timeout(4_000_000_000)] == [260.0]
+    assert client.api.timeout == 60, "the client's own timeout is put back"
 
 
 def test_load_refused_before_reading_does_not_hang() -> None:
@@ -357,6 +396,7 @@ class EofImages:
 
 class EofClient:
     images = EofImages()
+    api = Api()
 
 
 def test_a_producer_that_refuses_its_own_bytes_is_the_error_reported() -> None:

@@ -15,7 +15,7 @@ from envlock.image.build import build_image
 from envlock.image.layers import write_layer
 from envlock.image.plan import LOCK_PATH, write_archive
 from envlock.lock import lockfile
-from envlock.lock.diff import diff_locks
+from envlock.lock.diff import LockDiff, diff_locks
 from envlock.lock.lockfile import Lock
 from envlock.lock.targets import host_platform
 from tests.fakes import FakeEngine, project_with_wheels, stores
@@ -102,3 +102,18 @@ def test_an_image_whose_lock_was_edited_by_hand_is_refused(
     engine.tag(image_id, "demo", "doctored")
     with pytest.raises(LockfileError, match="edited by hand"):
         embedded_lock(engine, "demo:doctored")
+
+
+def test_lock_change_lines_are_written_for_people_not_as_python_reprs() -> None:
+    changes = LockDiff(
+        environment={
+            "local-packages": (None, [{"name": "demo", "path": ".", "requires": ["six==1.16.0"]}]),
+            "system-packages": (["ffmpeg"], []),
+            "editable": (False, True),
+        }
+    )
+    assert changes.lines() == [
+        "local-packages: none -> [{name = demo, path = ., requires = [six==1.16.0]}]",
+        "system-packages: [ffmpeg] -> []",
+        "editable: false -> true",
+    ]

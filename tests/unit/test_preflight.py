@@ -69,6 +69,10 @@ def test_cuda_lock_on_a_cpu_host_is_refused() -> None:
         "this host has no NVIDIA driver/GPU, but the lock's stack is CUDA 12.4 (needs driver >= 550.54.14); "
         "NVML shared library not found (no NVIDIA driver installed)",
     )
+    with pytest.raises(PreflightError) as raised:
+        enforce(verdict, force=False)
+    assert raised.value.hint.startswith("run it on the CPU with --no-gpus"), "--no-gpus first, not --force"
+    assert raised.value.hint.endswith("--force runs it anyway and marks the record forced")
 
 
 def test_cuda_lock_on_a_driver_without_gpus_is_refused() -> None:

@@ -23,21 +23,28 @@ def init(
         ),
     ] = None,
     gitignore: Annotated[bool, typer.Option("--gitignore", help="Append the proposed lines to .gitignore.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Drop [tool.envlock] entries the source no longer names (kept otherwise).")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
 ) -> None:
-    """Write [tool.envlock] into pyproject.toml from the project's requirements or lock; safe to run twice."""
+    """Merge the project's requirements or lock into [tool.envlock] in pyproject.toml; keeps your own entries."""
     from envlock.lock.onboard import init_project  # noqa: PLC0415
 
-    outcome = init_project(project, source, write_gitignore=gitignore)
+    outcome = init_project(project, source, write_gitignore=gitignore, prune=prune, dry_run=dry_run)
     imported = outcome.imported
     if imported is not None:
         typer.echo(f"imported {imported.source.name}", err=True)
     if outcome.changes:
-        verb = "created" if outcome.created else "updated"
-        typer.echo(f"{verb} {outcome.pyproject}")
+        verb = "would create" if dry_run and outcome.created else "would update" if dry_run else None
+        verb = verb or ("created" if outcome.created else "updated")
+        typer.echo(f"{verb} {outcome.pyproject} [tool.envlock] (from {_source_name(outcome)}):")
         for line in outcome.changes:
             typer.echo(f"  {line}")
     else:
         typer.echo(f"nothing changed: {outcome.pyproject} already says what {_source_name(outcome)} says")
+    for line in outcome.kept:
+        typer.echo(f"  kept {line} (not in {_source_name(outcome)}; --prune drops it)")
     if imported is not None:
         for item in imported.not_handled:
             typer.echo(f"  not handled: {item}")
@@ -53,6 +60,9 @@ def init(
     if outcome.outputs:
         declared = ", ".join(f'"{o}"' for o in outcome.outputs)
         typer.echo(f"outputs found: declare them with outputs = [{declared}] to hash them into each run record")
+    if dry_run:
+        typer.echo("dry run: nothing written")
+        return
     typer.echo(
         "commit: pyproject.toml and envlock.lock (.envlock/runs/ run records are optional to commit); "
         "next: envlock lock"

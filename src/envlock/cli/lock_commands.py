@@ -38,9 +38,16 @@ def lock(
 
         typer.echo(f"envlock.lock is up to date (lock {check_lock(spec).short_hash})")
         return
+    from envlock.lock.onboard import follow_source  # noqa: PLC0415
     from envlock.lock.project import LockOptions, lock_project  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    followed = follow_source(spec)
+    if followed is not None and followed.imported is not None:
+        typer.echo(f"{followed.imported.source.name} changed since it was imported: re-imported into pyproject.toml")
+        for line in [*followed.changes, *(f"kept {k}" for k in followed.kept)]:
+            typer.echo(f"  {line}")
+        spec = load_spec(project)
     outcome = lock_project(
         spec,
         wiring.resolver(resolver),

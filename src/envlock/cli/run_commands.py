@@ -141,6 +141,9 @@ def diff_command(
     b: Annotated[str, typer.Argument(help="The same kinds: what to compare A with.")],
     project: ProjectOpt = Path(),
     as_json: JsonOpt = False,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="Exit 1 when something differs (0 when nothing does), as git diff.")
+    ] = False,
 ) -> None:
     """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
     from envlock.run.diff import diff_any  # noqa: PLC0415
@@ -151,7 +154,9 @@ def diff_command(
     if as_json:
         document = {"a": {"kind": kind_a, "name": a}, "b": {"kind": kind_b, "name": b}, **changes.as_dict()}
         typer.echo(json.dumps(document, indent=2))
-        return
-    typer.echo(f"{kind_a} {a} -> {kind_b} {b}")
-    for line in changes.lines() or ["no differences"]:
-        typer.echo(f"  {line}")
+    else:
+        typer.echo(f"{kind_a} {a} -> {kind_b} {b}")
+        for line in changes.lines() or ["no differences"]:
+            typer.echo(f"  {line}")
+    if exit_code and changes:
+        raise CommandExited(1)

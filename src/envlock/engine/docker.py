@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from envlock.errors import EngineError
+from envlock.errors import EngineError, EngineTimeoutError
 
 ArchiveWriter = Callable[[BinaryIO], object]
 
@@ -60,8 +60,8 @@ class Engine(Protocol):
         """The labels of a local image."""
         ...
 
-    def load(self, write: ArchiveWriter) -> str:
-        """Load the docker-archive that `write` streams; returns the loaded image's ID."""
+    def load(self, write: ArchiveWriter, size: int = 0) -> str:
+        """Load the docker-archive that `write` streams (about `size` bytes); returns the loaded image's ID."""
         ...
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
@@ -98,13 +98,26 @@ class LayerHolder(Protocol):
         ...
 
 
+# docker-py's own read timeout; a load waits longer, by its size (see load_timeout).
+DEFAULT_TIMEOUT_S = 60
+# The slowest rate an engine unpacks a loaded archive at (overlayfs on a slow disk), for sizing a load's wait.
+SLOWEST_UNPACK_BYTES_PER_S = 20_000_000
+
+
+def load_timeout(size: int) -> float:
+    """How long to wait for the engine's answer to a load of `size` bytes: it unpacks them all before answering."""
+    return DEFAULT_TIMEOUT_S + size / SLOWEST_UNPACK_BYTES_PER_S
+
+
 @contextmanager
-def translated(action: str) -> Iterator[None]:
+def translated(action: str, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     import docker.errors  # noqa: PLC0415
     import requests  # noqa: PLC0415
 
     try:
         yield
+    except requests.Timeout as exc:
+        raise EngineTimeoutError(f"cannot {action}: the Docker engine did not answer within {timeout:.0f} s") from exc
     except docker.errors.DockerException as exc:
         if "Connection" in str(exc) or "FileNotFoundError" in str(exc):
             raise EngineError(f"cannot {action}: the Docker engine is not reachable") from exc
@@ -169,7 +182,7 @@ class DockerEngine:
         attrs = self._attrs(ref)
         return dict((attrs or {}).get("Config", {}).get("Labels") or {})
 
-    def load(self, write: ArchiveWriter) -> str:
+    def load(self, write: ArchiveWriter, size: int = 0) -> str:
         """`docker load` through the API, fed through a pipe: the archive (GBs for CUDA stacks) never hits disk."""
         client = self.client  # connect first: an unreachable engine fails here, before any producer exists
         read_fd, write_fd = os.pipe()
@@ -189,8 +202,14 @@ class DockerEngine:
         try:
             with os.fdopen(read_fd, "rb") as source:
                 chunks = iter(lambda: source.read(1 << 20), b"")  # a generator: requests sends it chunked
-                with translated("load the image into Docker"):
-                    images = client.images.load(chunks)
+                timeout = load_timeout(size)
+                # docker-py reads its timeout per request from the client: widened for this load only.
+                before, client.api.timeout = client.api.timeout, timeout
+                try:
+                    with translated("load the image into Docker", timeout):
+                        images = client.images.load(chunks)
+                finally:
+                    client.api.timeout = before
         except EngineError as exc:
             producer.join()
             if failure:  # the producer gave up (e.g. a layer failed its digest): that is the cause to report

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from envlock.engine.docker import Engine, LayerHolder
-from envlock.errors import BuildError, EngineError, StaleLockError
+from envlock.errors import BuildError, EngineError, EngineTimeoutError, StaleLockError
 from envlock.fsutil import no_space_is_an_error, owned_prefix, sweep_stale
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
@@ -167,13 +167,20 @@ class Builder:
         if held:
             self.report(f"loading {reference} into the engine ({len(diff_ids) - held} of {len(diff_ids)} layers)")
             try:
-                return self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts, held))
+                return self.engine.load(
+                    lambda sink: write_archive(sink, assembled.config, assembled.parts, held),
+                    _size(assembled.parts[held:]),
+                )
+            except EngineTimeoutError:
+                raise  # the engine did not say no: sending more would only wait longer
             except EngineError as exc:
                 # An image removed between the question and the load takes its layers with it: send them all.
                 self.report(f"the engine refused the partial archive ({exc.message}); sending every layer")
         else:
             self.report(f"loading {reference} into the engine")
-        return self.engine.load(lambda sink: write_archive(sink, assembled.config, assembled.parts))
+        return self.engine.load(
+            lambda sink: write_archive(sink, assembled.config, assembled.parts), _size(assembled.parts)
+        )
 
     def push(self, plan: ImagePlan, registry: Registry, target: str) -> str:
         """Push the plan's own blobs (uncompressed layers) and manifest; returns `repo@sha256:…`."""
@@ -231,7 +238,7 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
     }
     blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     expected = "sha256:" + hashlib.sha256(blob).hexdigest()
-    loaded = engine.load(lambda sink: write_archive(sink, blob, [(built.diff_id, built.tar)]))
+    loaded = engine.load(lambda sink: write_archive(sink, blob, [(built.diff_id, built.tar)]), built.tar.stat().st_size)
     if loaded != expected:
         raise EngineError(f"the engine computed image ID {loaded} for the base, not {expected}")
     repository, tag = f"envlock-base/{built.recipe.name}", built.diff_id.removeprefix("sha256:")[:12]
@@ -287,3 +294,8 @@ def build_image(
     """Build the image of `lock` for `platform`, or find it already built."""
     builder = Builder(engine, cache, layers, bases, report, progress)
     return builder.build(plan_image(lock, repository, platform), no_cache=no_cache)
+
+
+def _size(parts: list[tuple[str, Path]]) -> int:
+    """About what a load of these layer tars sends (the engine's wait is sized by it)."""
+    return sum(tar.stat().st_size for _, tar in parts)

@@ -182,7 +182,7 @@ def load_archive(path: Path, image_id: str, engine: Engine) -> str:
                 written += archive_member(sink, "manifest.json", archive_manifest(config, diff_ids))
                 archive_end(sink, written)
 
-            loaded = engine.load(write)
+            loaded = engine.load(write, sum(members[index].size for index in range(held, len(diff_ids))))
     except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
         raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
     if loaded != image_id:  # cannot happen with a verified config; never leave a wrong image behind

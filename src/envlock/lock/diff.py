@@ -37,7 +37,7 @@ class LockDiff:
 
     def lines(self) -> list[str]:
         """Readable lines, one change each."""
-        out = [f"{key}: {old} -> {new}" for key, (old, new) in self.environment.items()]
+        out = [f"{key}: {shown(old)} -> {shown(new)}" for key, (old, new) in self.environment.items()]
         out += [f"platform added: {p}" for p in self.platforms_added]
         out += [f"platform removed: {p}" for p in self.platforms_removed]
         for target in self.targets:
@@ -46,7 +46,7 @@ class LockDiff:
             out += [f"{prefix}- {name} {version}" for name, version in target.removed.items()]
             out += [f"{prefix}~ {name} {old} -> {new}" for name, (old, new) in target.changed.items()]
             out += [f"{prefix}~ {name} (same version, different files)" for name in target.rehashed]
-            out += [f"{prefix}cuda {key}: {old} -> {new}" for key, (old, new) in target.cuda.items()]
+            out += [f"{prefix}cuda {key}: {shown(old)} -> {shown(new)}" for key, (old, new) in target.cuda.items()]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +82,19 @@ def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def shown(value: Any) -> str:
+    """A value in a change line as a person writes it (`none`, `[a, b]`, `{name = x}`), never a Python repr."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -1,7 +1,8 @@
 """Other tools' environment files read into what [tool.envlock] needs: requirements, exact pins, indexes.
 
 Formats: pip's requirements files (with `-r`/`-c` includes, markers, hashes, index options), uv.lock, PEP 751
-pylock.toml, poetry.lock and a conda environment.yml (its Python version and pip section).
+pylock.toml, poetry.lock and a conda environment.yml (its packages under their PyPI names, Python version and pip
+section).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.errors import ImportSourceError
+from envlock.lock import conda
 
 # Looked for in this order when `envlock init` is given no --from: real locks before wish lists.
 SOURCES = (
@@ -41,6 +43,7 @@ class Imported:
     index_url: str | None = None
     extra_index_urls: list[str] = field(default_factory=list)
     python: str | None = None  # "3.11", when the source names one
+    cuda: str | None = None  # "cpu" or "X.Y", when the source chooses a torch build (conda's pytorch-cuda, cpuonly)
     not_handled: list[str] = field(default_factory=list)  # what envlock cannot take over (conda-only packages)
     notes: list[str] = field(default_factory=list)
     pins_from_lock: bool = False  # the source is a lock: its versions become constraints
@@ -177,7 +180,7 @@ def _requirements_option(
             imported.add_index(value)
         elif flag in ("-e", "--editable"):
             value, index = _option(words, index, line, where)
-            imported.not_handled.append(f"-e {value} ({where}: editable installs come from the mounted code)")
+            _editable(path.parent, value, where, imported, into_constraints=into_constraints)
         elif flag in ("-f", "--find-links", "--trusted-host", "--hash"):
             value, index = _option(words, index, line, where)
             if flag != "--hash":
@@ -187,6 +190,29 @@ def _requirements_option(
             imported.notes.append(f"{where}: {flag} ignored")
         else:
             raise ImportSourceError(f"{where}: unknown option {word!r} in {path.name}")
+
+
+def _editable(directory: Path, value: str, where: str, imported: Imported, *, into_constraints: bool) -> None:
+    """`-e PATH`: a package with [project] metadata becomes a local package (`name @ file:PATH`); else named."""
+    target = directory / value.removeprefix("file:")
+    document: dict[str, Any] = {}
+    if (target / "pyproject.toml").is_file():
+        try:
+            document = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ImportSourceError(f"{where}: cannot read {target / 'pyproject.toml'}: {exc}") from exc
+    name = document.get("project", {}).get("name")
+    if not isinstance(name, str) or "build-system" not in document or re.match(r"^[a-z+]+://", value):
+        imported.not_handled.append(
+            f"-e {value} ({where}: envlock installs a local package from its pyproject.toml [project] and "
+            "[build-system]; this one has none (a setup.py-only package): add them)"
+        )
+        return
+    if target.resolve() == directory.resolve():
+        imported.notes.append(f"{where}: -e {value} is the project itself: installed from the mounted code")
+        return
+    relative = value.removeprefix("file:").rstrip("/")
+    (imported.constraints if into_constraints else imported.requirements).append(f"{name} @ file:{relative}")
 
 
 # --- lock files -------------------------------------------------------------------------------------------------
@@ -300,7 +326,7 @@ def _poetry_requirement(name: str, value: Any) -> str | None:
 
 
 def from_conda(path: Path) -> Imported:
-    """environment.yml: its Python version and pip section; conda-only packages are listed as not handled."""
+    """environment.yml: conda packages under their PyPI names (lock.conda), its Python version, its pip section."""
     import yaml  # noqa: PLC0415  (only for conda files)
 
     try:
@@ -310,20 +336,27 @@ def from_conda(path: Path) -> Imported:
     if not isinstance(document, dict) or not isinstance(document.get("dependencies", []), list):
         raise ImportSourceError(f"{path.name} is not a conda environment file (no dependencies list)")
     imported = Imported(path)
-    for entry in document.get("dependencies") or []:
+    entries = document.get("dependencies") or []
+    translation = conda.translate([str(e) for e in entries if isinstance(e, (str, int, float))])
+    imported.requirements.extend(translation.requirements)
+    imported.python, imported.cuda = translation.python, translation.cuda
+    imported.not_handled.extend(translation.not_handled)
+    imported.notes.extend(translation.notes)
+    for url in translation.extra_index_urls:
+        imported.add_index(url)
+    for entry in entries:
         if isinstance(entry, dict) and "pip" in entry:
             lines = entry["pip"] or []
             _pip_section(path, [str(line) for line in lines], imported)
-        elif isinstance(entry, str):
-            spec = entry.split("::")[-1].strip()
-            match = re.match(r"^([A-Za-z0-9_.-]+)\s*(.*)$", spec)
-            name, version = (match.group(1), match.group(2).strip()) if match else (spec, "")
-            if name == "python":
-                found = re.match(r"^=*\s*(3\.\d+)", version)
-                imported.python = found.group(1) if found else None
-            elif name != "pip":
-                imported.not_handled.append(entry)
+    _pip_wins(imported, len(translation.requirements))
     return imported
+
+
+def _pip_wins(imported: Imported, conda_count: int) -> None:
+    """A package in both sections is installed by pip last in conda: its pip line is the one kept."""
+    from_pip = {canonicalize_name(Requirement(r).name) for r in imported.requirements[conda_count:]}
+    kept = [r for r in imported.requirements[:conda_count] if canonicalize_name(Requirement(r).name) not in from_pip]
+    imported.requirements[:conda_count] = kept
 
 
 def _pip_section(path: Path, lines: list[str], imported: Imported) -> None:

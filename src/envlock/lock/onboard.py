@@ -1,25 +1,29 @@
 """`envlock init`: another tool's environment file → `[tool.envlock]` in pyproject.toml, formatting kept.
 
 Imported pins stay exact: a lock's versions become `constraints` (they bound versions, never add packages), so
-the first `envlock lock` gives the same versions as the source lock. Running it twice changes nothing.
+the first `envlock lock` gives the same versions as the source lock. Running it again merges: the source's entries
+are added or updated, the user's own are kept (dropped only with `prune`); running it twice changes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomlkit
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import Table
+from tomlkit.items import Array, Table, Whitespace
 
 from envlock.errors import ImportSourceError, SpecError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.lock import recipes
 from envlock.lock.importers import PYPI, Imported, detect, import_file
-from envlock.lock.spec import PYPROJECT, parse_spec
+from envlock.lock.spec import PYPROJECT, Spec, parse_spec
 
 # Directories training code commonly writes: proposed for .gitignore (and for `outputs` in [tool.envlock]).
 OUTPUT_DIRS = ("out", "outs", "output", "outputs", "checkpoints", "ckpt", "mlruns", "wandb", "lightning_logs")
@@ -34,12 +38,14 @@ class InitOutcome:
     pyproject: Path
     source: Path | None
     created: bool  # pyproject.toml did not exist
-    changes: tuple[str, ...]  # one line per key written; empty: nothing changed
+    changes: tuple[str, ...]  # one line per entry added, updated or dropped; empty: nothing changed
     imported: Imported | None
     outputs: tuple[str, ...]  # output directories found in the project
     gitignore: tuple[str, ...]  # lines .gitignore lacks (written with write_gitignore)
     gitignore_written: bool = False
     commit: tuple[str, ...] = field(default=("pyproject.toml", "envlock.lock"))
+    kept: tuple[str, ...] = ()  # entries the source no longer names, kept (`--prune` drops them)
+    written: bool = False  # pyproject.toml was written (never with dry_run)
 
 
 def _load_document(path: Path) -> tuple[tomlkit.TOMLDocument, str, bool]:
@@ -92,6 +98,8 @@ def _wanted(imported: Imported, document: dict[str, Any]) -> dict[str, Any]:
         wanted["index-url"] = imported.index_url
     if imported.extra_index_urls:
         wanted["extra-index-urls"] = list(imported.extra_index_urls)
+    if imported.cuda:
+        wanted["cuda"] = imported.cuda
     return wanted
 
 
@@ -125,15 +133,159 @@ def _gitignore_missing(project_dir: Path, lines: list[str]) -> tuple[str, ...]:
     )
 
 
-def init_project(project_dir: Path, source: Path | None = None, *, write_gitignore: bool = False) -> InitOutcome:
-    """Import `source` (or the first environment file found) into pyproject.toml; propose .gitignore lines."""
+def _key(entry: str, key: str) -> str:
+    """What makes two entries "the same": a requirement's name and marker (uv.lock forks a name by marker)."""
+    if key not in ("requirements", "constraints"):
+        return entry
+    try:
+        parsed = Requirement(entry)
+    except InvalidRequirement:
+        return entry  # a broken hand-written line is kept as it is; `envlock lock` names it
+    return f"{canonicalize_name(parsed.name)};{parsed.marker or ''}"
+
+
+@dataclass
+class _Merge:
+    """What one `init` does to [tool.envlock]: change lines, and the entries it keeps for the user."""
+
+    source: str
+    prune: bool
+    project_dir: Path
+    changes: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def array(self, table: Table, key: str, wanted: list[str]) -> None:
+        """Add and update the source's entries in place (comments stay); keep the others unless pruning."""
+        current = table.get(key)
+        if current is None:
+            table[key] = _array(wanted)
+            self.changes += [f"+ {key}: {entry}" for entry in wanted]
+            return
+        if not isinstance(current, Array):
+            raise SpecError(f"tool.envlock.{key} in pyproject.toml must be a list", hint=f"write it as {key} = [...]")
+        by_key = {_key(entry, key): entry for entry in wanted}
+        seen: set[str] = set()
+        changes: list[str] = []
+        kept: list[str] = []
+        for index in reversed(range(len(current))):  # backwards: deleting keeps the earlier indexes valid
+            entry = str(current[index])
+            found = by_key.get(_key(entry, key))
+            if found is None:
+                if self.prune:
+                    del current[index]
+                    changes.append(f"- {key}: {entry} (not in {self.source}; --prune)")
+                else:
+                    kept.append(f"{key}: {entry}")
+                continue
+            seen.add(_key(entry, key))
+            if found != entry:
+                current[index] = found
+                changes.append(f"~ {key}: {entry} -> {found}")
+        self.changes += reversed(changes)
+        self.kept += reversed(kept)
+        for entry in wanted:
+            if _key(entry, key) not in seen:
+                current.append(entry)
+                seen.add(_key(entry, key))
+                self.changes.append(f"+ {key}: {entry}")
+        if len(current) > 1:
+            current.multiline(True)
+
+    def imported(self, table: Table, imported: Imported, document: dict[str, Any]) -> None:
+        """Merge every key the source decides."""
+        wanted = _wanted(imported, document)
+        python, note = _python(imported, table.unwrap())
+        if python is not None:
+            wanted["python"] = python
+        if note:
+            imported.notes.append(note)
+        for key, value in wanted.items():
+            if isinstance(value, list):
+                self.array(table, key, value)
+            else:
+                self.scalar(table, key, value)
+        self.record(table, imported)
+
+    def record(self, table: Table, imported: Imported) -> None:
+        """imported-from = {path, sha256}: what `lock --check` compares and `lock` re-imports when it moved."""
+        project_dir = self.project_dir.resolve()
+        try:
+            relative = imported.source.resolve().relative_to(project_dir).as_posix()
+        except ValueError:
+            imported.notes.append(f"{imported.source} is outside the project: `envlock lock` will not follow it")
+            return
+        wanted = {"path": relative, "sha256": sha256_file(imported.source)}
+        before = table.get("imported-from")
+        if before is not None and before.unwrap() == wanted:
+            return
+        record = tomlkit.inline_table()
+        record.update(wanted)
+        table["imported-from"] = record
+        self.changes.append(
+            f"{'~' if before is not None else '+'} imported-from = {relative} (sha256 {wanted['sha256'][:12]})"
+        )
+
+    def scalar(self, table: Table, key: str, value: str) -> None:
+        """The source decides this key: set it, saying what it was."""
+        before = table.get(key)
+        if before is not None and before.unwrap() == value:
+            return
+        table[key] = value
+        was = "" if before is None else f"{json.dumps(before.unwrap())} -> "
+        self.changes.append(f"{'~' if before is not None else '+'} {key} = {was}{json.dumps(value)}")
+
+
+def _spaced(table: Table) -> None:
+    """A blank line after [tool.envlock], so that a table after it stands apart (an extra one at the end is cut)."""
+    body = table.value.body
+    if body and not isinstance(body[-1][1], Whitespace):
+        table.add(tomlkit.nl())
+
+
+def _source(project_dir: Path, source: Path | None) -> Path | None:
+    """The file to import: the one named (relative to the project when not found as given), or the first found."""
+    if source is None:
+        return detect(project_dir)
+    if not source.is_absolute() and not source.exists():
+        return project_dir / source
+    return source
+
+
+def _check_valid(text: str, project_dir: Path, source: Path | None) -> None:
+    """What init would write must load: a source that makes [tool.envlock] invalid is refused before writing."""
+    try:
+        parse_spec(tomllib.loads(text), project_dir, project_dir / PYPROJECT, text)
+    except SpecError as exc:
+        raise ImportSourceError(
+            f"what {source.name if source else PYPROJECT} says would make an invalid [tool.envlock]: {exc.message}",
+            hint="fix the source file, or import a different one with --from FILE",
+            details=exc.details,
+        ) from exc
+
+
+def _append_gitignore(project_dir: Path, missing: tuple[str, ...]) -> None:
+    gitignore = project_dir / ".gitignore"
+    old = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+    atomic_write_text(gitignore, old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
+
+
+def init_project(
+    project_dir: Path,
+    source: Path | None = None,
+    *,
+    write_gitignore: bool = False,
+    prune: bool = False,
+    dry_run: bool = False,
+) -> InitOutcome:
+    """Merge `source` (or the first environment file found) into pyproject.toml; propose .gitignore lines.
+
+    Entries the source names are added or updated; entries it does not name are kept (dropped with `prune`).
+    With `dry_run` nothing is written: the outcome says what would change.
+    """
     path = project_dir / PYPROJECT
     document, before, created = _load_document(path)
     plain = document.unwrap()
-    if source is None:
-        source = detect(project_dir)
-    elif not source.is_absolute() and not source.exists():
-        source = project_dir / source
+    source = _source(project_dir, source)
     imported = import_file(source, plain) if source is not None else None
     if imported is None and not plain.get("project", {}).get("dependencies"):
         raise ImportSourceError(
@@ -141,40 +293,28 @@ def init_project(project_dir: Path, source: Path | None = None, *, write_gitigno
             "environment.yml, and no [project] dependencies",
             hint="name the file with --from FILE",
         )
-    changes: list[str] = []
-    table = _envlock_table(document)
+    merge = _Merge(imported.source.name if imported else PYPROJECT, prune, project_dir)
+    table = _envlock_table(document)  # created when missing: an empty one still says the project is onboarded
     if imported is not None:
-        wanted = _wanted(imported, plain)
-        python, note = _python(imported, table.unwrap())
-        if python is not None:
-            wanted["python"] = python
-        if note:
-            imported.notes.append(note)
-        for key, value in wanted.items():
-            if table.get(key) is not None and table[key].unwrap() == value:
-                continue
-            table[key] = _array(value) if isinstance(value, list) else value
-            count = f"{len(value)} entries" if isinstance(value, list) else repr(value)
-            changes.append(f"[tool.envlock] {key} = {count} (from {imported.source.name})")
+        merge.imported(table, imported, plain)
+    changes = merge.changes
+    if changes:
+        _spaced(table)
     outputs = _detect_outputs(project_dir)
     text = tomlkit.dumps(document)
     if text != before:
+        text = text.rstrip("\n") + "\n"
+    written = False
+    if text != before:
         if not changes:
-            changes.append("[tool.envlock] added (empty: [project] dependencies are the requirements)")
-        try:
-            parse_spec(tomllib.loads(text), project_dir, path, text)
-        except SpecError as exc:
-            raise ImportSourceError(
-                f"what {source.name if source else PYPROJECT} says would make an invalid [tool.envlock]: {exc.message}",
-                hint="fix the source file, or import a different one with --from FILE",
-                details=exc.details,
-            ) from exc
-        atomic_write_text(path, text)
+            changes.append("+ [tool.envlock] (empty: [project] dependencies are the requirements)")
+        _check_valid(text, project_dir, source)
+        if not dry_run:
+            atomic_write_text(path, text)
+            written = True
     missing = _gitignore_missing(project_dir, [*(f"{o}/" for o in outputs), *STATE_IGNORED])
-    if write_gitignore and missing:
-        gitignore = project_dir / ".gitignore"
-        old = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
-        atomic_write_text(gitignore, old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
+    if write_gitignore and missing and not dry_run:
+        _append_gitignore(project_dir, missing)
     return InitOutcome(
         path,
         source,
@@ -183,5 +323,21 @@ def init_project(project_dir: Path, source: Path | None = None, *, write_gitigno
         imported,
         outputs,
         missing,
-        gitignore_written=bool(write_gitignore and missing),
+        gitignore_written=bool(write_gitignore and missing and not dry_run),
+        kept=tuple(merge.kept),
+        written=written,
     )
+
+
+def follow_source(spec: Spec, *, dry_run: bool = False) -> InitOutcome | None:
+    """Re-import the file `init` imported when it changed since (None when it did not): `lock` follows it."""
+    source = spec.imported_from
+    if source is None or not source.changed(spec.project_dir):
+        return None
+    file = spec.project_dir / source.path
+    if not file.is_file():
+        raise ImportSourceError(
+            f"{source.path} was imported (tool.envlock.imported-from) but is gone",
+            hint="import another file with `envlock init --from FILE`, or delete imported-from to keep the pins",
+        )
+    return init_project(spec.project_dir, file, dry_run=dry_run)

@@ -66,9 +66,21 @@ def check(spec: Spec) -> Lock:
     if not spec.lock_path.exists():
         raise StaleLockError(f"there is no lock file at {spec.lock_path}")
     lock = lockfile.read(spec.lock_path)
+    if (moved := source_moved(spec)) is not None:
+        raise StaleLockError(moved)
     if lock.input_hash != spec.input_hash():
         raise StaleLockError("envlock.lock is stale: pyproject.toml or the base recipe changed since it was locked")
     return lock
+
+
+def source_moved(spec: Spec) -> str | None:
+    """Why the file `envlock init` imported no longer matches what was taken from it, or None."""
+    source = spec.imported_from
+    if source is None or not source.changed(spec.project_dir):
+        return None
+    if not (spec.project_dir / source.path).is_file():
+        return f"{source.path} was imported (tool.envlock.imported-from) but is gone"
+    return f"{source.path} changed since it was imported: run `envlock lock`"
 
 
 def _checked_upgrades(previous: Lock | None, wanted: set[str]) -> None:
@@ -230,4 +242,6 @@ def staleness(project_dir: Path, lock: Lock) -> str:
         spec = load_spec(project_dir)
     except EnvlockError:
         return "unknown (pyproject.toml does not load)"
+    if source_moved(spec) is not None:
+        return f"stale ({spec.imported_from.path if spec.imported_from else ''} changed: run envlock lock)"
     return "up to date" if spec.input_hash() == lock.input_hash else "stale (run envlock lock)"

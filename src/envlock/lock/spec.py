@@ -16,6 +16,7 @@ from packaging.utils import canonicalize_name
 
 from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
+from envlock.fsutil import sha256_file
 from envlock.lock import recipes
 from envlock.lock.credentials import redact
 from envlock.lock.localpackages import LocalPackage, local_packages, local_url_path
@@ -45,6 +46,7 @@ FIELDS = (
     "inputs",
     "untracked-max-bytes",
     "runtime",
+    "imported-from",
 )
 # The untracked files a run keeps copies of, in total, unless [tool.envlock] untracked-max-bytes says otherwise.
 UNTRACKED_MAX_BYTES = 50_000_000
@@ -52,6 +54,22 @@ _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-
 _CUDA = re.compile(r"^(auto|cpu|\d+\.\d+)$")
 _PYTHON = re.compile(r"^3\.\d+$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ImportedFrom:
+    """The file `envlock init` took the requirements or pins from, and its sha256 then (`lock` follows it)."""
+
+    path: str  # relative to the project
+    sha256: str
+
+    def changed(self, project_dir: Path) -> bool:
+        """The file is gone or its bytes differ from what was imported."""
+        file = project_dir / self.path
+        return not file.is_file() or sha256_file(file) != self.sha256
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class Spec:
     # The project's own package and path dependencies inside it: installed from the mounted code.
     local_packages: tuple[LocalPackage, ...] = ()
     runtime: RuntimeName = "docker"  # what runs the image (not an input of the lock: the same image either way)
+    # Not an input either: `lock --check` compares the file itself, and `lock` re-imports it when it moved.
+    imported_from: ImportedFrom | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -367,6 +387,7 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     outputs = _outputs(table, problems)
     run_inputs, untracked_max_bytes = _run_settings(table, problems)
     runtime = _runtime(table, problems)
+    imported_from = _imported_from(table, problems)
     _raise_problems(problems, path)
     return Spec(
         project_dir=project_dir,
@@ -386,7 +407,27 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         constraints=tuple(constraints),
         local_packages=local,
         runtime=runtime,
+        imported_from=imported_from,
     )
+
+
+def _imported_from(table: dict[str, Any], problems: _Problems) -> ImportedFrom | None:
+    """tool.envlock.imported-from = {path = "poetry.lock", sha256 = "…"}, written by `envlock init`."""
+    value = table.get("imported-from")
+    if value is None:
+        return None
+    key = "tool.envlock.imported-from"
+    if not isinstance(value, dict) or set(value) != {"path", "sha256"}:
+        problems.add(key, 'must be {path = "FILE", sha256 = "…"} (written by envlock init)')
+        return None
+    path, sha256 = value["path"], value["sha256"]
+    if not isinstance(path, str) or (problem := project_path_problem(path)):
+        problems.add(key, f"path {problem or 'must be a string'}")
+        return None
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        problems.add(key, f"sha256 {sha256!r} must be 64 lowercase hex digits")
+        return None
+    return ImportedFrom(path, sha256)
 
 
 def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from envlock.engine.docker import Engine
 from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
-from envlock.lock.diff import LockDiff, changed, diff_locks
+from envlock.lock.diff import LockDiff, changed, diff_locks, shown
 from envlock.lock.lockfile import Lock
 from envlock.run.records import RunRecord, RunStore
 
@@ -31,7 +31,7 @@ class RunDiff:
 
     def lines(self) -> list[str]:
         """Readable lines, one change each."""
-        out = [f"{key}: {old} -> {new}" for key, (old, new) in self.factors.items()]
+        out = [f"{key}: {shown(old)} -> {shown(new)}" for key, (old, new) in self.factors.items()]
         out += self.locks.lines()
         out += [f"input {path}: {how}" for path, how in self.inputs.items()]
         out += [f"output {path}: {_short(a)} -> {_short(b)}" for path, (a, b) in self.outputs.items()]

@@ -20,6 +20,7 @@ class Verdict:
     ok: bool
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    hint: str | None = None  # what to do instead, when the refusal has a better answer than --force
 
 
 def _numbers(version: str) -> tuple[int, ...] | None:
@@ -53,6 +54,13 @@ def _no_gpu(stack: CudaStack, host: HostState) -> str:
     else:
         why = ""
     return f"this host has no NVIDIA driver/GPU, but the lock's stack is {_describe(stack)} ({needs}){why}"
+
+
+# On a host without GPUs the run can still be honest: --no-gpus runs it on the CPU and says so in the record.
+NO_GPU_HINT = (
+    "run it on the CPU with --no-gpus (the record says its CUDA code paths were not exercised), or on a GPU host; "
+    "--force runs it anyway and marks the record forced"
+)
 
 
 def _check_driver(stack: CudaStack, driver: str, host: HostState) -> tuple[list[str], list[str]]:
@@ -118,7 +126,7 @@ def check_host(stack: CudaStack, host: HostState) -> Verdict:
     if stack.kind == "cpu":
         return Verdict(ok=True)  # GPUs on the host are simply unused
     if not host.is_gpu_host or host.driver_version is None:
-        return Verdict(ok=False, problems=(_no_gpu(stack, host),))
+        return Verdict(ok=False, problems=(_no_gpu(stack, host),), hint=NO_GPU_HINT)
     problems, warnings = _check_driver(stack, host.driver_version, host)
     if not stack.archs:
         found = ", ".join(f"GPU {gpu.index} {gpu.arch}" for gpu in host.gpus)
@@ -146,5 +154,5 @@ def enforce(verdict: Verdict, force: bool) -> tuple[str, ...]:
         return verdict.warnings
     if not force:
         message = verdict.problems[0] if verdict.problems else "the host failed the preflight"
-        raise PreflightError(message, details=verdict.problems[1:])
+        raise PreflightError(message, hint=verdict.hint or "", details=verdict.problems[1:])
     return verdict.warnings + tuple(f"forced: {problem}" for problem in verdict.problems)
