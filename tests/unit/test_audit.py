@@ -221,7 +221,11 @@ def test_bundle_verifies_and_reproduces_alone(world: World, capsys: pytest.Captu
     assert code == 0 and "VERIFIED" in out and "ok code.gitbundle: recorded commit" in out, out + err
     code, out, err = world(capsys, "reproduce", str(elsewhere / "run.tar"), "-C", str(elsewhere))
     assert code == 0 and "REPRODUCED" in out, out + err
-    assert list(elsewhere.iterdir()) == [elsewhere / "run.tar"], "nothing is left behind"
+    kept = elsewhere / f"envlock-reproduction-{record.run_id}"
+    assert sorted(elsewhere.iterdir()) == [kept, elsewhere / "run.tar"], "only the reproduction's folder, kept"
+    assert f"bundle's project rebuilt in {kept} (kept)" in err
+    new = RunStore(kept).all()[-1]
+    assert new.reproduces == record.run_id and (kept / ".envlock" / "runs" / new.run_id / "verdict.json").is_file()
 
     data = bytearray(bundle.read_bytes())
     start = data.find(b'{"accuracy"')
