@@ -51,6 +51,28 @@ from tests.wheelmaker import build_wheel
 # --- Packages -------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class FakeEvidence:
+    """The run core's evidence writer, recording which run folders it was asked to attest (and, when `real`,
+    writing the real attestation, unsigned)."""
+
+    attested: list[Path] = field(default_factory=list)
+    real: bool = False
+
+    @property
+    def imports(self) -> tuple[str, ...]:
+        """Nothing to import ahead."""
+        return ()
+
+    def run_ended(self, run_dir: Path) -> None:
+        """Record the folder (and attest it for real when asked)."""
+        self.attested.append(run_dir)
+        if self.real:
+            from envlock.evidence.attest import attest_run  # noqa: PLC0415
+
+            attest_run(run_dir, None)
+
+
 def wheel(name: str, version: str, tag: str = "py3-none-any", day: int = 1) -> LockedFile:
     """A plausible wheel file entry; its sha256 is derived from its name so it is stable."""
     filename = f"{name.replace('-', '_')}-{version}-{tag}.whl"

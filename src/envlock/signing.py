@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -198,6 +199,28 @@ class Opened:
     statement: dict[str, Any]
     signed_by: str | None  # the key id that verified; None: unsigned, or not checked
     signatures: int
+
+
+def signature_keyids(document: dict[str, Any]) -> list[str]:
+    """The key ids the envelope's signatures declare (self-asserted: only a verified signature names its key)."""
+    return [str(entry.get("keyid") or "") for entry in document.get("signatures") or [] if isinstance(entry, dict)]
+
+
+def signed_by(document: dict[str, Any], keys: Sequence[PublicKey]) -> PublicKey | None:
+    """The first of `keys` that holds a valid signature over the (already opened) envelope's payload."""
+    payload = base64.b64decode(str(document.get("payload", "")), validate=True)
+    message = pae(PAYLOAD_TYPE, payload)
+    for entry in document.get("signatures") or []:
+        if not isinstance(entry, dict):
+            continue
+        try:
+            signature = base64.b64decode(str(entry.get("sig", "")), validate=True)
+        except ValueError:
+            continue
+        for key in keys:
+            if key.verifies(message, signature):
+                return key
+    return None
 
 
 def open_envelope(document: object, key: PublicKey | None, where: str = "attestation") -> Opened:

@@ -63,7 +63,8 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
         found = retrieve(HttpRegistry(address), pushed)
         assert found.sbom is not None and json.loads(found.sbom)["bomFormat"] == "CycloneDX"
         assert found.attestation is not None
-        said = check_pulled(found.attestation, pushed.partition("@")[2], image_id, load_public_key(public))
+        digest = pushed.partition("@")[2]
+        said = check_pulled(found.attestation, digest, image_id, [load_public_key(public)], required=True)
         assert "signed by" in said
 
         ran = envlock(
@@ -104,5 +105,5 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
     assert "output out/model.pkl: identical" in verdict.stdout and "from archive" in verdict.stderr
     checked = envlock("verify", "run.tar", "-C", str(fresh), "--key", str(public), cwd=fresh, env=empty_cache)
     assert checked.returncode == 0 and "VERIFIED" in checked.stdout, checked.stdout + checked.stderr
-    assert f"signature by key {load_public_key(public).keyid}" in checked.stdout
+    assert f"signature by signing.pem ({load_public_key(public).keyid[:16]}), trusted: --key" in checked.stdout
     assert sorted(p.name for p in fresh.iterdir()) == ["run.tar"]

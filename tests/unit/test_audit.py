@@ -134,13 +134,15 @@ def test_run_attestation_signed_verified_then_a_flipped_byte_named(
     assert statement["predicateType"] == RUN_PREDICATE
     predicate = statement["predicate"]
     assert isinstance(predicate, dict)
-    assert predicate["image"]["id"] == record.image_id and predicate["lock"]["hash"] == record.lock_hash
-    assert predicate["outputs"] == record.outputs and predicate["exit-code"] == 0 and predicate["seed"] == 0
-    assert predicate["determinism"]["PYTHONHASHSEED"] == "0" and "envlock.lock" in predicate["run-files"]
+    signed = predicate["record"]
+    assert signed == json.loads((run_dir / "record.json").read_text()), "the whole record is signed"
+    assert signed["image_id"] == record.image_id and signed["lock_hash"] == record.lock_hash
+    assert signed["outputs"] == record.outputs and signed["exit_code"] == 0 and signed["seed"] == 0
+    assert signed["environment"]["PYTHONHASHSEED"] == "0" and "envlock.lock" in predicate["run-files"]
 
     pub = str(tmp_path / "signing.pem.pub")
     code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project), "--key", pub)
-    assert code == 0 and "VERIFIED" in out and "ok output out/metrics.json" in out, out
+    assert code == 0 and "VERIFIED: signed by signing.pem (key" in out and "ok output out/metrics.json" in out, out
     metrics = world.project / "out" / "metrics.json"
     data = bytearray(metrics.read_bytes())
     data[3] ^= 0x01
@@ -149,10 +151,12 @@ def test_run_attestation_signed_verified_then_a_flipped_byte_named(
     assert code == 26 and "MISMATCH output out/metrics.json" in out and "output out/metrics.json" in err
 
     other = generate_key(tmp_path / "other.pem")
+    metrics.write_bytes(bytes(data[:3]) + bytes([data[3] ^ 0x01]) + bytes(data[4:]))
     code, _, err = world(
         capsys, "verify", record.run_id, "-C", str(world.project), "--key", str(tmp_path / "other.pem.pub")
     )
-    assert code == 26 and f"no valid signature by key {other.public.keyid[:16]}" in err
+    signer = PublicKey((tmp_path / "signing.pem.pub").read_bytes()).keyid
+    assert code == 30 and f"UNTRUSTED KEY {signer[:16]}" in err and other.public.keyid[:16] not in err, err
 
 
 def test_unsigned_attestation_without_a_key(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,11 +165,13 @@ def test_unsigned_attestation_without_a_key(world: World, capsys: pytest.Capture
     record = RunStore(world.project).all()[-1]
     document = json.loads((RunStore(world.project).directory(record.run_id) / "attestation.dsse.json").read_text())
     assert document["signatures"] == []
-    code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project))
-    assert code == 0 and "is unsigned" in out
+    code, out, err = world(capsys, "verify", record.run_id, "-C", str(world.project))
+    assert code == 29 and "error: UNSIGNED: no signature" in err and "VERIFIED" not in out
+    code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project), "--allow-unsigned")
+    assert code == 0 and "HASHES HOLD, ORIGIN NOT VERIFIED: unsigned" in out
     lock_copy = RunStore(world.project).directory(record.run_id) / "envlock.lock"
     lock_copy.write_text(lock_copy.read_text() + "\n# edited\n")
-    code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project))
+    code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project), "--allow-unsigned")
     assert code == 26 and "MISMATCH run file envlock.lock" in out
 
 
@@ -198,7 +204,7 @@ def test_push_attaches_sbom_and_provenance_and_restore_checks_them(
     attestation = retrieve(world.registry, ref.replace(world.registry.host, "127.0.0.1:5000")).attestation
     assert attestation is not None
     with pytest.raises(VerificationError, match="is about config"):
-        check_pulled(attestation, digest, "sha256:" + "0" * 64, None)
+        check_pulled(attestation, digest, "sha256:" + "0" * 64, [], required=False)
 
 
 # --- bundle, reproduce and verify from it; report ----------------------------------------------------------------
@@ -218,13 +224,18 @@ def test_bundle_verifies_and_reproduces_alone(world: World, capsys: pytest.Captu
     shutil.copy(bundle, elsewhere / "run.tar")
     world.engine.remove(record.image_id)
     code, out, err = world(capsys, "verify", str(elsewhere / "run.tar"), "-C", str(elsewhere))
-    assert code == 0 and "VERIFIED" in out and "ok code.gitbundle: recorded commit" in out, out + err
+    assert code == 29 and "UNSIGNED" in err, out + err
+    code, out, err = world(capsys, "verify", str(elsewhere / "run.tar"), "-C", str(elsewhere), "--allow-unsigned")
+    assert code == 0 and "HASHES HOLD" in out and "ok code.gitbundle: the signed commit" in out, out + err
     code, out, err = world(capsys, "reproduce", str(elsewhere / "run.tar"), "-C", str(elsewhere))
-    assert code == 0 and "REPRODUCED" in out, out + err
+    assert code == 29 and "error: UNSIGNED: no signature" in err, out + err
+    assert list(elsewhere.iterdir()) == [elsewhere / "run.tar"], "refused before anything is rebuilt"
+    code, out, err = world(capsys, "reproduce", str(elsewhere / "run.tar"), "-C", str(elsewhere), "--allow-unsigned")
+    assert code == 0 and "REPRODUCED" in out and "HASHES HOLD, ORIGIN NOT VERIFIED" in err, out + err
     kept = elsewhere / f"envlock-reproduction-{record.run_id}"
     assert sorted(elsewhere.iterdir()) == [kept, elsewhere / "run.tar"], "only the reproduction's folder, kept"
     assert f"bundle's project rebuilt in {kept} (kept)" in err
-    new = RunStore(kept).all()[-1]
+    (new,) = [run for run in RunStore(kept).all() if run.run_id != record.run_id]
     assert new.reproduces == record.run_id and (kept / ".envlock" / "runs" / new.run_id / "verdict.json").is_file()
 
     data = bytearray(bundle.read_bytes())
@@ -240,29 +251,33 @@ def test_report_text_and_html(world: World, capsys: pytest.CaptureFixture[str], 
     record = RunStore(world.project).all()[-1]
     world(capsys, "reproduce", record.run_id, "-C", str(world.project))
     code, out, _ = world(capsys, "report", record.run_id, "-C", str(world.project))
-    assert code == 0 and "VERIFIED; reproduced" in out and record.image_id in out and "out/metrics.json" in out
+    assert code == 0 and "[UNSIGNED]" in out and "reproduced per evidence whose origin is not verified" in out
+    assert record.image_id in out and "out/metrics.json" in out and "None" not in out and "False" not in out
     html = tmp_path / "report.html"
     code, _, _ = world(capsys, "report", record.run_id, "-C", str(world.project), "--html", "-o", str(html))
     text = html.read_text()
     assert code == 0 and "<style>" in text and "http" not in text.split("<body>")[0].replace("charset", "")
-    assert record.run_id in text and "VERIFIED" in text and "<script" not in text
+    assert record.run_id in text and 'data-state="UNSIGNED"' in text and "<script" not in text
+    assert "Original and reproduction" in text
 
 
 @pytest.mark.browser
 def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
-    from envlock.evidence.runreport import Summary  # noqa: PLC0415
+    from envlock.evidence.runreport import Section, Summary  # noqa: PLC0415
 
     binary = shutil.which("chromium")
     if binary is None:
         pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
     page = tmp_path / "report.html"
-    sections = [("Outputs", [("out/model.pkl", "ab" * 32)]), ("Hardware", [("GPUs", "none <CPU host>")])]
-    summary = Summary("envlock run 20260101T000000Z-abcdef", "VERIFIED; reproduced", sections)  # fmt: skip
+    sections: list[Section] = [("Outputs", [("out/model.pkl", "ab" * 32)]), ("Hardware", [("GPUs", "none <CPU host>")])]
+    summary = Summary("envlock run 20260101T000000Z-abcdef", "VERIFIED", "VERIFIED: signed by alice; reproduced",
+                      sections)  # fmt: skip
     page.write_text(render_html(summary))
     done = subprocess.run(
         [binary, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "envlock run 20260101T000000Z-abcdef" in done.stdout and 'id="verdict">VERIFIED; reproduced' in done.stdout
+    assert "envlock run 20260101T000000Z-abcdef" in done.stdout and 'data-state="VERIFIED"' in done.stdout
+    assert "VERIFIED: signed by alice; reproduced" in done.stdout
     assert "none &lt;CPU host&gt;" in done.stdout and "out/model.pkl" in done.stdout

@@ -24,7 +24,17 @@ from envlock.run.gitstate import GitState, git_state
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunRequest, run_in_image
-from tests.fakes import A100, RTX_4090, TORCH_251_AMD64, FakeLauncher, FakeResolver, cpu_host, gpu_host, package
+from tests.fakes import (
+    A100,
+    RTX_4090,
+    TORCH_251_AMD64,
+    FakeEvidence,
+    FakeLauncher,
+    FakeResolver,
+    cpu_host,
+    gpu_host,
+    package,
+)
 
 IMAGE = PinnedImage("sha256:" + "e" * 64, "demo:0123456789ab", ("127.0.0.1:5000/team/demo@sha256:" + "f" * 64,))
 
@@ -54,6 +64,7 @@ def run(
         git=GitState(commit="abc123", dirty=True, diff=b"diff --git a/train.py b/train.py\n"),
         launcher=launcher,
         store=RunStore(project),
+        evidence=FakeEvidence(),
         output=lambda stream, data: (seen if seen is not None else []).append((stream, data)),
     )
 

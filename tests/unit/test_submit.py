@@ -30,7 +30,7 @@ from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore, Status, exit_status, wait_until_final
 from envlock.run.runner import RunRequest, run_in_image
-from tests.fakes import A100, TORCH_251_AMD64, FakeLauncher, FakeSlurm, cpu_host, gpu_host, package
+from tests.fakes import A100, TORCH_251_AMD64, FakeEvidence, FakeLauncher, FakeSlurm, cpu_host, gpu_host, package
 from tests.unit.test_runner import IMAGE, locked_project
 
 
@@ -191,6 +191,7 @@ def node_start(
             git=GitState(commit="abc", dirty=False),
             launcher=launcher,
             store=store,
+            evidence=FakeEvidence(),
             output=lambda _s, _d: None,
             queued=on_node(queued, environ, role),
         )
@@ -288,7 +289,7 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
         job_id(done): oneliner("COMPLETED"),
     }
     removed: list[str] = []
-    live, settled = settle_jobs(store, store.all(), Slurm(fake), removed.append)
+    live, settled = settle_jobs(store, store.all(), Slurm(fake), removed.append, FakeEvidence())
     assert set(live) == {pending.run_id} and live[pending.run_id].reason == "Priority"
     by_id = {r.run_id: r for r in settled}
     assert set(by_id) == {cancelled.run_id, forgotten.run_id}, "a finished record is never touched"
@@ -303,11 +304,11 @@ def test_settling_asks_slurm_and_closes_only_what_slurm_ended(project: Path) -> 
         replace(done, status="running", container=done.container + "-1", scheduler=replace(done.scheduler, rank=1))
     )
     store.for_node(2).save(replace(done, status="queued", container=done.container + "-2"))  # killed before starting
-    _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append)
+    _, closed = settle_jobs(store, store.all(), Slurm(fake), removed.append, FakeEvidence())
     nodes = store.node_records(done.run_id)
     assert closed == [] and nodes[1].status == "failed", "a node left open is closed too"
     assert nodes[2].status == "failed", "also one whose task never wrote its facts (its rank is its folder)"
-    again, _ = settle_jobs(store, store.all(), Slurm(fake), removed.append)
+    again, _ = settle_jobs(store, store.all(), Slurm(fake), removed.append, FakeEvidence())
     assert set(again) == {pending.run_id}, "settled records are final: Slurm is not asked about them again"
 
 

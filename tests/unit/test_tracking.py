@@ -21,7 +21,7 @@ from envlock.run.tracking import (
     tracking_settings,
     tracking_target,
 )
-from tests.fakes import A100, TORCH_251_AMD64, FakeLauncher, FakeTracker, cpu_host, gpu_host, package
+from tests.fakes import A100, TORCH_251_AMD64, FakeEvidence, FakeLauncher, FakeTracker, cpu_host, gpu_host, package
 from tests.unit.test_runner import locked_project
 from tests.unit.test_runner import run as run_project
 
@@ -50,6 +50,7 @@ def tracked_run(
         git=GitState(commit="c0ffee", dirty=False),
         launcher=launcher,
         store=RunStore(project),
+        evidence=FakeEvidence(),
         output=lambda _s, _d: None,
         tracking=Tracking(tracker, "demo", reuse),
     )

@@ -34,6 +34,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "gc": ("gc_commands",),
     "sbom": ("audit_commands",),
     "key": ("audit_commands",),
+    "trust": ("audit_commands",),
     "attest": ("audit_commands",),
     "verify": ("audit_commands",),
     "bundle": ("audit_commands",),

@@ -7,13 +7,23 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from envlock.cli.options import FileOutOpt, KeyOpt, PlatformOpt, ProjectOpt, PublicKeyOpt, RunIdArg
-from envlock.cli.root import app, key_app
+from envlock.cli.options import (
+    AllowUnsignedOpt,
+    FileOutOpt,
+    JsonOpt,
+    KeyOpt,
+    PlatformOpt,
+    ProjectOpt,
+    PublicKeyOpt,
+    RunIdArg,
+)
+from envlock.cli.root import app, key_app, trust_app
 from envlock.cli.wiring import Wiring, wiring_of
 
 if TYPE_CHECKING:
     from envlock.engine.docker import Engine
     from envlock.evidence.attest import Checks
+    from envlock.evidence.trust import Trust
 
 
 def _engine_or_none(wiring: Wiring) -> Engine | None:
@@ -97,22 +107,27 @@ def _show(checks: Checks) -> None:
         typer.echo(line)
 
 
+def _trust(wiring: Wiring, keys: list[Path] | None, project_dir: Path | None) -> Trust:
+    from envlock.evidence.trust import load_trust  # noqa: PLC0415
+
+    return load_trust(keys or [], environ=wiring.environ, project_dir=project_dir)
+
+
 @app.command("verify")
 def verify_command(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="A run id, a bundle (envlock bundle), or an attestation file.")],
     project: ProjectOpt = Path(),
     key: PublicKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
-    """Check an attestation: its signature, then every hash against what is on disk and the image by ID."""
-    from envlock.errors import VerificationError  # noqa: PLC0415
-    from envlock.evidence.attest import verify_envelope_file, verify_run_dir  # noqa: PLC0415
+    """Check evidence: who signed it (a key you trust), then the record field by field and every hash against what
+    is on disk and the image by ID. Exit 0 only for VERIFIED (or, with --allow-unsigned, hashes that hold)."""
+    from envlock.evidence.attest import RunPlaces, verify_envelope_file, verify_run_dir  # noqa: PLC0415
     from envlock.evidence.bundle import is_bundle, verify_bundle  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
-    from envlock.signing import load_public_key  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    public = load_public_key(key) if key else None
     engine: list[Engine | None] = []
 
     def current() -> Engine | None:
@@ -125,24 +140,60 @@ def verify_command(
         return None if found is None or found.image_id(image_id) is None else True
 
     path = Path(target)
-    if is_bundle(path):
-        checks = verify_bundle(path, public, current)
+    if is_bundle(path):  # from elsewhere: a folder of keys that came with it, or with a project, proves nothing
+        checks = verify_bundle(path, _trust(wiring, key, None), current)
     elif path.is_file():
-        checks = verify_envelope_file(path, public, present)
+        checks = verify_envelope_file(path, _trust(wiring, key, None), present)
     else:
         store = RunStore(project)
         record = store.load(target)
-        checks = verify_run_dir(store.directory(record.run_id), project, key=public, image_present=present)
+        places = RunPlaces.of_project(project, store.directory(record.run_id))
+        checks = verify_run_dir(places, trust=_trust(wiring, key, project), image_present=present)
     _show(checks)
-    if checks.mismatches:
-        raise VerificationError(
-            f"verification failed: {len(checks.mismatches)} mismatch(es): "
-            + "; ".join(m.split(":")[0] for m in checks.mismatches[:5])
-        )
-    typer.echo(
-        f"VERIFIED: {len(checks.held)} checks held"
-        + (f", {len(checks.unchecked)} not checked" if checks.unchecked else "")
-    )
+    typer.echo(checks.require(allow_unsigned=allow_unsigned))
+
+
+@trust_app.command("add")
+def trust_add(
+    ctx: typer.Context,
+    public: Annotated[Path, typer.Argument(help="The public key (PEM) to trust, e.g. from `envlock key public`.")],
+    name: Annotated[str | None, typer.Option("--name", help="Who it belongs to (default: the file's name).")] = None,
+) -> None:
+    """Trust a public key to sign evidence (kept in $ENVLOCK_TRUST_DIR, default ~/.config/envlock/trusted-keys)."""
+    from envlock.evidence.trust import add_key, user_trust_dir  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    added = add_key(public, name, wiring.environ)
+    typer.echo(f"trusted {added.name}: key {added.keyid} (in {user_trust_dir(wiring.environ)})")
+
+
+@trust_app.command("list")
+def trust_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
+    """The keys trusted here: your trust store, and the project's committed .envlock/trusted-keys/."""
+    import json  # noqa: PLC0415
+
+    from envlock.evidence.trust import list_keys  # noqa: PLC0415
+
+    keys = list_keys(wiring_of(ctx).environ, project)
+    if as_json:
+        typer.echo(json.dumps([{"name": k.name, "keyid": k.keyid, "source": k.source} for k in keys], indent=2))
+        return
+    if not keys:
+        typer.echo("no trusted keys: envlock trust add PUB --name NAME")
+    for found in keys:
+        typer.echo(f"{found.name:<20} {found.keyid}  ({found.source})")
+
+
+@trust_app.command("remove")
+def trust_remove(
+    ctx: typer.Context,
+    which: Annotated[str, typer.Argument(help="The key's name, or its id (8 hex digits at least).")],
+) -> None:
+    """Stop trusting a key of your trust store."""
+    from envlock.evidence.trust import remove_key  # noqa: PLC0415
+
+    removed = remove_key(which, wiring_of(ctx).environ)
+    typer.echo(f"no longer trusted: {removed.name} (key {removed.keyid})")
 
 
 @app.command("bundle")
@@ -184,10 +235,10 @@ def report_command(
     output: FileOutOpt = None,
     key: PublicKeyOpt = None,
 ) -> None:
-    """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced and verified."""
+    """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced, and whether
+    a key you trust signed it: rendered from the signed statement, never from loose files."""
     from envlock.evidence.runreport import render_html, render_text, summarize  # noqa: PLC0415
     from envlock.fsutil import atomic_write_text  # noqa: PLC0415
-    from envlock.signing import load_public_key  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     engine = _engine_or_none(wiring)
@@ -195,7 +246,7 @@ def report_command(
     def present(image_id: str) -> bool | None:
         return None if engine is None or engine.image_id(image_id) is None else True
 
-    summary = summarize(project, run_id, key=load_public_key(key) if key else None, image_present=present)
+    summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
     text = render_html(summary) if html else render_text(summary)
     if output is None:
         typer.echo(text, nl=False)

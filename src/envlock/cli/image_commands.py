@@ -267,19 +267,22 @@ def restore_command(
     typer.echo(f"restored {restored.image_id} from {restored.source}")
 
 
-def _check_referrers(wiring: Wiring, project: Path, pushed: str, image_id: str, key: Path | None) -> None:
+def _check_referrers(wiring: Wiring, project: Path, pushed: str, image_id: str, keys: list[Path] | None) -> None:
     """After a pull by digest: the SBOM and provenance that refer to it, checked and kept in .envlock/attestations/."""
+    from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.fsutil import atomic_write_bytes  # noqa: PLC0415
     from envlock.image.provenance import attestation_path, check_pulled  # noqa: PLC0415
     from envlock.image.referrers import retrieve, split_pushed  # noqa: PLC0415
-    from envlock.signing import load_public_key, write_envelope  # noqa: PLC0415
+    from envlock.signing import write_envelope  # noqa: PLC0415
 
     host, _, digest = split_pushed(pushed)
     found = retrieve(wiring.registry(host), pushed)
     if found.attestation is None:
         wiring.say(f"no provenance refers to {pushed} in the registry (pushed before envlock attached them?)")
     else:
-        typer.echo(check_pulled(found.attestation, digest, image_id, load_public_key(key) if key else None))
+        trust = load_trust(keys or [], environ=wiring.environ, project_dir=project)
+        trusted = [k.key for k in trust.keys]
+        typer.echo(check_pulled(found.attestation, digest, image_id, trusted, required=bool(keys)))
         write_envelope(attestation_path(project, image_id), found.attestation)
     if found.sbom is not None:
         sbom_path = attestation_path(project, image_id).with_suffix("").with_suffix(".cdx.json")

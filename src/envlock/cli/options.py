@@ -71,6 +71,18 @@ KeyOpt = Annotated[
     typer.Option("--key", help="Signing key (PEM); default: $ENVLOCK_SIGNING_KEY; none: unsigned.", show_default=False),
 ]
 PublicKeyOpt = Annotated[
-    Path | None,
-    typer.Option("--key", help="The signer's public key (PEM) to check signatures with.", show_default=False),
+    list[Path] | None,
+    typer.Option(
+        "--key",
+        help="A public key (PEM) you trust to have signed it (repeatable); added to your trust store's "
+        "(envlock trust list).",
+        show_default=False,
+    ),
+]
+AllowUnsignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsigned",
+        help="Accept unsigned evidence or evidence signed by an untrusted key: HASHES HOLD, ORIGIN NOT VERIFIED.",
+    ),
 ]

@@ -28,6 +28,12 @@ key_app = typer.Typer(
     help="Signing keys for attestations (Ed25519 or ECDSA P-256).", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(key_app, name="key")
+trust_app = typer.Typer(
+    help="The public keys you trust to sign evidence (verify, report, reproduce BUNDLE).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(trust_app, name="trust")
 
 
 class CommandExited(SystemExit):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from envlock.cli.options import (
+    AllowUnsignedOpt,
     ArchiveOpt,
     EnvOpt,
     ForceOpt,
@@ -21,6 +22,7 @@ from envlock.cli.options import (
     NoMlflowOpt,
     OutputsOpt,
     ProjectOpt,
+    PublicKeyOpt,
     RuntimeOpt,
     SeedOpt,
 )
@@ -57,7 +59,7 @@ def run_command(
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    signer = wiring.signing_key(key)  # before the run: an unreadable key fails now, not after training
+    signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
@@ -69,11 +71,10 @@ def run_command(
         spec,
         locked,
         RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ()), inputs=read),
-        wiring.run_tools(),
+        wiring.run_tools(signer),
         tracking=tracking,
         remove_container=wiring.remove_container,
     )
-    wiring.attest_run(store.directory(record.run_id), signer)
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
     wiring.say(
@@ -116,24 +117,38 @@ def reproduce_command(
     runtime: RuntimeOpt = None,
     env: ReproduceEnvOpt = None,
     keep: KeepOpt = None,
+    key: PublicKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
     from envlock.errors import UsageError  # noqa: PLC0415
-    from envlock.evidence.bundle import is_bundle, reproducible  # noqa: PLC0415
+    from envlock.evidence.bundle import Unpacked, is_bundle, reproducible, verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.reproduce import Tolerance  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()))
-    if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: the project rebuilt from the bundle, in a kept folder
-        with reproducible(Path(run_id), keep, parent=project) as rebuilt:
+    if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
+
+        def gate(found: Unpacked) -> str:
+            # From someone else: the keys named here and the user's own store; no folder of keys that came with
+            # the bundle or with the project rebuilt from it (project_dir=None).
+            trust = load_trust(key or [], environ=wiring.environ, project_dir=None)
+            return verify_unpacked(found, trust, lambda: wiring.engine).require(allow_unsigned=allow_unsigned)
+
+        with reproducible(Path(run_id), keep, parent=project, gate=gate) as rebuilt:
+            wiring.say(rebuilt.verified)
             wiring.say(f"bundle's project rebuilt in {rebuilt.folder} (kept)")
             bundled = replace(rerun, archives=(*rerun.archives, *rebuilt.archives))
             code = _reproduce(ctx, RunStore(rebuilt.project), rebuilt.run_id, bundled, "foreign")
     else:
-        if keep is not None:
-            raise UsageError("--keep is for `envlock reproduce BUNDLE`", hint="a run of this project re-runs in it")
+        if keep is not None or key or allow_unsigned:
+            raise UsageError(
+                "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE`",
+                hint="a run of this project re-runs in the project, from its own records",
+            )
         code = _reproduce(ctx, RunStore(project), run_id, rerun, "own")
     if code:
         raise typer.Exit(code)
@@ -170,7 +185,9 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
             inputs_from=store.project_dir, origin=origin,
         )  # fmt: skip
 
-    verdict = reproduce_run(original, store, store.project_dir, rerun, how.tolerance, origin=origin)
+    verdict = reproduce_run(
+        original, store, store.project_dir, rerun, how.tolerance, origin=origin, evidence=tools.evidence
+    )
     for line in verdict.lines():
         typer.echo(line)
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")

@@ -22,7 +22,14 @@ def _settle(
 ) -> tuple[dict[str, JobState], dict[str, RunRecord]]:
     from envlock.cluster.submit import settle  # noqa: PLC0415
 
-    return settle(store, records, lambda: wiring.slurm, wiring.remove_container, wiring.say)
+    return settle(
+        store,
+        records,
+        lambda: wiring.slurm,
+        wiring.remove_container,
+        wiring.say,
+        evidence=wiring.evidence(strict=False),
+    )
 
 
 def _store(ctx: typer.Context, project: Path | None) -> RunStore:

@@ -218,11 +218,22 @@ class Wiring:
         return load_signing_key(flag, self.environ)
 
     def attest_run(self, run_dir: Path, key: SigningKey | None) -> None:
-        """A finished run's attestation, written beside its record (`envlock run` when a run ends, `attest`)."""
-        from envlock.evidence.attest import attest_run  # noqa: PLC0415
+        """A finished run's attestation, written beside its record (`envlock attest`)."""
+        Attester(key, self.say).run_ended(run_dir)
 
-        path = attest_run(run_dir, key)
-        self.say(f"attestation {path} ({'signed by ' + key.public.keyid[:16] if key else 'unsigned: no --key'})")
+    def evidence(self, flag: Path | None = None, *, strict: bool = True) -> Attester:
+        """The run core's evidence writer, signing with --key or $ENVLOCK_SIGNING_KEY. Not `strict` (a listing
+        that settles runs): an unusable key is a warning and the attestation is written unsigned."""
+        from envlock.errors import UsageError  # noqa: PLC0415
+
+        try:
+            key = self.signing_key(flag)
+        except UsageError as exc:
+            if strict:
+                raise
+            self.say(f"warning: {exc.message}: runs settled now are attested unsigned")
+            key = None
+        return Attester(key, self.say)
 
     def remove_container(self, name: str) -> None:
         """Remove a run's container; a failure is a warning (the engine may be down)."""
@@ -233,11 +244,13 @@ class Wiring:
         except EnvlockError as exc:
             self.say(f"warning: could not remove container {name}: {exc.message}")
 
-    def run_tools(self) -> RunTools:
-        """What the run stage needs of the outside world, from this root."""
+    def run_tools(self, evidence: Attester | None = None) -> RunTools:
+        """What the run stage needs of the outside world, from this root (runs attested by `evidence`, default: a
+        writer signing with $ENVLOCK_SIGNING_KEY)."""
         from envlock.run.pinned import RunTools  # noqa: PLC0415
 
         return RunTools(
+            evidence=evidence or self.evidence(),
             engine=self.engine,
             launcher=lambda: self.launcher,
             probe=self.probe,
@@ -245,6 +258,25 @@ class Wiring:
             output=self.write,
             report=self.say,
             environ=self.environ,
+        )
+
+
+@dataclass(frozen=True)
+class Attester:
+    """The evidence writer handed to the run core: every run that ends gets its attestation, signed when a key is
+    configured. The attestation's modules load while the container starts (see `imports`)."""
+
+    key: SigningKey | None
+    say: Callable[[str], None]
+    imports: tuple[str, ...] = ("envlock.evidence.attest",)
+
+    def run_ended(self, run_dir: Path) -> None:
+        """Attest the run whose record in `run_dir` is final."""
+        from envlock.evidence.attest import attest_run  # noqa: PLC0415
+
+        path = attest_run(run_dir, self.key)
+        self.say(
+            f"attestation {path} ({'signed by ' + self.key.public.keyid[:16] if self.key else 'unsigned: no key'})"
         )
 
 

@@ -28,7 +28,7 @@ from envlock.lock.targets import host_platform
 from envlock.report import Report
 from envlock.run.pinned import RunTools, lock_image
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.runner import RunRequest, new_record
+from envlock.run.runner import RunEvidence, RunRequest, new_record
 from envlock.run.schema import JobRecord, JobRequest, TrackingRequest
 from envlock.run.tracking import TrackingSettings
 
@@ -245,7 +245,11 @@ def on_node(record: RunRecord, environ: Mapping[str, str], role: NodeRole) -> Ru
 
 
 def settle_jobs(
-    store: RunStore, records: list[RunRecord], slurm: Slurm, remove_container: Callable[[str], None]
+    store: RunStore,
+    records: list[RunRecord],
+    slurm: Slurm,
+    remove_container: Callable[[str], None],
+    evidence: RunEvidence,
 ) -> tuple[dict[str, JobState], list[RunRecord]]:
     """Ask Slurm about every submitted run whose record is not final: (live states by run id, records settled now).
 
@@ -267,9 +271,12 @@ def settle_jobs(
             continue
         closed = _close(store, record.run_id, job_id, state, remove_container)
         if closed is not None:
+            evidence.run_ended(store.directory(record.run_id))  # whoever settles a run attests it
             settled.append(closed)
         for rank in open_nodes:
-            _close(store.for_node(rank), record.run_id, job_id, state, remove_container)
+            node = store.for_node(rank)
+            if _close(node, record.run_id, job_id, state, remove_container) is not None:
+                evidence.run_ended(node.directory(record.run_id))
     return live, settled
 
 
@@ -329,6 +336,8 @@ def settle(
     slurm: Callable[[], Slurm],
     remove_container: Callable[[str], None],
     report: Report,
+    *,
+    evidence: RunEvidence,
 ) -> tuple[dict[str, JobState], dict[str, RunRecord]]:
     """Close the records of runs that lost their envlock: local ones whose envlock was killed (their containers
     removed), batch jobs Slurm ended without envlock's task finishing them. Returns Slurm's state of the jobs still
@@ -336,11 +345,12 @@ def settle(
     closed: dict[str, RunRecord] = {}
     for orphan in store.settle_orphans(remove_container, records):
         report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted")
+        evidence.run_ended(store.directory(orphan.run_id))
         closed[orphan.run_id] = orphan
     if not any(r.scheduler and r.status in ("queued", "running") for r in records):
         return {}, closed
     try:
-        live, settled = settle_jobs(store, records, slurm(), remove_container)
+        live, settled = settle_jobs(store, records, slurm(), remove_container, evidence)
     except EnvlockError as exc:
         report(f"warning: could not ask Slurm about queued/running jobs ({exc.message}): showing their last record")
         return {}, closed

@@ -1,41 +1,50 @@
-"""A run's attestation (in-toto Statement v1, predicate https://envlock.dev/run/v1, in a DSSE envelope) and its
+"""A run's attestation (in-toto Statement v1, predicate https://envlock.dev/run/v2, in a DSSE envelope) and its
 verification against what is on disk.
 
-The statement binds what a result depends on — image ID and digests, lock hash and the lock copy's bytes, commit,
-diff and untracked files, inputs, host, seed and determinism settings, command, exit status — to every output's
-sha256 (the statement's subjects) and to every file the run keeps beside its record. It is read from the record
-as JSON, so parts other versions of the record add (inputs, untracked files' hashes) are carried as they are.
+What is signed is what is shown: the statement carries the whole run record (every fact envlock presents about a
+run: commit, dirty flag, diff hash, untracked files and their content hashes, inputs manifest, host and GPUs,
+image reference and digests, seed, determinism settings, passed variable names, outputs, exit status), the sha256
+of every file the run keeps beside its record (lock copy, diff, log, saved outputs, verdict), and the outputs as
+its subjects. Verification compares the record on disk with the signed one field by field, every file with its
+hash, every saved untracked file's content with the hash the record names, and says who signed — a VERIFIED
+verdict needs a signature by a key the verifier trusts (see trust.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envlock import __version__
-from envlock.errors import EnvlockError, VerificationError
+from envlock.errors import EnvlockError, UnsignedError, UntrustedKeyError, VerificationError
+from envlock.evidence.trust import Trust, TrustedKey
 from envlock.fsutil import sha256_file
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
+from envlock.paths import ProjectLayout
+from envlock.run.objects import ObjectStore
 from envlock.signing import (
     STATEMENT_TYPE,
-    Opened,
-    PublicKey,
     SigningKey,
     envelope,
     load_public_key,
     open_envelope,
+    signature_keyids,
+    signed_by,
     write_envelope,
 )
 
-RUN_PREDICATE = "https://envlock.dev/run/v1"
+RUN_PREDICATE = "https://envlock.dev/run/v2"
+OLD_RUN_PREDICATE = "https://envlock.dev/run/v1"  # covered a few record fields only: no longer accepted
 ATTESTATION = "attestation.dsse.json"
-SIGNER = "attestation.pub.pem"  # the signer's public key, beside: convenient, but self-asserted (use --key)
-# Files of a run folder that are not evidence of the run: the record (rewritten by envlock), the attestation.
+SIGNER = "attestation.pub.pem"  # the signer's public key, beside: names who signed, never makes it trusted
+# Files of a run folder that are not evidence of the run: the record (signed whole inside the statement), the
+# attestation itself and the signer's key.
 _NOT_BOUND = frozenset({"record.json", ATTESTATION, SIGNER})
+OriginState = Literal["trusted", "unsigned", "untrusted", "unknown"]
 
 
 def _record_json(run_dir: Path) -> dict[str, Any]:
@@ -49,7 +58,7 @@ def _record_json(run_dir: Path) -> dict[str, Any]:
 
 
 def run_files(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file the run keeps beside its record (lock copy, diff, log, saved outputs, untracked…)."""
+    """sha256 of every file the run keeps beside its record (lock copy, diff, log, saved outputs, verdict…)."""
     found = {}
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir).as_posix()
@@ -64,10 +73,8 @@ def run_files(run_dir: Path) -> dict[str, str]:
 
 
 def run_statement(run_dir: Path) -> dict[str, Any]:
-    """The in-toto statement of a finished run, from its folder."""
+    """The in-toto statement of a finished run, from its folder: the whole record, its files, its outputs."""
     record = _record_json(run_dir)
-    host = record.get("host") or {}
-    git = record.get("git") or {}
     outputs = {str(k): v for k, v in (record.get("outputs") or {}).items()}
     subject = [{"name": path, "digest": {"sha256": digest}} for path, digest in sorted(outputs.items()) if digest]
     files = run_files(run_dir)
@@ -78,46 +85,7 @@ def run_statement(run_dir: Path) -> dict[str, Any]:
     predicate = {
         "run-id": record.get("run_id"),
         "envlock-version": __version__,
-        "command": record.get("command"),
-        "status": record.get("status"),
-        "exit-code": record.get("exit_code"),
-        "started": record.get("started"),
-        "ended": record.get("ended"),
-        "image": {
-            "id": record.get("image_id"),
-            "reference": record.get("image_reference"),
-            "digests": record.get("repo_digests") or [],
-        },
-        "lock": {
-            "hash": record.get("lock_hash"),
-            "platform": record.get("platform"),
-            "copy-sha256": files.get("envlock.lock"),
-        },
-        "code": {
-            "commit": git.get("commit"),
-            "dirty": git.get("dirty"),
-            "diff-sha256": git.get("diff-sha256"),
-            "untracked": git.get("untracked") or [],
-        },
-        "inputs": record.get("inputs"),
-        "host": {
-            "driver": host.get("driver-version"),
-            "cuda-driver": host.get("cuda-driver-version"),
-            "gpus": [
-                {k: g.get(k) for k in ("name", "uuid", "compute-capability", "mig-mode", "ecc-mode")}
-                for g in host.get("gpus") or []
-            ],
-            "cpu-model": host.get("cpu-model"),
-            "kernel": host.get("kernel"),
-            "docker-version": host.get("docker-version"),
-        },
-        "seed": record.get("seed"),
-        "determinism": record.get("environment") or {},
-        "passed-env": record.get("passed_env") or [],
-        "forced": record.get("forced"),
-        "preflight": record.get("preflight") or [],
-        "reproduces": record.get("reproduces"),
-        "outputs": outputs,
+        "record": record,
         "run-files": files,
     }
     return {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": RUN_PREDICATE, "predicate": predicate}
@@ -134,13 +102,36 @@ def attest_run(run_dir: Path, key: SigningKey | None) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Who vouches for a statement: a trusted key (by name), nobody (unsigned), or a key the verifier does not trust."""
+
+    state: OriginState
+    keyid: str | None = None
+    name: str | None = None
+    source: str | None = None
+
+    def describe(self) -> str:
+        """One phrase for people."""
+        if self.state == "trusted":
+            return f"signed by {self.name} (key {str(self.keyid)[:16]}, trusted: {self.source})"
+        if self.state == "untrusted":
+            return f"signed by key {str(self.keyid)[:16] or 'unknown'}, which is not trusted here"
+        if self.state == "unsigned":
+            return "unsigned"
+        return "not opened"
+
+
 @dataclass
 class Checks:
-    """What a verification found: what held, what did not (each named), and what could not be checked."""
+    """What a verification found: what held, what did not (each named), what could not be checked, who signed,
+    and the statement as signed (what a reviewer is shown)."""
 
     held: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    origin: Origin = field(default_factory=lambda: Origin("unknown"))
+    statement: dict[str, Any] | None = None
 
     def expect(self, what: str, expected: object, found: object) -> None:
         """One comparison, recorded as held or as a mismatch naming both values."""
@@ -157,85 +148,246 @@ class Checks:
             + [f"ok {h}" for h in self.held]
         )
 
+    @property
+    def signed_record(self) -> dict[str, Any] | None:
+        """The run record as the statement carries it (None for an image's statement)."""
+        predicate = (self.statement or {}).get("predicate") or {}
+        record = predicate.get("record") if isinstance(predicate, dict) else None
+        return record if isinstance(record, dict) else None
+
+    def verdict(self, *, allow_unsigned: bool) -> str:
+        """The verdict's name: VERIFIED, VERIFICATION FAILED, UNSIGNED, UNTRUSTED KEY <id>, or (allowed) HASHES
+        HOLD, ORIGIN NOT VERIFIED."""
+        if self.mismatches:
+            return "VERIFICATION FAILED"
+        if self.origin.state == "trusted":
+            return "VERIFIED"
+        if allow_unsigned:
+            return "HASHES HOLD, ORIGIN NOT VERIFIED"
+        if self.origin.state == "untrusted":
+            return f"UNTRUSTED KEY {str(self.origin.keyid)[:16]}"
+        return "UNSIGNED"
+
+    def require(self, *, allow_unsigned: bool) -> str:
+        """The verdict line when it may pass (exit 0); otherwise the error of its kind (26, 29 or 30)."""
+        verdict = self.verdict(allow_unsigned=allow_unsigned)
+        counts = f"{len(self.held)} checks held" + (f", {len(self.unchecked)} not checked" if self.unchecked else "")
+        if verdict == "VERIFICATION FAILED":
+            raise VerificationError(
+                f"VERIFICATION FAILED: {len(self.mismatches)} mismatch(es): "
+                + "; ".join(m.split(":")[0] for m in self.mismatches[:5])
+            )
+        if verdict == "UNSIGNED":
+            raise UnsignedError(f"UNSIGNED: no signature, so nobody vouches for it ({counts})")
+        if verdict.startswith("UNTRUSTED KEY"):
+            raise UntrustedKeyError(
+                f"{verdict}: signed by a key you do not trust ({counts})",
+                hint="if you know whose key it is: envlock trust add PUB --name NAME (or pass --key PUB); "
+                "a key shipped beside the evidence is never trusted for being there",
+            )
+        return f"{verdict}: {self.origin.describe()}; {counts}"
+
 
 def _short(value: object) -> str:
     text = "absent" if value is None else str(value)
     return text[:19] if text.startswith("sha256:") else text[:64]
 
 
-def open_checked(document: object, key: PublicKey | None, beside: Path | None, checks: Checks, where: str) -> Opened:
-    """Open the envelope: with --key, its signature must be that key's; without, the key beside it (if any) is used
-    and said to be self-asserted; an unsigned envelope is named as such."""
-    signer = key
-    if signer is None and beside is not None and beside.is_file():
-        signer = load_public_key(beside)
-        checks.unchecked.append(
-            f"who signed: the key beside the attestation ({signer.keyid[:16]}) vouches for "
-            "itself; pass --key PUB to pin the signer"
-        )
-    if signer is None:
-        opened = open_envelope(document, None, where)
-        if opened.signatures:
-            checks.unchecked.append(f"{where}: signed, but no public key was given (--key PUB)")
-        else:
-            checks.unchecked.append(f"{where} is unsigned: its hashes are checked, its origin cannot be")
-        return opened
-    opened = open_envelope(document, signer, where)
-    checks.held.append(f"signature by key {opened.signed_by}")
-    return opened
+def open_checked(document: object, trust: Trust, beside: Path | None, checks: Checks, where: str) -> dict[str, Any]:
+    """Open the envelope and say who signed it: a trusted key, a key that is not trusted (named by the key beside
+    it when that key's signature holds, else by the id the signature declares), or nobody."""
+    statement = open_envelope(document, None, where).statement
+    if not isinstance(document, dict):  # open_envelope refused anything else; this tells the type checker
+        raise VerificationError(f"{where} is not a DSSE envelope")
+    declared = [k for k in signature_keyids(document) if k]
+    if not document.get("signatures"):
+        checks.origin = Origin("unsigned")
+        return statement
+    trusted = signed_by(document, [k.key for k in trust.keys])
+    if trusted is not None:
+        found = trust.find(trusted.keyid) or TrustedKey(trusted, trusted.keyid[:16], "--key")
+        checks.origin = Origin("trusted", found.keyid, found.name, found.source)
+        checks.held.append(f"{where}: signature by {found.name} ({found.keyid[:16]}), trusted: {found.source}")
+        return statement
+    claimed = [k for k in trust.keys if k.keyid in declared]
+    if claimed:
+        checks.mismatches.append(f"{where}: the signature claims trusted key {claimed[0].name} but does not hold")
+    keyid = declared[0] if declared else None
+    if beside is not None and beside.is_file():
+        try:
+            shipped = load_public_key(beside)
+            keyid = shipped.keyid if signed_by(document, [shipped]) is not None else keyid
+        except EnvlockError:
+            pass  # a damaged key beside names nobody
+    checks.origin = Origin("untrusted", keyid)
+    return statement
 
 
-def verify_run_dir(
-    run_dir: Path,
-    outputs_root: Path,
-    *,
-    key: PublicKey | None,
-    image_present: Callable[[str], bool | None],
-) -> Checks:
-    """Check a run's attestation: its signature, then every hash against the files on disk and the image."""
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def record_differences(signed: Mapping[str, Any], on_disk: Mapping[str, Any]) -> list[str]:
+    """Each field of the record that differs from the signed one: `record git.commit: signed …, on disk …`."""
+    before, after = _flat(dict(signed)), _flat(dict(on_disk))
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, _ABSENT) != after.get(key, _ABSENT):
+            lines.append(
+                f"record {key}: signed {_value(before.get(key, _ABSENT))}, on disk {_value(after.get(key, _ABSENT))}"
+            )
+    return lines
+
+
+_ABSENT = object()
+
+
+def _value(value: object) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
+@dataclass(frozen=True)
+class RunPlaces:
+    """Where a run's evidence lies: its folder, the root its outputs are relative to, the saved untracked
+    objects, and (a bundle) copies of its inputs."""
+
+    run_dir: Path
+    outputs_root: Path
+    objects_root: Path
+    inputs_root: Path | None = None
+
+    @classmethod
+    def of_project(cls, project_dir: Path, run_dir: Path) -> RunPlaces:
+        """A run of a project, where it was made."""
+        return cls(run_dir, project_dir, ProjectLayout(project_dir).objects)
+
+
+def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[str], bool | None]) -> Checks:
+    """Check a run's attestation: who signed, then the record field by field, every file, saved untracked
+    object, output and input against its hash, and the image by ID."""
     checks = Checks()
+    run_dir = places.run_dir
     path = run_dir / ATTESTATION
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(
-            f"no readable attestation at {path}", hint="envlock run writes one when a run ends"
+            f"no readable attestation at {path}", hint="every run that ends is attested; envlock attest RUN makes one"
         ) from exc
-    statement = open_checked(document, key, run_dir / SIGNER, checks, str(path)).statement
+    statement = open_checked(document, trust, run_dir / SIGNER, checks, "attestation")
+    if statement.get("predicateType") == OLD_RUN_PREDICATE:
+        raise VerificationError(
+            f"{path} is a run/v1 attestation: it does not cover the whole record",
+            hint="re-attest the run where it was made (envlock attest RUN --key …) and check the record first",
+        )
     if statement.get("predicateType") != RUN_PREDICATE:
         raise VerificationError(f"{path} is not a run attestation ({statement.get('predicateType')})")
-    predicate = statement.get("predicate") or {}
-    for subject in statement.get("subject") or []:
-        name = str(subject.get("name", ""))
-        if name.startswith(".envlock/runs/"):
-            continue  # the log stands in as the subject: checked with the run files below
-        target = outputs_root / name
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            checks.mismatches.append(f"output {name}: not a path inside the project")
-            continue
-        found = sha256_file(target) if target.is_file() else None  # records hash each file of a directory
-        checks.expect(f"output {name}", subject.get("digest", {}).get("sha256"), found)
-    for relative, digest in sorted((predicate.get("run-files") or {}).items()):
-        file = run_dir / relative
-        checks.expect(f"run file {relative}", digest, sha256_file(file) if file.is_file() else None)
+    _check_shape(statement, path)
+    checks.statement = statement
+    predicate = statement["predicate"]
+    signed = predicate["record"]
+    checks.mismatches += record_differences(signed, _record_json(run_dir))
+    if not any(m.startswith("record ") for m in checks.mismatches):
+        checks.held.append(f"record: every field as signed ({len(_flat(signed))} fields)")
+    _check_subjects(statement, places, checks)
+    _check_run_files(predicate, run_dir, checks)
+    _check_objects(signed, places.objects_root, checks)
+    if places.inputs_root is not None:
+        _check_inputs(signed, places.inputs_root, checks)
     lock_copy = run_dir / "envlock.lock"
     try:
         lock_hash = lockfile.read(lock_copy).lock_hash
     except EnvlockError:
         lock_hash = None
-    checks.expect("lock copy's lock-hash", (predicate.get("lock") or {}).get("hash"), lock_hash)
-    record = _record_json(run_dir)
-    image = predicate.get("image") or {}
-    for what, attested, key_name in (
-        ("record: image ID", image.get("id"), "image_id"),
-        ("record: lock hash", (predicate.get("lock") or {}).get("hash"), "lock_hash"),
-        ("record: exit code", predicate.get("exit-code"), "exit_code"),
-        ("record: command", predicate.get("command"), "command"),
-        ("record: seed", predicate.get("seed"), "seed"),
-        ("record: outputs", predicate.get("outputs"), "outputs"),
+    checks.expect("lock copy's lock-hash", signed.get("lock_hash"), lock_hash)
+    _check_image(str(signed.get("image_id") or ""), image_present, checks)
+    return checks
+
+
+def _check_shape(statement: dict[str, Any], path: Path) -> None:
+    """The statement's parts have the types verification reads (a crafted one is refused, not a traceback)."""
+    predicate = statement.get("predicate")
+    subjects = statement.get("subject")
+    problems = []
+    if not isinstance(predicate, dict) or not isinstance(predicate.get("record"), dict):
+        problems.append("no run record")
+    elif not isinstance(predicate.get("run-files"), dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in predicate["run-files"].items()
     ):
-        checks.expect(what, attested, record.get(key_name))
-    image_id = str(image.get("id") or "")
+        problems.append("'run-files' is not a table of sha256 digests")
+    if not isinstance(subjects, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("digest"), dict) for s in subjects
+    ):
+        problems.append("'subject' is not a list of named digests")
+    if problems:
+        raise VerificationError(f"{path}: a malformed run statement ({'; '.join(problems)})")
+
+
+def _check_subjects(statement: dict[str, Any], places: RunPlaces, checks: Checks) -> None:
+    for subject in statement.get("subject") or []:
+        name = str(subject.get("name", ""))
+        if name.startswith(".envlock/runs/"):
+            continue  # the log stands in as the subject: checked with the run files
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            checks.mismatches.append(f"output {name}: not a path inside the project")
+            continue
+        target = places.outputs_root / name
+        found = sha256_file(target) if target.is_file() and not target.is_symlink() else None
+        checks.expect(f"output {name}", subject.get("digest", {}).get("sha256"), found)
+
+
+def _check_run_files(predicate: dict[str, Any], run_dir: Path, checks: Checks) -> None:
+    attested = predicate.get("run-files") or {}
+    for relative, digest in sorted(attested.items()):
+        file = run_dir / relative
+        ok = file.is_file() and not file.is_symlink() and ".." not in Path(relative).parts
+        checks.expect(f"run file {relative}", digest, sha256_file(file) if ok else None)
+    for relative in sorted(set(run_files(run_dir)) - set(attested)):
+        checks.mismatches.append(f"run file {relative}: not in the attestation (added after it was made)")
+
+
+def _check_objects(signed: dict[str, Any], objects_root: Path, checks: Checks) -> None:
+    """Each saved untracked file's content against the sha256 the signed record names for it."""
+    saved = (signed.get("git") or {}).get("untracked-saved") or {}
+    if not isinstance(saved, dict):
+        return
+    store = ObjectStore(objects_root)
+    for name, digest in sorted(saved.items()):
+        try:
+            present = store.path(str(digest)).is_file()
+        except ValueError:
+            checks.mismatches.append(f"untracked {name}: {digest!r} is not a sha256")
+            continue
+        if not present:
+            checks.unchecked.append(f"untracked {name}: its saved copy is not here")
+        elif store.get(str(digest)) is None:
+            checks.mismatches.append(f"untracked {name}: its saved copy does not hash to {str(digest)[:12]}")
+        else:
+            checks.held.append(f"untracked {name} (content)")
+
+
+def _check_inputs(signed: dict[str, Any], inputs_root: Path, checks: Checks) -> None:
+    """Bundled copies of the inputs against the signed manifest."""
+    files = (signed.get("inputs") or {}).get("files") or {}
+    for name, digest in sorted(files.items() if isinstance(files, dict) else ()):
+        target = inputs_root / str(name)
+        if ".." in Path(str(name)).parts or Path(str(name)).is_absolute():
+            checks.mismatches.append(f"input {name}: not a path inside the project")
+        elif target.is_file() and not target.is_symlink():
+            checks.expect(f"input {name}", digest, sha256_file(target))
+        else:
+            checks.unchecked.append(f"input {name}: not in the bundle (bundle --with-inputs)")
+
+
+def _check_image(image_id: str, image_present: Callable[[str], bool | None], checks: Checks) -> None:
     present = image_present(image_id)
     if present is None:
         checks.unchecked.append(f"image {image_id[:19]}: not in the engine here (restore it to check it by ID)")
@@ -243,23 +395,23 @@ def verify_run_dir(
         checks.held.append(f"image {image_id[:19]} (by ID)")
     else:
         checks.mismatches.append(f"image {image_id[:19]}: what is here is another image")
-    return checks
 
 
-def verify_envelope_file(path: Path, key: PublicKey | None, image_present: Callable[[str], bool | None]) -> Checks:
+def verify_envelope_file(path: Path, trust: Trust, image_present: Callable[[str], bool | None]) -> Checks:
     """A lone envelope: a run's (checked against the run folder it sits in) or an image's provenance."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"{path} is not a readable attestation") from exc
     checks = Checks()
-    statement = open_checked(document, key, None, checks, str(path)).statement
-    if statement.get("predicateType") == RUN_PREDICATE:
+    statement = open_checked(document, trust, None, checks, str(path))
+    if statement.get("predicateType") in (RUN_PREDICATE, OLD_RUN_PREDICATE):
         run_dir = path.parent
         project = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir
-        return verify_run_dir(run_dir, project, key=key, image_present=image_present)
+        return verify_run_dir(RunPlaces.of_project(project, run_dir), trust=trust, image_present=image_present)
     if statement.get("predicateType") != SLSA_PROVENANCE:
         raise VerificationError(f"{path}: unknown predicate {statement.get('predicateType')}")
+    checks.statement = statement
     for subject in statement.get("subject") or []:
         if (subject.get("annotations") or {}).get("envlock:kind") != "config":
             checks.unchecked.append(f"subject {subject.get('name')}: a registry manifest (checked by `restore`)")

@@ -31,7 +31,16 @@ from typing import Any
 
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
-from envlock.evidence.attest import ATTESTATION, Checks, attest_run, image_subjects, open_checked, verify_run_dir
+from envlock.evidence.attest import (
+    ATTESTATION,
+    Checks,
+    RunPlaces,
+    attest_run,
+    image_subjects,
+    open_checked,
+    verify_run_dir,
+)
+from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_text, copy_confined, make_dirs_confined, resolves_inside, sha256_file
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
@@ -41,7 +50,7 @@ from envlock.paths import STATE_DIR, ProjectLayout
 from envlock.run.gitstate import foreign_git
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
 from envlock.run.schema import relative_path_problem
-from envlock.signing import PublicKey, SigningKey, open_envelope
+from envlock.signing import SigningKey
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
@@ -241,47 +250,74 @@ def unpacked(bundle: Path) -> Iterator[Unpacked]:
         yield Unpacked(root, manifest)
 
 
-def verify_bundle(bundle: Path, key: PublicKey | None, engine: Callable[[], Engine | None]) -> Checks:
-    """Verify a bundle alone: the run's attestation against the bundled files, the SBOM against the lock copy,
-    the image provenance against the run, the image archive (when bundled) by ID, the git bundle's commit."""
+def verify_bundle(bundle: Path, trust: Trust, engine: Callable[[], Engine | None]) -> Checks:
+    """Verify a bundle alone: the run's attestation (who signed, the record field by field) against the bundled
+    files, saved untracked files, outputs and inputs; the SBOM against the lock copy; the image provenance against
+    the signed record; the image archive (when bundled) by ID; the git bundle's commit. Keys inside the bundle are
+    never trusted: only `trust`."""
     with unpacked(bundle) as found:
-        root = found.root
-        archive = found.archive
-        image_id = str((found.manifest.get("image") or {}).get("id") or "")
+        return verify_unpacked(found, trust, engine)
 
-        def image_present(wanted: str) -> bool | None:
-            if archive is not None:
-                return verify_archive(archive) == wanted
-            current = engine()
-            return None if current is None or current.image_id(wanted) is None else True
 
-        checks = verify_run_dir(root / "run", root / "outputs", key=key, image_present=image_present)
-        checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
-        record = json.loads((root / "run" / "record.json").read_text(encoding="utf-8"))
-        lock = lockfile.read(root / "run" / "envlock.lock")
-        checks.expect(
-            "sbom.cdx.json (remade from the lock copy)",
-            sbom_json(lock, str(record.get("platform"))),
-            (root / "sbom.cdx.json").read_text(encoding="utf-8"),
-        )
-        if (root / "image.dsse.json").is_file():
-            document = json.loads((root / "image.dsse.json").read_text(encoding="utf-8"))
-            statement = open_checked(document, key, None, checks, "image.dsse.json").statement
-            subjects = image_subjects(statement)
-            checks.expect("image provenance: subject image ID", image_id, subjects.get("config"))
-            attested_lock = statement.get("predicate", {}).get("buildDefinition", {}).get("externalParameters", {})
-            checks.expect("image provenance: lock hash", lock.lock_hash, attested_lock.get("lock-hash"))
-        else:
-            checks.unchecked.append("image provenance: not in the bundle (the image was not built with envlock build)")
-        commit = found.manifest.get("commit")
-        if commit:
-            listed = _git(root, "bundle", "list-heads", str(root / "code.gitbundle")).stdout.split()
-            checks.expect("code.gitbundle: recorded commit", commit, commit if commit in listed else None)
-            attested = open_envelope(json.loads((root / "run" / ATTESTATION).read_text()), None).statement
-            checks.expect("attested commit", (attested["predicate"].get("code") or {}).get("commit"), commit)
-        else:
-            checks.unchecked.append("code: the run was not in a git repository")
-        return checks
+def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine | None]) -> Checks:
+    """verify_bundle on a bundle already unpacked (reproduce verifies the very files it then rebuilds from)."""
+    root = found.root
+    archive = found.archive
+
+    def image_present(wanted: str) -> bool | None:
+        if archive is not None:
+            return verify_archive(archive) == wanted
+        current = engine()
+        return None if current is None or current.image_id(wanted) is None else True
+
+    places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs")
+    checks = verify_run_dir(places, trust=trust, image_present=image_present)
+    checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
+    signed = checks.signed_record or {}
+    image_id = str(signed.get("image_id") or "")
+    checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
+    lock = lockfile.read(root / "run" / "envlock.lock")
+    checks.expect(
+        "sbom.cdx.json (remade from the lock copy)",
+        sbom_json(lock, str(signed.get("platform"))),
+        (root / "sbom.cdx.json").read_text(encoding="utf-8") if (root / "sbom.cdx.json").is_file() else None,
+    )
+    _check_provenance(root / "image.dsse.json", trust, image_id, lock.lock_hash, checks)
+    commit = (signed.get("git") or {}).get("commit")
+    checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
+    if commit:
+        heads = foreign_git(root, "bundle", "list-heads", str(root / "code.gitbundle"))
+        listed = heads.stdout.decode("utf-8", "replace").split()
+        checks.expect("code.gitbundle: the signed commit", commit, commit if commit in listed else None)
+    else:
+        checks.unchecked.append("code: the run was not in a git repository")
+    return checks
+
+
+def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, checks: Checks) -> None:
+    """The bundled image provenance: about the signed record's image and lock, and who vouches for it."""
+    if not path.is_file():
+        checks.unchecked.append("image provenance: not in the bundle")
+        return
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VerificationError(f"the bundle's image.dsse.json is not JSON: {exc}") from exc
+    seen = Checks()
+    statement = open_checked(document, trust, None, seen, "image.dsse.json")
+    checks.mismatches += seen.mismatches
+    if seen.origin.state == "trusted":
+        checks.held += seen.held
+    else:
+        checks.unchecked.append(f"image provenance: {seen.origin.describe()}: its origin is not verified")
+    subjects = image_subjects(statement)
+    checks.expect("image provenance: subject image ID", image_id, subjects.get("config"))
+    predicate = statement.get("predicate")
+    build = predicate.get("buildDefinition") if isinstance(predicate, dict) else None
+    parameters = build.get("externalParameters") if isinstance(build, dict) else None
+    checks.expect(
+        "image provenance: lock hash", lock_hash, parameters.get("lock-hash") if isinstance(parameters, dict) else None
+    )
 
 
 # What a bundle's names may look like before anything is rebuilt from them.
@@ -393,6 +429,7 @@ class Reproduction:
     project: Path
     run_id: str
     archives: tuple[Path, ...]
+    verified: str  # the verification's verdict line (VERIFIED, or HASHES HOLD, ORIGIN NOT VERIFIED when allowed)
 
 
 def reproduction_folder(keep: Path) -> Path:
@@ -407,12 +444,16 @@ def reproduction_folder(keep: Path) -> Path:
 
 
 @contextlib.contextmanager
-def reproducible(bundle: Path, keep: Path | None, *, parent: Path) -> Iterator[Reproduction]:
-    """`envlock reproduce BUNDLE`: the bundle checked and unpacked, its names checked, the project rebuilt from it
-    in `keep` (default: parent/envlock-reproduction-<run id>), which stays; the unpacked bundle (the image archive
-    to restore from) lasts for the block."""
+def reproducible(
+    bundle: Path, keep: Path | None, *, parent: Path, gate: Callable[[Unpacked], str]
+) -> Iterator[Reproduction]:
+    """`envlock reproduce BUNDLE`: the bundle unpacked, its names checked, then `gate` (its verification under the
+    receiver's trust: raises, or gives the verdict line), and only then the project rebuilt from the very files
+    verified, in `keep` (default: parent/envlock-reproduction-<run id>), which stays; the unpacked bundle (the image
+    archive to restore from) lasts for the block."""
     with unpacked(bundle) as found:
         run_id = check_names(found)
+        verdict = gate(found)
         folder = reproduction_folder(keep or parent / f"envlock-reproduction-{run_id}")
         project = project_from_bundle(found, folder)
-        yield Reproduction(folder, project, run_id, (found.archive,) if found.archive else ())
+        yield Reproduction(folder, project, run_id, (found.archive,) if found.archive else (), verdict)

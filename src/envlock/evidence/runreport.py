@@ -1,5 +1,11 @@
 """`envlock report RUN`: one run told in full — what ran, on what image, lock, code, data and hardware, what it
-produced, whether it was reproduced and whether its attestation verifies. Text, or one self-contained HTML file."""
+produced, whether it was reproduced and whether its attestation verifies. Text, or one self-contained HTML file.
+
+Everything shown comes from the verified statement (the record as it was signed), never from loose files: a record
+edited after its attestation shows as VERIFICATION FAILED, with the signed values. The banner has one of five
+states — VERIFIED (a trusted key signed it), UNSIGNED, UNTRUSTED KEY, VERIFICATION FAILED, NOT ATTESTED — and
+says who signed. A reproduction counts only when its own attestation holds and its signed record names this run.
+"""
 
 from __future__ import annotations
 
@@ -9,101 +15,150 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock.errors import EnvlockError
-from envlock.evidence.attest import ATTESTATION, verify_run_dir
+from envlock.evidence.attest import ATTESTATION, Checks, RunPlaces, verify_run_dir
+from envlock.evidence.trust import Trust
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.schema import GitRecord
-from envlock.signing import PublicKey
 
-Section = tuple[str, list[tuple[str, str]]]
+Row = tuple[str, ...]  # a label and one value, or a label and one value per compared run
+Section = tuple[str, list[Row]]
+Banner = str  # VERIFIED, UNSIGNED, UNTRUSTED KEY, VERIFICATION FAILED, NOT ATTESTED
 
 
 @dataclass(frozen=True)
 class Summary:
-    """The report's content: a title, a verdict line and sections of (label, value) rows."""
+    """The report's content: a title, the banner's state and its line, and sections of rows."""
 
     title: str
+    banner: Banner
     verdict: str
     sections: list[Section]
 
 
-def _reproductions(store: RunStore, record: RunRecord) -> list[tuple[str, str]]:
-    rows = []
-    for other in store.all():
-        if other.reproduces != record.run_id:
-            continue
-        same = other.exit_code == record.exit_code and other.outputs == record.outputs
-        rows.append((other.run_id, "REPRODUCED (bit-identical outputs)" if same else "outputs or exit status differ"))
-    return rows or [("reproduced", "not yet (envlock reproduce " + record.run_id + ")")]
+@dataclass(frozen=True)
+class Verified:
+    """A run as its evidence shows it: the record to render (the signed one when there is a statement), the
+    banner's state, and the checks made."""
+
+    record: RunRecord
+    banner: Banner
+    line: str
+    checks: Checks | None
 
 
-def summarize(
-    project_dir: Path, run_id: str, *, key: PublicKey | None, image_present: Callable[[str], bool | None]
-) -> Summary:
-    """Gather the report of one run from its record, lock copy, attestation and the runs that reproduced it."""
+def verified_run(
+    store: RunStore, run_id: str, *, trust: Trust, image_present: Callable[[str], bool | None]
+) -> Verified:
+    """Verify a run of the project and return what may be shown of it."""
+    on_disk = store.load(run_id)
+    run_dir = store.directory(on_disk.run_id)
+    if not (run_dir / ATTESTATION).is_file():
+        return Verified(on_disk, "NOT ATTESTED", "NOT ATTESTED: no attestation; the record below is unverified", None)
+    try:
+        checks = verify_run_dir(
+            RunPlaces.of_project(store.project_dir, run_dir), trust=trust, image_present=image_present
+        )
+    except EnvlockError as exc:
+        return Verified(on_disk, "VERIFICATION FAILED", f"VERIFICATION FAILED: {exc.message}", None)
+    signed = checks.signed_record
+    try:
+        record = RunRecord.from_dict(signed, "the signed record") if signed is not None else on_disk
+    except EnvlockError as exc:
+        return Verified(on_disk, "VERIFICATION FAILED", f"VERIFICATION FAILED: {exc.message}", checks)
+    verdict = checks.verdict(allow_unsigned=False)
+    banner = "UNTRUSTED KEY" if verdict.startswith("UNTRUSTED KEY") else verdict
+    if banner == "VERIFICATION FAILED":
+        line = f"VERIFICATION FAILED: {len(checks.mismatches)} mismatch(es); the values below are the signed ones"
+    else:
+        line = f"{verdict}: {checks.origin.describe()}"
+    return Verified(record, banner, line, checks)
+
+
+def summarize(project_dir: Path, run_id: str, *, trust: Trust, image_present: Callable[[str], bool | None]) -> Summary:
+    """Gather the report of one run from its verified statement, lock copy and the runs that reproduced it."""
     store = RunStore(project_dir)
-    record = store.load(run_id)
-    run_dir = store.directory(record.run_id)
-    lock = lockfile.read(run_dir / "envlock.lock")
-    verified, verify_rows = _verification(run_dir, project_dir, record, key=key, image_present=image_present)
-    reproductions = _reproductions(store, record)
+    shown = verified_run(store, run_id, trust=trust, image_present=image_present)
+    record = shown.record
+    lock = lockfile.read(store.directory(record.run_id) / "envlock.lock")
+    reproductions = [
+        r for r in store.all() if r.reproduces == record.run_id and r.run_id != record.run_id
+    ]  # candidates by their on-disk record; each is verified before it counts
+    counted: list[tuple[Verified, str]] = []
+    rows: list[Row] = []
+    for candidate in reproductions:
+        other = verified_run(store, candidate.run_id, trust=trust, image_present=image_present)
+        state, counts = _reproduction_state(record, other)
+        rows.append((other.record.run_id, state))
+        if counts:
+            counted.append((other, state))
     sections: list[Section] = [
         ("Run", _run_rows(record)),
         ("Image", _image_rows(record)),
         ("Lock", _lock_rows(record, lock)),
         ("Code", _code_rows(record.git)),
+        ("Inputs", _input_rows(record)),
         ("Hardware", _hardware_rows(record.host)),
-        ("Determinism", sorted(record.environment.items())),
+        ("Determinism", [(k, v) for k, v in sorted(record.environment.items())] or [("settings", "none recorded")]),
         (
             "Outputs",
             [(path, digest or "not produced") for path, digest in sorted(record.outputs.items())]
             or [("outputs", "none declared")],
         ),
-        ("Reproduced", reproductions),
-        ("Verified", verify_rows),
+        ("Reproduced", rows or [("reproduced", f"not yet (envlock reproduce {record.run_id})")]),
     ]
-    reproduced = any("REPRODUCED" in value for _, value in reproductions)
-    verdict = f"{verified}; {'reproduced' if reproduced else 'not reproduced yet'}"
-    return Summary(f"envlock run {record.run_id}", verdict, sections)
+    for other, _ in counted:
+        sections.append((f"Original and reproduction {other.record.run_id}", _side_by_side(record, other.record)))
+    check_rows: list[Row] = [("verdict", shown.line)]
+    if shown.checks is not None:
+        check_rows += [("check", line) for line in shown.checks.lines()]
+    sections.append(("Verified", check_rows))
+    trusted_repro = any(o.banner == "VERIFIED" for o, _ in counted)
+    reproduced = (
+        "reproduced"
+        if trusted_repro
+        else "reproduced per evidence whose origin is not verified"
+        if counted
+        else "not reproduced yet"
+    )
+    return Summary(f"envlock run {record.run_id}", shown.banner, f"{shown.line}; {reproduced}", sections)
 
 
-def _verification(
-    run_dir: Path,
-    project_dir: Path,
-    record: RunRecord,
-    *,
-    key: PublicKey | None,
-    image_present: Callable[[str], bool | None],
-) -> tuple[str, list[tuple[str, str]]]:
-    """The attestation's verdict and its checks, one row each (or why there is nothing to check)."""
-    if not (run_dir / ATTESTATION).is_file():
-        return "not attested", [("verdict", "no attestation (envlock attest " + record.run_id + ")")]
-    try:
-        checks = verify_run_dir(run_dir, project_dir, key=key, image_present=image_present)
-        verified = "VERIFIED" if not checks.mismatches else "VERIFICATION FAILED"
-        rows = [("verdict", verified)] + [("check", line) for line in checks.lines()]
-    except EnvlockError as exc:
-        return "VERIFICATION FAILED", [("verdict", exc.message)]
-    return verified, rows
+def _reproduction_state(original: RunRecord, other: Verified) -> tuple[str, bool]:
+    """How a re-run counts: only with its own attestation holding and its signed record naming the original."""
+    if other.checks is None or other.banner in ("NOT ATTESTED", "VERIFICATION FAILED"):
+        return f"not counted: {other.line}", False
+    if other.record.reproduces != original.run_id:
+        return "not counted: its signed record does not name this run", False
+    same = other.record.exit_code == original.exit_code and other.record.outputs == original.outputs
+    outcome = "REPRODUCED (bit-identical outputs)" if same else "outputs or exit status differ"
+    origin = "attestation VERIFIED" if other.banner == "VERIFIED" else f"attestation {other.banner}"
+    return f"{outcome}; {origin} ({other.checks.origin.describe()})", same
 
 
-def _run_rows(record: RunRecord) -> list[tuple[str, str]]:
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
+def _run_rows(record: RunRecord) -> list[Row]:
     """What ran, when, and how it ended."""
     return [
         ("id", record.run_id),
         ("command", " ".join(record.command)),
         ("status", record.status),
-        ("exit code", str(record.exit_code)),
+        ("exit code", "-" if record.exit_code is None else str(record.exit_code)),
         ("started", record.started),
-        ("ended", str(record.ended)),
+        ("ended", record.ended or "not ended"),
         ("seed", str(record.seed)),
-        ("forced past preflight", str(record.forced)),
+        ("passed variables (names)", ", ".join(record.passed_env) or "none"),
+        ("forced past preflight", _yes(record.forced)),
+        ("reproduces", record.reproduces or "-"),
     ]
 
 
-def _image_rows(record: RunRecord) -> list[tuple[str, str]]:
+def _image_rows(record: RunRecord) -> list[Row]:
     """The image it ran on, and where it was pushed."""
     return [
         ("id", record.image_id),
@@ -112,7 +167,7 @@ def _image_rows(record: RunRecord) -> list[tuple[str, str]]:
     ]
 
 
-def _lock_rows(record: RunRecord, lock: Lock) -> list[tuple[str, str]]:
+def _lock_rows(record: RunRecord, lock: Lock) -> list[Row]:
     """The lock the image was built from: its hash, Python, base, packages and CUDA stack."""
     target = lock.target(record.platform)
     cuda = target.cuda
@@ -127,44 +182,101 @@ def _lock_rows(record: RunRecord, lock: Lock) -> list[tuple[str, str]]:
             f"{cuda.version} (runtime {cuda.runtime}, cuDNN {cuda.cudnn}, NCCL {cuda.nccl}, "
             f"driver >= {cuda.driver_min})"
             if cuda.kind == "cuda"
-            else "cpu",
+            else "none (CPU stack)",
         ),
     ]
 
 
-def _code_rows(git: GitRecord | None) -> list[tuple[str, str]]:
+def _code_rows(git: GitRecord | None) -> list[Row]:
     """The code that ran: its commit, and what was uncommitted."""
-    return [
-        ("commit", str(git.commit) if git else "not recorded"),
-        ("dirty", str(git.dirty) if git else "-"),
-        ("diff sha256", str(git.diff_sha256) if git and git.diff_sha256 else "none"),
-        ("untracked files", ", ".join(git.untracked) if git and git.untracked else "none"),
+    if git is None or git.commit is None:
+        return [("commit", "not in git"), ("uncommitted changes", "-"), ("untracked files", "-")]
+    rows: list[Row] = [
+        ("commit", git.commit),
+        ("uncommitted changes", f"yes (diff sha256 {git.diff_sha256})" if git.dirty and git.diff_sha256 else "no"),
+        ("untracked files", ", ".join(git.untracked) if git.untracked else "none"),
     ]
+    rows += [(f"untracked {name}", f"saved, sha256 {digest}") for name, digest in sorted(git.saved.items())]
+    rows += [(f"untracked {name}", f"not saved: {why}") for name, why in sorted(git.skipped.items())]
+    return rows
 
 
-def _hardware_rows(host: HostState | None) -> list[tuple[str, str]]:
+def _input_rows(record: RunRecord) -> list[Row]:
+    """The declared inputs, each file's sha256."""
+    if not record.inputs:
+        return [("inputs", "none declared")]
+    rows: list[Row] = [("manifest sha256", record.inputs.digest)]
+    rows += [(path, digest) for path, digest in sorted(record.inputs.files.items())]
+    rows += [(path, "absent when the run started") for path in record.inputs.missing]
+    return rows
+
+
+def _hardware_rows(host: HostState | None) -> list[Row]:
     """The host it ran on: driver, GPUs, CPU and kernel."""
+    if host is None:
+        return [("host", "not probed")]
     return [
-        ("driver", str(host.driver_version) if host else "not probed"),
-        ("CUDA driver", str(host.cuda_driver_version) if host else "-"),
+        ("NVIDIA driver", host.driver_version or "none (no GPU)"),
+        ("CUDA driver", host.cuda_driver_version or "-"),
         (
             "GPUs",
-            ", ".join(f"{g.name} (sm_{g.compute_capability.replace('.', '')})" for g in host.gpus)
-            if host and host.gpus
-            else "none (CPU host)",
+            ", ".join(f"{g.name} ({g.arch}, {g.uuid})" for g in host.gpus) if host.gpus else "no GPU",
         ),
-        ("CPU", host.cpu_model if host else "-"),
-        ("kernel", host.kernel if host else "-"),
+        ("CPU", host.cpu_model or "-"),
+        ("kernel", host.kernel or "-"),
+        ("container engine", host.docker_version or "-"),
     ]
+
+
+def _side_by_side(original: RunRecord, other: RunRecord) -> list[Row]:
+    """The facts that matter for a reproduction, original beside re-run, each marked when it moved."""
+    rows: list[Row] = [("", "original " + original.run_id, "reproduction " + other.run_id)]
+
+    def host(record: RunRecord) -> tuple[str, str]:
+        if record.host is None:
+            return "not probed", "-"
+        gpus = ", ".join(g.name for g in record.host.gpus) or "no GPU"
+        return gpus, record.host.driver_version or "none (no GPU)"
+
+    pairs: list[tuple[str, str, str]] = [
+        ("exit code", str(original.exit_code), str(other.exit_code)),
+        ("image", original.image_id, other.image_id),
+        ("lock hash", original.lock_hash, other.lock_hash),
+        ("commit", _commit(original), _commit(other)),
+        (
+            "inputs",
+            original.inputs.digest if original.inputs else "none",
+            other.inputs.digest if other.inputs else "none",
+        ),
+        ("GPUs", host(original)[0], host(other)[0]),
+        ("NVIDIA driver", host(original)[1], host(other)[1]),
+        ("seed", str(original.seed), str(other.seed)),
+        ("started", original.started, other.started),
+    ]
+    for path in sorted(original.outputs.keys() | other.outputs.keys()):
+        pairs.append(
+            (f"output {path}", original.outputs.get(path) or "not produced", other.outputs.get(path) or "not produced")
+        )
+    for label, a, b in pairs:
+        rows.append((label if a == b or label == "started" else f"{label} (moved)", a, b))
+    return rows
+
+
+def _inputs(record: RunRecord) -> str:
+    return f"manifest {record.inputs.digest}" if record.inputs else "none declared"
+
+
+def _commit(record: RunRecord) -> str:
+    return record.git.commit if record.git and record.git.commit else "not in git"
 
 
 def render_text(summary: Summary) -> str:
     """The report as plain text."""
-    lines = [summary.title, summary.verdict, ""]
+    lines = [summary.title, f"[{summary.banner}] {summary.verdict}", ""]
     for title, rows in summary.sections:
         lines.append(title)
-        width = max((len(label) for label, _ in rows), default=0)
-        lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+        width = max((len(row[0]) for row in rows), default=0)
+        lines += [f"  {row[0]:<{width}}  {'  |  '.join(row[1:])}".rstrip() for row in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -172,28 +284,41 @@ def render_text(summary: Summary) -> str:
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#1b1f24;background:#fff}
 h1{font-size:1.4rem;margin-bottom:.2rem}h2{font-size:1.1rem;margin:1.4rem 0 .4rem;border-bottom:1px solid #ddd}
-.verdict{font-weight:600;padding:.4rem .8rem;border-radius:.3rem;display:inline-block;background:#eef6ee}
-.bad{background:#fbeaea}table{border-collapse:collapse;width:100%}td{padding:.2rem .6rem;vertical-align:top}
+.banner{font-weight:600;padding:.6rem .9rem;border-radius:.3rem;display:block;border:2px solid}
+.banner .state{font-size:1.2rem;letter-spacing:.04em;margin-right:.6rem}
+.verified{background:#e6f4ea;border-color:#1a7f37;color:#0f5323}
+.unverified{background:#fff8e1;border-color:#b7791f;color:#6b4a00}
+.failed{background:#fbeaea;border-color:#cf222e;color:#82071e}
+table{border-collapse:collapse;width:100%}td{padding:.2rem .6rem;vertical-align:top}
 td.k{color:#57606a;white-space:nowrap;width:14rem}td.v{font-family:ui-monospace,monospace;word-break:break-all}
+tr.head td{font-weight:600;color:#1b1f24}
 """
+_BANNER_CLASS = {
+    "VERIFIED": "verified",
+    "UNSIGNED": "unverified",
+    "UNTRUSTED KEY": "unverified",
+    "NOT ATTESTED": "unverified",
+    "VERIFICATION FAILED": "failed",
+}
 
 
 def render_html(summary: Summary) -> str:
     """The report as one self-contained HTML file: inline CSS, no scripts, no external assets."""
-    bad = "FAILED" in summary.verdict
+    css_class = _BANNER_CLASS.get(summary.banner, "failed")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(summary.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(summary.title)}</h1>",
-        f'<p class="verdict{" bad" if bad else ""}" id="verdict">{html.escape(summary.verdict)}</p>',
+        f'<p class="banner {css_class}" id="verdict" data-state="{html.escape(summary.banner)}">'
+        f'<span class="state">{html.escape(summary.banner)}</span>{html.escape(summary.verdict)}</p>',
     ]
     for title, rows in summary.sections:
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
-        parts += [
-            f'<tr><td class="k">{html.escape(label)}</td><td class="v">{html.escape(value)}</td></tr>'
-            for label, value in rows
-        ]
+        for index, row in enumerate(rows):
+            head = ' class="head"' if title.startswith("Original and reproduction") and index == 0 else ""
+            cells = "".join(f'<td class="v">{html.escape(value)}</td>' for value in row[1:])
+            parts.append(f'<tr{head}><td class="k">{html.escape(row[0])}</td>{cells}</tr>')
         parts.append("</table>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

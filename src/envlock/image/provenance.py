@@ -8,6 +8,7 @@ Nothing in it varies between two builds of the same lock (no times), so rebuildi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from envlock import __version__
 from envlock.errors import VerificationError
 from envlock.image.plan import ImagePlan
 from envlock.paths import ProjectLayout
-from envlock.signing import STATEMENT_TYPE, PublicKey, SigningKey, envelope, open_envelope, write_envelope
+from envlock.signing import (
+    STATEMENT_TYPE,
+    PublicKey,
+    SigningKey,
+    envelope,
+    open_envelope,
+    signed_by,
+    write_envelope,
+)
 
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://envlock.dev/build/v1"
@@ -131,9 +140,18 @@ def write_image_attestation(
     return write_envelope(attestation_path(project_dir, image_id), document), document
 
 
-def check_pulled(document: dict[str, Any], manifest_digest: str, image_id: str, key: PublicKey | None) -> str:
-    """A provenance fetched from the registry must be about this manifest and this image (and signed by key)."""
-    opened = open_envelope(document, key, "the image's provenance in the registry")
+def check_pulled(
+    document: dict[str, Any], manifest_digest: str, image_id: str, trusted: Sequence[PublicKey], *, required: bool
+) -> str:
+    """A provenance fetched from the registry must be about this manifest and this image; signed by one of the
+    trusted keys when `required` (keys named on the command line), else its origin is said, not demanded."""
+    where = "the image's provenance in the registry"
+    opened = open_envelope(document, None, where)
+    signer = signed_by(document, trusted) if trusted else None
+    if required and signer is None:
+        raise VerificationError(
+            f"{where} has no valid signature by the key(s) given", hint="check --key: the public key of its signer"
+        )
     subjects = {
         (s.get("annotations") or {}).get("envlock:kind"): "sha256:" + str(s.get("digest", {}).get("sha256"))
         for s in opened.statement.get("subject") or []
@@ -144,5 +162,5 @@ def check_pulled(document: dict[str, Any], manifest_digest: str, image_id: str, 
                 f"the provenance in the registry is about {kind} {str(subjects.get(kind))[:19]}, not {wanted[:19]}"
             )
     return f"provenance subject = manifest {manifest_digest[:19]} and image {image_id[:19]}" + (
-        f", signed by {opened.signed_by[:16]}" if opened.signed_by else " (signature not checked: --key PUB)"
+        f", signed by trusted key {signer.keyid[:16]}" if signer else ", origin not verified (no trusted key signed it)"
     )

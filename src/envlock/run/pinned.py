@@ -22,7 +22,7 @@ from envlock.run.gitstate import GIT_OF, Git, GitState, Origin, git_state, own_g
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunRequest, run_in_image
+from envlock.run.runner import RunEvidence, RunRequest, run_in_image
 from envlock.run.tracking import Tracking
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class RunTools:
     builder: Callable[[Sequence[str]], Builder]  # index URLs → a Builder over the user's caches
     output: Output
     report: Report
+    evidence: RunEvidence  # attests every run that ends
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
 
 
@@ -134,6 +135,7 @@ def run_recorded(
         launcher=tools.launcher(),
         store=store,
         output=tools.output,
+        evidence=tools.evidence,
         queued=queued,
         tracking=tracking,
         inputs_from=inputs_from,
@@ -214,6 +216,7 @@ def run_project(
     store = RunStore(spec.project_dir)
     for orphan in store.settle_orphans(remove_container):
         tools.report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
+        tools.evidence.run_ended(store.directory(orphan.run_id))
     record = run_in_image(
         lock,
         lock_text,
@@ -226,6 +229,7 @@ def run_project(
         launcher=tools.launcher(),
         store=store,
         output=tools.output,
+        evidence=tools.evidence,
         tracking=tracking,
         environ=tools.environ,
     )

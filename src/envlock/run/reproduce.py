@@ -29,7 +29,7 @@ from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.gitstate import GIT_OF, Origin
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunRequest
+from envlock.run.runner import RunEvidence, RunRequest
 from envlock.run.schema import relative_path_problem
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
@@ -342,9 +342,11 @@ def reproduce_run(
     tolerance: Tolerance,
     *,
     origin: Origin = "own",
+    evidence: RunEvidence,
 ) -> Verdict:
     """Run `rerun` on the recorded code and compare its outputs and circumstances with the original's; the new
-    run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json)."""
+    run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json), and the new
+    run is attested again with both (its attestation then binds the verdict it carries)."""
     with code_at(project_dir, original, store, origin) as code:
         new = rerun(code)
         checks = tuple(
@@ -376,6 +378,7 @@ def reproduce_run(
         extra=tuple(sorted(set(new.outputs) - set(original.outputs))),
     )
     store.save_verdict(new.run_id, verdict.as_dict())
+    evidence.run_ended(store.directory(new.run_id))
     return verdict
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import EnvlockError, UsageError
@@ -32,9 +33,19 @@ METRICS_MAX_BYTES = 1 << 20
 # The kernel stamps files from a coarse clock (a tick behind time.time_ns()): a directory output's files count as
 # written during the run when modified no earlier than this before the launch.
 MTIME_SLACK_NS = 50_000_000
-# What a run imports only once its command has ended (the attestation and what it reads: SBOM, provenance):
-# imported from a thread while the engine starts the container, the time this process only waits for its answer.
-IMPORTED_AFTER_LAUNCH = ("envlock.evidence.attest",)
+
+
+class RunEvidence(Protocol):
+    """The evidence writer the run core is handed (the composition root builds the real one): every run that ends
+    — finished, failed or interrupted, whichever command started it — is attested through it."""
+
+    @property
+    def imports(self) -> tuple[str, ...]:
+        """Modules it needs once the command has ended: imported from a thread while the engine starts the
+        container, the time this process only waits for its answer."""
+
+    def run_ended(self, run_dir: Path) -> None:
+        """Attest the run whose record in `run_dir` is final (again, when its folder gained files since)."""
 
 
 @dataclass(frozen=True)
@@ -250,12 +261,14 @@ def run_in_image(
     launcher: Launcher,
     store: RunStore,
     output: Output,
+    evidence: RunEvidence,
     queued: RunRecord | None = None,
     tracking: Tracking | None = None,
     inputs_from: Path | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> RunRecord:
-    """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, and record.
+    """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, record, and attest
+    the run through `evidence` however it ends.
 
     `queued`: the record `envlock submit` left for a batch job; the run keeps its id, folder and scheduler facts.
     `tracking`: an MLflow run is started (or reused) and tagged before the launch, continued inside the container,
@@ -280,11 +293,12 @@ def run_in_image(
     else:
         store.start(record, lock_text, git.diff)
     since_ns = time.time_ns() - MTIME_SLACK_NS
-    _import_meanwhile(IMPORTED_AFTER_LAUNCH)
-    with _ending_on_failure(record, store, tracking, tracked):
+    _import_meanwhile(evidence.imports)
+    with _ending_on_failure(record, store, tracking, tracked, evidence):
         code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
     finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
     store.save(finished)
+    evidence.run_ended(store.directory(record.run_id))
     if tracking and tracked:
         tracking.tracker.finish(tracked, status_of(code))
     return finished
@@ -331,20 +345,32 @@ def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, outpu
 
 @contextlib.contextmanager
 def _ending_on_failure(
-    record: RunRecord, store: RunStore, tracking: Tracking | None, tracked: TrackedRun | None
+    record: RunRecord,
+    store: RunStore,
+    tracking: Tracking | None,
+    tracked: TrackedRun | None,
+    evidence: RunEvidence,
 ) -> Iterator[None]:
-    """A run that did not come back (Ctrl-C, the engine failing) is recorded as interrupted or failed, and its
-    tracking run ended the same way, before the failure goes on."""
+    """A run that did not come back (Ctrl-C, the engine failing) is recorded as interrupted or failed, attested,
+    and its tracking run ended the same way, before the failure goes on."""
     try:
         yield
     except KeyboardInterrupt:
         store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
+        _attest_quietly(evidence, store.directory(record.run_id))
         _end_quietly(tracking, tracked, "KILLED")
         raise
     except BaseException:
         store.save(replace(record, status="failed", ended=now()))
+        _attest_quietly(evidence, store.directory(record.run_id))
         _end_quietly(tracking, tracked, "FAILED")
         raise
+
+
+def _attest_quietly(evidence: RunEvidence, run_dir: Path) -> None:
+    """Attest a run on the way out of a failure; the failure is what gets reported."""
+    with contextlib.suppress(EnvlockError, OSError):
+        evidence.run_ended(run_dir)
 
 
 def _mount_points(project_dir: Path, source: Path, inputs: InputSet) -> None:
