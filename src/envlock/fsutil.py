@@ -15,9 +15,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from envlock.errors import BuildError
+from envlock.errors import BuildError, BundleError
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -47,6 +47,99 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write text (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+# Writing files that came from elsewhere (a bundle's run folder, inputs, saved untracked files) into a folder built
+# from it: each component is opened with O_NOFOLLOW relative to its parent's descriptor, so no symbolic link, put
+# there by a commit or a patch, leads a write out of the folder. The refusal is a BundleError (exit 31): only
+# foreign or edited data puts a link where envlock writes.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(relative: str) -> list[str]:
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if not parts or relative.startswith("/") or ".." in parts:
+        raise BundleError(f"refused to write {relative!r}: not a plain relative path")
+    return parts
+
+
+def _refused(root: Path, relative: str, component: str) -> BundleError:
+    return BundleError(
+        f"refused to write {relative} in {root}: {component} is a symbolic link or not a folder",
+        hint="what came from elsewhere would write outside its folder; envlock never follows a link there",
+    )
+
+
+def _open_dir(root: Path, relative: str, parts: list[str]) -> int:
+    """A descriptor of root/parts…, each folder made when missing, none of them reached through a link."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked: list[str] = []
+    try:
+        for part in parts:
+            walked.append(part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _refused(root, relative, "/".join(walked)) from exc
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_dirs_confined(root: Path, relative: str) -> Path:
+    """root/relative made as folders (like mkdir -p) without following any symbolic link; returns the path."""
+    os.close(_open_dir(root, relative, _parts(relative)))
+    return root / relative
+
+
+@contextlib.contextmanager
+def open_confined(root: Path, relative: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """root/relative opened for writing (made or truncated), no component of it a symbolic link (BundleError)."""
+    *folders, name = _parts(relative)
+    parent = _open_dir(root, relative, folders)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
+            raise _refused(root, relative, relative) from exc
+        raise
+    finally:
+        os.close(parent)
+    with os.fdopen(fd, "wb") as handle:
+        yield handle
+
+
+def write_confined(root: Path, relative: str, data: bytes) -> None:
+    """Write bytes to root/relative without following any symbolic link (BundleError on one)."""
+    with open_confined(root, relative) as handle:
+        handle.write(data)
+
+
+def copy_confined(source: Path, root: Path, relative: str) -> None:
+    """Copy a file, or a folder's files and folders, to root/relative without following a link on either side (a
+    link in `source` is refused too: what is copied is plain files)."""
+    if source.is_symlink() or not (source.is_file() or source.is_dir()):
+        raise BundleError(f"refused to copy {source}: not a plain file or folder")
+    if source.is_file():
+        with source.open("rb") as reading, open_confined(root, relative) as writing:
+            shutil.copyfileobj(reading, writing, 1 << 20)
+        return
+    make_dirs_confined(root, relative)
+    for entry in sorted(source.iterdir()):
+        copy_confined(entry, root, f"{relative}/{entry.name}")
+
+
+def resolves_inside(root: Path, relative: str) -> bool:
+    """True when root/relative, every link on the way followed, is root or stays under it."""
+    base = root.resolve()
+    return (base / relative).resolve().is_relative_to(base)
 
 
 def _host_tag() -> str:

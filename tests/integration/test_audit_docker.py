@@ -100,10 +100,14 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
     fresh.mkdir()
     (fresh / "run.tar").write_bytes(bundle.read_bytes())
     empty_cache = {"ENVLOCK_CACHE_DIR": str(tmp_path / "empty-cache")}
-    verdict = envlock("reproduce", "run.tar", "-C", str(fresh), cwd=fresh, env=empty_cache)
+    refused = envlock("reproduce", "run.tar", "-C", str(fresh), cwd=fresh, env=empty_cache)
+    assert refused.returncode == 30 and "UNTRUSTED KEY" in refused.stderr, refused.stdout + refused.stderr
+    verdict = envlock("reproduce", "run.tar", "-C", str(fresh), "--key", str(public), cwd=fresh, env=empty_cache)
     assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
     assert "output out/model.pkl: identical" in verdict.stdout and "from archive" in verdict.stderr
     checked = envlock("verify", "run.tar", "-C", str(fresh), "--key", str(public), cwd=fresh, env=empty_cache)
     assert checked.returncode == 0 and "VERIFIED" in checked.stdout, checked.stdout + checked.stderr
     assert f"signature by signing.pem ({load_public_key(public).keyid[:16]}), trusted: --key" in checked.stdout
-    assert sorted(p.name for p in fresh.iterdir()) == ["run.tar"]
+    kept = f"envlock-reproduction-{record.run_id}"
+    assert sorted(p.name for p in fresh.iterdir()) == [kept, "run.tar"], "the reproduction's folder stays"
+    assert len(list((fresh / kept / ".envlock" / "runs").glob("*/verdict.json"))) == 1

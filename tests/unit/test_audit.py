@@ -228,8 +228,15 @@ def test_bundle_verifies_and_reproduces_alone(world: World, capsys: pytest.Captu
     code, out, err = world(capsys, "verify", str(elsewhere / "run.tar"), "-C", str(elsewhere), "--allow-unsigned")
     assert code == 0 and "HASHES HOLD" in out and "ok code.gitbundle: the signed commit" in out, out + err
     code, out, err = world(capsys, "reproduce", str(elsewhere / "run.tar"), "-C", str(elsewhere))
-    assert code == 0 and "REPRODUCED" in out, out + err
-    assert list(elsewhere.iterdir()) == [elsewhere / "run.tar"], "nothing is left behind"
+    assert code == 29 and "error: UNSIGNED: no signature" in err, out + err
+    assert list(elsewhere.iterdir()) == [elsewhere / "run.tar"], "refused before anything is rebuilt"
+    code, out, err = world(capsys, "reproduce", str(elsewhere / "run.tar"), "-C", str(elsewhere), "--allow-unsigned")
+    assert code == 0 and "REPRODUCED" in out and "HASHES HOLD, ORIGIN NOT VERIFIED" in err, out + err
+    kept = elsewhere / f"envlock-reproduction-{record.run_id}"
+    assert sorted(elsewhere.iterdir()) == [kept, elsewhere / "run.tar"], "only the reproduction's folder, kept"
+    assert f"bundle's project rebuilt in {kept} (kept)" in err
+    (new,) = [run for run in RunStore(kept).all() if run.run_id != record.run_id]
+    assert new.reproduces == record.run_id and (kept / ".envlock" / "runs" / new.run_id / "verdict.json").is_file()
 
     data = bytearray(bundle.read_bytes())
     start = data.find(b'{"accuracy"')

@@ -203,7 +203,7 @@ def test_environment_names_are_passed_again_or_named(world: World, capsys: pytes
     assert "environment names (WANDB_API_KEY)" in out
     world.wiring.environ = {}
     code, out, _ = world(capsys, "reproduce", original.run_id, "-C", str(world.project))
-    assert "not compared: environment WANDB_API_KEY: not set here, not passed" in out
+    assert "not compared: environment WANDB_API_KEY: not passed (not set here, or not named with --env)" in out
 
 
 def test_home_is_writable_for_any_uid(world: World, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from envlock.cli.options import (
+    AllowUnsignedOpt,
     ArchiveOpt,
     EnvOpt,
     ForceOpt,
@@ -21,11 +22,17 @@ from envlock.cli.options import (
     NoMlflowOpt,
     OutputsOpt,
     ProjectOpt,
+    PublicKeyOpt,
     RuntimeOpt,
     SeedOpt,
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
+
+if TYPE_CHECKING:
+    from envlock.run.gitstate import Origin
+    from envlock.run.records import RunRecord, RunStore
+    from envlock.run.reproduce import Tolerance
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False})
@@ -78,60 +85,113 @@ def run_command(
     raise CommandExited(record.exit_code or 0)
 
 
+KeepOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keep",
+        help="reproduce BUNDLE: rebuild the project (and keep the re-run's record and verdict) in this new or empty "
+        "folder; default: ./envlock-reproduction-<run id> under -C.",
+        show_default=False,
+    ),
+]
+ReproduceEnvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env",
+        "-e",
+        help="Pass this host variable in (repeatable). A run of this project: added to the ones it passed; "
+        "a bundle's run: the only ones passed (a bundle's own list is never taken from here).",
+    ),
+]
+
+
 @app.command("reproduce")
 def reproduce_command(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run to re-verify (a unique prefix of its id is enough).")],
+    run_id: Annotated[str, typer.Argument(help="The run to re-verify (a unique prefix of its id), or a bundle.")],
     project: ProjectOpt = Path(),
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numbers in JSON/CSV outputs.")] = 0.0,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numbers in JSON/CSV outputs.")] = 0.0,
     archive: ArchiveOpt = None,
     force: ForceOpt = False,
     runtime: RuntimeOpt = None,
+    env: ReproduceEnvOpt = None,
+    keep: KeepOpt = None,
+    key: PublicKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
-    from envlock.run.records import RunRecord, RunStore  # noqa: PLC0415
-    from envlock.run.reproduce import Tolerance, reproduce_run, rerun_request  # noqa: PLC0415
+    from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.evidence.bundle import Unpacked, is_bundle, reproducible, verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.trust import load_trust  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.reproduce import Tolerance  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    if bundled := _bundle_project(Path(run_id)):  # envlock reproduce BUNDLE: the project rebuilt from the bundle
-        with bundled as (rebuilt, archives):
-            reproduce_command(ctx, _bundle_run_id(rebuilt), rebuilt, rtol, atol, [*(archive or ()), *archives], force)
-        return
-    store = RunStore(project)
+    rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()))
+    if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
+
+        def gate(found: Unpacked) -> str:
+            # From someone else: the keys named here and the user's own store; no folder of keys that came with
+            # the bundle or with the project rebuilt from it (project_dir=None).
+            trust = load_trust(key or [], environ=wiring.environ, project_dir=None)
+            return verify_unpacked(found, trust, lambda: wiring.engine).require(allow_unsigned=allow_unsigned)
+
+        with reproducible(Path(run_id), keep, parent=project, gate=gate) as rebuilt:
+            wiring.say(rebuilt.verified)
+            wiring.say(f"bundle's project rebuilt in {rebuilt.folder} (kept)")
+            bundled = replace(rerun, archives=(*rerun.archives, *rebuilt.archives))
+            code = _reproduce(ctx, RunStore(rebuilt.project), rebuilt.run_id, bundled, "foreign")
+    else:
+        if keep is not None or key or allow_unsigned:
+            raise UsageError(
+                "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE`",
+                hint="a run of this project re-runs in the project, from its own records",
+            )
+        code = _reproduce(ctx, RunStore(project), run_id, rerun, "own")
+    if code:
+        raise typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class _Rerun:
+    """How reproduce was asked to re-run: the options that travel from the command line to the re-run."""
+
+    tolerance: Tolerance
+    archives: tuple[Path, ...]
+    force: bool
+    runtime: str | None
+    env: tuple[str, ...]
+
+
+def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, origin: Origin) -> int:
+    """Re-run one recorded run of `store` and print the verdict; returns its exit status. A foreign run (from a
+    bundle) passes only the --env variables, uses its image by ID and reads its code with git's hooks off."""
+    from envlock.run.pinned import run_recorded  # noqa: PLC0415
+    from envlock.run.reproduce import reproduce_run, rerun_request  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
     original = store.load(run_id)
-    wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
-    request = rerun_request(original, force)
+    wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
+    names = how.env if origin == "foreign" else (*original.passed_env, *how.env)
+    request = rerun_request(original, how.force, tuple(dict.fromkeys(names)))
     lock_path = store.directory(original.run_id) / "envlock.lock"
     tools = wiring.run_tools()
 
     def rerun(code: Path) -> RunRecord:
         return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=tuple(archive or ()),
-            inputs_from=project,
+            original, lock_path, request, code=code, store=store, tools=tools, archives=how.archives,
+            inputs_from=store.project_dir, origin=origin,
         )  # fmt: skip
 
-    verdict = reproduce_run(original, store, project, rerun, Tolerance(rtol, atol), evidence=tools.evidence)
+    verdict = reproduce_run(
+        original, store, store.project_dir, rerun, how.tolerance, origin=origin, evidence=tools.evidence
+    )
     for line in verdict.lines():
         typer.echo(line)
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
-    if verdict.exit_code:
-        raise typer.Exit(verdict.exit_code)
-
-
-def _bundle_project(path: Path) -> contextlib.AbstractContextManager[tuple[Path, list[Path]]] | None:
-    from envlock.evidence.bundle import is_bundle, reproducible  # noqa: PLC0415
-
-    return reproducible(path) if is_bundle(path) else None
-
-
-def _bundle_run_id(project: Path) -> str:
-    from envlock.paths import ProjectLayout  # noqa: PLC0415
-
-    (run_dir,) = ProjectLayout(project).runs.iterdir()
-    return run_dir.name
+    return verdict.exit_code
 
 
 @app.command("diff")

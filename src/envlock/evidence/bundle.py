@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from envlock.engine.docker import Engine
-from envlock.errors import RerunError, UsageError, VerificationError
+from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
     ATTESTATION,
     Checks,
@@ -40,13 +41,15 @@ from envlock.evidence.attest import (
     verify_run_dir,
 )
 from envlock.evidence.trust import Trust
-from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.fsutil import atomic_write_text, copy_confined, make_dirs_confined, resolves_inside, sha256_file
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
 from envlock.lock import lockfile
-from envlock.paths import ProjectLayout
-from envlock.run.records import FINAL, RunRecord, RunStore
+from envlock.paths import STATE_DIR, ProjectLayout
+from envlock.run.gitstate import foreign_git
+from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
+from envlock.run.schema import relative_path_problem
 from envlock.signing import SigningKey
 
 BUNDLE_VERSION = 1
@@ -253,36 +256,42 @@ def verify_bundle(bundle: Path, trust: Trust, engine: Callable[[], Engine | None
     the signed record; the image archive (when bundled) by ID; the git bundle's commit. Keys inside the bundle are
     never trusted: only `trust`."""
     with unpacked(bundle) as found:
-        root = found.root
-        archive = found.archive
+        return verify_unpacked(found, trust, engine)
 
-        def image_present(wanted: str) -> bool | None:
-            if archive is not None:
-                return verify_archive(archive) == wanted
-            current = engine()
-            return None if current is None or current.image_id(wanted) is None else True
 
-        places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs")
-        checks = verify_run_dir(places, trust=trust, image_present=image_present)
-        checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
-        signed = checks.signed_record or {}
-        image_id = str(signed.get("image_id") or "")
-        checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
-        lock = lockfile.read(root / "run" / "envlock.lock")
-        checks.expect(
-            "sbom.cdx.json (remade from the lock copy)",
-            sbom_json(lock, str(signed.get("platform"))),
-            (root / "sbom.cdx.json").read_text(encoding="utf-8") if (root / "sbom.cdx.json").is_file() else None,
-        )
-        _check_provenance(root / "image.dsse.json", trust, image_id, lock.lock_hash, checks)
-        commit = (signed.get("git") or {}).get("commit")
-        checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
-        if commit:
-            listed = _git(root, "bundle", "list-heads", str(root / "code.gitbundle")).stdout.split()
-            checks.expect("code.gitbundle: the signed commit", commit, commit if commit in listed else None)
-        else:
-            checks.unchecked.append("code: the run was not in a git repository")
-        return checks
+def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine | None]) -> Checks:
+    """verify_bundle on a bundle already unpacked (reproduce verifies the very files it then rebuilds from)."""
+    root = found.root
+    archive = found.archive
+
+    def image_present(wanted: str) -> bool | None:
+        if archive is not None:
+            return verify_archive(archive) == wanted
+        current = engine()
+        return None if current is None or current.image_id(wanted) is None else True
+
+    places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs")
+    checks = verify_run_dir(places, trust=trust, image_present=image_present)
+    checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
+    signed = checks.signed_record or {}
+    image_id = str(signed.get("image_id") or "")
+    checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
+    lock = lockfile.read(root / "run" / "envlock.lock")
+    checks.expect(
+        "sbom.cdx.json (remade from the lock copy)",
+        sbom_json(lock, str(signed.get("platform"))),
+        (root / "sbom.cdx.json").read_text(encoding="utf-8") if (root / "sbom.cdx.json").is_file() else None,
+    )
+    _check_provenance(root / "image.dsse.json", trust, image_id, lock.lock_hash, checks)
+    commit = (signed.get("git") or {}).get("commit")
+    checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
+    if commit:
+        heads = foreign_git(root, "bundle", "list-heads", str(root / "code.gitbundle"))
+        listed = heads.stdout.decode("utf-8", "replace").split()
+        checks.expect("code.gitbundle: the signed commit", commit, commit if commit in listed else None)
+    else:
+        checks.unchecked.append("code: the run was not in a git repository")
+    return checks
 
 
 def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, checks: Checks) -> None:
@@ -311,47 +320,140 @@ def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, c
     )
 
 
-@contextlib.contextmanager
-def project_from_bundle(found: Unpacked) -> Iterator[Path]:
-    """A project folder rebuilt from the bundle: the git bundle cloned, the run's folder, saved objects and inputs
-    put where the project keeps them. Yields the project directory."""
-    with tempfile.TemporaryDirectory(prefix="envlock-bundle-project-") as tmp:
-        repo = Path(tmp) / "repo"
-        commit = found.manifest.get("commit")
-        if commit:
-            repo.mkdir()
-            for args in (
-                ("init", "--quiet"),
-                ("fetch", "--quiet", str(found.root / "code.gitbundle"), "refs/envlock-bundle/*:refs/envlock-bundle/*"),
-            ):
-                done = _git(repo, *args)
-                if done.returncode != 0:
-                    raise RerunError(f"cannot read the bundle's code (git {args[0]}): {done.stderr.strip()}")
-            checkout = _git(repo, "checkout", "--quiet", "--detach", str(commit))
-            if checkout.returncode != 0:
-                raise RerunError(f"the bundle's code has no commit {str(commit)[:12]}: {checkout.stderr.strip()}")
-        else:
-            raise RerunError("the bundled run was not in a git repository: its code is not in the bundle")
-        subdir = str(found.manifest.get("project-subdir") or "")
-        if subdir and not _safe(subdir):
-            raise VerificationError(f"the bundle names an unsafe project folder {subdir!r}")
-        project = repo / subdir if subdir else repo
-        project.mkdir(parents=True, exist_ok=True)
-        layout = ProjectLayout(project)
-        shutil.copytree(found.root / "run", layout.runs / found.run_id)
-        if (found.root / "objects").is_dir():
-            shutil.copytree(found.root / "objects", layout.state / "objects", dirs_exist_ok=True)
-        if (found.root / "inputs").is_dir():
-            shutil.copytree(found.root / "inputs", project, dirs_exist_ok=True)
-        if (found.root / "image.dsse.json").is_file():
-            image_id = str(found.manifest["image"]["id"])
-            _copy(found.root / "image.dsse.json", attestation_path(project, image_id))
-        yield project
+# What a bundle's names may look like before anything is rebuilt from them.
+_OBJECT_NAME = re.compile(r"objects/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# A bundle's folder names the receiver's git or envlock state would read as their own.
+_RESERVED = (".git", STATE_DIR)
+
+
+def _reserved(name: str) -> str | None:
+    """The first component of `name` that is a .git or .envlock folder's name (any case), or None."""
+    for part in PurePosixPath(name).parts:
+        if part.lower() in _RESERVED:
+            return part
+    return None
+
+
+def check_names(found: Unpacked) -> str:
+    """Refuse (BundleError) a bundle whose run id, commit, image ID, project folder or file names are not of the
+    shapes envlock writes, before any of them is used as a path; returns the run id."""
+    manifest = found.manifest
+    run_id = manifest.get("run-id")
+    if not is_run_id(run_id):
+        raise BundleError(f"refused: the bundle's run id {run_id!r} is not a run id (like 20261126T075012Z-3f9a1c)")
+    commit = manifest.get("commit")
+    if commit is not None and not (isinstance(commit, str) and _COMMIT.fullmatch(commit)):
+        raise BundleError(f"refused: the bundle's commit {commit!r} is not a git object name")
+    image_id = (manifest.get("image") or {}).get("id") if isinstance(manifest.get("image"), dict) else None
+    if not (isinstance(image_id, str) and _IMAGE_ID.fullmatch(image_id)):
+        raise BundleError(f"refused: the bundle's image ID {image_id!r} is not sha256:<64 hex>")
+    subdir = manifest.get("project-subdir") or ""
+    if not isinstance(subdir, str) or (subdir and (not _safe(subdir) or _reserved(subdir))):
+        raise BundleError(f"refused: the bundle names an unsafe project folder {subdir!r}")
+    for name in sorted(manifest.get("contents") or {}):
+        if part := _reserved(name):
+            raise BundleError(f"refused: {name} in the bundle has a {part} component (never written there)")
+        if name.startswith("objects/") and not _OBJECT_NAME.fullmatch(name):
+            raise BundleError(f"refused: {name} in the bundle is not a saved object's name (objects/sha256/ab/<hex>)")
+    return str(run_id)
+
+
+def project_from_bundle(found: Unpacked, repo: Path) -> Path:
+    """A project folder rebuilt from the bundle in `repo` (an empty folder): the git bundle cloned with hooks off,
+    the run's folder, saved objects and inputs written where the project keeps them, never through a link.
+    Returns the project directory."""
+    run_id = check_names(found)
+    commit = found.manifest.get("commit")
+    if not commit:
+        raise RerunError("the bundled run was not in a git repository: its code is not in the bundle")
+    for args in (
+        ("init", "--quiet"),
+        ("fetch", "--quiet", str(found.root / "code.gitbundle"), "refs/envlock-bundle/*:refs/envlock-bundle/*"),
+        ("checkout", "--quiet", "--detach", str(commit)),
+    ):
+        done = foreign_git(repo, *args)
+        if done.returncode != 0:
+            said = done.stderr.decode("utf-8", "replace").strip()
+            raise RerunError(f"cannot rebuild the bundle's code (git {args[0]}): {said}")
+    subdir = str(found.manifest.get("project-subdir") or "")
+    project = make_dirs_confined(repo, subdir) if subdir else repo
+    if (project / STATE_DIR).exists() or (project / STATE_DIR).is_symlink():
+        raise BundleError(f"refused: the bundle's code carries its own {STATE_DIR} (envlock's state is never code)")
+    layout = ProjectLayout(project)
+    copy_confined(found.root / "run", project, _under(layout.runs / run_id, project))
+    record = RunStore(project).load(run_id)
+    if (found.root / "objects").is_dir():
+        copy_confined(found.root / "objects", project, _under(layout.objects, project))
+    declared = _confined_inputs(project, record)
+    if (found.root / "inputs").is_dir():
+        _copy_inputs(found.root / "inputs", project, declared)
+    if (found.root / "image.dsse.json").is_file():
+        image_id = str(found.manifest["image"]["id"])
+        copy_confined(found.root / "image.dsse.json", project, _under(attestation_path(project, image_id), project))
+    return project
+
+
+def _under(path: Path, project: Path) -> str:
+    return path.relative_to(project).as_posix()
+
+
+def _confined_inputs(project: Path, record: RunRecord) -> list[str]:
+    """The run's declared inputs, each of which must stay inside the rebuilt project, links followed (the engine
+    mounts what they resolve to: a committed link to a host file would put that file into the container)."""
+    declared = [path.rstrip("/") for path in (record.inputs.paths if record.inputs else ())]
+    for path in declared:
+        if relative_path_problem(path) is not None or not resolves_inside(project, path):
+            raise BundleError(
+                f"refused: input {path} leads out of the rebuilt project ({project})",
+                hint="a bundle's inputs are mounted only from inside its own folder",
+            )
+    return declared
+
+
+def _copy_inputs(inputs: Path, project: Path, declared: list[str]) -> None:
+    """The bundled inputs into the project, only under the paths the record declares, never through a link."""
+    for file in sorted(p for p in inputs.rglob("*") if not p.is_dir()):
+        name = file.relative_to(inputs).as_posix()
+        if not any(name == path or name.startswith(f"{path}/") for path in declared):
+            raise BundleError(f"refused: inputs/{name} in the bundle is not under an input the run declares")
+        copy_confined(file, project, name)
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A bundle's project rebuilt in a folder the receiver keeps, and what the re-run needs from the bundle."""
+
+    folder: Path
+    project: Path
+    run_id: str
+    archives: tuple[Path, ...]
+    verified: str  # the verification's verdict line (VERIFIED, or HASHES HOLD, ORIGIN NOT VERIFIED when allowed)
+
+
+def reproduction_folder(keep: Path) -> Path:
+    """`keep` made (or an empty one taken); an existing folder with anything in it is refused."""
+    if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise UsageError(
+            f"{keep} already exists and is not an empty folder: a reproduction is rebuilt in a new one",
+            hint="name another folder with --keep DIR",
+        )
+    keep.mkdir(parents=True, exist_ok=True)
+    return keep
 
 
 @contextlib.contextmanager
-def reproducible(bundle: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """`envlock reproduce BUNDLE`: the bundle checked and unpacked, the project rebuilt from it; yields the project
-    and the image archives to restore from."""
-    with unpacked(bundle) as found, project_from_bundle(found) as project:
-        yield project, [found.archive] if found.archive else []
+def reproducible(
+    bundle: Path, keep: Path | None, *, parent: Path, gate: Callable[[Unpacked], str]
+) -> Iterator[Reproduction]:
+    """`envlock reproduce BUNDLE`: the bundle unpacked, its names checked, then `gate` (its verification under the
+    receiver's trust: raises, or gives the verdict line), and only then the project rebuilt from the very files
+    verified, in `keep` (default: parent/envlock-reproduction-<run id>), which stays; the unpacked bundle (the image
+    archive to restore from) lasts for the block."""
+    with unpacked(bundle) as found:
+        run_id = check_names(found)
+        verdict = gate(found)
+        folder = reproduction_folder(keep or parent / f"envlock-reproduction-{run_id}")
+        project = project_from_bundle(found, folder)
+        yield Reproduction(folder, project, run_id, (found.archive,) if found.archive else (), verdict)

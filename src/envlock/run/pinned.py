@@ -18,7 +18,7 @@ from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
 from envlock.paths import ProjectLayout
 from envlock.report import Report
-from envlock.run.gitstate import GitState, git_state, save_untracked
+from envlock.run.gitstate import GIT_OF, Git, GitState, Origin, git_state, own_git, save_untracked
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
@@ -38,6 +38,10 @@ class Evidence(RunEvidence, Protocol):
         """Write the provenance of `plan`'s image, built as `image_id` (and pushed as `pushed`)."""
 
 
+# The repository name a rebuild of a foreign lock gets (a bundle's own image name is never given to the engine).
+FOREIGN_REPOSITORY = "envlock-reproduction"
+
+
 @dataclass(frozen=True)
 class RunTools:
     """The outside systems a run touches, handed in by the composition root (fakes in tests)."""
@@ -52,10 +56,12 @@ class RunTools:
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
 
 
-def code_state(project_dir: Path, request: RunRequest, store: RunStore, max_bytes: int, report: Report) -> GitState:
+def code_state(
+    project_dir: Path, request: RunRequest, store: RunStore, max_bytes: int, report: Report, *, git: Git = own_git
+) -> GitState:
     """The code as the run sees it: commit, diff, and the untracked files copied into `.envlock/objects/` (up to
     `max_bytes`); each file left without a copy is reported (a reproduction cannot bring it back)."""
-    state = git_state(project_dir, (*request.outputs, *request.inputs))
+    state = git_state(project_dir, (*request.outputs, *request.inputs), git)
     state = save_untracked(state, project_dir, ObjectStore(ProjectLayout(store.project_dir).objects), max_bytes)
     for name, why in state.skipped.items():
         report(f"warning: untracked {name} not saved with the run ({why}): a reproduction cannot restore it")
@@ -117,18 +123,23 @@ def run_recorded(
     archives: tuple[Path, ...] = (),
     tracking: Tracking | None = None,
     inputs_from: Path | None = None,
+    origin: Origin = "own",
 ) -> RunRecord:
     """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host;
-    `inputs_from`: where the declared inputs are (a reproduction: the project, while the code is a worktree)."""
+    `inputs_from`: where the declared inputs are (a reproduction: the project, while the code is a worktree).
+
+    A foreign record (from a bundle) names nothing the receiver's engine keeps: its image is used by ID, never
+    tagged with the record's name, and a rebuild is named FOREIGN_REPOSITORY; its git runs with hooks off."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
 
+    repository = FOREIGN_REPOSITORY if origin == "foreign" else recorded.image_reference.split(":")[0]
     restored = restore_image(
         recorded.image_id,
         engine=tools.engine,
         repo_digests=tuple(recorded.repo_digests),
         archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
-        rebuild=rebuild_from(lock_path, recorded.image_reference.split(":")[0], tools, store.project_dir),
-        reference=recorded.image_reference,
+        rebuild=rebuild_from(lock_path, repository, tools, store.project_dir),
+        reference=None if origin == "foreign" else recorded.image_reference,
         report=tools.report,
     )
     tools.report(f"image {restored.image_id[:19]} from {restored.source}")
@@ -140,7 +151,7 @@ def run_recorded(
         project_dir=code,
         image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
         host=tools.probe(),
-        git=code_state(code, request, store, UNTRACKED_MAX_BYTES, tools.report),
+        git=code_state(code, request, store, UNTRACKED_MAX_BYTES, tools.report, git=GIT_OF[origin]),
         launcher=tools.launcher(),
         store=store,
         output=tools.output,

@@ -47,6 +47,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def is_run_id(text: object) -> bool:
+    """True for a string shaped like a run id (it names a folder: no `/`, no `..`)."""
+    return isinstance(text, str) and _RUN_ID.fullmatch(text) is not None
+
+
 def new_run_id() -> str:
     """Sortable by time, unique: `20261126T075012Z-3f9a1c`."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)

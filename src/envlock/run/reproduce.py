@@ -8,18 +8,25 @@ import csv
 import json
 import math
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.errors import FAILURE_REPRODUCED, NOT_REPRODUCED, NOTHING_COMPARED, RerunError, UsageError
-from envlock.fsutil import sha256_file
+from envlock.errors import (
+    FAILURE_REPRODUCED,
+    NOT_REPRODUCED,
+    NOTHING_COMPARED,
+    BundleError,
+    RerunError,
+    UsageError,
+)
+from envlock.fsutil import resolves_inside, sha256_file, write_confined
 from envlock.lock import lockfile
 from envlock.paths import ProjectLayout
 from envlock.run.diff import RunDiff, diff_runs
+from envlock.run.gitstate import GIT_OF, Origin
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunEvidence, RunRequest
@@ -140,10 +147,12 @@ def compare_output(
 
 
 @contextlib.contextmanager
-def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[Path]:
+def code_at(project_dir: Path, record: RunRecord, store: RunStore, origin: Origin = "own") -> Iterator[Path]:
     """The recorded code in a separate directory: a git worktree at the commit, the recorded diff applied, the
-    untracked files restored from `.envlock/objects/`. RerunError when any of it cannot be brought back."""
+    untracked files restored from `.envlock/objects/`. RerunError when any of it cannot be brought back; for a
+    foreign run, BundleError when a path it writes or mounts leads out of the worktree through a link."""
     commit = record.git.commit if record.git else None
+    run_git = GIT_OF[origin]
     with tempfile.TemporaryDirectory(prefix="envlock-reproduce-") as tmp:
         work = Path(tmp) / "code"
         if commit is None:
@@ -153,15 +162,15 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[P
             return
 
         def git(*args: str, cwd: Path = project_dir) -> None:
-            done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
+            done = run_git(cwd, *args)
             if done.returncode != 0:
+                said = done.stderr.decode("utf-8", "replace").strip()
                 raise RerunError(
-                    f"git {args[0]} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}",
+                    f"git {args[0]} failed: {said.splitlines()[-1] if said else ''}",
                     hint=f"is commit {commit[:12]} still in this repository?",
                 )
 
-        top = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        top = run_git(project_dir, "rev-parse", "--show-toplevel").stdout.decode("utf-8", "replace").strip()
         inside = project_dir.resolve().relative_to(Path(top).resolve()) if top else Path()
         git("worktree", "add", "--detach", str(work), commit)
         try:
@@ -175,10 +184,23 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore) -> Iterator[P
                     )
                 git("apply", "--index", "--binary", str(patch), cwd=work)  # paths relative to the repository
             _restore_untracked(record, work / inside, ObjectStore(ProjectLayout(store.project_dir).objects))
+            if origin == "foreign":
+                _refuse_links_out(work, inside, record)
             yield work / inside
         finally:
-            subprocess.run(["git", "-C", str(project_dir), "worktree", "remove", "--force", str(work)],
-                           capture_output=True, check=False)  # fmt: skip
+            run_git(project_dir, "worktree", "remove", "--force", str(work))
+
+
+def _refuse_links_out(work: Path, inside: Path, record: RunRecord) -> None:
+    """A foreign run's code, checked out and patched: no declared input or output may lead out of the worktree
+    through a link the commit or the patch made (the engine would mount, and envlock read, what it points at)."""
+    paths = [*record.declared_outputs, *record.outputs, *(record.inputs.paths if record.inputs else ())]
+    for path in dict.fromkeys(paths):
+        if not resolves_inside(work, (inside / path).as_posix()):
+            raise BundleError(
+                f"refused: {path} leads out of the reproduction's work tree ({work}) through a symbolic link",
+                hint="the bundled code links outside its own folder; envlock never mounts or writes there",
+            )
 
 
 def _restore_untracked(record: RunRecord, root: Path, objects: ObjectStore) -> None:
@@ -191,9 +213,7 @@ def _restore_untracked(record: RunRecord, root: Path, objects: ObjectStore) -> N
                 f"in {objects.root}",
                 hint="the run's untracked code is gone; commit such files to make runs reproducible",
             )
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        write_confined(root, name, data)  # never through a link the commit or the patch made
 
 
 @dataclass(frozen=True)
@@ -309,7 +329,7 @@ def _factors(original: RunRecord, new: RunRecord) -> tuple[tuple[str, ...], tupl
         missing.append("inputs: none declared (--input, or inputs = [...] in [tool.envlock])")
     absent = sorted(set(original.passed_env) - set(new.passed_env))
     compared.append(f"environment names ({', '.join(original.passed_env) or 'none passed'})")
-    missing += [f"environment {name}: not set here, not passed" for name in absent]
+    missing += [f"environment {name}: not passed (not set here, or not named with --env)" for name in absent]
     compared += ["seed", "host"]
     return tuple(compared), tuple(missing)
 
@@ -321,12 +341,13 @@ def reproduce_run(
     rerun: Callable[[Path], RunRecord],
     tolerance: Tolerance,
     *,
+    origin: Origin = "own",
     evidence: RunEvidence,
 ) -> Verdict:
     """Run `rerun` on the recorded code and compare its outputs and circumstances with the original's; the new
     run's outputs are kept under its folder (outputs/), the verdict beside its record (verdict.json), and the new
     run is attested again with both (its attestation then binds the verdict it carries)."""
-    with code_at(project_dir, original, store) as code:
+    with code_at(project_dir, original, store, origin) as code:
         new = rerun(code)
         checks = tuple(
             compare_output(
@@ -361,10 +382,10 @@ def reproduce_run(
     return verdict
 
 
-def rerun_request(original: RunRecord, force: bool) -> RunRequest:
-    """What reproduce runs again: the original's command, seed, declared outputs and inputs, passed variable names,
-    GPU mode and --force (a forced original is re-run forced); a multi-node run is refused (one container here
-    would wait for nodes that never come)."""
+def rerun_request(original: RunRecord, force: bool, pass_env: tuple[str, ...] | None = None) -> RunRequest:
+    """What reproduce runs again: the original's command, seed, declared outputs and inputs, GPU mode and --force
+    (a forced original is re-run forced), and the host variables `pass_env` names (default: those the original
+    passed); a multi-node run is refused (one container here would wait for nodes that never come)."""
     nodes = original.environment.get("ENVLOCK_NNODES", "1")
     if nodes != "1":
         raise UsageError(
@@ -381,7 +402,7 @@ def rerun_request(original: RunRecord, force: bool) -> RunRequest:
         force or original.forced or bool(request and request.force),
         gpus,
         outputs,
-        tuple(original.passed_env),
+        tuple(original.passed_env) if pass_env is None else pass_env,
         original.run_id,
         inputs=tuple(original.inputs.paths) if original.inputs else (),
     )

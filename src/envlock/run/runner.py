@@ -15,7 +15,7 @@ from typing import Protocol
 
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import EnvlockError, UsageError
-from envlock.fsutil import sha256_file
+from envlock.fsutil import make_dirs_confined, sha256_file, write_confined
 from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
 from envlock.paths import ProjectLayout
@@ -375,18 +375,16 @@ def _attest_quietly(evidence: RunEvidence, run_dir: Path) -> None:
 
 def _mount_points(project_dir: Path, source: Path, inputs: InputSet) -> None:
     """In a worktree that lacks them (gitignored data), the inputs' mount points: made here as the caller, so the
-    engine does not make them as root."""
+    engine does not make them as root; never through a link (a dangling one would lead the write elsewhere)."""
     if project_dir.resolve() == source.resolve():
         return
     for path in inputs.paths:
         if path in inputs.missing or (project_dir / path).exists():
             continue
-        target = project_dir / path.rstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
         if (source / path).is_dir():
-            target.mkdir()
+            make_dirs_confined(project_dir, path.rstrip("/"))
         else:
-            target.touch()
+            write_confined(project_dir, path, b"")
 
 
 def _finished(
