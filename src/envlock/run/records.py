@@ -42,6 +42,11 @@ _RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: no
 FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})
 
 
+def is_run_id(text: str) -> bool:
+    """True for text shaped as a run id (`20261126T075012Z-3f9a1c`): safe to name a folder with."""
+    return _RUN_ID.fullmatch(text) is not None
+
+
 def now() -> str:
     """UTC time, ISO 8601, to the microsecond."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
