@@ -80,6 +80,7 @@ _TYPE_NAMES = {
     b"D": "a GNU dump directory",
 }
 _CACHED_FOLDERS = 256  # open folder fds kept between members (the process's fd limit is often 1024)
+_PAX_TEXT = ("path", "linkpath", "size")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -740,6 +741,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
         if end > len(data) or end <= space + 1 or data[end - 1 : end] != b"\n" or b"=" not in data[space + 1 : end]:
             raise ValueError(f"a record of a wrong length at {at}")
         key, value = data[space + 1 : end - 1].split(b"=", 1)
-        records[key.decode("utf-8")] = value.decode("utf-8")
+        name = key.decode("utf-8")
+        # Names must be UTF-8; other values may be bytes (SCHILY.xattr.security.capability in image layers).
+        records[name] = value.decode("utf-8", "strict" if name in _PAX_TEXT else "surrogateescape")
         at = end
     return records

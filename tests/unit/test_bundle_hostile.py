@@ -488,9 +488,14 @@ def test_a_layer_keeps_links_drops_setuid_skips_devices_and_applies_whiteouts(tm
     rootfs.mkdir()
     folder = tarfile.TarInfo("usr/bin")
     folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+    tool = file("usr/bin/tool", b"binary", mode=0o4755)
+    # A file capability as Docker's layers carry it: a pax record whose value is bytes, not UTF-8.
+    tool[0].pax_headers = {
+        "SCHILY.xattr.security.capability": b"\x01\x00\x00\x02\xff".decode("utf-8", "surrogateescape")
+    }
     lower = [
         (folder, None),
-        file("usr/bin/tool", b"binary", mode=0o4755),
+        tool,
         special("usr/bin/same", tarfile.LNKTYPE, "usr/bin/tool"),
         special("bin", tarfile.SYMTYPE, "usr/bin"),
         special("dev/null", tarfile.CHRTYPE),
