@@ -58,5 +58,15 @@ echo "setup: installing envlock and its tools into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 # Byte-compile envlock once: with PYTHONDONTWRITEBYTECODE set (as on some machines) every start would compile it.
 .venv/bin/python -m compileall -q src >/dev/null
+# Debian's own Python (bookworm: 3.11.2, older than the 3.11.4 that added tar filters) runs the unit tests too
+# (scripts/test.sh), in .venv-debian with only what they need: envlock[test].
+if [ -x /usr/bin/python3 ]; then
+  if [ ! -x .venv-debian/bin/python ]; then
+    echo "setup: creating .venv-debian ($(/usr/bin/python3 --version 2>&1), Debian's)"
+    /usr/bin/python3 -m venv .venv-debian
+  fi
+  echo "setup: installing envlock and its unit-test tools into .venv-debian"
+  .venv-debian/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+fi
 bash scripts/services.sh
 echo "setup: done ($(.venv/bin/envlock --version))"

@@ -264,9 +264,8 @@ def test_a_run_id_that_is_a_path_is_refused(
     before = _snapshot(outside)
     code, _, err = _reproduce(world, capsys, _crafted(made, tmp_path / "runid.tar", rename))
     assert code == 31
-    assert _error_line(err) == (
-        f"error: refused: the bundle's run id {run_id!r} is not a run id (like 20261126T075012Z-3f9a1c)"
-    )
+    bundle = tmp_path / "runid.tar"
+    assert _error_line(err) == f"error: {bundle}: bundle.json is malformed: 'run-id' {run_id!r} is not a run id"
     assert _snapshot(outside) == before and not (tmp_path / "x").exists()
     assert list((tmp_path / "receiver").iterdir()) == []
 

@@ -27,12 +27,10 @@ from envlock.engine.runtimes import (
     run_command,
     stream_command,
 )
-from envlock.errors import EngineError
+from envlock.errors import BundleError, EngineError
+from envlock.safetar import extract_rootfs_layer
 
 Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
-_SKIPPED = (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)  # ch-run binds the host's /dev
 
 
 def _hex(image_id: str) -> str:
@@ -67,28 +65,6 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     return handle
 
 
-def _apply_whiteouts(rootfs: Path, names: list[str]) -> None:
-    """A layer's whiteouts, applied to the layers below it before its own files land."""
-    for name in names:
-        path = Path(name.lstrip("/"))
-        if ".." in path.parts:
-            raise EngineError(f"the image has a whiteout outside its root: {name}")
-        target = rootfs / path.parent
-        if path.name == OPAQUE:
-            if target.is_dir() and not target.is_symlink():
-                for child in target.iterdir():
-                    _remove(child)
-        else:
-            _remove(target / path.name.removeprefix(WHITEOUT))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.is_symlink() or path.exists():
-        path.unlink()
-
-
 def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str, Any]:
     """Unpack a docker-archive's layers in order into `rootfs` (whiteouts respected), checking the config's sha256
     against the image ID and every layer's against its diff_id. Returns the image config."""
@@ -101,29 +77,15 @@ def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str,
             config: dict[str, Any] = json.loads(config_bytes)
             diff_ids = config["rootfs"]["diff_ids"]
             for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
-                whiteouts: list[str] = []
-                hashing = Hashing(_member(archive, name))
-                with tarfile.open(fileobj=hashing, mode="r|") as layer:  # type: ignore[call-overload]
-                    whiteouts = [m.name for m in layer if Path(m.name).name.startswith(WHITEOUT)]
-                if hashing.drain() != diff_id:
+                if Hashing(_member(archive, name)).drain() != diff_id:
                     raise EngineError(f"layer {name} of {image_id[:19]} is not {diff_id[:19]}: refusing to unpack it")
-                _apply_whiteouts(rootfs, whiteouts)
-                with tarfile.open(fileobj=_member(archive, name), mode="r|") as layer:
-                    for member in layer:
-                        if Path(member.name).name.startswith(WHITEOUT) or member.type in _SKIPPED:
-                            continue
-                        _replace_existing(rootfs, member)
-                        layer.extract(member, rootfs, set_attrs=True, filter="tar")
+                # envlock's own reader: symlinks are members, but nothing is written through one (safetar).
+                extract_rootfs_layer(_member(archive, name), rootfs, source=f"layer {name} of {image_id[:19]}")
+    except BundleError as exc:
+        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc.message}") from exc
     except (tarfile.TarError, KeyError, ValueError, IndexError, OSError) as exc:
         raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc}") from exc
     return config
-
-
-def _replace_existing(rootfs: Path, member: tarfile.TarInfo) -> None:
-    """A file from an upper layer replaces the lower one (a directory stays a directory and is merged)."""
-    path = rootfs / member.name.lstrip("/")
-    if path.is_symlink() or (path.exists() and not (path.is_dir() and member.isdir())):
-        _remove(path)
 
 
 class CharliecloudLauncher:

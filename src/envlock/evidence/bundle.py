@@ -50,10 +50,18 @@ from envlock.paths import STATE_DIR, ProjectLayout
 from envlock.run.gitstate import foreign_git
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
 from envlock.run.schema import relative_path_problem
+from envlock.safetar import extract, looks_like_tar, name_problem
 from envlock.signing import SigningKey
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
+
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_MAX_MANIFEST_BYTES = 256 << 20
+_MAX_NAMED = 1_000_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 
 
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -213,41 +221,91 @@ class Unpacked:
 
 
 def is_bundle(path: Path) -> bool:
-    """True for a tar file with a bundle.json."""
-    if not path.is_file() or not tarfile.is_tarfile(path):
-        return False
-    with tarfile.open(path) as archive:
-        return MANIFEST in archive.getnames()
+    """True for a file that is a tar (plain, gzip, bz2 or xz: only its first block is read) or is named as one;
+    whether it is a good bundle is for `unpacked` to say."""
+    return path.is_file() and (path.name.endswith(_TAR_SUFFIXES) or looks_like_tar(path))
 
 
 @contextlib.contextmanager
 def unpacked(bundle: Path) -> Iterator[Unpacked]:
-    """Unpack into a temporary folder (tar's `data` filter: no links out, no absolute paths) and check every file's
-    sha256 against bundle.json."""
+    """Unpack into a temporary folder with envlock's own tar reader (regular files and folders, safe names, size
+    caps: envlock.safetar), check bundle.json's shape, then every file's sha256 against it."""
     with tempfile.TemporaryDirectory(prefix="envlock-bundle-") as tmp:
         root = Path(tmp)
-        try:
-            with tarfile.open(bundle) as archive:
-                archive.extractall(root, filter="data")
-            manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        except (tarfile.TarError, OSError, ValueError) as exc:
-            raise VerificationError(f"{bundle} is not a readable envlock bundle: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("bundle-version") != BUNDLE_VERSION:
-            raise VerificationError(f"{bundle}: unknown bundle version")
-        contents = manifest.get("contents") or {}
+        files = {member.name for member in extract(bundle, root) if member.kind == "file"}
+        manifest = _read_manifest(bundle, root)
+        contents: dict[str, str] = manifest["contents"]
         problems = [
-            name
-            for name, digest in contents.items()
-            if not _safe(name) or not (root / name).is_file() or sha256_file(root / name) != digest
+            name for name, digest in contents.items() if name not in files or sha256_file(root / name) != digest
         ]
-        extra = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        problems += [name for name in extra if name != MANIFEST and name not in contents]
+        problems += [name for name in files if name != MANIFEST and name not in contents]
         if problems:
             raise VerificationError(
                 f"{bundle}: {len(problems)} file(s) differ from the bundle's own list: "
                 + ", ".join(sorted(problems)[:5])
             )
         yield Unpacked(root, manifest)
+
+
+def _read_manifest(bundle: Path, root: Path) -> dict[str, Any]:
+    """bundle.json, its shape checked before any of it is used (one BundleError naming every problem)."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: has no {MANIFEST}: not an envlock bundle", hint="make one with `envlock bundle`")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{bundle}: {MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes: not a manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError
+        raise BundleError(f"{bundle}: {MANIFEST} is not JSON ({exc})") from exc
+    problems = _manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{bundle}: {MANIFEST} is malformed: " + "; ".join(problems[:5]))
+    return dict(manifest)
+
+
+def _manifest_problems(manifest: object) -> list[str]:
+    """What is wrong with bundle.json's shape: the run id names a folder, file names are safe, digests are hex."""
+    if not isinstance(manifest, dict):
+        return ["it is not a table"]
+    version, run_id, commit = manifest.get("bundle-version"), manifest.get("run-id"), manifest.get("commit")
+    subdir, image, contents = manifest.get("project-subdir", ""), manifest.get("image"), manifest.get("contents")
+    problems = []
+    if type(version) is not int or version != BUNDLE_VERSION:
+        problems.append(f"'bundle-version' is {version!r}, not {BUNDLE_VERSION}")
+    if not isinstance(run_id, str) or not is_run_id(run_id):
+        problems.append(f"'run-id' {run_id!r} is not a run id")
+    if commit is not None and not (isinstance(commit, str) and _HEX_COMMIT.fullmatch(commit)):
+        problems.append(f"'commit' {commit!r} is not a hex commit")
+    if not isinstance(subdir, str) or (subdir and name_problem(subdir.removesuffix("/"))):
+        problems.append(f"'project-subdir' {subdir!r} is not a safe relative folder")
+    if not isinstance(contents, dict) or not contents:
+        problems.append("'contents' is not a table of files")
+        contents = {}
+    for name, digest in list(contents.items())[:_MAX_NAMED]:
+        problem = name_problem(name) if isinstance(name, str) else "a name that is not a string"
+        if problem:
+            problems.append(f"'contents' names {name!r}: {problem}")
+        elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            problems.append(f"'contents' gives {name!r} the digest {digest!r} (not 64 hex)")
+    return problems + _image_problems(image, contents)
+
+
+def _image_problems(image: object, contents: dict[str, Any]) -> list[str]:
+    if not isinstance(image, dict):
+        return ["'image' is not a table"]
+    problems = []
+    if not isinstance(image.get("id"), str):
+        problems.append(f"'image.id' {image.get('id')!r} is not a string")
+    if image.get("reference") is not None and not isinstance(image.get("reference"), str):
+        problems.append("'image.reference' is not a string")
+    digests = image.get("digests", [])
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        problems.append("'image.digests' is not a list of strings")
+    archive = image.get("archive")
+    if archive is not None and (not isinstance(archive, str) or archive not in contents):
+        problems.append(f"'image.archive' {archive!r} is not a file the bundle lists")
+    return problems
 
 
 def verify_bundle(bundle: Path, trust: Trust, engine: Callable[[], Engine | None]) -> Checks:

@@ -48,7 +48,7 @@ def now() -> str:
 
 
 def is_run_id(text: object) -> bool:
-    """True for a string shaped like a run id (it names a folder: no `/`, no `..`)."""
+    """True for a string shaped like a run id (`20261126T075012Z-3f9a1c`): safe to name a folder with."""
     return isinstance(text, str) and _RUN_ID.fullmatch(text) is not None
 
 
