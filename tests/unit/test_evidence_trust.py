@@ -252,3 +252,23 @@ def test_an_unreadable_key_in_the_environment_does_not_break_a_listing(
     code, _, err = world(capsys, "run", "-C", str(world.project), "--", "true")
     assert code == 125 and "can be read by others" in err
     assert world(capsys, "runs", "-C", str(world.project))[0] == 0
+
+
+def test_the_bundle_reviewers_view_is_rendered_from_the_verified_statement(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
+    code, report, err = world(capsys, "report", str(bundle), "--key", str(public))
+    assert code == 0, err
+    assert report.splitlines()[0] == f"envlock run {run_id} (bundle)"
+    assert report.splitlines()[1].startswith("[VERIFIED] VERIFIED: signed by alice.pem")
+    assert "ok code.gitbundle: the signed commit" in report and "no GPU" in report
+    # The key shipped inside the bundle (beside the run) vouches for nothing.
+    code, report, _ = world(capsys, "report", str(bundle))
+    assert code == 0 and report.splitlines()[1].startswith("[UNTRUSTED KEY]")
+    html = tmp_path / "bundle.html"
+    code, _, _ = world(capsys, "report", str(bundle), "--key", str(public), "--html", "-o", str(html))
+    assert code == 0 and 'data-state="VERIFIED"' in html.read_text()

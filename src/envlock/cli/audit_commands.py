@@ -235,7 +235,7 @@ def bundle_command(
 @app.command("report")
 def report_command(
     ctx: typer.Context,
-    run_id: RunIdArg,
+    run_id: Annotated[str, typer.Argument(help="A run id of the project, or a bundle (envlock bundle).")],
     project: ProjectOpt = Path(),
     html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
     output: FileOutOpt = None,
@@ -252,7 +252,14 @@ def report_command(
     def present(image_id: str) -> bool | None:
         return None if engine is None or engine.image_id(image_id) is None else True
 
-    summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+    from envlock.evidence.bundle import is_bundle, unpacked  # noqa: PLC0415
+    from envlock.evidence.runreport import summarize_bundle  # noqa: PLC0415
+
+    if is_bundle(Path(run_id)):  # the bundle reviewer's view: the trust of the receiver only
+        with unpacked(Path(run_id)) as found:
+            summary = summarize_bundle(found, _trust(wiring, key, None), lambda: engine)
+    else:
+        summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
     text = render_html(summary) if html else render_text(summary)
     if output is None:
         typer.echo(text, nl=False)

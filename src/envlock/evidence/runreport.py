@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from envlock.errors import EnvlockError
+from envlock.engine.docker import Engine
+from envlock.errors import EnvlockError, VerificationError
 from envlock.evidence.attest import ATTESTATION, Checks, RunPlaces, verify_run_dir
+from envlock.evidence.bundle import Unpacked, verify_unpacked
 from envlock.evidence.trust import Trust
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
@@ -94,7 +96,45 @@ def summarize(project_dir: Path, run_id: str, *, trust: Trust, image_present: Ca
         rows.append((other.record.run_id, state))
         if counts:
             counted.append((other, state))
-    sections: list[Section] = [
+    sections = _sections(record, lock, rows or [("reproduced", f"not yet (envlock reproduce {record.run_id})")])
+    for other, _ in counted:
+        sections.append((f"Original and reproduction {other.record.run_id}", _side_by_side(record, other.record)))
+    sections.append(("Verified", _check_rows(shown.line, shown.checks)))
+    trusted_repro = any(o.banner == "VERIFIED" for o, _ in counted)
+    reproduced = (
+        "reproduced"
+        if trusted_repro
+        else "reproduced per evidence whose origin is not verified"
+        if counted
+        else "not reproduced yet"
+    )
+    return Summary(f"envlock run {record.run_id}", shown.banner, f"{shown.line}; {reproduced}", sections)
+
+
+def summarize_bundle(found: Unpacked, trust: Trust, engine: Callable[[], Engine | None]) -> Summary:
+    """The bundle reviewer's view: the bundled run told from its verified statement (the signed record), with the
+    bundle's own checks; nothing is read from the bundle's loose record."""
+    checks = verify_unpacked(found, trust, engine)
+    signed = checks.signed_record
+    if signed is None:  # verify_run_dir refuses a statement without a record; kept for the type checker
+        raise VerificationError("the bundle's attestation carries no run record")
+    record = RunRecord.from_dict(signed, "the signed record")
+    lock = lockfile.read(found.root / "run" / "envlock.lock")
+    verdict = checks.verdict(allow_unsigned=False)
+    banner = "UNTRUSTED KEY" if verdict.startswith("UNTRUSTED KEY") else verdict
+    line = (
+        f"VERIFICATION FAILED: {len(checks.mismatches)} mismatch(es); the values below are the signed ones"
+        if banner == "VERIFICATION FAILED"
+        else f"{verdict}: {checks.origin.describe()}"
+    )
+    sections = _sections(record, lock, [("reproduced", "a bundle carries one run: envlock reproduce BUNDLE")])
+    sections.append(("Verified", _check_rows(line, checks)))
+    return Summary(f"envlock run {record.run_id} (bundle)", banner, line, sections)
+
+
+def _sections(record: RunRecord, lock: Lock, reproduced: list[Row]) -> list[Section]:
+    """The run's facts, section by section, from a (signed) record and its lock copy."""
+    return [
         ("Run", _run_rows(record)),
         ("Image", _image_rows(record)),
         ("Lock", _lock_rows(record, lock)),
@@ -107,23 +147,15 @@ def summarize(project_dir: Path, run_id: str, *, trust: Trust, image_present: Ca
             [(path, digest or "not produced") for path, digest in sorted(record.outputs.items())]
             or [("outputs", "none declared")],
         ),
-        ("Reproduced", rows or [("reproduced", f"not yet (envlock reproduce {record.run_id})")]),
+        ("Reproduced", reproduced),
     ]
-    for other, _ in counted:
-        sections.append((f"Original and reproduction {other.record.run_id}", _side_by_side(record, other.record)))
-    check_rows: list[Row] = [("verdict", shown.line)]
-    if shown.checks is not None:
-        check_rows += [("check", line) for line in shown.checks.lines()]
-    sections.append(("Verified", check_rows))
-    trusted_repro = any(o.banner == "VERIFIED" for o, _ in counted)
-    reproduced = (
-        "reproduced"
-        if trusted_repro
-        else "reproduced per evidence whose origin is not verified"
-        if counted
-        else "not reproduced yet"
-    )
-    return Summary(f"envlock run {record.run_id}", shown.banner, f"{shown.line}; {reproduced}", sections)
+
+
+def _check_rows(line: str, checks: Checks | None) -> list[Row]:
+    rows: list[Row] = [("verdict", line)]
+    if checks is not None:
+        rows += [("check", text) for text in checks.lines()]
+    return rows
 
 
 def _reproduction_state(original: RunRecord, other: Verified) -> tuple[str, bool]:
