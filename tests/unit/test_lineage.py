@@ -1,0 +1,164 @@
+"""Lineage through the CLI and the fakes: a three-step project (prepare → train → evaluate) whose runs are linked
+by the content hashes of what they read and wrote, told back to the raw input, re-run as one chain, and reported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from envlock.run.records import RunRecord, RunStore
+from tests.unit import test_cli_commands
+from tests.unit.test_cli_commands import World
+
+world = test_cli_commands.world
+
+Read = Callable[[str], bytes | None]
+
+
+def _prepare(read: Read) -> dict[str, bytes]:
+    return {"data/clean.csv": b"clean\n" + (read("data/raw.csv") or b"")}
+
+
+def _train(read: Read) -> dict[str, bytes]:
+    return {"out/model.pkl": b"model " + hashlib.sha256(read("data/clean.csv") or b"").hexdigest().encode()}
+
+
+def _evaluate(read: Read) -> dict[str, bytes]:
+    seen = (read("data/clean.csv") or b"") + (read("out/model.pkl") or b"")
+    return {"out/metrics.json": json.dumps({"accuracy": len(seen) / 1000}).encode()}
+
+
+STEPS = {
+    "prepare": ("-i", "data/raw.csv", "-o", "data/clean.csv", "--", "python", "prepare.py"),
+    "train": ("-i", "data/clean.csv", "-o", "out/model.pkl", "--", "python", "train.py"),
+    "evaluate": ("-i", "data/clean.csv", "-i", "out/model.pkl", "-o", "out/metrics.json", "--", "python",
+                 "evaluate.py"),
+}  # fmt: skip
+
+
+def three_steps(world: World, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """The issue's project run once: prepare, train, evaluate; their run ids by step."""
+    world.launcher.writes = {}
+    world.launcher.scripts = {"prepare.py": _prepare, "train.py": _train, "evaluate.py": _evaluate}
+    (world.project / "data").mkdir(exist_ok=True)
+    (world.project / "data" / "raw.csv").write_bytes(b"x,y\n1,2\n3,4\n")
+    ids = {}
+    for name, args in STEPS.items():
+        code, _, said = world(capsys, "run", "-C", str(world.project), *args)
+        assert code == 0, said
+        ids[name] = newest(world).run_id
+    return ids
+
+
+def newest(world: World) -> RunRecord:
+    """The run started last (run ids sort by the second only)."""
+    return max(RunStore(world.project).all(), key=lambda record: record.started)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_runs_are_linked_by_content_when_they_start(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = three_steps(world, capsys)
+    store = RunStore(world.project)
+    prepare, train, evaluate = (store.load(ids[name]) for name in ("prepare", "train", "evaluate"))
+    clean, model = _sha(world.project / "data/clean.csv"), _sha(world.project / "out/model.pkl")
+    assert prepare.links == ()
+    assert [(link.input, link.run, link.output, link.sha256) for link in train.links] == [
+        ("data/clean.csv", prepare.run_id, "data/clean.csv", clean)
+    ]
+    assert [(link.input, link.run) for link in evaluate.links] == [
+        ("data/clean.csv", prepare.run_id),
+        ("out/model.pkl", train.run_id),
+    ]
+    assert all(not r.tainted for r in (prepare, train, evaluate))
+    code, out, _ = world(capsys, "runs", "-C", str(world.project), "show", evaluate.run_id)
+    assert code == 0
+    assert f"link      data/clean.csv <- run {prepare.run_id} (data/clean.csv, sha256 {clean[:12]})" in out
+    assert f"link      out/model.pkl <- run {train.run_id} (out/model.pkl, sha256 {model[:12]})" in out
+
+
+def test_a_moved_file_keeps_its_link_and_an_edited_one_loses_it(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = three_steps(world, capsys)
+    (world.project / "data/clean.csv").rename(world.project / "data/renamed.csv")
+    code, _, _ = world(capsys, "run", "-C", str(world.project), "-i", "data/renamed.csv", "--", "python", "x.py")
+    moved = newest(world)
+    assert code == 0 and [(lk.input, lk.run, lk.output) for lk in moved.links] == [
+        ("data/renamed.csv", ids["prepare"], "data/clean.csv")
+    ]
+    (world.project / "data/renamed.csv").write_bytes(b"edited by hand\n")
+    code, _, _ = world(capsys, "run", "-C", str(world.project), "-i", "data/renamed.csv", "--", "python", "x.py")
+    assert code == 0 and newest(world).links == ()
+
+
+def test_an_input_edited_while_the_run_ran_taints_the_record(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.project / "data").mkdir()
+    (world.project / "data" / "raw.csv").write_bytes(b"before\n")
+    world.launcher.writes = {"data/raw.csv": b"another process wrote this meanwhile\n"}
+    code, _, said = world(capsys, "run", "-C", str(world.project), "-i", "data", "--", "python", "prepare.py")
+    record = newest(world)
+    assert code == 0, said
+    assert record.tainted == {"data/raw.csv": "changed"}
+    assert record.inputs is not None and record.inputs.files["data/raw.csv"] == hashlib.sha256(b"before\n").hexdigest()
+    code, out, _ = world(capsys, "runs", "-C", str(world.project), "show", record.run_id)
+    assert code == 0 and "TAINTED   input data/raw.csv changed while the run ran" in out
+
+
+def test_lineage_of_a_file_tells_the_dag_back_to_the_raw_input(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = three_steps(world, capsys)
+    raw, clean = _sha(world.project / "data/raw.csv"), _sha(world.project / "data/clean.csv")
+    metrics = _sha(world.project / "out/metrics.json")
+    code, out, _ = world(capsys, "lineage", "out/metrics.json", "-C", str(world.project))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == f"lineage of out/metrics.json (sha256 {metrics[:12]}): 3 steps, 1 raw input"
+    assert lines[1] == f"raw input data/raw.csv  sha256 {raw}"
+    assert f"step 1  run {ids['prepare']}  finished, exit 0" in lines
+    assert f"step 3  run {ids['evaluate']}  finished, exit 0" in lines
+    assert f"  read     data/raw.csv  sha256 {raw}  raw" in lines
+    assert f"  read     data/clean.csv  sha256 {clean}  from step 1 (data/clean.csv)" in lines
+    assert "  command  python evaluate.py" in lines and "  commit   not in git" in lines
+    code, out, _ = world(capsys, "lineage", ids["evaluate"], "-C", str(world.project), "--json")
+    document = json.loads(out)
+    assert code == 0 and [s["run_id"] for s in document["steps"]] == [ids[n] for n in ("prepare", "train", "evaluate")]
+    assert document["steps"][2]["parents"] == [ids["prepare"], ids["train"]]
+    assert document["raw_inputs"] == [{"path": "data/raw.csv", "sha256": raw, "read_by": [ids["prepare"]]}]
+    assert sorted((e["from"], e["to"]) for e in document["edges"]) == sorted(
+        [(ids["prepare"], ids["train"]), (ids["prepare"], ids["evaluate"]), (ids["train"], ids["evaluate"])]
+    )
+    # Fan-out: the lineage of the model is two steps; prepare's output feeds both train and evaluate.
+    code, out, _ = world(capsys, "lineage", "out/model.pkl", "-C", str(world.project), "--json")
+    assert code == 0 and [s["run_id"] for s in json.loads(out)["steps"]] == [ids["prepare"], ids["train"]]
+
+
+def test_lineage_of_what_no_run_wrote_is_refused_with_one_line(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    three_steps(world, capsys)
+    code, out, err = world(capsys, "lineage", "data/raw.csv", "-C", str(world.project))
+    raw = _sha(world.project / "data/raw.csv")
+    assert code == 2 and out == ""
+    refusal = f"error: no run of {world.project} wrote data/raw.csv as it is now (sha256 {raw[:12]})"
+    assert err.splitlines()[0] == refusal
+    code, _, err = world(capsys, "lineage", "nothing-here", "-C", str(world.project))
+    assert code == 2 and err.startswith(f"error: 'nothing-here' is neither a file in {world.project} nor a run of it")
+
+
+def test_a_chain_whose_parent_record_is_gone_says_so(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = three_steps(world, capsys)
+    store = RunStore(world.project)
+    (store.directory(ids["train"]) / "record.json").write_text("{}")
+    code, out, _ = world(capsys, "lineage", ids["evaluate"], "-C", str(world.project))
+    assert code == 0 and out.splitlines()[0].endswith(": 2 steps, 1 raw input")
+    assert f"lost: run {ids['train']} (linked, but its record is gone or unreadable)" in out
+    model = _sha(world.project / "out/model.pkl")
+    assert f"  read     out/model.pkl  sha256 {model}  from run {ids['train']} (lost)" in out
