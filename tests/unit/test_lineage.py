@@ -162,3 +162,69 @@ def test_a_chain_whose_parent_record_is_gone_says_so(world: World, capsys: pytes
     assert f"lost: run {ids['train']} (linked, but its record is gone or unreadable)" in out
     model = _sha(world.project / "out/model.pkl")
     assert f"  read     out/model.pkl  sha256 {model}  from run {ids['train']} (lost)" in out
+
+
+def _declare_params(world: World, files: str) -> None:
+    pyproject = world.project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + f"\n[tool.envlock]\nparams = {files}\n")
+
+
+def test_params_from_files_and_the_command_line_are_recorded_key_by_key(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (world.project / "config").mkdir()
+    (world.project / "config/train.yaml").write_text(
+        "optimizer:\n  lr: 0.01\n  name: adam\nepochs: 5\nlayers: [64, 32]\n"
+    )
+    (world.project / "config/extra.json").write_text('{"dropout": 0.1, "epochs": 7}')
+    (world.project / "config/data.toml").write_text('split = "80/20"\n[augment]\nflip = true\n')
+    _declare_params(world, '["config/train.yaml", "config/extra.json", "config/data.toml"]')
+    code, _, said = world(capsys, "run", "-C", str(world.project), "--param", "epochs=3", "-p", "tag=a=b", "--", "t")
+    record = newest(world)
+    assert code == 0, said
+    assert record.params is not None
+    assert dict(record.params.values) == {
+        "augment.flip": "true", "dropout": "0.1", "epochs": "3", "layers[0]": "64", "layers[1]": "32",
+        "optimizer.lr": "0.01", "optimizer.name": "adam", "split": "80/20", "tag": "a=b",
+    }  # fmt: skip
+    assert dict(record.params.given) == {"epochs": "3", "tag": "a=b"}
+    assert record.params.files == {
+        name: _sha(world.project / name) for name in ("config/train.yaml", "config/extra.json", "config/data.toml")
+    }
+    launched = world.launcher.launched[-1].environment["ENVLOCK_PARAMS"]
+    assert json.loads(launched) == dict(record.params.values) and record.environment["ENVLOCK_PARAMS"] == launched
+    code, out, _ = world(capsys, "runs", "-C", str(world.project), "show", record.run_id)
+    assert code == 0 and "param     optimizer.lr = 0.01" in out and "params    config/train.yaml  sha256 " in out
+
+
+def test_diff_names_the_parameter_that_changed(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.project / "config").mkdir()
+    (world.project / "config/train.yaml").write_text("optimizer:\n  lr: 0.01\nepochs: 5\n")
+    _declare_params(world, '["config/train.yaml"]')
+    world(capsys, "run", "-C", str(world.project), "--", "python", "train.py")
+    first = newest(world).run_id
+    (world.project / "config/train.yaml").write_text("optimizer:\n  lr: 0.02\nepochs: 5\n")
+    world(capsys, "run", "-C", str(world.project), "-p", "seed_split=2", "--", "python", "train.py")
+    second = newest(world).run_id
+    code, out, _ = world(capsys, "diff", first, second, "-C", str(world.project))
+    assert code == 0
+    assert "  param optimizer.lr: 0.01 -> 0.02" in out.splitlines() and "  param seed_split: absent -> 2" in out
+    code, out, _ = world(capsys, "diff", first, second, "-C", str(world.project), "--json")
+    assert json.loads(out)["params"] == {
+        "optimizer.lr": {"old": "0.01", "new": "0.02"}, "seed_split": {"old": None, "new": "2"}
+    }  # fmt: skip
+
+
+def test_bad_params_are_refused_before_anything_runs(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--param", "no-value", "--", "t")
+    assert code == 125 and err.splitlines()[0] == "error: --param 'no-value' is not KEY=VALUE"
+    (world.project / "config").mkdir()
+    (world.project / "config/train.yaml").write_text("optimizer: [unclosed\n")
+    _declare_params(world, '["config/train.yaml"]')
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--", "t")
+    assert code == 125 and err.startswith("error: params file config/train.yaml is not valid YAML: ")
+    assert "(elsewhere 20: " in err
+    (world.project / "config/train.yaml").write_text("- just\n- a list\n")
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--", "t")
+    assert code == 125 and err.startswith("error: params file config/train.yaml must hold a table of keys, not list")
+    assert world.launcher.launched == [] and RunStore(world.project).all() == []

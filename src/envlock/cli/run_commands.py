@@ -20,6 +20,7 @@ from envlock.cli.options import (
     MlflowOpt,
     NoMlflowOpt,
     OutputsOpt,
+    ParamOpt,
     ProjectOpt,
     RuntimeOpt,
     SeedOpt,
@@ -38,6 +39,7 @@ def run_command(
     gpus: GpusOpt = None,
     output: OutputsOpt = None,
     inputs: InputsOpt = None,
+    param: ParamOpt = None,
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
@@ -47,11 +49,13 @@ def run_command(
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
+    from envlock.run.params import parse_given  # noqa: PLC0415
     from envlock.run.pinned import run_project  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    given = parse_given(param or [])
     signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.choose_runtime(runtime, spec.runtime)
@@ -63,7 +67,17 @@ def run_command(
     record, store = run_project(
         spec,
         locked,
-        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ()), inputs=read),
+        RunRequest(
+            list(command),
+            seed,
+            force,
+            gpus,
+            outputs,
+            tuple(env or ()),
+            inputs=read,
+            params=given,
+            param_files=spec.params,
+        ),
         wiring.run_tools(signer),
         tracking=tracking,
         remove_container=wiring.remove_container,

@@ -384,4 +384,6 @@ def rerun_request(original: RunRecord, force: bool) -> RunRequest:
         tuple(original.passed_env),
         original.run_id,
         inputs=tuple(original.inputs.paths) if original.inputs else (),
+        params=dict(original.params.given) if original.params else {},
+        param_files=tuple(original.params.files) if original.params else (),
     )

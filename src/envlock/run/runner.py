@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shutil
 import threading
@@ -23,9 +24,10 @@ from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet, StatCache, hash_inputs
 from envlock.run.links import find_links, moved_inputs
+from envlock.run.params import read_params
 from envlock.run.preflight import check_host, enforce, without_gpus
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.schema import GitRecord, JobRecord, Link, RuntimeRecord
+from envlock.run.schema import GitRecord, JobRecord, Link, ParamsRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -65,6 +67,8 @@ class RunRequest:
     host_network: bool = False  # share the host's network (a multi-node job: NCCL between nodes)
     inputs: tuple[str, ...] = ()  # files or directories the command reads, relative to the project: hashed first
     chain: str | None = None  # the chain re-run this run is a step of (envlock reproduce --chain)
+    params: Mapping[str, str] = field(default_factory=dict)  # --param KEY=VALUE, over the files' values
+    param_files: tuple[str, ...] = ()  # params files (YAML, JSON, TOML) in the code, hashed and read key by key
 
 
 def new_record(
@@ -83,8 +87,10 @@ def new_record(
     container: str | None = None,
     gpus: bool | None = None,
     inputs: InputSet | None = None,
+    params: ParamsRecord | None = None,
 ) -> RunRecord:
-    """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
+    """A run's record as it starts (or is queued): what runs, in which image, with which settings (the params,
+    when declared, reach the command as ENVLOCK_PARAMS, a JSON table)."""
     return RunRecord(
         run_id=run_id,
         status=status,
@@ -102,6 +108,7 @@ def new_record(
             "ENVLOCK_RUN_ID": run_id,
             **home_env(),
             **request.settings,
+            **({"ENVLOCK_PARAMS": json.dumps(dict(params.values), sort_keys=True)} if params else {}),
         },
         passed_env=passed_env,
         forced=request.force and any(n.startswith("forced: ") for n in notes),
@@ -115,6 +122,7 @@ def new_record(
         declared_outputs=list(request.outputs),
         gpus=gpus,
         chain=request.chain,
+        params=params,
     )
 
 
@@ -176,6 +184,7 @@ def plan_run(
     inputs: InputSet | None = None,
     inputs_from: Path | None = None,
     runtime: RuntimeRecord | None = None,
+    params: ParamsRecord | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
 
@@ -205,6 +214,7 @@ def plan_run(
         container=queued.container if queued else None,
         gpus=gpus,
         inputs=inputs,
+        params=params,
     )
     record = replace(record, runtime=runtime)
     source = inputs_from or project_dir
@@ -288,6 +298,7 @@ def run_in_image(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
         tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
         runtime=RuntimeRecord.of(launcher.runtime()),
+        params=read_params(project_dir, request.param_files, request.params),
     )  # fmt: skip
     tracked = None
     if tracking:
