@@ -228,3 +228,65 @@ def test_bad_params_are_refused_before_anything_runs(world: World, capsys: pytes
     code, _, err = world(capsys, "run", "-C", str(world.project), "--", "t")
     assert code == 125 and err.startswith("error: params file config/train.yaml must hold a table of keys, not list")
     assert world.launcher.launched == [] and RunStore(world.project).all() == []
+
+
+def test_the_chain_reproduces_step_by_step_under_one_chain_id(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = three_steps(world, capsys)
+    code, out, said = world(capsys, "reproduce", "--chain", "out/metrics.json", "-C", str(world.project))
+    assert code == 0, out + said
+    lines = out.splitlines()
+    store = RunStore(world.project)
+    reruns = sorted((r for r in store.all() if r.chain), key=lambda r: r.started)
+    assert [r.reproduces for r in reruns] == [ids["prepare"], ids["train"], ids["evaluate"]]
+    chain = reruns[0].chain
+    assert chain is not None and {r.chain for r in reruns} == {chain}
+    assert lines == [
+        f"step 1 REPRODUCED: run {reruns[0].run_id} re-ran {ids['prepare']} (python prepare.py)",
+        f"step 2 REPRODUCED: run {reruns[1].run_id} re-ran {ids['train']} (python train.py)",
+        f"step 3 REPRODUCED: run {reruns[2].run_id} re-ran {ids['evaluate']} (python evaluate.py)",
+        f"chain {chain}: REPRODUCED (3 steps)",
+    ]
+    # Each re-run was fed its parents' outputs from this re-run, and linked to them.
+    assert [(lk.input, lk.run) for lk in reruns[2].links] == [
+        ("data/clean.csv", reruns[0].run_id),
+        ("out/model.pkl", reruns[1].run_id),
+    ]
+    kept = json.loads((world.project / ".envlock" / "chains" / f"{chain}.json").read_text())
+    assert kept["verdict"] == "REPRODUCED" and kept["first_divergent"] is None and len(kept["steps"]) == 3
+    assert [p.name for p in (world.project / ".envlock" / "chains").iterdir()] == [f"{chain}.json"], "no staging left"
+    # The original lineage still points at the originals: re-runs do not take over the links.
+    code, out, _ = world(capsys, "lineage", "out/metrics.json", "-C", str(world.project), "--json")
+    assert [s["run_id"] for s in json.loads(out)["steps"]] == [ids["prepare"], ids["train"], ids["evaluate"]]
+
+
+def test_an_edited_raw_input_stops_the_chain_at_step_one_naming_its_output(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = three_steps(world, capsys)
+    (world.project / "data/raw.csv").write_bytes(b"x,y\n1,2\n3,5\n")
+    code, out, _ = world(capsys, "reproduce", "--chain", ids["evaluate"], "-C", str(world.project))
+    assert code == 16, out
+    lines = out.splitlines()
+    assert lines[0].startswith("step 1 NOT REPRODUCED: run ") and lines[0].endswith(
+        f"re-ran {ids['prepare']} (python prepare.py)"
+    )
+    assert "    output data/clean.csv: differs" in lines and "    changed: input data/raw.csv: changed" in lines
+    assert f"step 2 NOT RUN: run - re-ran {ids['train']} (python train.py)" in lines
+    assert f"step 3 NOT RUN: run - re-ran {ids['evaluate']} (python evaluate.py)" in lines
+    assert lines[-1].endswith(
+        f": NOT REPRODUCED: first divergent step 1 (run {ids['prepare']}): data/clean.csv differs "
+        "(row 3 col 1: 4 -> 5 (by +1))"
+    ), "the first divergent file, and the value in it that moved"
+    assert len([r for r in RunStore(world.project).all() if r.chain]) == 1, "the chain stopped after step 1"
+
+
+def test_a_step_that_no_longer_reproduces_is_named_with_its_file(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = three_steps(world, capsys)
+    world.launcher.scripts["train.py"] = lambda read: {"out/model.pkl": b"another model\n"}
+    code, out, _ = world(capsys, "reproduce", "--chain", "out/metrics.json", "-C", str(world.project))
+    assert code == 16
+    lines = out.splitlines()
+    assert lines[0].startswith("step 1 REPRODUCED") and lines[1].startswith("step 2 NOT REPRODUCED")
+    assert f"first divergent step 2 (run {ids['train']}): out/model.pkl differs" in lines[-1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,6 +27,12 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
+from envlock.paths import ProjectLayout
+
+if TYPE_CHECKING:
+    from envlock.run.records import RunRecord
+    from envlock.run.reproduce import Tolerance
+    from envlock.run.runner import RunRequest
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False})
@@ -102,14 +108,24 @@ def reproduce_command(
     archive: ArchiveOpt = None,
     force: ForceOpt = False,
     runtime: RuntimeOpt = None,
+    chain: Annotated[
+        bool,
+        typer.Option(
+            "--chain",
+            help="Re-run the whole chain behind RUN (or a file a run wrote) from its raw inputs, step by step.",
+        ),
+    ] = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
     from envlock.run.pinned import run_recorded  # noqa: PLC0415
-    from envlock.run.records import RunRecord, RunStore  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.reproduce import Tolerance, reproduce_run, rerun_request  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    if chain:
+        _reproduce_chain(ctx, run_id, project, Tolerance(rtol, atol), tuple(archive or ()), force, runtime)
+        return
     if bundled := _bundle_project(Path(run_id)):  # envlock reproduce BUNDLE: the project rebuilt from the bundle
         with bundled as (rebuilt, archives):
             reproduce_command(ctx, _bundle_run_id(rebuilt), rebuilt, rtol, atol, [*(archive or ()), *archives], force)
@@ -131,6 +147,43 @@ def reproduce_command(
     for line in verdict.lines():
         typer.echo(line)
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
+    if verdict.exit_code:
+        raise typer.Exit(verdict.exit_code)
+
+
+def _reproduce_chain(
+    ctx: typer.Context,
+    target: str,
+    project: Path,
+    tolerance: Tolerance,
+    archives: tuple[Path, ...],
+    force: bool,
+    runtime: str | None,
+) -> None:
+    """`reproduce --chain`: every step of the chain re-run in order, one verdict per step and one for the chain."""
+    from envlock.evidence.lineage import reproduce_chain, trace  # noqa: PLC0415
+    from envlock.run.pinned import run_recorded  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    store = RunStore(project)
+    lineage = trace(store, target)
+    tools = wiring.run_tools()
+
+    def rerun_step(original: RunRecord, request: RunRequest, code: Path, inputs_from: Path) -> RunRecord:
+        wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        lock_path = store.directory(original.run_id) / "envlock.lock"
+        return run_recorded(
+            original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
+            inputs_from=inputs_from,
+        )  # fmt: skip
+
+    verdict = reproduce_chain(
+        lineage, store, project, rerun_step, tolerance, evidence=tools.evidence, force=force, report=wiring.say
+    )
+    for line in verdict.lines():
+        typer.echo(line)
+    wiring.say(f"chain verdict kept in {ProjectLayout(project).chains / (verdict.chain_id + '.json')}")
     if verdict.exit_code:
         raise typer.Exit(verdict.exit_code)
 

@@ -4,14 +4,23 @@ files as they are now, so later edits cannot rewrite history. A DAG: several par
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from envlock.errors import RunNotFoundError, UsageError
-from envlock.fsutil import sha256_file
+from envlock.errors import RerunError, RunNotFoundError, UsageError
+from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.paths import ProjectLayout
 from envlock.run.links import producers
-from envlock.run.records import RunRecord, RunStore
+from envlock.run.records import RunRecord, RunStore, new_run_id
+from envlock.run.reproduce import EXIT_OF, Outcome, Tolerance, Verdict, reproduce_run, rerun_request
+from envlock.run.runner import RunEvidence, RunRequest
+from envlock.run.schema import relative_path_problem
 
 
 @dataclass(frozen=True)
@@ -205,3 +214,192 @@ def _raw(steps: tuple[RunRecord, ...]) -> tuple[RawInput, ...]:
             if path not in linked:
                 readers.setdefault((path, digest), []).append(step.run_id)
     return tuple(RawInput(path, digest, tuple(runs)) for (path, digest), runs in sorted(readers.items()))
+
+
+# --- Re-running a chain -------------------------------------------------------------------------------------------
+
+# One step re-run: (the original step, its request, the recorded code, where its inputs are) → the new record.
+RerunStep = Callable[[RunRecord, RunRequest, Path, Path], RunRecord]
+
+
+def new_chain_id() -> str:
+    """One id for every run of one chain re-run: `chain-20261126T075012Z-3f9a1c`."""
+    return "chain-" + new_run_id()
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    """One step of a chain re-run: its verdict, or why it was not re-run (the chain stopped before it)."""
+
+    original: RunRecord
+    verdict: Verdict | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The step's verdict; a re-run whose inputs moved while it ran (tainted) is never REPRODUCED."""
+        if self.verdict is None:
+            return "NOT RUN"
+        if self.verdict.new.tainted and self.verdict.outcome == "REPRODUCED":
+            return "NOT REPRODUCED"
+        return self.verdict.outcome
+
+    def divergence(self) -> str:
+        """The first thing that differs, named: an output, then an input, then the exit status, then the log."""
+        verdict = self.verdict
+        if verdict is None:
+            return "not re-run"
+        named = [
+            f"{check.path} {check.status}" + (f" ({check.details[0]})" if check.details else "")
+            for check in verdict.outputs
+            if check.status not in ("identical", "within tolerance", "not produced")
+        ]
+        named += [f"input {path} {how}" for path, how in verdict.changes.inputs.items()]
+        named += [
+            f"input {path} {how} while the re-run ran (tainted)" for path, how in sorted(verdict.new.tainted.items())
+        ]
+        if verdict.new.exit_code != verdict.original.exit_code:
+            named.append(f"exit code {verdict.original.exit_code} -> {verdict.new.exit_code}")
+        if verdict.log and verdict.log.status != "identical":
+            named.append("log.txt differs")
+        return named[0] if named else verdict.outcome.lower()
+
+
+@dataclass(frozen=True)
+class ChainVerdict:
+    """A chain re-run: one verdict per step, and one for the chain (REPRODUCED only when every step is)."""
+
+    chain_id: str
+    lineage: Lineage
+    steps: tuple[StepVerdict, ...]
+
+    @property
+    def first_divergent(self) -> StepVerdict | None:
+        """The step where the chain stopped."""
+        return next((step for step in self.steps if step.outcome != "REPRODUCED"), None)
+
+    @property
+    def outcome(self) -> Outcome:
+        """REPRODUCED when every step is; otherwise the first divergent step's verdict."""
+        first = self.first_divergent
+        if first is None:
+            return "REPRODUCED"
+        return "NOT REPRODUCED" if first.outcome == "NOT REPRODUCED" else cast("Outcome", first.outcome)
+
+    @property
+    def exit_code(self) -> int:
+        """reproduce's exit codes: 0 only for REPRODUCED."""
+        return EXIT_OF[self.outcome]
+
+    def lines(self) -> list[str]:
+        """The chain verdict as text: one line per step, then the chain's."""
+        lines = []
+        for index, step in enumerate(self.steps, 1):
+            new = step.verdict.new.run_id if step.verdict else "-"
+            command = " ".join(step.original.command)
+            lines.append(f"step {index} {step.outcome}: run {new} re-ran {step.original.run_id} ({command})")
+            if step.verdict and step.outcome != "REPRODUCED":
+                lines += [f"  {line}" for line in step.verdict.lines()[1:]]
+        first = self.first_divergent
+        if first is None:
+            lines.append(f"chain {self.chain_id}: REPRODUCED ({len(self.steps)} steps)")
+        else:
+            number = self.lineage.number(first.original.run_id)
+            lines.append(
+                f"chain {self.chain_id}: {self.outcome}: first divergent step {number} "
+                f"(run {first.original.run_id}): {first.divergence()}"
+            )
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form, kept as .envlock/chains/<chain id>.json."""
+        first = self.first_divergent
+        divergent = None
+        if first is not None:
+            divergent = {
+                "step": self.lineage.number(first.original.run_id),
+                "run": first.original.run_id,
+                "what": first.divergence(),
+            }
+        return {
+            "chain": self.chain_id,
+            "verdict": self.outcome,
+            "exit_code": self.exit_code,
+            "target": self.lineage.target,
+            "first_divergent": divergent,
+            "steps": [
+                {
+                    "step": index,
+                    "original": step.original.run_id,
+                    "new": step.verdict.new.run_id if step.verdict else None,
+                    "verdict": step.outcome,
+                }
+                for index, step in enumerate(self.steps, 1)
+            ],
+        }
+
+
+def _stage_inputs(step: RunRecord, project_dir: Path, store: RunStore, made: dict[str, RunRecord], into: Path) -> None:
+    """The step's inputs as this re-run gives them: each linked file from its parent's re-run (kept under that
+    run's outputs/), each raw file from the project; a file that cannot be found is left out (the verdict names
+    it). Hard links where the file system allows (no copy of big data), else copies."""
+    came = {link.input: link for link in step.links}
+    for path in sorted(step.inputs.files) if step.inputs else ():
+        link = came.get(path)
+        parent = made.get(link.run) if link else None
+        source = store.saved_output(parent.run_id, link.output) if link and parent else project_dir / path
+        if relative_path_problem(path) or source.is_symlink() or not source.is_file():
+            continue
+        target = into / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+
+def reproduce_chain(
+    lineage: Lineage,
+    store: RunStore,
+    project_dir: Path,
+    rerun_step: RerunStep,
+    tolerance: Tolerance,
+    *,
+    evidence: RunEvidence,
+    force: bool = False,
+    report: Callable[[str], None] = lambda _line: None,
+) -> ChainVerdict:
+    """Re-run every step of the chain in order, from the raw inputs, each on its recorded code and image (through
+    reproduce's own machinery), each fed its parents' outputs from this re-run; stop at the first step that does
+    not reproduce. Every re-run carries one chain id; the chain's verdict is kept in .envlock/chains/."""
+    if lineage.lost:
+        raise RerunError(
+            f"run {lineage.lost[0]} is linked in the chain but its record is gone: the chain cannot be re-run "
+            "from its raw inputs",
+            hint=f"envlock lineage {lineage.target} shows where the story stops",
+        )
+    chain_id = new_chain_id()
+    made: dict[str, RunRecord] = {}
+    results: list[StepVerdict] = []
+    staging_root = ProjectLayout(store.project_dir).chains
+    staging_root.mkdir(parents=True, exist_ok=True)
+    for index, step in enumerate(lineage.steps, 1):
+        if results and results[-1].outcome != "REPRODUCED":
+            results.append(StepVerdict(step))
+            continue
+        report(f"chain {chain_id}: step {index}/{len(lineage.steps)}: re-running {step.run_id}")
+        request = replace(rerun_request(step, force), chain=chain_id)
+        with tempfile.TemporaryDirectory(prefix="inputs-", dir=staging_root) as staged:
+            _stage_inputs(step, project_dir, store, made, Path(staged))
+
+            def rerun(
+                code: Path, step: RunRecord = step, request: RunRequest = request, staged: str = staged
+            ) -> RunRecord:
+                return rerun_step(step, request, code, Path(staged))
+
+            verdict = reproduce_run(step, store, project_dir, rerun, tolerance, evidence=evidence)
+        made[step.run_id] = verdict.new
+        results.append(StepVerdict(step, verdict))
+    chain = ChainVerdict(chain_id, lineage, tuple(results))
+    text = json.dumps(chain.as_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write_text(staging_root / f"{chain_id}.json", text)
+    return chain
