@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from envlock.run.records import RunRecord, RunStore
+from envlock.signing import generate_key
 from tests.unit import test_cli_commands
 from tests.unit.test_cli_commands import World
 
@@ -290,3 +293,76 @@ def test_a_step_that_no_longer_reproduces_is_named_with_its_file(
     lines = out.splitlines()
     assert lines[0].startswith("step 1 REPRODUCED") and lines[1].startswith("step 2 NOT REPRODUCED")
     assert f"first divergent step 2 (run {ids['train']}): out/model.pkl differs" in lines[-1]
+
+
+def _signed_three_steps(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> tuple[dict[str, str], Path]:
+    key = generate_key(tmp_path / "keys" / "alice.pem")
+    world.wiring.environ = {"ENVLOCK_SIGNING_KEY": str(key.path)}
+    ids = three_steps(world, capsys)
+    return ids, tmp_path / "keys" / "alice.pem.pub"
+
+
+def test_the_chain_report_tells_each_step_from_its_verified_record(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ids, public = _signed_three_steps(world, capsys, tmp_path)
+    code, out, _ = world(capsys, "reproduce", "--chain", "out/metrics.json", "-C", str(world.project))
+    assert code == 0, out
+    chain = out.splitlines()[-1].split()[1].rstrip(":")
+    code, text, _ = world(
+        capsys, "report", "--chain", "out/metrics.json", "-C", str(world.project), "--key", str(public)
+    )
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[1] == f"[VERIFIED] 3 steps: 3 VERIFIED; last chain re-run {chain}: REPRODUCED"
+    assert "Step 2: python train.py" in lines and f"  {chain}: REPRODUCED" in lines
+    # Without the key: every step's banner is UNTRUSTED KEY, and the chain's with it.
+    code, text, _ = world(capsys, "report", "--chain", ids["evaluate"], "-C", str(world.project))
+    assert code == 0 and text.splitlines()[1].startswith("[UNTRUSTED KEY] 3 steps: 3 UNTRUSTED KEY")
+    # A record edited after its signature: that step fails verification, and the chain shows the signed values.
+    run_dir = RunStore(world.project).directory(ids["train"])
+    record = json.loads((run_dir / "record.json").read_text())
+    record["command"] = ["python", "forged.py"]
+    (run_dir / "record.json").write_text(json.dumps(record))
+    page = tmp_path / "chain.html"
+    code, _, _ = world(capsys, "report", "--chain", ids["evaluate"], "-C", str(world.project), "--key", str(public),
+                       "--html", "-o", str(page))  # fmt: skip
+    html = page.read_text()
+    assert code == 0 and 'id="verdict" data-state="VERIFICATION FAILED"' in html
+    assert "forged.py" not in html and "Step 2: python train.py — VERIFICATION FAILED" in html
+    assert html.count('<g class="step"') == 3 and html.count('<g class="raw"') == 1
+    assert html.count('<line class="edge"') == 4, "raw→prepare, prepare→train, prepare→evaluate, train→evaluate"
+    assert "<script" not in html and "http://" not in html and "https://" not in html and " src=" not in html
+    assert "default-src 'none'" in html
+
+
+@pytest.mark.browser
+def test_the_chain_report_renders_in_headless_chromium_with_no_request(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+    _, public = _signed_three_steps(world, capsys, tmp_path)
+    page = tmp_path / "chain.html"
+    code, _, _ = world(capsys, "report", "--chain", "out/metrics.json", "-C", str(world.project), "--key", str(public),
+                       "--html", "-o", str(page))  # fmt: skip
+    assert code == 0
+    netlog = tmp_path / "netlog.json"
+    done = subprocess.run(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", f"--log-net-log={netlog}", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'data-state="VERIFIED"' in dom and '<svg id="chain-graph"' in dom
+    assert dom.count('<g class="step" data-state="VERIFIED">') == 3 and dom.count('<line class="edge"') == 4
+    assert "step 3: python evaluate.py" in dom
+    # The browser's network log: chromium's own background traffic (update checks, its clock) has no initiator
+    # origin; a request the page made would carry the page's ("null" for a file). None did.
+    events = json.loads(netlog.read_text())["events"]
+    initiators = {e["params"].get("initiator") for e in events if "url" in e.get("params", {})}
+    assert initiators <= {None, "not an origin"}, initiators

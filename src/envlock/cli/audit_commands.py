@@ -234,6 +234,9 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
     output: FileOutOpt = None,
     key: PublicKeyOpt = None,
+    chain: Annotated[
+        bool, typer.Option("--chain", help="The whole chain behind RUN (or a file a run wrote), step by step.")
+    ] = False,
 ) -> None:
     """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced, and whether
     a key you trust signed it: rendered from the signed statement, never from loose files."""
@@ -246,8 +249,14 @@ def report_command(
     def present(image_id: str) -> bool | None:
         return None if engine is None or engine.image_id(image_id) is None else True
 
-    summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
-    text = render_html(summary) if html else render_text(summary)
+    if chain:
+        from envlock.evidence.lineage import render_chain_html, render_chain_text, summarize_chain  # noqa: PLC0415
+
+        told = summarize_chain(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        text = render_chain_html(told) if html else render_chain_text(told)
+    else:
+        summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        text = render_html(summary) if html else render_text(summary)
     if output is None:
         typer.echo(text, nl=False)
         return

@@ -4,6 +4,7 @@ files as they are now, so later edits cannot rewrite history. A DAG: several par
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from envlock.errors import RerunError, RunNotFoundError, UsageError
+from envlock.evidence.runreport import BANNER_CLASS, CSS, Banner, Verified, verified_run
+from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.paths import ProjectLayout
 from envlock.run.links import producers
@@ -173,7 +176,7 @@ def trace(store: RunStore, target: str, records: list[RunRecord] | None = None) 
     everything = store.all() if records is None else records
     index = {record.run_id: record for record in everything}
     top, digest = resolve_target(store, target, everything)
-    index[top.run_id] = top
+    index.setdefault(top.run_id, top)  # the records given (verified ones, for a report) over the file on disk
     found: dict[str, RunRecord] = {}
     lost: list[str] = []
     todo = [top.run_id]
@@ -403,3 +406,199 @@ def reproduce_chain(
     text = json.dumps(chain.as_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write_text(staging_root / f"{chain_id}.json", text)
     return chain
+
+
+# --- The narrative: envlock report --chain ------------------------------------------------------------------------
+
+_SEVERITY = ("VERIFIED", "UNSIGNED", "UNTRUSTED KEY", "NOT ATTESTED", "VERIFICATION FAILED")
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The chain as its evidence shows it: each step verified (and shown from its signed record), the chain's
+    banner (VERIFIED only when every step is; else the worst step's state), and the chain re-runs kept."""
+
+    title: str
+    banner: Banner
+    verdict: str
+    lineage: Lineage
+    shown: dict[str, Verified]  # run id → the step as verified
+    reruns: list[dict[str, Any]]  # the chain verdicts kept for this chain, oldest first
+
+
+def summarize_chain(
+    project_dir: Path, target: str, *, trust: Trust, image_present: Callable[[str], bool | None]
+) -> ChainReport:
+    """Verify every step of the chain behind `target` and tell the chain from the signed records."""
+    store = RunStore(project_dir)
+    first = trace(store, target)
+    shown = {s.run_id: verified_run(store, s.run_id, trust=trust, image_present=image_present) for s in first.steps}
+    lineage = trace(store, target, [v.record for v in shown.values()])  # the links as signed, not as on disk
+    banner = max((v.banner for v in shown.values()), key=_SEVERITY.index, default="NOT ATTESTED")
+    counts = {state: sum(v.banner == state for v in shown.values()) for state in _SEVERITY}
+    told = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    reruns = _chain_verdicts(project_dir, {s.run_id for s in lineage.steps})
+    last = f"; last chain re-run {reruns[-1]['chain']}: {reruns[-1]['verdict']}" if reruns else "; never re-run"
+    title = f"envlock chain of {target}"
+    return ChainReport(title, banner, f"{len(lineage.steps)} steps: {told}{last}", lineage, shown, reruns)
+
+
+def _chain_verdicts(project_dir: Path, originals: set[str]) -> list[dict[str, Any]]:
+    """The chain re-runs kept whose steps are this chain's runs (unreadable ones skipped: a report is no judge)."""
+    found = []
+    folder = ProjectLayout(project_dir).chains
+    for path in sorted(folder.glob("chain-*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        steps = data.get("steps") if isinstance(data, dict) else None
+        readable = isinstance(steps, list) and steps and all(isinstance(s, dict) for s in steps)
+        if readable and {s.get("original") for s in steps or ()} <= originals:
+            found.append(data)
+    return found
+
+
+def _step_rows(report: ChainReport, step: RunRecord) -> list[tuple[str, str]]:
+    """One step's facts from its verified record."""
+    shown = report.shown[step.run_id]
+    lineage = report.lineage
+    rows = [("verification", shown.line), ("run", f"{step.run_id} ({step.status}, exit {step.exit_code})")]
+    rows += [
+        ("command", " ".join(step.command)),
+        ("image", f"{step.image_id} ({step.image_reference})"),
+        ("lock", step.lock_hash),
+        ("commit", _commit(step)),
+    ]
+    rows += [(f"param {k}", v) for k, v in sorted(step.params.values.items())] if step.params else []
+    came = {link.input: link for link in step.links}
+    for path, digest in sorted(step.inputs.files.items()) if step.inputs else ():
+        link = came.get(path)
+        known = link is not None and any(s.run_id == link.run for s in lineage.steps)
+        source = f"from step {lineage.number(link.run)}" if link and known else "raw input" if not link else "lost"
+        rows.append((f"read {path}", f"sha256 {digest} ({source})"))
+    rows += [(f"wrote {path}", f"sha256 {d}" if d else "not produced") for path, d in sorted(step.outputs.items())]
+    rows += [(f"TAINTED {path}", f"{how} while the run ran") for path, how in sorted(step.tainted.items())]
+    for rerun in report.reruns[-1:]:
+        for entry in rerun["steps"]:
+            if entry.get("original") == step.run_id:
+                rows.append(("last chain re-run", f"{rerun.get('chain')}: {entry.get('verdict')} ({entry.get('new')})"))
+    return rows
+
+
+def render_chain_text(report: ChainReport) -> str:
+    """The chain report as plain text."""
+    lines = [report.title, f"[{report.banner}] {report.verdict}", ""]
+    lines += [f"raw input {r.path}  sha256 {r.sha256}" for r in report.lineage.raw]
+    for index, step in enumerate(report.lineage.steps, 1):
+        lines += ["", f"Step {index}: {' '.join(step.command)}"]
+        rows = _step_rows(report, step)
+        width = max(len(k) for k, _ in rows)
+        lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += ["", "Chain re-runs"]
+    lines += [
+        f"  {r.get('chain')}: {r.get('verdict')}"
+        + (f" (first divergent: step {r['first_divergent'].get('step')}, {r['first_divergent'].get('what')})"
+           if isinstance(r.get("first_divergent"), dict) else "")
+        for r in report.reruns
+    ] or ["  none yet (envlock reproduce --chain " + report.lineage.run + ")"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+_NODE_W, _NODE_H, _GAP_X, _GAP_Y = 220, 54, 70, 24
+_FILL = {"VERIFIED": "#e6f4ea", "VERIFICATION FAILED": "#fbeaea"}
+
+
+def chain_svg(report: ChainReport) -> str:
+    """The chain drawn as an inline SVG: raw inputs in the first column, each step one column right of its
+    deepest parent, an arrow per file read; each step boxed in its verification state's colour."""
+    lineage = report.lineage
+    depth: dict[str, int] = {}
+    for step in lineage.steps:
+        depth[step.run_id] = 1 + max((depth[p] for p in lineage.parents(step) if p in depth), default=0)
+    columns: dict[int, list[str]] = {}
+    nodes: dict[str, tuple[int, int, str, str]] = {}  # key → (x, y, label, state)
+    for raw in lineage.raw:
+        columns.setdefault(0, []).append(f"raw:{raw.path}:{raw.sha256}")
+    for step in lineage.steps:
+        columns.setdefault(depth[step.run_id], []).append(step.run_id)
+    for column, keys in columns.items():
+        for row, key in enumerate(keys):
+            x, y = 10 + column * (_NODE_W + _GAP_X), 10 + row * (_NODE_H + _GAP_Y)
+            if key.startswith("raw:"):
+                nodes[key] = (x, y, key.split(":")[1], "raw")
+            else:
+                step = next(s for s in lineage.steps if s.run_id == key)
+                label = f"step {lineage.number(key)}: {' '.join(step.command)}"
+                nodes[key] = (x, y, label, report.shown[key].banner)
+    width = 20 + (max(columns) + 1) * (_NODE_W + _GAP_X)
+    height = 20 + max(len(keys) for keys in columns.values()) * (_NODE_H + _GAP_Y)
+    parts = [
+        f'<svg id="chain-graph" role="img" aria-label="the chain of runs" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#57606a"/></marker></defs>',
+    ]
+    edges = [(link.run, step.run_id) for step in lineage.steps for link in step.links if link.run in nodes]
+    edges += [(f"raw:{r.path}:{r.sha256}", reader) for r in lineage.raw for reader in r.read_by]
+    for source, target in dict.fromkeys(edges):
+        (x1, y1, _, _), (x2, y2, _, _) = nodes[source], nodes[target]
+        parts.append(
+            f'<line class="edge" x1="{x1 + _NODE_W}" y1="{y1 + _NODE_H // 2}" x2="{x2}" y2="{y2 + _NODE_H // 2}" '
+            'stroke="#57606a" stroke-width="1.5" marker-end="url(#arrow)"/>'
+        )
+    for x, y, label, state in nodes.values():
+        fill = "#f6f8fa" if state == "raw" else _FILL.get(state, "#fff8e1")
+        kind = "raw" if state == "raw" else "step"
+        shown = label if len(label) <= 30 else label[:29] + "…"
+        parts.append(
+            f'<g class="{kind}" data-state="{html.escape(state)}"><rect x="{x}" y="{y}" width="{_NODE_W}" '
+            f'height="{_NODE_H}" rx="6" fill="{fill}" stroke="#1b1f24"/>'
+            f'<text x="{x + 10}" y="{y + 22}" font-size="13">{html.escape(shown)}</text>'
+            f'<text x="{x + 10}" y="{y + 42}" font-size="11" fill="#57606a">'
+            f"{html.escape('raw input' if state == 'raw' else state)}</text></g>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_chain_html(report: ChainReport) -> str:
+    """One self-contained page: banner, the graph (inline SVG), then the story step by step; no scripts, no
+    external assets, and a content policy that lets no request leave the page."""
+    css_class = BANNER_CLASS.get(report.banner, "failed")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{html.escape(report.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1>",
+        f'<p class="banner {css_class}" id="verdict" data-state="{html.escape(report.banner)}">'
+        f'<span class="state">{html.escape(report.banner)}</span>{html.escape(report.verdict)}</p>',
+        "<h2>The chain</h2>",
+        chain_svg(report),
+        "<h2>Raw inputs</h2><table>",
+        *(
+            f'<tr><td class="k">{html.escape(r.path)}</td><td class="v">sha256 {r.sha256}</td></tr>'
+            for r in report.lineage.raw
+        ),
+        "</table>",
+    ]
+    for index, step in enumerate(report.lineage.steps, 1):
+        state = report.shown[step.run_id].banner
+        parts.append(
+            f'<h2 class="step" data-state="{html.escape(state)}">Step {index}: {html.escape(" ".join(step.command))}'
+            f" — {html.escape(state)}</h2><table>"
+        )
+        parts += [
+            f'<tr><td class="k">{html.escape(k)}</td><td class="v">{html.escape(v)}</td></tr>'
+            for k, v in _step_rows(report, step)
+        ]
+        parts.append("</table>")
+    parts.append("<h2>Chain re-runs</h2><table>")
+    for rerun in report.reruns or [{"chain": "none yet", "verdict": f"envlock reproduce --chain {report.lineage.run}"}]:
+        parts.append(
+            f'<tr><td class="k">{html.escape(str(rerun.get("chain")))}</td>'
+            f'<td class="v">{html.escape(str(rerun.get("verdict")))}</td></tr>'
+        )
+    parts.append("</table></body></html>\n")
+    return "\n".join(parts)
