@@ -512,6 +512,8 @@ class FakeLauncher(Launcher):
     removed: list[str] = field(default_factory=list)
     reads: tuple[str, ...] = ()  # files the command reads: what it found is kept in `seen`, one dict per launch
     seen: list[dict[str, bytes | None]] = field(default_factory=list)
+    # By the command's last word (e.g. "train.py"): what it writes, computed from the files it reads as mounted.
+    scripts: dict[str, Callable[[Callable[[str], bytes | None]], dict[str, bytes]]] = field(default_factory=dict)
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         self.launched.append(spec)
@@ -521,6 +523,10 @@ class FakeLauncher(Launcher):
         if self.interrupt:
             raise KeyboardInterrupt
         for name, data in self.writes.items():
+            (spec.project_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (spec.project_dir / name).write_bytes(data)
+        script = self.scripts.get(spec.command[-1]) if spec.command else None
+        for name, data in script(lambda name: _read_as_mounted(spec, name)).items() if script else ():
             (spec.project_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (spec.project_dir / name).write_bytes(data)
         return self.code

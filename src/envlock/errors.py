@@ -26,7 +26,7 @@ EXIT_CODES: dict[int, str] = {
     17: "Slurm refused the job or could not be asked (`sbatch`/`scontrol` missing or failing)",
     18: "MLflow: the tracking store is unreachable or refused, or its URI cannot be reached from a container",
     19: "`envlock runs wait --timeout S`: the run was still queued or running (`runs wait` itself exits 125 then)",
-    20: "`pyproject.toml` is malformed or `[tool.envlock]` is invalid",
+    20: "`pyproject.toml` is malformed or `[tool.envlock]` is invalid, or a params file it names cannot be read",
     21: "a run record was edited or damaged",
     22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
@@ -225,6 +225,12 @@ class SpecError(EnvlockError):
     """pyproject.toml or its [tool.envlock] table is malformed or inconsistent."""
 
     exit_code = 20
+
+
+class ParamsError(SpecError):
+    """A params file (params = [...] in [tool.envlock]) is missing, of an unknown kind, or malformed."""
+
+    default_hint = 'params files are YAML, JSON or TOML tables inside the project (params = ["config/train.yaml"])'
 
 
 class RunRecordError(EnvlockError):

@@ -88,6 +88,11 @@ class ProjectLayout:
         return self.state / "objects"
 
     @property
+    def chains(self) -> Path:
+        """Chain re-runs (`envlock reproduce --chain`): one verdict per chain id, and their staging folders."""
+        return self.state / "chains"
+
+    @property
     def input_stats(self) -> Path:
         """The inputs' stat cache: (path, size, mtime_ns, inode) → sha256, so unchanged data is not read again."""
         return self.state / "cache" / "input-stats.json"

@@ -41,7 +41,7 @@ def test_every_kind_of_record_is_kept_as_test_data() -> None:
         "v1-slurm-node1.json",
         "v1-slurm-queued.json",
     ]
-    assert RECORD_VERSION == 4 and all(v1(name)["record_version"] == 1 for name in V1)
+    assert RECORD_VERSION == 5 and all(v1(name)["record_version"] == 1 for name in V1)
 
 
 @pytest.mark.parametrize("name", V1)
@@ -52,8 +52,9 @@ def test_a_version_1_record_reads_and_writes_back_key_for_key(name: str) -> None
     # Version 3's fields: unknown then.
     added: dict[str, Any] = {"declared_outputs": [], "inputs": None, "gpus": None, "log_sha256": None}
     git = {**data["git"], "untracked-saved": {}, "untracked-skipped": {}} if data["git"] else {}
-    assert written == {**data, **added, "git": git, "record_version": 4, "runtime": None}, (
-        "the same keys and values, versions 3 and 4's added"
+    lineage: dict[str, Any] = {"links": [], "tainted": {}, "params": None, "chain": None}
+    assert written == {**data, **added, **lineage, "git": git, "record_version": 5, "runtime": None}, (
+        "the same keys and values, versions 3, 4 and 5's added"
     )
     assert RunRecord.from_dict(written) == record
 
@@ -143,8 +144,8 @@ def test_a_record_that_is_not_a_table_is_refused(data: object) -> None:
 
 def test_a_newer_version_is_refused_with_a_hint_to_upgrade() -> None:
     with pytest.raises(RunRecordError) as refused:
-        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 5, "energy-kwh": 1.5})
-    assert "record version 5" in refused.value.message and "reads versions 1 to 4" in refused.value.message
+        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 6, "energy-kwh": 1.5})
+    assert "record version 6" in refused.value.message and "reads versions 1 to 5" in refused.value.message
     assert "upgrade envlock" in refused.value.hint
 
 
@@ -179,7 +180,7 @@ def test_runs_show_reads_the_records_an_earlier_envlock_wrote(
     assert "mlflow    http://127.0.0.1:5000/#/experiments/7/runs/" in out and "(sm_80)" in out
     assert cli(["runs", "-C", str(project), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["record_version"] for r in listed} == {4} and all(r["host"]["kernel"] for r in listed)
+    assert {r["record_version"] for r in listed} == {5} and all(r["host"]["kernel"] for r in listed)
 
 
 def test_a_record_of_the_wrong_shape_exits_21_without_a_traceback(
@@ -220,3 +221,28 @@ def test_a_queued_records_mlflow_request_keeps_no_credentials_and_reads_back(
     read = RunStore(project).load(record.run_id)
     assert read == record and read.scheduler is not None and read.scheduler.request.mlflow is not None
     assert submitted_tracking(read, {"MLFLOW_TRACKING_URI": secret_uri}) == TrackingSettings(secret_uri, "demo", "r1")
+
+
+def test_a_version_4_record_reads_without_lineage_and_writes_back_as_version_5() -> None:
+    data = json.loads((RECORDS / "v4-local-inputs.json").read_text(encoding="utf-8"))
+    record = RunRecord.from_dict(data)
+    assert record.inputs is not None and record.inputs.files == {"data/clean.csv": "a" * 64}
+    assert (record.links, record.tainted, record.params, record.chain) == ((), {}, None, None)
+    written = json.loads(json.dumps(record.as_dict()))
+    assert written == {**data, "links": [], "tainted": {}, "params": None, "chain": None, "record_version": 5}
+    assert RunRecord.from_dict(written) == record
+
+
+def test_version_5_lineage_parts_are_checked_on_read() -> None:
+    data = json.loads((RECORDS / "v4-local-inputs.json").read_text(encoding="utf-8")) | {"record_version": 5}
+    link = {"input": "data/clean.csv", "sha256": "a" * 64, "run": "20261126T075012Z-3f9a1c", "output": "clean.csv"}
+    good = RunRecord.from_dict(data | {"links": [link], "tainted": {"data/clean.csv": "changed"}})
+    assert good.links[0].run == "20261126T075012Z-3f9a1c" and good.tainted == {"data/clean.csv": "changed"}
+    bad = {"links": [link | {"run": "../../x", "output": "/etc/passwd"}], "tainted": {"a": "edited"}, "chain": "x"}
+    with pytest.raises(RunRecordError) as refused:
+        RunRecord.from_dict(data | bad)
+    problems = [refused.value.message, *refused.value.details]
+    assert any("links[0].'run' must be a string like" in p for p in problems), problems
+    assert any("'/etc/passwd' is not a plain path inside the project" in p for p in problems), problems
+    assert any("'tainted': 'edited' must be one of changed, missing, added" in p for p in problems), problems
+    assert any("'chain' must be a string like" in p for p in problems), problems

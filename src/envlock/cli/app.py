@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "run": ("run_commands",),
     "reproduce": ("run_commands",),
     "diff": ("run_commands",),
+    "lineage": ("lineage_commands",),
     "runs": ("runs_commands",),
     "submit": ("cluster_commands",),
     "run-submitted": ("cluster_commands",),

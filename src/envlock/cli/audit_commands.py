@@ -240,6 +240,9 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
     output: FileOutOpt = None,
     key: PublicKeyOpt = None,
+    chain: Annotated[
+        bool, typer.Option("--chain", help="The whole chain behind RUN (or a file a run wrote), step by step.")
+    ] = False,
 ) -> None:
     """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced, and whether
     a key you trust signed it: rendered from the signed statement, never from loose files."""
@@ -255,12 +258,18 @@ def report_command(
     from envlock.evidence.bundle import is_bundle, unpacked  # noqa: PLC0415
     from envlock.evidence.runreport import summarize_bundle  # noqa: PLC0415
 
-    if is_bundle(Path(run_id)):  # the bundle reviewer's view: the trust of the receiver only
+    if chain:
+        from envlock.evidence.lineage import render_chain_html, render_chain_text, summarize_chain  # noqa: PLC0415
+
+        told = summarize_chain(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        text = render_chain_html(told) if html else render_chain_text(told)
+    elif is_bundle(Path(run_id)):  # the bundle reviewer's view: the trust of the receiver only
         with unpacked(Path(run_id)) as found:
             summary = summarize_bundle(found, _trust(wiring, key, None), lambda: engine)
+        text = render_html(summary) if html else render_text(summary)
     else:
         summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
-    text = render_html(summary) if html else render_text(summary)
+        text = render_html(summary) if html else render_text(summary)
     if output is None:
         typer.echo(text, nl=False)
         return

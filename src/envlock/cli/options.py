@@ -48,6 +48,12 @@ InputsOpt = Annotated[
         "--input", "-i", help="A file or directory the run reads (repeatable): hashed first, mounted read-only."
     ),
 ]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param", "-p", help="A hyperparameter KEY=VALUE (repeatable): recorded key by key, over params files'."
+    ),
+]
 EnvOpt = Annotated[
     list[str] | None, typer.Option("--env", "-e", help="Pass this host variable in (repeatable); recorded by name.")
 ]

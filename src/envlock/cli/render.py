@@ -147,6 +147,10 @@ def _inputs_lines(record: RunRecord) -> list[str]:
         return []
     lines = [f"inputs    {' '.join(inputs.paths)}  ({len(inputs.files)} files, digest {inputs.digest[:12]})"]
     lines += [f"input     {path}  missing" for path in inputs.missing]
+    lines += [
+        f"link      {link.input} <- run {link.run} ({link.output}, sha256 {link.sha256[:12]})" for link in record.links
+    ]
+    lines += [f"TAINTED   input {path} {how} while the run ran" for path, how in sorted(record.tainted.items())]
     return lines
 
 
@@ -198,6 +202,11 @@ def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]
         *(f"output    {path}  {digest or 'not produced'}" for path, digest in record.outputs.items()),
     ]
     lines += _verdict_lines(record, store)
+    if record.params:
+        lines += [f"param     {key} = {value}" for key, value in sorted(record.params.values.items())]
+        lines += [f"params    {path}  sha256 {digest}" for path, digest in sorted(record.params.files.items())]
+    if record.chain:
+        lines.append(f"chain     {record.chain}")
     if record.tracking:
         lines.append(f"mlflow    {record.tracking.link or record.tracking.run_id}")
     if record.error:

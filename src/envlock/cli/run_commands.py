@@ -21,6 +21,7 @@ from envlock.cli.options import (
     MlflowOpt,
     NoMlflowOpt,
     OutputsOpt,
+    ParamOpt,
     ProjectOpt,
     PublicKeyOpt,
     RuntimeOpt,
@@ -28,11 +29,13 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
+from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
     from envlock.run.gitstate import Origin
     from envlock.run.records import RunRecord, RunStore
     from envlock.run.reproduce import Tolerance
+    from envlock.run.runner import RunRequest
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False})
@@ -45,6 +48,7 @@ def run_command(
     gpus: GpusOpt = None,
     output: OutputsOpt = None,
     inputs: InputsOpt = None,
+    param: ParamOpt = None,
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
@@ -54,11 +58,13 @@ def run_command(
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
+    from envlock.run.params import parse_given  # noqa: PLC0415
     from envlock.run.pinned import run_project  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    given = parse_given(param or [])
     signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.choose_runtime(runtime, spec.runtime)
@@ -70,7 +76,17 @@ def run_command(
     record, store = run_project(
         spec,
         locked,
-        RunRequest(list(command), seed, force, gpus, outputs, tuple(env or ()), inputs=read),
+        RunRequest(
+            list(command),
+            seed,
+            force,
+            gpus,
+            outputs,
+            tuple(env or ()),
+            inputs=read,
+            params=given,
+            param_files=spec.params,
+        ),
         wiring.run_tools(signer),
         tracking=tracking,
         remove_container=wiring.remove_container,
@@ -119,6 +135,13 @@ def reproduce_command(
     keep: KeepOpt = None,
     key: PublicKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
+    chain: Annotated[
+        bool,
+        typer.Option(
+            "--chain",
+            help="Re-run the whole chain behind RUN (or a file a run wrote) from its raw inputs, step by step.",
+        ),
+    ] = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
@@ -130,6 +153,9 @@ def reproduce_command(
 
     wiring = wiring_of(ctx)
     rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()))
+    if chain:
+        _reproduce_chain(ctx, run_id, project, rerun.tolerance, rerun.archives, force, runtime)
+        return
     if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
 
         def gate(found: Unpacked) -> str:
@@ -192,6 +218,43 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
         typer.echo(line)
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
     return verdict.exit_code
+
+
+def _reproduce_chain(
+    ctx: typer.Context,
+    target: str,
+    project: Path,
+    tolerance: Tolerance,
+    archives: tuple[Path, ...],
+    force: bool,
+    runtime: str | None,
+) -> None:
+    """`reproduce --chain`: every step of the chain re-run in order, one verdict per step and one for the chain."""
+    from envlock.evidence.lineage import reproduce_chain, trace  # noqa: PLC0415
+    from envlock.run.pinned import run_recorded  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    store = RunStore(project)
+    lineage = trace(store, target)
+    tools = wiring.run_tools()
+
+    def rerun_step(original: RunRecord, request: RunRequest, code: Path, inputs_from: Path) -> RunRecord:
+        wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        lock_path = store.directory(original.run_id) / "envlock.lock"
+        return run_recorded(
+            original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
+            inputs_from=inputs_from,
+        )  # fmt: skip
+
+    verdict = reproduce_chain(
+        lineage, store, project, rerun_step, tolerance, evidence=tools.evidence, force=force, report=wiring.say
+    )
+    for line in verdict.lines():
+        typer.echo(line)
+    wiring.say(f"chain verdict kept in {ProjectLayout(project).chains / (verdict.chain_id + '.json')}")
+    if verdict.exit_code:
+        raise typer.Exit(verdict.exit_code)
 
 
 @app.command("diff")

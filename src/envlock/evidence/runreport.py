@@ -313,7 +313,7 @@ def render_text(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#1b1f24;background:#fff}
 h1{font-size:1.4rem;margin-bottom:.2rem}h2{font-size:1.1rem;margin:1.4rem 0 .4rem;border-bottom:1px solid #ddd}
 .banner{font-weight:600;padding:.6rem .9rem;border-radius:.3rem;display:block;border:2px solid}
@@ -325,7 +325,7 @@ table{border-collapse:collapse;width:100%}td{padding:.2rem .6rem;vertical-align:
 td.k{color:#57606a;white-space:nowrap;width:14rem}td.v{font-family:ui-monospace,monospace;word-break:break-all}
 tr.head td{font-weight:600;color:#1b1f24}
 """
-_BANNER_CLASS = {
+BANNER_CLASS = {
     "VERIFIED": "verified",
     "UNSIGNED": "unverified",
     "UNTRUSTED KEY": "unverified",
@@ -336,11 +336,11 @@ _BANNER_CLASS = {
 
 def render_html(summary: Summary) -> str:
     """The report as one self-contained HTML file: inline CSS, no scripts, no external assets."""
-    css_class = _BANNER_CLASS.get(summary.banner, "failed")
+    css_class = BANNER_CLASS.get(summary.banner, "failed")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(summary.title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(summary.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(summary.title)}</h1>",
         f'<p class="banner {css_class}" id="verdict" data-state="{html.escape(summary.banner)}">'
         f'<span class="state">{html.escape(summary.banner)}</span>{html.escape(summary.verdict)}</p>',

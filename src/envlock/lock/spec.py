@@ -44,6 +44,7 @@ FIELDS = (
     "registry",
     "outputs",
     "inputs",
+    "params",
     "untracked-max-bytes",
     "runtime",
     "imported-from",
@@ -91,6 +92,8 @@ class Spec:
     # Files or directories a run reads (data): hashed before each run, compared by reproduce. Not a lock input:
     # changing them never makes the lock stale.
     run_inputs: tuple[str, ...] = ()
+    # Hyperparameter files (YAML, JSON, TOML) a run records key by key, with their sha256.
+    params: tuple[str, ...] = ()
     untracked_max_bytes: int = UNTRACKED_MAX_BYTES  # untracked files saved with a run, in total
     # Exact pins taken over from another tool's lock (`envlock init`): they bound versions, never add packages.
     constraints: tuple[str, ...] = ()
@@ -386,6 +389,10 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
     registry = _registry(table, problems)
     outputs = _outputs(table, problems)
     run_inputs, untracked_max_bytes = _run_settings(table, problems)
+    params = _string_list(table.get("params", []), "tool.envlock.params", problems)
+    for declared in params:
+        if problem := project_path_problem(declared):
+            problems.add("tool.envlock.params", problem)
     runtime = _runtime(table, problems)
     imported_from = _imported_from(table, problems)
     _raise_problems(problems, path)
@@ -403,6 +410,7 @@ def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: st
         registry=registry,
         outputs=tuple(outputs),
         run_inputs=tuple(p.rstrip("/") for p in run_inputs),
+        params=tuple(params),
         untracked_max_bytes=untracked_max_bytes,
         constraints=tuple(constraints),
         local_packages=local,

@@ -25,15 +25,17 @@ class RunDiff:
     factors: dict[str, tuple[Any, Any]]  # image, lock, driver, cuda-driver, gpus, commit, dirty, seed, command
     outputs: dict[str, tuple[str | None, str | None]]  # path → (sha256 in A, sha256 in B), differing only
     inputs: dict[str, str] = field(default_factory=dict)  # input file → "changed" | "missing" | "added" in B
+    params: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # key → (in A, in B), differing
 
     def __bool__(self) -> bool:
-        return bool(self.locks or self.factors or self.outputs or self.inputs)
+        return bool(self.locks or self.factors or self.outputs or self.inputs or self.params)
 
     def lines(self) -> list[str]:
         """Readable lines, one change each."""
         out = [f"{key}: {shown(old)} -> {shown(new)}" for key, (old, new) in self.factors.items()]
         out += self.locks.lines()
         out += [f"input {path}: {how}" for path, how in self.inputs.items()]
+        out += [f"param {key}: {_value(a)} -> {_value(b)}" for key, (a, b) in self.params.items()]
         out += [f"output {path}: {_short(a)} -> {_short(b)}" for path, (a, b) in self.outputs.items()]
         return out
 
@@ -44,7 +46,12 @@ class RunDiff:
             "lock": self.locks.as_dict(),
             "outputs": {k: {"old": o, "new": n} for k, (o, n) in self.outputs.items()},
             "inputs": dict(self.inputs),
+            "params": {k: {"old": o, "new": n} for k, (o, n) in self.params.items()},
         }
+
+
+def _value(value: str | None) -> str:
+    return "absent" if value is None else value
 
 
 def _short(digest: str | None) -> str:
@@ -86,7 +93,13 @@ def diff_runs(a: RunRecord, b: RunRecord, lock_a: Lock, lock_b: Lock) -> RunDiff
         for path in sorted(a.outputs.keys() | b.outputs.keys())
         if a.outputs.get(path) != b.outputs.get(path)
     }
-    return RunDiff(diff_locks(lock_a, lock_b), factors, outputs, inputs)
+    before, after = (dict(run.params.values) if run.params else {} for run in (a, b))
+    params = {
+        key: (before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    }
+    return RunDiff(diff_locks(lock_a, lock_b), factors, outputs, inputs, params)
 
 
 DiffKind = Literal["lock", "run", "image"]

@@ -19,24 +19,31 @@ from envlock.paths import ProjectLayout
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet
 from envlock.run.schema import (
+    CHAIN_ID,
+    RUN_ID,
     GitRecord,
     JobRecord,
+    Link,
+    ParamsRecord,
     RuntimeRecord,
     Table,
     TrackingRecord,
     inputs_as_dict,
     read_host,
     read_inputs,
+    read_links,
 )
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
 # 3: the untracked files' saved copies (git), inputs, declared_outputs, gpus, log_sha256 (absent in 1 and 2: unknown).
 # 4: the runtime (docker, podman, charliecloud) and its version; older records read with runtime None (docker).
-RECORD_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: lineage (links, tainted, chain) and params; older records read with none of them.
+RECORD_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
+_RUN_ID = RUN_ID
+_MOVES = ("changed", "missing", "added")
 
 
 FINAL: frozenset[str] = frozenset({"finished", "failed", "interrupted"})
@@ -91,6 +98,10 @@ class RunRecord:
     gpus: bool | None = None  # whether the container got GPUs (None: recorded before envlock said)
     log_sha256: str | None = None  # sha256 of log.txt at the end (compared when no output is declared)
     runtime: RuntimeRecord | None = None  # what ran the command and its version (None: not started; before v3)
+    links: tuple[Link, ...] = ()  # inputs whose bytes an earlier run wrote, found by hash when this run started
+    tainted: dict[str, str] = field(default_factory=dict)  # inputs that moved while it ran: path → how
+    params: ParamsRecord | None = None  # declared hyperparameters (--param, params = [...] files)
+    chain: str | None = None  # the chain re-run this run belongs to (envlock reproduce --chain)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +121,9 @@ class RunRecord:
             "scheduler": self.scheduler.as_dict() if self.scheduler else None,
             "tracking": self.tracking.as_dict() if self.tracking else None,
             "runtime": self.runtime.as_dict() if self.runtime else None,
+            "links": [link.as_dict() for link in self.links],
+            "tainted": dict(self.tainted),
+            "params": self.params.as_dict() if self.params else None,
         }
 
     @classmethod
@@ -132,9 +146,12 @@ class RunRecord:
         status = table.text("status")
         if status and status not in get_args(Status):
             problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
-        git, host, job, tracking, inputs, runtime = (
-            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs", "runtime")
+        git, host, job, tracking, inputs, runtime, params = (
+            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs", "runtime", "params")
         )
+        tainted = table.text_table("tainted")
+        problems += [f"'tainted': {how!r} must be one of {', '.join(_MOVES)}" for how in tainted.values()
+                     if how not in _MOVES]  # fmt: skip
         record = cls(
             run_id=table.text("run_id", _RUN_ID),
             status=cast("Status", status),
@@ -166,6 +183,10 @@ class RunRecord:
             gpus=table.optional_flag("gpus"),
             log_sha256=table.optional_text("log_sha256", _SHA256),
             runtime=RuntimeRecord.read(runtime) if runtime else None,
+            links=read_links(table.data.get("links"), "links", problems),
+            tainted=tainted,
+            params=ParamsRecord.read(params) if params else None,
+            chain=table.optional_text("chain", CHAIN_ID),
         )  # read in any known version, held (and written again) as the current one
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -405,4 +405,6 @@ def rerun_request(original: RunRecord, force: bool, pass_env: tuple[str, ...] | 
         tuple(original.passed_env) if pass_env is None else pass_env,
         original.run_id,
         inputs=tuple(original.inputs.paths) if original.inputs else (),
+        params=dict(original.params.given) if original.params else {},
+        param_files=tuple(original.params.files) if original.params else (),
     )

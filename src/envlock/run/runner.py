@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shutil
 import threading
@@ -22,9 +23,11 @@ from envlock.paths import ProjectLayout
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet, StatCache, hash_inputs
+from envlock.run.links import find_links, moved_inputs
+from envlock.run.params import read_params
 from envlock.run.preflight import check_host, enforce, without_gpus
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.schema import GitRecord, JobRecord, RuntimeRecord
+from envlock.run.schema import GitRecord, JobRecord, Link, ParamsRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
 # Metrics files a run keeps a copy of, so a later run can be compared with them within a tolerance.
@@ -63,6 +66,9 @@ class RunRequest:
     settings: Mapping[str, str] = field(default_factory=dict)  # envlock-set variables (a job's rank), recorded
     host_network: bool = False  # share the host's network (a multi-node job: NCCL between nodes)
     inputs: tuple[str, ...] = ()  # files or directories the command reads, relative to the project: hashed first
+    chain: str | None = None  # the chain re-run this run is a step of (envlock reproduce --chain)
+    params: Mapping[str, str] = field(default_factory=dict)  # --param KEY=VALUE, over the files' values
+    param_files: tuple[str, ...] = ()  # params files (YAML, JSON, TOML) in the code, hashed and read key by key
 
 
 def new_record(
@@ -81,8 +87,10 @@ def new_record(
     container: str | None = None,
     gpus: bool | None = None,
     inputs: InputSet | None = None,
+    params: ParamsRecord | None = None,
 ) -> RunRecord:
-    """A run's record as it starts (or is queued): what runs, in which image, with which settings."""
+    """A run's record as it starts (or is queued): what runs, in which image, with which settings (the params,
+    when declared, reach the command as ENVLOCK_PARAMS, a JSON table)."""
     return RunRecord(
         run_id=run_id,
         status=status,
@@ -100,6 +108,7 @@ def new_record(
             "ENVLOCK_RUN_ID": run_id,
             **home_env(),
             **request.settings,
+            **({"ENVLOCK_PARAMS": json.dumps(dict(params.values), sort_keys=True)} if params else {}),
         },
         passed_env=passed_env,
         forced=request.force and any(n.startswith("forced: ") for n in notes),
@@ -112,6 +121,8 @@ def new_record(
         inputs=inputs,
         declared_outputs=list(request.outputs),
         gpus=gpus,
+        chain=request.chain,
+        params=params,
     )
 
 
@@ -173,6 +184,7 @@ def plan_run(
     inputs: InputSet | None = None,
     inputs_from: Path | None = None,
     runtime: RuntimeRecord | None = None,
+    params: ParamsRecord | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
 
@@ -202,6 +214,7 @@ def plan_run(
         container=queued.container if queued else None,
         gpus=gpus,
         inputs=inputs,
+        params=params,
     )
     record = replace(record, runtime=runtime)
     source = inputs_from or project_dir
@@ -275,19 +288,22 @@ def run_in_image(
     and ended with the command's outcome.
     `inputs_from`: where the declared inputs are (default: project_dir; a reproduction runs in a worktree and reads
     the project's). They are hashed before anything starts; a missing one is refused unless this is a reproduction
-    (whose verdict then names it).
+    (whose verdict then names it). Each input whose bytes an earlier run wrote is linked to that run in the record
+    as it starts; the inputs are hashed again at the end and the run marked tainted when any moved meanwhile.
     """
     source = inputs_from or project_dir
     inputs = _declared_inputs(request, project_dir, source, store)
+    links = _links(inputs, store, request.chain, queued)
     plan = plan_run(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
         tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
         runtime=RuntimeRecord.of(launcher.runtime()),
+        params=read_params(project_dir, request.param_files, request.params),
     )  # fmt: skip
     tracked = None
     if tracking:
         plan, tracked = _tracked(plan, lock, tracking)
-    record = plan.record
+    record = replace(plan.record, links=links)
     if queued:
         store.begin(record, git.diff)
     else:
@@ -297,6 +313,9 @@ def run_in_image(
     with _ending_on_failure(record, store, tracking, tracked, evidence):
         code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
     finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
+    if inputs:
+        after = hash_inputs(source, inputs.paths, StatCache(ProjectLayout(store.project_dir).input_stats))
+        finished = replace(finished, tainted=moved_inputs(inputs, after))
     store.save(finished)
     evidence.run_ended(store.directory(record.run_id))
     if tracking and tracked:
@@ -329,6 +348,15 @@ def _declared_inputs(request: RunRequest, project_dir: Path, source: Path, store
         )
     _mount_points(project_dir, source, inputs)
     return inputs
+
+
+def _links(inputs: InputSet | None, store: RunStore, chain: str | None, queued: RunRecord | None) -> tuple[Link, ...]:
+    """The inputs' links to the runs that wrote them, from the records as they are now (this run's own, a queued
+    job's, left out); unreadable records are skipped (they cannot vouch for anything)."""
+    if not inputs or not inputs.files:
+        return ()
+    earlier = [r for r in store.all() if queued is None or r.run_id != queued.run_id]
+    return find_links(inputs, earlier, chain)
 
 
 def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, output: Output) -> int:

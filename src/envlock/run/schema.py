@@ -3,7 +3,9 @@
 JSON keeps the key names records always had: snake_case at the top, kebab-case inside the parts (external readers
 and MLflow tags see no change). Record version 2 is version 1 with its shape enforced on read; version 3 adds the
 untracked files' saved copies, the inputs, the declared outputs, the GPU mode and the log's hash; version 4: the
-runtime that ran the command (docker, podman, charliecloud) and its version.
+runtime that ran the command (docker, podman, charliecloud) and its version; version 5: lineage (the links from
+inputs to the earlier runs that wrote them, the inputs that moved during the run, the chain re-run a run belongs
+to) and the declared hyperparameters.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from envlock.run.inputs import InputSet
 
 _HEX_COMMIT = re.compile(r"[0-9a-f]{1,64}")  # hex only: a recorded commit never reaches git as an option
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # it names a folder: nothing else may pass
+CHAIN_ID = re.compile(r"chain-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
 
 
 def relative_path_problem(path: str) -> str | None:
@@ -401,3 +405,63 @@ class RuntimeRecord:
         if name and name not in RUNTIMES:
             table.problems.append(f"{table.where}'name' must be one of {', '.join(RUNTIMES)}, not {name!r}")
         return cls(name, table.optional_text("version"))
+
+
+@dataclass(frozen=True)
+class Link:
+    """One input found, by its content hash at the run's start, among an earlier run's outputs (version 5)."""
+
+    input: str  # the input file, relative to the project
+    sha256: str  # its content, hashed before the command started
+    run: str  # the earlier run that wrote these bytes
+    output: str  # under which name that run wrote them (identity by content: the name may differ)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"input": self.input, "sha256": self.sha256, "run": self.run, "output": self.output}
+
+    @classmethod
+    def read(cls, table: Table) -> Link:
+        """Read the JSON form, collecting problems (paths and the run id are checked: they name files)."""
+        table.unknown(_keys("input", "sha256", "run", "output"))
+        link = cls(table.text("input"), table.text("sha256", _SHA256), table.text("run", RUN_ID), table.text("output"))
+        for name in (link.input, link.output):
+            if name and (problem := relative_path_problem(name)):
+                table.problems.append(f"{table.where[:-1]}: {problem}")
+        return link
+
+
+def read_links(data: object, where: str, problems: list[str]) -> tuple[Link, ...]:
+    """The links part: a list of links (absent: none, as in records before version 5)."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        problems.append(f"{where!r} must be a list, not {_shown(data)}")
+        return ()
+    return tuple(Link.read(Table(item, f"{where}[{index}].", problems)) for index, item in enumerate(data))
+
+
+@dataclass(frozen=True)
+class ParamsRecord:
+    """A run's declared hyperparameters: the files they came from (sha256), those given on the command line, and
+    the values the run got, key by key (the command line's over the files'; nested keys joined with dots)."""
+
+    files: Mapping[str, str] = field(default_factory=dict)  # path → sha256
+    given: Mapping[str, str] = field(default_factory=dict)  # --param KEY=VALUE, as given
+    values: Mapping[str, str] = field(default_factory=dict)  # every key the run got
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"files": dict(self.files), "given": dict(self.given), "values": dict(self.values)}
+
+    @classmethod
+    def read(cls, table: Table) -> ParamsRecord:
+        """Read the JSON form, collecting problems."""
+        table.unknown(_keys("files", "given", "values"))
+        files = table.text_table("files")
+        for name, digest in files.items():
+            if problem := relative_path_problem(name):
+                table.problems.append(f"{table.where}'files': {problem}")
+            if not _SHA256.fullmatch(digest):
+                table.problems.append(f"{table.where}'files': {digest!r} is not a sha256")
+        return cls(files, table.text_table("given"), table.text_table("values"))
