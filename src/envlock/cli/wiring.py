@@ -188,10 +188,11 @@ class Wiring:
             return self.upstream_for(ref)
         import tempfile  # noqa: PLC0415
 
+        from envlock.fsutil import shared_scratch  # noqa: PLC0415
         from envlock.image.bases import export_upstream  # noqa: PLC0415
         from envlock.image.layers import LayerStore  # noqa: PLC0415
 
-        self.cache.scratch.mkdir(parents=True, exist_ok=True)
+        shared_scratch(self.cache.scratch)
         with tempfile.TemporaryDirectory(prefix="upstream-", dir=self.cache.scratch) as scratch:
             return export_upstream(ref, self.engine, LayerStore(self.cache.layers), Path(scratch))
 
