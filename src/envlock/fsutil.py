@@ -93,9 +93,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         tmp.chmod(mode)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(exc):
+            assert isinstance(exc, OSError)  # noqa: S101  (for the type checker)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file meant, not the temp file
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -240,7 +243,7 @@ def disk_full(action: str, exc: OSError, places: Iterable[Path] = ()) -> DiskFul
         with contextlib.suppress(OSError):
             free.append(f"{shutil.disk_usage(_existing(place)).free // (1 << 20)} MiB free in {_existing(place)}")
     what = "quota exceeded" if exc.errno == errno.EDQUOT else "disk full"
-    writing = f" writing {exc.filename}" if exc.filename else ""
+    writing = f": cannot write {exc.filename}" if exc.filename else ""
     return DiskFullError(f"{what} while {action}{writing} ({'; '.join(free) or 'free space unknown'})")
 
 

@@ -41,6 +41,7 @@ def lock(
     from envlock.lock.project import LockOptions, lock_project  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    wiring.register_root(spec.project_dir, spec.name)
     outcome = lock_project(
         spec,
         wiring.resolver(resolver),

@@ -213,6 +213,13 @@ class Wiring:
             self._engine_versions.append(str(found) if found else None)
         return self._engine_versions[0]
 
+    def register_root(self, project_dir: Path, repository: str) -> None:
+        """Register the project as a gc root of the cache (image.roots), so that `envlock gc` run by any user of
+        the cache keeps what it needs; a cache this user may not write is left as it is."""
+        from envlock.image.roots import register_root  # noqa: PLC0415
+
+        register_root(self.cache, project_dir, repository)
+
     def signing_key(self, flag: Path | None) -> SigningKey | None:
         """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""
         from envlock.signing import load_signing_key  # noqa: PLC0415
