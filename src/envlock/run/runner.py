@@ -337,8 +337,11 @@ def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, outpu
     with log_path.open("ab") as log:
 
         def tee(stream: str, data: bytes) -> None:
-            log.write(data)
-            log.flush()
+            try:
+                log.write(data)
+                log.flush()
+            except OSError as exc:  # a write to an open file names no file: the log is named here
+                raise OSError(exc.errno, exc.strerror, str(log_path)) from exc
             output(stream, data)
 
         return launcher.run(launch, tee)
