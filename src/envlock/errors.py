@@ -28,7 +28,8 @@ EXIT_CODES: dict[int, str] = {
     19: "`envlock runs wait --timeout S`: the run was still queued or running (`runs wait` itself exits 125 then)",
     20: "`pyproject.toml` is malformed or `[tool.envlock]` is invalid, or a params file it names cannot be read",
     21: "a run record was edited or damaged",
-    22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written",
+    22: "the image build failed (a base, a layer, the load into the engine) or a local file could not be written "
+    "(a full disk or quota: the line names the file and the free space there)",
     23: "`envlock reproduce`: the original run could not be re-run (its code or inputs cannot be brought back)",
     24: "`envlock reproduce`: nothing compared (no output to compare, no log): the re-run proves nothing",
     25: "`envlock reproduce`: the original run had failed, and the re-run failed the same way (never REPRODUCED)",
@@ -41,6 +42,8 @@ EXIT_CODES: dict[int, str] = {
     30: "`envlock verify` / `reproduce BUNDLE`: signed by a key that is not trusted (`envlock trust add`, or `--key`)",
     31: "a bundle is malformed, truncated or hostile (links, unsafe names, sizes past the caps): refused before "
     "anything is written",
+    32: "a folder of a shared cache that a build must write is not writable by this user (the line names the "
+    "folder, its owner, group and mode); running an image already built never needs it",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -244,6 +247,18 @@ class BuildError(EnvlockError):
     """The image could not be built, or a file envlock writes could not be written."""
 
     exit_code = 22
+
+
+class DiskFullError(BuildError):
+    """A file envlock writes (a lock, a run's record, log or saved files, a cache entry) met a full disk or quota."""
+
+    default_hint = "free some space there (or point TMPDIR / ENVLOCK_CACHE_DIR at a larger disk), then run it again"
+
+
+class CacheNotWritableError(EnvlockError):
+    """A build must write a folder of the (shared) cache that this user may not write."""
+
+    exit_code = 32
 
 
 class RerunError(EnvlockError):

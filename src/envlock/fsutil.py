@@ -11,19 +11,79 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from envlock.errors import BuildError, BundleError
+from envlock.errors import BundleError, CacheNotWritableError, DiskFullError
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, where a folder made inside a setgid folder (a cache shared by a group) takes its parent's mode,
+    group-writable and setgid as the parent is, whatever the umask; elsewhere the umask decides, as mkdir's."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another process: its maker set the mode
+        parent_mode = folder.parent.stat().st_mode
+        if parent_mode & stat.S_ISGID:
+            folder.chmod(stat.S_IMODE(parent_mode))
+
+
+def shared_file_mode(directory: Path, private: int = 0o644) -> int:
+    """The mode of a file published into `directory`: in a setgid (group-shared) folder, readable by whoever may
+    read the folder and writable by its owner only (entries are never modified), else `private`."""
+    try:
+        folder = directory.stat().st_mode
+    except OSError:
+        return private
+    if not folder & stat.S_ISGID:
+        return private
+    return (stat.S_IMODE(folder) & 0o444) | 0o200
+
+
+def share(path: Path, into: Path) -> None:
+    """chmod a file about to be published into the folder `into` (mkstemp and mkdtemp make it 0600/0700): in a
+    shared cache folder, readable by the group."""
+    mode = shared_file_mode(into, -1)
+    if mode != -1:
+        path.chmod(mode)
+
+
+def share_folder(folder: Path) -> None:
+    """A work folder made by mkdtemp (0700) inside a shared folder takes its parent's mode: a group member may
+    then sweep it once its maker is gone."""
+    parent = folder.parent.stat().st_mode
+    if parent & stat.S_ISGID:
+        folder.chmod(stat.S_IMODE(parent))
+
+
+def shared_scratch(scratch: Path) -> Path:
+    """Make this user's scratch folder (`tmp/<uid>` of a cache): private to the user, inside a folder every user
+    of a shared cache may add theirs to (another user's stale scratch is theirs to sweep, never ours)."""
+    make_dirs(scratch.parent)
+    with contextlib.suppress(FileExistsError):
+        scratch.mkdir(mode=0o700)
+    return scratch
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write data to path through a temp file in the same directory, fsync, then rename over."""
+    """Write data to path through a temp file in the same directory, fsync, then rename over (group-readable in a
+    shared cache folder)."""
     directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
+    mode = shared_file_mode(directory, mode) if mode == 0o644 else mode
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
@@ -33,9 +93,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         tmp.chmod(mode)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(exc):
+            assert isinstance(exc, OSError)  # noqa: S101  (for the type checker)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file meant, not the temp file
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -173,6 +236,8 @@ def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]
     cutoff = time.time() - max_age
     for entry in root.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):
+            if not _removable(entry):
+                continue  # another user's, in a folder not shared for writing: theirs to sweep, not half-deleted
             if _owner_gone(entry.name, prefix) or entry.lstat().st_mtime < cutoff:
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -182,22 +247,48 @@ def sweep_stale(root: Path, prefix: str, max_age: float = 86400.0) -> list[Path]
     return removed
 
 
+def _removable(entry: Path) -> bool:
+    """Whether this user may remove the whole entry: its own, or one whose folder its group may write."""
+    info = entry.lstat()
+    if info.st_uid == os.getuid() or os.getuid() == 0:
+        return True
+    return not stat.S_ISDIR(info.st_mode) or bool(info.st_mode & stat.S_IWGRP and info.st_gid in os.getgroups())
+
+
 @contextlib.contextmanager
 def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """An exclusive flock on path (made if missing) for the block, across threads and processes; `on_wait` is
-    called first when another holder makes this one wait. The file itself stays (removing it would race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as handle:
+    """An exclusive flock on path (made if missing) for the block, across threads, processes and the users of a
+    shared cache; `on_wait` is called first when another holder makes this one wait. A flock dies with its holder,
+    so a killed build never leaves a lock to wait on. The file itself stays (removing it would race)."""
+    make_dirs(path.parent)
+    fd = _open_lock(path)
+    try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait is not None:
                 on_wait()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, opened so that every user of a shared cache can take it: made group-writable in a shared
+    folder (NFS's fcntl locks need a writable descriptor), else opened read-only (a local flock needs no more)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        folder = path.parent.stat().st_mode
+        if folder & stat.S_ISGID and os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, stat.S_IMODE(folder) & 0o666)
+    return fd
 
 
 def tree_size(root: Path) -> int:
@@ -228,21 +319,81 @@ def remove_tree(root: Path) -> None:
 
 @contextlib.contextmanager
 def no_space_is_an_error(action: str, places: Iterable[Path]) -> Iterator[None]:
-    """A full disk while `action` becomes one BuildError naming the path and each place's free space."""
+    """A full disk or quota while `action` becomes one DiskFullError naming the file and each place's free space."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        free = []
-        for place in dict.fromkeys(places):
-            with contextlib.suppress(OSError):
-                free.append(f"{place}: {shutil.disk_usage(_existing(place)).free // (1 << 20)} MiB free")
-        where = f" writing {exc.filename}" if exc.filename else ""
-        raise BuildError(
-            f"disk full while {action}{where}",
-            hint="free some space, or point TMPDIR / ENVLOCK_CACHE_DIR at a larger disk (" + "; ".join(free) + ")",
-        ) from exc
+        raise disk_full(action, exc, places) from exc
+
+
+def disk_full(action: str, exc: OSError, places: Iterable[Path] = ()) -> DiskFullError:
+    """The one error for a full disk or quota met while `action`: the file, and the free space where it goes."""
+    where = [Path(exc.filename)] if exc.filename else []
+    free = []
+    for place in dict.fromkeys([*(p.parent for p in where), *places]):
+        with contextlib.suppress(OSError):
+            free.append(f"{shutil.disk_usage(_existing(place)).free // (1 << 20)} MiB free in {_existing(place)}")
+    what = "quota exceeded" if exc.errno == errno.EDQUOT else "disk full"
+    writing = f": cannot write {exc.filename}" if exc.filename else ""
+    return DiskFullError(f"{what} while {action}{writing} ({'; '.join(free) or 'free space unknown'})")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an exception is a full disk or an exceeded quota."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def cache_writes(action: str, root: Path) -> Iterator[None]:
+    """A build's writes into the cache under `root`: a folder this user may not write there becomes one
+    CacheNotWritableError naming the folder, its owner, group and mode; a full disk one DiskFullError."""
+    try:
+        yield
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(action, exc, (root,)) from exc
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not exc.filename:
+            raise
+        target = Path(exc.filename)
+        if not target.is_relative_to(root):
+            raise
+        raise not_writable(target if target.is_dir() else target.parent, exc.errno == errno.EROFS) from exc
+
+
+def require_writable(folders: Iterable[Path]) -> None:
+    """Refuse, before any work, when a cache folder a build must write exists and is not writable by this user."""
+    for folder in folders:
+        existing = _existing(folder)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise not_writable(existing, read_only_fs=False)
+
+
+def not_writable(folder: Path, read_only_fs: bool) -> CacheNotWritableError:
+    """The one line for a cache folder this user cannot write: who owns it, its group and mode, what to do."""
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    folder = _existing(folder)
+    info = folder.stat()
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    mode = f"{stat.S_IMODE(info.st_mode):04o}"
+    why = "on a read-only filesystem" if read_only_fs else "not writable by you"
+    return CacheNotWritableError(
+        f"the cache folder {folder} (owner {owner}, group {group}, mode {mode}) is {why}, and this build must write "
+        "there",
+        hint=f"join group {group} and have the cache set up for the group (`chgrp -R {group} DIR && chmod -R g+rwX "
+        "DIR && find DIR -type d -exec chmod g+s {} +`), or set ENVLOCK_CACHE_DIR to a folder you can write; "
+        "running an image already built needs no write access",
+    )
 
 
 def _existing(path: Path) -> Path:

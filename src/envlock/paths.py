@@ -47,8 +47,14 @@ class CacheLayout:
 
     @property
     def scratch(self) -> Path:
-        """Temporary work (image assembly, upstream exports), swept when stale."""
-        return self.root / "tmp"
+        """This user's temporary work (image assembly, upstream exports), `tmp/<uid>`, swept when stale: per user,
+        so that one user's scratch is never in another's way on a shared cache."""
+        return self.root / "tmp" / str(os.getuid())
+
+    @property
+    def roots(self) -> Path:
+        """gc roots: one small file per project that locks, builds or runs with this cache (see image.roots)."""
+        return self.root / "roots"
 
     @property
     def charliecloud(self) -> Path:

@@ -307,7 +307,7 @@ def test_disk_full_while_making_a_layer_is_one_build_error(tmp_path: Path, small
     with pytest.raises(BuildError, match="disk full while building demo") as caught:
         run_build(load_spec(project), FakeEngine(), cache, LayerStore(small_disk / "layers"), bases)
     assert caught.value.exit_code == 22
-    assert "MiB free" in caught.value.hint
+    assert f"MiB free in {small_disk}" in caught.value.message, "the line names the free space where it was writing"
 
 
 def test_forged_tag_is_rebuilt_and_never_run(tmp_path: Path, write_project: Callable[[str], Path]) -> None:

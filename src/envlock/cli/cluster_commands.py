@@ -75,6 +75,7 @@ def submit_command(
     sbatch = sbatch_options_of(wiring.sbatch_args)
     wiring.slurm.ping()
     spec = load_spec(project)
+    wiring.register_root(spec.project_dir, spec.name)
     chosen = wiring.choose_runtime(runtime, spec.runtime)
     outputs = tuple(dict.fromkeys(project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))))
     locked = check_lock(spec)

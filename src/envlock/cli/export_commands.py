@@ -14,6 +14,7 @@ import typer
 from envlock.cli.options import PlatformOpt, ProjectOpt
 from envlock.cli.root import export_app
 from envlock.cli.wiring import wiring_of
+from envlock.fsutil import shared_scratch
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
         project_dir=spec.project_dir,
         evidence=wiring.evidence(),
     )
-    wiring.cache.scratch.mkdir(parents=True, exist_ok=True)
+    shared_scratch(wiring.cache.scratch)
     with tempfile.TemporaryDirectory(prefix="export-", dir=wiring.cache.scratch) as scratch:
         archive = Path(scratch) / "image.tar"
         save_file(wiring.engine, built.image_id, archive)

@@ -30,14 +30,26 @@ def gc(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
 ) -> None:
-    """Remove images, layers, bases, wheels and per-image folders (bytecode, Charliecloud) no lock or run needs."""
+    """Remove images, layers, bases, wheels and per-image folders (bytecode, Charliecloud) that no live project
+    registered in the cache (and none named here) needs; report the roots whose project folder is gone."""
     from envlock.image.gc import collect_garbage  # noqa: PLC0415
-    from envlock.run.retention import needed_by  # noqa: PLC0415
+    from envlock.run.retention import needed_by_roots  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    needed, broken = needed_by(projects or [Path()])
-    for path in broken:
+    kept = needed_by_roots(projects or [Path()], wiring.cache, dry_run=dry_run)
+    for path in kept.broken:
         wiring.say(f"warning: run record {path} cannot be read: its image is not protected")
+    for root in kept.dead:
+        typer.echo(f"dead root: {root.project} is gone; what only it needed is freed")
+    for root in kept.unreadable:
+        wiring.say(
+            f"warning: project {root.project} (registered by uid {root.owner}) cannot be read by you: no cache "
+            "entry is removed (run gc as a user who can read every project)"
+        )
+    needed = kept.needed
     result = collect_garbage(needed, wiring.engine, wiring.cache, dry_run=dry_run, report=typer.echo)
     verb = "would free" if dry_run else "freed"
-    typer.echo(f"{verb} {_size(result.freed)} ({len(result.removed)} entries; kept {len(needed.locks)} locks' needs)")
+    typer.echo(
+        f"{verb} {_size(result.freed)} ({len(result.removed)} entries; kept {len(needed.locks)} locks' needs of "
+        f"{kept.live} live projects)"
+    )

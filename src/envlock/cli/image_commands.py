@@ -87,6 +87,7 @@ def build(
     wiring = wiring_of(ctx)
     signer = wiring.evidence(key)
     spec = load_spec(project)
+    wiring.register_root(spec.project_dir, spec.name)
     locked = check_lock(spec)
     target = registry or spec.registry
     if (push or registry) and not target:

@@ -42,6 +42,7 @@ def lock(
     from envlock.lock.project import LockOptions, lock_project  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    wiring.register_root(spec.project_dir, spec.name)
     followed = follow_source(spec)
     if followed is not None and followed.imported is not None:
         typer.echo(f"{followed.imported.source.name} changed since it was imported: re-imported into pyproject.toml")

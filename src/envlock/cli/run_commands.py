@@ -67,6 +67,7 @@ def run_command(
     given = parse_given(param or [])
     signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
+    wiring.register_root(spec.project_dir, spec.name)
     wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))

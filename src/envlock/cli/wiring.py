@@ -188,10 +188,11 @@ class Wiring:
             return self.upstream_for(ref)
         import tempfile  # noqa: PLC0415
 
+        from envlock.fsutil import shared_scratch  # noqa: PLC0415
         from envlock.image.bases import export_upstream  # noqa: PLC0415
         from envlock.image.layers import LayerStore  # noqa: PLC0415
 
-        self.cache.scratch.mkdir(parents=True, exist_ok=True)
+        shared_scratch(self.cache.scratch)
         with tempfile.TemporaryDirectory(prefix="upstream-", dir=self.cache.scratch) as scratch:
             return export_upstream(ref, self.engine, LayerStore(self.cache.layers), Path(scratch))
 
@@ -211,6 +212,13 @@ class Wiring:
             found = engine.client.version().get("Version") if isinstance(engine, DockerEngine) else None
             self._engine_versions.append(str(found) if found else None)
         return self._engine_versions[0]
+
+    def register_root(self, project_dir: Path, repository: str) -> None:
+        """Register the project as a gc root of the cache (image.roots), so that `envlock gc` run by any user of
+        the cache keeps what it needs; a cache this user may not write is left as it is."""
+        from envlock.image.roots import register_root  # noqa: PLC0415
+
+        register_root(self.cache, project_dir, repository)
 
     def signing_key(self, flag: Path | None) -> SigningKey | None:
         """The key chosen by --key or $ENVLOCK_SIGNING_KEY (None: attestations are written unsigned)."""

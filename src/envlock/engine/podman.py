@@ -19,6 +19,7 @@ from envlock.engine.runtimes import (
     stream_command,
 )
 from envlock.errors import EngineError
+from envlock.fsutil import shared_scratch
 
 Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
 # Where Podman cannot raise its limits (a container or an unprivileged user namespace), runc fails with
@@ -53,7 +54,7 @@ class PodmanLauncher:
         """Load the image into Podman's store once (from a verified export), and check it arrived by ID."""
         if self.has_image(image_id):
             return
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        shared_scratch(self.scratch)
         with tempfile.TemporaryDirectory(prefix="podman-", dir=self.scratch) as scratch:
             archive = Path(scratch) / "image.tar"
             self.export(image_id, archive)

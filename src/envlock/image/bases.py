@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from envlock.engine.docker import save_file
 from envlock.errors import BuildError, EngineError
-from envlock.fsutil import atomic_write_text, exclusive, owned_prefix, read_json
+from envlock.fsutil import atomic_write_text, exclusive, make_dirs, owned_prefix, read_json, share, share_folder
 from envlock.image.layers import Layer
 from envlock.report import Report, silent
 
@@ -159,7 +159,7 @@ class BaseStore:
         if not rebuild and (found := self.get(recipe, platform)) is not None:
             return found
         tar, meta = self._paths(recipe, platform)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
 
         def waiting() -> None:
             report(f"waiting for another envlock building base {recipe.name} for {platform}")
@@ -171,6 +171,7 @@ class BaseStore:
 
     def _build(self, recipe: Recipe, platform: str, tar: Path, meta: Path) -> BuiltBase:
         with tempfile.TemporaryDirectory(dir=self.root, prefix=owned_prefix(".building-")) as tmp:
+            share_folder(Path(tmp))
             partial = Path(tmp) / "rootfs.tar"
             self.builder.build(recipe, platform, partial)
             digest = hashlib.sha256()
@@ -178,6 +179,7 @@ class BaseStore:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(chunk)
             built = BuiltBase(recipe, platform, tar, "sha256:" + digest.hexdigest(), debian_packages(partial))
+            share(partial, self.root)
             partial.replace(tar)
             atomic_write_text(meta, json.dumps(built.metadata(), indent=2, sort_keys=True))
         return built
@@ -202,21 +204,33 @@ class UpstreamBase:
     python_homes: dict[str, str]  # "3.11" → "/usr/local/bin"
 
 
+def cached_upstream(ref: str, engine: Engine, layers: LayerStore) -> UpstreamBase | None:
+    """The upstream base as exported before into the layer store, reading only; None when the engine lacks it or
+    the export is missing or damaged."""
+    image_id = engine.image_id(ref)
+    if image_id is None:
+        return None
+    data = read_json(layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json")
+    keys = ("diff-ids", "architecture", "env", "packages", "python-homes")
+    if not (isinstance(data, dict) and all(key in data for key in keys)):
+        return None
+    found = [(d, layers.get("base-" + d.removeprefix("sha256:"))) for d in data["diff-ids"]]
+    if any(layer is None for _, layer in found):
+        return None
+    return UpstreamBase(
+        ref, image_id, data["architecture"], [(d, layer.tar) for d, layer in found if layer],
+        data["env"], data["packages"], data["python-homes"],
+    )  # fmt: skip
+
+
 def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path) -> UpstreamBase:
     """Take the base from the engine (pulled by digest if absent), export it, check each layer against its diff_id."""
     if engine.image_id(ref) is None:
         engine.pull(ref)
+    if (found := cached_upstream(ref, engine, layers)) is not None:
+        return found  # else missing or damaged: export again
     image_id = engine.image_id(ref) or ""
     cached = layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json"
-    data = read_json(cached)
-    keys = ("diff-ids", "architecture", "env", "packages", "python-homes")
-    if isinstance(data, dict) and all(key in data for key in keys):  # else missing or damaged: export again
-        found = [(d, layers.get("base-" + d.removeprefix("sha256:"))) for d in data["diff-ids"]]
-        if all(layer is not None for _, layer in found):
-            return UpstreamBase(
-                ref, image_id, data["architecture"], [(d, layer.tar) for d, layer in found if layer],
-                data["env"], data["packages"], data["python-homes"],
-            )  # fmt: skip
     archive = scratch / "upstream.tar"
     save_file(engine, ref, archive)
     with tarfile.open(archive) as saved:

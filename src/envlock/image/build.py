@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,11 +13,26 @@ from typing import Protocol
 
 from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import BuildError, EngineError, EngineTimeoutError, StaleLockError
-from envlock.fsutil import no_space_is_an_error, owned_prefix, sweep_stale
+from envlock.fsutil import (
+    cache_writes,
+    no_space_is_an_error,
+    owned_prefix,
+    require_writable,
+    shared_scratch,
+    sweep_stale,
+)
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
 from envlock.image.layers import LayerStore
-from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image, wheels_to_make, write_archive
+from envlock.image.plan import (
+    ImagePlan,
+    image_config,
+    layer_key,
+    make_layers,
+    plan_image,
+    wheels_to_make,
+    write_archive,
+)
 from envlock.image.registry import Blob, PlatformManifest, Registry, manifest_for, push, split_target
 from envlock.image.staging import VenvLayout
 from envlock.image.wheels import WheelCache
@@ -106,6 +122,38 @@ class Builder:
         parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
         return Assembled(config, parts, built_base.diff_id)
 
+    def assembled_from_cache(self, plan: ImagePlan) -> Assembled | None:
+        """The image as the cache already holds it, writing nothing (a user who may only read a shared cache runs
+        images built by others): None when any part (base, layer, upstream export) must first be made."""
+        lock = plan.lock
+        layout = VenvLayout(lock.python)
+        if recipes.is_image_reference(lock.base.name):
+            upstream = base_mod.cached_upstream(lock.base.name, self.engine, self.layers)
+            if upstream is None or lock.python not in upstream.python_homes:
+                return None
+            pinned_base = lock.target(plan.platform).base
+            if upstream.architecture != ARCHITECTURES[plan.platform] or (
+                pinned_base is not None and pinned_base.id != upstream.image_id
+            ):
+                return None
+            layout = VenvLayout(lock.python, upstream.python_homes[lock.python])
+            base_parts, base_env, base_diff_id = upstream.layers, upstream.env, lock.base.name
+        else:
+            recipe = recipes.load_recipe(lock.base.name)
+            built_base = self.bases.get(recipe.including(lock.system_packages), plan.platform)
+            pinned = lock.target(plan.platform).base
+            if recipe.sha256 != lock.base.sha256 or built_base is None:
+                return None
+            if pinned is not None and pinned.id != built_base.diff_id:
+                return None
+            base_parts, base_env, base_diff_id = [(built_base.diff_id, built_base.tar)], {}, built_base.diff_id
+        made = [self.layers.get(layer_key(spec, layout)) for spec in plan.layers]
+        layers = [layer for layer in made if layer is not None]
+        if len(layers) != len(made):
+            return None
+        config = image_config(plan, [d for d, _ in base_parts], base_env, layers)
+        return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in layers)], base_diff_id)
+
     def fetch(self, plan: ImagePlan, store: LayerStore, layout: VenvLayout) -> None:
         """Download and verify the wheels of the layers to make; a cached layer's wheels are not read at all."""
         wheels = wheels_to_make(plan, store, layout)
@@ -121,6 +169,9 @@ class Builder:
             (self.scratch, "image-"),
             (self.scratch, "push-"),
             (self.scratch, ""),  # anything else there: by age only
+            # Scratch of envlock before per-user scratch folders (tmp/<uid>) were made.
+            (self.scratch.parent, "image-"),
+            (self.scratch.parent, "push-"),
         )
         for root, prefix in swept:
             for removed in sweep_stale(root, prefix):
@@ -128,16 +179,32 @@ class Builder:
 
     @property
     def scratch(self) -> Path:
-        """Where builds assemble archives: beside the caches, not in a small /tmp."""
-        return self.layers.root.parent / "tmp"
+        """Where builds assemble archives: beside the caches, not in a small /tmp; one folder per user."""
+        return self.layers.root.parent / "tmp" / str(os.getuid())
+
+    @property
+    def cache_root(self) -> Path:
+        """The cache folder the build writes into (layers, bases, wheels, scratch are beside each other there)."""
+        return self.layers.root.parent
 
     def build(self, plan: ImagePlan, no_cache: bool = False) -> BuildOutcome:
         """Build the plan's image, or find it already built from this lock."""
         tagged = None if no_cache else self.engine.image_id(plan.reference)
-        self.sweep()
+        if tagged is not None:
+            # The tagged image is checked by content first from what the cache holds, reading only: running an
+            # image built by another user of a shared cache needs no write access to it.
+            known = self.assembled_from_cache(plan)
+            if known is not None and known.image_id == tagged:
+                return BuildOutcome(plan.reference, tagged, False, known.base_diff_id)
+        require_writable((self.cache_root, self.layers.root, self.bases.root, self.cache.root, self.scratch.parent))
+        with cache_writes(f"building {plan.reference}", self.cache_root):
+            self.sweep()
+            return self._build(plan, tagged, no_cache)
+
+    def _build(self, plan: ImagePlan, tagged: str | None, no_cache: bool) -> BuildOutcome:
         places = (self.scratch, self.layers.root, self.bases.root, Path(tempfile.gettempdir()))
         with no_space_is_an_error(f"building {plan.reference}", places):
-            self.scratch.mkdir(parents=True, exist_ok=True)
+            shared_scratch(self.scratch)
             with tempfile.TemporaryDirectory(prefix=owned_prefix("image-"), dir=self.scratch) as tmp:
                 # The plan's image ID is the digest of its config, known once the layers are (cached layers are
                 # only verified, not made): the tag is trusted only when it names exactly that image, never by
@@ -190,7 +257,7 @@ class Builder:
         """`push`, also returning the manifest's entry for an image index."""
         _, namespace = split_target(target)
         repository = f"{namespace}/{plan.repository}" if namespace else plan.repository
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        shared_scratch(self.scratch)
         with tempfile.TemporaryDirectory(prefix=owned_prefix("push-"), dir=self.scratch) as tmp:
             assembled = self.assemble(plan, Path(tmp))
             self.report(f"pushing {len(assembled.parts)} layers to {target}")

@@ -42,6 +42,9 @@ class Needed:
     locks: tuple[tuple[Lock, str], ...] = ()
     image_ids: frozenset[str] = frozenset()
     repositories: frozenset[str] = frozenset()
+    # A live root this user cannot read: what it needs is unknown, so no cache entry is removed (images of the
+    # repositories named above still are).
+    keep_cache: bool = False
 
 
 @dataclass
@@ -138,6 +141,8 @@ def collect_garbage(
 
     with _exclusive(cache):
         kept_images = _images(engine, needed, lock_hashes, result, dry_run=dry_run, report=report)
+        if needed.keep_cache:
+            return result
         diff_ids = {d for image in kept_images for d in image.diff_ids} | bases
         _layers(cache.layers, keys, diff_ids, recent, drop)
         _bases(cache.bases, diff_ids, recent, drop)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from envlock.fsutil import atomic_write_text, owned_prefix, read_json, sha256_file
+from envlock.fsutil import atomic_write_text, make_dirs, owned_prefix, read_json, sha256_file, share, share_folder
 
 # Never compiled into a layer: caches and logs are machine- and time-dependent.
 EXCLUDED_NAMES = frozenset({"__pycache__", ".DS_Store"})
@@ -153,17 +153,21 @@ class LayerStore:
                 if stamp[0] != size or "sha256:" + sha256_file(tar) != diff_id:
                     self._discard(key)
                     return None
-                # Verified once for these bytes: not hashed again until the file changes.
-                self._write_meta(key, diff_id, size, stamp)
+                # Verified once for these bytes: not hashed again until the file changes. A reader who may not
+                # write a shared cache verifies every time instead.
+                with contextlib.suppress(PermissionError):
+                    self._write_meta(key, diff_id, size, stamp)
         except FileNotFoundError:  # removed meanwhile by another build that found it damaged
             return None
         return Layer(tar, diff_id, size)
 
     def put(self, key: str, made: Callable[[Path], Layer]) -> Layer:
         """Make a layer into the store; it appears only once complete, its metadata written atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=owned_prefix(".making-")) as tmp:
+            share_folder(Path(tmp))
             layer = made(Path(tmp) / "layer.tar")
+            share(layer.tar, self.root)
             tar = self.root / f"{key}.tar"
             stamp = _stamp(layer.tar)  # rename keeps the inode and the mtime
             layer.tar.replace(tar)
@@ -176,5 +180,5 @@ class LayerStore:
 
     def _discard(self, key: str) -> None:
         for suffix in (".json", ".tar"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):  # not ours to remove: it is made anew
                 (self.root / f"{key}{suffix}").unlink()

@@ -14,7 +14,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock.errors import DownloadError, HashMismatchError
-from envlock.fsutil import exclusive, sha256_file
+from envlock.fsutil import exclusive, make_dirs, sha256_file, share
 from envlock.lock.credentials import expand, mask, secrets_to_mask
 from envlock.lock.resolve import LockedFile
 from envlock.report import Progress, no_progress
@@ -117,7 +117,9 @@ class WheelCache:
                 return path
         except (FileNotFoundError, IsADirectoryError):
             return None
-        with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
+        # Another process may have removed it first; a reader who may not write a shared cache leaves it (the
+        # check above keeps its bytes from being used).
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             path.unlink()
         return None
 
@@ -149,8 +151,8 @@ class WheelCache:
             return path
         partials, locks = self.root / "partial", self.root / "locks"
         try:
-            partials.mkdir(parents=True, exist_ok=True)
-            locks.mkdir(parents=True, exist_ok=True)
+            make_dirs(partials)
+            make_dirs(locks)
             # One writer per entry, across threads and processes (parallel builds of one lock share the cache):
             # the lock is held from the first byte to the publish, and the entry is looked for again once held.
             with exclusive(locks / f"{file.sha256}.lock"):
@@ -159,7 +161,7 @@ class WheelCache:
                     return path
                 return self._fetch(file, partials / f"{file.sha256}.part", progress)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DownloadError(
                     f"disk full while fetching {file.name} into {self.root}",
                     hint="free some space (or set ENVLOCK_CACHE_DIR elsewhere); the download resumes",
@@ -175,7 +177,8 @@ class WheelCache:
             got = sha256_file(partial)
             if got == file.sha256:
                 target = self.path_for(file.sha256)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(target.parent)
+                share(partial, target.parent)
                 partial.replace(target)
                 return target
             partial.unlink()
@@ -184,6 +187,10 @@ class WheelCache:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _download(self, file: LockedFile, partial: Path, progress: Progress) -> None:
+        if partial.exists() and partial.stat().st_uid != os.getuid():
+            # Left by another user of a shared cache (killed mid-download; the entry's lock is ours now): it is
+            # not ours to append to, so it is started over.
+            partial.unlink()
         offset = partial.stat().st_size if partial.exists() else 0
         if file.size is not None and offset > file.size:
             partial.unlink()

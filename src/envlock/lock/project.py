@@ -11,6 +11,7 @@ from packaging.utils import canonicalize_name
 
 from envlock import __version__
 from envlock.errors import EnvlockError, LockfileError, SpecError, StaleLockError, UsageError
+from envlock.fsutil import no_space_is_an_error
 from envlock.lock import lockfile, recipes
 from envlock.lock.credentials import conceal, expand, masking, redact, secrets_of, secrets_to_mask
 from envlock.lock.cuda import check_wish, derive_cuda
@@ -210,7 +211,9 @@ def lock_project(
     )
     if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
         return LockOutcome(previous, previous, written=False, resolved=True)
-    lockfile.write(spec.lock_path, lock)
+    # A full disk leaves the previous lock as it was (written beside it, then renamed over): one line names it.
+    with no_space_is_an_error("locking (the previous lock is intact)", (spec.lock_path.parent,)):
+        lockfile.write(spec.lock_path, lock)
     changes = diff_locks(previous, lock) if previous else LockDiff()
     return LockOutcome(lock, previous, written=True, resolved=True, changes=changes)
 

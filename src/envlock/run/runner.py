@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Protocol
 
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
-from envlock.errors import EnvlockError, UsageError
-from envlock.fsutil import make_dirs_confined, sha256_file, write_confined
+from envlock.errors import DiskFullError, EnvlockError, UsageError
+from envlock.fsutil import (
+    disk_full,
+    is_disk_full,
+    make_dirs_confined,
+    no_space_is_an_error,
+    sha256_file,
+    write_confined,
+)
 from envlock.image.catalog import PinnedImage
 from envlock.lock.lockfile import Lock
 from envlock.paths import ProjectLayout
@@ -304,19 +311,20 @@ def run_in_image(
     if tracking:
         plan, tracked = _tracked(plan, lock, tracking)
     record = replace(plan.record, links=links)
-    if queued:
-        store.begin(record, git.diff)
-    else:
-        store.start(record, lock_text, git.diff)
+    with no_space_is_an_error(f"starting run {record.run_id} (nothing was run)", (store.project_dir,)):
+        if queued:
+            store.begin(record, git.diff)
+        else:
+            store.start(record, lock_text, git.diff)
     since_ns = time.time_ns() - MTIME_SLACK_NS
     _import_meanwhile(evidence.imports)
     with _ending_on_failure(record, store, tracking, tracked, evidence):
         code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
-    finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
-    if inputs:
-        after = hash_inputs(source, inputs.paths, StatCache(ProjectLayout(store.project_dir).input_stats))
-        finished = replace(finished, tainted=moved_inputs(inputs, after))
-    store.save(finished)
+        finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
+        if inputs:
+            after = hash_inputs(source, inputs.paths, StatCache(ProjectLayout(store.project_dir).input_stats))
+            finished = replace(finished, tainted=moved_inputs(inputs, after))
+        store.save(finished)
     evidence.run_ended(store.directory(record.run_id))
     if tracking and tracked:
         tracking.tracker.finish(tracked, status_of(code))
@@ -364,8 +372,11 @@ def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, outpu
     with log_path.open("ab") as log:
 
         def tee(stream: str, data: bytes) -> None:
-            log.write(data)
-            log.flush()
+            try:
+                log.write(data)
+                log.flush()
+            except OSError as exc:  # a write to an open file names no file: the log is named here
+                raise OSError(exc.errno, exc.strerror, str(log_path)) from exc
             output(stream, data)
 
         return launcher.run(launch, tee)
@@ -388,11 +399,25 @@ def _ending_on_failure(
         _attest_quietly(evidence, store.directory(record.run_id))
         _end_quietly(tracking, tracked, "KILLED")
         raise
-    except BaseException:
-        store.save(replace(record, status="failed", ended=now()))
+    except BaseException as exc:
+        if not is_disk_full(exc):
+            store.save(replace(record, status="failed", ended=now()))
+            _attest_quietly(evidence, store.directory(record.run_id))
+            _end_quietly(tracking, tracked, "FAILED")
+            raise
+        # A full disk (its log, saved files, outputs or record): one line, the record marked failed with it.
+        assert isinstance(exc, OSError)  # noqa: S101  (is_disk_full says so; for the type checker)
+        full = disk_full(f"recording run {record.run_id}", exc, (store.directory(record.run_id),))
+        try:
+            store.save(replace(record, status="failed", ended=now(), error=full.message))
+        except OSError as again:
+            raise DiskFullError(
+                f"{full.message}; the run record could not be marked failed either (it still says running)",
+                hint=full.hint,
+            ) from again
         _attest_quietly(evidence, store.directory(record.run_id))
         _end_quietly(tracking, tracked, "FAILED")
-        raise
+        raise full from exc
 
 
 def _attest_quietly(evidence: RunEvidence, run_dir: Path) -> None:
