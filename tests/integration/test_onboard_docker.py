@@ -222,7 +222,7 @@ def _clone(tmp_path: Path, files: dict[str, str]) -> Path:
 def _timed(timings: dict[str, float], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     done = subprocess.run([ENVLOCK, *args], capture_output=True, text=True, check=False, cwd=cwd)
-    timings[" ".join(args[:2])] = round(time.monotonic() - started, 1)
+    timings[" ".join(args)[:24]] = round(time.monotonic() - started, 1)
     return done
 
 
@@ -232,7 +232,8 @@ def _onboard(repo: Path, module: str, dist: str, script: str, version: str, clea
     timings: dict[str, float] = {}
     done = _timed(timings, "init", cwd=repo)
     assert done.returncode == 0, done.stdout + done.stderr
-    git(repo, "commit", "-qam", "envlock init")
+    git(repo, "add", "pyproject.toml")  # what init says to commit (the lock follows once written)
+    git(repo, "commit", "-qm", "envlock init")
     done = _timed(timings, "lock", cwd=repo)
     assert done.returncode == 0, done.stdout + done.stderr
     probe = f"import {module}, importlib.metadata; print(importlib.metadata.version({dist!r}), {module}.__file__)"
@@ -244,7 +245,7 @@ def _onboard(repo: Path, module: str, dist: str, script: str, version: str, clea
     done = _timed(timings, "run", "--", script, cwd=repo)
     assert done.returncode == 0 and done.stdout.strip() == f"hello {printed}", done.stdout + done.stderr
     run_id = done.stderr.split("run ")[-1].split(":")[0]
-    verdict = _timed(timings, "reproduce", run_id, cwd=repo)
+    verdict = _timed(timings, "reproduce", run_id, cwd=repo)  # the run's id, as `envlock runs` lists it
     assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
     assert docker.from_env().images.list(name=dist), "the image is named after the package, not the folder"
     print(f"\n{dist}: " + ", ".join(f"{k} {v}s" for k, v in timings.items()))
