@@ -40,6 +40,7 @@ from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, write_archive
 from envlock.image.registry import OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry
 from envlock.image.wheels import Fetcher, Response, WheelCache
+from envlock.lock.backend import BackendMetadata, MetadataSource
 from envlock.lock.project import lock_project
 from envlock.lock.recipes import Recipe
 from envlock.lock.resolve import LockedFile, LockedPackage, Resolver, ResolveRequest
@@ -793,3 +794,19 @@ def stores(root: Path, served: dict[str, bytes]) -> tuple[WheelCache, LayerStore
 
 # Callables are checked by assignment: a FakeSlurm must stay a Slurm `Command`.
 _slurm_command: Command = FakeSlurm()
+
+
+class FakeMetadataSource:
+    """A build backend that answers from a table (by directory name) and counts what it was asked."""
+
+    def __init__(self, answers: Mapping[str, BackendMetadata]) -> None:
+        self.answers = dict(answers)
+        self.asked: list[Path] = []
+
+    def metadata(self, directory: Path) -> BackendMetadata:
+        """The answer for this directory's name."""
+        self.asked.append(directory)
+        return self.answers[directory.name]
+
+
+_: type[MetadataSource] = FakeMetadataSource

@@ -61,6 +61,11 @@ class CacheLayout:
         """Image directories for Charliecloud's ch-run, one per image ID."""
         return self.root / "charliecloud"
 
+    @property
+    def build_backends(self) -> Path:
+        """Projects' build backends: a venv per set of build requirements, and the metadata they gave."""
+        return self.root / "build-backends"
+
 
 @dataclass(frozen=True)
 class ProjectLayout:

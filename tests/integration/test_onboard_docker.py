@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,178 @@ def test_gc_removes_an_old_tags_image_and_layers_and_keeps_the_current_runs(
     assert "removing layer" in done.stdout
     done = envlock("run", "-C", str(project), "--", "python", "-c", "import six; print(six.__version__)")
     assert done.returncode == 0 and "1.16.0" in done.stdout, done.stderr
+
+
+# --- the project's own package, whatever declares it: each from a fresh clone through envlock commands only ---
+
+SETUP_PY = """from setuptools import find_packages, setup
+
+setup(
+    name="shape-setup",
+    version="0.3.1",
+    packages=find_packages(exclude=["tests"]),
+    install_requires=["six==1.16.0"],
+    entry_points={"console_scripts": ["shape-setup-hello = shapesetup.cli:main"]},
+)
+"""
+SETUP_CFG = """[metadata]
+name = shape-editable
+version = attr: shapeedit.__version__
+
+[options]
+packages = find:
+install_requires = six==1.16.0
+
+[options.entry_points]
+console_scripts =
+    shape-editable-hello = shapeedit.cli:main
+"""
+POETRY = """[tool.poetry]
+name = "shape-poetry"
+version = "1.1.0"
+description = "a src-layout Poetry package"
+authors = ["envlock tests <tests@example.invalid>"]
+packages = [{include = "shapepoetry", from = "src"}]
+
+[tool.poetry.dependencies]
+python = ">=3.9"
+
+[tool.poetry.scripts]
+shape-poetry-hello = "shapepoetry.cli:main"
+
+[build-system]
+requires = ["poetry-core>=1.9"]
+build-backend = "poetry.core.masonry.api"
+"""
+SCM = """[build-system]
+requires = ["setuptools>=64", "setuptools-scm>=8"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "shape-scm"
+dynamic = ["version"]
+dependencies = ["six==1.16.0"]
+
+[project.scripts]
+shape-scm-hello = "shapescm.cli:main"
+
+[tool.setuptools_scm]
+"""
+HELLO = "import importlib.metadata\n\n\ndef main() -> None:\n    print('hello', importlib.metadata.version({!r}))\n"
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def _clone(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A fresh clone of a repository holding `files` (git clone, as a newcomer starts)."""
+    origin = tmp_path / "origin"
+    for name, text in files.items():
+        (origin / name).parent.mkdir(parents=True, exist_ok=True)
+        (origin / name).write_text(text)
+    git(origin.parent, "init", "-q", str(origin))
+    git(origin, "add", ".")
+    git(origin, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "start")
+    git(origin, "tag", "v1.4.2")
+    subprocess.run(["git", "clone", "-q", str(origin), str(tmp_path / "clone")], check=True)
+    git(tmp_path / "clone", "config", "user.name", "t")
+    git(tmp_path / "clone", "config", "user.email", "t@example.invalid")
+    return tmp_path / "clone"
+
+
+def _timed(timings: dict[str, float], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    done = subprocess.run([ENVLOCK, *args], capture_output=True, text=True, check=False, cwd=cwd)
+    timings[" ".join(args)[:24]] = round(time.monotonic() - started, 1)
+    return done
+
+
+def _onboard(repo: Path, module: str, dist: str, script: str, version: str, cleanup: list[str]) -> dict[str, float]:
+    """init, lock, run (import + version from tests/, the console script), reproduce: the timings of each."""
+    cleanup.append(dist)
+    timings: dict[str, float] = {}
+    done = _timed(timings, "init", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    git(repo, "add", "pyproject.toml")  # what init says to commit (the lock follows once written)
+    git(repo, "commit", "-qm", "envlock init")
+    done = _timed(timings, "lock", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    probe = f"import {module}, importlib.metadata; print(importlib.metadata.version({dist!r}), {module}.__file__)"
+    done = _timed(timings, "run", "--", "sh", "-c", f"cd tests && python -c {probe!r}", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed, where = done.stdout.split()
+    assert re.fullmatch(version, printed), done.stdout
+    assert where.startswith("/work/") and where.endswith(f"{module}/__init__.py"), "imported from the mounted code"
+    done = _timed(timings, "run", "--", script, cwd=repo)
+    assert done.returncode == 0 and done.stdout.strip() == f"hello {printed}", done.stdout + done.stderr
+    run_id = done.stderr.split("run ")[-1].split(":")[0]
+    verdict = _timed(timings, "reproduce", run_id, cwd=repo)  # the run's id, as `envlock runs` lists it
+    assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
+    assert docker.from_env().images.list(name=dist), "the image is named after the package, not the folder"
+    print(f"\n{dist}: " + ", ".join(f"{k} {v}s" for k, v in timings.items()))
+    return timings
+
+
+def test_a_setup_py_only_package_onboards_with_init_alone(tmp_path: Path, cleanup: list[str]) -> None:
+    repo = _clone(
+        tmp_path,
+        {
+            "setup.py": SETUP_PY,
+            "shapesetup/__init__.py": "",
+            "shapesetup/cli.py": HELLO.format("shape-setup"),
+            "tests/test_it.py": "",
+        },
+    )
+    _onboard(repo, "shapesetup", "shape-setup", "shape-setup-hello", r"0\.3\.1", cleanup)
+
+
+def test_e_dot_in_requirements_with_a_setup_cfg_and_an_attr_version(tmp_path: Path, cleanup: list[str]) -> None:
+    repo = _clone(
+        tmp_path,
+        {
+            "requirements.txt": "-e .\nidna==3.10\n",
+            "setup.cfg": SETUP_CFG,
+            "setup.py": "from setuptools import setup\n\nsetup()\n",
+            "shapeedit/__init__.py": '__version__ = "2.0.5"\n',
+            "shapeedit/cli.py": HELLO.format("shape-editable"),
+            "tests/test_it.py": "",
+        },
+    )
+    _onboard(repo, "shapeedit", "shape-editable", "shape-editable-hello", r"2\.0\.5", cleanup)
+    lock = (repo / "envlock.lock").read_text()
+    assert 'name = "idna"' in lock and 'name = "six"' in lock, "the file's lines and the package's dependencies"
+
+
+def test_a_poetry_package_from_src(tmp_path: Path, cleanup: list[str]) -> None:
+    repo = _clone(
+        tmp_path,
+        {
+            "pyproject.toml": POETRY,
+            "src/shapepoetry/__init__.py": "",
+            "src/shapepoetry/cli.py": HELLO.format("shape-poetry"),
+            "tests/test_it.py": "",
+        },
+    )
+    _onboard(repo, "shapepoetry", "shape-poetry", "shape-poetry-hello", r"1\.1\.0", cleanup)
+
+
+def test_a_setuptools_scm_version_from_git_and_a_new_tag_makes_the_lock_stale(
+    tmp_path: Path, cleanup: list[str]
+) -> None:
+    repo = _clone(
+        tmp_path,
+        {
+            "pyproject.toml": SCM,
+            "src/shapescm/__init__.py": "",
+            "src/shapescm/cli.py": HELLO.format("shape-scm"),
+            "tests/test_it.py": "",
+        },
+    )
+    # Tagged v1.4.2, then init's commit: setuptools-scm says the next dev version of that commit.
+    _onboard(repo, "shapescm", "shape-scm", "shape-scm-hello", r"1\.4\.3\.dev1\+g[0-9a-f]+", cleanup)
+    git(repo, "tag", "v1.5.0")
+    assert envlock("lock", "--check", "-C", str(repo)).returncode == 4, "a new tag is a new version: stale"
+    assert envlock("lock", "-C", str(repo)).returncode == 0
+    done = envlock("run", "-C", str(repo), "--", "shape-scm-hello")
+    assert done.returncode == 0 and done.stdout.strip() == "hello 1.5.0", done.stdout + done.stderr

@@ -525,10 +525,13 @@ def test_editable_lines_become_local_packages_or_say_what_is_missing(tmp_path: P
     (tmp_path / "requirements.txt").write_text("-e .\n-e ./libs/helper\n-e ./old\nsix\n")
     imported = from_requirements(tmp_path / "requirements.txt")
     assert imported.requirements == ["helper @ file:./libs/helper", "six"]
-    assert imported.notes == ["requirements.txt:1: -e . is the project itself: installed from the mounted code"]
+    assert imported.notes == [
+        "requirements.txt:1: -e . is the project itself: installed from the mounted code with the metadata its "
+        "build backend (hatchling.build) gives"
+    ]
     assert imported.not_handled == [
-        "-e ./old (requirements.txt:3: envlock installs a local package from its pyproject.toml [project] and "
-        "[build-system]; this one has none (a setup.py-only package): add them)"
+        "-e ./old (requirements.txt:3: a package inside the project whose name only its build backend knows: add "
+        "`NAME @ file:./old` to [tool.envlock] requirements)"
     ]
     init_project(tmp_path)
     spec = load_spec(tmp_path)

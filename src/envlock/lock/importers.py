@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 
 from envlock.errors import ImportSourceError
 from envlock.lock import conda
+from envlock.lock.backend import build_system, is_buildable
 
 # Looked for in this order when `envlock init` is given no --from: real locks before wish lists.
 SOURCES = (
@@ -202,14 +203,17 @@ def _editable(directory: Path, value: str, where: str, imported: Imported, *, in
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ImportSourceError(f"{where}: cannot read {target / 'pyproject.toml'}: {exc}") from exc
     name = document.get("project", {}).get("name")
-    if not isinstance(name, str) or "build-system" not in document or re.match(r"^[a-z+]+://", value):
-        imported.not_handled.append(
-            f"-e {value} ({where}: envlock installs a local package from its pyproject.toml [project] and "
-            "[build-system]; this one has none (a setup.py-only package): add them)"
+    if target.resolve() == directory.resolve() and is_buildable(target, document):
+        imported.notes.append(
+            f"{where}: -e {value} is the project itself: installed from the mounted code with the metadata its "
+            f"build backend ({build_system(document).backend.removesuffix(':__legacy__')}) gives"
         )
         return
-    if target.resolve() == directory.resolve():
-        imported.notes.append(f"{where}: -e {value} is the project itself: installed from the mounted code")
+    if not isinstance(name, str) or "build-system" not in document or re.match(r"^[a-z+]+://", value):
+        imported.not_handled.append(
+            f"-e {value} ({where}: a package inside the project whose name only its build backend knows: add "
+            f"`NAME @ file:{value.removeprefix('file:')}` to [tool.envlock] requirements)"
+        )
         return
     relative = value.removeprefix("file:").rstrip("/")
     (imported.constraints if into_constraints else imported.requirements).append(f"{name} @ file:{relative}")

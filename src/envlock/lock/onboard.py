@@ -22,11 +22,14 @@ from tomlkit.items import Array, Table, Whitespace
 from envlock.errors import ImportSourceError, SpecError
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.lock import recipes
+from envlock.lock.backend import is_buildable
 from envlock.lock.importers import PYPI, Imported, detect, import_file
 from envlock.lock.spec import PYPROJECT, Spec, parse_spec
 
 # Directories training code commonly writes: proposed for .gitignore (and for `outputs` in [tool.envlock]).
 OUTPUT_DIRS = ("out", "outs", "output", "outputs", "checkpoints", "ckpt", "mlruns", "wandb", "lightning_logs")
+# `--from` one of these: the project's own package (its build backend is asked at lock time), not a file to import.
+PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml")
 # envlock's own state that never belongs in git: image archives are large and per machine.
 STATE_IGNORED = (".envlock/archives/", ".envlock/images.json")
 
@@ -285,12 +288,15 @@ def init_project(
     path = project_dir / PYPROJECT
     document, before, created = _load_document(path)
     plain = document.unwrap()
-    source = _source(project_dir, source)
+    packaged = is_buildable(project_dir, plain)
+    # --from setup.py: the project's own package, read by its build backend at lock time; nothing to import.
+    own_package = source is not None and source.name in PACKAGE_FILES and packaged
+    source = None if own_package else _source(project_dir, source)
     imported = import_file(source, plain) if source is not None else None
-    if imported is None and not plain.get("project", {}).get("dependencies"):
+    if imported is None and not plain.get("project", {}).get("dependencies") and not packaged:
         raise ImportSourceError(
             f"nothing to import in {project_dir}: no requirements.txt, uv.lock, poetry.lock, pylock.toml or "
-            "environment.yml, and no [project] dependencies",
+            "environment.yml, no [project] dependencies, and no package (setup.py, setup.cfg, [build-system])",
             hint="name the file with --from FILE",
         )
     merge = _Merge(imported.source.name if imported else PYPROJECT, prune, project_dir)
@@ -306,7 +312,13 @@ def init_project(
         text = text.rstrip("\n") + "\n"
     written = False
     if text != before:
-        if not changes:
+        if not changes and packaged:
+            what = "setup.py" if (project_dir / "setup.py").is_file() else "its build backend"
+            changes.append(
+                f"+ [tool.envlock] (empty: the project's own package, as {what} declares it, and its dependencies "
+                "are installed)"
+            )
+        elif not changes:
             changes.append("+ [tool.envlock] (empty: [project] dependencies are the requirements)")
         _check_valid(text, project_dir, source)
         if not dry_run:

@@ -18,6 +18,7 @@ from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
 from envlock.fsutil import sha256_file
 from envlock.lock import recipes
+from envlock.lock.backend import MetadataSource, default_backend, is_buildable
 from envlock.lock.credentials import redact
 from envlock.lock.localpackages import LocalPackage, local_packages, local_url_path
 from envlock.lock.shapes import debian_package_problem, url_problem
@@ -127,7 +128,7 @@ class Spec:
         if self.constraints:
             inputs["constraints"] = sorted(str(Requirement(c)) for c in self.constraints)
         if self.local_packages:
-            inputs["local-packages"] = [p.as_dict() for p in self.local_packages]
+            inputs["local-packages"] = [p.identity() for p in self.local_packages]
         return inputs
 
     def input_hash(self) -> str:
@@ -242,8 +243,11 @@ def _group_requirements(
     return out
 
 
-def load_spec(project_dir: Path) -> Spec:
-    """Read and validate the project's pyproject.toml; raise one SpecError listing every problem."""
+def load_spec(project_dir: Path, backend: MetadataSource | None = None) -> Spec:
+    """Read and validate the project's pyproject.toml; raise one SpecError listing every problem.
+
+    The project's build backend (`backend`, by default the real one) answers for metadata only it knows.
+    """
     path = project_dir / PYPROJECT
     try:
         text = path.read_text(encoding="utf-8")
@@ -263,7 +267,7 @@ def load_spec(project_dir: Path) -> Spec:
             f"{path} is not valid TOML for envlock: arrays or tables nested too deeply",
             hint="flatten the deeply nested value",
         ) from exc
-    return parse_spec(document, project_dir, path, text)
+    return parse_spec(document, project_dir, path, text, backend or default_backend())
 
 
 def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -> dict[str, Any]:
@@ -275,8 +279,11 @@ def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -
     return value
 
 
-def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems) -> list[str]:
-    """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups."""
+def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems, packaged: bool) -> list[str]:
+    """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups.
+
+    `packaged`: the project is a package its build backend describes, whose dependencies come from there.
+    """
     project = _table(document, "project", "project", problems)
     if "requirements" in table:
         requirements = _requirement_list(table["requirements"], "tool.envlock.requirements", problems)
@@ -285,7 +292,7 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
     else:
         requirements = []
         dynamic = project.get("dynamic", [])
-        if isinstance(dynamic, list) and "dependencies" in dynamic:
+        if isinstance(dynamic, list) and "dependencies" in dynamic and not packaged:
             problems.add("project.dependencies", "is dynamic; list what to lock in [tool.envlock] requirements")
     optional = _table(project, "optional-dependencies", "project.optional-dependencies", problems)
     for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
@@ -297,7 +304,7 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
     groups = _table(document, "dependency-groups", "dependency-groups", problems)
     for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
         requirements += _group_requirements(groups, group, problems)
-    if not requirements and not problems.items:
+    if not requirements and not problems.items and not packaged:
         problems.add("project.dependencies", "nothing to lock: list packages in [project] dependencies")
     return requirements
 
@@ -372,15 +379,21 @@ def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
     return "docker"
 
 
-def parse_spec(document: dict[str, Any], project_dir: Path, path: Path, text: str = "") -> Spec:
-    """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem."""
+def parse_spec(
+    document: dict[str, Any], project_dir: Path, path: Path, text: str = "", backend: MetadataSource | None = None
+) -> Spec:
+    """Validate a parsed pyproject document into a Spec, or raise one SpecError listing every problem.
+
+    `backend` answers for packages only their build backend can describe (setup.py, Poetry, dynamic metadata);
+    without one, such a package is not a local package.
+    """
     problems = _Problems(path, text)
     table = _envlock_table(document, path, problems)
-    name = _image_name(document, table, project_dir, problems)
-    requirements = _requirements(document, table, problems)
+    requirements = _requirements(document, table, problems, is_buildable(project_dir, document))
     constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
-    local = local_packages(document, project_dir, requirements)
-    requirements = _without_local(requirements, local)
+    local, own = local_packages(document, project_dir, requirements, backend)
+    name = _image_name(document, table, project_dir, problems, own.name if own else None)
+    requirements = _without_local(requirements, local, own)
     base, python = _base_and_python(table, problems)
     platforms = _platforms(table, problems)
     system_packages = _system_packages(table, problems)
@@ -452,10 +465,13 @@ def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) ->
     return table
 
 
-def _image_name(document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _Problems) -> str:
-    """tool.envlock.name, by default the project's name (or its folder's) made a valid image name."""
+def _image_name(
+    document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _Problems, package: str | None
+) -> str:
+    """tool.envlock.name, by default the project's name (its package's, else its folder's) as a valid image name."""
     project = document.get("project", {})
-    project_name = str(project.get("name", project_dir.resolve().name) if isinstance(project, dict) else "")
+    fallback = package or project_dir.resolve().name
+    project_name = str(project.get("name", fallback) if isinstance(project, dict) else "")
     default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
     name = table.get("name", default_name)
     if not isinstance(name, str) or not _IMAGE_NAME.match(name):
@@ -508,12 +524,20 @@ def _raise_problems(problems: _Problems, path: Path) -> None:
         )
 
 
-def _without_local(requirements: list[str], local: tuple[LocalPackage, ...]) -> list[str]:
+def _without_local(requirements: list[str], local: tuple[LocalPackage, ...], own: LocalPackage | None) -> list[str]:
     """Local packages come from the mounted code: their own dependencies are resolved instead of them."""
     names = {canonicalize_name(p.name) for p in local}
     kept = [r for r in requirements if canonicalize_name(Requirement(r).name) not in names]
     for package in local:
-        if package.path in (".", "src"):
+        if package == own and not package.backend:
             continue  # the project itself: its dependencies are the requirements already (or were overridden)
-        kept += [r for r in package.requires if canonicalize_name(Requirement(r).name) not in names]
+        # A package only its backend describes (setup.py, Poetry, dynamic dependencies): its own tool would install
+        # its dependencies with it, as pip does for `-e .`.
+        kept += [r for r in package.requires if canonicalize_name(Requirement(r).name) not in names and not _extra(r)]
     return list(dict.fromkeys(kept))
+
+
+def _extra(requirement: str) -> bool:
+    """`x ; extra == "dev"`: wanted only with that extra, which nobody asked for."""
+    marker = Requirement(requirement).marker
+    return marker is not None and "extra" in str(marker)
