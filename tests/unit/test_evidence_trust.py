@@ -272,3 +272,36 @@ def test_the_bundle_reviewers_view_is_rendered_from_the_verified_statement(
     html = tmp_path / "bundle.html"
     code, _, _ = world(capsys, "report", str(bundle), "--key", str(public), "--html", "-o", str(html))
     assert code == 0 and 'data-state="VERIFIED"' in html.read_text()
+
+
+def test_a_rerun_from_a_bundle_is_attested_and_verifies_with_the_receivers_key(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
+    receiver = generate_key(tmp_path / "receiver" / "bob.pem")
+    kept = tmp_path / "review"
+    world.wiring.environ = {"ENVLOCK_SIGNING_KEY": str(receiver.path)}
+    code, out, err = world(capsys, "reproduce", str(bundle), "--key", str(public), "--keep", str(kept))
+    assert code == 0 and out.startswith("REPRODUCED"), out + err
+    (rerun,) = [r for r in RunStore(kept).all() if r.reproduces == run_id]
+    code, out, err = world(
+        capsys, "verify", rerun.run_id, "-C", str(kept), "--key", str(tmp_path / "receiver" / "bob.pem.pub")
+    )
+    assert code == 0 and "VERIFIED: signed by bob.pem" in out and "ok run file verdict.json" in out, out + err
+
+
+def test_restores_rebuild_leaves_the_images_provenance(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, _, _ = _signed_run(world, capsys, tmp_path)
+    image_id = RunStore(world.project).load(run_id).image_id
+    attestations = world.project / ".envlock" / "attestations"
+    for provenance in attestations.glob("*.dsse.json"):
+        provenance.unlink()
+    world.engine.remove(image_id)
+    code, out, err = world(capsys, "restore", run_id, "-C", str(world.project))
+    assert code == 0 and "rebuild" in out + err, out + err
+    assert (attestations / f"{image_id.removeprefix('sha256:')}.dsse.json").is_file()

@@ -299,6 +299,8 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     checks.mismatches += record_differences(signed, _record_json(run_dir))
     if not any(m.startswith("record ") for m in checks.mismatches):
         checks.held.append(f"record: every field as signed ({len(_flat(signed))} fields)")
+    if signed.get("reproduces"):  # a re-run's outputs were written in a worktree: its folder keeps them
+        places = RunPlaces(run_dir, run_dir / "outputs", places.objects_root, places.inputs_root)
     _check_subjects(statement, places, checks)
     _check_run_files(predicate, run_dir, checks)
     _check_objects(signed, places.objects_root, checks)
