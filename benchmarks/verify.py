@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,7 @@ class VerifyBench:
     def cell(self, name: str) -> Cell:
         """(best, median) of a measure, or FAIL."""
         found = self.samples[name]
-        return (min(found), sorted(found)[len(found) // 2]) if found else "FAIL"
+        return (min(found), statistics.median(found)) if found else "FAIL"
 
     def report(self) -> None:
         """The table: each measure, and envlock's ratio over it."""
