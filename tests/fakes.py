@@ -802,11 +802,18 @@ class FakeMetadataSource:
     def __init__(self, answers: Mapping[str, BackendMetadata]) -> None:
         self.answers = dict(answers)
         self.asked: list[Path] = []
+        self.versions: dict[str, str] = {}  # directory name → the version of "the commit checked out now"
+        self.versions_asked: list[Path] = []
 
     def metadata(self, directory: Path) -> BackendMetadata:
         """The answer for this directory's name."""
         self.asked.append(directory)
         return self.answers[directory.name]
+
+    def version(self, directory: Path) -> str:
+        """The version set for this directory's name (else the metadata's)."""
+        self.versions_asked.append(directory)
+        return self.versions.get(directory.name) or self.answers[directory.name].version
 
 
 _: type[MetadataSource] = FakeMetadataSource

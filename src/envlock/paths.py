@@ -99,6 +99,11 @@ class ProjectLayout:
         return self.state / "objects"
 
     @property
+    def local_metadata(self) -> Path:
+        """The dist-info a run mounts for own packages versioned by VCS: `local-metadata/<sha256 of its files>/`."""
+        return self.state / "local-metadata"
+
+    @property
     def chains(self) -> Path:
         """Chain re-runs (`envlock reproduce --chain`): one verdict per chain id, and their staging folders."""
         return self.state / "chains"

@@ -295,7 +295,7 @@ def test_a_poetry_package_from_src(tmp_path: Path, cleanup: list[str]) -> None:
     _onboard(repo, "shapepoetry", "shape-poetry", "shape-poetry-hello", r"1\.1\.0", cleanup)
 
 
-def test_a_setuptools_scm_version_from_git_and_a_new_tag_makes_the_lock_stale(
+def test_a_setuptools_scm_version_is_the_commits_and_committing_the_lock_leaves_it_fresh(
     tmp_path: Path, cleanup: list[str]
 ) -> None:
     repo = _clone(
@@ -309,8 +309,22 @@ def test_a_setuptools_scm_version_from_git_and_a_new_tag_makes_the_lock_stale(
     )
     # Tagged v1.4.2, then init's commit: setuptools-scm says the next dev version of that commit.
     _onboard(repo, "shapescm", "shape-scm", "shape-scm-hello", r"1\.4\.3\.dev1\+g[0-9a-f]+", cleanup)
+    image = _image_id(repo)
+    git(repo, "add", "envlock.lock")
+    git(repo, "commit", "-qm", "lock")
+    assert envlock("lock", "--check", "-C", str(repo)).returncode == 0, "committing the lock leaves it fresh"
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    done = envlock("run", "-C", str(repo), "--", "shape-scm-hello")
+    printed = done.stdout.strip().removeprefix("hello ")
+    assert done.returncode == 0 and re.fullmatch(r"1\.4\.3\.dev2\+g[0-9a-f]{7,}", printed), done.stdout
+    assert head.stdout.startswith(printed.split("+g")[1]), "the version of the commit that ran"
+    assert _image_id(repo) == image, "the image does not depend on the commit"
+    run_id = done.stderr.split("run ")[-1].split(":")[0]
+    record = (repo / ".envlock" / "runs" / run_id / "record.json").read_text()
+    assert f'"shape-scm": "{printed}"' in record, "the record names the version that ran"
+    verdict = envlock("reproduce", "-C", str(repo), run_id)
+    assert verdict.returncode == 0 and "REPRODUCED" in verdict.stdout, verdict.stdout + verdict.stderr
     git(repo, "tag", "v1.5.0")
-    assert envlock("lock", "--check", "-C", str(repo)).returncode == 4, "a new tag is a new version: stale"
-    assert envlock("lock", "-C", str(repo)).returncode == 0
+    assert envlock("lock", "--check", "-C", str(repo)).returncode == 0, "a new tag is a new version, not a new lock"
     done = envlock("run", "-C", str(repo), "--", "shape-scm-hello")
     assert done.returncode == 0 and done.stdout.strip() == "hello 1.5.0", done.stdout + done.stderr

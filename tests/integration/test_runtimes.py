@@ -53,7 +53,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     done = envlock("run", "--output", "out", "--", *TRAIN, project=project)
     assert done.returncode == 0, done.stderr
     reference = record_of(project, last_run(project))
-    assert reference["runtime"]["name"] == "docker" and reference["record_version"] == 5
+    assert reference["runtime"]["name"] == "docker" and reference["record_version"] == 6
     yield project, reference
     client = docker.from_env()
     for image in client.images.list(name=NAME):

@@ -143,7 +143,7 @@ def test_a_folder_that_is_no_package_still_has_nothing_to_import(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.py"]
 
 
-def test_the_tag_decides_a_git_versioned_fingerprint(tmp_path: Path) -> None:
+def test_the_tag_decides_the_run_time_version_key_and_never_the_locks(tmp_path: Path) -> None:
     from envlock.lock.backend import build_system, fingerprint  # noqa: PLC0415
 
     project = _in_tree(tmp_path, "1.0")
@@ -151,6 +151,86 @@ def test_the_tag_decides_a_git_versioned_fingerprint(tmp_path: Path) -> None:
     for args in (["add", "."], ["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "one"]):
         subprocess.run(["git", "-C", str(project), *args], check=True)
     system = build_system({})
-    before = fingerprint(project, system)
+    before = fingerprint(project, system, vcs=True, git=True)
+    locked = fingerprint(project, system, vcs=True)
     subprocess.run(["git", "-C", str(project), "tag", "v1.0"], check=True)
-    assert fingerprint(project, system) != before
+    assert fingerprint(project, system, vcs=True, git=True) != before, "the run-time version's key moves"
+    assert fingerprint(project, system, vcs=True) == locked, "the lock's metadata key does not"
+
+
+def _commit(project: Path, message: str) -> None:
+    for args in (["add", "."], ["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", message]):
+        subprocess.run(["git", "-C", str(project), *args], check=True)
+
+
+def test_a_version_from_vcs_is_no_lock_input_and_a_commit_asks_the_backend_once_at_run_time(tmp_path: Path) -> None:
+    project = _in_tree(tmp_path, "1.4.3.dev1+gaaaaaaa")
+    (project / "pyproject.toml").write_text(PYPROJECT + "\n[tool.setuptools_scm]\n")
+    (project / ".gitignore").write_text("CALLS\n")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    _commit(project, "start")
+    backend = IsolatedBackend(tmp_path / "cache")
+    spec = load_spec(project, backend)
+    (package,) = spec.local_packages
+    assert (package.version, package.version_from) == ("", "vcs")
+    assert "version" not in spec.inputs()["local-packages"][0]
+    assert spec.inputs()["local-packages"][0]["version-from"] == "vcs"
+    assert backend.version(project) == "1.4.3.dev1+gaaaaaaa"
+    calls = (tmp_path / "CALLS").read_text()
+    (project / "VERSION").write_text("1.4.3.dev2+gbbbbbbb")  # what setuptools-scm says of the next commit
+    (project / "envlock.lock").write_text("# the lock, committed\n")
+    _commit(project, "lock")
+    assert load_spec(project, backend).input_hash() == spec.input_hash(), "a commit does not make the lock stale"
+    assert (tmp_path / "CALLS").read_text() == calls, "nor re-runs the backend for the lock"
+    assert backend.version(project) == "1.4.3.dev2+gbbbbbbb" and backend.version(project) == "1.4.3.dev2+gbbbbbbb"
+    assert (tmp_path / "CALLS").read_text() == calls + "x", "the run asks once per HEAD"
+
+
+def test_a_vcs_versioned_packages_dependencies_are_still_lock_inputs(tmp_path: Path) -> None:
+    project = tmp_path / "scm-proj"
+    (project / "src" / "scmpkg").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64", "setuptools-scm>=8"]\nbuild-backend = "setuptools.build_meta"\n'
+        '\n[project]\nname = "scm-pkg"\ndynamic = ["version"]\n\n[tool.envlock]\n'
+    )
+    backend = FakeMetadataSource({"scm-proj": _answer("scm-pkg", "1.0.dev1+gabc", ("six==1.16.0",))})
+    before = load_spec(project, backend)
+    assert before.local_packages[0].version_from == "vcs", "setuptools-scm in requires, no version written"
+    backend.answers["scm-proj"] = _answer("scm-pkg", "1.0.dev2+gdef", ("six==1.16.0",))
+    assert load_spec(project, backend).input_hash() == before.input_hash(), "another commit: the same inputs"
+    backend.answers["scm-proj"] = _answer("scm-pkg", "1.0.dev2+gdef", ("six==1.17.0",))
+    assert load_spec(project, backend).input_hash() != before.input_hash(), "a dependency moved: stale"
+
+
+def test_the_run_mounts_the_commits_dist_info_and_records_its_version(tmp_path: Path) -> None:
+    from envlock.image.staging import LOCAL_METADATA, VenvLayout, install_local  # noqa: PLC0415
+    from envlock.lock.project import lock_project  # noqa: PLC0415
+    from envlock.run.ownversion import current_versions  # noqa: PLC0415
+    from envlock.run.pinned import own_metadata  # noqa: PLC0415
+    from tests.fakes import FakeResolver  # noqa: PLC0415
+
+    project = tmp_path / "scm-proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.setuptools_scm]\n[tool.envlock]\n[project]\nname = "scm-pkg"\n[build-system]\nrequires = []\n'
+    )
+    backend = FakeMetadataSource({"scm-proj": _answer("scm-pkg", "1.0.dev1+gabc", ("six==1.16.0",))})
+    spec = load_spec(project, backend)
+    backend.versions["scm-proj"] = "1.4.3.dev1+g1234567"
+    versions = current_versions(spec.local_packages, project, backend)
+    assert versions == {"scm-pkg": "1.4.3.dev1+g1234567"}
+    lock = lock_project(spec, FakeResolver({"linux/amd64": []})).lock
+    assert 'version-from = "vcs"' in spec.lock_path.read_text() and "1.0.dev1" not in spec.lock_path.read_text()
+    own = own_metadata(lock, versions, project)
+    assert own is not None and own.folder is not None and own.versions == versions
+    (info,) = own.folder.iterdir()
+    assert info.name == "scm_pkg-1.4.3.dev1+g1234567.dist-info"
+    assert "Version: 1.4.3.dev1+g1234567\nRequires-Dist: six==1.16.0\n" in (info / "METADATA").read_text()
+    assert "scm-pkg-hello = x.cli:main" in (info / "entry_points.txt").read_text()
+    layout = VenvLayout("3.12")
+    install_local(lock.local_packages[0], tmp_path / "root", layout)
+    site = tmp_path / "root" / layout.site_packages
+    assert [p.name for p in site.iterdir()] == ["_envlock_local_scm_pkg.pth"], "no commit's version in the image"
+    assert (site / "_envlock_local_scm_pkg.pth").read_text() == f"/work\n{LOCAL_METADATA}\n"
+    with pytest.raises(SpecError, match="no version for scm-pkg"):
+        own_metadata(lock, {}, project)

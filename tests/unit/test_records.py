@@ -41,7 +41,7 @@ def test_every_kind_of_record_is_kept_as_test_data() -> None:
         "v1-slurm-node1.json",
         "v1-slurm-queued.json",
     ]
-    assert RECORD_VERSION == 5 and all(v1(name)["record_version"] == 1 for name in V1)
+    assert RECORD_VERSION == 6 and all(v1(name)["record_version"] == 1 for name in V1)
 
 
 @pytest.mark.parametrize("name", V1)
@@ -52,9 +52,9 @@ def test_a_version_1_record_reads_and_writes_back_key_for_key(name: str) -> None
     # Version 3's fields: unknown then.
     added: dict[str, Any] = {"declared_outputs": [], "inputs": None, "gpus": None, "log_sha256": None}
     git = {**data["git"], "untracked-saved": {}, "untracked-skipped": {}} if data["git"] else {}
-    lineage: dict[str, Any] = {"links": [], "tainted": {}, "params": None, "chain": None}
-    assert written == {**data, **added, **lineage, "git": git, "record_version": 5, "runtime": None}, (
-        "the same keys and values, versions 3, 4 and 5's added"
+    lineage: dict[str, Any] = {"links": [], "tainted": {}, "params": None, "chain": None, "package_versions": {}}
+    assert written == {**data, **added, **lineage, "git": git, "record_version": 6, "runtime": None}, (
+        "the same keys and values, versions 3, 4, 5 and 6's added"
     )
     assert RunRecord.from_dict(written) == record
 
@@ -144,8 +144,8 @@ def test_a_record_that_is_not_a_table_is_refused(data: object) -> None:
 
 def test_a_newer_version_is_refused_with_a_hint_to_upgrade() -> None:
     with pytest.raises(RunRecordError) as refused:
-        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 6, "energy-kwh": 1.5})
-    assert "record version 6" in refused.value.message and "reads versions 1 to 5" in refused.value.message
+        RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": 7, "energy-kwh": 1.5})
+    assert "record version 7" in refused.value.message and "reads versions 1 to 6" in refused.value.message
     assert "upgrade envlock" in refused.value.hint
 
 
@@ -180,7 +180,7 @@ def test_runs_show_reads_the_records_an_earlier_envlock_wrote(
     assert "mlflow    http://127.0.0.1:5000/#/experiments/7/runs/" in out and "(sm_80)" in out
     assert cli(["runs", "-C", str(project), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["record_version"] for r in listed} == {5} and all(r["host"]["kernel"] for r in listed)
+    assert {r["record_version"] for r in listed} == {6} and all(r["host"]["kernel"] for r in listed)
 
 
 def test_a_record_of_the_wrong_shape_exits_21_without_a_traceback(
@@ -223,13 +223,14 @@ def test_a_queued_records_mlflow_request_keeps_no_credentials_and_reads_back(
     assert submitted_tracking(read, {"MLFLOW_TRACKING_URI": secret_uri}) == TrackingSettings(secret_uri, "demo", "r1")
 
 
-def test_a_version_4_record_reads_without_lineage_and_writes_back_as_version_5() -> None:
+def test_a_version_4_record_reads_without_lineage_and_writes_back_as_version_6() -> None:
     data = json.loads((RECORDS / "v4-local-inputs.json").read_text(encoding="utf-8"))
     record = RunRecord.from_dict(data)
     assert record.inputs is not None and record.inputs.files == {"data/clean.csv": "a" * 64}
     assert (record.links, record.tainted, record.params, record.chain) == ((), {}, None, None)
     written = json.loads(json.dumps(record.as_dict()))
-    assert written == {**data, "links": [], "tainted": {}, "params": None, "chain": None, "record_version": 5}
+    lineage: dict[str, Any] = {"links": [], "tainted": {}, "params": None, "chain": None, "package_versions": {}}
+    assert written == {**data, **lineage, "record_version": 6}
     assert RunRecord.from_dict(written) == record
 
 

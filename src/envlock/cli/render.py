@@ -73,7 +73,8 @@ def render_lock(lock: Lock, platforms: list[str], stale: str) -> str:
         scripts = [n for g, n, _ in local.entry_points if g == "console_scripts"]
         shown = f"; scripts: {', '.join(scripts)}" if scripts else ""
         where = "/work" if local.path == "." else f"/work/{local.path}"
-        lines.append(f"local package {local.name} {local.version} from {where}{shown}")
+        version = "(version of the commit that runs)" if local.version_from == "vcs" else local.version
+        lines.append(f"local package {local.name} {version} from {where}{shown}")
     for target in lock.targets:
         if target.platform not in platforms:
             continue

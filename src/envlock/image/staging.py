@@ -20,6 +20,9 @@ from envlock.lock.localpackages import LocalPackage
 from envlock.lock.resolve import LockedFile, LockedPackage
 
 VENV = "/opt/envlock/venv"
+# Where a run mounts (read-only) the dist-info of its own packages whose version comes from VCS: on sys.path through
+# their `.pth`, so importlib.metadata finds the version of the commit that runs.
+LOCAL_METADATA = f"{VENV}/envlock-local-metadata"
 
 
 @dataclass(frozen=True)
@@ -169,19 +172,40 @@ def install_local(package: LocalPackage, root: Path, layout: VenvLayout) -> None
     """A package from the mounted code: a `.pth` into /work and a dist-info generated from its metadata.
 
     Only metadata goes into the image, never code: editing the code changes nothing here; the same metadata gives
-    the same bytes.
+    the same bytes. A version from VCS has no dist-info here (it would name one commit's version): its `.pth` also
+    puts LOCAL_METADATA on the path, where each run mounts the dist-info of the commit it runs.
     """
     from installer.scripts import Script  # noqa: PLC0415
 
     site = root / layout.site_packages
     site.mkdir(parents=True, exist_ok=True)
     code = PurePosixPath(WORKDIR, package.path)
-    (site / f"_envlock_local_{package.dist_name}.pth").write_text(f"{code}\n", encoding="utf-8")
+    if package.version_from == "vcs":
+        (root / PurePosixPath(LOCAL_METADATA).relative_to(VENV)).mkdir(exist_ok=True)  # the mount point
+        (site / f"_envlock_local_{package.dist_name}.pth").write_text(f"{code}\n{LOCAL_METADATA}\n", encoding="utf-8")
+    else:
+        (site / f"_envlock_local_{package.dist_name}.pth").write_text(f"{code}\n", encoding="utf-8")
+        write_dist_info(package, site)
+    for group, name, value in package.entry_points:
+        if group not in ("console_scripts", "gui_scripts"):
+            continue
+        module, _, attr = value.partition(":")
+        section: Literal["console", "gui"] = "console" if group == "console_scripts" else "gui"
+        script_name, data = Script(name, module.strip(), attr.strip(), section).generate(f"{VENV}/bin/python", "posix")
+        (root / "bin").mkdir(exist_ok=True)
+        (root / "bin" / script_name).write_bytes(data)
+        (root / "bin" / script_name).chmod(0o755)
+
+
+def write_dist_info(package: LocalPackage, folder: Path) -> Path:
+    """The dist-info of a local package (METADATA, entry points, editable direct_url) in `folder`: in the image's
+    site-packages, or in a run's LOCAL_METADATA folder for a version from VCS."""
+    code = PurePosixPath(WORKDIR, package.path)
     try:
         version = str(Version(package.version))
     except InvalidVersion:
         version = package.version
-    info = site / f"{package.dist_name}-{version}.dist-info"
+    info = folder / f"{package.dist_name}-{version}.dist-info"
     info.mkdir()
     metadata = f"Metadata-Version: 2.1\nName: {package.name}\nVersion: {version}\n"
     metadata += "".join(f"Requires-Dist: {r}\n" for r in package.requires)
@@ -198,12 +222,4 @@ def install_local(package: LocalPackage, root: Path, layout: VenvLayout) -> None
     for name, text in files.items():
         (info / name).write_text(text, encoding="utf-8")
     (info / "RECORD").write_text("".join(f"{info.name}/{n},,\n" for n in [*files, "RECORD"]), encoding="utf-8")
-    for group, name, value in package.entry_points:
-        if group not in ("console_scripts", "gui_scripts"):
-            continue
-        module, _, attr = value.partition(":")
-        section: Literal["console", "gui"] = "console" if group == "console_scripts" else "gui"
-        script_name, data = Script(name, module.strip(), attr.strip(), section).generate(f"{VENV}/bin/python", "posix")
-        (root / "bin").mkdir(exist_ok=True)
-        (root / "bin" / script_name).write_bytes(data)
-        (root / "bin" / script_name).chmod(0o755)
+    return info

@@ -12,6 +12,7 @@ import configparser
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 from envlock.errors import SpecError
 
 # Bumped when what is cached (or how the fingerprint is taken) changes.
-METADATA_SCHEMA = 1
+METADATA_SCHEMA = 2
 # PEP 517: a project without [build-system] is built by setuptools' legacy backend.
 LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
 LEGACY_REQUIRES = ("setuptools>=40.8.0",)
@@ -78,8 +79,63 @@ class MetadataSource(Protocol):
     """Asks a project's build backend for its package metadata."""
 
     def metadata(self, directory: Path) -> BackendMetadata:
-        """The metadata of the package built from `directory` (raises BuildBackendError)."""
+        """The metadata of the package built from `directory` (raises BuildBackendError); for a version from VCS,
+        cached across commits (its version is then whatever the first answer said: not to be used)."""
         ...
+
+    def version(self, directory: Path) -> str:
+        """The version the backend gives the code in `directory` now: asked once per git HEAD and tags."""
+        ...
+
+
+# Build plugins that take a version from the VCS (tags, distance, commit): any of them in [build-system] requires,
+# with a version not written out, makes the version dynamic from VCS.
+_VCS_TOOLS = frozenset(
+    {
+        "setuptools-scm", "hatch-vcs", "versioningit", "setuptools-git-versioning", "poetry-dynamic-versioning",
+        "dunamai", "versioneer", "pbr", "vcversioner", "setuptools-scm-git-archive",
+    }
+)  # fmt: skip
+
+
+def version_from_vcs(directory: Path, document: dict[str, Any]) -> bool:
+    """Whether the package's version comes from the VCS (setuptools-scm, hatch-vcs, versioneer, pbr…): then it moves
+    with every commit, so it is no lock input; an `attr:` or file version moves only with its file, and is one."""
+    tool = document.get("tool", {}) if isinstance(document.get("tool"), dict) else {}
+    if any(name in tool for name in ("setuptools_scm", "setuptools-scm", "versioningit", "versioneer")):
+        return True
+    sources = (tool.get("hatch", {}).get("version", {}), tool.get("pdm", {}).get("version", {}))
+    if any(isinstance(t, dict) and t.get("source") in ("vcs", "scm") for t in sources):
+        return True
+    for name in ("poetry-dynamic-versioning", "setuptools-git-versioning"):
+        table = tool.get(name, {})
+        if isinstance(table, dict) and (table.get("enable") or table.get("enabled")):
+            return True
+    for name in ("setup.py", "setup.cfg"):
+        path = directory / name
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+        if "use_scm_version" in text or "versioneer" in text or re.search(r"^\s*pbr\s*=\s*True", text, re.M):
+            return True
+    project = document.get("project", {}) if isinstance(document.get("project"), dict) else {}
+    written = isinstance(project.get("version"), str) or isinstance(tool.get("poetry", {}).get("version"), str)
+    requires = document.get("build-system", {}).get("requires", [])
+    names = {_requirement_name(r) for r in requires if isinstance(r, str)} if isinstance(requires, list) else set()
+    return not written and bool(names & _VCS_TOOLS) and not _setup_cfg_version(directory)
+
+
+def _requirement_name(requirement: str) -> str:
+    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", found.group(1)).lower() if found else ""
+
+
+def _setup_cfg_version(directory: Path) -> bool:
+    """setup.cfg writes its version (a literal, `attr:` or `file:`): a file decides it, not the VCS."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(directory / "setup.cfg", encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return False
+    return bool(parser.get("metadata", "version", fallback="").strip())
 
 
 @dataclass(frozen=True)
@@ -178,15 +234,18 @@ def _version_files(directory: Path, depth: int = 4) -> list[Path]:
     return found
 
 
-def fingerprint(directory: Path, system: BuildSystem) -> str:
-    """sha256 over what decides the metadata: the build files, version files, requirement files, the git state."""
-    digest = hashlib.sha256(f"{METADATA_SCHEMA}\n{json.dumps(system.__dict__, sort_keys=True)}\n".encode())
+def fingerprint(directory: Path, system: BuildSystem, *, vcs: bool = False, git: bool = False) -> str:
+    """sha256 over what decides the metadata: the build files, requirement files, and the version files (`vcs`:
+    left out, the version is not read from them; a plugin may even write one); with `git`, HEAD and the tags too
+    (what a version from VCS is made of: only the run-time version is keyed by them, never the lock's metadata)."""
+    salt = f"{METADATA_SCHEMA}\n{json.dumps(system.__dict__, sort_keys=True)}\n{vcs}\n{git}\n"
+    digest = hashlib.sha256(salt.encode())
     files = [directory / n for n in _CONFIG_FILES] + sorted(directory.glob("requirements*.txt"))
-    for file in [*files, *_version_files(directory)]:
+    for file in [*files, *([] if vcs else _version_files(directory))]:
         if file.is_file():
             digest.update(file.relative_to(directory).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(file.read_bytes()).digest())
-    for part in _git_state(directory):
+    for part in _git_state(directory) if git else []:
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
 
@@ -212,9 +271,20 @@ class IsolatedBackend:
         return self._uv_bin
 
     def metadata(self, directory: Path) -> BackendMetadata:
-        """The backend's metadata, from the cache when the fingerprint is known."""
+        """The backend's metadata, from the cache when the fingerprint is known (a commit alone never moves it)."""
+        document = _pyproject(directory)
+        system = build_system(document)
+        return self._cached(
+            directory, system, fingerprint(directory, system, vcs=version_from_vcs(directory, document))
+        )
+
+    def version(self, directory: Path) -> str:
+        """The backend's version of the code as it is now: asked again only when HEAD or a tag moved."""
         system = build_system(_pyproject(directory))
-        cached = self.cache / "metadata" / f"{fingerprint(directory, system)}.json"
+        return self._cached(directory, system, fingerprint(directory, system, vcs=True, git=True)).version
+
+    def _cached(self, directory: Path, system: BuildSystem, key: str) -> BackendMetadata:
+        cached = self.cache / "metadata" / f"{key}.json"
         if cached.is_file():
             try:
                 return BackendMetadata.from_json(json.loads(cached.read_text(encoding="utf-8")))

@@ -4,6 +4,10 @@ A package here is its metadata only — name, version, dependencies, entry point
 `[project]` is read as it is; anything only the build backend knows (setup.py, setup.cfg, Poetry, a dynamic version
 or dependencies) comes from the backend (envlock.lock.backend). The image gets a `.pth` pointing into /work and a
 generated dist-info, so `importlib.metadata.version()` and console scripts work while the code stays out of the image.
+
+A version from the VCS (setuptools-scm, hatch-vcs, versioneer…) moves with every commit, the lock's own included: it
+is no lock input and not in the image. The lock says `version-from = "vcs"`; each run writes the dist-info with the
+version of the commit it runs and mounts it (envlock.run.pinned).
 """
 
 from __future__ import annotations
@@ -11,21 +15,22 @@ from __future__ import annotations
 import configparser
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.errors import SpecError
-from envlock.lock.backend import MetadataSource, is_buildable
+from envlock.lock.backend import MetadataSource, is_buildable, version_from_vcs
 
 # A project name (PEP 508), a version without path separators, a script name that stays in bin/.
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+!_-]+$")
 _SCRIPT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+VersionFrom = Literal["static", "vcs"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class LocalPackage:
     entry_points: tuple[tuple[str, str, str], ...] = ()  # (group, name, object reference), sorted
     backend: str = ""  # the build backend the metadata came from; "" when read from a static [project]
     build_requires: tuple[str, ...] = ()  # name==version the backend ran with (recorded, not an input)
+    # "vcs": the version is the commit's, asked at run time (version is "" in a lock); "static": `version` is it.
+    version_from: VersionFrom = "static"
+    # Where the package's build files are, relative to the project: the backend is asked there at run time. Not in
+    # the lock (a lock read back says "."; only the spec's copy is asked).
+    directory: str = field(default=".", compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The normalized form the lock stores."""
@@ -50,9 +60,12 @@ class LocalPackage:
     def identity(self) -> dict[str, Any]:
         """What the lock's inputs hash: the metadata, not the build tools' versions (another machine may get newer
         ones for the same metadata)."""
-        table: dict[str, Any] = {
-            "name": self.name,
-            "version": self.version,
+        table: dict[str, Any] = {"name": self.name}
+        if self.version_from == "vcs":  # the commit's: never an input (committing the lock would move it again)
+            table["version-from"] = "vcs"
+        else:
+            table["version"] = self.version
+        table |= {
             "path": self.path,
             "requires": list(self.requires),
             "entry-points": [list(e) for e in self.entry_points],
@@ -68,14 +81,18 @@ class LocalPackage:
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             raise ValueError(f"local package path {path!r}")
         points = tuple((str(g), str(n), str(v)) for g, n, v in table.get("entry-points", []))
+        version_from = table.get("version-from", "static")
+        if version_from not in ("static", "vcs"):
+            raise ValueError(f"local package version-from {version_from!r}")
         package = cls(
             str(table["name"]),
-            str(table["version"]),
+            "" if version_from == "vcs" else str(table["version"]),
             path,
             tuple(map(str, table.get("requires", []))),
             points,
             str(table.get("backend", "")),
             tuple(map(str, table.get("build-requires", []))),
+            version_from,
         )
         if problem := package.problem():
             raise ValueError(problem)
@@ -85,10 +102,17 @@ class LocalPackage:
         """What makes this metadata unusable as file names in the image (None: nothing)."""
         if not _NAME.match(self.name):
             return f"local package name {self.name!r}"
-        if not _VERSION.match(self.version):
+        if not (self.version_from == "vcs" and not self.version) and not _VERSION.match(self.version):
             return f"local package version {self.version!r}"
         bad = [n for g, n, _ in self.entry_points if g.endswith("_scripts") and not _SCRIPT.match(n)]
         return f"script name {bad[0]!r}" if bad else None
+
+    def at_version(self, version: str) -> LocalPackage:
+        """This package with the version a run found (a version from VCS), checked like any other."""
+        package = replace(self, version=version)
+        if problem := package.problem():
+            raise ValueError(problem)
+        return package
 
     @property
     def dist_name(self) -> str:
@@ -191,6 +215,7 @@ def package_of(
     project = document.get("project", {}) if isinstance(document.get("project", {}), dict) else {}
     relative = directory.resolve().relative_to(project_dir.resolve())
     pins: tuple[str, ...] = ()
+    version_from: VersionFrom = "static"
     if _is_static(document, directory) or (
         backend is None and "build-system" in document and isinstance(project.get("name"), str)
     ):
@@ -206,11 +231,16 @@ def package_of(
         name, version, requires, points, source, pins = (
             found.name, found.version, found.requires, found.entry_points, found.backend, found.build_requires,
         )  # fmt: skip
+        if version_from_vcs(directory, document):
+            version, version_from = "", "vcs"  # the commit's, asked when a run starts
     else:
         return None
     root = _import_root(directory, name, document)
     path = str(PurePosixPath(relative.as_posix()) / root) if relative.parts else root
-    package = LocalPackage(name, version, path.removeprefix("./") or ".", requires, points, source, pins)
+    package = LocalPackage(
+        name, version, path.removeprefix("./") or ".", requires, points, source, pins, version_from,
+        relative.as_posix() if relative.parts else ".",
+    )  # fmt: skip
     if problem := package.problem():
         raise SpecError(f"{directory}: the package's metadata has an unusable {problem}")
     return package

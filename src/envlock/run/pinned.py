@@ -13,6 +13,7 @@ from envlock.engine.launch import Launcher, Output
 from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
+from envlock.lock.backend import MetadataSource, default_backend
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
@@ -21,8 +22,9 @@ from envlock.report import Report
 from envlock.run.gitstate import GIT_OF, Git, GitState, Origin, git_state, own_git, save_untracked
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
+from envlock.run.ownversion import current_versions, metadata_folder
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import RunEvidence, RunRequest, run_in_image
+from envlock.run.runner import OwnMetadata, RunEvidence, RunRequest, run_in_image
 from envlock.run.tracking import Tracking
 
 if TYPE_CHECKING:
@@ -54,6 +56,14 @@ class RunTools:
     report: Report
     evidence: Evidence  # attests every run that ends and every image built on the way
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
+    # The project's build backend: asked for the version of the commit that runs (own packages versioned by VCS).
+    backend: Callable[[], MetadataSource] = default_backend
+
+
+def own_metadata(lock: Lock, versions: Mapping[str, str], project_dir: Path) -> OwnMetadata | None:
+    """The versions and mounted dist-info of the lock's own packages versioned by VCS (None: it has none)."""
+    folder = metadata_folder(lock, versions, ProjectLayout(project_dir).local_metadata)
+    return OwnMetadata(dict(versions), folder) if folder else None
 
 
 def code_state(
@@ -143,8 +153,12 @@ def run_recorded(
         report=tools.report,
     )
     tools.report(f"image {restored.image_id[:19]} from {restored.source}")
+    lock = lockfile.read(lock_path)
+    versions = recorded.package_versions
+    if queued is not None and origin == "own":  # a batch job: the commit the node runs (its git is taken there too)
+        versions = current_versions(lock.local_packages, code, tools.backend())
     return run_in_image(
-        lockfile.read(lock_path),
+        lock,
         lock_path.read_text(encoding="utf-8"),
         recorded.platform,
         request,
@@ -160,6 +174,9 @@ def run_recorded(
         tracking=tracking,
         inputs_from=inputs_from,
         environ=tools.environ,
+        # The recorded versions, never the backend on this code: the same version, and nothing of a foreign
+        # project's runs on this host.
+        own=own_metadata(lock, versions, store.project_dir),
     )
 
 
@@ -239,6 +256,7 @@ def run_project(
     for orphan in store.settle_orphans(remove_container):
         tools.report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
         tools.evidence.run_ended(store.directory(orphan.run_id))
+    versions = current_versions(spec.local_packages, spec.project_dir, tools.backend())
     record = run_in_image(
         lock,
         lock_text,
@@ -254,5 +272,6 @@ def run_project(
         evidence=tools.evidence,
         tracking=tracking,
         environ=tools.environ,
+        own=own_metadata(lock, versions, spec.project_dir),
     )
     return record, store

@@ -39,8 +39,8 @@ Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 3: the untracked files' saved copies (git), inputs, declared_outputs, gpus, log_sha256 (absent in 1 and 2: unknown).
 # 4: the runtime (docker, podman, charliecloud) and its version; older records read with runtime None (docker).
 # 5: lineage (links, tainted, chain) and params; older records read with none of them.
-RECORD_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+RECORD_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = RUN_ID
 _MOVES = ("changed", "missing", "added")
@@ -102,6 +102,8 @@ class RunRecord:
     tainted: dict[str, str] = field(default_factory=dict)  # inputs that moved while it ran: path → how
     params: ParamsRecord | None = None  # declared hyperparameters (--param, params = [...] files)
     chain: str | None = None  # the chain re-run this run belongs to (envlock reproduce --chain)
+    # The project's own packages whose version comes from VCS → the version that ran (not in the lock: the commit's)
+    package_versions: dict[str, str] = field(default_factory=dict)
     record_version: int = RECORD_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,6 +126,7 @@ class RunRecord:
             "links": [link.as_dict() for link in self.links],
             "tainted": dict(self.tainted),
             "params": self.params.as_dict() if self.params else None,
+            "package_versions": dict(self.package_versions),
         }
 
     @classmethod
@@ -187,6 +190,7 @@ class RunRecord:
             tainted=tainted,
             params=ParamsRecord.read(params) if params else None,
             chain=table.optional_text("chain", CHAIN_ID),
+            package_versions=table.text_table("package_versions"),
         )  # read in any known version, held (and written again) as the current one
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -25,6 +25,7 @@ from envlock.fsutil import (
     write_confined,
 )
 from envlock.image.catalog import PinnedImage
+from envlock.image.staging import LOCAL_METADATA
 from envlock.lock.lockfile import Lock
 from envlock.paths import ProjectLayout
 from envlock.run.gitstate import GitState
@@ -95,6 +96,7 @@ def new_record(
     gpus: bool | None = None,
     inputs: InputSet | None = None,
     params: ParamsRecord | None = None,
+    package_versions: Mapping[str, str] | None = None,
 ) -> RunRecord:
     """A run's record as it starts (or is queued): what runs, in which image, with which settings (the params,
     when declared, reach the command as ENVLOCK_PARAMS, a JSON table)."""
@@ -130,6 +132,7 @@ def new_record(
         gpus=gpus,
         chain=request.chain,
         params=params,
+        package_versions=dict(package_versions or {}),
     )
 
 
@@ -168,6 +171,15 @@ def hash_outputs(project_dir: Path, outputs: tuple[str, ...], since_ns: int | No
 
 
 @dataclass(frozen=True)
+class OwnMetadata:
+    """The project's own packages versioned by VCS, as this run has them: their versions (recorded) and the folder
+    of their dist-infos (mounted read-only on LOCAL_METADATA)."""
+
+    versions: Mapping[str, str]
+    folder: Path | None
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Everything decided before anything happens: the record as it starts, and what the container gets."""
 
@@ -192,6 +204,7 @@ def plan_run(
     inputs_from: Path | None = None,
     runtime: RuntimeRecord | None = None,
     params: ParamsRecord | None = None,
+    own: OwnMetadata | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
 
@@ -222,6 +235,7 @@ def plan_run(
         gpus=gpus,
         inputs=inputs,
         params=params,
+        package_versions=own.versions if own else None,
     )
     record = replace(record, runtime=runtime)
     source = inputs_from or project_dir
@@ -237,7 +251,10 @@ def plan_run(
         gpu_devices=request.gpu_devices,
         labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
         host_network=request.host_network,
-        read_only=tuple((source / path, f"{WORKDIR}/{path}") for path in present),
+        read_only=(
+            *((source / path, f"{WORKDIR}/{path}") for path in present),
+            *(((own.folder, LOCAL_METADATA),) if own and own.folder else ()),
+        ),
     )
     return RunPlan(record, launch, passed)
 
@@ -286,6 +303,7 @@ def run_in_image(
     tracking: Tracking | None = None,
     inputs_from: Path | None = None,
     environ: Mapping[str, str] = os.environ,
+    own: OwnMetadata | None = None,
 ) -> RunRecord:
     """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, record, and attest
     the run through `evidence` however it ends.
@@ -305,7 +323,7 @@ def run_in_image(
         lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
         tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
         runtime=RuntimeRecord.of(launcher.runtime()),
-        params=read_params(project_dir, request.param_files, request.params),
+        params=read_params(project_dir, request.param_files, request.params), own=own,
     )  # fmt: skip
     tracked = None
     if tracking:

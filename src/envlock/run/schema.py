@@ -5,7 +5,8 @@ and MLflow tags see no change). Record version 2 is version 1 with its shape enf
 untracked files' saved copies, the inputs, the declared outputs, the GPU mode and the log's hash; version 4: the
 runtime that ran the command (docker, podman, charliecloud) and its version; version 5: lineage (the links from
 inputs to the earlier runs that wrote them, the inputs that moved during the run, the chain re-run a run belongs
-to) and the declared hyperparameters.
+to) and the declared hyperparameters; version 6: the versions of the project's own packages versioned by VCS that
+ran (no lock input).
 """
 
 from __future__ import annotations

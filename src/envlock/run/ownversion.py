@@ -1,0 +1,63 @@
+"""The version of the commit that runs, for the project's own packages versioned by VCS (setuptools-scm & co.).
+
+Their version is no lock input (it moves with every commit, the lock's own commit included), so the image holds no
+dist-info for them: each run asks the build backend (once per git HEAD and tags, cached) and mounts the dist-info
+of that version read-only on LOCAL_METADATA. The record names the versions; a reproduction writes the same dist-info
+from them, and never runs the (possibly foreign) project's backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from envlock.errors import SpecError
+from envlock.image.staging import write_dist_info
+from envlock.lock.backend import MetadataSource
+from envlock.lock.localpackages import LocalPackage
+from envlock.lock.lockfile import Lock
+
+
+def current_versions(packages: tuple[LocalPackage, ...], project_dir: Path, backend: MetadataSource) -> dict[str, str]:
+    """Each package versioned by VCS → the version its backend gives the code now (`packages`: the spec's)."""
+    return {p.name: backend.version(project_dir / p.directory) for p in packages if p.version_from == "vcs"}
+
+
+def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path | None:
+    """The folder of dist-infos for the lock's VCS-versioned packages at `versions`, made once per content under
+    `root` (None: the lock has none). A package without a version here is refused: its metadata would be absent."""
+    packages = [p for p in lock.local_packages if p.version_from == "vcs"]
+    if not packages:
+        return None
+    missing = [p.name for p in packages if p.name not in versions]
+    if missing:
+        raise SpecError(
+            f"no version for {', '.join(missing)} (its version comes from VCS and was not taken for this run)",
+            hint="run it with `envlock run` in the project, which asks its build backend",
+        )
+    try:
+        pinned = [p.at_version(versions[p.name]) for p in packages]
+    except ValueError as exc:
+        raise SpecError(f"the build backend gave an unusable {exc}") from exc
+    key = hashlib.sha256(json.dumps([[p.as_dict(), p.version] for p in pinned], sort_keys=True).encode())
+    final = root / key.hexdigest()
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".local-metadata-", dir=root))
+    try:
+        for package in pinned:
+            write_dist_info(package, work)
+        work.chmod(0o755)
+        try:
+            work.rename(final)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)  # made meanwhile by another run: the same bytes
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
