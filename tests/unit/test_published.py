@@ -106,6 +106,15 @@ def test_push_lists_the_run_among_the_images_referrers_and_reproduces_elsewhere(
     assert code == 0 and "VERIFIED" in out, out + err
     code, _, err = world(capsys, "pull", ref, "-C", str(other), "--key", pub)
     assert code == 2 and f"error: run {run_id} is already in this project's run store" in err
+    # The image's digest stands for its one run; with a second run there, it names how to choose.
+    third = tmp_path / "third"
+    code, out, err = world(capsys, "pull", f"{world.registry.host}/{REPO}@{image}", "-C", str(third), "--key", pub)
+    assert code == 0 and f"pulled run {run_id}" in out, err
+    world.engine.registries[world.registry.host] = world.registry
+    code, out, err = world(capsys, "run", "-C", str(world.project), "--push", "-o", "out/metrics.json", "--", "t")
+    assert code == 0 and "pushed run" in out, err
+    code, _, err = world(capsys, "pull", f"{world.registry.host}/{REPO}@{image}", "-C", str(third))
+    assert code == 2 and f"error: 2 runs are published for the image {image[:19]}: name one by its own digest" in err
 
 
 def test_push_of_a_run_whose_image_was_never_pushed_is_refused(
