@@ -88,6 +88,7 @@ def test_push_lists_the_run_among_the_images_referrers_and_reproduces_elsewhere(
     code, _, err = world(capsys, "reproduce", ref, "-C", str(elsewhere))
     assert code == 30 and "error: UNTRUSTED KEY" in err, err
     assert list(elsewhere.iterdir()) == [], "refused before anything is rebuilt"
+    assert world.engine.pulls == [], "nor the image pulled"
     pub = str(tmp_path / "keys" / "signing.pem.pub")
     code, out, err = world(capsys, "reproduce", ref, "-C", str(elsewhere), "--key", pub)
     assert code == 0 and "REPRODUCED" in out, out + err

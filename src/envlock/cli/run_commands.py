@@ -230,7 +230,9 @@ def _reproduce_published(
         wiring.say(f"run {fetched.run.run_id}: {fetched.size} bytes of evidence from {fetched.run.ref}")
 
         def gate(found: Unpacked) -> str:
-            # The image by its manifest's digest (the engine checks the content): verified by ID below.
+            # The evidence first (refused evidence costs no image download), then the image by its manifest's
+            # digest (the engine checks the content), then the evidence again with the image checked by ID.
+            verify_fetched(found, fetched, trust(), lambda: None).require(allow_unsigned=allow_unsigned)
             wiring.say(f"image {wiring.engine.pull(fetched.image_ref)[:19]} pulled from {fetched.image_ref}")
             checks = verify_fetched(found, fetched, trust(), lambda: wiring.engine)
             return checks.require(allow_unsigned=allow_unsigned)
