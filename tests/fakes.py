@@ -250,6 +250,10 @@ class FakeRegistry(Registry):
         """Like Debian's registry (distribution 2.8): no referrers API, the tag schema is the way."""
         return None
 
+    def tags(self, repository: str) -> list[str]:
+        """GET /v2/<repository>/tags/list: every name that is not a digest."""
+        return sorted(ref for repo, ref in self.manifests if repo == repository and not ref.startswith("sha256:"))
+
 
 @dataclass(frozen=True)
 class FakeImage:

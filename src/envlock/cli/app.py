@@ -29,6 +29,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "diff": ("run_commands",),
     "lineage": ("lineage_commands",),
     "runs": ("runs_commands",),
+    "push": ("publish_commands",),
+    "pull": ("publish_commands",),
     "submit": ("cluster_commands",),
     "run-submitted": ("cluster_commands",),
     "export": ("cluster_commands", "export_commands", "lock_commands"),

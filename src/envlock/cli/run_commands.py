@@ -32,6 +32,10 @@ from envlock.cli.wiring import wiring_of
 from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from envlock.evidence.bundle import Unpacked
+    from envlock.evidence.trust import Trust
     from envlock.run.gitstate import Origin
     from envlock.run.records import RunRecord, RunStore
     from envlock.run.reproduce import Tolerance
@@ -54,6 +58,10 @@ def run_command(
     no_mlflow: NoMlflowOpt = False,
     key: KeyOpt = None,
     runtime: RuntimeOpt = None,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="On success, publish the run's evidence beside its image (envlock push)."),
+    ] = False,
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
@@ -99,6 +107,10 @@ def run_command(
     )
     if record.tracking:
         wiring.say(f"MLflow: {record.tracking.link}")
+    if push and record.status == "finished" and record.exit_code == 0:
+        from envlock.cli.publish_commands import publish  # noqa: PLC0415
+
+        publish(wiring, spec.project_dir, record.run_id, None)
     raise CommandExited(record.exit_code or 0)
 
 
@@ -147,7 +159,7 @@ def reproduce_command(
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
     mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
     from envlock.errors import UsageError  # noqa: PLC0415
-    from envlock.evidence.bundle import Unpacked, is_bundle, reproducible, verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.bundle import is_bundle, verify_unpacked  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.reproduce import Tolerance  # noqa: PLC0415
@@ -157,28 +169,75 @@ def reproduce_command(
     if chain:
         _reproduce_chain(ctx, run_id, project, rerun.tolerance, rerun.archives, force, runtime)
         return
+
+    # From someone else: the keys named here and the user's own store; no folder of keys that came with the
+    # bundle or with the project rebuilt from it (project_dir=None).
+    def trust() -> Trust:
+        return load_trust(key or [], environ=wiring.environ, project_dir=None)
+
     if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
 
         def gate(found: Unpacked) -> str:
-            # From someone else: the keys named here and the user's own store; no folder of keys that came with
-            # the bundle or with the project rebuilt from it (project_dir=None).
-            trust = load_trust(key or [], environ=wiring.environ, project_dir=None)
-            return verify_unpacked(found, trust, lambda: wiring.engine).require(allow_unsigned=allow_unsigned)
+            return verify_unpacked(found, trust(), lambda: wiring.engine).require(allow_unsigned=allow_unsigned)
 
-        with reproducible(Path(run_id), keep, parent=project, gate=gate) as rebuilt:
-            wiring.say(rebuilt.verified)
-            wiring.say(f"bundle's project rebuilt in {rebuilt.folder} (kept)")
-            bundled = replace(rerun, archives=(*rerun.archives, *rebuilt.archives))
-            code = _reproduce(ctx, RunStore(rebuilt.project), rebuilt.run_id, bundled, "foreign")
+        code = _reproduce_bundle(ctx, Path(run_id), keep, project, rerun, gate)
+    elif "@sha256:" in run_id and not Path(run_id).exists():  # a run published in a registry (envlock push)
+        code = _reproduce_published(ctx, run_id, keep, project, rerun, trust, allow_unsigned=allow_unsigned)
     else:
         if keep is not None or key or allow_unsigned:
             raise UsageError(
-                "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE`",
+                "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE` (or REGISTRY/REPO@sha256:…)",
                 hint="a run of this project re-runs in the project, from its own records",
             )
         code = _reproduce(ctx, RunStore(project), run_id, rerun, "own")
     if code:
         raise typer.Exit(code)
+
+
+def _reproduce_bundle(
+    ctx: typer.Context, bundle: Path, keep: Path | None, project: Path, rerun: _Rerun, gate: Callable[[Unpacked], str]
+) -> int:
+    """A bundle's run (a file, or downloaded from a registry): `gate` verifies it, then its project is rebuilt in a
+    kept folder and the run re-run there as a foreign run."""
+    from envlock.evidence.bundle import reproducible  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    with reproducible(bundle, keep, parent=project, gate=gate) as rebuilt:
+        wiring.say(rebuilt.verified)
+        wiring.say(f"bundle's project rebuilt in {rebuilt.folder} (kept)")
+        bundled = replace(rerun, archives=(*rerun.archives, *rebuilt.archives))
+        return _reproduce(ctx, RunStore(rebuilt.project), rebuilt.run_id, bundled, "foreign")
+
+
+def _reproduce_published(
+    ctx: typer.Context,
+    ref: str,
+    keep: Path | None,
+    project: Path,
+    rerun: _Rerun,
+    trust: Callable[[], Trust],
+    *,
+    allow_unsigned: bool,
+) -> int:
+    """`envlock reproduce REGISTRY/REPO@sha256:…`: the run's bundle downloaded (checked by digest and subject), its
+    image pulled by digest, both verified under the receiver's trust, then the bundle's path."""
+    from envlock.evidence.published import downloaded, parse_ref, verify_fetched  # noqa: PLC0415
+
+    wiring = wiring_of(ctx)
+    place, _ = parse_ref(ref)
+    with downloaded(wiring.registry(place.host), ref, wiring.say) as fetched:
+        wiring.say(f"run {fetched.run.run_id}: {fetched.size} bytes of evidence from {fetched.run.ref}")
+
+        def gate(found: Unpacked) -> str:
+            # The evidence first (refused evidence costs no image download), then the image by its manifest's
+            # digest (the engine checks the content), then the evidence again with the image checked by ID.
+            verify_fetched(found, fetched, trust(), lambda: None).require(allow_unsigned=allow_unsigned)
+            wiring.say(f"image {wiring.engine.pull(fetched.image_ref)[:19]} pulled from {fetched.image_ref}")
+            checks = verify_fetched(found, fetched, trust(), lambda: wiring.engine)
+            return checks.require(allow_unsigned=allow_unsigned)
+
+        return _reproduce_bundle(ctx, fetched.bundle, keep, project, rerun, gate)
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,30 @@ def _store(ctx: typer.Context, project: Path | None) -> RunStore:
 
 
 @runs_app.callback(invoke_without_command=True)
-def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
-    """The project's runs, oldest first (a table, or --json)."""
+def runs_list(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    as_json: JsonOpt = False,
+    registry: Annotated[
+        str | None,
+        typer.Option("--registry", help="List the runs published in REGISTRY/REPO instead.", show_default=False),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option("--image", help="--registry: only the runs of this image (its sha256:…).", show_default=False),
+    ] = None,
+    lock: Annotated[
+        str | None,
+        typer.Option("--lock", help="--registry: only the runs of this lock (its hash, 12+ hex).", show_default=False),
+    ] = None,
+) -> None:
+    """The project's runs, oldest first (a table, or --json); with --registry, the runs published there."""
     wiring = wiring_of(ctx)
     wiring.runs_project = project  # `envlock runs -C DIR show ID` means that project for show too
     if ctx.invoked_subcommand:
+        return
+    if registry is not None or image is not None or lock is not None:
+        _published(wiring, registry, image, lock, as_json=as_json)
         return
     from envlock.cli.render import runs_table  # noqa: PLC0415
     from envlock.cluster.submit import describe  # noqa: PLC0415
@@ -61,6 +80,30 @@ def runs_list(ctx: typer.Context, project: ProjectOpt = Path(), as_json: JsonOpt
         typer.echo("no runs yet: envlock run -- COMMAND")
     else:
         typer.echo(runs_table(records, {r.run_id: describe(r, live) for r in records}))
+
+
+def _published(wiring: Wiring, registry: str | None, image: str | None, lock: str | None, *, as_json: bool) -> None:
+    """`envlock runs --registry REGISTRY/REPO [--image DIGEST | --lock HASH]`."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.evidence.published import list_runs, location_of  # noqa: PLC0415
+
+    if registry is None:
+        raise UsageError("--image and --lock are for --registry", hint="envlock runs --registry REGISTRY/REPO --lock …")
+    if image is not None and lock is not None:
+        raise UsageError("--image and --lock: give one of them", hint="an image's runs, or a lock's")
+    place = location_of(registry)
+    runs = list_runs(wiring.registry(place.host), place, image=image, lock=lock, report=wiring.say)
+    if as_json:
+        typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
+    elif not runs:
+        which = " for that image" if image else " for that lock" if lock else ""
+        typer.echo(f"no runs published in {registry}{which}")
+    else:
+        for run in runs:
+            lock_hash = run.lock_hash.removeprefix("sha256:")[:12]
+            typer.echo(f"{run.run_id:<24} {run.status:<11} lock {lock_hash}  image {run.subject[:19]}  {run.ref}")
 
 
 @runs_app.command("wait")

@@ -10,7 +10,9 @@ One tar file:
     image.dsse.json         the image's provenance, when the project has it
     code.gitbundle          `git bundle` of the recorded commit (absent outside git)
     objects/                saved copies of untracked files the record names (by sha256)
-    outputs/<path>          the declared outputs as they are now (verify compares them with the attestation)
+    outputs/<path>          the declared outputs as they are now (verify compares them with the attestation);
+                            those over a size cap (`envlock push`) are left out, listed in bundle.json's
+                            "outputs-by-digest" (the signed record still names their sha256)
     inputs/<path>           the inputs, with --with-inputs
     image.tar               the image (`docker save`, verified by ID), with --with-image
 """
@@ -87,9 +89,11 @@ def make_bundle(
     with_image: bool = False,
     with_inputs: bool = False,
     key: SigningKey | None = None,
+    max_output_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Write the run's bundle to `out` (atomically); returns its manifest. A run without an attestation (made
-    before envlock wrote them) gets one now, signed with `key` when given."""
+    before envlock wrote them) gets one now, signed with `key` when given; outputs over `max_output_bytes` are
+    named by digest only."""
     store = RunStore(project_dir)
     record = store.load(run_id)
     run_dir = store.directory(record.run_id)
@@ -105,12 +109,14 @@ def make_bundle(
         commit = record.git.commit if record.git else None
         subdir = _stage_code(project_dir, commit, record.run_id, stage) if commit else ""
         _stage_untracked(project_dir, raw, stage)
-        _stage_outputs(project_dir, record, stage)
+        by_digest = _stage_outputs(project_dir, record, stage, max_output_bytes)
         if with_inputs:
             _stage_inputs(project_dir, raw, stage)
         if with_image:
             write_archive_file(engine(), record.image_id, stage / "image.tar")
         manifest = _manifest(record, stage, commit, subdir, with_image=with_image)
+        if by_digest:
+            manifest["outputs-by-digest"] = by_digest
         atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _write_tar(stage, out)
     return manifest
@@ -142,11 +148,16 @@ def _stage_untracked(project_dir: Path, raw: dict[str, Any], stage: Path) -> Non
             _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
 
 
-def _stage_outputs(project_dir: Path, record: RunRecord, stage: Path) -> None:
-    """The declared outputs the run produced, as they are now."""
+def _stage_outputs(project_dir: Path, record: RunRecord, stage: Path, max_bytes: int | None) -> dict[str, str]:
+    """The declared outputs the run produced, as they are now; returns those left out for their size (by digest)."""
+    left_out = {}
     for path, digest in sorted(record.outputs.items()):
         if digest and _safe(path) and (project_dir / path).is_file():
+            if max_bytes is not None and (project_dir / path).stat().st_size > max_bytes:
+                left_out[path] = digest
+                continue
             _copy(project_dir / path, stage / "outputs" / path)
+    return left_out
 
 
 def _stage_inputs(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
@@ -282,12 +293,17 @@ def _manifest_problems(manifest: object) -> list[str]:
     if not isinstance(contents, dict) or not contents:
         problems.append("'contents' is not a table of files")
         contents = {}
-    for name, digest in list(contents.items())[:_MAX_NAMED]:
-        problem = name_problem(name) if isinstance(name, str) else "a name that is not a string"
-        if problem:
-            problems.append(f"'contents' names {name!r}: {problem}")
-        elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            problems.append(f"'contents' gives {name!r} the digest {digest!r} (not 64 hex)")
+    for key in ("contents", "outputs-by-digest"):
+        table = manifest.get(key, {}) if key != "contents" else contents
+        if not isinstance(table, dict):
+            problems.append(f"'{key}' is not a table of files")
+            continue
+        for name, digest in list(table.items())[:_MAX_NAMED]:
+            problem = name_problem(name) if isinstance(name, str) else "a name that is not a string"
+            if problem:
+                problems.append(f"'{key}' names {name!r}: {problem}")
+            elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                problems.append(f"'{key}' gives {name!r} the digest {digest!r} (not 64 hex)")
     return problems + _image_problems(image, contents)
 
 
@@ -328,7 +344,10 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
         current = engine()
         return None if current is None or current.image_id(wanted) is None else True
 
-    places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs")
+    # Outputs published by digest only (over `envlock push`'s size cap) are not here to hash: not checked, never
+    # held; the list is the bundle's own (unsigned), so it can only make a check weaker, never make one pass.
+    left_out = frozenset(found.manifest.get("outputs-by-digest") or {})
+    places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs", left_out)
     checks = verify_run_dir(places, trust=trust, image_present=image_present)
     checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
     signed = checks.signed_record or {}

@@ -20,6 +20,7 @@ EMPTY_CONFIG = b"{}"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 DSSE_TYPE = "application/vnd.dsse.envelope.v1+json"
+DOCUMENT_MAX_BYTES = 256 << 20  # an SBOM or an envelope: anything larger is not one
 
 
 def _digest(data: bytes) -> str:
@@ -60,54 +61,226 @@ def artifact_manifest(artifact: Artifact, subject_digest: str, subject_size: int
 def push_referrers(registry: Registry, repository: str, subject_digest: str, artifacts: list[Artifact]) -> list[str]:
     """Push each artifact referring to the image manifest `subject_digest`, then the fallback index when the
     registry has no referrers API; returns the artifact manifests' digests."""
-    subject = registry.manifest(repository, subject_digest)
-    if subject is None or _digest(subject) != subject_digest:
-        raise RegistryError(f"the registry has no manifest {subject_digest[:19]} in {repository} to refer to")
+    subject = _subject(registry, repository, subject_digest)
     descriptors: list[dict[str, Any]] = []
     for artifact in artifacts:
         for blob in (EMPTY_CONFIG, artifact.data):
             if not registry.has_blob(repository, _digest(blob)):
                 registry.put_blob(repository, Blob(_digest(blob), len(blob), data=blob))
         manifest = artifact_manifest(artifact, subject_digest, len(subject))
-        digest = registry.put_manifest(repository, _digest(manifest), manifest)
-        if digest != _digest(manifest):
-            raise RegistryError(f"the registry reports digest {digest} for an artifact of digest {_digest(manifest)}")
-        descriptors.append(
-            {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest), "artifactType": artifact.artifact_type}
-        )
-    if registry.referrers(repository, subject_digest) is None:
-        tag = fallback_tag(subject_digest)
-        existing = registry.manifest(repository, tag)
-        index: dict[str, Any] = (
-            json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        )
-        listed: list[dict[str, Any]] = list(index.get("manifests") or [])
-        known = {d.get("digest") for d in listed}
-        index["manifests"] = [*listed, *(d for d in descriptors if d["digest"] not in known)]
-        registry.put_manifest(repository, tag, _canonical(index), OCI_INDEX)
+        descriptors.append(_put_artifact(registry, repository, manifest, artifact.artifact_type, {}))
+    _list_in_fallback(registry, repository, subject_digest, descriptors)
     return [str(d["digest"]) for d in descriptors]
 
 
-def fetch_referrers(registry: Registry, repository: str, subject_digest: str) -> list[Artifact]:
-    """Every artifact referring to the manifest, each checked by digest (manifest and document) and subject."""
-    raw = registry.referrers(repository, subject_digest) or registry.manifest(repository, fallback_tag(subject_digest))
-    if raw is None:
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a many-layer artifact: its media type and its blob (bytes or a file)."""
+
+    media_type: str
+    blob: Blob
+
+
+def push_artifact(
+    registry: Registry,
+    repository: str,
+    subject_digest: str,
+    artifact_type: str,
+    layers: list[Layer],
+    *,
+    annotations: dict[str, str],
+) -> str:
+    """Push one artifact of several layers referring to `subject_digest` (and list it in the fallback index where
+    the registry has no referrers API); returns its manifest's digest."""
+    subject = _subject(registry, repository, subject_digest)
+    config = Blob(_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), data=EMPTY_CONFIG)
+    for blob in [config, *(layer.blob for layer in layers)]:
+        if not registry.has_blob(repository, blob.digest):
+            registry.put_blob(repository, blob)
+    manifest = _canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": config.digest, "size": config.size},
+            "layers": [{"mediaType": x.media_type, "digest": x.blob.digest, "size": x.blob.size} for x in layers],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": len(subject)},
+            "annotations": annotations,
+        }
+    )
+    descriptor = _put_artifact(registry, repository, manifest, artifact_type, annotations)
+    _list_in_fallback(registry, repository, subject_digest, [descriptor])
+    return str(descriptor["digest"])
+
+
+def _subject(registry: Registry, repository: str, subject_digest: str) -> bytes:
+    subject = registry.manifest(repository, subject_digest)
+    if subject is None or _digest(subject) != subject_digest:
+        raise RegistryError(
+            f"the registry has no manifest {subject_digest[:19]} in {repository} to refer to",
+            hint="push the image there first (envlock build --push --registry …)",
+        )
+    return subject
+
+
+def _put_artifact(
+    registry: Registry, repository: str, manifest: bytes, artifact_type: str, annotations: dict[str, str]
+) -> dict[str, Any]:
+    """Store an artifact manifest by its digest; returns its descriptor (as a referrers index lists it)."""
+    digest = registry.put_manifest(repository, _digest(manifest), manifest)
+    if digest != _digest(manifest):
+        raise RegistryError(f"the registry reports digest {digest} for an artifact of digest {_digest(manifest)}")
+    descriptor = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest), "artifactType": artifact_type}
+    return descriptor | ({"annotations": annotations} if annotations else {})
+
+
+FALLBACK_TRIES = 5
+
+
+def _list_in_fallback(
+    registry: Registry, repository: str, subject_digest: str, descriptors: list[dict[str, Any]]
+) -> None:
+    """Add the descriptors to the tag-schema index (where the registry has no referrers API). The index is
+    read-modify-write and the distribution API has no conditional PUT, so a parallel writer can overwrite ours:
+    after each write the index is read back, and the merge is written again until it lists every descriptor."""
+    if registry.referrers(repository, subject_digest) is not None:
+        return
+    tag = fallback_tag(subject_digest)
+    wanted = {str(d["digest"]) for d in descriptors}
+    for _ in range(FALLBACK_TRIES):
+        existing = registry.manifest(repository, tag)
+        listed = _listed(existing)
+        known = {str(d.get("digest")) for d in listed}
+        if wanted <= known:
+            return
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []} | (
+            json.loads(existing) if existing else {}
+        )
+        index["manifests"] = [*listed, *(d for d in descriptors if d["digest"] not in known)]
+        registry.put_manifest(repository, tag, _canonical(index), OCI_INDEX)
+    if not wanted <= {str(d.get("digest")) for d in _listed(registry.manifest(repository, tag))}:
+        raise RegistryError(
+            f"the referrers index {tag} of {repository} kept losing entries to other writers ({FALLBACK_TRIES} tries)",
+            hint="push again when the other pushes to this image are done",
+        )
+
+
+def _listed(index: bytes | None) -> list[dict[str, Any]]:
+    if index is None:
         return []
-    found = []
-    for descriptor in json.loads(raw).get("manifests", []):
-        digest = str(descriptor.get("digest", ""))
-        manifest = registry.manifest(repository, digest)
-        if manifest is None or _digest(manifest) != digest:
-            raise RegistryError(f"the referrer {digest[:19]} of {subject_digest[:19]} is missing or not its digest")
+    try:
+        document = json.loads(index)
+    except ValueError:
+        return []
+    manifests = document.get("manifests") if isinstance(document, dict) else None
+    return [d for d in manifests if isinstance(d, dict)] if isinstance(manifests, list) else []
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """An artifact manifest that refers to a subject, fetched by its digest and checked against it."""
+
+    digest: str
+    document: dict[str, Any]
+
+    @property
+    def artifact_type(self) -> str:
+        """The artifact's type (for a one-layer artifact without one: its layer's media type)."""
+        layers = self.layers
+        fallback = str(layers[0].get("mediaType", "")) if len(layers) == 1 else ""
+        return str(self.document.get("artifactType") or fallback)
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """The layer descriptors (only well-formed ones: a digest string and an integer size)."""
+        found = self.document.get("layers")
+        return [
+            d
+            for d in (found if isinstance(found, list) else [])
+            if isinstance(d, dict) and isinstance(d.get("digest"), str) and type(d.get("size")) is int
+        ]
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The manifest's annotations (string values only)."""
+        found = self.document.get("annotations")
+        return {str(k): v for k, v in (found if isinstance(found, dict) else {}).items() if isinstance(v, str)}
+
+    @property
+    def subject(self) -> str:
+        """The digest of the manifest it refers to."""
+        subject = self.document.get("subject")
+        return str(subject.get("digest", "")) if isinstance(subject, dict) else ""
+
+
+def manifest_by_digest(registry: Registry, repository: str, digest: str) -> Referrer:
+    """A manifest fetched by digest and checked against it (any parse problem refused as a RegistryError)."""
+    manifest = registry.manifest(repository, digest)
+    if manifest is None:
+        raise RegistryError(f"the registry has no manifest {digest[:19]} in {repository}")
+    if _digest(manifest) != digest:
+        raise RegistryError(f"refused: the manifest the registry gave for {digest[:19]} is not of that digest")
+    try:
         document = json.loads(manifest)
-        if document.get("subject", {}).get("digest") != subject_digest:
-            raise RegistryError(f"the referrer {digest[:19]} does not refer to {subject_digest[:19]}")
-        (layer,) = document["layers"]
-        data = registry.blob(repository, layer["digest"])
-        if data is None or _digest(data) != layer["digest"]:
-            raise RegistryError(f"the document of referrer {digest[:19]} is missing or not its digest")
-        found.append(Artifact(str(document.get("artifactType") or layer["mediaType"]), data))
-    return found
+    except ValueError as exc:
+        raise RegistryError(f"refused: the manifest {digest[:19]} in {repository} is not JSON") from exc
+    if not isinstance(document, dict):
+        raise RegistryError(f"refused: the manifest {digest[:19]} in {repository} is not a JSON object")
+    return Referrer(digest, document)
+
+
+def checked_referrers(
+    registry: Registry, repository: str, subject_digest: str, artifact_type: str | None = None
+) -> tuple[list[Referrer], list[str]]:
+    """The referrers of `subject_digest` (of one artifact type, when given), each fetched by digest and checked to
+    refer to it; and one line for each listed referrer that was refused (missing, another digest, another
+    subject): a crafted index entry is never taken for evidence."""
+    raw = registry.referrers(repository, subject_digest) or registry.manifest(repository, fallback_tag(subject_digest))
+    found: list[Referrer] = []
+    refused: list[str] = []
+    for descriptor in _listed(raw):
+        digest = str(descriptor.get("digest", ""))
+        if artifact_type is not None and descriptor.get("artifactType") not in (None, artifact_type):
+            continue
+        try:
+            referrer = manifest_by_digest(registry, repository, digest)
+        except RegistryError as exc:
+            refused.append(f"the referrer {digest[:19]} of {subject_digest[:19]}: {exc.message}")
+            continue
+        if referrer.subject != subject_digest:
+            refused.append(f"the referrer {digest[:19]} does not refer to {subject_digest[:19]}")
+        elif artifact_type is None or referrer.artifact_type == artifact_type:
+            found.append(referrer)
+    return found, refused
+
+
+def layer_data(registry: Registry, repository: str, layer: dict[str, Any], max_bytes: int) -> bytes:
+    """One layer's bytes, refused when its declared size is over `max_bytes` or its content is not its digest."""
+    digest, size = str(layer.get("digest", "")), layer.get("size")
+    if type(size) is not int or size > max_bytes:
+        raise RegistryError(f"refused: the layer {digest[:19]} declares {size} bytes (at most {max_bytes} are taken)")
+    data = registry.blob(repository, digest)
+    if data is None:
+        raise RegistryError(f"the registry has no blob {digest[:19]} in {repository}")
+    if len(data) != size or _digest(data) != digest:
+        raise RegistryError(f"refused: the blob the registry gave for {digest[:19]} is not of that digest")
+    return data
+
+
+def fetch_referrers(registry: Registry, repository: str, subject_digest: str) -> list[Artifact]:
+    """Every one-document artifact (SBOM, provenance) referring to the manifest, each checked by digest (manifest
+    and document) and subject; a referrer that fails a check is refused with a RegistryError."""
+    found, refused = checked_referrers(registry, repository, subject_digest)
+    if refused:
+        raise RegistryError(refused[0])
+    artifacts = []
+    for referrer in found:
+        if len(referrer.layers) != 1 or referrer.artifact_type not in (SBOM_TYPE, DSSE_TYPE):
+            continue  # a run's evidence or another tool's artifact: not one of the image's own documents
+        (layer,) = referrer.layers
+        data = layer_data(registry, repository, layer, DOCUMENT_MAX_BYTES)
+        artifacts.append(Artifact(referrer.artifact_type, data))
+    return artifacts
 
 
 def split_pushed(pushed: str) -> tuple[str, str, str]:

@@ -81,6 +81,10 @@ class Registry(Protocol):
         """The OCI 1.1 referrers API's index for a manifest; None when the registry has no such API."""
         ...
 
+    def tags(self, repository: str) -> list[str]:
+        """The repository's tags (empty when the registry has no such repository)."""
+        ...
+
 
 class HttpRegistry:
     """Registry over HTTP(S) with requests; basic or bearer-token auth from the user's Docker config."""
@@ -196,6 +200,25 @@ class HttpRegistry:
         if response.status_code != 200 or OCI_INDEX not in response.headers.get("Content-Type", ""):
             return None
         return bytes(response.content)
+
+    def tags(self, repository: str) -> list[str]:
+        """GET /v2/<repository>/tags/list, following the registry's `Link` pages."""
+        found: list[str] = []
+        url: str | None = f"{self.base}/v2/{repository}/tags/list?n=1000"
+        while url:
+            response = self._request("GET", url)
+            if response.status_code == 404:
+                return found
+            if response.status_code != 200:
+                raise self._refused(response, f"list the tags of {repository}")
+            try:
+                listed = response.json().get("tags") or []
+            except ValueError as exc:
+                raise RegistryError(f"the registry {self.host} listed the tags of {repository} in no JSON") from exc
+            found += [str(tag) for tag in listed if isinstance(tag, str)]
+            following = re.match(r"<([^>]+)>", response.headers.get("Link", ""))
+            url = (self.base + following.group(1)) if following and following.group(1).startswith("/") else None
+        return found
 
     def _refused(self, response: Any, action: str) -> RegistryError:
         detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
