@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -18,10 +20,11 @@ import pytest
 from envlock.errors import EngineError, EngineTimeoutError, EnvlockError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
-from envlock.image.build import BuildOutcome, build_image
+from envlock.image.build import Builder, BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
 from envlock.image.plan import image_config, make_layers, plan_image
+from envlock.image.provenance import image_statement, write_image_attestation
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
@@ -29,6 +32,7 @@ from envlock.lock.recipes import Recipe, load_recipe
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
+from envlock.signing import canonical, generate_key, open_envelope
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
@@ -399,3 +403,46 @@ def test_a_partial_load_that_times_out_is_reported_as_a_timeout_not_retried_whol
     with pytest.raises(EngineTimeoutError, match="did not answer within 61 s"):
         build_image(after, "demo", "linux/amd64", **kwargs)
     assert engine.loads == 2 and not any("sending every layer" in note for note in notes)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under root with its (size, mtime in ns, inode): what any write would change."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns, p.lstat().st_ino) for p in sorted(root.rglob("*"))}
+
+
+def test_a_noop_build_renders_no_sbom_and_writes_nothing_in_the_cache(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "torch"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    before = _tree(tmp_path / "cache")
+    plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
+    again = Builder(engine, cache, layers, bases).build(plan)
+    assert (again.built, again.image_id) == (False, first.image_id)
+    assert "sbom" not in plan.__dict__, "the SBOM is rendered only when the lock layer is made"
+    assert _tree(tmp_path / "cache") == before, "a no-op only reads the cache"
+
+
+def test_the_provenance_of_an_image_is_kept_when_identical_and_rewritten_otherwise(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    image_id = run_build(spec, FakeEngine(), cache, layers, bases).image_id
+    lock = lockfile.read(spec.lock_path)
+    path, _ = write_image_attestation(tmp_path, plan_image(lock, "demo", "linux/amd64"), image_id, None, None)
+    written = path.stat()
+    plan = plan_image(lock, "demo", "linux/amd64")
+    _, kept = write_image_attestation(tmp_path, plan, image_id, None, None)
+    assert "sbom" not in plan.__dict__ and path.stat().st_ino == written.st_ino, "kept, nothing rendered"
+    assert open_envelope(kept, None).statement == image_statement(plan, image_id), "and it is what would be written"
+    key = generate_key(tmp_path / "keys" / "signer")
+    _, signed = write_image_attestation(tmp_path, plan, image_id, None, key)
+    assert path.stat().st_ino != written.st_ino and open_envelope(signed, key.public).signed_by == key.public.keyid
+    document = json.loads(path.read_text())
+    document["payload"] = base64.b64encode(canonical({**image_statement(plan, image_id), "subject": []})).decode()
+    path.write_text(json.dumps(document))
+    _, rewritten = write_image_attestation(tmp_path, plan, image_id, None, key)
+    assert open_envelope(rewritten, key.public).statement == image_statement(plan, image_id), "an edited one is not"

@@ -11,6 +11,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +41,11 @@ LAYER_FORMAT = 2
 
 
 LOCK_PATH = "etc/envlock/envlock.lock"
+
+
+# Bumped whenever the lock layer's bytes change for the same lock: the lock's TOML (lockfile.dumps) or the SBOM
+# (image/sbom.py). The lock layer is keyed by what decides those bytes, so a no-op build renders neither.
+LOCK_LAYER_FORMAT = 1
 
 
 HEAVY_NAMES = re.compile(
@@ -75,7 +81,13 @@ class ImagePlan:
     platform: str
     lock: Lock
     layers: tuple[LayerPlan, ...]
-    sbom: str = ""  # the CycloneDX JSON embedded at SBOM_PATH (image/sbom.py)
+    embeds_sbom: bool = True  # the CycloneDX JSON at SBOM_PATH (image/sbom.py), rendered only when first needed
+
+    @cached_property
+    def sbom(self) -> str:
+        """The SBOM the lock layer holds ("" when the plan embeds none): rendered on first use, it takes longer
+        than everything else a no-op build does."""
+        return sbom_json(self.lock, self.platform) if self.embeds_sbom else ""
 
     @property
     def lock_text(self) -> str:
@@ -137,15 +149,17 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         # Metadata only (the code is mounted): a fixed mtime, so a new upload elsewhere never re-makes it.
         local = [p.as_dict() for p in lock.local_packages]
         layers.append(LayerPlan("local", (), _key(lock.python, FALLBACK_EPOCH, "local", local), FALLBACK_EPOCH))
-    # The lock layer holds the lock and its SBOM: keyed by both texts, so a new SBOM format makes a new layer.
-    sbom = sbom_json(lock, platform)
-    lock_key = _key(
-        lock.source_date_epoch,
-        hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest(),
-        hashlib.sha256(sbom.encode()).hexdigest(),
-    )
-    layers.append(LayerPlan("lock", (), lock_key, lock.source_date_epoch))
-    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers), sbom)
+    layers.append(LayerPlan("lock", (), lock_layer_key(lock, platform), lock.source_date_epoch))
+    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers))
+
+
+def lock_layer_key(lock: Lock, platform: str) -> str:
+    """The lock layer's key: everything its two files are made from (the whole lock, meta included, the platform,
+    this envlock and its SBOM library), not the rendered texts, so a no-op build renders neither."""
+    from cyclonedx import __version__ as cyclonedx_version  # noqa: PLC0415  (the package alone, not the library)
+
+    identity = [lock.lock_hash, lock.input_hash, lock.resolver, lock.envlock_version, lock.source_date_epoch]
+    return _key("lock", LOCK_LAYER_FORMAT, *identity, platform, __version__, cyclonedx_version)
 
 
 def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
@@ -235,7 +249,7 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
         "dev.envlock.platform": plan.platform,
         "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",
         "dev.envlock.base": ",".join(base_diff_ids),
-        **({"dev.envlock.sbom": f"/{SBOM_PATH}"} if plan.sbom else {}),
+        **({"dev.envlock.sbom": f"/{SBOM_PATH}"} if plan.embeds_sbom else {}),
     }
     history = [{"created": created, "created_by": "envlock base", "comment": d} for d in base_diff_ids]
     history += [{"created": created, "created_by": f"envlock layer {spec.label}"} for spec in plan.layers]
