@@ -48,18 +48,38 @@ LOCK_PATH = "etc/envlock/envlock.lock"
 LOCK_LAYER_FORMAT = 1
 
 
-HEAVY_NAMES = re.compile(
-    r"^(torch|torchvision|torchaudio|triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
-    r"flash-attn|vllm|nvidia-.+)$"
+# Layers by stability, bottom up: a layer changed re-sends every layer above it (the engine finds a stack by its
+# chain of layers), so what changes least goes first. CUDA libraries, then the frameworks built on them, then the
+# other heavy packages (a wheel of OWN_LAYER_BYTES or more), one layer each; then the light packages, grouped.
+CUDA_NAMES = re.compile(r"^(nvidia-.+|cuda-.+)$")
+FRAMEWORK_NAMES = re.compile(
+    r"^(torch|torchvision|torchaudio|triton|pytorch-triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
+    r"flash-attn|vllm)$"
 )
 
 
 # Packages whose wheel is at least this big get a layer of their own (so changing a small package re-makes
-# only the small layer), the biggest first, up to OWN_LAYERS_MAX; every other package shares one layer.
+# only the small layer), the biggest first, up to OWN_LAYERS_MAX.
 OWN_LAYER_BYTES = 4 * 1024 * 1024
 
 
 OWN_LAYERS_MAX = 60
+
+
+# The light packages share LIGHT_GROUPS layers, each package in the group its name hashes to: adding, removing or
+# bumping one re-makes (and re-sends) one group of about n/LIGHT_GROUPS packages, and the grouping is a function
+# of the lock alone (no index, no machine, no earlier build), so the same lock gives the same image everywhere.
+LIGHT_GROUPS = 8
+
+
+def stability(name: str) -> int:
+    """0 for CUDA libraries, 1 for frameworks, 2 for anything else: the order of own layers, bottom up."""
+    return 0 if CUDA_NAMES.match(name) else 1 if FRAMEWORK_NAMES.match(name) else 2
+
+
+def light_group(name: str) -> int:
+    """The light layer a package goes to: from its name alone, so its neighbours stay put when it comes or goes."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % LIGHT_GROUPS
 
 
 @dataclass(frozen=True)
@@ -120,31 +140,33 @@ def _epoch(wheels: list[LockedFile]) -> int:
 
 
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
-    """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
+    """Layers by stability: the venv, CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB) one layer
+    each, then the light packages in LIGHT_GROUPS layers by the hash of their names, the local packages, the lock."""
     target = lock.target(platform)
     tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
     chosen = [(package.name, choose_wheel(package, tags)) for package in target.packages]
-    by_size = sorted(chosen, key=lambda item: (not HEAVY_NAMES.match(item[0]), -(item[1].size or 0), item[0]))
+    by_size = sorted(chosen, key=lambda item: (stability(item[0]) == 2, -(item[1].size or 0), item[0]))
     own = {
         name
         for name, wheel in by_size[:OWN_LAYERS_MAX]
-        if HEAVY_NAMES.match(name) or (wheel.size or 0) >= OWN_LAYER_BYTES
+        if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES
     }
-    heavy: list[LayerPlan] = []
-    light: list[LockedFile] = []
+    heavy: list[tuple[int, LayerPlan]] = []
+    light: dict[int, list[LockedFile]] = {}
     for name, wheel in chosen:
         if name in own:
             epoch = _epoch([wheel])
-            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch))
+            heavy.append((stability(name), LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch)))
         else:
-            light.append(wheel)
+            light.setdefault(light_group(name), []).append(wheel)
     # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
     # and must not re-make (and re-send) the 3 GB torch layer below it.
     layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
-    layers += sorted(heavy, key=lambda layer: layer.label)
-    if light:
-        epoch = _epoch(light)
-        layers.append(LayerPlan("packages", tuple(light), _key(lock.python, epoch, [w.sha256 for w in light]), epoch))
+    layers += [layer for _, layer in sorted(heavy, key=lambda item: (item[0], item[1].label))]
+    for group, wheels in sorted(light.items()):
+        epoch = _epoch(wheels)
+        key = _key(lock.python, epoch, [w.sha256 for w in wheels])
+        layers.append(LayerPlan(f"packages-{group}", tuple(wheels), key, epoch))
     if lock.local_packages:
         # Metadata only (the code is mounted): a fixed mtime, so a new upload elsewhere never re-makes it.
         local = [p.as_dict() for p in lock.local_packages]
@@ -175,8 +197,9 @@ def overlap_warning(overlap: Overlap) -> str:
     differ = f", {len(overlap.differing)} with other bytes" if overlap.differing else " (identical bytes)"
     return (
         f"warning: {overlap.earlier} and {overlap.later} both install {shared} file{'s' if shared != 1 else ''}"
-        f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: own-layer packages by name, "
-        "then the others by name; later wins, as with pip)"
+        f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: the image's layers bottom up, "
+        "CUDA libraries, frameworks, other heavy packages, then the light ones' groups, each by name; later wins, "
+        "as with pip)"
     )
 
 
