@@ -147,9 +147,7 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     chosen = [(package.name, choose_wheel(package, tags)) for package in target.packages]
     by_size = sorted(chosen, key=lambda item: (stability(item[0]) == 2, -(item[1].size or 0), item[0]))
     own = {
-        name
-        for name, wheel in by_size[:OWN_LAYERS_MAX]
-        if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES
+        name for name, wheel in by_size[:OWN_LAYERS_MAX] if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES
     }
     heavy: list[tuple[int, LayerPlan]] = []
     light: dict[int, list[LockedFile]] = {}
