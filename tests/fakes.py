@@ -821,3 +821,46 @@ class FakeMetadataSource:
 
 
 _: type[MetadataSource] = FakeMetadataSource
+
+
+class FakeDockerContainers:
+    """docker-py's `client.containers`, as far as the bytecode compile uses it: names already taken are refused
+    (409 Conflict), as the engine does while a container of that name runs."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.started: list[str] = []
+
+    def create(self, image: str, command: list[str], **options: Any) -> FakeDockerContainer:
+        """Record the request; a taken name is the engine's Conflict."""
+        import docker.errors  # noqa: PLC0415
+
+        if any(c["name"] == options.get("name") for c in self.created):
+            raise docker.errors.APIError("Conflict", response=_Conflict())
+        self.created.append({"image": image, "command": command, **options})
+        return FakeDockerContainer(self, str(options.get("name")))
+
+
+class _Conflict:
+    status_code = 409
+    reason = "Conflict"
+    url = "http://docker/containers/create"
+
+
+@dataclass
+class FakeDockerContainer:
+    """A created container: start() is recorded."""
+
+    containers: FakeDockerContainers
+    name: str
+
+    def start(self) -> None:
+        """Recorded, nothing run."""
+        self.containers.started.append(self.name)
+
+
+class FakeDockerClient:
+    """The part of a docker-py client DockerLauncher.compile_bytecode talks to."""
+
+    def __init__(self) -> None:
+        self.containers = FakeDockerContainers()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -18,10 +20,11 @@ import pytest
 from envlock.errors import EngineError, EngineTimeoutError, EnvlockError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
-from envlock.image.build import BuildOutcome, build_image
+from envlock.image.build import Builder, BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
-from envlock.image.plan import image_config, make_layers, plan_image
+from envlock.image.plan import ImagePlan, image_config, light_group, make_layers, plan_image
+from envlock.image.provenance import image_statement, write_image_attestation
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
@@ -29,6 +32,7 @@ from envlock.lock.recipes import Recipe, load_recipe
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
+from envlock.signing import canonical, generate_key, open_envelope
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
@@ -91,12 +95,46 @@ def test_failed_or_interrupted_load_leaves_no_tag(tmp_path: Path, write_project:
     assert run_build(spec, FakeEngine(), cache, layers, bases).built, "the next build succeeds"
 
 
-def test_heavy_packages_get_their_own_layers(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
-    spec, _ = project_with_wheels(tmp_path, write_project, ["torch", "nvidia-cudnn-cu12", "six", "idna"])
-    lock = lockfile.read(spec.lock_path)
-    plan = plan_image(lock, "demo", "linux/amd64")
-    assert [layer.label for layer in plan.layers] == ["venv", "nvidia-cudnn-cu12", "torch", "packages", "lock"]
-    assert [w.name for w in plan.layers[3].wheels] == ["idna-1.0-py3-none-any.whl", "six-1.0-py3-none-any.whl"]
+def test_layers_go_by_stability_cuda_frameworks_heavy_then_light_groups(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    names = ["torch", "nvidia-cudnn-cu12", "six", "idna", "triton", "nvidia-nccl-cu12"]
+    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    plan = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    # CUDA libraries, then frameworks, one layer each by name; the light ones in the groups their names hash to.
+    assert (light_group("six"), light_group("idna")) == (2, 3)
+    assert [layer.label for layer in plan.layers] == [
+        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton", "packages-2", "packages-3", "lock",
+    ]  # fmt: skip
+    assert [[w.name for w in layer.wheels] for layer in plan.layers[5:7]] == [
+        ["six-1.0-py3-none-any.whl"],
+        ["idna-1.0-py3-none-any.whl"],
+    ]
+
+
+def test_one_light_package_added_bumped_or_removed_remakes_one_group(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    """alpha, gamma and requests share group 5, tqdm joins six's group 2: the other groups keep their keys."""
+    names = ["torch", "alpha", "gamma", "requests", "six", "delta", "beta"]
+    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    base = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    spec, _ = project_with_wheels(tmp_path / "added", write_project, [*names, "tqdm"])
+    added = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    spec, _ = project_with_wheels(tmp_path / "removed", write_project, [n for n in names if n != "gamma"])
+    removed = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    bumped_lock = uploaded(lockfile.read(spec.lock_path), "beta", datetime(2026, 11, 1, tzinfo=UTC))
+    bumped = plan_image(bumped_lock, "demo", "linux/amd64")
+
+    def keys(plan: ImagePlan) -> dict[str, str]:
+        return {layer.label: layer.key for layer in plan.layers if layer.label != "lock"}
+
+    def changed(one: ImagePlan, other: ImagePlan) -> set[str]:
+        return {label for label in keys(one) | keys(other) if keys(one).get(label) != keys(other).get(label)}
+
+    assert list(keys(base)) == ["venv", "torch", "packages-0", "packages-2", "packages-5", "packages-7"]
+    assert changed(base, added) == {"packages-2"} and changed(base, removed) == {"packages-5"}
+    assert changed(removed, bumped) == {"packages-7"}
 
 
 def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -264,7 +302,8 @@ def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(
     engine.phantom_stacks.append(engine.images[first.image_id].diff_ids)
     engine.remove(first.image_id)
     second = build_image(after, "demo", "linux/amd64", **kwargs)
-    assert engine.sent_layers == [5, 2, 5] and engine.loads == 3
+    # base, venv, torch, packages-5 (alpha), then packages-7 (beta) and the lock: the whole archive is 6 layers.
+    assert engine.sent_layers == [5, 2, 6] and engine.loads == 3
     assert engine.tags == {second.reference: second.image_id}
     assert any("sending every layer" in note and "no such file" in note for note in notes)
 
@@ -316,10 +355,10 @@ def test_a_newly_uploaded_light_package_keeps_every_layer_below_it(
     )
     assert after.source_date_epoch > before.source_date_epoch, "the new package moved the lock's epoch"
     old, new = (plan_image(lock, "demo", "linux/amd64").layers for lock in (before, after))
-    assert [layer.label for layer in new] == ["venv", "torch", "packages", "lock"]
-    assert [layer.key for layer in new[:2]] == [layer.key for layer in old[:2]], "venv and torch are reused"
+    assert [layer.label for layer in new] == ["venv", "torch", "packages-5", "packages-7", "lock"]
+    assert [layer.key for layer in new[:3]] == [layer.key for layer in old[:3]], "venv, torch and alpha's group"
     assert new[1].epoch == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
-    assert new[2].key != old[2].key and new[3].key != old[3].key
+    assert new[3].label not in {layer.label for layer in old} and new[4].key != old[3].key
 
 
 @pytest.mark.parametrize("emulation", [True, False])
@@ -399,3 +438,46 @@ def test_a_partial_load_that_times_out_is_reported_as_a_timeout_not_retried_whol
     with pytest.raises(EngineTimeoutError, match="did not answer within 61 s"):
         build_image(after, "demo", "linux/amd64", **kwargs)
     assert engine.loads == 2 and not any("sending every layer" in note for note in notes)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under root with its (size, mtime in ns, inode): what any write would change."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns, p.lstat().st_ino) for p in sorted(root.rglob("*"))}
+
+
+def test_a_noop_build_renders_no_sbom_and_writes_nothing_in_the_cache(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "torch"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    first = run_build(spec, engine, cache, layers, bases)
+    before = _tree(tmp_path / "cache")
+    plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
+    again = Builder(engine, cache, layers, bases).build(plan)
+    assert (again.built, again.image_id) == (False, first.image_id)
+    assert "sbom" not in plan.__dict__, "the SBOM is rendered only when the lock layer is made"
+    assert _tree(tmp_path / "cache") == before, "a no-op only reads the cache"
+
+
+def test_the_provenance_of_an_image_is_kept_when_identical_and_rewritten_otherwise(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    spec, served = project_with_wheels(tmp_path, write_project, ["alpha"])
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    image_id = run_build(spec, FakeEngine(), cache, layers, bases).image_id
+    lock = lockfile.read(spec.lock_path)
+    path, _ = write_image_attestation(tmp_path, plan_image(lock, "demo", "linux/amd64"), image_id, None, None)
+    written = path.stat()
+    plan = plan_image(lock, "demo", "linux/amd64")
+    _, kept = write_image_attestation(tmp_path, plan, image_id, None, None)
+    assert "sbom" not in plan.__dict__ and path.stat().st_ino == written.st_ino, "kept, nothing rendered"
+    assert open_envelope(kept, None).statement == image_statement(plan, image_id), "and it is what would be written"
+    key = generate_key(tmp_path / "keys" / "signer")
+    _, signed = write_image_attestation(tmp_path, plan, image_id, None, key)
+    assert path.stat().st_ino != written.st_ino and open_envelope(signed, key.public).signed_by == key.public.keyid
+    document = json.loads(path.read_text())
+    document["payload"] = base64.b64encode(canonical({**image_statement(plan, image_id), "subject": []})).decode()
+    path.write_text(json.dumps(document))
+    _, rewritten = write_image_attestation(tmp_path, plan, image_id, None, key)
+    assert open_envelope(rewritten, key.public).statement == image_statement(plan, image_id), "an edited one is not"

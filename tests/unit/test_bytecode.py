@@ -1,64 +1,58 @@
-"""Bytecode: written by runs into a per-image folder on the host, never into an image (so never into its ID)."""
+"""The bytecode folder filled by the image's own interpreter when the image is built or first used."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from pathlib import Path
 
-import pytest
+from envlock.engine.launch import BYTECODE_DIR, BYTECODE_DONE, COMPILE_SCRIPT, DockerLauncher
+from tests.fakes import FakeDockerClient
 
-from envlock.engine.launch import BYTECODE_DIR, LaunchSpec, bind_mounts, bytecode_folder
-from envlock.image.build import build_image
-from envlock.image.layers import write_layer
-from envlock.lock import lockfile
-from envlock.lock.targets import host_platform
-from envlock.paths import CacheLayout
-from tests.fakes import FakeEngine, project_with_wheels, stores
+IMAGE = "sha256:" + "ab" * 32
 
 
-def test_bytecode_in_a_staged_tree_never_reaches_the_layer(tmp_path: Path) -> None:
-    ids = []
-    for name, with_bytecode in (("plain", False), ("compiled", True)):
-        root = tmp_path / name
-        (root / "pkg").mkdir(parents=True)
-        (root / "pkg" / "mod.py").write_text("x = 1\n", encoding="utf-8")
-        if with_bytecode:
-            (root / "pkg" / "__pycache__").mkdir()
-            (root / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\xa7\r\r\n" + b"\0" * 12)
-            (root / "pkg" / "mod.pyc").write_bytes(b"stale")
-        ids.append(write_layer(root, tmp_path / f"{name}.tar", 1700000000).diff_id)
-    assert ids[0] == ids[1]
+def test_the_compile_runs_in_the_image_in_the_background_once(tmp_path: Path) -> None:
+    client = FakeDockerClient()
+    launcher = DockerLauncher(client, bytecode_root=tmp_path / "pyc")
+    assert launcher.compile_bytecode(IMAGE, "1000:1000")
+    (request,) = client.containers.created
+    folder = tmp_path / "pyc" / ("ab" * 32)
+    assert request["image"] == IMAGE and request["command"] == ["python", "-c", COMPILE_SCRIPT]
+    assert request["name"] == f"envlock-pyc-{'ab' * 6}-{os.getuid()}" and request["user"] == "1000:1000"
+    assert request["environment"] == {"PYTHONPYCACHEPREFIX": BYTECODE_DIR}
+    assert [(m["Target"], m["Source"]) for m in request["mounts"]] == [(BYTECODE_DIR, str(folder))]
+    assert request["auto_remove"] and request["detach"] and request["network_disabled"]
+    assert client.containers.started == [request["name"]]
+    assert not launcher.compile_bytecode(IMAGE, "1000:1000"), "a compile of it is running: not a second"
+    assert len(client.containers.created) == 1
 
 
-@pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
-def test_runs_writing_bytecode_never_change_the_image_id_of_a_lock(
-    tmp_path: Path, write_project: Callable[[str], Path]
-) -> None:
-    spec, served = project_with_wheels(tmp_path, write_project, ["alpha", "torch"])
-    lock = lockfile.read(spec.lock_path)
-    cache, layers, bases, _ = stores(tmp_path / "one", served)
-    first = build_image(lock, "demo", "linux/amd64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
-    # A run fills the image's bytecode folder (as Python does under PYTHONPYCACHEPREFIX) ...
-    folder = bytecode_folder(CacheLayout(tmp_path / "one").bytecode, first.image_id)
-    assert folder is not None and folder.is_dir() and folder.name == first.image_id.removeprefix("sha256:")
-    (folder / "opt" / "envlock" / "venv").mkdir(parents=True)
-    (folder / "opt" / "envlock" / "venv" / "alpha.cpython-311.pyc").write_bytes(b"bytecode")
-    # ... and the lock still gives the same image, rebuilt here or built from empty caches elsewhere.
-    again = build_image(
-        lock, "demo", "linux/amd64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases, no_cache=True
+def test_a_filled_folder_is_neither_compiled_again_nor_touched(tmp_path: Path) -> None:
+    client = FakeDockerClient()
+    folder = tmp_path / "pyc" / ("ab" * 32)
+    folder.mkdir(parents=True)
+    (folder / BYTECODE_DONE).write_text("")
+    os.utime(folder, (1, 1))
+    assert not DockerLauncher(client, bytecode_root=tmp_path / "pyc").compile_bytecode(IMAGE, "1000:1000")
+    assert client.containers.created == [] and folder.stat().st_mtime == 1
+    assert not DockerLauncher(client).compile_bytecode(IMAGE, "1000:1000"), "no bytecode root: nothing to fill"
+
+
+def test_the_compile_script_fills_a_prefix_with_timestamp_bytecode_and_marks_it_done(tmp_path: Path) -> None:
+    """The script itself, on this host's Python, against a small sys.path (the image runs it with its own)."""
+    source = tmp_path / "src" / "pkg"
+    source.mkdir(parents=True)
+    (source / "mod.py").write_text("VALUE = 1\n")
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    script = COMPILE_SCRIPT.replace(BYTECODE_DIR, str(prefix)).replace(
+        "for path in sys.path:", f"for path in [{str(tmp_path / 'src')!r}]:"
     )
-    cache, layers, bases, _ = stores(tmp_path / "two", served)
-    elsewhere = build_image(lock, "demo", "linux/amd64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
-    assert first.image_id == again.image_id == elsewhere.image_id
+    environment = {**os.environ, "PYTHONPYCACHEPREFIX": str(prefix), "SOURCE_DATE_EPOCH": "1"}
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
-
-def test_the_bytecode_folder_is_mounted_per_image(tmp_path: Path) -> None:
-    image_id = "sha256:" + "b" * 64
-    spec = LaunchSpec(image_id, ["true"], "c", tmp_path, {}, "0:0", gpus=False)
-    folder = bytecode_folder(tmp_path / "pyc", image_id)
-    assert folder == tmp_path / "pyc" / ("b" * 64)
-    mounts = bind_mounts(spec, folder)
-    assert (mounts[-1]["Source"], mounts[-1]["Target"]) == (str(folder), BYTECODE_DIR)
-    assert bytecode_folder(None, image_id) is None
-    (tmp_path / "file").write_text("", encoding="utf-8")
-    assert bytecode_folder(tmp_path / "file", image_id) is None, "no cache, no failure: Python compiles in memory"
+    subprocess.run([sys.executable, "-c", script], env=environment, check=True)
+    (compiled,) = prefix.rglob("mod.*.pyc")
+    assert compiled.read_bytes()[4:8] == b"\0\0\0\0", "flags 0: a timestamp pyc, as an import writes"
+    assert (prefix / BYTECODE_DONE).is_file()

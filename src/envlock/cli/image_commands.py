@@ -111,6 +111,8 @@ def build(
             push_to=push_to,
         )
     typer.echo(f"{'built' if outcome.built else 'already built:'} {outcome.reference} ({outcome.image_id})")
+    if (platform or host_platform()) == host_platform():
+        wiring.compile_bytecode(outcome.image_id)  # the first run imports from bytecode like the tenth
     if pushed:
         typer.echo(f"pushed {pushed}")
         plan = plan_image(locked, spec.name, platform or host_platform())

@@ -213,6 +213,24 @@ class Wiring:
             self._engine_versions.append(str(found) if found else None)
         return self._engine_versions[0]
 
+    def compile_bytecode(self, image_id: str) -> None:
+        """Start filling the image's bytecode folder with its own interpreter, in the background (Docker only; a
+        failure is a warning: runs then compile what they import, as before)."""
+        from envlock.engine.docker import DockerEngine  # noqa: PLC0415
+        from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+        from envlock.errors import EnvlockError  # noqa: PLC0415
+
+        if self.runtime != "docker" or not isinstance(self.engine, DockerEngine):
+            return
+        launcher = self.launcher
+        if not isinstance(launcher, DockerLauncher):
+            return
+        try:
+            if launcher.compile_bytecode(image_id, f"{os.getuid()}:{os.getgid()}"):
+                self.say(f"compiling the bytecode of {image_id[:19]} in the background")
+        except EnvlockError as exc:
+            self.say(f"warning: could not compile the bytecode of {image_id[:19]}: {exc.message}")
+
     def register_root(self, project_dir: Path, repository: str) -> None:
         """Register the project as a gc root of the cache (image.roots), so that `envlock gc` run by any user of
         the cache keeps what it needs; a cache this user may not write is left as it is."""

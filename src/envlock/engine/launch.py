@@ -18,6 +18,19 @@ WORKDIR = "/work"
 # image stays free of .pyc files (and its ID free of the compiler's patch version) while every start after
 # the first imports from bytecode.
 BYTECODE_DIR = "/var/cache/envlock-pyc"
+# Written into the bytecode folder once the image's own interpreter has compiled everything on its sys.path.
+BYTECODE_DONE = ".compiled"
+# Run in the image, in the background, when it is built or first used: the first run then imports from bytecode
+# like the tenth. Timestamp pycs, as an import writes them (SOURCE_DATE_EPOCH would switch compileall to hashes).
+COMPILE_SCRIPT = f"""\
+import compileall, os, py_compile, sys
+os.nice(10)  # behind whatever else the host runs: a run or a build started meanwhile goes first
+mode = py_compile.PycInvalidationMode.TIMESTAMP
+for path in sys.path:
+    if os.path.isdir(path):
+        compileall.compile_dir(path, quiet=2, workers=0, invalidation_mode=mode)
+open("{BYTECODE_DIR}/{BYTECODE_DONE}", "w").close()
+"""
 # cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); harmless without a GPU.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 # A home every uid can write (the image has no home for an arbitrary --user; HOME=/ is not writable): a tmpfs,
@@ -174,8 +187,51 @@ class DockerLauncher:
         self.bytecode_root = bytecode_root
         self.version = version  # the engine's version where the caller has it already (one request fewer)
 
+    def compile_bytecode(self, image_id: str, user: str) -> bool:
+        """Fill the image's bytecode folder with the image's own interpreter, in a container left running in the
+        background (auto-removed, no network); False when nothing was started: no folder, filled already, or a
+        compile of it running (its container's name is taken)."""
+        if (
+            self.bytecode_root is None
+            or (self.bytecode_root / image_id.removeprefix("sha256:") / BYTECODE_DONE).exists()
+        ):
+            return False  # filled already: nothing touched
+        bytecode = bytecode_folder(self.bytecode_root, image_id)
+        if bytecode is None:
+            return False
+        import docker.errors  # noqa: PLC0415
+        import docker.types  # noqa: PLC0415
+
+        with translated(f"compile the bytecode of {image_id[:19]}"):
+            try:
+                container = self.client.containers.create(
+                    image_id,
+                    ["python", "-c", COMPILE_SCRIPT],
+                    name=f"envlock-pyc-{image_id.removeprefix('sha256:')[:12]}-{os.getuid()}",
+                    labels={"dev.envlock.bytecode": image_id},
+                    environment={"PYTHONPYCACHEPREFIX": BYTECODE_DIR},
+                    mounts=[docker.types.Mount(target=BYTECODE_DIR, source=str(bytecode), type="bind")],
+                    user=user,
+                    network_disabled=True,
+                    auto_remove=True,
+                    detach=True,
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # Conflict: that name is compiling already
+                    return False
+                raise
+            container.start()
+        return True
+
     def run(self, spec: LaunchSpec, output: Output) -> int:
         """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""
+        code = self._run(spec, output)
+        # An image first used here (built by someone else, or its folder pruned): compiled after this run, in the
+        # background, for the next one (not beside it: the two would share the cores).
+        self.compile_bytecode(spec.image_id, spec.user)
+        return code
+
+    def _run(self, spec: LaunchSpec, output: Output) -> int:
         requests = [gpu_request(spec)] if spec.gpus else []
         bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
         environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,15 +52,16 @@ def record_image(
         mine.update({"image-id": image_id, "reference": reference})
         if pushed and pushed not in mine.setdefault("pushed", []):
             mine["pushed"].append(pushed)
-    if platform is not None and platform != host_platform():
-        with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
-            atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
-        return path
-    entry.update({"image-id": image_id, "reference": reference, "base": base})
-    if pushed and pushed not in entry.setdefault("pushed", []):
-        entry["pushed"].append(pushed)
+    if platform is None or platform == host_platform():
+        entry.update({"image-id": image_id, "reference": reference, "base": base})
+        if pushed and pushed not in entry.setdefault("pushed", []):
+            entry["pushed"].append(pushed)
+    text = json.dumps(known, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(OSError, ValueError):
+        if path.read_text(encoding="utf-8") == text:
+            return path  # a no-op build: nothing to rewrite (nor fsync)
     with no_space_is_an_error(f"recording the image in {path}", (path.parent,)):
-        atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, text)
     return path
 
 

@@ -11,6 +11,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,18 +43,43 @@ LAYER_FORMAT = 2
 LOCK_PATH = "etc/envlock/envlock.lock"
 
 
-HEAVY_NAMES = re.compile(
-    r"^(torch|torchvision|torchaudio|triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
-    r"flash-attn|vllm|nvidia-.+)$"
+# Bumped whenever the lock layer's bytes change for the same lock: the lock's TOML (lockfile.dumps) or the SBOM
+# (image/sbom.py). The lock layer is keyed by what decides those bytes, so a no-op build renders neither.
+LOCK_LAYER_FORMAT = 1
+
+
+# Layers by stability, bottom up: a layer changed re-sends every layer above it (the engine finds a stack by its
+# chain of layers), so what changes least goes first. CUDA libraries, then the frameworks built on them, then the
+# other heavy packages (a wheel of OWN_LAYER_BYTES or more), one layer each; then the light packages, grouped.
+CUDA_NAMES = re.compile(r"^(nvidia-.+|cuda-.+)$")
+FRAMEWORK_NAMES = re.compile(
+    r"^(torch|torchvision|torchaudio|triton|pytorch-triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
+    r"flash-attn|vllm)$"
 )
 
 
 # Packages whose wheel is at least this big get a layer of their own (so changing a small package re-makes
-# only the small layer), the biggest first, up to OWN_LAYERS_MAX; every other package shares one layer.
+# only the small layer), the biggest first, up to OWN_LAYERS_MAX.
 OWN_LAYER_BYTES = 4 * 1024 * 1024
 
 
 OWN_LAYERS_MAX = 60
+
+
+# The light packages share LIGHT_GROUPS layers, each package in the group its name hashes to: adding, removing or
+# bumping one re-makes (and re-sends) one group of about n/LIGHT_GROUPS packages, and the grouping is a function
+# of the lock alone (no index, no machine, no earlier build), so the same lock gives the same image everywhere.
+LIGHT_GROUPS = 8
+
+
+def stability(name: str) -> int:
+    """0 for CUDA libraries, 1 for frameworks, 2 for anything else: the order of own layers, bottom up."""
+    return 0 if CUDA_NAMES.match(name) else 1 if FRAMEWORK_NAMES.match(name) else 2
+
+
+def light_group(name: str) -> int:
+    """The light layer a package goes to: from its name alone, so its neighbours stay put when it comes or goes."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % LIGHT_GROUPS
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,13 @@ class ImagePlan:
     platform: str
     lock: Lock
     layers: tuple[LayerPlan, ...]
-    sbom: str = ""  # the CycloneDX JSON embedded at SBOM_PATH (image/sbom.py)
+    embeds_sbom: bool = True  # the CycloneDX JSON at SBOM_PATH (image/sbom.py), rendered only when first needed
+
+    @cached_property
+    def sbom(self) -> str:
+        """The SBOM the lock layer holds ("" when the plan embeds none): rendered on first use, it takes longer
+        than everything else a no-op build does."""
+        return sbom_json(self.lock, self.platform) if self.embeds_sbom else ""
 
     @property
     def lock_text(self) -> str:
@@ -108,44 +140,46 @@ def _epoch(wheels: list[LockedFile]) -> int:
 
 
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
-    """Heavy packages (torch, nvidia-*, …, and any wheel ≥ 4 MiB) one layer each, below one layer of the rest."""
+    """Layers by stability: the venv, CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB) one layer
+    each, then the light packages in LIGHT_GROUPS layers by the hash of their names, the local packages, the lock."""
     target = lock.target(platform)
     tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
     chosen = [(package.name, choose_wheel(package, tags)) for package in target.packages]
-    by_size = sorted(chosen, key=lambda item: (not HEAVY_NAMES.match(item[0]), -(item[1].size or 0), item[0]))
+    by_size = sorted(chosen, key=lambda item: (stability(item[0]) == 2, -(item[1].size or 0), item[0]))
     own = {
-        name
-        for name, wheel in by_size[:OWN_LAYERS_MAX]
-        if HEAVY_NAMES.match(name) or (wheel.size or 0) >= OWN_LAYER_BYTES
+        name for name, wheel in by_size[:OWN_LAYERS_MAX] if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES
     }
-    heavy: list[LayerPlan] = []
-    light: list[LockedFile] = []
+    heavy: list[tuple[int, LayerPlan]] = []
+    light: dict[int, list[LockedFile]] = {}
     for name, wheel in chosen:
         if name in own:
             epoch = _epoch([wheel])
-            heavy.append(LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch))
+            heavy.append((stability(name), LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch)))
         else:
-            light.append(wheel)
+            light.setdefault(light_group(name), []).append(wheel)
     # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
     # and must not re-make (and re-send) the 3 GB torch layer below it.
     layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
-    layers += sorted(heavy, key=lambda layer: layer.label)
-    if light:
-        epoch = _epoch(light)
-        layers.append(LayerPlan("packages", tuple(light), _key(lock.python, epoch, [w.sha256 for w in light]), epoch))
+    layers += [layer for _, layer in sorted(heavy, key=lambda item: (item[0], item[1].label))]
+    for group, wheels in sorted(light.items()):
+        epoch = _epoch(wheels)
+        key = _key(lock.python, epoch, [w.sha256 for w in wheels])
+        layers.append(LayerPlan(f"packages-{group}", tuple(wheels), key, epoch))
     if lock.local_packages:
         # Metadata only (the code is mounted): a fixed mtime, so a new upload elsewhere never re-makes it.
         local = [p.as_dict() for p in lock.local_packages]
         layers.append(LayerPlan("local", (), _key(lock.python, FALLBACK_EPOCH, "local", local), FALLBACK_EPOCH))
-    # The lock layer holds the lock and its SBOM: keyed by both texts, so a new SBOM format makes a new layer.
-    sbom = sbom_json(lock, platform)
-    lock_key = _key(
-        lock.source_date_epoch,
-        hashlib.sha256(lockfile.dumps(lock).encode()).hexdigest(),
-        hashlib.sha256(sbom.encode()).hexdigest(),
-    )
-    layers.append(LayerPlan("lock", (), lock_key, lock.source_date_epoch))
-    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers), sbom)
+    layers.append(LayerPlan("lock", (), lock_layer_key(lock, platform), lock.source_date_epoch))
+    return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers))
+
+
+def lock_layer_key(lock: Lock, platform: str) -> str:
+    """The lock layer's key: everything its two files are made from (the whole lock, meta included, the platform,
+    this envlock and its SBOM library), not the rendered texts, so a no-op build renders neither."""
+    from cyclonedx import __version__ as cyclonedx_version  # noqa: PLC0415  (the package alone, not the library)
+
+    identity = [lock.lock_hash, lock.input_hash, lock.resolver, lock.envlock_version, lock.source_date_epoch]
+    return _key("lock", LOCK_LAYER_FORMAT, *identity, platform, __version__, cyclonedx_version)
 
 
 def layer_key(spec: LayerPlan, layout: VenvLayout) -> str:
@@ -161,8 +195,9 @@ def overlap_warning(overlap: Overlap) -> str:
     differ = f", {len(overlap.differing)} with other bytes" if overlap.differing else " (identical bytes)"
     return (
         f"warning: {overlap.earlier} and {overlap.later} both install {shared} file{'s' if shared != 1 else ''}"
-        f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: own-layer packages by name, "
-        "then the others by name; later wins, as with pip)"
+        f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: the image's layers bottom up, "
+        "CUDA libraries, frameworks, other heavy packages, then the light ones' groups, each by name; later wins, "
+        "as with pip)"
     )
 
 
@@ -235,7 +270,7 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
         "dev.envlock.platform": plan.platform,
         "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",
         "dev.envlock.base": ",".join(base_diff_ids),
-        **({"dev.envlock.sbom": f"/{SBOM_PATH}"} if plan.sbom else {}),
+        **({"dev.envlock.sbom": f"/{SBOM_PATH}"} if plan.embeds_sbom else {}),
     }
     history = [{"created": created, "created_by": "envlock base", "comment": d} for d in base_diff_ids]
     history += [{"created": created, "created_by": f"envlock layer {spec.label}"} for spec in plan.layers]

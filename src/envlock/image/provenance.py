@@ -8,6 +8,8 @@ Nothing in it varies between two builds of the same lock (no times), so rebuildi
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from envlock.signing import (
     STATEMENT_TYPE,
     PublicKey,
     SigningKey,
+    canonical,
     envelope,
     open_envelope,
     signed_by,
@@ -36,8 +39,11 @@ def hex_of(digest: str) -> str:
     return digest.rpartition("sha256:")[2]
 
 
-def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -> dict[str, Any]:
-    """The statement for the plan's image, built as `image_id` (and pushed as `repo@sha256:…`)."""
+def image_statement(
+    plan: ImagePlan, image_id: str, pushed: str | None = None, sbom_digest: str | None = None
+) -> dict[str, Any]:
+    """The statement for the plan's image, built as `image_id` (and pushed as `repo@sha256:…`); the SBOM's sha256
+    is the plan's rendered SBOM's unless given."""
     lock = plan.lock
     return {
         "_type": STATEMENT_TYPE,
@@ -57,7 +63,7 @@ def image_statement(plan: ImagePlan, image_id: str, pushed: str | None = None) -
             "runDetails": {
                 "builder": {"id": f"{BUILDER_ID}@{__version__}", "version": {"envlock": __version__}},
                 "metadata": {"invocationId": f"{lock.lock_hash}|{plan.platform}"},
-                "byproducts": _byproducts(plan),
+                "byproducts": _byproducts(plan, sbom_digest),
             },
         },
     }
@@ -114,17 +120,12 @@ def _resolved_dependencies(plan: ImagePlan) -> list[dict[str, Any]]:
     return dependencies
 
 
-def _byproducts(plan: ImagePlan) -> list[dict[str, Any]]:
+def _byproducts(plan: ImagePlan, sbom_digest: str | None) -> list[dict[str, Any]]:
     """The SBOM embedded in the image, by sha256 (none when the plan has no SBOM)."""
-    if not plan.sbom:
+    if not plan.embeds_sbom:
         return []
-    return [
-        {
-            "name": "sbom.cdx.json",
-            "mediaType": "application/vnd.cyclonedx+json",
-            "digest": {"sha256": hashlib.sha256(plan.sbom.encode()).hexdigest()},
-        }
-    ]
+    digest = sbom_digest if sbom_digest is not None else hashlib.sha256(plan.sbom.encode()).hexdigest()
+    return [{"name": "sbom.cdx.json", "mediaType": "application/vnd.cyclonedx+json", "digest": {"sha256": digest}}]
 
 
 def attestation_path(project_dir: Path, image_id: str) -> Path:
@@ -135,9 +136,40 @@ def attestation_path(project_dir: Path, image_id: str) -> Path:
 def write_image_attestation(
     project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None, key: SigningKey | None
 ) -> tuple[Path, dict[str, Any]]:
-    """Write the image's signed (or unsigned) provenance into the project's .envlock/attestations/."""
+    """Write the image's signed (or unsigned) provenance into the project's .envlock/attestations/ (kept as it is
+    when the same provenance is there already: a no-op build neither renders the SBOM nor rewrites the file)."""
+    path = attestation_path(project_dir, image_id)
+    if pushed is None and (kept := _written_before(path, plan, image_id, key)) is not None:
+        return path, kept
     document = envelope(image_statement(plan, image_id, pushed), key)
-    return write_envelope(attestation_path(project_dir, image_id), document), document
+    return write_envelope(path, document), document
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _written_before(path: Path, plan: ImagePlan, image_id: str, key: SigningKey | None) -> dict[str, Any] | None:
+    """The envelope at `path` when it is exactly what would be written now (same statement, signed by this key
+    alone, or unsigned when there is none), else None. Only the SBOM's digest is read from it: the image ID fixes the
+    SBOM's bytes (they are in its lock layer), and a wrong digest is no worse than a forged file beside it."""
+    try:
+        document = json.loads(path.read_bytes())
+        opened = open_envelope(document, key.public if key else None)
+    except (OSError, ValueError, VerificationError):
+        return None
+    if opened.signatures != (1 if key else 0):
+        return None
+    digest = None
+    if plan.embeds_sbom:
+        try:
+            found = opened.statement["predicate"]["runDetails"]["byproducts"][0]["digest"]["sha256"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if not (isinstance(found, str) and _SHA256.fullmatch(found)):
+            return None
+        digest = found
+    expected = image_statement(plan, image_id, None, sbom_digest=digest)
+    return document if canonical(expected) == canonical(opened.statement) else None
 
 
 def check_pulled(
