@@ -40,6 +40,20 @@ def write_project(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def no_background_compile() -> Iterator[None]:
+    """No detached bytecode-compile container after each build or first run: the suite builds and removes many
+    images in quick succession (a running compile holds its image). tests/unit/test_bytecode.py and the
+    integration test of the compile switch it back on for themselves."""
+    before = os.environ.get("ENVLOCK_PRECOMPILE")
+    os.environ["ENVLOCK_PRECOMPILE"] = "0"
+    yield
+    if before is None:
+        os.environ.pop("ENVLOCK_PRECOMPILE", None)
+    else:
+        os.environ["ENVLOCK_PRECOMPILE"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
 def isolated_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The user's config (envlock's trust store, default keys) in a session temp dir: a test never trusts, nor
     writes, a key of the user running the tests."""

@@ -153,3 +153,25 @@ def test_bytecode_goes_to_the_images_folder_on_the_host_and_never_into_the_image
     assert compiled.is_file() and compiled.stat().st_uid == os.getuid()
     image = docker.from_env().images.get(built["reference"])
     assert image.id == built["image-id"], "running wrote nothing into the image"
+
+
+def test_a_build_compiles_the_bytecode_in_the_background_once(digits: Path) -> None:
+    (built,) = json.loads((digits / ".envlock" / "images.json").read_text()).values()
+    folder = Path(os.environ["ENVLOCK_CACHE_DIR"]) / "pyc" / built["image-id"].removeprefix("sha256:")
+    marker = folder / ".compiled"
+    marker.unlink(missing_ok=True)
+    switched_on = {**os.environ, "ENVLOCK_PRECOMPILE": "1"}
+    done = subprocess.run(
+        [ENVLOCK, "build", "-C", str(digits)], capture_output=True, text=True, check=False, env=switched_on
+    )
+    assert done.returncode == 0 and "compiling the bytecode" in done.stderr, done.stderr
+    deadline = time.monotonic() + 300
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert marker.exists(), "the compile container finished and marked the folder"
+    site = folder / "opt" / "envlock" / "venv" / "lib" / "python3.11" / "site-packages"
+    assert (site / "numpy" / "__init__.cpython-311.pyc").is_file()
+    again = subprocess.run(
+        [ENVLOCK, "build", "-C", str(digits)], capture_output=True, text=True, check=False, env=switched_on
+    )
+    assert again.returncode == 0 and "compiling the bytecode" not in again.stderr, "compiled once"

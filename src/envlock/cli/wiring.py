@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from envlock.signing import SigningKey
 
 
+# `ENVLOCK_PRECOMPILE=0`: no background compile of a new image's bytecode (runs compile what they import, as
+# before). For machines where a detached container after a build is unwelcome, and for test suites that remove
+# images right after building them.
+PRECOMPILE_ENV = "ENVLOCK_PRECOMPILE"
+
+
 def say(message: str) -> None:
     """Progress and notes: dim, on stderr (stdout stays for results)."""
     typer.secho(message, err=True, dim=True)
@@ -107,6 +113,7 @@ class Wiring:
                     client if client is not None else DockerEngine().client,
                     bytecode_root=self.cache.bytecode,
                     version=self._engine_version if client is not None else None,
+                    precompile=self.environ.get(PRECOMPILE_ENV, "1") != "0",
                 )
         return self.launcher_
 

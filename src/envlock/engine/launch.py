@@ -181,18 +181,25 @@ class DockerLauncher:
     """Launcher through docker-py: the requests `docker run --rm` makes, and no more."""
 
     def __init__(
-        self, client: Any, bytecode_root: Path | None = None, version: Callable[[], str | None] | None = None
+        self,
+        client: Any,
+        bytecode_root: Path | None = None,
+        version: Callable[[], str | None] | None = None,
+        *,
+        precompile: bool = True,
     ) -> None:
         self.client = client
         self.bytecode_root = bytecode_root
         self.version = version  # the engine's version where the caller has it already (one request fewer)
+        self.precompile = precompile  # fill a new image's bytecode folder in the background ($ENVLOCK_PRECOMPILE=0: no)
 
     def compile_bytecode(self, image_id: str, user: str) -> bool:
         """Fill the image's bytecode folder with the image's own interpreter, in a container left running in the
-        background (auto-removed, no network); False when nothing was started: no folder, filled already, or a
-        compile of it running (its container's name is taken)."""
+        background (auto-removed, no network); False when nothing was started: switched off, no folder, filled
+        already, or a compile of it running (its container's name is taken)."""
         if (
-            self.bytecode_root is None
+            not self.precompile
+            or self.bytecode_root is None
             or (self.bytecode_root / image_id.removeprefix("sha256:") / BYTECODE_DONE).exists()
         ):
             return False  # filled already: nothing touched
