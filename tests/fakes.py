@@ -249,6 +249,16 @@ class FakeRegistry(Registry):
         """Like Debian's registry (distribution 2.8): no referrers API, the tag schema is the way."""
         return None
 
+    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
+        """GET a blob into a file, checked against its digest as HttpRegistry does."""
+        data = self.blobs.get((repository, digest))
+        if data is None:
+            return False
+        if _sha256(data) != digest:
+            raise RegistryError(f"the registry {self.host} gave a blob that is not {digest[:19]}: refused")
+        out.write_bytes(data)
+        return True
+
 
 @dataclass(frozen=True)
 class FakeImage:
