@@ -29,7 +29,10 @@ from envlock.image.registry import (
     push_index,
 )
 from envlock.image.restore import Restored, restore_for_runtime
+from envlock.run.records import RunStore
 from tests.fakes import FakeRegistry
+from tests.unit import test_cli_commands
+from tests.unit.test_cli_commands import World
 from tests.unit.test_runtimes import LOWER, UPPER, Commands
 
 HOST = "registry.example:5000"
@@ -261,3 +264,25 @@ def test_podman_refuses_a_pull_that_gives_another_image_and_names_a_failed_one(t
         f"the registry (podman could not pull {pushed}: Error: initializing source docker://{pushed}: pinging "
         "container registry: connection refused)"
     )
+
+
+world = test_cli_commands.world
+
+
+def test_slurms_own_job_output_written_after_the_attestation_does_not_break_it(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, said = world(capsys, "run", "-C", str(world.project), "--", "python", "t.py")
+    assert code == 0, said
+    record = RunStore(world.project).all()[-1]
+    run_dir = RunStore(world.project).directory(record.run_id)
+    (run_dir / "slurm-42.out").write_text("envlock's task says things\n")
+    world.wiring.attest_run(run_dir, None)  # as the node's task attests before its last lines reach the file
+    with (run_dir / "slurm-42.out").open("a") as slurm_out:
+        slurm_out.write(f"run {record.run_id} (node rank 0): finished (exit 0)\nattestation …\n")
+    code, out, err = world(capsys, "verify", record.run_id, "-C", str(world.project), "--allow-unsigned")
+    assert code == 0, out + err
+    with (run_dir / "log.txt").open("a") as log:  # the run's own log stays bound
+        log.write("edited\n")
+    code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project), "--allow-unsigned")
+    assert code == 26 and "MISMATCH run file log.txt" in out
