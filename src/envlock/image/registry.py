@@ -26,6 +26,9 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 # Sites name registries that speak plain HTTP (or self-signed TLS) here, as registries.conf's `insecure = true`:
 # host[:port], separated by commas or spaces. Everywhere else TLS is verified.
 INSECURE_REGISTRIES_ENV = "ENVLOCK_INSECURE_REGISTRIES"
+# A registry that does not even accept the connection in this time is unreachable: a node without a route to it
+# fails in seconds, not after the full read timeout.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,13 @@ class HttpRegistry:
         import requests  # noqa: PLC0415
 
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            timeout = (min(CONNECT_TIMEOUT_S, self.timeout), self.timeout)
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
             if response.status_code == 401 and self._credentials:
                 self._authenticate(response)
                 if "data" in kwargs and hasattr(kwargs["data"], "seek"):
                     kwargs["data"].seek(0)
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+                response = self.session.request(method, url, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach the registry {self.host}: {exc.__class__.__name__}") from exc
         return response
