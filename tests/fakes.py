@@ -254,6 +254,16 @@ class FakeRegistry(Registry):
         """GET /v2/<repository>/tags/list: every name that is not a digest."""
         return sorted(ref for repo, ref in self.manifests if repo == repository and not ref.startswith("sha256:"))
 
+    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
+        """GET a blob into a file, checked against its digest as HttpRegistry does."""
+        data = self.blobs.get((repository, digest))
+        if data is None:
+            return False
+        if _sha256(data) != digest:
+            raise RegistryError(f"the registry {self.host} gave a blob that is not {digest[:19]}: refused")
+        out.write_bytes(data)
+        return True
+
 
 @dataclass(frozen=True)
 class FakeImage:

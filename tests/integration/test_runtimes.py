@@ -18,6 +18,7 @@ import pytest
 
 from envlock.paths import CacheLayout, cache_root
 from tests.integration.example import digits_repo, git
+from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.runtimes]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
@@ -145,6 +146,67 @@ def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
     assert record["scheduler"]["request"]["runtime"] == runtime and record["scheduler"]["node"]
     assert record["host"] and record["git"]["commit"] and record["ended"]
     assert record["outputs"] == reference["outputs"] and record["image_id"] == reference["image_id"]
+
+
+@pytest.mark.slurm
+def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_seconds(
+    digits: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The job's envlock cannot reach any Docker engine (DOCKER_HOST points at nothing): Podman pulls the image by
+    digest, Charliecloud fetches its blobs itself; with the registry gone too, the job fails at once, in one line."""
+    original, reference = digits
+    if subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
+    project = tmp_path / "project"  # a copy: the module's project keeps its never-pushed images.json
+    shutil.copytree(original, project, symlinks=True)
+    hex_id = reference["image_id"].removeprefix("sha256:")
+    directory = CacheLayout(cache_root()).charliecloud / hex_id
+
+    def cold() -> None:  # neither runtime holds the image: it must come from somewhere
+        subprocess.run(["podman", "rmi", "--force", hex_id], capture_output=True, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def job(runtime: str, address: str) -> dict[str, Any]:
+        no_docker = f"--export=ALL,DOCKER_HOST=unix:///nonexistent,ENVLOCK_INSECURE_REGISTRIES={address}"
+        done = envlock(
+            "submit", "--runtime", runtime, "--output", "out", "--slurm", "--time=10", no_docker, "--", *TRAIN,
+            project=project,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return wait_for(project, done.stdout.split()[1].rstrip(":"))
+
+    with serve_registry(tmp_path / "registry") as address:
+        pushed = envlock("build", "--registry", f"{address}/team", project=project)
+        assert pushed.returncode == 0 and f"pushed {address}/team/" in pushed.stdout, pushed.stderr
+        for runtime in ("podman", "charliecloud"):
+            cold()
+            started = time.monotonic()
+            record = job(runtime, address)
+            took = time.monotonic() - started
+            run_dir = project / ".envlock" / "runs" / record["run_id"]
+            assert record["status"] == "finished", (run_dir / "log.txt").read_text()
+            assert record["runtime"]["name"] == runtime and record["host"]["docker-version"] is None
+            assert record["image_id"] == reference["image_id"] and record["outputs"] == reference["outputs"]
+            assert record["repo_digests"] and record["repo_digests"][0].startswith(f"{address}/team/")
+            slurm_out = next(run_dir.glob("slurm-*.out")).read_text()
+            assert f"image {reference['image_id'][:19]} from registry {address}/team/" in slurm_out, slurm_out
+            verified = envlock("verify", record["run_id"], "--allow-unsigned", project=project)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            print(f"{runtime}: job with the image fetched from the registry, no Docker: {took:.1f} s")
+    cold()  # the registry is gone too: the node has nothing to run
+    started = time.monotonic()
+    record = job("charliecloud", address)
+    took = time.monotonic() - started
+    assert record["status"] == "failed" and record["exit_code"] is None
+    assert record["error"].startswith(
+        f"could not restore image {reference['image_id'][:19]} for charliecloud: this node does not hold it and "
+        f"cannot get it from the registry (cannot reach the registry {address}: ConnectionError)"
+    ), record["error"]
+    slurm_out = next((project / ".envlock" / "runs" / record["run_id"]).glob("slurm-*.out")).read_text()
+    assert [line for line in slurm_out.splitlines() if line.startswith("error:")] == [f"error: {record['error']}"]
+    assert "(elsewhere 15: the image could not be restored" in slurm_out, slurm_out
+    assert not directory.exists()
+    print(f"no image, no registry: the job failed in {took:.1f} s (submit to final record)")
 
 
 def export(kind: str, out: Path, project: Path) -> subprocess.CompletedProcess[str]:

@@ -90,19 +90,26 @@ class Wiring:
 
     @property
     def launcher(self) -> Launcher:
-        """What starts containers for runs: the chosen runtime (Podman and Charliecloud get the image from a
-        verified export of the engine's copy, once)."""
+        """What starts containers for runs: the chosen runtime. Podman and Charliecloud get a pushed image from the
+        registry by digest themselves (no Docker engine on the node), one never pushed from a verified export of
+        the engine's copy, once."""
         if self.launcher_ is None:
             if self.runtime == "podman":
                 from envlock.engine.docker import save_file  # noqa: PLC0415
                 from envlock.engine.podman import PodmanLauncher  # noqa: PLC0415
+                from envlock.image.registry import insecure_registries  # noqa: PLC0415
 
-                self.launcher_ = PodmanLauncher(partial(save_file, self.engine), self.cache.scratch)
+                self.launcher_ = PodmanLauncher(
+                    partial(save_file, self.engine), self.cache.scratch, insecure=insecure_registries(self.environ)
+                )
             elif self.runtime == "charliecloud":
                 from envlock.engine.charliecloud import CharliecloudLauncher  # noqa: PLC0415
                 from envlock.engine.docker import save_file  # noqa: PLC0415
+                from envlock.image.registry import fetch_pushed  # noqa: PLC0415
 
-                self.launcher_ = CharliecloudLauncher(self.cache.charliecloud, partial(save_file, self.engine))
+                self.launcher_ = CharliecloudLauncher(
+                    self.cache.charliecloud, partial(save_file, self.engine), fetch=partial(fetch_pushed, self.registry)
+                )
             else:
                 from envlock.engine.docker import DockerEngine  # noqa: PLC0415
                 from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
@@ -182,12 +189,13 @@ class Wiring:
         return MlflowTracker(tracking_target(uri))
 
     def registry(self, address: str) -> Registry:
-        """A registry client for host[:port]."""
+        """A registry client for host[:port] (plain HTTP where $ENVLOCK_INSECURE_REGISTRIES names it, as for
+        loopback; TLS verified everywhere else)."""
         if self.registry_for is not None:
             return self.registry_for(address)
-        from envlock.image.registry import HttpRegistry  # noqa: PLC0415
+        from envlock.image.registry import HttpRegistry, insecure_registries  # noqa: PLC0415
 
-        return HttpRegistry(address)
+        return HttpRegistry(address, insecure=True if address in insecure_registries(self.environ) else None)
 
     def upstream(self, ref: str) -> UpstreamBase:
         """An upstream base from the engine (pulled by digest if absent), exported once into the layer store."""
@@ -208,7 +216,10 @@ class Wiring:
         from envlock.run.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
 
         nvml: Nvml = self.nvml_ if self.nvml_ is not None else PynvmlAdapter()
-        return probe_host(nvml, docker_version=self.docker_version or self._engine_version)
+        if self.docker_version is not None:
+            return probe_host(nvml, docker_version=self.docker_version)
+        # Under Podman or Charliecloud the Docker engine is not asked: most HPC nodes have none.
+        return probe_host(nvml, docker_version=self._engine_version if self.runtime == "docker" else lambda: None)
 
     def _engine_version(self) -> str | None:
         """The Docker engine's version, asked once (the host probe and the run record's runtime both name it)."""

@@ -2,24 +2,28 @@
 
 The directory is keyed by image ID under the user's cache (`charliecloud/<hex>/rootfs`), made once per node:
 unpacked into a temporary directory beside it and renamed into place, so a present directory is a complete one.
+Its source: the registry by digest (blobs fetched by envlock itself: no engine on the node) or, for an image never
+pushed, a verified export of the Docker engine's copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
+    LayerFile,
     Output,
     RuntimeInfo,
     Stream,
@@ -31,6 +35,9 @@ from envlock.errors import BundleError, EngineError
 from envlock.safetar import extract_rootfs_layer
 
 Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
+# (pushed `host/repo@sha256:…`, image ID, folder) → the config and the layers fetched into the folder, each blob
+# checked against its digest (image.registry.fetch_pushed, through the composition root).
+Fetch = Callable[[str, str, Path], tuple[bytes, Sequence[LayerFile]]]
 
 
 def _hex(image_id: str) -> str:
@@ -88,20 +95,53 @@ def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str,
     return config
 
 
+def _layer_reader(layer: LayerFile) -> IO[bytes]:
+    handle: IO[bytes] = layer.path.open("rb")
+    return gzip.GzipFile(fileobj=handle, mode="rb") if layer.compression == "gzip" else handle  # type: ignore[return-value]
+
+
+def unpack_layers(config_bytes: bytes, layers: Sequence[LayerFile], image_id: str, rootfs: Path) -> dict[str, Any]:
+    """Unpack fetched layers in order into `rootfs`, checking the config's sha256 against the image ID and each
+    layer's uncompressed sha256 against its diff_id in the config before a byte of it is written. Returns the config."""
+    try:
+        if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
+            raise EngineError(f"the fetched image is not {image_id[:19]}: its config has another digest")
+        config: dict[str, Any] = json.loads(config_bytes)
+        diff_ids = config["rootfs"]["diff_ids"]
+        for index, (diff_id, layer) in enumerate(zip(diff_ids, layers, strict=True)):
+            if layer.diff_id != diff_id:
+                raise EngineError(f"layer {index} of {image_id[:19]} is not the config's {diff_id[:19]}: refused")
+            with _layer_reader(layer) as handle:
+                if Hashing(handle).drain() != diff_id:
+                    raise EngineError(f"layer {index} of {image_id[:19]} is not {diff_id[:19]}: refusing to unpack it")
+            with _layer_reader(layer) as handle:
+                extract_rootfs_layer(handle, rootfs, source=f"layer {index} of {image_id[:19]}")
+            layer.path.unlink()  # one layer's file at a time: the node's disk holds the rootfs, not a second copy
+    except BundleError as exc:
+        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc.message}") from exc
+    except (KeyError, ValueError, TypeError, OSError, EOFError) as exc:
+        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc!r}") from exc
+    return config
+
+
 class CharliecloudLauncher:
     """Launcher through `ch-run`, from an image directory prepared once per image ID."""
+
+    name = "charliecloud"
 
     def __init__(
         self,
         store: Path,
         export: Export,
         *,
+        fetch: Fetch | None = None,
         command: Command = run_command,
         stream: Stream = stream_command,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
         self.store = store
         self.export = export
+        self.fetch = fetch
         self.command = command
         self.stream = stream
         self.environ = environ
@@ -110,22 +150,49 @@ class CharliecloudLauncher:
         """Where an image's directory (rootfs/ and config.json) is kept."""
         return self.store / _hex(image_id)
 
+    def has_image(self, image_id: str) -> bool:
+        """True when the image's directory is here (a present directory is a complete, verified one)."""
+        return (self.directory(image_id) / "rootfs").is_dir()
+
     def prepare(self, image_id: str) -> Path:
         """The image's directory, unpacked from a verified export of the image when it is not here yet."""
+
+        def from_export(scratch: Path, rootfs: Path) -> dict[str, Any]:
+            archive = scratch / "image.tar"
+            self.export(image_id, archive)
+            config = unpack_archive(archive, image_id, rootfs)
+            archive.unlink()
+            return config
+
+        return self._made(image_id, from_export)
+
+    def pull(self, image_id: str, pushed: str) -> None:
+        """The image's directory, from the registry by digest: manifest, config and layers fetched by envlock and
+        each checked (blobs against their digests, the config against the image ID, layers against diff_ids)."""
+        fetch = self.fetch
+        if fetch is None:
+            raise EngineError("Charliecloud was given no registry client: cannot fetch images by digest")
+
+        def from_registry(scratch: Path, rootfs: Path) -> dict[str, Any]:
+            config, layers = fetch(pushed, image_id, scratch)
+            return unpack_layers(config, layers, image_id, rootfs)
+
+        self._made(image_id, from_registry)
+
+    def _made(self, image_id: str, fill: Callable[[Path, Path], dict[str, Any]]) -> Path:
+        """The image's directory, filled (scratch folder, rootfs) → config in a folder beside it and renamed into
+        place when it is not here yet."""
         final = self.directory(image_id)
-        if (final / "rootfs").is_dir():
+        if self.has_image(image_id):
             with contextlib.suppress(OSError):
                 os.utime(final)  # in use: `envlock gc` leaves folders touched in its grace period alone
             return final
         self.store.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}-", dir=self.store))
         try:
-            archive = scratch / "image.tar"
-            self.export(image_id, archive)
             rootfs = scratch / "rootfs"
             rootfs.mkdir()
-            config = unpack_archive(archive, image_id, rootfs)
-            archive.unlink()
+            config = fill(scratch, rootfs)
             (rootfs / WORKDIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
             (scratch / "config.json").write_text(json.dumps(config, sort_keys=True), encoding="utf-8")
             try:

@@ -1,11 +1,13 @@
-"""Podman (daemonless; rootless where the user's namespaces allow): the image loaded from envlock's own export of
-it with `podman load`, checked by ID (Podman keeps the config bytes, so its ID is the engine's), then `podman run`."""
+"""Podman (daemonless; rootless where the user's namespaces allow): the image pulled by digest from the registry
+(no Docker engine on the node) or, for one never pushed, loaded from envlock's own verified export of it with
+`podman load`; either way checked by ID (Podman keeps the config bytes, so its ID is the engine's); then
+`podman run`."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from envlock.engine.launch import WORKDIR, LaunchSpec
@@ -30,17 +32,21 @@ ULIMITS = ("--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")
 class PodmanLauncher:
     """Launcher through the podman command."""
 
+    name = "podman"
+
     def __init__(
         self,
         export: Export,
         scratch: Path,
         *,
+        insecure: Collection[str] = (),
         command: Command = run_command,
         stream: Stream = stream_command,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
         self.export = export
         self.scratch = scratch
+        self.insecure = insecure  # registries the site declared plain HTTP: pulled with --tls-verify=false
         self.command = command
         self.stream = stream
         self.environ = environ
@@ -63,6 +69,20 @@ class PodmanLauncher:
             raise EngineError(f"podman could not load {image_id[:19]}: {first_line(done)}")
         if not self.has_image(image_id):
             raise EngineError(f"podman loaded the image but not as {image_id[:19]}: refusing to run it")
+
+    def pull(self, image_id: str, pushed: str) -> None:
+        """`podman pull host/repository@sha256:…` (Podman checks every blob against its digest), then the image
+        accepted only under `image_id`: a digest that gives another image is removed again and refused."""
+        if self.has_image(image_id):
+            return
+        host = pushed.split("/", maxsplit=1)[0]
+        tls = ["--tls-verify=false"] if host in self.insecure else []
+        done = self.command(["podman", "pull", "--quiet", *tls, pushed])
+        if done.code != 0:
+            raise EngineError(f"podman could not pull {pushed}: {first_line(done)}")
+        if not self.has_image(image_id):
+            self.command(["podman", "rmi", "--force", pushed])
+            raise EngineError(f"podman pulled {pushed} but it is not {image_id[:19]}: refusing to run it")
 
     def runtime(self) -> RuntimeInfo:
         """`podman version`."""

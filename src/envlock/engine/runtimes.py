@@ -8,7 +8,8 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Literal
+from pathlib import Path
+from typing import IO, Literal, Protocol, runtime_checkable
 
 from envlock.errors import EngineError
 
@@ -33,6 +34,32 @@ class Done:
     code: int
     stdout: str
     stderr: str
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """One image layer fetched into a file (its blob checked against its digest); the diff_id, the sha256 of the
+    uncompressed tar, is checked by whoever unpacks it."""
+
+    path: Path
+    compression: str  # "none" | "gzip"
+    diff_id: str
+
+
+@runtime_checkable
+class OwnImages(Protocol):
+    """A runtime that keeps images of its own (Podman's store, Charliecloud's directories): it can get one from the
+    registry by digest itself, so a node needs no Docker engine."""
+
+    name: str
+
+    def has_image(self, image_id: str) -> bool:
+        """True when the runtime holds the image under exactly this ID."""
+        ...
+
+    def pull(self, image_id: str, pushed: str) -> None:
+        """Get the image from the registry by `host/repository@sha256:…`, accepted only as `image_id`."""
+        ...
 
 
 Command = Callable[[Sequence[str]], Done]  # runs a short command to completion (a fake in unit tests)

@@ -13,6 +13,7 @@ verdict needs a signature by a key the verifier trusts (see trust.py).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ SIGNER = "attestation.pub.pem"  # the signer's public key, beside: names who sig
 # Files of a run folder that are not evidence of the run: the record (signed whole inside the statement), the
 # attestation itself and the signer's key.
 _NOT_BOUND = frozenset({"record.json", ATTESTATION, SIGNER})
+# Slurm's own output of a submitted run's job (#SBATCH --output): Slurm still writes to it after the node's task has
+# attested the run (the task's last lines), so it cannot be bound; the run's log.txt is the evidence.
+_SLURM_OUTPUT = re.compile(r"^slurm-\d+\.out$")
 OriginState = Literal["trusted", "unsigned", "untrusted", "unknown"]
 
 
@@ -66,6 +70,7 @@ def run_files(run_dir: Path) -> dict[str, str]:
             path.is_file()
             and not path.is_symlink()
             and relative not in _NOT_BOUND
+            and not _SLURM_OUTPUT.match(relative)
             and not relative.startswith("nodes/")
         ):
             found[relative] = sha256_file(path)

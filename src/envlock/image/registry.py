@@ -9,16 +9,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from envlock.engine.runtimes import LayerFile
 from envlock.errors import RegistryError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+# Sites name registries that speak plain HTTP (or self-signed TLS) here, as registries.conf's `insecure = true`:
+# host[:port], separated by commas or spaces. Everywhere else TLS is verified.
+INSECURE_REGISTRIES_ENV = "ENVLOCK_INSECURE_REGISTRIES"
+# A registry that does not even accept the connection in this time is unreachable: a node without a route to it
+# fails in seconds, not after the full read timeout.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,10 @@ class Registry(Protocol):
         """The repository's tags (empty when the registry has no such repository)."""
         ...
 
+    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
+        """Stream a blob into a file, checked against its digest (RegistryError if not); False when absent."""
+        ...
+
 
 class HttpRegistry:
     """Registry over HTTP(S) with requests; basic or bearer-token auth from the user's Docker config."""
@@ -104,12 +118,13 @@ class HttpRegistry:
         import requests  # noqa: PLC0415
 
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            timeout = (min(CONNECT_TIMEOUT_S, self.timeout), self.timeout)
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
             if response.status_code == 401 and self._credentials:
                 self._authenticate(response)
                 if "data" in kwargs and hasattr(kwargs["data"], "seek"):
                     kwargs["data"].seek(0)
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+                response = self.session.request(method, url, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach the registry {self.host}: {exc.__class__.__name__}") from exc
         return response
@@ -177,7 +192,7 @@ class HttpRegistry:
         response = self._request(
             "GET",
             f"{self.base}/v2/{repository}/manifests/{reference}",
-            headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"},
+            headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"},
         )
         if response.status_code == 404:
             return None
@@ -193,6 +208,36 @@ class HttpRegistry:
         if response.status_code != 200:
             raise self._refused(response, f"give the blob {digest[:19]} of {repository}")
         return bytes(response.content)
+
+    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
+        """GET a blob streamed into `out` (a layer may be gigabytes), hashed on the way; a blob that is not its
+        digest is removed and refused."""
+        import requests  # noqa: PLC0415
+
+        response = self._request("GET", f"{self.base}/v2/{repository}/blobs/{digest}", stream=True)
+        with response:
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise self._refused(response, f"give the blob {digest[:19]} of {repository}")
+            hashed = hashlib.sha256()
+            try:
+                with out.open("wb") as handle:
+                    for chunk in response.iter_content(1 << 20):
+                        hashed.update(chunk)
+                        handle.write(chunk)
+            except OSError as exc:
+                out.unlink(missing_ok=True)
+                raise RegistryError(f"cannot fetch the blob {digest[:19]} of {repository}: {exc}") from exc
+            except requests.RequestException as exc:  # the connection dropped mid-blob
+                out.unlink(missing_ok=True)
+                raise RegistryError(
+                    f"the registry {self.host} broke off the blob {digest[:19]}: {exc.__class__.__name__}"
+                ) from exc
+        if "sha256:" + hashed.hexdigest() != digest:
+            out.unlink(missing_ok=True)
+            raise RegistryError(f"the registry {self.host} gave a blob that is not {digest[:19]}: refused")
+        return True
 
     def referrers(self, repository: str, digest: str) -> bytes | None:
         """GET /v2/<repository>/referrers/<digest>: None where the registry lacks the API (distribution 2.8)."""
@@ -283,3 +328,101 @@ def push_index(registry: Registry, repository: str, tag: str, manifests: list[Pl
     if digest != _digest(index):
         raise RegistryError(f"the registry reports digest {digest} for an index whose digest is {_digest(index)}")
     return f"{repository}@{digest}"
+
+
+def insecure_registries(environ: Mapping[str, str]) -> frozenset[str]:
+    """The registries the site declared plain HTTP or self-signed ($ENVLOCK_INSECURE_REGISTRIES: host[:port], comma
+    or space separated)."""
+    return frozenset(re.split(r"[,\s]+", environ.get(INSECURE_REGISTRIES_ENV, "").strip())) - {""}
+
+
+# The layer media types envlock unpacks itself: uncompressed (what envlock pushes) and gzip (what Docker pushes).
+LAYER_COMPRESSION = {
+    OCI_LAYER: "none",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    f"{OCI_LAYER}+gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+}
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _checked_digest(value: object, what: str) -> str:
+    if not isinstance(value, str) or not DIGEST.match(value):
+        raise RegistryError(f"{what} names {str(value)[:80]!r}, not a sha256 digest: refused")
+    return value
+
+
+def _verified_manifest(registry: Registry, repository: str, digest: str) -> dict[str, Any]:
+    data = registry.manifest(repository, digest)
+    if data is None:
+        raise RegistryError(f"the registry has no manifest {repository}@{digest[:19]}")
+    if _digest(data) != digest:
+        raise RegistryError(f"the registry gave a manifest for {repository}@{digest[:19]} that is not that digest")
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise RegistryError(f"the manifest {repository}@{digest[:19]} is not JSON") from exc
+    if not isinstance(document, dict):
+        raise RegistryError(f"the manifest {repository}@{digest[:19]} is not a manifest")
+    return document
+
+
+def fetch_image(
+    registry: Registry, repository: str, digest: str, image_id: str, folder: Path
+) -> tuple[bytes, tuple[LayerFile, ...]]:
+    """The image `image_id` by the digest it was pushed under (a manifest, or an index over platforms), without a
+    container engine: every manifest, the config and each layer blob checked against its digest on arrival, the
+    config against the image ID; layers land in `folder` (layer-0, layer-1, … lowest first). Returns the config
+    and the layers, lowest first (each one's diff_id is checked by whoever unpacks it)."""
+    _checked_digest(digest, f"{repository}@…")
+    document = _verified_manifest(registry, repository, digest)
+    try:
+        if "manifests" in document:  # an index: the platform entry whose config is the image wanted
+            for entry in document["manifests"]:
+                candidate = _verified_manifest(registry, repository, _checked_digest(entry["digest"], "the index"))
+                if candidate.get("config", {}).get("digest") == image_id:
+                    document = candidate
+                    break
+            else:
+                raise RegistryError(f"no platform of {repository}@{digest[:19]} is image {image_id[:19]}")
+        found = _checked_digest(document["config"]["digest"], "the manifest's config")
+        if found != image_id:
+            raise RegistryError(f"{repository}@{digest[:19]} is image {found[:19]}, not {image_id[:19]}")
+        config = registry.blob(repository, found)
+        if config is None or _digest(config) != found:
+            raise RegistryError(f"the registry gave no config {found[:19]} for {repository}@{digest[:19]}")
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        described = document["layers"]
+        if len(diff_ids) != len(described):
+            raise RegistryError(
+                f"{repository}@{digest[:19]} lists {len(described)} layers for {len(diff_ids)} diff_ids"
+            )
+        layers = []
+        for index, (entry, diff_id) in enumerate(zip(described, diff_ids, strict=True)):
+            compression = LAYER_COMPRESSION.get(entry.get("mediaType"))
+            if compression is None:
+                raise RegistryError(
+                    f"layer {index} of {repository}@{digest[:19]} is {str(entry.get('mediaType'))[:80]}: envlock "
+                    "unpacks uncompressed and gzip layers only",
+                    hint="push the image with envlock build --push (uncompressed layers)",
+                )
+            blob = _checked_digest(entry["digest"], f"layer {index} of {repository}@{digest[:19]}")
+            path = folder / f"layer-{index}"
+            if not registry.blob_into(repository, blob, path):
+                raise RegistryError(f"the registry has no layer {blob[:19]} of {repository}@{digest[:19]}")
+            layers.append(LayerFile(path, compression, _checked_digest(diff_id, "the config's diff_ids")))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise RegistryError(f"{repository}@{digest[:19]} is not a readable image manifest: {exc!r}") from exc
+    return config, tuple(layers)
+
+
+def fetch_pushed(
+    registry_for: Callable[[str], Registry], pushed: str, image_id: str, folder: Path
+) -> tuple[bytes, tuple[LayerFile, ...]]:
+    """fetch_image for a pushed reference `host[:port]/repository@sha256:…`, through the client for its host."""
+    name, _, digest = pushed.partition("@")
+    host, _, repository = name.partition("/")
+    split_target(host)  # a registry address, or refused by name
+    if not repository:
+        raise RegistryError(f"{pushed!r} names no repository", hint="a pushed image is host[:port]/repository@sha256:…")
+    return fetch_image(registry_for(host), repository, digest, image_id, folder)

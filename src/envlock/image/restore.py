@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from envlock.engine.docker import Engine, LayerHolder, Sink
-from envlock.errors import EngineError, RestoreError
+from envlock.engine.runtimes import OwnImages
+from envlock.errors import EngineError, RegistryError, RestoreError
 from envlock.image.plan import archive_end, archive_header, archive_manifest, archive_member, archive_padding
 from envlock.report import Report, silent
 
@@ -309,3 +310,45 @@ def _find(
         f"could not restore image {image_id[:19]}" + (f" ({'; '.join(tried)})" if tried else ""),
         hint="push images (envlock build --push) or keep archives (envlock archive) of results you may need again",
     )
+
+
+def restore_for_runtime(
+    image_id: str,
+    *,
+    runtime: OwnImages,
+    repo_digests: tuple[str, ...],
+    through_engine: Callable[[], Restored],
+    report: Report = silent,
+) -> Restored:
+    """Bring the image into a runtime with a store of its own (Podman, Charliecloud), accepted only as `image_id`.
+
+    Held already: nothing to do. Pushed: the runtime gets it from the registry by digest itself, and the Docker
+    engine is never asked (most HPC nodes have none). Never pushed: `through_engine`, the engine's restore, whose
+    copy the runtime exports when it launches. What the node lacks is named in one line (RestoreError, exit 15).
+    """
+    if runtime.has_image(image_id):
+        return Restored(image_id, f"{runtime.name}'s store")
+    lacks = f"could not restore image {image_id[:19]} for {runtime.name}: this node does not hold it"
+    if repo_digests:
+        tried: list[str] = []
+        for pushed in repo_digests:
+            report(f"{runtime.name}: fetching {pushed}")
+            try:
+                runtime.pull(image_id, pushed)
+            except (EngineError, RegistryError) as exc:
+                tried.append(exc.message)
+                continue
+            return Restored(image_id, f"registry {pushed}")
+        raise RestoreError(
+            f"{lacks} and cannot get it from the registry ({'; '.join(tried)})",
+            hint="let the node reach the registry (a plain-HTTP one listed in $ENVLOCK_INSECURE_REGISTRIES), "
+            "or run where the image is",
+        )
+    try:
+        return through_engine()
+    except EngineError as exc:  # no engine on the node (or none reachable): say what is missing, in one line
+        raise RestoreError(
+            f"{lacks}, it was never pushed to a registry, and there is no Docker engine to take it from "
+            f"({exc.message})",
+            hint="push the image (envlock build --push) so nodes pull it by digest, or run where the image is",
+        ) from exc

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
+from envlock.engine.runtimes import OwnImages
 from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
@@ -30,6 +31,7 @@ from envlock.run.tracking import Tracking
 if TYPE_CHECKING:
     from envlock.image.build import Builder, ImageEvidence
     from envlock.image.plan import ImagePlan
+    from envlock.image.restore import Restored
 
 
 class Evidence(RunEvidence, Protocol):
@@ -135,23 +137,38 @@ def run_recorded(
     inputs_from: Path | None = None,
     origin: Origin = "own",
 ) -> RunRecord:
-    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild) on this host;
+    """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild; a runtime with a
+    store of its own gets a pushed image from the registry itself, without the engine) on this host;
     `inputs_from`: where the declared inputs are (a reproduction: the project, while the code is a worktree).
 
     A foreign record (from a bundle) names nothing the receiver's engine keeps: its image is used by ID, never
     tagged with the record's name, and a rebuild is named FOREIGN_REPOSITORY; its git runs with hooks off."""
-    from envlock.image.restore import restore_image  # noqa: PLC0415
+    from envlock.image.restore import restore_for_runtime, restore_image  # noqa: PLC0415
 
     repository = FOREIGN_REPOSITORY if origin == "foreign" else recorded.image_reference.split(":")[0]
-    restored = restore_image(
-        recorded.image_id,
-        engine=tools.engine,
-        repo_digests=tuple(recorded.repo_digests),
-        archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
-        rebuild=rebuild_from(lock_path, repository, tools, store.project_dir),
-        reference=None if origin == "foreign" else recorded.image_reference,
-        report=tools.report,
-    )
+
+    def through_engine() -> Restored:
+        return restore_image(
+            recorded.image_id,
+            engine=tools.engine,
+            repo_digests=tuple(recorded.repo_digests),
+            archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
+            rebuild=rebuild_from(lock_path, repository, tools, store.project_dir),
+            reference=None if origin == "foreign" else recorded.image_reference,
+            report=tools.report,
+        )
+
+    launcher = tools.launcher()
+    if isinstance(launcher, OwnImages):  # Podman, Charliecloud: from the registry themselves, no engine asked
+        restored = restore_for_runtime(
+            recorded.image_id,
+            runtime=launcher,
+            repo_digests=tuple(recorded.repo_digests),
+            through_engine=through_engine,
+            report=tools.report,
+        )
+    else:
+        restored = through_engine()
     tools.report(f"image {restored.image_id[:19]} from {restored.source}")
     lock = lockfile.read(lock_path)
     versions = recorded.package_versions
@@ -166,7 +183,7 @@ def run_recorded(
         image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
         host=tools.probe(),
         git=code_state(code, request, store, UNTRACKED_MAX_BYTES, tools.report, git=GIT_OF[origin]),
-        launcher=tools.launcher(),
+        launcher=launcher,
         store=store,
         output=tools.output,
         evidence=tools.evidence,
