@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -203,8 +204,8 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def _clone(tmp_path: Path, files: dict[str, str]) -> Path:
-    """A fresh clone of a repository holding `files` (git clone, as a newcomer starts)."""
+def _clone(tmp_path: Path, files: dict[str, str], folder: str = "clone") -> Path:
+    """A fresh clone of a repository holding `files` (git clone, as a newcomer starts) into `folder`."""
     origin = tmp_path / "origin"
     for name, text in files.items():
         (origin / name).parent.mkdir(parents=True, exist_ok=True)
@@ -213,10 +214,10 @@ def _clone(tmp_path: Path, files: dict[str, str]) -> Path:
     git(origin, "add", ".")
     git(origin, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "start")
     git(origin, "tag", "v1.4.2")
-    subprocess.run(["git", "clone", "-q", str(origin), str(tmp_path / "clone")], check=True)
-    git(tmp_path / "clone", "config", "user.name", "t")
-    git(tmp_path / "clone", "config", "user.email", "t@example.invalid")
-    return tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(origin), str(tmp_path / folder)], check=True)
+    git(tmp_path / folder, "config", "user.name", "t")
+    git(tmp_path / folder, "config", "user.email", "t@example.invalid")
+    return tmp_path / folder
 
 
 def _timed(timings: dict[str, float], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -328,3 +329,96 @@ def test_a_setuptools_scm_version_is_the_commits_and_committing_the_lock_leaves_
     assert envlock("lock", "--check", "-C", str(repo)).returncode == 0, "a new tag is a new version, not a new lock"
     done = envlock("run", "-C", str(repo), "--", "shape-scm-hello")
     assert done.returncode == 0 and done.stdout.strip() == "hello 1.5.0", done.stdout + done.stderr
+
+
+# A conda environment as people write it: a dozen scientific packages, three under conda names PyPI spells otherwise
+# (matplotlib-base, msgpack-python, python-graphviz), one conda-only package, and a pip section. Light enough for CI:
+# about 100 MB of wheels, numpy/scipy/pandas/scikit-learn/matplotlib the heavy ones.
+ENVIRONMENT = """name: shape-conda
+channels:
+  - conda-forge
+  - defaults
+dependencies:
+  - python=3.11
+  - pip
+  - numpy=1.26
+  - pandas>=2.1
+  - scipy
+  - scikit-learn
+  - matplotlib-base
+  - joblib
+  - pyyaml
+  - requests
+  - tqdm
+  - click
+  - msgpack-python
+  - python-graphviz
+  - conda-forge::ffmpeg
+  - pip:
+      - tabulate==0.9.0
+"""
+TRAIN = """import importlib.metadata
+import json
+import pathlib
+
+import click, graphviz, joblib, matplotlib, msgpack, numpy, pandas, requests, scipy, tabulate, tqdm, yaml
+from sklearn.linear_model import LinearRegression
+
+x = numpy.arange(10.0).reshape(-1, 1)
+model = LinearRegression().fit(x, 2 * x.ravel() + 1)
+pathlib.Path("out").mkdir(exist_ok=True)
+fit = {"coef": round(float(model.coef_[0]), 6), "rows": len(pandas.DataFrame(x))}
+pathlib.Path("out/fit.json").write_text(json.dumps(fit, sort_keys=True))
+for dist in ("numpy", "matplotlib", "msgpack", "graphviz", "tabulate"):
+    print(dist, importlib.metadata.version(dist))
+"""
+
+
+def test_a_conda_environment_file_onboards_runs_and_reproduces(tmp_path: Path, cleanup: list[str]) -> None:
+    cleanup.append("shape-conda")
+    repo = _clone(tmp_path, {"environment.yml": ENVIRONMENT, "train.py": TRAIN}, folder="shape-conda")
+    timings: dict[str, float] = {}
+    done = _timed(timings, "init", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    added = {line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("  + requirements: ")}
+    assert added == {
+        "numpy==1.26.*",
+        "pandas>=2.1",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        "joblib",
+        "pyyaml",
+        "requests",
+        "tqdm",
+        "click",
+        "msgpack",
+        "graphviz",
+        "tabulate==0.9.0",
+    }, done.stdout
+    assert (
+        "  not handled: conda-forge::ffmpeg (conda-only; instead: Debian ffmpeg in system-packages, "
+        "or PyPI imageio-ffmpeg in requirements)" in done.stdout.splitlines()
+    ), done.stdout
+    assert '  + python = "3.11"' in done.stdout.splitlines()
+    git(repo, "add", "pyproject.toml")
+    git(repo, "commit", "-qm", "envlock init")
+    done = _timed(timings, "lock", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lock = (repo / "envlock.lock").read_text()
+    for name in ("numpy", "matplotlib", "msgpack", "graphviz", "scikit-learn", "tabulate"):
+        assert f'name = "{name}"' in lock, name
+    done = _timed(timings, "run", "--output", "out", "--", "python", "train.py", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    versions = {dist: version for dist, version in (line.split() for line in done.stdout.splitlines())}
+    assert re.fullmatch(r"1\.26\.\d+", versions["numpy"]) and versions["tabulate"] == "0.9.0", done.stdout
+    assert set(versions) == {"numpy", "matplotlib", "msgpack", "graphviz", "tabulate"}
+    assert json.loads((repo / "out" / "fit.json").read_text()) == {"coef": 2.0, "rows": 10}
+    run_id = done.stderr.split("run ")[-1].split(":")[0]
+    verdict = _timed(timings, "reproduce", run_id, cwd=repo)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert verdict.stdout.startswith("numpy 1.26.") and "\nREPRODUCED: run " in verdict.stdout
+    assert "  output out/fit.json: identical" in verdict.stdout.splitlines(), verdict.stdout
+    assert docker.from_env().images.list(name="shape-conda")
+    print("\nshape-conda: " + ", ".join(f"{k} {v}s" for k, v in timings.items()))

@@ -274,13 +274,18 @@ def test_an_edited_raw_input_stops_the_chain_at_step_one_naming_its_output(
         f"re-ran {ids['prepare']} (python prepare.py)"
     )
     assert "    output data/clean.csv: differs" in lines and "    changed: input data/raw.csv: changed" in lines
-    assert f"step 2 NOT RUN: run - re-ran {ids['train']} (python train.py)" in lines
-    assert f"step 3 NOT RUN: run - re-ran {ids['evaluate']} (python evaluate.py)" in lines
+    assert f"step 2 NOT RUN: run {ids['train']} was not re-run (python train.py)" in lines
+    assert f"step 3 NOT RUN: run {ids['evaluate']} was not re-run (python evaluate.py)" in lines
     assert lines[-1].endswith(
         f": NOT REPRODUCED: first divergent step 1 (run {ids['prepare']}): data/clean.csv differs "
         "(row 3 col 1: 4 -> 5 (by +1))"
     ), "the first divergent file, and the value in it that moved"
     assert len([r for r in RunStore(world.project).all() if r.chain]) == 1, "the chain stopped after step 1"
+    chain = lines[-1].split()[1].rstrip(":")
+    code, text, _ = world(capsys, "report", "--chain", ids["evaluate"], "-C", str(world.project))
+    assert code == 0
+    rows = [line.split() for line in text.splitlines()]
+    assert rows.count(["last", "chain", "re-run", f"{chain}:", "NOT", "RUN"]) == 2, "no new run to name for steps 2, 3"
 
 
 def test_a_step_that_no_longer_reproduces_is_named_with_its_file(

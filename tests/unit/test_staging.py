@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,20 @@ def test_install_writes_only_the_wheel_and_a_script(tmp_path: Path) -> None:
     assert not list(root.rglob("*.pyc"))
     assert (root / "bin" / "python").readlink() == Path("/usr/bin/python3.11")
     assert "version = 3.11" in (root / "pyvenv.cfg").read_text()
+
+
+def test_bytecode_a_wheel_ships_is_skipped_without_a_python_warning(tmp_path: Path) -> None:
+    pyc = "hello_tool/__pycache__/__init__.cpython-311.pyc"
+    built = build_wheel(tmp_path, "hello-tool", "1.0", extra_files={pyc: "not bytecode"})
+    root = tmp_path / "venv"
+    layout = VenvLayout("3.11")
+    layout.skeleton(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        install_wheel(built, built.name, root, layout)
+    assert [str(w.message) for w in caught] == [], "a raw warning would reach the user naming envlock's source"
+    site = root / "lib/python3.11/site-packages"
+    assert (site / "hello_tool/__init__.py").is_file() and not (site / pyc).exists()
 
 
 def test_choose_wheel_prefers_the_most_specific_tag() -> None:

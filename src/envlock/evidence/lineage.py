@@ -297,10 +297,14 @@ class ChainVerdict:
         """The chain verdict as text: one line per step, then the chain's."""
         lines = []
         for index, step in enumerate(self.steps, 1):
-            new = step.verdict.new.run_id if step.verdict else "-"
             command = " ".join(step.original.command)
-            lines.append(f"step {index} {step.outcome}: run {new} re-ran {step.original.run_id} ({command})")
-            if step.verdict and step.outcome != "REPRODUCED":
+            if step.verdict is None:  # after the divergent step: nothing ran
+                lines.append(f"step {index} {step.outcome}: run {step.original.run_id} was not re-run ({command})")
+                continue
+            lines.append(
+                f"step {index} {step.outcome}: run {step.verdict.new.run_id} re-ran {step.original.run_id} ({command})"
+            )
+            if step.outcome != "REPRODUCED":
                 lines += [f"  {line}" for line in step.verdict.lines()[1:]]
         first = self.first_divergent
         if first is None:
@@ -482,7 +486,9 @@ def _step_rows(report: ChainReport, step: RunRecord) -> list[tuple[str, str]]:
     for rerun in report.reruns[-1:]:
         for entry in rerun["steps"]:
             if entry.get("original") == step.run_id:
-                rows.append(("last chain re-run", f"{rerun.get('chain')}: {entry.get('verdict')} ({entry.get('new')})"))
+                # A step after the divergent one was never re-run: it has no new run to name.
+                new = f" ({entry['new']})" if entry.get("new") else ""
+                rows.append(("last chain re-run", f"{rerun.get('chain')}: {entry.get('verdict')}{new}"))
     return rows
 
 

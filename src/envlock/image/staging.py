@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,7 +99,10 @@ def install_wheel(wheel: Path, filename: str, root: Path, layout: VenvLayout) ->
     with tempfile.TemporaryDirectory(prefix="envlock-wheel-") as tmp:
         link = Path(tmp, filename)
         link.symlink_to(wheel)
-        with WheelFile.open(link) as source:
+        with WheelFile.open(link) as source, warnings.catch_warnings():
+            # Bytecode a wheel ships in __pycache__ (numpy 1.26's does) is skipped, as pip skips it; installer says
+            # so with a RuntimeWarning that would reach the user as a raw Python warning naming this file.
+            warnings.filterwarnings("ignore", r"Skip installing .*__pycache__", RuntimeWarning)
             install(source, destination, additional_metadata={"INSTALLER": b"envlock\n"})
 
 
