@@ -314,6 +314,7 @@ class Attester:
     key: SigningKey | None
     say: Callable[[str], None]
     imports: tuple[str, ...] = ("envlock.evidence.attest",)
+    said: set[Path] = field(default_factory=set)  # run folders already reported (reproduce attests twice)
 
     def image_built(self, project_dir: Path, plan: ImagePlan, image_id: str, pushed: str | None) -> None:
         """The image's provenance in the project's .envlock/attestations/ (signed when a key is configured)."""
@@ -327,9 +328,9 @@ class Attester:
         from envlock.evidence.attest import attest_run  # noqa: PLC0415
 
         path = attest_run(run_dir, self.key)
-        self.say(
-            f"attestation {path} ({'signed by ' + self.key.public.keyid[:16] if self.key else 'unsigned: no key'})"
-        )
+        signer = f"signed by {self.key.public.keyid[:16]}" if self.key else "unsigned: no key"
+        self.say(f"attestation {path} ({signer})" if run_dir not in self.said else f"attestation {path} made again")
+        self.said.add(run_dir)
 
 
 def wiring_of(ctx: typer.Context) -> Wiring:
