@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# The markers of tests that need the engine, a cluster, emulation or a browser: all of them are `slow` (the fast
+# tier is `-m "not slow"`); a test that is slow for another reason carries @pytest.mark.slow itself.
+SLOW_MARKERS = ("docker", "slurm", "emulation", "runtimes", "heavy", "browser")
+# A seeded base older than this is not used: it was built from the Debian mirror as it was then.
+SEED_BASE_MAX_AGE = 3 * 24 * 3600
 
 
 @pytest.fixture
@@ -53,10 +60,71 @@ def isolated_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["XDG_CONFIG_HOME"] = before
 
 
+def seed_dir() -> Path | None:
+    """Where test sessions keep what each would otherwise fetch or build again, the same: `$ENVLOCK_TEST_SEED`, else
+    ~/.cache/envlock-tests; `ENVLOCK_TEST_SEED=off` for none (every session starts cold, as on a fresh machine)."""
+    configured = os.environ.get("ENVLOCK_TEST_SEED", "")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    from platformdirs import user_cache_path  # noqa: PLC0415
+
+    return user_cache_path("envlock-tests")
+
+
+def _copy_new(source: Path, target: Path) -> None:
+    """Copy `source` to `target` unless it is there; atomically, as sessions of other users may read the seed."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seed_cache(seed: Path, cache: Path) -> None:
+    """Copy the seed's wheels (content-addressed: checked again on use) and its recent bases into a fresh cache.
+    Copies, not links: a test may damage a cache entry on purpose, and that must not reach the seed."""
+    for wheel in sorted((seed / "wheels" / "sha256").glob("*/*")):
+        if not wheel.name.startswith("."):
+            _copy_new(wheel, cache / "wheels" / "sha256" / wheel.parent.name / wheel.name)
+    for meta in sorted((seed / "bases").glob("*.json")):
+        tar = meta.with_suffix(".tar")
+        if tar.is_file() and time.time() - meta.stat().st_mtime < SEED_BASE_MAX_AGE:
+            _copy_new(tar, cache / "bases" / tar.name)
+            _copy_new(meta, cache / "bases" / meta.name)  # last: a base counts only once its metadata is there
+
+
+def keep_in_seed(cache: Path, seed: Path) -> None:
+    """Copy the session's new wheels (those whose bytes match their name) and finished bases into the seed."""
+    for wheel in sorted((cache / "wheels" / "sha256").glob("*/*")):
+        target = seed / "wheels" / "sha256" / wheel.parent.name / wheel.name
+        if wheel.is_file() and not target.exists() and _sha256(wheel) == wheel.name:
+            _copy_new(wheel, target)
+    for meta in sorted((cache / "bases").glob("*.json")):
+        tar = meta.with_suffix(".tar")
+        if tar.is_file() and not (seed / "bases" / meta.name).exists():
+            _copy_new(tar, seed / "bases" / tar.name)
+            _copy_new(meta, seed / "bases" / meta.name)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache."""
+    """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache. It starts
+    with the test seed's wheels and bases (see seed_dir), and what the session fetched or built goes back there."""
     cache = tmp_path_factory.mktemp("envlock-cache")
+    seed = seed_dir()
+    if seed is not None:
+        seed_cache(seed, cache)
     before = os.environ.get("ENVLOCK_CACHE_DIR")
     os.environ["ENVLOCK_CACHE_DIR"] = str(cache)
     yield cache
@@ -64,10 +132,16 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ENVLOCK_CACHE_DIR", None)
     else:
         os.environ["ENVLOCK_CACHE_DIR"] = before
+    if seed is not None:
+        keep_in_seed(cache, seed)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that need the arm64 base under qemu run last: it is built meanwhile (see arm64_base_meanwhile)."""
+    """Tests on the engine, a cluster, emulation or a browser are `slow`; the tests that need the arm64 base under
+    qemu run last: it is built meanwhile (see arm64_base_meanwhile)."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("emulation") is not None)  # stable: the rest keep order
 
 
