@@ -86,7 +86,9 @@ if [ "$full" = 1 ]; then
   echo "== linux/arm64   (the example's second platform: its base built once under qemu, then the image)"
   sed -i 's|^platforms = .*|platforms = ["linux/amd64", "linux/arm64"]|' "$work/pyproject.toml"
   "$envlock" lock -C "$work"   # the amd64 pins are kept; arm64 is added
-  arm64=$("$envlock" build -C "$work" --platform linux/arm64 | tee /dev/stderr | sed -n 's/.*-arm64 (\([^)]*\)).*/\1/p' | head -n 1)
+  built=$("$envlock" build -C "$work" --platform linux/arm64)
+  echo "$built"
+  arm64=$(echo "$built" | sed -n 's/.*-arm64 (\([^)]*\)).*/\1/p' | head -n 1)
   docker run --rm "$arm64" python -c "import numpy, platform; print('in the arm64 image:', platform.machine(), 'numpy', numpy.__version__)"
 
   echo
