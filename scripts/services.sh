@@ -5,6 +5,7 @@
 #   this host (node names HOST and HOST-2, ports 6818 and 6819), so that multi-node jobs run for real; the
 #   slurm.conf below is written to /etc/slurm when there is none. A machine with its own slurm.conf (a real
 #   cluster's login node) is left as it is.
+# ENVLOCK_SERVICES=docker starts only the Docker engine (scripts/setup.sh --core: the quickstart's main path).
 set -euo pipefail
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -33,6 +34,7 @@ if ! docker info >/dev/null 2>&1; then
   fi
 fi
 echo "services: Docker engine $(docker version --format '{{.Server.Version}}') is running"
+if [ "${ENVLOCK_SERVICES:-all}" = docker ]; then exit 0; fi
 
 if ! command -v slurmctld >/dev/null 2>&1; then
   echo "services: Slurm is not installed (bash scripts/setup.sh installs it); envlock submit --slurm needs it"

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# The markers of tests that need the engine, a cluster, emulation or a browser: all of them are `slow` (the fast
+# tier is `-m "not slow"`); a test that is slow for another reason carries @pytest.mark.slow itself.
+SLOW_MARKERS = ("docker", "slurm", "emulation", "runtimes", "heavy", "browser")
+# A seeded base older than this is not used: it was built from the Debian mirror as it was then.
+SEED_BASE_MAX_AGE = 3 * 24 * 3600
 
 
 @pytest.fixture
@@ -67,10 +74,71 @@ def isolated_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["XDG_CONFIG_HOME"] = before
 
 
+def seed_dir() -> Path | None:
+    """Where test sessions keep what each would otherwise fetch or build again, the same: `$ENVLOCK_TEST_SEED`, else
+    ~/.cache/envlock-tests; `ENVLOCK_TEST_SEED=off` for none (every session starts cold, as on a fresh machine)."""
+    configured = os.environ.get("ENVLOCK_TEST_SEED", "")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    from platformdirs import user_cache_path  # noqa: PLC0415
+
+    return user_cache_path("envlock-tests")
+
+
+def _copy_new(source: Path, target: Path) -> None:
+    """Copy `source` to `target` unless it is there; atomically, as sessions of other users may read the seed."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seed_cache(seed: Path, cache: Path) -> None:
+    """Copy the seed's wheels (content-addressed: checked again on use) and its recent bases into a fresh cache.
+    Copies, not links: a test may damage a cache entry on purpose, and that must not reach the seed."""
+    for wheel in sorted((seed / "wheels" / "sha256").glob("*/*")):
+        if not wheel.name.startswith("."):
+            _copy_new(wheel, cache / "wheels" / "sha256" / wheel.parent.name / wheel.name)
+    for meta in sorted((seed / "bases").glob("*.json")):
+        tar = meta.with_suffix(".tar")
+        if tar.is_file() and time.time() - meta.stat().st_mtime < SEED_BASE_MAX_AGE:
+            _copy_new(tar, cache / "bases" / tar.name)
+            _copy_new(meta, cache / "bases" / meta.name)  # last: a base counts only once its metadata is there
+
+
+def keep_in_seed(cache: Path, seed: Path) -> None:
+    """Copy the session's new wheels (those whose bytes match their name) and finished bases into the seed."""
+    for wheel in sorted((cache / "wheels" / "sha256").glob("*/*")):
+        target = seed / "wheels" / "sha256" / wheel.parent.name / wheel.name
+        if wheel.is_file() and not target.exists() and _sha256(wheel) == wheel.name:
+            _copy_new(wheel, target)
+    for meta in sorted((cache / "bases").glob("*.json")):
+        tar = meta.with_suffix(".tar")
+        if tar.is_file() and not (seed / "bases" / meta.name).exists():
+            _copy_new(tar, seed / "bases" / tar.name)
+            _copy_new(meta, seed / "bases" / meta.name)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache."""
+    """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache. It starts
+    with the test seed's wheels and bases (see seed_dir), and what the session fetched or built goes back there."""
     cache = tmp_path_factory.mktemp("envlock-cache")
+    seed = seed_dir()
+    if seed is not None:
+        seed_cache(seed, cache)
     before = os.environ.get("ENVLOCK_CACHE_DIR")
     os.environ["ENVLOCK_CACHE_DIR"] = str(cache)
     yield cache
@@ -78,11 +146,60 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ENVLOCK_CACHE_DIR", None)
     else:
         os.environ["ENVLOCK_CACHE_DIR"] = before
+    if seed is not None:
+        keep_in_seed(cache, seed)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that need the arm64 base under qemu run last: it is built meanwhile (see arm64_base_meanwhile)."""
+    """Tests on the engine, a cluster, emulation or a browser are `slow`; the tests that need the arm64 base under
+    qemu run last: it is built meanwhile (see arm64_base_meanwhile)."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("emulation") is not None)  # stable: the rest keep order
+
+
+KEEPER = "envlock-test-keep"
+
+
+def _builds_the_example(item: pytest.Item) -> bool:
+    """Whether the test's module builds examples/digits in the engine (see tests/integration/example.py)."""
+    module = getattr(item, "module", None)
+    uses = hasattr(module, "digits_repo") or str(getattr(module, "EXAMPLE", "")).endswith("examples/digits")
+    return uses and item.get_closest_marker("docker") is not None and item.get_closest_marker("emulation") is None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def example_layers_kept(
+    request: pytest.FixtureRequest, isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """When several test modules build the example, one image of it stays in the engine for the session: each
+    module removes its `digits` images when it ends, and the next then loads only the layers that differ (2 of 9)
+    instead of ~490 MB. The kept image is the example relocked for linux/amd64 alone (same pins, another lock
+    layer), under a name of its own: its ID is no test's, so no test removes it, nor finds it in its way."""
+    from tests.integration.example import EXAMPLE  # noqa: PLC0415
+
+    modules = {item.nodeid.split("::")[0] for item in request.session.items if _builds_the_example(item)}
+    if len(modules) < 2:
+        yield
+        return
+    project = tmp_path_factory.mktemp("example-kept")
+    for name in ("pyproject.toml", "train.py", "envlock.lock"):
+        shutil.copy(EXAMPLE / name, project / name)
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text().replace("[tool.envlock]", f'[tool.envlock]\nname = "{KEEPER}"', 1)
+    pyproject.write_text(text.replace('platforms = ["linux/amd64", "linux/arm64"]', 'platforms = ["linux/amd64"]'))
+    envlock = str(Path(sys.executable).with_name("envlock"))
+    for command in ("lock", "build"):  # a failure here only costs time: the tests build what they need themselves
+        subprocess.run([envlock, command, "-C", str(project)], capture_output=True, check=False)
+    try:
+        yield
+    finally:
+        import docker  # noqa: PLC0415
+
+        client = docker.from_env()
+        for image in client.images.list(name=KEEPER):
+            client.images.remove(image.id, force=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.network  # pip fetches envlock's dependencies from PyPI
+pytestmark = [pytest.mark.network, pytest.mark.slow]  # pip fetches envlock's dependencies from PyPI
 ROOT = Path(__file__).resolve().parents[2]
 
 

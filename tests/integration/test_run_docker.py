@@ -24,11 +24,12 @@ ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A copy of the CPU example, locked and built once for the module."""
+    """A copy of the CPU example with its committed lock (a fresh lock would wait for the arm64 base, built meanwhile
+    for the emulation tests), built once for the module."""
     project = tmp_path_factory.mktemp("digits")
-    for name in ("pyproject.toml", "train.py"):
+    for name in ("pyproject.toml", "train.py", "envlock.lock"):
         shutil.copy(EXAMPLE / name, project / name)
-    for args in (["lock"], ["build"]):
+    for args in (["lock", "--check"], ["build"]):
         done = subprocess.run([ENVLOCK, *args, "-C", str(project)], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
     yield project

@@ -73,14 +73,23 @@ def place(users: dict[str, tuple[int, int]], isolated_cache: Path) -> Iterator[P
         shutil.rmtree(top, ignore_errors=True)
 
 
+LOCKS: dict[str, str] = {}
+
+
 def project(place: Path, name: str, text: str, owner: str) -> Path:
-    """A project folder owned by `owner`, locked (as root: locking is not what is tested here)."""
+    """A project folder owned by `owner`, locked (as root: locking is not what is tested here; a pyproject locked
+    once before gets that lock, not a second resolution against PyPI)."""
     folder = place / name
     folder.mkdir()
     (folder / "pyproject.toml").write_text(text)
-    env = {**os.environ, "ENVLOCK_CACHE_DIR": str(place / "cache")}
-    done = subprocess.run([ENVLOCK, "lock", "-C", str(folder)], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
+    if text in LOCKS:
+        (folder / "envlock.lock").write_text(LOCKS[text])
+    else:
+        env = {**os.environ, "ENVLOCK_CACHE_DIR": str(place / "cache")}
+        command = [ENVLOCK, "lock", "-C", str(folder)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        LOCKS[text] = (folder / "envlock.lock").read_text()
     subprocess.run(["chown", "-R", f"{owner}:", str(folder)], check=True)
     return folder
 
