@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envlock.errors import RegistryError
-from envlock.image.registry import OCI_INDEX, OCI_MANIFEST, Blob, Registry
+from envlock.image.registry import OCI_INDEX, OCI_MANIFEST, Blob, Registry, verified_manifest
 
 EMPTY_CONFIG = b"{}"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -215,18 +215,7 @@ class Referrer:
 
 def manifest_by_digest(registry: Registry, repository: str, digest: str) -> Referrer:
     """A manifest fetched by digest and checked against it (any parse problem refused as a RegistryError)."""
-    manifest = registry.manifest(repository, digest)
-    if manifest is None:
-        raise RegistryError(f"the registry has no manifest {digest[:19]} in {repository}")
-    if _digest(manifest) != digest:
-        raise RegistryError(f"refused: the manifest the registry gave for {digest[:19]} is not of that digest")
-    try:
-        document = json.loads(manifest)
-    except ValueError as exc:
-        raise RegistryError(f"refused: the manifest {digest[:19]} in {repository} is not JSON") from exc
-    if not isinstance(document, dict):
-        raise RegistryError(f"refused: the manifest {digest[:19]} in {repository} is not a JSON object")
-    return Referrer(digest, document)
+    return Referrer(digest, verified_manifest(registry, repository, digest))
 
 
 def checked_referrers(

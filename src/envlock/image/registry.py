@@ -352,7 +352,8 @@ def _checked_digest(value: object, what: str) -> str:
     return value
 
 
-def _verified_manifest(registry: Registry, repository: str, digest: str) -> dict[str, Any]:
+def verified_manifest(registry: Registry, repository: str, digest: str) -> dict[str, Any]:
+    """A manifest fetched by digest, checked against that digest and parsed (any problem: one RegistryError)."""
     data = registry.manifest(repository, digest)
     if data is None:
         raise RegistryError(f"the registry has no manifest {repository}@{digest[:19]}")
@@ -375,11 +376,11 @@ def fetch_image(
     config against the image ID; layers land in `folder` (layer-0, layer-1, … lowest first). Returns the config
     and the layers, lowest first (each one's diff_id is checked by whoever unpacks it)."""
     _checked_digest(digest, f"{repository}@…")
-    document = _verified_manifest(registry, repository, digest)
+    document = verified_manifest(registry, repository, digest)
     try:
         if "manifests" in document:  # an index: the platform entry whose config is the image wanted
             for entry in document["manifests"]:
-                candidate = _verified_manifest(registry, repository, _checked_digest(entry["digest"], "the index"))
+                candidate = verified_manifest(registry, repository, _checked_digest(entry["digest"], "the index"))
                 if candidate.get("config", {}).get("digest") == image_id:
                     document = candidate
                     break
