@@ -78,6 +78,24 @@ def shared_scratch(scratch: Path) -> Path:
     return scratch
 
 
+@contextlib.contextmanager
+def published_folder(final: Path, *, prefix: str, complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A folder filled in a work folder beside `final` and renamed into place whole when the block ends, so a reader
+    sees it complete or not at all. When another process published `final` first, its folder is kept (`complete`
+    says whether that one may be taken; without it, it always is); a failure leaves no work folder behind."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        yield work
+        try:
+            work.rename(final)
+        except OSError:
+            if complete is not None and not complete(final):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write data to path through a temp file in the same directory, fsync, then rename over (group-readable in a
     shared cache folder)."""

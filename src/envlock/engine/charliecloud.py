@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from envlock.engine.runtimes import (
     stream_command,
 )
 from envlock.errors import BundleError, EngineError
+from envlock.fsutil import published_folder
 from envlock.safetar import extract_rootfs_layer
 
 Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
@@ -187,21 +187,15 @@ class CharliecloudLauncher:
             with contextlib.suppress(OSError):
                 os.utime(final)  # in use: `envlock gc` leaves folders touched in its grace period alone
             return final
-        self.store.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}-", dir=self.store))
-        try:
+        # Another node's task may make it meanwhile: theirs is used when complete.
+        with published_folder(
+            final, prefix=f".{final.name[:12]}-", complete=lambda made: (made / "rootfs").is_dir()
+        ) as scratch:
             rootfs = scratch / "rootfs"
             rootfs.mkdir()
             config = fill(scratch, rootfs)
             (rootfs / WORKDIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
             (scratch / "config.json").write_text(json.dumps(config, sort_keys=True), encoding="utf-8")
-            try:
-                scratch.rename(final)
-            except OSError:
-                if not (final / "rootfs").is_dir():  # another node's task made it meanwhile: use theirs
-                    raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         return final
 
     def _user_env(self) -> dict[str, str]:

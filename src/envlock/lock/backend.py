@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.errors import SpecError
+from envlock.fsutil import published_folder
 
 # Bumped when what is cached (or how the fingerprint is taken) changes.
 METADATA_SCHEMA = 2
@@ -303,9 +304,7 @@ class IsolatedBackend:
         final = self.cache / "envs" / key
         if (final / "ready").is_file():
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-        try:
+        with published_folder(final, prefix=f".{key}-") as work:  # made meanwhile by another envlock: theirs
             python = os.environ.get("ENVLOCK_BUILD_PYTHON") or shutil.which("python3") or "python3"
             self._run([self._uv(), "venv", "--quiet", "--no-config", "--python", python, str(work)], backend)
             if requires:
@@ -315,13 +314,6 @@ class IsolatedBackend:
                     backend, what=f"cannot install its build requirements ({', '.join(requires)})",
                 )  # fmt: skip
             (work / "ready").write_text("", encoding="utf-8")
-            try:
-                work.rename(final)
-            except OSError:
-                shutil.rmtree(work, ignore_errors=True)  # made meanwhile by another envlock: take that one
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         return final
 
     @staticmethod

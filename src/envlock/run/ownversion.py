@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from envlock.errors import SpecError
+from envlock.fsutil import published_folder
 from envlock.image.staging import write_dist_info
 from envlock.lock.backend import MetadataSource
 from envlock.lock.localpackages import LocalPackage
@@ -47,17 +46,8 @@ def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path
     final = root / key.hexdigest()
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".local-metadata-", dir=root))
-    try:
+    with published_folder(final, prefix=".local-metadata-") as work:  # made meanwhile by another run: same bytes
         for package in pinned:
             write_dist_info(package, work)
         work.chmod(0o755)
-        try:
-            work.rename(final)
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)  # made meanwhile by another run: the same bytes
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return final
