@@ -61,9 +61,10 @@ def _record_json(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def run_files(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file the run keeps beside its record (lock copy, diff, log, saved outputs, verdict…)."""
-    found = {}
+def bound_files(run_dir: Path) -> list[str]:
+    """The files the run keeps beside its record that its attestation binds (lock copy, diff, log, saved outputs,
+    verdict…), relative to the run folder, sorted."""
+    found = []
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir).as_posix()
         if (
@@ -73,8 +74,13 @@ def run_files(run_dir: Path) -> dict[str, str]:
             and not _SLURM_OUTPUT.match(relative)
             and not relative.startswith("nodes/")
         ):
-            found[relative] = sha256_file(path)
+            found.append(relative)
     return found
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file the attestation binds (bound_files)."""
+    return {relative: sha256_file(run_dir / relative) for relative in bound_files(run_dir)}
 
 
 def run_statement(run_dir: Path) -> dict[str, Any]:
@@ -364,7 +370,7 @@ def _check_run_files(predicate: dict[str, Any], run_dir: Path, checks: Checks) -
         file = run_dir / relative
         ok = file.is_file() and not file.is_symlink() and ".." not in Path(relative).parts
         checks.expect(f"run file {relative}", digest, sha256_file(file) if ok else None)
-    for relative in sorted(set(run_files(run_dir)) - set(attested)):
+    for relative in sorted(set(bound_files(run_dir)) - set(attested)):  # names only: the attested were hashed
         checks.mismatches.append(f"run file {relative}: not in the attestation (added after it was made)")
 
 
