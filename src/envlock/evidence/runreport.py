@@ -70,13 +70,19 @@ def verified_run(
         record = RunRecord.from_dict(signed, "the signed record") if signed is not None else on_disk
     except EnvlockError as exc:
         return Verified(on_disk, "VERIFICATION FAILED", f"VERIFICATION FAILED: {exc.message}", checks)
+    return Verified(record, *_banner(checks), checks)
+
+
+def _banner(checks: Checks) -> tuple[Banner, str]:
+    """The banner's state for a verification that opened its statement, and its line."""
     verdict = checks.verdict(allow_unsigned=False)
     banner = "UNTRUSTED KEY" if verdict.startswith("UNTRUSTED KEY") else verdict
     if banner == "VERIFICATION FAILED":
-        line = f"VERIFICATION FAILED: {len(checks.mismatches)} mismatch(es); the values below are the signed ones"
-    else:
-        line = f"{verdict}: {checks.origin.describe()}"
-    return Verified(record, banner, line, checks)
+        return (
+            banner,
+            f"VERIFICATION FAILED: {len(checks.mismatches)} mismatch(es); the values below are the signed ones",
+        )
+    return banner, f"{verdict}: {checks.origin.describe()}"
 
 
 def summarize(project_dir: Path, run_id: str, *, trust: Trust, image_present: Callable[[str], bool | None]) -> Summary:
@@ -120,13 +126,7 @@ def summarize_bundle(found: Unpacked, trust: Trust, engine: Callable[[], Engine 
         raise VerificationError("the bundle's attestation carries no run record")
     record = RunRecord.from_dict(signed, "the signed record")
     lock = lockfile.read(found.root / "run" / "envlock.lock")
-    verdict = checks.verdict(allow_unsigned=False)
-    banner = "UNTRUSTED KEY" if verdict.startswith("UNTRUSTED KEY") else verdict
-    line = (
-        f"VERIFICATION FAILED: {len(checks.mismatches)} mismatch(es); the values below are the signed ones"
-        if banner == "VERIFICATION FAILED"
-        else f"{verdict}: {checks.origin.describe()}"
-    )
+    banner, line = _banner(checks)
     sections = _sections(record, lock, [("reproduced", "a bundle carries one run: envlock reproduce BUNDLE")])
     sections.append(("Verified", _check_rows(line, checks)))
     return Summary(f"envlock run {record.run_id} (bundle)", banner, line, sections)
