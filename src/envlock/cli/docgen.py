@@ -38,75 +38,40 @@ class ConfigKey:
     description: str
 
 
-# What spec.py does not yet declare beside its key names (spec.FIELDS): type, default and meaning. When the spec's
-# keys are declared with these in one place (a codec's spec_keys()), config_keys() reads that instead and this
-# table goes. Until then config_keys() refuses a key of FIELDS missing here, or one here that FIELDS lacks.
-_KEY_DOCS: dict[str, tuple[str, str, str]] = {
-    "name": ("string", "`[project].name`, lowercased", "The image name: `<name>:<lock-hash-prefix>`."),
-    "python": ("string `3.X`", "the base's Python (debian-bookworm: 3.11)", "The Python version of the image."),
-    "requirements": (
-        "list of PEP 508 strings",
-        "`[project].dependencies`",
-        "What to install (a project that is a package also gets its own dependencies).",
-    ),
-    "constraints": (
-        "list of PEP 508 strings",
-        "`[]`",
-        "Pins that bound versions without adding packages (`envlock init` writes a lock's versions here).",
-    ),
-    "extras": ("list of strings", "`[]`", "Names from `[project.optional-dependencies]` to add."),
-    "groups": ("list of strings", "`[]`", "Names from `[dependency-groups]` (PEP 735) to add."),
-    "platforms": ("list of strings", '`["linux/amd64"]`', "Target platforms: `linux/amd64` and/or `linux/arm64`."),
-    "base": (
-        "string",
-        '`"debian-bookworm"`',
-        'An envlock recipe (base-images/) or an upstream image pinned by digest, `"repo[:tag]@sha256:…"`.',
-    ),
-    "system-packages": ("list of strings", "`[]`", "Debian packages for the image."),
-    "cuda": (
-        "string",
-        '`"auto"`',
-        '`"auto"`, `"cpu"` (refuse CUDA libraries) or a version such as `"12.4"` (refuse any other).',
-    ),
-    "index-url": ("string (URL)", '`"https://pypi.org/simple"`', "The package index; `${VAR}` for credentials."),
-    "extra-index-urls": ("list of URLs", "`[]`", "More indexes; `${VAR}` for credentials (never written to the lock)."),
-    "registry": ("string `host[:port][/namespace]`", "none", "Where `envlock build --push` pushes."),
-    "outputs": ("list of project paths", "`[]`", "Files or folders a run produces: hashed into each run record."),
-    "inputs": (
-        "list of project paths",
-        "`[]`",
-        "Files or folders a run reads: hashed before it, mounted read-only (not a lock input).",
-    ),
-    "params": (
-        "list of project paths",
-        "`[]`",
-        "Hyperparameter files (YAML, JSON, TOML) recorded key by key in each run (not a lock input).",
-    ),
-    "untracked-max-bytes": (
-        "integer >= 0",
-        f"`{spec.UNTRACKED_MAX_BYTES}`",
-        "Untracked files a run saves copies of, in total (a larger file is skipped and named; not a lock input).",
-    ),
-    "runtime": (
-        "string",
-        '`"docker"`',
-        "What runs the image: `docker`, `podman` or `charliecloud` (`--runtime` overrides; not a lock input).",
-    ),
-    "imported-from": (
-        '`{path = "FILE", sha256 = "…"}`',
-        "none",
-        "Written by `envlock init`: the file it imported, which `envlock lock` follows.",
-    ),
+# The one thing the spec's declaration (spec.spec_keys()) does not say: what a key means when it is absent.
+# config_keys() refuses a declared key missing here, or one here that is not declared, so the two cannot drift.
+_DEFAULTS: dict[str, str] = {
+    "name": "`[project].name`, lowercased",
+    "python": "the base's Python (debian-bookworm: 3.11)",
+    "requirements": "`[project].dependencies`",
+    "constraints": "`[]`",
+    "extras": "`[]`",
+    "groups": "`[]`",
+    "platforms": '`["linux/amd64"]`',
+    "base": '`"debian-bookworm"`',
+    "system-packages": "`[]`",
+    "cuda": '`"auto"`',
+    "index-url": '`"https://pypi.org/simple"`',
+    "extra-index-urls": "`[]`",
+    "registry": "none",
+    "outputs": "`[]`",
+    "inputs": "`[]`",
+    "params": "`[]`",
+    "untracked-max-bytes": f"`{spec.UNTRACKED_MAX_BYTES}`",
+    "runtime": '`"docker"`',
+    "imported-from": "none",
 }
 
 
 def config_keys() -> list[ConfigKey]:
-    """Every `[tool.envlock]` key, in the spec's order (the adapter to switch to a declared spec_keys())."""
-    missing = [key for key in spec.FIELDS if key not in _KEY_DOCS]
-    extra = [key for key in _KEY_DOCS if key not in spec.FIELDS]
+    """Every `[tool.envlock]` key, in the order the spec declares them (spec.spec_keys()), with its default."""
+    declared = spec.spec_keys()
+    keys = [key for key, _, _ in declared]
+    missing = [key for key in keys if key not in _DEFAULTS]
+    extra = [key for key in _DEFAULTS if key not in keys]
     if missing or extra:
-        raise ValueError(f"[tool.envlock] keys undocumented: {missing}; documented but unknown: {extra}")
-    return [ConfigKey(key, *_KEY_DOCS[key]) for key in spec.FIELDS]
+        raise ValueError(f"[tool.envlock] keys without a default here: {missing}; defaults of no key: {extra}")
+    return [ConfigKey(key, kind, _DEFAULTS[key], description) for key, kind, description in declared]
 
 
 def _cell(text: str) -> str:
@@ -203,8 +168,10 @@ def render_config() -> str:
         "# `[tool.envlock]` reference",
         "",
         "Every key `pyproject.toml`'s `[tool.envlock]` table may hold; any other key is refused with a \"did you",
-        'mean", and every problem in the file is reported at once, with its line (exit 20). Keys marked "not a lock',
-        'input" concern runs only: changing them never makes `envlock.lock` stale.',
+        'mean", and every problem in the file is reported at once, with its line (exit 20). `inputs`, `params`,',
+        "`untracked-max-bytes`, `runtime` and `imported-from` concern runs (or `envlock init`) only: changing them",
+        "never makes `envlock.lock` stale. Keys, types and meanings are declared once, `EnvlockKeys` in",
+        "[`src/envlock/lock/spec.py`](../../src/envlock/lock/spec.py).",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",
