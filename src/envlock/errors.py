@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Every exit status envlock itself gives, with its meaning. README's table is this table (a test compares them);
+# Every exit status envlock itself gives, with its meaning. docs/reference/exit-codes.md is generated from it;
 # each EnvlockError subclass takes its code from here, and no two meanings share a code.
 EXIT_CODES: dict[int, str] = {
     0: "success (for `run`, `runs wait`: the command exited 0)",

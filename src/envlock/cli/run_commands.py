@@ -157,7 +157,7 @@ def reproduce_command(
     ] = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
-    mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
+    mode and settings, and compare: exit 0 only for REPRODUCED (docs/run-and-reproduce.md has the others)."""
     from envlock.errors import UsageError  # noqa: PLC0415
     from envlock.evidence.bundle import is_bundle, verify_unpacked  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
