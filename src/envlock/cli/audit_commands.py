@@ -12,10 +12,14 @@ from envlock.cli.options import (
     FileOutOpt,
     JsonOpt,
     KeyOpt,
+    OldOutputOpt,
     PlatformOpt,
     ProjectOpt,
     PublicKeyOpt,
     RunIdArg,
+    out_file,
+    out_option,
+    required_out,
 )
 from envlock.cli.root import app, key_app, trust_app
 from envlock.cli.wiring import Wiring, wiring_of
@@ -39,7 +43,11 @@ def _engine_or_none(wiring: Wiring) -> Engine | None:
 
 @app.command("sbom")
 def sbom_command(
-    ctx: typer.Context, project: ProjectOpt = Path(), platform: PlatformOpt = None, output: FileOutOpt = None
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    platform: PlatformOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
 ) -> None:
     """The lock's SBOM: CycloneDX 1.6 JSON (Python packages, Debian packages of the base, CUDA stack, base)."""
     from envlock.fsutil import atomic_write_text  # noqa: PLC0415
@@ -51,6 +59,7 @@ def sbom_command(
     spec = load_spec(project)
     lock = read(spec.lock_path)
     text = sbom_json(lock, platform or host_platform())
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -61,9 +70,8 @@ def sbom_command(
 @key_app.command("generate")
 def key_generate(
     ctx: typer.Context,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Default: ~/.config/envlock/signing-key.pem")
-    ] = None,
+    out: Annotated[Path | None, out_option("Default: ~/.config/envlock/signing-key.pem")] = None,
+    old_output: OldOutputOpt = None,
     kind: Annotated[str, typer.Option("--type", help="ed25519 (default) or ecdsa-p256.")] = "ed25519",
 ) -> None:
     """Make a signing key (mode 0600, new folders 0700) and its public key beside it (.pub)."""
@@ -72,7 +80,7 @@ def key_generate(
 
     if kind not in ("ed25519", "ecdsa-p256"):
         raise UsageError(f"unknown key type {kind!r}", hint="--type ed25519 or --type ecdsa-p256")
-    path = output or default_key_path()
+    path = out_file(out, old_output) or default_key_path()
     key = generate_key(path, "ed25519" if kind == "ed25519" else "ecdsa-p256")
     typer.echo(f"key {key.public.keyid} in {path} (public: {public_path(path)})")
     typer.echo(f"sign with: export ENVLOCK_SIGNING_KEY={path}   (or --key {path})")
@@ -206,7 +214,8 @@ def trust_remove(
 def bundle_command(
     ctx: typer.Context,
     run_id: RunIdArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (a tar).")],
+    out: Annotated[Path | None, out_option("The bundle file to write (a tar); required.")] = None,
+    old_output: OldOutputOpt = None,
     project: ProjectOpt = Path(),
     with_image: Annotated[bool, typer.Option("--with-image", help="Include the image (docker save).")] = False,
     with_inputs: Annotated[bool, typer.Option("--with-inputs", help="Include the input files themselves.")] = False,
@@ -216,6 +225,7 @@ def bundle_command(
     from envlock.evidence.bundle import make_bundle  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    output = required_out(out, old_output)
     manifest = make_bundle(
         project,
         run_id,
@@ -238,7 +248,8 @@ def report_command(
     run_id: Annotated[str, typer.Argument(help="A run id of the project, or a bundle (envlock bundle).")],
     project: ProjectOpt = Path(),
     html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
-    output: FileOutOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
     key: PublicKeyOpt = None,
     chain: Annotated[
         bool, typer.Option("--chain", help="The whole chain behind RUN (or a file a run wrote), step by step.")
@@ -270,6 +281,7 @@ def report_command(
     else:
         summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
         text = render_html(summary) if html else render_text(summary)
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
         return

@@ -15,11 +15,13 @@ from envlock.cli.options import (
     GpusOpt,
     MlflowOpt,
     NoMlflowOpt,
+    OldOutputOpt,
     OutputsOpt,
     PlatformOpt,
     ProjectOpt,
     RuntimeOpt,
     SeedOpt,
+    out_file,
 )
 from envlock.cli.root import CommandExited, app, export_app
 from envlock.cli.wiring import wiring_of
@@ -159,7 +161,8 @@ def run_submitted_command(
 def export_k8s(
     command: Annotated[list[str], typer.Argument(help="The command, after --: envlock export k8s -- python train.py")],
     project: ProjectOpt = Path(),
-    output: FileOutOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
     platform: PlatformOpt = None,
     seed: SeedOpt = 0,
     gpus: Annotated[int | None, typer.Option("--gpus", help="nvidia.com/gpu to request (default: 1 if CUDA).")] = None,
@@ -180,6 +183,7 @@ def export_k8s(
     digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
     request = JobRequest(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
     text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
     else:

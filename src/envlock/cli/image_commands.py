@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from envlock.cli.options import ArchiveOpt, JsonOpt, KeyOpt, PlatformOpt, ProjectOpt, PublicKeyOpt
+from envlock.cli.options import (
+    ArchiveOpt,
+    JsonOpt,
+    KeyOpt,
+    OldOutputOpt,
+    PlatformOpt,
+    ProjectOpt,
+    PublicKeyOpt,
+    out_file,
+    out_option,
+)
 from envlock.cli.root import app, base_app
 from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
@@ -214,7 +224,8 @@ def archive_command(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="A run id (its image) or a local image name / ID.")],
     project: ProjectOpt = Path(),
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: .envlock/archives/ID.tar")] = None,
+    out: Annotated[Path | None, out_option("The archive to write (default: .envlock/archives/ID.tar).")] = None,
+    old_output: OldOutputOpt = None,
 ) -> None:
     """Write a verified image archive for cold storage (registries expire old images)."""
     from envlock.image.restore import write_archive_file  # noqa: PLC0415
@@ -223,7 +234,7 @@ def archive_command(
 
     engine = wiring_of(ctx).engine
     image_id = archive_source(target, project, engine)
-    out = output or ProjectLayout(project).archive_for(image_id)
+    out = out_file(out, old_output) or ProjectLayout(project).archive_for(image_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_archive_file(engine, image_id, out)
     typer.echo(f"archived {image_id} to {out} ({out.stat().st_size / 1e6:.1f} MB, verified)")
