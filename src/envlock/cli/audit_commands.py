@@ -106,11 +106,12 @@ def key_public(ctx: typer.Context, key: KeyOpt = None) -> None:
 def attest_command(ctx: typer.Context, run_id: RunIdArg, project: ProjectOpt = Path(), key: KeyOpt = None) -> None:
     """(Re)write a finished run's attestation (runs made before envlock wrote them, or to sign one now)."""
     from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
     from envlock.run.records import FINAL, RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = RunStore(project)
-    record = store.load(run_id)
+    record = resolve_run(run_id, store).record
     if record.status not in FINAL:
         raise UsageError(f"run {record.run_id} is still {record.status}: it is attested when it ends")
     wiring.attest_run(store.directory(record.run_id), wiring.signing_key(key))
@@ -138,7 +139,8 @@ def verify_command(
     """Check evidence: who signed it (a key you trust), then the record field by field and every hash against what
     is on disk and the image by ID. Exit 0 only for VERIFIED (or, with --allow-unsigned, hashes that hold)."""
     from envlock.evidence.attest import RunPlaces, verify_envelope_file, verify_run_dir  # noqa: PLC0415
-    from envlock.evidence.bundle import is_bundle, verify_bundle  # noqa: PLC0415
+    from envlock.evidence.bundle import verify_bundle  # noqa: PLC0415
+    from envlock.run.arguments import BundleRef, FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -153,15 +155,16 @@ def verify_command(
         found = current()
         return None if found is None or found.image_id(image_id) is None else True
 
-    path = Path(target)
-    if is_bundle(path):  # from elsewhere: a folder of keys that came with it, or with a project, proves nothing
-        checks = verify_bundle(path, _trust(wiring, key, None), current)
-    elif path.is_file():
-        checks = verify_envelope_file(path, _trust(wiring, key, None), present)
+    store = RunStore(project)
+    named = resolve(target, (BundleRef, FileRef, RunRef), store)
+    if isinstance(
+        named, BundleRef
+    ):  # from elsewhere: a folder of keys that came with it, or with a project, proves nothing
+        checks = verify_bundle(named.path, _trust(wiring, key, None), current)
+    elif isinstance(named, FileRef):  # an attestation file
+        checks = verify_envelope_file(named.path, _trust(wiring, key, None), present)
     else:
-        store = RunStore(project)
-        record = store.load(target)
-        places = RunPlaces.of_project(project, store.directory(record.run_id))
+        places = RunPlaces.of_project(project, store.directory(named.run_id))
         checks = verify_run_dir(places, trust=_trust(wiring, key, project), image_present=present)
     _show(checks)
     typer.echo(checks.require(allow_unsigned=allow_unsigned))
@@ -223,12 +226,14 @@ def bundle_command(
 ) -> None:
     """One file with everything to verify and reproduce a run elsewhere: envlock verify|reproduce FILE."""
     from envlock.evidence.bundle import make_bundle  # noqa: PLC0415
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     output = required_out(out, old_output)
     manifest = make_bundle(
         project,
-        run_id,
+        resolve_run(run_id, RunStore(project)).run_id,
         output,
         engine=lambda: wiring.engine,
         with_image=with_image,
@@ -266,20 +271,24 @@ def report_command(
     def present(image_id: str) -> bool | None:
         return None if engine is None or engine.image_id(image_id) is None else True
 
-    from envlock.evidence.bundle import is_bundle, unpacked  # noqa: PLC0415
+    from envlock.evidence.bundle import unpacked  # noqa: PLC0415
     from envlock.evidence.runreport import summarize_bundle  # noqa: PLC0415
+    from envlock.run.arguments import BundleRef, FileRef, RunRef, resolve  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
+    store = RunStore(project)
     if chain:
         from envlock.evidence.lineage import render_chain_html, render_chain_text, summarize_chain  # noqa: PLC0415
 
-        told = summarize_chain(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        top = resolve(run_id, (FileRef, RunRef), store)
+        told = summarize_chain(project, top, trust=_trust(wiring, key, project), image_present=present)
         text = render_chain_html(told) if html else render_chain_text(told)
-    elif is_bundle(Path(run_id)):  # the bundle reviewer's view: the trust of the receiver only
-        with unpacked(Path(run_id)) as found:
+    elif isinstance(named := resolve(run_id, (BundleRef, RunRef), store), BundleRef):  # the receiver's trust only
+        with unpacked(named.path) as found:
             summary = summarize_bundle(found, _trust(wiring, key, None), lambda: engine)
         text = render_html(summary) if html else render_text(summary)
     else:
-        summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        summary = summarize(project, named.run_id, trust=_trust(wiring, key, project), image_present=present)
         text = render_html(summary) if html else render_text(summary)
     output = out_file(out, old_output)
     if output is None:

@@ -230,10 +230,12 @@ def archive_command(
     """Write a verified image archive for cold storage (registries expire old images)."""
     from envlock.image.restore import write_archive_file  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
+    from envlock.run.arguments import ImageRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.pinned import archive_source  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
     engine = wiring_of(ctx).engine
-    image_id = archive_source(target, project, engine)
+    image_id = archive_source(resolve(target, (RunRef, ImageRef), RunStore(project), lambda: engine), engine)
     out = out_file(out, old_output) or ProjectLayout(project).archive_for(image_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_archive_file(engine, image_id, out)
@@ -252,15 +254,18 @@ def restore_command(
     """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
+    from envlock.run.arguments import DigestRef, LockRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.pinned import restore_target  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    if "@sha256:" in target:
-        image_id = wiring.engine.pull(target)
-        typer.echo(f"restored {image_id} from the registry ({target})")
-        _check_referrers(wiring, project, target, image_id, key)
+    named = resolve(target, (DigestRef, LockRef, RunRef), RunStore(project))
+    if isinstance(named, DigestRef):
+        image_id = wiring.engine.pull(named.text)
+        typer.echo(f"restored {image_id} from the registry ({named.text})")
+        _check_referrers(wiring, project, named.text, image_id, key)
         return
-    wanted = restore_target(target, project, wiring.run_tools())
+    wanted = restore_target(named, project, wiring.run_tools())
     if wanted.image_id is None:
         if no_rebuild:
             raise UsageError(
