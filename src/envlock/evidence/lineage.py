@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+from envlock.codecs import project_path_problem
 from envlock.errors import RerunError, UsageError
 from envlock.evidence.runreport import BANNER_CLASS, CSS, Banner, Verified, verified_run
 from envlock.evidence.trust import Trust
@@ -24,7 +25,6 @@ from envlock.run.links import producers
 from envlock.run.records import RunRecord, RunStore, new_run_id
 from envlock.run.reproduce import EXIT_OF, Outcome, Tolerance, Verdict, reproduce_run, rerun_request
 from envlock.run.runner import RunEvidence, RunRequest
-from envlock.run.schema import relative_path_problem
 
 
 @dataclass(frozen=True)
@@ -351,7 +351,7 @@ def _stage_inputs(step: RunRecord, project_dir: Path, store: RunStore, made: dic
         link = came.get(path)
         parent = made.get(link.run) if link else None
         source = store.saved_output(parent.run_id, link.output) if link and parent else project_dir / path
-        if relative_path_problem(path) or source.is_symlink() or not source.is_file():
+        if project_path_problem(path) or source.is_symlink() or not source.is_file():
             continue
         target = into / path
         target.parent.mkdir(parents=True, exist_ok=True)
