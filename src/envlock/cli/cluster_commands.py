@@ -24,7 +24,7 @@ from envlock.cli.options import (
     out_file,
 )
 from envlock.cli.root import CommandExited, app, export_app
-from envlock.cli.wiring import wiring_of
+from envlock.cli.wiring import invocation_of, wiring_of
 from envlock.errors import UsageError
 
 if TYPE_CHECKING:
@@ -69,12 +69,13 @@ def submit_command(
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
-    wiring = wiring_of(ctx)
+    invocation = invocation_of(ctx)
+    wiring = invocation.wiring
     if not slurm:
         raise UsageError("choose the scheduler to submit to", hint="envlock submit --slurm [sbatch options] -- CMD")
-    if not wiring.submit_command:
+    if not invocation.submit_command:
         raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
-    sbatch = sbatch_options_of(wiring.sbatch_args)
+    sbatch = sbatch_options_of(list(invocation.sbatch_args))
     wiring.slurm.ping()
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
@@ -83,7 +84,7 @@ def submit_command(
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
+    request = RunRequest(list(invocation.submit_command), seed, force, gpus, outputs, tuple(env or ()))
     record = submit_project(
         spec,
         locked,
@@ -91,7 +92,7 @@ def submit_command(
         sbatch,
         settings,
         slurm=wiring.slurm,
-        tools=wiring.run_tools(),
+        tools=wiring.run_tools(chosen),
         python=sys.executable,
         runtime=chosen,
     )
@@ -137,7 +138,9 @@ def run_submitted_command(
 
     def start(queued: RunRecord, target: RunStore) -> RunRecord:
         role = node_role(environ, wiring.slurm)
-        wiring.choose_runtime(None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker")
+        chosen = wiring.choose_runtime(
+            None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker"
+        )
         # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
         return run_recorded(
@@ -146,7 +149,7 @@ def run_submitted_command(
             submitted_request(queued, environ, role),
             code=project,
             store=target,
-            tools=wiring.run_tools(),
+            tools=wiring.run_tools(chosen),
             queued=on_node(queued, environ, role),
             tracking=tracking,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -77,7 +78,7 @@ def run_command(
     signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
-    wiring.choose_runtime(runtime, spec.runtime)
+    chosen = wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
@@ -97,9 +98,9 @@ def run_command(
             params=given,
             param_files=spec.params,
         ),
-        wiring.run_tools(signer),
+        wiring.run_tools(chosen, signer),
         tracking=tracking,
-        remove_container=wiring.remove_container,
+        remove_container=partial(wiring.remove_container, runtime=chosen),
     )
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
@@ -264,11 +265,11 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
 
     wiring = wiring_of(ctx)
     original = store.load(run_id)
-    wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
+    chosen = wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
     names = how.env if origin == "foreign" else (*original.passed_env, *how.env)
     request = rerun_request(original, how.force, tuple(dict.fromkeys(names)))
     lock_path = store.directory(original.run_id) / "envlock.lock"
-    tools = wiring.run_tools()
+    tools = wiring.run_tools(chosen)
 
     def rerun(code: Path) -> RunRecord:
         return run_recorded(
@@ -302,10 +303,12 @@ def _reproduce_chain(
     wiring = wiring_of(ctx)
     store = RunStore(project)
     lineage = trace(store, target)
-    tools = wiring.run_tools()
+    evidence = wiring.evidence()
 
     def rerun_step(original: RunRecord, request: RunRequest, code: Path, inputs_from: Path) -> RunRecord:
-        wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        # Each step under its own runtime (--runtime, else the one it ran with): the tools are built for it.
+        chosen = wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        tools = wiring.run_tools(chosen, evidence)
         lock_path = store.directory(original.run_id) / "envlock.lock"
         return run_recorded(
             original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
@@ -313,7 +316,7 @@ def _reproduce_chain(
         )  # fmt: skip
 
     verdict = reproduce_chain(
-        lineage, store, project, rerun_step, tolerance, evidence=tools.evidence, force=force, report=wiring.say
+        lineage, store, project, rerun_step, tolerance, evidence=evidence, force=force, report=wiring.say
     )
     for line in verdict.lines():
         typer.echo(line)

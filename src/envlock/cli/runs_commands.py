@@ -35,7 +35,9 @@ def _settle(
 def _store(ctx: typer.Context, project: Path | None) -> RunStore:
     from envlock.run.records import RunStore  # noqa: PLC0415
 
-    return RunStore(project or wiring_of(ctx).runs_project or Path())
+    # `envlock runs -C DIR show ID`: the group's -C, read from the parsed options (no state kept between them).
+    given = ctx.parent.params.get("project") if ctx.parent is not None else None
+    return RunStore(project or (Path(given) if isinstance(given, str | Path) else None) or Path())
 
 
 @runs_app.callback(invoke_without_command=True)
@@ -58,7 +60,6 @@ def runs_list(
 ) -> None:
     """The project's runs, oldest first (a table, or --json); with --registry, the runs published there."""
     wiring = wiring_of(ctx)
-    wiring.runs_project = project  # `envlock runs -C DIR show ID` means that project for show too
     if ctx.invoked_subcommand:
         return
     if registry is not None or image is not None or lock is not None:
