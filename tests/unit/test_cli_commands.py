@@ -153,7 +153,9 @@ def test_archive_then_restore_from_it(world: World, capsys: pytest.CaptureFixtur
     code, out, err = world(capsys, "restore", run_id, "-C", str(world.project), "--no-rebuild")
     assert code == 0 and f"restored {image_id} from archive {archive}" in out, err
     code, _, err = world(capsys, "restore", "nothing-like-it", "-C", str(world.project))
-    assert code == 2 and "is not a run of this project, a registry digest or a lock file" in err
+    assert (
+        code == 2 and "error: 'nothing-like-it' is not a registry digest, a lock file or a run of this project" in err
+    )
 
 
 def test_reproduce_says_reproduced_then_not(world: World, capsys: pytest.CaptureFixture[str]) -> None:

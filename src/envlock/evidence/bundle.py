@@ -52,14 +52,13 @@ from envlock.lock import lockfile
 from envlock.paths import STATE_DIR, ProjectLayout
 from envlock.run.gitstate import foreign_git
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
-from envlock.safetar import extract, looks_like_tar, name_problem
+from envlock.safetar import extract, name_problem
 from envlock.signing import SigningKey
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 
 
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _MAX_MANIFEST_BYTES = 256 << 20
 _MAX_NAMED = 1_000_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -226,12 +225,6 @@ class Unpacked:
         """The image archive, when bundled."""
         name = (self.manifest.get("image") or {}).get("archive")
         return self.root / name if name else None
-
-
-def is_bundle(path: Path) -> bool:
-    """True for a file that is a tar (plain, gzip, bz2 or xz: only its first block is read) or is named as one;
-    whether it is a good bundle is for `unpacked` to say."""
-    return path.is_file() and (path.name.endswith(_TAR_SUFFIXES) or looks_like_tar(path))
 
 
 @contextlib.contextmanager

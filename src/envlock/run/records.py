@@ -207,9 +207,13 @@ class RunStore:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "record.json", text)
 
+    def matching(self, prefix: str) -> list[str]:
+        """The ids of the runs that start with `prefix` (none for an empty one), oldest first."""
+        return [p for p in self._ids() if p.startswith(prefix)] if prefix else []
+
     def load(self, run_id: str) -> RunRecord:
         """One record; a unique prefix of the id is enough."""
-        matches = [p for p in self._ids() if p.startswith(run_id)] if run_id else []
+        matches = self.matching(run_id)
         if len(matches) != 1:
             more = "matches several runs" if matches else "is not a run of this project"
             raise RunNotFoundError(f"{run_id!r} {more}")
