@@ -30,6 +30,7 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
+from envlock.errors import DIFFERS
 from envlock.paths import ProjectLayout
 
 if TYPE_CHECKING:
@@ -333,7 +334,10 @@ def diff_command(
     project: ProjectOpt = Path(),
     as_json: JsonOpt = False,
     exit_code: Annotated[
-        bool, typer.Option("--exit-code", help="Exit 1 when something differs (0 when nothing does), as git diff.")
+        bool,
+        typer.Option(
+            "--exit-code", help="Exit 33 when something differs, 0 when nothing does (1 stays envlock's bug code)."
+        ),
     ] = False,
 ) -> None:
     """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
@@ -353,4 +357,4 @@ def diff_command(
         for line in changes.lines() or ["no differences"]:
             typer.echo(f"  {line}")
     if exit_code and changes:
-        raise CommandExited(1)
+        raise CommandExited(DIFFERS)
