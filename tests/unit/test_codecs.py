@@ -146,6 +146,22 @@ def test_every_spec_problem_is_named_in_one_error(tmp_path: Path) -> None:
     )
 
 
+def test_spec_values_are_read_by_their_declaration_with_types_in_toml_words(tmp_path: Path) -> None:
+    text = (
+        '[project]\nname = "demo"\ndependencies = ["idna"]\n\n[tool.envlock]\nruntime = "dockr"\n'
+        'untracked-max-bytes = "10"\nplatforms = "linux/amd64"\nimported-from = {path = "a.lock"}\n'
+    )
+    with pytest.raises(SpecError) as refused:
+        parse_spec(tomllib.loads(text), tmp_path, tmp_path / "pyproject.toml", text)
+    assert refused.value.details == (
+        "pyproject.toml:6: tool.envlock.runtime: unknown runtime 'dockr' (did you mean 'docker'?); "
+        "supported: docker, podman, charliecloud",
+        "pyproject.toml:7: tool.envlock.untracked-max-bytes: must be an integer, not '10'",  # TOML has no null
+        "pyproject.toml:8: tool.envlock.platforms: must be a list of strings, not 'linux/amd64'",
+        "pyproject.toml:9: tool.envlock.imported-from.sha256: missing",  # inside an inline table: the table's line
+    )
+
+
 @pytest.mark.parametrize(
     ("path", "usable"),
     [("data/x", True), ("data\\x", False), ("/etc/x", False), ("a/../b", False), ("./a", False), ("", False)],
