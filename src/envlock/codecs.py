@@ -103,7 +103,6 @@ class Key:
     none_as: Any = None  # what None is written as ({} for a record part not taken yet)
     decoded: bool = True  # False: written, known, but checked and set by the owner (a version number)
     absent: Any = _ABSENT  # what an absent key reads as, for a field without a default (else: the default)
-    omit_default: bool = False  # the default is not written (a key added later: older files keep their bytes)
     items: Callable[[Any], str | None] | None = None  # a check of each item of a list, named at `key[index]`
     inline: bool = False  # TOML: an inline table, or a list of them one per line (else [table] / [[table]])
     quiet: bool = False  # the value may hold a secret (a password in a URL): a message names its type, never it
@@ -120,7 +119,6 @@ def field(
     none_as: Any = None,
     decoded: bool = True,
     absent: Any = _ABSENT,
-    omit_default: bool = False,
     items: Callable[[Any], str | None] | None = None,
     inline: bool = False,
     quiet: bool = False,
@@ -128,9 +126,7 @@ def field(
     default_factory: Any = _ABSENT,
 ) -> Any:
     """A dataclass field with its declaration (see Key); a default is also what an absent key reads as."""
-    declared = Key(
-        key, doc, pattern, check, required, omit_none, none_as, decoded, absent, omit_default, items, inline, quiet
-    )
+    declared = Key(key, doc, pattern, check, required, omit_none, none_as, decoded, absent, items, inline, quiet)
     defaults: dict[str, Any] = {}
     if default is not _ABSENT:
         defaults["default"] = default
@@ -154,12 +150,6 @@ class Declared:
     def type_name(self) -> str:
         """The value's type in words, for references and messages: `a list of strings`."""
         return _wanted(self.type if self.nulls else _without_none(self.type), self.spec.pattern)
-
-    def omitted(self, value: Any) -> bool:
-        """Whether `value` is left out when written."""
-        if value is None and self.spec.omit_none:
-            return True
-        return self.spec.omit_default and self.default is not None and value == self.default()
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
@@ -208,7 +198,7 @@ class Codec:
         """Each declared field that is written, with its value (None already turned into `none_as`)."""
         for declared in self.declared():
             value = getattr(self, declared.name)
-            if not declared.omitted(value):
+            if value is not None or not declared.spec.omit_none:
                 yield declared, declared.spec.none_as if value is None else value
 
     def as_dict(self) -> dict[str, Any]:
@@ -424,37 +414,37 @@ def toml_text(value: Codec, header: str = "") -> str:
 
 def _fill(table: MutableMapping[str, Any], value: Codec, *, inline: bool) -> None:
     for declared, item in value.written():
-        table[declared.key] = _toml(item, inline=inline or declared.spec.inline)
+        table[declared.key] = _toml(item, declared.type, inline=inline or declared.spec.inline)
     for key, derive in value.DERIVED.items():
         table[key] = derive(value)
 
 
-def _toml(value: Any, *, inline: bool) -> Any:
-    """One value as tomlkit items (plain values are left to tomlkit)."""
+def _toml(value: Any, type_: Any, *, inline: bool) -> Any:
+    """One value of a declared type as tomlkit items (plain values are left to tomlkit)."""
     import tomlkit  # noqa: PLC0415
 
+    item_type = _item(_without_none(type_))
     if isinstance(value, Codec):
         table = tomlkit.inline_table() if inline else tomlkit.table()
         _fill(table, value, inline=inline)
         return table
-    if isinstance(value, list | tuple) and any(isinstance(item, Codec) for item in value):
+    if isinstance(value, list | tuple) and _is_codec(item_type):
         if inline:  # one per line: a version bump is a small, readable diff
             array = tomlkit.array()
             array.multiline(True)
-            array.extend(_toml(item, inline=True) for item in value)
+            array.extend(_toml(item, item_type, inline=True) for item in value)
             return array
-        tables = tomlkit.aot()
+        tables = tomlkit.aot()  # even when empty (tomlkit writes it `key = []`, first in its table)
         for item in value:
-            tables.append(_toml(item, inline=False))
+            tables.append(_toml(item, item_type, inline=False))
         return tables
     if isinstance(value, Mapping):
-        codecs = any(isinstance(item, Codec) for item in value.values())
-        mapping = tomlkit.inline_table() if inline else tomlkit.table(is_super_table=codecs)
+        mapping = tomlkit.inline_table() if inline else tomlkit.table(is_super_table=_is_codec(item_type))
         for key, item in value.items():
-            mapping[key] = _toml(item, inline=inline)
+            mapping[key] = _toml(item, item_type, inline=inline)
         return mapping
     if isinstance(value, list | tuple):
-        return [_toml(item, inline=True) for item in value]
+        return [_toml(item, item_type, inline=True) for item in value]
     return value
 
 
