@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from envlock.engine.archive import write_archive
 from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import BuildError, EngineError, EngineTimeoutError, StaleLockError
 from envlock.fsutil import (
@@ -31,7 +32,6 @@ from envlock.image.plan import (
     make_layers,
     plan_image,
     wheels_to_make,
-    write_archive,
 )
 from envlock.image.registry import Blob, PlatformManifest, Registry, manifest_for, push, split_target
 from envlock.image.staging import VenvLayout
