@@ -198,6 +198,18 @@ class RestoreError(EnvlockError):
     exit_code = 15
 
 
+class ImageArchiveError(RestoreError):
+    """An image archive (a docker-archive: a restored file, an engine's export) is not a readable one: no manifest,
+    a member it names missing, a config or manifest malformed, a member envlock's tar rules refuse."""
+
+
+class ArchiveMismatchError(ImageArchiveError):
+    """An image archive's layer is not its diff_id, or its config is not the digest it should be: the one error for
+    this failure, wherever it is found (restore, export, Charliecloud, the base store, the fake engine)."""
+
+    default_hint = "the archive was changed or damaged: use another copy, the registry, or a rebuild from the lock"
+
+
 class NotReproducedError(EnvlockError):
     """`envlock reproduce` compared and found a difference (the verdict is printed before)."""
 

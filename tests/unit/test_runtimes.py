@@ -18,7 +18,7 @@ from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.podman import PodmanLauncher
 from envlock.engine.runtimes import Done, Output
-from envlock.errors import EngineError, RegistryError, SpecError
+from envlock.errors import ArchiveMismatchError, EngineError, RegistryError, SpecError
 from envlock.image.catalog import platform_tag
 from envlock.image.portable import oci_archive
 from envlock.image.registry import Blob, PlatformManifest, index_for, manifest_for, push, push_index
@@ -84,11 +84,18 @@ def test_charliecloud_refuses_an_export_that_is_not_the_image(tmp_path: Path) ->
     image_id = docker_archive(archive, [LOWER])
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    with pytest.raises(EngineError, match="another digest"):
+    with pytest.raises(ArchiveMismatchError) as other:
         unpack_archive(archive, "sha256:" + "0" * 64, rootfs)
+    zeros = "sha256:" + "0" * 12
+    assert other.value.message == f"the export of {zeros} holds image {image_id[:19]}, not {zeros}"
     docker_archive(archive, [LOWER], tamper=True)
-    with pytest.raises(EngineError):
+    with pytest.raises(ArchiveMismatchError) as tampered:
         unpack_archive(archive, image_id, rootfs)
+    layer = f"{hashlib.sha256(LOWER).hexdigest()}/layer.tar"
+    assert tampered.value.message == (
+        f"the export of {image_id[:19]} is corrupt or tampered: layer {layer} is not sha256:{layer[:12]}"
+    )
+    assert tampered.value.exit_code == 15 and list(rootfs.iterdir()) == [], "nothing of it is written"
 
 
 class Commands:
