@@ -21,7 +21,9 @@ EXIT_CODES: dict[int, str] = {
     12: "the host fails the preflight (driver too old, GPU architecture not built for); `--force` overrides",
     13: "no run by that id (or the prefix matches several)",
     14: "the host probe failed (NVML present but broken)",
-    15: "the image could not be restored, or what came back is not the recorded image (e.g. a tampered archive)",
+    15: "the image could not be restored, or an image archive (restored, `envlock archive`, an export, a "
+    "Charliecloud unpack, an upstream base's export) is malformed or does not match its digests: the line names "
+    "the archive and the layer",
     16: "`envlock reproduce`: not reproduced",
     17: "Slurm refused the job or could not be asked (`sbatch`/`scontrol` missing or failing)",
     18: "MLflow: the tracking store is unreachable or refused, or its URI cannot be reached from a container",
