@@ -219,7 +219,7 @@ def archive_command(
     """Write a verified image archive for cold storage (registries expire old images)."""
     from envlock.image.restore import write_archive_file  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
-    from envlock.run.pinned import archive_source  # noqa: PLC0415
+    from envlock.run.service import archive_source  # noqa: PLC0415
 
     engine = wiring_of(ctx).engine
     image_id = archive_source(target, project, engine)
@@ -241,7 +241,7 @@ def restore_command(
     """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
-    from envlock.run.pinned import restore_target  # noqa: PLC0415
+    from envlock.run.service import restore_target  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     if "@sha256:" in target:
