@@ -11,7 +11,7 @@ import pytest
 
 from envlock.engine.docker import save_file
 from envlock.errors import EngineError, LockfileError
-from envlock.image.build import build_image
+from envlock.image.build import Builder, build_image
 from envlock.image.layers import write_layer
 from envlock.image.plan import LOCK_PATH, write_archive
 from envlock.lock import lockfile
@@ -34,10 +34,7 @@ def build(
         lockfile.read(spec.lock_path),
         "demo",
         "linux/amd64",
-        engine=engine,
-        cache=cache,
-        layers=layers,
-        bases=bases,
+        Builder(engine=engine, cache=cache, layers=layers, bases=bases),
     )
     return outcome.reference, text
 
