@@ -492,7 +492,7 @@ def test_a_hand_broken_imported_from_is_a_spec_problem(tmp_path: Path, capsys: p
         load_spec(tmp_path)
     assert raised.value.details == (
         "pyproject.toml:6: tool.envlock.imported-from: path '../elsewhere.lock' must be a path inside the project "
-        "(relative, without . or ..)",
+        "(relative, / between names, without . or .., no \\)",
     )
 
 

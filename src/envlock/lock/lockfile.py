@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -13,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from envlock.codecs import Codec, Problems, did_you_mean
 from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
 from envlock.lock import recipes
@@ -42,8 +42,7 @@ HEADER = (
 )
 
 
-@dataclass(frozen=True)
-class BaseLock:
+class BaseLock(Codec):
     """The base the image starts from: an envlock recipe (by file hash) or an upstream image (by digest)."""
 
     name: str
@@ -51,8 +50,7 @@ class BaseLock:
     sha256: str
 
 
-@dataclass(frozen=True)
-class TargetBase:
+class TargetBase(Codec):
     """The exact base a platform's image starts from, and the Debian packages in it.
 
     `id` is the recipe base's layer diff_id, or the upstream base's image ID (the sha256 of its config).
@@ -109,7 +107,7 @@ class Lock:
         content = {
             "lock-version": LOCK_VERSION,
             "python": self.python,
-            "base": {"name": self.base.name, "kind": self.base.kind, "sha256": self.base.sha256},
+            "base": self.base.as_dict(),
             "system-packages": sorted(self.system_packages),
             "indexes": list(self.indexes),
             "source-date-epoch": self.source_date_epoch,
@@ -118,7 +116,7 @@ class Lock:
                     "platform": t.platform,
                     "python-platform": t.python_platform,
                     "cuda": t.cuda.as_dict(),
-                    "base": {"id": t.base.id, "debian": t.base.debian} if t.base else None,
+                    "base": t.base.as_dict() if t.base else None,
                     "packages": [_package_content(p) for p in t.packages],
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
@@ -180,7 +178,7 @@ def dumps(lock: Lock) -> str:
     environment["indexes"] = list(lock.indexes)
     environment["system-packages"] = sorted(lock.system_packages)
     base = tomlkit.inline_table()
-    base.update({"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256})
+    base.update(lock.base.as_dict())
     environment["base"] = base
     document["environment"] = environment
     if lock.local_packages:
@@ -255,12 +253,12 @@ def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
     reader = _Reader()
     lock, recorded = reader.lock(document)
     if reader.problems or lock is None:
-        count = len(reader.problems)
+        found = reader.problems.items
         raise LockfileError(
-            f"{path} is not an envlock lock: {count} value{'s' if count != 1 else ''} missing or not allowed "
-            f"(first: {reader.problems[0]})",
+            f"{path} is not an envlock lock: {len(found)} value{'s' if len(found) != 1 else ''} missing or not "
+            f"allowed (first: {found[0]})",
             hint="restore it from version control, or delete it and run `envlock lock`",
-            details=tuple(reader.problems),
+            details=tuple(found),
         )
     if recorded != lock.lock_hash:
         raise LockfileError(
@@ -274,9 +272,7 @@ def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
 _TOP_KEYS = ("lock-version", "meta", "environment", "targets", "local-packages")
 _META_KEYS = ("lock-hash", "input-hash", "resolver", "envlock-version")
 _ENVIRONMENT_KEYS = ("python", "source-date-epoch", "indexes", "system-packages", "base")
-_BASE_KEYS = ("name", "kind", "sha256")
 _TARGET_KEYS = ("python-platform", "cuda", "base", "packages")
-_TARGET_BASE_KEYS = ("id", "debian")
 _CUDA_KEYS = (
     "kind", "source", "version", "runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat", "archs",
     "archs-source",
@@ -298,10 +294,10 @@ class _Reader:
     """Builds a Lock from a parsed document, collecting every problem with the key it was found at."""
 
     def __init__(self) -> None:
-        self.problems: list[str] = []
+        self.problems = Problems()
 
     def add(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
+        self.problems.add(where, message)
 
     def table(
         self, parent: dict[str, Any], key: str, where: str, allowed: tuple[str, ...] | None
@@ -317,8 +313,7 @@ class _Reader:
             self.add(where, f"must be a table, not {_kind(value)}")
             return None
         if allowed is not None:
-            for unknown in sorted(set(value) - set(allowed)):
-                self.add(f"{where}.{unknown}", f"unknown key{_did_you_mean(unknown, allowed)}")
+            self.problems.unknown_keys(value, allowed, where if where != "envlock.lock" else "")
         return value
 
     def string(self, table: dict[str, Any], key: str, where: str, check: Check | None = None) -> str:
@@ -422,7 +417,7 @@ class _Reader:
         return tuple(found)
 
     def base(self, environment: dict[str, Any]) -> BaseLock | None:
-        table = self.table(environment, "base", "environment.base", _BASE_KEYS)
+        table = self.table(environment, "base", "environment.base", BaseLock.keys())
         if table is None:
             return None
         name = self.string(table, "name", "environment.base.name")
@@ -432,7 +427,7 @@ class _Reader:
             if name and name not in recipes.recipe_names():
                 self.add(
                     "environment.base.name",
-                    f"unknown recipe {name!r}{_did_you_mean(name, recipes.recipe_names())}; "
+                    f"unknown recipe {name!r}{did_you_mean(name, recipes.recipe_names())}; "
                     f"known: {', '.join(recipes.recipe_names())}",
                 )
         elif kind == "image":
@@ -454,7 +449,7 @@ class _Reader:
         for platform, raw in table.items():
             where = f"targets.{platform}"
             if platform not in PLATFORMS:
-                self.add(where, f"unknown platform{_did_you_mean(platform, PLATFORMS)}; known: {', '.join(PLATFORMS)}")
+                self.add(where, f"unknown platform{did_you_mean(platform, PLATFORMS)}; known: {', '.join(PLATFORMS)}")
                 continue
             section = self.as_table(raw, where, _TARGET_KEYS)
             if section is None:
@@ -470,7 +465,7 @@ class _Reader:
         return targets
 
     def target_base(self, section: dict[str, Any], where: str) -> TargetBase | None:
-        table = self.as_table(section["base"], where, _TARGET_BASE_KEYS)
+        table = self.as_table(section["base"], where, TargetBase.keys())
         if table is None:
             return None
         image_id = self.string(table, "id", f"{where}.id", digest_problem)
@@ -570,11 +565,6 @@ class _Reader:
 def _kind(value: object) -> str:
     names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
     return names.get(type(value), f"a {type(value).__name__}")
-
-
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _pattern(pattern: re.Pattern[str], what: str) -> Check:

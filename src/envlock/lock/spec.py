@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+import posixpath
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +15,7 @@ from typing import Any, cast
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from envlock.codecs import Codec, Problems, declared_path_problem, did_you_mean, field, project_path_problem
 from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
 from envlock.fsutil import sha256_file
@@ -29,27 +31,6 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 # Bumped whenever the meaning of the inputs (and so of the input hash) changes.
 INPUT_SCHEMA = 1
 
-FIELDS = (
-    "name",
-    "python",
-    "requirements",
-    "constraints",
-    "extras",
-    "groups",
-    "platforms",
-    "base",
-    "system-packages",
-    "cuda",
-    "index-url",
-    "extra-index-urls",
-    "registry",
-    "outputs",
-    "inputs",
-    "params",
-    "untracked-max-bytes",
-    "runtime",
-    "imported-from",
-)
 # The untracked files a run keeps copies of, in total, unless [tool.envlock] untracked-max-bytes says otherwise.
 UNTRACKED_MAX_BYTES = 50_000_000
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
@@ -72,6 +53,43 @@ class ImportedFrom:
         """The file is gone or its bytes differ from what was imported."""
         file = project_dir / self.path
         return not file.is_file() or sha256_file(file) != self.sha256
+
+
+class ImportedFromKeys(Codec):
+    """`imported-from = {path = "FILE", sha256 = "…"}` as written by `envlock init`."""
+
+    path: str = field(check=project_path_problem, doc="the file, relative to the project")
+    sha256: str = field(pattern=_SHA256, doc="its sha256 when imported")
+
+
+class EnvlockKeys(Codec):
+    """The keys of `[tool.envlock]`: each one's type and meaning, declared once (the reference lists them from
+    here, unknown keys are found from here); parse_spec checks what each value means."""
+
+    name: str | None = field(default=None, doc="the image name (default: the project's name)")
+    python: str | None = field(default=None, doc='the Python version, "3.11" (a recipe base fixes it)')
+    requirements: list[str] | None = field(default=None, doc="what to lock (default: [project] dependencies)")
+    constraints: list[str] | None = field(default=None, doc="exact pins that bound versions, never add packages")
+    extras: list[str] | None = field(default=None, doc="[project.optional-dependencies] extras to lock too")
+    groups: list[str] | None = field(default=None, doc="[dependency-groups] (PEP 735) to lock too")
+    platforms: list[str] | None = field(default=None, doc='platforms to lock, default ["linux/amd64"]')
+    base: str | None = field(default=None, doc="a base recipe name, or an image pinned by digest (repo@sha256:…)")
+    system_packages: list[str] | None = field(default=None, doc="Debian packages to install in the image")
+    cuda: str | None = field(default=None, doc='"auto" (from the wheels), "cpu", or a CUDA version like "12.4"')
+    index_url: str | None = field(default=None, doc="the package index (default: PyPI)")
+    extra_index_urls: list[str] | None = field(default=None, doc="more package indexes")
+    registry: str | None = field(default=None, doc="where images and evidence are pushed: host[:port][/namespace]")
+    outputs: list[str] | None = field(default=None, doc="files or folders each run produces (hashed per run)")
+    inputs: list[str] | None = field(default=None, doc="files or folders each run reads (hashed before it)")
+    params: list[str] | None = field(default=None, doc="hyperparameter files recorded key by key")
+    untracked_max_bytes: int | None = field(default=None, doc="bytes of untracked files a run keeps, in total")
+    runtime: str | None = field(default=None, doc="what runs the image: docker, podman or charliecloud")
+    imported_from: ImportedFromKeys | None = field(default=None, doc="the lock `envlock init` imported (its hash)")
+
+
+def spec_keys() -> list[tuple[str, str, str]]:
+    """Every `[tool.envlock]` key as (key, type in words, one-line description), in declaration order."""
+    return [(d.key, d.type_name.removesuffix(" or null"), d.spec.doc) for d in EnvlockKeys.declared()]
 
 
 @dataclass(frozen=True)
@@ -137,31 +155,25 @@ class Spec:
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-class _Problems:
-    """Collects every problem with its place, to report them all at once."""
+class _SpecProblems(Problems):
+    """The problems of one pyproject.toml, each named with the line of its key; `path` locates path dependencies."""
 
     def __init__(self, path: Path, text: str) -> None:
+        super().__init__(path.name, _locator(text))
         self.path = path
-        self.lines = text.splitlines()
-        self._found: list[tuple[int, str]] = []
 
-    def add(self, dotted: str, message: str) -> None:
-        line = self._locate(dotted)
-        where = f"{self.path.name}:{line}" if line else self.path.name
-        self._found.append((line or 0, f"{where}: {dotted}: {message}"))
 
-    @property
-    def items(self) -> list[str]:
-        """The problems in the order they appear in the file."""
-        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
+def _locator(text: str) -> Callable[[str], int | None]:
+    """The line of a dotted key in pyproject.toml's text."""
+    lines = text.splitlines()
 
-    def _locate(self, dotted: str) -> int | None:
-        """The line where a key is written, found by reading the text (tomllib keeps no positions)."""
+    def locate(dotted: str) -> int | None:
+        # The line where a key is written, found by reading the text (tomllib keeps no positions).
         *table, key = dotted.split(".")
         header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]")
         assignment = re.compile(r"^\s*\"?" + re.escape(key) + r"\"?\s*=")
         inside = not table
-        for number, line in enumerate(self.lines, start=1):
+        for number, line in enumerate(lines, start=1):
             if re.match(r"^\s*\[", line):
                 inside = bool(header.match(line))
                 continue
@@ -169,35 +181,24 @@ class _Problems:
                 return number
         return None
 
-
-def project_path_problem(path: str) -> str | None:
-    """Why a declared input cannot be used: it must be a plain path inside the project (mounted under /work)."""
-    parts = path.rstrip("/").split("/")
-    if not path.rstrip("/") or path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        return f"{path!r} must be a path inside the project (relative, without . or ..)"
-    return None
+    return locate
 
 
 def check_input(path: str) -> str:
     """A declared input from the command line, normalized; a UsageError when it leaves the project."""
-    if problem := project_path_problem(path):
+    if problem := declared_path_problem(path):
         raise UsageError(f"--input {problem}", hint="inputs are mounted under /work, where the project is")
     return path.rstrip("/")
 
 
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _string_list(value: Any, key: str, problems: _Problems) -> list[str]:
+def _string_list(value: Any, key: str, problems: _SpecProblems) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.add(key, "must be a list of strings")
         return []
     return list(value)
 
 
-def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
+def _requirement_list(value: Any, key: str, problems: _SpecProblems) -> list[str]:
     """A list of PEP 508 requirements from an index (a direct URL cannot be locked per file)."""
     valid = []
     for requirement in _string_list(value, key, problems):
@@ -218,13 +219,13 @@ def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
 
 
 def _group_requirements(
-    groups: dict[str, Any], name: str, problems: _Problems, seen: tuple[str, ...] = ()
+    groups: dict[str, Any], name: str, problems: _SpecProblems, seen: tuple[str, ...] = ()
 ) -> list[str]:
     """PEP 735 dependency group, with `{include-group = …}` followed."""
     normalized = {canonicalize_name(k): v for k, v in groups.items()}
     key = canonicalize_name(name)
     if key not in normalized:
-        problems.add("tool.envlock.groups", f"no dependency group {name!r}{_did_you_mean(name, list(groups))}")
+        problems.add("tool.envlock.groups", f"no dependency group {name!r}{did_you_mean(name, list(groups))}")
         return []
     if key in seen:
         problems.add("tool.envlock.groups", f"dependency group {name!r} includes itself")
@@ -270,7 +271,7 @@ def load_spec(project_dir: Path, backend: MetadataSource | None = None) -> Spec:
     return parse_spec(document, project_dir, path, text, backend or default_backend())
 
 
-def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -> dict[str, Any]:
+def _table(parent: dict[str, Any], key: str, dotted: str, problems: _SpecProblems) -> dict[str, Any]:
     """A sub-table, or an empty one (with a problem) when the key holds something else."""
     value = parent.get(key, {})
     if not isinstance(value, dict):
@@ -279,7 +280,9 @@ def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -
     return value
 
 
-def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems, packaged: bool) -> list[str]:
+def _requirements(
+    document: dict[str, Any], table: dict[str, Any], problems: _SpecProblems, packaged: bool
+) -> list[str]:
     """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups.
 
     `packaged`: the project is a package its build backend describes, whose dependencies come from there.
@@ -299,7 +302,7 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
         if extra in optional:
             requirements += _requirement_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
         else:
-            close = _did_you_mean(extra, list(optional))
+            close = did_you_mean(extra, list(optional))
             problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
     groups = _table(document, "dependency-groups", "dependency-groups", problems)
     for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
@@ -309,7 +312,7 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
     return requirements
 
 
-def _base_and_python(table: dict[str, Any], problems: _Problems) -> tuple[str, str]:
+def _base_and_python(table: dict[str, Any], problems: _SpecProblems) -> tuple[str, str]:
     """The base, and the Python it carries (a recipe fixes it; an image base needs it stated)."""
     base = table.get("base", recipes.DEFAULT_BASE)
     if not isinstance(base, str):
@@ -327,7 +330,7 @@ def _base_and_python(table: dict[str, Any], problems: _Problems) -> tuple[str, s
     return base, str(python)
 
 
-def _platforms(table: dict[str, Any], problems: _Problems) -> tuple[Platform, ...]:
+def _platforms(table: dict[str, Any], problems: _SpecProblems) -> tuple[Platform, ...]:
     platforms = _string_list(table.get("platforms", ["linux/amd64"]), "tool.envlock.platforms", problems)
     if not platforms and "platforms" in table:
         problems.add("tool.envlock.platforms", "needs at least one platform")
@@ -335,14 +338,14 @@ def _platforms(table: dict[str, Any], problems: _Problems) -> tuple[Platform, ..
         if platform not in PLATFORMS:
             problems.add(
                 "tool.envlock.platforms",
-                f"unknown platform {platform!r}{_did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}",
+                f"unknown platform {platform!r}{did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}",
             )
     if len(set(platforms)) != len(platforms):
         problems.add("tool.envlock.platforms", "lists a platform twice")
     return tuple(p for p in PLATFORMS if p in platforms)
 
 
-def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str, ...]]:
+def _indexes(table: dict[str, Any], problems: _SpecProblems) -> tuple[str, tuple[str, ...]]:
     index_url = table.get("index-url", DEFAULT_INDEX)
     extras = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
     for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extras]:
@@ -353,11 +356,11 @@ def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str
     return str(index_url), tuple(extras)
 
 
-def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str], int]:
+def _run_settings(table: dict[str, Any], problems: _SpecProblems) -> tuple[list[str], int]:
     """What runs read (inputs = [...]) and how much untracked code they keep (untracked-max-bytes)."""
     run_inputs = _string_list(table.get("inputs", []), "tool.envlock.inputs", problems)
     for declared in run_inputs:
-        if problem := project_path_problem(declared):
+        if problem := declared_path_problem(declared):
             problems.add("tool.envlock.inputs", problem)
     cap = table.get("untracked-max-bytes", UNTRACKED_MAX_BYTES)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
@@ -366,7 +369,7 @@ def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str]
     return run_inputs, cap
 
 
-def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
+def _runtime(table: dict[str, Any], problems: _SpecProblems) -> RuntimeName:
     """What runs the image by default (`envlock run --runtime` overrides it); not an input of the lock."""
     runtime = table.get("runtime", "docker")
     if runtime in RUNTIMES:
@@ -374,7 +377,7 @@ def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
     shown = runtime if isinstance(runtime, str) else repr(runtime)
     problems.add(
         "tool.envlock.runtime",
-        f"unknown runtime {runtime!r}{_did_you_mean(shown, RUNTIMES)}; supported: {', '.join(RUNTIMES)}",
+        f"unknown runtime {runtime!r}{did_you_mean(shown, RUNTIMES)}; supported: {', '.join(RUNTIMES)}",
     )
     return "docker"
 
@@ -387,7 +390,7 @@ def parse_spec(
     `backend` answers for packages only their build backend can describe (setup.py, Poetry, dynamic metadata);
     without one, such a package is not a local package.
     """
-    problems = _Problems(path, text)
+    problems = _SpecProblems(path, text)
     table = _envlock_table(document, path, problems)
     requirements = _requirements(document, table, problems, is_buildable(project_dir, document))
     constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
@@ -404,7 +407,7 @@ def parse_spec(
     run_inputs, untracked_max_bytes = _run_settings(table, problems)
     params = _string_list(table.get("params", []), "tool.envlock.params", problems)
     for declared in params:
-        if problem := project_path_problem(declared):
+        if problem := declared_path_problem(declared):
             problems.add("tool.envlock.params", problem)
     runtime = _runtime(table, problems)
     imported_from = _imported_from(table, problems)
@@ -432,7 +435,7 @@ def parse_spec(
     )
 
 
-def _imported_from(table: dict[str, Any], problems: _Problems) -> ImportedFrom | None:
+def _imported_from(table: dict[str, Any], problems: _SpecProblems) -> ImportedFrom | None:
     """tool.envlock.imported-from = {path = "poetry.lock", sha256 = "…"}, written by `envlock init`."""
     value = table.get("imported-from")
     if value is None:
@@ -451,7 +454,7 @@ def _imported_from(table: dict[str, Any], problems: _Problems) -> ImportedFrom |
     return ImportedFrom(path, sha256)
 
 
-def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) -> dict[str, Any]:
+def _envlock_table(document: dict[str, Any], path: Path, problems: _SpecProblems) -> dict[str, Any]:
     """[tool.envlock], which must be a table (raised at once: nothing else can be read), its unknown keys noted."""
     tool = document.get("tool", {})
     if not isinstance(tool, dict):
@@ -459,14 +462,12 @@ def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) ->
     table = tool.get("envlock", {})
     if not isinstance(table, dict):
         raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
-    for key in table:
-        if key not in FIELDS:
-            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
+    problems.unknown_keys(table, EnvlockKeys.keys(), "tool.envlock")
     return table
 
 
 def _image_name(
-    document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _Problems, package: str | None
+    document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _SpecProblems, package: str | None
 ) -> str:
     """tool.envlock.name, by default the project's name (its package's, else its folder's) as a valid image name."""
     project = document.get("project", {})
@@ -479,7 +480,7 @@ def _image_name(
     return str(name)
 
 
-def _system_packages(table: dict[str, Any], problems: _Problems) -> list[str]:
+def _system_packages(table: dict[str, Any], problems: _SpecProblems) -> list[str]:
     """tool.envlock.system-packages: Debian package names."""
     system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
     for package in system_packages:
@@ -488,7 +489,7 @@ def _system_packages(table: dict[str, Any], problems: _Problems) -> list[str]:
     return system_packages
 
 
-def _cuda(table: dict[str, Any], problems: _Problems) -> str:
+def _cuda(table: dict[str, Any], problems: _SpecProblems) -> str:
     """tool.envlock.cuda: "auto", "cpu" or a CUDA version."""
     cuda = table.get("cuda", "auto")
     if not isinstance(cuda, str) or not _CUDA.match(cuda):
@@ -496,7 +497,7 @@ def _cuda(table: dict[str, Any], problems: _Problems) -> str:
     return str(cuda)
 
 
-def _registry(table: dict[str, Any], problems: _Problems) -> str | None:
+def _registry(table: dict[str, Any], problems: _SpecProblems) -> str | None:
     """tool.envlock.registry: host[:port][/namespace], or None."""
     registry = table.get("registry")
     if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
@@ -504,16 +505,17 @@ def _registry(table: dict[str, Any], problems: _Problems) -> str | None:
     return registry if isinstance(registry, str) else None
 
 
-def _outputs(table: dict[str, Any], problems: _Problems) -> list[str]:
+def _outputs(table: dict[str, Any], problems: _SpecProblems) -> list[str]:
     """tool.envlock.outputs: paths inside the project."""
     outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
     for declared in outputs:
-        if Path(declared).is_absolute() or ".." in Path(declared).parts:
+        # "./out" and "out/" name the same folder; `..`, absolute paths and backslashes are refused (codecs' rule).
+        if ".." in declared.split("/") or project_path_problem(posixpath.normpath(declared)):
             problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
     return outputs
 
 
-def _raise_problems(problems: _Problems, path: Path) -> None:
+def _raise_problems(problems: _SpecProblems, path: Path) -> None:
     """One SpecError listing every problem found, if any was."""
     if problems.items:
         count = len(problems.items)
