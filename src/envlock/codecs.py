@@ -2,10 +2,12 @@
 reading, unknown-key detection ("did you mean") and the collection of every problem follow from that declaration.
 
 A format is a frozen dataclass that subclasses `Codec`. Each field's type annotation says what the JSON/TOML value
-must be (str, int, bool, a Literal, X | None, tuple[X, ...] or list[X], a table dict[str, X] / Mapping[str, X], or
-another Codec); `field(...)` adds the key when it differs from the name, a pattern or a check, a one-line
-description, and how an absent key reads. One path rule for project-relative paths (`project_path_problem`) lives
-here too: the spec, the command line and the run record all use it.
+must be (str, int, bool, datetime, a Literal, X | None, tuple[X, ...] or list[X], a table dict[str, X] /
+Mapping[str, X], or another Codec, or a list or table of them); `field(...)` adds the key when it differs from the
+name, a pattern or a check, a one-line description, how an absent key reads and when a value is left out.
+`toml_text` writes a format as TOML, with tables, arrays of tables and inline tables as its fields ask. One path
+rule for project-relative paths (`project_path_problem`) lives here too: the spec, the command line and the run
+record all use it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from datetime import datetime
 from typing import Any, ClassVar, Literal, Self, TypeVar, dataclass_transform, get_args, get_origin
 
 T = TypeVar("T", bound="Codec")
@@ -100,6 +103,9 @@ class Key:
     none_as: Any = None  # what None is written as ({} for a record part not taken yet)
     decoded: bool = True  # False: written, known, but checked and set by the owner (a version number)
     absent: Any = _ABSENT  # what an absent key reads as, for a field without a default (else: the default)
+    items: Callable[[Any], str | None] | None = None  # a check of each item of a list, named at `key[index]`
+    inline: bool = False  # TOML: an inline table, or a list of them one per line (else [table] / [[table]])
+    quiet: bool = False  # the value may hold a secret (a password in a URL): a message names its type, never it
 
 
 # A dataclass_transform field specifier: type checkers read `default` / `default_factory` from its own keywords, and
@@ -115,11 +121,14 @@ def field(  # noqa: PLR0913
     none_as: Any = None,
     decoded: bool = True,
     absent: Any = _ABSENT,
+    items: Callable[[Any], str | None] | None = None,
+    inline: bool = False,
+    quiet: bool = False,
     default: Any = _ABSENT,
     default_factory: Any = _ABSENT,
 ) -> Any:
     """A dataclass field with its declaration (see Key); a default is also what an absent key reads as."""
-    declared = Key(key, doc, pattern, check, required, omit_none, none_as, decoded, absent)
+    declared = Key(key, doc, pattern, check, required, omit_none, none_as, decoded, absent, items, inline, quiet)
     defaults: dict[str, Any] = {}
     if default is not _ABSENT:
         defaults["default"] = default
@@ -137,11 +146,12 @@ class Declared:
     type: Any
     spec: Key
     default: Callable[[], Any] | None
+    nulls: bool = True  # False: the format has no null (TOML), and an optional value is only ever absent
 
     @property
     def type_name(self) -> str:
         """The value's type in words, for references and messages: `a list of strings`."""
-        return _wanted(self.type, self.spec.pattern)
+        return _wanted(self.type if self.nulls else _without_none(self.type), self.spec.pattern)
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
@@ -149,16 +159,21 @@ class Codec:
     """Base of a declared format: `as_dict()` writes it, `decode()` reads it collecting every problem.
 
     Subclasses are frozen dataclasses (made so when declared); `keys="snake"` (class keyword) keeps field names
-    as keys, the default turns `diff_sha256` into `diff-sha256`. `DERIVED` names keys written from the other
-    fields (a digest of a listing): on read they must hold what the fields give.
+    as keys, the default turns `diff_sha256` into `diff-sha256`; `nulls=False` (class keyword) says the format
+    has no null (TOML): an optional value is only ever absent, and messages do not offer null. `DERIVED` names
+    keys written from the other fields (a digest of a listing): on read they must hold what the fields give.
+    `invalid()` names the problems that involve several fields.
     """
 
     KEY_STYLE: ClassVar[KeyStyle] = "kebab"
+    NULLS: ClassVar[bool] = True
     DERIVED: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
 
-    def __init_subclass__(cls, keys: KeyStyle = "kebab", **kwargs: Any) -> None:
+    def __init_subclass__(cls, keys: KeyStyle | None = None, nulls: bool | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.KEY_STYLE = keys
+        # A subclass keeps its parent's style unless it names its own.
+        cls.KEY_STYLE = keys or cls.KEY_STYLE
+        cls.NULLS = cls.NULLS if nulls is None else nulls
         dataclasses.dataclass(frozen=True)(cls)  # in place: the class stays the one being declared
 
     @classmethod
@@ -167,7 +182,8 @@ class Codec:
         cached = cls.__dict__.get("_declared")
         if cached is None:
             hints = typing.get_type_hints(cls)
-            cached = tuple(_declared(cls.KEY_STYLE, hints[f.name], f) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+            cached = tuple(_declared(cls.KEY_STYLE, cls.NULLS, hints[f.name], f) for f in fields)
             cls._declared = cached  # type: ignore[attr-defined]
         return typing.cast("tuple[Declared, ...]", cached)
 
@@ -176,14 +192,20 @@ class Codec:
         """The keys this format knows (declared and derived)."""
         return (*(d.key for d in cls.declared()), *cls.DERIVED)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON/TOML form: declared keys in order, then the derived ones."""
-        data: dict[str, Any] = {}
+    def invalid(self) -> Iterator[tuple[str, str]]:
+        """Problems that involve several fields, as (key, message); asked only when each field is fine alone."""
+        return iter(())
+
+    def written(self) -> Iterator[tuple[Declared, Any]]:
+        """Each declared field that is written, with its value (None already turned into `none_as`)."""
         for declared in self.declared():
             value = getattr(self, declared.name)
-            if value is None and declared.spec.omit_none:
-                continue
-            data[declared.key] = declared.spec.none_as if value is None else _encode(value)
+            if value is not None or not declared.spec.omit_none:
+                yield declared, declared.spec.none_as if value is None else value
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON/TOML form: declared keys in order, then the derived ones."""
+        data = {declared.key: _encode(value) for declared, value in self.written()}
         return data | {key: derive(self) for key, derive in self.DERIVED.items()}
 
     @classmethod
@@ -193,6 +215,7 @@ class Codec:
         if not isinstance(data, Mapping):
             problems.add(where, f"must be a table, not {_shown(data)}")
         problems.unknown_keys(table, cls.keys(), where)
+        found = len(problems)
         values = {}
         for declared in cls.declared():
             if not declared.spec.decoded:
@@ -207,6 +230,9 @@ class Codec:
                     continue
             values[declared.name] = _decode(declared.type, value, _join(where, declared.key), declared, problems)
         decoded = cls(**values)
+        if len(problems) == found:
+            for key, message in decoded.invalid():
+                problems.add(_join(where, key), message)
         for key, derive in cls.DERIVED.items():
             if key not in table:
                 problems.add(_join(where, key), "missing")
@@ -219,7 +245,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _declared(style: KeyStyle, type_: Any, dc_field: dataclasses.Field[Any]) -> Declared:
+def _declared(style: KeyStyle, nulls: bool, type_: Any, dc_field: dataclasses.Field[Any]) -> Declared:
     spec = dc_field.metadata.get("codec", Key())
     key = spec.key or (dc_field.name if style == "snake" else dc_field.name.replace("_", "-"))
     default: Callable[[], Any] | None = None
@@ -230,7 +256,7 @@ def _declared(style: KeyStyle, type_: Any, dc_field: dataclasses.Field[Any]) -> 
         default = lambda: value  # noqa: E731
     elif dc_field.default_factory is not dataclasses.MISSING:
         default = dc_field.default_factory
-    return Declared(dc_field.name, key, type_, spec, default)
+    return Declared(dc_field.name, key, type_, spec, default, nulls)
 
 
 def _encode(value: Any) -> Any:
@@ -247,8 +273,21 @@ def _optional(type_: Any) -> bool:
     return _is_union(type_) and type(None) in get_args(type_)
 
 
+def _without_none(type_: Any) -> Any:
+    if not _optional(type_):
+        return type_
+    others = tuple(arg for arg in get_args(type_) if arg is not type(None))
+    return others[0] if len(others) == 1 else typing.Union[others]  # noqa: UP007  (a union built at run time)
+
+
 def _is_union(type_: Any) -> bool:
     return get_origin(type_) in (typing.Union, types.UnionType)
+
+
+def _item(type_: Any) -> Any:
+    """The type of each item of a list or each value of a table (None for other types)."""
+    origin, args = get_origin(type_), get_args(type_)
+    return args[0] if origin in (list, tuple) else args[1] if origin in (dict, Mapping) else None
 
 
 def _is_codec(type_: Any) -> bool:
@@ -260,6 +299,7 @@ _SCALARS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
     str: ("a string", lambda value: isinstance(value, str)),
     bool: ("true or false", lambda value: isinstance(value, bool)),
     int: ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)),
+    datetime: ("a date-time", lambda value: isinstance(value, datetime)),
     type(None): ("null", lambda value: value is None),
 }
 
@@ -309,20 +349,31 @@ def _fits(type_: Any, value: Any, pattern: re.Pattern[str] | None) -> bool:
 
 def _decode(type_: Any, value: Any, where: str, declared: Declared, problems: Problems) -> Any:
     """One value read by its type; a problem noted (and a stand-in returned) when it does not fit."""
-    if value is None and _optional(type_):
+    if value is None and _optional(type_) and declared.nulls:
         return None
     others = [arg for arg in get_args(type_) if arg is not type(None)] if _optional(type_) else [type_]
     plain = others[0] if len(others) == 1 else type_
-    origin, args = get_origin(plain), get_args(plain)
-    if _is_codec(plain) or (origin in (list, tuple) and _is_codec(args[0])):
-        return _decode_tables(plain, value, where, problems, optional=_optional(type_))
+    origin = get_origin(plain)
+    if _is_codec(plain) or _is_codec(_item(plain)):
+        value = _decode_tables(plain, value, where, problems, optional=_optional(type_))
+        return value if value is None else _checked(value, where, declared, problems)
     if value is _ABSENT:
         problems.add(where, "missing")
         return _stand_in(plain)
     if not _fits(plain, value, declared.spec.pattern):
-        problems.add(where, f"must be {_wanted(type_, declared.spec.pattern)}, not {_shown(value)}")
+        shown = _kind(value) if declared.spec.quiet else _shown(value)
+        problems.add(where, f"must be {declared.type_name}, not {shown}")
         return _stand_in(plain)
     value = origin(value) if origin in (list, tuple) else dict(value) if origin in (dict, Mapping) else value
+    return _checked(value, where, declared, problems)
+
+
+def _checked(value: Any, where: str, declared: Declared, problems: Problems) -> Any:
+    """A well-typed value, with the problems its checks find noted."""
+    if declared.spec.items is not None:
+        for index, item in enumerate(value):
+            if (problem := declared.spec.items(item)) is not None:
+                problems.add(f"{where}[{index}]", problem)
     if declared.spec.check is not None:
         found = declared.spec.check(value)
         for message in [found] if isinstance(found, str) else found or []:
@@ -338,11 +389,65 @@ def _decode_tables(type_: Any, value: Any, where: str, problems: Problems, *, op
     if _is_codec(type_):
         # An empty table where one may be missing: a part not taken yet.
         return None if optional and value == {} else type_.decode(value, problems, where)
-    origin, (item,) = get_origin(type_), get_args(type_)[:1]
+    origin, item = get_origin(type_), _item(type_)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            problems.add(where, f"must be a table of tables, not {_shown(value)}")
+            return {}
+        return {str(key): item.decode(entry, problems, _join(where, str(key))) for key, entry in value.items()}
     if not isinstance(value, list | tuple):
         problems.add(where, f"must be a list of tables, not {_shown(value)}")
         return origin()
     return origin(item.decode(entry, problems, f"{where}[{index}]") for index, entry in enumerate(value))
+
+
+def toml_text(value: Codec, header: str = "") -> str:
+    """`value` as a TOML document, `header` as its first comment lines: a nested format is a [table], a list of them
+    [[an array of tables]], a table of them one [table.KEY] each; an `inline` field is an inline table (a list of
+    them one per line), and everything inside an inline table is inline too."""
+    import tomlkit  # noqa: PLC0415  (writing only: a host that only reads a lock, e.g. gpu-check, may lack it)
+
+    document = tomlkit.document()
+    for line in header.splitlines():
+        document.add(tomlkit.comment(line))
+    _fill(document, value, inline=False)
+    return tomlkit.dumps(document)
+
+
+def _fill(table: MutableMapping[str, Any], value: Codec, *, inline: bool) -> None:
+    for declared, item in value.written():
+        table[declared.key] = _toml(item, declared.type, inline=inline or declared.spec.inline)
+    for key, derive in value.DERIVED.items():
+        table[key] = derive(value)
+
+
+def _toml(value: Any, type_: Any, *, inline: bool) -> Any:
+    """One value of a declared type as tomlkit items (plain values are left to tomlkit)."""
+    import tomlkit  # noqa: PLC0415
+
+    item_type = _item(_without_none(type_))
+    if isinstance(value, Codec):
+        table = tomlkit.inline_table() if inline else tomlkit.table()
+        _fill(table, value, inline=inline)
+        return table
+    if isinstance(value, list | tuple) and _is_codec(item_type):
+        if inline:  # one per line: a version bump is a small, readable diff
+            array = tomlkit.array()
+            array.multiline(True)
+            array.extend(_toml(item, item_type, inline=True) for item in value)
+            return array
+        tables = tomlkit.aot()  # even when empty (tomlkit writes it `key = []`, first in its table)
+        for item in value:
+            tables.append(_toml(item, item_type, inline=False))
+        return tables
+    if isinstance(value, Mapping):
+        mapping = tomlkit.inline_table() if inline else tomlkit.table(is_super_table=_is_codec(item_type))
+        for key, item in value.items():
+            mapping[key] = _toml(item, item_type, inline=inline)
+        return mapping
+    if isinstance(value, list | tuple):
+        return [_toml(item, item_type, inline=True) for item in value]
+    return value
 
 
 def _stand_in(type_: Any) -> Any:
@@ -352,6 +457,12 @@ def _stand_in(type_: Any) -> Any:
     if origin in (dict, Mapping):
         return {}
     return {str: "", int: 0, bool: False}.get(type_)
+
+
+def _kind(value: object) -> str:
+    """What a value is, without showing it."""
+    kinds = {dict: "a table", list: "a list", str: "a string", bool: "true or false", int: "an integer"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _shown(value: object) -> str:

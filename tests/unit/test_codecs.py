@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,10 @@ from envlock import codecs
 from envlock.codecs import Codec, Problems, project_path_problem
 from envlock.errors import LockfileError, RunRecordError, SpecError
 from envlock.lock import lockfile
+from envlock.lock.cuda import CPU
+from envlock.lock.localpackages import LocalPackage
+from envlock.lock.lockfile import BaseLock, Lock, TargetBase
+from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import EnvlockKeys, parse_spec, spec_keys
 from envlock.run.records import RunRecord
 from tests.unit.test_lockfile import make_lock
@@ -38,6 +44,58 @@ LOCK_HASHES = {
     "torch-gpu": "sha256:54f775ca52fe13cb97f572665c88e9ca2ff75b280d826ed34300697bbdd02969",
 }
 MADE_LOCK = "sha256:579cbc398d347f8ef1e9a6c859d95f0c8a48821a7a9cfc38443f3b3071d4aed9"
+# Made locks of every table's shape, written by the hand-kept writer before the lock tables were declared (commit
+# 9e3dca2): the sha256 of the text `dumps` wrote, and the lock hash.
+MADE = {
+    "made": ("29613c4d4639a632c19258dc0f308e32f980a8926bf629ccb09aed707af01140", MADE_LOCK),
+    "based+sdist": (
+        "2626dba0a4135ce848cbef7248e920da1a1d27b2a40a2f1a5a9b0b4ecbc5c020",
+        "sha256:b01d781b3890b8e4c3c002d790089d332f3933fceee780bf693b3723fd33e3af",
+    ),
+    "two-platforms": (
+        "345f319cbf74fc97a3f6ac2ed61a1231cec1cdb2c9bc342f4ac268e970a35c89",
+        "sha256:57570a23fa7818d9ced8c0bc370ad6fa3d75fae5c33945638bbb5e38751aa26e",
+    ),
+    "no-archs": (
+        "645cc9f32c70b08aa2445c8c7e58d62ccda22470099be3e767d9b141ee81d01e",
+        "sha256:885f83dc67d2510cdd42e100a17b4f0c6030bf318122b848295d3f553095beab",
+    ),
+    "local": (
+        "d122f3ddb7bf9190c2b8e2046f4b643f4d8e95a55d96e93b65e2fe0581d74f2a",
+        "sha256:a0d47685d8ee22cc29342f40680243957e67901eb57f571c011465cc589c94f6",
+    ),
+    "image-base": (
+        "dc662423d70d1cb4b8fcb834720918bb048d410dc85ba471bff558647ae657c4",
+        "sha256:f9b9144fad00cfdd9094d60d70399e294510b23365fc2518a8ac5cf136376b88",
+    ),
+}
+
+
+def _made(name: str) -> Lock:
+    """A lock with one shape: sdists (one package with an sdist only), a base with Debian packages, a CPU platform
+    with no packages and no base, CUDA without known archs, local packages (static and from VCS), an image base."""
+    lock = make_lock()
+    target = lock.targets[0]
+    upload = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    sdist = LockedFile("filelock-3.16.1.tar.gz", "https://files.example/filelock-3.16.1.tar.gz", "e" * 64, 10, upload)
+    alone = LockedPackage("zzz", "1.0", (), LockedFile("zzz-1.0.tar.gz", "https://x.example/zzz-1.0.tar.gz", "f" * 64))
+    packages = (*(replace(p, sdist=sdist) if p.name == "filelock" else p for p in target.packages), alone)
+    debian = {"zlib1g": "1:1.2", "apt": "2.6.1"}
+    based = replace(target, packages=packages, base=TargetBase("sha256:" + "a" * 64, debian))
+    cpu = replace(target, platform="linux/arm64", python_platform="aarch64-manylinux_2_36", cuda=CPU, packages=())
+    local = (
+        LocalPackage("demo", "0.1.0", "src", ("idna>=3",), (("console_scripts", "demo", "demo:main"),)),
+        LocalPackage("tool", "", ".", (), (), "setuptools.build_meta", ("setuptools==75.1.0",), "vcs"),
+    )
+    image = BaseLock("nvidia/cuda:12.4@sha256:" + "b" * 64, "image", "b" * 64)
+    return {
+        "made": lock,
+        "based+sdist": replace(lock, targets=(based,)),
+        "two-platforms": replace(lock, targets=(based, cpu)),
+        "no-archs": replace(lock, targets=(replace(target, cuda=replace(target.cuda, archs=(), archs_source="")),)),
+        "local": replace(lock, local_packages=local, system_packages=("libgomp1", "zlib1g")),
+        "image-base": replace(lock, base=image),
+    }[name]
 
 
 def _written(record: RunRecord) -> str:
@@ -71,6 +129,29 @@ def test_a_made_lock_keeps_its_hash_and_reads_back_equal() -> None:
     lock = make_lock()
     assert lock.lock_hash == MADE_LOCK
     assert lockfile.loads(lockfile.dumps(lock)) == lock
+
+
+@pytest.mark.parametrize("name", sorted(MADE))
+def test_a_made_lock_of_each_shape_is_written_as_before_and_reads_back_equal(name: str) -> None:
+    lock = _made(name)
+    text = lockfile.dumps(lock)
+    assert (hashlib.sha256(text.encode()).hexdigest(), lock.lock_hash) == MADE[name]
+    assert lockfile.loads(text) == lock and lockfile.dumps(lockfile.loads(text)) == text
+
+
+def test_every_problem_of_the_lock_tables_is_named_from_their_declaration(tmp_path: Path) -> None:
+    text = lockfile.dumps(_made("local")).replace('path = "src"', 'path = "../src"')
+    text = text.replace('version = "12.4"', 'version = "12.5"').replace('kind = "recipe"', 'kind = "recipes"')
+    text = text.replace('"linux/amd64"', '"linux/amd46"').replace('python = "3.11"', "python = 3.11")
+    with pytest.raises(LockfileError) as refused:
+        lockfile.loads(text, tmp_path / "envlock.lock")
+    assert refused.value.details == (
+        "environment.python: must be a string, not 3.11",
+        'environment.base.kind: \'recipes\' must be "recipe" or "image"',
+        "local-packages[0].path: '../src' is not a usable local package path (it leaves the project)",
+        "targets.linux/amd46.cuda.version: is not the minor version of runtime '12.4.127'",
+        "targets: unknown platform 'linux/amd46' (did you mean 'linux/amd64'?); known: linux/amd64, linux/arm64",
+    )
 
 
 def test_an_unknown_record_key_is_named_with_a_suggestion() -> None:
@@ -143,6 +224,22 @@ def test_every_spec_problem_is_named_in_one_error(tmp_path: Path) -> None:
         f"pyproject.toml:6: tool.envlock.inputs: 'data\\\\x' {rule}",
         'pyproject.toml:7: tool.envlock.cuda: \'lots\' must be "auto", "cpu" or a version like "12.4"',
         f"pyproject.toml:8: tool.envlock.params: '../p.yaml' {rule}",
+    )
+
+
+def test_spec_values_are_read_by_their_declaration_with_types_in_toml_words(tmp_path: Path) -> None:
+    text = (
+        '[project]\nname = "demo"\ndependencies = ["idna"]\n\n[tool.envlock]\nruntime = "dockr"\n'
+        'untracked-max-bytes = "10"\nplatforms = "linux/amd64"\nimported-from = {path = "a.lock"}\n'
+    )
+    with pytest.raises(SpecError) as refused:
+        parse_spec(tomllib.loads(text), tmp_path, tmp_path / "pyproject.toml", text)
+    assert refused.value.details == (
+        "pyproject.toml:6: tool.envlock.runtime: unknown runtime 'dockr' (did you mean 'docker'?); "
+        "supported: docker, podman, charliecloud",
+        "pyproject.toml:7: tool.envlock.untracked-max-bytes: must be an integer, not '10'",  # TOML has no null
+        "pyproject.toml:8: tool.envlock.platforms: must be a list of strings, not 'linux/amd64'",
+        "pyproject.toml:9: tool.envlock.imported-from.sha256: missing",  # inside an inline table: the table's line
     )
 
 
