@@ -260,25 +260,30 @@ def plan_run(
         runtime=runtime,
         package_versions=dict(own.versions) if own else {},
     )
-    source = context.folders.inputs
+    return RunPlan(record, _launch(context, request, record, passed), passed)
+
+
+def _launch(context: RunContext, request: RunRequest, record: RunRecord, passed: Mapping[str, str]) -> LaunchSpec:
+    """What the container gets: the record's image, command, environment and GPUs, the passed host variables, and
+    the declared inputs (and the own packages' metadata) mounted read-only where the command expects them."""
+    source, own, inputs = context.folders.inputs, context.own, record.inputs
     present = [p.rstrip("/") for p in (inputs.paths if inputs else ()) if p not in (inputs.missing if inputs else ())]
-    launch = LaunchSpec(
-        image_id=locked.image.image_id,
+    return LaunchSpec(
+        image_id=record.image_id,
         command=list(request.command),
         name=record.container,
         project_dir=context.folders.code,
         environment={**record.environment, **passed},
         user=f"{os.getuid()}:{os.getgid()}",
-        gpus=gpus,
+        gpus=bool(record.gpus),
         gpu_devices=request.gpu_devices,
-        labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": locked.lock.lock_hash},
+        labels={"dev.envlock.run-id": record.run_id, "dev.envlock.lock-hash": record.lock_hash},
         host_network=request.host_network,
         read_only=(
             *((source / path, f"{WORKDIR}/{path}") for path in present),
             *(((own.folder, LOCAL_METADATA),) if own and own.folder else ()),
         ),
     )
-    return RunPlan(record, launch, passed)
 
 
 def _tracked(plan: RunPlan, context: RunContext, tracking: Tracking) -> tuple[RunPlan, TrackedRun]:
