@@ -108,7 +108,9 @@ class Key:
     quiet: bool = False  # the value may hold a secret (a password in a URL): a message names its type, never it
 
 
-def field(
+# A dataclass_transform field specifier: type checkers read `default` / `default_factory` from its own keywords, and
+# each other keyword is one attribute of Key (dataclasses.field is as wide, for the same reason).
+def field(  # noqa: PLR0913
     *,
     key: str | None = None,
     doc: str = "",

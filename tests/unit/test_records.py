@@ -18,7 +18,7 @@ from envlock.cluster.submit import Submission, submit_run, submitted_tracking
 from envlock.errors import RunRecordError
 from envlock.lock import lockfile
 from envlock.run.records import RECORD_VERSION, RunRecord, RunStore
-from envlock.run.runner import RunRequest
+from envlock.run.runner import LockedImage, RunRequest
 from envlock.run.tracking import TrackingSettings
 from tests.fakes import FakeSlurm, package
 from tests.unit.test_runner import IMAGE, locked_project
@@ -245,12 +245,9 @@ def test_a_queued_records_mlflow_request_keeps_no_credentials_and_reads_back(
     lock_path = project / "envlock.lock"
     secret_uri = "https://me:s3cret@mlflow.example.com"
     record = submit_run(
-        lockfile.read(lock_path),
-        lock_path.read_text(encoding="utf-8"),
-        "linux/amd64",
-        Submission(RunRequest(["t"]), (), "envlock-demo", TrackingSettings(secret_uri, "demo", "r1")),
+        LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", IMAGE),
+        Submission(RunRequest(command=["t"]), (), "envlock-demo", TrackingSettings(secret_uri, "demo", "r1")),
         project_dir=project,
-        image=IMAGE,
         store=RunStore(project),
         slurm=Slurm(FakeSlurm()),
         task=lambda run_id: ["envlock", "run-submitted", run_id],

@@ -63,7 +63,7 @@ def submit_command(
 
     envlock submit [options] --slurm [sbatch options] -- python train.py
     """
-    from envlock.cluster.submit import sbatch_options_of, submit_project  # noqa: PLC0415
+    from envlock.cluster.submit import Submission, sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
@@ -84,17 +84,17 @@ def submit_command(
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    request = RunRequest(list(invocation.submit_command), seed, force, gpus, outputs, tuple(env or ()))
+    request = RunRequest(
+        command=list(invocation.submit_command),
+        seed=seed,
+        force=force,
+        gpus=gpus,
+        outputs=outputs,
+        pass_env=tuple(env or ()),
+    )
+    submission = Submission(request, sbatch, f"envlock-{spec.name}", settings, chosen)
     record = submit_project(
-        spec,
-        locked,
-        request,
-        sbatch,
-        settings,
-        slurm=wiring.slurm,
-        tools=wiring.run_tools(chosen),
-        python=sys.executable,
-        runtime=chosen,
+        spec, locked, submission, slurm=wiring.slurm, tools=wiring.run_tools(chosen), python=sys.executable
     )
     typer.echo(f"run {record.run_id}: queued as Slurm job {record.scheduler.job_id if record.scheduler else '-'}")
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
@@ -126,8 +126,9 @@ def run_submitted_command(
         submitted_request,
         submitted_tracking,
     )
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
     from envlock.run.tracking import open_tracking  # noqa: PLC0415
 
     _stop_on_sigterm()
@@ -143,13 +144,15 @@ def run_submitted_command(
         )
         # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
+        recorded = RecordedRun(
+            record=queued,
+            lock_path=store.directory(queued.run_id) / "envlock.lock",
+            folders=RunFolders(project, target),
+        )
         return run_recorded(
-            queued,
-            store.directory(queued.run_id) / "envlock.lock",
+            recorded,
             submitted_request(queued, environ, role),
-            code=project,
-            store=target,
-            tools=wiring.run_tools(chosen),
+            wiring.run_tools(chosen),
             queued=on_node(queued, environ, role),
             tracking=tracking,
         )

@@ -34,12 +34,12 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.lock.targets import host_platform  # noqa: PLC0415
-    from envlock.run.pinned import build_lock  # noqa: PLC0415
+    from envlock.run.service import build_lock_image  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     spec = load_spec(project)
     locked = check_lock(spec)
-    built = build_lock(
+    built = build_lock_image(
         locked,
         spec.name,
         platform or host_platform(),

@@ -231,8 +231,8 @@ def archive_command(
     from envlock.image.restore import write_archive_file  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
     from envlock.run.arguments import ImageRef, RunRef, resolve  # noqa: PLC0415
-    from envlock.run.pinned import archive_source  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.service import archive_source  # noqa: PLC0415
 
     engine = wiring_of(ctx).engine
     image_id = archive_source(resolve(target, (RunRef, ImageRef), RunStore(project), lambda: engine), engine)
@@ -255,8 +255,8 @@ def restore_command(
     from envlock.image.restore import restore_image  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
     from envlock.run.arguments import DigestRef, LockRef, RunRef, resolve  # noqa: PLC0415
-    from envlock.run.pinned import restore_target  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.service import restore_target  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     named = resolve(target, (DigestRef, LockRef, RunRef), RunStore(project))

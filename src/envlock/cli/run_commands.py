@@ -70,8 +70,8 @@ def run_command(
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
     from envlock.run.params import parse_given  # noqa: PLC0415
-    from envlock.run.pinned import run_project  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
+    from envlock.run.service import run_project  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -89,12 +89,12 @@ def run_command(
         spec,
         locked,
         RunRequest(
-            list(command),
-            seed,
-            force,
-            gpus,
-            outputs,
-            tuple(env or ()),
+            command=list(command),
+            seed=seed,
+            force=force,
+            gpus=gpus,
+            outputs=outputs,
+            pass_env=tuple(env or ()),
             inputs=read,
             params=given,
             param_files=spec.params,
@@ -261,8 +261,9 @@ class _Rerun:
 def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, origin: Origin) -> int:
     """Re-run one recorded run of `store` and print the verdict; returns its exit status. A foreign run (from a
     bundle) passes only the --env variables, uses its image by ID and reads its code with git's hooks off."""
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.reproduce import reproduce_run, rerun_request  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     original = store.load(run_id)
@@ -273,10 +274,11 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     tools = wiring.run_tools(chosen)
 
     def rerun(code: Path) -> RunRecord:
-        return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=how.archives,
-            inputs_from=store.project_dir, origin=origin,
-        )  # fmt: skip
+        folders = RunFolders(code, store, inputs_from=store.project_dir)
+        recorded = RecordedRun(
+            record=original, lock_path=lock_path, folders=folders, origin=origin, archives=how.archives
+        )
+        return run_recorded(recorded, request, tools)
 
     verdict = reproduce_run(
         original, store, store.project_dir, rerun, how.tolerance, origin=origin, evidence=tools.evidence
@@ -298,8 +300,9 @@ def _reproduce_chain(
 ) -> None:
     """`reproduce --chain`: every step of the chain re-run in order, one verdict per step and one for the chain."""
     from envlock.evidence.lineage import reproduce_chain, trace  # noqa: PLC0415
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = RunStore(project)
@@ -311,10 +314,10 @@ def _reproduce_chain(
         chosen = wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
         tools = wiring.run_tools(chosen, evidence)
         lock_path = store.directory(original.run_id) / "envlock.lock"
+        folders = RunFolders(code, store, inputs_from=inputs_from)
         return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
-            inputs_from=inputs_from,
-        )  # fmt: skip
+            RecordedRun(record=original, lock_path=lock_path, folders=folders, archives=archives), request, tools
+        )
 
     verdict = reproduce_chain(
         lineage, store, project, rerun_step, tolerance, evidence=evidence, force=force, report=wiring.say

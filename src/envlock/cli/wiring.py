@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from envlock.image.registry import Registry
     from envlock.lock.resolve import Resolver
     from envlock.run.hostprobe import HostState, Nvml
-    from envlock.run.pinned import RunTools
+    from envlock.run.service import RunTools
     from envlock.run.tracking import Tracker
     from envlock.signing import SigningKey
 
@@ -301,7 +301,7 @@ class Wiring:
     def run_tools(self, runtime: str = "docker", evidence: Attester | None = None) -> RunTools:
         """What the run stage needs of the outside world under `runtime`, from this root (runs attested by
         `evidence`, default: a writer signing with $ENVLOCK_SIGNING_KEY)."""
-        from envlock.run.pinned import RunTools  # noqa: PLC0415
+        from envlock.run.service import RunTools  # noqa: PLC0415
 
         return RunTools(
             evidence=evidence or self.evidence(),

@@ -345,20 +345,10 @@ def build_and_push(
 
 
 def build_image(
-    lock: Lock,
-    repository: str,
-    platform: str,
-    *,
-    engine: Engine,
-    cache: WheelCache,
-    layers: LayerStore,
-    bases: base_mod.BaseStore,
-    no_cache: bool = False,
-    report: Report = silent,
-    progress: Progress = no_progress,
+    lock: Lock, repository: str, platform: str, builder: Builder, *, no_cache: bool = False
 ) -> BuildOutcome:
-    """Build the image of `lock` for `platform`, or find it already built."""
-    builder = Builder(engine, cache, layers, bases, report, progress)
+    """Build the image of `lock` for `platform` with `builder` (its engine, caches and reporting), or find it
+    already built."""
     return builder.build(plan_image(lock, repository, platform), no_cache=no_cache)
 
 

@@ -397,13 +397,13 @@ def rerun_request(original: RunRecord, force: bool, pass_env: tuple[str, ...] | 
     outputs = tuple(original.declared_outputs) or tuple(original.outputs) or (request.outputs if request else ())
     gpus = original.gpus if original.gpus is not None else (request.gpus if request else None)
     return RunRequest(
-        original.command,
-        original.seed,
-        force or original.forced or bool(request and request.force),
-        gpus,
-        outputs,
-        tuple(original.passed_env) if pass_env is None else pass_env,
-        original.run_id,
+        command=original.command,
+        seed=original.seed,
+        force=force or original.forced or bool(request and request.force),
+        gpus=gpus,
+        outputs=outputs,
+        pass_env=tuple(original.passed_env) if pass_env is None else pass_env,
+        reproduces=original.run_id,
         inputs=tuple(original.inputs.paths) if original.inputs else (),
         params=dict(original.params.given) if original.params else {},
         param_files=tuple(original.params.files) if original.params else (),
