@@ -529,6 +529,7 @@ class FakeLauncher(Launcher):
     seen: list[dict[str, bytes | None]] = field(default_factory=list)
     # By the command's last word (e.g. "train.py"): what it writes, computed from the files it reads as mounted.
     scripts: dict[str, Callable[[Callable[[str], bytes | None]], dict[str, bytes]]] = field(default_factory=dict)
+    runtime_name: str = "docker"  # what the record names as the runtime
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         self.launched.append(spec)
@@ -550,7 +551,7 @@ class FakeLauncher(Launcher):
         self.removed.append(name)
 
     def runtime(self) -> RuntimeInfo:
-        return RuntimeInfo("docker", "24.0.fake")
+        return RuntimeInfo(self.runtime_name, "24.0.fake")
 
 
 def _read_as_mounted(spec: LaunchSpec, name: str) -> bytes | None:

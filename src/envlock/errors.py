@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Every exit status envlock itself gives, with its meaning. README's table is this table (a test compares them);
+# Every exit status envlock itself gives, with its meaning. docs/reference/exit-codes.md is generated from it;
 # each EnvlockError subclass takes its code from here, and no two meanings share a code.
 EXIT_CODES: dict[int, str] = {
     0: "success (for `run`, `runs wait`: the command exited 0)",
@@ -44,6 +44,7 @@ EXIT_CODES: dict[int, str] = {
     "anything is written",
     32: "a folder of a shared cache that a build must write is not writable by this user (the line names the "
     "folder, its owner, group and mode); running an image already built never needs it",
+    33: "`envlock diff --exit-code`: the two sides differ (not 1, as git diff gives, which is envlock's own bug code)",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -59,6 +60,7 @@ INTERRUPTED = 130
 NOT_REPRODUCED = 16
 NOTHING_COMPARED = 24
 FAILURE_REPRODUCED = 25
+DIFFERS = 33
 
 
 class EnvlockError(Exception):

@@ -274,7 +274,7 @@ def _cap(source: str, what: str, field: str) -> BundleError:
     variable = ENVIRON_KEYS[field]
     return BundleError(
         f"{source}: {what}: refusing it",
-        hint=f"if the bundle is genuine and you have the space, raise the cap: {variable}=… (see README)",
+        hint=f"if the bundle is genuine and you have the space, raise the cap: {variable}=… (see docs/audit.md)",
     )
 
 

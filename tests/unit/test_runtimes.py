@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from envlock.codecs import Problems
 from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.podman import PodmanLauncher
@@ -23,7 +24,7 @@ from envlock.image.portable import oci_archive
 from envlock.image.registry import Blob, PlatformManifest, index_for, manifest_for, push, push_index
 from envlock.lock.spec import Spec, parse_spec
 from envlock.run.records import RunRecord
-from envlock.run.schema import JobRequest, RuntimeRecord, Table
+from envlock.run.schema import JobRequest, RuntimeRecord
 from tests.fakes import FakeRegistry
 
 
@@ -235,13 +236,16 @@ def test_runtime_in_the_project_is_validated_and_not_a_lock_input(tmp_path: Path
 
 
 def test_the_record_names_its_runtime_and_a_job_its_requested_one() -> None:
-    problems: list[str] = []
-    assert RuntimeRecord.read(Table({"name": "charliecloud", "version": "0.31"}, "runtime.", problems)) == (
+    problems = Problems()
+    assert RuntimeRecord.decode({"name": "charliecloud", "version": "0.31"}, problems, "runtime") == (
         RuntimeRecord("charliecloud", "0.31")
     )
-    RuntimeRecord.read(Table({"name": "lxc", "version": None}, "runtime.", problems))
-    JobRequest.read(Table({"runtime": "rkt"}, "scheduler.request.", problems))
-    assert len(problems) == 2 and "'name' must be one of" in problems[0] and "rkt" in problems[1]
+    RuntimeRecord.decode({"name": "lxc", "version": None}, problems, "runtime")
+    JobRequest.decode({"runtime": "rkt"}, problems, "scheduler.request")
+    assert problems.items == [
+        "runtime.name: must be one of docker, podman, charliecloud, not 'lxc'",
+        "scheduler.request.runtime: must be one of docker, podman, charliecloud, not 'rkt'",
+    ]
     assert JobRequest(runtime="podman").as_dict()["runtime"] == "podman"
     assert "runtime" not in JobRequest().as_dict(), "a docker job's request keeps version 2's keys"
     assert "runtime" in {f for f in RunRecord.__dataclass_fields__}

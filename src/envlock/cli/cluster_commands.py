@@ -15,14 +15,16 @@ from envlock.cli.options import (
     GpusOpt,
     MlflowOpt,
     NoMlflowOpt,
+    OldOutputOpt,
     OutputsOpt,
     PlatformOpt,
     ProjectOpt,
     RuntimeOpt,
     SeedOpt,
+    out_file,
 )
 from envlock.cli.root import CommandExited, app, export_app
-from envlock.cli.wiring import wiring_of
+from envlock.cli.wiring import invocation_of, wiring_of
 from envlock.errors import UsageError
 
 if TYPE_CHECKING:
@@ -67,12 +69,13 @@ def submit_command(
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
-    wiring = wiring_of(ctx)
+    invocation = invocation_of(ctx)
+    wiring = invocation.wiring
     if not slurm:
         raise UsageError("choose the scheduler to submit to", hint="envlock submit --slurm [sbatch options] -- CMD")
-    if not wiring.submit_command:
+    if not invocation.submit_command:
         raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
-    sbatch = sbatch_options_of(wiring.sbatch_args)
+    sbatch = sbatch_options_of(list(invocation.sbatch_args))
     wiring.slurm.ping()
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
@@ -81,7 +84,7 @@ def submit_command(
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
+    request = RunRequest(list(invocation.submit_command), seed, force, gpus, outputs, tuple(env or ()))
     record = submit_project(
         spec,
         locked,
@@ -89,7 +92,7 @@ def submit_command(
         sbatch,
         settings,
         slurm=wiring.slurm,
-        tools=wiring.run_tools(),
+        tools=wiring.run_tools(chosen),
         python=sys.executable,
         runtime=chosen,
     )
@@ -135,7 +138,9 @@ def run_submitted_command(
 
     def start(queued: RunRecord, target: RunStore) -> RunRecord:
         role = node_role(environ, wiring.slurm)
-        wiring.choose_runtime(None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker")
+        chosen = wiring.choose_runtime(
+            None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker"
+        )
         # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
         return run_recorded(
@@ -144,7 +149,7 @@ def run_submitted_command(
             submitted_request(queued, environ, role),
             code=project,
             store=target,
-            tools=wiring.run_tools(),
+            tools=wiring.run_tools(chosen),
             queued=on_node(queued, environ, role),
             tracking=tracking,
         )
@@ -159,7 +164,8 @@ def run_submitted_command(
 def export_k8s(
     command: Annotated[list[str], typer.Argument(help="The command, after --: envlock export k8s -- python train.py")],
     project: ProjectOpt = Path(),
-    output: FileOutOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
     platform: PlatformOpt = None,
     seed: SeedOpt = 0,
     gpus: Annotated[int | None, typer.Option("--gpus", help="nvidia.com/gpu to request (default: 1 if CUDA).")] = None,
@@ -180,6 +186,7 @@ def export_k8s(
     digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
     request = JobRequest(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
     text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
     else:

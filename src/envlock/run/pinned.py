@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
 from envlock.engine.runtimes import OwnImages
-from envlock.errors import RunNotFoundError, UsageError
+from envlock.errors import UsageError
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
 from envlock.lock.backend import MetadataSource, default_backend
@@ -20,6 +20,7 @@ from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
 from envlock.paths import ProjectLayout
 from envlock.report import Report
+from envlock.run.arguments import ImageRef, LockRef, RunRef
 from envlock.run.gitstate import GIT_OF, Git, GitState, Origin, git_state, own_git, save_untracked
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
@@ -207,10 +208,10 @@ class RestoreTarget:
     rebuild: Callable[[], str]
 
 
-def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTarget:
-    """A run id of the project or a lock file → the image to restore (a registry digest is pulled directly)."""
-    if Path(target).is_file():
-        lock = lockfile.read(Path(target))
+def restore_target(target: LockRef | RunRef, project_dir: Path, tools: RunTools) -> RestoreTarget:
+    """A run of the project or a lock file → the image to restore (a registry digest is pulled directly)."""
+    if isinstance(target, LockRef):
+        lock = lockfile.read(target.path)
         known = read_images(project_dir).get(lock.lock_hash, {})
         reference = str(known.get("reference") or f"envlock-restored:{lock.short_hash}")
         image_id = known.get("image-id")
@@ -218,16 +219,9 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
             str(image_id) if image_id else None,
             reference,
             tuple(known.get("pushed", [])),
-            rebuild_from(Path(target), reference.split(":", maxsplit=1)[0], tools, project_dir),
+            rebuild_from(target.path, reference.split(":", maxsplit=1)[0], tools, project_dir),
         )
-    store = RunStore(project_dir)
-    try:
-        record = store.load(target)
-    except RunNotFoundError as exc:
-        raise UsageError(
-            f"{target!r} is not a run of this project, a registry digest or a lock file",
-            hint="pass a run id from `envlock runs`, repo@sha256:…, or a path to envlock.lock",
-        ) from exc
+    store, record = RunStore(project_dir), target.record
     return RestoreTarget(
         record.image_id,
         record.image_reference,
@@ -238,16 +232,11 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
     )
 
 
-def archive_source(target: str, project_dir: Path, engine: Engine) -> str:
+def archive_source(target: RunRef | ImageRef, engine: Engine) -> str:
     """The local image ID `envlock archive` writes: a run's image, or an image by name or ID."""
-    try:
-        image_id = RunStore(project_dir).load(target).image_id
-    except RunNotFoundError:
-        image_id = engine.image_id(target) or ""
+    image_id = target.record.image_id if isinstance(target, RunRef) else target.image_id
     if not image_id or engine.image_id(image_id) is None:
-        raise UsageError(
-            f"{target!r} is neither a run with its image here nor a local image", hint="envlock restore it first"
-        )
+        raise UsageError(f"the image of run {target.text!r} is not here", hint=f"envlock restore {target.text} first")
     return image_id
 
 

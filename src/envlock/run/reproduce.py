@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from envlock.codecs import project_path_problem
 from envlock.errors import (
     FAILURE_REPRODUCED,
     NOT_REPRODUCED,
@@ -30,7 +31,6 @@ from envlock.run.gitstate import GIT_OF, Origin
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.runner import RunEvidence, RunRequest
-from envlock.run.schema import relative_path_problem
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
 Status = Literal["identical", "within tolerance", "differs", "missing", "not produced"]
@@ -206,7 +206,7 @@ def _refuse_links_out(work: Path, inside: Path, record: RunRecord) -> None:
 def _restore_untracked(record: RunRecord, root: Path, objects: ObjectStore) -> None:
     """Write the run's saved untracked files back, each verified against its recorded sha256."""
     for name, digest in (record.git.saved if record.git else {}).items():
-        data = objects.get(digest) if relative_path_problem(name) is None else None
+        data = objects.get(digest) if project_path_problem(name) is None else None
         if data is None:
             raise RerunError(
                 f"untracked file {name} cannot be restored: its copy (sha256 {digest[:12]}) is missing or damaged "
@@ -361,7 +361,7 @@ def reproduce_run(
         )
         for path, digest in new.outputs.items():
             kept = store.saved_output(new.run_id, path)
-            if digest and not kept.is_file() and relative_path_problem(path) is None:
+            if digest and not kept.is_file() and project_path_problem(path) is None:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(code / path, kept)
     lock_before = lockfile.read(store.directory(original.run_id) / "envlock.lock")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from envlock.codecs import project_path_problem
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import DiskFullError, EnvlockError, UsageError
 from envlock.fsutil import (
@@ -143,13 +144,19 @@ def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, .
     outside: list[str] = []
     for declared in outputs:
         resolved = (root / declared).resolve()  # an absolute `declared` replaces root: checked like any other
-        if resolved == root or not resolved.is_relative_to(root):
+        # Inside the project, and a name the record's path rule reads back (no backslash: codecs' one rule).
+        if (
+            resolved == root
+            or not resolved.is_relative_to(root)
+            or project_path_problem(resolved.relative_to(root).as_posix())
+        ):
             outside.append(declared)
         else:
             kept.append(resolved.relative_to(root).as_posix() if Path(declared).is_absolute() else declared)
     if outside:
         raise UsageError(
-            f"--output {', '.join(outside)}: outputs must be files or folders inside the project ({root})",
+            f"--output {', '.join(outside)}: outputs must be files or folders inside the project ({root}), "
+            "named with / between names",
             hint="write the output inside the project (e.g. outputs/model.pt) and name it relative to it",
         )
     return tuple(dict.fromkeys(kept))
