@@ -2,11 +2,14 @@
 
 Run from the repository root (stdlib only; needs the Docker engine and network access to PyPI):
 
-    .venv/bin/python benchmarks/bigstack.py [--torch]
+    .venv/bin/python benchmarks/bigstack.py [--torch | --many]
 
 The default set is examples/digits's (scikit-learn>=1.5,<1.8, numpy>=2,<3; `import sklearn...` as train.py does);
 `--torch` takes torch==2.5.1 with its CUDA wheels (about 3 GB, downloaded once into the shared wheel cache, then
-`import torch`). Both sides start from the same base (`envlock base build debian-bookworm --load`); the Dockerfile
+`import torch`); `--many` takes torch==2.5.1, transformers and datasets: 53 packages locked (the same CUDA
+wheels plus ~110 MB of light and mid-sized ones, 3.1 GB in all; opt-in, as --torch, because nothing of it is cached
+on a fresh machine; `import torch, transformers, datasets`) and adds a heavy non-CUDA package at the end.
+Both sides start from the same base (`envlock base build debian-bookworm --load`); the Dockerfile
 is benchmarks/build.py's (`pip install --no-cache-dir -r requirements.txt`, pinned to the lock's versions, pip
 through the host's CA bundle). Each side, in turn, is timed for:
 
@@ -21,7 +24,9 @@ through the host's CA bundle). Each side, in turn, is timed for:
   `tar -x` of them into a scratch directory (the files any load must write);
 - the imports, in the light image: the first start after the build, then the median of three more starts
   (envlock: `envlock run`, the bytecode folder of the image empty before the first; Docker: `docker run --rm`),
-  timed inside the container.
+  timed inside the container;
+- `--many` only: one heavy package added on top of the light one (scipy; envlock's `envlock lock` untimed; its
+  notes say how many layers were sent).
 
 One table is printed (envlock, Dockerfile, their ratio, from this one run), then the targets: the light package
 rebuilt in 5 s or less; the later starts' imports within 1.1x of the Dockerfile's; envlock's reload at disk speed
@@ -54,7 +59,12 @@ SETS = {
         "import numpy, sklearn.datasets, sklearn.linear_model, sklearn.model_selection",
     ),
     "torch": (("torch==2.5.1",), "import torch"),
+    "many": (
+        ("torch==2.5.1", "transformers>=4.46,<4.47", "datasets>=3.1,<3.2"),
+        "import torch, transformers, datasets",
+    ),
 }
+HEAVY = "scipy==1.14.1"  # ~40 MB, not a dependency of the many set: a layer of its own above the light groups
 NAME, DOCKER_REPO = "envlock-bench-bigstack", "envlock-bench-bigstack-dockerfile"
 LABEL = "dev.envlock.benchmark=bigstack"
 LIGHT_TARGET, IMPORT_TARGET = 5.0, 1.1
@@ -62,6 +72,7 @@ ROWS = {
     "cold": "cold build s",
     "no-op": "no-op rebuild s",
     "light": "one light package added s",
+    "heavy": "one heavy package added s (--many)",
     "reload": "image removed, back from cache s",
     "reload-gbs": "  its layers, GB/s",
     "import-1": "imports, first start s",
@@ -106,7 +117,10 @@ class Bench:
         self.refs: dict[str, str] = {}
         self.locks: dict[str, str] = {}
         self.pins: dict[str, list[tuple[str, str]]] = {}
-        for state, extra in (("base", ()), ("light", (LIGHT,))):
+        states: tuple[tuple[str, tuple[str, ...]], ...] = (("base", ()), ("light", (LIGHT,)))
+        if stack == "many":
+            states += (("heavy", (LIGHT, HEAVY)),)
+        for state, extra in states:
             self.write_project(extra)
             envlock("lock", "-C", str(self.project))
             self.locks[state] = (self.project / "envlock.lock").read_text(encoding="utf-8")
@@ -127,7 +141,7 @@ class Bench:
         self.caches += 1
         cache = self.root / f"cache-{self.caches}"
         seed_cache(cache)
-        if self.stack == "torch" and (user_cache() / "wheels").is_dir():
+        if self.stack in ("torch", "many") and (user_cache() / "wheels").is_dir():
             (cache / "wheels").symlink_to(user_cache() / "wheels")
         return cache
 
@@ -165,6 +179,11 @@ class Bench:
         self.write_project((LIGHT,))
         (self.project / "envlock.lock").write_text(self.locks["light"], encoding="utf-8")
         return self.envlock_build("one light package added")
+
+    def envlock_heavy(self) -> float:
+        self.write_project((LIGHT, HEAVY))
+        (self.project / "envlock.lock").write_text(self.locks["heavy"], encoding="utf-8")
+        return self.envlock_build("one heavy package added")
 
     def envlock_reload(self) -> float:
         self.reload_bytes = layer_bytes(self.refs["light"])
@@ -226,6 +245,8 @@ class Bench:
             self.put("reload-gbs", tool, self.reload_bytes / 1e9 / float(self.values["reload", tool]))
         self.step("import-1", tool, self.envlock_import)
         self.step("import-2", tool, lambda: statistics.median(self.envlock_import() for _ in range(3)))
+        if "heavy" in self.locks:  # last: the reload and the imports above are the light image's
+            self.step("heavy", tool, self.envlock_heavy)
 
     # Dockerfile
 
@@ -255,7 +276,7 @@ class Bench:
     def docker_side(self) -> None:
         tool = "Dockerfile"
         print(f"  {tool}", file=sys.stderr)
-        docker("image", "rm", f"{DOCKER_REPO}:base", f"{DOCKER_REPO}:light")
+        docker("image", "rm", *(f"{DOCKER_REPO}:{state}" for state in ("base", "light", "heavy")))
         if not self.step("cold", tool, lambda: self.docker_build("base", "--no-cache")):
             return
         self.step("size", tool, lambda: size_mb(f"{DOCKER_REPO}:base"))
@@ -266,6 +287,8 @@ class Bench:
             self.put("reload-gbs", tool, self.docker_bytes / 1e9 / float(self.values["reload", tool]))
         self.step("import-1", tool, self.docker_import)
         self.step("import-2", tool, lambda: statistics.median(self.docker_import() for _ in range(3)))
+        if "heavy" in self.locks:
+            self.step("heavy", tool, lambda: self.docker_build("heavy"))
 
     def run_all(self) -> None:
         self.envlock_side()
@@ -278,7 +301,7 @@ class Bench:
             self.notes.append(f"envlock second cold build: {exc}")
 
     def cleanup(self) -> None:
-        docker("image", "rm", *self.refs.values(), f"{DOCKER_REPO}:base", f"{DOCKER_REPO}:light")
+        docker("image", "rm", *self.refs.values(), *(f"{DOCKER_REPO}:{state}" for state in ("base", "light", "heavy")))
         if leftovers := docker("images", "-a", "-q", "--filter", f"label={LABEL}").split():
             docker("image", "rm", "-f", *leftovers)
 
@@ -295,7 +318,8 @@ def report(bench: Bench) -> None:
     version = subprocess_out([str(BIN / "envlock"), "--version"])
     print(f"{version} | Docker engine {docker('version', '-f', '{{.Server.Version}}')} (legacy builder)")
     print(f"{bench.stack} set, {PLATFORM}: {', '.join(f'{n} {v}' for n, v in bench.pins['base'])}")
-    print(f"light change: + {LIGHT.replace('==', ' ')}; imports timed: {bench.statement}; one run of each cell")
+    heavy = f"; heavy change: + {HEAVY.replace('==', ' ')}" if "heavy" in bench.locks else ""
+    print(f"light change: + {LIGHT.replace('==', ' ')}{heavy}; imports timed: {bench.statement}; one run of each cell")
     rows: list[tuple[str, ...]] = [("", "envlock", "Dockerfile", "envlock/Dockerfile")]
     for row, label in ROWS.items():
         mine, theirs = bench.values.get((row, "envlock")), bench.values.get((row, "Dockerfile"))
@@ -339,7 +363,11 @@ def subprocess_out(command: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--torch", action="store_true", help="torch 2.5.1 + CUDA wheels (~3 GB, downloaded once)")
+    sets = parser.add_mutually_exclusive_group()
+    sets.add_argument("--torch", action="store_true", help="torch 2.5.1 + CUDA wheels (~3 GB, downloaded once)")
+    sets.add_argument(
+        "--many", action="store_true", help="torch + transformers + datasets, 53 packages (~3.1 GB, downloaded once)"
+    )
     args = parser.parse_args(argv)
     if not (BIN / "envlock").exists():
         parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
@@ -347,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the Docker engine is not reachable (`docker info`)")
     if not CA_BUNDLE.is_file():
         parser.error(f"{CA_BUNDLE} not found: the Dockerfile copies the host's CA bundle for pip")
-    stack = "torch" if args.torch else "digits"
+    stack = "torch" if args.torch else "many" if args.many else "digits"
 
     def make(root: Path) -> Bench:
         _, lines = envlock("base", "build", RECIPE, "--load")

@@ -52,6 +52,15 @@ def test_hash_covers_content_not_meta_or_formatting(tmp_path: Path) -> None:
     assert lockfile.read(path).lock_hash == lock.lock_hash
 
 
+def test_the_hash_is_computed_once_per_lock_and_afresh_for_a_changed_copy() -> None:
+    lock = make_lock()
+    first = lock.lock_hash
+    assert lock.lock_hash is first  # remembered: a run or build asks ~10 times
+    bumped = replace(lock, targets=(replace(lock.targets[0], packages=tuple(TORCH_251_AMD64[:-1])),))
+    assert bumped.lock_hash != first and lock.lock_hash == first
+    assert bumped.short_hash == bumped.lock_hash.removeprefix("sha256:")[:12]
+
+
 def test_file_is_readable_and_sorted(tmp_path: Path) -> None:
     path = tmp_path / "envlock.lock"
     lockfile.write(path, make_lock())

@@ -9,7 +9,7 @@ import pytest
 from packaging.tags import Tag
 
 from envlock.errors import NoWheelError
-from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel
+from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel, tag_rank
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.targets import Target
 from tests.fakes import wheel
@@ -64,6 +64,11 @@ def test_choose_wheel_prefers_the_most_specific_tag() -> None:
     package = LockedPackage("charset-normalizer", "3.4.0", (generic, stable_abi, specific))
     assert choose_wheel(package, tags) == specific
     assert choose_wheel(LockedPackage("charset-normalizer", "3.4.0", (generic, stable_abi)), tags) == stable_abi
+    # The ranks made once for a whole plan choose the same wheels as the tags in order.
+    rank = tag_rank(tags)
+    assert rank[tags[0]] == 0 and len(rank) == len(tags)
+    assert choose_wheel(package, rank) == specific
+    assert choose_wheel(LockedPackage("charset-normalizer", "3.4.0", (generic, stable_abi)), rank) == stable_abi
 
 
 def test_sdist_only_package_is_refused_by_name() -> None:

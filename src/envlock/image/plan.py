@@ -24,6 +24,7 @@ from envlock.image.staging import (
     find_overlaps,
     install_local,
     install_wheel,
+    tag_rank,
 )
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
@@ -140,8 +141,8 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     """Layers by stability: the venv, CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB) one layer
     each, then the light packages in LIGHT_GROUPS layers by the hash of their names, the local packages, the lock."""
     target = lock.target(platform)
-    tags = Target(target.platform, lock.python, (2, 36)).wheel_tags()
-    chosen = [(package.name, choose_wheel(package, tags)) for package in target.packages]
+    rank = tag_rank(Target(target.platform, lock.python, (2, 36)).wheel_tags())
+    chosen = [(package.name, choose_wheel(package, rank)) for package in target.packages]
     by_size = sorted(chosen, key=lambda item: (stability(item[0]) == 2, -(item[1].size or 0), item[0]))
     own = {
         name for name, wheel in by_size[:OWN_LAYERS_MAX] if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES

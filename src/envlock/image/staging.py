@@ -6,7 +6,7 @@ import json
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -63,9 +63,15 @@ class VenvLayout:
                 link.symlink_to(f"{self.home}/python{self.python}")
 
 
-def choose_wheel(package: LockedPackage, tags: list[Tag]) -> LockedFile:
-    """The wheel an installer would pick on the target: the one whose best tag ranks highest."""
-    rank = {tag: i for i, tag in enumerate(tags)}
+def tag_rank(tags: Sequence[Tag]) -> dict[Tag, int]:
+    """Each of a target's tags with its rank (0: the most specific), made once for choosing many wheels."""
+    return {tag: i for i, tag in enumerate(tags)}
+
+
+def choose_wheel(package: LockedPackage, tags: Sequence[Tag] | Mapping[Tag, int]) -> LockedFile:
+    """The wheel an installer would pick on the target: the one whose best tag ranks highest (`tags`: in order, or
+    their `tag_rank`; a target has ~1,000 tags, ranked once per plan rather than per package)."""
+    rank = tags if isinstance(tags, Mapping) else tag_rank(tags)
     best: tuple[int, LockedFile] | None = None
     for wheel in package.wheels:
         scores = [rank[t] for t in parse_wheel_filename(wheel.name)[3] if t in rank]

@@ -7,7 +7,6 @@ import errno
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -125,6 +124,8 @@ class WheelCache:
 
     def ensure(self, files: Iterable[LockedFile], progress: Progress = no_progress) -> dict[str, Path]:
         """Every file present and verified, fetching what is missing in parallel; sha256 → path."""
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (a no-op build fetches nothing)
+
         unique = {f.sha256: f for f in files}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             paths = list(pool.map(lambda f: self._ensure_one(f, progress), unique.values()))

@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Self, cast
 
@@ -142,7 +143,7 @@ class Lock:
             content["local-packages"] = [p.as_dict() for p in self.local_packages]
         return content
 
-    @property
+    @cached_property  # a frozen value: hashed once, not at each of the ~10 uses of a run or build
     def lock_hash(self) -> str:
         """sha256 over the canonical JSON of content()."""
         blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), default=str).encode()

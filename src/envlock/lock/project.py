@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -193,6 +192,8 @@ def lock_project(
         return resolution.target(
             platform, lambda: _pinned_base(spec, base, image, bases, platform=platform, report=report)
         )
+
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (`check`, on every run and build, needs no pool)
 
     with ThreadPoolExecutor(max_workers=len(spec.platforms) + 1) as pool:
         resolver_version = pool.submit(resolver.version)  # a subprocess for uv: overlap it with resolving

@@ -9,7 +9,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,6 +144,8 @@ def hash_inputs(base: Path, paths: tuple[str, ...], cache: StatCache | None = No
         else:
             digests[name] = known
     if todo:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (start-up time: a run without inputs)
+
         with ThreadPoolExecutor(_WORKERS) as pool:
             for (name, file, stat), (digest, read_at) in zip(
                 todo, pool.map(lambda item: _sha256(item[1]), todo), strict=True
