@@ -58,7 +58,7 @@ def test_help_and_every_command_module_load_none_of_the_heavy_modules() -> None:
         # `envlock run`: spec, lock check, the run core and the image catalog, up to the first engine call.
         (
             "envlock run",
-            "envlock.cli.run_commands, envlock.lock.project, envlock.lock.spec, envlock.run.pinned, "
+            "envlock.cli.run_commands, envlock.lock.project, envlock.lock.spec, envlock.run.service, "
             "envlock.run.params, envlock.run.tracking, envlock.image.catalog",
         ),
         # A no-op `envlock build`: the plan, checked against the cache, before the one inspect.
