@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from envlock.evidence.bundle import Unpacked
     from envlock.evidence.trust import Trust
-    from envlock.run.gitstate import Origin
+    from envlock.git import Origin
     from envlock.run.records import RunRecord, RunStore
     from envlock.run.reproduce import Tolerance
     from envlock.run.runner import RunRequest
