@@ -24,6 +24,7 @@ from envlock.cli.options import (
 from envlock.cli.root import CommandExited, app, export_app
 from envlock.cli.wiring import wiring_of
 from envlock.errors import UsageError
+from envlock.paths import LOCK_FILE
 
 if TYPE_CHECKING:
     from envlock.run.records import RunRecord, RunStore
@@ -140,7 +141,7 @@ def run_submitted_command(
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
         return run_recorded(
             queued,
-            store.directory(queued.run_id) / "envlock.lock",
+            store.directory(queued.run_id) / LOCK_FILE,
             submitted_request(queued, environ, role),
             code=project,
             store=target,

@@ -29,7 +29,7 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
-from envlock.paths import ProjectLayout
+from envlock.paths import LOCK_FILE, VERDICT_FILE, ProjectLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -262,7 +262,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
     names = how.env if origin == "foreign" else (*original.passed_env, *how.env)
     request = rerun_request(original, how.force, tuple(dict.fromkeys(names)))
-    lock_path = store.directory(original.run_id) / "envlock.lock"
+    lock_path = store.directory(original.run_id) / LOCK_FILE
     tools = wiring.run_tools()
 
     def rerun(code: Path) -> RunRecord:
@@ -276,7 +276,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     )
     for line in verdict.lines():
         typer.echo(line)
-    wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
+    wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / VERDICT_FILE}")
     return verdict.exit_code
 
 
@@ -301,7 +301,7 @@ def _reproduce_chain(
 
     def rerun_step(original: RunRecord, request: RunRequest, code: Path, inputs_from: Path) -> RunRecord:
         wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
-        lock_path = store.directory(original.run_id) / "envlock.lock"
+        lock_path = store.directory(original.run_id) / LOCK_FILE
         return run_recorded(
             original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
             inputs_from=inputs_from,

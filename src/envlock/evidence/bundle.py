@@ -33,7 +33,6 @@ from typing import Any
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
-    ATTESTATION,
     Checks,
     RunPlaces,
     attest_run,
@@ -48,7 +47,7 @@ from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
 from envlock.lock import lockfile
-from envlock.paths import STATE_DIR, ProjectLayout
+from envlock.paths import ATTESTATION, LOCK_FILE, NODES_DIR, RECORD_FILE, STATE_DIR, ProjectLayout
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
 from envlock.run.schema import relative_path_problem
 from envlock.safetar import extract, looks_like_tar, name_problem
@@ -96,7 +95,7 @@ def make_bundle(
         raise UsageError(f"run {record.run_id} is still {record.status}", hint=f"envlock runs wait {record.run_id}")
     if not (run_dir / ATTESTATION).is_file():
         attest_run(run_dir, key)
-    raw = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
+    raw = json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".envlock-bundle-", dir=out.parent) as tmp:
         stage = Path(tmp) / "bundle"
@@ -119,8 +118,8 @@ def make_bundle(
 
 def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path) -> None:
     """The run's folder (less the nodes' own), the lock's SBOM for the run's platform, the image's provenance."""
-    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns("nodes"))
-    lock = lockfile.read(run_dir / "envlock.lock")
+    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns(NODES_DIR))
+    lock = lockfile.read(run_dir / LOCK_FILE)
     (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
     provenance = attestation_path(project_dir, record.image_id)
     if provenance.is_file():
@@ -138,7 +137,7 @@ def _stage_untracked(project_dir: Path, raw: dict[str, Any], stage: Path) -> Non
     """The saved copies of the untracked files the record names, by sha256."""
     saved = (raw.get("git") or {}).get("untracked-saved") or {}
     for digest in sorted(set(saved.values()) if isinstance(saved, dict) else ()):
-        source = ProjectLayout(project_dir).state / "objects" / "sha256" / str(digest)[:2] / str(digest)
+        source = ProjectLayout(project_dir).objects / "sha256" / str(digest)[:2] / str(digest)
         if source.is_file():
             _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
 
@@ -334,7 +333,7 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     signed = checks.signed_record or {}
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
-    lock = lockfile.read(root / "run" / "envlock.lock")
+    lock = lockfile.read(root / "run" / LOCK_FILE)
     checks.expect(
         "sbom.cdx.json (remade from the lock copy)",
         sbom_json(lock, str(signed.get("platform"))),

@@ -32,6 +32,7 @@ from envlock.lock.shapes import (
     wheel_name_problem,
 )
 from envlock.lock.targets import PLATFORMS, Platform
+from envlock.paths import LOCK_FILE
 
 LOCK_VERSION = 1
 # 1980-01-01: the oldest time a zip (wheel) can hold; the epoch when no locked file has an upload time.
@@ -234,7 +235,7 @@ def read(path: Path) -> Lock:
     return loads(text, path)
 
 
-def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
+def loads(text: str, path: Path = Path(LOCK_FILE)) -> Lock:
     """Parse a lock from text and check every value's shape, with errors that name the file and the key."""
     try:
         document = tomllib.loads(text)
@@ -361,7 +362,7 @@ class _Reader:
 
     def lock(self, document: dict[str, Any]) -> tuple[Lock | None, str]:
         """The Lock and its recorded lock-hash; None when any problem was found."""
-        self.as_table(document, "envlock.lock", _TOP_KEYS)
+        self.as_table(document, LOCK_FILE, _TOP_KEYS)
         if "lock-version" not in document:
             self.add("lock-version", "missing")
         elif document["lock-version"] != LOCK_VERSION or isinstance(document["lock-version"], bool):

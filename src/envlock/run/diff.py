@@ -14,6 +14,7 @@ from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
 from envlock.lock.diff import LockDiff, changed, diff_locks, shown
 from envlock.lock.lockfile import Lock
+from envlock.paths import LOCK_FILE
 from envlock.run.records import RunRecord, RunStore
 
 
@@ -109,8 +110,8 @@ Changes = LockDiff | RunDiff
 def diff_side(name: str, store: RunStore, engine: Callable[[], Engine]) -> tuple[DiffKind, Lock, RunRecord | None]:
     """One side of `envlock diff`: a lock file (or its directory), a run of the project, or a local image's lock."""
     path = Path(name)
-    if path.is_dir() and (path / "envlock.lock").is_file():
-        path = path / "envlock.lock"
+    if path.is_dir() and (path / LOCK_FILE).is_file():
+        path = path / LOCK_FILE
     if path.is_file():
         return "lock", lockfile.read(path), None
     try:
@@ -118,7 +119,7 @@ def diff_side(name: str, store: RunStore, engine: Callable[[], Engine]) -> tuple
     except RunNotFoundError:
         record = None
     if record is not None:
-        return "run", lockfile.read(store.directory(record.run_id) / "envlock.lock"), record
+        return "run", lockfile.read(store.directory(record.run_id) / LOCK_FILE), record
     images = engine()
     if images.image_id(name) is not None:
         text = images.read_file(name, "/" + LOCK_PATH).decode("utf-8")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from envlock.git import Git, diff_against_head, head_commit, own_git, untracked_files
+from envlock.paths import STATE_DIR
 from envlock.run.objects import ObjectStore
 
 
@@ -41,7 +42,7 @@ def git_state(project_dir: Path, outputs: tuple[str, ...] = (), run_git: Git = o
     diff = diff_against_head(run_git, project_dir)
     untracked = untracked_files(run_git, project_dir)
     # Declared outputs and inputs, and envlock's own state, are not code: they do not make a run dirty.
-    ignored = (".envlock/", *(o.rstrip("/") for o in outputs))
+    ignored = (f"{STATE_DIR}/", *(o.rstrip("/") for o in outputs))
     untracked = [
         name for name in untracked if not any(name == i or name.startswith(i.rstrip("/") + "/") for i in ignored)
     ]

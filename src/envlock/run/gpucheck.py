@@ -21,6 +21,7 @@ from envlock import __version__
 from envlock.engine.launch import determinism_env
 from envlock.errors import EnvlockError
 from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.paths import LOCK_FILE
 from envlock.run.hostprobe import DRIVER_TRACES, HostState, Nvml, PynvmlAdapter, probe_host
 
 # The lock reader and the preflight need `packaging`; they are imported where the preflight runs, so that a host
@@ -267,7 +268,7 @@ def preflight_section(repo: Path, host: HostState) -> dict[str, Any]:
 
     target = host_platform()
     checks: list[dict[str, Any]] = []
-    for path in sorted((repo / "examples").glob("*/envlock.lock")):
+    for path in sorted((repo / "examples").glob(f"*/{LOCK_FILE}")):
         name = path.relative_to(repo).as_posix()
         try:
             lock = lockfile.read(path)
@@ -405,6 +406,7 @@ def _diff_weights(weights_diff: WeightsDiff, first: Path, second: Path) -> dict[
 _WEIGHTS_DIFF = """
 import json, sys
 import torch
+from envlock.paths import LOCK_FILE
 first, second = (torch.load(path, map_location="cpu", weights_only=True) for path in sys.argv[1:3])
 keys = sorted(set(first) | set(second))
 diff = {key: (float((first[key].double() - second[key].double()).abs().max()) if key in first and key in second

@@ -19,7 +19,7 @@ from envlock.lock.backend import MetadataSource, default_backend
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
-from envlock.paths import ProjectLayout
+from envlock.paths import LOCK_FILE, ProjectLayout
 from envlock.report import Report
 from envlock.run.gitstate import GitState, git_state, save_untracked
 from envlock.run.hostprobe import HostState
@@ -234,7 +234,7 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
         record.image_reference,
         tuple(record.repo_digests),
         rebuild_from(
-            store.directory(record.run_id) / "envlock.lock", record.image_reference.split(":")[0], tools, project_dir
+            store.directory(record.run_id) / LOCK_FILE, record.image_reference.split(":")[0], tools, project_dir
         ),
     )
 

@@ -25,7 +25,7 @@ from envlock.errors import (
 from envlock.fsutil import resolves_inside, sha256_file, write_confined
 from envlock.git import GIT_OF, Origin, apply_patch, detached_worktree, toplevel
 from envlock.lock import lockfile
-from envlock.paths import ProjectLayout
+from envlock.paths import DIFF_FILE, LOCK_FILE, LOG_FILE, STATE_DIR, ProjectLayout
 from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
@@ -157,14 +157,14 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore, origin: Origi
         work = Path(tmp) / "code"
         if commit is None:
             # Not a git repository when recorded: the project as it is now is the best there is.
-            shutil.copytree(project_dir, work, ignore=shutil.ignore_patterns(".envlock", ".git"))
+            shutil.copytree(project_dir, work, ignore=shutil.ignore_patterns(STATE_DIR, ".git"))
             yield work
             return
 
         top = toplevel(run_git, project_dir)
         inside = project_dir.resolve().relative_to(top.resolve()) if top else Path()
         with detached_worktree(run_git, project_dir, work, commit):
-            patch = store.directory(record.run_id) / "diff.patch"
+            patch = store.directory(record.run_id) / DIFF_FILE
             if record.git and record.git.diff_sha256:
                 if not patch.is_file() or sha256_file(patch) != record.git.diff_sha256:
                     raise RerunError(
@@ -291,8 +291,8 @@ def _log_check(original: RunRecord, new: RunRecord, store: RunStore) -> OutputCh
     if before is None or new.log_sha256 is None:
         return None
     if before == new.log_sha256:
-        return OutputCheck("log.txt", "identical")
-    return OutputCheck("log.txt", "differs", (f"sha256 {before[:12]} -> {new.log_sha256[:12]}",))
+        return OutputCheck(LOG_FILE, "identical")
+    return OutputCheck(LOG_FILE, "differs", (f"sha256 {before[:12]} -> {new.log_sha256[:12]}",))
 
 
 def _factors(original: RunRecord, new: RunRecord) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -351,8 +351,8 @@ def reproduce_run(
             if digest and not kept.is_file() and relative_path_problem(path) is None:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(code / path, kept)
-    lock_before = lockfile.read(store.directory(original.run_id) / "envlock.lock")
-    lock_after = lockfile.read(store.directory(new.run_id) / "envlock.lock")
+    lock_before = lockfile.read(store.directory(original.run_id) / LOCK_FILE)
+    lock_after = lockfile.read(store.directory(new.run_id) / LOCK_FILE)
     compared, not_compared = _factors(original, new)
     verdict = Verdict(
         original,
