@@ -406,7 +406,6 @@ def _diff_weights(weights_diff: WeightsDiff, first: Path, second: Path) -> dict[
 _WEIGHTS_DIFF = """
 import json, sys
 import torch
-from envlock.paths import LOCK_FILE
 first, second = (torch.load(path, map_location="cpu", weights_only=True) for path in sys.argv[1:3])
 keys = sorted(set(first) | set(second))
 diff = {key: (float((first[key].double() - second[key].double()).abs().max()) if key in first and key in second
