@@ -68,3 +68,10 @@ def test_the_layout_is_spelled_only_in_paths() -> None:
         if path != SRC / "paths.py" and (found := _layout_literals(path.read_text(encoding="utf-8")))
     }
     assert spelled == {}
+
+
+def test_no_two_modules_share_a_name() -> None:
+    # "diff.py" in two packages read as one concept; each module's name says what it holds.
+    names = [path.name for path in SRC.rglob("*.py") if path.name not in {"__init__.py", "__main__.py"}]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
+    assert {"lockdiff.py", "rundiff.py", "gcneeds.py"} <= set(names)

@@ -329,8 +329,8 @@ def diff_command(
     ] = False,
 ) -> None:
     """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
-    from envlock.run.diff import diff_any  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.rundiff import diff_any  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     kind_a, kind_b, changes = diff_any(a, b, RunStore(project), lambda: wiring.engine)

@@ -26,9 +26,9 @@ from envlock.fsutil import resolves_inside, sha256_file, write_confined
 from envlock.git import GIT_OF, Origin, apply_patch, detached_worktree, toplevel
 from envlock.lock import lockfile
 from envlock.paths import DIFF_FILE, LOCK_FILE, LOG_FILE, STATE_DIR, ProjectLayout
-from envlock.run.diff import RunDiff, diff_runs
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.rundiff import RunDiff, diff_runs
 from envlock.run.runner import RunEvidence, RunRequest
 from envlock.run.schema import relative_path_problem
 

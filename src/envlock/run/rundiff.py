@@ -12,7 +12,7 @@ from envlock.engine.docker import Engine
 from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
-from envlock.lock.diff import LockDiff, changed, diff_locks, shown
+from envlock.lock.lockdiff import LockDiff, changed, diff_locks, shown
 from envlock.lock.lockfile import Lock
 from envlock.paths import LOCK_FILE
 from envlock.run.records import RunRecord, RunStore
