@@ -24,20 +24,23 @@ from typing import Any
 import pynvml
 
 from envlock.cluster.slurm import Command
+from envlock.engine.archive import ArchivedImage, ImageArchive, write_archive
 from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo, Sink
 from envlock.engine.launch import Launcher, LaunchSpec, Output
 from envlock.engine.runtimes import RuntimeInfo
 from envlock.errors import (
+    ArchiveMismatchError,
     DownloadError,
     EngineError,
     HostProbeError,
+    ImageArchiveError,
     NvmlUnavailableError,
     RegistryError,
     TrackingError,
 )
 from envlock.image.bases import BaseBuilder, BaseStore
 from envlock.image.layers import LayerStore
-from envlock.image.plan import ImagePlan, write_archive
+from envlock.image.plan import ImagePlan
 from envlock.image.registry import OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry
 from envlock.image.wheels import Fetcher, Response, WheelCache
 from envlock.lock.backend import BackendMetadata, MetadataSource
@@ -294,14 +297,6 @@ def _absolute(name: str) -> str:
     return posixpath.normpath("/" + name.lstrip("/"))
 
 
-def _member_bytes(archive: tarfile.TarFile, name: str) -> bytes:
-    handle = archive.extractfile(name)
-    if handle is None:
-        raise KeyError(name)
-    with handle:
-        return handle.read()
-
-
 @dataclass
 class FakeEngine(Engine):
     """dockerd in memory: images by ID, a layer store by diff_id, tags and repo digests; pulls from FakeRegistry.
@@ -365,22 +360,31 @@ class FakeEngine(Engine):
         buffer = io.BytesIO()
         write(buffer)
         buffer.seek(0)
-        try:
-            with tarfile.open(fileobj=buffer) as archive:
-                entry = json.loads(_member_bytes(archive, "manifest.json"))[0]
-                image = FakeImage(_member_bytes(archive, entry["Config"]))
-                present = set(archive.getnames())
-                self.sent_layers.append(sum(member in present for member in entry["Layers"]))
+        try:  # read with the project's own reader, so the fake and the real archives cannot drift apart
+            with ImageArchive(buffer, "the loaded archive") as archive:
+                found = archive.image(partial=True)
+                self.sent_layers.append(sum(member is not None for member in found.layers))
                 blobs = [
-                    _member_bytes(archive, member) if member in present else self._held(image.diff_ids[: index + 1])
-                    for index, member in enumerate(entry["Layers"])
+                    self._layer(archive, found, index)
+                    if member
+                    else self._held(list(found.config.diff_ids[: index + 1]))
+                    for index, member in enumerate(found.layers)
                 ]
-        except (tarfile.TarError, KeyError, IndexError, ValueError) as exc:
+        except (ImageArchiveError, ValueError) as exc:
             raise EngineError(f"cannot load the image into Docker: not a docker-archive ({exc})") from exc
+        image = FakeImage(found.config.data)
         self._keep(image, blobs, "load the image into Docker")
-        for name in entry.get("RepoTags") or []:
+        for name in found.repo_tags:
             self.tags[name] = image.image_id
         return image.image_id
+
+    @staticmethod
+    def _layer(archive: ImageArchive, image: ArchivedImage, index: int) -> bytes:
+        """A layer the archive carries, refused as dockerd refuses it when it is not its diff_id."""
+        try:
+            return archive.layer(image, index).read()
+        except ArchiveMismatchError as exc:
+            raise EngineError(f"cannot load the image into Docker: invalid diffID for layer {index}: {exc}") from exc
 
     def held_layers(self, diff_ids: list[str]) -> int:
         stacks = [image.diff_ids for image in self.images.values()] + self.phantom_stacks
@@ -529,6 +533,7 @@ class FakeLauncher(Launcher):
     seen: list[dict[str, bytes | None]] = field(default_factory=list)
     # By the command's last word (e.g. "train.py"): what it writes, computed from the files it reads as mounted.
     scripts: dict[str, Callable[[Callable[[str], bytes | None]], dict[str, bytes]]] = field(default_factory=dict)
+    runtime_name: str = "docker"  # what the record names as the runtime
 
     def run(self, spec: LaunchSpec, output: Output) -> int:
         self.launched.append(spec)
@@ -550,7 +555,7 @@ class FakeLauncher(Launcher):
         self.removed.append(name)
 
     def runtime(self) -> RuntimeInfo:
-        return RuntimeInfo("docker", "24.0.fake")
+        return RuntimeInfo(self.runtime_name, "24.0.fake")
 
 
 def _read_as_mounted(spec: LaunchSpec, name: str) -> bytes | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Every exit status envlock itself gives, with its meaning. README's table is this table (a test compares them);
+# Every exit status envlock itself gives, with its meaning. docs/reference/exit-codes.md is generated from it;
 # each EnvlockError subclass takes its code from here, and no two meanings share a code.
 EXIT_CODES: dict[int, str] = {
     0: "success (for `run`, `runs wait`: the command exited 0)",
@@ -21,7 +21,9 @@ EXIT_CODES: dict[int, str] = {
     12: "the host fails the preflight (driver too old, GPU architecture not built for); `--force` overrides",
     13: "no run by that id (or the prefix matches several)",
     14: "the host probe failed (NVML present but broken)",
-    15: "the image could not be restored, or what came back is not the recorded image (e.g. a tampered archive)",
+    15: "the image could not be restored, or an image archive (restored, `envlock archive`, an export, a "
+    "Charliecloud unpack, an upstream base's export) is malformed or does not match its digests: the line names "
+    "the archive and the layer",
     16: "`envlock reproduce`: not reproduced",
     17: "Slurm refused the job or could not be asked (`sbatch`/`scontrol` missing or failing)",
     18: "MLflow: the tracking store is unreachable or refused, or its URI cannot be reached from a container",
@@ -44,6 +46,7 @@ EXIT_CODES: dict[int, str] = {
     "anything is written",
     32: "a folder of a shared cache that a build must write is not writable by this user (the line names the "
     "folder, its owner, group and mode); running an image already built never needs it",
+    33: "`envlock diff --exit-code`: the two sides differ (not 1, as git diff gives, which is envlock's own bug code)",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -59,6 +62,7 @@ INTERRUPTED = 130
 NOT_REPRODUCED = 16
 NOTHING_COMPARED = 24
 FAILURE_REPRODUCED = 25
+DIFFERS = 33
 
 
 class EnvlockError(Exception):
@@ -194,6 +198,18 @@ class RestoreError(EnvlockError):
     """The image could not be brought back, or what came back is not the recorded image."""
 
     exit_code = 15
+
+
+class ImageArchiveError(RestoreError):
+    """An image archive (a docker-archive: a restored file, an engine's export) is not a readable one: no manifest,
+    a member it names missing, a config or manifest malformed, a member envlock's tar rules refuse."""
+
+
+class ArchiveMismatchError(ImageArchiveError):
+    """An image archive's layer is not its diff_id, or its config is not the digest it should be: the one error for
+    this failure, wherever it is found (restore, export, Charliecloud, the base store, the fake engine)."""
+
+    default_hint = "the archive was changed or damaged: use another copy, the registry, or a rebuild from the lock"
 
 
 class NotReproducedError(EnvlockError):

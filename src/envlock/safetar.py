@@ -15,6 +15,10 @@ Two modes:
   file system: symlinks and hardlinks are members like any other, but no write goes through a symlink; no
   absolute or `..` names; devices and FIFOs are skipped (the runtime binds the host's /dev); setuid, setgid and
   group/other write bits are dropped; whiteouts (`.wh.NAME`, `.wh..wh..opq`) remove what the lower layers had.
+- `TarIndex(path)` / `stream_members(stream)` read an image archive (`docker save`'s tar) without writing a byte:
+  regular files, folders and links between members (docker save links a repeated layer to its first copy); safe
+  names, no duplicates, a member cap; a link's target must name a member inside the archive. What the members
+  mean (manifest, config, layers, digests) is envlock.engine.archive's business.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import functools
 import gzip
 import lzma
 import os
+import posixpath
 import shutil
 import stat
 import unicodedata
@@ -32,7 +37,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, Literal, Protocol, cast
 
 from envlock.errors import BundleError, UsageError
 
@@ -158,7 +163,7 @@ def looks_like_tar(path: Path) -> bool:
         with path.open("rb") as raw:
             compression = _compression(raw.read(6))
             raw.seek(0)
-            stream = _decompressor(raw, compression)
+            stream = _seekable(raw, compression)
             block = stream.read(BLOCK)
     except (OSError, EOFError, zlib.error, lzma.LZMAError):
         return False
@@ -274,15 +279,23 @@ def _cap(source: str, what: str, field: str) -> BundleError:
     variable = ENVIRON_KEYS[field]
     return BundleError(
         f"{source}: {what}: refusing it",
-        hint=f"if the bundle is genuine and you have the space, raise the cap: {variable}=… (see README)",
+        hint=f"if the bundle is genuine and you have the space, raise the cap: {variable}=… (see docs/audit.md)",
     )
 
 
-def extract_rootfs_layer(layer: IO[bytes], rootfs: Path, *, source: str) -> None:
+class Readable(Protocol):
+    """What a layer is read from: a file, or a stream that checks what passes through it."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes; b"" at the end."""
+        ...
+
+
+def extract_rootfs_layer(layer: Readable, rootfs: Path, *, source: str) -> None:
     """Apply one image layer (an uncompressed tar whose digest the caller checked) onto `rootfs`: files, folders,
     symlinks and hardlinks, whiteouts applied to what the lower layers left, devices and FIFOs skipped; no write
     ever goes through a symlink. Refuses with one BundleError naming `source`."""
-    reader = _TarReader(_Input(layer, source, None), source)
+    reader = _TarReader(_Input(cast("IO[bytes]", layer), source, None), source)  # read only: never sought nor stat'ed
     written: set[str] = set()  # this layer's names and their folders: whiteouts hide only the lower layers'
     with _Tree(rootfs, source) as tree:
         while (entry := reader.next()) is not None:
@@ -487,6 +500,122 @@ class _Tree:
             ) from exc
 
 
+# --- image archives: members listed (and read on demand), nothing written ----------------------------------------
+
+
+def _archive_member(entry: _Entry, source: str) -> Member:
+    """An image archive's member under its rules: a file, a folder or a link to another member, by a safe name."""
+    raw = entry.name.removeprefix("./")  # a repacked archive (`tar -C dir -cf x.tar .`) names its members ./x
+    kinds: dict[bytes, Literal["file", "dir", "symlink", "hardlink"]] = {
+        b"0": "file", b"\0": "file", _DIR: "dir", _SYMLINK: "symlink", _HARDLINK: "hardlink"
+    }  # fmt: skip
+    kind = kinds.get(entry.flag)
+    if kind is None or entry.sparse:
+        what = "a sparse file" if entry.sparse else _TYPE_NAMES.get(entry.flag, f"of unknown type {entry.flag!r}")
+        raise BundleError(f"{source}: member {entry.name!r} is {what}: an image archive holds files, folders and links")
+    name = raw.removesuffix("/") if kind == "dir" else raw
+    problem = name_problem(name)
+    if problem:
+        raise BundleError(f"{source}: member {entry.name!r} has {problem}: refusing the image archive")
+    target = ""
+    if kind in ("symlink", "hardlink"):
+        # A symlink's target is relative to its folder, a hardlink's to the archive; either must stay inside it.
+        base = posixpath.dirname(name) if kind == "symlink" else ""
+        target = posixpath.normpath(posixpath.join(base, entry.linkname.removeprefix("./")))
+        if not entry.linkname or entry.linkname.startswith("/") or name_problem(target):
+            raise BundleError(
+                f"{source}: member {entry.name!r} links to {entry.linkname!r}, outside the archive: refusing it"
+            )
+    return Member(name, kind, entry.size if kind == "file" else 0, entry.mode, target)
+
+
+def _listed(reader: _TarReader, source: str, max_members: int) -> Iterator[tuple[Member, int]]:
+    """Each member (checked) and where its data starts in the uncompressed stream; duplicates and too many refused."""
+    seen: set[str] = set()
+    while (entry := reader.next()) is not None:
+        member = _archive_member(entry, source)
+        key = unicodedata.normalize("NFC", member.name)
+        if key in seen:
+            raise BundleError(f"{source}: member {member.name!r} appears twice")
+        seen.add(key)
+        if len(seen) > max_members:
+            raise BundleError(f"{source}: has more than {max_members} members: refusing it")
+        yield member, reader.stream.count
+
+
+def stream_members(
+    stream: IO[bytes], source: str, *, max_members: int = DEFAULT_MAX_MEMBERS
+) -> Iterator[tuple[Member, Iterator[bytes]]]:
+    """The members of an uncompressed image archive read front to back once (a pipe will do): each member, checked,
+    with its data as chunks (read them before the next member, or they are skipped). Refuses with BundleError."""
+    reader = _TarReader(_Input(stream, source, None), source)
+    for member, _ in _listed(reader, source, max_members):
+        yield member, reader.chunks()
+
+
+class TarIndex:
+    """An image archive file (plain, or gzip, bz2, xz), its headers read once by this parser; a member's data read
+    on demand by its offset. Links are followed inside the archive only. Refuses with BundleError naming `source`.
+    A path is opened and closed here; an open file (seekable, at its start) stays the caller's."""
+
+    def __init__(self, archive: Path | IO[bytes], source: str, *, max_members: int = DEFAULT_MAX_MEMBERS) -> None:
+        self.source = source
+        self._owned = isinstance(archive, Path)
+        try:
+            self._raw = archive.open("rb") if isinstance(archive, Path) else archive
+        except OSError as exc:
+            raise BundleError(f"{source}: cannot be read: {exc.strerror or exc}", hint="check the path") from exc
+        try:
+            stream = _Input(self._raw, source, None, file=True)
+            self.members: dict[str, Member] = {}
+            self._offsets: dict[str, int] = {}
+            for member, offset in _listed(_TarReader(stream, source), source, max_members):
+                self.members[member.name] = member
+                self._offsets[member.name] = offset
+            self._raw.seek(0)
+            self._data = _seekable(self._raw, stream.compression)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the file (when it was opened here)."""
+        if self._owned:
+            self._raw.close()
+
+    def __enter__(self) -> TarIndex:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def file(self, name: str) -> Member | None:
+        """The regular file a name stands for, through links (at most 8); None when there is none."""
+        name = posixpath.normpath(name.removeprefix("./")) if name else name
+        for _ in range(8):
+            member = self.members.get(name)
+            if member is None or member.kind == "file":
+                return member
+            if member.kind == "dir":
+                return None
+            name = member.target
+        return None
+
+    def chunks(self, member: Member) -> Iterator[bytes]:
+        """A regular file's data, exactly its size (seeked to: compressed input is decompressed up to it again)."""
+        self._data.seek(self._offsets[member.name])
+        left = member.size
+        while left:
+            try:
+                data = self._data.read(min(left, _CHUNK))
+            except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+                raise BundleError(f"{self.source}: damaged or changed while being read ({exc})") from exc
+            if not data:
+                raise BundleError(f"{self.source}: truncated inside the data of {member.name!r}")
+            left -= len(data)
+            yield data
+
+
 # --- reading: the byte stream (decompressed, metered), then the tar headers ----------------------------------------
 
 
@@ -500,11 +629,14 @@ def _compression(magic: bytes) -> str:
     return ""
 
 
-class _Readable(Protocol):
+class _Seekable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
 
-def _decompressor(raw: IO[bytes], compression: str) -> _Readable:
+
+def _seekable(raw: IO[bytes], compression: str) -> _Seekable:
+    """The file's uncompressed bytes, seekable (a compressed file's seek decompresses up to the offset)."""
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if compression == "bz2":
@@ -517,20 +649,21 @@ def _decompressor(raw: IO[bytes], compression: str) -> _Readable:
 class _Input:
     """The archive's bytes: decompressed when compressed (and then metered against the ratio cap)."""
 
-    def __init__(self, raw: IO[bytes], source: str, limits: Limits | None) -> None:
+    def __init__(self, raw: IO[bytes], source: str, limits: Limits | None, *, file: bool | None = None) -> None:
         self.source = source
         self.raw = raw
         self.compression = ""
         self.size: int | None = None
         self.cap: int | None = None
-        if limits is not None:  # a file from elsewhere: its own size, its compression, the ratio cap
-            self.size = os.fstat(raw.fileno()).st_size
+        if limits is not None if file is None else file:  # a file: its own size and compression (seekable)
+            self.size = raw.seek(0, os.SEEK_END)
+            raw.seek(0)
             self.compression = _compression(raw.read(6))
             raw.seek(0)
-            if self.compression:
+            if self.compression and limits is not None:  # a bundle: the ratio cap
                 self.cap = max(limits.max_ratio * self.size, RATIO_FLOOR)
         self.limits = limits
-        self.stream = _decompressor(raw, self.compression)
+        self.stream = _seekable(raw, self.compression)
         self.count = 0
 
     def read(self, size: int) -> bytes:

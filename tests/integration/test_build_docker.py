@@ -54,10 +54,12 @@ def build(spec: Spec, engine: DockerEngine, cache_root: Path, bases: BaseStore) 
         lockfile.read(spec.lock_path),
         spec.name,
         "linux/amd64",
-        engine=engine,
-        cache=WheelCache(cache_root / "wheels", HttpFetcher()),
-        layers=LayerStore(cache_root / "layers"),
-        bases=bases,
+        Builder(
+            engine=engine,
+            cache=WheelCache(cache_root / "wheels", HttpFetcher()),
+            layers=LayerStore(cache_root / "layers"),
+            bases=bases,
+        ),
     )
 
 

@@ -206,7 +206,7 @@ def test_the_run_mounts_the_commits_dist_info_and_records_its_version(tmp_path: 
     from envlock.image.staging import LOCAL_METADATA, VenvLayout, install_local  # noqa: PLC0415
     from envlock.lock.project import lock_project  # noqa: PLC0415
     from envlock.run.ownversion import current_versions  # noqa: PLC0415
-    from envlock.run.pinned import own_metadata  # noqa: PLC0415
+    from envlock.run.service import own_metadata  # noqa: PLC0415
     from tests.fakes import FakeResolver  # noqa: PLC0415
 
     project = tmp_path / "scm-proj"

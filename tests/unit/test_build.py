@@ -32,6 +32,7 @@ from envlock.lock.recipes import Recipe, load_recipe
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
+from envlock.report import Report, silent
 from envlock.signing import canonical, generate_key, open_envelope
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
 
@@ -39,19 +40,18 @@ pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fi
 
 
 def run_build(
-    spec: Spec, engine: FakeEngine, cache: WheelCache, layers: LayerStore, bases: BaseStore, **options: Any
+    spec: Spec,
+    engine: FakeEngine,
+    cache: WheelCache,
+    layers: LayerStore,
+    bases: BaseStore,
+    *,
+    no_cache: bool = False,
+    report: Report = silent,
 ) -> BuildOutcome:
     lock = lockfile.read(spec.lock_path)
-    return build_image(
-        lock,
-        spec.name,
-        "linux/amd64",
-        engine=engine,
-        cache=cache,
-        layers=layers,
-        bases=bases,
-        **options,
-    )
+    builder = Builder(engine=engine, cache=cache, layers=layers, bases=bases, report=report)
+    return build_image(lock, spec.name, "linux/amd64", builder, no_cache=no_cache)
 
 
 def test_build_then_noop(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -142,7 +142,7 @@ def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callab
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     lock = lockfile.read(spec.lock_path)
     with pytest.raises(EnvlockError, match="has no platform 'linux/arm64'"):
-        build_image(lock, "demo", "linux/arm64", engine=FakeEngine(), cache=cache, layers=layers, bases=bases)
+        build_image(lock, "demo", "linux/arm64", Builder(FakeEngine(), cache, layers, bases))
 
 
 def test_lock_pins_the_base_and_build_refuses_another(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -251,8 +251,8 @@ def test_rebuild_sends_the_engine_only_the_layers_it_lacks(
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     engine = FakeEngine()
     kwargs: dict[str, Any] = {"engine": engine, "cache": cache, "layers": layers, "bases": bases}
-    first = build_image(before, "demo", "linux/amd64", **kwargs)
-    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    first = build_image(before, "demo", "linux/amd64", Builder(**kwargs))
+    second = build_image(after, "demo", "linux/amd64", Builder(**kwargs))
     # base, venv, torch, packages, lock: the light package changes only the last two.
     assert engine.sent_layers == [5, 2]
     assert second.built and engine.tags[second.reference] == second.image_id != first.image_id
@@ -267,7 +267,7 @@ def test_a_light_change_reads_no_byte_of_the_heavy_wheels(
     before, after, served = two_locks(tmp_path, write_project)
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     kwargs: dict[str, Any] = {"engine": FakeEngine(), "cache": cache, "layers": layers, "bases": bases}
-    build_image(before, "demo", "linux/amd64", **kwargs)
+    build_image(before, "demo", "linux/amd64", Builder(**kwargs))
     torch = next(f for p in after.target("linux/amd64").packages if p.name == "torch" for f in p.files)
     hashed: list[str] = []
 
@@ -276,10 +276,10 @@ def test_a_light_change_reads_no_byte_of_the_heavy_wheels(
         return sha256_file(path)
 
     monkeypatch.setattr("envlock.image.wheels.sha256_file", watched)
-    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    second = build_image(after, "demo", "linux/amd64", Builder(**kwargs))
     assert second.built and hashed and torch.sha256 not in hashed, "the new layer's wheels only"
     cache.path_for(torch.sha256).unlink()  # a cached layer's wheel may be gone: the layer is what counts
-    third = build_image(after, "other", "linux/amd64", **kwargs)
+    third = build_image(after, "other", "linux/amd64", Builder(**kwargs))
     assert third.image_id == second.image_id
 
 
@@ -297,11 +297,11 @@ def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(
         "bases": bases,
         "report": notes.append,
     }
-    first = build_image(before, "demo", "linux/amd64", **kwargs)
+    first = build_image(before, "demo", "linux/amd64", Builder(**kwargs))
     # The image is removed between the engine's answer and the load: its layers are gone with it.
     engine.phantom_stacks.append(engine.images[first.image_id].diff_ids)
     engine.remove(first.image_id)
-    second = build_image(after, "demo", "linux/amd64", **kwargs)
+    second = build_image(after, "demo", "linux/amd64", Builder(**kwargs))
     # base, venv, torch, packages-5 (alpha), then packages-7 (beta) and the lock: the whole archive is 6 layers.
     assert engine.sent_layers == [5, 2, 6] and engine.loads == 3
     assert engine.tags == {second.reference: second.image_id}
@@ -315,9 +315,9 @@ def test_a_lost_image_is_loaded_whole_and_gets_the_same_id(
     cache, layers, bases, _ = stores(tmp_path / "cache", served)
     engine = FakeEngine()
     kwargs: dict[str, Any] = {"engine": engine, "cache": cache, "layers": layers, "bases": bases}
-    first = build_image(before, "demo", "linux/amd64", **kwargs)
+    first = build_image(before, "demo", "linux/amd64", Builder(**kwargs))
     engine.remove(first.image_id)
-    again = build_image(before, "demo", "linux/amd64", **kwargs)
+    again = build_image(before, "demo", "linux/amd64", Builder(**kwargs))
     assert again.built and again.image_id == first.image_id and engine.sent_layers == [5, 5]
 
 
@@ -430,13 +430,13 @@ def test_a_partial_load_that_times_out_is_reported_as_a_timeout_not_retried_whol
         "bases": bases,
         "report": notes.append,
     }
-    build_image(before, "demo", "linux/amd64", **kwargs)
+    build_image(before, "demo", "linux/amd64", Builder(**kwargs))
     assert engine.load_sizes[0] > 0, "the load says how many bytes it sends"
     engine.fail_load = EngineTimeoutError(
         "cannot load the image into Docker: the Docker engine did not answer within 61 s"
     )
     with pytest.raises(EngineTimeoutError, match="did not answer within 61 s"):
-        build_image(after, "demo", "linux/amd64", **kwargs)
+        build_image(after, "demo", "linux/amd64", Builder(**kwargs))
     assert engine.loads == 2 and not any("sending every layer" in note for note in notes)
 
 

@@ -27,7 +27,8 @@ from envlock.cli.app import run as cli
 from envlock.cli.wiring import Wiring
 from envlock.engine.charliecloud import unpack_archive
 from envlock.errors import BundleError, EngineError, UsageError
-from envlock.evidence.bundle import is_bundle, unpacked
+from envlock.evidence.bundle import unpacked
+from envlock.run.arguments import is_tar
 from envlock.safetar import Limits, extract, extract_rootfs_layer, looks_like_tar, name_problem
 from tests.fakes import FakeEngine
 from tests.unit.test_runtimes import docker_archive
@@ -408,7 +409,7 @@ def test_a_good_bundle_unpacks_plain_or_compressed_with_safe_modes(tmp_path: Pat
     packed = {"": data, "gzip": gzip.compress(data), "bz2": bz2.compress(data), "xz": lzma.compress(data)}
     bundle = tmp_path / "run.tar"
     bundle.write_bytes(packed[compress])
-    assert is_bundle(bundle) and looks_like_tar(bundle)
+    assert is_tar(bundle) and looks_like_tar(bundle)
     with unpacked(bundle) as found:
         assert found.run_id == RUN_ID and found.archive is None
         modes = {p.relative_to(found.root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in found.root.rglob("*")}
@@ -429,7 +430,7 @@ def test_a_good_bundle_unpacks_plain_or_compressed_with_safe_modes(tmp_path: Pat
 def test_a_garbage_file_with_another_name_is_not_taken_for_a_bundle(tmp_path: Path) -> None:
     garbage = tmp_path / "notes.bin"
     garbage.write_bytes(b"\x00garbage" * 100)
-    assert not is_bundle(garbage) and not looks_like_tar(garbage)
+    assert not is_tar(garbage) and not looks_like_tar(garbage)
 
 
 # --- image layers (Charliecloud): links are members, but nothing is written through one -------------------------------

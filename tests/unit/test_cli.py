@@ -12,6 +12,7 @@ import pytest
 
 from envlock.cli.app import ALL_COMMAND_MODULES, COMMAND_MODULES, load_commands, run
 from envlock.cli.root import app
+from envlock.errors import DIFFERS
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver, package
@@ -179,8 +180,8 @@ def test_diff_of_two_locks_names_the_package(
     code, _, err = invoke(capsys, "diff", str(locks[0]), "no-such-thing", "-C", str(tmp_path))
     assert code == 2 and "is not a lock file, a run of" in err
     code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1]), "--exit-code", "-C", str(tmp_path))
-    assert code == 1 and out.splitlines()[1:] == ["  linux/amd64: ~ idna 3.7 -> 3.8"]
+    assert code == DIFFERS and out.splitlines()[1:] == ["  linux/amd64: ~ idna 3.7 -> 3.8"]
     code, _, _ = invoke(capsys, "diff", str(locks[0]), str(locks[1]), "--json", "--exit-code", "-C", str(tmp_path))
-    assert code == 1
+    assert code == DIFFERS
     code, out, _ = invoke(capsys, "diff", str(locks[0]), str(locks[0]), "--exit-code", "-C", str(tmp_path))
     assert code == 0 and out.splitlines()[1:] == ["  no differences"]

@@ -153,7 +153,9 @@ def test_archive_then_restore_from_it(world: World, capsys: pytest.CaptureFixtur
     code, out, err = world(capsys, "restore", run_id, "-C", str(world.project), "--no-rebuild")
     assert code == 0 and f"restored {image_id} from archive {archive}" in out, err
     code, _, err = world(capsys, "restore", "nothing-like-it", "-C", str(world.project))
-    assert code == 2 and "is not a run of this project, a registry digest or a lock file" in err
+    assert (
+        code == 2 and "error: 'nothing-like-it' is not a registry digest, a lock file or a run of this project" in err
+    )
 
 
 def test_reproduce_says_reproduced_then_not(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,3 +224,27 @@ def test_download_bars_are_made_once_when_threads_report_at_once() -> None:
     with bars, ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda i: progress(f"wheel-{i % 4}", i, 64), range(64)))
     assert len(bars.tasks) == 4
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("-i", "data\\x"), ("--input", "../x"), ("-o", "out\\metrics.json"), ("-o", "/etc/x")]
+)
+def test_a_path_the_record_could_not_read_back_is_refused_before_the_run(
+    world: World, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """`run -i 'data\\x'` once ran, then `envlock runs` skipped its record as unreadable: one path rule now."""
+    code, _, err = world(capsys, "run", "-C", str(world.project), flag, value, "--", "true")
+    assert code == 125 and "elsewhere 2" in err and (value in err or repr(value) in err), err
+    assert world.launcher.launched == [] and RunStore(world.project).scan() == ([], [])
+    code, out, said = world(capsys, "runs", "-C", str(world.project))
+    assert code == 0 and "no runs yet" in out + said
+
+
+def test_a_plain_input_path_runs_and_its_record_reads_back(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.project / "data").mkdir()
+    (world.project / "data" / "x").write_text("1\n", encoding="utf-8")
+    code, _, said = world(capsys, "run", "-C", str(world.project), "-i", "data/x", "--", "true")
+    assert code == 0, said
+    records, broken = RunStore(world.project).scan()
+    assert broken == [] and len(records) == 1 and records[0].inputs is not None
+    assert list(records[0].inputs.files) == ["data/x"]

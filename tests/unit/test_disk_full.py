@@ -87,7 +87,7 @@ def test_a_full_disk_while_running_is_one_line_and_the_record_says_failed(small_
     launcher = FillingLauncher()
     launcher.frees = frees
     with pytest.raises(DiskFullError) as caught:
-        run(small_project, launcher, cpu_host(), RunRequest(["python", "train.py"]))
+        run(small_project, launcher, cpu_host(), RunRequest(command=["python", "train.py"]))
     (record,) = RunStore(small_project).all()
     log = RunStore(small_project).log_path(record.run_id)
     assert caught.value.exit_code == 22

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from envlock.engine.archive import write_archive
 from envlock.errors import EngineError, RegistryError
 from envlock.image.layers import Layer, write_layer
-from envlock.image.plan import write_archive
 from envlock.image.registry import Blob, manifest_for, push
 from tests.fakes import FakeEngine, FakeRegistry
 

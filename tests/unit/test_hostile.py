@@ -24,7 +24,7 @@ from envlock.engine.launch import LaunchSpec, bind_mounts
 from envlock.errors import BuildError, EngineError, EngineTimeoutError, RegistryError, UsageError
 from envlock.fsutil import owned_prefix, sweep_stale
 from envlock.image.bases import BaseStore
-from envlock.image.build import build_image
+from envlock.image.build import Builder, build_image
 from envlock.image.catalog import Built, image_for_lock, record_image
 from envlock.image.layers import LayerStore, write_layer
 from envlock.image.registry import Blob, HttpRegistry
@@ -262,10 +262,12 @@ def test_parallel_cold_cache_builds_of_one_lock_all_succeed(
                 lockfile.read(lock_path),
                 "demo",
                 "linux/amd64",
-                engine=FakeEngine(),
-                cache=WheelCache(root / "wheels", HttpFetcher()),
-                layers=LayerStore(root / "layers"),
-                bases=BaseStore(root / "bases", FakeBaseBuilder()),
+                Builder(
+                    engine=FakeEngine(),
+                    cache=WheelCache(root / "wheels", HttpFetcher()),
+                    layers=LayerStore(root / "layers"),
+                    bases=BaseStore(root / "bases", FakeBaseBuilder()),
+                ),
             )
             return outcome.image_id
 

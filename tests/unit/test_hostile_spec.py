@@ -28,6 +28,8 @@ DEPS = '[project]\nname = "demo"\ndependencies = ["numpy"]\n'
         (DEPS + '[tool.envlock]\nindex-url = "https://u:secret@host:port/simple"\n', "is not a URL"),
         (DEPS + '[tool.envlock]\nextra-index-urls = ["https:///simple"]\n', "has no host"),
         (DEPS + "[tool.envlock]\nindex-url = 5\n", "index-url: must be a string"),
+        (DEPS + '[tool.envlock]\nextra-index-urls = "https://u:secret@host/simple"\n', "list of strings, not a string"),
+        (DEPS + '[tool.envlock]\nindex-url = ["https://u:secret@host/simple"]\n', "string, not a list"),
         ("a = " + "[" * 600 + "]" * 600 + "\n", "nested too deeply"),
         ("a = " + "{b = " * 600 + "}" * 600 + "\n", "nested too deeply"),
         ("[" + ".".join(["a"] * 600) + "]\n", None),  # deep dotted tables parse without recursion: fine

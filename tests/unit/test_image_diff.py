@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from envlock.engine.archive import write_archive
 from envlock.engine.docker import save_file
 from envlock.errors import EngineError, LockfileError
-from envlock.image.build import build_image
+from envlock.image.build import Builder, build_image
 from envlock.image.layers import write_layer
-from envlock.image.plan import LOCK_PATH, write_archive
+from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
 from envlock.lock.lockdiff import LockDiff, diff_locks
 from envlock.lock.lockfile import Lock
@@ -34,10 +35,7 @@ def build(
         lockfile.read(spec.lock_path),
         "demo",
         "linux/amd64",
-        engine=engine,
-        cache=cache,
-        layers=layers,
-        bases=bases,
+        Builder(engine=engine, cache=cache, layers=layers, bases=bases),
     )
     return outcome.reference, text
 

@@ -146,7 +146,9 @@ def test_a_tampered_blob_or_a_layer_that_is_not_its_diff_id_is_refused_and_nothi
     manifest = json.dumps({"schemaVersion": 2, "config": {"digest": sha(config)}, "layers": [docker_gzip]}).encode()
     digest = registry.put_manifest("team/demo", "bad", manifest)
     launcher = charliecloud(tmp_path / "second", registry)
-    with pytest.raises(RestoreError, match=f"layer 0 of {sha(config)[:19]} is not "):
+    with pytest.raises(
+        RestoreError, match=f"the fetched image {sha(config)[:19]} is corrupt or tampered: layer 0 is not "
+    ):
         restore_for_runtime(
             sha(config), runtime=launcher, repo_digests=(f"{HOST}/team/demo@{digest}",), through_engine=no_engine
         )

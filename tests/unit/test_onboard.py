@@ -491,8 +491,9 @@ def test_a_hand_broken_imported_from_is_a_spec_problem(tmp_path: Path, capsys: p
     with pytest.raises(SpecError) as raised:
         load_spec(tmp_path)
     assert raised.value.details == (
-        "pyproject.toml:6: tool.envlock.imported-from: path '../elsewhere.lock' must be a path inside the project "
-        "(relative, without . or ..)",
+        "pyproject.toml:6: tool.envlock.imported-from.path: '../elsewhere.lock' must be a path inside the project "
+        "(relative, / between names, without . or .., no \\)",
+        "pyproject.toml:6: tool.envlock.imported-from.sha256: 'abc' must be 64 lowercase hex digits",
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from envlock.errors import PreflightError
 from envlock.lock.cuda import CPU, derive_cuda
-from envlock.run.preflight import Verdict, check_host, enforce
+from envlock.run.preflight import Preflight, Verdict, check_host, enforce
 from tests.fakes import A100, RTX_4090, TORCH_251_AMD64, FakeGpu, cpu_host, gpu_host, package
 
 CU124 = derive_cuda(TORCH_251_AMD64)  # torch 2.5.1: driver >= 550.54.14 (compat 525.60.13), sm_50 … sm_90
@@ -176,9 +176,9 @@ def test_cuda_lock_with_unknown_floor_on_a_cpu_host() -> None:
 
 def test_enforce_passes_warnings_through() -> None:
     verdict = check_host(CU124, gpu_host("535.104.05", RTX_4090))
-    assert enforce(verdict, force=False) == verdict.warnings
-    assert enforce(verdict, force=True) == verdict.warnings
-    assert enforce(Verdict(ok=True), force=False) == ()
+    assert enforce(verdict, force=False) == Preflight(verdict.warnings, forced=False)
+    assert enforce(verdict, force=True) == Preflight(verdict.warnings, forced=False), "nothing was overridden"
+    assert enforce(Verdict(ok=True), force=False) == Preflight((), forced=False)
 
 
 def test_enforce_refuses_with_every_problem() -> None:
@@ -194,8 +194,9 @@ def test_enforce_refuses_with_every_problem() -> None:
 
 def test_enforce_with_force_records_the_overridden_problems() -> None:
     verdict = check_host(CU124, gpu_host("535.104.05", RTX_4090, RTX_5090))
-    notes = enforce(verdict, force=True)
-    assert notes == (
+    outcome = enforce(verdict, force=True)
+    assert outcome.forced, "forced is data, not read back from the notes' wording"
+    assert outcome.notes == (
         *verdict.warnings,
         f"forced: GPU 1 (NVIDIA GeForce RTX 5090, sm_120) is not among the lock's architectures {CU124_ARCHS}: "
         "newer than every architecture the lock was built for",

@@ -220,7 +220,10 @@ def test_the_fallback_index_is_read_back_and_merged_again_when_a_parallel_writer
 
 def test_bad_references_are_usage_errors(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = world(capsys, "pull", "registry.example:5000/team/demo@sha256:abc")
-    assert code == 2 and "is not REGISTRY/REPO@sha256:<64 hex>" in err
+    assert code == 2 and err.splitlines() == [
+        "error: 'registry.example:5000/team/demo@sha256:abc' is not a registry digest",
+        "hint: pass REGISTRY/REPO@sha256:…",
+    ]
     code, _, err = world(capsys, "runs", "--image", "sha256:" + "a" * 64)
     assert code == 2 and "error: --image and --lock are for --registry" in err
     assert location_of("registry.example:5000/team/demo").repository == "team/demo"

@@ -18,7 +18,7 @@ from envlock.cluster.submit import Submission, submit_run, submitted_tracking
 from envlock.errors import RunRecordError
 from envlock.lock import lockfile
 from envlock.run.records import RECORD_VERSION, RunRecord, RunStore
-from envlock.run.runner import RunRequest
+from envlock.run.runner import LockedImage, RunRequest
 from envlock.run.tracking import TrackingSettings
 from tests.fakes import FakeSlurm, package
 from tests.unit.test_runner import IMAGE, locked_project
@@ -100,23 +100,58 @@ def _set(data: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("name", "field", "value", "named"),
     [
-        ("v1-local-gpu-mlflow.json", "host.gpus", "NVIDIA A100", "'gpus' must be a list of tables"),
-        ("v1-local-gpu-mlflow.json", "host.gpus.0.memory-mib", "80GB", "'memory-mib' must be an integer"),
-        ("v1-local-gpu-mlflow.json", "host.driver-version", 550, "'driver-version' must be a string or null"),
-        ("v1-local-gpu-mlflow.json", "tracking.run-id", None, "tracking.'run-id' must be a string"),
-        ("v1-local-cpu.json", "git.dirty", "yes", "git.'dirty' must be true or false"),
-        ("v1-local-cpu.json", "git.commit", "--upload-pack=evil", "git.'commit' must be a string like"),
-        ("v1-local-cpu.json", "run_id", "../../elsewhere", "'run_id' must be a string like"),
-        ("v1-local-cpu.json", "status", "done", "'status' must be one of"),
-        ("v1-local-cpu.json", "seed", True, "'seed' must be an integer"),
-        ("v1-local-cpu.json", "outputs", ["out"], "'outputs' must be a table of strings or nulls"),
-        ("v1-local-cpu.json", "git", "abc123", "git must be a table, not 'abc123'"),
-        ("v1-slurm-node1.json", "scheduler.rank", "1", "scheduler.'rank' must be an integer"),
-        ("v1-slurm-node1.json", "scheduler.job-id", 42, "scheduler.'job-id' must be a string"),
-        ("v1-slurm-queued.json", "scheduler.request.force", "no", "scheduler.request.'force' must be true or false"),
-        ("v1-slurm-queued.json", "scheduler.request.mlflow", {"uri": 5}, "mlflow.'uri' must be a string"),
-        ("v1-slurm-queued.json", "scheduler.jobid", "42", "'jobid' is not a record field (did you mean 'job-id'?)"),
-        ("v1-local-cpu.json", "exit_cod", 0, "'exit_cod' is not a record field (did you mean 'exit_code'?)"),
+        (
+            "v1-local-gpu-mlflow.json",
+            "host.gpus",
+            "NVIDIA A100",
+            "host.gpus: must be a list of tables, not 'NVIDIA A100'",
+        ),
+        (
+            "v1-local-gpu-mlflow.json",
+            "host.gpus.0.memory-mib",
+            "80GB",
+            "host.gpus[0].memory-mib: must be an integer, not '80GB'",
+        ),
+        (
+            "v1-local-gpu-mlflow.json",
+            "host.driver-version",
+            550,
+            "host.driver-version: must be a string or null, not 550",
+        ),
+        ("v1-local-gpu-mlflow.json", "tracking.run-id", None, "tracking.run-id: must be a string, not None"),
+        ("v1-local-cpu.json", "git.dirty", "yes", "git.dirty: must be true or false, not 'yes'"),
+        (
+            "v1-local-cpu.json",
+            "git.commit",
+            "--upload-pack=evil",
+            "git.commit: must be a string like [0-9a-f]{1,64} or null, not '--upload-pack=evil'",
+        ),
+        ("v1-local-cpu.json", "run_id", "../../elsewhere", "run_id: must be a string like"),
+        (
+            "v1-local-cpu.json",
+            "status",
+            "done",
+            "status: must be one of queued, running, finished, failed, interrupted, not 'done'",
+        ),
+        ("v1-local-cpu.json", "seed", True, "seed: must be an integer, not True"),
+        ("v1-local-cpu.json", "outputs", ["out"], "outputs: must be a table of strings or nulls, not ['out']"),
+        ("v1-local-cpu.json", "git", "abc123", "git: must be a table, not 'abc123'"),
+        ("v1-slurm-node1.json", "scheduler.rank", "1", "scheduler.rank: must be an integer or null, not '1'"),
+        ("v1-slurm-node1.json", "scheduler.job-id", 42, "scheduler.job-id: must be a string or null, not 42"),
+        (
+            "v1-slurm-queued.json",
+            "scheduler.request.force",
+            "no",
+            "scheduler.request.force: must be true or false, not 'no'",
+        ),
+        (
+            "v1-slurm-queued.json",
+            "scheduler.request.mlflow",
+            {"uri": 5},
+            "scheduler.request.mlflow.uri: must be a string, not 5",
+        ),
+        ("v1-slurm-queued.json", "scheduler.jobid", "42", "scheduler.jobid: unknown key (did you mean 'job-id'?)"),
+        ("v1-local-cpu.json", "exit_cod", 0, "exit_cod: unknown key (did you mean 'exit_code'?)"),
     ],
 )
 def test_a_damaged_record_names_what_is_wrong(name: str, field: str, value: object, named: str) -> None:
@@ -133,7 +168,11 @@ def test_every_problem_is_reported_at_once() -> None:
         RunRecord.from_dict(data, "run record X")
     problems = (refused.value.message, *refused.value.details)
     assert "(and 2 more)" in refused.value.message and len(problems) == 3
-    assert any("'container'" in p for p in problems) and any("'kernel'" in p for p in problems)
+    assert problems == (
+        "run record X is damaged: host.kernel: must be a string, not None (and 2 more)",
+        "seed: must be an integer, not '7'",
+        "container: missing",
+    )
 
 
 @pytest.mark.parametrize("data", [[], "record", None, 3])
@@ -151,7 +190,7 @@ def test_a_newer_version_is_refused_with_a_hint_to_upgrade() -> None:
 
 @pytest.mark.parametrize("version", [0, "2", True, None])
 def test_a_version_that_is_no_version_is_damage(version: object) -> None:
-    with pytest.raises(RunRecordError, match="'record_version' must be one of"):
+    with pytest.raises(RunRecordError, match="record_version: must be one of"):
         RunRecord.from_dict({**v1("v1-local-cpu.json"), "record_version": version})
 
 
@@ -193,7 +232,7 @@ def test_a_record_of_the_wrong_shape_exits_21_without_a_traceback(
     capsys.readouterr()
     assert cli(["runs", "-C", str(project), "show", bad["run_id"]]) == 21
     err = capsys.readouterr().err
-    assert "'gpus' must be a list of tables" in err and "Traceback" not in err
+    assert "host.gpus: must be a list of tables" in err and "Traceback" not in err
     assert cli(["runs", "-C", str(project)]) == 0
     out, err = capsys.readouterr()
     assert v1("v1-local-cpu.json")["run_id"] in out and bad["run_id"] not in out and "skipped" in err
@@ -206,12 +245,9 @@ def test_a_queued_records_mlflow_request_keeps_no_credentials_and_reads_back(
     lock_path = project / "envlock.lock"
     secret_uri = "https://me:s3cret@mlflow.example.com"
     record = submit_run(
-        lockfile.read(lock_path),
-        lock_path.read_text(encoding="utf-8"),
-        "linux/amd64",
-        Submission(RunRequest(["t"]), (), "envlock-demo", TrackingSettings(secret_uri, "demo", "r1")),
+        LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", IMAGE),
+        Submission(RunRequest(command=["t"]), (), "envlock-demo", TrackingSettings(secret_uri, "demo", "r1")),
         project_dir=project,
-        image=IMAGE,
         store=RunStore(project),
         slurm=Slurm(FakeSlurm()),
         task=lambda run_id: ["envlock", "run-submitted", run_id],
@@ -243,7 +279,7 @@ def test_version_5_lineage_parts_are_checked_on_read() -> None:
     with pytest.raises(RunRecordError) as refused:
         RunRecord.from_dict(data | bad)
     problems = [refused.value.message, *refused.value.details]
-    assert any("links[0].'run' must be a string like" in p for p in problems), problems
-    assert any("'/etc/passwd' is not a plain path inside the project" in p for p in problems), problems
-    assert any("'tainted': 'edited' must be one of changed, missing, added" in p for p in problems), problems
-    assert any("'chain' must be a string like" in p for p in problems), problems
+    assert any("links[0].run: must be a string like" in p for p in problems), problems
+    assert any("links[0].output: '/etc/passwd' must be a path inside the project" in p for p in problems), problems
+    assert any("tainted: 'edited' must be one of changed, missing, added" in p for p in problems), problems
+    assert any("chain: must be a string like" in p for p in problems), problems

@@ -217,7 +217,7 @@ def test_no_gpus_on_a_cuda_lock_needs_no_force_and_reproduce_keeps_the_mode(
 ) -> None:
     project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
     launcher = FakeLauncher()
-    record = run(project, launcher, cpu_host(), RunRequest(["python", "train.py"], gpus=False))
+    record = run(project, launcher, cpu_host(), RunRequest(command=["python", "train.py"], gpus=False))
     assert record.status == "finished" and not record.forced and record.gpus is False
     assert not launcher.launched[-1].gpus
     assert any("--no-gpus" in note and "driver >= 550.54.14" in note for note in record.preflight)
@@ -229,7 +229,7 @@ def test_no_gpus_on_a_cuda_lock_needs_no_force_and_reproduce_keeps_the_mode(
 
 def test_reproduce_of_a_no_gpus_cuda_run_runs_on_a_cpu_host(write_project: Callable[[str], Path]) -> None:
     project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
-    record = run(project, FakeLauncher(), cpu_host(), RunRequest(["python", "train.py"], gpus=False))
+    record = run(project, FakeLauncher(), cpu_host(), RunRequest(command=["python", "train.py"], gpus=False))
     again = run(project, FakeLauncher(), cpu_host(), rerun_request(record, force=False))
     assert again.status == "finished" and again.gpus is False
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from envlock.engine.docker import Sink
-from envlock.errors import EngineError, RestoreError
+from envlock.errors import EngineError, ImageArchiveError, RestoreError
 from envlock.image.build import Builder
 from envlock.image.plan import LOCK_PATH, ImagePlan, plan_image
 from envlock.image.restore import Restored, restore_image, verify_archive, write_archive_file
@@ -178,7 +178,7 @@ def test_an_archive_of_another_image_is_not_accepted(tmp_path: Path, write_proje
     other = build(tmp_path / "two", write_project, engine, ["alpha", "beta"])
     archive = tmp_path / "other.tar"
     write_archive_file(engine, other.image_id, archive)
-    with pytest.raises(RestoreError, match=f"holds image {other.image_id[:19]}, not the recorded one"):
+    with pytest.raises(RestoreError, match=f"holds image {other.image_id[:19]}, not {first.image_id[:19]}"):
         restore_image(first.image_id, engine=FakeEngine(), archives=(archive,))
 
 
@@ -259,7 +259,7 @@ def test_an_archive_is_checked_as_it_is_written_not_read_again(
     monkeypatch.setattr(tarfile, "open", watched_tar)
     assert write_archive_file(engine, built.image_id, out) == built.image_id
     monkeypatch.undo()
-    assert opened == ["wb", "tar stream r|"], "the partial file is written, and read only as it is written"
+    assert opened == ["wb"], "the partial file is written, never opened for reading: checked as it is written"
     assert verify_archive(out) == built.image_id
 
 
@@ -322,17 +322,26 @@ def test_restoring_an_archive_sends_only_the_layers_the_engine_lacks(
     assert engine.sent_layers[-1] == 1
 
 
-def test_an_archive_of_many_metadata_sized_members_is_refused_not_held(
+def test_an_export_of_many_metadata_sized_members_is_refused_not_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Manifest and configs are kept in memory while an archive is read; a crafted one cannot make that unbounded."""
-    monkeypatch.setattr("envlock.image.restore.KEPT_MAX", 10_000)
-    crafted = tmp_path / "crafted.tar"
-    with tarfile.open(crafted, "w") as archive:
+    """Manifest and configs are kept in memory while an export is checked; a crafted one cannot make that unbounded."""
+    monkeypatch.setattr("envlock.engine.archive.KEPT_MAX", 10_000)
+    crafted = io.BytesIO()
+    with tarfile.open(fileobj=crafted, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for index in range(20):
             data = b"{}" + b" " * 998
             info = tarfile.TarInfo(f"{index}.json")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    with pytest.raises(RestoreError, match="not a readable image archive: more than 0 MiB of metadata-sized"):
-        verify_archive(crafted)
+
+    class Crafted(FakeEngine):
+        def save(self, ref: str, sink: Sink) -> None:
+            sink.write(crafted.getvalue())
+
+    with pytest.raises(ImageArchiveError) as refused:
+        write_archive_file(Crafted(), "sha256:" + "b" * 64, tmp_path / "demo.tar")
+    assert refused.value.message == (
+        "the engine's export of demo.tar is not a readable image archive: more than 0 MiB of metadata-sized members"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -23,7 +23,7 @@ from envlock.run.gitstate import GitState, git_state
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.rundiff import diff_runs
-from envlock.run.runner import RunRequest, run_in_image
+from envlock.run.runner import LockedImage, RunContext, RunFolders, RunRequest, run_in_image
 from tests.fakes import (
     A100,
     RTX_4090,
@@ -52,21 +52,20 @@ def run(
     request: RunRequest,
     seen: list[tuple[str, bytes]] | None = None,
 ) -> RunRecord:
-    lock_path = project / "envlock.lock"
     return run_in_image(
-        lockfile.read(lock_path),
-        lock_path.read_text(encoding="utf-8"),
-        "linux/amd64",
+        context(project, host, GitState(commit="abc123", dirty=True, diff=b"diff --git a/train.py b/train.py\n")),
         request,
-        project_dir=project,
-        image=IMAGE,
-        host=host,
-        git=GitState(commit="abc123", dirty=True, diff=b"diff --git a/train.py b/train.py\n"),
         launcher=launcher,
-        store=RunStore(project),
         evidence=FakeEvidence(),
         output=lambda stream, data: (seen if seen is not None else []).append((stream, data)),
     )
+
+
+def context(project: Path, host: HostState, git: GitState, store: RunStore | None = None) -> RunContext:
+    """A linux/amd64 run of the project's lock in IMAGE, on `host`, recorded in `store` (default: the project's)."""
+    lock_path = project / "envlock.lock"
+    locked = LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", IMAGE)
+    return RunContext(locked=locked, host=host, git=git, folders=RunFolders(project, store or RunStore(project)))
 
 
 def test_cpu_run_is_recorded_whole(write_project: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +77,7 @@ def test_cpu_run_is_recorded_whole(write_project: Callable[[str], Path], monkeyp
         project,
         launcher,
         cpu_host(),
-        RunRequest(["python", "train.py"], seed=7, outputs=("out",), pass_env=("WANDB_API_KEY",)),
+        RunRequest(command=["python", "train.py"], seed=7, outputs=("out",), pass_env=("WANDB_API_KEY",)),
         seen,
     )
     assert (record.status, record.exit_code) == ("finished", 0)
@@ -103,11 +102,11 @@ def test_old_driver_is_refused_with_numbers_then_forced(write_project: Callable[
     project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
     old = gpu_host("470.82.01", A100, cuda=11040)
     with pytest.raises(PreflightError) as refused:
-        run(project, FakeLauncher(), old, RunRequest(["python", "train.py"]))
+        run(project, FakeLauncher(), old, RunRequest(command=["python", "train.py"]))
     assert "470.82.01" in refused.value.message and "525.60.13" in refused.value.message
     assert RunStore(project).all() == [], "a refused run leaves no record"
     launcher = FakeLauncher()
-    record = run(project, launcher, old, RunRequest(["python", "train.py"], force=True))
+    record = run(project, launcher, old, RunRequest(command=["python", "train.py"], force=True))
     assert record.forced and any(note.startswith("forced: ") and "470.82.01" in note for note in record.preflight)
     assert launcher.launched[0].gpus, "a GPU host with a CUDA lock gets its GPUs"
 
@@ -115,7 +114,7 @@ def test_old_driver_is_refused_with_numbers_then_forced(write_project: Callable[
 def test_new_driver_runs_with_gpus(write_project: Callable[[str], Path]) -> None:
     project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
     launcher = FakeLauncher(code=3)
-    record = run(project, launcher, gpu_host("550.54.15", A100), RunRequest(["python", "train.py"]))
+    record = run(project, launcher, gpu_host("550.54.15", A100), RunRequest(command=["python", "train.py"]))
     assert (record.status, record.exit_code, record.forced) == ("failed", 3, False)
     assert record.host is not None and record.host.gpus[0].name == "NVIDIA A100-SXM4-80GB"
 
@@ -123,14 +122,14 @@ def test_new_driver_runs_with_gpus(write_project: Callable[[str], Path]) -> None
 def test_ctrl_c_marks_the_record_interrupted(write_project: Callable[[str], Path]) -> None:
     project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
     with pytest.raises(KeyboardInterrupt):
-        run(project, FakeLauncher(interrupt=True), cpu_host(), RunRequest(["python", "train.py"]))
+        run(project, FakeLauncher(interrupt=True), cpu_host(), RunRequest(command=["python", "train.py"]))
     (record,) = RunStore(project).all()
     assert (record.status, record.exit_code) == ("interrupted", 130)
 
 
 def test_a_killed_envlock_is_settled_by_the_next_command(write_project: Callable[[str], Path]) -> None:
     project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
-    record = run(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    record = run(project, FakeLauncher(), cpu_host(), RunRequest(command=["true"]))
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
@@ -167,13 +166,13 @@ def test_diff_of_two_runs_names_each_factor_that_moved(write_project: Callable[[
         project,
         FakeLauncher(writes={"out/m.json": b"1"}),
         gpu_host("550.54.15", A100),
-        RunRequest(["t"], outputs=("out",)),
+        RunRequest(command=["t"], outputs=("out",)),
     )
     second = run(
         project,
         FakeLauncher(writes={"out/m.json": b"2"}),
         gpu_host("560.35.03", A100),
-        RunRequest(["t"], seed=1, outputs=("out",)),
+        RunRequest(command=["t"], seed=1, outputs=("out",)),
     )
     lock = lockfile.read(project / "envlock.lock")
     changes = diff_runs(first, second, lock, lock)
@@ -182,7 +181,7 @@ def test_diff_of_two_runs_names_each_factor_that_moved(write_project: Callable[[
     assert list(changes.outputs) == ["out/m.json"]
     assert "output out/m.json: " in "\n".join(changes.lines())
     assert not diff_runs(first, first, lock, lock), "a run does not differ from itself"
-    other_gpu = run(project, FakeLauncher(), gpu_host("550.54.15", RTX_4090), RunRequest(["t"]))
+    other_gpu = run(project, FakeLauncher(), gpu_host("550.54.15", RTX_4090), RunRequest(command=["t"]))
     assert diff_runs(first, other_gpu, lock, lock).factors["gpus"] == (
         ["NVIDIA A100-SXM4-80GB (sm_80)"],
         ["NVIDIA GeForce RTX 4090 (sm_89)"],
@@ -193,7 +192,7 @@ def test_runs_show_names_the_gpus_with_their_architecture(
     write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = locked_project(write_project, '"torch==2.5.1"', TORCH_251_AMD64)
-    record = run(project, FakeLauncher(), gpu_host("550.54.15", A100, A100), RunRequest(["t"]))
+    record = run(project, FakeLauncher(), gpu_host("550.54.15", A100, A100), RunRequest(command=["t"]))
     assert cli(["runs", "-C", str(project), "show", record.run_id]) == 0
     assert "GPUs NVIDIA A100-SXM4-80GB (sm_80), NVIDIA A100-SXM4-80GB (sm_80)" in capsys.readouterr().out
 
@@ -202,8 +201,8 @@ def test_a_damaged_record_is_named_not_a_traceback(
     write_project: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
-    good = run(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
-    bad = run(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    good = run(project, FakeLauncher(), cpu_host(), RunRequest(command=["true"]))
+    bad = run(project, FakeLauncher(), cpu_host(), RunRequest(command=["true"]))
     (RunStore(project).directory(bad.run_id) / "record.json").write_text("{ not json")
     capsys.readouterr()
     assert cli(["runs", "-C", str(project)]) == 0

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from envlock.codecs import Problems
 from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.podman import PodmanLauncher
 from envlock.engine.runtimes import Done, Output
-from envlock.errors import EngineError, RegistryError, SpecError
+from envlock.errors import ArchiveMismatchError, EngineError, RegistryError, SpecError
 from envlock.image.catalog import platform_tag
 from envlock.image.portable import oci_archive
 from envlock.image.registry import Blob, PlatformManifest, index_for, manifest_for, push, push_index
 from envlock.lock.spec import Spec, parse_spec
 from envlock.run.records import RunRecord
-from envlock.run.schema import JobRequest, RuntimeRecord, Table
+from envlock.run.schema import JobRequest, RuntimeRecord
 from tests.fakes import FakeRegistry
 
 
@@ -83,11 +84,18 @@ def test_charliecloud_refuses_an_export_that_is_not_the_image(tmp_path: Path) ->
     image_id = docker_archive(archive, [LOWER])
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    with pytest.raises(EngineError, match="another digest"):
+    with pytest.raises(ArchiveMismatchError) as other:
         unpack_archive(archive, "sha256:" + "0" * 64, rootfs)
+    zeros = "sha256:" + "0" * 12
+    assert other.value.message == f"the export of {zeros} holds image {image_id[:19]}, not {zeros}"
     docker_archive(archive, [LOWER], tamper=True)
-    with pytest.raises(EngineError):
+    with pytest.raises(ArchiveMismatchError) as tampered:
         unpack_archive(archive, image_id, rootfs)
+    layer = f"{hashlib.sha256(LOWER).hexdigest()}/layer.tar"
+    assert tampered.value.message == (
+        f"the export of {image_id[:19]} is corrupt or tampered: layer {layer} is not sha256:{layer[:12]}"
+    )
+    assert tampered.value.exit_code == 15 and list(rootfs.iterdir()) == [], "nothing of it is written"
 
 
 class Commands:
@@ -235,13 +243,16 @@ def test_runtime_in_the_project_is_validated_and_not_a_lock_input(tmp_path: Path
 
 
 def test_the_record_names_its_runtime_and_a_job_its_requested_one() -> None:
-    problems: list[str] = []
-    assert RuntimeRecord.read(Table({"name": "charliecloud", "version": "0.31"}, "runtime.", problems)) == (
+    problems = Problems()
+    assert RuntimeRecord.decode({"name": "charliecloud", "version": "0.31"}, problems, "runtime") == (
         RuntimeRecord("charliecloud", "0.31")
     )
-    RuntimeRecord.read(Table({"name": "lxc", "version": None}, "runtime.", problems))
-    JobRequest.read(Table({"runtime": "rkt"}, "scheduler.request.", problems))
-    assert len(problems) == 2 and "'name' must be one of" in problems[0] and "rkt" in problems[1]
+    RuntimeRecord.decode({"name": "lxc", "version": None}, problems, "runtime")
+    JobRequest.decode({"runtime": "rkt"}, problems, "scheduler.request")
+    assert problems.items == [
+        "runtime.name: must be one of docker, podman, charliecloud, not 'lxc'",
+        "scheduler.request.runtime: must be one of docker, podman, charliecloud, not 'rkt'",
+    ]
     assert JobRequest(runtime="podman").as_dict()["runtime"] == "podman"
     assert "runtime" not in JobRequest().as_dict(), "a docker job's request keeps version 2's keys"
     assert "runtime" in {f for f in RunRecord.__dataclass_fields__}

@@ -29,7 +29,7 @@ from envlock.lock import lockfile
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore, Status, exit_status, wait_until_final
-from envlock.run.runner import RunRequest, run_in_image
+from envlock.run.runner import LockedImage, RunContext, RunFolders, RunRequest, run_in_image
 from tests.fakes import A100, TORCH_251_AMD64, FakeEvidence, FakeLauncher, FakeSlurm, cpu_host, gpu_host, package
 from tests.unit.test_runner import IMAGE, locked_project
 
@@ -47,14 +47,13 @@ def oneliner(state: str, reason: str = "None") -> str:
 
 def submit(project: Path, fake: FakeSlurm, options: tuple[str, ...] = ("-p", "gpu")) -> RunRecord:
     lock_path = project / "envlock.lock"
-    request = RunRequest(["python", "train.py", "--lr", "0.1 x"], seed=3, outputs=("out",), pass_env=("WANDB_KEY",))
+    request = RunRequest(
+        command=["python", "train.py", "--lr", "0.1 x"], seed=3, outputs=("out",), pass_env=("WANDB_KEY",)
+    )
     return submit_run(
-        lockfile.read(lock_path),
-        lock_path.read_text(encoding="utf-8"),
-        "linux/amd64",
+        LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", IMAGE),
         Submission(request, options, "envlock-demo"),
         project_dir=project,
-        image=IMAGE,
         store=RunStore(project),
         slurm=Slurm(fake),
         task=lambda run_id: ["/opt/venv/bin/python", "-m", "envlock", "run-submitted", run_id, "--project", "/p q"],
@@ -180,17 +179,14 @@ def node_start(
 
     def start(queued: RunRecord, store: RunStore) -> RunRecord:
         lock_path = main.directory(queued.run_id) / "envlock.lock"
+        locked = LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), queued.platform, IMAGE)
+        context = RunContext(
+            locked=locked, host=host, git=GitState(commit="abc", dirty=False), folders=RunFolders(project, store)
+        )
         return run_in_image(
-            lockfile.read(lock_path),
-            lock_path.read_text(encoding="utf-8"),
-            queued.platform,
+            context,
             submitted_request(queued, environ, role),
-            project_dir=project,
-            image=IMAGE,
-            host=host,
-            git=GitState(commit="abc", dirty=False),
             launcher=launcher,
-            store=store,
             evidence=FakeEvidence(),
             output=lambda _s, _d: None,
             queued=on_node(queued, environ, role),

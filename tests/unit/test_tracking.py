@@ -33,23 +33,14 @@ def tracked_run(
     host: HostState | None = None,
     reuse: str | None = None,
 ) -> RunRecord:
-    from envlock.lock import lockfile  # noqa: PLC0415
     from envlock.run.gitstate import GitState  # noqa: PLC0415
     from envlock.run.runner import run_in_image  # noqa: PLC0415
-    from tests.unit.test_runner import IMAGE  # noqa: PLC0415
+    from tests.unit.test_runner import context  # noqa: PLC0415
 
-    lock_path = project / "envlock.lock"
     return run_in_image(
-        lockfile.read(lock_path),
-        lock_path.read_text(encoding="utf-8"),
-        "linux/amd64",
-        RunRequest(["python", "train.py"], seed=5),
-        project_dir=project,
-        image=IMAGE,
-        host=host or cpu_host(),
-        git=GitState(commit="c0ffee", dirty=False),
+        context(project, host or cpu_host(), GitState(commit="c0ffee", dirty=False)),
+        RunRequest(command=["python", "train.py"], seed=5),
         launcher=launcher,
-        store=RunStore(project),
         evidence=FakeEvidence(),
         output=lambda _s, _d: None,
         tracking=Tracking(tracker, "demo", reuse),
@@ -153,5 +144,5 @@ def test_run_refuses_a_sqlite_tracking_uri_in_one_line(
 
 def test_a_plain_run_without_tracking_is_unchanged(write_project: Callable[[str], Path]) -> None:
     project = locked_project(write_project, '"numpy"', [package("numpy", "2.1.3")])
-    record = run_project(project, FakeLauncher(), cpu_host(), RunRequest(["true"]))
+    record = run_project(project, FakeLauncher(), cpu_host(), RunRequest(command=["true"]))
     assert record.tracking is None

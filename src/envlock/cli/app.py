@@ -9,7 +9,7 @@ import sys
 import typer
 
 from envlock.cli.root import CommandExited, app
-from envlock.cli.wiring import Wiring
+from envlock.cli.wiring import Invocation, Wiring
 from envlock.errors import ENVLOCK_FAILED, EXIT_CODES, INTERRUPTED, USAGE, EnvlockError
 
 # The modules (under envlock.cli) whose imports register each top-level command or group: a command imports only
@@ -96,14 +96,15 @@ def _parser_exit(exc: SystemExit, args: list[str]) -> int:
 def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
     """Run the CLI and return its exit code; the one place that turns EnvlockErrors into messages."""
     args = list(sys.argv[1:] if argv is None else argv)
-    root = wiring or Wiring()
+    invocation = Invocation(wiring or Wiring())
     if args[:1] == ["submit"]:
         from envlock.cli.cluster_commands import split_submit  # noqa: PLC0415  (only submit's module, see above)
 
-        args, root.sbatch_args, root.submit_command = split_submit(args)
+        args, sbatch_args, command = split_submit(args)
+        invocation = Invocation(invocation.wiring, tuple(sbatch_args), tuple(command))
     load_commands(args)
     try:
-        app(args=args, obj=root, standalone_mode=True)  # typer reports its own usage errors and exits 2
+        app(args=args, obj=invocation, standalone_mode=True)  # typer reports its own usage errors and exits 2
     except CommandExited as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except SystemExit as exc:

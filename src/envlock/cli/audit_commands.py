@@ -12,10 +12,14 @@ from envlock.cli.options import (
     FileOutOpt,
     JsonOpt,
     KeyOpt,
+    OldOutputOpt,
     PlatformOpt,
     ProjectOpt,
     PublicKeyOpt,
     RunIdArg,
+    out_file,
+    out_option,
+    required_out,
 )
 from envlock.cli.root import app, key_app, trust_app
 from envlock.cli.wiring import Wiring, wiring_of
@@ -39,7 +43,11 @@ def _engine_or_none(wiring: Wiring) -> Engine | None:
 
 @app.command("sbom")
 def sbom_command(
-    ctx: typer.Context, project: ProjectOpt = Path(), platform: PlatformOpt = None, output: FileOutOpt = None
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    platform: PlatformOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
 ) -> None:
     """The lock's SBOM: CycloneDX 1.6 JSON (Python packages, Debian packages of the base, CUDA stack, base)."""
     from envlock.fsutil import atomic_write_text  # noqa: PLC0415
@@ -51,6 +59,7 @@ def sbom_command(
     spec = load_spec(project)
     lock = read(spec.lock_path)
     text = sbom_json(lock, platform or host_platform())
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -61,9 +70,8 @@ def sbom_command(
 @key_app.command("generate")
 def key_generate(
     ctx: typer.Context,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Default: ~/.config/envlock/signing-key.pem")
-    ] = None,
+    out: Annotated[Path | None, out_option("Default: ~/.config/envlock/signing-key.pem")] = None,
+    old_output: OldOutputOpt = None,
     kind: Annotated[str, typer.Option("--type", help="ed25519 (default) or ecdsa-p256.")] = "ed25519",
 ) -> None:
     """Make a signing key (mode 0600, new folders 0700) and its public key beside it (.pub)."""
@@ -72,7 +80,7 @@ def key_generate(
 
     if kind not in ("ed25519", "ecdsa-p256"):
         raise UsageError(f"unknown key type {kind!r}", hint="--type ed25519 or --type ecdsa-p256")
-    path = output or default_key_path()
+    path = out_file(out, old_output) or default_key_path()
     key = generate_key(path, "ed25519" if kind == "ed25519" else "ecdsa-p256")
     typer.echo(f"key {key.public.keyid} in {path} (public: {public_path(path)})")
     typer.echo(f"sign with: export ENVLOCK_SIGNING_KEY={path}   (or --key {path})")
@@ -98,11 +106,12 @@ def key_public(ctx: typer.Context, key: KeyOpt = None) -> None:
 def attest_command(ctx: typer.Context, run_id: RunIdArg, project: ProjectOpt = Path(), key: KeyOpt = None) -> None:
     """(Re)write a finished run's attestation (runs made before envlock wrote them, or to sign one now)."""
     from envlock.errors import UsageError  # noqa: PLC0415
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
     from envlock.run.records import FINAL, RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = RunStore(project)
-    record = store.load(run_id)
+    record = resolve_run(run_id, store).record
     if record.status not in FINAL:
         raise UsageError(f"run {record.run_id} is still {record.status}: it is attested when it ends")
     wiring.attest_run(store.directory(record.run_id), wiring.signing_key(key))
@@ -130,7 +139,8 @@ def verify_command(
     """Check evidence: who signed it (a key you trust), then the record field by field and every hash against what
     is on disk and the image by ID. Exit 0 only for VERIFIED (or, with --allow-unsigned, hashes that hold)."""
     from envlock.evidence.attest import RunPlaces, verify_envelope_file, verify_run_dir  # noqa: PLC0415
-    from envlock.evidence.bundle import is_bundle, verify_bundle  # noqa: PLC0415
+    from envlock.evidence.bundle import verify_bundle  # noqa: PLC0415
+    from envlock.run.arguments import BundleRef, FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -145,15 +155,16 @@ def verify_command(
         found = current()
         return None if found is None or found.image_id(image_id) is None else True
 
-    path = Path(target)
-    if is_bundle(path):  # from elsewhere: a folder of keys that came with it, or with a project, proves nothing
-        checks = verify_bundle(path, _trust(wiring, key, None), current)
-    elif path.is_file():
-        checks = verify_envelope_file(path, _trust(wiring, key, None), present)
+    store = RunStore(project)
+    named = resolve(target, (BundleRef, FileRef, RunRef), store)
+    if isinstance(
+        named, BundleRef
+    ):  # from elsewhere: a folder of keys that came with it, or with a project, proves nothing
+        checks = verify_bundle(named.path, _trust(wiring, key, None), current)
+    elif isinstance(named, FileRef):  # an attestation file
+        checks = verify_envelope_file(named.path, _trust(wiring, key, None), present)
     else:
-        store = RunStore(project)
-        record = store.load(target)
-        places = RunPlaces.of_project(project, store.directory(record.run_id))
+        places = RunPlaces.of_project(project, store.directory(named.run_id))
         checks = verify_run_dir(places, trust=_trust(wiring, key, project), image_present=present)
     _show(checks)
     typer.echo(checks.require(allow_unsigned=allow_unsigned))
@@ -206,7 +217,8 @@ def trust_remove(
 def bundle_command(
     ctx: typer.Context,
     run_id: RunIdArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (a tar).")],
+    out: Annotated[Path | None, out_option("The bundle file to write (a tar); required.")] = None,
+    old_output: OldOutputOpt = None,
     project: ProjectOpt = Path(),
     with_image: Annotated[bool, typer.Option("--with-image", help="Include the image (docker save).")] = False,
     with_inputs: Annotated[bool, typer.Option("--with-inputs", help="Include the input files themselves.")] = False,
@@ -214,11 +226,14 @@ def bundle_command(
 ) -> None:
     """One file with everything to verify and reproduce a run elsewhere: envlock verify|reproduce FILE."""
     from envlock.evidence.bundle import make_bundle  # noqa: PLC0415
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    output = required_out(out, old_output)
     manifest = make_bundle(
         project,
-        run_id,
+        resolve_run(run_id, RunStore(project)).run_id,
         output,
         engine=lambda: wiring.engine,
         with_image=with_image,
@@ -238,7 +253,8 @@ def report_command(
     run_id: Annotated[str, typer.Argument(help="A run id of the project, or a bundle (envlock bundle).")],
     project: ProjectOpt = Path(),
     html: Annotated[bool, typer.Option("--html", help="One self-contained HTML file instead of text.")] = False,
-    output: FileOutOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
     key: PublicKeyOpt = None,
     chain: Annotated[
         bool, typer.Option("--chain", help="The whole chain behind RUN (or a file a run wrote), step by step.")
@@ -255,21 +271,26 @@ def report_command(
     def present(image_id: str) -> bool | None:
         return None if engine is None or engine.image_id(image_id) is None else True
 
-    from envlock.evidence.bundle import is_bundle, unpacked  # noqa: PLC0415
+    from envlock.evidence.bundle import unpacked  # noqa: PLC0415
     from envlock.evidence.runreport import summarize_bundle  # noqa: PLC0415
+    from envlock.run.arguments import BundleRef, FileRef, RunRef, resolve  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
 
+    store = RunStore(project)
     if chain:
         from envlock.evidence.lineage import render_chain_html, render_chain_text, summarize_chain  # noqa: PLC0415
 
-        told = summarize_chain(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        top = resolve(run_id, (FileRef, RunRef), store)
+        told = summarize_chain(project, top, trust=_trust(wiring, key, project), image_present=present)
         text = render_chain_html(told) if html else render_chain_text(told)
-    elif is_bundle(Path(run_id)):  # the bundle reviewer's view: the trust of the receiver only
-        with unpacked(Path(run_id)) as found:
+    elif isinstance(named := resolve(run_id, (BundleRef, RunRef), store), BundleRef):  # the receiver's trust only
+        with unpacked(named.path) as found:
             summary = summarize_bundle(found, _trust(wiring, key, None), lambda: engine)
         text = render_html(summary) if html else render_text(summary)
     else:
-        summary = summarize(project, run_id, trust=_trust(wiring, key, project), image_present=present)
+        summary = summarize(project, named.run_id, trust=_trust(wiring, key, project), image_present=present)
         text = render_html(summary) if html else render_text(summary)
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
         return

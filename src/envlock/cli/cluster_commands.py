@@ -15,14 +15,16 @@ from envlock.cli.options import (
     GpusOpt,
     MlflowOpt,
     NoMlflowOpt,
+    OldOutputOpt,
     OutputsOpt,
     PlatformOpt,
     ProjectOpt,
     RuntimeOpt,
     SeedOpt,
+    out_file,
 )
 from envlock.cli.root import CommandExited, app, export_app
-from envlock.cli.wiring import wiring_of
+from envlock.cli.wiring import invocation_of, wiring_of
 from envlock.errors import UsageError
 from envlock.paths import LOCK_FILE
 
@@ -62,18 +64,19 @@ def submit_command(
 
     envlock submit [options] --slurm [sbatch options] -- python train.py
     """
-    from envlock.cluster.submit import sbatch_options_of, submit_project  # noqa: PLC0415
+    from envlock.cluster.submit import Submission, sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
-    wiring = wiring_of(ctx)
+    invocation = invocation_of(ctx)
+    wiring = invocation.wiring
     if not slurm:
         raise UsageError("choose the scheduler to submit to", hint="envlock submit --slurm [sbatch options] -- CMD")
-    if not wiring.submit_command:
+    if not invocation.submit_command:
         raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
-    sbatch = sbatch_options_of(wiring.sbatch_args)
+    sbatch = sbatch_options_of(list(invocation.sbatch_args))
     wiring.slurm.ping()
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
@@ -82,17 +85,17 @@ def submit_command(
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
-    request = RunRequest(list(wiring.submit_command), seed, force, gpus, outputs, tuple(env or ()))
+    request = RunRequest(
+        command=list(invocation.submit_command),
+        seed=seed,
+        force=force,
+        gpus=gpus,
+        outputs=outputs,
+        pass_env=tuple(env or ()),
+    )
+    submission = Submission(request, sbatch, f"envlock-{spec.name}", settings, chosen)
     record = submit_project(
-        spec,
-        locked,
-        request,
-        sbatch,
-        settings,
-        slurm=wiring.slurm,
-        tools=wiring.run_tools(),
-        python=sys.executable,
-        runtime=chosen,
+        spec, locked, submission, slurm=wiring.slurm, tools=wiring.run_tools(chosen), python=sys.executable
     )
     typer.echo(f"run {record.run_id}: queued as Slurm job {record.scheduler.job_id if record.scheduler else '-'}")
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
@@ -124,8 +127,9 @@ def run_submitted_command(
         submitted_request,
         submitted_tracking,
     )
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
     from envlock.run.tracking import open_tracking  # noqa: PLC0415
 
     _stop_on_sigterm()
@@ -136,16 +140,20 @@ def run_submitted_command(
 
     def start(queued: RunRecord, target: RunStore) -> RunRecord:
         role = node_role(environ, wiring.slurm)
-        wiring.choose_runtime(None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker")
+        chosen = wiring.choose_runtime(
+            None, (queued.scheduler.request.runtime if queued.scheduler else None) or "docker"
+        )
         # MLflow: rank 0 starts, tags and ends the run; the other nodes' containers are not told about it.
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
+        recorded = RecordedRun(
+            record=queued,
+            lock_path=store.directory(queued.run_id) / LOCK_FILE,
+            folders=RunFolders(project, target),
+        )
         return run_recorded(
-            queued,
-            store.directory(queued.run_id) / LOCK_FILE,
+            recorded,
             submitted_request(queued, environ, role),
-            code=project,
-            store=target,
-            tools=wiring.run_tools(),
+            wiring.run_tools(chosen),
             queued=on_node(queued, environ, role),
             tracking=tracking,
         )
@@ -160,7 +168,8 @@ def run_submitted_command(
 def export_k8s(
     command: Annotated[list[str], typer.Argument(help="The command, after --: envlock export k8s -- python train.py")],
     project: ProjectOpt = Path(),
-    output: FileOutOpt = None,
+    out: FileOutOpt = None,
+    old_output: OldOutputOpt = None,
     platform: PlatformOpt = None,
     seed: SeedOpt = 0,
     gpus: Annotated[int | None, typer.Option("--gpus", help="nvidia.com/gpu to request (default: 1 if CUDA).")] = None,
@@ -181,6 +190,7 @@ def export_k8s(
     digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
     request = JobRequest(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
     text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
+    output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)
     else:

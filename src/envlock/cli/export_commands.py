@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from envlock.cli.options import PlatformOpt, ProjectOpt
+from envlock.cli.options import OldOutputOpt, PlatformOpt, ProjectOpt, out_option, required_out
 from envlock.cli.root import export_app
 from envlock.cli.wiring import wiring_of
 from envlock.fsutil import shared_scratch
@@ -34,12 +34,12 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.lock.targets import host_platform  # noqa: PLC0415
-    from envlock.run.pinned import build_lock  # noqa: PLC0415
+    from envlock.run.service import build_lock_image  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     spec = load_spec(project)
     locked = check_lock(spec)
-    built = build_lock(
+    built = build_lock_image(
         locked,
         spec.name,
         platform or host_platform(),
@@ -57,13 +57,15 @@ def _exported_image(ctx: typer.Context, project: Path, platform: str | None) -> 
 @export_app.command("enroot")
 def export_enroot(
     ctx: typer.Context,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The SquashFS file to write.")],
+    out: Annotated[Path | None, out_option("The SquashFS file to write; required.")] = None,
+    old_output: OldOutputOpt = None,
     project: ProjectOpt = Path(),
     platform: PlatformOpt = None,
 ) -> None:
     """The lock's image as a SquashFS for enroot (`enroot create`) and pyxis (`srun --container-image=FILE`)."""
     from envlock.image.portable import enroot_squashfs  # noqa: PLC0415
 
+    output = required_out(out, old_output)
     with _exported_image(ctx, project, platform) as image:
         enroot_squashfs(image.archive, image.image_id, output, image.scratch)
     typer.echo(f"wrote {output} ({image.image_id})")
@@ -73,13 +75,15 @@ def export_enroot(
 @export_app.command("apptainer")
 def export_apptainer(
     ctx: typer.Context,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The OCI archive (.tar) to write.")],
+    out: Annotated[Path | None, out_option("The OCI archive (.tar) to write; required.")] = None,
+    old_output: OldOutputOpt = None,
     project: ProjectOpt = Path(),
     platform: PlatformOpt = None,
 ) -> None:
     """The lock's image as an OCI archive, and the `apptainer build` command that makes a SIF of it."""
     from envlock.image.portable import oci_archive  # noqa: PLC0415
 
+    output = required_out(out, old_output)
     with _exported_image(ctx, project, platform) as image:
         digest = oci_archive(image.archive, image.image_id, output, image.reference)
     typer.echo(f"wrote {output} ({image.image_id}, manifest {digest})")

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from envlock.cli.options import ArchiveOpt, JsonOpt, KeyOpt, PlatformOpt, ProjectOpt, PublicKeyOpt
+from envlock.cli.options import (
+    ArchiveOpt,
+    JsonOpt,
+    KeyOpt,
+    OldOutputOpt,
+    PlatformOpt,
+    ProjectOpt,
+    PublicKeyOpt,
+    out_file,
+    out_option,
+)
 from envlock.cli.root import app, base_app
 from envlock.cli.wiring import Wiring, wiring_of
 from envlock.errors import UsageError
@@ -214,16 +224,19 @@ def archive_command(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="A run id (its image) or a local image name / ID.")],
     project: ProjectOpt = Path(),
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: .envlock/archives/ID.tar")] = None,
+    out: Annotated[Path | None, out_option("The archive to write (default: .envlock/archives/ID.tar).")] = None,
+    old_output: OldOutputOpt = None,
 ) -> None:
     """Write a verified image archive for cold storage (registries expire old images)."""
     from envlock.image.restore import write_archive_file  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
-    from envlock.run.pinned import archive_source  # noqa: PLC0415
+    from envlock.run.arguments import ImageRef, RunRef, resolve  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.service import archive_source  # noqa: PLC0415
 
     engine = wiring_of(ctx).engine
-    image_id = archive_source(target, project, engine)
-    out = output or ProjectLayout(project).archive_for(image_id)
+    image_id = archive_source(resolve(target, (RunRef, ImageRef), RunStore(project), lambda: engine), engine)
+    out = out_file(out, old_output) or ProjectLayout(project).archive_for(image_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_archive_file(engine, image_id, out)
     typer.echo(f"archived {image_id} to {out} ({out.stat().st_size / 1e6:.1f} MB, verified)")
@@ -241,15 +254,18 @@ def restore_command(
     """Make an exact image available again: engine, registry by digest, archive, or rebuild — verified by ID."""
     from envlock.image.restore import restore_image  # noqa: PLC0415
     from envlock.paths import ProjectLayout  # noqa: PLC0415
-    from envlock.run.pinned import restore_target  # noqa: PLC0415
+    from envlock.run.arguments import DigestRef, LockRef, RunRef, resolve  # noqa: PLC0415
+    from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.service import restore_target  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    if "@sha256:" in target:
-        image_id = wiring.engine.pull(target)
-        typer.echo(f"restored {image_id} from the registry ({target})")
-        _check_referrers(wiring, project, target, image_id, key)
+    named = resolve(target, (DigestRef, LockRef, RunRef), RunStore(project))
+    if isinstance(named, DigestRef):
+        image_id = wiring.engine.pull(named.text)
+        typer.echo(f"restored {image_id} from the registry ({named.text})")
+        _check_referrers(wiring, project, named.text, image_id, key)
         return
-    wanted = restore_target(target, project, wiring.run_tools())
+    wanted = restore_target(named, project, wiring.run_tools())
     if wanted.image_id is None:
         if no_rebuild:
             raise UsageError(

@@ -21,9 +21,11 @@ def lineage_command(
     """The chain of runs behind a file or run, back to the raw inputs: each step's run, command, image, lock,
     commit, and the files it read (and from which step) and wrote, with their sha256."""
     from envlock.evidence.lineage import trace  # noqa: PLC0415
+    from envlock.run.arguments import FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
 
-    lineage = trace(RunStore(project), target)
+    store = RunStore(project)
+    lineage = trace(store, resolve(target, (FileRef, RunRef), store))
     if as_json:
         typer.echo(json.dumps(lineage.as_dict(), indent=2, sort_keys=True))
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,7 +64,52 @@ ArchiveOpt = Annotated[
     ),
 ]
 RunIdArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
-FileOutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: print to stdout).")]
+
+
+def out_option(help_text: str) -> Any:
+    """`-o/--out FILE`: the file a command writes (never a run's declared output: that is `run --output`)."""
+    return typer.Option("--out", "-o", help=help_text, show_default=False)
+
+
+def command_name(ctx: typer.Context) -> str:
+    """`envlock export k8s`: the command as the user typed it (the root's own name is the program's, not ours)."""
+    return "envlock" + ctx.command_path.removeprefix(ctx.find_root().command_path)
+
+
+def _deprecated_output(ctx: typer.Context, value: Path | None) -> Path | None:
+    if value is not None:
+        from envlock.cli.wiring import wiring_of  # noqa: PLC0415  (options stay importable without the root)
+
+        wiring_of(ctx).say(f"warning: --output is deprecated on `{command_name(ctx)}`; use -o/--out")
+    return value
+
+
+FileOutOpt = Annotated[Path | None, out_option("File to write (default: print to stdout).")]
+# The old spelling of -o/--out on the commands that write a file, kept for one release (issue 24): one warning line.
+OldOutputOpt = Annotated[
+    Path | None, typer.Option("--output", hidden=True, callback=_deprecated_output, show_default=False)
+]
+
+
+def out_file(out: Path | None, old: Path | None) -> Path | None:
+    """The file to write, from -o/--out or the deprecated --output (not both)."""
+    if out is not None and old is not None:
+        from envlock.errors import UsageError  # noqa: PLC0415
+
+        raise UsageError("-o/--out and --output name the same file: give it once", hint="use -o/--out FILE")
+    return out if out is not None else old
+
+
+def required_out(out: Path | None, old: Path | None) -> Path:
+    """The file to write where the command has no default: -o/--out (or the deprecated --output) is required."""
+    chosen = out_file(out, old)
+    if chosen is None:
+        from envlock.errors import UsageError  # noqa: PLC0415
+
+        raise UsageError("missing option -o/--out FILE", hint="name the file to write: -o FILE")
+    return chosen
+
+
 RuntimeOpt = Annotated[
     str | None,
     typer.Option(

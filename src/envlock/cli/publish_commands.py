@@ -49,9 +49,10 @@ def push_command(
 ) -> None:
     """Publish a finished run's evidence (record, attestation, lock, log, outputs, saved code, inputs manifest) as
     an OCI artifact referring to its image in the registry."""
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
 
-    publish(wiring_of(ctx), project, RunStore(project).load(run_id).run_id, to)
+    publish(wiring_of(ctx), project, resolve_run(run_id, RunStore(project)).run_id, to)
 
 
 @app.command("pull")
@@ -66,9 +67,11 @@ def pull_command(
     from envlock.evidence.bundle import unpacked  # noqa: PLC0415
     from envlock.evidence.published import downloaded, parse_ref, store_pulled, verify_fetched  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
+    from envlock.run.arguments import DigestRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    ref = resolve(ref, (DigestRef,), RunStore(project)).text
     place, _ = parse_ref(ref)
     # From elsewhere: the keys named here and the user's own store, never a folder of keys that came with it.
     trust = load_trust(key or [], environ=wiring.environ, project_dir=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,12 +30,14 @@ from envlock.cli.options import (
 )
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
+from envlock.errors import DIFFERS
 from envlock.paths import LOCK_FILE, VERDICT_FILE, ProjectLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from envlock.evidence.bundle import Unpacked
+    from envlock.evidence.lineage import LineageTarget
     from envlock.evidence.trust import Trust
     from envlock.git import Origin
     from envlock.run.records import RunRecord, RunStore
@@ -67,8 +70,8 @@ def run_command(
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
     from envlock.run.params import parse_given  # noqa: PLC0415
-    from envlock.run.pinned import run_project  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
+    from envlock.run.service import run_project  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
@@ -76,7 +79,7 @@ def run_command(
     signer = wiring.evidence(key)  # before the run: an unreadable key fails now, not after training
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
-    wiring.choose_runtime(runtime, spec.runtime)
+    chosen = wiring.choose_runtime(runtime, spec.runtime)
     # Before anything runs: an output outside the project could not be hashed nor kept with the record.
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
@@ -86,19 +89,19 @@ def run_command(
         spec,
         locked,
         RunRequest(
-            list(command),
-            seed,
-            force,
-            gpus,
-            outputs,
-            tuple(env or ()),
+            command=list(command),
+            seed=seed,
+            force=force,
+            gpus=gpus,
+            outputs=outputs,
+            pass_env=tuple(env or ()),
             inputs=read,
             params=given,
             param_files=spec.params,
         ),
-        wiring.run_tools(signer),
+        wiring.run_tools(chosen, signer),
         tracking=tracking,
-        remove_container=wiring.remove_container,
+        remove_container=partial(wiring.remove_container, runtime=chosen),
     )
     for note in record.preflight:
         wiring.say(f"preflight: {note}")
@@ -157,17 +160,20 @@ def reproduce_command(
     ] = False,
 ) -> None:
     """Restore a run's image, re-run its command on its code (untracked files too) and inputs with its seed, GPU
-    mode and settings, and compare: exit 0 only for REPRODUCED (see README for the other verdicts' codes)."""
+    mode and settings, and compare: exit 0 only for REPRODUCED (docs/run-and-reproduce.md has the others)."""
     from envlock.errors import UsageError  # noqa: PLC0415
-    from envlock.evidence.bundle import is_bundle, verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.bundle import verify_unpacked  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
+    from envlock.run.arguments import BundleRef, DigestRef, FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.reproduce import Tolerance  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
+    store = RunStore(project)
     rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()))
     if chain:
-        _reproduce_chain(ctx, run_id, project, rerun.tolerance, rerun.archives, force, runtime)
+        top = resolve(run_id, (FileRef, RunRef), store)
+        _reproduce_chain(ctx, top, project, rerun.tolerance, rerun.archives, force, runtime)
         return
 
     # From someone else: the keys named here and the user's own store; no folder of keys that came with the
@@ -175,21 +181,22 @@ def reproduce_command(
     def trust() -> Trust:
         return load_trust(key or [], environ=wiring.environ, project_dir=None)
 
-    if is_bundle(Path(run_id)):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
+    target = resolve(run_id, (BundleRef, DigestRef, RunRef), store)
+    if isinstance(target, BundleRef):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
 
         def gate(found: Unpacked) -> str:
             return verify_unpacked(found, trust(), lambda: wiring.engine).require(allow_unsigned=allow_unsigned)
 
-        code = _reproduce_bundle(ctx, Path(run_id), keep, project, rerun, gate)
-    elif "@sha256:" in run_id and not Path(run_id).exists():  # a run published in a registry (envlock push)
-        code = _reproduce_published(ctx, run_id, keep, project, rerun, trust, allow_unsigned=allow_unsigned)
+        code = _reproduce_bundle(ctx, target.path, keep, project, rerun, gate)
+    elif isinstance(target, DigestRef):  # a run published in a registry (envlock push)
+        code = _reproduce_published(ctx, target.text, keep, project, rerun, trust, allow_unsigned=allow_unsigned)
     else:
         if keep is not None or key or allow_unsigned:
             raise UsageError(
                 "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE` (or REGISTRY/REPO@sha256:…)",
                 hint="a run of this project re-runs in the project, from its own records",
             )
-        code = _reproduce(ctx, RunStore(project), run_id, rerun, "own")
+        code = _reproduce(ctx, store, target.run_id, rerun, "own")
     if code:
         raise typer.Exit(code)
 
@@ -254,22 +261,24 @@ class _Rerun:
 def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, origin: Origin) -> int:
     """Re-run one recorded run of `store` and print the verdict; returns its exit status. A foreign run (from a
     bundle) passes only the --env variables, uses its image by ID and reads its code with git's hooks off."""
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.reproduce import reproduce_run, rerun_request  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     original = store.load(run_id)
-    wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
+    chosen = wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
     names = how.env if origin == "foreign" else (*original.passed_env, *how.env)
     request = rerun_request(original, how.force, tuple(dict.fromkeys(names)))
     lock_path = store.directory(original.run_id) / LOCK_FILE
-    tools = wiring.run_tools()
+    tools = wiring.run_tools(chosen)
 
     def rerun(code: Path) -> RunRecord:
-        return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=how.archives,
-            inputs_from=store.project_dir, origin=origin,
-        )  # fmt: skip
+        folders = RunFolders(code, store, inputs_from=store.project_dir)
+        recorded = RecordedRun(
+            record=original, lock_path=lock_path, folders=folders, origin=origin, archives=how.archives
+        )
+        return run_recorded(recorded, request, tools)
 
     verdict = reproduce_run(
         original, store, store.project_dir, rerun, how.tolerance, origin=origin, evidence=tools.evidence
@@ -282,7 +291,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
 
 def _reproduce_chain(
     ctx: typer.Context,
-    target: str,
+    target: LineageTarget,
     project: Path,
     tolerance: Tolerance,
     archives: tuple[Path, ...],
@@ -291,24 +300,27 @@ def _reproduce_chain(
 ) -> None:
     """`reproduce --chain`: every step of the chain re-run in order, one verdict per step and one for the chain."""
     from envlock.evidence.lineage import reproduce_chain, trace  # noqa: PLC0415
-    from envlock.run.pinned import run_recorded  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.runner import RunFolders  # noqa: PLC0415
+    from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = RunStore(project)
     lineage = trace(store, target)
-    tools = wiring.run_tools()
+    evidence = wiring.evidence()
 
     def rerun_step(original: RunRecord, request: RunRequest, code: Path, inputs_from: Path) -> RunRecord:
-        wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        # Each step under its own runtime (--runtime, else the one it ran with): the tools are built for it.
+        chosen = wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
+        tools = wiring.run_tools(chosen, evidence)
         lock_path = store.directory(original.run_id) / LOCK_FILE
+        folders = RunFolders(code, store, inputs_from=inputs_from)
         return run_recorded(
-            original, lock_path, request, code=code, store=store, tools=tools, archives=archives,
-            inputs_from=inputs_from,
-        )  # fmt: skip
+            RecordedRun(record=original, lock_path=lock_path, folders=folders, archives=archives), request, tools
+        )
 
     verdict = reproduce_chain(
-        lineage, store, project, rerun_step, tolerance, evidence=tools.evidence, force=force, report=wiring.say
+        lineage, store, project, rerun_step, tolerance, evidence=evidence, force=force, report=wiring.say
     )
     for line in verdict.lines():
         typer.echo(line)
@@ -325,15 +337,21 @@ def diff_command(
     project: ProjectOpt = Path(),
     as_json: JsonOpt = False,
     exit_code: Annotated[
-        bool, typer.Option("--exit-code", help="Exit 1 when something differs (0 when nothing does), as git diff.")
+        bool,
+        typer.Option(
+            "--exit-code", help="Exit 33 when something differs, 0 when nothing does (1 stays envlock's bug code)."
+        ),
     ] = False,
 ) -> None:
     """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
+    from envlock.run.arguments import ImageRef, LockRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
     from envlock.run.rundiff import diff_any  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    kind_a, kind_b, changes = diff_any(a, b, RunStore(project), lambda: wiring.engine)
+    store = RunStore(project)
+    side_a, side_b = (resolve(side, (LockRef, RunRef, ImageRef), store, lambda: wiring.engine) for side in (a, b))
+    kind_a, kind_b, changes = diff_any(side_a, side_b, store, lambda: wiring.engine)
     if as_json:
         document = {"a": {"kind": kind_a, "name": a}, "b": {"kind": kind_b, "name": b}, **changes.as_dict()}
         typer.echo(json.dumps(document, indent=2))
@@ -342,4 +360,4 @@ def diff_command(
         for line in changes.lines() or ["no differences"]:
             typer.echo(f"  {line}")
     if exit_code and changes:
-        raise CommandExited(1)
+        raise CommandExited(DIFFERS)

@@ -35,7 +35,9 @@ def _settle(
 def _store(ctx: typer.Context, project: Path | None) -> RunStore:
     from envlock.run.records import RunStore  # noqa: PLC0415
 
-    return RunStore(project or wiring_of(ctx).runs_project or Path())
+    # `envlock runs -C DIR show ID`: the group's -C, read from the parsed options (no state kept between them).
+    given = ctx.parent.params.get("project") if ctx.parent is not None else None
+    return RunStore(project or (Path(given) if isinstance(given, str | Path) else None) or Path())
 
 
 @runs_app.callback(invoke_without_command=True)
@@ -58,7 +60,6 @@ def runs_list(
 ) -> None:
     """The project's runs, oldest first (a table, or --json); with --registry, the runs published there."""
     wiring = wiring_of(ctx)
-    wiring.runs_project = project  # `envlock runs -C DIR show ID` means that project for show too
     if ctx.invoked_subcommand:
         return
     if registry is not None or image is not None or lock is not None:
@@ -116,11 +117,12 @@ def runs_wait(
     ] = None,
 ) -> None:
     """Wait until a run (a submitted job, or a run in another terminal) is final; exit with its command's status."""
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
     from envlock.run.records import exit_status, wait_until_final  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = _store(ctx, project)
-    run = store.load(run_id).run_id
+    run = resolve_run(run_id, store).run_id
 
     def current() -> RunRecord:
         record = store.load(run)
@@ -151,12 +153,13 @@ def runs_show(
 ) -> None:
     """One run record in full (--verified: the signed record, shown only when its evidence holds)."""
     from envlock.cli.render import run_details  # noqa: PLC0415
+    from envlock.run.arguments import resolve_run  # noqa: PLC0415
 
     store = _store(ctx, project)
+    record = resolve_run(run_id, store).record
     if verified:
-        _show_verified(ctx, store, run_id, key, as_json=as_json, allow_unsigned=allow_unsigned)
+        _show_verified(ctx, store, record, key, as_json=as_json, allow_unsigned=allow_unsigned)
         return
-    record = store.load(run_id)
     live, closed = _settle(wiring_of(ctx), store, [record])
     record = closed.get(record.run_id, record)
     if as_json:
@@ -168,7 +171,13 @@ def runs_show(
 
 
 def _show_verified(
-    ctx: typer.Context, store: RunStore, run_id: str, keys: list[Path] | None, *, as_json: bool, allow_unsigned: bool
+    ctx: typer.Context,
+    store: RunStore,
+    record: RunRecord,
+    keys: list[Path] | None,
+    *,
+    as_json: bool,
+    allow_unsigned: bool,
 ) -> None:
     """`runs show --verified`: verify first; then render the record the attestation carries, never the file."""
     from envlock.cli.render import run_details  # noqa: PLC0415
@@ -178,7 +187,6 @@ def _show_verified(
     from envlock.run.records import RunRecord  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
-    record = store.load(run_id)
     trust = load_trust(keys or [], environ=wiring.environ, project_dir=store.project_dir)
 
     def present(image_id: str) -> bool | None:

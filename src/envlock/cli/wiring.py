@@ -1,4 +1,9 @@
-"""The one composition root: the real adapters, built once and lazily; tests hand in fakes instead."""
+"""The one composition root: the real adapters, built once and lazily; tests hand in fakes instead.
+
+Nothing here is a choice made during an invocation: what depends on the parsed options (the runtime above all) is
+an argument of the method that builds it (`launcher(runtime)`, `run_tools(runtime)`), so the order in which
+commands ask for collaborators cannot change what they get. The invocation's own values (`envlock submit`'s
+sbatch options and command) travel beside the root, in `Invocation`."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
     from envlock.image.registry import Registry
     from envlock.lock.resolve import Resolver
     from envlock.run.hostprobe import HostState, Nvml
-    from envlock.run.pinned import RunTools
+    from envlock.run.service import RunTools
     from envlock.run.tracking import Tracker
     from envlock.signing import SigningKey
 
@@ -53,7 +58,8 @@ class Wiring:
     """Builds each outside system once, on first use. Every field left None is the real adapter."""
 
     engine_: Engine | None = None
-    launcher_: Launcher | None = None
+    launcher_: Launcher | None = None  # one launcher for every runtime (tests)
+    launcher_for: Callable[[str], Launcher] | None = None  # a launcher per runtime (tests)
     nvml_: Nvml | None = None
     slurm_: Slurm | None = None
     bases_: BaseStore | None = None
@@ -67,11 +73,8 @@ class Wiring:
     say: Callable[[str], None] = say
     write: Callable[[str, bytes], None] = write_through
     cache_dir: Path | None = None
-    # Per invocation: `envlock submit`'s sbatch options and command (split before parsing), `envlock runs -C DIR`.
-    sbatch_args: list[str] = field(default_factory=list)
-    submit_command: list[str] = field(default_factory=list)
-    runs_project: Path | None = None
-    runtime: str = "docker"  # docker, podman or charliecloud: chosen per invocation (--runtime, the spec, a job)
+    # Memos of what the outside world answered, never of a choice: the same question gets the same answer.
+    _launchers: dict[str, Launcher] = field(default_factory=dict, repr=False)  # built once per runtime
     _engine_versions: list[str | None] = field(default_factory=list, repr=False)  # asked once per invocation
 
     @property
@@ -88,51 +91,57 @@ class Wiring:
             self.engine_ = DockerEngine()
         return self.engine_
 
-    @property
-    def launcher(self) -> Launcher:
-        """What starts containers for runs: the chosen runtime. Podman and Charliecloud get a pushed image from the
-        registry by digest themselves (no Docker engine on the node), one never pushed from a verified export of
-        the engine's copy, once."""
-        if self.launcher_ is None:
-            if self.runtime == "podman":
-                from envlock.engine.docker import save_file  # noqa: PLC0415
-                from envlock.engine.podman import PodmanLauncher  # noqa: PLC0415
-                from envlock.image.registry import insecure_registries  # noqa: PLC0415
+    def launcher(self, runtime: str) -> Launcher:
+        """What starts containers for runs under `runtime` (built once per runtime). Podman and Charliecloud get a
+        pushed image from the registry by digest themselves (no Docker engine on the node), one never pushed from a
+        verified export of the engine's copy, once."""
+        if self.launcher_ is not None:
+            return self.launcher_
+        if runtime not in self._launchers:
+            self._launchers[runtime] = (
+                self.launcher_for(runtime) if self.launcher_for is not None else self._real_launcher(runtime)
+            )
+        return self._launchers[runtime]
 
-                self.launcher_ = PodmanLauncher(
-                    partial(save_file, self.engine), self.cache.scratch, insecure=insecure_registries(self.environ)
-                )
-            elif self.runtime == "charliecloud":
-                from envlock.engine.charliecloud import CharliecloudLauncher  # noqa: PLC0415
-                from envlock.engine.docker import save_file  # noqa: PLC0415
-                from envlock.image.registry import fetch_pushed  # noqa: PLC0415
+    def _real_launcher(self, runtime: str) -> Launcher:
+        if runtime == "podman":
+            from envlock.engine.docker import save_file  # noqa: PLC0415
+            from envlock.engine.podman import PodmanLauncher  # noqa: PLC0415
+            from envlock.image.registry import insecure_registries  # noqa: PLC0415
 
-                self.launcher_ = CharliecloudLauncher(
-                    self.cache.charliecloud, partial(save_file, self.engine), fetch=partial(fetch_pushed, self.registry)
-                )
-            else:
-                from envlock.engine.docker import DockerEngine  # noqa: PLC0415
-                from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+            return PodmanLauncher(
+                partial(save_file, self.engine), self.cache.scratch, insecure=insecure_registries(self.environ)
+            )
+        if runtime == "charliecloud":
+            from envlock.engine.charliecloud import CharliecloudLauncher  # noqa: PLC0415
+            from envlock.engine.docker import save_file  # noqa: PLC0415
+            from envlock.image.registry import fetch_pushed  # noqa: PLC0415
 
-                engine = self.engine
-                client = engine.client if isinstance(engine, DockerEngine) else None
-                self.launcher_ = DockerLauncher(
-                    client if client is not None else DockerEngine().client,
-                    bytecode_root=self.cache.bytecode,
-                    version=self._engine_version if client is not None else None,
-                    precompile=self.environ.get(PRECOMPILE_ENV, "1") != "0",
-                )
-        return self.launcher_
+            return CharliecloudLauncher(
+                self.cache.charliecloud, partial(save_file, self.engine), fetch=partial(fetch_pushed, self.registry)
+            )
+        from envlock.engine.docker import DockerEngine  # noqa: PLC0415
+        from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
 
-    def choose_runtime(self, given: str | None, configured: str = "docker") -> str:
-        """The runtime for this invocation: --runtime, else [tool.envlock] runtime (or a job's), else docker."""
+        engine = self.engine
+        client = engine.client if isinstance(engine, DockerEngine) else None
+        return DockerLauncher(
+            client if client is not None else DockerEngine().client,
+            bytecode_root=self.cache.bytecode,
+            version=self._engine_version if client is not None else None,
+            precompile=self.environ.get(PRECOMPILE_ENV, "1") != "0",
+        )
+
+    @staticmethod
+    def choose_runtime(given: str | None, configured: str = "docker") -> str:
+        """The runtime for this invocation: --runtime, else [tool.envlock] runtime (or a job's), else docker; it is
+        handed to what needs it (`run_tools(runtime)`), never kept here."""
         from envlock.engine.runtimes import RUNTIMES  # noqa: PLC0415
         from envlock.errors import UsageError  # noqa: PLC0415
 
         chosen = given or configured
         if chosen not in RUNTIMES:
             raise UsageError(f"unknown runtime {chosen!r}", hint=f"use --runtime {' | '.join(RUNTIMES)}")
-        self.runtime = chosen
         return chosen
 
     @property
@@ -211,7 +220,7 @@ class Wiring:
         with tempfile.TemporaryDirectory(prefix="upstream-", dir=self.cache.scratch) as scratch:
             return export_upstream(ref, self.engine, LayerStore(self.cache.layers), Path(scratch))
 
-    def probe(self) -> HostState:
+    def probe(self, runtime: str = "docker") -> HostState:
         """This host's driver, GPUs, CPU, kernel and engine version (NVML; a CPU host is a normal host)."""
         from envlock.run.hostprobe import PynvmlAdapter, probe_host  # noqa: PLC0415
 
@@ -219,7 +228,7 @@ class Wiring:
         if self.docker_version is not None:
             return probe_host(nvml, docker_version=self.docker_version)
         # Under Podman or Charliecloud the Docker engine is not asked: most HPC nodes have none.
-        return probe_host(nvml, docker_version=self._engine_version if self.runtime == "docker" else lambda: None)
+        return probe_host(nvml, docker_version=self._engine_version if runtime == "docker" else lambda: None)
 
     def _engine_version(self) -> str | None:
         """The Docker engine's version, asked once (the host probe and the run record's runtime both name it)."""
@@ -232,15 +241,15 @@ class Wiring:
         return self._engine_versions[0]
 
     def compile_bytecode(self, image_id: str) -> None:
-        """Start filling the image's bytecode folder with its own interpreter, in the background (Docker only; a
-        failure is a warning: runs then compile what they import, as before)."""
+        """Start filling the image's bytecode folder with its own interpreter, in the background (the Docker engine
+        that built it; a failure is a warning: runs then compile what they import, as before)."""
         from envlock.engine.docker import DockerEngine  # noqa: PLC0415
         from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
         from envlock.errors import EnvlockError  # noqa: PLC0415
 
-        if self.runtime != "docker" or not isinstance(self.engine, DockerEngine):
+        if not isinstance(self.engine, DockerEngine):
             return
-        launcher = self.launcher
+        launcher = self.launcher("docker")
         if not isinstance(launcher, DockerLauncher):
             return
         try:
@@ -280,25 +289,25 @@ class Wiring:
             key = None
         return Attester(key, self.say)
 
-    def remove_container(self, name: str) -> None:
-        """Remove a run's container; a failure is a warning (the engine may be down)."""
+    def remove_container(self, name: str, runtime: str = "docker") -> None:
+        """Remove a run's container under `runtime`; a failure is a warning (the engine may be down)."""
         from envlock.errors import EnvlockError  # noqa: PLC0415
 
         try:
-            self.launcher.remove(name)
+            self.launcher(runtime).remove(name)
         except EnvlockError as exc:
             self.say(f"warning: could not remove container {name}: {exc.message}")
 
-    def run_tools(self, evidence: Attester | None = None) -> RunTools:
-        """What the run stage needs of the outside world, from this root (runs attested by `evidence`, default: a
-        writer signing with $ENVLOCK_SIGNING_KEY)."""
-        from envlock.run.pinned import RunTools  # noqa: PLC0415
+    def run_tools(self, runtime: str = "docker", evidence: Attester | None = None) -> RunTools:
+        """What the run stage needs of the outside world under `runtime`, from this root (runs attested by
+        `evidence`, default: a writer signing with $ENVLOCK_SIGNING_KEY)."""
+        from envlock.run.service import RunTools  # noqa: PLC0415
 
         return RunTools(
             evidence=evidence or self.evidence(),
             engine=self.engine,
-            launcher=lambda: self.launcher,
-            probe=self.probe,
+            launcher=partial(self.launcher, runtime),
+            probe=partial(self.probe, runtime),
             builder=self.builder,
             output=self.write,
             report=self.say,
@@ -333,10 +342,25 @@ class Attester:
         self.said.add(run_dir)
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """What the CLI was started with: the composition root, and `envlock submit`'s sbatch options and command
+    (split from the arguments before parsing: they are sbatch's and the user's, not envlock's options)."""
+
+    wiring: Wiring
+    sbatch_args: tuple[str, ...] = ()
+    submit_command: tuple[str, ...] = ()
+
+
+def invocation_of(ctx: typer.Context) -> Invocation:
+    """The invocation the CLI was started with (`run(argv, wiring)`), shared by every command."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Invocation):  # a command invoked outside `run` (never by users)
+        root.obj = Invocation(root.obj if isinstance(root.obj, Wiring) else Wiring())
+    found: Invocation = root.obj
+    return found
+
+
 def wiring_of(ctx: typer.Context) -> Wiring:
-    """The composition root the CLI was started with (`run(argv, wiring)`), shared by every command."""
-    root = ctx.find_root().obj
-    if not isinstance(root, Wiring):  # a command invoked outside `run` (never by users): the real adapters
-        root = Wiring()
-        ctx.find_root().obj = root
-    return root
+    """The composition root the CLI was started with, shared by every command."""
+    return invocation_of(ctx).wiring

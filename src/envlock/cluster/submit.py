@@ -20,16 +20,15 @@ from pathlib import Path
 from envlock.cluster.slurm import JobState, Slurm, batch_script
 from envlock.errors import EnvlockError, RunRecordError, SchedulerError
 from envlock.fsutil import atomic_write_text
-from envlock.image.catalog import PinnedImage
 from envlock.lock.credentials import redact
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import Spec
 from envlock.lock.targets import host_platform
 from envlock.report import Report
-from envlock.run.pinned import RunTools, lock_image
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
-from envlock.run.runner import RunEvidence, RunRequest, new_record
+from envlock.run.runner import LockedImage, RunEvidence, RunRequest, new_record
 from envlock.run.schema import JobRecord, JobRequest, TrackingRequest
+from envlock.run.service import RunTools, lock_image
 from envlock.run.tracking import TrackingSettings
 
 # What Slurm tells a job about itself, passed into the container (the training code may want its rank or job id).
@@ -135,13 +134,10 @@ def submitted_tracking(record: RunRecord, environ: Mapping[str, str]) -> Trackin
 
 
 def submit_run(
-    lock: Lock,
-    lock_text: str,
-    platform: str,
+    locked: LockedImage,
     submission: Submission,
     *,
     project_dir: Path,
-    image: PinnedImage,
     store: RunStore,
     slurm: Slurm,
     task: Callable[[str], list[str]],
@@ -158,19 +154,9 @@ def submit_run(
         request=request_facts(request, submission.tracking, submission.runtime),
         submit_host=socket.gethostname(),
     )
-    record = new_record(
-        run_id,
-        "queued",
-        request,
-        image,
-        lock,
-        platform=platform,
-        git=None,  # taken on the node, when the job starts
-        host=None,
-        passed_env=sorted(request.pass_env),
-        scheduler=job,
-    )
-    directory = store.create(run_id, lock_text)
+    # git and the host are taken on the node, when the job starts
+    record = new_record(run_id, "queued", request, locked, passed_env=sorted(request.pass_env), scheduler=job)
+    directory = store.create(run_id, locked.lock_text)
     job_id = None
     try:
         script = directory / "job.sh"
@@ -361,16 +347,7 @@ def settle(
 
 
 def submit_project(
-    spec: Spec,
-    lock: Lock,
-    request: RunRequest,
-    sbatch: tuple[str, ...],
-    tracking: TrackingSettings | None,
-    *,
-    slurm: Slurm,
-    tools: RunTools,
-    python: str,
-    runtime: str | None = None,
+    spec: Spec, lock: Lock, submission: Submission, *, slurm: Slurm, tools: RunTools, python: str
 ) -> RunRecord:
     """`envlock submit --slurm`: the lock's image found or built here, then the run queued; each node's task runs
     `python -m envlock run-submitted RUN` with the same interpreter (a venv shared with the nodes)."""
@@ -388,12 +365,9 @@ def submit_project(
         return [python, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
 
     return submit_run(
-        lock,
-        spec.lock_path.read_text(encoding="utf-8"),
-        host_platform(),
-        Submission(request, sbatch, f"envlock-{spec.name}", tracking, runtime),
+        LockedImage(lock, spec.lock_path.read_text(encoding="utf-8"), host_platform(), image),
+        submission,
         project_dir=project_dir,
-        image=image,
         store=RunStore(spec.project_dir),
         slurm=slurm,
         task=task,

@@ -76,10 +76,13 @@ class Deadline:
 
 @dataclass(frozen=True)
 class Training:
-    """One training run into a folder: the command (with or without determinism) and the file holding the weights."""
+    """One training run into a folder: the command (with or without determinism), the file holding the weights, the
+    seed it trains with and the seconds one run may take."""
 
     command: Callable[[Path, bool], list[str]]
     weights: str = "model.pt"
+    seed: int = 0
+    run_timeout: float = 90.0
 
 
 def example_training(repo: Path, python: str, steps: int) -> Training:
@@ -438,8 +441,6 @@ def gpu_check(
     training: Training,
     deadline: Deadline,
     *,
-    seed: int = 0,
-    run_timeout: float = 90.0,
     environment: Environment | None = None,
     weights_diff: WeightsDiffer | None = None,
 ) -> GpuReport:
@@ -462,7 +463,12 @@ def gpu_check(
         lock_hash = _example_lock_hash(preflight)
         determinism = _guarded(
             lambda: determinism_section(
-                training, deadline, seed=seed, lock_hash=lock_hash, run_timeout=run_timeout, weights_diff=weights_diff
+                training,
+                deadline,
+                seed=training.seed,
+                lock_hash=lock_hash,
+                run_timeout=training.run_timeout,
+                weights_diff=weights_diff,
             )
         )
     return GpuReport(
@@ -596,10 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             PynvmlAdapter(),  # the one place the real adapter is made: tests call gpu_check with a fake
             repo,
             lambda: torch_section(args.python, deadline),
-            example_training(repo, args.python, args.steps),
+            replace(example_training(repo, args.python, args.steps), seed=args.seed, run_timeout=args.run_timeout),
             deadline,
-            seed=args.seed,
-            run_timeout=args.run_timeout,
             environment=describe_environment(args.python),
             weights_diff=torch_weights_diff(args.python, deadline),
         )

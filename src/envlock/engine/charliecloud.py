@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import os
-import tarfile
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from envlock.engine.archive import CHUNK, ImageArchive, VerifiedStream, mismatch, verified_config
 from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
@@ -30,7 +29,7 @@ from envlock.engine.runtimes import (
     run_command,
     stream_command,
 )
-from envlock.errors import BundleError, EngineError
+from envlock.errors import BundleError, EngineError, ImageArchiveError
 from envlock.fsutil import published_folder
 from envlock.safetar import extract_rootfs_layer
 
@@ -47,52 +46,27 @@ def _hex(image_id: str) -> str:
     return hex_id
 
 
-class Hashing:
-    """A read-only file object that hashes what is read through it."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source = source
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        return data
-
-    def drain(self) -> str:
-        for _ in iter(lambda: self.read(1 << 20), b""):
-            pass
-        return "sha256:" + self.digest.hexdigest()
-
-
-def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
-    handle = archive.extractfile(name)
-    if handle is None:
-        raise EngineError(f"the image archive has no {name}")
-    return handle
-
-
 def unpack_archive(archive_path: Path, image_id: str, rootfs: Path) -> dict[str, Any]:
-    """Unpack a docker-archive's layers in order into `rootfs` (whiteouts respected), checking the config's sha256
-    against the image ID and every layer's against its diff_id. Returns the image config."""
+    """Unpack a docker-archive's layers in order into `rootfs` (whiteouts respected), the config checked against the
+    image ID and every layer against its diff_id before a byte of it is written. Returns the image config."""
+    source = f"the export of {image_id[:19]}"
+    with ImageArchive(archive_path, source) as archive:
+        image = archive.image(image_id)
+        for index, name in enumerate(image.names):
+            archive.layer(image, index).drain()
+            _extract(archive.layer(image, index), rootfs, f"layer {name} of {image_id[:19]}", image_id)
+    return image.config.document
+
+
+def _extract(layer: VerifiedStream, rootfs: Path, source: str, image_id: str) -> None:
+    """One verified layer onto the rootfs, by envlock's own reader: symlinks are members, but nothing is written
+    through one (safetar)."""
     try:
-        with tarfile.open(archive_path) as archive:
-            manifest = json.load(_member(archive, "manifest.json"))[0]
-            config_bytes = _member(archive, manifest["Config"]).read()
-            if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
-                raise EngineError(f"the exported image is not {image_id[:19]}: its config has another digest")
-            config: dict[str, Any] = json.loads(config_bytes)
-            diff_ids = config["rootfs"]["diff_ids"]
-            for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
-                if Hashing(_member(archive, name)).drain() != diff_id:
-                    raise EngineError(f"layer {name} of {image_id[:19]} is not {diff_id[:19]}: refusing to unpack it")
-                # envlock's own reader: symlinks are members, but nothing is written through one (safetar).
-                extract_rootfs_layer(_member(archive, name), rootfs, source=f"layer {name} of {image_id[:19]}")
+        extract_rootfs_layer(layer, rootfs, source=source)
     except BundleError as exc:
         raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc.message}") from exc
-    except (tarfile.TarError, KeyError, ValueError, IndexError, OSError) as exc:
-        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc}") from exc
-    return config
+    except (OSError, EOFError) as exc:
+        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc!r}") from exc
 
 
 def _layer_reader(layer: LayerFile) -> IO[bytes]:
@@ -100,28 +74,34 @@ def _layer_reader(layer: LayerFile) -> IO[bytes]:
     return gzip.GzipFile(fileobj=handle, mode="rb") if layer.compression == "gzip" else handle  # type: ignore[return-value]
 
 
+def _fetched(layer: LayerFile, what: str, source: str) -> VerifiedStream:
+    """A fetched layer's uncompressed bytes, verified against its diff_id as they are read."""
+
+    def chunks() -> Iterator[bytes]:
+        with _layer_reader(layer) as handle:
+            yield from iter(lambda: handle.read(CHUNK), b"")
+
+    return VerifiedStream(chunks(), layer.diff_id, what=what, source=source)
+
+
 def unpack_layers(config_bytes: bytes, layers: Sequence[LayerFile], image_id: str, rootfs: Path) -> dict[str, Any]:
     """Unpack fetched layers in order into `rootfs`, checking the config's sha256 against the image ID and each
     layer's uncompressed sha256 against its diff_id in the config before a byte of it is written. Returns the config."""
-    try:
-        if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
-            raise EngineError(f"the fetched image is not {image_id[:19]}: its config has another digest")
-        config: dict[str, Any] = json.loads(config_bytes)
-        diff_ids = config["rootfs"]["diff_ids"]
-        for index, (diff_id, layer) in enumerate(zip(diff_ids, layers, strict=True)):
-            if layer.diff_id != diff_id:
-                raise EngineError(f"layer {index} of {image_id[:19]} is not the config's {diff_id[:19]}: refused")
-            with _layer_reader(layer) as handle:
-                if Hashing(handle).drain() != diff_id:
-                    raise EngineError(f"layer {index} of {image_id[:19]} is not {diff_id[:19]}: refusing to unpack it")
-            with _layer_reader(layer) as handle:
-                extract_rootfs_layer(handle, rootfs, source=f"layer {index} of {image_id[:19]}")
-            layer.path.unlink()  # one layer's file at a time: the node's disk holds the rootfs, not a second copy
-    except BundleError as exc:
-        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc.message}") from exc
-    except (KeyError, ValueError, TypeError, OSError, EOFError) as exc:
-        raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc!r}") from exc
-    return config
+    source = f"the fetched image {image_id[:19]}"
+    config = verified_config(config_bytes, source, image_id=image_id)
+    if len(config.diff_ids) != len(layers):
+        raise ImageArchiveError(f"{source} lists {len(layers)} layers for {len(config.diff_ids)} diff_ids")
+    for index, (diff_id, layer) in enumerate(zip(config.diff_ids, layers, strict=True)):
+        what = str(index)
+        if layer.diff_id != diff_id:
+            raise mismatch(source, what, diff_id)
+        try:
+            _fetched(layer, what, source).drain()
+            _extract(_fetched(layer, what, source), rootfs, f"layer {index} of {image_id[:19]}", image_id)
+        except (OSError, EOFError) as exc:
+            raise EngineError(f"cannot unpack {image_id[:19]} for Charliecloud: {exc!r}") from exc
+        layer.path.unlink()  # one layer's file at a time: the node's disk holds the rootfs, not a second copy
+    return config.document
 
 
 class CharliecloudLauncher:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from envlock.codecs import project_path_problem
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
@@ -47,17 +48,15 @@ from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
 from envlock.lock import lockfile
-from envlock.paths import ATTESTATION, LOCK_FILE, NODES_DIR, RECORD_FILE, STATE_DIR, ProjectLayout
+from envlock.paths import ATTESTATION, LOCK_FILE, NODES_DIR, STATE_DIR, ProjectLayout
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
-from envlock.run.schema import relative_path_problem
-from envlock.safetar import extract, looks_like_tar, name_problem
+from envlock.safetar import extract, name_problem
 from envlock.signing import SigningKey
 
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 
 
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _MAX_MANIFEST_BYTES = 256 << 20
 _MAX_NAMED = 1_000_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -95,17 +94,16 @@ def make_bundle(
         raise UsageError(f"run {record.run_id} is still {record.status}", hint=f"envlock runs wait {record.run_id}")
     if not (run_dir / ATTESTATION).is_file():
         attest_run(run_dir, key)
-    raw = json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".envlock-bundle-", dir=out.parent) as tmp:
         stage = Path(tmp) / "bundle"
         _stage_run(project_dir, run_dir, record, stage)
         commit = record.git.commit if record.git else None
         subdir = _stage_code(project_dir, commit, record.run_id, stage) if commit else ""
-        _stage_untracked(project_dir, raw, stage)
+        _stage_untracked(project_dir, record, stage)
         by_digest = _stage_outputs(project_dir, record, stage, max_output_bytes)
         if with_inputs:
-            _stage_inputs(project_dir, raw, stage)
+            _stage_inputs(project_dir, record, stage)
         if with_image:
             write_archive_file(engine(), record.image_id, stage / "image.tar")
         manifest = _manifest(record, stage, commit, subdir, with_image=with_image)
@@ -133,13 +131,12 @@ def _stage_code(project_dir: Path, commit: str, run_id: str, stage: Path) -> str
     return subdir
 
 
-def _stage_untracked(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
-    """The saved copies of the untracked files the record names, by sha256."""
-    saved = (raw.get("git") or {}).get("untracked-saved") or {}
-    for digest in sorted(set(saved.values()) if isinstance(saved, dict) else ()):
-        source = ProjectLayout(project_dir).objects / "sha256" / str(digest)[:2] / str(digest)
+def _stage_untracked(project_dir: Path, record: RunRecord, stage: Path) -> None:
+    """The saved copies of the untracked files the record names, by sha256 (each one checked on reading)."""
+    for digest in sorted(set(record.git.saved.values()) if record.git else ()):
+        source = ProjectLayout(project_dir).objects / "sha256" / digest[:2] / digest
         if source.is_file():
-            _copy(source, stage / "objects" / "sha256" / str(digest)[:2] / str(digest))
+            _copy(source, stage / "objects" / "sha256" / digest[:2] / digest)
 
 
 def _stage_outputs(project_dir: Path, record: RunRecord, stage: Path, max_bytes: int | None) -> dict[str, str]:
@@ -154,10 +151,9 @@ def _stage_outputs(project_dir: Path, record: RunRecord, stage: Path, max_bytes:
     return left_out
 
 
-def _stage_inputs(project_dir: Path, raw: dict[str, Any], stage: Path) -> None:
+def _stage_inputs(project_dir: Path, record: RunRecord, stage: Path) -> None:
     """The input files the record names (--with-inputs)."""
-    inputs = raw.get("inputs") or {}
-    for path in sorted((inputs.get("files") or {}) if isinstance(inputs, dict) else {}):
+    for path in sorted(record.inputs.files if record.inputs else ()):
         if _safe(path) and (project_dir / path).is_file():
             _copy(project_dir / path, stage / "inputs" / path)
 
@@ -209,12 +205,6 @@ class Unpacked:
         """The image archive, when bundled."""
         name = (self.manifest.get("image") or {}).get("archive")
         return self.root / name if name else None
-
-
-def is_bundle(path: Path) -> bool:
-    """True for a file that is a tar (plain, gzip, bz2 or xz: only its first block is read) or is named as one;
-    whether it is a good bundle is for `unpacked` to say."""
-    return path.is_file() and (path.name.endswith(_TAR_SUFFIXES) or looks_like_tar(path))
 
 
 @contextlib.contextmanager
@@ -452,7 +442,7 @@ def _confined_inputs(project: Path, record: RunRecord) -> list[str]:
     mounts what they resolve to: a committed link to a host file would put that file into the container)."""
     declared = [path.rstrip("/") for path in (record.inputs.paths if record.inputs else ())]
     for path in declared:
-        if relative_path_problem(path) is not None or not resolves_inside(project, path):
+        if project_path_problem(path) is not None or not resolves_inside(project, path):
             raise BundleError(
                 f"refused: input {path} leads out of the rebuilt project ({project})",
                 hint="a bundle's inputs are mounted only from inside its own folder",

@@ -14,16 +14,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from envlock.errors import RerunError, RunNotFoundError, UsageError
+from envlock.codecs import project_path_problem
+from envlock.errors import RerunError, UsageError
 from envlock.evidence.runreport import BANNER_CLASS, CSS, Banner, Verified, verified_run
 from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.paths import ProjectLayout
+from envlock.run.arguments import FileRef, RunRef
 from envlock.run.links import producers
 from envlock.run.records import RunRecord, RunStore, new_run_id
 from envlock.run.reproduce import EXIT_OF, Outcome, Tolerance, Verdict, reproduce_run, rerun_request
 from envlock.run.runner import RunEvidence, RunRequest
-from envlock.run.schema import relative_path_problem
 
 
 @dataclass(frozen=True)
@@ -149,29 +150,25 @@ def _step_dict(lineage: Lineage, step: RunRecord) -> dict[str, Any]:
     }
 
 
-def resolve_target(store: RunStore, target: str, records: list[RunRecord]) -> tuple[RunRecord, str | None]:
+LineageTarget = FileRef | RunRef  # what `lineage`, `report --chain` and `reproduce --chain` accept
+
+
+def resolve_target(store: RunStore, target: LineageTarget, records: list[RunRecord]) -> tuple[RunRecord, str | None]:
     """The run a PATH or RUN names, and the file's sha256 for a path: a file is found by its content among the
     runs' outputs (the original, latest run that wrote those bytes), wherever it lies now."""
-    path = Path(target) if Path(target).is_absolute() else store.project_dir / target
-    if path.is_file():
-        digest = sha256_file(path)
-        made = producers(records).get(digest)
-        if made is None:
-            raise UsageError(
-                f"no run of {store.project_dir} wrote {target} as it is now (sha256 {digest[:12]})",
-                hint="it is a raw input, or it was edited after the run that wrote it; pass a run id instead",
-            )
-        return next(r for r in records if r.run_id == made[0]), digest
-    try:
-        return store.load(target), None
-    except RunNotFoundError as exc:
+    if isinstance(target, RunRef):
+        return target.record, None
+    digest = sha256_file(target.path)
+    made = producers(records).get(digest)
+    if made is None:
         raise UsageError(
-            f"{target!r} is neither a file in {store.project_dir} nor a run of it",
-            hint="pass a file a run wrote (envlock lineage out/model.pkl) or a run id from `envlock runs`",
-        ) from exc
+            f"no run of {store.project_dir} wrote {target.text} as it is now (sha256 {digest[:12]})",
+            hint="it is a raw input, or it was edited after the run that wrote it; pass a run id instead",
+        )
+    return next(r for r in records if r.run_id == made[0]), digest
 
 
-def trace(store: RunStore, target: str, records: list[RunRecord] | None = None) -> Lineage:
+def trace(store: RunStore, target: LineageTarget, records: list[RunRecord] | None = None) -> Lineage:
     """The chain behind a file or run, back to the raw inputs, from the links the runs recorded."""
     everything = store.all() if records is None else records
     index = {record.run_id: record for record in everything}
@@ -191,7 +188,7 @@ def trace(store: RunStore, target: str, records: list[RunRecord] | None = None) 
         found[run_id] = record
         todo += [link.run for link in record.links]
     steps = _ordered(found)
-    return Lineage(target, digest, top.run_id, steps, _raw(steps), tuple(sorted(lost)))
+    return Lineage(target.text, digest, top.run_id, steps, _raw(steps), tuple(sorted(lost)))
 
 
 def _ordered(found: dict[str, RunRecord]) -> tuple[RunRecord, ...]:
@@ -354,7 +351,7 @@ def _stage_inputs(step: RunRecord, project_dir: Path, store: RunStore, made: dic
         link = came.get(path)
         parent = made.get(link.run) if link else None
         source = store.saved_output(parent.run_id, link.output) if link and parent else project_dir / path
-        if relative_path_problem(path) or source.is_symlink() or not source.is_file():
+        if project_path_problem(path) or source.is_symlink() or not source.is_file():
             continue
         target = into / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -431,7 +428,7 @@ class ChainReport:
 
 
 def summarize_chain(
-    project_dir: Path, target: str, *, trust: Trust, image_present: Callable[[str], bool | None]
+    project_dir: Path, target: LineageTarget, *, trust: Trust, image_present: Callable[[str], bool | None]
 ) -> ChainReport:
     """Verify every step of the chain behind `target` and tell the chain from the signed records."""
     store = RunStore(project_dir)
@@ -443,7 +440,7 @@ def summarize_chain(
     told = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     reruns = _chain_verdicts(project_dir, {s.run_id for s in lineage.steps})
     last = f"; last chain re-run {reruns[-1]['chain']}: {reruns[-1]['verdict']}" if reruns else "; never re-run"
-    title = f"envlock chain of {target}"
+    title = f"envlock chain of {target.text}"
     return ChainReport(title, banner, f"{len(lineage.steps)} steps: {told}{last}", lineage, shown, reruns)
 
 

@@ -12,10 +12,11 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from envlock.engine.archive import ArchivedImage, ImageArchive
 from envlock.engine.docker import save_file
-from envlock.errors import BuildError, EngineError
+from envlock.errors import BuildError
 from envlock.fsutil import atomic_write_text, exclusive, make_dirs, owned_prefix, read_json, share, share_folder
 from envlock.image.layers import Layer
 from envlock.report import Report, silent
@@ -233,14 +234,11 @@ def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path)
     cached = layers.root / f"upstream-{image_id.removeprefix('sha256:')}.json"
     archive = scratch / "upstream.tar"
     save_file(engine, ref, archive)
-    with tarfile.open(archive) as saved:
-        manifest = json.load(_member(saved, "manifest.json"))[0]
-        config = json.load(_member(saved, manifest["Config"]))
-        parts = [
-            (diff_id, _verified_layer(saved, member, diff_id, layers).tar)
-            for diff_id, member in zip(config["rootfs"]["diff_ids"], manifest["Layers"], strict=True)
-        ]
+    with ImageArchive(archive, f"the engine's export of {ref}") as saved:
+        image = saved.image(image_id)
+        parts = [(d, _kept_layer(saved, image, index, layers).tar) for index, d in enumerate(image.config.diff_ids)]
     archive.unlink()
+    config = image.config.document
     tars = [tar for _, tar in parts]
     base = UpstreamBase(
         ref=ref,
@@ -263,24 +261,16 @@ def export_upstream(ref: str, engine: Engine, layers: LayerStore, scratch: Path)
     return base
 
 
-def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
-    handle = archive.extractfile(name)
-    if handle is None:
-        raise EngineError(f"the engine's image export has no {name}")
-    return handle
-
-
-def _verified_layer(saved: tarfile.TarFile, member: str, diff_id: str, layers: LayerStore) -> Layer:
+def _kept_layer(saved: ImageArchive, image: ArchivedImage, index: int, layers: LayerStore) -> Layer:
+    """A base layer in the layer store (by its diff_id), copied there through a stream verified against it."""
+    diff_id = image.config.diff_ids[index]
     key = "base-" + diff_id.removeprefix("sha256:")
 
     def extract(out: Path) -> Layer:
-        digest = hashlib.sha256()
-        with _member(saved, member) as source, out.open("wb") as target:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                digest.update(chunk)
+        layer = saved.layer(image, index)
+        with out.open("wb") as target:
+            while chunk := layer.read(1 << 20):
                 target.write(chunk)
-        if "sha256:" + digest.hexdigest() != diff_id:
-            raise EngineError(f"the engine exported a base layer whose sha256 is not its diff_id {diff_id}")
         return Layer(out, diff_id, out.stat().st_size)
 
     return layers.get(key) or layers.put(key, extract)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from envlock.engine.archive import sha256_digest, write_archive
 from envlock.engine.docker import Engine, LayerHolder
 from envlock.errors import BuildError, EngineError, EngineTimeoutError, StaleLockError
 from envlock.fsutil import (
@@ -31,7 +31,6 @@ from envlock.image.plan import (
     make_layers,
     plan_image,
     wheels_to_make,
-    write_archive,
 )
 from envlock.image.registry import Blob, PlatformManifest, Registry, manifest_for, push, split_target
 from envlock.image.staging import VenvLayout
@@ -63,7 +62,7 @@ class Assembled:
     @property
     def image_id(self) -> str:
         """The sha256 of the config: what any engine will call this image."""
-        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+        return sha256_digest(self.config)
 
 
 @dataclass
@@ -304,7 +303,7 @@ def load_base(built: base_mod.BuiltBase, engine: Engine) -> str:
         "history": [{"created": created, "created_by": f"envlock base {built.recipe.name}"}],
     }
     blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    expected = "sha256:" + hashlib.sha256(blob).hexdigest()
+    expected = sha256_digest(blob)
     loaded = engine.load(lambda sink: write_archive(sink, blob, [(built.diff_id, built.tar)]), built.tar.stat().st_size)
     if loaded != expected:
         raise EngineError(f"the engine computed image ID {loaded} for the base, not {expected}")
@@ -346,20 +345,10 @@ def build_and_push(
 
 
 def build_image(
-    lock: Lock,
-    repository: str,
-    platform: str,
-    *,
-    engine: Engine,
-    cache: WheelCache,
-    layers: LayerStore,
-    bases: base_mod.BaseStore,
-    no_cache: bool = False,
-    report: Report = silent,
-    progress: Progress = no_progress,
+    lock: Lock, repository: str, platform: str, builder: Builder, *, no_cache: bool = False
 ) -> BuildOutcome:
-    """Build the image of `lock` for `platform`, or find it already built."""
-    builder = Builder(engine, cache, layers, bases, report, progress)
+    """Build the image of `lock` for `platform` with `builder` (its engine, caches and reporting), or find it
+    already built."""
     return builder.build(plan_image(lock, repository, platform), no_cache=no_cache)
 
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import re
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from envlock import __version__
 from envlock.image.catalog import platform_tag
@@ -288,82 +285,3 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
         "history": history,
     }
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-
-
-def write_archive(out: BinaryIO, config: bytes, layer_tars: list[tuple[str, Path]], held: int = 0) -> str:
-    """Stream a docker-archive (what `docker load` reads) with the config and the layers; returns the image ID.
-
-    The manifest lists every layer, but the first `held` layer tars are left out: the engine already holds
-    that stack (dockerd looks a layer up by chain ID before it opens its tar, and skips the tar when found), so
-    a rebuild sends only the layers that changed. An engine that lacks one of them refuses the archive, and
-    the caller sends the whole archive again.
-    """
-    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = archive_manifest(config, [diff_id for diff_id, _ in layer_tars])
-    # Written by hand, not through tarfile's stream mode: that re-slices its buffer in 10 KiB steps, which costs
-    # more than the engine's own work on GBs of layers. Each layer goes to the sink by sendfile when it can.
-    written = archive_member(out, f"{image_id.removeprefix('sha256:')}.json", config)
-    written += archive_member(out, "manifest.json", manifest)
-    for diff_id, tar in layer_tars[held:]:
-        written += _file_member(out, f"{diff_id.removeprefix('sha256:')}/layer.tar", tar)
-    archive_end(out, written)
-    return image_id
-
-
-def archive_manifest(config: bytes, diff_ids: list[str]) -> bytes:
-    """The manifest.json of a one-image docker-archive whose layers are at `<diff_id hex>/layer.tar`."""
-    image_hex = hashlib.sha256(config).hexdigest()
-    layers = [f"{diff_id.removeprefix('sha256:')}/layer.tar" for diff_id in diff_ids]
-    return json.dumps([{"Config": f"{image_hex}.json", "RepoTags": None, "Layers": layers}]).encode()
-
-
-def archive_header(name: str, size: int) -> bytes:
-    """A tar member's header (PAX, as every tar envlock writes)."""
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def archive_padding(size: int) -> bytes:
-    """The NULs that round a member's content up to a whole tar block."""
-    return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
-
-
-def archive_member(out: BinaryIO, name: str, data: bytes) -> int:
-    """One member from bytes; returns the bytes written."""
-    chunk = archive_header(name, len(data)) + data + archive_padding(len(data))
-    out.write(chunk)
-    return len(chunk)
-
-
-def archive_end(out: BinaryIO, written: int) -> None:
-    """The end-of-archive blocks, padded to a whole record as tar does."""
-    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
-    out.write(end + tarfile.NUL * (-(written + len(end)) % tarfile.RECORDSIZE))
-    out.flush()
-
-
-def _file_member(out: BinaryIO, name: str, path: Path) -> int:
-    """A file's member: header, content (sendfile into a pipe or file, else 1 MiB copies), padding."""
-    with path.open("rb") as source:
-        size = os.fstat(source.fileno()).st_size
-        header = archive_header(name, size)
-        out.write(header)
-        copied = 0
-        try:
-            target = out.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            target = -1
-        if target >= 0:
-            out.flush()
-            while copied < size and (sent := os.sendfile(target, source.fileno(), copied, size - copied)):
-                copied += sent
-        else:
-            while chunk := source.read(min(1 << 20, size - copied)):
-                out.write(chunk)
-                copied += len(chunk)
-    if copied != size:
-        raise OSError(f"{path} changed size while it was being archived")
-    out.write(archive_padding(size))
-    return len(header) + size + len(archive_padding(size))

@@ -4,7 +4,6 @@ archive for Apptainer (`apptainer build x.sif oci-archive://…`). Both are made
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -13,7 +12,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from envlock.engine.charliecloud import Hashing, unpack_archive
+from envlock.engine.archive import ImageArchive, sha256_digest
+from envlock.engine.charliecloud import unpack_archive
 from envlock.errors import BuildError
 
 # mksquashfs (squashfs-tools 4.5) options that make the bytes depend on the tree alone: owner root, every time (and
@@ -56,28 +56,21 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def oci_archive(archive: Path, image_id: str, out: Path, reference: str) -> str:
     """An OCI image layout in a tar (Apptainer's oci-archive:), layers uncompressed as the engine has them, entries
     in a fixed order with fixed metadata. Returns the manifest's digest."""
-    with tarfile.open(archive) as source:
-        manifest = json.load(source.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
-        config = source.extractfile(manifest["Config"]).read()  # type: ignore[union-attr]
-        if _digest(config) != image_id:
-            raise BuildError(f"the exported image is not {image_id[:19]}: its config has another digest")
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        layers = []
-        for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
-            member = source.getmember(name)
-            layers.append({"mediaType": OCI_LAYER, "digest": diff_id, "size": member.size})
+    with ImageArchive(archive, f"the export of {image_id[:19]}") as source:
+        image = source.image(image_id)
+        sizes = [member.size if member else 0 for member in image.layers]
+        layers = [
+            {"mediaType": OCI_LAYER, "digest": diff_id, "size": size}
+            for diff_id, size in zip(image.config.diff_ids, sizes, strict=True)
+        ]
         oci_manifest = json.dumps(
             {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": image_id, "size": len(config)},
+                "config": {"mediaType": OCI_CONFIG, "digest": image_id, "size": len(image.config.data)},
                 "layers": layers,
             },
             sort_keys=True,
@@ -89,7 +82,7 @@ def oci_archive(archive: Path, image_id: str, out: Path, reference: str) -> str:
                 "manifests": [
                     {
                         "mediaType": OCI_MANIFEST,
-                        "digest": _digest(oci_manifest),
+                        "digest": sha256_digest(oci_manifest),
                         "size": len(oci_manifest),
                         "annotations": {"org.opencontainers.image.ref.name": reference},
                     }
@@ -99,24 +92,21 @@ def oci_archive(archive: Path, image_id: str, out: Path, reference: str) -> str:
             separators=(",", ":"),
         ).encode()
         buffer = out.with_name(f".{out.name}.partial")
-        with buffer.open("wb") as sink, tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as target:
-            _add(target, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            _add(target, "index.json", index)
-            _add(target, f"blobs/sha256/{_digest(oci_manifest).removeprefix('sha256:')}", oci_manifest)
-            _add(target, f"blobs/sha256/{image_id.removeprefix('sha256:')}", config)
-            seen: set[str] = set()
-            for diff_id, name in zip(diff_ids, manifest["Layers"], strict=True):
-                if diff_id in seen:
-                    continue
-                seen.add(diff_id)
-                member = source.getmember(name)
-                info = tarfile.TarInfo(f"blobs/sha256/{diff_id.removeprefix('sha256:')}")
-                info.size, info.mtime, info.mode, info.uname, info.gname = member.size, 0, 0o644, "", ""
-                with source.extractfile(member) as layer:  # type: ignore[union-attr]
-                    hashing = Hashing(layer)
-                    target.addfile(info, hashing)
-                    if hashing.drain() != diff_id:
-                        buffer.unlink()
-                        raise BuildError(f"layer {name} of {image_id[:19]} is not {diff_id[:19]}")
-        buffer.replace(out)
-    return _digest(oci_manifest)
+        try:  # a refused layer leaves no partial file behind
+            with buffer.open("wb") as sink, tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as target:
+                _add(target, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+                _add(target, "index.json", index)
+                _add(target, f"blobs/sha256/{sha256_digest(oci_manifest).removeprefix('sha256:')}", oci_manifest)
+                _add(target, f"blobs/sha256/{image_id.removeprefix('sha256:')}", image.config.data)
+                seen: set[str] = set()
+                for at, (diff_id, size) in enumerate(zip(image.config.diff_ids, sizes, strict=True)):
+                    if diff_id in seen:
+                        continue
+                    seen.add(diff_id)
+                    info = tarfile.TarInfo(f"blobs/sha256/{diff_id.removeprefix('sha256:')}")
+                    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
+                    target.addfile(info, source.layer(image, at))
+            buffer.replace(out)
+        finally:
+            buffer.unlink(missing_ok=True)
+    return sha256_digest(oci_manifest)

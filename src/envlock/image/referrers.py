@@ -8,11 +8,11 @@ holds an OCI index of the referring manifests, which envlock reads, extends and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from envlock.engine.archive import sha256_digest
 from envlock.errors import RegistryError
 from envlock.image.registry import OCI_INDEX, OCI_MANIFEST, Blob, Registry, verified_manifest
 
@@ -21,10 +21,6 @@ EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 DSSE_TYPE = "application/vnd.dsse.envelope.v1+json"
 DOCUMENT_MAX_BYTES = 256 << 20  # an SBOM or an envelope: anything larger is not one
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _canonical(document: Any) -> bytes:
@@ -51,8 +47,10 @@ def artifact_manifest(artifact: Artifact, subject_digest: str, subject_size: int
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact.artifact_type,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": _digest(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
-        "layers": [{"mediaType": artifact.artifact_type, "digest": _digest(artifact.data), "size": len(artifact.data)}],
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
+        "layers": [
+            {"mediaType": artifact.artifact_type, "digest": sha256_digest(artifact.data), "size": len(artifact.data)}
+        ],
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject_size},
     }
     return _canonical(manifest)
@@ -65,8 +63,8 @@ def push_referrers(registry: Registry, repository: str, subject_digest: str, art
     descriptors: list[dict[str, Any]] = []
     for artifact in artifacts:
         for blob in (EMPTY_CONFIG, artifact.data):
-            if not registry.has_blob(repository, _digest(blob)):
-                registry.put_blob(repository, Blob(_digest(blob), len(blob), data=blob))
+            if not registry.has_blob(repository, sha256_digest(blob)):
+                registry.put_blob(repository, Blob(sha256_digest(blob), len(blob), data=blob))
         manifest = artifact_manifest(artifact, subject_digest, len(subject))
         descriptors.append(_put_artifact(registry, repository, manifest, artifact.artifact_type, {}))
     _list_in_fallback(registry, repository, subject_digest, descriptors)
@@ -93,7 +91,7 @@ def push_artifact(
     """Push one artifact of several layers referring to `subject_digest` (and list it in the fallback index where
     the registry has no referrers API); returns its manifest's digest."""
     subject = _subject(registry, repository, subject_digest)
-    config = Blob(_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), data=EMPTY_CONFIG)
+    config = Blob(sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), data=EMPTY_CONFIG)
     for blob in [config, *(layer.blob for layer in layers)]:
         if not registry.has_blob(repository, blob.digest):
             registry.put_blob(repository, blob)
@@ -115,7 +113,7 @@ def push_artifact(
 
 def _subject(registry: Registry, repository: str, subject_digest: str) -> bytes:
     subject = registry.manifest(repository, subject_digest)
-    if subject is None or _digest(subject) != subject_digest:
+    if subject is None or sha256_digest(subject) != subject_digest:
         raise RegistryError(
             f"the registry has no manifest {subject_digest[:19]} in {repository} to refer to",
             hint="push the image there first (envlock build --push --registry …)",
@@ -127,9 +125,9 @@ def _put_artifact(
     registry: Registry, repository: str, manifest: bytes, artifact_type: str, annotations: dict[str, str]
 ) -> dict[str, Any]:
     """Store an artifact manifest by its digest; returns its descriptor (as a referrers index lists it)."""
-    digest = registry.put_manifest(repository, _digest(manifest), manifest)
-    if digest != _digest(manifest):
-        raise RegistryError(f"the registry reports digest {digest} for an artifact of digest {_digest(manifest)}")
+    digest = registry.put_manifest(repository, sha256_digest(manifest), manifest)
+    if digest != sha256_digest(manifest):
+        raise RegistryError(f"the registry reports digest {digest} for an artifact of digest {sha256_digest(manifest)}")
     descriptor = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest), "artifactType": artifact_type}
     return descriptor | ({"annotations": annotations} if annotations else {})
 
@@ -251,7 +249,7 @@ def layer_data(registry: Registry, repository: str, layer: dict[str, Any], max_b
     data = registry.blob(repository, digest)
     if data is None:
         raise RegistryError(f"the registry has no blob {digest[:19]} in {repository}")
-    if len(data) != size or _digest(data) != digest:
+    if len(data) != size or sha256_digest(data) != digest:
         raise RegistryError(f"refused: the blob the registry gave for {digest[:19]} is not of that digest")
     return data
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from envlock.engine.archive import sha256_digest
 from envlock.engine.runtimes import LayerFile
 from envlock.errors import RegistryError
 
@@ -46,14 +47,10 @@ def manifest_for(config: bytes, layers: list[Blob]) -> bytes:
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
         "layers": [{"mediaType": OCI_LAYER, "digest": b.digest, "size": b.size} for b in layers],
     }
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -185,7 +182,7 @@ class HttpRegistry:
         )
         if done.status_code != 201:
             raise self._refused(done, f"store the manifest of {repository}:{reference}")
-        return str(done.headers.get("Docker-Content-Digest") or _digest(manifest))
+        return str(done.headers.get("Docker-Content-Digest") or sha256_digest(manifest))
 
     def manifest(self, repository: str, reference: str) -> bytes | None:
         """GET a manifest (OCI manifest or index) by tag or digest."""
@@ -286,13 +283,15 @@ def _docker_credentials(host: str) -> tuple[str, str] | None:
 
 def push(registry: Registry, repository: str, tag: str, config: bytes, layers: list[Blob]) -> str:
     """Push the blobs the registry lacks, then the manifest; returns `repository@sha256:…`."""
-    for blob in [Blob(_digest(config), len(config), data=config), *layers]:
+    for blob in [Blob(sha256_digest(config), len(config), data=config), *layers]:
         if not registry.has_blob(repository, blob.digest):
             registry.put_blob(repository, blob)
     manifest = manifest_for(config, layers)
     digest = registry.put_manifest(repository, tag, manifest)
-    if digest != _digest(manifest):
-        raise RegistryError(f"the registry reports digest {digest} for a manifest whose digest is {_digest(manifest)}")
+    if digest != sha256_digest(manifest):
+        raise RegistryError(
+            f"the registry reports digest {digest} for a manifest whose digest is {sha256_digest(manifest)}"
+        )
     return f"{repository}@{digest}"
 
 
@@ -325,8 +324,8 @@ def push_index(registry: Registry, repository: str, tag: str, manifests: list[Pl
     """Push the index over manifests already in the registry; returns `repository@sha256:…` (the index's digest)."""
     index = index_for(manifests)
     digest = registry.put_manifest(repository, tag, index, OCI_INDEX)
-    if digest != _digest(index):
-        raise RegistryError(f"the registry reports digest {digest} for an index whose digest is {_digest(index)}")
+    if digest != sha256_digest(index):
+        raise RegistryError(f"the registry reports digest {digest} for an index whose digest is {sha256_digest(index)}")
     return f"{repository}@{digest}"
 
 
@@ -357,7 +356,7 @@ def verified_manifest(registry: Registry, repository: str, digest: str) -> dict[
     data = registry.manifest(repository, digest)
     if data is None:
         raise RegistryError(f"the registry has no manifest {repository}@{digest[:19]}")
-    if _digest(data) != digest:
+    if sha256_digest(data) != digest:
         raise RegistryError(f"the registry gave a manifest for {repository}@{digest[:19]} that is not that digest")
     try:
         document = json.loads(data)
@@ -390,7 +389,7 @@ def fetch_image(
         if found != image_id:
             raise RegistryError(f"{repository}@{digest[:19]} is image {found[:19]}, not {image_id[:19]}")
         config = registry.blob(repository, found)
-        if config is None or _digest(config) != found:
+        if config is None or sha256_digest(config) != found:
             raise RegistryError(f"the registry gave no config {found[:19]} for {repository}@{digest[:19]}")
         diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         described = document["layers"]

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import posixpath
-import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
+from envlock.engine.archive import CHUNK, ImageArchive, Scan, scan, write_archive
 from envlock.engine.docker import Engine, LayerHolder, Sink
 from envlock.engine.runtimes import OwnImages
-from envlock.errors import EngineError, RegistryError, RestoreError
-from envlock.image.plan import archive_end, archive_header, archive_manifest, archive_member, archive_padding
+from envlock.errors import EngineError, EnvlockError, ImageArchiveError, RegistryError, RestoreError
 from envlock.report import Report, silent
 
 
@@ -28,94 +24,12 @@ class Restored:
     source: str  # "engine" | "registry <repo@digest>" | "archive <path>" | "rebuild"
 
 
-def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
-    handle = archive.extractfile(name)
-    if handle is None:
-        raise RestoreError(f"the archive has no {name}")
-    return handle
-
-
-# While an archive is read every member is hashed; those that may be its manifest or a config (JSON by name, or an
-# OCI blob) are kept whole up to SMALL_MEMBER each and KEPT_MAX in all: a crafted archive cannot fill the memory.
-SMALL_MEMBER = 4 << 20
-KEPT_MAX = 256 << 20
-CHUNK = 1 << 20
-
-
-@dataclass
-class _Scan:
-    """One sequential read of a docker-archive: every member's sha256, the small ones' bytes, the links."""
-
-    digests: dict[str, str]
-    small: dict[str, bytes]
-    links: dict[str, str]
-    kept_bytes: int = 0
-
-    def digest(self, name: str) -> str | None:
-        """A member's sha256, through a link (a newer engine's layer path may point into blobs/)."""
-        for _ in range(8):
-            if name not in self.links:
-                break
-            name = self.links[name]
-        return self.digests.get(name)
-
-
-def _scan(stream: IO[bytes]) -> _Scan:
-    """Read an archive front to back once (tarfile's stream mode: nothing is sought back to)."""
-    scan = _Scan({}, {}, {})
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as archive:
-        for member in archive:
-            name = posixpath.normpath(member.name)
-            if member.issym() or member.islnk():
-                base = posixpath.dirname(name) if member.issym() else ""
-                scan.links[name] = posixpath.normpath(posixpath.join(base, member.linkname))
-                continue
-            if not member.isfile():
-                continue
-            handle = archive.extractfile(member)
-            if handle is None:
-                continue
-            keep = member.size <= SMALL_MEMBER and (name.endswith(".json") or name.startswith("blobs/"))
-            if keep and scan.kept_bytes + member.size > KEPT_MAX:
-                raise tarfile.ReadError(f"more than {KEPT_MAX >> 20} MiB of metadata-sized members")
-            digest, kept = hashlib.sha256(), bytearray()
-            for chunk in iter(lambda: handle.read(CHUNK), b""):  # noqa: B023  (consumed within the iteration)
-                digest.update(chunk)
-                if keep:
-                    kept += chunk
-            scan.digests[name] = "sha256:" + digest.hexdigest()
-            if keep:
-                scan.small[name] = bytes(kept)
-                scan.kept_bytes += len(kept)
-    return scan
-
-
-def _checked(scan: _Scan, path: Path) -> str:
-    """The image ID of a scanned archive whose layers all match their diff_ids (else RestoreError)."""
-    try:
-        manifest = json.loads(scan.small[posixpath.normpath("manifest.json")])[0]
-        config_name = posixpath.normpath(manifest["Config"])
-        config_bytes = scan.small[scan.links.get(config_name, config_name)]
-        diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
-        for diff_id, member in zip(diff_ids, manifest["Layers"], strict=True):
-            if scan.digest(posixpath.normpath(member)) != diff_id:
-                raise RestoreError(
-                    f"archive {path} is corrupt or tampered: layer {member} is not {diff_id[:19]}",
-                    hint="use another copy of the archive, the registry, or a rebuild from the lock",
-                )
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise RestoreError(f"archive {path} is not a readable image archive: {exc!r}") from exc
-    return "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-
-
 def verify_archive(path: Path) -> str:
     """Check a docker-archive: config sha256 = image ID, each layer's sha256 = its diff_id. Returns the image ID."""
-    try:
-        with path.open("rb") as stream:
-            scan = _scan(stream)
-    except (tarfile.TarError, OSError) as exc:
-        raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
-    return _checked(scan, path)
+    with ImageArchive(path) as archive:
+        image = archive.image()
+        archive.verify(image)
+    return image.image_id
 
 
 class _Tee:
@@ -130,16 +44,16 @@ class _Tee:
         return len(data)
 
 
-def _scanned_while_written(save: Callable[[Sink], None], handle: Sink, path: Path) -> _Scan:
+def _scanned_while_written(save: Callable[[Sink], None], handle: Sink, path: Path) -> Scan:
     """Run `save` into handle while a thread reads the same bytes as an archive: each byte is read once, on its way
     to disk, not again from the file afterwards. The thread always drains the pipe, so `save` never blocks on it."""
     read_end, write_end = os.pipe()
-    outcome: list[_Scan | BaseException] = []
+    outcome: list[Scan | BaseException] = []
 
     def check() -> None:
         with os.fdopen(read_end, "rb") as stream:
             try:
-                outcome.append(_scan(stream))
+                outcome.append(scan(stream, f"the engine's export of {path.name}"))
             except BaseException as exc:  # noqa: BLE001  (reported by the caller's thread)
                 outcome.append(exc)
             while stream.read(CHUNK):
@@ -153,8 +67,12 @@ def _scanned_while_written(save: Callable[[Sink], None], handle: Sink, path: Pat
     finally:
         thread.join()
     found = outcome[0]
+    if isinstance(found, EnvlockError):
+        raise found
     if isinstance(found, BaseException):
-        raise RestoreError(f"the engine's export of {path.name} is not a readable image archive: {found}") from found
+        raise ImageArchiveError(
+            f"the engine's export of {path.name} is not a readable image archive: {found}"
+        ) from found
     return found
 
 
@@ -162,69 +80,27 @@ def load_archive(path: Path, image_id: str, engine: Engine) -> str:
     """Load an archive's image in one read of it, verified on the way: no unverified byte is ever loaded.
 
     The config must hash to `image_id` before anything is sent. The engine then gets an archive written here,
-    not the file's own: the config, each layer the engine lacks (hashed while streamed; the last chunk is held
-    back until the layer's digest matches its diff_id, so a tampered layer never even reaches the engine whole),
-    and, last, a manifest made from the config (no tags, no other images the file may carry). dockerd reads the
-    manifest only once the stream has ended: a stream cut short by a refusal has none, and loads nothing.
+    not the file's own: the config, a manifest made from it (no tags, no other images the file may carry), and
+    each layer the engine lacks, read through a stream that holds its last chunk back until the layer matched its
+    diff_id: a tampered layer never reaches the engine whole, and the cut archive loads nothing.
     """
-    try:
-        with tarfile.open(path) as archive:  # headers only: contents are read below, once, and only if needed
-            config, names = _image_entry(archive, image_id, path)
-            diff_ids: list[str] = json.loads(config)["rootfs"]["diff_ids"]
-            if len(diff_ids) != len(names):
-                raise RestoreError(f"archive {path} lists {len(names)} layers for {len(diff_ids)} diff_ids")
-            held = engine.held_layers(diff_ids) if isinstance(engine, LayerHolder) else 0
-            members = [archive.getmember(name) for name in names]
+    with ImageArchive(path) as archive:
+        image = archive.image(image_id)
+        diff_ids = list(image.config.diff_ids)
+        held = engine.held_layers(diff_ids) if isinstance(engine, LayerHolder) else 0
 
-            def write(sink: BinaryIO) -> None:
-                written = archive_member(sink, f"{image_id.removeprefix('sha256:')}.json", config)
-                for index in range(held, len(diff_ids)):
-                    written += _verified_member(archive, members[index], diff_ids[index], sink, path)
-                written += archive_member(sink, "manifest.json", archive_manifest(config, diff_ids))
-                archive_end(sink, written)
+        def write(sink: BinaryIO) -> None:
+            layers = [(diff_id, archive.layer(image, index)) for index, diff_id in enumerate(diff_ids)]
+            write_archive(sink, image.config.data, layers, held)
 
-            loaded = engine.load(write, sum(members[index].size for index in range(held, len(diff_ids))))
-    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
-        raise RestoreError(f"archive {path} is not a readable image archive: {exc}") from exc
+        try:
+            loaded = engine.load(write, sum(member.size for member in image.layers[held:] if member))
+        except OSError as exc:
+            raise ImageArchiveError(f"archive {path} is not a readable image archive: {exc}") from exc
     if loaded != image_id:  # cannot happen with a verified config; never leave a wrong image behind
         engine.remove(loaded)
         raise RestoreError(f"archive {path}: the engine loaded {loaded[:19]}, not {image_id[:19]}")
     return loaded
-
-
-def _image_entry(archive: tarfile.TarFile, image_id: str, path: Path) -> tuple[bytes, list[str]]:
-    """The config whose sha256 is image_id, and the names of its layer members, from the archive's manifest."""
-    held = []
-    for entry in json.load(_member(archive, "manifest.json")):
-        config = _member(archive, entry["Config"]).read()
-        found = "sha256:" + hashlib.sha256(config).hexdigest()
-        if found == image_id:
-            return config, [str(name) for name in entry["Layers"]]
-        held.append(found[:19])
-    raise RestoreError(f"archive {path} holds image {', '.join(held) or 'none'}, not the recorded one")
-
-
-def _verified_member(
-    archive: tarfile.TarFile, member: tarfile.TarInfo, diff_id: str, sink: BinaryIO, path: Path
-) -> int:
-    """Stream one layer into the archive being loaded, refusing it before its last chunk if it is not diff_id."""
-    name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
-    header = archive_header(name, member.size)
-    sink.write(header)
-    digest = hashlib.sha256()
-    pending = b""
-    with _member(archive, member.name) as layer:
-        for chunk in iter(lambda: layer.read(1 << 20), b""):
-            sink.write(pending)
-            digest.update(chunk)
-            pending = chunk
-    if "sha256:" + digest.hexdigest() != diff_id:
-        raise RestoreError(
-            f"archive {path} is corrupt or tampered: layer {member.name} is not {diff_id[:19]}",
-            hint="use another copy of the archive, the registry, or a rebuild from the lock",
-        )
-    sink.write(pending + archive_padding(member.size))
-    return len(header) + member.size + len(archive_padding(member.size))
 
 
 def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
@@ -233,10 +109,8 @@ def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
     partial = out.with_name(f".{out.name}.partial")
     try:  # a failed or interrupted export leaves no partial file behind
         with partial.open("wb") as handle:
-            scan = _scanned_while_written(lambda sink: engine.save(image_id, sink), handle, out)
-        found = _checked(scan, out)
-        if found != image_id:
-            raise RestoreError(f"the engine exported image {found[:19]}, not {image_id[:19]}")
+            scanned = _scanned_while_written(lambda sink: engine.save(image_id, sink), handle, out)
+        found = scanned.image_id(image_id)
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
@@ -335,7 +209,7 @@ def restore_for_runtime(
             report(f"{runtime.name}: fetching {pushed}")
             try:
                 runtime.pull(image_id, pushed)
-            except (EngineError, RegistryError) as exc:
+            except (EngineError, RegistryError, ImageArchiveError) as exc:  # a tampered copy: the next is tried
                 tried.append(exc.message)
                 continue
             return Restored(image_id, f"registry {pushed}")

@@ -7,7 +7,7 @@ generated dist-info, so `importlib.metadata.version()` and console scripts work 
 
 A version from the VCS (setuptools-scm, hatch-vcs, versioneer…) moves with every commit, the lock's own included: it
 is no lock input and not in the image. The lock says `version-from = "vcs"`; each run writes the dist-info with the
-version of the commit it runs and mounts it (envlock.run.pinned).
+version of the commit it runs and mounts it (envlock.run.service).
 """
 
 from __future__ import annotations

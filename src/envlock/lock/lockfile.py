@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, cast
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Self, cast
 
+from envlock.codecs import Codec, Problems, did_you_mean, field, table_check, toml_text
 from envlock.errors import LockfileError
 from envlock.fsutil import atomic_write_text
 from envlock.lock import recipes
 from envlock.lock.cuda import CPU, UNKNOWN, CudaStack, Source
 from envlock.lock.localpackages import LocalPackage
-from envlock.lock.pylock import file_table, package_table
+from envlock.lock.pylock import file_table
 from envlock.lock.resolve import LockedFile, LockedPackage, utc_seconds
 from envlock.lock.shapes import (
     debian_package_problem,
@@ -43,24 +43,38 @@ HEADER = (
 )
 
 
-@dataclass(frozen=True)
-class BaseLock:
+class BaseLock(Codec, nulls=False):
     """The base the image starts from: an envlock recipe (by file hash) or an upstream image (by digest)."""
 
-    name: str
-    kind: str  # "recipe" | "image"
-    sha256: str
+    name: str = field(doc="a recipe name, or an image pinned by digest (repo@sha256:…)")
+    kind: str = field(
+        check=lambda kind: None if kind in ("recipe", "image") else f'{kind!r} must be "recipe" or "image"'
+    )
+    sha256: str = field(check=sha256_problem, doc="the recipe file's sha256, or the image's digest")
+
+    def invalid(self) -> Iterator[tuple[str, str]]:
+        """A recipe must be known; an image must be pinned by the digest `sha256` says."""
+        if self.kind == "recipe" and self.name not in recipes.recipe_names():
+            known = recipes.recipe_names()
+            yield "name", f"unknown recipe {self.name!r}{did_you_mean(self.name, known)}; known: {', '.join(known)}"
+        elif self.kind == "image" and not recipes.is_image_reference(self.name):
+            yield "name", f"{self.name!r} is not an image pinned by digest (`repo@sha256:…`)"
+        elif self.kind == "image" and not self.name.endswith(f"@sha256:{self.sha256}"):
+            yield "sha256", "is not the digest the base name pins"
 
 
-@dataclass(frozen=True)
-class TargetBase:
+def _debian_name_problem(name: str) -> str | None:
+    return debian_package_problem(name) or (f"{name!r} is not a Debian package name" if "=" in name else None)
+
+
+class TargetBase(Codec, nulls=False):
     """The exact base a platform's image starts from, and the Debian packages in it.
 
     `id` is the recipe base's layer diff_id, or the upstream base's image ID (the sha256 of its config).
     """
 
-    id: str
-    debian: dict[str, str]
+    id: str = field(check=digest_problem)
+    debian: dict[str, str] = field(check=table_check(_debian_name_problem, debian_version_problem))
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,7 @@ class Lock:
         content = {
             "lock-version": LOCK_VERSION,
             "python": self.python,
-            "base": {"name": self.base.name, "kind": self.base.kind, "sha256": self.base.sha256},
+            "base": self.base.as_dict(),
             "system-packages": sorted(self.system_packages),
             "indexes": list(self.indexes),
             "source-date-epoch": self.source_date_epoch,
@@ -119,7 +133,7 @@ class Lock:
                     "platform": t.platform,
                     "python-platform": t.python_platform,
                     "cuda": t.cuda.as_dict(),
-                    "base": {"id": t.base.id, "debian": t.base.debian} if t.base else None,
+                    "base": t.base.as_dict() if t.base else None,
                     "packages": [_package_content(p) for p in t.packages],
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
@@ -160,63 +174,281 @@ def source_date_epoch(targets: tuple[TargetLock, ...]) -> int:
     return int(max(times).timestamp()) if times else FALLBACK_EPOCH
 
 
+_PYTHON = re.compile(r"^3\.\d{1,3}$")
+_PYTHON_PLATFORM = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+_TEXT = re.compile(r"^[\w.+~:() -]{0,200}$")  # versions, archs, resolver names: plain printable words
+_NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")  # a free-text note on one line
+# SOURCE_DATE_EPOCH must be a time every tool can represent (zip, tar, datetime): 1970 up to 2106.
+EPOCH_MAX = 2**32 - 1
+
+
+def _python_problem(value: str) -> str | None:
+    return None if _PYTHON.match(value) else f"{value!r} is not a Python version like 3.11"
+
+
+def _text_problem(value: str) -> str | None:
+    return None if _TEXT.match(value) else f"{value!r} holds characters a version or name does not"
+
+
+def _note_problem(value: str) -> str | None:
+    return None if _NOTE.match(value) else "must be one line of at most 500 printable characters"
+
+
+def _within(low: int, high: int) -> Callable[[int], str | None]:
+    return lambda value: None if low <= value <= high else f"{value} is out of range ({low} to {high})"
+
+
+# The file's tables, each declared once: `dumps` writes them, `loads` reads and checks them (every problem named
+# with its key), and the Lock model is made from them. Absent and None are one thing here: TOML has no null.
+
+
+class LockMeta(Codec, nulls=False):
+    """[meta]: what the lock hash does not cover."""
+
+    lock_hash: str = field(check=digest_problem, doc="sha256 over the normalized content of the tables below")
+    input_hash: str = field(check=digest_problem, doc="sha256 over the normalized [tool.envlock] inputs")
+    resolver: str = field(check=_text_problem, doc="the resolver and its version")
+    envlock_version: str = field(check=_text_problem, doc="the envlock that wrote the lock")
+
+
+class Environment(Codec, nulls=False):
+    """[environment]: what every platform shares."""
+
+    python: str = field(check=_python_problem)
+    source_date_epoch: int = field(check=_within(0, EPOCH_MAX), doc="the mtime of everything built")
+    indexes: tuple[str, ...] = field(items=url_problem)
+    system_packages: tuple[str, ...] = field(items=debian_package_problem)
+    base: BaseLock = field(inline=True)
+
+
+class Hashes(Codec, nulls=False):
+    """A file table's `hashes = {sha256 = "…"}`."""
+
+    sha256: str = field(check=sha256_problem)
+
+
+class WheelFile(Codec, nulls=False):
+    """A PEP 751 file table (written inline): a wheel's name, where it is, and its sha256."""
+
+    name: str = field(check=wheel_name_problem)
+    url: str = field(check=url_problem)
+    upload_time: datetime | None = field(omit_none=True)
+    size: int | None = field(omit_none=True, check=_within(0, 2**63 - 1))
+    hashes: Hashes
+
+    @classmethod
+    def of(cls, file: LockedFile) -> Self:
+        """The table of a locked file."""
+        return cls(file.name, file.url, file.upload_time, file.size, Hashes(file.sha256))
+
+    def file(self) -> LockedFile:
+        """The locked file (its upload time in UTC, whole seconds)."""
+        upload = utc_seconds(self.upload_time) if self.upload_time is not None else None
+        return LockedFile(self.name, self.url, self.hashes.sha256, self.size, upload)
+
+
+class SdistFile(WheelFile):
+    """A PEP 751 file table: an sdist."""
+
+    name: str = field(check=sdist_name_problem)
+
+
+class PackageTable(Codec, nulls=False):
+    """One `[[targets.PLATFORM.packages]]` entry: its sdist and its wheels, one per line."""
+
+    name: str = field(check=package_name_problem)
+    version: str = field(check=version_problem)
+    sdist: SdistFile | None = field(omit_none=True, inline=True)
+    wheels: tuple[WheelFile, ...] | None = field(omit_none=True, inline=True)  # none: an sdist only
+
+    @classmethod
+    def of(cls, package: LockedPackage) -> Self:
+        """The table of a locked package."""
+        sdist = SdistFile.of(package.sdist) if package.sdist else None
+        return cls(package.name, package.version, sdist, tuple(map(WheelFile.of, package.wheels)) or None)
+
+    def package(self) -> LockedPackage:
+        """The locked package, its wheels sorted by name."""
+        wheels = tuple(sorted((wheel.file() for wheel in self.wheels or ()), key=lambda file: file.name))
+        return LockedPackage(self.name, self.version, wheels, self.sdist.file() if self.sdist else None)
+
+
+def _archs_problems(archs: list[str] | str) -> list[str]:
+    # `archs = "unknown"` when the wheels do not say which GPU architectures they were built for.
+    return [] if archs == UNKNOWN else [problem for arch in archs if (problem := _text_problem(arch))]
+
+
+_CUDA_PARTS = ("runtime", "cudnn", "nccl", "cublas", "driver_min", "driver_min_compat")
+
+
+class CudaTable(Codec, nulls=False):
+    """[targets.PLATFORM.cuda]: `kind` and `source` alone for a CPU stack; every version for a CUDA one."""
+
+    kind: Literal["cuda", "cpu"]
+    source: Source
+    version: str | None = field(omit_none=True, check=_text_problem, doc="the runtime's minor version")
+    runtime: str | None = field(omit_none=True, check=_text_problem)
+    cudnn: str | None = field(omit_none=True, check=_text_problem)
+    nccl: str | None = field(omit_none=True, check=_text_problem)
+    cublas: str | None = field(omit_none=True, check=_text_problem)
+    driver_min: str | None = field(omit_none=True, check=_text_problem)
+    driver_min_compat: str | None = field(omit_none=True, check=_text_problem)
+    archs: list[str] | Literal["unknown"] | None = field(omit_none=True, check=_archs_problems)
+    archs_source: str | None = field(omit_none=True, check=_note_problem)
+
+    def invalid(self) -> Iterator[tuple[str, str]]:
+        """A CUDA stack names every version, and `version` is its runtime's."""
+        if self.kind == "cpu":
+            return
+        for declared in self.declared():
+            if declared.name in (*_CUDA_PARTS, "archs") and getattr(self, declared.name) is None:
+                yield declared.key, "missing"
+        if self.runtime is not None and self.version != CudaStack("cuda", self.source, self.runtime).version:
+            yield "version", f"is not the minor version of runtime {self.runtime!r}"
+
+    @classmethod
+    def of(cls, stack: CudaStack) -> Self:
+        """The table of a stack."""
+        if stack.kind == "cpu":
+            return cls("cpu", stack.source, None, **dict.fromkeys(_CUDA_PARTS), archs=None, archs_source=None)
+        parts = {name: getattr(stack, name) for name in _CUDA_PARTS}
+        archs: list[str] | Literal["unknown"] = list(stack.archs) if stack.archs else "unknown"
+        return cls("cuda", stack.source, stack.version, **parts, archs=archs, archs_source=stack.archs_source or None)
+
+    def stack(self) -> CudaStack:
+        """The stack this table locks."""
+        if self.kind == "cpu":
+            return CPU
+        versions = {name: getattr(self, name) or UNKNOWN for name in _CUDA_PARTS}
+        archs = () if self.archs in (None, UNKNOWN) else tuple(self.archs or ())
+        return CudaStack("cuda", self.source, **versions, archs=archs, archs_source=self.archs_source or "")
+
+
+class TargetTable(Codec, nulls=False):
+    """[targets.PLATFORM]: everything locked for one platform."""
+
+    python_platform: str = field(
+        check=lambda value: None if _PYTHON_PLATFORM.match(value) else f"{value!r} is not a platform"
+    )
+    cuda: CudaTable
+    # None: the base could not be built where the lock was made (another architecture, or an image base).
+    base: TargetBase | None = field(omit_none=True)
+    packages: tuple[PackageTable, ...] = ()
+
+    @classmethod
+    def of(cls, target: TargetLock) -> Self:
+        """The table of a platform's lock (Debian packages sorted by name)."""
+        base = TargetBase(target.base.id, dict(sorted(target.base.debian.items()))) if target.base else None
+        return cls(
+            target.python_platform, CudaTable.of(target.cuda), base, tuple(map(PackageTable.of, target.packages))
+        )
+
+    def target(self, platform: Platform) -> TargetLock:
+        """The platform's lock."""
+        packages = tuple(package.package() for package in self.packages)
+        return TargetLock(platform, self.python_platform, self.cuda.stack(), packages, self.base)
+
+
+def _local_path_problem(path: str) -> str | None:
+    parts = PurePosixPath(path)
+    leaves = parts.is_absolute() or ".." in parts.parts
+    return f"{path!r} is not a usable local package path (it leaves the project)" if leaves else None
+
+
+class LocalPackageTable(Codec, nulls=False):
+    """One `[[local-packages]]` entry: a project package's metadata (names and paths are checked before they become
+    file names in the image)."""
+
+    name: str
+    version_from: Literal["static", "vcs"] | None = field(omit_none=True, doc='"vcs": the commit gives the version')
+    version: str | None = field(omit_none=True)
+    path: str = field(check=_local_path_problem)
+    requires: tuple[str, ...]
+    entry_points: tuple[list[str], ...] = field(
+        items=lambda point: None if len(point) == 3 else f"{point!r} is not [group, name, object]"
+    )
+    backend: str | None = field(omit_none=True)
+    build_requires: tuple[str, ...] | None = field(omit_none=True)
+
+    def invalid(self) -> Iterator[tuple[str, str]]:
+        """The metadata must make usable file names in the image."""
+        if self.version_from != "vcs" and self.version is None:
+            yield "version", "missing"
+        elif problem := self.package().problem():
+            yield "", f"is not a usable local package ({problem})"
+
+    @classmethod
+    def of(cls, package: LocalPackage) -> Self:
+        """The table of a local package (as LocalPackage.as_dict writes it)."""
+        vcs = package.version_from == "vcs"
+        points = tuple(list(point) for point in package.entry_points)
+        return cls(
+            package.name, "vcs" if vcs else None, None if vcs else package.version, package.path, package.requires,
+            points, package.backend or None, package.build_requires or None,
+        )  # fmt: skip
+
+    def package(self) -> LocalPackage:
+        """The local package."""
+        vcs = self.version_from == "vcs"
+        points = tuple((group, name, value) for group, name, value in self.entry_points)
+        return LocalPackage(
+            self.name, "" if vcs else self.version or "", self.path, self.requires, points, self.backend or "",
+            self.build_requires or (), "vcs" if vcs else "static",
+        )  # fmt: skip
+
+
+def _platforms_problem(targets: Mapping[str, TargetTable]) -> list[str]:
+    found = [] if targets else ["locks no platform"]
+    return found + [
+        f"unknown platform {platform!r}{did_you_mean(platform, PLATFORMS)}; known: {', '.join(PLATFORMS)}"
+        for platform in targets
+        if platform not in PLATFORMS
+    ]
+
+
+class LockDocument(Codec, nulls=False):
+    """The whole `envlock.lock` file, as written: meta, environment, local packages, one table per platform."""
+
+    lock_version: int = field(check=lambda version: None if version == LOCK_VERSION else f"must be {LOCK_VERSION}")
+    meta: LockMeta
+    environment: Environment
+    local_packages: tuple[LocalPackageTable, ...] | None = field(omit_none=True)  # none: absent, as before they were
+    targets: dict[str, TargetTable] = field(check=_platforms_problem)
+
+    @classmethod
+    def of(cls, lock: Lock) -> Self:
+        """The document of a lock (system packages sorted, platforms in order)."""
+        environment = Environment(
+            lock.python, lock.source_date_epoch, lock.indexes, tuple(sorted(lock.system_packages)), lock.base
+        )
+        return cls(
+            LOCK_VERSION,
+            LockMeta(lock.lock_hash, lock.input_hash, lock.resolver, lock.envlock_version),
+            environment,
+            tuple(map(LocalPackageTable.of, lock.local_packages)) or None,
+            {t.platform: TargetTable.of(t) for t in sorted(lock.targets, key=lambda t: t.platform)},
+        )
+
+    def lock(self) -> Lock:
+        """The lock this document holds (its platforms checked by `targets`' declaration)."""
+        environment = self.environment
+        return Lock(
+            python=environment.python,
+            base=environment.base,
+            system_packages=environment.system_packages,
+            indexes=environment.indexes,
+            source_date_epoch=environment.source_date_epoch,
+            targets=tuple(table.target(cast(Platform, platform)) for platform, table in self.targets.items()),
+            input_hash=self.meta.input_hash,
+            resolver=self.meta.resolver,
+            envlock_version=self.meta.envlock_version,
+            local_packages=tuple(table.package() for table in self.local_packages or ()),
+        )
+
+
 def dumps(lock: Lock) -> str:
     """The lock as TOML: meta first, then the environment, then one section per platform."""
-    # Imported here: reading needs only tomllib, so hosts that only check locks (scripts/gpu-check.sh) need no tomlkit.
-    import tomlkit  # noqa: PLC0415
-
-    document = tomlkit.document()
-    for line in HEADER.splitlines():
-        document.add(tomlkit.comment(line))
-    document["lock-version"] = LOCK_VERSION
-    meta = tomlkit.table()
-    meta["lock-hash"] = lock.lock_hash
-    meta["input-hash"] = lock.input_hash
-    meta["resolver"] = lock.resolver
-    meta["envlock-version"] = lock.envlock_version
-    document["meta"] = meta
-    environment = tomlkit.table()
-    environment["python"] = lock.python
-    environment["source-date-epoch"] = lock.source_date_epoch
-    environment["indexes"] = list(lock.indexes)
-    environment["system-packages"] = sorted(lock.system_packages)
-    base = tomlkit.inline_table()
-    base.update({"name": lock.base.name, "kind": lock.base.kind, "sha256": lock.base.sha256})
-    environment["base"] = base
-    document["environment"] = environment
-    if lock.local_packages:
-        local = tomlkit.aot()
-        for local_package in lock.local_packages:
-            table = tomlkit.table()
-            for key, value in local_package.as_dict().items():
-                table[key] = value
-            local.append(table)
-        document["local-packages"] = local
-    targets = tomlkit.table(is_super_table=True)
-    for target in sorted(lock.targets, key=lambda t: t.platform):
-        section = tomlkit.table()
-        section["python-platform"] = target.python_platform
-        cuda = tomlkit.table()
-        for key, value in target.cuda.as_dict().items():
-            cuda[key] = value
-        if target.cuda.archs_source:
-            cuda["archs-source"] = target.cuda.archs_source
-        section["cuda"] = cuda
-        if target.base is not None:
-            base_table = tomlkit.table()
-            base_table["id"] = target.base.id
-            debian = tomlkit.table()
-            for name, version in sorted(target.base.debian.items()):
-                debian[name] = version
-            base_table["debian"] = debian
-            section["base"] = base_table
-        packages = tomlkit.aot()
-        for package in target.packages:
-            packages.append(package_table(package))
-        section["packages"] = packages
-        targets[target.platform] = section
-    document["targets"] = targets
-    return tomlkit.dumps(document)
+    return toml_text(LockDocument.of(lock), HEADER)
 
 
 def write(path: Path, lock: Lock) -> None:
@@ -253,346 +485,20 @@ def loads(text: str, path: Path = Path(LOCK_FILE)) -> Lock:
             f"{path} has lock-version {version} (this envlock reads {LOCK_VERSION})",
             hint="use the envlock version that wrote it, or run `envlock lock` to lock afresh",
         )
-    reader = _Reader()
-    lock, recorded = reader.lock(document)
-    if reader.problems or lock is None:
-        count = len(reader.problems)
+    problems = Problems()
+    read = LockDocument.decode(document, problems)
+    if problems:
+        found = problems.items
         raise LockfileError(
-            f"{path} is not an envlock lock: {count} value{'s' if count != 1 else ''} missing or not allowed "
-            f"(first: {reader.problems[0]})",
+            f"{path} is not an envlock lock: {len(found)} value{'s' if len(found) != 1 else ''} missing or not "
+            f"allowed (first: {found[0]})",
             hint="restore it from version control, or delete it and run `envlock lock`",
-            details=tuple(reader.problems),
+            details=tuple(found),
         )
-    if recorded != lock.lock_hash:
+    lock = read.lock()
+    if read.meta.lock_hash != lock.lock_hash:
         raise LockfileError(
             f"{path} was edited by hand: its content no longer matches its lock-hash",
             hint="restore it from version control, or run `envlock lock --upgrade` to lock afresh",
         )
     return lock
-
-
-# Tables and the keys each may hold; anything else was not written by envlock.
-_TOP_KEYS = ("lock-version", "meta", "environment", "targets", "local-packages")
-_META_KEYS = ("lock-hash", "input-hash", "resolver", "envlock-version")
-_ENVIRONMENT_KEYS = ("python", "source-date-epoch", "indexes", "system-packages", "base")
-_BASE_KEYS = ("name", "kind", "sha256")
-_TARGET_KEYS = ("python-platform", "cuda", "base", "packages")
-_TARGET_BASE_KEYS = ("id", "debian")
-_CUDA_KEYS = (
-    "kind", "source", "version", "runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat", "archs",
-    "archs-source",
-)  # fmt: skip
-_PACKAGE_KEYS = ("name", "version", "sdist", "wheels")
-_FILE_KEYS = ("name", "url", "upload-time", "size", "hashes")
-_PYTHON = re.compile(r"^3\.\d{1,3}$")
-_PYTHON_PLATFORM = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
-_TEXT = re.compile(r"^[\w.+~:() -]{0,200}$")  # versions, archs, resolver names: plain printable words
-_NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")  # a free-text note on one line
-# SOURCE_DATE_EPOCH must be a time every tool can represent (zip, tar, datetime): 1970 up to 2106.
-EPOCH_MAX = 2**32 - 1
-_SOURCES = ("wheels", "base", "none")
-
-Check = Callable[[str], "str | None"]
-
-
-class _Reader:
-    """Builds a Lock from a parsed document, collecting every problem with the key it was found at."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
-
-    def table(
-        self, parent: dict[str, Any], key: str, where: str, allowed: tuple[str, ...] | None
-    ) -> dict[str, Any] | None:
-        """A sub-table; unknown keys inside are reported."""
-        if key not in parent:
-            self.add(where, "missing")
-            return None
-        return self.as_table(parent[key], where, allowed)
-
-    def as_table(self, value: object, where: str, allowed: tuple[str, ...] | None) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.add(where, f"must be a table, not {_kind(value)}")
-            return None
-        if allowed is not None:
-            for unknown in sorted(set(value) - set(allowed)):
-                self.add(f"{where}.{unknown}", f"unknown key{_did_you_mean(unknown, allowed)}")
-        return value
-
-    def string(self, table: dict[str, Any], key: str, where: str, check: Check | None = None) -> str:
-        """A string value, its shape checked when `check` is given."""
-        if key not in table:
-            self.add(where, "missing")
-            return ""
-        value = table[key]
-        if not isinstance(value, str):
-            self.add(where, f"must be a string, not {_kind(value)}")
-            return ""
-        if check is not None and (problem := check(value)) is not None:
-            self.add(where, problem)
-        return value
-
-    def strings(self, table: dict[str, Any], key: str, where: str, check: Check) -> list[str]:
-        """A list of strings, each checked."""
-        value = table.get(key)
-        if not isinstance(value, list):
-            self.add(where, "missing" if key not in table else f"must be a list of strings, not {_kind(value)}")
-            return []
-        out = []
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                self.add(f"{where}[{index}]", f"must be a string, not {_kind(item)}")
-            elif (problem := check(item)) is not None:
-                self.add(f"{where}[{index}]", problem)
-            else:
-                out.append(item)
-        return out
-
-    def integer(self, value: object, where: str, low: int, high: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.add(where, f"must be an integer, not {_kind(value)}")
-            return low
-        if not low <= value <= high:
-            self.add(where, f"{value} is out of range ({low} to {high})")
-            return low
-        return value
-
-    def lock(self, document: dict[str, Any]) -> tuple[Lock | None, str]:
-        """The Lock and its recorded lock-hash; None when any problem was found."""
-        self.as_table(document, LOCK_FILE, _TOP_KEYS)
-        if "lock-version" not in document:
-            self.add("lock-version", "missing")
-        elif document["lock-version"] != LOCK_VERSION or isinstance(document["lock-version"], bool):
-            self.add("lock-version", f"must be {LOCK_VERSION}")
-        meta = self.table(document, "meta", "meta", _META_KEYS) or {}
-        recorded = self.string(meta, "lock-hash", "meta.lock-hash", digest_problem) if meta else ""
-        input_hash = self.string(meta, "input-hash", "meta.input-hash", digest_problem) if meta else ""
-        resolver = self.string(meta, "resolver", "meta.resolver", _text_problem) if meta else ""
-        version = self.string(meta, "envlock-version", "meta.envlock-version", _text_problem) if meta else ""
-        environment = self.table(document, "environment", "environment", _ENVIRONMENT_KEYS) or {}
-        python = self.string(environment, "python", "environment.python", _python_problem) if environment else ""
-        epoch = FALLBACK_EPOCH
-        indexes: list[str] = []
-        system: list[str] = []
-        base: BaseLock | None = None
-        if environment:
-            where = "environment.source-date-epoch"
-            if "source-date-epoch" not in environment:
-                self.add(where, "missing")
-            else:
-                epoch = self.integer(environment["source-date-epoch"], where, 0, EPOCH_MAX)
-            indexes = self.strings(environment, "indexes", "environment.indexes", url_problem)
-            system = self.strings(environment, "system-packages", "environment.system-packages", debian_package_problem)
-            base = self.base(environment)
-        targets = self.targets(document)
-        local = self.local_packages(document.get("local-packages", []))
-        if self.problems or base is None:
-            return None, recorded
-        lock = Lock(
-            python=python,
-            base=base,
-            system_packages=tuple(system),
-            indexes=tuple(indexes),
-            source_date_epoch=epoch,
-            targets=tuple(targets),
-            input_hash=input_hash,
-            resolver=resolver,
-            envlock_version=version,
-            local_packages=local,
-        )
-        return lock, recorded
-
-    def local_packages(self, raw: object) -> tuple[LocalPackage, ...]:
-        """The project's own packages (metadata only; names and paths checked before they become file names)."""
-        if not isinstance(raw, list):
-            self.add("local-packages", f"must be an array of tables, not {_kind(raw)}")
-            return ()
-        found = []
-        for index, entry in enumerate(raw):
-            where = f"local-packages[{index}]"
-            if not isinstance(entry, dict):
-                self.add(where, f"must be a table, not {_kind(entry)}")
-                continue
-            try:
-                found.append(LocalPackage.from_dict(entry))
-            except (KeyError, TypeError, ValueError) as exc:
-                self.add(where, f"is not a usable local package ({exc.__class__.__name__}: {exc})")
-        return tuple(found)
-
-    def base(self, environment: dict[str, Any]) -> BaseLock | None:
-        table = self.table(environment, "base", "environment.base", _BASE_KEYS)
-        if table is None:
-            return None
-        name = self.string(table, "name", "environment.base.name")
-        kind = self.string(table, "kind", "environment.base.kind")
-        sha256 = self.string(table, "sha256", "environment.base.sha256", sha256_problem)
-        if kind == "recipe":
-            if name and name not in recipes.recipe_names():
-                self.add(
-                    "environment.base.name",
-                    f"unknown recipe {name!r}{_did_you_mean(name, recipes.recipe_names())}; "
-                    f"known: {', '.join(recipes.recipe_names())}",
-                )
-        elif kind == "image":
-            if name and not recipes.is_image_reference(name):
-                self.add("environment.base.name", f"{name!r} is not an image pinned by digest (`repo@sha256:…`)")
-            elif name and not name.endswith(f"@sha256:{sha256}"):
-                self.add("environment.base.sha256", "is not the digest the base name pins")
-        elif kind:
-            self.add("environment.base.kind", f'{kind!r} must be "recipe" or "image"')
-        return BaseLock(name, kind, sha256)
-
-    def targets(self, document: dict[str, Any]) -> list[TargetLock]:
-        table = self.table(document, "targets", "targets", None)
-        if not table:
-            if table is not None:
-                self.add("targets", "locks no platform")
-            return []
-        targets = []
-        for platform, raw in table.items():
-            where = f"targets.{platform}"
-            if platform not in PLATFORMS:
-                self.add(where, f"unknown platform{_did_you_mean(platform, PLATFORMS)}; known: {', '.join(PLATFORMS)}")
-                continue
-            section = self.as_table(raw, where, _TARGET_KEYS)
-            if section is None:
-                continue
-            python_platform = self.string(
-                section, "python-platform", f"{where}.python-platform", _pattern(_PYTHON_PLATFORM, "a platform")
-            )
-            cuda = self.cuda(section, f"{where}.cuda")
-            base = self.target_base(section, f"{where}.base") if "base" in section else None
-            packages = self.packages(section, f"{where}.packages")
-            if cuda is not None:
-                targets.append(TargetLock(platform, python_platform, cuda, packages, base))
-        return targets
-
-    def target_base(self, section: dict[str, Any], where: str) -> TargetBase | None:
-        table = self.as_table(section["base"], where, _TARGET_BASE_KEYS)
-        if table is None:
-            return None
-        image_id = self.string(table, "id", f"{where}.id", digest_problem)
-        debian = self.as_table(table.get("debian"), f"{where}.debian", None) or {}
-        packages: dict[str, str] = {}
-        for name, version in debian.items():
-            if (problem := debian_package_problem(name)) is not None or "=" in name:
-                self.add(f"{where}.debian", problem or f"{name!r} is not a Debian package name")
-            elif not isinstance(version, str):
-                self.add(f"{where}.debian.{name}", f"must be a string, not {_kind(version)}")
-            elif (problem := debian_version_problem(version)) is not None:
-                self.add(f"{where}.debian.{name}", problem)
-            else:
-                packages[name] = version
-        return TargetBase(image_id, packages)
-
-    def cuda(self, section: dict[str, Any], where: str) -> CudaStack | None:
-        table = self.table(section, "cuda", where, _CUDA_KEYS)
-        if table is None:
-            return None
-        kind = self.string(table, "kind", f"{where}.kind")
-        if kind == "cpu":
-            return CPU
-        if kind != "cuda":
-            self.add(f"{where}.kind", f'{kind!r} must be "cuda" or "cpu"')
-            return None
-        source = self.string(table, "source", f"{where}.source", _choice(_SOURCES))
-        fields = {
-            key: self.string(table, key, f"{where}.{key}", _text_problem)
-            for key in ("runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat")
-        }
-        # `archs = "unknown"` when the wheels do not say which GPU architectures they were built for.
-        archs = (
-            []
-            if table.get("archs", UNKNOWN) == UNKNOWN
-            else self.strings(table, "archs", f"{where}.archs", _text_problem)
-        )
-        archs_source = (
-            self.string(table, "archs-source", f"{where}.archs-source", _note_problem)
-            if ("archs-source" in table)
-            else ""
-        )
-        return CudaStack(
-            kind="cuda",
-            source=cast(Source, source),  # checked against _SOURCES above
-            runtime=fields["runtime"],
-            cudnn=fields["cudnn"],
-            nccl=fields["nccl"],
-            cublas=fields["cublas"],
-            driver_min=fields["driver-min"],
-            driver_min_compat=fields["driver-min-compat"],
-            archs=tuple(archs),
-            archs_source=archs_source,
-        )
-
-    def packages(self, section: dict[str, Any], where: str) -> tuple[LockedPackage, ...]:
-        entries = section.get("packages", [])
-        if not isinstance(entries, list):
-            self.add(where, f"must be an array of tables, not {_kind(entries)}")
-            return ()
-        packages = []
-        for index, entry in enumerate(entries):
-            at = f"{where}[{index}]"
-            table = self.as_table(entry, at, _PACKAGE_KEYS)
-            if table is None:
-                continue
-            name = self.string(table, "name", f"{at}.name", package_name_problem)
-            version = self.string(table, "version", f"{at}.version", version_problem)
-            wheels: list[LockedFile] = []
-            raw_wheels = table.get("wheels", [])
-            if not isinstance(raw_wheels, list):
-                self.add(f"{at}.wheels", f"must be an array of tables, not {_kind(raw_wheels)}")
-                raw_wheels = []
-            for number, raw in enumerate(raw_wheels):
-                if (wheel := self.file(raw, f"{at}.wheels[{number}]", wheel_name_problem)) is not None:
-                    wheels.append(wheel)
-            sdist = self.file(table["sdist"], f"{at}.sdist", sdist_name_problem) if "sdist" in table else None
-            packages.append(LockedPackage(name, version, tuple(sorted(wheels, key=lambda f: f.name)), sdist))
-        return tuple(packages)
-
-    def file(self, raw: object, where: str, name_check: Check) -> LockedFile | None:
-        table = self.as_table(raw, where, _FILE_KEYS)
-        if table is None:
-            return None
-        name = self.string(table, "name", f"{where}.name", name_check)
-        url = self.string(table, "url", f"{where}.url", url_problem)
-        hashes = self.table(table, "hashes", f"{where}.hashes", ("sha256",)) or {}
-        sha256 = self.string(hashes, "sha256", f"{where}.hashes.sha256", sha256_problem) if hashes else ""
-        size = self.integer(table["size"], f"{where}.size", 0, 2**63 - 1) if "size" in table else None
-        upload = table.get("upload-time")
-        if upload is not None and not isinstance(upload, datetime):
-            self.add(f"{where}.upload-time", f"must be a date-time, not {_kind(upload)}")
-            upload = None
-        return LockedFile(name, url, sha256, size, utc_seconds(upload) if upload is not None else None)
-
-
-def _kind(value: object) -> str:
-    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
-    return names.get(type(value), f"a {type(value).__name__}")
-
-
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _pattern(pattern: re.Pattern[str], what: str) -> Check:
-    return lambda value: None if pattern.match(value) else f"{value!r} is not {what}"
-
-
-def _choice(choices: tuple[str, ...]) -> Check:
-    return lambda value: None if value in choices else f"{value!r} must be one of {', '.join(choices)}"
-
-
-def _python_problem(value: str) -> str | None:
-    return None if _PYTHON.match(value) else f"{value!r} is not a Python version like 3.11"
-
-
-def _text_problem(value: str) -> str | None:
-    return None if _TEXT.match(value) else f"{value!r} holds characters a version or name does not"
-
-
-def _note_problem(value: str) -> str | None:
-    return None if _NOTE.match(value) else "must be one line of at most 500 printable characters"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+import posixpath
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +15,7 @@ from typing import Any, cast
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from envlock.codecs import Codec, Problems, declared_path_problem, did_you_mean, each, field, project_path_problem
 from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
 from envlock.fsutil import sha256_file
@@ -30,27 +32,6 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 # Bumped whenever the meaning of the inputs (and so of the input hash) changes.
 INPUT_SCHEMA = 1
 
-FIELDS = (
-    "name",
-    "python",
-    "requirements",
-    "constraints",
-    "extras",
-    "groups",
-    "platforms",
-    "base",
-    "system-packages",
-    "cuda",
-    "index-url",
-    "extra-index-urls",
-    "registry",
-    "outputs",
-    "inputs",
-    "params",
-    "untracked-max-bytes",
-    "runtime",
-    "imported-from",
-)
 # The untracked files a run keeps copies of, in total, unless [tool.envlock] untracked-max-bytes says otherwise.
 UNTRACKED_MAX_BYTES = 50_000_000
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
@@ -62,17 +43,129 @@ _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
-class ImportedFrom:
-    """The file `envlock init` took the requirements or pins from, and its sha256 then (`lock` follows it)."""
+class ImportedFrom(Codec, nulls=False):
+    """The file `envlock init` took the requirements or pins from, and its sha256 then (`lock` follows it).
 
-    path: str  # relative to the project
-    sha256: str
+    Written as `imported-from = {path = "FILE", sha256 = "…"}`.
+    """
+
+    path: str = field(check=project_path_problem, doc="the file, relative to the project")
+    sha256: str = field(
+        check=lambda value: None if _SHA256.match(value) else f"{value!r} must be 64 lowercase hex digits",
+        doc="its sha256 when imported",
+    )
 
     def changed(self, project_dir: Path) -> bool:
         """The file is gone or its bytes differ from what was imported."""
         file = project_dir / self.path
         return not file.is_file() or sha256_file(file) != self.sha256
+
+
+def _image_name_problem(name: str) -> str | None:
+    return None if _IMAGE_NAME.match(name) else f"{name!r} is not a valid image name (lowercase, digits, . _ - /)"
+
+
+def _python_problem(python: str) -> str | None:
+    return None if _PYTHON.match(python) else f'{python!r} must be a Python version like "3.11"'
+
+
+def _platforms_problems(platforms: list[str]) -> list[str]:
+    found = [] if platforms else ["needs at least one platform"]
+    found += [
+        f"unknown platform {platform!r}{did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}"
+        for platform in platforms
+        if platform not in PLATFORMS
+    ]
+    return found + (["lists a platform twice"] if len(set(platforms)) != len(platforms) else [])
+
+
+def _cuda_problem(cuda: str) -> str | None:
+    return None if _CUDA.match(cuda) else f'{cuda!r} must be "auto", "cpu" or a version like "12.4"'
+
+
+def _index_problem(url: str) -> str | None:
+    """A URL's problem, its credentials never shown."""
+    problem = url_problem(url)
+    return problem.replace(repr(url), repr(redact(url))) if problem else None
+
+
+def _registry_problem(registry: str) -> str | None:
+    return None if _REGISTRY.match(registry) else f"{registry!r} must look like host[:port][/namespace]"
+
+
+def _output_problem(declared: str) -> str | None:
+    # "./out" and "out/" name the same folder; `..`, absolute paths and backslashes are refused (codecs' rule).
+    if ".." in declared.split("/") or project_path_problem(posixpath.normpath(declared)):
+        return f"{declared!r} must be a path inside the project"
+    return None
+
+
+def _runtime_problem(runtime: str) -> str | None:
+    if runtime in RUNTIMES:
+        return None
+    return f"unknown runtime {runtime!r}{did_you_mean(runtime, RUNTIMES)}; supported: {', '.join(RUNTIMES)}"
+
+
+class EnvlockKeys(Codec, nulls=False):
+    """The keys of `[tool.envlock]`: each one's type, meaning and check, declared once (the reference lists them
+    from here; reading, unknown keys and each value's problems follow from here). An absent key reads as None;
+    parse_spec fills in the defaults and checks what needs the rest of pyproject.toml (requirements, extras,
+    groups, the Python a base recipe carries)."""
+
+    name: str | None = field(
+        default=None, check=_image_name_problem, doc="the image name (default: the project's name)"
+    )
+    python: str | None = field(
+        default=None, check=_python_problem, doc='the Python version, "3.11" (a recipe base fixes it)'
+    )
+    requirements: list[str] | None = field(default=None, doc="what to lock (default: [project] dependencies)")
+    constraints: list[str] | None = field(default=None, doc="exact pins that bound versions, never add packages")
+    extras: list[str] | None = field(default=None, doc="[project.optional-dependencies] extras to lock too")
+    groups: list[str] | None = field(default=None, doc="[dependency-groups] (PEP 735) to lock too")
+    platforms: list[str] | None = field(
+        default=None, check=_platforms_problems, doc='platforms to lock, default ["linux/amd64"]'
+    )
+    base: str | None = field(
+        default=None, check=recipes.check_base, doc="a base recipe name, or an image pinned by digest (repo@sha256:…)"
+    )
+    system_packages: list[str] | None = field(
+        default=None, check=each(debian_package_problem), doc="Debian packages to install in the image"
+    )
+    cuda: str | None = field(
+        default=None, check=_cuda_problem, doc='"auto" (from the wheels), "cpu", or a CUDA version like "12.4"'
+    )
+    index_url: str | None = field(
+        default=None, check=_index_problem, quiet=True, doc="the package index (default: PyPI)"
+    )
+    extra_index_urls: list[str] | None = field(
+        default=None, check=each(_index_problem), quiet=True, doc="more package indexes"
+    )
+    registry: str | None = field(
+        default=None, check=_registry_problem, doc="where images and evidence are pushed: host[:port][/namespace]"
+    )
+    outputs: list[str] | None = field(
+        default=None, check=each(_output_problem), doc="files or folders each run produces (hashed per run)"
+    )
+    inputs: list[str] | None = field(
+        default=None, check=each(declared_path_problem), doc="files or folders each run reads (hashed before it)"
+    )
+    params: list[str] | None = field(
+        default=None, check=each(declared_path_problem), doc="hyperparameter files recorded key by key"
+    )
+    untracked_max_bytes: int | None = field(
+        default=None,
+        check=lambda cap: None if cap >= 0 else f"{cap!r} must be a number of bytes (>= 0)",
+        doc="bytes of untracked files a run keeps, in total",
+    )
+    runtime: str | None = field(
+        default=None, check=_runtime_problem, doc="what runs the image: docker, podman or charliecloud"
+    )
+    imported_from: ImportedFrom | None = field(default=None, doc="the lock `envlock init` imported (its hash)")
+
+
+def spec_keys() -> list[tuple[str, str, str]]:
+    """Every `[tool.envlock]` key as (key, type in words, one-line description), in declaration order."""
+    return [(d.key, d.type_name.removesuffix(" or null"), d.spec.doc) for d in EnvlockKeys.declared()]
 
 
 @dataclass(frozen=True)
@@ -138,31 +231,25 @@ class Spec:
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-class _Problems:
-    """Collects every problem with its place, to report them all at once."""
+class _SpecProblems(Problems):
+    """The problems of one pyproject.toml, each named with the line of its key; `path` locates path dependencies."""
 
     def __init__(self, path: Path, text: str) -> None:
+        super().__init__(path.name, _locator(text))
         self.path = path
-        self.lines = text.splitlines()
-        self._found: list[tuple[int, str]] = []
 
-    def add(self, dotted: str, message: str) -> None:
-        line = self._locate(dotted)
-        where = f"{self.path.name}:{line}" if line else self.path.name
-        self._found.append((line or 0, f"{where}: {dotted}: {message}"))
 
-    @property
-    def items(self) -> list[str]:
-        """The problems in the order they appear in the file."""
-        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
+def _locator(text: str) -> Callable[[str], int | None]:
+    """The line of a dotted key in pyproject.toml's text; for a key inside an inline table (`imported-from.path`),
+    the line of the table's own key."""
+    lines = text.splitlines()
 
-    def _locate(self, dotted: str) -> int | None:
-        """The line where a key is written, found by reading the text (tomllib keeps no positions)."""
-        *table, key = dotted.split(".")
+    def line_of(table: list[str], key: str) -> int | None:
+        # The line where a key is written, found by reading the text (tomllib keeps no positions).
         header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]")
         assignment = re.compile(r"^\s*\"?" + re.escape(key) + r"\"?\s*=")
         inside = not table
-        for number, line in enumerate(self.lines, start=1):
+        for number, line in enumerate(lines, start=1):
             if re.match(r"^\s*\[", line):
                 inside = bool(header.match(line))
                 continue
@@ -170,35 +257,33 @@ class _Problems:
                 return number
         return None
 
+    def locate(dotted: str) -> int | None:
+        parts = dotted.split(".")
+        while parts:
+            *table, key = parts
+            if (number := line_of(table, key)) is not None:
+                return number
+            parts = table
+        return None
 
-def project_path_problem(path: str) -> str | None:
-    """Why a declared input cannot be used: it must be a plain path inside the project (mounted under /work)."""
-    parts = path.rstrip("/").split("/")
-    if not path.rstrip("/") or path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        return f"{path!r} must be a path inside the project (relative, without . or ..)"
-    return None
+    return locate
 
 
 def check_input(path: str) -> str:
     """A declared input from the command line, normalized; a UsageError when it leaves the project."""
-    if problem := project_path_problem(path):
+    if problem := declared_path_problem(path):
         raise UsageError(f"--input {problem}", hint="inputs are mounted under /work, where the project is")
     return path.rstrip("/")
 
 
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _string_list(value: Any, key: str, problems: _Problems) -> list[str]:
+def _string_list(value: Any, key: str, problems: _SpecProblems) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.add(key, "must be a list of strings")
         return []
     return list(value)
 
 
-def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
+def _requirement_list(value: Any, key: str, problems: _SpecProblems) -> list[str]:
     """A list of PEP 508 requirements from an index (a direct URL cannot be locked per file)."""
     valid = []
     for requirement in _string_list(value, key, problems):
@@ -219,13 +304,13 @@ def _requirement_list(value: Any, key: str, problems: _Problems) -> list[str]:
 
 
 def _group_requirements(
-    groups: dict[str, Any], name: str, problems: _Problems, seen: tuple[str, ...] = ()
+    groups: dict[str, Any], name: str, problems: _SpecProblems, seen: tuple[str, ...] = ()
 ) -> list[str]:
     """PEP 735 dependency group, with `{include-group = …}` followed."""
     normalized = {canonicalize_name(k): v for k, v in groups.items()}
     key = canonicalize_name(name)
     if key not in normalized:
-        problems.add("tool.envlock.groups", f"no dependency group {name!r}{_did_you_mean(name, list(groups))}")
+        problems.add("tool.envlock.groups", f"no dependency group {name!r}{did_you_mean(name, list(groups))}")
         return []
     if key in seen:
         problems.add("tool.envlock.groups", f"dependency group {name!r} includes itself")
@@ -271,7 +356,7 @@ def load_spec(project_dir: Path, backend: MetadataSource | None = None) -> Spec:
     return parse_spec(document, project_dir, path, text, backend or default_backend())
 
 
-def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -> dict[str, Any]:
+def _table(parent: dict[str, Any], key: str, dotted: str, problems: _SpecProblems) -> dict[str, Any]:
     """A sub-table, or an empty one (with a problem) when the key holds something else."""
     value = parent.get(key, {})
     if not isinstance(value, dict):
@@ -280,14 +365,14 @@ def _table(parent: dict[str, Any], key: str, dotted: str, problems: _Problems) -
     return value
 
 
-def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Problems, packaged: bool) -> list[str]:
+def _requirements(document: dict[str, Any], keys: EnvlockKeys, problems: _SpecProblems, packaged: bool) -> list[str]:
     """[tool.envlock] requirements, else [project].dependencies; then the chosen extras and groups.
 
     `packaged`: the project is a package its build backend describes, whose dependencies come from there.
     """
     project = _table(document, "project", "project", problems)
-    if "requirements" in table:
-        requirements = _requirement_list(table["requirements"], "tool.envlock.requirements", problems)
+    if keys.requirements is not None:
+        requirements = _requirement_list(keys.requirements, "tool.envlock.requirements", problems)
     elif "dependencies" in project:
         requirements = _requirement_list(project["dependencies"], "project.dependencies", problems)
     else:
@@ -296,88 +381,28 @@ def _requirements(document: dict[str, Any], table: dict[str, Any], problems: _Pr
         if isinstance(dynamic, list) and "dependencies" in dynamic and not packaged:
             problems.add("project.dependencies", "is dynamic; list what to lock in [tool.envlock] requirements")
     optional = _table(project, "optional-dependencies", "project.optional-dependencies", problems)
-    for extra in _string_list(table.get("extras", []), "tool.envlock.extras", problems):
+    for extra in keys.extras or []:
         if extra in optional:
             requirements += _requirement_list(optional[extra], f"project.optional-dependencies.{extra}", problems)
         else:
-            close = _did_you_mean(extra, list(optional))
+            close = did_you_mean(extra, list(optional))
             problems.add("tool.envlock.extras", f"no optional-dependencies {extra!r}{close}")
     groups = _table(document, "dependency-groups", "dependency-groups", problems)
-    for group in _string_list(table.get("groups", []), "tool.envlock.groups", problems):
+    for group in keys.groups or []:
         requirements += _group_requirements(groups, group, problems)
     if not requirements and not problems.items and not packaged:
         problems.add("project.dependencies", "nothing to lock: list packages in [project] dependencies")
     return requirements
 
 
-def _base_and_python(table: dict[str, Any], problems: _Problems) -> tuple[str, str]:
+def _base_and_python(keys: EnvlockKeys, problems: _SpecProblems) -> tuple[str, str]:
     """The base, and the Python it carries (a recipe fixes it; an image base needs it stated)."""
-    base = table.get("base", recipes.DEFAULT_BASE)
-    if not isinstance(base, str):
-        problems.add("tool.envlock.base", "must be a string")
-        base = recipes.DEFAULT_BASE
-    elif problem := recipes.check_base(base):
-        problems.add("tool.envlock.base", problem)
-        base = recipes.DEFAULT_BASE
+    base = keys.base if keys.base is not None and recipes.check_base(keys.base) is None else recipes.DEFAULT_BASE
     recipe = None if recipes.is_image_reference(base) else recipes.load_recipe(base)
-    python = table.get("python", recipe.python if recipe else "3.11")
-    if not isinstance(python, str) or not _PYTHON.match(python):
-        problems.add("tool.envlock.python", f'{python!r} must be a Python version like "3.11"')
-    elif recipe and python != recipe.python:
+    python = keys.python or (recipe.python if recipe else "3.11")
+    if recipe and python != recipe.python and _python_problem(python) is None:
         problems.add("tool.envlock.python", f"base {recipe.name!r} carries Python {recipe.python}, not {python}")
-    return base, str(python)
-
-
-def _platforms(table: dict[str, Any], problems: _Problems) -> tuple[Platform, ...]:
-    platforms = _string_list(table.get("platforms", ["linux/amd64"]), "tool.envlock.platforms", problems)
-    if not platforms and "platforms" in table:
-        problems.add("tool.envlock.platforms", "needs at least one platform")
-    for platform in platforms:
-        if platform not in PLATFORMS:
-            problems.add(
-                "tool.envlock.platforms",
-                f"unknown platform {platform!r}{_did_you_mean(platform, PLATFORMS)}; supported: {', '.join(PLATFORMS)}",
-            )
-    if len(set(platforms)) != len(platforms):
-        problems.add("tool.envlock.platforms", "lists a platform twice")
-    return tuple(p for p in PLATFORMS if p in platforms)
-
-
-def _indexes(table: dict[str, Any], problems: _Problems) -> tuple[str, tuple[str, ...]]:
-    index_url = table.get("index-url", DEFAULT_INDEX)
-    extras = _string_list(table.get("extra-index-urls", []), "tool.envlock.extra-index-urls", problems)
-    for key, url in [("index-url", index_url)] + [("extra-index-urls", u) for u in extras]:
-        if not isinstance(url, str):
-            problems.add(f"tool.envlock.{key}", "must be a string")
-        elif problem := url_problem(url):
-            problems.add(f"tool.envlock.{key}", problem.replace(repr(url), repr(redact(url))))
-    return str(index_url), tuple(extras)
-
-
-def _run_settings(table: dict[str, Any], problems: _Problems) -> tuple[list[str], int]:
-    """What runs read (inputs = [...]) and how much untracked code they keep (untracked-max-bytes)."""
-    run_inputs = _string_list(table.get("inputs", []), "tool.envlock.inputs", problems)
-    for declared in run_inputs:
-        if problem := project_path_problem(declared):
-            problems.add("tool.envlock.inputs", problem)
-    cap = table.get("untracked-max-bytes", UNTRACKED_MAX_BYTES)
-    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
-        problems.add("tool.envlock.untracked-max-bytes", f"{cap!r} must be a number of bytes (>= 0)")
-        cap = UNTRACKED_MAX_BYTES
-    return run_inputs, cap
-
-
-def _runtime(table: dict[str, Any], problems: _Problems) -> RuntimeName:
-    """What runs the image by default (`envlock run --runtime` overrides it); not an input of the lock."""
-    runtime = table.get("runtime", "docker")
-    if runtime in RUNTIMES:
-        return cast("RuntimeName", runtime)
-    shown = runtime if isinstance(runtime, str) else repr(runtime)
-    problems.add(
-        "tool.envlock.runtime",
-        f"unknown runtime {runtime!r}{_did_you_mean(shown, RUNTIMES)}; supported: {', '.join(RUNTIMES)}",
-    )
-    return "docker"
+    return base, python
 
 
 def parse_spec(
@@ -388,133 +413,66 @@ def parse_spec(
     `backend` answers for packages only their build backend can describe (setup.py, Poetry, dynamic metadata);
     without one, such a package is not a local package.
     """
-    problems = _Problems(path, text)
-    table = _envlock_table(document, path, problems)
-    requirements = _requirements(document, table, problems, is_buildable(project_dir, document))
-    constraints = _requirement_list(table.get("constraints", []), "tool.envlock.constraints", problems)
+    problems = _SpecProblems(path, text)
+    keys = _envlock_keys(document, path, problems)
+    requirements = _requirements(document, keys, problems, is_buildable(project_dir, document))
+    constraints = _requirement_list(keys.constraints or [], "tool.envlock.constraints", problems)
     local, own = local_packages(document, project_dir, requirements, backend)
-    name = _image_name(document, table, project_dir, problems, own.name if own else None)
+    name = _image_name(document, keys, project_dir, problems, own.name if own else None)
     requirements = _without_local(requirements, local, own)
-    base, python = _base_and_python(table, problems)
-    platforms = _platforms(table, problems)
-    system_packages = _system_packages(table, problems)
-    cuda = _cuda(table, problems)
-    index_url, extra_index_urls = _indexes(table, problems)
-    registry = _registry(table, problems)
-    outputs = _outputs(table, problems)
-    run_inputs, untracked_max_bytes = _run_settings(table, problems)
-    params = _string_list(table.get("params", []), "tool.envlock.params", problems)
-    for declared in params:
-        if problem := project_path_problem(declared):
-            problems.add("tool.envlock.params", problem)
-    runtime = _runtime(table, problems)
-    imported_from = _imported_from(table, problems)
+    base, python = _base_and_python(keys, problems)
     _raise_problems(problems, path)
     return Spec(
         project_dir=project_dir,
         name=name,
         python=python,
         requirements=tuple(requirements),
-        platforms=platforms,
+        platforms=tuple(p for p in PLATFORMS if p in (keys.platforms or ["linux/amd64"])),
         base=base,
-        system_packages=tuple(system_packages),
-        cuda=cuda,
-        index_url=index_url,
-        extra_index_urls=extra_index_urls,
-        registry=registry,
-        outputs=tuple(outputs),
-        run_inputs=tuple(p.rstrip("/") for p in run_inputs),
-        params=tuple(params),
-        untracked_max_bytes=untracked_max_bytes,
+        system_packages=tuple(keys.system_packages or ()),
+        cuda=keys.cuda or "auto",
+        index_url=keys.index_url or DEFAULT_INDEX,
+        extra_index_urls=tuple(keys.extra_index_urls or ()),
+        registry=keys.registry,
+        outputs=tuple(keys.outputs or ()),
+        run_inputs=tuple(p.rstrip("/") for p in keys.inputs or ()),
+        params=tuple(keys.params or ()),
+        untracked_max_bytes=UNTRACKED_MAX_BYTES if keys.untracked_max_bytes is None else keys.untracked_max_bytes,
         constraints=tuple(constraints),
         local_packages=local,
-        runtime=runtime,
-        imported_from=imported_from,
+        runtime=cast("RuntimeName", keys.runtime or "docker"),  # checked against RUNTIMES by its declaration
+        imported_from=keys.imported_from,
     )
 
 
-def _imported_from(table: dict[str, Any], problems: _Problems) -> ImportedFrom | None:
-    """tool.envlock.imported-from = {path = "poetry.lock", sha256 = "…"}, written by `envlock init`."""
-    value = table.get("imported-from")
-    if value is None:
-        return None
-    key = "tool.envlock.imported-from"
-    if not isinstance(value, dict) or set(value) != {"path", "sha256"}:
-        problems.add(key, 'must be {path = "FILE", sha256 = "…"} (written by envlock init)')
-        return None
-    path, sha256 = value["path"], value["sha256"]
-    if not isinstance(path, str) or (problem := project_path_problem(path)):
-        problems.add(key, f"path {problem or 'must be a string'}")
-        return None
-    if not isinstance(sha256, str) or not _SHA256.match(sha256):
-        problems.add(key, f"sha256 {sha256!r} must be 64 lowercase hex digits")
-        return None
-    return ImportedFrom(path, sha256)
-
-
-def _envlock_table(document: dict[str, Any], path: Path, problems: _Problems) -> dict[str, Any]:
-    """[tool.envlock], which must be a table (raised at once: nothing else can be read), its unknown keys noted."""
+def _envlock_keys(document: dict[str, Any], path: Path, problems: _SpecProblems) -> EnvlockKeys:
+    """[tool.envlock] read by its declaration (every problem noted); it must be a table, raised at once: nothing else
+    can be read."""
     tool = document.get("tool", {})
     if not isinstance(tool, dict):
         raise SpecError(f"{path.name}: tool must be a table", hint="write it as [tool.envlock]")
     table = tool.get("envlock", {})
     if not isinstance(table, dict):
         raise SpecError(f"{path.name}: tool.envlock must be a table", hint="write it as [tool.envlock]")
-    for key in table:
-        if key not in FIELDS:
-            problems.add(f"tool.envlock.{key}", f"unknown key{_did_you_mean(key, FIELDS)}")
-    return table
+    return EnvlockKeys.decode(table, problems, "tool.envlock")
 
 
 def _image_name(
-    document: dict[str, Any], table: dict[str, Any], project_dir: Path, problems: _Problems, package: str | None
+    document: dict[str, Any], keys: EnvlockKeys, project_dir: Path, problems: _SpecProblems, package: str | None
 ) -> str:
     """tool.envlock.name, by default the project's name (its package's, else its folder's) as a valid image name."""
+    if keys.name is not None:
+        return keys.name
     project = document.get("project", {})
     fallback = package or project_dir.resolve().name
     project_name = str(project.get("name", fallback) if isinstance(project, dict) else "")
-    default_name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
-    name = table.get("name", default_name)
-    if not isinstance(name, str) or not _IMAGE_NAME.match(name):
-        problems.add("tool.envlock.name", f"{name!r} is not a valid image name (lowercase, digits, . _ - /)")
-    return str(name)
+    name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._") or "envlock-project"
+    if problem := _image_name_problem(name):
+        problems.add("tool.envlock.name", problem)
+    return name
 
 
-def _system_packages(table: dict[str, Any], problems: _Problems) -> list[str]:
-    """tool.envlock.system-packages: Debian package names."""
-    system_packages = _string_list(table.get("system-packages", []), "tool.envlock.system-packages", problems)
-    for package in system_packages:
-        if problem := debian_package_problem(package):
-            problems.add("tool.envlock.system-packages", problem)
-    return system_packages
-
-
-def _cuda(table: dict[str, Any], problems: _Problems) -> str:
-    """tool.envlock.cuda: "auto", "cpu" or a CUDA version."""
-    cuda = table.get("cuda", "auto")
-    if not isinstance(cuda, str) or not _CUDA.match(cuda):
-        problems.add("tool.envlock.cuda", f'{cuda!r} must be "auto", "cpu" or a version like "12.4"')
-    return str(cuda)
-
-
-def _registry(table: dict[str, Any], problems: _Problems) -> str | None:
-    """tool.envlock.registry: host[:port][/namespace], or None."""
-    registry = table.get("registry")
-    if registry is not None and (not isinstance(registry, str) or not _REGISTRY.match(registry)):
-        problems.add("tool.envlock.registry", f"{registry!r} must look like host[:port][/namespace]")
-    return registry if isinstance(registry, str) else None
-
-
-def _outputs(table: dict[str, Any], problems: _Problems) -> list[str]:
-    """tool.envlock.outputs: paths inside the project."""
-    outputs = _string_list(table.get("outputs", []), "tool.envlock.outputs", problems)
-    for declared in outputs:
-        if Path(declared).is_absolute() or ".." in Path(declared).parts:
-            problems.add("tool.envlock.outputs", f"{declared!r} must be a path inside the project")
-    return outputs
-
-
-def _raise_problems(problems: _Problems, path: Path) -> None:
+def _raise_problems(problems: _SpecProblems, path: Path) -> None:
     """One SpecError listing every problem found, if any was."""
     if problems.items:
         count = len(problems.items)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from envlock.codecs import Codec, Problems, field
 from envlock.errors import HostProbeError, NvmlUnavailableError
 
 UNKNOWN = "unknown"
@@ -16,9 +16,8 @@ NOT_APPLICABLE = "n/a"
 _MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Gpu:
-    """One GPU as NVML reports it."""
+class Gpu(Codec):
+    """One GPU as NVML reports it (its JSON form in run records: kebab-case keys, every one required)."""
 
     index: int
     name: str
@@ -33,44 +32,18 @@ class Gpu:
         """The architecture name compilers and PyTorch use: `8.6` → `sm_86`."""
         return "sm_" + self.compute_capability.replace(".", "")
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for run records."""
-        return {
-            "index": self.index,
-            "name": self.name,
-            "uuid": self.uuid,
-            "memory-mib": self.memory_mib,
-            "compute-capability": self.compute_capability,
-            "mig-mode": self.mig_mode,
-            "ecc-mode": self.ecc_mode,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Gpu:
-        """Read `as_dict()` back; ValueError when the record is malformed."""
-        return cls(
-            index=_int(data, "index"),
-            name=_str(data, "name"),
-            uuid=_str(data, "uuid"),
-            memory_mib=_int(data, "memory-mib"),
-            compute_capability=_str(data, "compute-capability"),
-            mig_mode=_str(data, "mig-mode"),
-            ecc_mode=_str(data, "ecc-mode"),
-        )
-
 
 def gpu_summary(gpus: Iterable[Gpu]) -> str:
     """Recorded GPUs in one line: `NVIDIA A100-SXM4-80GB (sm_80), …`, or `none`."""
     return ", ".join(f"{gpu.name} ({gpu.arch})" for gpu in gpus) or "none"
 
 
-@dataclass(frozen=True)
-class HostState:
+class HostState(Codec):
     """The host a run meets; a host without an NVIDIA driver is a CPU host, which is not an error."""
 
     driver_version: str | None  # "550.54.15"; None on a CPU host
     cuda_driver_version: str | None  # newest CUDA the driver supports, "12.4"
-    gpus: tuple[Gpu, ...]
+    gpus: tuple[Gpu, ...] = field(absent=())
     cpu_model: str
     kernel: str
     docker_version: str | None
@@ -81,56 +54,14 @@ class HostState:
         """True when a driver answered and reported at least one GPU."""
         return self.driver_version is not None and bool(self.gpus)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for run records."""
-        return {
-            "driver-version": self.driver_version,
-            "cuda-driver-version": self.cuda_driver_version,
-            "gpus": [gpu.as_dict() for gpu in self.gpus],
-            "cpu-model": self.cpu_model,
-            "kernel": self.kernel,
-            "docker-version": self.docker_version,
-            "nvml-error": self.nvml_error,
-        }
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HostState:
-        """Read `as_dict()` back; ValueError when the record is malformed (the caller knows which file)."""
-        gpus = data.get("gpus", [])
-        if not isinstance(gpus, list) or not all(isinstance(gpu, Mapping) for gpu in gpus):
-            raise ValueError("host record: 'gpus' must be a list of tables")
-        return cls(
-            driver_version=_optional_str(data, "driver-version"),
-            cuda_driver_version=_optional_str(data, "cuda-driver-version"),
-            gpus=tuple(Gpu.from_dict(gpu) for gpu in gpus),
-            cpu_model=_str(data, "cpu-model"),
-            kernel=_str(data, "kernel"),
-            docker_version=_optional_str(data, "docker-version"),
-            nvml_error=_optional_str(data, "nvml-error"),
-        )
-
-
-def _str(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise ValueError(f"host record: {key!r} must be a string, not {value!r}")
-    return value
-
-
-def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
-    # Absent counts as null: records written before a field existed stay readable.
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"host record: {key!r} must be a string or null, not {value!r}")
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key)
-    # bool is an int to Python, never to a record reader.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"host record: {key!r} must be an integer, not {value!r}")
-    return value
+        """Read `as_dict()` back; ValueError naming every problem when the record is malformed."""
+        problems = Problems()
+        host = cls.decode(data, problems)
+        if problems:
+            raise ValueError("host record: " + "; ".join(problems.items))
+        return host
 
 
 class Nvml(Protocol):

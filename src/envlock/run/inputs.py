@@ -8,11 +8,12 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
+from envlock.codecs import PATH_DIGESTS, Codec, declared_path_problem, each, field
 from envlock.fsutil import atomic_write_text
 
 # A file whose mtime/ctime is this close to the moment it was read may still change within the same timestamp
@@ -21,12 +22,14 @@ RACY_NS = 1_000_000_000
 _WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
-@dataclass(frozen=True)
-class InputSet:
-    """The declared inputs as hashed: path (project-relative) → sha256, plus the declared paths that were absent."""
+class InputSet(Codec):
+    """The declared inputs as hashed: path (project-relative) → sha256, plus the declared paths that were absent;
+    written with the manifest's digest, which must match the files on read."""
 
-    paths: tuple[str, ...]
-    files: Mapping[str, str] = field(default_factory=dict)
+    DERIVED: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"digest": lambda inputs: inputs.digest}
+
+    paths: tuple[str, ...] = field(check=each(declared_path_problem))
+    files: Mapping[str, str] = field(default_factory=dict, check=PATH_DIGESTS)
     missing: tuple[str, ...] = ()
 
     @property

@@ -148,11 +148,19 @@ def without_gpus(stack: CudaStack) -> str:
     )
 
 
-def enforce(verdict: Verdict, force: bool) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class Preflight:
+    """What a run records of its preflight: the notes, one line each, and whether --force overrode a refusal."""
+
+    notes: tuple[str, ...] = ()
+    forced: bool = False
+
+
+def enforce(verdict: Verdict, force: bool) -> Preflight:
     """Raise PreflightError on problems unless forced; the notes for the run record (forced ones marked)."""
     if verdict.ok:
-        return verdict.warnings
+        return Preflight(verdict.warnings)
     if not force:
         message = verdict.problems[0] if verdict.problems else "the host failed the preflight"
         raise PreflightError(message, hint=verdict.hint or "", details=verdict.problems[1:])
-    return verdict.warnings + tuple(f"forced: {problem}" for problem in verdict.problems)
+    return Preflight(verdict.warnings + tuple(f"forced: {problem}" for problem in verdict.problems), forced=True)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal
 
+from envlock.codecs import Codec, Problems, field
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import (
@@ -30,17 +30,13 @@ from envlock.run.inputs import InputSet
 from envlock.run.schema import (
     CHAIN_ID,
     RUN_ID,
+    SHA256,
     GitRecord,
     JobRecord,
     Link,
     ParamsRecord,
     RuntimeRecord,
-    Table,
     TrackingRecord,
-    inputs_as_dict,
-    read_host,
-    read_inputs,
-    read_links,
 )
 
 Status = Literal["queued", "running", "finished", "failed", "interrupted"]
@@ -50,7 +46,6 @@ Status = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 5: lineage (links, tainted, chain) and params; older records read with none of them.
 RECORD_VERSION = 6
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = RUN_ID
 _MOVES = ("changed", "missing", "added")
 
@@ -73,11 +68,17 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """Everything needed, months later, to say which software and hardware produced a result."""
+def _moves_problems(moved: Mapping[str, str]) -> list[str]:
+    return [f"{how!r} must be one of {', '.join(_MOVES)}" for how in moved.values() if how not in _MOVES]
 
-    run_id: str
+
+class RunRecord(Codec, keys="snake"):
+    """Everything needed, months later, to say which software and hardware produced a result.
+
+    JSON: field names at the top, the parts' kebab-case keys inside; a part not taken yet is {} (git, host) or null.
+    """
+
+    run_id: str = field(pattern=RUN_ID)
     status: Status
     command: list[str]
     image_id: str
@@ -85,10 +86,10 @@ class RunRecord:
     repo_digests: list[str]
     lock_hash: str
     platform: str
-    git: GitRecord | None  # None: not taken yet (a queued job's node takes it)
-    host: HostState | None  # None: not probed yet (queued), or never (the job's command never started)
+    git: GitRecord | None = field(none_as={})  # None: not taken yet (a queued job's node takes it)
+    host: HostState | None = field(none_as={})  # None: not probed yet (queued), or never (the command never started)
     seed: int
-    environment: dict[str, str]  # what envlock set (determinism, ENVLOCK_*): values are envlock's own
+    environment: dict[str, str] = field(absent={})  # what envlock set (determinism, ENVLOCK_*): envlock's own values
     passed_env: list[str]  # names only: values may be secrets
     forced: bool
     preflight: list[str]
@@ -98,54 +99,32 @@ class RunRecord:
     ended: str | None = None
     exit_code: int | None = None
     outputs: dict[str, str | None] = field(default_factory=dict)  # path → sha256 (None: not produced)
-    reproduces: str | None = None  # the run this one re-ran (envlock reproduce)
+    reproduces: str | None = field(default=None, pattern=RUN_ID)  # the run this one re-ran (envlock reproduce)
     scheduler: JobRecord | None = None  # a batch job's facts (envlock submit): kind, job id, options, node…
     error: str | None = None  # why a submitted run never started its command (preflight, engine, cancelled)
     tracking: TrackingRecord | None = None  # the MLflow run the metrics went to: uri (no credentials), run id
     inputs: InputSet | None = None  # the declared inputs, every file's sha256 taken before the command started
     declared_outputs: list[str] = field(default_factory=list)  # as declared (a directory stays a directory)
     gpus: bool | None = None  # whether the container got GPUs (None: recorded before envlock said)
-    log_sha256: str | None = None  # sha256 of log.txt at the end (compared when no output is declared)
+    log_sha256: str | None = field(default=None, pattern=SHA256)  # sha256 of log.txt at the end
     runtime: RuntimeRecord | None = None  # what ran the command and its version (None: not started; before v3)
     links: tuple[Link, ...] = ()  # inputs whose bytes an earlier run wrote, found by hash when this run started
-    tainted: dict[str, str] = field(default_factory=dict)  # inputs that moved while it ran: path → how
+    # Inputs that moved while it ran: path → how.
+    tainted: dict[str, str] = field(default_factory=dict, check=_moves_problems)
     params: ParamsRecord | None = None  # declared hyperparameters (--param, params = [...] files)
-    chain: str | None = None  # the chain re-run this run belongs to (envlock reproduce --chain)
+    chain: str | None = field(default=None, pattern=CHAIN_ID)  # the chain re-run this run belongs to
     # The project's own packages whose version comes from VCS → the version that ran (not in the lock: the commit's)
     package_versions: dict[str, str] = field(default_factory=dict)
-    record_version: int = RECORD_VERSION
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form: field names at the top, the parts' kebab-case keys inside (a part not taken yet: {})."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return data | {
-            "command": list(self.command),
-            "repo_digests": list(self.repo_digests),
-            "passed_env": list(self.passed_env),
-            "preflight": list(self.preflight),
-            "environment": dict(self.environment),
-            "outputs": dict(self.outputs),
-            "declared_outputs": list(self.declared_outputs),
-            "inputs": inputs_as_dict(self.inputs) if self.inputs else None,
-            "git": self.git.as_dict() if self.git else {},
-            "host": self.host.as_dict() if self.host else {},
-            "scheduler": self.scheduler.as_dict() if self.scheduler else None,
-            "tracking": self.tracking.as_dict() if self.tracking else None,
-            "runtime": self.runtime.as_dict() if self.runtime else None,
-            "links": [link.as_dict() for link in self.links],
-            "tainted": dict(self.tainted),
-            "params": self.params.as_dict() if self.params else None,
-            "package_versions": dict(self.package_versions),
-        }
+    # Checked before the rest (a newer version is refused whole); a record is held, and written, as the current one.
+    record_version: int = field(default=RECORD_VERSION, decoded=False)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "run record") -> RunRecord:
         """Read a record of any version this envlock knows, its shape checked; RunRecordError lists every problem."""
         if not isinstance(data, Mapping):
             raise RunRecordError(f"{where} is damaged: it must be a table, not {type(data).__name__}")
-        problems: list[str] = []
-        table = Table(data, "", problems)
-        version = table.data.get("record_version", 1)  # records before versioning said nothing: version 1
+        problems = Problems()
+        version = data.get("record_version", 1)  # records before versioning said nothing: version 1
         if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
             raise RunRecordError(
                 f"{where} is record version {version}; this envlock reads versions "
@@ -153,57 +132,12 @@ class RunRecord:
                 hint="a newer envlock wrote it: upgrade envlock (pip install -U envlock) to read it",
             )
         if version not in READABLE_VERSIONS or isinstance(version, bool):
-            problems.append(f"'record_version' must be one of {list(READABLE_VERSIONS)}, not {version!r}")
-        table.unknown(frozenset(f.name for f in fields(cls)))
-        status = table.text("status")
-        if status and status not in get_args(Status):
-            problems.append(f"'status' must be one of {', '.join(get_args(Status))}, not {status!r}")
-        git, host, job, tracking, inputs, runtime, params = (
-            table.part(key) for key in ("git", "host", "scheduler", "tracking", "inputs", "runtime", "params")
-        )
-        tainted = table.text_table("tainted")
-        problems += [f"'tainted': {how!r} must be one of {', '.join(_MOVES)}" for how in tainted.values()
-                     if how not in _MOVES]  # fmt: skip
-        record = cls(
-            run_id=table.text("run_id", _RUN_ID),
-            status=cast("Status", status),
-            command=list(table.texts("command")),
-            image_id=table.text("image_id"),
-            image_reference=table.text("image_reference"),
-            repo_digests=list(table.texts("repo_digests")),
-            lock_hash=table.text("lock_hash"),
-            platform=table.text("platform"),
-            git=GitRecord.read(git) if git else None,
-            host=read_host(host) if host else None,
-            seed=table.integer("seed"),
-            environment=table.text_table("environment"),
-            passed_env=list(table.texts("passed_env")),
-            forced=table.flag("forced"),
-            preflight=list(table.texts("preflight")),
-            started=table.text("started"),
-            container=table.text("container"),
-            envlock_pid=table.integer("envlock_pid"),
-            ended=table.optional_text("ended"),
-            exit_code=table.optional_integer("exit_code"),
-            outputs=table.text_table("outputs", optional_values=True),
-            reproduces=table.optional_text("reproduces", _RUN_ID),
-            scheduler=JobRecord.read(job) if job else None,
-            error=table.optional_text("error"),
-            tracking=TrackingRecord.read(tracking) if tracking else None,
-            inputs=read_inputs(inputs) if inputs else None,
-            declared_outputs=list(table.texts("declared_outputs", ())),
-            gpus=table.optional_flag("gpus"),
-            log_sha256=table.optional_text("log_sha256", _SHA256),
-            runtime=RuntimeRecord.read(runtime) if runtime else None,
-            links=read_links(table.data.get("links"), "links", problems),
-            tainted=tainted,
-            params=ParamsRecord.read(params) if params else None,
-            chain=table.optional_text("chain", CHAIN_ID),
-            package_versions=table.text_table("package_versions"),
-        )  # read in any known version, held (and written again) as the current one
+            problems.add("record_version", f"must be one of {list(READABLE_VERSIONS)}, not {version!r}")
+        record = cls.decode(data, problems)  # read in any known version, held (and written again) as the current one
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise RunRecordError(f"{where} is damaged: {problems[0]}{more}", details=tuple(problems[1:]))
+            found = problems.items
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise RunRecordError(f"{where} is damaged: {found[0]}{more}", details=tuple(found[1:]))
         return record
 
 
@@ -282,9 +216,13 @@ class RunStore:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / RECORD_FILE, text)
 
+    def matching(self, prefix: str) -> list[str]:
+        """The ids of the runs that start with `prefix` (none for an empty one), oldest first."""
+        return [p for p in self._ids() if p.startswith(prefix)] if prefix else []
+
     def load(self, run_id: str) -> RunRecord:
         """One record; a unique prefix of the id is enough."""
-        matches = [p for p in self._ids() if p.startswith(run_id)] if run_id else []
+        matches = self.matching(run_id)
         if len(matches) != 1:
             more = "matches several runs" if matches else "is not a run of this project"
             raise RunNotFoundError(f"{run_id!r} {more}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from envlock.codecs import project_path_problem
 from envlock.errors import (
     FAILURE_REPRODUCED,
     NOT_REPRODUCED,
@@ -30,7 +31,6 @@ from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.rundiff import RunDiff, diff_runs
 from envlock.run.runner import RunEvidence, RunRequest
-from envlock.run.schema import relative_path_problem
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
 Status = Literal["identical", "within tolerance", "differs", "missing", "not produced"]
@@ -193,7 +193,7 @@ def _refuse_links_out(work: Path, inside: Path, record: RunRecord) -> None:
 def _restore_untracked(record: RunRecord, root: Path, objects: ObjectStore) -> None:
     """Write the run's saved untracked files back, each verified against its recorded sha256."""
     for name, digest in (record.git.saved if record.git else {}).items():
-        data = objects.get(digest) if relative_path_problem(name) is None else None
+        data = objects.get(digest) if project_path_problem(name) is None else None
         if data is None:
             raise RerunError(
                 f"untracked file {name} cannot be restored: its copy (sha256 {digest[:12]}) is missing or damaged "
@@ -348,7 +348,7 @@ def reproduce_run(
         )
         for path, digest in new.outputs.items():
             kept = store.saved_output(new.run_id, path)
-            if digest and not kept.is_file() and relative_path_problem(path) is None:
+            if digest and not kept.is_file() and project_path_problem(path) is None:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(code / path, kept)
     lock_before = lockfile.read(store.directory(original.run_id) / LOCK_FILE)
@@ -384,13 +384,13 @@ def rerun_request(original: RunRecord, force: bool, pass_env: tuple[str, ...] | 
     outputs = tuple(original.declared_outputs) or tuple(original.outputs) or (request.outputs if request else ())
     gpus = original.gpus if original.gpus is not None else (request.gpus if request else None)
     return RunRequest(
-        original.command,
-        original.seed,
-        force or original.forced or bool(request and request.force),
-        gpus,
-        outputs,
-        tuple(original.passed_env) if pass_env is None else pass_env,
-        original.run_id,
+        command=original.command,
+        seed=original.seed,
+        force=force or original.forced or bool(request and request.force),
+        gpus=gpus,
+        outputs=outputs,
+        pass_env=tuple(original.passed_env) if pass_env is None else pass_env,
+        reproduces=original.run_id,
         inputs=tuple(original.inputs.paths) if original.inputs else (),
         params=dict(original.params.given) if original.params else {},
         param_files=tuple(original.params.files) if original.params else (),

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envlock.engine.docker import Engine
-from envlock.errors import RunNotFoundError, UsageError
 from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
 from envlock.lock.lockdiff import LockDiff, changed, diff_locks, shown
 from envlock.lock.lockfile import Lock
 from envlock.paths import LOCK_FILE
+from envlock.run.arguments import ImageRef, LockRef, RunRef
 from envlock.run.records import RunRecord, RunStore
 
 
@@ -107,30 +107,22 @@ DiffKind = Literal["lock", "run", "image"]
 Changes = LockDiff | RunDiff
 
 
-def diff_side(name: str, store: RunStore, engine: Callable[[], Engine]) -> tuple[DiffKind, Lock, RunRecord | None]:
-    """One side of `envlock diff`: a lock file (or its directory), a run of the project, or a local image's lock."""
-    path = Path(name)
-    if path.is_dir() and (path / LOCK_FILE).is_file():
-        path = path / LOCK_FILE
-    if path.is_file():
-        return "lock", lockfile.read(path), None
-    try:
-        record = store.load(name)
-    except RunNotFoundError:
-        record = None
-    if record is not None:
-        return "run", lockfile.read(store.directory(record.run_id) / LOCK_FILE), record
-    images = engine()
-    if images.image_id(name) is not None:
-        text = images.read_file(name, "/" + LOCK_PATH).decode("utf-8")
-        return "image", lockfile.loads(text, Path(f"{name}:/{LOCK_PATH}")), None
-    raise UsageError(
-        f"{name!r} is not a lock file, a run of {store.project_dir.resolve()}, or a local image",
-        hint="pass a path to envlock.lock, a run id from `envlock runs`, or an image name:tag / ID",
-    )
+DiffSide = LockRef | RunRef | ImageRef
 
 
-def diff_any(a: str, b: str, store: RunStore, engine: Callable[[], Engine]) -> tuple[DiffKind, DiffKind, Changes]:
+def diff_side(side: DiffSide, store: RunStore, engine: Callable[[], Engine]) -> tuple[DiffKind, Lock, RunRecord | None]:
+    """One side of `envlock diff`: a lock file, a run of the project, or a local image's lock."""
+    if isinstance(side, LockRef):
+        return "lock", lockfile.read(side.path), None
+    if isinstance(side, RunRef):
+        return "run", lockfile.read(store.directory(side.run_id) / LOCK_FILE), side.record
+    text = engine().read_file(side.image_id, "/" + LOCK_PATH).decode("utf-8")
+    return "image", lockfile.loads(text, Path(f"{side.text}:/{LOCK_PATH}")), None
+
+
+def diff_any(
+    a: DiffSide, b: DiffSide, store: RunStore, engine: Callable[[], Engine]
+) -> tuple[DiffKind, DiffKind, Changes]:
     """Compare two locks, runs or images (a run with a lock compares their locks)."""
     (kind_a, lock_a, run_a), (kind_b, lock_b, run_b) = diff_side(a, store, engine), diff_side(b, store, engine)
     changes: Changes = diff_runs(run_a, run_b, lock_a, lock_b) if run_a and run_b else diff_locks(lock_a, lock_b)

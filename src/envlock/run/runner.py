@@ -9,11 +9,12 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from envlock.codecs import project_path_problem
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
 from envlock.errors import DiskFullError, EnvlockError, UsageError
 from envlock.fsutil import (
@@ -33,7 +34,7 @@ from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet, StatCache, hash_inputs
 from envlock.run.links import find_links, moved_inputs
 from envlock.run.params import read_params
-from envlock.run.preflight import check_host, enforce, without_gpus
+from envlock.run.preflight import Preflight, check_host, enforce, without_gpus
 from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
 from envlock.run.schema import GitRecord, JobRecord, Link, ParamsRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
@@ -59,13 +60,13 @@ class RunEvidence(Protocol):
         """Attest the run whose record in `run_dir` is final (again, when its folder gained files since)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
-    """What the user asked to run, and how."""
+    """What the user asked to run, and how (built by keyword: its booleans are the user's flags)."""
 
     command: list[str]
     seed: int = 0
-    force: bool = False
+    force: bool = False  # --force: a host the preflight refuses runs anyway, the record marked forced
     gpus: bool | None = None  # None: when the host has GPUs and the lock is CUDA
     outputs: tuple[str, ...] = ()
     pass_env: tuple[str, ...] = ()
@@ -79,27 +80,66 @@ class RunRequest:
     param_files: tuple[str, ...] = ()  # params files (YAML, JSON, TOML) in the code, hashed and read key by key
 
 
+@dataclass(frozen=True)
+class LockedImage:
+    """The software a run runs in: the lock (and its text, the copy kept with the run), the platform it runs for,
+    and the lock's image."""
+
+    lock: Lock
+    lock_text: str
+    platform: str
+    image: PinnedImage
+
+
+@dataclass(frozen=True)
+class OwnMetadata:
+    """The project's own packages versioned by VCS, as this run has them: their versions (recorded) and the folder
+    of their dist-infos (mounted read-only on LOCAL_METADATA)."""
+
+    versions: Mapping[str, str]
+    folder: Path | None
+
+
+@dataclass(frozen=True)
+class RunFolders:
+    """Where a run happens: the code it runs in, where its declared inputs are read, and the store of its record."""
+
+    code: Path  # the project, or a reproduction's worktree
+    store: RunStore
+    inputs_from: Path | None = None  # None: the code (a reproduction runs in a worktree and reads the project's)
+
+    @property
+    def inputs(self) -> Path:
+        """The folder the declared inputs are read from (and hashed in)."""
+        return self.inputs_from or self.code
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunContext:
+    """What a run happens in, fixed before it starts: the locked image, the host as probed, the code as git has it,
+    the folders, the host's variables a run may pass, and the project's own package versions."""
+
+    locked: LockedImage
+    host: HostState
+    git: GitState
+    folders: RunFolders
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    own: OwnMetadata | None = None
+
+
 def new_record(
     run_id: str,
     status: Status,
     request: RunRequest,
-    image: PinnedImage,
-    lock: Lock,
+    locked: LockedImage,
     *,
-    platform: str,
-    git: GitRecord | None,
-    host: HostState | None,
-    passed_env: list[str],
-    notes: tuple[str, ...] = (),
+    passed_env: Sequence[str],
     scheduler: JobRecord | None = None,
-    container: str | None = None,
-    gpus: bool | None = None,
-    inputs: InputSet | None = None,
     params: ParamsRecord | None = None,
-    package_versions: Mapping[str, str] | None = None,
 ) -> RunRecord:
-    """A run's record as it starts (or is queued): what runs, in which image, with which settings (the params,
-    when declared, reach the command as ENVLOCK_PARAMS, a JSON table)."""
+    """A run's record as it is queued or starts, before the host is asked: what runs, in which image, with which
+    settings (the params, when declared, reach the command as ENVLOCK_PARAMS, a JSON table)."""
+    image, lock = locked.image, locked.lock
     return RunRecord(
         run_id=run_id,
         status=status,
@@ -108,9 +148,9 @@ def new_record(
         image_reference=image.reference,
         repo_digests=list(image.repo_digests),
         lock_hash=lock.lock_hash,
-        platform=platform,
-        git=git,
-        host=host,
+        platform=locked.platform,
+        git=None,
+        host=None,
         seed=request.seed,
         environment={
             **determinism_env(request.seed, image.image_id, lock.lock_hash),
@@ -119,20 +159,17 @@ def new_record(
             **request.settings,
             **({"ENVLOCK_PARAMS": json.dumps(dict(params.values), sort_keys=True)} if params else {}),
         },
-        passed_env=passed_env,
-        forced=request.force and any(n.startswith("forced: ") for n in notes),
-        preflight=list(notes),
+        passed_env=list(passed_env),
+        forced=False,
+        preflight=[],
         started=now(),
-        container=container or f"envlock-run-{run_id}",
+        container=f"envlock-run-{run_id}",
         envlock_pid=os.getpid(),
         reproduces=request.reproduces,
         scheduler=scheduler,
-        inputs=inputs,
         declared_outputs=list(request.outputs),
-        gpus=gpus,
         chain=request.chain,
         params=params,
-        package_versions=dict(package_versions or {}),
     )
 
 
@@ -143,13 +180,19 @@ def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, .
     outside: list[str] = []
     for declared in outputs:
         resolved = (root / declared).resolve()  # an absolute `declared` replaces root: checked like any other
-        if resolved == root or not resolved.is_relative_to(root):
+        # Inside the project, and a name the record's path rule reads back (no backslash: codecs' one rule).
+        if (
+            resolved == root
+            or not resolved.is_relative_to(root)
+            or project_path_problem(resolved.relative_to(root).as_posix())
+        ):
             outside.append(declared)
         else:
             kept.append(resolved.relative_to(root).as_posix() if Path(declared).is_absolute() else declared)
     if outside:
         raise UsageError(
-            f"--output {', '.join(outside)}: outputs must be files or folders inside the project ({root})",
+            f"--output {', '.join(outside)}: outputs must be files or folders inside the project ({root}), "
+            "named with / between names",
             hint="write the output inside the project (e.g. outputs/model.pt) and name it relative to it",
         )
     return tuple(dict.fromkeys(kept))
@@ -171,15 +214,6 @@ def hash_outputs(project_dir: Path, outputs: tuple[str, ...], since_ns: int | No
 
 
 @dataclass(frozen=True)
-class OwnMetadata:
-    """The project's own packages versioned by VCS, as this run has them: their versions (recorded) and the folder
-    of their dist-infos (mounted read-only on LOCAL_METADATA)."""
-
-    versions: Mapping[str, str]
-    folder: Path | None
-
-
-@dataclass(frozen=True)
 class RunPlan:
     """Everything decided before anything happens: the record as it starts, and what the container gets."""
 
@@ -189,121 +223,98 @@ class RunPlan:
 
 
 def plan_run(
-    lock: Lock,
-    platform: str,
+    context: RunContext,
     request: RunRequest,
     *,
-    project_dir: Path,
-    image: PinnedImage,
-    host: HostState,
-    git: GitState,
-    tracked: bool,
     queued: RunRecord | None = None,
-    environ: Mapping[str, str] = os.environ,
     inputs: InputSet | None = None,
-    inputs_from: Path | None = None,
     runtime: RuntimeRecord | None = None,
     params: ParamsRecord | None = None,
-    own: OwnMetadata | None = None,
 ) -> RunPlan:
     """Preflight (refusing unless forced), GPUs, environment, the record and the launch: decisions, no effects.
 
     `--no-gpus` on a CUDA lock needs no --force: nothing of the host's driver is used, the preflight's refusal
     becomes a note naming the floor. Declared inputs are mounted read-only where the command expects them."""
-    stack = lock.target(platform).cuda
-    if request.gpus is False and stack.kind == "cuda":
-        notes: tuple[str, ...] = (without_gpus(stack),)
+    locked, host, own = context.locked, context.host, context.own
+    cuda = locked.lock.target(locked.platform).cuda
+    if request.gpus is False and cuda.kind == "cuda":
+        preflight = Preflight(notes=(without_gpus(cuda),))
     else:
-        notes = enforce(check_host(stack, host), request.force)
-    gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and stack.kind == "cuda")
+        preflight = enforce(check_host(cuda, host), request.force)
+    gpus = request.gpus if request.gpus is not None else (host.is_gpu_host and cuda.kind == "cuda")
     run_id = queued.run_id if queued else new_run_id()
-    names = (*request.pass_env, *(CLIENT_SETTINGS if tracked else ()))  # the MLflow client's credentials, by name
-    passed = {name: environ[name] for name in names if name in environ}
+    passed = {name: context.environ[name] for name in request.pass_env if name in context.environ}
+    scheduler = queued.scheduler if queued else None
     record = new_record(
-        run_id,
-        "running",
-        request,
-        image,
-        lock,
-        platform=platform,
-        git=GitRecord.of(git),
-        host=host,
-        passed_env=sorted(passed),
-        notes=notes,
-        scheduler=queued.scheduler if queued else None,
-        container=queued.container if queued else None,
-        gpus=gpus,
-        inputs=inputs,
-        params=params,
-        package_versions=own.versions if own else None,
+        run_id, "running", request, locked, passed_env=sorted(passed), scheduler=scheduler, params=params
     )
-    record = replace(record, runtime=runtime)
-    source = inputs_from or project_dir
+    record = replace(
+        record,
+        git=GitRecord.of(context.git),
+        host=host,
+        forced=preflight.forced,
+        preflight=list(preflight.notes),
+        container=(queued.container if queued else None) or record.container,
+        inputs=inputs,
+        gpus=gpus,
+        runtime=runtime,
+        package_versions=dict(own.versions) if own else {},
+    )
+    return RunPlan(record, _launch(context, request, record, passed), passed)
+
+
+def _launch(context: RunContext, request: RunRequest, record: RunRecord, passed: Mapping[str, str]) -> LaunchSpec:
+    """What the container gets: the record's image, command, environment and GPUs, the passed host variables, and
+    the declared inputs (and the own packages' metadata) mounted read-only where the command expects them."""
+    source, own, inputs = context.folders.inputs, context.own, record.inputs
     present = [p.rstrip("/") for p in (inputs.paths if inputs else ()) if p not in (inputs.missing if inputs else ())]
-    launch = LaunchSpec(
-        image_id=image.image_id,
+    return LaunchSpec(
+        image_id=record.image_id,
         command=list(request.command),
         name=record.container,
-        project_dir=project_dir,
+        project_dir=context.folders.code,
         environment={**record.environment, **passed},
         user=f"{os.getuid()}:{os.getgid()}",
-        gpus=gpus,
+        gpus=bool(record.gpus),
         gpu_devices=request.gpu_devices,
-        labels={"dev.envlock.run-id": run_id, "dev.envlock.lock-hash": lock.lock_hash},
+        labels={"dev.envlock.run-id": record.run_id, "dev.envlock.lock-hash": record.lock_hash},
         host_network=request.host_network,
         read_only=(
             *((source / path, f"{WORKDIR}/{path}") for path in present),
             *(((own.folder, LOCAL_METADATA),) if own and own.folder else ()),
         ),
     )
-    return RunPlan(record, launch, passed)
 
 
-def _tracked(plan: RunPlan, lock: Lock, tracking: Tracking) -> tuple[RunPlan, TrackedRun]:
-    """Start (or continue) the MLflow run, tagged with the stack; the container is told about it."""
+def _tracked(plan: RunPlan, context: RunContext, tracking: Tracking) -> tuple[RunPlan, TrackedRun]:
+    """Start (or continue) the MLflow run, tagged with the stack; the container is told about it, and gets the
+    MLflow client's credentials from the host (passed by name, as --env does)."""
     record = plan.record
-    tags = stack_tags(
-        run_id=record.run_id,
-        image_id=record.image_id,
-        repo_digests=record.repo_digests,
-        lock_hash=lock.lock_hash,
-        platform=record.platform,
-        cuda=lock.target(record.platform).cuda.as_dict(),
-        host=record.host,
-        git=record.git,
-        command=record.command,
-        seed=record.seed,
-        scheduler=record.scheduler,
-    )
-    tracked = tracking.tracker.start(tracking.experiment, record.run_id, tracking.reuse, tags)
+    cuda = context.locked.lock.target(record.platform).cuda
+    tracked = tracking.tracker.start(tracking.experiment, record.run_id, tracking.reuse, stack_tags(record, cuda))
+    passed = {
+        **plan.passed,
+        **{name: context.environ[name] for name in CLIENT_SETTINGS if name in context.environ},
+    }
     launch = replace(
         plan.launch,
-        environment={**plan.launch.environment, **tracked.environment},
+        environment={**plan.launch.environment, **passed, **tracked.environment},
         mounts=(tracked.target.mount,) if tracked.target.mount else (),
         host_network=plan.launch.host_network or tracked.target.host_network,
     )
-    return replace(plan, record=replace(record, tracking=tracked.recorded()), launch=launch), tracked
+    record = replace(record, passed_env=sorted(passed), tracking=tracked.recorded())
+    return RunPlan(record, launch, passed), tracked
 
 
 def run_in_image(
-    lock: Lock,
-    lock_text: str,
-    platform: str,
+    context: RunContext,
     request: RunRequest,
     *,
-    project_dir: Path,
-    image: PinnedImage,
-    host: HostState,
-    git: GitState,
     launcher: Launcher,
-    store: RunStore,
     output: Output,
     evidence: RunEvidence,
     queued: RunRecord | None = None,
     tracking: Tracking | None = None,
-    inputs_from: Path | None = None,
-    environ: Mapping[str, str] = os.environ,
-    own: OwnMetadata | None = None,
 ) -> RunRecord:
     """Refuse (unless forced) a host the lock's stack cannot run on; otherwise run, stream, record, and attest
     the run through `evidence` however it ends.
@@ -311,41 +322,40 @@ def run_in_image(
     `queued`: the record `envlock submit` left for a batch job; the run keeps its id, folder and scheduler facts.
     `tracking`: an MLflow run is started (or reused) and tagged before the launch, continued inside the container,
     and ended with the command's outcome.
-    `inputs_from`: where the declared inputs are (default: project_dir; a reproduction runs in a worktree and reads
-    the project's). They are hashed before anything starts; a missing one is refused unless this is a reproduction
-    (whose verdict then names it). Each input whose bytes an earlier run wrote is linked to that run in the record
-    as it starts; the inputs are hashed again at the end and the run marked tainted when any moved meanwhile.
+    The declared inputs (read from `context.folders.inputs`) are hashed before anything starts; a missing one is
+    refused unless this is a reproduction (whose verdict then names it). Each input whose bytes an earlier run
+    wrote is linked to that run in the record as it starts; the inputs are hashed again at the end and the run
+    marked tainted when any moved meanwhile.
     """
-    source = inputs_from or project_dir
-    inputs = _declared_inputs(request, project_dir, source, store)
+    folders = context.folders
+    store = folders.store
+    inputs = _declared_inputs(request, folders)
     links = _links(inputs, store, request.chain, queued)
     plan = plan_run(
-        lock, platform, request, project_dir=project_dir, image=image, host=host, git=git,
-        tracked=tracking is not None, queued=queued, environ=environ, inputs=inputs, inputs_from=source,
-        runtime=RuntimeRecord.of(launcher.runtime()),
-        params=read_params(project_dir, request.param_files, request.params), own=own,
+        context, request, queued=queued, inputs=inputs, runtime=RuntimeRecord.of(launcher.runtime()),
+        params=read_params(folders.code, request.param_files, request.params),
     )  # fmt: skip
     tracked = None
     if tracking:
-        plan, tracked = _tracked(plan, lock, tracking)
+        plan, tracked = _tracked(plan, context, tracking)
     record = replace(plan.record, links=links)
     with no_space_is_an_error(f"starting run {record.run_id} (nothing was run)", (store.project_dir,)):
         if queued:
-            store.begin(record, git.diff)
+            store.begin(record, context.git.diff)
         else:
-            store.start(record, lock_text, git.diff)
+            store.start(record, context.locked.lock_text, context.git.diff)
     since_ns = time.time_ns() - MTIME_SLACK_NS
     _import_meanwhile(evidence.imports)
     with _ending_on_failure(record, store, tracking, tracked, evidence):
         code = _launch_logged(plan.launch, launcher, store.log_path(record.run_id), output)
-        finished = _finished(record, code, project_dir, request.outputs, store, since_ns=since_ns)
+        finished = _finished(record, code, folders.code, request.outputs, store, since_ns=since_ns)
         if inputs:
-            after = hash_inputs(source, inputs.paths, StatCache(ProjectLayout(store.project_dir).input_stats))
+            after = hash_inputs(folders.inputs, inputs.paths, StatCache(ProjectLayout(store.project_dir).input_stats))
             finished = replace(finished, tainted=moved_inputs(inputs, after))
         store.save(finished)
     evidence.run_ended(store.directory(record.run_id))
     if tracking and tracked:
-        tracking.tracker.finish(tracked, status_of(code))
+        tracking.tracker.finish(tracked, status_of(finished))
     return finished
 
 
@@ -360,19 +370,20 @@ def _import_meanwhile(modules: tuple[str, ...]) -> None:
     threading.Thread(target=load, name="envlock-imports", daemon=True).start()
 
 
-def _declared_inputs(request: RunRequest, project_dir: Path, source: Path, store: RunStore) -> InputSet | None:
+def _declared_inputs(request: RunRequest, folders: RunFolders) -> InputSet | None:
     """The declared inputs hashed (through the stat cache) before anything starts; a missing one is refused unless
     this is a reproduction, whose verdict names it."""
     if not request.inputs:
         return None
-    inputs = hash_inputs(source, request.inputs, StatCache(ProjectLayout(store.project_dir).input_stats))
+    source = folders.inputs
+    inputs = hash_inputs(source, request.inputs, StatCache(ProjectLayout(folders.store.project_dir).input_stats))
     if inputs.missing and request.reproduces is None:
         raise UsageError(
             f"input {inputs.missing[0]!r} does not exist in {source}",
             hint="--input and `inputs = [...]` name files or directories inside the project",
             details=tuple(f"input {m!r} does not exist either" for m in inputs.missing[1:]),
         )
-    _mount_points(project_dir, source, inputs)
+    _mount_points(folders.code, source, inputs)
     return inputs
 
 
@@ -413,28 +424,31 @@ def _ending_on_failure(
     try:
         yield
     except KeyboardInterrupt:
-        store.save(replace(record, status="interrupted", ended=now(), exit_code=130))
+        interrupted = replace(record, status="interrupted", ended=now(), exit_code=130)
+        store.save(interrupted)
         _attest_quietly(evidence, store.directory(record.run_id))
-        _end_quietly(tracking, tracked, "KILLED")
+        _end_quietly(tracking, tracked, interrupted)
         raise
     except BaseException as exc:
         if not is_disk_full(exc):
-            store.save(replace(record, status="failed", ended=now()))
+            failed = replace(record, status="failed", ended=now())
+            store.save(failed)
             _attest_quietly(evidence, store.directory(record.run_id))
-            _end_quietly(tracking, tracked, "FAILED")
+            _end_quietly(tracking, tracked, failed)
             raise
         # A full disk (its log, saved files, outputs or record): one line, the record marked failed with it.
         assert isinstance(exc, OSError)  # noqa: S101  (is_disk_full says so; for the type checker)
         full = disk_full(f"recording run {record.run_id}", exc, (store.directory(record.run_id),))
+        failed = replace(record, status="failed", ended=now(), error=full.message)
         try:
-            store.save(replace(record, status="failed", ended=now(), error=full.message))
+            store.save(failed)
         except OSError as again:
             raise DiskFullError(
                 f"{full.message}; the run record could not be marked failed either (it still says running)",
                 hint=full.hint,
             ) from again
         _attest_quietly(evidence, store.directory(record.run_id))
-        _end_quietly(tracking, tracked, "FAILED")
+        _end_quietly(tracking, tracked, failed)
         raise full from exc
 
 
@@ -476,8 +490,9 @@ def _finished(
     return replace(record, status=status, ended=now(), exit_code=code, outputs=hashes, log_sha256=log_sha256)
 
 
-def _end_quietly(tracking: Tracking | None, tracked: TrackedRun | None, status: str) -> None:
-    """End the tracking run on the way out of a failure; the failure is what gets reported."""
+def _end_quietly(tracking: Tracking | None, tracked: TrackedRun | None, ended: RunRecord) -> None:
+    """End the tracking run as the record ended it, on the way out of a failure; the failure is what gets
+    reported."""
     if tracking and tracked:
         with contextlib.suppress(EnvlockError):
-            tracking.tracker.finish(tracked, status)
+            tracking.tracker.finish(tracked, status_of(ended))

@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 
 from envlock.errors import TrackingError, UsageError
 from envlock.lock.credentials import redact
-from envlock.run.hostprobe import HostState, gpu_summary
-from envlock.run.schema import GitRecord, JobRecord, TrackingRecord
+from envlock.lock.cuda import CudaStack
+from envlock.run.hostprobe import gpu_summary
+from envlock.run.records import RunRecord
+from envlock.run.schema import TrackingRecord
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -197,44 +199,34 @@ class Tracking:
     reuse: str | None = None
 
 
-def status_of(exit_code: int | None, interrupted: bool = False) -> str:
-    """MLflow's run status for a command's outcome."""
-    if interrupted:
+def status_of(record: RunRecord) -> str:
+    """MLflow's run status for a run as its record ended it."""
+    if record.status == "interrupted":
         return "KILLED"
-    return "FINISHED" if exit_code == 0 else "FAILED"
+    return "FINISHED" if record.status == "finished" and record.exit_code == 0 else "FAILED"
 
 
-def stack_tags(
-    *,
-    run_id: str,
-    image_id: str,
-    repo_digests: list[str],
-    lock_hash: str,
-    platform: str,
-    cuda: Mapping[str, Any],
-    host: HostState | None,
-    git: GitRecord | None,
-    command: list[str],
-    seed: int,
-    scheduler: JobRecord | None = None,
-) -> dict[str, str]:
-    """The tags that say which software and hardware produced the run's metrics."""
+def stack_tags(record: RunRecord, cuda: CudaStack) -> dict[str, str]:
+    """The tags that say which software and hardware produced the run's metrics: the record as it starts, and the
+    lock's CUDA stack for its platform."""
+    stack: Mapping[str, Any] = cuda.as_dict()
+    host, git, scheduler = record.host, record.git, record.scheduler
     tags = {
-        "envlock.run_id": run_id,
-        "envlock.image.id": image_id,
-        "envlock.image.digest": repo_digests[-1] if repo_digests else image_id,
-        "envlock.lock_hash": lock_hash,
-        "envlock.platform": platform,
-        "envlock.seed": str(seed),
-        "envlock.command": " ".join(command),
-        "envlock.cuda": str(cuda.get("version") or cuda.get("kind") or "cpu"),
+        "envlock.run_id": record.run_id,
+        "envlock.image.id": record.image_id,
+        "envlock.image.digest": record.repo_digests[-1] if record.repo_digests else record.image_id,
+        "envlock.lock_hash": record.lock_hash,
+        "envlock.platform": record.platform,
+        "envlock.seed": str(record.seed),
+        "envlock.command": " ".join(record.command),
+        "envlock.cuda": str(stack.get("version") or stack.get("kind") or "cpu"),
         "envlock.host.driver": (host.driver_version if host else None) or "none",
         "envlock.host.gpus": gpu_summary(host.gpus if host else ()),
     }
     for field in ("runtime", "cudnn", "nccl", "cublas", "driver-min", "driver-min-compat"):
-        if cuda.get(field):
-            tags[f"envlock.cuda.{field.replace('-', '_')}"] = str(cuda[field])
-    archs = cuda.get("archs")
+        if stack.get(field):
+            tags[f"envlock.cuda.{field.replace('-', '_')}"] = str(stack[field])
+    archs = stack.get("archs")
     if archs:
         tags["envlock.cuda.archs"] = ",".join(archs) if isinstance(archs, list | tuple) else str(archs)
     if scheduler and scheduler.job_id:

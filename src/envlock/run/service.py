@@ -1,4 +1,5 @@
-"""The pinned image of a lock or of a recorded run: found or built, restored by ID, archived — and runs in it."""
+"""The run service: a lock's image found or built, a recorded run's restored by ID, archived — and runs in them
+(`envlock run`, a submitted job's task on its node, reproduce), each handed to the run core as a RunContext."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
 from envlock.engine.runtimes import OwnImages
-from envlock.errors import RunNotFoundError, UsageError
+from envlock.errors import UsageError
 from envlock.git import GIT_OF, Git, Origin, own_git
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
@@ -21,12 +22,21 @@ from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
 from envlock.paths import LOCK_FILE, ProjectLayout
 from envlock.report import Report
+from envlock.run.arguments import ImageRef, LockRef, RunRef
 from envlock.run.gitstate import GitState, git_state, save_untracked
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
 from envlock.run.ownversion import current_versions, metadata_folder
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.runner import OwnMetadata, RunEvidence, RunRequest, run_in_image
+from envlock.run.runner import (
+    LockedImage,
+    OwnMetadata,
+    RunContext,
+    RunEvidence,
+    RunFolders,
+    RunRequest,
+    run_in_image,
+)
 from envlock.run.tracking import Tracking
 
 if TYPE_CHECKING:
@@ -81,7 +91,7 @@ def code_state(
     return state
 
 
-def build_lock(
+def build_lock_image(
     lock: Lock, repository: str, platform: str, builder: Builder, *, project_dir: Path, evidence: ImageEvidence
 ) -> Built:
     """Build (or find) a lock's image, with its provenance in the project: the one path `run`, `submit`, the
@@ -104,7 +114,7 @@ def lock_image(
         f"{repository}:{platform_tag(lock.short_hash, platform)}",
         engine=tools.engine,
         project_dir=project_dir,
-        build=lambda: build_lock(
+        build=lambda: build_lock_image(
             lock, repository, platform, tools.builder(index_urls), project_dir=project_dir, evidence=tools.evidence
         ),
     )
@@ -117,85 +127,113 @@ def rebuild_from(lock_path: Path, repository: str, tools: RunTools, project_dir:
     def rebuild() -> str:
         lock = lockfile.read(lock_path)
         builder = tools.builder(())
-        return build_lock(
+        return build_lock_image(
             lock, repository, host_platform(), builder, project_dir=project_dir, evidence=tools.evidence
         ).image_id
 
     return rebuild
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecordedRun:
+    """A recorded run to run (again) in its image: its record and lock copy, the folders of the new run (a node's
+    project, a reproduction's worktree), where the record came from, and archives that may hold its image."""
+
+    record: RunRecord
+    lock_path: Path
+    folders: RunFolders
+    origin: Origin = "own"
+    archives: tuple[Path, ...] = ()
+
+
 def run_recorded(
-    recorded: RunRecord,
-    lock_path: Path,
+    recorded: RecordedRun,
     request: RunRequest,
-    *,
-    code: Path,
-    store: RunStore,
     tools: RunTools,
+    *,
     queued: RunRecord | None = None,
-    archives: tuple[Path, ...] = (),
     tracking: Tracking | None = None,
-    inputs_from: Path | None = None,
-    origin: Origin = "own",
 ) -> RunRecord:
     """Run a recorded run's image (restored by ID: engine, registry by digest, archive, rebuild; a runtime with a
-    store of its own gets a pushed image from the registry itself, without the engine) on this host;
-    `inputs_from`: where the declared inputs are (a reproduction: the project, while the code is a worktree).
+    store of its own gets a pushed image from the registry itself, without the engine) on this host, in
+    `recorded.folders` (a reproduction: code in a worktree, inputs from the project).
 
     A foreign record (from a bundle) names nothing the receiver's engine keeps: its image is used by ID, never
     tagged with the record's name, and a rebuild is named FOREIGN_REPOSITORY; its git runs with hooks off."""
+    record, origin, folders = recorded.record, recorded.origin, recorded.folders
+    store = folders.store
+    restored = _restored(recorded, tools)
+    tools.report(f"image {restored.image_id[:19]} from {restored.source}")
+    lock = lockfile.read(recorded.lock_path)
+    versions = record.package_versions
+    if queued is not None and origin == "own":  # a batch job: the commit the node runs (its git is taken there too)
+        versions = current_versions(lock.local_packages, folders.code, tools.backend())
+    context = RunContext(
+        locked=LockedImage(
+            lock,
+            recorded.lock_path.read_text(encoding="utf-8"),
+            record.platform,
+            PinnedImage(record.image_id, record.image_reference, tuple(record.repo_digests)),
+        ),
+        host=tools.probe(),
+        git=code_state(folders.code, request, store, UNTRACKED_MAX_BYTES, tools.report, git=GIT_OF[origin]),
+        folders=folders,
+        environ=tools.environ,
+        # The recorded versions, never the backend on this code: the same version, and nothing of a foreign
+        # project's runs on this host.
+        own=own_metadata(lock, versions, store.project_dir),
+    )
+    return run_in_image(
+        context,
+        request,
+        launcher=restored.launcher,
+        output=tools.output,
+        evidence=tools.evidence,
+        queued=queued,
+        tracking=tracking,
+    )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A recorded run's image, back on this host, and the launcher that runs it."""
+
+    image_id: str
+    source: str
+    launcher: Launcher
+
+
+def _restored(recorded: RecordedRun, tools: RunTools) -> _Found:
+    """The recorded run's image restored by ID for the launcher that will run it (through the engine, or by a
+    runtime with a store of its own from the registry)."""
     from envlock.image.restore import restore_for_runtime, restore_image  # noqa: PLC0415
 
-    repository = FOREIGN_REPOSITORY if origin == "foreign" else recorded.image_reference.split(":")[0]
+    record, origin, project_dir = recorded.record, recorded.origin, recorded.folders.store.project_dir
+    repository = FOREIGN_REPOSITORY if origin == "foreign" else record.image_reference.split(":")[0]
 
     def through_engine() -> Restored:
         return restore_image(
-            recorded.image_id,
+            record.image_id,
             engine=tools.engine,
-            repo_digests=tuple(recorded.repo_digests),
-            archives=(*archives, ProjectLayout(store.project_dir).archive_for(recorded.image_id)),
-            rebuild=rebuild_from(lock_path, repository, tools, store.project_dir),
-            reference=None if origin == "foreign" else recorded.image_reference,
+            repo_digests=tuple(record.repo_digests),
+            archives=(*recorded.archives, ProjectLayout(project_dir).archive_for(record.image_id)),
+            rebuild=rebuild_from(recorded.lock_path, repository, tools, project_dir),
+            reference=None if origin == "foreign" else record.image_reference,
             report=tools.report,
         )
 
     launcher = tools.launcher()
     if isinstance(launcher, OwnImages):  # Podman, Charliecloud: from the registry themselves, no engine asked
         restored = restore_for_runtime(
-            recorded.image_id,
+            record.image_id,
             runtime=launcher,
-            repo_digests=tuple(recorded.repo_digests),
+            repo_digests=tuple(record.repo_digests),
             through_engine=through_engine,
             report=tools.report,
         )
     else:
         restored = through_engine()
-    tools.report(f"image {restored.image_id[:19]} from {restored.source}")
-    lock = lockfile.read(lock_path)
-    versions = recorded.package_versions
-    if queued is not None and origin == "own":  # a batch job: the commit the node runs (its git is taken there too)
-        versions = current_versions(lock.local_packages, code, tools.backend())
-    return run_in_image(
-        lock,
-        lock_path.read_text(encoding="utf-8"),
-        recorded.platform,
-        request,
-        project_dir=code,
-        image=PinnedImage(recorded.image_id, recorded.image_reference, tuple(recorded.repo_digests)),
-        host=tools.probe(),
-        git=code_state(code, request, store, UNTRACKED_MAX_BYTES, tools.report, git=GIT_OF[origin]),
-        launcher=launcher,
-        store=store,
-        output=tools.output,
-        evidence=tools.evidence,
-        queued=queued,
-        tracking=tracking,
-        inputs_from=inputs_from,
-        environ=tools.environ,
-        # The recorded versions, never the backend on this code: the same version, and nothing of a foreign
-        # project's runs on this host.
-        own=own_metadata(lock, versions, store.project_dir),
-    )
+    return _Found(restored.image_id, restored.source, launcher)
 
 
 @dataclass(frozen=True)
@@ -208,10 +246,10 @@ class RestoreTarget:
     rebuild: Callable[[], str]
 
 
-def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTarget:
-    """A run id of the project or a lock file → the image to restore (a registry digest is pulled directly)."""
-    if Path(target).is_file():
-        lock = lockfile.read(Path(target))
+def restore_target(target: LockRef | RunRef, project_dir: Path, tools: RunTools) -> RestoreTarget:
+    """A run of the project or a lock file → the image to restore (a registry digest is pulled directly)."""
+    if isinstance(target, LockRef):
+        lock = lockfile.read(target.path)
         known = read_images(project_dir).get(lock.lock_hash, {})
         reference = str(known.get("reference") or f"envlock-restored:{lock.short_hash}")
         image_id = known.get("image-id")
@@ -219,16 +257,9 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
             str(image_id) if image_id else None,
             reference,
             tuple(known.get("pushed", [])),
-            rebuild_from(Path(target), reference.split(":", maxsplit=1)[0], tools, project_dir),
+            rebuild_from(target.path, reference.split(":", maxsplit=1)[0], tools, project_dir),
         )
-    store = RunStore(project_dir)
-    try:
-        record = store.load(target)
-    except RunNotFoundError as exc:
-        raise UsageError(
-            f"{target!r} is not a run of this project, a registry digest or a lock file",
-            hint="pass a run id from `envlock runs`, repo@sha256:…, or a path to envlock.lock",
-        ) from exc
+    store, record = RunStore(project_dir), target.record
     return RestoreTarget(
         record.image_id,
         record.image_reference,
@@ -239,16 +270,11 @@ def restore_target(target: str, project_dir: Path, tools: RunTools) -> RestoreTa
     )
 
 
-def archive_source(target: str, project_dir: Path, engine: Engine) -> str:
+def archive_source(target: RunRef | ImageRef, engine: Engine) -> str:
     """The local image ID `envlock archive` writes: a run's image, or an image by name or ID."""
-    try:
-        image_id = RunStore(project_dir).load(target).image_id
-    except RunNotFoundError:
-        image_id = engine.image_id(target) or ""
+    image_id = target.record.image_id if isinstance(target, RunRef) else target.image_id
     if not image_id or engine.image_id(image_id) is None:
-        raise UsageError(
-            f"{target!r} is neither a run with its image here nor a local image", hint="envlock restore it first"
-        )
+        raise UsageError(f"the image of run {target.text!r} is not here", hint=f"envlock restore {target.text} first")
     return image_id
 
 
@@ -275,21 +301,24 @@ def run_project(
         tools.report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
         tools.evidence.run_ended(store.directory(orphan.run_id))
     versions = current_versions(spec.local_packages, spec.project_dir, tools.backend())
+    locked = LockedImage(lock, lock_text, host_platform(), image)
+    host = tools.probe()
+    git = code_state(spec.project_dir, request, store, spec.untracked_max_bytes, tools.report)
+    launcher = tools.launcher()
+    context = RunContext(
+        locked=locked,
+        host=host,
+        git=git,
+        folders=RunFolders(spec.project_dir, store),
+        environ=tools.environ,
+        own=own_metadata(lock, versions, spec.project_dir),
+    )
     record = run_in_image(
-        lock,
-        lock_text,
-        host_platform(),
+        context,
         request,
-        project_dir=spec.project_dir,
-        image=image,
-        host=tools.probe(),
-        git=code_state(spec.project_dir, request, store, spec.untracked_max_bytes, tools.report),
-        launcher=tools.launcher(),
-        store=store,
+        launcher=launcher,
         output=tools.output,
         evidence=tools.evidence,
         tracking=tracking,
-        environ=tools.environ,
-        own=own_metadata(lock, versions, spec.project_dir),
     )
     return record, store
