@@ -8,4 +8,4 @@
 # Exit 0 once the report is written; with --strict, 1 unless every part ran and passed. --help lists the options.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m envlock.run.gpucheck --repo "$root" "$@"
+PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m envlock.diagnostics.gpucheck --repo "$root" "$@"

@@ -8,6 +8,17 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATE_DIR = ".envlock"
+LOCK_FILE = "envlock.lock"  # the project's lock, beside pyproject.toml; each run folder keeps a copy by this name
+
+# One run's folder: `.envlock/runs/<run id>/` (a bundle's `run/`; a multi-node job's other nodes: `nodes/<rank>/`).
+RECORD_FILE = "record.json"  # the run record
+DIFF_FILE = "diff.patch"  # the uncommitted changes, when the code was dirty
+LOG_FILE = "log.txt"  # the command's stdout and stderr
+VERDICT_FILE = "verdict.json"  # `envlock reproduce`'s verdict, beside the record of the run it made
+OUTPUTS_DIR = "outputs"  # copies of small metrics outputs (for comparisons within a tolerance)
+NODES_DIR = "nodes"  # a multi-node job's other nodes, one folder per rank
+ATTESTATION = "attestation.dsse.json"  # the signed statement about the run
+SIGNER = "attestation.pub.pem"  # the signer's public key, beside: names who signed, never makes it trusted
 
 
 def cache_root() -> Path:
@@ -87,6 +98,16 @@ class ProjectLayout:
     def images(self) -> Path:
         """`images.json`: lock hash → image ID and pushed digests."""
         return self.state / "images.json"
+
+    @property
+    def lock(self) -> Path:
+        """The project's `envlock.lock` (beside pyproject.toml, not under `.envlock/`)."""
+        return self.project_dir / LOCK_FILE
+
+    @property
+    def attestations(self) -> Path:
+        """Image provenance statements, one `<image-id hex>.dsse.json` per image."""
+        return self.state / "attestations"
 
     @property
     def archives(self) -> Path:

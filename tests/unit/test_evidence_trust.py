@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envlock.evidence.attest import ATTESTATION, SIGNER, run_statement
+from envlock.evidence.attest import run_statement
+from envlock.paths import ATTESTATION, SIGNER
 from envlock.run.records import RunStore
 from envlock.signing import PublicKey, SigningKey, envelope, generate_key, write_envelope
 from tests.unit import test_cli_commands

@@ -22,8 +22,8 @@ from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import load_spec
 from envlock.paths import CacheLayout
+from envlock.run.gcneeds import needed_by
 from envlock.run.records import RunRecord, RunStore
-from envlock.run.retention import needed_by
 from tests.fakes import FakeEngine, FakeResolver, stores
 from tests.wheelmaker import build_wheel
 

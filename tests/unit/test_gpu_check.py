@@ -1,4 +1,5 @@
-"""scripts/gpu-check.sh's module on this machine: a fake NVML for the host, a fake training command for determinism."""
+"""scripts/gpu-check.sh's module (envlock.diagnostics.gpucheck) on this machine: a fake NVML for the host, a fake
+training command for determinism."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from envlock.run.gpucheck import (
+from envlock.diagnostics.gpucheck import (
     Deadline,
     Training,
     arm_environment,
@@ -24,6 +25,7 @@ from envlock.run.gpucheck import (
     summary_lines,
     torch_section,
 )
+from envlock.diagnostics.gpureport import GpuReport, TorchDevice, TorchInfo, TorchSection, TrainingRun, WeightsDiff
 from envlock.run.hostprobe import HostState, probe_host, read_cpu_model
 from tests.fakes import GIB, FakeGpu, FakeNvml
 
@@ -40,8 +42,12 @@ TORCH_CU124 = {
 }
 
 
-def no_torch() -> dict[str, Any]:
-    return {"status": "skipped", "reason": "torch is not installed for python3", "installed": False}
+def no_torch() -> TorchSection:
+    return TorchSection("skipped", TorchInfo(installed=False), reason="torch is not installed for python3")
+
+
+def torch_cu124() -> TorchSection:
+    return TorchSection("passed", TorchInfo.from_dict(TORCH_CU124))
 
 
 def fake_training(script: str) -> Training:
@@ -63,8 +69,13 @@ pathlib.Path("model.pt").write_text("|".join(os.environ.get(name, "-") for name 
 """
 
 
-def check(nvml: FakeNvml, torch_info: Callable[[], dict[str, Any]] = no_torch, **kwargs: Any) -> dict[str, Any]:
-    return gpu_check(nvml, REPO, torch_info, fake_training(ECHO_SETTINGS), Deadline(120), **kwargs)
+def check_typed(nvml: FakeNvml, torch_info: Callable[[], TorchSection] = no_torch) -> GpuReport:
+    return gpu_check(nvml, REPO, torch_info, fake_training(ECHO_SETTINGS), Deadline(120))
+
+
+def check(nvml: FakeNvml, torch_info: Callable[[], TorchSection] = no_torch) -> dict[str, Any]:
+    """The report as its JSON file holds it."""
+    return check_typed(nvml, torch_info).as_dict()
 
 
 def verdicts(report: dict[str, Any]) -> list[tuple[str, str | None, str, bool]]:
@@ -160,7 +171,8 @@ def test_driver_535_runs_the_lock_under_minor_version_compatibility() -> None:
 
 
 def test_a_driver_below_the_compat_floor_fails_the_check_with_the_numbers() -> None:
-    report = check(FakeNvml(driver="520.61.05", cuda=11080, gpus=[H200]))
+    typed = check_typed(FakeNvml(driver="520.61.05", cuda=11080, gpus=[H200]))
+    report = typed.as_dict()
     real = report["preflight"]["checks"][1]
     assert (real["verdict"], real["expected"], real["as-expected"]) == ("refused", "accepted", False)
     assert real["problems"] == [
@@ -170,7 +182,7 @@ def test_a_driver_below_the_compat_floor_fails_the_check_with_the_numbers() -> N
     ]
     assert report["preflight"]["status"] == "failed"
     assert not report["ok"]
-    assert any(line.strip().startswith("NOT refused  examples/torch-gpu") for line in summary_lines(report))
+    assert any(line.strip().startswith("NOT refused  examples/torch-gpu") for line in summary_lines(typed))
 
 
 def test_a_cpu_host_is_reported_not_an_error() -> None:
@@ -191,24 +203,34 @@ def test_a_cpu_host_is_reported_not_an_error() -> None:
 
 
 def test_a_probe_failure_is_in_the_report() -> None:
-    report = check(FakeNvml(gpus=[H200], broken_gpu=0))
+    typed = check_typed(FakeNvml(gpus=[H200], broken_gpu=0))
+    report = typed.as_dict()
     assert report["host"] == {
         "status": "error",
         "error": "cannot read GPU 0 from NVML: GPU is lost",
         "hint": "see `nvidia-smi` for the driver's and the GPUs' state",
     }
     assert report["preflight"] == {"status": "skipped", "reason": "the host probe failed (see host)"}
-    assert summary_lines(report)[1] == "host         [error] error: cannot read GPU 0 from NVML: GPU is lost"
+    assert summary_lines(typed)[1] == "host         [error] error: cannot read GPU 0 from NVML: GPU is lost"
 
 
 def test_everything_passes_on_an_h200_with_torch() -> None:
-    report = check(FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200]), lambda: TORCH_CU124)
-    assert report["ok"], json.dumps(report, indent=2)
+    typed = check_typed(FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200]), torch_cu124)
+    report = typed.as_dict()
+    assert typed.ok, json.dumps(report, indent=2)
+    assert isinstance(typed.torch, TorchSection)
+    assert typed.torch.info == TorchInfo(
+        installed=True,
+        version="2.5.1+cu124",
+        cuda="12.4",
+        cuda_available=True,
+        devices=(TorchDevice("NVIDIA H200", "9.0"),),
+    )
     assert (
         report["determinism"]["deterministic"]["sets"]["ENVLOCK_LOCK_HASH"]
         == (report["preflight"]["checks"][1]["lock-hash"])
     )
-    lines = summary_lines(report)
+    lines = summary_lines(typed)
     assert lines[0].endswith("all passed")
     assert "NVIDIA H200 (sm_90, 144384 MiB, MIG disabled, ECC enabled)" in lines[1]
 
@@ -220,7 +242,7 @@ def sha256(text: str) -> str:
 def test_each_arm_gets_exactly_its_settings(tmp_path: Path) -> None:
     # The caller's own values never reach either arm: the arms differ by envlock's settings alone.
     base = {"PATH": os.environ["PATH"], "PYTHONHASHSEED": "7", "CUBLAS_WORKSPACE_CONFIG": ":16:8"}
-    section = determinism_section(fake_training(ECHO_SETTINGS), Deadline(60), seed=3, base_env=base)
+    section = determinism_section(fake_training(ECHO_SETTINGS), Deadline(60), seed=3, base_env=base).as_dict()
     with_settings, without = section["deterministic"], section["nondeterministic"]
     assert [run["sha256"] for run in with_settings["runs"]] == [sha256("3|3|:4096:8")] * 2
     assert [run["sha256"] for run in without["runs"]] == [sha256("-|-|-")] * 2
@@ -242,11 +264,11 @@ def test_each_arm_gets_exactly_its_settings(tmp_path: Path) -> None:
 def test_settings_that_make_the_difference() -> None:
     diffs: list[tuple[str, str]] = []
 
-    def weights_diff(first: Path, second: Path) -> dict[str, Any]:
+    def weights_diff(first: Path, second: Path) -> WeightsDiff:
         diffs.append((first.parent.name, second.parent.name))
-        return {"tensors-equal": False}
+        return WeightsDiff(tensors_equal=False)
 
-    section = determinism_section(fake_training(SEEDED_ELSE_NOISE), Deadline(60), weights_diff=weights_diff)
+    section = determinism_section(fake_training(SEEDED_ELSE_NOISE), Deadline(60), weights_diff=weights_diff).as_dict()
     assert (section["deterministic"]["identical"], section["nondeterministic"]["identical"]) == (True, False)
     assert section["status"] == "passed"
     assert section["interpretation"] == "envlock's settings made the difference: identical with them, different without"
@@ -258,7 +280,7 @@ def test_settings_that_make_the_difference() -> None:
 
 def test_weights_that_differ_with_the_settings_fail() -> None:
     noise = "import os, pathlib; pathlib.Path('model.pt').write_bytes(os.urandom(16))"
-    section = determinism_section(fake_training(noise), Deadline(60))
+    section = determinism_section(fake_training(noise), Deadline(60)).as_dict()
     assert section["deterministic"]["identical"] is False
     assert section["status"] == "failed"
     assert section["interpretation"].startswith("not reproducible even with envlock's settings")
@@ -266,7 +288,7 @@ def test_weights_that_differ_with_the_settings_fail() -> None:
 
 def test_a_failing_run_is_reported_with_its_output() -> None:
     script = "import sys; print('CUDA error: no kernel image is available', file=sys.stderr); sys.exit(3)"
-    section = determinism_section(fake_training(script), Deadline(60))
+    section = determinism_section(fake_training(script), Deadline(60)).as_dict()
     run = section["deterministic"]["runs"][0]
     assert (run["exit-code"], run["error"]) == (3, "exited 3")
     assert "no kernel image is available" in run["output"]
@@ -275,13 +297,13 @@ def test_a_failing_run_is_reported_with_its_output() -> None:
 
 
 def test_a_run_that_writes_no_weights() -> None:
-    section = determinism_section(fake_training("pass"), Deadline(60))
+    section = determinism_section(fake_training("pass"), Deadline(60)).as_dict()
     assert section["deterministic"]["runs"][0]["error"] == "wrote no model.pt"
     assert section["status"] == "error"
 
 
 def test_a_hanging_run_is_stopped_by_its_timeout() -> None:
-    section = determinism_section(fake_training("import time; time.sleep(30)"), Deadline(60), run_timeout=0.3)
+    section = determinism_section(fake_training("import time; time.sleep(30)"), Deadline(60), run_timeout=0.3).as_dict()
     runs = section["deterministic"]["runs"] + section["nondeterministic"]["runs"]
     assert [run["error"] for run in runs] == ["timed out after 0.3 s"] * 4
     assert all(run["seconds"] < 10 for run in runs)
@@ -294,7 +316,7 @@ def fake_clock(times: list[float]) -> Callable[[], float]:
 
 def test_no_run_starts_once_the_budget_is_spent() -> None:
     deadline = Deadline(100, clock=fake_clock([0.0, 10.0, 20.0, 97.0, 98.0, 99.0]))
-    section = determinism_section(fake_training(ECHO_SETTINGS), deadline)
+    section = determinism_section(fake_training(ECHO_SETTINGS), deadline).as_dict()
     runs = section["deterministic"]["runs"] + section["nondeterministic"]["runs"]
     assert ["sha256" in run for run in runs] == [True, True, False, False]
     assert runs[2]["error"] == "skipped: the check's time budget was spent"
@@ -302,9 +324,10 @@ def test_no_run_starts_once_the_budget_is_spent() -> None:
 
 
 def test_compare_runs() -> None:
-    assert compare_runs([{"sha256": "a"}, {"sha256": "a"}]) is True
-    assert compare_runs([{"sha256": "a"}, {"sha256": "b"}]) is False
-    assert compare_runs([{"sha256": "a"}, {"error": "exited 1"}]) is None
+    a, b = TrainingRun(("t",), sha256="a"), TrainingRun(("t",), sha256="b")
+    assert compare_runs([a, a]) is True
+    assert compare_runs([a, b]) is False
+    assert compare_runs([a, TrainingRun(("t",), error="exited 1")]) is None
 
 
 def test_arm_environment_keeps_everything_else() -> None:
@@ -340,24 +363,24 @@ def fake_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str
 
 def test_torch_with_cuda(fake_torch: Callable[[str], None]) -> None:
     fake_torch(FAKE_TORCH.format(available=True))
-    assert torch_section(sys.executable, Deadline(60)) == {**TORCH_CU124, "cudnn": 90100}
+    assert torch_section(sys.executable, Deadline(60)).as_dict() == {**TORCH_CU124, "cudnn": 90100}
 
 
 def test_cpu_only_torch_is_skipped(fake_torch: Callable[[str], None]) -> None:
     fake_torch(FAKE_TORCH.format(available=False))
-    section = torch_section(sys.executable, Deadline(60))
+    section = torch_section(sys.executable, Deadline(60)).as_dict()
     assert section["status"] == "skipped"
     assert section["reason"] == "torch 2.5.1+cu124 sees no CUDA GPU (CPU-only)"
 
 
 def test_missing_torch_is_skipped(fake_torch: Callable[[str], None]) -> None:
     fake_torch("raise ImportError('No module named torch')")
-    section = torch_section(sys.executable, Deadline(60))
+    section = torch_section(sys.executable, Deadline(60)).as_dict()
     assert (section["status"], section["reason"]) == ("skipped", f"torch is not installed for {sys.executable}")
 
 
 def test_a_python_that_is_not_there() -> None:
-    section = torch_section("/nonexistent/python3", Deadline(60))
+    section = torch_section("/nonexistent/python3", Deadline(60)).as_dict()
     assert section["status"] == "error"
     assert section["error"].startswith("cannot start /nonexistent/python3")
 
@@ -397,7 +420,7 @@ def test_the_check_needs_none_of_envlocks_heavy_dependencies() -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from envlock.run.gpucheck import preflight_section\n"
+        "from envlock.diagnostics.gpucheck import preflight_section\n"
         "from envlock.run.hostprobe import probe_host\n"
         "preflight_section(Path(sys.argv[1]), probe_host(None, lambda: None))\n"
         "print(sorted(m for m in ('docker', 'typer', 'uv', 'tomlkit', 'requests', 'rich') if m in sys.modules))\n"
@@ -410,3 +433,52 @@ def test_the_check_needs_none_of_envlocks_heavy_dependencies() -> None:
         check=True,
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_report_file_keeps_its_keys_in_order() -> None:
+    # The JSON file is a format (report-version 1): typed sections write the keys in the order readers have seen.
+    report = check(FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200]), torch_cu124)
+    assert list(report) == [
+        "report-version",
+        "tool",
+        "envlock-version",
+        "created",
+        "environment",
+        "host",
+        "torch",
+        "preflight",
+        "determinism",
+        "ok",
+        "seconds",
+    ]
+    assert (report["report-version"], report["tool"]) == (1, "envlock gpu-check")
+    assert list(report["torch"]) == ["status", "installed", "version", "cuda", "cuda-available", "devices"]
+    assert list(report["preflight"]["checks"][2]) == [
+        "lock",
+        "variant",
+        "cuda",
+        "verdict",
+        "problems",
+        "warnings",
+        "expected",
+        "as-expected",
+        "refusal",
+        "lock-hash",
+    ]
+    ran = report["determinism"]["deterministic"]["runs"][0]
+    assert list(ran) == ["command", "seconds", "exit-code", "output", "sha256"]
+    stopped = TrainingRun(("t",), 0.3, output="", error="timed out after 0.3 s", timed_out=True).as_dict()
+    assert list(stopped) == ["command", "error", "output", "seconds"]
+
+
+def test_a_lock_that_cannot_be_read_is_an_error_entry(tmp_path: Path) -> None:
+    (tmp_path / "examples" / "broken").mkdir(parents=True)
+    (tmp_path / "examples" / "broken" / "envlock.lock").write_text("not = [toml", encoding="utf-8")
+    nvml = FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200])
+    typed = gpu_check(nvml, tmp_path, no_torch, fake_training(ECHO_SETTINGS), Deadline(60))
+    preflight = typed.as_dict()["preflight"]
+    assert preflight["status"] == "error"
+    [entry] = preflight["checks"]
+    assert list(entry) == ["lock", "variant", "error", "as-expected"]
+    assert (entry["lock"], entry["variant"], entry["as-expected"]) == ("examples/broken/envlock.lock", None, False)
+    assert summary_lines(typed)[3].startswith("preflight    [error] 0/1 verdicts as expected")

@@ -16,7 +16,7 @@ from envlock.image.build import Builder, build_image
 from envlock.image.layers import write_layer
 from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
-from envlock.lock.diff import LockDiff, diff_locks
+from envlock.lock.lockdiff import LockDiff, diff_locks
 from envlock.lock.lockfile import Lock
 from envlock.lock.targets import host_platform
 from tests.fakes import FakeEngine, project_with_wheels, stores

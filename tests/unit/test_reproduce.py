@@ -17,12 +17,12 @@ import pytest
 from envlock.engine.launch import CONTAINER_HOME
 from envlock.errors import EXIT_CODES, SpecError
 from envlock.lock import lockfile
-from envlock.lock.diff import LockDiff
+from envlock.lock.lockdiff import LockDiff
 from envlock.lock.spec import load_spec
-from envlock.run.diff import RunDiff
 from envlock.run.inputs import StatCache, hash_inputs
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.reproduce import Verdict, rerun_request
+from envlock.run.rundiff import RunDiff
 from envlock.run.runner import RunRequest, hash_outputs
 from tests.fakes import TORCH_251_AMD64, FakeLauncher, cpu_host
 from tests.unit.test_cli_commands import METRICS, World, world

@@ -19,10 +19,10 @@ from envlock.lock import lockfile
 from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedPackage
 from envlock.lock.spec import load_spec
-from envlock.run.diff import diff_runs
 from envlock.run.gitstate import GitState, git_state
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.rundiff import diff_runs
 from envlock.run.runner import LockedImage, RunContext, RunFolders, RunRequest, run_in_image
 from tests.fakes import (
     A100,

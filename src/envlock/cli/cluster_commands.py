@@ -26,6 +26,7 @@ from envlock.cli.options import (
 from envlock.cli.root import CommandExited, app, export_app
 from envlock.cli.wiring import invocation_of, wiring_of
 from envlock.errors import UsageError
+from envlock.paths import LOCK_FILE
 
 if TYPE_CHECKING:
     from envlock.run.records import RunRecord, RunStore
@@ -146,7 +147,7 @@ def run_submitted_command(
         tracking = open_tracking(submitted_tracking(queued, environ), wiring.tracker) if rank == 0 else None
         recorded = RecordedRun(
             record=queued,
-            lock_path=store.directory(queued.run_id) / "envlock.lock",
+            lock_path=store.directory(queued.run_id) / LOCK_FILE,
             folders=RunFolders(project, target),
         )
         return run_recorded(

@@ -33,7 +33,7 @@ def gc(
     """Remove images, layers, bases, wheels and per-image folders (bytecode, Charliecloud) that no live project
     registered in the cache (and none named here) needs; report the roots whose project folder is gone."""
     from envlock.image.gc import collect_garbage  # noqa: PLC0415
-    from envlock.run.retention import needed_by_roots  # noqa: PLC0415
+    from envlock.run.gcneeds import needed_by_roots  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     kept = needed_by_roots(projects or [Path()], wiring.cache, dry_run=dry_run)

@@ -11,6 +11,7 @@ import typer
 from envlock.cli.options import FileOutOpt, JsonOpt, OldOutputOpt, PlatformOpt, ProjectOpt, out_file
 from envlock.cli.root import app, export_app
 from envlock.cli.wiring import wiring_of
+from envlock.paths import ProjectLayout
 
 
 @app.command()
@@ -78,7 +79,7 @@ def show(project: ProjectOpt = Path(), as_json: JsonOpt = False, platform: Platf
     from envlock.lock import lockfile  # noqa: PLC0415
     from envlock.lock.project import staleness  # noqa: PLC0415
 
-    locked = lockfile.read(project / "envlock.lock")
+    locked = lockfile.read(ProjectLayout(project).lock)
     platforms: list[str] = [platform] if platform else [t.platform for t in locked.targets]
     for name in platforms:
         locked.target(name)
@@ -98,7 +99,7 @@ def export_pylock(
     from envlock.lock import lockfile  # noqa: PLC0415
     from envlock.lock.export import to_pylock  # noqa: PLC0415
 
-    text = to_pylock(lockfile.read(project / "envlock.lock"), [platform] if platform else None)
+    text = to_pylock(lockfile.read(ProjectLayout(project).lock), [platform] if platform else None)
     output = out_file(out, old_output)
     if output is None:
         typer.echo(text, nl=False)

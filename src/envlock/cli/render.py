@@ -10,6 +10,7 @@ from envlock.cluster.submit import describe
 from envlock.lock.cuda import UNKNOWN
 from envlock.lock.lockfile import Lock, TargetLock
 from envlock.lock.recipes import load_recipe, recipe_names
+from envlock.paths import DIFF_FILE, LOCK_FILE, VERDICT_FILE
 from envlock.run.hostprobe import gpu_summary
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.schema import JobRecord
@@ -160,7 +161,7 @@ def _verdict_lines(record: RunRecord, store: RunStore) -> list[str]:
         return []
     verdict = store.verdict(record.run_id) or {}
     outcome = verdict.get("verdict") or ("REPRODUCED" if verdict.get("reproduced") else "no verdict kept")
-    where = store.directory(record.run_id) / "verdict.json"
+    where = store.directory(record.run_id) / VERDICT_FILE
     return [f"reproduces {record.reproduces}", f"verdict   {outcome}  ({where})"]
 
 
@@ -191,8 +192,8 @@ def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]
         f"command   {' '.join(record.command)}",
         f"image     {record.image_id}  ({record.image_reference})",
         *(f"pushed    {d}" for d in record.repo_digests),
-        f"lock      {record.lock_hash}  (copy: {store.directory(record.run_id) / 'envlock.lock'})",
-        *_code_lines(record, (store.directory(record.run_id) / "diff.patch").is_file()),
+        f"lock      {record.lock_hash}  (copy: {store.directory(record.run_id) / LOCK_FILE})",
+        *_code_lines(record, (store.directory(record.run_id) / DIFF_FILE).is_file()),
         *_inputs_lines(record),
         _host_line(record),
         *([f"gpus      {'yes' if record.gpus else 'no (--no-gpus, or none here)'}"] if record.gpus is not None else []),

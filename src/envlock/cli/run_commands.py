@@ -31,7 +31,7 @@ from envlock.cli.options import (
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
 from envlock.errors import DIFFERS
-from envlock.paths import ProjectLayout
+from envlock.paths import LOCK_FILE, VERDICT_FILE, ProjectLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from envlock.evidence.bundle import Unpacked
     from envlock.evidence.lineage import LineageTarget
     from envlock.evidence.trust import Trust
-    from envlock.run.gitstate import Origin
+    from envlock.git import Origin
     from envlock.run.records import RunRecord, RunStore
     from envlock.run.reproduce import Tolerance
     from envlock.run.runner import RunRequest
@@ -270,7 +270,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     chosen = wiring.choose_runtime(how.runtime, original.runtime.name if original.runtime else "docker")
     names = how.env if origin == "foreign" else (*original.passed_env, *how.env)
     request = rerun_request(original, how.force, tuple(dict.fromkeys(names)))
-    lock_path = store.directory(original.run_id) / "envlock.lock"
+    lock_path = store.directory(original.run_id) / LOCK_FILE
     tools = wiring.run_tools(chosen)
 
     def rerun(code: Path) -> RunRecord:
@@ -285,7 +285,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     )
     for line in verdict.lines():
         typer.echo(line)
-    wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / 'verdict.json'}")
+    wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / VERDICT_FILE}")
     return verdict.exit_code
 
 
@@ -313,7 +313,7 @@ def _reproduce_chain(
         # Each step under its own runtime (--runtime, else the one it ran with): the tools are built for it.
         chosen = wiring.choose_runtime(runtime, original.runtime.name if original.runtime else "docker")
         tools = wiring.run_tools(chosen, evidence)
-        lock_path = store.directory(original.run_id) / "envlock.lock"
+        lock_path = store.directory(original.run_id) / LOCK_FILE
         folders = RunFolders(code, store, inputs_from=inputs_from)
         return run_recorded(
             RecordedRun(record=original, lock_path=lock_path, folders=folders, archives=archives), request, tools
@@ -345,8 +345,8 @@ def diff_command(
 ) -> None:
     """What changed between two locks, runs or images: packages, CUDA, driver floor, base; host, code, outputs."""
     from envlock.run.arguments import ImageRef, LockRef, RunRef, resolve  # noqa: PLC0415
-    from envlock.run.diff import diff_any  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
+    from envlock.run.rundiff import diff_any  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     store = RunStore(project)

@@ -25,7 +25,7 @@ from envlock.evidence.trust import Trust, TrustedKey
 from envlock.fsutil import sha256_file
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
-from envlock.paths import ProjectLayout
+from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, RECORD_FILE, SIGNER, ProjectLayout
 from envlock.run.objects import ObjectStore
 from envlock.signing import (
     STATEMENT_TYPE,
@@ -40,11 +40,10 @@ from envlock.signing import (
 
 RUN_PREDICATE = "https://envlock.dev/run/v2"
 OLD_RUN_PREDICATE = "https://envlock.dev/run/v1"  # covered a few record fields only: no longer accepted
-ATTESTATION = "attestation.dsse.json"
-SIGNER = "attestation.pub.pem"  # the signer's public key, beside: names who signed, never makes it trusted
 # Files of a run folder that are not evidence of the run: the record (signed whole inside the statement), the
 # attestation itself and the signer's key.
-_NOT_BOUND = frozenset({"record.json", ATTESTATION, SIGNER})
+_RUNS = ProjectLayout(Path()).runs.as_posix()  # a run's folder as the statement names it: .envlock/runs
+_NOT_BOUND = frozenset({RECORD_FILE, ATTESTATION, SIGNER})
 # Slurm's own output of a submitted run's job (#SBATCH --output): Slurm still writes to it after the node's task has
 # attested the run (the task's last lines), so it cannot be bound; the run's log.txt is the evidence.
 _SLURM_OUTPUT = re.compile(r"^slurm-\d+\.out$")
@@ -53,7 +52,7 @@ OriginState = Literal["trusted", "unsigned", "untrusted", "unknown"]
 
 def _record_json(run_dir: Path) -> dict[str, Any]:
     try:
-        data = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
+        data = json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"the run record in {run_dir} is unreadable: {exc}") from exc
     if not isinstance(data, dict):
@@ -91,7 +90,7 @@ def run_statement(run_dir: Path) -> dict[str, Any]:
     files = run_files(run_dir)
     if not subject:  # a statement needs a subject: the run's log stands in when it declared no outputs
         subject = [
-            {"name": f".envlock/runs/{record.get('run_id')}/log.txt", "digest": {"sha256": files.get("log.txt", "")}}
+            {"name": f"{_RUNS}/{record.get('run_id')}/{LOG_FILE}", "digest": {"sha256": files.get(LOG_FILE, "")}}
         ]
     predicate = {
         "run-id": record.get("run_id"),
@@ -318,7 +317,7 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     _check_objects(signed, places.objects_root, checks)
     if places.inputs_root is not None:
         _check_inputs(signed, places.inputs_root, checks)
-    lock_copy = run_dir / "envlock.lock"
+    lock_copy = run_dir / LOCK_FILE
     try:
         lock_hash = lockfile.read(lock_copy).lock_hash
     except EnvlockError:
@@ -350,7 +349,7 @@ def _check_shape(statement: dict[str, Any], path: Path) -> None:
 def _check_subjects(statement: dict[str, Any], places: RunPlaces, checks: Checks) -> None:
     for subject in statement.get("subject") or []:
         name = str(subject.get("name", ""))
-        if name.startswith(".envlock/runs/"):
+        if name.startswith(f"{_RUNS}/"):
             continue  # the log stands in as the subject: checked with the run files
         if ".." in Path(name).parts or Path(name).is_absolute():
             checks.mismatches.append(f"output {name}: not a path inside the project")

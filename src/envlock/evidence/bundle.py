@@ -23,7 +23,6 @@ import contextlib
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,7 +34,6 @@ from envlock.codecs import project_path_problem
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
-    ATTESTATION,
     Checks,
     RunPlaces,
     attest_run,
@@ -45,12 +43,12 @@ from envlock.evidence.attest import (
 )
 from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_text, copy_confined, make_dirs_confined, resolves_inside, sha256_file
+from envlock.git import bundle_commit, bundle_heads, checkout_bundle, own_git, prefix
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
 from envlock.image.sbom import sbom_json
 from envlock.lock import lockfile
-from envlock.paths import STATE_DIR, ProjectLayout
-from envlock.run.gitstate import foreign_git
+from envlock.paths import ATTESTATION, LOCK_FILE, NODES_DIR, STATE_DIR, ProjectLayout
 from envlock.run.records import FINAL, RunRecord, RunStore, is_run_id
 from envlock.safetar import extract, name_problem
 from envlock.signing import SigningKey
@@ -63,10 +61,6 @@ _MAX_MANIFEST_BYTES = 256 << 20
 _MAX_NAMED = 1_000_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX_COMMIT = re.compile(r"[0-9a-f]{7,64}")
-
-
-def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -122,8 +116,8 @@ def make_bundle(
 
 def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path) -> None:
     """The run's folder (less the nodes' own), the lock's SBOM for the run's platform, the image's provenance."""
-    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns("nodes"))
-    lock = lockfile.read(run_dir / "envlock.lock")
+    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns(NODES_DIR))
+    lock = lockfile.read(run_dir / LOCK_FILE)
     (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
     provenance = attestation_path(project_dir, record.image_id)
     if provenance.is_file():
@@ -132,15 +126,15 @@ def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path)
 
 def _stage_code(project_dir: Path, commit: str, run_id: str, stage: Path) -> str:
     """`git bundle` of the recorded commit; returns the project's folder in the repository."""
-    subdir = _git(project_dir, "rev-parse", "--show-prefix").stdout.strip()
-    _git_bundle(project_dir, commit, run_id, stage / "code.gitbundle")
+    subdir = prefix(own_git, project_dir)
+    bundle_commit(project_dir, commit, run_id, stage / "code.gitbundle")
     return subdir
 
 
 def _stage_untracked(project_dir: Path, record: RunRecord, stage: Path) -> None:
     """The saved copies of the untracked files the record names, by sha256 (each one checked on reading)."""
     for digest in sorted(set(record.git.saved.values()) if record.git else ()):
-        source = ProjectLayout(project_dir).state / "objects" / "sha256" / digest[:2] / digest
+        source = ProjectLayout(project_dir).objects / "sha256" / digest[:2] / digest
         if source.is_file():
             _copy(source, stage / "objects" / "sha256" / digest[:2] / digest)
 
@@ -192,20 +186,6 @@ def _write_tar(stage: Path, out: Path) -> None:
         ]:
             archive.add(member, arcname=member.relative_to(stage).as_posix(), recursive=False)
     partial.replace(out)
-
-
-def _git_bundle(project_dir: Path, commit: str, run_id: str, out: Path) -> None:
-    """`git bundle create` of the commit, through a temporary ref (a bundle holds refs, not bare commits)."""
-    ref = f"refs/envlock-bundle/{run_id}"
-    made = _git(project_dir, "update-ref", ref, commit)
-    if made.returncode != 0:
-        raise RerunError(f"commit {commit[:12]} is not in this repository: {made.stderr.strip()}")
-    try:
-        done = _git(project_dir, "bundle", "create", str(out.resolve()), ref)
-        if done.returncode != 0:
-            raise RerunError(f"git bundle failed: {done.stderr.strip()}")
-    finally:
-        _git(project_dir, "update-ref", "-d", ref)
 
 
 @dataclass(frozen=True)
@@ -343,7 +323,7 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     signed = checks.signed_record or {}
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
-    lock = lockfile.read(root / "run" / "envlock.lock")
+    lock = lockfile.read(root / "run" / LOCK_FILE)
     checks.expect(
         "sbom.cdx.json (remade from the lock copy)",
         sbom_json(lock, str(signed.get("platform"))),
@@ -353,8 +333,7 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     commit = (signed.get("git") or {}).get("commit")
     checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
     if commit:
-        heads = foreign_git(root, "bundle", "list-heads", str(root / "code.gitbundle"))
-        listed = heads.stdout.decode("utf-8", "replace").split()
+        listed = bundle_heads(root / "code.gitbundle")
         checks.expect("code.gitbundle: the signed commit", commit, commit if commit in listed else None)
     else:
         checks.unchecked.append("code: the run was not in a git repository")
@@ -435,15 +414,7 @@ def project_from_bundle(found: Unpacked, repo: Path) -> Path:
     commit = found.manifest.get("commit")
     if not commit:
         raise RerunError("the bundled run was not in a git repository: its code is not in the bundle")
-    for args in (
-        ("init", "--quiet"),
-        ("fetch", "--quiet", str(found.root / "code.gitbundle"), "refs/envlock-bundle/*:refs/envlock-bundle/*"),
-        ("checkout", "--quiet", "--detach", str(commit)),
-    ):
-        done = foreign_git(repo, *args)
-        if done.returncode != 0:
-            said = done.stderr.decode("utf-8", "replace").strip()
-            raise RerunError(f"cannot rebuild the bundle's code (git {args[0]}): {said}")
+    checkout_bundle(found.root / "code.gitbundle", repo, str(commit))
     subdir = str(found.manifest.get("project-subdir") or "")
     project = make_dirs_confined(repo, subdir) if subdir else repo
     if (project / STATE_DIR).exists() or (project / STATE_DIR).is_symlink():

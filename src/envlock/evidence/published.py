@@ -26,7 +26,7 @@ from pathlib import Path
 
 from envlock.engine.docker import Engine
 from envlock.errors import RegistryError, UsageError
-from envlock.evidence.attest import ATTESTATION, Checks
+from envlock.evidence.attest import Checks
 from envlock.evidence.bundle import Unpacked, check_names, make_bundle, verify_unpacked
 from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_bytes, copy_confined, sha256_file
@@ -42,7 +42,7 @@ from envlock.image.referrers import (
     split_pushed,
 )
 from envlock.image.registry import OCI_INDEX, Blob, Registry, split_target
-from envlock.paths import ProjectLayout
+from envlock.paths import ATTESTATION, RECORD_FILE, ProjectLayout
 from envlock.report import Report, silent
 from envlock.run.records import RunStore
 
@@ -140,7 +140,7 @@ def publish_run(
     manifest = make_bundle(project_dir, record.run_id, bundle, engine=engine, max_output_bytes=max_output_bytes)
     run_dir = store.directory(record.run_id)
     layers = [
-        _layer(RECORD_TYPE, run_dir / "record.json"),
+        _layer(RECORD_TYPE, run_dir / RECORD_FILE),
         _layer(DSSE_TYPE, run_dir / ATTESTATION),
         _layer(BUNDLE_TYPE, bundle),
     ]

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from envlock.engine.docker import Engine
 from envlock.errors import EnvlockError, VerificationError
-from envlock.evidence.attest import ATTESTATION, Checks, RunPlaces, verify_run_dir
+from envlock.evidence.attest import Checks, RunPlaces, verify_run_dir
 from envlock.evidence.bundle import Unpacked, verify_unpacked
 from envlock.evidence.trust import Trust
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
+from envlock.paths import ATTESTATION, LOCK_FILE
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.schema import GitRecord
@@ -90,7 +91,7 @@ def summarize(project_dir: Path, run_id: str, *, trust: Trust, image_present: Ca
     store = RunStore(project_dir)
     shown = verified_run(store, run_id, trust=trust, image_present=image_present)
     record = shown.record
-    lock = lockfile.read(store.directory(record.run_id) / "envlock.lock")
+    lock = lockfile.read(store.directory(record.run_id) / LOCK_FILE)
     reproductions = [
         r for r in store.all() if r.reproduces == record.run_id and r.run_id != record.run_id
     ]  # candidates by their on-disk record; each is verified before it counts
@@ -125,7 +126,7 @@ def summarize_bundle(found: Unpacked, trust: Trust, engine: Callable[[], Engine 
     if signed is None:  # verify_run_dir refuses a statement without a record; kept for the type checker
         raise VerificationError("the bundle's attestation carries no run record")
     record = RunRecord.from_dict(signed, "the signed record")
-    lock = lockfile.read(found.root / "run" / "envlock.lock")
+    lock = lockfile.read(found.root / "run" / LOCK_FILE)
     banner, line = _banner(checks)
     sections = _sections(record, lock, [("reproduced", "a bundle carries one run: envlock reproduce BUNDLE")])
     sections.append(("Verified", _check_rows(line, checks)))

@@ -130,7 +130,7 @@ def _byproducts(plan: ImagePlan, sbom_digest: str | None) -> list[dict[str, Any]
 
 def attestation_path(project_dir: Path, image_id: str) -> Path:
     """`.envlock/attestations/<image-id hex>.dsse.json`."""
-    return ProjectLayout(project_dir).state / "attestations" / f"{hex_of(image_id)}.dsse.json"
+    return ProjectLayout(project_dir).attestations / f"{hex_of(image_id)}.dsse.json"
 
 
 def write_image_attestation(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock.fsutil import atomic_write_text, read_json
-from envlock.paths import CacheLayout
+from envlock.paths import CacheLayout, ProjectLayout
 
 _NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -40,7 +40,7 @@ class Root:
         """This user can read what the project needs (its lock and run records)."""
         return os.access(self.project, os.R_OK | os.X_OK) and all(
             os.access(p, os.R_OK | os.X_OK)
-            for p in (self.project / ".envlock", self.project / ".envlock" / "runs")
+            for p in (ProjectLayout(self.project).state, ProjectLayout(self.project).runs)
             if p.exists()
         )
 

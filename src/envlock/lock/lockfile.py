@@ -33,6 +33,7 @@ from envlock.lock.shapes import (
     wheel_name_problem,
 )
 from envlock.lock.targets import PLATFORMS, Platform
+from envlock.paths import LOCK_FILE
 
 LOCK_VERSION = 1
 # 1980-01-01: the oldest time a zip (wheel) can hold; the epoch when no locked file has an upload time.
@@ -467,7 +468,7 @@ def read(path: Path) -> Lock:
     return loads(text, path)
 
 
-def loads(text: str, path: Path = Path("envlock.lock")) -> Lock:
+def loads(text: str, path: Path = Path(LOCK_FILE)) -> Lock:
     """Parse a lock from text and check every value's shape, with errors that name the file and the key."""
     try:
         document = tomllib.loads(text)

@@ -25,13 +25,15 @@ from envlock.lock import recipes
 from envlock.lock.backend import is_buildable
 from envlock.lock.importers import PYPI, Imported, detect, import_file
 from envlock.lock.spec import PYPROJECT, Spec, parse_spec
+from envlock.paths import LOCK_FILE, ProjectLayout
 
 # Directories training code commonly writes: proposed for .gitignore (and for `outputs` in [tool.envlock]).
 OUTPUT_DIRS = ("out", "outs", "output", "outputs", "checkpoints", "ckpt", "mlruns", "wandb", "lightning_logs")
 # `--from` one of these: the project's own package (its build backend is asked at lock time), not a file to import.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml")
 # envlock's own state that never belongs in git: image archives are large and per machine.
-STATE_IGNORED = (".envlock/archives/", ".envlock/images.json")
+_STATE = ProjectLayout(Path())  # relative: the layout as .gitignore lines name it
+STATE_IGNORED = (f"{_STATE.archives.as_posix()}/", _STATE.images.as_posix())
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class InitOutcome:
     outputs: tuple[str, ...]  # output directories found in the project
     gitignore: tuple[str, ...]  # lines .gitignore lacks (written with write_gitignore)
     gitignore_written: bool = False
-    commit: tuple[str, ...] = field(default=("pyproject.toml", "envlock.lock"))
+    commit: tuple[str, ...] = field(default=("pyproject.toml", LOCK_FILE))
     kept: tuple[str, ...] = ()  # entries the source no longer names, kept (`--prune` drops them)
     written: bool = False  # pyproject.toml was written (never with dry_run)
 

@@ -14,7 +14,7 @@ from envlock.fsutil import no_space_is_an_error
 from envlock.lock import lockfile, recipes
 from envlock.lock.credentials import conceal, expand, masking, redact, secrets_of, secrets_to_mask
 from envlock.lock.cuda import check_wish, derive_cuda
-from envlock.lock.diff import LockDiff, diff_locks
+from envlock.lock.lockdiff import LockDiff, diff_locks
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
 from envlock.lock.recipes import BaseStoreView, UpstreamView
 from envlock.lock.resolve import LockedPackage, Resolver, ResolveRequest

@@ -25,6 +25,7 @@ from envlock.lock.credentials import redact
 from envlock.lock.localpackages import LocalPackage, local_packages, local_url_path
 from envlock.lock.shapes import debian_package_problem, url_problem
 from envlock.lock.targets import PLATFORMS, Platform
+from envlock.paths import ProjectLayout
 
 PYPROJECT = "pyproject.toml"
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -200,7 +201,7 @@ class Spec:
     @property
     def lock_path(self) -> Path:
         """Where this project's lock lives."""
-        return self.project_dir / "envlock.lock"
+        return ProjectLayout(self.project_dir).lock
 
     def inputs(self) -> dict[str, Any]:
         """Everything that decides the resolution and the image, normalized, credentials removed."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar, overload
 
 from envlock.errors import RunNotFoundError, UsageError
+from envlock.paths import LOCK_FILE
 from envlock.run.records import RunRecord, RunStore
 from envlock.safetar import looks_like_tar
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 Kind = Literal["digest", "bundle", "lock", "file", "run", "image"]
 ORDER: tuple[Kind, ...] = ("digest", "bundle", "lock", "file", "run", "image")  # the rule order above
-LOCK_NAME = "envlock.lock"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 # A registry reference by digest: the name starts with a letter or digit (so ./NAME is always a path).
@@ -192,14 +192,14 @@ def _existing(text: str, project_dir: Path) -> Path | None:
         return None
     given = Path(text)
     for candidate in (given,) if given.is_absolute() else (given, project_dir / given):
-        if candidate.is_file() or (candidate / LOCK_NAME).is_file():
+        if candidate.is_file() or (candidate / LOCK_FILE).is_file():
             return candidate
     return None
 
 
 def _path_ref(text: str, path: Path, accepts: tuple[Kind, ...]) -> BundleRef | LockRef | FileRef | None:
     if path.is_dir():
-        return LockRef(text, path / LOCK_NAME) if "lock" in accepts else None
+        return LockRef(text, path / LOCK_FILE) if "lock" in accepts else None
     if "bundle" in accepts and is_tar(path):
         return BundleRef(text, path)
     if "lock" in accepts:

@@ -7,54 +7,13 @@ import hashlib
 import os
 import re
 import stat
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
 
+from envlock.git import Git, diff_against_head, head_commit, own_git, untracked_files
+from envlock.paths import STATE_DIR
 from envlock.run.objects import ObjectStore
-
-
-class Git(Protocol):
-    """How git is run: `git -C cwd args…`, output as bytes, never raising on git's own failure."""
-
-    def __call__(self, cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]: ...
-
-
-def own_git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """git on the user's own repository, as the user's configuration says (their hooks, filters, LFS)."""
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, check=False)
-
-
-# Git on code from elsewhere (a bundle) runs nothing the data or a config could name: no hook, no fsmonitor, no
-# transport but local files (a submodule or a remote URL in the commit fetches nothing), no ssh command. The
-# system's and the user's config are left out too: with them, a `.gitattributes` in the commit could call a filter
-# the receiver has configured (git-lfs would fetch from a URL that the commit's .lfsconfig names). The repository's
-# own config is one envlock made (`git init`): nothing from a bundle is ever written under a .git folder.
-FOREIGN_CONFIG = (
-    "core.hooksPath=/dev/null",
-    "core.fsmonitor=false",
-    "core.sshCommand=false",
-    "protocol.allow=never",
-    "protocol.file.allow=always",  # the bundle file itself, a path envlock passes
-    "submodule.recurse=false",
-)
-
-
-def foreign_git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """git on code from elsewhere: hooks off, no config-driven command, no config but the repository's own, and no
-    GIT_* variable of the caller's (GIT_DIR and kin would point git somewhere else)."""
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
-    environ |= {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
-    settings = [part for setting in FOREIGN_CONFIG for part in ("-c", setting)]
-    return subprocess.run(["git", *settings, "-C", str(cwd), *args], capture_output=True, check=False, env=environ)
-
-
-# Whose run a command works on: the user's own (their repository, their git config, inputs wherever their links
-# lead), or one from elsewhere (a bundle: git with hooks off, its image by ID only, no link out of its folder).
-Origin = Literal["own", "foreign"]
-GIT_OF: dict[Origin, Git] = {"own": own_git, "foreign": foreign_git}
 
 
 @dataclass(frozen=True)
@@ -77,26 +36,18 @@ class GitState:
 def git_state(project_dir: Path, outputs: tuple[str, ...] = (), run_git: Git = own_git) -> GitState:
     """Ask git; outside a repository (or without git) there is no commit, which is fine. Declared outputs and
     inputs (`outputs` holds both) are not code."""
-
-    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return run_git(project_dir, *args)
-
-    try:
-        head = git("rev-parse", "HEAD")
-    except OSError:
+    commit = head_commit(run_git, project_dir)
+    if commit is None:
         return GitState(commit=None, dirty=False)
-    if head.returncode != 0:
-        return GitState(commit=None, dirty=False)
-    diff = git("diff", "HEAD", "--binary", "--no-color", "--", ".").stdout
-    listed = git("ls-files", "-z", "--others", "--exclude-standard", "--", ".").stdout
-    untracked = [name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
+    diff = diff_against_head(run_git, project_dir)
+    untracked = untracked_files(run_git, project_dir)
     # Declared outputs and inputs, and envlock's own state, are not code: they do not make a run dirty.
-    ignored = (".envlock/", *(o.rstrip("/") for o in outputs))
+    ignored = (f"{STATE_DIR}/", *(o.rstrip("/") for o in outputs))
     untracked = [
         name for name in untracked if not any(name == i or name.startswith(i.rstrip("/") + "/") for i in ignored)
     ]
     return GitState(
-        commit=head.stdout.decode().strip(),
+        commit=commit,
         dirty=bool(diff) or bool(untracked),
         diff=diff,
         untracked=tuple(untracked),

@@ -15,7 +15,16 @@ from typing import Any, Literal
 from envlock.codecs import Codec, Problems, field
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
-from envlock.paths import ProjectLayout
+from envlock.paths import (
+    DIFF_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    NODES_DIR,
+    OUTPUTS_DIR,
+    RECORD_FILE,
+    VERDICT_FILE,
+    ProjectLayout,
+)
 from envlock.run.hostprobe import HostState
 from envlock.run.inputs import InputSet
 from envlock.run.schema import (
@@ -142,7 +151,7 @@ class RunStore:
 
     def directory(self, run_id: str) -> Path:
         """Where one run keeps its record, log, lock copy and diff (a multi-node job's other nodes: nodes/<rank>/)."""
-        return self.root / run_id if self.node is None else self.root / run_id / "nodes" / str(self.node)
+        return self.root / run_id if self.node is None else self.root / run_id / NODES_DIR / str(self.node)
 
     def for_node(self, rank: int) -> RunStore:
         """The records of a multi-node job's node `rank` (> 0; rank 0 keeps the run's own record)."""
@@ -151,48 +160,48 @@ class RunStore:
     def node_records(self, run_id: str) -> dict[int, RunRecord]:
         """The records of a multi-node job's other nodes by rank, the rank read from their folder (a node's task
         killed before it started has only the queued copy, without its facts); unreadable ones left out."""
-        nodes = self.root / run_id / "nodes"
+        nodes = self.root / run_id / NODES_DIR
         ranks = sorted(int(p.name) for p in nodes.iterdir() if p.name.isdigit()) if nodes.is_dir() else []
         found = {}
         for rank in ranks:
             try:
-                found[rank] = self._read(nodes / str(rank) / "record.json")
+                found[rank] = self._read(nodes / str(rank) / RECORD_FILE)
             except RunRecordError:
                 continue
         return found
 
     def saved_output(self, run_id: str, path: str) -> Path:
         """Where a run keeps its copy of a small metrics output (for comparisons within a tolerance)."""
-        return self.directory(run_id) / "outputs" / path
+        return self.directory(run_id) / OUTPUTS_DIR / path
 
     def save_verdict(self, run_id: str, verdict: Mapping[str, Any]) -> None:
         """Keep `envlock reproduce`'s verdict beside the record of the run it made."""
         text = json.dumps(verdict, indent=2, sort_keys=True) + "\n"
-        atomic_write_text(self.directory(run_id) / "verdict.json", text)
+        atomic_write_text(self.directory(run_id) / VERDICT_FILE, text)
 
     def verdict(self, run_id: str) -> dict[str, Any] | None:
         """The verdict kept beside a reproducing run's record (None: none, or unreadable)."""
         try:
-            data = json.loads((self.directory(run_id) / "verdict.json").read_text(encoding="utf-8"))
+            data = json.loads((self.directory(run_id) / VERDICT_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
     def log_path(self, run_id: str) -> Path:
         """The run's combined stdout/stderr."""
-        return self.directory(run_id) / "log.txt"
+        return self.directory(run_id) / LOG_FILE
 
     def create(self, run_id: str, lock_text: str) -> Path:
         """A new run's folder with its copy of the lock."""
         directory = self.directory(run_id)
         directory.mkdir(parents=True, exist_ok=False)
-        atomic_write_text(directory / "envlock.lock", lock_text)
+        atomic_write_text(directory / LOCK_FILE, lock_text)
         return directory
 
     def begin(self, record: RunRecord, diff: bytes) -> None:
         """Save the diff (when dirty) and the record in state `running`."""
         if diff:
-            atomic_write_bytes(self.directory(record.run_id) / "diff.patch", diff)
+            atomic_write_bytes(self.directory(record.run_id) / DIFF_FILE, diff)
         self.save(record)
 
     def start(self, record: RunRecord, lock_text: str, diff: bytes) -> None:
@@ -205,7 +214,7 @@ class RunStore:
         text = json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n"
         directory = self.directory(record.run_id)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "record.json", text)
+        atomic_write_text(directory / RECORD_FILE, text)
 
     def matching(self, prefix: str) -> list[str]:
         """The ids of the runs that start with `prefix` (none for an empty one), oldest first."""
@@ -217,7 +226,7 @@ class RunStore:
         if len(matches) != 1:
             more = "matches several runs" if matches else "is not a run of this project"
             raise RunNotFoundError(f"{run_id!r} {more}")
-        return self._read(self.directory(matches[0]) / "record.json")
+        return self._read(self.directory(matches[0]) / RECORD_FILE)
 
     @staticmethod
     def _read(path: Path) -> RunRecord:
@@ -233,7 +242,7 @@ class RunStore:
         records: list[RunRecord] = []
         broken: list[Path] = []
         for run_id in self._ids():
-            path = self.directory(run_id) / "record.json"
+            path = self.directory(run_id) / RECORD_FILE
             if path.is_file():
                 try:
                     records.append(self._read(path))

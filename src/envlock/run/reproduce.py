@@ -24,12 +24,12 @@ from envlock.errors import (
     UsageError,
 )
 from envlock.fsutil import resolves_inside, sha256_file, write_confined
+from envlock.git import GIT_OF, Origin, apply_patch, detached_worktree, toplevel
 from envlock.lock import lockfile
-from envlock.paths import ProjectLayout
-from envlock.run.diff import RunDiff, diff_runs
-from envlock.run.gitstate import GIT_OF, Origin
+from envlock.paths import DIFF_FILE, LOCK_FILE, LOG_FILE, STATE_DIR, ProjectLayout
 from envlock.run.objects import ObjectStore
 from envlock.run.records import RunRecord, RunStore
+from envlock.run.rundiff import RunDiff, diff_runs
 from envlock.run.runner import RunEvidence, RunRequest
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
@@ -157,38 +157,25 @@ def code_at(project_dir: Path, record: RunRecord, store: RunStore, origin: Origi
         work = Path(tmp) / "code"
         if commit is None:
             # Not a git repository when recorded: the project as it is now is the best there is.
-            shutil.copytree(project_dir, work, ignore=shutil.ignore_patterns(".envlock", ".git"))
+            shutil.copytree(project_dir, work, ignore=shutil.ignore_patterns(STATE_DIR, ".git"))
             yield work
             return
 
-        def git(*args: str, cwd: Path = project_dir) -> None:
-            done = run_git(cwd, *args)
-            if done.returncode != 0:
-                said = done.stderr.decode("utf-8", "replace").strip()
-                raise RerunError(
-                    f"git {args[0]} failed: {said.splitlines()[-1] if said else ''}",
-                    hint=f"is commit {commit[:12]} still in this repository?",
-                )
-
-        top = run_git(project_dir, "rev-parse", "--show-toplevel").stdout.decode("utf-8", "replace").strip()
-        inside = project_dir.resolve().relative_to(Path(top).resolve()) if top else Path()
-        git("worktree", "add", "--detach", str(work), commit)
-        try:
-            # Absolute: git runs in the worktree, where a relative path (-C .) would name nothing.
-            patch = (store.directory(record.run_id) / "diff.patch").resolve()
+        top = toplevel(run_git, project_dir)
+        inside = project_dir.resolve().relative_to(top.resolve()) if top else Path()
+        with detached_worktree(run_git, project_dir, work, commit):
+            patch = store.directory(record.run_id) / DIFF_FILE
             if record.git and record.git.diff_sha256:
                 if not patch.is_file() or sha256_file(patch) != record.git.diff_sha256:
                     raise RerunError(
-                        f"the run's diff.patch is missing or is not the diff recorded ({patch})",
+                        f"the run's diff.patch is missing or is not the diff recorded ({patch.resolve()})",
                         hint="the uncommitted changes of that run cannot be brought back",
                     )
-                git("apply", "--index", "--binary", str(patch), cwd=work)  # paths relative to the repository
+                apply_patch(run_git, work, patch)
             _restore_untracked(record, work / inside, ObjectStore(ProjectLayout(store.project_dir).objects))
             if origin == "foreign":
                 _refuse_links_out(work, inside, record)
             yield work / inside
-        finally:
-            run_git(project_dir, "worktree", "remove", "--force", str(work))
 
 
 def _refuse_links_out(work: Path, inside: Path, record: RunRecord) -> None:
@@ -304,8 +291,8 @@ def _log_check(original: RunRecord, new: RunRecord, store: RunStore) -> OutputCh
     if before is None or new.log_sha256 is None:
         return None
     if before == new.log_sha256:
-        return OutputCheck("log.txt", "identical")
-    return OutputCheck("log.txt", "differs", (f"sha256 {before[:12]} -> {new.log_sha256[:12]}",))
+        return OutputCheck(LOG_FILE, "identical")
+    return OutputCheck(LOG_FILE, "differs", (f"sha256 {before[:12]} -> {new.log_sha256[:12]}",))
 
 
 def _factors(original: RunRecord, new: RunRecord) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -364,8 +351,8 @@ def reproduce_run(
             if digest and not kept.is_file() and project_path_problem(path) is None:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(code / path, kept)
-    lock_before = lockfile.read(store.directory(original.run_id) / "envlock.lock")
-    lock_after = lockfile.read(store.directory(new.run_id) / "envlock.lock")
+    lock_before = lockfile.read(store.directory(original.run_id) / LOCK_FILE)
+    lock_after = lockfile.read(store.directory(new.run_id) / LOCK_FILE)
     compared, not_compared = _factors(original, new)
     verdict = Verdict(
         original,

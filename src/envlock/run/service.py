@@ -13,16 +13,17 @@ from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher, Output
 from envlock.engine.runtimes import OwnImages
 from envlock.errors import UsageError
+from envlock.git import GIT_OF, Git, Origin, own_git
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
 from envlock.lock import lockfile
 from envlock.lock.backend import MetadataSource, default_backend
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import UNTRACKED_MAX_BYTES, Spec
 from envlock.lock.targets import host_platform
-from envlock.paths import ProjectLayout
+from envlock.paths import LOCK_FILE, ProjectLayout
 from envlock.report import Report
 from envlock.run.arguments import ImageRef, LockRef, RunRef
-from envlock.run.gitstate import GIT_OF, Git, GitState, Origin, git_state, own_git, save_untracked
+from envlock.run.gitstate import GitState, git_state, save_untracked
 from envlock.run.hostprobe import HostState
 from envlock.run.objects import ObjectStore
 from envlock.run.ownversion import current_versions, metadata_folder
@@ -264,7 +265,7 @@ def restore_target(target: LockRef | RunRef, project_dir: Path, tools: RunTools)
         record.image_reference,
         tuple(record.repo_digests),
         rebuild_from(
-            store.directory(record.run_id) / "envlock.lock", record.image_reference.split(":")[0], tools, project_dir
+            store.directory(record.run_id) / LOCK_FILE, record.image_reference.split(":")[0], tools, project_dir
         ),
     )
 

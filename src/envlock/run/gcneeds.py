@@ -12,7 +12,7 @@ from envlock.image.catalog import read_images
 from envlock.image.gc import Needed, needed_of
 from envlock.image.roots import Root, read_roots, remove_root
 from envlock.lock.spec import load_spec
-from envlock.paths import CacheLayout
+from envlock.paths import LOCK_FILE, CacheLayout, ProjectLayout
 from envlock.run.records import RunStore
 
 
@@ -29,7 +29,7 @@ def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
         with contextlib.suppress(EnvlockError):
             repositories.add(load_spec(project).name)
         repositories |= {str(e.get("reference", "")).rpartition(":")[0] for e in read_images(project).values()}
-        lock = project / "envlock.lock"
+        lock = ProjectLayout(project).lock
         if lock.is_file():
             texts.append(lock.read_text(encoding="utf-8"))
         store = RunStore(project)
@@ -38,7 +38,7 @@ def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
         for record in records:
             image_ids.add(record.image_id)
             repositories.add(record.image_reference.rpartition(":")[0])
-            copy = store.directory(record.run_id) / "envlock.lock"
+            copy = store.directory(record.run_id) / LOCK_FILE
             if copy.is_file():
                 texts.append(copy.read_text(encoding="utf-8"))
     return needed_of(texts, image_ids, repositories - {""}), broken

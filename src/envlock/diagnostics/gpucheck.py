@@ -11,16 +11,37 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, TypeVar
 
 from envlock import __version__
+from envlock.diagnostics.gpureport import (
+    Arm,
+    CrashedReport,
+    DeterminismSection,
+    Environment,
+    Failure,
+    GpuReport,
+    HostSection,
+    Outcome,
+    PreflightCheck,
+    PreflightSection,
+    Refusal,
+    Skipped,
+    Status,
+    TorchInfo,
+    TorchSection,
+    TrainingRun,
+    WeightsDiff,
+    WeightsDiffError,
+    WeightsDiffResult,
+)
 from envlock.engine.launch import determinism_env
 from envlock.errors import EnvlockError
 from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.paths import LOCK_FILE
 from envlock.run.hostprobe import DRIVER_TRACES, HostState, Nvml, PynvmlAdapter, probe_host
 
 # The lock reader and the preflight need `packaging`; they are imported where the preflight runs, so that a host
@@ -28,9 +49,6 @@ from envlock.run.hostprobe import DRIVER_TRACES, HostState, Nvml, PynvmlAdapter,
 if TYPE_CHECKING:
     from envlock.lock.cuda import CudaStack
 
-REPORT_VERSION = 1
-Status = Literal["passed", "failed", "skipped", "error"]
-Outcome = Literal["accepted", "refused"]
 TORCH_EXAMPLE = "examples/torch-gpu"
 # An architecture no GPU since Maxwell runs: the variant that must be refused for the host's architecture.
 FOREIGN_ARCH = "sm_50"
@@ -79,26 +97,17 @@ def example_training(repo: Path, python: str, steps: int) -> Training:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sections. Each returns a JSON-able dict with a `status`; _guarded turns anything they raise into an error entry.
+# Sections. Each returns a typed section with a `status`; _guarded turns anything they raise into a Failure.
 
 
-def _failure(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, EnvlockError):
-        entry: dict[str, Any] = {"status": "error", "error": exc.message}
-        if exc.hint:
-            entry["hint"] = exc.hint
-        return entry
-    entry = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    if isinstance(exc, ModuleNotFoundError) and exc.name:
-        entry["hint"] = f"the Python package providing {exc.name!r} is not installed for {sys.executable}"
-    return entry
+T = TypeVar("T")
 
 
-def _guarded(section: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _guarded(section: Callable[[], T]) -> T | Failure:
     try:
         return section()
     except Exception as exc:  # noqa: BLE001  (every failure lands in the report; none ends the check without one)
-        return _failure(exc)
+        return Failure.of(exc)
 
 
 def _distribution(name: str) -> str | None:
@@ -108,28 +117,27 @@ def _distribution(name: str) -> str | None:
         return None
 
 
-def describe_environment(python: str, driver_traces: tuple[Path, ...] = DRIVER_TRACES) -> dict[str, Any]:
+def describe_environment(python: str, driver_traces: tuple[Path, ...] = DRIVER_TRACES) -> Environment:
     """The Python running the check, the one training, and the driver's traces the probe looks for first."""
-    return {
-        "python": platform.python_version(),
-        "python-executable": sys.executable,
-        "training-python": python,
-        "system": platform.platform(),
-        "machine": platform.machine(),
-        "nvidia-ml-py": _distribution("nvidia-ml-py"),
+    return Environment(
+        python=platform.python_version(),
+        python_executable=sys.executable,
+        training_python=python,
+        system=platform.platform(),
+        machine=platform.machine(),
+        nvidia_ml_py=_distribution("nvidia-ml-py"),
         # The adapter reports "no driver" without loading NVML when none of these exists: shown so a wrong
         # "no driver" on an unusual host (a sandbox, a VM) can be told from a real one.
-        "driver-traces": {str(trace): trace.exists() for trace in driver_traces},
-    }
+        driver_traces={str(trace): trace.exists() for trace in driver_traces},
+    )
 
 
-def probe_section(nvml: Nvml | None) -> dict[str, Any]:
+def probe_section(nvml: Nvml | None) -> HostSection:
     """envlock's host probe as a run record holds it; a host without a usable driver is skipped, not an error."""
     host = probe_host(nvml, docker_version=lambda: None)  # the hosts this check is for have no Docker
-    section: dict[str, Any] = {"status": "passed" if host.is_gpu_host else "skipped", "record": host.as_dict()}
-    if not host.is_gpu_host:
-        section["reason"] = host.nvml_error or f"driver {host.driver_version} reports no GPU"
-    return section
+    if host.is_gpu_host:
+        return HostSection("passed", host)
+    return HostSection("skipped", host, reason=host.nvml_error or f"driver {host.driver_version} reports no GPU")
 
 
 _TORCH_PROBE = """
@@ -157,35 +165,32 @@ def _tail(output: str | bytes | None) -> str:
     return (output or "")[-_TAIL:]
 
 
-def torch_section(python: str, deadline: Deadline, timeout: float = 90.0) -> dict[str, Any]:
+def torch_section(python: str, deadline: Deadline, timeout: float = 90.0) -> TorchSection:
     """torch as the training Python sees it, asked in a subprocess (a crash there cannot take the report along)."""
     limit = deadline.timeout(timeout)
     if limit is None:
-        return {"status": "skipped", "reason": "the check's time budget was spent before torch was asked"}
+        return TorchSection("skipped", reason="the check's time budget was spent before torch was asked")
     try:
         done = subprocess.run(
             [python, "-c", _TORCH_PROBE], capture_output=True, text=True, errors="replace", timeout=limit, check=False
         )
     except OSError as exc:
-        return {"status": "error", "error": f"cannot start {python}: {exc}"}
+        return TorchSection("error", error=f"cannot start {python}: {exc}")
     except subprocess.TimeoutExpired as exc:
-        return {
-            "status": "error",
-            "error": f"importing torch took over {round(limit, 1):g} s",
-            "output": _tail(exc.stderr),
-        }
+        return TorchSection("error", error=f"importing torch took over {round(limit, 1):g} s", output=_tail(exc.stderr))
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        return {"status": "error", "error": f"the torch probe exited {done.returncode}", "output": _tail(done.stderr)}
-    return _torch_status(python, json.loads(lines[-1]))
+        return TorchSection("error", error=f"the torch probe exited {done.returncode}", output=_tail(done.stderr))
+    return torch_status(python, TorchInfo.from_dict(json.loads(lines[-1])))
 
 
-def _torch_status(python: str, info: dict[str, Any]) -> dict[str, Any]:
-    if not info.get("installed"):
-        return {"status": "skipped", "reason": f"torch is not installed for {python}", **info}
-    if not info.get("cuda-available"):
-        return {"status": "skipped", "reason": f"torch {info.get('version')} sees no CUDA GPU (CPU-only)", **info}
-    return {"status": "passed", **info}
+def torch_status(python: str, info: TorchInfo) -> TorchSection:
+    """Passed with a CUDA GPU; skipped without torch or without CUDA."""
+    if not info.installed:
+        return TorchSection("skipped", info, reason=f"torch is not installed for {python}")
+    if not info.cuda_available:
+        return TorchSection("skipped", info, reason=f"torch {info.version} sees no CUDA GPU (CPU-only)")
+    return TorchSection("passed", info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,7 +240,7 @@ def preflight_cases(lock: str, stack: CudaStack, host: HostState) -> list[Prefli
     return [real, newer_driver, foreign_arch]
 
 
-def check_case(case: PreflightCase, host: HostState) -> dict[str, Any]:
+def check_case(case: PreflightCase, host: HostState, lock_hash: str | None = None) -> PreflightCheck:
     """Run the real preflight and its refusal (`enforce`, not forced) on one case; record the verdict."""
     from envlock.errors import PreflightError  # noqa: PLC0415
     from envlock.run.preflight import check_host, enforce  # noqa: PLC0415  (see the imports)
@@ -243,54 +248,54 @@ def check_case(case: PreflightCase, host: HostState) -> dict[str, Any]:
     verdict = check_host(case.stack, host)
     outcome: Outcome = "accepted" if verdict.ok else "refused"
     said = " ".join(verdict.problems)
-    unnamed = [word for word in case.must_name if word not in said]
-    entry: dict[str, Any] = {
-        "lock": case.lock,
-        "variant": case.variant,
-        "cuda": case.stack.as_dict(),
-        "verdict": outcome,
-        "problems": list(verdict.problems),
-        "warnings": list(verdict.warnings),
-        "expected": case.expected,
-        "as-expected": outcome == case.expected and not unnamed,
-    }
-    if unnamed:
-        entry["refusal-does-not-name"] = unnamed
+    unnamed = tuple(word for word in case.must_name if word not in said)
+    refusal = None
     try:
         enforce(verdict, force=False)
     except PreflightError as exc:
-        entry["refusal"] = {"message": exc.message, "hint": exc.hint, "exit-code": exc.exit_code}
-    return entry
+        refusal = Refusal(exc.message, exc.hint, exc.exit_code)
+    return PreflightCheck(
+        lock=case.lock,
+        variant=case.variant,
+        as_expected=outcome == case.expected and not unnamed,
+        cuda=case.stack.as_dict(),
+        verdict=outcome,
+        problems=tuple(verdict.problems),
+        warnings=tuple(verdict.warnings),
+        expected=case.expected,
+        refusal_does_not_name=unnamed,
+        refusal=refusal,
+        lock_hash=lock_hash,
+    )
 
 
-def preflight_section(repo: Path, host: HostState) -> dict[str, Any]:
+def preflight_section(repo: Path, host: HostState) -> PreflightSection:
     """Each example lock (examples/*/envlock.lock) and the CUDA locks' variants, checked against the host."""
     from envlock.lock import lockfile  # noqa: PLC0415  (see the imports)
     from envlock.lock.targets import host_platform  # noqa: PLC0415
 
     target = host_platform()
-    checks: list[dict[str, Any]] = []
-    for path in sorted((repo / "examples").glob("*/envlock.lock")):
+    checks: list[PreflightCheck] = []
+    for path in sorted((repo / "examples").glob(f"*/{LOCK_FILE}")):
         name = path.relative_to(repo).as_posix()
         try:
             lock = lockfile.read(path)
             stack = lock.target(target).cuda
         except EnvlockError as exc:
-            checks.append({"lock": name, "variant": None, "error": exc.message, "as-expected": False})
+            checks.append(PreflightCheck(name, None, as_expected=False, error=exc.message))
             continue
-        for case in preflight_cases(name, stack, host):
-            checks.append({**check_case(case, host), "lock-hash": lock.lock_hash})
+        checks += [check_case(case, host, lock.lock_hash) for case in preflight_cases(name, stack, host)]
     if not checks:
-        return {"status": "error", "error": f"no example locks under {repo / 'examples'}", "checks": []}
-    errors = any("error" in check for check in checks)
-    status: Status = "error" if errors else "passed" if all(c["as-expected"] for c in checks) else "failed"
-    return {"status": status, "platform": target, "checks": checks}
+        return PreflightSection("error", (), error=f"no example locks under {repo / 'examples'}")
+    errors = any(check.error is not None for check in checks)
+    status: Status = "error" if errors else "passed" if all(c.as_expected for c in checks) else "failed"
+    return PreflightSection(status, tuple(checks), platform=target)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Determinism: the same training twice with envlock's settings, twice without, weights compared by sha256.
 
-WeightsDiff = Callable[[Path, Path], dict[str, Any]]
+WeightsDiffer = Callable[[Path, Path], WeightsDiffResult]
 
 
 def arm_environment(
@@ -306,12 +311,11 @@ def arm_environment(
 
 def train_once(
     training: Training, out: Path, deterministic: bool, env: Mapping[str, str], timeout: float | None
-) -> dict[str, Any]:
+) -> TrainingRun:
     """One training subprocess: exit code, seconds, the weights' sha256, or why there are none."""
-    command = training.command(out, deterministic)
-    run: dict[str, Any] = {"command": command}
+    command = tuple(training.command(out, deterministic))
     if timeout is None:
-        return {**run, "error": "skipped: the check's time budget was spent"}
+        return TrainingRun(command, error="skipped: the check's time budget was spent")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
@@ -327,27 +331,23 @@ def train_once(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        run["error"] = f"timed out after {round(timeout, 1):g} s"
-        run["output"] = _tail(exc.output)
-        return run
+        seconds = round(time.monotonic() - started, 2)
+        error = f"timed out after {round(timeout, 1):g} s"
+        return TrainingRun(command, seconds, output=_tail(exc.output), error=error, timed_out=True)
     except OSError as exc:
-        return {**run, "error": f"cannot start it: {exc}"}
-    finally:
-        run["seconds"] = round(time.monotonic() - started, 2)
-    run |= {"exit-code": done.returncode, "output": _tail(done.stdout)}
+        return TrainingRun(command, error=f"cannot start it: {exc}")
+    ran = TrainingRun(command, round(time.monotonic() - started, 2), done.returncode, _tail(done.stdout))
     weights = out / training.weights
     if done.returncode != 0:
-        run["error"] = f"exited {done.returncode}"
-    elif not weights.is_file():
-        run["error"] = f"wrote no {training.weights}"
-    else:
-        run["sha256"] = sha256_file(weights)
-    return run
+        return replace(ran, error=f"exited {done.returncode}")
+    if not weights.is_file():
+        return replace(ran, error=f"wrote no {training.weights}")
+    return replace(ran, sha256=sha256_file(weights))
 
 
-def compare_runs(runs: list[dict[str, Any]]) -> bool | None:
+def compare_runs(runs: Sequence[TrainingRun]) -> bool | None:
     """True when every run wrote weights with one sha256, False when they differ, None when a run gave none."""
-    hashes = [run.get("sha256") for run in runs]
+    hashes = [run.sha256 for run in runs]
     if len(hashes) < 2 or None in hashes:
         return None
     return len(set(hashes)) == 1
@@ -374,35 +374,25 @@ def determinism_section(
     lock_hash: str = "",
     run_timeout: float = 90.0,
     base_env: Mapping[str, str] | None = None,
-    weights_diff: WeightsDiff | None = None,
-) -> dict[str, Any]:
+    weights_diff: WeightsDiffer | None = None,
+) -> DeterminismSection:
     """Train twice with envlock's determinism settings and twice without; compare the weights' sha256 per pair."""
-    section: dict[str, Any] = {"seed": seed}
     env_base = dict(os.environ if base_env is None else base_env)
+    arms: list[Arm] = []
     with tempfile.TemporaryDirectory(prefix="envlock-gpu-check-") as scratch:
         for name, deterministic in (("deterministic", True), ("nondeterministic", False)):
             env, settings = arm_environment(env_base, deterministic, seed, lock_hash)
             outs = [Path(scratch, f"{name}-{n}") for n in (1, 2)]
-            runs = [train_once(training, out, deterministic, env, deadline.timeout(run_timeout)) for out in outs]
+            runs = tuple(train_once(training, out, deterministic, env, deadline.timeout(run_timeout)) for out in outs)
             identical = compare_runs(runs)
-            arm: dict[str, Any] = {
-                "sets": settings or "none of envlock's variables (nondeterministic kernels allowed)",
-                "runs": runs,
-                "identical": identical,
-            }
+            differ = None
             if identical is False and weights_diff is not None:
-                arm["weights-diff"] = _diff_weights(
-                    weights_diff, outs[0] / training.weights, outs[1] / training.weights
-                )
-            section[name] = arm
-    with_settings, without = section["deterministic"]["identical"], section["nondeterministic"]["identical"]
-    section["interpretation"] = _interpretation(with_settings, without)
+                first, second = (out / training.weights for out in outs)
+                differ = _guarded(lambda: weights_diff(first, second))  # noqa: B023  (called at once)
+            arms.append(Arm(settings, runs, identical, differ))
+    with_settings, without = arms[0].identical, arms[1].identical
     status: Status = "error" if None in (with_settings, without) else "passed" if with_settings else "failed"
-    return {"status": status, **section}
-
-
-def _diff_weights(weights_diff: WeightsDiff, first: Path, second: Path) -> dict[str, Any]:
-    return _guarded(lambda: weights_diff(first, second))
+    return DeterminismSection(status, seed, arms[0], arms[1], _interpretation(with_settings, without))
 
 
 _WEIGHTS_DIFF = """
@@ -417,13 +407,13 @@ print(json.dumps({"tensors-equal": all(torch.equal(first[k], second[k]) for k in
 """
 
 
-def torch_weights_diff(python: str, deadline: Deadline, timeout: float = 60.0) -> WeightsDiff:
+def torch_weights_diff(python: str, deadline: Deadline, timeout: float = 60.0) -> WeightsDiffer:
     """Compares two state dicts tensor by tensor: a differing hash then says whether, and how far, the weights moved."""
 
-    def diff(first: Path, second: Path) -> dict[str, Any]:
+    def diff(first: Path, second: Path) -> WeightsDiffResult:
         limit = deadline.timeout(timeout)
         if limit is None:
-            return {"status": "skipped", "reason": "the check's time budget was spent"}
+            return Skipped("the check's time budget was spent")
         done = subprocess.run(
             [python, "-c", _WEIGHTS_DIFF, str(first), str(second)],
             capture_output=True,
@@ -433,9 +423,9 @@ def torch_weights_diff(python: str, deadline: Deadline, timeout: float = 60.0) -
             check=False,
         )
         if done.returncode != 0:
-            return {"status": "error", "error": f"exited {done.returncode}", "output": _tail(done.stderr)}
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
+            return WeightsDiffError(f"exited {done.returncode}", _tail(done.stderr))
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return WeightsDiff(bool(result["tensors-equal"]), result.get("max-abs-diff"))
 
     return diff
 
@@ -447,35 +437,31 @@ def torch_weights_diff(python: str, deadline: Deadline, timeout: float = 60.0) -
 def gpu_check(
     nvml: Nvml | None,
     repo: Path,
-    torch_info: Callable[[], dict[str, Any]],
+    torch_info: Callable[[], TorchSection],
     training: Training,
     deadline: Deadline,
     *,
-    environment: dict[str, Any] | None = None,
-    weights_diff: WeightsDiff | None = None,
-) -> dict[str, Any]:
-    """Every part of the check as one JSON-able report; a part that cannot run says why, and nothing raises."""
-    report: dict[str, Any] = {
-        "report-version": REPORT_VERSION,
-        "tool": "envlock gpu-check",
-        "envlock-version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": environment or {},
-    }
-    report["host"] = _guarded(lambda: probe_section(nvml))
+    environment: Environment | None = None,
+    weights_diff: WeightsDiffer | None = None,
+) -> GpuReport:
+    """Every part of the check as one report; a part that cannot run says why, and nothing raises."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    host_section = _read_back(_guarded(lambda: probe_section(nvml)))
     # Read back as a run record would be: the report's host is exactly what `envlock run` records.
-    host = _guarded_host(report["host"])
-    report["torch"] = _guarded(torch_info)
-    if host is None:
-        report["preflight"] = {"status": "skipped", "reason": "the host probe failed (see host)"}
+    torch = _guarded(torch_info)
+    preflight: PreflightSection | Skipped | Failure
+    if not isinstance(host_section, HostSection) or host_section.status == "error":
+        preflight = Skipped("the host probe failed (see host)")
     else:
-        report["preflight"] = _guarded(lambda: preflight_section(repo, host))
-    if report["torch"].get("status") != "passed":
-        reason = report["torch"].get("reason") or report["torch"].get("error") or "torch unusable"
-        report["determinism"] = {"status": "skipped", "reason": reason}
+        host = host_section.host
+        preflight = _guarded(lambda: preflight_section(repo, host))
+    determinism: DeterminismSection | Skipped | Failure
+    if torch.status != "passed":
+        reason = (isinstance(torch, TorchSection | Skipped) and torch.reason) or torch_error(torch)
+        determinism = Skipped(reason)
     else:
-        lock_hash = _example_lock_hash(report["preflight"])
-        report["determinism"] = _guarded(
+        lock_hash = _example_lock_hash(preflight)
+        determinism = _guarded(
             lambda: determinism_section(
                 training,
                 deadline,
@@ -485,27 +471,38 @@ def gpu_check(
                 weights_diff=weights_diff,
             )
         )
-    parts = ("host", "torch", "preflight", "determinism")
-    report["ok"] = all(report[part].get("status") == "passed" for part in parts)
-    report["seconds"] = round(deadline.clock() - deadline.start, 1)
-    return report
+    return GpuReport(
+        envlock_version=__version__,
+        created=created,
+        environment=environment,
+        host=host_section,
+        torch=torch,
+        preflight=preflight,
+        determinism=determinism,
+        seconds=round(deadline.clock() - deadline.start, 1),
+    )
 
 
-def _guarded_host(section: dict[str, Any]) -> HostState | None:
-    record = section.get("record")
-    if not isinstance(record, dict):
-        return None
+def torch_error(torch: TorchSection | Skipped | Failure) -> str:
+    """Why torch cannot train, when no reason was given: its error, else "torch unusable"."""
+    return (not isinstance(torch, Skipped) and torch.error) or "torch unusable"
+
+
+def _read_back(section: HostSection | Failure) -> HostSection | Failure:
+    """The host section, an error when its record does not read back as a run record would."""
+    if isinstance(section, Failure):
+        return section
     try:
-        return HostState.from_dict(record)
+        HostState.from_dict(section.host.as_dict())
     except ValueError as exc:
-        section.update(status="error", error=f"the host record does not read back: {exc}")
-        return None
+        return replace(section, status="error", error=f"the host record does not read back: {exc}")
+    return section
 
 
-def _example_lock_hash(preflight: dict[str, Any]) -> str:
-    for check in preflight.get("checks", []):
-        if check.get("lock", "").startswith(TORCH_EXAMPLE + "/") and "lock-hash" in check:
-            return str(check["lock-hash"])
+def _example_lock_hash(preflight: PreflightSection | Skipped | Failure) -> str:
+    for check in preflight.checks if isinstance(preflight, PreflightSection) else ():
+        if check.lock.startswith(TORCH_EXAMPLE + "/") and check.lock_hash is not None:
+            return check.lock_hash
     return ""
 
 
@@ -513,68 +510,69 @@ def _example_lock_hash(preflight: dict[str, Any]) -> str:
 # Rendering and the entry point (scripts/gpu-check.sh).
 
 
-def _host_line(section: dict[str, Any]) -> str:
-    record = section.get("record")
-    if section.get("status") == "error" or not isinstance(record, dict):
-        return f"error: {section.get('error')}"
-    if not record["gpus"]:
-        return f"no GPU: {section.get('reason')}"
+def _host_line(section: HostSection | Failure) -> str:
+    if isinstance(section, Failure) or section.status == "error":
+        return f"error: {section.error}"
+    host = section.host
+    if not host.gpus:
+        return f"no GPU: {section.reason}"
     gpus = "; ".join(
-        f"GPU {g['index']} {g['name']} (sm_{g['compute-capability'].replace('.', '')}, {g['memory-mib']} MiB, "
-        f"MIG {g['mig-mode']}, ECC {g['ecc-mode']})"
-        for g in record["gpus"]
+        f"GPU {g.index} {g.name} (sm_{g.compute_capability.replace('.', '')}, {g.memory_mib} MiB, "
+        f"MIG {g.mig_mode}, ECC {g.ecc_mode})"
+        for g in host.gpus
     )
-    return f"driver {record['driver-version']} (CUDA {record['cuda-driver-version']}); {gpus}"
+    return f"driver {host.driver_version} (CUDA {host.cuda_driver_version}); {gpus}"
 
 
-def _torch_line(section: dict[str, Any]) -> str:
-    if section.get("status") == "passed":
-        devices = ", ".join(d["name"] for d in section.get("devices", []))
-        return f"torch {section['version']} (CUDA {section['cuda']}): {devices}"
-    return str(section.get("reason") or section.get("error"))
+def _torch_line(section: TorchSection | Skipped | Failure) -> str:
+    if isinstance(section, TorchSection) and section.status == "passed" and section.info is not None:
+        devices = ", ".join(d.name for d in section.info.devices or ())
+        return f"torch {section.info.version} (CUDA {section.info.cuda}): {devices}"
+    return str((not isinstance(section, Failure) and section.reason) or torch_error(section))
 
 
-def _preflight_lines(section: dict[str, Any]) -> list[str]:
-    if "checks" not in section:
-        return [str(section.get("reason") or section.get("error"))]
-    checks = section["checks"]
-    good = sum(1 for check in checks if check.get("as-expected"))
+def _preflight_lines(section: PreflightSection | Skipped | Failure) -> list[str]:
+    if isinstance(section, Skipped):
+        return [section.reason]
+    if isinstance(section, Failure):
+        return [section.error]
+    checks = section.checks
+    good = sum(1 for check in checks if check.as_expected)
     lines = [f"{good}/{len(checks)} verdicts as expected"]
     for check in checks:
-        what = check["lock"] + (f" [{check['variant']}]" if check.get("variant") else "")
-        mark = "ok  " if check.get("as-expected") else "NOT "
-        said = check.get("error") or (check["problems"][0] if check.get("problems") else "")
+        what = check.lock + (f" [{check.variant}]" if check.variant else "")
+        mark = "ok  " if check.as_expected else "NOT "
+        said = check.error or (check.problems[0] if check.problems else "")
         said = said if len(said) <= _SAID else said[: _SAID - 1] + "…"
-        lines.append(f"  {mark}{check.get('verdict', 'error'):8} {what}" + (f": {said}" if said else ""))
+        lines.append(f"  {mark}{check.verdict or 'error':8} {what}" + (f": {said}" if said else ""))
     return lines
 
 
-def _determinism_lines(section: dict[str, Any]) -> list[str]:
-    if "deterministic" not in section:
-        return [str(section.get("reason") or section.get("error"))]
+def _determinism_lines(section: DeterminismSection | Skipped | Failure) -> list[str]:
+    if isinstance(section, Skipped):
+        return [section.reason]
+    if isinstance(section, Failure):
+        return [section.error]
     lines = []
-    for name, label in (("deterministic", "with envlock's settings"), ("nondeterministic", "without")):
-        arm = section[name]
-        runs = arm["runs"]
-        seconds = " + ".join(f"{run['seconds']:.1f} s" for run in runs if "seconds" in run)
-        hashes = sorted({run["sha256"][:12] for run in runs if "sha256" in run})
-        verdict = {True: "identical", False: "DIFFERENT", None: "incomplete"}[arm["identical"]]
+    for arm, label in ((section.deterministic, "with envlock's settings"), (section.nondeterministic, "without")):
+        seconds = " + ".join(f"{run.seconds:.1f} s" for run in arm.runs if run.seconds is not None)
+        hashes = sorted({run.sha256[:12] for run in arm.runs if run.sha256})
+        verdict = {True: "identical", False: "DIFFERENT", None: "incomplete"}[arm.identical]
         lines.append(f"{label:24} {verdict} (sha256 {', '.join(hashes) or '-'}; {seconds or '-'})")
-    lines.append(section["interpretation"])
+    lines.append(section.interpretation)
     return lines
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: GpuReport) -> list[str]:
     """The report in a few lines for a terminal."""
-    lines = [f"envlock gpu-check ({report.get('seconds', '?')} s): {'all passed' if report.get('ok') else 'see below'}"]
-    parts: list[tuple[str, list[str]]] = [
-        ("host", [_host_line(report["host"])]),
-        ("torch", [_torch_line(report["torch"])]),
-        ("preflight", _preflight_lines(report["preflight"])),
-        ("determinism", _determinism_lines(report["determinism"])),
+    lines = [f"envlock gpu-check ({report.seconds} s): {'all passed' if report.ok else 'see below'}"]
+    parts: list[tuple[str, Status, list[str]]] = [
+        ("host", report.host.status, [_host_line(report.host)]),
+        ("torch", report.torch.status, [_torch_line(report.torch)]),
+        ("preflight", report.preflight.status, _preflight_lines(report.preflight)),
+        ("determinism", report.determinism.status, _determinism_lines(report.determinism)),
     ]
-    for name, body in parts:
-        status = report[name].get("status", "?")
+    for name, status, body in parts:
         lines.append(f"{name:12} [{status}] {body[0]}")
         lines += [f"{'':12} {line}" for line in body[1:]]
     return lines
@@ -598,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     repo = args.repo.resolve()
     deadline = Deadline(args.budget)
+    report: GpuReport | CrashedReport
     try:
         report = gpu_check(
             PynvmlAdapter(),  # the one place the real adapter is made: tests call gpu_check with a fake
@@ -609,21 +608,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights_diff=torch_weights_diff(args.python, deadline),
         )
     except Exception as exc:  # noqa: BLE001  (a bug in the check itself still ends in a report)
-        report = {"report-version": REPORT_VERSION, "tool": "envlock gpu-check", "ok": False, **_failure(exc)}
-    report["strict"] = args.strict
+        report = CrashedReport(Failure.of(exc))
+    report = replace(report, strict=args.strict)
     out = args.out.absolute()
+    text = json.dumps(report.as_dict(), indent=2)
     try:
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out, text + "\n")
     except OSError as exc:
-        print(json.dumps(report, indent=2))
+        print(text)
         print(f"gpu-check: cannot write the report to {out}: {exc}", file=sys.stderr)
         return 2
-    try:
+    if isinstance(report, GpuReport):
         print("\n".join(summary_lines(report)))
-    except (KeyError, TypeError, ValueError) as exc:  # a malformed section must not hide the written report
-        print(f"gpu-check: no summary ({type(exc).__name__}: {exc}); see the report")
+    else:
+        print(f"gpu-check: no summary ({report.failure.error}); see the report")
     print(f"report: {out}")
-    return 1 if args.strict and not report.get("ok") else 0
+    return 1 if args.strict and not report.ok else 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from typing import Any, Literal
 from envlock.engine.docker import Engine
 from envlock.image.plan import LOCK_PATH
 from envlock.lock import lockfile
-from envlock.lock.diff import LockDiff, changed, diff_locks, shown
+from envlock.lock.lockdiff import LockDiff, changed, diff_locks, shown
 from envlock.lock.lockfile import Lock
+from envlock.paths import LOCK_FILE
 from envlock.run.arguments import ImageRef, LockRef, RunRef
 from envlock.run.records import RunRecord, RunStore
 
@@ -114,7 +115,7 @@ def diff_side(side: DiffSide, store: RunStore, engine: Callable[[], Engine]) -> 
     if isinstance(side, LockRef):
         return "lock", lockfile.read(side.path), None
     if isinstance(side, RunRef):
-        return "run", lockfile.read(store.directory(side.run_id) / "envlock.lock"), side.record
+        return "run", lockfile.read(store.directory(side.run_id) / LOCK_FILE), side.record
     text = engine().read_file(side.image_id, "/" + LOCK_PATH).decode("utf-8")
     return "image", lockfile.loads(text, Path(f"{side.text}:/{LOCK_PATH}")), None
 
