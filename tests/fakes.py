@@ -26,8 +26,8 @@ import pynvml
 from envlock.cluster.slurm import Command
 from envlock.engine.archive import ArchivedImage, ImageArchive, write_archive
 from envlock.engine.docker import ArchiveWriter, Engine, ImageInfo, Sink
-from envlock.engine.launch import Launcher, LaunchSpec, Output
-from envlock.engine.runtimes import RuntimeInfo
+from envlock.engine.launch import Launcher, LaunchSpec
+from envlock.engine.runtimes import RuntimeInfo, StreamSink
 from envlock.errors import (
     ArchiveMismatchError,
     DownloadError,
@@ -535,7 +535,7 @@ class FakeLauncher(Launcher):
     scripts: dict[str, Callable[[Callable[[str], bytes | None]], dict[str, bytes]]] = field(default_factory=dict)
     runtime_name: str = "docker"  # what the record names as the runtime
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         self.launched.append(spec)
         self.seen.append({name: _read_as_mounted(spec, name) for name in self.reads})
         output("stdout", b"training...\n")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from envlock.engine.launch import LaunchSpec, Output
+from envlock.engine.launch import LaunchSpec
+from envlock.engine.runtimes import StreamSink
 from envlock.errors import DiskFullError
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
@@ -71,7 +72,7 @@ class FillingLauncher(FakeLauncher):
 
     frees: bool = False
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         filler = fill(spec.project_dir, "checkpoint.bin")
         try:
             output("stdout", b"x" * 65536)

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from envlock.cli.app import run
-from envlock.cluster.k8s import JobRequest, to_k8s_job
+from envlock.cluster.k8s import KubeJobSpec, to_k8s_job
 from envlock.image.catalog import record_image
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
@@ -31,7 +31,7 @@ def locked(write_project: Callable[[str], Path], packages: Sequence[LockedPackag
 @pytest.mark.parametrize("kubernetes", ["1.27", "1.32"])
 def test_cuda_job_is_valid_and_pinned(write_project: Callable[[str], Path], kubernetes: str) -> None:
     lock = lockfile.read(locked(write_project, TORCH_251_AMD64) / "envlock.lock")
-    job = to_k8s_job(lock, "linux/amd64", JobRequest(["python", "train.py"], DIGEST, IMAGE_ID, "gpu_Train", seed=3,
+    job = to_k8s_job(lock, "linux/amd64", KubeJobSpec(["python", "train.py"], DIGEST, IMAGE_ID, "gpu_Train", seed=3,
                                                      namespace="ml", code_claim="project-code"))  # fmt: skip
     kubernetes_validate.validate(job, kubernetes, strict=True)
     container = job["spec"]["template"]["spec"]["containers"][0]
@@ -49,7 +49,7 @@ def test_cuda_job_is_valid_and_pinned(write_project: Callable[[str], Path], kube
 
 def test_cpu_job_requests_no_gpu(write_project: Callable[[str], Path]) -> None:
     lock = lockfile.read(locked(write_project, [package("numpy", "2.1.3")]) / "envlock.lock")
-    job = to_k8s_job(lock, "linux/amd64", JobRequest(["python", "t.py"], DIGEST, IMAGE_ID, "cpu"))
+    job = to_k8s_job(lock, "linux/amd64", KubeJobSpec(["python", "t.py"], DIGEST, IMAGE_ID, "cpu"))
     kubernetes_validate.validate(job, "1.32", strict=True)
     assert "resources" not in job["spec"]["template"]["spec"]["containers"][0]
 

@@ -17,7 +17,7 @@ from envlock.codecs import Problems
 from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.podman import PodmanLauncher
-from envlock.engine.runtimes import Done, Output
+from envlock.engine.runtimes import Done, StreamSink
 from envlock.errors import ArchiveMismatchError, EngineError, RegistryError, SpecError
 from envlock.image.catalog import platform_tag
 from envlock.image.portable import oci_archive
@@ -117,7 +117,7 @@ class Commands:
             return Done(0, "4.3.1\n" if args[0] == "podman" else "0.31\n", "")
         return Done(0, "", "")
 
-    def stream(self, args: Sequence[str], output: Output, env: Mapping[str, str] | None) -> int:
+    def stream(self, args: Sequence[str], output: StreamSink, env: Mapping[str, str] | None) -> int:
         self.streamed.append((list(args), env))
         env_file = next((a.split("=", 1)[1] for a in args if a.startswith("--set-env=")), "")
         if env_file:

@@ -10,7 +10,7 @@ import pytest
 
 from envlock.cli.app import run as cli
 from envlock.cli.cluster_commands import split_submit
-from envlock.cluster.slurm import JobState, Slurm, batch_script, run_command
+from envlock.cluster.slurm import JobState, Slurm, batch_script, run_slurm_tool
 from envlock.cluster.submit import (
     NodeRole,
     Submission,
@@ -28,7 +28,7 @@ from envlock.errors import PreflightError, RunRecordError, RunWaitTimeoutError, 
 from envlock.lock import lockfile
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
-from envlock.run.records import RunRecord, RunStore, Status, exit_status, wait_until_final
+from envlock.run.records import RunRecord, RunStatus, RunStore, exit_status, wait_until_final
 from envlock.run.runner import LockedImage, RunContext, RunFolders, RunRequest, run_in_image
 from tests.fakes import A100, TORCH_251_AMD64, FakeEvidence, FakeLauncher, FakeSlurm, cpu_host, gpu_host, package
 from tests.unit.test_runner import IMAGE, locked_project
@@ -140,7 +140,7 @@ def test_the_slurm_adapter_reads_scontrol_and_reports_failures() -> None:
     with pytest.raises(SchedulerError, match="Unable to contact slurm controller"):
         broken.state("42")
     with pytest.raises(SchedulerError, match="is not installed"):
-        run_command(["/nonexistent/sbatch", "--version"])
+        run_slurm_tool(["/nonexistent/sbatch", "--version"])
 
 
 def test_batch_script_is_envlocks_defaults_then_one_task_per_node() -> None:
@@ -330,7 +330,7 @@ def test_waiting_returns_the_final_record_or_times_out(project: Path) -> None:
 def test_a_waited_runs_exit_status_is_its_commands(project: Path) -> None:
     queued = submit(project, FakeSlurm())
 
-    def ended(status: Status, code: int | None) -> RunRecord:
+    def ended(status: RunStatus, code: int | None) -> RunRecord:
         return replace(queued, status=status, exit_code=code)
 
     assert exit_status(ended("finished", 0)) == 0

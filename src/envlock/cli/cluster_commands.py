@@ -179,7 +179,7 @@ def export_k8s(
     ] = None,
 ) -> None:
     """A Kubernetes Job (JSON, for kubectl apply -f) running the lock's pushed image by digest."""
-    from envlock.cluster.k8s import JobRequest, pushed_image, to_k8s_job  # noqa: PLC0415
+    from envlock.cluster.k8s import KubeJobSpec, pushed_image, to_k8s_job  # noqa: PLC0415
     from envlock.fsutil import atomic_write_text  # noqa: PLC0415
     from envlock.image.catalog import read_images  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
@@ -188,7 +188,7 @@ def export_k8s(
     spec = load_spec(project)
     locked = check_lock(spec)
     digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
-    request = JobRequest(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
+    request = KubeJobSpec(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
     text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
     output = out_file(out, old_output)
     if output is None:

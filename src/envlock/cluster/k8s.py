@@ -12,7 +12,7 @@ from envlock.lock.lockfile import Lock
 
 
 @dataclass(frozen=True)
-class JobRequest:
+class KubeJobSpec:
     """What the Kubernetes Job runs, and where its code comes from."""
 
     command: list[str]
@@ -30,7 +30,7 @@ def _dns_label(text: str, limit: int = 63) -> str:
     return label[:limit].rstrip("-") or "envlock"
 
 
-def to_k8s_job(lock: Lock, platform: str, request: JobRequest) -> dict[str, Any]:
+def to_k8s_job(lock: Lock, platform: str, request: KubeJobSpec) -> dict[str, Any]:
     """A batch/v1 Job pinned by digest, with the run environment and the lock's identity as annotations."""
     cuda = lock.target(platform).cuda
     gpus = request.gpus if request.gpus is not None else (1 if cuda.kind == "cuda" else 0)

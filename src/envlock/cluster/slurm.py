@@ -31,7 +31,7 @@ FINAL_STATES = frozenset(
 )
 
 
-def run_command(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def run_slurm_tool(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run one Slurm command; a missing program is a SchedulerError, not a traceback."""
     try:
         return subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=60)
@@ -62,7 +62,7 @@ class JobState:
 class Slurm:
     """The Slurm commands envlock uses; `command` runs them (a fake in unit tests, subprocess otherwise)."""
 
-    def __init__(self, command: Command = run_command) -> None:
+    def __init__(self, command: Command = run_slurm_tool) -> None:
         self.command = command
 
     def _call(self, what: str, args: list[str], hint: str = "") -> str:

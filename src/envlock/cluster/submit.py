@@ -25,7 +25,7 @@ from envlock.lock.lockfile import Lock
 from envlock.lock.spec import Spec
 from envlock.lock.targets import host_platform
 from envlock.report import Report
-from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
+from envlock.run.records import RunRecord, RunStatus, RunStore, new_run_id, now
 from envlock.run.runner import LockedImage, RunEvidence, RunRequest, new_record
 from envlock.run.schema import JobRecord, JobRequest, TrackingRequest
 from envlock.run.service import RunTools, lock_image
@@ -273,7 +273,7 @@ def _close(
     current = store.load(run_id)  # the task may have finished it while we asked
     if current.status not in ("queued", "running"):
         return None
-    status: Status
+    status: RunStatus
     if state is None:
         status, why = "interrupted", f"Slurm no longer knows job {job_id} and envlock's task never finished it"
     else:

@@ -26,11 +26,11 @@ from envlock.diagnostics.gpureport import (
     GpuReport,
     HostSection,
     Outcome,
+    PartStatus,
     PreflightCheck,
     PreflightSection,
     Refusal,
     Skipped,
-    Status,
     TorchInfo,
     TorchSection,
     TrainingRun,
@@ -288,7 +288,7 @@ def preflight_section(repo: Path, host: HostState) -> PreflightSection:
     if not checks:
         return PreflightSection("error", (), error=f"no example locks under {repo / 'examples'}")
     errors = any(check.error is not None for check in checks)
-    status: Status = "error" if errors else "passed" if all(c.as_expected for c in checks) else "failed"
+    status: PartStatus = "error" if errors else "passed" if all(c.as_expected for c in checks) else "failed"
     return PreflightSection(status, tuple(checks), platform=target)
 
 
@@ -391,7 +391,7 @@ def determinism_section(
                 differ = _guarded(lambda: weights_diff(first, second))  # noqa: B023  (called at once)
             arms.append(Arm(settings, runs, identical, differ))
     with_settings, without = arms[0].identical, arms[1].identical
-    status: Status = "error" if None in (with_settings, without) else "passed" if with_settings else "failed"
+    status: PartStatus = "error" if None in (with_settings, without) else "passed" if with_settings else "failed"
     return DeterminismSection(status, seed, arms[0], arms[1], _interpretation(with_settings, without))
 
 
@@ -566,7 +566,7 @@ def _determinism_lines(section: DeterminismSection | Skipped | Failure) -> list[
 def summary_lines(report: GpuReport) -> list[str]:
     """The report in a few lines for a terminal."""
     lines = [f"envlock gpu-check ({report.seconds} s): {'all passed' if report.ok else 'see below'}"]
-    parts: list[tuple[str, Status, list[str]]] = [
+    parts: list[tuple[str, PartStatus, list[str]]] = [
         ("host", report.host.status, [_host_line(report.host)]),
         ("torch", report.torch.status, [_torch_line(report.torch)]),
         ("preflight", report.preflight.status, _preflight_lines(report.preflight)),

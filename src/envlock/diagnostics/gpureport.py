@@ -17,7 +17,7 @@ from envlock.run.hostprobe import HostState
 
 REPORT_VERSION = 1
 TOOL = "envlock gpu-check"
-Status = Literal["passed", "failed", "skipped", "error"]
+PartStatus = Literal["passed", "failed", "skipped", "error"]
 Outcome = Literal["accepted", "refused"]
 NO_SETTINGS = "none of envlock's variables (nondeterministic kernels allowed)"
 
@@ -34,7 +34,7 @@ class Failure:
     error: str
     hint: str | None = None
     traceback: str | None = None
-    status: Status = "error"
+    status: PartStatus = "error"
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
@@ -58,7 +58,7 @@ class Skipped:
     """A section that did not run, and why."""
 
     reason: str
-    status: Status = "skipped"
+    status: PartStatus = "skipped"
 
     def as_dict(self) -> dict[str, Any]:
         """{status, reason}."""
@@ -94,7 +94,7 @@ class Environment:
 class HostSection:
     """envlock's host probe as a run record holds it; skipped (with the reason) on a host without a usable GPU."""
 
-    status: Status
+    status: PartStatus
     host: HostState
     reason: str | None = None
     error: str | None = None  # the record did not read back as a run record would
@@ -173,7 +173,7 @@ def _optional(data: Mapping[str, Any], key: str, kind: type) -> Any:
 class TorchSection:
     """torch as the training Python sees it: passed (a CUDA GPU), skipped (no torch, CPU only) or an error."""
 
-    status: Status
+    status: PartStatus
     info: TorchInfo | None = None
     reason: str | None = None
     error: str | None = None
@@ -240,7 +240,7 @@ class PreflightCheck:
 class PreflightSection:
     """Each example lock and the CUDA locks' variants, checked against the host (error: none to check)."""
 
-    status: Status
+    status: PartStatus
     checks: tuple[PreflightCheck, ...]
     platform: str | None = None
     error: str | None = None
@@ -298,7 +298,7 @@ class WeightsDiffError:
 
     error: str
     output: str
-    status: Status = "error"
+    status: PartStatus = "error"
 
     def as_dict(self) -> dict[str, Any]:
         """{status, error, output}."""
@@ -333,7 +333,7 @@ class Arm:
 class DeterminismSection:
     """The same training twice with envlock's settings and twice without, and what the pairs of weights say."""
 
-    status: Status
+    status: PartStatus
     seed: int
     deterministic: Arm
     nondeterministic: Arm

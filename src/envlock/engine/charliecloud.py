@@ -22,11 +22,11 @@ from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
     LayerFile,
-    Output,
     RuntimeInfo,
     Stream,
+    StreamSink,
     first_line,
-    run_command,
+    run_tool,
     stream_command,
 )
 from envlock.errors import BundleError, EngineError, ImageArchiveError
@@ -115,7 +115,7 @@ class CharliecloudLauncher:
         export: Export,
         *,
         fetch: Fetch | None = None,
-        command: Command = run_command,
+        command: Command = run_tool,
         stream: Stream = stream_command,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
@@ -193,7 +193,7 @@ class CharliecloudLauncher:
         said = (done.stdout or done.stderr).strip()
         return RuntimeInfo("charliecloud", said.splitlines()[0] if done.code == 0 and said else None)
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """ch-run with the project at /work, only envlock's environment (the image's, then the run's), the GPUs
         through the host's libraries injected once by `ch-fromhost --nvidia` and CUDA_VISIBLE_DEVICES."""
         directory = self.prepare(spec.image_id)

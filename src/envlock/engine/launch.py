@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.engine.docker import translated
-from envlock.engine.runtimes import RuntimeInfo
+from envlock.engine.runtimes import RuntimeInfo, StreamSink
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
 
 WORKDIR = "/work"
@@ -54,9 +54,6 @@ def determinism_env(seed: int, image_id: str, lock_hash: str) -> dict[str, str]:
     }
 
 
-Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes)
-
-
 @dataclass(frozen=True)
 class LaunchSpec:
     """One container run; the command is an argument list, never a shell string."""
@@ -78,7 +75,7 @@ class LaunchSpec:
 class Launcher(Protocol):
     """Runs a LaunchSpec to completion."""
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """The command's exit code; the container is gone afterwards, also on Ctrl-C."""
         ...
 
@@ -230,7 +227,7 @@ class DockerLauncher:
             container.start()
         return True
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""
         code = self._run(spec, output)
         # An image first used here (built by someone else, or its folder pruned): compiled after this run, in the
@@ -238,7 +235,7 @@ class DockerLauncher:
         self.compile_bytecode(spec.image_id, spec.user)
         return code
 
-    def _run(self, spec: LaunchSpec, output: Output) -> int:
+    def _run(self, spec: LaunchSpec, output: StreamSink) -> int:
         requests = [gpu_request(spec)] if spec.gpus else []
         bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
         environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment

@@ -13,11 +13,11 @@ from pathlib import Path
 from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
-    Output,
     RuntimeInfo,
     Stream,
+    StreamSink,
     first_line,
-    run_command,
+    run_tool,
     stream_command,
 )
 from envlock.errors import EngineError
@@ -40,7 +40,7 @@ class PodmanLauncher:
         scratch: Path,
         *,
         insecure: Collection[str] = (),
-        command: Command = run_command,
+        command: Command = run_tool,
         stream: Stream = stream_command,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
@@ -89,7 +89,7 @@ class PodmanLauncher:
         done = self.command(["podman", "version", "--format", "{{.Client.Version}}"])
         return RuntimeInfo("podman", done.stdout.strip() or None if done.code == 0 else None)
 
-    def run(self, spec: LaunchSpec, output: Output) -> int:
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """`podman run --rm` by image ID; variables passed by name (`-e NAME`) so no value shows on a command line;
         GPUs through CDI (`--device nvidia.com/gpu=…`, from `nvidia-ctk cdi generate`)."""
         self.prepare(spec.image_id)

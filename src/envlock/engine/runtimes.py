@@ -13,10 +13,11 @@ from typing import IO, Literal, Protocol, runtime_checkable
 
 from envlock.errors import EngineError
 
+# Where a runtime's output goes, chunk by chunk: ("stdout" | "stderr", bytes). The one such type of every launcher.
+StreamSink = Callable[[str, bytes], None]
+
 RuntimeName = Literal["docker", "podman", "charliecloud"]
 RUNTIMES: tuple[RuntimeName, ...] = ("docker", "podman", "charliecloud")
-
-Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes), as engine.launch.Output
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,10 @@ class OwnImages(Protocol):
 
 Command = Callable[[Sequence[str]], Done]  # runs a short command to completion (a fake in unit tests)
 # Runs a long command with the given environment (None: envlock's own), its output passed on as it comes.
-Stream = Callable[[Sequence[str], Output, Mapping[str, str] | None], int]
+Stream = Callable[[Sequence[str], StreamSink, Mapping[str, str] | None], int]
 
 
-def run_command(args: Sequence[str]) -> Done:
+def run_tool(args: Sequence[str]) -> Done:
     """Run a short runtime command (version, load, inspect); a missing program is an EngineError."""
     try:
         done = subprocess.run(list(args), capture_output=True, text=True, check=False)
@@ -83,12 +84,12 @@ INSTALL_HINTS = {
 }
 
 
-def _pump(pipe: IO[bytes], stream: str, output: Output) -> None:
+def _pump(pipe: IO[bytes], stream: str, output: StreamSink) -> None:
     for chunk in iter(lambda: pipe.read1(1 << 16), b""):  # type: ignore[attr-defined]
         output(stream, chunk)
 
 
-def stream_command(args: Sequence[str], output: Output, env: Mapping[str, str] | None = None) -> int:
+def stream_command(args: Sequence[str], output: StreamSink, env: Mapping[str, str] | None = None) -> int:
     """Run a command in its own process group, its stdout and stderr passed on live; Ctrl-C stops the whole group
     (and is re-raised), so nothing keeps running behind the user's back."""
     try:

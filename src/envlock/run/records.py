@@ -39,7 +39,7 @@ from envlock.run.schema import (
     TrackingRecord,
 )
 
-Status = Literal["queued", "running", "finished", "failed", "interrupted"]
+RunStatus = Literal["queued", "running", "finished", "failed", "interrupted"]
 # 2: the parts (git, host, scheduler, tracking) typed and their shape checked on read; the JSON keys are version 1's.
 # 3: the untracked files' saved copies (git), inputs, declared_outputs, gpus, log_sha256 (absent in 1 and 2: unknown).
 # 4: the runtime (docker, podman, charliecloud) and its version; older records read with runtime None (docker).
@@ -79,7 +79,7 @@ class RunRecord(Codec, keys="snake"):
     """
 
     run_id: str = field(pattern=RUN_ID)
-    status: Status
+    status: RunStatus
     command: list[str]
     image_id: str
     image_reference: str

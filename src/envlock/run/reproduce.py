@@ -33,7 +33,7 @@ from envlock.run.rundiff import RunDiff, diff_runs
 from envlock.run.runner import RunEvidence, RunRequest
 
 # "not produced": neither run produced it (a failed run): nothing was compared. "missing": only the original did.
-Status = Literal["identical", "within tolerance", "differs", "missing", "not produced"]
+OutputStatus = Literal["identical", "within tolerance", "differs", "missing", "not produced"]
 Outcome = Literal["REPRODUCED", "NOT REPRODUCED", "NOTHING COMPARED", "FAILURE REPRODUCED"]
 EXIT_OF: dict[Outcome, int] = {
     "REPRODUCED": 0,
@@ -49,7 +49,7 @@ class OutputCheck:
     """One declared output compared with the original run's."""
 
     path: str
-    status: Status
+    status: OutputStatus
     details: tuple[str, ...] = ()  # the keys/cells that moved, with by how much
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from envlock.codecs import project_path_problem
-from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, Output, determinism_env, home_env
+from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, determinism_env, home_env
+from envlock.engine.runtimes import StreamSink
 from envlock.errors import DiskFullError, EnvlockError, UsageError
 from envlock.fsutil import (
     disk_full,
@@ -35,7 +36,7 @@ from envlock.run.inputs import InputSet, StatCache, hash_inputs
 from envlock.run.links import find_links, moved_inputs
 from envlock.run.params import read_params
 from envlock.run.preflight import Preflight, check_host, enforce, without_gpus
-from envlock.run.records import RunRecord, RunStore, Status, new_run_id, now
+from envlock.run.records import RunRecord, RunStatus, RunStore, new_run_id, now
 from envlock.run.schema import GitRecord, JobRecord, Link, ParamsRecord, RuntimeRecord
 from envlock.run.tracking import CLIENT_SETTINGS, TrackedRun, Tracking, stack_tags, status_of
 
@@ -129,7 +130,7 @@ class RunContext:
 
 def new_record(
     run_id: str,
-    status: Status,
+    status: RunStatus,
     request: RunRequest,
     locked: LockedImage,
     *,
@@ -311,7 +312,7 @@ def run_in_image(
     request: RunRequest,
     *,
     launcher: Launcher,
-    output: Output,
+    output: StreamSink,
     evidence: RunEvidence,
     queued: RunRecord | None = None,
     tracking: Tracking | None = None,
@@ -396,7 +397,7 @@ def _links(inputs: InputSet | None, store: RunStore, chain: str | None, queued: 
     return find_links(inputs, earlier, chain)
 
 
-def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, output: Output) -> int:
+def _launch_logged(launch: LaunchSpec, launcher: Launcher, log_path: Path, output: StreamSink) -> int:
     """Run the container; its output goes to the terminal and to the run's log as it comes."""
     with log_path.open("ab") as log:
 
@@ -484,7 +485,7 @@ def _finished(
             saved = store.saved_output(record.run_id, path)
             saved.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, saved)
-    status: Status = "finished" if code == 0 else "failed"
+    status: RunStatus = "finished" if code == 0 else "failed"
     log = store.log_path(record.run_id)
     log_sha256 = sha256_file(log) if log.is_file() else None
     return replace(record, status=status, ended=now(), exit_code=code, outputs=hashes, log_sha256=log_sha256)

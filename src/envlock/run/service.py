@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from envlock.engine.docker import Engine
-from envlock.engine.launch import Launcher, Output
-from envlock.engine.runtimes import OwnImages
+from envlock.engine.launch import Launcher
+from envlock.engine.runtimes import OwnImages, StreamSink
 from envlock.errors import UsageError
 from envlock.git import GIT_OF, Git, Origin, own_git
 from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
@@ -65,7 +65,7 @@ class RunTools:
     launcher: Callable[[], Launcher]
     probe: Callable[[], HostState]
     builder: Callable[[Sequence[str]], Builder]  # index URLs → a Builder over the user's caches
-    output: Output
+    output: StreamSink
     report: Report
     evidence: Evidence  # attests every run that ends and every image built on the way
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # the host variables a run may pass
