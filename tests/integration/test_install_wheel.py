@@ -9,23 +9,27 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.network, pytest.mark.slow]  # pip fetches envlock's dependencies from PyPI
+from envlock.lock.uv import find_uv
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]  # uv fetches envlock's dependencies from PyPI (or its cache)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_carries_recipes_and_data_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     built = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--installer", "uv", "--outdir", str(dist), str(ROOT)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = dist.glob("envlock-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # uv installs the wheel and its dependencies from its warm cache; pip fetched them all again (~half the test)
     installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True, check=False
-    )
+        [find_uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(wheel)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-2000:]
     site = next((venv / "lib").glob("python3.*/site-packages"))
     assert (site / "envlock" / "base_images" / "debian-bookworm.toml").is_file()

@@ -228,22 +228,26 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
         client.images.remove(image.id, force=True)
 
 
-def export(kind: str, out: Path, project: Path) -> subprocess.CompletedProcess[str]:
+def export(kind: str, out: Path, project: Path) -> subprocess.Popen[str]:
+    """`envlock export KIND -o OUT`, started: the test's four exports run side by side (each is one docker save,
+    then mksquashfs or a copy; in turn they took over two minutes)."""
     args = [ENVLOCK, "export", kind, "-C", str(project), "-o", str(out)]
-    return subprocess.run(args, capture_output=True, text=True, check=False)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(small: tuple[Path, str], tmp_path: Path) -> None:
     project, image_id = small
+    kinds = (("enroot", "sqsh"), ("apptainer", "tar"))
+    outputs = {kind: [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)] for kind, suffix in kinds}
+    started = {(kind, n): export(kind, out, project) for kind, outs in outputs.items() for n, out in enumerate(outs)}
     said: dict[str, str] = {}
-    for kind, suffix in (("enroot", "sqsh"), ("apptainer", "tar")):
-        outputs = [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)]
-        for out in outputs:
-            done = export(kind, out, project)
-            assert done.returncode == 0, done.stderr
-            assert image_id in done.stdout
-            said.setdefault(kind, done.stdout)
-        assert outputs[0].read_bytes() == outputs[1].read_bytes(), f"{kind}: two exports, the same bytes"
+    for (kind, _), process in started.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        assert image_id in stdout
+        said.setdefault(kind, stdout)
+    for kind, (first, second) in outputs.items():
+        assert first.read_bytes() == second.read_bytes(), f"{kind}: two exports, the same bytes"
     listed = subprocess.run(
         ["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False
     )

@@ -19,6 +19,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from envlock.fsutil import make_dirs, share
+from envlock.image.bases import BaseStore, MmdebstrapBuilder
+from envlock.lock.recipes import load_recipe
+from envlock.lock.targets import host_platform
+
 pytestmark = [pytest.mark.docker, pytest.mark.network]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 GROUP, USERS, OUTSIDER = "envlock-share", ("envlock-a", "envlock-b"), "envlock-out"
@@ -51,18 +56,24 @@ def users() -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def place(users: dict[str, tuple[int, int]], isolated_cache: Path) -> Iterator[Path]:
     """A folder every test user can reach, with the shared cache (2775, group envlock-share) seeded by root with
-    the session's base."""
+    the session's base: copied, as root would publish it there (mmdebstrap again would take a minute and more)."""
     top = Path(tempfile.mkdtemp(prefix="envlock-share-", dir="/tmp"))
     top.chmod(0o755)
     cache = top / "cache"
     cache.mkdir()
     shutil.chown(cache, group=GROUP)
     cache.chmod(0o2775)
-    env = {**os.environ, "ENVLOCK_CACHE_DIR": str(cache)}
-    done = subprocess.run(
-        [ENVLOCK, "base", "build", "debian-bookworm"], env=env, capture_output=True, text=True, check=False
+    # the session's base (built there at most once, and then there for every later test), published into the
+    # shared cache the way the base store does: its folder made with the cache's mode, its files group-readable
+    base = BaseStore(isolated_cache / "bases", MmdebstrapBuilder()).ensure(
+        load_recipe("debian-bookworm"), host_platform()
     )
-    assert done.returncode == 0, done.stderr
+    shared_bases = cache / "bases"
+    make_dirs(shared_bases)
+    for source in (base.tar, base.tar.with_suffix(".json")):  # the metadata last: a base counts once it is there
+        target = shared_bases / source.name
+        shutil.copyfile(source, target)
+        share(target, shared_bases)
     try:
         yield top
     finally:
