@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from envlock.cli.options import print_or_write
 from envlock.image.sbom import sbom_json
 from envlock.lock import lockfile
 from envlock.run.records import RunStore
@@ -31,6 +32,18 @@ def test_sbom_writes_its_file_under_each_spelling_and_warns_only_for_the_old_one
     assert target.read_text() == sbom_json(lockfile.read(world.spec.lock_path), "linux/amd64")
     expected = ["warning: --output is deprecated on `envlock sbom`; use -o/--out"] if spelling == "--output" else []
     assert _warnings(err) == expected
+
+
+def test_a_text_result_goes_to_stdout_or_whole_to_the_file_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert print_or_write("a\nb\n", None, None) is None
+    assert capsys.readouterr().out == "a\nb\n"
+    for out, old in ((tmp_path / "new.txt", None), (None, tmp_path / "old.txt")):
+        written = print_or_write("a\nb\n", out, old)
+        assert written == (out or old) and written is not None and written.read_text() == "a\nb\n"
+        assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt"]  # no temp file left behind
 
 
 def test_every_writing_command_takes_out_and_warns_once_for_output(

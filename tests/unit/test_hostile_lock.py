@@ -15,6 +15,7 @@ from envlock.lock import lockfile
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase
 from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedFile
+from envlock.lock.shapes import sdist_name_problem, wheel_name_problem
 from envlock.lock.spec import load_spec
 from tests.fakes import TORCH_251_AMD64, FakeResolver
 from tests.unit.test_lockfile import make_lock
@@ -149,3 +150,41 @@ def test_files_of_a_valid_lock_still_load(tmp_path: Path) -> None:
     lock = replace(lock, targets=(replace(target, packages=packages),))
     lockfile.write(tmp_path / "envlock.lock", lock)
     assert lockfile.read(tmp_path / "envlock.lock") == lock
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "problem"),
+    [
+        (wheel_name_problem, "torch-2.5.1-cp311-cp311-linux_x86_64.whl", None),
+        (
+            wheel_name_problem,
+            "../evil-1.0-py3-none-any.whl",
+            "'../evil-1.0-py3-none-any.whl' is a path, not a file name",
+        ),
+        (wheel_name_problem, "a\\b-1.0-py3-none-any.whl", "'a\\\\b-1.0-py3-none-any.whl' is a path, not a file name"),
+        (
+            wheel_name_problem,
+            "demo-1.0.tar.gz",
+            "'demo-1.0.tar.gz' is not a wheel file name "
+            "(Invalid wheel filename (extension must be '.whl'): 'demo-1.0.tar.gz')",
+        ),
+        (sdist_name_problem, "demo-1.0.tar.gz", None),
+        (sdist_name_problem, "sub/demo-1.0.tar.gz", "'sub/demo-1.0.tar.gz' is a path, not a file name"),
+        (
+            sdist_name_problem,
+            "demo-1.0-py3-none-any.whl",
+            "'demo-1.0-py3-none-any.whl' is not an sdist file name "
+            "(Invalid sdist filename (extension must be '.tar.gz' or '.zip'): 'demo-1.0-py3-none-any.whl')",
+        ),
+        (
+            sdist_name_problem,
+            "demo-notaversion.tar.gz",
+            "'demo-notaversion.tar.gz' is not an sdist file name "
+            "(Invalid sdist filename (invalid version): 'demo-notaversion.tar.gz')",
+        ),
+    ],
+)
+def test_a_distribution_file_name_is_a_bare_name_of_its_kind(
+    check: Callable[[str], str | None], value: str, problem: str | None
+) -> None:
+    assert check(value) == problem

@@ -19,6 +19,7 @@ from envlock.cli.options import (
     RunIdArg,
     out_file,
     out_option,
+    print_or_write,
     required_out,
 )
 from envlock.cli.root import app, key_app, trust_app
@@ -50,7 +51,6 @@ def sbom_command(
     old_output: OldOutputOpt = None,
 ) -> None:
     """The lock's SBOM: CycloneDX 1.6 JSON (Python packages, Debian packages of the base, CUDA stack, base)."""
-    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
     from envlock.image.sbom import sbom_json  # noqa: PLC0415
     from envlock.lock.lockfile import read  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
@@ -59,12 +59,8 @@ def sbom_command(
     spec = load_spec(project)
     lock = read(spec.lock_path)
     text = sbom_json(lock, platform or host_platform())
-    output = out_file(out, old_output)
-    if output is None:
-        typer.echo(text, nl=False)
-        return
-    atomic_write_text(output, text)
-    wiring_of(ctx).say(f"wrote {output}")
+    if (output := print_or_write(text, out, old_output)) is not None:
+        wiring_of(ctx).say(f"wrote {output}")
 
 
 @key_app.command("generate")
@@ -263,7 +259,6 @@ def report_command(
     """What ran, on what image, lock, code, data and hardware, what it produced, whether reproduced, and whether
     a key you trust signed it: rendered from the signed statement, never from loose files."""
     from envlock.evidence.runreport import render_html, render_text, summarize  # noqa: PLC0415
-    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     engine = _engine_or_none(wiring)
@@ -290,9 +285,5 @@ def report_command(
     else:
         summary = summarize(project, named.run_id, trust=_trust(wiring, key, project), image_present=present)
         text = render_html(summary) if html else render_text(summary)
-    output = out_file(out, old_output)
-    if output is None:
-        typer.echo(text, nl=False)
-        return
-    atomic_write_text(output, text)
-    wiring.say(f"wrote {output}")
+    if (output := print_or_write(text, out, old_output)) is not None:
+        wiring.say(f"wrote {output}")

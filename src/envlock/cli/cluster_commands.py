@@ -21,7 +21,7 @@ from envlock.cli.options import (
     ProjectOpt,
     RuntimeOpt,
     SeedOpt,
-    out_file,
+    print_or_write,
 )
 from envlock.cli.root import CommandExited, app, export_app
 from envlock.cli.wiring import invocation_of, wiring_of
@@ -180,7 +180,6 @@ def export_k8s(
 ) -> None:
     """A Kubernetes Job (JSON, for kubectl apply -f) running the lock's pushed image by digest."""
     from envlock.cluster.k8s import KubeJobSpec, pushed_image, to_k8s_job  # noqa: PLC0415
-    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
     from envlock.image.catalog import read_images  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
     from envlock.lock.spec import load_spec  # noqa: PLC0415
@@ -190,9 +189,5 @@ def export_k8s(
     digest, image_id = pushed_image(read_images(spec.project_dir).get(locked.lock_hash, {}))
     request = KubeJobSpec(list(command), digest, image_id, spec.name, seed, gpus, namespace, code_claim)
     text = json.dumps(to_k8s_job(locked, platform or locked.targets[0].platform, request), indent=2) + "\n"
-    output = out_file(out, old_output)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        atomic_write_text(output, text)
+    if (output := print_or_write(text, out, old_output)) is not None:
         typer.echo(f"wrote {output}: kubectl apply -f {output}", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from envlock.cli.options import FileOutOpt, JsonOpt, OldOutputOpt, PlatformOpt, ProjectOpt, out_file
+from envlock.cli.options import FileOutOpt, JsonOpt, OldOutputOpt, PlatformOpt, ProjectOpt, print_or_write
 from envlock.cli.root import app, export_app
 from envlock.cli.wiring import wiring_of
 from envlock.paths import ProjectLayout
@@ -95,14 +95,9 @@ def export_pylock(
     project: ProjectOpt = Path(), out: FileOutOpt = None, old_output: OldOutputOpt = None, platform: PlatformOpt = None
 ) -> None:
     """The lock as a PEP 751 pylock.toml, for uv, pip and other installers."""
-    from envlock.fsutil import atomic_write_text  # noqa: PLC0415
     from envlock.lock import lockfile  # noqa: PLC0415
     from envlock.lock.export import to_pylock  # noqa: PLC0415
 
     text = to_pylock(lockfile.read(ProjectLayout(project).lock), [platform] if platform else None)
-    output = out_file(out, old_output)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        atomic_write_text(output, text)
+    if (output := print_or_write(text, out, old_output)) is not None:
         typer.echo(f"wrote {output}", err=True)

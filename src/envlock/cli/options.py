@@ -110,6 +110,18 @@ def required_out(out: Path | None, old: Path | None) -> Path:
     return chosen
 
 
+def print_or_write(text: str, out: Path | None, old: Path | None) -> Path | None:
+    """`text` on stdout, or written atomically to the file -o/--out (or --output) names: that file, if one."""
+    output = out_file(out, old)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        from envlock.fsutil import atomic_write_text  # noqa: PLC0415
+
+        atomic_write_text(output, text)
+    return output
+
+
 RuntimeOpt = Annotated[
     str | None,
     typer.Option(

@@ -21,6 +21,7 @@ from envlock.engine.archive import CHUNK, ImageArchive, VerifiedStream, mismatch
 from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
+    Export,
     LayerFile,
     RuntimeInfo,
     Stream,
@@ -33,7 +34,6 @@ from envlock.errors import BundleError, EngineError, ImageArchiveError
 from envlock.fsutil import published_folder
 from envlock.safetar import extract_rootfs_layer
 
-Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
 # (pushed `host/repo@sha256:…`, image ID, folder) → the config and the layers fetched into the folder, each blob
 # checked against its digest (image.registry.fetch_pushed, through the composition root).
 Fetch = Callable[[str, str, Path], tuple[bytes, Sequence[LayerFile]]]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from envlock.engine.launch import WORKDIR, LaunchSpec
 from envlock.engine.runtimes import (
     Command,
+    Export,
     RuntimeInfo,
     Stream,
     StreamSink,
@@ -23,7 +24,6 @@ from envlock.engine.runtimes import (
 from envlock.errors import EngineError
 from envlock.fsutil import shared_scratch
 
-Export = Callable[[str, Path], object]  # image ID → a docker-archive of it written to the path
 # Where Podman cannot raise its limits (a container or an unprivileged user namespace), runc fails with
 # "error setting rlimit type 7": ask for limits every such host allows.
 ULIMITS = ("--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")

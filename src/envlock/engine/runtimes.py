@@ -66,6 +66,9 @@ class OwnImages(Protocol):
 Command = Callable[[Sequence[str]], Done]  # runs a short command to completion (a fake in unit tests)
 # Runs a long command with the given environment (None: envlock's own), its output passed on as it comes.
 Stream = Callable[[Sequence[str], StreamSink, Mapping[str, str] | None], int]
+# How a runtime with a store of its own gets an image never pushed: image ID → a verified docker-archive of it
+# written to the path (the Docker engine's export, through the composition root).
+Export = Callable[[str, Path], object]
 
 
 def run_tool(args: Sequence[str]) -> Done:

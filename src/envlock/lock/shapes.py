@@ -7,6 +7,7 @@ here before any of them becomes part of a path, a command line or a request.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from packaging.utils import (
@@ -69,23 +70,22 @@ def version_problem(value: str) -> str | None:
 
 def wheel_name_problem(value: str) -> str | None:
     """A wheel's file name (`name-version-python-abi-platform.whl`), with no path in it."""
-    if "/" in value or "\\" in value:
-        return f"{value!r} is a path, not a file name"
-    try:
-        parse_wheel_filename(value)
-    except InvalidWheelFilename as exc:
-        return f"{value!r} is not a wheel file name ({exc})"
-    return None
+    return _file_name_problem(value, parse_wheel_filename, "a wheel")
 
 
 def sdist_name_problem(value: str) -> str | None:
     """An sdist's file name (`name-version.tar.gz` or `.zip`), with no path in it."""
+    return _file_name_problem(value, parse_sdist_filename, "an sdist")
+
+
+def _file_name_problem(value: str, parse: Callable[[str], object], kind: str) -> str | None:
+    # It becomes a file name in the caches: a path (either separator) is refused before the name's own rules.
     if "/" in value or "\\" in value:
         return f"{value!r} is a path, not a file name"
     try:
-        parse_sdist_filename(value)
-    except InvalidSdistFilename as exc:
-        return f"{value!r} is not an sdist file name ({exc})"
+        parse(value)
+    except (InvalidWheelFilename, InvalidSdistFilename) as exc:
+        return f"{value!r} is not {kind} file name ({exc})"
     return None
 
 
