@@ -98,7 +98,10 @@ def test_a_project_on_mlflow_builds_despite_its_overlapping_wheels(tmp_path: Pat
     done = envlock("build", "-C", str(project))
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert "warning: " in done.stderr and "mlflow" in done.stderr and "later wins" in done.stderr
+    # mlflow, mlflow-skinny and mlflow-tracing share ~1300 files, byte for byte: one note naming them, no warning
+    # per pair (a copy with other bytes would be warned about, naming which copy the image keeps: test_overlaps).
+    (note,) = [line for line in done.stderr.splitlines() if line.startswith("note: ") and "identical bytes" in line]
+    assert "mlflow" in note and "warning: " not in done.stderr
     done = envlock(
         "run", "-C", str(project), "--", "python", "-c", "import mlflow; print('mlflow', mlflow.__version__)"
     )

@@ -42,8 +42,9 @@ def test_a_file_against_a_directory_is_a_one_line_refusal(tmp_path: Path) -> Non
         find_overlaps([(one.name, one), (two.name, two)], VenvLayout("3.11"))
 
 
-def test_one_layer_installs_both_later_wins_and_the_build_warns(tmp_path: Path) -> None:
-    wheels = _wheels(tmp_path, second="VERSION = 2\n")
+def _made(tmp_path: Path, second: str) -> tuple[list[str], Path]:
+    """make_layers over the two wheels in one layer: what it said, and the layer's tar."""
+    wheels = _wheels(tmp_path, second=second)
     served, files = {}, []
     for built in wheels:
         data = built.read_bytes()
@@ -60,11 +61,26 @@ def test_one_layer_installs_both_later_wins_and_the_build_warns(tmp_path: Path) 
     cache.ensure(files)
     said: list[str] = []
     (layer,) = make_layers(plan, cache, LayerStore(tmp_path / "layers"), said.append)
+    return said, layer.tar
+
+
+def test_one_layer_installs_both_later_wins_and_the_build_warns(tmp_path: Path) -> None:
+    said, tar = _made(tmp_path, second="VERSION = 2\n")
     warning = next(line for line in said if line.startswith("warning:"))
     assert "tiny-skinny and tiny-full both install 1 file, 1 with other bytes" in warning and SHARED in warning
     assert "later wins" in warning
     import tarfile  # noqa: PLC0415
 
-    with tarfile.open(layer.tar) as archive:
+    with tarfile.open(tar) as archive:
         member = archive.extractfile(f"opt/envlock/venv/lib/python3.11/site-packages/{SHARED}")
         assert member is not None and member.read() == b"VERSION = 2\n", "the later package's copy"
+
+
+def test_files_shared_with_identical_bytes_are_one_note_not_a_warning_per_pair(tmp_path: Path) -> None:
+    said, _ = _made(tmp_path, second="VERSION = 1\n")
+    assert not [line for line in said if line.startswith("warning:")]
+    notes = [line for line in said if line.startswith("note:")]
+    assert notes == [
+        f"note: 1 pair of packages (tiny-skinny/tiny-full) install the same 1 file with identical bytes "
+        f"(e.g. lib/python3.11/site-packages/{SHARED}): the image holds one copy"
+    ]

@@ -199,6 +199,19 @@ def overlap_warning(overlap: Overlap) -> str:
     )
 
 
+def identical_overlaps_note(overlaps: list[Overlap]) -> str:
+    """One line for every pair that installs the same files with the same bytes (a namespace package's
+    `__init__.py`, as the CUDA wheels' `nvidia/`): harmless, so named once, not warned about pair by pair."""
+    files = sorted({path for overlap in overlaps for path in overlap.paths})
+    pairs = len(overlaps)
+    named = ", ".join(f"{overlap.earlier}/{overlap.later}" for overlap in overlaps[:3])
+    more = f" and {pairs - 3} more" if pairs > 3 else ""
+    return (
+        f"note: {pairs} pair{'s' if pairs != 1 else ''} of packages ({named}{more}) install the same {len(files)} "
+        f"file{'s' if len(files) != 1 else ''} with identical bytes (e.g. {files[0]}): the image holds one copy"
+    )
+
+
 def wheels_to_make(plan: ImagePlan, store: LayerStore, layout: VenvLayout | None = None) -> list[LockedFile]:
     """The wheels of the layers the store lacks: a rebuild fetches and hashes only these, not 3 GB of CUDA."""
     layout = layout or VenvLayout(plan.lock.python)
@@ -214,8 +227,12 @@ def make_layers(
         # Which files two wheels both install needs only their listings: a cached layer's wheels are not hashed
         # (GBs of CUDA wheels for one light package), and one no longer cached is left out of this check.
         listed = [(wheel.name, cache.cached(wheel)) for wheel in plan.wheels]
-        for overlap in find_overlaps([(name, path) for name, path in listed if path is not None], layout):
-            report(overlap_warning(overlap))
+        overlaps = find_overlaps([(name, path) for name, path in listed if path is not None], layout)
+        for overlap in overlaps:
+            if overlap.differing:
+                report(overlap_warning(overlap))
+        if same := [overlap for overlap in overlaps if not overlap.differing]:
+            report(identical_overlaps_note(same))
     layers = []
     for spec in plan.layers:
         key = layer_key(spec, layout)
