@@ -84,7 +84,7 @@ def test_a_file_named_twice_or_not_at_all_is_a_usage_error(world: World, capsys:
     code, _, err = world(capsys, "bundle", run_id, "-C", str(world.project))
     assert code == 2 and err.splitlines()[0] == "error: missing option -o/--out FILE"
     code, _, err = world(capsys, "sbom", "-C", str(world.project), "-o", "a.json", "--output", "b.json")
-    assert code == 2 and "error: -o/--out and --output name the same file: give it once" in err.splitlines()
+    assert code == 2 and "error: -o/--out and --output (its old spelling) were both given: give one" in err.splitlines()
     assert not Path("a.json").exists() and not Path("b.json").exists()
 
 

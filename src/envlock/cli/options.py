@@ -96,7 +96,7 @@ def out_file(out: Path | None, old: Path | None) -> Path | None:
     if out is not None and old is not None:
         from envlock.errors import UsageError  # noqa: PLC0415
 
-        raise UsageError("-o/--out and --output name the same file: give it once", hint="use -o/--out FILE")
+        raise UsageError("-o/--out and --output (its old spelling) were both given: give one", hint="use -o/--out FILE")
     return out if out is not None else old
 
 
