@@ -77,29 +77,31 @@ class DigestRef(Ref):
 
 
 @dataclass(frozen=True)
-class BundleRef(Ref):
-    """A bundle file (a tar from `envlock bundle`, or anything tar-shaped: `unpacked` judges it)."""
+class _PathRef(Ref):
+    """An existing file, as typed and as found; each kind of file is its own class (resolve tells them apart)."""
 
     text: str
     path: Path
+
+
+@dataclass(frozen=True)
+class BundleRef(_PathRef):
+    """A bundle file (a tar from `envlock bundle`, or anything tar-shaped: `unpacked` judges it)."""
+
     kind: ClassVar[Kind] = "bundle"
 
 
 @dataclass(frozen=True)
-class LockRef(Ref):
+class LockRef(_PathRef):
     """A lock file (a folder holding envlock.lock names its lock)."""
 
-    text: str
-    path: Path
     kind: ClassVar[Kind] = "lock"
 
 
 @dataclass(frozen=True)
-class FileRef(Ref):
+class FileRef(_PathRef):
     """Any other existing file: an attestation for `verify`, a file a run wrote for `lineage`."""
 
-    text: str
-    path: Path
     kind: ClassVar[Kind] = "file"
 
 
