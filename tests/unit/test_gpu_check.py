@@ -82,22 +82,26 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str | None, str, bool]]:
     return [(c["lock"], c["variant"], c["verdict"], c["as-expected"]) for c in report["preflight"]["checks"]]
 
 
+# The report's top-level keys, in the order the file (report-version 1) writes them.
+REPORT_KEYS = [
+    "report-version",
+    "tool",
+    "envlock-version",
+    "created",
+    "environment",
+    "host",
+    "torch",
+    "preflight",
+    "determinism",
+    "ok",
+    "seconds",
+]
+
+
 def test_report_holds_the_host_as_a_run_record() -> None:
     nvml = FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200])
     report = check(nvml)
-    assert set(report) == {
-        "report-version",
-        "tool",
-        "envlock-version",
-        "created",
-        "environment",
-        "host",
-        "torch",
-        "preflight",
-        "determinism",
-        "ok",
-        "seconds",
-    }
+    assert set(report) == set(REPORT_KEYS)
     record = report["host"]["record"]
     expected = probe_host(FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200]), lambda: None, read_cpu_model)
     assert record == expected.as_dict()
@@ -438,19 +442,7 @@ def test_the_check_needs_none_of_envlocks_heavy_dependencies() -> None:
 def test_the_report_file_keeps_its_keys_in_order() -> None:
     # The JSON file is a format (report-version 1): typed sections write the keys in the order readers have seen.
     report = check(FakeNvml(driver="550.54.15", cuda=12040, gpus=[H200]), torch_cu124)
-    assert list(report) == [
-        "report-version",
-        "tool",
-        "envlock-version",
-        "created",
-        "environment",
-        "host",
-        "torch",
-        "preflight",
-        "determinism",
-        "ok",
-        "seconds",
-    ]
+    assert list(report) == REPORT_KEYS
     assert (report["report-version"], report["tool"]) == (1, "envlock gpu-check")
     assert list(report["torch"]) == ["status", "installed", "version", "cuda", "cuda-available", "devices"]
     assert list(report["preflight"]["checks"][2]) == [
