@@ -25,8 +25,7 @@ from envlock.git import (
     toplevel,
     untracked_files,
 )
-
-SRC = Path(__file__).resolve().parents[2] / "src" / "envlock"
+from tests.srcscan import SRC, found_outside
 
 
 def _repo(path: Path) -> str:
@@ -165,9 +164,4 @@ def test_the_scan_finds_git_command_lines_and_only_those() -> None:
 
 
 def test_git_is_started_only_from_envlock_git() -> None:
-    outside = {
-        path.relative_to(SRC).as_posix(): lines
-        for path in sorted(SRC.rglob("*.py"))
-        if path != SRC / "git.py" and (lines := _git_command_lines(path.read_text(encoding="utf-8")))
-    }
-    assert outside == {}
+    assert found_outside("git.py", _git_command_lines) == {}

@@ -8,8 +8,7 @@ from pathlib import Path
 from envlock import paths
 from envlock.paths import ProjectLayout
 from envlock.run.records import RunStore
-
-SRC = Path(__file__).resolve().parents[2] / "src" / "envlock"
+from tests.srcscan import SRC, found_outside
 
 # The names a run folder and a project's state folder are made of (the record's keys `outputs` and `nodes` share
 # their spelling with two folders, so those two are left to review).
@@ -62,12 +61,7 @@ def test_the_scan_finds_layout_names_spelled_out() -> None:
 
 
 def test_the_layout_is_spelled_only_in_paths() -> None:
-    spelled = {
-        path.relative_to(SRC).as_posix(): found
-        for path in sorted(SRC.rglob("*.py"))
-        if path != SRC / "paths.py" and (found := _layout_literals(path.read_text(encoding="utf-8")))
-    }
-    assert spelled == {}
+    assert found_outside("paths.py", _layout_literals) == {}
 
 
 def test_no_two_modules_share_a_name() -> None:
