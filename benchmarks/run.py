@@ -10,7 +10,10 @@ PROJECT -- true`, `docker run --rm IMAGE_ID true` (the Docker CLI on PATH), `env
 (the venv's interpreter: the floor of any Python CLI), the no-op `envlock build -C PROJECT` and its anchor, a
 fully cached `docker build` (legacy builder) of a two-line Dockerfile FROM the image; and, for the notes, `envlock
 runs`, `docker version`, `docker run` with the options envlock's launcher passes, and, when PYTHONDONTWRITEBYTECODE
-is set, `envlock run -- true` with bytecode cached in a temp PYTHONPYCACHEPREFIX. One more `envlock run -- true`
+is set, `envlock run -- true` with bytecode cached in a temp PYTHONPYCACHEPREFIX; and two floors, no envlock in
+them: Python importing typer and docker-py and making the requests envlock's launcher makes, and the same requests
+through the standard library's http.client on the engine's socket (what the ratio would be before envlock does
+any work of its own, with and without docker-py). One more `envlock run -- true`
 is instrumented in-process (wall seconds per phase: imports, Docker calls, host probe, records, container steps)
 and one runs under `python -X importtime` (import seconds per top-level package). Each cell is the best and the
 median of N. One table is printed, then the targets: (envlock run -- true) / (docker run --rm IMAGE true) <= 1.3
@@ -64,8 +67,73 @@ LABELS = {  # measurement key -> what it is called in the table and notes
     "docker-version": "docker version (Docker CLI start + one API call)",
     "docker-options": "docker run --rm with envlock's options",
     "run-cached": "envlock run -- true, bytecode cached",
+    "floor-dockerpy": "floor: typer + docker-py, envlock's calls, no envlock",
+    "floor-socket": "floor: typer + stdlib HTTP on the socket, no envlock",
 }
 ENVLOCK_RUNS = ("run", "run-cached")  # the keys that make a run record
+# The floors: what any Python CLI built on envlock's two libraries pays before doing envlock's work. Both import
+# typer (the CLI) and then make the requests envlock's launcher makes for `run -- true` (create with the same
+# kind of options, auto-removed; attach; wait from a thread; start; read the stream): one through docker-py with
+# envlock's fixed API version, one through the standard library's http.client on the engine's socket.
+FLOOR_DOCKERPY = r"""
+import sys, threading, typer, docker
+image, project, uid = sys.argv[1], sys.argv[2], sys.argv[3]
+api = docker.from_env(version="1.41").api
+host = api.create_host_config(
+    mounts=[docker.types.Mount(target="/work", source=project, type="bind")],
+    tmpfs={"/tmp/envlock-home": "mode=1777,exec"}, auto_remove=True,
+)
+made = api.create_container(image, ["true"], labels={"dev.envlock.run-id": "floor"}, working_dir="/work",
+                            user=uid, environment={"PYTHONHASHSEED": "0"}, detach=True, host_config=host)["Id"]
+stream = api.attach(made, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+done = []
+waiter = threading.Thread(target=lambda: done.append(api.wait(made, condition="removed")), daemon=True)
+waiter.start()
+api.start(made)
+for _ in stream:
+    pass
+waiter.join()
+sys.exit(done[0]["StatusCode"])
+"""
+FLOOR_SOCKET = r"""
+import http.client, json, socket, struct, sys, threading, typer
+image, project, uid = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class Engine(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("/var/run/docker.sock")
+
+
+def call(method, path, body=None):
+    connection = Engine("localhost", timeout=60)
+    connection.request(method, "/v1.41" + path, None if body is None else json.dumps(body),
+                       {"Content-Type": "application/json"})
+    return json.loads(connection.getresponse().read() or b"null")
+
+
+made = call("POST", "/containers/create", {
+    "Image": image, "Cmd": ["true"], "Labels": {"dev.envlock.run-id": "floor"}, "WorkingDir": "/work", "User": uid,
+    "Env": ["PYTHONHASHSEED=0"], "HostConfig": {"AutoRemove": True, "Tmpfs": {"/tmp/envlock-home": "mode=1777,exec"},
+    "Mounts": [{"Target": "/work", "Source": project, "Type": "bind"}]}})["Id"]
+raw = socket.socket(socket.AF_UNIX)
+raw.connect("/var/run/docker.sock")
+raw.sendall(f"POST /v1.41/containers/{made}/attach?stream=1&stdout=1&stderr=1&logs=1 HTTP/1.1\r\n"
+            "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode())
+frames = raw.makefile("rb")
+while frames.readline() not in (b"\r\n", b""):
+    pass
+done = []
+waiter = threading.Thread(target=lambda: done.append(call("POST", f"/containers/{made}/wait?condition=removed")),
+                          daemon=True)
+waiter.start()
+call("POST", f"/containers/{made}/start")
+while len(header := frames.read(8)) == 8:
+    frames.read(struct.unpack(">I", header[4:])[0])
+waiter.join()
+sys.exit(done[0]["StatusCode"])
+"""
 # One `envlock run -- true` in-process, wall seconds per phase. Nested phases are exclusive: a phase's time leaves
 # out the phases and imports inside it. Targets not found (renamed) are listed in "missing", not fatal.
 PROBE = r"""
@@ -238,6 +306,7 @@ class Bench:
             twin += ["-e", variable]
         twin += ["-e", "ENVLOCK_RUN_ID=bench", "-e", f"ENVLOCK_IMAGE_ID={self.image_id}", "-e", "ENVLOCK_LOCK_HASH=x"]
         run = [envlock, "run", "-C", project, "--", "true"]
+        floor = [str(self.project.resolve()), f"{os.getuid()}:{os.getgid()}"]
         found = {
             "run": (run, self.env),
             "docker": (["docker", "run", "--rm", self.image_id, "true"], self.env),
@@ -248,7 +317,10 @@ class Bench:
             "runs": ([envlock, "runs", "-C", project], self.env),
             "docker-version": (["docker", "version", "-f", "{{.Server.Version}}"], self.env),
             "docker-options": ([*twin, self.image_id, "true"], self.env),
+            "floor-dockerpy": ([sys.executable, "-c", FLOOR_DOCKERPY, self.image_id, *floor], self.env),
         }
+        if Path("/var/run/docker.sock").is_socket() and not os.environ.get("DOCKER_HOST"):
+            found["floor-socket"] = ([sys.executable, "-c", FLOOR_SOCKET, self.image_id, *floor], self.env)
         if os.environ.get("PYTHONDONTWRITEBYTECODE"):
             cached = {k: v for k, v in self.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
             found["run-cached"] = (run, cached | {"PYTHONPYCACHEPREFIX": str(self.root / "pycache")})
@@ -413,6 +485,8 @@ def breakdown(bench: Bench) -> list[str]:
         "runs": f"CLI start + reading the records, 1 to {bench.envlock_runs} of them, as envlock run does too",
         "docker-version": "the Go CLI's own floor",
         "docker-options": "-v PROJECT:/work -w /work -u UID:GID --label, 6 -e: like envlock's container",
+        "floor-dockerpy": "python + typer + docker-py making envlock's requests, nothing else",
+        "floor-socket": "the same requests without docker-py: http.client on /var/run/docker.sock",
     }
     for key, why in explained.items():
         if key in bench.samples:
@@ -424,6 +498,9 @@ def breakdown(bench: Bench) -> list[str]:
             f"envlock run median - docker run with its options median = {run[1] - twin[1]:.3f} s outside the "
             f"container; the {RATIO_TARGET}x target leaves about {allowed:.3f} s for it"
         )
+    for key in ("floor-dockerpy", "floor-socket"):
+        if (floor := ratios(bench.cell(key), bench.cell("docker"))) is not None:
+            notes.append(f"{LABELS[key]} / docker run --rm: median {floor[1]:.2f}x, best {floor[0]:.2f}x")
     if "run-cached" in bench.samples:
         missing, total = uncached_modules()
         notes.append(
