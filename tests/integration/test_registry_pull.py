@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tests.integration.localregistry import serve_registry
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 REPO = "team/pulled"
 BIG = 64 << 20
+USER = "envlock-a"  # a second user (scripts/setup.sh makes it, for the shared-cache tests)
 
 
 def _blob(data: bytes) -> Blob:
@@ -107,3 +111,32 @@ def test_envlock_pull_refuses_a_bundle_over_the_cap_and_one_not_its_digest_leavi
 
         assert not project.exists(), "nothing written into the project"
         assert [p for p in (cache / "tmp").rglob("*") if p.is_file()] == [], "no partial file in envlock's scratch"
+
+
+def test_a_user_who_cannot_write_the_cache_is_told_so_in_one_line() -> None:
+    """A shared cache this user may only read: the pull has no scratch there, and says whose folder it is."""
+    place = Path(tempfile.mkdtemp(prefix="envlock-pull-", dir="/tmp"))
+    try:
+        place.chmod(0o755)
+        cache = place / "cache"
+        cache.mkdir(mode=0o755)  # root's, not the user's group's
+        (place / "project").mkdir(mode=0o777)
+        home = place / "home"
+        home.mkdir()
+        uid = pwd.getpwnam(USER).pw_uid
+        gid = pwd.getpwnam(USER).pw_gid
+        shutil.chown(home, user=uid)
+        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "ENVLOCK_CACHE_DIR": str(cache)}
+        ref = f"127.0.0.1:9/{REPO}@sha256:{'a' * 64}"  # never asked: the scratch comes first
+        command = [
+            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            ENVLOCK, "pull", ref, "-C", str(place / "project"),
+        ]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 32, done.stderr
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+        assert f"error: the cache folder {cache} (owner root, group root, mode 0755) is not writable by you, and a " \
+            "pull must write there" == line  # fmt: skip
+        assert list(cache.iterdir()) == [] and list((place / "project").iterdir()) == []
+    finally:
+        shutil.rmtree(place, ignore_errors=True)

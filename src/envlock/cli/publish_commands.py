@@ -86,7 +86,7 @@ def pull_command(
     cap = pull_cap(wiring.environ)
     registry = wiring.registry(place.host)
     with (
-        downloaded(registry, ref, wiring.say, scratch=wiring.cache.scratch, max_bytes=cap) as fetched,
+        downloaded(registry, ref, wiring.say, cache=wiring.cache, max_bytes=cap) as fetched,
         unpacked(fetched.bundle) as found,
     ):
         verdict = verify_fetched(found, fetched, trust, lambda: None).require(allow_unsigned=allow_unsigned)

@@ -234,8 +234,7 @@ def _reproduce_published(
     wiring = wiring_of(ctx)
     place, _ = parse_ref(ref)
     cap = pull_cap(wiring.environ)
-    scratch = wiring.cache.scratch
-    with downloaded(wiring.registry(place.host), ref, wiring.say, scratch=scratch, max_bytes=cap) as fetched:
+    with downloaded(wiring.registry(place.host), ref, wiring.say, cache=wiring.cache, max_bytes=cap) as fetched:
         wiring.say(f"run {fetched.run.run_id}: {fetched.size} bytes of evidence from {fetched.run.ref}")
 
         def gate(found: Unpacked) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from envlock.errors import BundleError, RegistryError, UsageError
 from envlock.evidence.attest import Checks
 from envlock.evidence.bundle import Unpacked, check_names, make_bundle, verify_unpacked
 from envlock.evidence.trust import Trust
-from envlock.fsutil import copy_confined, owned_prefix, sha256_file, shared_scratch, sweep_stale
+from envlock.fsutil import cache_writes, copy_confined, owned_prefix, sha256_file, shared_scratch, sweep_stale
 from envlock.image.provenance import attestation_path
 from envlock.image.referrers import (
     DSSE_TYPE,
@@ -41,7 +42,7 @@ from envlock.image.referrers import (
     split_pushed,
 )
 from envlock.image.registry import OCI_INDEX, Blob, Registry, split_target
-from envlock.paths import ATTESTATION, RECORD_FILE, ProjectLayout
+from envlock.paths import ATTESTATION, RECORD_FILE, CacheLayout, ProjectLayout
 from envlock.report import Report, silent
 from envlock.run.records import RunStore
 from envlock.safetar import parse_amount
@@ -302,14 +303,18 @@ def fetch_run(
 
 @contextlib.contextmanager
 def downloaded(
-    registry: Registry, ref: str, report: Report = silent, *, scratch: Path, max_bytes: int = PULL_MAX_BYTES
+    registry: Registry, ref: str, report: Report = silent, *, cache: CacheLayout, max_bytes: int = PULL_MAX_BYTES
 ) -> Iterator[Fetched]:
-    """fetch_run into a folder of this user's scratch (`scratch`: CacheLayout.scratch) that lasts for the block;
-    what a killed pull left there is swept first."""
-    shared_scratch(scratch)
-    sweep_stale(scratch, _PULL_PREFIX)
-    with tempfile.TemporaryDirectory(prefix=owned_prefix(_PULL_PREFIX), dir=scratch) as tmp:
-        yield fetch_run(registry, ref, Path(tmp), report, max_bytes=max_bytes)
+    """fetch_run into a folder of this user's scratch in `cache` that lasts for the block (what a killed pull left
+    there is swept first); a cache this user cannot write is one CacheNotWritableError."""
+    with cache_writes("pulling a run", cache.root, "a pull"):
+        shared_scratch(cache.scratch)
+        sweep_stale(cache.scratch, _PULL_PREFIX)
+        folder = Path(tempfile.mkdtemp(prefix=owned_prefix(_PULL_PREFIX), dir=cache.scratch))
+    try:
+        yield fetch_run(registry, ref, folder, report, max_bytes=max_bytes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _only_run_of(registry: Registry, place: Location, manifest: Referrer, report: Report) -> Referrer:
