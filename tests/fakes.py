@@ -15,7 +15,7 @@ import posixpath
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from envlock.errors import (
 from envlock.image.bases import BaseBuilder, BaseStore
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan
-from envlock.image.registry import OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry
+from envlock.image.registry import CHUNK_BYTES, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, Registry, write_blob
 from envlock.image.wheels import Fetcher, Response, WheelCache
 from envlock.lock.backend import BackendMetadata, MetadataSource
 from envlock.lock.project import lock_project
@@ -205,6 +205,8 @@ class FakeRegistry(Registry):
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (repository, digest) → bytes
     manifests: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (repository, tag or digest) → bytes
     uploads: list[str] = field(default_factory=list)  # digests, in upload order
+    # What a GET of a blob sends instead of the stored bytes (a hostile or broken registry), as chunks on the wire.
+    wire: dict[tuple[str, str], Callable[[], Iterator[bytes]]] = field(default_factory=dict)
 
     def has_blob(self, repository: str, digest: str) -> bool:
         return (repository, digest) in self.blobs
@@ -246,7 +248,10 @@ class FakeRegistry(Registry):
         return self.manifests.get((repository, reference))
 
     def blob(self, repository: str, digest: str) -> bytes | None:
-        """GET /v2/<repository>/blobs/<digest>."""
+        """GET /v2/<repository>/blobs/<digest>, read whole (a wired blob may never end: reading it whole would
+        exhaust memory, so the fake refuses to pretend)."""
+        if (repository, digest) in self.wire:
+            raise AssertionError(f"the blob {digest[:19]} read whole into memory; it may never end")
         return self.blobs.get((repository, digest))
 
     def referrers(self, repository: str, digest: str) -> bytes | None:
@@ -257,14 +262,15 @@ class FakeRegistry(Registry):
         """GET /v2/<repository>/tags/list: every name that is not a digest."""
         return sorted(ref for repo, ref in self.manifests if repo == repository and not ref.startswith("sha256:"))
 
-    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
-        """GET a blob into a file, checked against its digest as HttpRegistry does."""
-        data = self.blobs.get((repository, digest))
-        if data is None:
+    def blob_into(self, repository: str, digest: str, out: Path, size: int | None = None) -> bool:
+        """GET a blob into a file, in chunks through the real write_blob as HttpRegistry does (`wire` first)."""
+        if (repository, digest) in self.wire:
+            chunks: Iterable[bytes] = self.wire[(repository, digest)]()
+        elif (data := self.blobs.get((repository, digest))) is not None:
+            chunks = (data[at : at + CHUNK_BYTES] for at in range(0, len(data), CHUNK_BYTES))
+        else:
             return False
-        if _sha256(data) != digest:
-            raise RegistryError(f"the registry {self.host} gave a blob that is not {digest[:19]}: refused")
-        out.write_bytes(data)
+        write_blob(chunks, digest, out, host=self.host, size=size)
         return True
 
 

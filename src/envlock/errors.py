@@ -44,8 +44,8 @@ EXIT_CODES: dict[int, str] = {
     30: "`envlock verify` / `reproduce BUNDLE`: signed by a key that is not trusted (`envlock trust add`, or `--key`)",
     31: "a bundle is malformed, truncated or hostile (links, unsafe names, sizes past the caps): refused before "
     "anything is written",
-    32: "a folder of a shared cache that a build must write is not writable by this user (the line names the "
-    "folder, its owner, group and mode); running an image already built never needs it",
+    32: "a folder of a shared cache that a build (or a pull's scratch) must write is not writable by this user (the "
+    "line names the folder, its owner, group and mode); running an image already built never needs it",
     33: "`envlock diff --exit-code`: the two sides differ (not 1, as git diff gives, which is envlock's own bug code)",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",

@@ -364,9 +364,9 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def cache_writes(action: str, root: Path) -> Iterator[None]:
-    """A build's writes into the cache under `root`: a folder this user may not write there becomes one
-    CacheNotWritableError naming the folder, its owner, group and mode; a full disk one DiskFullError."""
+def cache_writes(action: str, root: Path, doer: str = "this build") -> Iterator[None]:
+    """A build's (or another `doer`'s) writes into the cache under `root`: a folder this user may not write there
+    becomes one CacheNotWritableError naming the folder, its owner, group and mode; a full disk one DiskFullError."""
     try:
         yield
     except OSError as exc:
@@ -377,7 +377,7 @@ def cache_writes(action: str, root: Path) -> Iterator[None]:
         target = Path(exc.filename)
         if not target.is_relative_to(root):
             raise
-        raise not_writable(target if target.is_dir() else target.parent, exc.errno == errno.EROFS) from exc
+        raise not_writable(target if target.is_dir() else target.parent, exc.errno == errno.EROFS, doer) from exc
 
 
 def require_writable(folders: Iterable[Path]) -> None:
@@ -388,7 +388,7 @@ def require_writable(folders: Iterable[Path]) -> None:
             raise not_writable(existing, read_only_fs=False)
 
 
-def not_writable(folder: Path, read_only_fs: bool) -> CacheNotWritableError:
+def not_writable(folder: Path, read_only_fs: bool, doer: str = "this build") -> CacheNotWritableError:
     """The one line for a cache folder this user cannot write: who owns it, its group and mode, what to do."""
     import grp  # noqa: PLC0415
     import pwd  # noqa: PLC0415
@@ -406,8 +406,7 @@ def not_writable(folder: Path, read_only_fs: bool) -> CacheNotWritableError:
     mode = f"{stat.S_IMODE(info.st_mode):04o}"
     why = "on a read-only filesystem" if read_only_fs else "not writable by you"
     return CacheNotWritableError(
-        f"the cache folder {folder} (owner {owner}, group {group}, mode {mode}) is {why}, and this build must write "
-        "there",
+        f"the cache folder {folder} (owner {owner}, group {group}, mode {mode}) is {why}, and {doer} must write there",
         hint=f"join group {group} and have the cache set up for the group (`chgrp -R {group} DIR && chmod -R g+rwX "
         "DIR && find DIR -type d -exec chmod g+s {} +`), or set ENVLOCK_CACHE_DIR to a folder you can write; "
         "running an image already built needs no write access",

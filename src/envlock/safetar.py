@@ -107,11 +107,12 @@ class Limits:
             variable = ENVIRON_KEYS[field.name]
             text = environ.get(variable, "").strip()
             if text:
-                values[field.name] = _parse_amount(variable, text)
+                values[field.name] = parse_amount(variable, text)
         return replace(cls(**values), **overrides)
 
 
-def _parse_amount(variable: str, text: str) -> int:
+def parse_amount(variable: str, text: str) -> int:
+    """An amount of bytes set in an environment variable: a whole number, with an optional K/M/G/T suffix."""
     unit = text[-1:].upper() if text[-1:].isalpha() else ""
     digits = text[: len(text) - len(unit)]
     if unit not in _UNITS or not digits.isdigit() or int(digits) <= 0:

@@ -145,6 +145,41 @@ def test_gc_removes_an_old_tags_image_and_layers_and_keeps_the_current_runs(
     assert done.returncode == 0 and "1.16.0" in done.stdout, done.stderr
 
 
+def test_gc_frees_the_build_backends_metadata_of_an_old_version_and_keeps_what_the_package_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(cache))
+    project = tmp_path / "pkg"
+    _package(project, "0", "first")
+    # A version only the backend knows (hatch reads it from __about__.py): envlock asks it, and caches the answer.
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace('version = "0"', 'dynamic = ["version"]')
+        + '\n[tool.hatch.version]\npath = "src/it_pkg/__about__.py"\n'
+    )
+    about = project / "src" / "it_pkg" / "__about__.py"
+    about.write_text('__version__ = "1.4.0"\n')
+    done = envlock("lock", "-C", str(project))
+    assert done.returncode == 0, done.stderr
+    about.write_text('__version__ = "1.5.0"\n')  # a version file moved: the backend is asked again, a second entry
+    assert envlock("lock", "-C", str(project)).returncode == 0
+    metadata, envs = cache / "build-backends" / "metadata", cache / "build-backends" / "envs"
+    assert len(list(metadata.iterdir())) == 2 and len(list(envs.iterdir())) == 1
+    past = time.time() - 7200  # past the grace period
+    for path in (cache / "build-backends").rglob("*"):
+        os.utime(path, (past, past), follow_symlinks=False)
+    dry = envlock("gc", "--dry-run", "-C", str(project))
+    assert dry.returncode == 0 and "would remove backend-metadata " in dry.stdout, dry.stdout + dry.stderr
+    assert len(list(metadata.iterdir())) == 2
+    done = envlock("gc", "-C", str(project))
+    assert done.returncode == 0 and done.stdout.count("removing backend-") == 1, done.stdout + done.stderr
+    (kept,) = metadata.iterdir()
+    assert '"version": "1.5.0"' in kept.read_text() and len(list(envs.iterdir())) == 1
+    assert envlock("lock", "--check", "-C", str(project)).returncode == 0
+    assert list(metadata.iterdir()) == [kept], "the kept entry answered: the backend was not asked again"
+
+
 # --- the project's own package, whatever declares it: each from a fresh clone through envlock commands only ---
 
 SETUP_PY = """from setuptools import find_packages, setup

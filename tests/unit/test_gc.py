@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,17 +16,21 @@ from envlock.cli.app import run
 from envlock.cli.wiring import Wiring
 from envlock.engine.launch import bytecode_folder
 from envlock.errors import CacheBusyError
+from envlock.fsutil import tree_size
 from envlock.image.build import Builder
 from envlock.image.gc import GRACE_SECONDS, Needed, _exclusive, collect_garbage
 from envlock.image.plan import plan_image
 from envlock.lock import lockfile
+from envlock.lock.backend import BackendMetadata, IsolatedBackend
 from envlock.lock.project import lock_project
 from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import load_spec
-from envlock.paths import CacheLayout
-from envlock.run.gcneeds import needed_by
+from envlock.paths import CacheLayout, ProjectLayout
+from envlock.run.gcneeds import needed_by, needed_by_roots
 from envlock.run.records import RunRecord, RunStore
-from tests.fakes import FakeEngine, FakeResolver, stores
+from envlock.run.service import own_metadata
+from tests.fakes import FakeEngine, FakeMetadataSource, FakeResolver, stores
+from tests.unit.test_backend import PYPROJECT, _commit, _in_tree
 from tests.wheelmaker import build_wheel
 
 LATER = time.time() + 3600  # every entry is older than the grace period then
@@ -193,3 +199,160 @@ def test_a_folder_in_use_or_named_by_a_run_is_kept(
     bytecode_folder(cache.bytecode, "sha256:" + "c" * 64)  # a run starts with it: touched
     collect_garbage(needed, engine, cache)
     assert in_use.is_dir() and named.is_dir()
+
+
+# --- the project's own metadata (.envlock/local-metadata) and the cache's build backends ---
+
+
+def _scm_project(tmp_path: Path) -> tuple[Path, lockfile.Lock]:
+    """A project whose own package takes its version from VCS, locked (through the fakes)."""
+    project = tmp_path / "scm-proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.setuptools_scm]\n[tool.envlock]\n[project]\nname = "scm-pkg"\n[build-system]\nrequires = []\n'
+    )
+    answer = BackendMetadata("scm-pkg", "1.0.dev1", ("six==1.16.0",), (), "setuptools.build_meta", ())
+    spec = load_spec(project, FakeMetadataSource({"scm-proj": answer}))
+    lock = lock_project(spec, FakeResolver({"linux/amd64": []})).lock
+    # From here on gc reads a static [project]: no build backend is asked (none could run offline).
+    (project / "pyproject.toml").write_text('[project]\nname = "scm-pkg"\nversion = "1"\n[tool.envlock]\n')
+    return project, lock
+
+
+def _run_with_versions(project: Path, run_id: str, versions: dict[str, str]) -> None:
+    run_dir = RunStore(project).directory(run_id)
+    run_dir.mkdir(parents=True)
+    shutil.copy(project / "envlock.lock", run_dir / "envlock.lock")
+    record = RunRecord(
+        run_id, "finished", ["true"], "sha256:" + "a" * 64, "scm-pkg:x", [], "sha256:x", "linux/amd64", None, None,
+        0, {}, [], False, [], "2026-01-01T00:00:00Z", "c", 1, ended="2026-01-01T00:00:01Z", exit_code=0,
+        package_versions=versions,
+    )  # fmt: skip
+    (run_dir / "record.json").write_text(json.dumps(record.as_dict()))
+
+
+def test_own_metadata_no_run_names_is_freed_and_a_runs_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project, lock = _scm_project(tmp_path)
+    cache = CacheLayout(tmp_path / "cache")
+    kept = own_metadata(lock, {"scm-pkg": "1.0.dev1+gaaaaaaa"}, project)
+    stale = own_metadata(lock, {"scm-pkg": "1.0.dev2+gbbbbbb"}, project)  # a commit no kept run was made at
+    assert kept is not None and kept.folder is not None and stale is not None and stale.folder is not None
+    _run_with_versions(project, "20260101T000000Z-abcdef", {"scm-pkg": "1.0.dev1+gaaaaaaa"})
+    being_made = ProjectLayout(project).local_metadata / ".local-metadata-x"
+    being_made.mkdir()
+    size = tree_size(stale.folder)
+
+    wiring = Wiring(engine_=FakeEngine(), cache_dir=cache.root)
+    old = time.time() - GRACE_SECONDS - 60
+    for folder in (kept.folder, stale.folder, being_made):
+        os.utime(folder, (old, old))
+    assert run(["gc", "--dry-run", "-C", str(project)], wiring) == 0
+    out = capsys.readouterr().out
+    assert f"would remove own-metadata {stale.folder.name[:12]} ({size} bytes)" in out, out
+    assert kept.folder.name[:12] not in out and stale.folder.is_dir(), "--dry-run removes nothing"
+    assert run(["gc", "-C", str(project)], wiring) == 0
+    assert kept.folder.is_dir() and being_made.is_dir() and not stale.folder.exists()
+    assert [p.name for p in ProjectLayout(project).local_metadata.iterdir() if ".removing-" in p.name] == []
+
+
+def test_own_metadata_made_within_the_grace_period_is_kept(tmp_path: Path) -> None:
+    project, lock = _scm_project(tmp_path)
+    cache = CacheLayout(tmp_path / "cache")
+    fresh = own_metadata(lock, {"scm-pkg": "1.0.dev3+gccccccc"}, project)  # a run starting now: no record yet
+    assert fresh is not None and fresh.folder is not None
+    result = collect_garbage(needed_by_roots([project], cache).needed, FakeEngine(), cache)
+    assert fresh.folder.is_dir() and result.kept_recent > 0
+
+
+def test_own_metadata_gc_never_follows_a_link_out_of_the_project(tmp_path: Path) -> None:
+    project, _ = _scm_project(tmp_path)
+    cache = CacheLayout(tmp_path / "cache")
+    elsewhere = tmp_path / "elsewhere"
+    victim = elsewhere / ("f" * 64)
+    (victim / "x.dist-info").mkdir(parents=True)
+    (victim / "x.dist-info" / "METADATA").write_text("precious")
+    ProjectLayout(project).state.mkdir(parents=True, exist_ok=True)
+    ProjectLayout(project).local_metadata.symlink_to(elsewhere, target_is_directory=True)
+    result = collect_garbage(needed_by_roots([project], cache).needed, FakeEngine(), cache, now=LATER)
+    assert (victim / "x.dist-info" / "METADATA").read_text() == "precious" and result.removed == []
+    ProjectLayout(project).local_metadata.unlink()
+    ProjectLayout(project).local_metadata.mkdir()
+    (ProjectLayout(project).local_metadata / ("e" * 64)).symlink_to(victim, target_is_directory=True)
+    collect_garbage(needed_by_roots([project], cache).needed, FakeEngine(), cache, now=LATER)
+    assert (victim / "x.dist-info" / "METADATA").read_text() == "precious"
+
+
+def test_build_backend_entries_the_project_no_longer_uses_are_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An in-tree backend (no network): its metadata at the old version files goes, the current one and the venv
+    of its build requirements stay; a venv no project needs goes; one being made and a link out stay."""
+    cache = CacheLayout(tmp_path / "cache")
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(cache.root))  # the backend gc's spec reading asks: this cache
+    project = _in_tree(tmp_path, "3.1.4")
+    backend = IsolatedBackend(cache.build_backends)
+    backend.metadata(project)
+    first = set((cache.build_backends / "metadata").iterdir())
+    (project / "src" / "intree_pkg" / "__init__.py").write_text('__version__ = "3.2.0"\n')  # a version file moved
+    (project / "VERSION").write_text("3.2.0")
+    backend.metadata(project)
+    (current,) = set((cache.build_backends / "metadata").iterdir()) - first
+    (old,) = first
+    (env,) = (cache.build_backends / "envs").iterdir()
+    unused = cache.build_backends / "envs" / ("b" * 32)
+    (unused / "lib").mkdir(parents=True)
+    (unused / "lib" / "big.py").write_bytes(b"x" * 1000)
+    (unused / "ready").write_text("")
+    being_made = cache.build_backends / "envs" / f".{'c' * 32}-tmp"
+    being_made.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.py").write_text("precious")
+    (cache.build_backends / "envs" / ("d" * 32)).symlink_to(outside, target_is_directory=True)
+
+    needed = needed_by_roots([project], cache).needed
+    dry = collect_garbage(needed, FakeEngine(), cache, dry_run=True, now=LATER, report=print)
+    out = capsys.readouterr().out
+    assert f"would remove backend-env {'b' * 12} (1000 bytes)" in out, out
+    assert f"would remove backend-metadata {old.stem[:12]} ({old.stat().st_size} bytes)" in out
+    assert old.exists() and unused.is_dir(), "--dry-run removes nothing"
+    done = collect_garbage(needed, FakeEngine(), cache, now=LATER)
+    assert [(r.kind, r.name) for r in done.removed] == [(r.kind, r.name) for r in dry.removed]
+    assert not old.exists() and not unused.exists()
+    assert current.is_file() and (env / "ready").is_file() and being_made.is_dir()
+    assert (outside / "keep.py").read_text() == "precious"
+    assert backend.metadata(project).version == "3.2.0" and (tmp_path / "CALLS").read_text() == "xx", "still cached"
+
+
+def test_build_backend_entries_are_kept_while_a_root_cannot_be_read(tmp_path: Path) -> None:
+    cache = CacheLayout(tmp_path / "cache")
+    unused = cache.build_backends / "envs" / ("b" * 32)
+    unused.mkdir(parents=True)
+    result = collect_garbage(Needed(keep_cache=True), FakeEngine(), cache, now=LATER)
+    assert unused.is_dir() and result.removed == []
+
+
+def test_a_version_from_vcs_keeps_this_commits_entry_and_frees_earlier_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = CacheLayout(tmp_path / "cache")
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(cache.root))
+    project = _in_tree(tmp_path, "1.4.3.dev1+gaaaaaaa")
+    (project / "pyproject.toml").write_text(PYPROJECT + "\n[tool.setuptools_scm]\n")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    _commit(project, "start")
+    backend = IsolatedBackend(cache.build_backends)
+    backend.metadata(project)  # the lock's (no commit in its key)
+    backend.version(project)  # the first commit's run
+    before = set((cache.build_backends / "metadata").iterdir())
+    (project / "VERSION").write_text("1.4.3.dev2+gbbbbbbb")
+    _commit(project, "next")
+    backend.version(project)  # the second commit's run
+    (this_commit,) = set((cache.build_backends / "metadata").iterdir()) - before
+    done = collect_garbage(needed_by_roots([project], cache).needed, FakeEngine(), cache, now=LATER)
+    left = set((cache.build_backends / "metadata").iterdir())
+    assert [r.kind for r in done.removed] == ["backend-metadata"] and len(left) == 2 and this_commit in left
+    assert backend.version(project) == "1.4.3.dev2+gbbbbbbb" and backend.metadata(project).name == "intree-pkg"
+    assert (tmp_path / "CALLS").read_text() == "xxx", "neither the lock's nor this commit's was asked again"

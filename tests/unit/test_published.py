@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from envlock.evidence.published import (
 from envlock.evidence.trust import load_trust
 from envlock.image.referrers import DSSE_TYPE, SBOM_TYPE, Layer, fallback_tag, push_artifact
 from envlock.image.registry import OCI_INDEX, OCI_MANIFEST, Blob, push
+from envlock.paths import CacheLayout
 from envlock.run.records import RunStore
 from envlock.signing import generate_key
 from tests.fakes import FakeRegistry
@@ -167,8 +169,8 @@ def test_a_crafted_referrer_is_left_out_and_a_run_moved_onto_another_image_fails
     registry.blobs[(REPO, bundle)] = bytes(data)
     code, _, err = world(capsys, "pull", ref, "-C", str(elsewhere), "--key", pub)
     assert code == 11 and f"error: refused: the layer {bundle[:19]}" not in err
-    assert f"error: refused: the blob the registry gave for {bundle[:19]} is not of that digest" in err
-    assert list(elsewhere.iterdir()) == []
+    assert f"error: the registry {registry.host} gave a blob that is not {bundle[:19]}: refused" in err
+    assert list(elsewhere.iterdir()) == [] and _scratch_left(tmp_path) == [], "no partial file left behind"
 
 
 def test_outputs_over_the_cap_are_published_by_digest_and_left_unchecked(
@@ -228,3 +230,64 @@ def test_bad_references_are_usage_errors(world: World, capsys: pytest.CaptureFix
     assert code == 2 and "error: --image and --lock are for --registry" in err
     assert location_of("registry.example:5000/team/demo").repository == "team/demo"
     shutil.rmtree(world.project / ".envlock", ignore_errors=True)
+
+
+def _scratch_left(tmp_path: Path) -> list[Path]:
+    """What pulls left in envlock's scratch (the world's cache): nothing, once each pull has ended."""
+    scratch = CacheLayout(tmp_path / "cache").scratch
+    return sorted(scratch.rglob("*")) if scratch.is_dir() else []
+
+
+def test_a_pulled_bundle_over_the_cap_is_refused_before_a_byte_and_the_cap_can_be_raised(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _, ref, _ = _published_run(world, capsys, tmp_path)
+    artifact = json.loads(world.registry.manifests[(REPO, ref.partition("@")[2])])
+    bundle = next(x for x in artifact["layers"] if x["mediaType"] == BUNDLE_TYPE)
+    pub = str(tmp_path / "keys" / "signing.pem.pub")
+    elsewhere = tmp_path / "elsewhere"
+    world.wiring.environ = {"ENVLOCK_PULL_MAX_BYTES": str(bundle["size"] - 1)}
+    world.registry.wire[(REPO, bundle["digest"])] = lambda: pytest.fail("a byte was asked for")
+    code, _, err = world(capsys, "pull", ref, "-C", str(elsewhere), "--key", pub)
+    assert code == 31, err
+    assert err.splitlines()[:2] == [
+        f"error: refused: the run's bundle {bundle['digest'][:19]} is {bundle['size']} bytes, over the pull cap of "
+        f"{bundle['size'] - 1} bytes",
+        "hint: if you trust its source and have the space, raise the cap: ENVLOCK_PULL_MAX_BYTES=… (K/M/G/T "
+        "suffixes are powers of 1024; default 4G)",
+    ]
+    assert not elsewhere.exists() and _scratch_left(tmp_path) == []
+    del world.registry.wire[(REPO, bundle["digest"])]
+    world.wiring.environ = {"ENVLOCK_PULL_MAX_BYTES": str(bundle["size"])}  # exactly its size: taken
+    code, out, err = world(capsys, "pull", ref, "-C", str(elsewhere), "--key", pub)
+    assert code == 0 and "pulled run" in out, err
+    world.wiring.environ = {"ENVLOCK_PULL_MAX_BYTES": "lots"}
+    code, _, err = world(capsys, "pull", ref, "-C", str(tmp_path / "third"), "--key", pub)
+    assert code == 2 and "error: ENVLOCK_PULL_MAX_BYTES='lots' is not a positive whole number" in err
+
+
+def test_a_bundle_that_never_ends_is_cut_off_at_its_declared_size_and_leaves_nothing(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A hostile registry streams a bundle blob without end: the pull reads it in chunks into its scratch, stops
+    just past the size the manifest declares, and removes what it had written (never the whole in memory)."""
+    _, ref, _ = _published_run(world, capsys, tmp_path)
+    artifact = json.loads(world.registry.manifests[(REPO, ref.partition("@")[2])])
+    bundle = next(x for x in artifact["layers"] if x["mediaType"] == BUNDLE_TYPE)
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            sent.append(1 << 16)
+            yield b"\0" * (1 << 16)
+
+    world.registry.wire[(REPO, bundle["digest"])] = endless
+    elsewhere = tmp_path / "elsewhere"
+    code, _, err = world(capsys, "pull", ref, "-C", str(elsewhere), "--key", str(tmp_path / "keys" / "signing.pem.pub"))
+    assert code == 11, err
+    assert (
+        f"error: refused: the registry {world.registry.host} sent more than the {bundle['size']} bytes declared for "
+        f"{bundle['digest'][:19]}" in err
+    )
+    assert sum(sent) <= bundle["size"] + (1 << 16), "cut off at the declared size, not read on"
+    assert not elsewhere.exists() and _scratch_left(tmp_path) == []

@@ -1,5 +1,5 @@
-"""`envlock gc`: free the images, layers, bases, wheels and per-image folders no lock or run record of the given
-projects needs."""
+"""`envlock gc`: free the images, layers, bases, wheels, per-image folders, own metadata and build-backend entries no
+lock or run record of the given projects needs."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def gc(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
 ) -> None:
-    """Remove images, layers, bases, wheels and per-image folders (bytecode, Charliecloud) that no live project
-    registered in the cache (and none named here) needs; report the roots whose project folder is gone."""
+    """Remove images, layers, bases, wheels, per-image folders (bytecode, Charliecloud), the projects' own metadata
+    no run record names (.envlock/local-metadata) and build-backend venvs and metadata no package uses now, that no
+    live project registered in the cache (and none named here) needs; report the roots whose project folder is
+    gone."""
     from envlock.image.gc import collect_garbage  # noqa: PLC0415
     from envlock.run.gcneeds import needed_by_roots  # noqa: PLC0415
 

@@ -63,9 +63,17 @@ def pull_command(
     key: PublicKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
-    """Bring a published run into this project's run store, verified first under your trust (--key, your store)."""
+    """Bring a published run into this project's run store, verified first under your trust (--key, your store).
+    Its bundle streams into envlock's scratch, checked by digest on the way; one over 4 GiB is refused
+    (ENVLOCK_PULL_MAX_BYTES sets another cap)."""
     from envlock.evidence.bundle import unpacked  # noqa: PLC0415
-    from envlock.evidence.published import downloaded, parse_ref, store_pulled, verify_fetched  # noqa: PLC0415
+    from envlock.evidence.published import (  # noqa: PLC0415
+        downloaded,
+        parse_ref,
+        pull_cap,
+        store_pulled,
+        verify_fetched,
+    )
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.run.arguments import DigestRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
@@ -75,7 +83,12 @@ def pull_command(
     place, _ = parse_ref(ref)
     # From elsewhere: the keys named here and the user's own store, never a folder of keys that came with it.
     trust = load_trust(key or [], environ=wiring.environ, project_dir=None)
-    with downloaded(wiring.registry(place.host), ref, wiring.say) as fetched, unpacked(fetched.bundle) as found:
+    cap = pull_cap(wiring.environ)
+    registry = wiring.registry(place.host)
+    with (
+        downloaded(registry, ref, wiring.say, cache=wiring.cache, max_bytes=cap) as fetched,
+        unpacked(fetched.bundle) as found,
+    ):
         verdict = verify_fetched(found, fetched, trust, lambda: None).require(allow_unsigned=allow_unsigned)
         run_id = store_pulled(found, fetched.bundle, project)
     typer.echo(verdict)

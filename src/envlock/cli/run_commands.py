@@ -229,11 +229,12 @@ def _reproduce_published(
 ) -> int:
     """`envlock reproduce REGISTRY/REPO@sha256:…`: the run's bundle downloaded (checked by digest and subject), its
     image pulled by digest, both verified under the receiver's trust, then the bundle's path."""
-    from envlock.evidence.published import downloaded, parse_ref, verify_fetched  # noqa: PLC0415
+    from envlock.evidence.published import downloaded, parse_ref, pull_cap, verify_fetched  # noqa: PLC0415
 
     wiring = wiring_of(ctx)
     place, _ = parse_ref(ref)
-    with downloaded(wiring.registry(place.host), ref, wiring.say) as fetched:
+    cap = pull_cap(wiring.environ)
+    with downloaded(wiring.registry(place.host), ref, wiring.say, cache=wiring.cache, max_bytes=cap) as fetched:
         wiring.say(f"run {fetched.run.run_id}: {fetched.size} bytes of evidence from {fetched.run.ref}")
 
         def gate(found: Unpacked) -> str:

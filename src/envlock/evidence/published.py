@@ -19,38 +19,44 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from envlock.engine.docker import Engine
-from envlock.errors import RegistryError, UsageError
+from envlock.errors import BundleError, RegistryError, UsageError
 from envlock.evidence.attest import Checks
 from envlock.evidence.bundle import Unpacked, check_names, make_bundle, verify_unpacked
 from envlock.evidence.trust import Trust
-from envlock.fsutil import atomic_write_bytes, copy_confined, sha256_file
+from envlock.fsutil import cache_writes, copy_confined, owned_prefix, sha256_file, shared_scratch, sweep_stale
 from envlock.image.provenance import attestation_path
 from envlock.image.referrers import (
     DSSE_TYPE,
     Layer,
     Referrer,
     checked_referrers,
-    layer_data,
     manifest_by_digest,
     push_artifact,
     split_pushed,
 )
 from envlock.image.registry import OCI_INDEX, Blob, Registry, split_target
-from envlock.paths import ATTESTATION, RECORD_FILE, ProjectLayout
+from envlock.paths import ATTESTATION, RECORD_FILE, CacheLayout, ProjectLayout
 from envlock.report import Report, silent
 from envlock.run.records import RunStore
+from envlock.safetar import parse_amount
 
 RUN_TYPE = "application/vnd.envlock.run.v1+json"
 RECORD_TYPE = "application/vnd.envlock.run.record.v1+json"
 BUNDLE_TYPE = "application/vnd.envlock.bundle.v1.tar"
 OUTPUT_MAX_BYTES = 64 << 20  # each declared output up to this is published; larger ones by digest only
-BUNDLE_MAX_BYTES = 4 << 30  # a pulled bundle declaring more is refused before a byte is downloaded
+# A pulled bundle declaring more than this is refused before a byte is downloaded, and the download is cut off at
+# what it declares; it streams into the user's scratch, never into memory. Overridden by PULL_MAX_ENV (bytes, or
+# with a K/M/G/T suffix).
+PULL_MAX_BYTES = 4 << 30
+PULL_MAX_ENV = "ENVLOCK_PULL_MAX_BYTES"
+_PULL_PREFIX = "pulled-"
 
 RUN_ID = "dev.envlock.run.id"
 LOCK_HASH = "dev.envlock.lock.hash"
@@ -256,9 +262,18 @@ class Fetched:
     size: int
 
 
-def fetch_run(registry: Registry, ref: str, out_dir: Path, report: Report = silent) -> Fetched:
+def pull_cap(environ: Mapping[str, str]) -> int:
+    """The most bytes a pulled bundle may have: PULL_MAX_ENV if set, else PULL_MAX_BYTES."""
+    text = environ.get(PULL_MAX_ENV, "").strip()
+    return parse_amount(PULL_MAX_ENV, text) if text else PULL_MAX_BYTES
+
+
+def fetch_run(
+    registry: Registry, ref: str, out_dir: Path, report: Report = silent, *, max_bytes: int = PULL_MAX_BYTES
+) -> Fetched:
     """A published run by its artifact's digest (or by its image's, when exactly one run refers to it): the
-    manifest checked by digest, type and subject, then the bundle downloaded into `out_dir` and checked."""
+    manifest checked by digest, type and subject, then the bundle streamed into `out_dir` (at most `max_bytes`,
+    checked by digest on the way)."""
     place, digest = parse_ref(ref)
     artifact = manifest_by_digest(registry, place.repository, digest)
     if artifact.artifact_type != RUN_TYPE:
@@ -271,17 +286,35 @@ def fetch_run(registry: Registry, ref: str, out_dir: Path, report: Report = sile
     bundles = [x for x in artifact.layers if x.get("mediaType") == BUNDLE_TYPE]
     if len(bundles) != 1:
         raise RegistryError(f"refused: the run artifact {artifact.digest[:19]} has {len(bundles)} bundle layers, not 1")
-    data = layer_data(registry, place.repository, bundles[0], BUNDLE_MAX_BYTES)
+    blob, size = str(bundles[0].get("digest", "")), bundles[0].get("size")
+    if not _DIGEST.fullmatch(blob) or type(size) is not int or size < 0:
+        raise RegistryError(f"refused: the run artifact {artifact.digest[:19]} describes no bundle blob (digest, size)")
+    if size > max_bytes:
+        raise BundleError(
+            f"refused: the run's bundle {blob[:19]} is {size} bytes, over the pull cap of {max_bytes} bytes",
+            hint=f"if you trust its source and have the space, raise the cap: {PULL_MAX_ENV}=… (K/M/G/T suffixes are "
+            f"powers of 1024; default {PULL_MAX_BYTES >> 30}G)",
+        )
     out = out_dir / "run.tar"
-    atomic_write_bytes(out, data)
-    return Fetched(out, _described(place, artifact), place.ref(artifact.subject), image_config, len(data))
+    if not registry.blob_into(place.repository, blob, out, size):
+        raise RegistryError(f"the registry has no blob {blob[:19]} in {place.repository}")
+    return Fetched(out, _described(place, artifact), place.ref(artifact.subject), image_config, size)
 
 
 @contextlib.contextmanager
-def downloaded(registry: Registry, ref: str, report: Report = silent) -> Iterator[Fetched]:
-    """fetch_run into a temporary folder that lasts for the block."""
-    with tempfile.TemporaryDirectory(prefix="envlock-pulled-") as tmp:
-        yield fetch_run(registry, ref, Path(tmp), report)
+def downloaded(
+    registry: Registry, ref: str, report: Report = silent, *, cache: CacheLayout, max_bytes: int = PULL_MAX_BYTES
+) -> Iterator[Fetched]:
+    """fetch_run into a folder of this user's scratch in `cache` that lasts for the block (what a killed pull left
+    there is swept first); a cache this user cannot write is one CacheNotWritableError."""
+    with cache_writes("pulling a run", cache.root, "a pull"):
+        shared_scratch(cache.scratch)
+        sweep_stale(cache.scratch, _PULL_PREFIX)
+        folder = Path(tempfile.mkdtemp(prefix=owned_prefix(_PULL_PREFIX), dir=cache.scratch))
+    try:
+        yield fetch_run(registry, ref, folder, report, max_bytes=max_bytes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _only_run_of(registry: Registry, place: Location, manifest: Referrer, report: Report) -> Referrer:

@@ -1,14 +1,17 @@
-"""`envlock gc`: remove the images, layers, bases and wheels that no lock or run record still needs.
+"""`envlock gc`: remove the images, layers, bases, wheels and metadata that no lock or run record still needs.
 
 What restore and reproduce need is kept: each run's image and its lock's wheels and layers, and the current lock's.
 Folders kept per image ID (the bytecode runs write, Charliecloud's unpacked images) go with their image: kept while
-the engine keeps it or a run record names it.
+the engine keeps it or a run record names it. A project's own metadata (the dist-infos runs mount for packages
+versioned by VCS) is kept while one of its run records names it; the build backends' cache (their metadata and
+venvs) while a live project's package uses the entry as the package's files are now.
 Two collections never run at once (an fcntl lock on <cache>/gc.lock), and any cache entry touched in the last
 `grace` seconds is left alone, so a build running beside gc keeps what it is making.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,8 +24,9 @@ from envlock.fsutil import exclusive, read_json, remove_tree, tree_size
 from envlock.image.plan import layer_key, plan_image
 from envlock.image.staging import VenvLayout
 from envlock.lock import lockfile
+from envlock.lock.backend import ENVS_DIR, cache_entries
 from envlock.lock.lockfile import Lock
-from envlock.paths import CacheLayout
+from envlock.paths import CacheLayout, ProjectLayout
 from envlock.report import Report, silent
 
 GRACE_SECONDS = 15 * 60
@@ -45,13 +49,18 @@ class Needed:
     # A live root this user cannot read: what it needs is unknown, so no cache entry is removed (images of the
     # repositories named above still are).
     keep_cache: bool = False
+    # The build-backend cache entries the projects' own packages use as their files are now (lock.backend).
+    backend_entries: frozenset[str] = frozenset()
+    # Per project: the own-metadata folders (ProjectLayout.local_metadata) its run records name; None where a
+    # damaged record may name any (then all are kept).
+    own_metadata: tuple[tuple[Path, frozenset[str] | None], ...] = ()
 
 
 @dataclass
 class Removal:
     """One thing gc removes (or, with --dry-run, would remove)."""
 
-    kind: str  # image | layer | base | wheel | bytecode | charliecloud
+    kind: str  # image | layer | base | wheel | bytecode | charliecloud | own-metadata | backend-metadata | backend-env
     name: str
     size: int
 
@@ -141,6 +150,8 @@ def collect_garbage(
 
     with _exclusive(cache):
         kept_images = _images(engine, needed, lock_hashes, result, dry_run=dry_run, report=report)
+        for project, names in needed.own_metadata:  # the projects' own state: whatever the cache's roots say
+            _own_metadata(project, names, recent, drop)
         if needed.keep_cache:
             return result
         diff_ids = {d for image in kept_images for d in image.diff_ids} | bases
@@ -150,6 +161,7 @@ def collect_garbage(
         images = {image.image_id for image in kept_images} | needed.image_ids
         for kind, root in (("bytecode", cache.bytecode), ("charliecloud", cache.charliecloud)):
             _image_folders(root, kind, images, recent, drop)
+        _build_backends(cache.build_backends, needed.backend_entries, recent, drop)
     return result
 
 
@@ -221,3 +233,35 @@ def _image_folders(root: Path, kind: str, image_ids: set[str], recent: Callable[
         if f"sha256:{folder.name}" in image_ids or recent(folder):
             continue
         drop(kind, folder.name[:12], [folder])
+
+
+def _own_metadata(project: Path, names: frozenset[str] | None, recent: Callable[[Path], bool], drop: Drop) -> None:
+    """A project's own-metadata folders (dist-infos a run mounts), kept while a run record names them. Only in a
+    project folder of this user's, reached without a link (a `.envlock` or `local-metadata` that is a link leads
+    out of the project: left alone), and never through a link inside it."""
+    root = ProjectLayout(project).local_metadata
+    try:
+        inside = root.resolve() == project.resolve() / root.relative_to(project)
+        if names is None or not inside or not root.is_dir() or root.stat().st_uid != os.getuid():
+            return
+    except OSError:
+        return
+    for folder in sorted(root.iterdir()):
+        if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
+            continue
+        if folder.name in names or recent(folder):
+            continue
+        drop("own-metadata", folder.name[:12], [folder])
+
+
+def _build_backends(root: Path, used: frozenset[str], recent: Callable[[Path], bool], drop: Drop) -> None:
+    """The build backends' metadata and venvs: kept while a live project's package uses them as it is now (or
+    they were used within the grace period); a kept metadata entry keeps the venv it was asked in."""
+    entries = cache_entries(root)
+    kept = {entry.name for entry in entries if entry.name in used or recent(entry.path)}
+    kept |= {name for entry in entries if entry.name in kept for name in entry.uses}
+    for entry in entries:
+        if entry.name in kept:
+            continue
+        kind = "backend-env" if entry.name.startswith(f"{ENVS_DIR}/") else "backend-metadata"
+        drop(kind, entry.path.name.removesuffix(".json")[:12], [entry.path])

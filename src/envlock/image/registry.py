@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ INSECURE_REGISTRIES_ENV = "ENVLOCK_INSECURE_REGISTRIES"
 # A registry that does not even accept the connection in this time is unreachable: a node without a route to it
 # fails in seconds, not after the full read timeout.
 CONNECT_TIMEOUT_S = 10.0
+CHUNK_BYTES = 1 << 20  # a streamed blob is read, hashed and written this much at a time
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ class Registry(Protocol):
         """The repository's tags (empty when the registry has no such repository)."""
         ...
 
-    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
-        """Stream a blob into a file, checked against its digest (RegistryError if not); False when absent."""
+    def blob_into(self, repository: str, digest: str, out: Path, size: int | None = None) -> bool:
+        """Stream a blob into a file (see write_blob): checked against its digest and, given `size` (what its
+        manifest declares), cut off past it; RegistryError if either fails, no file left. False when absent."""
         ...
 
 
@@ -206,9 +209,9 @@ class HttpRegistry:
             raise self._refused(response, f"give the blob {digest[:19]} of {repository}")
         return bytes(response.content)
 
-    def blob_into(self, repository: str, digest: str, out: Path) -> bool:
-        """GET a blob streamed into `out` (a layer may be gigabytes), hashed on the way; a blob that is not its
-        digest is removed and refused."""
+    def blob_into(self, repository: str, digest: str, out: Path, size: int | None = None) -> bool:
+        """GET a blob streamed into `out` (a layer may be gigabytes) through write_blob: hashed on the way, cut off
+        past `size`; a blob that is not its digest is removed and refused."""
         import requests  # noqa: PLC0415
 
         response = self._request("GET", f"{self.base}/v2/{repository}/blobs/{digest}", stream=True)
@@ -217,23 +220,14 @@ class HttpRegistry:
                 return False
             if response.status_code != 200:
                 raise self._refused(response, f"give the blob {digest[:19]} of {repository}")
-            hashed = hashlib.sha256()
             try:
-                with out.open("wb") as handle:
-                    for chunk in response.iter_content(1 << 20):
-                        hashed.update(chunk)
-                        handle.write(chunk)
+                write_blob(response.iter_content(CHUNK_BYTES), digest, out, host=self.host, size=size)
             except OSError as exc:
-                out.unlink(missing_ok=True)
                 raise RegistryError(f"cannot fetch the blob {digest[:19]} of {repository}: {exc}") from exc
             except requests.RequestException as exc:  # the connection dropped mid-blob
-                out.unlink(missing_ok=True)
                 raise RegistryError(
                     f"the registry {self.host} broke off the blob {digest[:19]}: {exc.__class__.__name__}"
                 ) from exc
-        if "sha256:" + hashed.hexdigest() != digest:
-            out.unlink(missing_ok=True)
-            raise RegistryError(f"the registry {self.host} gave a blob that is not {digest[:19]}: refused")
         return True
 
     def referrers(self, repository: str, digest: str) -> bytes | None:
@@ -265,6 +259,34 @@ class HttpRegistry:
     def _refused(self, response: Any, action: str) -> RegistryError:
         detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
         return RegistryError(f"the registry {self.host} would not {action}: HTTP {response.status_code} {detail}")
+
+
+def write_blob(chunks: Iterable[bytes], digest: str, out: Path, *, host: str, size: int | None = None) -> int:
+    """A blob's chunks, as they arrive, into the file `out` (never through a link), hashed on the way: more bytes
+    than `size` (the size its manifest declares) stop the download there, and bytes that are not `digest` are
+    refused. On any failure (those two, a full disk, a dropped connection, Ctrl-C) no file is left. Returns the
+    bytes written."""
+    hashed = hashlib.sha256()
+    written = 0
+    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            for chunk in chunks:
+                written += len(chunk)
+                if size is not None and written > size:
+                    raise RegistryError(
+                        f"refused: the registry {host} sent more than the {size} bytes declared for {digest[:19]}",
+                        hint="the registry (or something on the way) serves other bytes than its manifest says: "
+                        "do not trust this source",
+                    )
+                hashed.update(chunk)
+                handle.write(chunk)
+        if "sha256:" + hashed.hexdigest() != digest:
+            raise RegistryError(f"the registry {host} gave a blob that is not {digest[:19]}: refused")
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _docker_credentials(host: str) -> tuple[str, str] | None:

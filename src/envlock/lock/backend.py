@@ -9,6 +9,7 @@ and keeps the answer in the cache under a fingerprint of the files that decide i
 from __future__ import annotations
 
 import configparser
+import contextlib
 import hashlib
 import json
 import os
@@ -23,8 +24,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.errors import SpecError
-from envlock.fsutil import published_folder
+from envlock.fsutil import published_folder, read_json
 
+# The cache's two kinds of entries (under CacheLayout.build_backends): `metadata/<fingerprint>.json` and a venv
+# per set of build requirements, `envs/<env_key>/` (with a `ready` file once complete).
+METADATA_DIR = "metadata"
+ENVS_DIR = "envs"
+_METADATA_NAME = re.compile(r"[0-9a-f]{64}\.json")
+_ENV_NAME = re.compile(r"[0-9a-f]{32}")
 # Bumped when what is cached (or how the fingerprint is taken) changes.
 METADATA_SCHEMA = 2
 # PEP 517: a project without [build-system] is built by setuptools' legacy backend.
@@ -285,26 +292,32 @@ class IsolatedBackend:
         return self._cached(directory, system, fingerprint(directory, system, vcs=True, git=True)).version
 
     def _cached(self, directory: Path, system: BuildSystem, key: str) -> BackendMetadata:
-        cached = self.cache / "metadata" / f"{key}.json"
+        cached = self.cache / METADATA_DIR / f"{key}.json"
         if cached.is_file():
             try:
-                return BackendMetadata.from_json(json.loads(cached.read_text(encoding="utf-8")))
+                found = BackendMetadata.from_json(json.loads(cached.read_text(encoding="utf-8")))
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged entry: ask the backend again
-        found = self._ask(directory, system)
+            else:
+                _touch(cached)
+                return found
+        found, env = self._ask(directory, system)
         cached.parent.mkdir(parents=True, exist_ok=True)
         from envlock.fsutil import atomic_write_text  # noqa: PLC0415
 
-        atomic_write_text(cached, json.dumps(found.as_json(), sort_keys=True) + "\n")
+        # The venv it was asked in (its own build requirements may have added to [build-system] requires): kept by
+        # gc while this entry is.
+        entry = {**found.as_json(), "env": env.name}
+        atomic_write_text(cached, json.dumps(entry, sort_keys=True) + "\n")
         return found
 
     def _env(self, requires: tuple[str, ...], backend: str) -> Path:
         """A venv holding exactly `requires`, made once per set (atomically: another envlock may be making it)."""
-        key = hashlib.sha256("\n".join(sorted(requires)).encode()).hexdigest()[:32]
-        final = self.cache / "envs" / key
+        final = self.cache / ENVS_DIR / env_key(requires)
         if (final / "ready").is_file():
+            _touch(final)  # in use: gc's grace period spares it
             return final
-        with published_folder(final, prefix=f".{key}-") as work:  # made meanwhile by another envlock: theirs
+        with published_folder(final, prefix=f".{final.name}-") as work:  # made meanwhile by another envlock: theirs
             python = os.environ.get("ENVLOCK_BUILD_PYTHON") or shutil.which("python3") or "python3"
             self._run([self._uv(), "venv", "--quiet", "--no-config", "--python", python, str(work)], backend)
             if requires:
@@ -328,7 +341,8 @@ class IsolatedBackend:
         except OSError as exc:
             raise BuildBackendError(f"the build backend {backend} {what}: {exc}") from exc
 
-    def _ask(self, directory: Path, system: BuildSystem) -> BackendMetadata:
+    def _ask(self, directory: Path, system: BuildSystem) -> tuple[BackendMetadata, Path]:
+        """The backend's answer, and the venv it ran in."""
         from pyproject_hooks import (  # noqa: PLC0415
             BackendUnavailable,
             BuildBackendHookCaller,
@@ -378,7 +392,69 @@ class IsolatedBackend:
                 shutil.rmtree(made, ignore_errors=True)
         freeze = self._run([self._uv(), "pip", "freeze", "--python", str(env / "bin" / "python")], backend)
         pins = tuple(sorted(line.strip() for line in freeze.splitlines() if "==" in line))
-        return BackendMetadata(name, version, requires_dist, entry_points, backend, pins)
+        return BackendMetadata(name, version, requires_dist, entry_points, backend, pins), env
+
+
+def env_key(requires: tuple[str, ...]) -> str:
+    """The name of the venv made for a set of build requirements."""
+    return hashlib.sha256("\n".join(sorted(requires)).encode()).hexdigest()[:32]
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache entry used now (gc spares what was used within its grace period); a cache this user may only
+    read stays as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def entries_used(directory: Path) -> frozenset[str]:
+    """The build-backend cache entries (`metadata/<key>.json`, `envs/<key>`) the package in `directory` uses as its
+    files are now: its metadata (and, for a version from VCS, this commit's version) and the venv of its declared
+    build requirements. A lock needs no more: it holds the metadata itself, and a run's version is in its record."""
+    document = _pyproject(directory)
+    system = build_system(document)
+    vcs = version_from_vcs(directory, document)
+    keys = {fingerprint(directory, system, vcs=vcs)} | (
+        {fingerprint(directory, system, vcs=True, git=True)} if vcs else set()
+    )
+    return frozenset({f"{METADATA_DIR}/{key}.json" for key in keys} | {f"{ENVS_DIR}/{env_key(system.requires)}"})
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One finished entry of the build-backend cache, and the entries it keeps alive (a metadata entry: its venv)."""
+
+    name: str  # relative to the cache: metadata/<key>.json or envs/<key>
+    path: Path
+    uses: frozenset[str] = frozenset()
+
+
+def cache_entries(cache: Path) -> list[CacheEntry]:
+    """Every entry of a build-backend cache, by name. Dot-names (being made or removed), links and names the
+    cache never makes are no entries; the cache's own folders must be real folders inside it (no link out)."""
+    found: list[CacheEntry] = []
+    for kind, pattern in ((METADATA_DIR, _METADATA_NAME), (ENVS_DIR, _ENV_NAME)):
+        folder = cache / kind
+        if not _real_folder(folder, cache):
+            continue
+        for path in sorted(folder.iterdir()):
+            if not pattern.fullmatch(path.name) or path.is_symlink():
+                continue
+            uses: frozenset[str] = frozenset()
+            if kind == METADATA_DIR:
+                data = read_json(path)
+                env = data.get("env") if isinstance(data, dict) else None
+                uses = frozenset({f"{ENVS_DIR}/{env}"}) if isinstance(env, str) and _ENV_NAME.fullmatch(env) else uses
+            found.append(CacheEntry(f"{kind}/{path.name}", path, uses))
+    return found
+
+
+def _real_folder(folder: Path, parent: Path) -> bool:
+    """`folder` is a folder of its own inside `parent`: neither it nor `parent` a link to somewhere else."""
+    try:
+        return folder.is_dir() and folder.resolve() == parent.resolve() / folder.name and not parent.is_symlink()
+    except OSError:
+        return False
 
 
 def _egg_infos(directory: Path) -> set[Path]:

@@ -1,9 +1,10 @@
-"""What `envlock gc` must keep for a set of projects: their locks and every run's image and lock."""
+"""What `envlock gc` must keep for a set of projects: their locks, every run's image, lock and own metadata, and the
+build-backend entries their packages use."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,23 +12,32 @@ from envlock.errors import EnvlockError, SpecError
 from envlock.image.catalog import read_images
 from envlock.image.gc import Needed, needed_of
 from envlock.image.roots import Root, read_roots, remove_root
+from envlock.lock import lockfile
+from envlock.lock.backend import entries_used
+from envlock.lock.localpackages import LocalPackage
 from envlock.lock.spec import load_spec
 from envlock.paths import LOCK_FILE, CacheLayout, ProjectLayout
+from envlock.run.ownversion import metadata_key
 from envlock.run.records import RunStore
 
 
 def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
-    """The locks and run images of these projects, and the run records that could not be read (kept out)."""
+    """The locks and run images of these projects, the own metadata their runs mount and the build-backend entries
+    their packages use, and the run records that could not be read (kept out)."""
     texts: list[str] = []
     image_ids: set[str] = set()
     broken: list[Path] = []
     repositories: set[str] = set()
+    backend_entries: set[str] = set()
+    own: list[tuple[Path, frozenset[str] | None]] = []
     for project in projects:
         if not project.is_dir():
             raise SpecError(f"no project directory {project}", hint="pass each project with -C DIR")
         # A broken pyproject.toml: the names its images were given are in images.json (read below).
         with contextlib.suppress(EnvlockError):
-            repositories.add(load_spec(project).name)
+            spec = load_spec(project)
+            repositories.add(spec.name)
+            backend_entries |= _backend_entries(project, spec.local_packages)
         repositories |= {str(e.get("reference", "")).rpartition(":")[0] for e in read_images(project).values()}
         lock = ProjectLayout(project).lock
         if lock.is_file():
@@ -35,13 +45,37 @@ def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
         store = RunStore(project)
         records, damaged = store.scan()
         broken += damaged
+        names: set[str] = set()
         for record in records:
             image_ids.add(record.image_id)
             repositories.add(record.image_reference.rpartition(":")[0])
             copy = store.directory(record.run_id) / LOCK_FILE
             if copy.is_file():
-                texts.append(copy.read_text(encoding="utf-8"))
-    return needed_of(texts, image_ids, repositories - {""}), broken
+                text = copy.read_text(encoding="utf-8")
+                texts.append(text)
+                names |= _own_metadata(text, record.package_versions)
+        own.append((project, None if damaged else frozenset(names)))
+    needed = needed_of(texts, image_ids, repositories - {""})
+    return replace(needed, backend_entries=frozenset(backend_entries), own_metadata=tuple(own)), broken
+
+
+def _backend_entries(project: Path, packages: Sequence[LocalPackage]) -> set[str]:
+    """The build-backend cache entries the project's packages that a backend describes use now."""
+    found: set[str] = set()
+    for package in packages:
+        if package.backend:
+            with contextlib.suppress(EnvlockError, OSError):
+                found |= entries_used(project / package.directory)
+    return found
+
+
+def _own_metadata(lock_text: str, versions: Mapping[str, str]) -> set[str]:
+    """The own-metadata folder a run mounted (none when its lock copy or versions cannot make one)."""
+    try:
+        key = metadata_key(lockfile.loads(lock_text), versions)
+    except Exception:  # noqa: BLE001  (any damage, as needed_of: that copy keeps nothing)
+        return set()
+    return {key} if key else set()
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from them, and never runs the (possibly foreign) project's backend.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,12 +28,10 @@ def current_versions(packages: tuple[LocalPackage, ...], project_dir: Path, back
     return {p.name: backend.version(project_dir / p.directory) for p in packages if p.version_from == "vcs"}
 
 
-def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path | None:
-    """The folder of dist-infos for the lock's VCS-versioned packages at `versions`, made once per content under
-    `root` (None: the lock has none). A package without a version here is refused: its metadata would be absent."""
+def _pinned(lock: Lock, versions: Mapping[str, str]) -> list[LocalPackage]:
+    """The lock's VCS-versioned packages at `versions` (a package without a version here is refused: its metadata
+    would be absent)."""
     packages = [p for p in lock.local_packages if p.version_from == "vcs"]
-    if not packages:
-        return None
     missing = [p.name for p in packages if p.name not in versions]
     if missing:
         raise SpecError(
@@ -39,12 +39,33 @@ def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path
             hint="run it with `envlock run` in the project, which asks its build backend",
         )
     try:
-        pinned = [p.at_version(versions[p.name]) for p in packages]
+        return [p.at_version(versions[p.name]) for p in packages]
     except ValueError as exc:
         raise SpecError(f"the build backend gave an unusable {exc}") from exc
-    key = hashlib.sha256(json.dumps([[p.as_dict(), p.version] for p in pinned], sort_keys=True).encode())
-    final = root / key.hexdigest()
+
+
+def _key(pinned: list[LocalPackage]) -> str:
+    return hashlib.sha256(json.dumps([[p.as_dict(), p.version] for p in pinned], sort_keys=True).encode()).hexdigest()
+
+
+def metadata_key(lock: Lock, versions: Mapping[str, str]) -> str | None:
+    """The name of the folder of dist-infos for the lock's VCS-versioned packages at `versions` (None: the lock has
+    none): what gc keeps for a run record."""
+    pinned = _pinned(lock, versions)
+    return _key(pinned) if pinned else None
+
+
+def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path | None:
+    """The folder of dist-infos for the lock's VCS-versioned packages at `versions`, made once per content under
+    `root` (None: the lock has none). Touched when used again: gc's grace period spares it until the run's record
+    names it."""
+    pinned = _pinned(lock, versions)
+    if not pinned:
+        return None
+    final = root / _key(pinned)
     if final.is_dir():
+        with contextlib.suppress(OSError):
+            os.utime(final)
         return final
     with published_folder(final, prefix=".local-metadata-") as work:  # made meanwhile by another run: same bytes
         for package in pinned:
