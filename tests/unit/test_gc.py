@@ -356,3 +356,34 @@ def test_a_version_from_vcs_keeps_this_commits_entry_and_frees_earlier_commits(
     assert [r.kind for r in done.removed] == ["backend-metadata"] and len(left) == 2 and this_commit in left
     assert backend.version(project) == "1.4.3.dev2+gbbbbbbb" and backend.metadata(project).name == "intree-pkg"
     assert (tmp_path / "CALLS").read_text() == "xxx", "neither the lock's nor this commit's was asked again"
+
+
+def test_an_entry_this_user_cannot_remove_is_reported_and_gc_goes_on(
+    two_builds: tuple[Path, FakeEngine, CacheLayout, str, str],
+) -> None:
+    """A shared cache can hold another user's files that this user may not delete: gc says so in one line per
+    entry and frees the rest (an immutable file stands in for the other user's: root bypasses permissions)."""
+    project, engine, cache, old, _ = two_builds
+    gone = "sha256:" + "e" * 64
+    stuck = _image_folder(cache.bytecode, old)
+    freeable = _image_folder(cache.bytecode, gone)
+    pinned = stuck / "rootfs" / "usr" / "lib" / "module.pyc"
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(pinned)], check=False).returncode:
+        pytest.skip("chattr +i is not available on this filesystem (needs root and ext4/xfs)")
+    said: list[str] = []
+    try:
+        done = collect_garbage(needed_by([project])[0], engine, cache, now=LATER, report=said.append)
+    finally:
+        for path in cache.bytecode.glob("*/rootfs/usr/lib/module.pyc"):  # the folder may have been renamed away
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert not freeable.exists()
+    assert ("bytecode", gone[7:19]) in {(r.kind, r.name) for r in done.removed}
+    assert [(r.kind, r.name) for r in done.failed] == [("bytecode", old[7:19])]
+    assert ("bytecode", old[7:19]) not in {(r.kind, r.name) for r in done.removed}
+    warnings = [line for line in said if line.startswith("warning: cannot remove bytecode")]
+    assert len(warnings) == 1 and "Operation not permitted" in warnings[0], said
+    # Once its files can go (their owner's turn), the half-removed folder is found and freed; no run ever saw it.
+    assert not stuck.exists()
+    again = collect_garbage(needed_by([project])[0], engine, cache, now=LATER)
+    assert [r.kind for r in again.removed] == ["bytecode"] and not again.failed
+    assert list(cache.bytecode.iterdir()) == []

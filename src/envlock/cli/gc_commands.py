@@ -55,3 +55,8 @@ def gc(
         f"{verb} {_size(result.freed)} ({len(result.removed)} entries; kept {len(needed.locks)} locks' needs of "
         f"{kept.live} live projects)"
     )
+    if result.failed:
+        wiring.say(
+            f"warning: {len(result.failed)} entries could not be removed (files another user owns in a shared "
+            "cache): their owner's `envlock gc`, or one run as root, frees them"
+        )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from envlock.engine.docker import ImageInfo, ImageLister
 from envlock.errors import CacheBusyError
-from envlock.fsutil import exclusive, read_json, remove_tree, tree_size
+from envlock.fsutil import exclusive, is_disk_full, read_json, remove_tree, tree_size
 from envlock.image.plan import layer_key, plan_image
 from envlock.image.staging import VenvLayout
 from envlock.lock import lockfile
@@ -71,6 +71,7 @@ class GcReport:
 
     removed: list[Removal] = field(default_factory=list)
     kept_recent: int = 0
+    failed: list[Removal] = field(default_factory=list)  # entries this user could not remove (another's files)
 
     @property
     def freed(self) -> int:
@@ -137,16 +138,25 @@ def collect_garbage(
         return fresh
 
     def drop(kind: str, name: str, paths: list[Path]) -> None:
-        """Remove files, and folders as a whole (renamed away first: see fsutil.remove_tree)."""
-        size = sum(tree_size(p) if p.is_dir() else p.stat().st_size for p in paths if p.exists())
+        """Remove files, and folders as a whole (renamed away first: see fsutil.remove_tree). An entry this user
+        cannot remove (a shared cache holding another user's files) is reported and left; gc goes on."""
+        try:
+            size = sum(tree_size(p) if p.is_dir() else p.stat().st_size for p in paths if p.exists())
+            report(f"{'would remove' if dry_run else 'removing'} {kind} {name} ({size} bytes)")
+            if not dry_run:
+                for path in paths:
+                    if path.is_dir():
+                        remove_tree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            result.failed.append(Removal(kind, name, 0))
+            where = exc.filename or (paths[0] if paths else name)
+            report(f"warning: cannot remove {kind} {name}: {exc.strerror or exc} ({where}); left for its owner")
+            return
         result.removed.append(Removal(kind, name, size))
-        report(f"{'would remove' if dry_run else 'removing'} {kind} {name} ({size} bytes)")
-        if not dry_run:
-            for path in paths:
-                if path.is_dir():
-                    remove_tree(path)
-                else:
-                    path.unlink(missing_ok=True)
 
     with _exclusive(cache):
         kept_images = _images(engine, needed, lock_hashes, result, dry_run=dry_run, report=report)
@@ -228,11 +238,32 @@ def _image_folders(root: Path, kind: str, image_ids: set[str], recent: Callable[
     """Folders named by image ID, kept while their image is; one in use is recent (every start touches it). A
     dot-name is one being made or removed."""
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        if folder.name.startswith("."):
+            if _abandoned_removal(folder):  # a removal that failed part-way (another user's files), or was killed
+                drop(kind, folder.name, [folder])
             continue
         if f"sha256:{folder.name}" in image_ids or recent(folder):
             continue
         drop(kind, folder.name[:12], [folder])
+
+
+def _abandoned_removal(folder: Path) -> bool:
+    """A folder fsutil.remove_tree renamed away (`.NAME.removing-PID`) whose remover is gone: nobody reads it, and
+    nobody else will remove it."""
+    head, _, pid = folder.name.rpartition(".removing-")
+    if not head or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # this process's own: its removals are over by the time gc looks again
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's process
+    return False
 
 
 def _own_metadata(project: Path, names: frozenset[str] | None, recent: Callable[[Path], bool], drop: Drop) -> None:
