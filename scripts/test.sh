@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/pytest ]; then
   echo "test: no .venv yet; run: bash scripts/setup.sh" >&2
   exit 1
 fi
-if ! .venv/bin/python -c 'import xdist' >/dev/null 2>&1; then
+if [ "$fast" = 0 ] && ! .venv/bin/python -c 'import xdist' >/dev/null 2>&1; then
   echo "test: pytest-xdist is missing from .venv; run: bash scripts/setup.sh" >&2
   exit 1
 fi
