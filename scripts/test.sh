@@ -8,12 +8,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 tier=()
+fast=0
 if [ "${1:-}" = --fast ]; then
   tier=(-m "not slow")
+  fast=1
   shift
+else
+  # Two workers (pytest-xdist): the engine tests in two groups, one after the other within each, the two beside
+  # each other (see tests/conftest.py's scheduler); the other tests wherever a worker is free. Most of the suite
+  # waits on the engine, the registry, Slurm or the network, with a core idle: two streams fill it.
+  tier=(-n 2)
 fi
 if [ ! -x .venv/bin/pytest ]; then
   echo "test: no .venv yet; run: bash scripts/setup.sh" >&2
+  exit 1
+fi
+if [ "$fast" = 0 ] && ! .venv/bin/python -c 'import xdist' >/dev/null 2>&1; then
+  echo "test: pytest-xdist is missing from .venv; run: bash scripts/setup.sh" >&2
   exit 1
 fi
 debian=1
@@ -24,7 +35,7 @@ elif [ ! -x .venv-debian/bin/python ]; then
   echo "test: no .venv-debian yet; run: bash scripts/setup.sh" >&2
   exit 1
 fi
-if [ "${#tier[@]}" -eq 0 ]; then bash scripts/services.sh; fi
+if [ "$fast" = 0 ]; then bash scripts/services.sh; fi
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,14 +133,33 @@ def keep_in_seed(cache: Path, seed: Path) -> None:
             _copy_new(meta, seed / "bases" / meta.name)
 
 
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing): one xdist worker at a time."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """envlock's cache (wheels, layers, bases) in a session temp dir: tests never touch the user's cache. It starts
-    with the test seed's wheels and bases (see seed_dir), and what the session fetched or built goes back there."""
-    cache = tmp_path_factory.mktemp("envlock-cache")
+    with the test seed's wheels and bases (see seed_dir), and what the session fetched or built goes back there.
+    Under pytest-xdist the workers of one run share it (in the run's temp dir, above each worker's own): a wheel
+    fetched, a layer made or a base built by one is there for the other, as in a cache shared by two users (envlock
+    takes its own locks for that); the first worker seeds it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        cache = tmp_path_factory.mktemp("envlock-cache")
+    else:
+        cache = tmp_path_factory.getbasetemp().parent / "envlock-cache"
+        cache.mkdir(exist_ok=True)
     seed = seed_dir()
     if seed is not None:
-        seed_cache(seed, cache)
+        with _exclusive(cache.with_suffix(".seeding")):
+            seed_cache(seed, cache)
     before = os.environ.get("ENVLOCK_CACHE_DIR")
     os.environ["ENVLOCK_CACHE_DIR"] = str(cache)
     yield cache
@@ -147,7 +168,8 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     else:
         os.environ["ENVLOCK_CACHE_DIR"] = before
     if seed is not None:
-        keep_in_seed(cache, seed)
+        with _exclusive(cache.with_suffix(".seeding")):
+            keep_in_seed(cache, seed)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -160,16 +182,72 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 KEEPER = "envlock-test-keep"
+# Under pytest-xdist (scripts/test.sh: `-n 2`) the engine tests run in two groups, each on one worker, one test after
+# the other, the two groups beside each other; every other test goes wherever a worker is free (the unit tests ran
+# beside themselves before: scripts/test.sh runs them under Debian's Python at the same time). The tests that build,
+# run, push, remove (by ID) or restore examples/digits from its committed lock: each module names its images on its
+# own, but one lock gives one image ID under every name, and `docker rmi -f ID`, which several of them do on purpose
+# (the image gone from the engine), takes the image from under any other name. The other engine tests make small
+# images whose locks match one another (a project's name is not in its lock: six alone gives one image ID in several
+# modules), each removed by ID when its test ends. No lock of one group is a lock of the other.
+EXAMPLE_GROUP = "example-image"
+ENGINE_GROUP = "engine"
+
+
+def _module_group(module: object) -> str | None:
+    """The group of a test module's tests (see EXAMPLE_GROUP): None when they touch no engine."""
+    marks = getattr(module, "pytestmark", [])
+    if not any(mark.name == "docker" for mark in (marks if isinstance(marks, list) else [marks])):
+        return None
+    return EXAMPLE_GROUP if _module_uses_the_example(module) else ENGINE_GROUP
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown where it is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's scheduler for this suite: a group's tests (see EXAMPLE_GROUP) are one unit of work, sent to
+    one worker; any other test is a unit of its own. (`--dist loadgroup` would do it from marks, but it renames each
+    test after its group, which pytest 9.2's node ids no longer take: the name is kept, the group is found here.)"""
+    import importlib  # noqa: PLC0415
+
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415
+
+    groups: dict[str, str | None] = {}
+
+    def group_of(path: str) -> str | None:
+        if path not in groups:
+            name = path.removesuffix(".py").replace("/", ".")
+            engine = name.startswith("tests.integration.")  # where every engine test is
+            groups[path] = _module_group(importlib.import_module(name)) if engine else None
+        return groups[path]
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid.split("::", 1)[0]) or nodeid
+
+    return GroupScheduling(config, log)
+
+
+def _module_uses_the_example(module: object) -> bool:
+    """Whether a test module copies examples/digits (see tests/integration/example.py)."""
+    return hasattr(module, "digits_repo") or str(getattr(module, "EXAMPLE", "")).endswith("examples/digits")
 
 
 def _builds_the_example(item: pytest.Item) -> bool:
     """Whether the test's module builds examples/digits in the engine (see tests/integration/example.py)."""
-    module = getattr(item, "module", None)
-    uses = hasattr(module, "digits_repo") or str(getattr(module, "EXAMPLE", "")).endswith("examples/digits")
+    uses = _module_uses_the_example(getattr(item, "module", None))
     return uses and item.get_closest_marker("docker") is not None and item.get_closest_marker("emulation") is None
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
+def example_layers_kept_for_the_module(request: pytest.FixtureRequest) -> None:
+    """Keep the example's layers (example_layers_kept) from the first module that builds it: under pytest-xdist the
+    worker that runs no such module never builds the kept image."""
+    items = [item for item in request.session.items if getattr(item, "module", None) is request.module]
+    if any(_builds_the_example(item) for item in items):
+        request.getfixturevalue("example_layers_kept")
+
+
+@pytest.fixture(scope="session")
 def example_layers_kept(
     request: pytest.FixtureRequest, isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,36 +165,41 @@ def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_
         subprocess.run(["podman", "rmi", "--force", hex_id], capture_output=True, check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
-    def job(runtime: str, address: str) -> dict[str, Any]:
+    def submit(runtime: str, address: str, folder: Path) -> str:
         no_docker = f"--export=ALL,DOCKER_HOST=unix:///nonexistent,ENVLOCK_INSECURE_REGISTRIES={address}"
         done = envlock(
             "submit", "--runtime", runtime, "--output", "out", "--slurm", "--time=10", no_docker, "--", *TRAIN,
-            project=project,
+            project=folder,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        return wait_for(project, done.stdout.split()[1].rstrip(":"))
+        return done.stdout.split()[1].rstrip(":")
 
     with serve_registry(tmp_path / "registry") as address:
         pushed = envlock("build", "--registry", f"{address}/team", project=project)
         assert pushed.returncode == 0 and f"pushed {address}/team/" in pushed.stdout, pushed.stderr
-        for runtime in ("podman", "charliecloud"):
-            cold()
-            started = time.monotonic()
-            record = job(runtime, address)
+        # The two jobs side by side (each waits on its node's fetch from the registry), each from a folder of its
+        # own: each writes its outputs into its folder.
+        folders = {"podman": project, "charliecloud": tmp_path / "project-charliecloud"}
+        shutil.copytree(project, folders["charliecloud"], symlinks=True)
+        cold()
+        started = time.monotonic()
+        jobs = {runtime: submit(runtime, address, folder) for runtime, folder in folders.items()}
+        for runtime, folder in folders.items():
+            record = wait_for(folder, jobs[runtime])
             took = time.monotonic() - started
-            run_dir = project / ".envlock" / "runs" / record["run_id"]
+            run_dir = folder / ".envlock" / "runs" / record["run_id"]
             assert record["status"] == "finished", (run_dir / "log.txt").read_text()
             assert record["runtime"]["name"] == runtime and record["host"]["docker-version"] is None
             assert record["image_id"] == reference["image_id"] and record["outputs"] == reference["outputs"]
             assert record["repo_digests"] and record["repo_digests"][0].startswith(f"{address}/team/")
             slurm_out = next(run_dir.glob("slurm-*.out")).read_text()
             assert f"image {reference['image_id'][:19]} from registry {address}/team/" in slurm_out, slurm_out
-            verified = envlock("verify", record["run_id"], "--allow-unsigned", project=project)
+            verified = envlock("verify", record["run_id"], "--allow-unsigned", project=folder)
             assert verified.returncode == 0, verified.stdout + verified.stderr
             print(f"{runtime}: job with the image fetched from the registry, no Docker: {took:.1f} s")
     cold()  # the registry is gone too: the node has nothing to run
     started = time.monotonic()
-    record = job("charliecloud", address)
+    record = wait_for(project, submit("charliecloud", address, project))
     took = time.monotonic() - started
     assert record["status"] == "failed" and record["exit_code"] is None
     assert record["error"].startswith(
@@ -207,54 +211,3 @@ def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_
     assert "(elsewhere 15: the image could not be restored" in slurm_out, slurm_out
     assert not directory.exists()
     print(f"no image, no registry: the job failed in {took:.1f} s (submit to final record)")
-
-
-SMALL = '[project]\nname = "envlock-test-export"\nversion = "0.1.0"\ndependencies = ["six==1.16.0"]\n'
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A small image (the base and six) for the export checks: each export is made twice and compared byte for
-    byte, which on the example's image alone took over two minutes; the bytes' order does not depend on size."""
-    project = tmp_path_factory.mktemp("export-small")
-    (project / "pyproject.toml").write_text(SMALL)
-    for command in ("lock", "build"):
-        done = envlock(command, project=project)
-        assert done.returncode == 0, done.stderr
-    (entry,) = json.loads((project / ".envlock" / "images.json").read_text()).values()
-    yield project, str(entry["image-id"])
-    client = docker.from_env()
-    for image in client.images.list(name="envlock-test-export"):
-        client.images.remove(image.id, force=True)
-
-
-def export(kind: str, out: Path, project: Path) -> subprocess.Popen[str]:
-    """`envlock export KIND -o OUT`, started: the test's four exports run side by side (each is one docker save,
-    then mksquashfs or a copy; in turn they took over two minutes)."""
-    args = [ENVLOCK, "export", kind, "-C", str(project), "-o", str(out)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_exports_for_enroot_and_apptainer_are_the_same_bytes_twice(small: tuple[Path, str], tmp_path: Path) -> None:
-    project, image_id = small
-    kinds = (("enroot", "sqsh"), ("apptainer", "tar"))
-    outputs = {kind: [tmp_path / f"{kind}-{n}.{suffix}" for n in (1, 2)] for kind, suffix in kinds}
-    started = {(kind, n): export(kind, out, project) for kind, outs in outputs.items() for n, out in enumerate(outs)}
-    said: dict[str, str] = {}
-    for (kind, _), process in started.items():
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr
-        assert image_id in stdout
-        said.setdefault(kind, stdout)
-    for kind, (first, second) in outputs.items():
-        assert first.read_bytes() == second.read_bytes(), f"{kind}: two exports, the same bytes"
-    listed = subprocess.run(
-        ["unsquashfs", "-l", str(tmp_path / "enroot-1.sqsh")], capture_output=True, text=True, check=False
-    )
-    assert "squashfs-root/opt/envlock/venv/bin/python" in listed.stdout and "squashfs-root/work" in listed.stdout
-    with tarfile.open(tmp_path / "apptainer-1.tar") as oci:
-        index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
-        manifest = json.load(oci.extractfile("blobs/sha256/" + index["manifests"][0]["digest"][7:]))  # type: ignore[arg-type]
-        assert manifest["config"]["digest"] == image_id
-        assert all(f"blobs/sha256/{layer['digest'][7:]}" in oci.getnames() for layer in manifest["layers"])
-    assert "apptainer build apptainer-1.sif oci-archive://" in said["apptainer"]

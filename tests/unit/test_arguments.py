@@ -196,6 +196,9 @@ def test_an_unknown_image_asks_the_engine_once_and_is_a_usage_error(world: World
 def test_every_command_resolves_a_run_prefix_to_the_same_run(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     (run_id,) = _runs(world, capsys, 1)
     prefix, project = run_id[:18], str(world.project)
+    # First: `reproduce` below makes a run of its own, often in the same second, whose id may share the prefix.
+    code, out, _ = world(capsys, "runs", "wait", prefix, "-C", project)
+    assert code == 0 and out == f"run {run_id}: finished (exit 0)\n"
     checks = {
         ("runs", "show", prefix, "-C", project): f"run       {run_id}",
         ("lineage", prefix, "-C", project): run_id,
@@ -209,8 +212,6 @@ def test_every_command_resolves_a_run_prefix_to_the_same_run(world: World, capsy
     for argv, expected in checks.items():
         code, out, err = world(capsys, *argv)
         assert code == 0 and expected in out, (argv, out, err)
-    code, out, _ = world(capsys, "runs", "wait", prefix, "-C", project)
-    assert code == 0 and out == f"run {run_id}: finished (exit 0)\n"
 
 
 def test_every_command_that_takes_paths_and_runs_refuses_the_same_ambiguity_the_same_way(

@@ -1,20 +1,23 @@
-"""Small pure pieces: credentials, target tags, pip-compile output, pylock export."""
+"""Small pure pieces: credentials, target tags, pip-compile output, uv's failure report, pylock export."""
 
 from __future__ import annotations
 
+import textwrap
 import tomllib
 from dataclasses import replace
 
 import pytest
 from packaging.tags import Tag
 
-from envlock.errors import SpecError
+from envlock.errors import SpecError, UnsatisfiableError
 from envlock.lock.credentials import expand, mask, redact, url_secrets
 from envlock.lock.cuda import CPU
 from envlock.lock.export import to_pylock
 from envlock.lock.lockfile import TargetLock
 from envlock.lock.piptools import parse_pins
+from envlock.lock.resolve import ResolveRequest
 from envlock.lock.targets import Target
+from envlock.lock.uv import explain_failure
 from tests.fakes import package
 from tests.unit.test_lockfile import make_lock
 
@@ -80,3 +83,20 @@ def test_pylock_export_marks_platform_specific_packages() -> None:
     only_arm = tomllib.loads(to_pylock(lock, ["linux/arm64"]))
     assert {p["name"] for p in only_arm["packages"]} == {"numpy", "six"}
     assert all("marker" not in p for p in only_arm["packages"])
+
+
+@pytest.mark.parametrize("width", [200, 60, 40])
+def test_an_unknown_package_is_named_whatever_the_width_uv_wrapped_its_report_at(width: int) -> None:
+    report = (
+        "Because envlock-no-such-package-zz was not found in the package registry and you require "
+        "envlock-no-such-package-zz, we can conclude that your requirements are unsatisfiable."
+    )
+    stderr = "  x No solution found when resolving dependencies:\n" + textwrap.fill(
+        report, width, subsequent_indent="      "
+    )
+    request = ResolveRequest(
+        ("envlock-no-such-package-zz",), Target("linux/amd64", "3.11", (2, 36)), "https://pypi.org/simple"
+    )
+    error = explain_failure(stderr, request)
+    assert isinstance(error, UnsatisfiableError)
+    assert error.message == "package 'envlock-no-such-package-zz' was not found on the index (https://pypi.org/simple)"

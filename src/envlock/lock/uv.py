@@ -25,7 +25,8 @@ from envlock.lock.credentials import mask
 from envlock.lock.pylock import dump_pylock, packages_from_pylock
 from envlock.lock.resolve import LockedPackage, ResolveRequest
 
-_NOT_FOUND = re.compile(r"Because (\S+) was not found in the package registry")
+# uv wraps its report at the terminal's width: any run of spaces and line breaks between the words.
+_NOT_FOUND = re.compile(r"Because\s+(\S+)\s+was\s+not\s+found\s+in\s+the\s+package\s+registry")
 _FETCH = re.compile(r"Failed to fetch: `?(\S+?)`?$", re.MULTILINE)
 
 
