@@ -301,7 +301,7 @@ def test_adding_a_package_sends_only_the_new_layers_and_a_refused_partial_load_f
     # are made; the engine holds base, venv and six's group, and is sent idna's, tabulate's (above it) and the lock.
     assert (light_group("six"), light_group("idna"), light_group("tabulate")) == (2, 3, 6)
     made = [note for note in notes if note.startswith("making layer")]
-    assert made == ["making layer packages-3", "making layer lock"], notes
+    assert made == ["making layer lock", "making layer packages-3"], notes  # the lock's while idna downloads
     assert any("(3 of 6 layers)" in note for note in notes), notes
     out = docker.from_env().containers.run(second.image_id, ["python", "-c", "import idna, six"], remove=True)
     assert out == b""

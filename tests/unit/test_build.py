@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from envlock.errors import EngineError, EngineTimeoutError, EnvlockError
+from envlock.errors import DownloadError, EngineError, EngineTimeoutError, EnvlockError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
 from envlock.image.build import Builder, BuildOutcome, build_image
@@ -25,7 +26,7 @@ from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, image_config, light_group, make_layers, plan_image
 from envlock.image.provenance import image_statement, write_image_attestation
-from envlock.image.wheels import WheelCache
+from envlock.image.wheels import Response, WheelCache
 from envlock.lock import lockfile
 from envlock.lock.project import LockOptions, lock_project
 from envlock.lock.recipes import Recipe, load_recipe
@@ -34,7 +35,7 @@ from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from envlock.report import Report, silent
 from envlock.signing import canonical, generate_key, open_envelope
-from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
+from tests.fakes import FakeBaseBuilder, FakeEngine, FakeFetcher, FakeResolver, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
 
@@ -281,6 +282,60 @@ def test_a_light_change_reads_no_byte_of_the_heavy_wheels(
     cache.path_for(torch.sha256).unlink()  # a cached layer's wheel may be gone: the layer is what counts
     third = build_image(after, "other", "linux/amd64", Builder(**kwargs))
     assert third.image_id == second.image_id
+
+
+class _HeldBack(FakeFetcher):
+    """A slow index: each download waits (up to 10 s) until `go` is set, and says whether it had to time out."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files)
+        self.go = threading.Event()
+        self.timed_out = False
+
+    @contextlib.contextmanager
+    def open(self, url: str, offset: int) -> Iterator[Response]:
+        self.timed_out |= not self.go.wait(10)
+        with super().open(url, offset) as response:
+            yield response
+
+
+def test_a_new_package_downloads_while_the_lock_layer_is_made(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    """The new wheel's download is not waited for before the layers that need none of it (the lock's, with its
+    SBOM): the download here starts only once the lock layer is being made, and the build still succeeds."""
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    build_image(before, "demo", "linux/amd64", Builder(engine, cache, layers, bases))
+    fetcher = _HeldBack(served)
+    notes: list[str] = []
+
+    def report(note: str) -> None:
+        notes.append(note)
+        if note == "making layer lock":
+            fetcher.go.set()
+
+    builder = Builder(engine, WheelCache(cache.root, fetcher), layers, bases, report)
+    second = build_image(after, "demo", "linux/amd64", builder)
+    assert second.built and not fetcher.timed_out
+    made = [note for note in notes if note.startswith(("fetching", "making"))]
+    assert made == ["fetching 1 wheels", "making layer lock", f"making layer packages-{light_group('beta')}"]
+    assert engine.tags[second.reference] == second.image_id
+
+
+def test_a_failed_download_fails_the_build_with_its_own_error(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    build_image(before, "demo", "linux/amd64", Builder(engine, cache, layers, bases))
+    beta = next(f for p in after.target("linux/amd64").packages if p.name == "beta" for f in p.files)
+    gone = WheelCache(cache.root, FakeFetcher({u: d for u, d in served.items() if u != beta.url}))
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        build_image(after, "demo", "linux/amd64", Builder(engine, gone, layers, bases))
+    assert engine.tags.keys() == {f"demo:{before.short_hash}"}, "no tag for the lock whose wheel is missing"
 
 
 def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(

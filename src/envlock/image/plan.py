@@ -6,9 +6,10 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from envlock.image.staging import (
     Overlap,
     VenvLayout,
     choose_wheel,
-    find_overlaps,
     install_local,
     install_wheel,
+    installed_files,
+    overlaps_of,
     tag_rank,
 )
 from envlock.image.wheels import WheelCache
@@ -219,49 +221,77 @@ def wheels_to_make(plan: ImagePlan, store: LayerStore, layout: VenvLayout | None
 
 
 def make_layers(
-    plan: ImagePlan, cache: WheelCache, store: LayerStore, report: Report, layout: VenvLayout | None = None
+    plan: ImagePlan,
+    cache: WheelCache,
+    store: LayerStore,
+    report: Report,
+    layout: VenvLayout | None = None,
+    *,
+    fetched: Callable[[], object] = lambda: None,
 ) -> list[Layer]:
-    """Every layer of the plan, from the store when its key is there, else made from verified wheels."""
+    """Every layer of the plan, from the store when its key is there, else made from verified wheels.
+
+    `fetched` waits until the wheels of the layers to make are in the cache (fetched in the background meanwhile):
+    the layers made of no wheel (the lock's, with its SBOM) and the listings of the wheels cached already are made
+    before it is called, so a new package's download overlaps them.
+    """
     layout = layout or VenvLayout(plan.lock.python)
-    if any(store.get(layer_key(spec, layout)) is None for spec in plan.layers):
+    keys = [layer_key(spec, layout) for spec in plan.layers]
+    layers = {key: found for key in keys if (found := store.get(key)) is not None}
+    missing = [(spec, key) for spec, key in zip(plan.layers, keys, strict=True) if key not in layers]
+    for spec, key in missing:
+        if not spec.wheels:
+            report(f"making layer {spec.label}")
+            layers[key] = store.put(key, partial(_made, plan, spec, cache, layout))
+    if missing:
+        # Checked whenever a layer is made (the lock's alone too: cached layers of two builds may meet first here).
         # Which files two wheels both install needs only their listings: a cached layer's wheels are not hashed
         # (GBs of CUDA wheels for one light package), and one no longer cached is left out of this check.
-        listed = [(wheel.name, cache.cached(wheel)) for wheel in plan.wheels]
-        overlaps = find_overlaps([(name, path) for name, path in listed if path is not None], layout)
+        listed: dict[str, dict[str, int]] = {}
+        _list_cached(plan.wheels, cache, layout, listed)
+        fetched()
+        _list_cached(plan.wheels, cache, layout, listed)
+        overlaps = overlaps_of([(wheel.name, listed[wheel.sha256]) for wheel in plan.wheels if wheel.sha256 in listed])
         for overlap in overlaps:
             if overlap.differing:
                 report(overlap_warning(overlap))
         if same := [overlap for overlap in overlaps if not overlap.differing]:
             report(identical_overlaps_note(same))
-    layers = []
-    for spec in plan.layers:
-        key = layer_key(spec, layout)
-        if (found := store.get(key)) is not None:
-            layers.append(found)
-            continue
-        report(f"making layer {spec.label}")
+    for spec, key in missing:
+        if spec.wheels:
+            report(f"making layer {spec.label}")
+            layers[key] = store.put(key, partial(_made, plan, spec, cache, layout))
+    return [layers[key] for key in keys]
 
-        def made(out: Path, spec: LayerPlan = spec) -> Layer:
-            with tempfile.TemporaryDirectory(prefix="envlock-stage-") as tmp:
-                root = Path(tmp) / "root"
-                root.mkdir()
-                if spec.label == "lock":
-                    (root / LOCK_PATH).parent.mkdir(parents=True)
-                    (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
-                    if plan.sbom:
-                        (root / SBOM_PATH).write_text(plan.sbom, encoding="utf-8")
-                    return write_layer(root, out, spec.epoch)
-                if spec.label == "venv":
-                    layout.skeleton(root)
-                if spec.label == "local":
-                    for package in plan.lock.local_packages:
-                        install_local(package, root, layout)
-                for wheel in spec.wheels:
-                    install_wheel(cache.require(wheel), wheel.name, root, layout)
-                return write_layer(root, out, spec.epoch, prefix=VENV.lstrip("/"))
 
-        layers.append(store.put(key, made))
-    return layers
+def _list_cached(
+    wheels: list[LockedFile], cache: WheelCache, layout: VenvLayout, listed: dict[str, dict[str, int]]
+) -> None:
+    """Add the listing of each wheel the cache holds (not yet listed) to `listed`, by sha256."""
+    for wheel in wheels:
+        if wheel.sha256 not in listed and (path := cache.cached(wheel)) is not None:
+            listed[wheel.sha256] = installed_files(path, layout)
+
+
+def _made(plan: ImagePlan, spec: LayerPlan, cache: WheelCache, layout: VenvLayout, out: Path) -> Layer:
+    """One layer of the plan, made into `out` from a scratch tree."""
+    with tempfile.TemporaryDirectory(prefix="envlock-stage-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        if spec.label == "lock":
+            (root / LOCK_PATH).parent.mkdir(parents=True)
+            (root / LOCK_PATH).write_text(plan.lock_text, encoding="utf-8")
+            if plan.sbom:
+                (root / SBOM_PATH).write_text(plan.sbom, encoding="utf-8")
+            return write_layer(root, out, spec.epoch)
+        if spec.label == "venv":
+            layout.skeleton(root)
+        if spec.label == "local":
+            for package in plan.lock.local_packages:
+                install_local(package, root, layout)
+        for wheel in spec.wheels:
+            install_wheel(cache.require(wheel), wheel.name, root, layout)
+        return write_layer(root, out, spec.epoch, prefix=VENV.lstrip("/"))
 
 
 def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, str], layers: list[Layer]) -> bytes:
