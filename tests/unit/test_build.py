@@ -100,29 +100,39 @@ def test_layers_go_by_stability_cuda_frameworks_heavy_then_light_groups(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> None:
     names = ["torch", "nvidia-cudnn-cu12", "six", "idna", "triton", "nvidia-nccl-cu12"]
-    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    spec, _ = project_with_wheels(tmp_path, write_project, names, padding={"idna": 100_000})
     plan = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    # CUDA libraries, then frameworks, one layer each by name; the light ones in the groups their names hash to.
-    assert (light_group("six"), light_group("idna")) == (2, 3)
+    # CUDA libraries, then frameworks, one layer each by name; the light ones in groups by wheel size, biggest first.
     assert [layer.label for layer in plan.layers] == [
-        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton", "packages-2", "packages-3", "lock",
+        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton", "packages-5", "packages-7", "lock",
     ]  # fmt: skip
     assert [[w.name for w in layer.wheels] for layer in plan.layers[5:7]] == [
-        ["six-1.0-py3-none-any.whl"],
         ["idna-1.0-py3-none-any.whl"],
+        ["six-1.0-py3-none-any.whl"],
     ]
+
+
+def test_light_groups_are_power_of_two_bands_of_wheel_size() -> None:
+    mib = 1 << 20
+    sizes = [4 * mib - 1, 2 * mib, 2 * mib - 1, mib, 64 << 10, (64 << 10) - 1, 32 << 10, (32 << 10) - 1, 1, 0, None]
+    assert [light_group(size) for size in sizes] == [0, 0, 1, 1, 5, 6, 6, 7, 7, 7, 7]
+    assert light_group(40 * mib) == 0, "a big wheel past the own layers' limit goes to the lowest group"
 
 
 def test_one_light_package_added_bumped_or_removed_remakes_one_group(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> None:
-    """alpha, gamma and requests share group 5, tqdm joins six's group 2: the other groups keep their keys."""
+    """alpha and gamma share the 256-512 KiB group, tqdm joins six's (the smallest): the other groups keep their keys;
+    a bump that carries alpha's wheel into the next band re-makes the group it left and the one it joins."""
     names = ["torch", "alpha", "gamma", "requests", "six", "delta", "beta"]
-    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    sizes = {"alpha": 300_000, "gamma": 300_000, "requests": 70_000, "delta": 1_500_000, "beta": 40_000}
+    spec, _ = project_with_wheels(tmp_path, write_project, names, padding=sizes)
     base = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    spec, _ = project_with_wheels(tmp_path / "added", write_project, [*names, "tqdm"])
+    spec, _ = project_with_wheels(tmp_path / "added", write_project, [*names, "tqdm"], padding=sizes)
     added = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    spec, _ = project_with_wheels(tmp_path / "removed", write_project, [n for n in names if n != "gamma"])
+    spec, _ = project_with_wheels(tmp_path / "grown", write_project, names, padding={**sizes, "alpha": 600_000})
+    grown = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    spec, _ = project_with_wheels(tmp_path / "removed", write_project, [n for n in names if n != "gamma"], "1.0", sizes)
     removed = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
     bumped_lock = uploaded(lockfile.read(spec.lock_path), "beta", datetime(2026, 11, 1, tzinfo=UTC))
     bumped = plan_image(bumped_lock, "demo", "linux/amd64")
@@ -133,9 +143,11 @@ def test_one_light_package_added_bumped_or_removed_remakes_one_group(
     def changed(one: ImagePlan, other: ImagePlan) -> set[str]:
         return {label for label in keys(one) | keys(other) if keys(one).get(label) != keys(other).get(label)}
 
-    assert list(keys(base)) == ["venv", "torch", "packages-0", "packages-2", "packages-5", "packages-7"]
-    assert changed(base, added) == {"packages-2"} and changed(base, removed) == {"packages-5"}
-    assert changed(removed, bumped) == {"packages-7"}
+    groups = ["packages-1", "packages-3", "packages-5", "packages-6", "packages-7"]
+    assert list(keys(base)) == ["venv", "torch", *groups]
+    assert changed(base, added) == {"packages-7"} and changed(base, removed) == {"packages-3"}
+    assert changed(removed, bumped) == {"packages-6"}
+    assert changed(base, grown) == {"packages-2", "packages-3"}
 
 
 def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -238,10 +250,12 @@ def test_reformatted_lock_gives_the_same_image(tmp_path: Path, write_project) ->
 def two_locks(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> tuple[lockfile.Lock, lockfile.Lock, dict[str, bytes]]:
-    """A lock with torch (a layer of its own) and alpha, and the same plus one light package."""
-    spec, served = project_with_wheels(tmp_path, write_project, ["torch", "alpha"])
+    """A lock with torch (a layer of its own) and alpha (~100 kB: packages-5), and the same plus one light package
+    (beta, ~1 kB: packages-7, above alpha's)."""
+    padding = {"alpha": 100_000}
+    spec, served = project_with_wheels(tmp_path, write_project, ["torch", "alpha"], padding=padding)
     before = lockfile.read(spec.lock_path)
-    spec, more = project_with_wheels(tmp_path, write_project, ["torch", "alpha", "beta"])
+    spec, more = project_with_wheels(tmp_path, write_project, ["torch", "alpha", "beta"], padding=padding)
     return before, lockfile.read(spec.lock_path), {**served, **more}
 
 
@@ -320,7 +334,8 @@ def test_a_new_package_downloads_while_the_lock_layer_is_made(
     second = build_image(after, "demo", "linux/amd64", builder)
     assert second.built and not fetcher.timed_out
     made = [note for note in notes if note.startswith(("fetching", "making"))]
-    assert made == ["fetching 1 wheels", "making layer lock", f"making layer packages-{light_group('beta')}"]
+    beta = next(f.size for p in after.target("linux/amd64").packages if p.name == "beta" for f in p.wheels)
+    assert made == ["fetching 1 wheels", "making layer lock", f"making layer packages-{light_group(beta)}"]
     assert engine.tags[second.reference] == second.image_id
 
 

@@ -66,9 +66,15 @@ OWN_LAYER_BYTES = 4 * 1024 * 1024
 OWN_LAYERS_MAX = 60
 
 
-# The light packages share LIGHT_GROUPS layers, each package in the group its name hashes to: adding, removing or
-# bumping one re-makes (and re-sends) one group of about n/LIGHT_GROUPS packages, and the grouping is a function
-# of the lock alone (no index, no machine, no earlier build), so the same lock gives the same image everywhere.
+# The light packages share LIGHT_GROUPS layers by the size of their wheel, the biggest at the bottom. A changed layer
+# re-sends every layer above it, and a load costs about as much per MB of the layers it is sent as per layer
+# (dockerd 20.10: ~10 ms a MB, ~50 ms a layer); with any light package as likely to change as any other, the bytes
+# re-sent are fewest when the big ones sit low. Group g holds the wheels of 4 MiB / 2^(g+1) up to 4 MiB / 2^g
+# (packages-0: 2-4 MiB, ..., packages-6: 32-64 KiB; packages-7: smaller, or of no known size): power-of-two bands, so
+# adding, removing or bumping one package re-makes its group only (two neighbouring groups when a bump carries its
+# wheel across a band), and the grouping is a function of the lock alone (no index, no machine, no earlier build),
+# so the same lock gives the same image everywhere. On the torch + transformers + datasets stack (34 light
+# packages), a light change re-sends ~0.29 s of load on average, 0.52 s with groups by the hash of the name.
 LIGHT_GROUPS = 8
 
 
@@ -77,9 +83,13 @@ def stability(name: str) -> int:
     return 0 if CUDA_NAMES.match(name) else 1 if FRAMEWORK_NAMES.match(name) else 2
 
 
-def light_group(name: str) -> int:
-    """The light layer a package goes to: from its name alone, so its neighbours stay put when it comes or goes."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % LIGHT_GROUPS
+def light_group(size: int | None) -> int:
+    """The light layer a wheel of `size` bytes goes to: from its own size alone, so its neighbours stay put when it
+    comes or goes (0 for the biggest; LIGHT_GROUPS - 1 for the smallest, and for a size the index did not give)."""
+    if not size:
+        return LIGHT_GROUPS - 1
+    band = (OWN_LAYER_BYTES - 1).bit_length() - size.bit_length()  # 0 for [2 MiB, 4 MiB), 1 for [1 MiB, 2 MiB), ...
+    return min(max(band, 0), LIGHT_GROUPS - 1)
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,7 @@ def _epoch(wheels: list[LockedFile]) -> int:
 
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
     """Layers by stability: the venv, CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB) one layer
-    each, then the light packages in LIGHT_GROUPS layers by the hash of their names, the local packages, the lock."""
+    each, then the light packages in LIGHT_GROUPS layers by the size of their wheels, the local packages, the lock."""
     target = lock.target(platform)
     rank = tag_rank(Target(target.platform, lock.python, (2, 36)).wheel_tags())
     chosen = [(package.name, choose_wheel(package, rank)) for package in target.packages]
@@ -156,7 +166,7 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
             epoch = _epoch([wheel])
             heavy.append((stability(name), LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch)))
         else:
-            light.setdefault(light_group(name), []).append(wheel)
+            light.setdefault(light_group(wheel.size), []).append(wheel)
     # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
     # and must not re-make (and re-send) the 3 GB torch layer below it.
     layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
