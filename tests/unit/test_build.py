@@ -28,9 +28,10 @@ from envlock.image.plan import ImagePlan, image_config, light_group, make_layers
 from envlock.image.provenance import image_statement, write_image_attestation
 from envlock.image.wheels import Response, WheelCache
 from envlock.lock import lockfile
+from envlock.lock.cuda import CPU
 from envlock.lock.project import LockOptions, lock_project
 from envlock.lock.recipes import Recipe, load_recipe
-from envlock.lock.resolve import LockedPackage
+from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from envlock.report import Report, silent
@@ -110,6 +111,36 @@ def test_layers_go_by_stability_cuda_frameworks_heavy_then_light_groups(
         ["idna-1.0-py3-none-any.whl"],
         ["six-1.0-py3-none-any.whl"],
     ]
+
+
+def _sized_lock(sizes: dict[str, int]) -> lockfile.Lock:
+    """A lock of one wheel per package, of these sizes (planning reads no wheel)."""
+    packages = tuple(
+        LockedPackage(
+            name,
+            "1.0",
+            (LockedFile(f"{name.replace('-', '_')}-1.0-py3-none-any.whl", f"https://x/{name}", "0" * 64, size),),
+        )
+        for name, size in sorted(sizes.items())
+    )
+    targets = (lockfile.TargetLock("linux/amd64", "x86_64-manylinux_2_36", CPU, packages),)
+    base = lockfile.BaseLock("debian-bookworm", "recipe", "0" * 64)
+    return lockfile.Lock("3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0")
+
+
+def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks() -> None:
+    mib = 1 << 20
+    sizes = {"numpy": 17 * mib, "pyarrow": 55 * mib, "pandas": 12 * mib, "hf-xet": 4 * mib, "scipy": 41 * mib}
+    sizes |= {"torch": 900 * mib, "triton": 200 * mib, "nvidia-cudnn-cu12": 660 * mib, "nvidia-nccl-cu12": 190 * mib}
+    labels = [layer.label for layer in plan_image(_sized_lock(sizes), "demo", "linux/amd64").layers]
+    assert labels == [
+        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton",
+        "pyarrow", "scipy", "numpy", "pandas", "hf-xet", "lock",
+    ]  # fmt: skip
+    # a new heavy package goes where its size puts it: the ones bigger than it keep their layers and chain below it
+    without = _sized_lock({name: size for name, size in sizes.items() if name != "scipy"})
+    fewer = [layer.label for layer in plan_image(without, "demo", "linux/amd64").layers]
+    assert fewer[:6] == labels[:6] and "scipy" not in fewer
 
 
 def test_light_groups_are_power_of_two_bands_of_wheel_size() -> None:
