@@ -786,15 +786,20 @@ def cpu_host() -> HostState:
 
 
 def project_with_wheels(
-    tmp_path: Path, write_project: Callable[[str], Path], names: list[str], version: str = "1.0"
+    tmp_path: Path,
+    write_project: Callable[[str], Path],
+    names: list[str],
+    version: str = "1.0",
+    padding: Mapping[str, int] | None = None,
 ) -> tuple[Spec, dict[str, bytes]]:
-    """A project depending on `names`, locked against tiny wheels; returns its spec and the wheels by URL."""
+    """A project depending on `names`, locked against tiny wheels (a name in `padding` gets that many bytes more:
+    the light layers are grouped by wheel size); returns its spec and the wheels by URL."""
     wheels_dir = tmp_path / "wheels"
     wheels_dir.mkdir(parents=True, exist_ok=True)
     served = {}
     packages = []
     for name in names:
-        built = build_wheel(wheels_dir, name, version)
+        built = build_wheel(wheels_dir, name, version, padding=(padding or {}).get(name, 0))
         data = built.read_bytes()
         url = f"https://files.example/{built.name}"
         served[url] = data

@@ -297,12 +297,14 @@ def test_adding_a_package_sends_only_the_new_layers_and_a_refused_partial_load_f
     plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
     second = builder.build(plan)
     assert second.built and second.image_id != first.image_id
-    # Light packages go to groups by their name's sha256: six 2, idna 3, tabulate 6. Only idna's group and the lock
-    # are made; the engine holds base, venv and six's group, and is sent idna's, tabulate's (above it) and the lock.
-    assert (light_group("six"), light_group("idna"), light_group("tabulate")) == (2, 3, 6)
+    # Light packages go to groups by wheel size, biggest first: idna (67 kB) 5, tabulate (35 kB) 6, six (11 kB) 7.
+    # Only idna's group and the lock are made (the lock's while idna downloads); the engine holds base and venv, and
+    # is sent idna's group, tabulate's and six's (above it) and the lock.
+    sizes = {p.name: p.wheels[0].size for p in lockfile.read(spec.lock_path).target("linux/amd64").packages}
+    assert [light_group(sizes[name]) for name in ("idna", "tabulate", "six")] == [5, 6, 7]
     made = [note for note in notes if note.startswith("making layer")]
-    assert made == ["making layer packages-3", "making layer lock"], notes
-    assert any("(3 of 6 layers)" in note for note in notes), notes
+    assert made == ["making layer lock", "making layer packages-5"], notes
+    assert any("(4 of 6 layers)" in note for note in notes), notes
     out = docker.from_env().containers.run(second.image_id, ["python", "-c", "import idna, six"], remove=True)
     assert out == b""
 

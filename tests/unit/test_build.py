@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from envlock.errors import EngineError, EngineTimeoutError, EnvlockError
+from envlock.errors import DownloadError, EngineError, EngineTimeoutError, EnvlockError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
 from envlock.image.build import Builder, BuildOutcome, build_image
@@ -25,16 +26,17 @@ from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
 from envlock.image.plan import ImagePlan, image_config, light_group, make_layers, plan_image
 from envlock.image.provenance import image_statement, write_image_attestation
-from envlock.image.wheels import WheelCache
+from envlock.image.wheels import Response, WheelCache
 from envlock.lock import lockfile
+from envlock.lock.cuda import CPU
 from envlock.lock.project import LockOptions, lock_project
 from envlock.lock.recipes import Recipe, load_recipe
-from envlock.lock.resolve import LockedPackage
+from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import Spec, load_spec
 from envlock.lock.targets import host_platform
 from envlock.report import Report, silent
 from envlock.signing import canonical, generate_key, open_envelope
-from tests.fakes import FakeBaseBuilder, FakeEngine, FakeResolver, project_with_wheels, stores
+from tests.fakes import FakeBaseBuilder, FakeEngine, FakeFetcher, FakeResolver, project_with_wheels, stores
 
 pytestmark = pytest.mark.skipif(host_platform() != "linux/amd64", reason="the fixtures lock linux/amd64")
 
@@ -99,29 +101,69 @@ def test_layers_go_by_stability_cuda_frameworks_heavy_then_light_groups(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> None:
     names = ["torch", "nvidia-cudnn-cu12", "six", "idna", "triton", "nvidia-nccl-cu12"]
-    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    spec, _ = project_with_wheels(tmp_path, write_project, names, padding={"idna": 100_000})
     plan = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    # CUDA libraries, then frameworks, one layer each by name; the light ones in the groups their names hash to.
-    assert (light_group("six"), light_group("idna")) == (2, 3)
+    # CUDA libraries, then frameworks, one layer each by name; the light ones in groups by wheel size, biggest first.
     assert [layer.label for layer in plan.layers] == [
-        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton", "packages-2", "packages-3", "lock",
+        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton", "packages-5", "packages-7", "lock",
     ]  # fmt: skip
     assert [[w.name for w in layer.wheels] for layer in plan.layers[5:7]] == [
-        ["six-1.0-py3-none-any.whl"],
         ["idna-1.0-py3-none-any.whl"],
+        ["six-1.0-py3-none-any.whl"],
     ]
+
+
+def _sized_lock(sizes: dict[str, int]) -> lockfile.Lock:
+    """A lock of one wheel per package, of these sizes (planning reads no wheel)."""
+    packages = tuple(
+        LockedPackage(
+            name,
+            "1.0",
+            (LockedFile(f"{name.replace('-', '_')}-1.0-py3-none-any.whl", f"https://x/{name}", "0" * 64, size),),
+        )
+        for name, size in sorted(sizes.items())
+    )
+    targets = (lockfile.TargetLock("linux/amd64", "x86_64-manylinux_2_36", CPU, packages),)
+    base = lockfile.BaseLock("debian-bookworm", "recipe", "0" * 64)
+    return lockfile.Lock("3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0")
+
+
+def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks() -> None:
+    mib = 1 << 20
+    sizes = {"numpy": 17 * mib, "pyarrow": 55 * mib, "pandas": 12 * mib, "hf-xet": 4 * mib, "scipy": 41 * mib}
+    sizes |= {"torch": 900 * mib, "triton": 200 * mib, "nvidia-cudnn-cu12": 660 * mib, "nvidia-nccl-cu12": 190 * mib}
+    labels = [layer.label for layer in plan_image(_sized_lock(sizes), "demo", "linux/amd64").layers]
+    assert labels == [
+        "venv", "nvidia-cudnn-cu12", "nvidia-nccl-cu12", "torch", "triton",
+        "pyarrow", "scipy", "numpy", "pandas", "hf-xet", "lock",
+    ]  # fmt: skip
+    # a new heavy package goes where its size puts it: the ones bigger than it keep their layers and chain below it
+    without = _sized_lock({name: size for name, size in sizes.items() if name != "scipy"})
+    fewer = [layer.label for layer in plan_image(without, "demo", "linux/amd64").layers]
+    assert fewer[:6] == labels[:6] and "scipy" not in fewer
+
+
+def test_light_groups_are_power_of_two_bands_of_wheel_size() -> None:
+    mib = 1 << 20
+    sizes = [4 * mib - 1, 2 * mib, 2 * mib - 1, mib, 64 << 10, (64 << 10) - 1, 32 << 10, (32 << 10) - 1, 1, 0, None]
+    assert [light_group(size) for size in sizes] == [0, 0, 1, 1, 5, 6, 6, 7, 7, 7, 7]
+    assert light_group(40 * mib) == 0, "a big wheel past the own layers' limit goes to the lowest group"
 
 
 def test_one_light_package_added_bumped_or_removed_remakes_one_group(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> None:
-    """alpha, gamma and requests share group 5, tqdm joins six's group 2: the other groups keep their keys."""
+    """alpha and gamma share the 256-512 KiB group, tqdm joins six's (the smallest): the other groups keep their keys;
+    a bump that carries alpha's wheel into the next band re-makes the group it left and the one it joins."""
     names = ["torch", "alpha", "gamma", "requests", "six", "delta", "beta"]
-    spec, _ = project_with_wheels(tmp_path, write_project, names)
+    sizes = {"alpha": 300_000, "gamma": 300_000, "requests": 70_000, "delta": 1_500_000, "beta": 40_000}
+    spec, _ = project_with_wheels(tmp_path, write_project, names, padding=sizes)
     base = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    spec, _ = project_with_wheels(tmp_path / "added", write_project, [*names, "tqdm"])
+    spec, _ = project_with_wheels(tmp_path / "added", write_project, [*names, "tqdm"], padding=sizes)
     added = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
-    spec, _ = project_with_wheels(tmp_path / "removed", write_project, [n for n in names if n != "gamma"])
+    spec, _ = project_with_wheels(tmp_path / "grown", write_project, names, padding={**sizes, "alpha": 600_000})
+    grown = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
+    spec, _ = project_with_wheels(tmp_path / "removed", write_project, [n for n in names if n != "gamma"], "1.0", sizes)
     removed = plan_image(lockfile.read(spec.lock_path), "demo", "linux/amd64")
     bumped_lock = uploaded(lockfile.read(spec.lock_path), "beta", datetime(2026, 11, 1, tzinfo=UTC))
     bumped = plan_image(bumped_lock, "demo", "linux/amd64")
@@ -132,9 +174,11 @@ def test_one_light_package_added_bumped_or_removed_remakes_one_group(
     def changed(one: ImagePlan, other: ImagePlan) -> set[str]:
         return {label for label in keys(one) | keys(other) if keys(one).get(label) != keys(other).get(label)}
 
-    assert list(keys(base)) == ["venv", "torch", "packages-0", "packages-2", "packages-5", "packages-7"]
-    assert changed(base, added) == {"packages-2"} and changed(base, removed) == {"packages-5"}
-    assert changed(removed, bumped) == {"packages-7"}
+    groups = ["packages-1", "packages-3", "packages-5", "packages-6", "packages-7"]
+    assert list(keys(base)) == ["venv", "torch", *groups]
+    assert changed(base, added) == {"packages-7"} and changed(base, removed) == {"packages-3"}
+    assert changed(removed, bumped) == {"packages-6"}
+    assert changed(base, grown) == {"packages-2", "packages-3"}
 
 
 def test_other_platform_is_refused_clearly(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
@@ -237,10 +281,12 @@ def test_reformatted_lock_gives_the_same_image(tmp_path: Path, write_project) ->
 def two_locks(
     tmp_path: Path, write_project: Callable[[str], Path]
 ) -> tuple[lockfile.Lock, lockfile.Lock, dict[str, bytes]]:
-    """A lock with torch (a layer of its own) and alpha, and the same plus one light package."""
-    spec, served = project_with_wheels(tmp_path, write_project, ["torch", "alpha"])
+    """A lock with torch (a layer of its own) and alpha (~100 kB: packages-5), and the same plus one light package
+    (beta, ~1 kB: packages-7, above alpha's)."""
+    padding = {"alpha": 100_000}
+    spec, served = project_with_wheels(tmp_path, write_project, ["torch", "alpha"], padding=padding)
     before = lockfile.read(spec.lock_path)
-    spec, more = project_with_wheels(tmp_path, write_project, ["torch", "alpha", "beta"])
+    spec, more = project_with_wheels(tmp_path, write_project, ["torch", "alpha", "beta"], padding=padding)
     return before, lockfile.read(spec.lock_path), {**served, **more}
 
 
@@ -281,6 +327,61 @@ def test_a_light_change_reads_no_byte_of_the_heavy_wheels(
     cache.path_for(torch.sha256).unlink()  # a cached layer's wheel may be gone: the layer is what counts
     third = build_image(after, "other", "linux/amd64", Builder(**kwargs))
     assert third.image_id == second.image_id
+
+
+class _HeldBack(FakeFetcher):
+    """A slow index: each download waits (up to 10 s) until `go` is set, and says whether it had to time out."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files)
+        self.go = threading.Event()
+        self.timed_out = False
+
+    @contextlib.contextmanager
+    def open(self, url: str, offset: int) -> Iterator[Response]:
+        self.timed_out |= not self.go.wait(10)
+        with super().open(url, offset) as response:
+            yield response
+
+
+def test_a_new_package_downloads_while_the_lock_layer_is_made(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    """The new wheel's download is not waited for before the layers that need none of it (the lock's, with its
+    SBOM): the download here starts only once the lock layer is being made, and the build still succeeds."""
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    build_image(before, "demo", "linux/amd64", Builder(engine, cache, layers, bases))
+    fetcher = _HeldBack(served)
+    notes: list[str] = []
+
+    def report(note: str) -> None:
+        notes.append(note)
+        if note == "making layer lock":
+            fetcher.go.set()
+
+    builder = Builder(engine, WheelCache(cache.root, fetcher), layers, bases, report)
+    second = build_image(after, "demo", "linux/amd64", builder)
+    assert second.built and not fetcher.timed_out
+    made = [note for note in notes if note.startswith(("fetching", "making"))]
+    beta = next(f.size for p in after.target("linux/amd64").packages if p.name == "beta" for f in p.wheels)
+    assert made == ["fetching 1 wheels", "making layer lock", f"making layer packages-{light_group(beta)}"]
+    assert engine.tags[second.reference] == second.image_id
+
+
+def test_a_failed_download_fails_the_build_with_its_own_error(
+    tmp_path: Path, write_project: Callable[[str], Path]
+) -> None:
+    before, after, served = two_locks(tmp_path, write_project)
+    cache, layers, bases, _ = stores(tmp_path / "cache", served)
+    engine = FakeEngine()
+    build_image(before, "demo", "linux/amd64", Builder(engine, cache, layers, bases))
+    beta = next(f for p in after.target("linux/amd64").packages if p.name == "beta" for f in p.files)
+    gone = WheelCache(cache.root, FakeFetcher({u: d for u, d in served.items() if u != beta.url}))
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        build_image(after, "demo", "linux/amd64", Builder(engine, gone, layers, bases))
+    assert engine.tags.keys() == {f"demo:{before.short_hash}"}, "no tag for the lock whose wheel is missing"
 
 
 def test_partial_load_falls_back_to_every_layer_when_the_engine_lacks_one(

@@ -84,3 +84,24 @@ def test_files_shared_with_identical_bytes_are_one_note_not_a_warning_per_pair(t
         f"note: 1 pair of packages (tiny-skinny/tiny-full) install the same 1 file with identical bytes "
         f"(e.g. lib/python3.11/site-packages/{SHARED}): the image holds one copy"
     ]
+
+
+def test_a_wheels_data_schemes_land_where_the_installer_puts_them(tmp_path: Path) -> None:
+    # purelib and scripts under `.data` land in site-packages and bin/; a headers file lands nowhere checked
+    one = build_wheel(tmp_path, "one", "1.0", extra_files={"shared/x.py": "1", "one-1.0.data/scripts/tool": "a"})
+    files = {"two-1.0.data/purelib/shared/x.py": "1", "two-1.0.data/scripts/tool": "b", "two-1.0.data/headers/h": ""}
+    two = build_wheel(tmp_path, "two", "1.0", extra_files=files)
+    (overlap,) = find_overlaps([(one.name, one), (two.name, two)], VenvLayout("3.11"))
+    assert overlap.paths == ("bin/tool", "lib/python3.11/site-packages/shared/x.py")
+    assert overlap.differing == ("bin/tool",)
+
+
+def test_unusual_member_names_are_read_as_paths(tmp_path: Path) -> None:
+    # `./a`, `a//b`, `a/./b` name the same file as `a/b`; a file clashing with a folder is found through them
+    one = build_wheel(tmp_path, "one", "1.0", extra_files={"./pkg//mod.py": "1"})
+    two = build_wheel(tmp_path, "two", "1.0", extra_files={"pkg//mod.py/./inner.py": ""})
+    with pytest.raises(BuildError, match=r"site-packages/pkg/mod\.py is a file in one and a directory in the other"):
+        find_overlaps([(one.name, one), (two.name, two)], VenvLayout("3.11"))
+    three = build_wheel(tmp_path, "three", "1.0", extra_files={"pkg/./mod.py": "2"})
+    (overlap,) = find_overlaps([(one.name, one), (three.name, three)], VenvLayout("3.11"))
+    assert overlap.paths == overlap.differing == ("lib/python3.11/site-packages/pkg/mod.py",)

@@ -23,7 +23,7 @@ from envlock.fsutil import (
 )
 from envlock.image import bases as base_mod
 from envlock.image.catalog import record_image
-from envlock.image.layers import LayerStore
+from envlock.image.layers import Layer, LayerStore
 from envlock.image.plan import (
     ImagePlan,
     image_config,
@@ -85,8 +85,7 @@ class Builder:
             base_parts, base_env = upstream.layers, upstream.env
             home = upstream.python_homes[lock.python]
             store = LayerStore(scratch / "layers") if fresh else self.layers
-            self.fetch(plan, store, VenvLayout(lock.python, home))
-            made = make_layers(plan, self.cache, store, self.report, VenvLayout(lock.python, home))
+            made = self.make(plan, store, VenvLayout(lock.python, home))
             config = image_config(plan, [d for d, _ in base_parts], base_env, made)
             return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in made)], lock.base.name)
         recipe = recipes.load_recipe(lock.base.name)
@@ -115,8 +114,7 @@ class Builder:
             )
         # fresh (--no-cache): every layer made anew into this build's scratch store; wheels are still verified.
         store = LayerStore(scratch / "layers") if fresh else self.layers
-        self.fetch(plan, store, VenvLayout(lock.python))
-        made = make_layers(plan, self.cache, store, self.report)
+        made = self.make(plan, store, VenvLayout(lock.python))
         config = image_config(plan, [built_base.diff_id], {}, made)
         parts = [(built_base.diff_id, built_base.tar), *((m.diff_id, m.tar) for m in made)]
         return Assembled(config, parts, built_base.diff_id)
@@ -153,12 +151,19 @@ class Builder:
         config = image_config(plan, [d for d, _ in base_parts], base_env, layers)
         return Assembled(config, [*base_parts, *((m.diff_id, m.tar) for m in layers)], base_diff_id)
 
-    def fetch(self, plan: ImagePlan, store: LayerStore, layout: VenvLayout) -> None:
-        """Download and verify the wheels of the layers to make; a cached layer's wheels are not read at all."""
+    def make(self, plan: ImagePlan, store: LayerStore, layout: VenvLayout) -> list[Layer]:
+        """The plan's layers, made or found in `store`. The wheels of the layers to make are downloaded and verified
+        in the background while the layers that need none (the lock's) are made; a cached layer's wheels are not
+        read at all."""
         wheels = wheels_to_make(plan, store, layout)
-        if wheels:
-            self.report(f"fetching {len(wheels)} wheels")
-            self.cache.ensure(wheels, self.progress)
+        if not wheels:
+            return make_layers(plan, self.cache, store, self.report, layout)
+        self.report(f"fetching {len(wheels)} wheels")
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (a no-op build fetches nothing)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="envlock-fetch") as pool:
+            fetching = pool.submit(self.cache.ensure, wheels, self.progress)
+            return make_layers(plan, self.cache, store, self.report, layout, fetched=fetching.result)
 
     def sweep(self) -> None:
         """Scratch left by a build that was killed (kill -9 skips every cleanup) goes at the next build."""

@@ -122,25 +122,29 @@ class Overlap:
     differing: tuple[str, ...]  # the subset whose bytes differ (by the zip's CRC-32)
 
 
-def _installed_paths(wheel: Path, layout: VenvLayout) -> dict[str, int]:
+def installed_files(wheel: Path, layout: VenvLayout) -> dict[str, int]:
     """Where each file of a wheel lands in the venv (dist-info and RECORD included), with its CRC-32."""
     out: dict[str, int] = {}
     with zipfile.ZipFile(wheel) as archive:
         for info in archive.infolist():
-            if info.is_dir():
-                continue
-            parts = PurePosixPath(info.filename).parts
-            if parts[0].endswith(".data") and len(parts) > 2:
-                scheme, rest = parts[1], PurePosixPath(*parts[2:])
-                if scheme in ("purelib", "platlib"):
-                    out[str(PurePosixPath(layout.site_packages) / rest)] = info.CRC
-                elif scheme == "scripts":
-                    out[str(PurePosixPath("bin") / rest)] = info.CRC
-                elif scheme == "data":
-                    out[str(rest)] = info.CRC
-                continue
-            out[str(PurePosixPath(layout.site_packages, *parts))] = info.CRC
+            if not info.is_dir() and (where := _landing(info.filename, layout)) is not None:
+                out[where] = info.CRC
     return out
+
+
+def _landing(name: str, layout: VenvLayout) -> str | None:
+    """Where a wheel's member lands, relative to the venv (None: a `.data` scheme installed nowhere)."""
+    # The usual name is split as a string: a torch stack has 20,000 of them, and path objects cost 0.2 s a build.
+    # An unusual one (`./a`, `a//b`, `/a`) is read as PurePosixPath reads it.
+    usual = not (name.startswith(("/", ".")) or "//" in name or "/." in name)
+    parts = tuple(name.split("/")) if usual else PurePosixPath(name).parts
+    place: tuple[str, ...] = (layout.site_packages,)
+    if parts[0].endswith(".data") and len(parts) > 2:
+        schemes = {"purelib": place, "platlib": place, "scripts": ("bin",), "data": ()}
+        if parts[1] not in schemes:
+            return None
+        place, parts = schemes[parts[1]], parts[2:]
+    return "/".join((*place, *parts)) if usual else str(PurePosixPath(*place, *parts))
 
 
 def find_overlaps(wheels: Sequence[tuple[str, Path]], layout: VenvLayout) -> list[Overlap]:
@@ -148,14 +152,20 @@ def find_overlaps(wheels: Sequence[tuple[str, Path]], layout: VenvLayout) -> lis
 
     A path that is a file for one wheel and a directory for another cannot be installed at all: BuildError.
     """
+    return overlaps_of([(filename, installed_files(path, layout)) for filename, path in wheels])
+
+
+def overlaps_of(listed: Sequence[tuple[str, Mapping[str, int]]]) -> list[Overlap]:
+    """`find_overlaps` over wheels already listed (file name, `installed_files`; in install order)."""
+    # Plain strings, not PurePosixPath: a torch stack installs ~20,000 files, and every build that makes a layer
+    # checks them all (path objects made this 0.5 s of a one-package rebuild).
     owner: dict[str, tuple[str, int]] = {}
     directories: dict[str, str] = {}
     found: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-    for filename, path in wheels:
+    for filename, paths in listed:
         name = str(parse_wheel_filename(filename)[0])
-        paths = _installed_paths(path, layout)
         for installed, crc in sorted(paths.items()):
-            parents = [str(p) for p in PurePosixPath(installed).parents][:-1]
+            parents = _parents(installed)
             clashes = [(installed, directories[installed])] if installed in directories else []
             clashes += [(p, owner[p][0]) for p in parents if p in owner]
             for where, other in clashes:
@@ -176,6 +186,17 @@ def find_overlaps(wheels: Sequence[tuple[str, Path]], layout: VenvLayout) -> lis
             for parent in parents:
                 directories.setdefault(parent, name)
     return [Overlap(a, b, tuple(p), tuple(d)) for (a, b), (p, d) in found.items()]
+
+
+def _parents(path: str) -> list[str]:
+    """The folders above a normalized relative path, deepest first (`a/b/c` -> `a/b`, `a`)."""
+    out = []
+    cut = path.rfind("/")
+    while cut > 0:
+        path = path[:cut]
+        out.append(path)
+        cut = path.rfind("/")
+    return out
 
 
 def install_local(package: LocalPackage, root: Path, layout: VenvLayout) -> None:
