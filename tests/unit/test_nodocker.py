@@ -30,6 +30,7 @@ from envlock.image.registry import (
     push_index,
 )
 from envlock.image.restore import Restored, restore_for_runtime
+from envlock.lock.targets import host_platform
 from envlock.run.records import RunStore
 from tests.fakes import FakeEngine, FakeLauncher, FakeRegistry
 from tests.unit import test_cli_commands
@@ -343,7 +344,8 @@ def test_run_under_a_runtime_of_its_own_without_docker_or_a_pushed_image_fails_i
     assert code == 125 and RunStore(world.project).all() == [], err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert "no image of lock" in errors[0] and "the Docker engine is not reachable" in errors[0], err
+    assert "no image of lock" in errors[0] and f"for {host_platform()} is recorded" in errors[0], err
+    assert "the Docker engine is not reachable" in errors[0], err
     assert "(elsewhere 15: the image could not be restored" in err and "envlock build --push" in err, err
     world.wiring.engine_ = world.engine
     assert world(capsys, "build", "-C", str(world.project))[0] == 0, "built, never pushed"
@@ -351,4 +353,13 @@ def test_run_under_a_runtime_of_its_own_without_docker_or_a_pushed_image_fails_i
     code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 125 and len(errors) == 1 and "it was never pushed to a registry" in errors[0], err
+    assert launcher.launched == [] and launcher.pulled == []
+    images = world.project / ".envlock" / "images.json"
+    known = json.loads(images.read_text())
+    other = "linux/arm64" if host_platform() != "linux/arm64" else "linux/amd64"
+    for entry in known.values():  # built for another platform only (by a build elsewhere): not this host's to run
+        entry["platforms"] = {other: entry["platforms"][host_platform()]}
+    images.write_text(json.dumps(known))
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    assert code == 125 and "no image of lock" in err and f"for {host_platform()} is recorded" in err, err
     assert launcher.launched == [] and launcher.pulled == []

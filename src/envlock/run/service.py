@@ -15,7 +15,14 @@ from envlock.engine.launch import Launcher
 from envlock.engine.runtimes import OwnImages, StreamSink
 from envlock.errors import EngineError, EngineUnreachableError, RestoreError, UsageError
 from envlock.git import GIT_OF, Git, Origin, own_git
-from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, pushed_digests, read_images
+from envlock.image.catalog import (
+    Built,
+    PinnedImage,
+    image_for_lock,
+    platform_tag,
+    read_images,
+    recorded_for_platform,
+)
 from envlock.lock import lockfile
 from envlock.lock.backend import MetadataSource, default_backend
 from envlock.lock.lockfile import Lock
@@ -143,14 +150,14 @@ def _recorded_image(
     (the store or the registry check it by ID); one RestoreError line when nothing can bring it."""
     from envlock.image.restore import restore_for_runtime  # noqa: PLC0415
 
-    image_id = read_images(project_dir).get(lock.lock_hash, {}).get("image-id")
-    if not isinstance(image_id, str) or not _IMAGE_ID.fullmatch(image_id):
+    platform = host_platform()
+    image_id, pushed = recorded_for_platform(project_dir, lock.lock_hash, platform)
+    if image_id is None or not _IMAGE_ID.fullmatch(image_id):
         raise RestoreError(
-            f"no image of lock {lock.short_hash} is recorded in this project, and there is no Docker engine to "
-            f"build it ({unreachable.message})",
+            f"no image of lock {lock.short_hash} for {platform} is recorded in this project, and there is no Docker "
+            f"engine to build it ({unreachable.message})",
             hint="build and push it where Docker runs (envlock build --push), then run here; or run where Docker is",
         )
-    pushed = tuple(pushed_digests(project_dir, lock.lock_hash))
 
     def no_engine() -> Restored:
         raise unreachable
