@@ -134,6 +134,10 @@ class EngineError(EnvlockError):
     default_hint = "is dockerd running? start it with `bash scripts/setup.sh` or `sudo systemctl start docker`"
 
 
+class EngineUnreachableError(EngineError):
+    """The Docker engine cannot be reached at all (no socket, no daemon, DOCKER_HOST pointing at nothing)."""
+
+
 class EngineTimeoutError(EngineError):
     """The engine took longer to answer than envlock waited (it may still be working)."""
 

@@ -4,6 +4,7 @@ locally and as Slurm jobs on the local two-node cluster; the record names the ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,3 +212,95 @@ def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_
     assert "(elsewhere 15: the image could not be restored" in slurm_out, slurm_out
     assert not directory.exists()
     print(f"no image, no registry: the job failed in {took:.1f} s (submit to final record)")
+
+
+# six 1.17.0: a lock (and so an image ID) of this module's own. This module runs in the example's xdist group (see
+# tests/conftest.py) while the other engine tests, several on six 1.16.0 alone, remove their image by ID beside it.
+INPUTS = '[project]\nname = "envlock-test-inputs"\nversion = "0.1.0"\ndependencies = ["six==1.17.0"]\n'
+
+
+def envlock_env(*args: str, project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`envlock` with variables of its own on top of ours (DOCKER_HOST pointing at nothing: a node without Docker)."""
+    return subprocess.run(
+        [ENVLOCK, *args[:1], "-C", str(project), *args[1:]], capture_output=True, text=True, check=False,
+        env={**os.environ, "USER": os.environ.get("USER") or "root", **env},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    """A small project with a declared input, its image built and pushed to a registry of its own:
+    (project, registry address, image ID)."""
+    root = tmp_path_factory.mktemp("inputs")
+    project = root / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(INPUTS)
+    (project / "data" / "in.txt").write_text("original\n")
+    with serve_registry(root / "registry") as address:
+        for command in (["lock"], ["build", "--registry", f"{address}/team"]):
+            done = envlock_env(*command, project=project, env={"ENVLOCK_INSECURE_REGISTRIES": address})
+            assert done.returncode == 0, done.stderr
+        git(project, "init", "-q")
+        git(project, "add", "-A")
+        git(project, "commit", "-qm", "inputs")
+        (entry,) = json.loads((project / ".envlock" / "images.json").read_text()).values()
+        yield project, address, str(entry["image-id"])
+    client = docker.from_env()
+    for image in client.images.list(name="envlock-test-inputs"):
+        client.images.remove(image.id, force=True)
+    subprocess.run(["podman", "rmi", "--force", str(entry["image-id"])[7:]], capture_output=True, check=False)
+    shutil.rmtree(CacheLayout(cache_root()).charliecloud / str(entry["image-id"])[7:], ignore_errors=True)
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman", "charliecloud"])
+def test_a_command_cannot_write_its_declared_inputs_under_any_runtime(
+    pushed: tuple[Path, str, str], runtime: str
+) -> None:
+    project, _, _ = pushed
+    before = (project / "data" / "in.txt").read_bytes()
+    write = "echo ok > written.txt; touch data/new || echo refused; echo EDITED > data/in.txt"
+    done = envlock_env("run", "--runtime", runtime, "-i", "data", "--", "sh", "-c", write, project=project, env={})
+    assert done.returncode == 2 and "Read-only file system" in done.stderr, done.stdout + done.stderr
+    assert "refused" in done.stdout and not (project / "data" / "new").exists()
+    assert (project / "data" / "in.txt").read_bytes() == before, "the input's bytes are unchanged"
+    assert (project / "written.txt").read_text() == "ok\n", "the rest of the project stays writable"
+    record = record_of(project, last_run(project))
+    assert record["runtime"]["name"] == runtime and record["status"] == "failed" and record["exit_code"] == 2
+
+
+def test_run_on_a_node_without_docker_takes_the_pushed_image_or_says_what_is_missing(
+    pushed: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """`envlock run --runtime podman|charliecloud` with DOCKER_HOST pointing at nothing: the image recorded for the
+    lock comes from the registry by digest; a copy of the project that never pushed it fails in one line."""
+    project, address, image_id = pushed
+    no_docker = {"DOCKER_HOST": "unix:///nonexistent", "ENVLOCK_INSECURE_REGISTRIES": address}
+    for runtime in ("podman", "charliecloud"):
+        subprocess.run(["podman", "rmi", "--force", image_id[7:]], capture_output=True, check=False)
+        shutil.rmtree(CacheLayout(cache_root()).charliecloud / image_id[7:], ignore_errors=True)
+        done = envlock_env("run", "--runtime", runtime, "--", "cat", "data/in.txt", project=project, env=no_docker)
+        assert done.returncode == 0 and done.stdout == "original\n", done.stderr
+        assert f"image {image_id[:19]} from registry {address}/team/" in done.stderr, done.stderr
+        record = record_of(project, last_run(project))
+        assert record["runtime"]["name"] == runtime and record["image_id"] == image_id
+        assert record["host"]["docker-version"] is None
+    never = tmp_path / "never-pushed"
+    shutil.copytree(project, never, symlinks=True)
+    images = never / ".envlock" / "images.json"
+    known = json.loads(images.read_text())
+    for entry in known.values():  # as if built here and never pushed: no digest for the lock, nor for its platform
+        for recorded in (entry, *entry["platforms"].values()):
+            recorded["pushed"] = []
+    images.write_text(json.dumps(known))
+    subprocess.run(["podman", "rmi", "--force", image_id[7:]], capture_output=True, check=False)
+    done = envlock_env("run", "--runtime", "podman", "--", "true", project=never, env=no_docker)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 125 and "Traceback" not in done.stderr, done.stderr
+    assert errors == [
+        f"error: could not restore image {image_id[:19]} for podman: this node does not hold it, it was never "
+        "pushed to a registry, and there is no Docker engine to take it from (cannot inspect "
+        f"envlock-test-inputs:{next(iter(json.loads(images.read_text())))[7:19]}: the Docker engine is not "
+        "reachable (ConnectionError))"
+    ], done.stderr
+    assert "(elsewhere 15: the image could not be restored" in done.stderr
+    assert "hint: push the image (envlock build --push)" in done.stderr

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from envlock.engine.charliecloud import CharliecloudLauncher
 from envlock.engine.podman import PodmanLauncher
 from envlock.engine.runtimes import Done, OwnImages
-from envlock.errors import EXIT_CODES, EngineError, RegistryError, RestoreError
+from envlock.errors import EXIT_CODES, EngineError, EngineUnreachableError, RegistryError, RestoreError
 from envlock.image.registry import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -29,8 +30,9 @@ from envlock.image.registry import (
     push_index,
 )
 from envlock.image.restore import Restored, restore_for_runtime
+from envlock.lock.targets import host_platform
 from envlock.run.records import RunStore
-from tests.fakes import FakeRegistry
+from tests.fakes import FakeEngine, FakeLauncher, FakeRegistry
 from tests.unit import test_cli_commands
 from tests.unit.test_cli_commands import World
 from tests.unit.test_runtimes import LOWER, UPPER, Commands
@@ -288,3 +290,76 @@ def test_slurms_own_job_output_written_after_the_attestation_does_not_break_it(
         log.write("edited\n")
     code, out, _ = world(capsys, "verify", record.run_id, "-C", str(world.project), "--allow-unsigned")
     assert code == 26 and "MISMATCH run file log.txt" in out
+
+
+class NoDocker(FakeEngine):
+    """DOCKER_HOST pointing at a socket that does not exist: the adapter's first request fails."""
+
+    def image_id(self, ref: str) -> str | None:
+        raise EngineUnreachableError(f"cannot inspect {ref}: the Docker engine is not reachable (ConnectionError)")
+
+
+@dataclass
+class StoreLauncher(FakeLauncher):
+    """Podman as the run core sees it: a store of its own, filled from the registry by digest."""
+
+    name: str = "podman"
+    held: set[str] = field(default_factory=set)
+    pulled: list[str] = field(default_factory=list)
+
+    def has_image(self, image_id: str) -> bool:
+        return image_id in self.held
+
+    def pull(self, image_id: str, pushed: str) -> None:
+        self.pulled.append(pushed)
+        self.held.add(image_id)
+
+
+def test_run_under_a_runtime_of_its_own_needs_no_docker_for_a_pushed_image(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, said = world(capsys, "build", "-C", str(world.project), "--registry", "127.0.0.1:5000/team")
+    assert code == 0, said
+    pushed = next(line.split()[1] for line in out.splitlines() if line.startswith("pushed 127.0.0.1:5000/team/"))
+    image_id = next(iter(json.loads((world.project / ".envlock" / "images.json").read_text()).values()))["image-id"]
+    launcher = StoreLauncher(runtime_name="podman")
+    world.wiring.engine_, world.wiring.launcher_ = NoDocker(), launcher
+    code, _, said = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "python", "t.py")
+    assert code == 0, said
+    assert launcher.pulled == [pushed] and [spec.image_id for spec in launcher.launched] == [image_id]
+    record = RunStore(world.project).all()[-1]
+    assert record.image_id == image_id and record.repo_digests == [pushed] and record.runtime is not None
+    assert f"image {image_id[:19]} from registry {pushed} (the Docker engine is not reachable)" in said
+    launcher.pulled.clear()
+    assert world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")[0] == 0
+    assert launcher.pulled == [], "held now: taken from the runtime's store"
+
+
+def test_run_under_a_runtime_of_its_own_without_docker_or_a_pushed_image_fails_in_one_line(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    launcher = StoreLauncher(runtime_name="podman")
+    world.wiring.engine_, world.wiring.launcher_ = NoDocker(), launcher
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    assert code == 125 and RunStore(world.project).all() == [], err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "no image of lock" in errors[0] and f"for {host_platform()} is recorded" in errors[0], err
+    assert "the Docker engine is not reachable" in errors[0], err
+    assert "(elsewhere 15: the image could not be restored" in err and "envlock build --push" in err, err
+    world.wiring.engine_ = world.engine
+    assert world(capsys, "build", "-C", str(world.project))[0] == 0, "built, never pushed"
+    world.wiring.engine_ = NoDocker()
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 125 and len(errors) == 1 and "it was never pushed to a registry" in errors[0], err
+    assert launcher.launched == [] and launcher.pulled == []
+    images = world.project / ".envlock" / "images.json"
+    known = json.loads(images.read_text())
+    other = "linux/arm64" if host_platform() != "linux/arm64" else "linux/amd64"
+    for entry in known.values():  # built for another platform only (by a build elsewhere): not this host's to run
+        entry["platforms"] = {other: entry["platforms"][host_platform()]}
+    images.write_text(json.dumps(known))
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    assert code == 125 and "no image of lock" in err and f"for {host_platform()} is recorded" in err, err
+    assert launcher.launched == [] and launcher.pulled == []

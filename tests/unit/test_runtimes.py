@@ -280,3 +280,59 @@ def test_the_image_index_lists_each_platform_once_sorted_and_needs_its_manifests
     assert pushed == "team/app@sha256:" + hashlib.sha256(index_for(entries)).hexdigest()
     with pytest.raises(RegistryError):
         push_index(registry, "team/app", "h-index", [PlatformManifest("linux/amd64", "sha256:" + "1" * 64, 10)])
+
+
+def test_podman_mounts_declared_inputs_read_only(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    commands = Commands(loaded=True)
+    launcher = PodmanLauncher(lambda _r, _o: None, tmp_path, command=commands.command, stream=commands.stream)
+    data = tmp_path / "elsewhere" / "data"  # a reproduction's inputs come from the project, not its worktree
+    read_only = ((data, "/work/data"), (tmp_path / "meta", "/opt/envlock/venv/envlock-local-metadata"))
+    launcher.run(spec(tmp_path, image_id, read_only=read_only), lambda _s, _d: None)
+    args, _ = commands.streamed[0]
+    volumes = [a for a in args if a.startswith("--volume=")]
+    assert volumes == [
+        f"--volume={tmp_path.resolve()}:/work",
+        f"--volume={data.resolve()}:/work/data:ro",
+        f"--volume={(tmp_path / 'meta').resolve()}:/opt/envlock/venv/envlock-local-metadata:ro",
+    ], "each input read-only, over the project's own mount"
+
+
+def test_charliecloud_makes_declared_inputs_read_only_in_a_namespace_of_its_own(tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    commands = Commands()
+    launcher = CharliecloudLauncher(
+        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
+        command=commands.command, stream=commands.stream, environ={"USER": "me"},
+    )  # fmt: skip
+    project = tmp_path / "worktree"
+    project.mkdir()
+    data = tmp_path / "project" / "data"
+    data.mkdir(parents=True)
+    (data / "in.txt").write_text("original")
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    read_only = ((data / "in.txt", "/work/data/in.txt"), (meta, "/opt/meta"))
+    launcher.run(spec(project, image_id, read_only=read_only), lambda _s, _d: None)
+    args, _ = commands.streamed[0]
+    rootfs = tmp_path / "cc" / image_id[7:] / "rootfs"
+    # ch-run binds read-write only: each source is bound onto itself read-only first, in envlock's own user and
+    # mount namespace; ch-run's binds of them are then read-only, and locked so in its namespace.
+    assert args[:4] == ["unshare", "--user", "--map-root-user", "--mount"]
+    split = args.index("ch-run")
+    assert args[split - 3 : split] == [str((data / "in.txt").resolve()), str(meta.resolve()), "--"]
+    run = args[split:]
+    assert {"--uid=1000", "--gid=1000"} <= set(run), "the run's user, not the namespace's root"
+    binds = [a for a in run if a.startswith("--bind=")]
+    assert binds == [
+        f"--bind={project.resolve()}:/work",
+        f"--bind={(data / 'in.txt').resolve()}:/work/data/in.txt",
+        f"--bind={meta.resolve()}:/opt/meta",
+    ]
+    assert (project / "data" / "in.txt").is_file() and (rootfs / "opt" / "meta").is_dir(), "mount points made"
+    assert (data / "in.txt").read_text() == "original"
+    commands.streamed.clear()
+    launcher.run(spec(project, image_id), lambda _s, _d: None)
+    assert commands.streamed[0][0][0] == "ch-run", "no inputs: ch-run as before"

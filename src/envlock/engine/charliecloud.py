@@ -38,6 +38,16 @@ from envlock.safetar import extract_rootfs_layer
 # checked against its digest (image.registry.fetch_pushed, through the composition root).
 Fetch = Callable[[str, str, Path], tuple[bytes, Sequence[LayerFile]]]
 
+# ch-run binds read-write only (`--bind=SRC[:DST]`, no read-only form in 0.31 nor since). So each read-only source
+# is first bound onto itself and remounted read-only in a user and mount namespace of envlock's own (util-linux
+# `unshare`: no privilege beyond the user namespaces ch-run needs anyway); ch-run's binds of it carry the flag, and
+# in ch-run's own, less privileged namespace the kernel locks it: nothing in the container can make it writable.
+# The namespace's root is the invoking user, so ch-run is told the run's uid and gid.
+READ_ONLY_BINDS = (
+    'while [ "$1" != -- ]; do mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" '
+    '|| { echo "envlock: cannot make $1 read-only for the run" >&2; exit 125; }; shift; done; shift; exec "$@"'
+)
+
 
 def _hex(image_id: str) -> str:
     hex_id = image_id.removeprefix("sha256:")
@@ -195,7 +205,8 @@ class CharliecloudLauncher:
 
     def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """ch-run with the project at /work, only envlock's environment (the image's, then the run's), the GPUs
-        through the host's libraries injected once by `ch-fromhost --nvidia` and CUDA_VISIBLE_DEVICES."""
+        through the host's libraries injected once by `ch-fromhost --nvidia` and CUDA_VISIBLE_DEVICES; declared
+        inputs read-only (READ_ONLY_BINDS)."""
         directory = self.prepare(spec.image_id)
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         image_env = [str(item) for item in (config.get("config") or {}).get("Env") or []]
@@ -208,12 +219,19 @@ class CharliecloudLauncher:
         for mount in spec.mounts:
             (directory / "rootfs" / str(mount).lstrip("/")).mkdir(parents=True, exist_ok=True)
         binds = [f"--bind={spec.project_dir.resolve()}:{WORKDIR}", *(f"--bind={m}:{m}" for m in spec.mounts)]
+        sources = [host.resolve() for host, _ in spec.read_only]
+        for source, (_, inside) in zip(sources, spec.read_only, strict=True):
+            _mount_point(source, _on_host(inside, spec.project_dir, directory / "rootfs"))
+            binds.append(f"--bind={source}:{inside}")
+        uid, _, gid = spec.user.partition(":")
+        namespace = ["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c", READ_ONLY_BINDS, "envlock"]
+        read_only = [*namespace, *map(str, sources), "--", "ch-run", f"--uid={uid}", f"--gid={gid}"]
         with tempfile.NamedTemporaryFile("w", prefix="envlock-env-", suffix=".txt", encoding="utf-8") as env_file:
             # Values in a file (mode 0600), not on the command line: passed variables may be secrets.
             env_file.write("".join(f"{name}={value}\n" for name, value in environment.items()))
             env_file.flush()
             args = [
-                "ch-run",
+                *(read_only if sources else ["ch-run"]),
                 *binds,
                 f"--cd={WORKDIR}",
                 "--unset-env=*",
@@ -240,3 +258,22 @@ class CharliecloudLauncher:
     def remove(self, name: str) -> None:
         """Nothing to remove: ch-run leaves no container behind (its process ends with envlock's)."""
         del name
+
+
+def _on_host(inside: str, project_dir: Path, rootfs: Path) -> Path:
+    """Where a container path lies on the host: under the project's mount at /work, else in the image directory."""
+    if inside == WORKDIR or inside.startswith(f"{WORKDIR}/"):
+        return project_dir.resolve() / inside.removeprefix(WORKDIR).lstrip("/")
+    return rootfs / inside.lstrip("/")
+
+
+def _mount_point(source: Path, target: Path) -> None:
+    """ch-run binds only onto a path that exists (the image is read-only): an empty folder or file of the
+    source's kind where none is (a reproduction's worktree, the image's directory), as Docker makes them."""
+    if target.exists() or target.is_symlink():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        target.mkdir()
+    else:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))

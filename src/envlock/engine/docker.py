@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from envlock.errors import EngineError, EngineTimeoutError
+from envlock.errors import EngineError, EngineTimeoutError, EngineUnreachableError
 
 ArchiveWriter = Callable[[BinaryIO], object]
 
@@ -120,7 +120,7 @@ def translated(action: str, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None
         raise EngineTimeoutError(f"cannot {action}: the Docker engine did not answer within {timeout:.0f} s") from exc
     except docker.errors.DockerException as exc:
         if "Connection" in str(exc) or "FileNotFoundError" in str(exc):
-            raise EngineError(f"cannot {action}: the Docker engine is not reachable") from exc
+            raise EngineUnreachableError(f"cannot {action}: the Docker engine is not reachable") from exc
         if "is too new" in str(exc):
             raise EngineError(
                 f"cannot {action}: the Docker engine is older than 20.10 (API {API_VERSION})",
@@ -130,7 +130,9 @@ def translated(action: str, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None
             f"cannot {action}: {_first_line(exc)}", hint="see `docker info` for the engine's state"
         ) from exc
     except requests.RequestException as exc:
-        raise EngineError(f"cannot {action}: the Docker engine is not reachable ({exc.__class__.__name__})") from exc
+        raise EngineUnreachableError(
+            f"cannot {action}: the Docker engine is not reachable ({exc.__class__.__name__})"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -91,10 +91,15 @@ class PodmanLauncher:
 
     def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """`podman run --rm` by image ID; variables passed by name (`-e NAME`) so no value shows on a command line;
-        GPUs through CDI (`--device nvidia.com/gpu=…`, from `nvidia-ctk cdi generate`)."""
+        GPUs through CDI (`--device nvidia.com/gpu=…`, from `nvidia-ctk cdi generate`); declared inputs read-only."""
         self.prepare(spec.image_id)
         gpus = [f"--device=nvidia.com/gpu={d}" for d in (spec.gpu_devices or ("all",))] if spec.gpus else []
-        mounts = [f"--volume={spec.project_dir.resolve()}:{WORKDIR}", *(f"--volume={m}:{m}" for m in spec.mounts)]
+        mounts = [
+            f"--volume={spec.project_dir.resolve()}:{WORKDIR}",
+            *(f"--volume={m}:{m}" for m in spec.mounts),
+            # Declared inputs (and the own packages' metadata), after the project's mount they lie over: read-only.
+            *(f"--volume={host.resolve()}:{inside}:ro" for host, inside in spec.read_only),
+        ]
         args = [
             "podman",
             "run",

@@ -84,6 +84,7 @@ INSTALL_HINTS = {
     "podman": "install Podman (Debian: apt-get install podman) or choose another runtime with --runtime",
     "ch-run": "install Charliecloud (Debian: apt-get install charliecloud-runtime) or choose another runtime",
     "ch-fromhost": "install Charliecloud's builders/tools (Debian: charliecloud-builders) for GPU support",
+    "unshare": "install util-linux (Debian: apt-get install util-linux): Charliecloud's read-only inputs need it",
 }
 
 

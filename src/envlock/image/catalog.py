@@ -117,3 +117,18 @@ def pushed_digests(project_dir: Path, lock_hash: str) -> list[str]:
     """The registry digests (`repo@sha256:…`) a lock's image was pushed under, oldest first."""
     pushed = read_images(project_dir).get(lock_hash, {}).get("pushed", [])
     return [str(p) for p in pushed] if isinstance(pushed, list) else []
+
+
+def recorded_for_platform(project_dir: Path, lock_hash: str, platform: str) -> tuple[str | None, tuple[str, ...]]:
+    """The image ID a lock gave for `platform` and the registry digests it can be pulled by (its own, then the
+    lock's image index); (None, ()) when none is recorded for that platform. Files written before per-platform
+    entries existed name only the building host's image, taken as it is."""
+    entry = read_images(project_dir).get(lock_hash, {})
+    platforms = entry.get("platforms") if isinstance(entry, dict) else None
+    mine = platforms.get(platform) if isinstance(platforms, dict) else entry
+    if not isinstance(mine, dict) or not isinstance(mine.get("image-id"), str):
+        return None, ()
+    pushed = mine.get("pushed", [])
+    digests = [str(p) for p in pushed] if isinstance(pushed, list) else []
+    index = entry.get("index")
+    return str(mine["image-id"]), (*digests, *([str(index)] if isinstance(index, str) and index not in digests else []))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,16 @@ from typing import TYPE_CHECKING, Protocol
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher
 from envlock.engine.runtimes import OwnImages, StreamSink
-from envlock.errors import UsageError
+from envlock.errors import EngineError, EngineUnreachableError, RestoreError, UsageError
 from envlock.git import GIT_OF, Git, Origin, own_git
-from envlock.image.catalog import Built, PinnedImage, image_for_lock, platform_tag, read_images
+from envlock.image.catalog import (
+    Built,
+    PinnedImage,
+    image_for_lock,
+    platform_tag,
+    read_images,
+    recorded_for_platform,
+)
 from envlock.lock import lockfile
 from envlock.lock.backend import MetadataSource, default_backend
 from envlock.lock.lockfile import Lock
@@ -53,6 +61,7 @@ class Evidence(RunEvidence, Protocol):
         """Write the provenance of `plan`'s image, built as `image_id` (and pushed as `pushed`)."""
 
 
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")  # what images.json may name; anything else is never handed on
 # The repository name a rebuild of a foreign lock gets (a bundle's own image name is never given to the engine).
 FOREIGN_REPOSITORY = "envlock-reproduction"
 
@@ -105,19 +114,59 @@ def build_lock_image(
 
 
 def lock_image(
-    lock: Lock, repository: str, *, project_dir: Path, index_urls: Sequence[str], tools: RunTools
+    lock: Lock,
+    repository: str,
+    *,
+    project_dir: Path,
+    index_urls: Sequence[str],
+    tools: RunTools,
+    own_store: OwnImages | None = None,
 ) -> PinnedImage:
-    """The lock's image for this host, by ID: the engine's, or built now when missing."""
+    """The lock's image for this host, by ID: the engine's, or built now when missing. Under a runtime with a store
+    of its own (`own_store`), a node whose Docker engine cannot be reached runs the image this project recorded for
+    the lock, from that store or pulled by its registry digest (most HPC nodes have no Docker)."""
     platform = host_platform()
-    return image_for_lock(
-        lock.lock_hash,
-        f"{repository}:{platform_tag(lock.short_hash, platform)}",
-        engine=tools.engine,
-        project_dir=project_dir,
-        build=lambda: build_lock_image(
-            lock, repository, platform, tools.builder(index_urls), project_dir=project_dir, evidence=tools.evidence
-        ),
+    reference = f"{repository}:{platform_tag(lock.short_hash, platform)}"
+    try:
+        return image_for_lock(
+            lock.lock_hash,
+            reference,
+            engine=tools.engine,
+            project_dir=project_dir,
+            build=lambda: build_lock_image(
+                lock, repository, platform, tools.builder(index_urls), project_dir=project_dir, evidence=tools.evidence
+            ),
+        )
+    except EngineUnreachableError as unreachable:
+        if own_store is None:
+            raise
+        return _recorded_image(lock, reference, own_store, project_dir, unreachable, tools.report)
+
+
+def _recorded_image(
+    lock: Lock, reference: str, own_store: OwnImages, project_dir: Path, unreachable: EngineError, report: Report
+) -> PinnedImage:
+    """The image .envlock/images.json records for the lock, brought into the runtime's store without the engine
+    (the store or the registry check it by ID); one RestoreError line when nothing can bring it."""
+    from envlock.image.restore import restore_for_runtime  # noqa: PLC0415
+
+    platform = host_platform()
+    image_id, pushed = recorded_for_platform(project_dir, lock.lock_hash, platform)
+    if image_id is None or not _IMAGE_ID.fullmatch(image_id):
+        raise RestoreError(
+            f"no image of lock {lock.short_hash} for {platform} is recorded in this project, and there is no Docker "
+            f"engine to build it ({unreachable.message})",
+            hint="build and push it where Docker runs (envlock build --push), then run here; or run where Docker is",
+        )
+
+    def no_engine() -> Restored:
+        raise unreachable
+
+    restored = restore_for_runtime(
+        image_id, runtime=own_store, repo_digests=pushed, through_engine=no_engine, report=report
     )
+    report(f"image {image_id[:19]} from {restored.source} (the Docker engine is not reachable)")
+    return PinnedImage(image_id, reference, pushed)
 
 
 def rebuild_from(lock_path: Path, repository: str, tools: RunTools, project_dir: Path) -> Callable[[], str]:
@@ -289,12 +338,14 @@ def run_project(
 ) -> tuple[RunRecord, RunStore]:
     """`envlock run`: the lock's image (built when missing), orphaned runs closed, then the run in it."""
     lock_text = spec.lock_path.read_text(encoding="utf-8")
+    launcher = tools.launcher()
     image = lock_image(
         lock,
         spec.name,
         project_dir=spec.project_dir,
         index_urls=[spec.index_url, *spec.extra_index_urls],
         tools=tools,
+        own_store=launcher if isinstance(launcher, OwnImages) else None,
     )
     store = RunStore(spec.project_dir)
     for orphan in store.settle_orphans(remove_container):
@@ -304,7 +355,6 @@ def run_project(
     locked = LockedImage(lock, lock_text, host_platform(), image)
     host = tools.probe()
     git = code_state(spec.project_dir, request, store, spec.untracked_max_bytes, tools.report)
-    launcher = tools.launcher()
     context = RunContext(
         locked=locked,
         host=host,
