@@ -101,10 +101,11 @@ def test_charliecloud_refuses_an_export_that_is_not_the_image(tmp_path: Path) ->
 class Commands:
     """Records the commands a launcher runs; answers like the real tools."""
 
-    def __init__(self, loaded: bool = False) -> None:
+    def __init__(self, loaded: bool = False, *, namespaces: bool = True) -> None:
         self.ran: list[list[str]] = []
         self.streamed: list[tuple[list[str], Mapping[str, str] | None]] = []
         self.loaded = loaded
+        self.namespaces = namespaces  # False: a kernel with unprivileged user namespaces off
         self.env_file = ""
 
     def command(self, args: Sequence[str]) -> Done:
@@ -113,6 +114,8 @@ class Commands:
             return Done(0, f"sha256:{args[-1]}\n", "") if self.loaded else Done(125, "", "no such image")
         if args[:2] == ["podman", "load"]:
             self.loaded = True
+        if args[:1] == ["unshare"] and not self.namespaces:
+            return Done(1, "", "unshare: unshare failed: Operation not permitted\n")
         if "--version" in args or args[:2] == ["podman", "version"]:
             return Done(0, "4.3.1\n" if args[0] == "podman" else "0.31\n", "")
         return Done(0, "", "")
@@ -336,3 +339,22 @@ def test_charliecloud_makes_declared_inputs_read_only_in_a_namespace_of_its_own(
     commands.streamed.clear()
     launcher.run(spec(project, image_id), lambda _s, _d: None)
     assert commands.streamed[0][0][0] == "ch-run", "no inputs: ch-run as before"
+
+
+def test_charliecloud_without_user_namespaces_refuses_read_only_inputs_before_running(tmp_path: Path) -> None:
+    """Where the namespace cannot be made, the run would end with unshare's status as if it were the command's:
+    envlock says why in one line, and nothing runs."""
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    commands = Commands(namespaces=False)
+    launcher = CharliecloudLauncher(
+        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
+        command=commands.command, stream=commands.stream, environ={"USER": "me"},
+    )  # fmt: skip
+    data = tmp_path / "data.txt"
+    data.write_text("original")
+    with pytest.raises(EngineError, match="cannot mount the declared inputs read-only under Charliecloud: unshare"):
+        launcher.run(spec(tmp_path, image_id, read_only=((data, "/work/data.txt"),)), lambda _s, _d: None)
+    assert commands.streamed == [], "nothing was run"
+    launcher.run(spec(tmp_path, image_id), lambda _s, _d: None)  # no inputs: no namespace needed
+    assert commands.streamed[0][0][0] == "ch-run"

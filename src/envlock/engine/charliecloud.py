@@ -225,6 +225,8 @@ class CharliecloudLauncher:
             binds.append(f"--bind={source}:{inside}")
         uid, _, gid = spec.user.partition(":")
         namespace = ["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c", READ_ONLY_BINDS, "envlock"]
+        if sources:
+            self._check_namespaces()
         read_only = [*namespace, *map(str, sources), "--", "ch-run", f"--uid={uid}", f"--gid={gid}"]
         with tempfile.NamedTemporaryFile("w", prefix="envlock-env-", suffix=".txt", encoding="utf-8") as env_file:
             # Values in a file (mode 0600), not on the command line: passed variables may be secrets.
@@ -242,6 +244,17 @@ class CharliecloudLauncher:
                 *spec.command,
             ]
             return self.stream(args, output, self._user_env())
+
+    def _check_namespaces(self) -> None:
+        """The namespace READ_ONLY_BINDS needs, tried before the run: where it cannot be made (unprivileged user
+        namespaces off, no util-linux `unshare`), the run would fail with a status that is not its command's."""
+        done = self.command(["unshare", "--user", "--map-root-user", "--mount", "--", "true"])
+        if done.code != 0:
+            raise EngineError(
+                f"cannot mount the declared inputs read-only under Charliecloud: {first_line(done)}",
+                hint="allow unprivileged user namespaces (sysctl user.max_user_namespaces), or run with "
+                "--runtime podman or docker; nothing was run",
+            )
 
     def _inject_nvidia(self, directory: Path) -> None:
         marker = directory / "nvidia-injected"
