@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -129,6 +130,19 @@ class Commands:
         return 3
 
 
+def charliecloud(
+    tmp_path: Path, commands: Commands, environ: Mapping[str, str] = os.environ
+) -> tuple[CharliecloudLauncher, str]:
+    """A Charliecloud launcher over `commands` whose export is a one-layer docker-archive, and that image's ID."""
+    archive = tmp_path / "image.tar"
+    image_id = docker_archive(archive, [LOWER])
+    launcher = CharliecloudLauncher(
+        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
+        command=commands.command, stream=commands.stream, environ=environ,
+    )  # fmt: skip
+    return launcher, image_id
+
+
 def spec(tmp_path: Path, image_id: str, **kw: object) -> LaunchSpec:
     values: dict[str, object] = dict(
         image_id=image_id, command=["python", "train.py"], name="envlock-run-x", project_dir=tmp_path,
@@ -202,13 +216,8 @@ def test_charliecloud_prepares_once_and_runs_with_only_envlocks_environment(tmp_
 
 
 def test_charliecloud_gpus_come_from_ch_fromhost_once(tmp_path: Path) -> None:
-    archive = tmp_path / "image.tar"
-    image_id = docker_archive(archive, [LOWER])
     commands = Commands()
-    launcher = CharliecloudLauncher(
-        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
-        command=commands.command, stream=commands.stream,
-    )  # fmt: skip
+    launcher, image_id = charliecloud(tmp_path, commands)
     for _ in range(2):
         launcher.run(spec(tmp_path, image_id, gpus=True, gpu_devices=("0", "2")), lambda _s, _d: None)
     assert [c for c in commands.ran if c[0] == "ch-fromhost"] == [
@@ -303,13 +312,8 @@ def test_podman_mounts_declared_inputs_read_only(tmp_path: Path) -> None:
 
 
 def test_charliecloud_makes_declared_inputs_read_only_in_a_namespace_of_its_own(tmp_path: Path) -> None:
-    archive = tmp_path / "image.tar"
-    image_id = docker_archive(archive, [LOWER])
     commands = Commands()
-    launcher = CharliecloudLauncher(
-        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
-        command=commands.command, stream=commands.stream, environ={"USER": "me"},
-    )  # fmt: skip
+    launcher, image_id = charliecloud(tmp_path, commands, {"USER": "me"})
     project = tmp_path / "worktree"
     project.mkdir()
     data = tmp_path / "project" / "data"
@@ -344,13 +348,8 @@ def test_charliecloud_makes_declared_inputs_read_only_in_a_namespace_of_its_own(
 def test_charliecloud_without_user_namespaces_refuses_read_only_inputs_before_running(tmp_path: Path) -> None:
     """Where the namespace cannot be made, the run would end with unshare's status as if it were the command's:
     envlock says why in one line, and nothing runs."""
-    archive = tmp_path / "image.tar"
-    image_id = docker_archive(archive, [LOWER])
     commands = Commands(namespaces=False)
-    launcher = CharliecloudLauncher(
-        tmp_path / "cc", lambda _r, out: out.write_bytes(archive.read_bytes()),
-        command=commands.command, stream=commands.stream, environ={"USER": "me"},
-    )  # fmt: skip
+    launcher, image_id = charliecloud(tmp_path, commands, {"USER": "me"})
     data = tmp_path / "data.txt"
     data.write_text("original")
     with pytest.raises(EngineError, match="cannot mount the declared inputs read-only under Charliecloud: unshare"):
