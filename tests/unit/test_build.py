@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from envlock.errors import DownloadError, EngineError, EngineTimeoutError, EnvlockError
+from envlock.errors import DownloadError, EngineError, EngineTimeoutError, EnvlockError, LockfileError
 from envlock.fsutil import sha256_file
 from envlock.image.bases import BaseStore
 from envlock.image.build import Builder, BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
-from envlock.image.plan import ImagePlan, image_config, light_group, make_layers, plan_image
+from envlock.image.plan import ImagePlan, image_config, light_group, light_group_by_name, make_layers, plan_image
 from envlock.image.provenance import image_statement, write_image_attestation
 from envlock.image.wheels import Response, WheelCache
 from envlock.lock import lockfile
@@ -125,7 +125,9 @@ def _sized_lock(sizes: dict[str, int]) -> lockfile.Lock:
     )
     targets = (lockfile.TargetLock("linux/amd64", "x86_64-manylinux_2_36", CPU, packages),)
     base = lockfile.BaseLock("debian-bookworm", "recipe", "0" * 64)
-    return lockfile.Lock("3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0")
+    return lockfile.Lock(
+        "3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0", image_layout=lockfile.IMAGE_LAYOUT
+    )
 
 
 def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks() -> None:
@@ -141,6 +143,34 @@ def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks()
     without = _sized_lock({name: size for name, size in sizes.items() if name != "scipy"})
     fewer = [layer.label for layer in plan_image(without, "demo", "linux/amd64").layers]
     assert fewer[:6] == labels[:6] and "scipy" not in fewer
+
+
+def test_a_lock_that_names_no_layout_keeps_the_layers_it_was_built_with() -> None:
+    """Locks written before layouts were recorded keep layout 1 (other heavy packages by name, light ones by the
+    hash of their name), so their image ID never moves with an envlock upgrade; a new lock names the newest."""
+    mib = 1 << 20
+    sizes = {"numpy": 17 * mib, "pyarrow": 55 * mib, "scipy": 41 * mib, "six": 11_000, "idna": 70_000}
+    old = replace(_sized_lock(sizes), image_layout=None)
+    labels = [layer.label for layer in plan_image(old, "demo", "linux/amd64").layers]
+    assert labels[:4] == ["venv", "numpy", "pyarrow", "scipy"], "layout 1: by name"
+    groups = sorted({light_group_by_name("six"), light_group_by_name("idna")})
+    assert labels[4:-1] == [f"packages-{g}" for g in groups]
+    new = [layer.label for layer in plan_image(_sized_lock(sizes), "demo", "linux/amd64").layers]
+    assert new[:4] == ["venv", "pyarrow", "scipy", "numpy"], "layout 2: biggest first"
+    assert old.lock_hash != _sized_lock(sizes).lock_hash, "the layout is part of what the lock hash covers"
+    assert "image-layout" not in lockfile.dumps(old) and "\nimage-layout = 2\n" in lockfile.dumps(_sized_lock(sizes))
+
+
+def test_a_lock_naming_a_layout_this_envlock_cannot_build_is_refused(tmp_path: Path) -> None:
+    lock = replace(_sized_lock({"six": 11_000}), input_hash="sha256:" + "0" * 64)
+    path = tmp_path / "envlock.lock"
+    path.write_text(lockfile.dumps(lock))
+    assert lockfile.read(path) == lock, "layout 2 reads back"
+    path.write_text(lockfile.dumps(lock).replace("\nimage-layout = 2\n", "\nimage-layout = 3\n"))
+    with pytest.raises(
+        LockfileError, match=r"environment.image-layout: 3 is not a layout this envlock builds.*upgrade"
+    ):
+        lockfile.read(path)
 
 
 def test_light_groups_are_power_of_two_bands_of_wheel_size() -> None:

@@ -52,6 +52,24 @@ def test_same_resolution_is_not_rewritten(sample: Callable[[str], Path]) -> None
     assert spec.lock_path.read_bytes() == before
 
 
+def test_a_lock_from_before_layouts_keeps_its_layout_until_something_else_changes(
+    sample: Callable[[str], Path],
+) -> None:
+    """A lock that names no image layout (layout 1) is not rewritten just to name the newest: its image ID would
+    move for nothing. The next real change writes the newest layout with it."""
+    spec = load_spec(sample("basic"))
+    first = lock_project(spec, FakeResolver(BASIC)).lock
+    assert first.image_layout == lockfile.IMAGE_LAYOUT, "a new lock names the newest layout"
+    lockfile.write(spec.lock_path, replace(first, image_layout=None))  # as written before layouts were recorded
+    before = spec.lock_path.read_bytes()
+    outcome = lock_project(spec, FakeResolver(BASIC), options=LockOptions(upgrade=True))
+    assert outcome.resolved and not outcome.written and outcome.lock.image_layout is None
+    assert spec.lock_path.read_bytes() == before
+    newer = {"linux/amd64": [package("numpy", "2.2.0"), package("requests", "2.32.3")]}
+    outcome = lock_project(spec, FakeResolver(newer), options=LockOptions(upgrade=True))
+    assert outcome.written and lockfile.read(spec.lock_path).image_layout == lockfile.IMAGE_LAYOUT
+
+
 def test_changes_are_reported_and_previous_pins_are_preferred(sample: Callable[[str], Path]) -> None:
     spec = load_spec(sample("basic"))
     lock_project(spec, FakeResolver(BASIC))

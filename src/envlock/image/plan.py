@@ -86,6 +86,11 @@ def stability(name: str) -> int:
     return 0 if CUDA_NAMES.match(name) else 1 if FRAMEWORK_NAMES.match(name) else 2
 
 
+def light_group_by_name(name: str) -> int:
+    """Layout 1 (locks that name no image layout): the light layer the sha256 of the package's name picks."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % LIGHT_GROUPS
+
+
 def light_group(size: int | None) -> int:
     """The light layer a wheel of `size` bytes goes to: from its own size alone, so its neighbours stay put when it
     comes or goes (0 for the biggest; LIGHT_GROUPS - 1 for the smallest, and for a size the index did not give)."""
@@ -170,11 +175,12 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
             epoch = _epoch([wheel])
             heavy.append((stability(name), LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch)))
         else:
-            light.setdefault(light_group(wheel.size), []).append(wheel)
+            group = light_group_by_name(name) if lock.image_layout is None else light_group(wheel.size)
+            light.setdefault(group, []).append(wheel)
     # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
     # and must not re-make (and re-send) the 3 GB torch layer below it.
     layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
-    layers += [layer for _, layer in sorted(heavy, key=_heavy_order)]
+    layers += [layer for _, layer in sorted(heavy, key=_heavy_order if lock.image_layout else _heavy_order_by_name)]
     for group, wheels in sorted(light.items()):
         epoch = _epoch(wheels)
         key = _key(lock.python, epoch, [w.sha256 for w in wheels])
@@ -185,6 +191,11 @@ def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
         layers.append(LayerPlan("local", (), _key(lock.python, FALLBACK_EPOCH, "local", local), FALLBACK_EPOCH))
     layers.append(LayerPlan("lock", (), lock_layer_key(lock, platform), lock.source_date_epoch))
     return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers))
+
+
+def _heavy_order_by_name(item: tuple[int, LayerPlan]) -> tuple[int, str]:
+    """Layout 1: CUDA libraries, frameworks, then the other heavy packages, each tier by name."""
+    return (item[0], item[1].label)
 
 
 def _heavy_order(item: tuple[int, LayerPlan]) -> tuple[int, int, str]:

@@ -36,6 +36,11 @@ from envlock.lock.targets import PLATFORMS, Platform
 from envlock.paths import LOCK_FILE
 
 LOCK_VERSION = 1
+# The order and grouping of an image's layers (image/plan.py) for a lock that names it in [environment]; a lock
+# without one (written before December 2026) keeps the layout it was built with (1), so its image ID never moves.
+# Layout 2: other heavy packages biggest wheel first, light packages grouped by wheel-size band.
+IMAGE_LAYOUT = 2
+IMAGE_LAYOUTS = (2,)  # what this envlock can build; 1 is the absence of the key
 # 1980-01-01: the oldest time a zip (wheel) can hold; the epoch when no locked file has an upload time.
 FALLBACK_EPOCH = 315532800
 HEADER = (
@@ -109,6 +114,7 @@ class Lock:
     envlock_version: str
     # The project's own packages, installed from the mounted code (their metadata is part of the image).
     local_packages: tuple[LocalPackage, ...] = ()
+    image_layout: int | None = None  # see IMAGE_LAYOUT; None: layout 1
 
     def target(self, platform: str) -> TargetLock:
         """The lock of one platform."""
@@ -142,6 +148,8 @@ class Lock:
         }
         if self.local_packages:  # absent when none: earlier locks keep their hash
             content["local-packages"] = [p.as_dict() for p in self.local_packages]
+        if self.image_layout is not None:  # absent in earlier locks: they keep their hash and their image
+            content["image-layout"] = self.image_layout
         return content
 
     @cached_property  # a frozen value: hashed once, not at each of the ~10 uses of a run or build
@@ -220,6 +228,15 @@ class Environment(Codec, nulls=False):
     indexes: tuple[str, ...] = field(items=url_problem)
     system_packages: tuple[str, ...] = field(items=debian_package_problem)
     base: BaseLock = field(inline=True)
+    image_layout: int | None = field(
+        omit_none=True,
+        check=lambda layout: (
+            None
+            if layout in IMAGE_LAYOUTS
+            else f"{layout!r} is not a layout this envlock builds {IMAGE_LAYOUTS} (a newer envlock wrote it: upgrade)"
+        ),
+        doc="the order of the image's layers (absent: the first one)",
+    )
 
 
 class Hashes(Codec, nulls=False):
@@ -420,7 +437,12 @@ class LockDocument(Codec, nulls=False):
     def of(cls, lock: Lock) -> Self:
         """The document of a lock (system packages sorted, platforms in order)."""
         environment = Environment(
-            lock.python, lock.source_date_epoch, lock.indexes, tuple(sorted(lock.system_packages)), lock.base
+            lock.python,
+            lock.source_date_epoch,
+            lock.indexes,
+            tuple(sorted(lock.system_packages)),
+            lock.base,
+            lock.image_layout,
         )
         return cls(
             LOCK_VERSION,
@@ -444,6 +466,7 @@ class LockDocument(Codec, nulls=False):
             resolver=self.meta.resolver,
             envlock_version=self.meta.envlock_version,
             local_packages=tuple(table.package() for table in self.local_packages or ()),
+            image_layout=environment.image_layout,
         )
 
 

@@ -209,8 +209,12 @@ def lock_project(
         resolver=resolver_version.result(),
         envlock_version=__version__,
         local_packages=spec.local_packages,
+        image_layout=lockfile.IMAGE_LAYOUT,
     )
-    if previous and previous.lock_hash == lock.lock_hash and previous.input_hash == lock.input_hash:
+    # Nothing but the layout would change: the lock stays as it is, and so does its image (a new layout comes with
+    # the next real change, which gives a new image anyway).
+    same = previous and replace(lock, image_layout=previous.image_layout).lock_hash == previous.lock_hash
+    if previous and same and previous.input_hash == lock.input_hash:
         return LockOutcome(previous, previous, written=False, resolved=True)
     # A full disk leaves the previous lock as it was (written beside it, then renamed over): one line names it.
     with no_space_is_an_error("locking (the previous lock is intact)", (spec.lock_path.parent,)):
