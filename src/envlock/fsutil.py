@@ -319,6 +319,13 @@ def tree_size(root: Path) -> int:
     return total
 
 
+def mark_used(path: Path) -> None:
+    """Touch a cache entry found in use: `envlock gc` leaves what was touched within its grace period alone. A cache
+    this user may only read stays as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
 def remove_tree(root: Path) -> None:
     """Remove a directory tree so that no reader ever sees part of it: renamed to a dot-name beside it first (a
     name readers skip), then removed, read-only folders (an unpacked image's) included."""

@@ -8,7 +8,6 @@ pushed, a verified export of the Docker engine's copy.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
@@ -31,7 +30,7 @@ from envlock.engine.runtimes import (
     stream_command,
 )
 from envlock.errors import BundleError, EngineError, ImageArchiveError
-from envlock.fsutil import published_folder
+from envlock.fsutil import mark_used, published_folder
 from envlock.safetar import extract_rootfs_layer
 
 # (pushed `host/repo@sha256:…`, image ID, folder) → the config and the layers fetched into the folder, each blob
@@ -174,8 +173,7 @@ class CharliecloudLauncher:
         place when it is not here yet."""
         final = self.directory(image_id)
         if self.has_image(image_id):
-            with contextlib.suppress(OSError):
-                os.utime(final)  # in use: `envlock gc` leaves folders touched in its grace period alone
+            mark_used(final)
             return final
         # Another node's task may make it meanwhile: theirs is used when complete.
         with published_folder(

@@ -9,7 +9,6 @@ and keeps the answer in the cache under a fingerprint of the files that decide i
 from __future__ import annotations
 
 import configparser
-import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.errors import SpecError
-from envlock.fsutil import published_folder, read_json
+from envlock.fsutil import mark_used, published_folder, read_json
 
 # The cache's two kinds of entries (under CacheLayout.build_backends): `metadata/<fingerprint>.json` and a venv
 # per set of build requirements, `envs/<env_key>/` (with a `ready` file once complete).
@@ -299,7 +298,7 @@ class IsolatedBackend:
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged entry: ask the backend again
             else:
-                _touch(cached)
+                mark_used(cached)
                 return found
         found, env = self._ask(directory, system)
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +314,7 @@ class IsolatedBackend:
         """A venv holding exactly `requires`, made once per set (atomically: another envlock may be making it)."""
         final = self.cache / ENVS_DIR / env_key(requires)
         if (final / "ready").is_file():
-            _touch(final)  # in use: gc's grace period spares it
+            mark_used(final)
             return final
         with published_folder(final, prefix=f".{final.name}-") as work:  # made meanwhile by another envlock: theirs
             python = os.environ.get("ENVLOCK_BUILD_PYTHON") or shutil.which("python3") or "python3"
@@ -398,13 +397,6 @@ class IsolatedBackend:
 def env_key(requires: tuple[str, ...]) -> str:
     """The name of the venv made for a set of build requirements."""
     return hashlib.sha256("\n".join(sorted(requires)).encode()).hexdigest()[:32]
-
-
-def _touch(path: Path) -> None:
-    """Mark a cache entry used now (gc spares what was used within its grace period); a cache this user may only
-    read stays as it is."""
-    with contextlib.suppress(OSError):
-        os.utime(path)
 
 
 def entries_used(directory: Path) -> frozenset[str]:

@@ -8,15 +8,13 @@ from them, and never runs the (possibly foreign) project's backend.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from envlock.errors import SpecError
-from envlock.fsutil import published_folder
+from envlock.fsutil import mark_used, published_folder
 from envlock.image.staging import write_dist_info
 from envlock.lock.backend import MetadataSource
 from envlock.lock.localpackages import LocalPackage
@@ -64,8 +62,7 @@ def metadata_folder(lock: Lock, versions: Mapping[str, str], root: Path) -> Path
         return None
     final = root / _key(pinned)
     if final.is_dir():
-        with contextlib.suppress(OSError):
-            os.utime(final)
+        mark_used(final)
         return final
     with published_folder(final, prefix=".local-metadata-") as work:  # made meanwhile by another run: same bytes
         for package in pinned:
