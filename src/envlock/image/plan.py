@@ -270,10 +270,14 @@ def make_layers(
     keys = [layer_key(spec, layout) for spec in plan.layers]
     layers = {key: found for key in keys if (found := store.get(key)) is not None}
     missing = [(spec, key) for spec, key in zip(plan.layers, keys, strict=True) if key not in layers]
+
+    def make(spec: LayerPlan, key: str) -> None:
+        report(f"making layer {spec.label}")
+        layers[key] = store.put(key, partial(_made, plan, spec, cache, layout))
+
     for spec, key in missing:
         if not spec.wheels:
-            report(f"making layer {spec.label}")
-            layers[key] = store.put(key, partial(_made, plan, spec, cache, layout))
+            make(spec, key)
     if missing:
         # Checked whenever a layer is made (the lock's alone too: cached layers of two builds may meet first here).
         # Which files two wheels both install needs only their listings: a cached layer's wheels are not hashed
@@ -290,8 +294,7 @@ def make_layers(
             report(identical_overlaps_note(same))
     for spec, key in missing:
         if spec.wheels:
-            report(f"making layer {spec.label}")
-            layers[key] = store.put(key, partial(_made, plan, spec, cache, layout))
+            make(spec, key)
     return [layers[key] for key in keys]
 
 
