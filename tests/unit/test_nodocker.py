@@ -38,11 +38,12 @@ from tests.unit.test_cli_commands import World
 from tests.unit.test_runtimes import LOWER, UPPER, Commands
 
 HOST = "registry.example:5000"
+LABELS = {"dev.envlock.lock-hash": "f" * 64}
 
 
 def config_for(layers: Sequence[bytes]) -> bytes:
     diff_ids = ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers]
-    document = {"architecture": "amd64", "os": "linux", "config": {"Env": ["LANG=C.UTF-8"]},
+    document = {"architecture": "amd64", "os": "linux", "config": {"Env": ["LANG=C.UTF-8"], "Labels": LABELS},
                 "rootfs": {"type": "layers", "diff_ids": diff_ids}}  # fmt: skip
     return json.dumps(document, sort_keys=True).encode()
 
@@ -94,6 +95,7 @@ def test_charliecloud_fetches_a_pushed_image_by_digest_verified_without_the_engi
     assert tree(directory / "rootfs") == ["app", "etc", "etc/kept", "opt", "opt/new", "work"], "whiteouts applied"
     assert (directory / "rootfs" / "app").read_bytes() == b"upper"
     assert json.loads((directory / "config.json").read_text())["config"]["Env"] == ["LANG=C.UTF-8"]
+    assert launcher.labels(image_id) == LABELS, "the lock it was built from, as the run checks it"
     assert [p.name for p in (tmp_path / "ch").iterdir()] == [image_id[7:]], "no scratch folder left behind"
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "rootfs"], "no layer file kept"
     again = restore_for_runtime(image_id, runtime=launcher, repo_digests=(pushed,), through_engine=no_engine)
@@ -218,6 +220,7 @@ class PodmanCommands(Commands):
         self.gives = gives
         self.fails = fails
         self.held: set[str] = set()
+        self.labels: object = LABELS
 
     def command(self, args: Sequence[str]) -> Done:
         self.ran.append(list(args))
@@ -228,7 +231,9 @@ class PodmanCommands(Commands):
             return Done(0, f"{self.gives}\n", "")
         if args[:3] == ["podman", "image", "inspect"]:
             hex_id = args[-1]
-            return Done(0, f"sha256:{hex_id}\n", "") if hex_id in self.held else Done(125, "", "no such image")
+            if hex_id not in self.held:
+                return Done(125, "", "Error: no such image")
+            return Done(0, f"{json.dumps(self.labels)}\n" if "{{json .Labels}}" in args else f"sha256:{hex_id}\n", "")
         return Done(0, "", "")
 
 
@@ -249,6 +254,18 @@ def test_podman_pulls_by_digest_tls_verified_unless_the_site_lists_the_registry(
 
 def no_export_podman(_ref: str, _out: Path) -> None:
     raise AssertionError("the Docker engine was asked for an export")
+
+
+def test_podman_gives_the_labels_of_the_image_it_holds_and_one_line_otherwise(tmp_path: Path) -> None:
+    commands = PodmanCommands(gives="a" * 64)
+    launcher = PodmanLauncher(no_export_podman, tmp_path, command=commands.command)
+    launcher.pull("sha256:" + "a" * 64, f"{HOST}/team/demo@sha256:" + "d" * 64)
+    assert launcher.labels("sha256:" + "a" * 64) == LABELS
+    commands.labels = None  # an image without labels: `{{json .Labels}}` says null
+    assert launcher.labels("sha256:" + "a" * 64) == {}
+    with pytest.raises(EngineError) as missing:
+        launcher.labels("sha256:" + "b" * 64)
+    assert missing.value.message == "podman could not inspect sha256:bbbbbbbbbbbb: Error: no such image"
 
 
 def test_podman_refuses_a_pull_that_gives_another_image_and_names_a_failed_one(tmp_path: Path) -> None:
@@ -306,6 +323,8 @@ class StoreLauncher(FakeLauncher):
     name: str = "podman"
     held: set[str] = field(default_factory=set)
     pulled: list[str] = field(default_factory=list)
+    source: FakeEngine = field(default_factory=FakeEngine)  # where the registry's images were built
+    forged: dict[str, str] | None = None  # the labels of what the registry gives instead, when set
 
     def has_image(self, image_id: str) -> bool:
         return image_id in self.held
@@ -313,6 +332,9 @@ class StoreLauncher(FakeLauncher):
     def pull(self, image_id: str, pushed: str) -> None:
         self.pulled.append(pushed)
         self.held.add(image_id)
+
+    def labels(self, image_id: str) -> dict[str, str]:
+        return dict(self.source.image_labels(image_id) if self.forged is None else self.forged)
 
 
 def test_run_under_a_runtime_of_its_own_needs_no_docker_for_a_pushed_image(
@@ -322,7 +344,7 @@ def test_run_under_a_runtime_of_its_own_needs_no_docker_for_a_pushed_image(
     assert code == 0, said
     pushed = next(line.split()[1] for line in out.splitlines() if line.startswith("pushed 127.0.0.1:5000/team/"))
     image_id = next(iter(json.loads((world.project / ".envlock" / "images.json").read_text()).values()))["image-id"]
-    launcher = StoreLauncher(runtime_name="podman")
+    launcher = StoreLauncher(runtime_name="podman", source=world.engine)
     world.wiring.engine_, world.wiring.launcher_ = NoDocker(), launcher
     code, _, said = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "python", "t.py")
     assert code == 0, said
@@ -363,3 +385,29 @@ def test_run_under_a_runtime_of_its_own_without_docker_or_a_pushed_image_fails_i
     code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
     assert code == 125 and "no image of lock" in err and f"for {host_platform()} is recorded" in err, err
     assert launcher.launched == [] and launcher.pulled == []
+
+
+def test_run_without_docker_refuses_an_image_images_json_names_for_a_lock_it_was_not_built_from(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, said = world(capsys, "build", "-C", str(world.project), "--registry", "127.0.0.1:5000/team")
+    assert code == 0, said
+    images = world.project / ".envlock" / "images.json"
+    ((lock_hash, entry),) = json.loads(images.read_text()).items()
+    labels = world.engine.image_labels(entry["image-id"])
+    assert labels["dev.envlock.lock-hash"] == lock_hash
+    # The image the record names was built from another lock (another project's record copied in, say).
+    other = lock_hash[:-4] + "beef"
+    launcher = StoreLauncher(
+        runtime_name="podman", source=world.engine, forged={**labels, "dev.envlock.lock-hash": other}
+    )
+    world.wiring.engine_, world.wiring.launcher_ = NoDocker(), launcher
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 125 and len(errors) == 1 and "Traceback" not in err, err
+    assert f"was built from lock {other[:12]}: refusing to run it" in errors[0], err
+    assert "(elsewhere 15" in err and "envlock build --push" in err, err
+    assert launcher.launched == [] and RunStore(world.project).all() == []
+    launcher.forged = {}
+    code, _, err = world(capsys, "run", "-C", str(world.project), "--runtime", "podman", "--", "true")
+    assert code == 125 and "was built from no envlock lock" in err and launcher.launched == [], err

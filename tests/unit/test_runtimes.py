@@ -294,7 +294,7 @@ def test_the_image_index_lists_each_platform_once_sorted_and_needs_its_manifests
         push_index(registry, "team/app", "h-index", [PlatformManifest("linux/amd64", "sha256:" + "1" * 64, 10)])
 
 
-def test_podman_mounts_declared_inputs_read_only(tmp_path: Path) -> None:
+def test_podman_mounts_declared_inputs_read_only_and_takes_any_path(tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     image_id = docker_archive(archive, [LOWER])
     commands = Commands(loaded=True)
@@ -303,12 +303,22 @@ def test_podman_mounts_declared_inputs_read_only(tmp_path: Path) -> None:
     read_only = ((data, "/work/data"), (tmp_path / "meta", "/opt/envlock/venv/envlock-local-metadata"))
     launcher.run(spec(tmp_path, image_id, read_only=read_only), lambda _s, _d: None)
     args, _ = commands.streamed[0]
-    volumes = [a for a in args if a.startswith("--volume=")]
-    assert volumes == [
-        f"--volume={tmp_path.resolve()}:/work",
-        f"--volume={data.resolve()}:/work/data:ro",
-        f"--volume={(tmp_path / 'meta').resolve()}:/opt/envlock/venv/envlock-local-metadata:ro",
+    mounts = [a for a in args if a.startswith(("--mount=", "--volume="))]
+    assert mounts == [
+        f"--mount=type=bind,src={tmp_path.resolve()},dst=/work",
+        f"--mount=type=bind,src={data.resolve()},dst=/work/data,ro=true",
+        f"--mount=type=bind,src={(tmp_path / 'meta').resolve()},dst=/opt/envlock/venv/envlock-local-metadata,ro=true",
     ], "each input read-only, over the project's own mount"
+    # `--volume` splits on ":" (a project at /data/run:2 was an error, or mounted elsewhere); `--mount` is CSV.
+    odd = tmp_path / 'run:2, "final"'
+    odd.mkdir()
+    launcher.run(spec(odd, image_id, read_only=((odd / "in,put", "/work/in,put"),)), lambda _s, _d: None)
+    args, _ = commands.streamed[1]
+    quoted = str(odd.resolve()).replace('"', '""')  # a quote inside a quoted CSV field is doubled
+    assert [a for a in args if a.startswith("--mount=")] == [
+        f'--mount=type=bind,"src={quoted}",dst=/work',
+        f'--mount=type=bind,"src={quoted}/in,put","dst=/work/in,put",ro=true',
+    ]
 
 
 def test_charliecloud_makes_declared_inputs_read_only_in_a_namespace_of_its_own(tmp_path: Path) -> None:

@@ -28,9 +28,10 @@ from envlock.engine.runtimes import (
     first_line,
     run_tool,
     stream_command,
+    string_labels,
 )
 from envlock.errors import BundleError, EngineError, ImageArchiveError
-from envlock.fsutil import mark_used, published_folder
+from envlock.fsutil import mark_used, published_folder, read_json
 from envlock.safetar import extract_rootfs_layer
 
 # (pushed `host/repo@sha256:…`, image ID, folder) → the config and the layers fetched into the folder, each blob
@@ -142,6 +143,11 @@ class CharliecloudLauncher:
     def has_image(self, image_id: str) -> bool:
         """True when the image's directory is here (a present directory is a complete, verified one)."""
         return (self.directory(image_id) / "rootfs").is_dir()
+
+    def labels(self, image_id: str) -> dict[str, str]:
+        """The image's labels, from the config kept beside its rootfs (checked against the image ID when made)."""
+        config = read_json(self.directory(image_id) / "config.json")
+        return string_labels(config.get("config", {}).get("Labels") if isinstance(config, dict) else None)
 
     def prepare(self, image_id: str) -> Path:
         """The image's directory, unpacked from a verified export of the image when it is not here yet."""

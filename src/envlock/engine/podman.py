@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tempfile
 from collections.abc import Collection, Mapping
@@ -20,6 +23,7 @@ from envlock.engine.runtimes import (
     first_line,
     run_tool,
     stream_command,
+    string_labels,
 )
 from envlock.errors import EngineError
 from envlock.fsutil import shared_scratch
@@ -27,6 +31,15 @@ from envlock.fsutil import shared_scratch
 # Where Podman cannot raise its limits (a container or an unprivileged user namespace), runc fails with
 # "error setting rlimit type 7": ask for limits every such host allows.
 ULIMITS = ("--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")
+
+
+def bind_option(source: Path, target: str, *, read_only: bool = False) -> str:
+    """`--mount=type=bind,src=…,dst=…`, its fields written as one CSV row, as Podman reads them: a path with a `:`
+    (which `--volume` splits on) or a `,` (quoted) is mounted as it is named."""
+    row = io.StringIO()
+    fields = ["type=bind", f"src={source}", f"dst={target}", *(["ro=true"] if read_only else [])]
+    csv.writer(row, lineterminator="").writerow(fields)
+    return f"--mount={row.getvalue()}"
 
 
 class PodmanLauncher:
@@ -84,6 +97,18 @@ class PodmanLauncher:
             self.command(["podman", "rmi", "--force", pushed])
             raise EngineError(f"podman pulled {pushed} but it is not {image_id[:19]}: refusing to run it")
 
+    def labels(self, image_id: str) -> dict[str, str]:
+        """The image's labels, as Podman's store has its config."""
+        done = self.command(
+            ["podman", "image", "inspect", "--format", "{{json .Labels}}", image_id.removeprefix("sha256:")]
+        )
+        if done.code != 0:
+            raise EngineError(f"podman could not inspect {image_id[:19]}: {first_line(done)}")
+        try:
+            return string_labels(json.loads(done.stdout))
+        except ValueError as exc:
+            raise EngineError(f"podman gave no labels for {image_id[:19]}: {done.stdout.strip()[:80]!r}") from exc
+
     def runtime(self) -> RuntimeInfo:
         """`podman version`."""
         done = self.command(["podman", "version", "--format", "{{.Client.Version}}"])
@@ -95,10 +120,10 @@ class PodmanLauncher:
         self.prepare(spec.image_id)
         gpus = [f"--device=nvidia.com/gpu={d}" for d in (spec.gpu_devices or ("all",))] if spec.gpus else []
         mounts = [
-            f"--volume={spec.project_dir.resolve()}:{WORKDIR}",
-            *(f"--volume={m}:{m}" for m in spec.mounts),
+            bind_option(spec.project_dir.resolve(), WORKDIR),
+            *(bind_option(m, str(m)) for m in spec.mounts),
             # Declared inputs (and the own packages' metadata), after the project's mount they lie over: read-only.
-            *(f"--volume={host.resolve()}:{inside}:ro" for host, inside in spec.read_only),
+            *(bind_option(host.resolve(), inside, read_only=True) for host, inside in spec.read_only),
         ]
         args = [
             "podman",

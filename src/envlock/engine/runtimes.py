@@ -47,6 +47,10 @@ class LayerFile:
     diff_id: str
 
 
+# The label every envlock image carries: the hash of the lock it was built from (image/plan.py's config).
+LOCK_HASH_LABEL = "dev.envlock.lock-hash"
+
+
 @runtime_checkable
 class OwnImages(Protocol):
     """A runtime that keeps images of its own (Podman's store, Charliecloud's directories): it can get one from the
@@ -60,6 +64,10 @@ class OwnImages(Protocol):
 
     def pull(self, image_id: str, pushed: str) -> None:
         """Get the image from the registry by `host/repository@sha256:…`, accepted only as `image_id`."""
+        ...
+
+    def labels(self, image_id: str) -> dict[str, str]:
+        """The labels of an image the runtime holds (from its config; empty when it has none)."""
         ...
 
 
@@ -133,6 +141,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
     except ProcessLookupError:
         return
+
+
+def string_labels(value: object) -> dict[str, str]:
+    """An image config's `Labels` as strings (absent, null or not a table: none)."""
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def first_line(done: Done) -> str:

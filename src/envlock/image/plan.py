@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock import __version__
+from envlock.engine.runtimes import LOCK_HASH_LABEL
 from envlock.image.catalog import platform_tag
 from envlock.image.layers import Layer, LayerStore, write_layer
 from envlock.image.sbom import SBOM_PATH, sbom_json
@@ -344,7 +345,7 @@ def image_config(plan: ImagePlan, base_diff_ids: list[str], base_env: dict[str, 
     }
     labels = {
         "org.opencontainers.image.created": created,
-        "dev.envlock.lock-hash": plan.lock.lock_hash,
+        LOCK_HASH_LABEL: plan.lock.lock_hash,
         "dev.envlock.version": __version__,
         "dev.envlock.platform": plan.platform,
         "dev.envlock.cuda": target.cuda.version if target.cuda.kind == "cuda" else "cpu",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from envlock.engine.docker import Engine
 from envlock.engine.launch import Launcher
-from envlock.engine.runtimes import OwnImages, StreamSink
+from envlock.engine.runtimes import LOCK_HASH_LABEL, OwnImages, StreamSink
 from envlock.errors import EngineError, EngineUnreachableError, RestoreError, UsageError
 from envlock.git import GIT_OF, Git, Origin, own_git
 from envlock.image.catalog import (
@@ -165,6 +165,17 @@ def _recorded_image(
     restored = restore_for_runtime(
         image_id, runtime=own_store, repo_digests=pushed, through_engine=no_engine, report=report
     )
+    # images.json is the project's own file: the image it names must be this lock's (the engine's path checks the
+    # tag against a build; here the runtime's copy says which lock it was built from).
+    built_from = own_store.labels(image_id).get(LOCK_HASH_LABEL)
+    if built_from != lock.lock_hash:
+        raise RestoreError(
+            f"image {image_id[:19]}, recorded for lock {lock.short_hash} in .envlock/images.json, was built from "
+            + (f"lock {built_from[:12]}" if built_from else "no envlock lock")
+            + ": refusing to run it",
+            hint="the record was edited or copied from another project: rebuild and push the image where Docker "
+            "runs (envlock build --push), then run here",
+        )
     report(f"image {image_id[:19]} from {restored.source} (the Docker engine is not reachable)")
     return PinnedImage(image_id, reference, pushed)
 
