@@ -49,7 +49,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from build import CA_BUNDLE, DOCKERFILE, envlock, phases, run, size_mb
+from build import CA_BUNDLE, DOCKERFILE, Lines, envlock, phases, run, size_mb
 from common import BIN, Failed, docker, print_notes, print_table, run_bench, seed_cache, user_cache
 
 PLATFORM, RECIPE, LIGHT = "linux/amd64", "debian-bookworm", "six==1.16.0"
@@ -170,20 +170,46 @@ class Bench:
         self.image_ids += [m.group(1) for _, t in lines if (m := re.match(r"built \S+ \((sha256:[0-9a-f]+)\)", t))]
         return seconds
 
-    def envlock_build(self, note: str) -> float:
+    def envlock_build(self, note: str, state: str = "", before: str = "") -> float:
         seconds, lines = envlock("build", "-C", str(self.project), cache=self.cache)
         self.notes.append(f"envlock {note}, s per step: {phases(lines, seconds)}")
+        if state:
+            self.notes.append(f"envlock {note}: {self.sent(lines, state, before)}")
         return seconds
+
+    def sent(self, lines: Lines, state: str, before: str) -> str:
+        """The layers the build sent to the engine (the top ones: those whose chain the engine lacked) and their
+        bytes, beside the bytes of the layers that are new since the image `before` (what changed)."""
+        found = [m for _, t in lines if (m := re.search(r"into the engine \((\d+) of (\d+) layers\)", t))]
+        if not found:
+            return "no load (nothing sent)"
+        count, total = int(found[-1].group(1)), int(found[-1].group(2))
+        sizes = self.layer_sizes()
+        layers = json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", self.refs[state]) or "[]")
+        earlier = json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", self.refs[before]) or "[]")
+        sent = sum(sizes.get(d, 0) for d in layers[len(layers) - count :])
+        new = sum(sizes.get(d, 0) for d in layers if d not in earlier)
+        return f"{count} of {total} layers sent, {sent / 1e6:.0f} MB; the layers new since {before}: {new / 1e6:.0f} MB"
+
+    def layer_sizes(self) -> dict[str, int]:
+        """The uncompressed size of each layer envlock's caches hold, by diff_id."""
+        sizes = {}
+        for meta in [*(self.cache / "layers").glob("*.json"), *(self.cache / "bases").glob("*.json")]:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            diff_id = data.get("diff_id") or data.get("diff-id")
+            if diff_id and meta.with_suffix(".tar").is_file():
+                sizes[diff_id] = meta.with_suffix(".tar").stat().st_size
+        return sizes
 
     def envlock_light(self) -> float:
         self.write_project((LIGHT,))
         (self.project / "envlock.lock").write_text(self.locks["light"], encoding="utf-8")
-        return self.envlock_build("one light package added")
+        return self.envlock_build("one light package added", "light", "base")
 
     def envlock_heavy(self) -> float:
         self.write_project((LIGHT, HEAVY))
         (self.project / "envlock.lock").write_text(self.locks["heavy"], encoding="utf-8")
-        return self.envlock_build("one heavy package added")
+        return self.envlock_build("one heavy package added", "heavy", "light")
 
     def envlock_reload(self) -> float:
         self.reload_bytes = layer_bytes(self.refs["light"])
