@@ -19,10 +19,11 @@ from envlock.errors import EngineError, RegistryError
 from envlock.image.bases import BaseStore, MmdebstrapBuilder, export_upstream
 from envlock.image.build import Builder, BuildOutcome, build_image, load_base
 from envlock.image.layers import LayerStore
-from envlock.image.plan import light_group, plan_image
+from envlock.image.plan import plan_image
 from envlock.image.registry import HttpRegistry
 from envlock.image.wheels import HttpFetcher, WheelCache
 from envlock.lock import lockfile
+from envlock.lock.layering import light_group
 from envlock.lock.project import lock_project
 from envlock.lock.recipes import load_recipe
 from envlock.lock.spec import Spec, load_spec
