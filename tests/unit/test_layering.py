@@ -227,3 +227,9 @@ def test_packages_with_no_wheel_for_the_platform_are_left_out_of_the_list(spec: 
     resolver = FakeResolver({AMD64: [*resolver.by_platform[AMD64], sdist_only]})
     lock = lock_project(spec, resolver).lock
     assert _layers(lock) == FIRST and "legacy" in {p.name for p in lock.target(AMD64).packages}
+
+
+def test_a_heavy_package_named_like_a_light_group_is_refused_not_left_out(spec: Spec) -> None:
+    resolver = _resolver(**{"packages-7": ("1.0", 5 * MIB)})
+    with pytest.raises(LockfileError, match="package packages-7 has the name of a light group"):
+        lock_project(spec, resolver)

@@ -127,7 +127,14 @@ def _grouped(chosen: list[tuple[str, LockedFile]], layout: int | None) -> list[S
         if name not in own:
             group = light_group_by_name(name) if layout is None else light_group(wheel.size)
             light.setdefault(group, []).append(wheel)
-    return heavy + [Slot(f"packages-{group}", LIGHT, tuple(wheels)) for group, wheels in sorted(light.items())]
+    groups = [Slot(f"packages-{group}", LIGHT, tuple(wheels)) for group, wheels in sorted(light.items())]
+    if layout is not None and layout >= LISTED_LAYOUT and (same := {s.name for s in heavy} & {s.name for s in groups}):
+        # the list names layers: two of one name would leave one out of the image
+        raise LockfileError(
+            f"package {min(same)} has the name of a light group of the image's layers",
+            hint="envlock cannot order this lock's layers by name: report it at envlock's issue tracker",
+        )
+    return heavy + groups
 
 
 def _by_name(slot: Slot) -> tuple[int, str]:
