@@ -25,8 +25,9 @@ through the host's CA bundle). Each side, in turn, is timed for:
 - the imports, in the light image: the first start after the build, then the median of three more starts
   (envlock: `envlock run`, the bytecode folder of the image empty before the first; Docker: `docker run --rm`),
   timed inside the container;
-- `--many` only: one heavy package added on top of the light one (scipy; envlock's `envlock lock` untimed; its
-  notes say how many layers were sent).
+- `--many` only: one heavy package added on top of the light one (scipy, which moves numpy), then removed again
+  (numpy stays where scipy moved it); envlock's `envlock lock` untimed; its notes say how many layers and MB were
+  sent, and the MB of the layers new since the image before (what changed).
 
 One table is printed (envlock, Dockerfile, their ratio, from this one run), then the targets: the light package
 rebuilt in 5 s or less; the later starts' imports within 1.1x of the Dockerfile's; envlock's reload at disk speed
@@ -49,7 +50,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from build import CA_BUNDLE, DOCKERFILE, envlock, phases, run, size_mb
+from build import CA_BUNDLE, DOCKERFILE, Lines, envlock, phases, run, size_mb
 from common import BIN, Failed, docker, print_notes, print_table, run_bench, seed_cache, user_cache
 
 PLATFORM, RECIPE, LIGHT = "linux/amd64", "debian-bookworm", "six==1.16.0"
@@ -68,11 +69,13 @@ HEAVY = "scipy==1.14.1"  # ~40 MB, not a dependency of the many set: a layer of 
 NAME, DOCKER_REPO = "envlock-bench-bigstack", "envlock-bench-bigstack-dockerfile"
 LABEL = "dev.envlock.benchmark=bigstack"
 LIGHT_TARGET, IMPORT_TARGET = 5.0, 1.1
+STATES = ("base", "light", "heavy", "removed")  # the projects' states, in the order they are locked and built
 ROWS = {
     "cold": "cold build s",
     "no-op": "no-op rebuild s",
     "light": "one light package added s",
     "heavy": "one heavy package added s (--many)",
+    "removed": "  the same removed again s (--many)",
     "reload": "image removed, back from cache s",
     "reload-gbs": "  its layers, GB/s",
     "import-1": "imports, first start s",
@@ -119,7 +122,7 @@ class Bench:
         self.pins: dict[str, list[tuple[str, str]]] = {}
         states: tuple[tuple[str, tuple[str, ...]], ...] = (("base", ()), ("light", (LIGHT,)))
         if stack == "many":
-            states += (("heavy", (LIGHT, HEAVY)),)
+            states += (("heavy", (LIGHT, HEAVY)), ("removed", (LIGHT,)))
         for state, extra in states:
             self.write_project(extra)
             envlock("lock", "-C", str(self.project))
@@ -170,20 +173,51 @@ class Bench:
         self.image_ids += [m.group(1) for _, t in lines if (m := re.match(r"built \S+ \((sha256:[0-9a-f]+)\)", t))]
         return seconds
 
-    def envlock_build(self, note: str) -> float:
+    def envlock_build(self, note: str, state: str = "", before: str = "") -> float:
         seconds, lines = envlock("build", "-C", str(self.project), cache=self.cache)
         self.notes.append(f"envlock {note}, s per step: {phases(lines, seconds)}")
+        if state:
+            self.notes.append(f"envlock {note}: {self.sent(lines, state, before)}")
         return seconds
+
+    def sent(self, lines: Lines, state: str, before: str) -> str:
+        """The layers the build sent to the engine (the top ones: those whose chain the engine lacked) and their
+        bytes, beside the bytes of the layers that are new since the image `before` (what changed)."""
+        found = [m for _, t in lines if (m := re.search(r"into the engine \((\d+) of (\d+) layers\)", t))]
+        if not found:
+            return "no load (nothing sent)"
+        count, total = int(found[-1].group(1)), int(found[-1].group(2))
+        sizes = self.layer_sizes()
+        layers = json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", self.refs[state]) or "[]")
+        earlier = json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", self.refs[before]) or "[]")
+        sent = sum(sizes.get(d, 0) for d in layers[len(layers) - count :])
+        new = sum(sizes.get(d, 0) for d in layers if d not in earlier)
+        return f"{count} of {total} layers sent, {sent / 1e6:.0f} MB; the layers new since {before}: {new / 1e6:.0f} MB"
+
+    def layer_sizes(self) -> dict[str, int]:
+        """The uncompressed size of each layer envlock's caches hold, by diff_id."""
+        sizes = {}
+        for meta in [*(self.cache / "layers").glob("*.json"), *(self.cache / "bases").glob("*.json")]:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            diff_id = data.get("diff_id") or data.get("diff-id")
+            if diff_id and meta.with_suffix(".tar").is_file():
+                sizes[diff_id] = meta.with_suffix(".tar").stat().st_size
+        return sizes
 
     def envlock_light(self) -> float:
         self.write_project((LIGHT,))
         (self.project / "envlock.lock").write_text(self.locks["light"], encoding="utf-8")
-        return self.envlock_build("one light package added")
+        return self.envlock_build("one light package added", "light", "base")
 
     def envlock_heavy(self) -> float:
         self.write_project((LIGHT, HEAVY))
         (self.project / "envlock.lock").write_text(self.locks["heavy"], encoding="utf-8")
-        return self.envlock_build("one heavy package added")
+        return self.envlock_build("one heavy package added", "heavy", "light")
+
+    def envlock_removed(self) -> float:
+        self.write_project((LIGHT,))
+        (self.project / "envlock.lock").write_text(self.locks["removed"], encoding="utf-8")
+        return self.envlock_build("the heavy package removed again", "removed", "heavy")
 
     def envlock_reload(self) -> float:
         self.reload_bytes = layer_bytes(self.refs["light"])
@@ -245,8 +279,8 @@ class Bench:
             self.put("reload-gbs", tool, self.reload_bytes / 1e9 / float(self.values["reload", tool]))
         self.step("import-1", tool, self.envlock_import)
         self.step("import-2", tool, lambda: statistics.median(self.envlock_import() for _ in range(3)))
-        if "heavy" in self.locks:  # last: the reload and the imports above are the light image's
-            self.step("heavy", tool, self.envlock_heavy)
+        if "heavy" in self.locks and self.step("heavy", tool, self.envlock_heavy):  # last: the light image's above
+            self.step("removed", tool, self.envlock_removed)
 
     # Dockerfile
 
@@ -276,7 +310,7 @@ class Bench:
     def docker_side(self) -> None:
         tool = "Dockerfile"
         print(f"  {tool}", file=sys.stderr)
-        docker("image", "rm", *(f"{DOCKER_REPO}:{state}" for state in ("base", "light", "heavy")))
+        docker("image", "rm", *(f"{DOCKER_REPO}:{state}" for state in STATES))
         if not self.step("cold", tool, lambda: self.docker_build("base", "--no-cache")):
             return
         self.step("size", tool, lambda: size_mb(f"{DOCKER_REPO}:base"))
@@ -287,8 +321,8 @@ class Bench:
             self.put("reload-gbs", tool, self.docker_bytes / 1e9 / float(self.values["reload", tool]))
         self.step("import-1", tool, self.docker_import)
         self.step("import-2", tool, lambda: statistics.median(self.docker_import() for _ in range(3)))
-        if "heavy" in self.locks:
-            self.step("heavy", tool, lambda: self.docker_build("heavy"))
+        if "heavy" in self.locks and self.step("heavy", tool, lambda: self.docker_build("heavy")):
+            self.step("removed", tool, lambda: self.docker_build("removed"))
 
     def run_all(self) -> None:
         self.envlock_side()
@@ -301,7 +335,7 @@ class Bench:
             self.notes.append(f"envlock second cold build: {exc}")
 
     def cleanup(self) -> None:
-        docker("image", "rm", *self.refs.values(), *(f"{DOCKER_REPO}:{state}" for state in ("base", "light", "heavy")))
+        docker("image", "rm", *self.refs.values(), *(f"{DOCKER_REPO}:{state}" for state in STATES))
         if leftovers := docker("images", "-a", "-q", "--filter", f"label={LABEL}").split():
             docker("image", "rm", "-f", *leftovers)
 
@@ -318,7 +352,7 @@ def report(bench: Bench) -> None:
     version = subprocess_out([str(BIN / "envlock"), "--version"])
     print(f"{version} | Docker engine {docker('version', '-f', '{{.Server.Version}}')} (legacy builder)")
     print(f"{bench.stack} set, {PLATFORM}: {', '.join(f'{n} {v}' for n, v in bench.pins['base'])}")
-    heavy = f"; heavy change: + {HEAVY.replace('==', ' ')}" if "heavy" in bench.locks else ""
+    heavy = f"; heavy change: + {HEAVY.replace('==', ' ')}, then removed" if "heavy" in bench.locks else ""
     print(f"light change: + {LIGHT.replace('==', ' ')}{heavy}; imports timed: {bench.statement}; one run of each cell")
     rows: list[tuple[str, ...]] = [("", "envlock", "Dockerfile", "envlock/Dockerfile")]
     for row, label in ROWS.items():

@@ -104,7 +104,9 @@ class Key:
     decoded: bool = True  # False: written, known, but checked and set by the owner (a version number)
     absent: Any = _ABSENT  # what an absent key reads as, for a field without a default (else: the default)
     items: Callable[[Any], str | None] | None = None  # a check of each item of a list, named at `key[index]`
-    inline: bool = False  # TOML: an inline table, or a list of them one per line (else [table] / [[table]])
+    # TOML: an inline table, or a list of them one per line (else [table] / [[table]]); a list of plain values in a
+    # [table] is written one per line too (a reordering is a small, readable diff)
+    inline: bool = False
     quiet: bool = False  # the value may hold a secret (a password in a URL): a message names its type, never it
 
 
@@ -415,8 +417,16 @@ def toml_text(value: Codec, header: str = "") -> str:
 
 
 def _fill(table: MutableMapping[str, Any], value: Codec, *, inline: bool) -> None:
+    import tomlkit  # noqa: PLC0415
+
     for declared, item in value.written():
-        table[declared.key] = _toml(item, declared.type, inline=inline or declared.spec.inline)
+        written = _toml(item, declared.type, inline=inline or declared.spec.inline)
+        if declared.spec.inline and not inline and isinstance(written, list):  # plain values, one per line
+            array = tomlkit.array()
+            array.multiline(True)
+            array.extend(written)
+            written = array
+        table[declared.key] = written
     for key, derive in value.DERIVED.items():
         table[key] = derive(value)
 

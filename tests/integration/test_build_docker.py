@@ -19,10 +19,11 @@ from envlock.errors import EngineError, RegistryError
 from envlock.image.bases import BaseStore, MmdebstrapBuilder, export_upstream
 from envlock.image.build import Builder, BuildOutcome, build_image, load_base
 from envlock.image.layers import LayerStore
-from envlock.image.plan import light_group, plan_image
+from envlock.image.plan import plan_image
 from envlock.image.registry import HttpRegistry
 from envlock.image.wheels import HttpFetcher, WheelCache
 from envlock.lock import lockfile
+from envlock.lock.layering import light_group
 from envlock.lock.project import lock_project
 from envlock.lock.recipes import load_recipe
 from envlock.lock.spec import Spec, load_spec
@@ -297,14 +298,16 @@ def test_adding_a_package_sends_only_the_new_layers_and_a_refused_partial_load_f
     plan = plan_image(lockfile.read(spec.lock_path), spec.name, "linux/amd64")
     second = builder.build(plan)
     assert second.built and second.image_id != first.image_id
-    # Light packages go to groups by wheel size, biggest first: idna (67 kB) 5, tabulate (35 kB) 6, six (11 kB) 7.
-    # Only idna's group and the lock are made (the lock's while idna downloads); the engine holds base and venv, and
-    # is sent idna's group, tabulate's and six's (above it) and the lock.
-    sizes = {p.name: p.wheels[0].size for p in lockfile.read(spec.lock_path).target("linux/amd64").packages}
+    # Light packages go to groups by wheel size: idna (67 kB) 5, tabulate (35 kB) 6, six (11 kB) 7. Only idna's group
+    # and the lock are made (the lock's while idna downloads); idna's group is new, so the lock puts it on top
+    # (layout 3): the engine holds base, venv, tabulate's and six's groups, and is sent idna's group and the lock.
+    relocked = lockfile.read(spec.lock_path)
+    sizes = {p.name: p.wheels[0].size for p in relocked.target("linux/amd64").packages}
     assert [light_group(sizes[name]) for name in ("idna", "tabulate", "six")] == [5, 6, 7]
+    assert relocked.target("linux/amd64").layers == ("packages-6", "packages-7", "packages-5")
     made = [note for note in notes if note.startswith("making layer")]
     assert made == ["making layer lock", "making layer packages-5"], notes
-    assert any("(4 of 6 layers)" in note for note in notes), notes
+    assert any("(2 of 6 layers)" in note for note in notes), notes
     out = docker.from_env().containers.run(second.image_id, ["python", "-c", "import idna, six"], remove=True)
     assert out == b""
 

@@ -24,11 +24,12 @@ from envlock.image.bases import BaseStore
 from envlock.image.build import Builder, BuildOutcome, build_image
 from envlock.image.catalog import read_images
 from envlock.image.layers import LayerStore
-from envlock.image.plan import ImagePlan, image_config, light_group, light_group_by_name, make_layers, plan_image
+from envlock.image.plan import ImagePlan, image_config, make_layers, plan_image
 from envlock.image.provenance import image_statement, write_image_attestation
 from envlock.image.wheels import Response, WheelCache
 from envlock.lock import lockfile
 from envlock.lock.cuda import CPU
+from envlock.lock.layering import light_group, light_group_by_name
 from envlock.lock.project import LockOptions, lock_project
 from envlock.lock.recipes import Recipe, load_recipe
 from envlock.lock.resolve import LockedFile, LockedPackage
@@ -113,8 +114,8 @@ def test_layers_go_by_stability_cuda_frameworks_heavy_then_light_groups(
     ]
 
 
-def _sized_lock(sizes: dict[str, int]) -> lockfile.Lock:
-    """A lock of one wheel per package, of these sizes (planning reads no wheel)."""
+def _sized_lock(sizes: dict[str, int], layout: int = 2) -> lockfile.Lock:
+    """A layout 2 lock of one wheel per package, of these sizes (planning reads no wheel)."""
     packages = tuple(
         LockedPackage(
             name,
@@ -125,9 +126,7 @@ def _sized_lock(sizes: dict[str, int]) -> lockfile.Lock:
     )
     targets = (lockfile.TargetLock("linux/amd64", "x86_64-manylinux_2_36", CPU, packages),)
     base = lockfile.BaseLock("debian-bookworm", "recipe", "0" * 64)
-    return lockfile.Lock(
-        "3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0", image_layout=lockfile.IMAGE_LAYOUT
-    )
+    return lockfile.Lock("3.11", base, (), (), 315532800, targets, "sha256:x", "fake", "0", image_layout=layout)
 
 
 def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks() -> None:
@@ -147,7 +146,7 @@ def test_other_heavy_packages_go_biggest_wheel_first_above_cuda_and_frameworks()
 
 def test_a_lock_that_names_no_layout_keeps_the_layers_it_was_built_with() -> None:
     """Locks written before layouts were recorded keep layout 1 (other heavy packages by name, light ones by the
-    hash of their name), so their image ID never moves with an envlock upgrade; a new lock names the newest."""
+    hash of their name), so their image ID never moves with an envlock upgrade; layout 2 keeps its order too."""
     mib = 1 << 20
     sizes = {"numpy": 17 * mib, "pyarrow": 55 * mib, "scipy": 41 * mib, "six": 11_000, "idna": 70_000}
     old = replace(_sized_lock(sizes), image_layout=None)
@@ -166,9 +165,9 @@ def test_a_lock_naming_a_layout_this_envlock_cannot_build_is_refused(tmp_path: P
     path = tmp_path / "envlock.lock"
     path.write_text(lockfile.dumps(lock))
     assert lockfile.read(path) == lock, "layout 2 reads back"
-    path.write_text(lockfile.dumps(lock).replace("\nimage-layout = 2\n", "\nimage-layout = 3\n"))
+    path.write_text(lockfile.dumps(lock).replace("\nimage-layout = 2\n", "\nimage-layout = 4\n"))
     with pytest.raises(
-        LockfileError, match=r"environment.image-layout: 3 is not a layout this envlock builds.*upgrade"
+        LockfileError, match=r"environment.image-layout: 4 is not a layout this envlock builds.*upgrade"
     ):
         lockfile.read(path)
 

@@ -60,7 +60,8 @@ def test_a_lock_from_before_layouts_keeps_its_layout_until_something_else_change
     spec = load_spec(sample("basic"))
     first = lock_project(spec, FakeResolver(BASIC)).lock
     assert first.image_layout == lockfile.IMAGE_LAYOUT, "a new lock names the newest layout"
-    lockfile.write(spec.lock_path, replace(first, image_layout=None))  # as written before layouts were recorded
+    unlaid = tuple(replace(target, layers=None) for target in first.targets)
+    lockfile.write(spec.lock_path, replace(first, image_layout=None, targets=unlaid))  # as before layouts were named
     before = spec.lock_path.read_bytes()
     outcome = lock_project(spec, FakeResolver(BASIC), options=LockOptions(upgrade=True))
     assert outcome.resolved and not outcome.written and outcome.lock.image_layout is None

@@ -9,9 +9,9 @@ import pytest
 from packaging.tags import Tag
 
 from envlock.errors import NoWheelError
-from envlock.image.staging import VENV, VenvLayout, choose_wheel, install_wheel, tag_rank
+from envlock.image.staging import VENV, VenvLayout, install_wheel
 from envlock.lock.resolve import LockedPackage
-from envlock.lock.targets import Target
+from envlock.lock.targets import Target, choose_wheel, tag_rank
 from tests.fakes import wheel
 from tests.wheelmaker import build_wheel
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,18 +21,17 @@ from envlock.image.staging import (
     VENV,
     Overlap,
     VenvLayout,
-    choose_wheel,
     install_local,
     install_wheel,
     installed_files,
     overlaps_of,
-    tag_rank,
 )
 from envlock.image.wheels import WheelCache
 from envlock.lock import lockfile
+from envlock.lock.layering import ordered_slots
 from envlock.lock.lockfile import FALLBACK_EPOCH, Lock
 from envlock.lock.resolve import LockedFile
-from envlock.lock.targets import ARCHITECTURES, Target
+from envlock.lock.targets import ARCHITECTURES
 from envlock.report import Report
 
 # Bumped whenever the bytes a layer is made of change for the same inputs (paths, metadata, layout).
@@ -47,58 +45,6 @@ LOCK_PATH = "etc/envlock/envlock.lock"
 # Bumped whenever the lock layer's bytes change for the same lock: the lock's TOML (lockfile.dumps) or the SBOM
 # (image/sbom.py). The lock layer is keyed by what decides those bytes, so a no-op build renders neither.
 LOCK_LAYER_FORMAT = 1
-
-
-# Layers by stability, bottom up: a layer changed re-sends every layer above it (the engine finds a stack by its
-# chain of layers), so what changes least goes first. CUDA libraries, then the frameworks built on them (each tier
-# by name: they move together), then the other heavy packages (a wheel of OWN_LAYER_BYTES or more), one layer each,
-# the biggest wheel first: with any of them as likely to change as any other, the bytes re-sent are fewest when the
-# big ones sit low (numpy, pandas, pyarrow, sympy, transformers and hf-xet of the torch + transformers stack: a change
-# to one re-sends 189 MB on average, 281 MB by name); then the light packages, grouped the same way.
-CUDA_NAMES = re.compile(r"^(nvidia-.+|cuda-.+)$")
-FRAMEWORK_NAMES = re.compile(
-    r"^(torch|torchvision|torchaudio|triton|pytorch-triton|jax|jaxlib|tensorflow(-cpu)?|cupy(-cuda\d+x)?|xformers|"
-    r"flash-attn|vllm)$"
-)
-
-
-# Packages whose wheel is at least this big get a layer of their own (so changing a small package re-makes
-# only the small layer), the biggest first, up to OWN_LAYERS_MAX.
-OWN_LAYER_BYTES = 4 * 1024 * 1024
-
-
-OWN_LAYERS_MAX = 60
-
-
-# The light packages share LIGHT_GROUPS layers by the size of their wheel, the biggest at the bottom. A changed layer
-# re-sends every layer above it, and a load costs about as much per MB of the layers it is sent as per layer
-# (dockerd 20.10: ~10 ms a MB, ~50 ms a layer); with any light package as likely to change as any other, the bytes
-# re-sent are fewest when the big ones sit low. Group g holds the wheels of 4 MiB / 2^(g+1) up to 4 MiB / 2^g
-# (packages-0: 2-4 MiB, ..., packages-6: 32-64 KiB; packages-7: smaller, or of no known size): power-of-two bands, so
-# adding, removing or bumping one package re-makes its group only (two neighbouring groups when a bump carries its
-# wheel across a band), and the grouping is a function of the lock alone (no index, no machine, no earlier build),
-# so the same lock gives the same image everywhere. On the torch + transformers + datasets stack (34 light
-# packages), a light change re-sends ~0.29 s of load on average, 0.52 s with groups by the hash of the name.
-LIGHT_GROUPS = 8
-
-
-def stability(name: str) -> int:
-    """0 for CUDA libraries, 1 for frameworks, 2 for anything else: the order of own layers, bottom up."""
-    return 0 if CUDA_NAMES.match(name) else 1 if FRAMEWORK_NAMES.match(name) else 2
-
-
-def light_group_by_name(name: str) -> int:
-    """Layout 1 (locks that name no image layout): the light layer the sha256 of the package's name picks."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % LIGHT_GROUPS
-
-
-def light_group(size: int | None) -> int:
-    """The light layer a wheel of `size` bytes goes to: from its own size alone, so its neighbours stay put when it
-    comes or goes (0 for the biggest; LIGHT_GROUPS - 1 for the smallest, and for a size the index did not give)."""
-    if not size:
-        return LIGHT_GROUPS - 1
-    band = (OWN_LAYER_BYTES - 1).bit_length() - size.bit_length()  # 0 for [2 MiB, 4 MiB), 1 for [1 MiB, 2 MiB), ...
-    return min(max(band, 0), LIGHT_GROUPS - 1)
 
 
 @dataclass(frozen=True)
@@ -159,50 +105,21 @@ def _epoch(wheels: list[LockedFile]) -> int:
 
 
 def plan_image(lock: Lock, repository: str, platform: str) -> ImagePlan:
-    """Layers by stability: the venv, CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB, the biggest
-    first) one layer each, then the light packages in LIGHT_GROUPS layers by wheel size, the local packages, the
-    lock."""
-    target = lock.target(platform)
-    rank = tag_rank(Target(target.platform, lock.python, (2, 36)).wheel_tags())
-    chosen = [(package.name, choose_wheel(package, rank)) for package in target.packages]
-    by_size = sorted(chosen, key=lambda item: (stability(item[0]) == 2, -(item[1].size or 0), item[0]))
-    own = {
-        name for name, wheel in by_size[:OWN_LAYERS_MAX] if stability(name) < 2 or (wheel.size or 0) >= OWN_LAYER_BYTES
-    }
-    heavy: list[tuple[int, LayerPlan]] = []
-    light: dict[int, list[LockedFile]] = {}
-    for name, wheel in chosen:
-        if name in own:
-            epoch = _epoch([wheel])
-            heavy.append((stability(name), LayerPlan(name, (wheel,), _key(lock.python, epoch, wheel.sha256), epoch)))
-        else:
-            group = light_group_by_name(name) if lock.image_layout is None else light_group(wheel.size)
-            light.setdefault(group, []).append(wheel)
-    # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
-    # and must not re-make (and re-send) the 3 GB torch layer below it.
+    """The venv, the package layers in the lock's order (lock/layering.py: by stability, or as a layout 3 lock lists
+    them), the local packages, the lock."""
     layers = [LayerPlan("venv", (), _key(lock.python, FALLBACK_EPOCH, "venv"), FALLBACK_EPOCH)]
-    layers += [layer for _, layer in sorted(heavy, key=_heavy_order if lock.image_layout else _heavy_order_by_name)]
-    for group, wheels in sorted(light.items()):
-        epoch = _epoch(wheels)
-        key = _key(lock.python, epoch, [w.sha256 for w in wheels])
-        layers.append(LayerPlan(f"packages-{group}", tuple(wheels), key, epoch))
+    for slot in ordered_slots(lock, platform):
+        # A layer's mtime comes from its own wheels only: adding a package uploaded yesterday moves the lock's epoch,
+        # and must not re-make (and re-send) the 3 GB torch layer below it.
+        epoch = _epoch(list(slot.wheels))
+        content = slot.wheels[0].sha256 if slot.own else [wheel.sha256 for wheel in slot.wheels]
+        layers.append(LayerPlan(slot.name, slot.wheels, _key(lock.python, epoch, content), epoch))
     if lock.local_packages:
         # Metadata only (the code is mounted): a fixed mtime, so a new upload elsewhere never re-makes it.
         local = [p.as_dict() for p in lock.local_packages]
         layers.append(LayerPlan("local", (), _key(lock.python, FALLBACK_EPOCH, "local", local), FALLBACK_EPOCH))
     layers.append(LayerPlan("lock", (), lock_layer_key(lock, platform), lock.source_date_epoch))
     return ImagePlan(repository, platform_tag(lock.short_hash, platform), platform, lock, tuple(layers))
-
-
-def _heavy_order_by_name(item: tuple[int, LayerPlan]) -> tuple[int, str]:
-    """Layout 1: CUDA libraries, frameworks, then the other heavy packages, each tier by name."""
-    return (item[0], item[1].label)
-
-
-def _heavy_order(item: tuple[int, LayerPlan]) -> tuple[int, int, str]:
-    """CUDA libraries, then frameworks, each by name; then the other heavy packages, the biggest wheel first."""
-    tier, layer = item
-    return (tier, -(layer.wheels[0].size or 0) if tier == 2 else 0, layer.label)
 
 
 def lock_layer_key(lock: Lock, platform: str) -> str:
@@ -228,8 +145,7 @@ def overlap_warning(overlap: Overlap) -> str:
     return (
         f"warning: {overlap.earlier} and {overlap.later} both install {shared} file{'s' if shared != 1 else ''}"
         f"{differ}, e.g. {example}; {overlap.later}'s are kept (install order: the image's layers bottom up, "
-        "CUDA libraries, frameworks, other heavy packages by size, then the light ones' groups; later wins, "
-        "as with pip)"
+        "as the lock orders them; later wins, as with pip)"
     )
 
 

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from packaging.tags import Tag
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from envlock.engine.launch import WORKDIR
-from envlock.errors import BuildError, NoWheelError
+from envlock.errors import BuildError
 from envlock.lock.localpackages import LocalPackage
-from envlock.lock.resolve import LockedFile, LockedPackage
 
 VENV = "/opt/envlock/venv"
 # Where a run mounts (read-only) the dist-info of its own packages whose version comes from VCS: on sys.path through
@@ -61,28 +59,6 @@ class VenvLayout:
             link = root / "bin" / name
             if not link.is_symlink():
                 link.symlink_to(f"{self.home}/python{self.python}")
-
-
-def tag_rank(tags: Sequence[Tag]) -> dict[Tag, int]:
-    """Each of a target's tags with its rank (0: the most specific), made once for choosing many wheels."""
-    return {tag: i for i, tag in enumerate(tags)}
-
-
-def choose_wheel(package: LockedPackage, tags: Sequence[Tag] | Mapping[Tag, int]) -> LockedFile:
-    """The wheel an installer would pick on the target: the one whose best tag ranks highest (`tags`: in order, or
-    their `tag_rank`; a target has ~1,000 tags, ranked once per plan rather than per package)."""
-    rank = tags if isinstance(tags, Mapping) else tag_rank(tags)
-    best: tuple[int, LockedFile] | None = None
-    for wheel in package.wheels:
-        scores = [rank[t] for t in parse_wheel_filename(wheel.name)[3] if t in rank]
-        if scores and (best is None or min(scores) < best[0]):
-            best = (min(scores), wheel)
-    if best is None:
-        raise NoWheelError(
-            f"{package.name} {package.version} has no wheel for this target (only an sdist)",
-            hint="pin a version that publishes a wheel for the platform; envlock images install wheels only",
-        )
-    return best[1]
 
 
 def install_wheel(wheel: Path, filename: str, root: Path, layout: VenvLayout) -> None:

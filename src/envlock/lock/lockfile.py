@@ -38,9 +38,12 @@ from envlock.paths import LOCK_FILE
 LOCK_VERSION = 1
 # The order and grouping of an image's layers (image/plan.py) for a lock that names it in [environment]; a lock
 # without one (written before December 2026) keeps the layout it was built with (1), so its image ID never moves.
-# Layout 2: other heavy packages biggest wheel first, light packages grouped by wheel-size band.
-IMAGE_LAYOUT = 2
-IMAGE_LAYOUTS = (2,)  # what this envlock can build; 1 is the absence of the key
+# Layout 2: other heavy packages biggest wheel first, light packages grouped by wheel-size band (lock/layering.py).
+# Layout 3: layout 2's layers, in the order each platform's `layers` lists (`envlock lock` keeps the layers a change
+# leaves alone where they were, so an added package re-sends what changed, not every layer above it).
+IMAGE_LAYOUT = 3
+IMAGE_LAYOUTS = (2, 3)  # what this envlock can build; 1 is the absence of the key
+LISTED_LAYOUT = 3  # the first layout whose lock lists its layers' order
 # 1980-01-01: the oldest time a zip (wheel) can hold; the epoch when no locked file has an upload time.
 FALLBACK_EPOCH = 315532800
 HEADER = (
@@ -93,6 +96,8 @@ class TargetLock:
     packages: tuple[LockedPackage, ...]
     # None: the base could not be built where the lock was made (another architecture, or an image base).
     base: TargetBase | None = None
+    # Layout 3: the image's package layers bottom up, by name (lock/layering.py); None: in stability order.
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Sorted by name, always: equal content compares equal and diffs stay small.
@@ -142,6 +147,8 @@ class Lock:
                     "cuda": t.cuda.as_dict(),
                     "base": t.base.as_dict() if t.base else None,
                     "packages": [_package_content(p) for p in t.packages],
+                    # absent before layout 3: earlier locks keep their hash and their image
+                    **({"layers": list(t.layers)} if t.layers is not None else {}),
                 }
                 for t in sorted(self.targets, key=lambda t: t.platform)
             ],
@@ -342,11 +349,23 @@ class CudaTable(Codec, nulls=False):
         return CudaStack("cuda", self.source, **versions, archs=archs, archs_source=self.archs_source or "")
 
 
+def _duplicate_problem(names: tuple[str, ...]) -> str | None:
+    twice = sorted({name for name in names if names.count(name) > 1})
+    return f"names {', '.join(map(repr, twice))} more than once" if twice else None
+
+
 class TargetTable(Codec, nulls=False):
     """[targets.PLATFORM]: everything locked for one platform."""
 
     python_platform: str = field(
         check=lambda value: None if _PYTHON_PLATFORM.match(value) else f"{value!r} is not a platform"
+    )
+    layers: tuple[str, ...] | None = field(
+        omit_none=True,
+        inline=True,
+        items=package_name_problem,
+        check=_duplicate_problem,
+        doc="image-layout 3: the image's package layers bottom up (a package's own, or a light group packages-N)",
     )
     cuda: CudaTable
     # None: the base could not be built where the lock was made (another architecture, or an image base).
@@ -357,14 +376,13 @@ class TargetTable(Codec, nulls=False):
     def of(cls, target: TargetLock) -> Self:
         """The table of a platform's lock (Debian packages sorted by name)."""
         base = TargetBase(target.base.id, dict(sorted(target.base.debian.items()))) if target.base else None
-        return cls(
-            target.python_platform, CudaTable.of(target.cuda), base, tuple(map(PackageTable.of, target.packages))
-        )
+        packages = tuple(map(PackageTable.of, target.packages))
+        return cls(target.python_platform, target.layers, CudaTable.of(target.cuda), base, packages)
 
     def target(self, platform: Platform) -> TargetLock:
         """The platform's lock."""
         packages = tuple(package.package() for package in self.packages)
-        return TargetLock(platform, self.python_platform, self.cuda.stack(), packages, self.base)
+        return TargetLock(platform, self.python_platform, self.cuda.stack(), packages, self.base, self.layers)
 
 
 def _local_path_problem(path: str) -> str | None:
@@ -432,6 +450,14 @@ class LockDocument(Codec, nulls=False):
     environment: Environment
     local_packages: tuple[LocalPackageTable, ...] | None = field(omit_none=True)  # none: absent, as before they were
     targets: dict[str, TargetTable] = field(check=_platforms_problem)
+
+    def invalid(self) -> Iterator[tuple[str, str]]:
+        """A platform's `layers` belong to a layout that lists them."""
+        layout = self.environment.image_layout
+        if layout is None or layout < LISTED_LAYOUT:
+            for platform, table in self.targets.items():
+                if table.layers is not None:
+                    yield f"targets.{platform}.layers", f"needs image-layout = {LISTED_LAYOUT} in [environment]"
 
     @classmethod
     def of(cls, lock: Lock) -> Self:

@@ -14,6 +14,7 @@ from envlock.fsutil import no_space_is_an_error
 from envlock.lock import lockfile, recipes
 from envlock.lock.credentials import conceal, expand, masking, redact, secrets_of, secrets_to_mask
 from envlock.lock.cuda import check_wish, derive_cuda
+from envlock.lock.layering import relocked_order
 from envlock.lock.lockdiff import LockDiff, diff_locks
 from envlock.lock.lockfile import BaseLock, Lock, TargetBase, TargetLock
 from envlock.lock.recipes import BaseStoreView, UpstreamView
@@ -211,9 +212,11 @@ def lock_project(
         local_packages=spec.local_packages,
         image_layout=lockfile.IMAGE_LAYOUT,
     )
+    # The layers' order follows the previous lock's: those a change leaves alone stay where the engine has them.
+    lock = replace(lock, targets=tuple(replace(t, layers=relocked_order(t, lock.python, previous)) for t in targets))
     # Nothing but the layout would change: the lock stays as it is, and so does its image (a new layout comes with
     # the next real change, which gives a new image anyway).
-    same = previous and replace(lock, image_layout=previous.image_layout).lock_hash == previous.lock_hash
+    same = previous and _unlaid(lock).lock_hash == _unlaid(previous).lock_hash
     if previous and same and previous.input_hash == lock.input_hash:
         return LockOutcome(previous, previous, written=False, resolved=True)
     # A full disk leaves the previous lock as it was (written beside it, then renamed over): one line names it.
@@ -221,6 +224,11 @@ def lock_project(
         lockfile.write(spec.lock_path, lock)
     changes = diff_locks(previous, lock) if previous else LockDiff()
     return LockOutcome(lock, previous, written=True, resolved=True, changes=changes)
+
+
+def _unlaid(lock: Lock) -> Lock:
+    """The lock without its layout: what it locks, whatever order its image's layers are in."""
+    return replace(lock, image_layout=None, targets=tuple(replace(t, layers=None) for t in lock.targets))
 
 
 def _concealed(package: LockedPackage, secrets: dict[str, str]) -> LockedPackage:

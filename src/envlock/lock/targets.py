@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
+
+from envlock.errors import NoWheelError
+
+if TYPE_CHECKING:  # resolve imports this module
+    from envlock.lock.resolve import LockedFile, LockedPackage
 
 Platform = Literal["linux/amd64", "linux/arm64"]
 PLATFORMS: tuple[Platform, ...] = get_args(Platform)
@@ -98,3 +105,25 @@ class Target:
             if (major, minor) <= self.glibc and (arch == "x86_64" or alias == "manylinux2014"):
                 tags.append(f"{alias}_{arch}")
         return tags
+
+
+def tag_rank(tags: Sequence[Tag]) -> dict[Tag, int]:
+    """Each of a target's tags with its rank (0: the most specific), made once for choosing many wheels."""
+    return {tag: i for i, tag in enumerate(tags)}
+
+
+def choose_wheel(package: LockedPackage, tags: Sequence[Tag] | Mapping[Tag, int]) -> LockedFile:
+    """The wheel an installer would pick on the target: the one whose best tag ranks highest (`tags`: in order, or
+    their `tag_rank`; a target has ~1,000 tags, ranked once per plan rather than per package)."""
+    rank = tags if isinstance(tags, Mapping) else tag_rank(tags)
+    best: tuple[int, LockedFile] | None = None
+    for wheel in package.wheels:
+        scores = [rank[t] for t in parse_wheel_filename(wheel.name)[3] if t in rank]
+        if scores and (best is None or min(scores) < best[0]):
+            best = (min(scores), wheel)
+    if best is None:
+        raise NoWheelError(
+            f"{package.name} {package.version} has no wheel for this target (only an sdist)",
+            hint="pin a version that publishes a wheel for the platform; envlock images install wheels only",
+        )
+    return best[1]
