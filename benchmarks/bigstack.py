@@ -2,7 +2,7 @@
 
 Run from the repository root (stdlib only; needs the Docker engine and network access to PyPI):
 
-    .venv/bin/python benchmarks/bigstack.py [--torch | --many]
+    .venv/bin/python benchmarks/bigstack.py [--torch | --many [--heavy SPEC]]
 
 The default set is examples/digits's (scikit-learn>=1.5,<1.8, numpy>=2,<3; `import sklearn...` as train.py does);
 `--torch` takes torch==2.5.1 with its CUDA wheels (about 3 GB, downloaded once into the shared wheel cache, then
@@ -65,7 +65,9 @@ SETS = {
         "import torch, transformers, datasets",
     ),
 }
-HEAVY = "scipy==1.14.1"  # ~40 MB, not a dependency of the many set: a layer of its own above the light groups
+# ~40 MB, not a dependency of the many set: a layer of its own. 1.14.1 pins numpy < 2.3, so it moves the set's numpy
+# too (two heavy layers change); `--heavy scipy==1.16.3` (numpy < 2.6) is a pure addition, the issue's case.
+HEAVY = "scipy==1.14.1"
 NAME, DOCKER_REPO = "envlock-bench-bigstack", "envlock-bench-bigstack-dockerfile"
 LABEL = "dev.envlock.benchmark=bigstack"
 LIGHT_TARGET, IMPORT_TARGET = 5.0, 1.1
@@ -100,8 +102,8 @@ def layer_bytes(ref: str) -> int:
 class Bench:
     """The throw-away project, the Docker build context, and one column of values per tool."""
 
-    def __init__(self, root: Path, base_ref: str, stack: str) -> None:
-        self.root, self.base_ref, self.stack = root, base_ref, stack
+    def __init__(self, root: Path, base_ref: str, stack: str, heavy: str = HEAVY) -> None:
+        self.root, self.base_ref, self.stack, self.heavy = root, base_ref, stack, heavy
         self.dependencies, self.statement = SETS[stack]
         self.project, self.context = root / "project", root / "context"
         self.project.mkdir()
@@ -122,7 +124,7 @@ class Bench:
         self.pins: dict[str, list[tuple[str, str]]] = {}
         states: tuple[tuple[str, tuple[str, ...]], ...] = (("base", ()), ("light", (LIGHT,)))
         if stack == "many":
-            states += (("heavy", (LIGHT, HEAVY)), ("removed", (LIGHT,)))
+            states += (("heavy", (LIGHT, heavy)), ("removed", (LIGHT,)))
         for state, extra in states:
             self.write_project(extra)
             envlock("lock", "-C", str(self.project))
@@ -210,7 +212,7 @@ class Bench:
         return self.envlock_build("one light package added", "light", "base")
 
     def envlock_heavy(self) -> float:
-        self.write_project((LIGHT, HEAVY))
+        self.write_project((LIGHT, self.heavy))
         (self.project / "envlock.lock").write_text(self.locks["heavy"], encoding="utf-8")
         return self.envlock_build("one heavy package added", "heavy", "light")
 
@@ -352,7 +354,7 @@ def report(bench: Bench) -> None:
     version = subprocess_out([str(BIN / "envlock"), "--version"])
     print(f"{version} | Docker engine {docker('version', '-f', '{{.Server.Version}}')} (legacy builder)")
     print(f"{bench.stack} set, {PLATFORM}: {', '.join(f'{n} {v}' for n, v in bench.pins['base'])}")
-    heavy = f"; heavy change: + {HEAVY.replace('==', ' ')}, then removed" if "heavy" in bench.locks else ""
+    heavy = f"; heavy change: + {bench.heavy.replace('==', ' ')}, then removed" if "heavy" in bench.locks else ""
     print(f"light change: + {LIGHT.replace('==', ' ')}{heavy}; imports timed: {bench.statement}; one run of each cell")
     rows: list[tuple[str, ...]] = [("", "envlock", "Dockerfile", "envlock/Dockerfile")]
     for row, label in ROWS.items():
@@ -402,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     sets.add_argument(
         "--many", action="store_true", help="torch + transformers + datasets, 53 packages (~3.1 GB, downloaded once)"
     )
+    parser.add_argument(
+        "--heavy", default=HEAVY, metavar="SPEC", help=f"--many's heavy package to add, pinned (default {HEAVY})"
+    )
     args = parser.parse_args(argv)
     if not (BIN / "envlock").exists():
         parser.error(f"envlock not found in {BIN}: run this with the project's .venv/bin/python")
@@ -416,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         base_ref = next((text.split()[-1] for _, text in lines if text.startswith("loaded as ")), "")
         if not base_ref:
             raise Failed("FAIL", f"envlock base build {RECIPE} --load did not say what it loaded")
-        return Bench(root, base_ref, stack)
+        return Bench(root, base_ref, stack, args.heavy)
 
     steps: list[tuple[str, Callable[[Bench], None]]] = [("the builds", Bench.run_all)]
     return run_bench("envlock-bench-bigstack-", make, steps, report)
