@@ -885,8 +885,31 @@ class FakeDockerContainer:
         self.containers.started.append(self.name)
 
 
+class FakeDockerApi:
+    """docker-py's low-level `client.api`, as far as seeding a bytecode folder asks it: an image's config."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict[str, Any]] = {}
+        self.inspected: list[str] = []
+
+    def add_image(self, image_id: str, diff_ids: list[str], base: list[str]) -> None:
+        """An image of these layers whose `dev.envlock.base` label names `base`."""
+        labels = {"dev.envlock.base": ",".join(base)} if base else {}
+        self.images[image_id] = {"Id": image_id, "RootFS": {"Layers": diff_ids}, "Config": {"Labels": labels}}
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        """The image's attributes; an unknown one is the engine's 404."""
+        import docker.errors  # noqa: PLC0415
+
+        self.inspected.append(image)
+        if image not in self.images:
+            raise docker.errors.ImageNotFound(f"No such image: {image}")
+        return self.images[image]
+
+
 class FakeDockerClient:
     """The part of a docker-py client DockerLauncher.compile_bytecode talks to."""
 
     def __init__(self) -> None:
         self.containers = FakeDockerContainers()
+        self.api = FakeDockerApi()

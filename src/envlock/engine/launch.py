@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from envlock.engine.bytecode import ImageStack, LayerTars, Seeded, read_stack, seed
 from envlock.engine.docker import translated
 from envlock.engine.runtimes import RuntimeInfo, StreamSink
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
@@ -130,6 +131,14 @@ def bytecode_folder(root: Path | None, image_id: str) -> Path | None:
     return folder
 
 
+@dataclass(frozen=True)
+class Compiling:
+    """A background compile started; `seeded`: what its folder took from other images' folders first (None: not
+    seeded: no layer tars given, seeded before, or not an envlock image)."""
+
+    seeded: Seeded | None
+
+
 def _start(container: Any) -> tuple[int, str] | None:
     """Start the container; (126 or 127, why) when its command cannot be run, the way `docker run` reports it."""
     import docker.errors  # noqa: PLC0415
@@ -184,28 +193,37 @@ class DockerLauncher:
         version: Callable[[], str | None] | None = None,
         *,
         precompile: bool = True,
+        layer_tars: LayerTars | None = None,
     ) -> None:
         self.client = client
         self.bytecode_root = bytecode_root
         self.version = version  # the engine's version where the caller has it already (one request fewer)
         self.precompile = precompile  # fill a new image's bytecode folder in the background ($ENVLOCK_PRECOMPILE=0: no)
+        # Where a layer's tar is in envlock's cache, by diff_id: a new folder is first seeded from other images'
+        # folders for the layers both images share (engine.bytecode); None: no seeding.
+        self.layer_tars = layer_tars
 
-    def compile_bytecode(self, image_id: str, user: str) -> bool:
+    def compile_bytecode(self, image_id: str, user: str) -> Compiling | None:
         """Fill the image's bytecode folder with the image's own interpreter, in a container left running in the
-        background (auto-removed, no network); False when nothing was started: switched off, no folder, filled
-        already, or a compile of it running (its container's name is taken)."""
+        background (auto-removed, no network), after seeding the folder from other images' folders where it never
+        was; None when nothing was started: switched off, no folder, filled already, or a compile of it running
+        (its container's name is taken)."""
         if (
             not self.precompile
             or self.bytecode_root is None
             or (self.bytecode_root / image_id.removeprefix("sha256:") / BYTECODE_DONE).exists()
         ):
-            return False  # filled already: nothing touched
+            return None  # filled already: nothing touched
         bytecode = bytecode_folder(self.bytecode_root, image_id)
         if bytecode is None:
-            return False
+            return None
         import docker.errors  # noqa: PLC0415
         import docker.types  # noqa: PLC0415
 
+        seeded = None
+        if self.layer_tars is not None and read_stack(bytecode) is None:
+            stack = self._stack(image_id)
+            seeded = seed(self.bytecode_root, bytecode, stack, self.layer_tars) if stack is not None else None
         with translated(f"compile the bytecode of {image_id[:19]}"):
             try:
                 container = self.client.containers.create(
@@ -222,10 +240,19 @@ class DockerLauncher:
                 )
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:  # Conflict: that name is compiling already
-                    return False
+                    return None
                 raise
             container.start()
-        return True
+        return Compiling(seeded)
+
+    def _stack(self, image_id: str) -> ImageStack | None:
+        """The image's layers and its base's, from the engine (None: not an envlock image, or not a shape we know)."""
+        with translated(f"inspect image {image_id[:19]}"):
+            attrs = self.client.api.inspect_image(image_id)
+        layers = (attrs.get("RootFS") or {}).get("Layers") or []
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        base = str(labels.get("dev.envlock.base") or "")
+        return ImageStack.parse({"diff_ids": layers, "base": base.split(",") if base else []})
 
     def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""
