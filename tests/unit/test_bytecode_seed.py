@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import py_compile
 import sys
 from pathlib import Path
@@ -260,7 +261,7 @@ def test_the_layer_tars_are_found_in_the_layer_store_and_the_bases(tmp_path: Pat
     assert damaged(made.diff_id) is None, "a store entry is verified as LayerStore.get verifies it"
 
 
-def test_a_new_folder_is_seeded_once_before_its_compile_starts(tmp_path: Path) -> None:
+def test_a_folder_is_seeded_before_its_compile_starts_never_while_one_runs(tmp_path: Path) -> None:
     layers = Layers(tmp_path)
     base = layers.make("base", {})
     shared = layers.make("shared", {f"{SITE}/a.py": "A\n"})
@@ -274,8 +275,37 @@ def test_a_new_folder_is_seeded_once_before_its_compile_starts(tmp_path: Path) -
     assert started is not None and started.seeded is not None and started.seeded.files == 1
     assert (root / ("b" * 64) / SITE / f"a.{TAG}.pyc").is_file() and client.containers.started
     assert launcher.compile_bytecode(image, "1000:1000") is None, "compiling already"
-    assert client.api.inspected == [image], "seeded once: the folder's stack says so"
+    assert client.api.inspected == [image], "not seeded again while its compile runs (a run's call costs nothing)"
     other = "sha256:" + "c" * 64
     client.api.add_image(other, [base, shared], [])  # no base label: not an envlock image
     started = launcher.compile_bytecode(other, "1000:1000")
     assert started is not None and started.seeded is None and not (root / ("c" * 64) / STACK_FILE).exists()
+
+
+def test_a_new_compile_stops_this_users_compiles_it_supersedes_and_they_resume_seeded(tmp_path: Path) -> None:
+    """A compile of an image sharing a layer above the base with the new one is stopped (the new one does that
+    work); it resumes after its image's next run, then seeded from the new folder. Others are left running."""
+    layers = Layers(tmp_path)
+    base = layers.make("base", {})
+    torch = layers.make("torch", {f"{SITE}/torch.py": "T\n"})
+    one, two = layers.make("one", {f"{SITE}/six.py": "1\n"}), layers.make("two", {f"{SITE}/six.py": "22\n"})
+    elsewhere = layers.make("elsewhere", {f"{SITE}/other.py": "O\n"})
+    client = FakeDockerClient()
+    first, second, unrelated = ("sha256:" + c * 64 for c in "abc")
+    client.api.add_image(first, [base, torch, one], [base])
+    client.api.add_image(second, [base, torch, two], [base])
+    client.api.add_image(unrelated, [base, elsewhere], [base])
+    root = tmp_path / "pyc"
+    launcher = DockerLauncher(client, bytecode_root=root, layer_tars=layers)
+    assert launcher.compile_bytecode(first, "1000:1000") is not None
+    assert launcher.compile_bytecode(unrelated, "1000:1000") is not None
+    compiled(root / ("a" * 64), f"{SITE}/torch.py")  # what the first compile wrote before it was stopped
+    client.containers.created.clear()
+    started = launcher.compile_bytecode(second, "1000:1000")
+    assert started is not None and started.seeded is not None and started.seeded.files == 1
+    assert client.containers.killed == [f"envlock-pyc-{'a' * 12}-{os.getuid()}"], "only the superseded compile"
+    compiled(root / ("b" * 64), f"{SITE}/six.py")
+    client.containers.end(f"envlock-pyc-{'b' * 12}-{os.getuid()}")
+    resumed = launcher.compile_bytecode(first, "1000:1000")  # after a run of the first image
+    assert resumed is not None and resumed.seeded is not None and resumed.seeded.files == 0, "six.py differs"
+    assert len(client.containers.killed) == 1, "the second image's compile had ended: nothing to stop"
