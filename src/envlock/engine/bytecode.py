@@ -216,7 +216,8 @@ def seed(root: Path, folder: Path, stack: ImageStack, tars: LayerTars) -> Seeded
     start = time.perf_counter()
     listings = Listings(root, tars)
     candidates = _candidates(root, folder, stack)
-    mine = sources(stack.diff_ids, listings.get) if candidates else {}
+    # Listed even with nothing to seed from: the next image's seed then finds this one's layers listed already.
+    mine = sources(stack.diff_ids, listings.get)
     files = used = 0
     for other, theirs in candidates:
         same = {path for path, layer in sources(theirs.diff_ids, listings.get).items() if mine.get(path) == layer}
