@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import py_compile
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 from envlock.engine.bytecode import (
     LISTINGS_DIR,
@@ -198,6 +201,33 @@ def test_damaged_or_foreign_folders_are_skipped_never_fatal(tmp_path: Path) -> N
     new = root / ("b" * 64)
     new.mkdir()
     assert seed(root, new, ImageStack((base, shared), (base,)), layers).files == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making another user's files takes root")
+def test_another_users_folders_pycs_and_listings_are_never_taken(tmp_path: Path) -> None:
+    """In a cache shared by a group, bytecode is code: only this user's own is seeded from."""
+    layers = Layers(tmp_path)
+    base = layers.make("base", {})
+    shared = layers.make("shared", {f"{SITE}/a.py": "A\n", f"{SITE}/b.py": "B\n"})
+    root = tmp_path / "pyc"
+    theirs = image_folder(root, "a", ImageStack((base, shared), (base,)), [f"{SITE}/a.py", f"{SITE}/b.py"])
+    os.chown(theirs / SITE / f"a.{TAG}.pyc", 4321, 4321)
+    new = root / ("b" * 64)
+    new.mkdir()
+    assert seeded_names(new) == set()
+    assert seed(root, new, ImageStack((base, shared), (base,)), layers).files == 1
+    assert seeded_names(new) == {f"{SITE}/b.{TAG}.pyc"}, "their pyc in my folder is not taken"
+    shutil.rmtree(new)
+    os.chown(theirs, 4321, 4321)
+    later = root / ("c" * 64)
+    later.mkdir()
+    assert seed(root, later, ImageStack((base, shared), (base,)), layers).files == 0, "nor their folder"
+    listing = root / LISTINGS_DIR / f"{shared.removeprefix('sha256:')}.json"
+    os.chown(listing, 4321, 4321)
+    os.chown(theirs, os.getuid(), os.getgid())
+    last = root / ("d" * 64)
+    last.mkdir()
+    assert seed(root, last, ImageStack((base, shared), (base,)), lambda _: None).files == 0, "nor their listing"
 
 
 def test_listings_are_kept_so_a_layer_tar_is_read_once(tmp_path: Path) -> None:

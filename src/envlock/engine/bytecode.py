@@ -10,7 +10,8 @@ for it is this image's too, when the interpreter is the same (the same base laye
 compile starts, which then finds them up to date and compiles the rest: one changed package leaves only its own
 files to compile. Python replaces a pyc by rename, never in place, so a linked pyc never changes under the other
 folder. What each layer holds is listed once from its tar in envlock's cache and kept under LISTINGS_DIR; a layer
-with no tar there hides whatever lies below it (nothing under it is seeded).
+with no tar there hides whatever lies below it (nothing under it is seeded). Only this user's folders, pycs and
+listings are taken: in a cache shared by a group, another user's pyc is another user's code.
 """
 
 from __future__ import annotations
@@ -145,16 +146,17 @@ class Listings:
 
 
 def _kept_listing(path: Path, diff_id: str) -> Listing | None:
-    if path.is_symlink():
+    """A listing this user wrote (another user's, in a shared cache, could name a file that is not in the layer)."""
+    try:
+        mine = path.lstat().st_uid == os.getuid() and not path.is_symlink()
+    except OSError:
         return None
-    data = read_json(path)
+    data = read_json(path) if mine else None
     if not (isinstance(data, dict) and data.get("format") == LISTING_FORMAT and data.get("diff_id") == diff_id):
         return None
     entries = data.get("entries")
-    if not isinstance(entries, list):
-        return None
     listing: list[tuple[str, str]] = []
-    for entry in entries:
+    for entry in entries if isinstance(entries, list) else [None]:
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
             return None
         if entry[1] not in ("f", "d", "o", "w", "q") or _clean(entry[0]) != entry[0]:
@@ -247,9 +249,12 @@ def _candidates(root: Path, folder: Path, stack: ImageStack) -> list[tuple[Path,
         try:
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            mtime = entry.stat(follow_symlinks=False).st_mtime
+            info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
+        if info.st_uid != os.getuid():
+            continue  # another user's, in a shared cache: bytecode is code, taken from no one else
+        mtime = info.st_mtime
         theirs = read_stack(Path(entry.path))
         if theirs is not None and theirs.base == stack.base:
             found.append((mtime, Path(entry.path), theirs))
@@ -291,9 +296,17 @@ def _link_folder(source_fd: int, target_fd: int, relative: str, folders: set[str
                 linked += _descend(source_fd, target_fd, entry.name, path, folders, same)
             continue
         match = _PYC.fullmatch(entry.name)
-        if match and relative and f"{relative}/{match['stem']}.py" in same and entry.is_file(follow_symlinks=False):
+        if match and relative and f"{relative}/{match['stem']}.py" in same and _own_file(entry):
             linked += _link_one(source_fd, target_fd, entry.name)
     return linked
+
+
+def _own_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file (not a link) of this user's."""
+    try:
+        return entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _descend(source_fd: int, target_fd: int, name: str, path: str, folders: set[str], same: set[str]) -> int:
