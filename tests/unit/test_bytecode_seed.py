@@ -202,6 +202,15 @@ def test_damaged_or_foreign_folders_are_skipped_never_fatal(tmp_path: Path) -> N
     new.mkdir()
     assert seed(root, new, ImageStack((base, shared), (base,)), layers).files == 0
 
+    def unreadable(_: str) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    other = tmp_path / "other-cache"
+    image_folder(other, "a", ImageStack((base, shared), (base,)), [f"{SITE}/a.py"])
+    (other / ("b" * 64)).mkdir()
+    assert seed(other, other / ("b" * 64), ImageStack((base, shared), (base,)), unreadable).files == 0, "not ours"
+    assert seed(other, other / ("b" * 64), ImageStack((base, shared), (base,)), layers).files == 1
+
 
 @pytest.mark.skipif(os.getuid() != 0, reason="making another user's files takes root")
 def test_another_users_folders_pycs_and_listings_are_never_taken(tmp_path: Path) -> None:

@@ -131,12 +131,12 @@ class Listings:
         kept = _kept_listing(path, diff_id)
         if kept is not None:
             return kept
-        tar = self.tars(diff_id)
-        if tar is None:
-            return None
         try:
-            listing = list_layer(tar)
-        except (OSError, tarfile.TarError):
+            tar = self.tars(diff_id)
+            listing = list_layer(tar) if tar is not None else None
+        except (OSError, tarfile.TarError):  # not ours to read, damaged, or gone meanwhile: not known
+            return None
+        if listing is None:
             return None
         with contextlib.suppress(OSError):  # a cache this user may not write: listed again next time
             make_dirs(self.directory)
