@@ -137,7 +137,7 @@ def bytecode_folder(root: Path | None, image_id: str) -> Path | None:
 @dataclass(frozen=True)
 class Compiling:
     """A background compile started; `seeded`: what its folder took from other images' folders first (None: not
-    seeded: no layer tars given, seeded before, or not an envlock image)."""
+    seeded: no layer tars given, or not an envlock image)."""
 
     seeded: Seeded | None
 
