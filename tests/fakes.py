@@ -851,20 +851,39 @@ _: type[MetadataSource] = FakeMetadataSource
 
 class FakeDockerContainers:
     """docker-py's `client.containers`, as far as the bytecode compile uses it: names already taken are refused
-    (409 Conflict), as the engine does while a container of that name runs."""
+    (409 Conflict), as the engine does while a container of that name runs; a started one runs until killed."""
 
     def __init__(self) -> None:
         self.created: list[dict[str, Any]] = []
         self.started: list[str] = []
+        self.killed: list[str] = []
+        self.ended: list[str] = []
+        self.made: list[FakeDockerContainer] = []
+
+    def running(self, name: str) -> bool:
+        """Started and neither killed nor ended."""
+        return name in self.started and name not in self.killed and name not in self.ended
+
+    def end(self, name: str) -> None:
+        """The container's command ended (auto-removed: its name is free again)."""
+        self.ended.append(name)
 
     def create(self, image: str, command: list[str], **options: Any) -> FakeDockerContainer:
         """Record the request; a taken name is the engine's Conflict."""
         import docker.errors  # noqa: PLC0415
 
-        if any(c["name"] == options.get("name") for c in self.created):
+        if any(c.name == options.get("name") for c in self.made if c.name not in (*self.killed, *self.ended)):
             raise docker.errors.APIError("Conflict", response=_Conflict())
         self.created.append({"image": image, "command": command, **options})
-        return FakeDockerContainer(self, str(options.get("name")))
+        name = str(options.get("name"))
+        container = FakeDockerContainer(self, name, {"Names": [f"/{name}"], "Labels": options.get("labels") or {}})
+        self.made.append(container)
+        return container
+
+    def list(self, filters: dict[str, Any] | None = None, *, sparse: bool = False) -> list[FakeDockerContainer]:
+        """The running containers (started, not killed) that carry the filter's label."""
+        label = (filters or {}).get("label")
+        return [c for c in self.made if self.running(c.name) and (label is None or label in c.attrs["Labels"])]
 
 
 class _Conflict:
@@ -875,14 +894,45 @@ class _Conflict:
 
 @dataclass
 class FakeDockerContainer:
-    """A created container: start() is recorded."""
+    """A created container: start() and kill() are recorded."""
 
     containers: FakeDockerContainers
     name: str
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         """Recorded, nothing run."""
         self.containers.started.append(self.name)
+
+    def kill(self) -> None:
+        """Recorded: it stops running (and, auto-removed, its name is free again)."""
+        self.containers.killed.append(self.name)
+
+    def remove(self, force: bool = False) -> None:
+        """Recorded as killed: gone."""
+        self.containers.killed.append(self.name)
+
+
+class FakeDockerApi:
+    """docker-py's low-level `client.api`, as far as seeding a bytecode folder asks it: an image's config."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict[str, Any]] = {}
+        self.inspected: list[str] = []
+
+    def add_image(self, image_id: str, diff_ids: list[str], base: list[str]) -> None:
+        """An image of these layers whose `dev.envlock.base` label names `base`."""
+        labels = {"dev.envlock.base": ",".join(base)} if base else {}
+        self.images[image_id] = {"Id": image_id, "RootFS": {"Layers": diff_ids}, "Config": {"Labels": labels}}
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        """The image's attributes; an unknown one is the engine's 404."""
+        import docker.errors  # noqa: PLC0415
+
+        self.inspected.append(image)
+        if image not in self.images:
+            raise docker.errors.ImageNotFound(f"No such image: {image}")
+        return self.images[image]
 
 
 class FakeDockerClient:
@@ -890,3 +940,4 @@ class FakeDockerClient:
 
     def __init__(self) -> None:
         self.containers = FakeDockerContainers()
+        self.api = FakeDockerApi()

@@ -14,6 +14,7 @@ import pytest
 
 from envlock.cli.app import run
 from envlock.cli.wiring import Wiring
+from envlock.engine.bytecode import LISTINGS_DIR
 from envlock.engine.launch import bytecode_folder
 from envlock.errors import CacheBusyError
 from envlock.fsutil import tree_size
@@ -182,6 +183,22 @@ def test_per_image_folders_go_with_their_image(two_builds: tuple[Path, FakeEngin
     freed = {(r.kind, r.name): r.size for r in done.removed if r.kind in ("bytecode", "charliecloud")}
     assert freed == {("bytecode", old[7:19]): 100, ("bytecode", gone[7:19]): 100, ("charliecloud", old[7:19]): 100}
     assert not [p for p in cache.charliecloud.iterdir() if ".removing-" in p.name], "nothing half-removed is left"
+
+
+def test_layer_listings_go_with_the_last_image_of_their_layer(
+    two_builds: tuple[Path, FakeEngine, CacheLayout, str, str],
+) -> None:
+    """What each layer holds (kept to seed bytecode folders) is freed once no kept image has the layer."""
+    project, engine, cache, _, new = two_builds
+    (kept_image,) = [image for image in engine.envlock_images() if image.image_id == new]
+    listings = cache.bytecode / LISTINGS_DIR
+    listings.mkdir(parents=True)
+    kept = listings / f"{kept_image.diff_ids[-1].removeprefix('sha256:')}.json"
+    gone = listings / f"{'f' * 64}.json"
+    for path in (kept, gone):
+        path.write_text("{}")
+    collect_garbage(needed_by([project])[0], engine, cache, now=LATER)
+    assert kept.is_file() and not gone.exists()
 
 
 def test_a_folder_in_use_or_named_by_a_run_is_kept(

@@ -122,6 +122,7 @@ class Wiring:
             )
         from envlock.engine.docker import DockerEngine  # noqa: PLC0415
         from envlock.engine.launch import DockerLauncher  # noqa: PLC0415
+        from envlock.image.layers import LayerTars  # noqa: PLC0415
 
         engine = self.engine
         client = engine.client if isinstance(engine, DockerEngine) else None
@@ -130,6 +131,7 @@ class Wiring:
             bytecode_root=self.cache.bytecode,
             version=self._engine_version if client is not None else None,
             precompile=self.environ.get(PRECOMPILE_ENV, "1") != "0",
+            layer_tars=LayerTars(self.cache.layers, self.cache.bases),
         )
 
     @staticmethod
@@ -253,7 +255,14 @@ class Wiring:
         if not isinstance(launcher, DockerLauncher):
             return
         try:
-            if launcher.compile_bytecode(image_id, f"{os.getuid()}:{os.getgid()}"):
+            started = launcher.compile_bytecode(image_id, f"{os.getuid()}:{os.getgid()}")
+            if started is not None:
+                seeded = started.seeded
+                if seeded is not None and seeded.files:
+                    self.say(
+                        f"took {seeded.files} bytecode files of the layers {image_id[:19]} shares with "
+                        f"{seeded.sources} other image{'s' if seeded.sources != 1 else ''} ({seeded.seconds:.2f} s)"
+                    )
                 self.say(f"compiling the bytecode of {image_id[:19]} in the background")
         except EnvlockError as exc:
             self.say(f"warning: could not compile the bytecode of {image_id[:19]}: {exc.message}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from envlock.engine.bytecode import ImageStack, LayerTars, Seeded, read_stack, seed
 from envlock.engine.docker import translated
 from envlock.engine.runtimes import RuntimeInfo, StreamSink
 from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
@@ -20,6 +22,8 @@ WORKDIR = "/work"
 BYTECODE_DIR = "/var/cache/envlock-pyc"
 # Written into the bytecode folder once the image's own interpreter has compiled everything on its sys.path.
 BYTECODE_DONE = ".compiled"
+# The label of a compile's container: the image it compiles.
+BYTECODE_LABEL = "dev.envlock.bytecode"
 # Run in the image, in the background, when it is built or first used: the first run then imports from bytecode
 # like the tenth. Timestamp pycs, as an import writes them (SOURCE_DATE_EPOCH would switch compileall to hashes).
 COMPILE_SCRIPT = f"""\
@@ -130,6 +134,14 @@ def bytecode_folder(root: Path | None, image_id: str) -> Path | None:
     return folder
 
 
+@dataclass(frozen=True)
+class Compiling:
+    """A background compile started; `seeded`: what its folder took from other images' folders first (None: not
+    seeded: no layer tars given, or not an envlock image)."""
+
+    seeded: Seeded | None
+
+
 def _start(container: Any) -> tuple[int, str] | None:
     """Start the container; (126 or 127, why) when its command cannot be run, the way `docker run` reports it."""
     import docker.errors  # noqa: PLC0415
@@ -184,25 +196,33 @@ class DockerLauncher:
         version: Callable[[], str | None] | None = None,
         *,
         precompile: bool = True,
+        layer_tars: LayerTars | None = None,
     ) -> None:
         self.client = client
         self.bytecode_root = bytecode_root
         self.version = version  # the engine's version where the caller has it already (one request fewer)
         self.precompile = precompile  # fill a new image's bytecode folder in the background ($ENVLOCK_PRECOMPILE=0: no)
+        # Where a layer's tar is in envlock's cache, by diff_id: a new folder is first seeded from other images'
+        # folders for the layers both images share (engine.bytecode); None: no seeding.
+        self.layer_tars = layer_tars
 
-    def compile_bytecode(self, image_id: str, user: str) -> bool:
+    def compile_bytecode(self, image_id: str, user: str) -> Compiling | None:
         """Fill the image's bytecode folder with the image's own interpreter, in a container left running in the
-        background (auto-removed, no network); False when nothing was started: switched off, no folder, filled
-        already, or a compile of it running (its container's name is taken)."""
+        background (auto-removed, no network); None when nothing was started: switched off, no folder, filled
+        already, or a compile of it running (its container's name is taken).
+
+        Before it starts, with layer tars to list: this user's running compiles of images that share a layer with
+        this one above the base are stopped (this compile does their work too; theirs resumes after their next run,
+        seeded from this folder), and the folder is seeded from other images' folders (engine.bytecode)."""
         if (
             not self.precompile
             or self.bytecode_root is None
             or (self.bytecode_root / image_id.removeprefix("sha256:") / BYTECODE_DONE).exists()
         ):
-            return False  # filled already: nothing touched
+            return None  # filled already: nothing touched
         bytecode = bytecode_folder(self.bytecode_root, image_id)
         if bytecode is None:
-            return False
+            return None
         import docker.errors  # noqa: PLC0415
         import docker.types  # noqa: PLC0415
 
@@ -212,7 +232,7 @@ class DockerLauncher:
                     image_id,
                     ["python", "-c", COMPILE_SCRIPT],
                     name=f"envlock-pyc-{image_id.removeprefix('sha256:')[:12]}-{os.getuid()}",
-                    labels={"dev.envlock.bytecode": image_id},
+                    labels={BYTECODE_LABEL: image_id},
                     environment={"PYTHONPYCACHEPREFIX": BYTECODE_DIR},
                     mounts=[docker.types.Mount(target=BYTECODE_DIR, source=str(bytecode), type="bind")],
                     user=user,
@@ -222,10 +242,53 @@ class DockerLauncher:
                 )
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:  # Conflict: that name is compiling already
-                    return False
+                    return None
                 raise
-            container.start()
-        return True
+            try:
+                seeded = self._seed(image_id, bytecode)
+                container.start()
+            except BaseException:
+                _remove_quietly(container)
+                raise
+        return Compiling(seeded)
+
+    def _seed(self, image_id: str, bytecode: Path) -> Seeded | None:
+        """Stop the compiles this one supersedes, then seed its folder (None: no layer tars, not an envlock image)."""
+        if self.layer_tars is None or self.bytecode_root is None:
+            return None
+        stack = self._stack(image_id)
+        if stack is None:
+            return None
+        self._stop_superseded(image_id, stack)
+        return seed(self.bytecode_root, bytecode, stack, self.layer_tars)
+
+    def _stop_superseded(self, image_id: str, stack: ImageStack) -> None:
+        """Kill this user's running compiles of images sharing a layer above the base with `stack` (their pycs so
+        far are kept: Python writes each by rename)."""
+        import docker.errors  # noqa: PLC0415
+
+        assert self.bytecode_root is not None  # noqa: S101  (for the type checker)
+        mine = set(stack.diff_ids[len(stack.base) :])
+        running = self.client.containers.list(filters={"label": BYTECODE_LABEL}, sparse=True)
+        for container in running:
+            other = str((container.attrs.get("Labels") or {}).get(BYTECODE_LABEL, ""))
+            names = container.attrs.get("Names") or []
+            if other == image_id or not any(str(n).endswith(f"-{os.getuid()}") for n in names):
+                continue
+            theirs = read_stack(self.bytecode_root / other.removeprefix("sha256:"))
+            if theirs is None or theirs.base != stack.base or not mine & set(theirs.diff_ids[len(theirs.base) :]):
+                continue
+            with contextlib.suppress(docker.errors.APIError):  # gone meanwhile: its compile ended
+                container.kill()
+
+    def _stack(self, image_id: str) -> ImageStack | None:
+        """The image's layers and its base's, from the engine (None: not an envlock image, or not a shape we know)."""
+        with translated(f"inspect image {image_id[:19]}"):
+            attrs = self.client.api.inspect_image(image_id)
+        layers = (attrs.get("RootFS") or {}).get("Layers") or []
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        base = str(labels.get("dev.envlock.base") or "")
+        return ImageStack.parse({"diff_ids": layers, "base": base.split(",") if base else []})
 
     def run(self, spec: LaunchSpec, output: StreamSink) -> int:
         """Create (auto-removed), attach, wait (from a thread), start, stream; the engine removes it."""

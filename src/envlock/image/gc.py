@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envlock.engine.bytecode import LISTINGS_DIR
 from envlock.engine.docker import ImageInfo, ImageLister
 from envlock.errors import CacheBusyError
 from envlock.fsutil import exclusive, is_disk_full, read_json, remove_tree, tree_size
@@ -171,6 +172,7 @@ def collect_garbage(
         images = {image.image_id for image in kept_images} | needed.image_ids
         for kind, root in (("bytecode", cache.bytecode), ("charliecloud", cache.charliecloud)):
             _image_folders(root, kind, images, recent, drop)
+        _listings(cache.bytecode / LISTINGS_DIR, diff_ids, recent, drop)
         _build_backends(cache.build_backends, needed.backend_entries, recent, drop)
     return result
 
@@ -247,6 +249,14 @@ def _image_folders(root: Path, kind: str, image_ids: set[str], recent: Callable[
         if f"sha256:{folder.name}" in image_ids or recent(folder):
             continue
         drop(kind, folder.name[:12], [folder])
+
+
+def _listings(root: Path, diff_ids: set[str], recent: Callable[[Path], bool], drop: Drop) -> None:
+    """What each layer holds (engine.bytecode, for seeding bytecode folders), kept while an image uses the layer."""
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        if f"sha256:{path.stem}" in diff_ids or recent(path):
+            continue
+        drop("bytecode", f"listing {path.stem[:12]}", [path])
 
 
 def _abandoned_removal(folder: Path) -> bool:

@@ -182,3 +182,33 @@ class LayerStore:
         for suffix in (".json", ".tar"):
             with contextlib.suppress(FileNotFoundError, PermissionError):  # not ours to remove: it is made anew
                 (self.root / f"{key}{suffix}").unlink()
+
+
+class LayerTars:
+    """The tar envlock keeps of a layer, by diff_id: the layer store's (verified as `LayerStore.get` verifies) or a
+    built base's. The folders' metadata is read on the first question, once."""
+
+    def __init__(self, layers: Path, bases: Path) -> None:
+        self.store = LayerStore(layers)
+        self.bases = bases
+        self._index: dict[str, tuple[str, Path]] | None = None
+
+    def __call__(self, diff_id: str) -> Path | None:
+        """The layer's tar, None when envlock keeps none (or the store's copy is damaged)."""
+        if self._index is None:
+            self._index = self._scan()
+        kind, where = self._index.get(diff_id, ("", Path()))
+        if kind == "store":
+            found = self.store.get(where.stem)
+            return found.tar if found is not None and found.diff_id == diff_id else None
+        return where if kind == "base" and where.is_file() and not where.is_symlink() else None
+
+    def _scan(self) -> dict[str, tuple[str, Path]]:
+        index: dict[str, tuple[str, Path]] = {}
+        for kind, root, field in (("store", self.store.root, "diff_id"), ("base", self.bases, "diff-id")):
+            for meta in sorted(root.glob("*.json")) if root.is_dir() else []:
+                data = read_json(meta)
+                diff_id = data.get(field) if isinstance(data, dict) else None
+                if isinstance(diff_id, str) and _DIFF_ID.fullmatch(diff_id):
+                    index.setdefault(diff_id, (kind, meta.with_suffix(".tar")))
+        return index
