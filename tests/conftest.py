@@ -190,8 +190,9 @@ KEEPER = "envlock-test-keep"
 # (the image gone from the engine), takes the image from under any other name. The other engine tests make small
 # images whose locks match one another (a project's name is not in its lock: six alone gives one image ID in several
 # modules), each removed by ID when its test ends. No lock of one group is a lock of the other. A module whose locks
-# are its own (a pin no other module uses) may name another group (`ENGINE_TEST_GROUP = "..."` at its top): a third
-# stream of engine work, which a worker takes up when it is free.
+# are its own (pins no other module uses) says so (`LOCKS_OF_ITS_OWN = True` at its top) and is a group by itself:
+# its tests one after the other (its module fixtures hold an image), beside any other group, on whichever worker is
+# free first.
 EXAMPLE_GROUP = "example-image"
 ENGINE_GROUP = "engine"
 
@@ -201,9 +202,8 @@ def _module_group(module: object) -> str | None:
     marks = getattr(module, "pytestmark", [])
     if not any(mark.name == "docker" for mark in (marks if isinstance(marks, list) else [marks])):
         return None
-    named = getattr(module, "ENGINE_TEST_GROUP", None)
-    if isinstance(named, str):
-        return named
+    if getattr(module, "LOCKS_OF_ITS_OWN", False) is True:
+        return str(getattr(module, "__name__", module))
     return EXAMPLE_GROUP if _module_uses_the_example(module) else ENGINE_GROUP
 
 

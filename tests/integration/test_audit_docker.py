@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.network]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 NAME = "envlock-test-audit"
 # A lock of this module's own (no other module pins six 1.12.0: one lock gives one image ID, and tests remove images
-# by ID), so it runs in a group beside the example's and the other engine tests (see tests/conftest.py).
-ENGINE_TEST_GROUP = "small-image"
+# by ID), so it is an engine-test group by itself, beside the others (see tests/conftest.py).
+LOCKS_OF_ITS_OWN = True
 
 
 def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.runtimes]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 TRAIN = ["python", "train.py", "--out", "out"]
 NAME = "envlock-test-runtimes"
-# The module's engine-test group (see tests/conftest.py), and the pins that give its images their own IDs: no other
-# module's lock is either (six 1.14.0 for the Docker/Podman/Charliecloud comparison, six 1.17.0 for the inputs).
-ENGINE_TEST_GROUP = "small-image"
+# Pins no other module uses (six 1.14.0 for the Docker/Podman/Charliecloud comparison, six 1.17.0 for the inputs):
+# its images have IDs of their own, so it is an engine-test group by itself (see tests/conftest.py).
+LOCKS_OF_ITS_OWN = True
 PIN = "six==1.14.0"
 
 
