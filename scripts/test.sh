@@ -14,7 +14,7 @@ if [ "${1:-}" = --fast ]; then
   fast=1
   shift
 else
-  # Two workers (pytest-xdist): the engine tests in two groups, one after the other within each, the two beside
+  # Two workers (pytest-xdist): the engine tests in groups, one after the other within each, the groups beside
   # each other (see tests/conftest.py's scheduler); the other tests wherever a worker is free. Most of the suite
   # waits on the engine, the registry, Slurm or the network, with a core idle: two streams fill it.
   tier=(-n 2)

@@ -189,7 +189,10 @@ KEEPER = "envlock-test-keep"
 # own, but one lock gives one image ID under every name, and `docker rmi -f ID`, which several of them do on purpose
 # (the image gone from the engine), takes the image from under any other name. The other engine tests make small
 # images whose locks match one another (a project's name is not in its lock: six alone gives one image ID in several
-# modules), each removed by ID when its test ends. No lock of one group is a lock of the other.
+# modules), each removed by ID when its test ends. No lock of one group is a lock of the other. A module whose locks
+# are its own (pins no other module uses) says so (`LOCKS_OF_ITS_OWN = True` at its top) and is a group by itself:
+# its tests one after the other (its module fixtures hold an image), beside any other group, on whichever worker is
+# free first.
 EXAMPLE_GROUP = "example-image"
 ENGINE_GROUP = "engine"
 
@@ -199,6 +202,8 @@ def _module_group(module: object) -> str | None:
     marks = getattr(module, "pytestmark", [])
     if not any(mark.name == "docker" for mark in (marks if isinstance(marks, list) else [marks])):
         return None
+    if getattr(module, "LOCKS_OF_ITS_OWN", False) is True:
+        return str(getattr(module, "__name__", module))
     return EXAMPLE_GROUP if _module_uses_the_example(module) else ENGINE_GROUP
 
 

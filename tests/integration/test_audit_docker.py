@@ -1,11 +1,13 @@
 """The audit trail against the real engine and registry: SBOM and provenance as referrers of the pushed image,
 a signed run attestation that verifies and then names a flipped byte, and a bundle that verifies and reproduces
-in an empty directory, with an empty cache, the image gone from the engine and the registry stopped."""
+in an empty directory, with an empty cache, the image gone from the engine and the registry stopped. The project is a
+small one (the base and one package): the trail is the point, not the example's ~490 MB."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,11 +21,15 @@ from envlock.image.referrers import retrieve
 from envlock.image.registry import HttpRegistry
 from envlock.run.records import RunStore
 from envlock.signing import load_public_key
-from tests.integration.example import digits_repo, git
+from tests.integration.example import small_repo
 from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
+NAME = "envlock-test-audit"
+# A lock of this module's own (no other module pins six 1.12.0: one lock gives one image ID, and tests remove images
+# by ID), so it is an engine-test group by itself, beside the others (see tests/conftest.py).
+LOCKS_OF_ITS_OWN = True
 
 
 def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,18 +40,14 @@ def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
-    # The example's own lock (a fresh one would wait for the arm64 base, built meanwhile for the emulation tests).
-    project = digits_repo(tmp_path / "digits")
-    # An image name of its own: other tests on this engine build, tag and remove `digits:*` images concurrently.
-    pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace("[tool.envlock]", '[tool.envlock]\nname = "auditdigits"', 1))
-    git(project, "commit", "-qam", "an image name of its own")
+    # An image name of its own: other tests on this engine build, tag and remove images concurrently.
+    project = small_repo(tmp_path / "project", name=NAME, pin="six==1.12.0")
     assert envlock("lock", "--check", "-C", str(project)).returncode == 0
     yield project
     client = docker.from_env()
     for image in client.images.list():
         names = image.tags + image.attrs.get("RepoDigests", [])
-        if any(name.split("/")[-1].startswith("auditdigits") for name in names):
+        if any(name.split("/")[-1].startswith(NAME) for name in names):
             client.images.remove(image.id, force=True)
 
 
@@ -98,7 +100,7 @@ def test_push_run_verify_tamper_bundle_reproduce(repo: Path, tmp_path: Path) -> 
     docker.from_env().images.remove(image_id, force=True)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    (fresh / "run.tar").write_bytes(bundle.read_bytes())
+    shutil.copyfile(bundle, fresh / "run.tar")
     empty_cache = {"ENVLOCK_CACHE_DIR": str(tmp_path / "empty-cache")}
     refused = envlock("reproduce", "run.tar", "-C", str(fresh), cwd=fresh, env=empty_cache)
     assert refused.returncode == 30 and "UNTRUSTED KEY" in refused.stderr, refused.stdout + refused.stderr

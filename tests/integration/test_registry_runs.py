@@ -1,6 +1,7 @@
 """Runs in the registry, against the real engine and a real registry (distribution 2.8: the tag-schema fallback):
 `run --push` publishes the run beside its image; a second folder with an empty cache and the image gone from the
-engine lists it (`runs --registry`) and reproduces it from its reference alone (with the signer's key)."""
+engine lists it (`runs --registry`) and reproduces it from its reference alone (with the signer's key). The project is
+a small one (the base and one package): what crosses the registry is the point, not the example's ~490 MB."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from envlock.evidence.published import RUN_TYPE
 from envlock.image.referrers import DSSE_TYPE, SBOM_TYPE, checked_referrers
 from envlock.image.registry import HttpRegistry
 from envlock.run.records import RunStore
-from tests.integration.example import digits_repo, git
+from tests.integration.example import small_repo
 from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
-NAME = "pubdigits"
+NAME = "envlock-test-pubrun"
+# A lock of this module's own (no other module pins six 1.13.0: one lock gives one image ID, and tests remove images
+# by ID), so it is an engine-test group by itself, beside the others (see tests/conftest.py).
+LOCKS_OF_ITS_OWN = True
 
 
 def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -35,11 +39,8 @@ def envlock(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
-    project = digits_repo(tmp_path / "digits")
-    # An image name of its own: other tests on this engine build, tag and remove `digits:*` images concurrently.
-    pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace("[tool.envlock]", f'[tool.envlock]\nname = "{NAME}"', 1))
-    git(project, "commit", "-qam", "an image name of its own")
+    # An image name of its own: other tests on this engine build, tag and remove images concurrently.
+    project = small_repo(tmp_path / "project", name=NAME, pin="six==1.13.0")
     assert envlock("lock", "--check", "-C", str(project)).returncode == 0
     yield project
     client = docker.from_env()

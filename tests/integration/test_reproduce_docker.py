@@ -74,9 +74,11 @@ def test_reproduce_from_the_registry_then_from_an_archive(repo: Path, tmp_path: 
     # the engine lacks, so damage in a layer the engine holds (the base's) is never read, and never loaded.
     with tarfile.open(archive) as tar:
         top = tar.getmember(json.load(tar.extractfile("manifest.json"))[0]["Layers"][-1])  # type: ignore[arg-type]
-    data = bytearray(archive.read_bytes())
-    data[top.offset_data + top.size // 2] ^= 0xFF
-    archive.write_bytes(bytes(data))
+    with archive.open("r+b") as handle:  # in place: the archive is the whole image (~490 MB)
+        handle.seek(top.offset_data + top.size // 2)
+        byte = handle.read(1)[0]
+        handle.seek(-1, 1)
+        handle.write(bytes([byte ^ 0xFF]))
     remove_image(original.image_id)
     # Images of other tests built from the same lock (under other names) hold that layer too: without them the
     # engine lacks it, so the restore must read the archive's (damaged) copy.

@@ -1,5 +1,6 @@
-"""The example under Podman and Charliecloud (no Docker at launch): the same image, the same outputs as under Docker,
-locally and as Slurm jobs on the local two-node cluster; the record names the runtime."""
+"""A small project under Podman and Charliecloud (no Docker at launch): the same image, the same outputs as under
+Docker, locally and as Slurm jobs on the local two-node cluster; the record names the runtime. What is tested is the
+runtimes' handling of an image, not the example's size: the image is the base and one small package."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ import docker
 import pytest
 
 from envlock.paths import CacheLayout, cache_root
-from tests.integration.example import digits_repo, git
+from tests.integration.example import git, small_repo
 from tests.integration.localregistry import serve_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.runtimes]
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 TRAIN = ["python", "train.py", "--out", "out"]
 NAME = "envlock-test-runtimes"
+# Pins no other module uses (six 1.14.0 for the Docker/Podman/Charliecloud comparison, six 1.17.0 for the inputs):
+# its images have IDs of their own, so it is an engine-test group by itself (see tests/conftest.py).
+LOCKS_OF_ITS_OWN = True
+PIN = "six==1.14.0"
 
 
 def envlock(*args: str, project: Path) -> subprocess.CompletedProcess[str]:
@@ -42,15 +47,12 @@ def last_run(project: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """The example under an image name of its own, run once under Docker: the outputs to compare with."""
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The small project under an image name of its own, run once under Docker: the outputs to compare with."""
     for program in ("podman", "ch-run"):
         if shutil.which(program) is None:
             pytest.fail(f"{program} is missing: bash scripts/setup.sh installs Podman and Charliecloud")
-    project = digits_repo(tmp_path_factory.mktemp("digits-runtimes"))
-    pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace("[tool.envlock]", f'[tool.envlock]\nname = "{NAME}"'))
-    git(project, "commit", "-qam", "own image name")
+    project = small_repo(tmp_path_factory.mktemp("small-runtimes") / "project", name=NAME, pin=PIN)
     done = envlock("run", "--output", "out", "--", *TRAIN, project=project)
     assert done.returncode == 0, done.stderr
     reference = record_of(project, last_run(project))
@@ -62,8 +64,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     subprocess.run(["podman", "rmi", "--force", reference["image_id"].removeprefix("sha256:")], check=False)
 
 
-def test_podman_loads_the_image_by_id_and_gives_the_docker_outputs(digits: tuple[Path, dict[str, Any]]) -> None:
-    project, reference = digits
+def test_podman_loads_the_image_by_id_and_gives_the_docker_outputs(small: tuple[Path, dict[str, Any]]) -> None:
+    project, reference = small
     hex_id = reference["image_id"].removeprefix("sha256:")
     subprocess.run(["podman", "rmi", "--force", hex_id], capture_output=True, check=False)  # a cold load
     done = envlock("run", "--runtime", "podman", "--output", "out", "--", *TRAIN, project=project)
@@ -78,9 +80,9 @@ def test_podman_loads_the_image_by_id_and_gives_the_docker_outputs(digits: tuple
 
 
 def test_charliecloud_unpacks_once_by_image_id_and_gives_the_docker_outputs(
-    digits: tuple[Path, dict[str, Any]],
+    small: tuple[Path, dict[str, Any]],
 ) -> None:
-    project, reference = digits
+    project, reference = small
     directory = CacheLayout(cache_root()).charliecloud / reference["image_id"].removeprefix("sha256:")
     shutil.rmtree(directory, ignore_errors=True)
     started = time.monotonic()
@@ -99,8 +101,8 @@ def test_charliecloud_unpacks_once_by_image_id_and_gives_the_docker_outputs(
     print(f"charliecloud: cold run (export + unpack + run) {cold:.1f} s, warm start of a print {warm:.1f} s")
 
 
-def test_the_runtime_comes_from_the_project_and_a_bad_one_is_refused(digits: tuple[Path, dict[str, Any]]) -> None:
-    project, _ = digits
+def test_the_runtime_comes_from_the_project_and_a_bad_one_is_refused(small: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = small
     refused = envlock("run", "--runtime", "singularity", "--", "true", project=project)
     assert refused.returncode == 125 and "unknown runtime 'singularity'" in refused.stderr, "envlock's own exit"
     pyproject = project / "pyproject.toml"
@@ -130,9 +132,9 @@ def wait_for(project: Path, run_id: str, seconds: float = 300) -> dict[str, Any]
 @pytest.mark.slurm
 @pytest.mark.parametrize("runtime", ["podman", "charliecloud"])
 def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
-    digits: tuple[Path, dict[str, Any]], runtime: str
+    small: tuple[Path, dict[str, Any]], runtime: str
 ) -> None:
-    project, reference = digits
+    project, reference = small
     if subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0:
         pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
     done = envlock(
@@ -150,11 +152,11 @@ def test_a_slurm_job_runs_under_the_runtime_with_a_complete_record(
 
 @pytest.mark.slurm
 def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_seconds(
-    digits: tuple[Path, dict[str, Any]], tmp_path: Path
+    small: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """The job's envlock cannot reach any Docker engine (DOCKER_HOST points at nothing): Podman pulls the image by
     digest, Charliecloud fetches its blobs itself; with the registry gone too, the job fails at once, in one line."""
-    original, reference = digits
+    original, reference = small
     if subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0:
         pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
     project = tmp_path / "project"  # a copy: the module's project keeps its never-pushed images.json
@@ -214,8 +216,8 @@ def test_nodes_without_docker_get_the_pushed_image_from_the_registry_or_fail_in_
     print(f"no image, no registry: the job failed in {took:.1f} s (submit to final record)")
 
 
-# six 1.17.0: a lock (and so an image ID) of this module's own. This module runs in the example's xdist group (see
-# tests/conftest.py) while the other engine tests, several on six 1.16.0 alone, remove their image by ID beside it.
+# six 1.17.0: a lock (and so an image ID) of this module's own, and not the `small` fixture's: the other engine tests,
+# several on six 1.16.0 alone, remove their image by ID beside this module's group.
 INPUTS = '[project]\nname = "envlock-test-inputs"\nversion = "0.1.0"\ndependencies = ["six==1.17.0"]\n'
 
 
