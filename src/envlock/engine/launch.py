@@ -267,7 +267,9 @@ class DockerLauncher:
         far are kept: Python writes each by rename)."""
         import docker.errors  # noqa: PLC0415
 
-        assert self.bytecode_root is not None  # noqa: S101  (for the type checker)
+        root = self.bytecode_root
+        if root is None:
+            return
         mine = set(stack.diff_ids[len(stack.base) :])
         running = self.client.containers.list(filters={"label": BYTECODE_LABEL}, sparse=True)
         for container in running:
@@ -275,7 +277,7 @@ class DockerLauncher:
             names = container.attrs.get("Names") or []
             if other == image_id or not any(str(n).endswith(f"-{os.getuid()}") for n in names):
                 continue
-            theirs = read_stack(self.bytecode_root / other.removeprefix("sha256:"))
+            theirs = read_stack(root / other.removeprefix("sha256:"))
             if theirs is None or theirs.base != stack.base or not mine & set(theirs.diff_ids[len(theirs.base) :]):
                 continue
             with contextlib.suppress(docker.errors.APIError):  # gone meanwhile: its compile ended
