@@ -9,7 +9,6 @@ move.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -94,22 +93,20 @@ class Slot:
         return tuple(wheel.sha256 for wheel in self.wheels)
 
 
-def package_slots(target: TargetLock, python: str, layout: int | None) -> list[Slot]:
+def package_slots(target: TargetLock, python: str, layout: int | None, *, installable_only: bool = False) -> list[Slot]:
     """The platform's slots in stability order: CUDA libraries, frameworks, other heavy packages (a wheel ≥ 4 MiB,
     the biggest first; by name in layout 1) one each, then the light packages in LIGHT_GROUPS groups by wheel size
-    (by the hash of the name in layout 1). NoWheelError for a package with no wheel for the platform."""
-    rank = tag_rank(Target(target.platform, python, (2, 36)).wheel_tags())
-    return _grouped([(package.name, choose_wheel(package, rank)) for package in target.packages], layout)
-
-
-def _installable_slots(target: TargetLock, python: str, layout: int | None) -> list[Slot]:
-    """The slots of the packages that have a wheel for the platform (`envlock lock` orders them; the build of a lock
+    (by the hash of the name in layout 1). NoWheelError for a package with no wheel for the platform; with
+    `installable_only`, such a package is left out instead (`envlock lock` orders the others; the build of a lock
     with a package that has none is refused, naming it)."""
     rank = tag_rank(Target(target.platform, python, (2, 36)).wheel_tags())
     chosen = []
     for package in target.packages:
-        with contextlib.suppress(NoWheelError):
+        try:
             chosen.append((package.name, choose_wheel(package, rank)))
+        except NoWheelError:
+            if not installable_only:
+                raise
     return _grouped(chosen, layout)
 
 
@@ -179,14 +176,14 @@ def relocked_order(target: TargetLock, python: str, previous: Lock | None) -> tu
     stability order among themselves (what changed once is the likeliest to change again). Same target and same
     previous lock, same order.
     """
-    fresh = _installable_slots(target, python, IMAGE_LAYOUT)
+    fresh = package_slots(target, python, IMAGE_LAYOUT, installable_only=True)
     platforms = {t.platform for t in previous.targets} if previous else set()
     if previous is None or target.platform not in platforms or previous.python != python:
         return tuple(slot.name for slot in fresh)
     now = {slot.name: slot for slot in fresh}
     earlier = previous.target(target.platform)
     before = _in_listed_order(
-        previous, target.platform, _installable_slots(earlier, previous.python, previous.image_layout)
+        previous, target.platform, package_slots(earlier, previous.python, previous.image_layout, installable_only=True)
     )
     unchanged = [slot.name for slot in before if slot.name in now and now[slot.name].content == slot.content]
     cut = next((i for i, slot in enumerate(before) if slot.name not in unchanged), len(before))
