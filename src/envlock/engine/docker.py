@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
+from envlock.engine.runtimes import LOCK_HASH_LABEL
 from envlock.errors import EngineError, EngineTimeoutError, EngineUnreachableError
 
 ArchiveWriter = Callable[[BinaryIO], object]
@@ -300,7 +301,7 @@ class DockerEngine:
     def envlock_images(self) -> list[ImageInfo]:
         """Every local image built by envlock (it carries `dev.envlock.lock-hash`)."""
         with translated("list images"):
-            found = self.client.api.images(filters={"label": "dev.envlock.lock-hash"})
+            found = self.client.api.images(filters={"label": LOCK_HASH_LABEL})
             out = []
             for summary in found:
                 attrs = self.client.api.inspect_image(summary["Id"])

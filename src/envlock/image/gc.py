@@ -20,6 +20,7 @@ from pathlib import Path
 
 from envlock.engine.bytecode import LISTINGS_DIR
 from envlock.engine.docker import ImageInfo, ImageLister
+from envlock.engine.runtimes import LOCK_HASH_LABEL
 from envlock.errors import CacheBusyError
 from envlock.fsutil import exclusive, is_disk_full, read_json, remove_tree, tree_size
 from envlock.image.plan import layer_key, plan_image
@@ -178,7 +179,7 @@ def collect_garbage(
 
 
 def _image_needed(image: ImageInfo, image_ids: frozenset[str], lock_hashes: set[str]) -> bool:
-    return image.image_id in image_ids or image.labels.get("dev.envlock.lock-hash") in lock_hashes
+    return image.image_id in image_ids or image.labels.get(LOCK_HASH_LABEL) in lock_hashes
 
 
 def _images(

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from envlock.codecs import project_path_problem
 from envlock.engine.launch import WORKDIR, Launcher, LaunchSpec, determinism_env, home_env
-from envlock.engine.runtimes import StreamSink
+from envlock.engine.runtimes import LOCK_HASH_LABEL, StreamSink
 from envlock.errors import DiskFullError, EnvlockError, UsageError
 from envlock.fsutil import (
     disk_full,
@@ -278,7 +278,7 @@ def _launch(context: RunContext, request: RunRequest, record: RunRecord, passed:
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=bool(record.gpus),
         gpu_devices=request.gpu_devices,
-        labels={"dev.envlock.run-id": record.run_id, "dev.envlock.lock-hash": record.lock_hash},
+        labels={"dev.envlock.run-id": record.run_id, LOCK_HASH_LABEL: record.lock_hash},
         host_network=request.host_network,
         read_only=(
             *((source / path, f"{WORKDIR}/{path}") for path in present),
