@@ -1,11 +1,15 @@
-"""What changed between two locks: packages, CUDA, driver floor, base, environment."""
+"""What changed between two locks: packages, CUDA, driver floor, base, environment, the image's layer order.
+
+Every field the lock hash covers is reported when it moves (tests/unit/test_lockdiff.py changes each in turn):
+two locks with different hashes never diff as "no differences".
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from envlock.lock.lockfile import Lock
+from envlock.lock.lockfile import Lock, TargetLock
 
 
 @dataclass(frozen=True)
@@ -18,9 +22,29 @@ class TargetDiff:
     changed: dict[str, tuple[str, str]] = field(default_factory=dict)
     rehashed: tuple[str, ...] = ()  # same version, other files (a new wheel uploaded, or a tampered index)
     cuda: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # The platform's other fields (`python-platform`, `base.id`, `base.debian.NAME`), dotted.
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # Layout 3's `layers` lists (None: stability order), when they differ.
+    layers: tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed or self.rehashed or self.cuda)
+        return bool(
+            self.added or self.removed or self.changed or self.rehashed or self.cuda or self.fields or self.layers
+        )
+
+    def layer_line(self) -> str | None:
+        """The layer order's change in one line: from which layer up the image differs, or how the order is given."""
+        if self.layers is None:
+            return None
+        old, new = self.layers
+        if old is None or new is None:
+            given = ("in stability order", f"listed ({len(new or ())} layers)")
+            return f"layer order: {given[old is not None]} -> {given[new is not None]}"
+        first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
+        was = old[first] if first < len(old) else "nothing"
+        now = new[first] if first < len(new) else "nothing"
+        moved = "" if sorted(old) != sorted(new) else ", the same layers"
+        return f"layer order: from layer {first + 1} of {len(new)} up (was {was}, now {now}{moved})"
 
 
 @dataclass(frozen=True)
@@ -47,6 +71,9 @@ class LockDiff:
             out += [f"{prefix}~ {name} {old} -> {new}" for name, (old, new) in target.changed.items()]
             out += [f"{prefix}~ {name} (same version, different files)" for name in target.rehashed]
             out += [f"{prefix}cuda {key}: {shown(old)} -> {shown(new)}" for key, (old, new) in target.cuda.items()]
+            out += [f"{prefix}{key}: {shown(old)} -> {shown(new)}" for key, (old, new) in target.fields.items()]
+            layer_line = target.layer_line()
+            out += [f"{prefix}{layer_line}"] if layer_line else []
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,11 +89,17 @@ class LockDiff:
                     "changed": {k: {"old": o, "new": n} for k, (o, n) in t.changed.items()},
                     "rehashed": list(t.rehashed),
                     "cuda": {k: {"old": o, "new": n} for k, (o, n) in t.cuda.items()},
+                    "fields": {k: {"old": o, "new": n} for k, (o, n) in t.fields.items()},
+                    "layers": {"old": _listed(t.layers[0]), "new": _listed(t.layers[1])} if t.layers else None,
                 }
                 for t in self.targets
                 if t
             },
         }
+
+
+def _listed(layers: tuple[str, ...] | None) -> list[str] | None:
+    return None if layers is None else list(layers)
 
 
 # Follow from the targets; reported through them, not on their own.
@@ -102,6 +135,25 @@ def changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, An
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
+def _target_fields(old: TargetLock, new: TargetLock) -> dict[str, tuple[Any, Any]]:
+    """A platform's Python platform and base: dotted, one line per Debian package; a base only one side has (not
+    built where that lock was made) is one line, not one per package."""
+    if (old.base is None) != (new.base is None):
+        sides = [f"{b.id} ({len(b.debian)} Debian packages)" if b else None for b in (old.base, new.base)]
+        base = {"base": (sides[0], sides[1])}
+    else:
+        base = changed(
+            {"base": old.base.as_dict() if old.base else {}}, {"base": new.base.as_dict() if new.base else {}}
+        )
+    return {**changed({"python-platform": old.python_platform}, {"python-platform": new.python_platform}), **base}
+
+
+def _layers(
+    old: tuple[str, ...] | None, new: tuple[str, ...] | None
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None:
+    return None if old == new else (old, new)
+
+
 def diff_locks(old: Lock, new: Lock) -> LockDiff:
     """Compare two locks, platform by platform."""
     old_content, new_content = old.content(), new.content()
@@ -131,6 +183,8 @@ def diff_locks(old: Lock, new: Lock) -> LockDiff:
                     if before[n].version == after[n].version and before[n] != after[n]
                 ),
                 cuda=changed(old_targets[platform].cuda.as_dict(), new_targets[platform].cuda.as_dict()),
+                fields=_target_fields(old_targets[platform], new_targets[platform]),
+                layers=_layers(old_targets[platform].layers, new_targets[platform].layers),
             )
         )
     return LockDiff(
