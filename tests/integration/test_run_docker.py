@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from envlock.engine.launch import SHM
 from envlock.run.records import RunStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
@@ -60,6 +61,26 @@ def test_the_example_runs_twice_to_the_same_outputs_in_the_built_image(digits: P
     assert first.run_id in listing.stdout and second.run_id in listing.stdout
     shown = envlock("runs", "show", second.run_id[:20], project=digits)
     assert shown.returncode == 0 and "out/metrics.json" in shown.stdout and built["image-id"] in shown.stdout
+
+
+def test_the_containers_dev_shm_holds_more_than_the_engines_64_mib(digits: Path) -> None:
+    """PyTorch's DataLoader workers pass batches through /dev/shm: 100 MiB written there from two processes, as
+    workers do, where the engine's own 64 MiB would end in a Bus error."""
+    script = (
+        "import multiprocessing.shared_memory as s, os\n"
+        "m = s.SharedMemory(create=True, size=100 * 2**20)\n"
+        "m.buf[:] = bytes(100 * 2**20)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    o = s.SharedMemory(m.name); o.buf[-1] = 7; o.close(); os._exit(0)\n"
+        "os.waitpid(pid, 0); print('last byte', m.buf[-1]); m.close(); m.unlink()\n"
+        "st = os.statvfs('/dev/shm'); print('shm', st.f_blocks * st.f_frsize)\n"
+    )
+    done = envlock("run", "--", "python", "-c", script, project=digits)
+    assert done.returncode == 0, done.stderr
+    assert "last byte 7" in done.stdout
+    host = os.statvfs(SHM)
+    assert f"shm {max(host.f_blocks * host.f_frsize, 64 * 2**20)}" in done.stdout, "as large as the host's"
 
 
 def test_exit_code_is_propagated(digits: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from envlock.cli.app import run
 from envlock.cluster.k8s import KubeJobSpec, to_k8s_job
+from envlock.engine.launch import SHM
 from envlock.image.catalog import record_image
 from envlock.lock import lockfile
 from envlock.lock.project import lock_project
@@ -44,7 +45,20 @@ def test_cuda_job_is_valid_and_pinned(write_project: Callable[[str], Path], kube
     assert annotations["dev.envlock/lock-hash"] == lock.lock_hash
     assert annotations["dev.envlock/driver-min"] == "550.54.14" and annotations["dev.envlock/cuda"] == "12.4"
     assert job["metadata"]["name"] == f"gpu-train-{lock.short_hash}" and job["metadata"]["namespace"] == "ml"
-    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "project-code"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["code"]["persistentVolumeClaim"]["claimName"] == "project-code"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {str(SHM): "dshm", "/work": "code"}
+
+
+def test_the_pods_dev_shm_is_memory_not_the_runtimes_64_mib(write_project: Callable[[str], Path]) -> None:
+    """DataLoader workers hand batches over through /dev/shm; a pod's own is 64 MiB."""
+    lock = lockfile.read(locked(write_project, [package("numpy", "2.1.3")]) / "envlock.lock")
+    job = to_k8s_job(lock, "linux/amd64", KubeJobSpec(["python", "t.py"], DIGEST, IMAGE_ID, "cpu"))
+    kubernetes_validate.validate(job, "1.32", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": str(SHM)}]
 
 
 def test_cpu_job_requests_no_gpu(write_project: Callable[[str], Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ def lock() -> Lock:
     return lockfile.read(EXAMPLE)
 
 
-def with_target(lock: Lock, **changes: object) -> Lock:
+def with_target(lock: Lock, **changes: Any) -> Lock:
     """The lock with its linux/amd64 target's fields replaced."""
     return replace(lock, targets=tuple(replace(t, **changes) if t.platform == AMD64 else t for t in lock.targets))
 
@@ -79,7 +80,8 @@ def test_a_new_layer_order_of_the_same_packages_says_from_which_layer_the_image_
     assert changes.lines() == [
         f"{AMD64}: layer order: from layer 2 of 4 up (was {names[1]}, now {names[2]}, the same layers)"
     ]
-    assert changes.as_dict()["targets"][AMD64]["layers"] == {"old": names, "new": list(after.target(AMD64).layers or ())}
+    new = list(after.target(AMD64).layers or ())
+    assert changes.as_dict()["targets"][AMD64]["layers"] == {"old": names, "new": new}
 
 
 def test_a_layer_added_on_top_starts_the_difference_above_the_old_ones(lock: Lock) -> None:

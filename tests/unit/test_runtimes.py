@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ import pytest
 
 from envlock.codecs import Problems
 from envlock.engine.charliecloud import CharliecloudLauncher, unpack_archive
-from envlock.engine.launch import LaunchSpec
+from envlock.engine.launch import ENGINE_SHM_BYTES, SHM, LaunchSpec, host_shm_bytes
 from envlock.engine.podman import PodmanLauncher
 from envlock.engine.runtimes import Done, StreamSink
 from envlock.errors import ArchiveMismatchError, EngineError, RegistryError, SpecError
@@ -171,6 +172,7 @@ def test_podman_loads_once_runs_by_id_and_passes_values_by_name(tmp_path: Path) 
     assert "--env=SECRET" in args and not any("s3cret" in a for a in args), "values never on the command line"
     assert env is not None and env["SECRET"] == "s3cret"
     assert {"--ulimit=nofile=1024:1024", "--device=nvidia.com/gpu=1", "--network=host", "--user=1000:1000"} <= set(args)
+    assert f"--shm-size={host_shm_bytes()}b" in args, "the host's /dev/shm size, not Podman's 64 MiB"
     assert ["podman", "rm", "--force", "--ignore", "envlock-run-x"] in commands.ran
     launcher.run(spec(tmp_path, image_id), lambda _s, _d: None)
     assert exported == [image_id], "loaded once; the second run finds it by ID"
@@ -367,3 +369,21 @@ def test_charliecloud_without_user_namespaces_refuses_read_only_inputs_before_ru
     assert commands.streamed == [], "nothing was run"
     launcher.run(spec(tmp_path, image_id), lambda _s, _d: None)  # no inputs: no namespace needed
     assert commands.streamed[0][0][0] == "ch-run"
+
+
+def test_a_runs_dev_shm_is_sized_like_the_hosts(tmp_path: Path) -> None:
+    """The host's /dev/shm size; half the memory where there is none; never under the engines' 64 MiB."""
+    stat = os.statvfs(SHM)
+    assert host_shm_bytes() == max(stat.f_blocks * stat.f_frsize, ENGINE_SHM_BYTES)
+    half = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    assert host_shm_bytes(tmp_path / "absent") == max(half, ENGINE_SHM_BYTES)
+    mountpoint = tmp_path / "shm"
+    mountpoint.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mountpoint)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        assert host_shm_bytes(mountpoint) == 96 * 1024 * 1024
+        subprocess.run(["mount", "-o", "remount,size=1m", str(mountpoint)], check=True)
+        assert host_shm_bytes(mountpoint) == ENGINE_SHM_BYTES, "a smaller host /dev/shm never shrinks the engine's"
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)

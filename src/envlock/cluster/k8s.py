@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from envlock.engine.launch import WORKDIR, determinism_env
+from envlock.engine.launch import SHM, WORKDIR, determinism_env
 from envlock.errors import UsageError
 from envlock.lock.lockfile import Lock
 
@@ -60,10 +60,17 @@ def to_k8s_job(lock: Lock, platform: str, request: KubeJobSpec) -> dict[str, Any
     }
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    # A pod's /dev/shm is the runtime's 64 MiB: DataLoader workers need more. A memory-backed emptyDir in its place
+    # (counted against the pod's memory, as the docs of every GPU operator advise).
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": str(SHM)}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    }
     if request.code_claim:
-        container["volumeMounts"] = [{"name": "code", "mountPath": WORKDIR}]
-        pod["volumes"] = [{"name": "code", "persistentVolumeClaim": {"claimName": request.code_claim}}]
+        container["volumeMounts"].append({"name": "code", "mountPath": WORKDIR})
+        pod["volumes"].append({"name": "code", "persistentVolumeClaim": {"claimName": request.code_claim}})
     metadata: dict[str, Any] = {
         "name": _dns_label(f"{request.name}-{lock.short_hash}"),
         "labels": labels,

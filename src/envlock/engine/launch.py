@@ -42,6 +42,27 @@ CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 CONTAINER_HOME = "/tmp/envlock-home"  # noqa: S108  (a tmpfs of the container's own, not the host's /tmp)
 
 
+# Docker and Podman give a container a 64 MiB /dev/shm: PyTorch's DataLoader workers hand batches over through it
+# and die with "Bus error" past that. A run gets a /dev/shm as large as the host's own (a tmpfs: memory is used only
+# as it is written, and counts against the container's memory like any other).
+ENGINE_SHM_BYTES = 64 * 1024 * 1024
+SHM = Path("/dev/shm")  # noqa: S108  (the shared-memory mount itself, sized, never written here)
+
+
+def host_shm_bytes(shm: Path = SHM) -> int:
+    """The host's /dev/shm size (a Linux host's default: half its memory); half the physical memory where it has
+    none; never below the engines' 64 MiB."""
+    try:
+        stat = os.statvfs(shm)
+        size = stat.f_blocks * stat.f_frsize
+    except OSError:
+        size = 0
+    if size <= 0:
+        with contextlib.suppress(ValueError, OSError):
+            size = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return max(size, ENGINE_SHM_BYTES)
+
+
 def home_env() -> dict[str, str]:
     """HOME and XDG_CACHE_HOME inside the container: writable for any uid (~/.cache, torch hub, HF caches)."""
     return {"HOME": CONTAINER_HOME, "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache"}
@@ -312,6 +333,7 @@ class DockerLauncher:
                 mounts=bind_mounts(spec, bytecode),
                 tmpfs={CONTAINER_HOME: "mode=1777,exec"},
                 network_mode="host" if spec.host_network else None,
+                shm_size=host_shm_bytes(),
                 device_requests=requests,
                 auto_remove=True,  # as `docker run --rm`: the engine removes it, no request of ours at the end
             )

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from envlock.engine.launch import WORKDIR, LaunchSpec
+from envlock.engine.launch import WORKDIR, LaunchSpec, host_shm_bytes
 from envlock.engine.runtimes import (
     Command,
     Export,
@@ -133,6 +133,7 @@ class PodmanLauncher:
             f"--user={spec.user}",
             f"--workdir={WORKDIR}",
             *ULIMITS,
+            f"--shm-size={host_shm_bytes()}b",  # not Podman's 64 MiB: as large as the host's (engine/launch.py)
             *mounts,
             *(f"--env={name}" for name in spec.environment),
             *(f"--label={key}={value}" for key, value in spec.labels.items()),
