@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from envlock.engine.launch import CONTAINER_HOME
+from envlock.engine.launch import CONTAINER_HOME, CONTAINER_USER
 from envlock.errors import EXIT_CODES, SpecError
 from envlock.lock import lockfile
 from envlock.lock.lockdiff import LockDiff
@@ -210,6 +210,7 @@ def test_home_is_writable_for_any_uid(world: World, capsys: pytest.CaptureFixtur
     world(capsys, "run", "-C", str(world.project), "--", "true")
     environment = world.launcher.launched[-1].environment
     assert environment["HOME"] == CONTAINER_HOME and environment["XDG_CACHE_HOME"] == f"{CONTAINER_HOME}/.cache"
+    assert environment["USER"] == environment["LOGNAME"] == CONTAINER_USER, "getpass.getuser() for any uid"
 
 
 def test_no_gpus_on_a_cuda_lock_needs_no_force_and_reproduce_keeps_the_mode(

@@ -63,9 +63,22 @@ def host_shm_bytes(shm: Path = SHM) -> int:
     return max(size, ENGINE_SHM_BYTES)
 
 
+# The login name inside the container. The image's /etc/passwd has no entry for the invoking uid, so Python's
+# getpass.getuser() (torch.compile's and Triton's cache folders, among others) fails with "getpwuid(): uid not
+# found" unless USER or LOGNAME is set. One fixed name: the same wherever it runs, and no host login name in a
+# record that may be shared.
+CONTAINER_USER = "envlock"
+
+
 def home_env() -> dict[str, str]:
-    """HOME and XDG_CACHE_HOME inside the container: writable for any uid (~/.cache, torch hub, HF caches)."""
-    return {"HOME": CONTAINER_HOME, "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache"}
+    """HOME and XDG_CACHE_HOME inside the container: writable for any uid (~/.cache, torch hub, HF caches); USER and
+    LOGNAME, so getpass.getuser() answers for a uid the image does not know."""
+    return {
+        "HOME": CONTAINER_HOME,
+        "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache",
+        "USER": CONTAINER_USER,
+        "LOGNAME": CONTAINER_USER,
+    }
 
 
 def determinism_env(seed: int, image_id: str, lock_hash: str) -> dict[str, str]:
