@@ -18,7 +18,10 @@ def init(
         Path | None,
         typer.Option(
             "--from",
-            help="requirements.txt, uv.lock, poetry.lock, pylock.toml or environment.yml (default: the first found).",
+            help=(
+                "uv.lock, poetry.lock, pdm.lock, Pipfile.lock, pylock.toml, requirements.txt, Pipfile or "
+                "environment.yml (default: the first found, in this order)."
+            ),
             show_default=False,
         ),
     ] = None,
