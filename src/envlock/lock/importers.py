@@ -252,10 +252,20 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ImportSourceError(f"cannot read {path}: {exc}") from exc
 
 
+def _dig(document: Any, *keys: str) -> Any:
+    """document[k1][k2]… or None where a level is missing or not a table (pyproject.toml is not checked yet)."""
+    for key in keys:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document
+
+
 def _wishes_from_project(imported: Imported, project: dict[str, Any], fallback: list[str]) -> None:
     """A lock's project says what it wants in [project].dependencies; without them, every pin is a wish."""
-    table = project.get("project", {})
-    if isinstance(table.get("dependencies"), list) and "dependencies" not in table.get("dynamic", []):
+    table = _dig(project, "project") or {}
+    dynamic = table.get("dynamic")
+    if isinstance(table.get("dependencies"), list) and not (isinstance(dynamic, list) and "dependencies" in dynamic):
         return  # [tool.envlock] defaults to [project].dependencies: nothing to copy
     imported.requirements.extend(fallback)
 
@@ -284,7 +294,7 @@ def from_uv_lock(path: Path, project: dict[str, Any]) -> Imported:
             marker = " or ".join(f"({m})" for m in forks) if len(entries) > 1 and forks else None
             imported.constraints.append(_pin(name, str(entry["version"]), marker))
     _wishes_from_project(imported, project, [])
-    if imported.requirements == [] and not project.get("project", {}).get("dependencies"):
+    if imported.requirements == [] and not _dig(project, "project", "dependencies"):
         imported.notes.append("uv.lock without [project].dependencies: list what to lock in requirements")
     return imported
 
@@ -326,7 +336,8 @@ def from_poetry_lock(path: Path, project: dict[str, Any]) -> Imported:
         if "main" in groups:
             pins.append(pin)
         imported.constraints.append(pin)
-    poetry_deps = project.get("tool", {}).get("poetry", {}).get("dependencies", {})
+    poetry_deps = _dig(project, "tool", "poetry", "dependencies")
+    poetry_deps = poetry_deps if isinstance(poetry_deps, dict) else {}
     wishes = [_poetry_requirement(n, v) for n, v in poetry_deps.items() if canonicalize_name(n) != "python"]
     _wishes_from_project(imported, project, [w for w in wishes if w] or pins)
     return imported
@@ -666,7 +677,7 @@ def from_pdm_lock(path: Path, project: dict[str, Any]) -> Imported:
 
 def _pdm_sources(project: dict[str, Any], imported: Imported) -> None:
     """[[tool.pdm.source]]: a source named `pypi` replaces PyPI as the primary index; the others are extra."""
-    sources = project.get("tool", {}).get("pdm", {}).get("source", [])
+    sources = _dig(project, "tool", "pdm", "source") or []
     if not isinstance(sources, list):
         raise ImportSourceError("pyproject.toml: tool.pdm.source must be an array of tables ([[tool.pdm.source]])")
     for index, source in enumerate(sources):
