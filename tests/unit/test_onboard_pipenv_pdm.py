@@ -237,3 +237,15 @@ def test_an_unknown_pipfile_spec_is_refused_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(ImportSourceError, match=r"pipfile-spec 7 is not one envlock reads \(1 to 6\)") as raised:
         import_file(tmp_path / "Pipfile.lock", {})
     assert "pipenv lock" in raised.value.hint
+
+
+def test_init_never_prints_a_password_written_into_an_index_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "requirements.txt").write_text(
+        "--index-url https://deploy:s3cret@pypi.example.org/simple\n-f https://deploy:s3cret@example.org/wheels\nidna\n"
+    )
+    assert run(["init", "-C", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert '+ index-url = "https://deploy:****@pypi.example.org/simple"' in out
+    assert "s3cret" not in out and "https://deploy:****@example.org/wheels ignored" in out

@@ -23,6 +23,7 @@ from envlock.errors import ImportSourceError, SpecError
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.lock import recipes
 from envlock.lock.backend import is_buildable
+from envlock.lock.credentials import mask
 from envlock.lock.importers import PYPI, SOURCES, Imported, detect, import_file
 from envlock.lock.spec import PYPROJECT, Spec, parse_spec
 from envlock.paths import LOCK_FILE, ProjectLayout
@@ -333,12 +334,12 @@ def init_project(
         path,
         source,
         created,
-        tuple(changes),
+        tuple(mask(line) for line in changes),  # an index URL's password, written in the source, is not shown
         imported,
         outputs,
         missing,
         gitignore_written=bool(write_gitignore and missing and not dry_run),
-        kept=tuple(merge.kept),
+        kept=tuple(mask(line) for line in merge.kept),
         written=written,
     )
 
