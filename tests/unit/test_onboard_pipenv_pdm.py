@@ -128,6 +128,7 @@ def test_pipenv_path_entries_are_local_packages_or_the_project_itself(tmp_path: 
             "helper": {"editable": True, "path": "libs/helper"},
             "six": {"hashes": [], "version": "==1.16.0"},
             "wheel-from-url": {"file": "https://example.org/whl/x-1.0-py3-none-any.whl"},
+            "elsewhere": {"editable": True, "path": "../elsewhere"},
         },
         "develop": {},
     }
@@ -141,7 +142,8 @@ def test_pipenv_path_entries_are_local_packages_or_the_project_itself(tmp_path: 
     ]
     assert imported.not_handled == [
         "wheel-from-url (Pipfile.lock: default.wheel-from-url: a file source; envlock locks index packages with "
-        "per-file hashes)"
+        "per-file hashes)",
+        "elsewhere (Pipfile.lock: default.elsewhere: ../elsewhere, a folder outside the project)",
     ]
     init_project(tmp_path)
     assert [(p.name, p.path) for p in load_spec(tmp_path).local_packages] == [("demo", "."), ("helper", "libs/helper")]
@@ -192,6 +194,7 @@ def test_pdm_sources_in_pyproject_are_the_indexes() -> None:
     assert imported.index_url == "https://${MIRROR_USER}:${MIRROR_TOKEN}@mirror.example.org/simple"
     assert imported.extra_index_urls == ["https://download.pytorch.org/whl/cu121"]
     assert any("a find_links source, ignored" in note for note in imported.notes)
+    assert any("tool.pdm.source[0]: include_packages / exclude_packages are not applied" in n for n in imported.notes)
 
 
 def test_an_old_pdm_lock_without_package_groups_pins_everything_and_says_so() -> None:

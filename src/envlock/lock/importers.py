@@ -505,6 +505,9 @@ def _local_or_not_handled(path: Path, name: str, entry: dict[str, Any], where: s
     if kind == "path":
         value = _text(entry["path"], f"{where}.path")
         value = value if value.startswith((".", "/")) else f"./{value}"
+        if not (path.parent / value).resolve().is_relative_to(path.parent.resolve()):
+            imported.not_handled.append(f"{name} ({where}: {value}, a folder outside the project)")
+            return None
         return _local_package(path.parent, value, where, imported, shown=f"{name} = {{path = {value!r}}}")
     imported.not_handled.append(f"{name} ({where}: a {kind} source; envlock locks index packages with per-file hashes)")
     return None
@@ -638,7 +641,9 @@ def from_pdm_lock(path: Path, project: dict[str, Any]) -> Imported:
     packages = document.get("package", [])
     if not isinstance(packages, list):
         raise ImportSourceError(f"{path.name}: package must be an array of tables ([[package]])")
-    lock_groups = metadata.get("groups")
+    lock_groups = metadata.get("groups", ["default"])
+    if not isinstance(lock_groups, list) or not all(isinstance(g, str) for g in lock_groups):
+        raise ImportSourceError(f"{path.name}: metadata.groups must be a list of group names")
     per_package = any(isinstance(p, dict) and "groups" in p for p in packages)
     default: list[str] = []
     other_groups: set[str] = set()
@@ -665,10 +670,10 @@ def from_pdm_lock(path: Path, project: dict[str, Any]) -> Imported:
             f"{path.name}: not installed: the {', '.join(sorted(other_groups))} group(s); their pins only bound "
             "versions (constraints), as other locks' dev groups do: list a package in requirements to install it"
         )
-    if not per_package and lock_groups not in (None, ["default"]):
+    if not per_package and set(lock_groups) - {"default"}:
         imported.notes.append(
-            f"{path.name} (lock_version {version}) does not say which of its groups ({', '.join(map(str, lock_groups))}"
-            ") each package is in: without [project] dependencies every pin is a wish"
+            f"{path.name} (lock_version {version}) does not say which of its groups ({', '.join(lock_groups)}) each "
+            "package is in: without [project] dependencies every pin is a wish"
         )
     _wishes_from_project(imported, project, list(dict.fromkeys(default)))
     _pdm_sources(project, imported)
@@ -686,6 +691,11 @@ def _pdm_sources(project: dict[str, Any], imported: Imported) -> None:
             imported.notes.append(f"{where}: a find_links source, ignored (envlock resolves against indexes only)")
             continue
         _index_source(imported, source, where, primary=source.get("name") == "pypi")
+        if {"include_packages", "exclude_packages"} & set(source):
+            imported.notes.append(
+                f"{where}: include_packages / exclude_packages are not applied: envlock's resolver may take any "
+                "package from this index; the lock's pins still decide the versions"
+            )
 
 
 # --- conda ------------------------------------------------------------------------------------------------------
