@@ -1,10 +1,12 @@
-"""`envlock init` on real tools' outputs: a real `uv lock`, a real poetry.lock, a requirements-only project.
+"""`envlock init` on real tools' outputs: a real `uv lock`, a real poetry.lock and Pipfile.lock, a requirements-only
+project.
 
 The first `envlock lock` after `init` must give exactly the source lock's versions.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.network
 ENVLOCK = str(Path(sys.executable).with_name("envlock"))
 UV = str(Path(sys.executable).with_name("uv"))
 POETRY_PROJECT = Path(__file__).parents[1] / "data" / "imports" / "poetry-project"
+PIPENV_PROJECT = Path(__file__).parents[1] / "data" / "imports" / "pipenv-project"
 CONDA = Path(__file__).parents[1] / "data" / "conda"
 
 
@@ -72,6 +75,16 @@ def test_a_real_poetry_lock_is_taken_over_with_its_exact_versions(tmp_path: Path
     theirs = {str(canonicalize_name(p["name"])): p["version"] for p in poetry_lock["package"] if "main" in p["groups"]}
     ours = init_and_lock(project)
     assert ours == {name: theirs[name] for name in ours} and set(ours) == set(theirs)
+
+
+def test_a_real_pipfile_lock_is_taken_over_with_its_exact_versions(tmp_path: Path) -> None:
+    project = tmp_path / "pipenvproject"
+    shutil.copytree(PIPENV_PROJECT, project)
+    pipfile_lock = json.loads((project / "Pipfile.lock").read_text())
+    theirs = {str(canonicalize_name(n)): e["version"].removeprefix("==") for n, e in pipfile_lock["default"].items()}
+    ours = init_and_lock(project)
+    assert ours == theirs, "every default pin, nothing from develop (pytest)"
+    assert load_spec(project).requirements == ("requests~=2.31.0", "tabulate"), "the Pipfile's [packages]"
 
 
 def test_a_requirements_only_project(tmp_path: Path) -> None:

@@ -426,6 +426,9 @@ SOURCE_MOVES = [
     ("poetry.lock", "constraints", ('version = "3.10"', 'version = "3.9"'), "idna==3.9"),
     ("uv.lock", "constraints", ('version = "3.10"', 'version = "3.9"'), "idna==3.9"),
     ("requirements.txt", "requirements", ("idna==3.10", "idna==3.9"), "idna==3.9"),
+    ("Pipfile.lock", "constraints", ('"version": "==3.10"', '"version": "==3.9"'), "idna==3.9"),
+    ("pdm.lock", "constraints", ('version = "3.10"', 'version = "3.9"'), "idna==3.9"),
+    ("Pipfile", "requirements", ('idna = "==3.10"', 'idna = "==3.9"'), "idna==3.9"),
 ]
 
 

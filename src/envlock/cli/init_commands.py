@@ -18,7 +18,10 @@ def init(
         Path | None,
         typer.Option(
             "--from",
-            help="requirements.txt, uv.lock, poetry.lock, pylock.toml or environment.yml (default: the first found).",
+            help=(
+                "uv.lock, poetry.lock, pdm.lock, Pipfile.lock, pylock.toml, requirements.txt, Pipfile or "
+                "environment.yml (default: the first found, in this order)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -29,6 +32,7 @@ def init(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
 ) -> None:
     """Merge the project's requirements or lock into [tool.envlock] in pyproject.toml; keeps your own entries."""
+    from envlock.lock.credentials import mask  # noqa: PLC0415
     from envlock.lock.onboard import init_project  # noqa: PLC0415
 
     outcome = init_project(project, source, write_gitignore=gitignore, prune=prune, dry_run=dry_run)
@@ -47,13 +51,13 @@ def init(
         typer.echo(f"  kept {line} (not in {_source_name(outcome)}; --prune drops it)")
     if imported is not None:
         for item in imported.not_handled:
-            typer.echo(f"  not handled: {item}")
+            typer.echo(f"  not handled: {mask(item)}")
         if imported.not_handled:
             typer.echo(
                 "  hint: add PyPI equivalents to [tool.envlock] requirements, Debian ones to system-packages",
             )
         for note in imported.notes:
-            typer.echo(f"  note: {note}")
+            typer.echo(f"  note: {mask(note)}")
     if outcome.gitignore:
         action = "added to .gitignore" if outcome.gitignore_written else "propose for .gitignore (--gitignore adds)"
         typer.echo(f"{action}: {' '.join(outcome.gitignore)}")

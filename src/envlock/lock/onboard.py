@@ -23,7 +23,8 @@ from envlock.errors import ImportSourceError, SpecError
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.lock import recipes
 from envlock.lock.backend import is_buildable
-from envlock.lock.importers import PYPI, Imported, detect, import_file
+from envlock.lock.credentials import mask
+from envlock.lock.importers import PYPI, SOURCES, Imported, detect, import_file
 from envlock.lock.spec import PYPROJECT, Spec, parse_spec
 from envlock.paths import LOCK_FILE, ProjectLayout
 
@@ -297,8 +298,8 @@ def init_project(
     imported = import_file(source, plain) if source is not None else None
     if imported is None and not plain.get("project", {}).get("dependencies") and not packaged:
         raise ImportSourceError(
-            f"nothing to import in {project_dir}: no requirements.txt, uv.lock, poetry.lock, pylock.toml or "
-            "environment.yml, no [project] dependencies, and no package (setup.py, setup.cfg, [build-system])",
+            f"nothing to import in {project_dir}: no {', '.join(SOURCES[:-2])} or environment.yml, no [project] "
+            "dependencies, and no package (setup.py, setup.cfg, [build-system])",
             hint="name the file with --from FILE",
         )
     merge = _Merge(imported.source.name if imported else PYPROJECT, prune, project_dir)
@@ -333,12 +334,12 @@ def init_project(
         path,
         source,
         created,
-        tuple(changes),
+        tuple(mask(line) for line in changes),  # an index URL's password, written in the source, is not shown
         imported,
         outputs,
         missing,
         gitignore_written=bool(write_gitignore and missing and not dry_run),
-        kept=tuple(merge.kept),
+        kept=tuple(mask(line) for line in merge.kept),
         written=written,
     )
 
