@@ -112,3 +112,27 @@ def test_run_push_then_list_and_reproduce_in_a_fresh_folder(repo: Path, tmp_path
         f"\nreproduce {ref}: {reproduce_s:.1f} s, evidence {evidence} bytes + image {image_bytes} bytes;"
         f" docker pull of the image alone: {pull_s:.1f} s, {image_bytes} bytes"
     )
+
+
+@pytest.mark.slurm
+def test_a_submitted_job_publishes_its_run_from_the_node_when_it_finished(repo: Path, tmp_path: Path) -> None:
+    """`submit --push`: the node (this host's Slurm) pushes the finished run beside its image, as `run --push`."""
+    if subprocess.run(["scontrol", "ping"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("Slurm is not running: bash scripts/services.sh starts the local two-node cluster")
+    with serve_registry(tmp_path / "registry") as address:
+        built = envlock("build", "-C", str(repo), "--registry", f"{address}/team")
+        assert built.returncode == 0, built.stderr
+        command = ["python", "train.py", "--out", "out"]
+        submitted = envlock(
+            "submit", "-C", str(repo), "--push", "--output", "out", "--slurm", "--time=5", "--", *command
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = submitted.stdout.split()[1].rstrip(":")
+        waited = envlock("runs", "-C", str(repo), "wait", run_id, "--timeout", "240")
+        job_out = "".join(p.read_text() for p in (repo / ".envlock" / "runs" / run_id).glob("slurm-*.out"))
+        assert waited.returncode == 0, waited.stdout + job_out
+        assert f"pushed run {run_id} " in job_out, job_out
+        listed = envlock("runs", "--registry", f"{address}/team/{NAME}")
+        assert listed.returncode == 0 and listed.stdout.startswith(run_id), listed.stdout + listed.stderr
+        record = json.loads((repo / ".envlock" / "runs" / run_id / "record.json").read_text())
+        assert record["scheduler"]["request"]["push"] is True

@@ -3,6 +3,7 @@ scripts/services.sh) and the real Docker engine: the example runs as a batch job
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -139,8 +140,11 @@ def test_a_failing_node_stops_the_others(digits: Path, cancel_at_end: list[str])
 def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -> None:
     local = next(r for r in runs(digits).values() if r["scheduler"] is None)
     run_id = submitted(
-        envlock("submit", "--output", "out", "--slurm", "--time=10", "-J", "digits", "--", *TRAIN, project=digits)
-    )
+        envlock(
+            "submit", "--output", "out", "-i", "train.py", "-p", "note=slurm", "--slurm", "--time=10", "-J", "digits",
+            "--", *TRAIN, project=digits,
+        )
+    )  # fmt: skip
     waited = envlock("runs", "wait", run_id, "--timeout", "240", project=digits)
     assert waited.returncode == 0, waited.stdout + (digits / ".envlock" / "runs" / run_id / "log.txt").read_text()
     assert waited.stdout.strip() == f"run {run_id}: finished (exit 0)"
@@ -150,6 +154,9 @@ def test_a_job_runs_the_example_in_the_same_image_and_reproduces(digits: Path) -
     assert record["image_id"] == local["image_id"] and record["lock_hash"] == local["lock_hash"]
     assert record["outputs"] == local["outputs"], "the job's outputs are the local run's, byte for byte"
     assert record["host"]["docker-version"] and record["git"]["commit"] == local["git"]["commit"]
+    # the declared input hashed on the node before the command started, the params recorded, as a local run's
+    digest = hashlib.sha256((digits / "train.py").read_bytes()).hexdigest()
+    assert record["inputs"]["files"] == {"train.py": digest} and record["params"]["given"] == {"note": "slurm"}
     slurm_out = (digits / ".envlock" / "runs" / run_id / f"slurm-{job['job-id']}.out").read_text()
     assert '"accuracy"' in slurm_out and f"run {run_id} (node rank 0): finished" in slurm_out
     shown = envlock("runs", "show", run_id, project=digits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,14 +46,16 @@ def oneliner(state: str, reason: str = "None") -> str:
     )
 
 
-def submit(project: Path, fake: FakeSlurm, options: tuple[str, ...] = ("-p", "gpu")) -> RunRecord:
+def submit(
+    project: Path, fake: FakeSlurm, options: tuple[str, ...] = ("-p", "gpu"), push: bool = False, **asked: Any
+) -> RunRecord:
     lock_path = project / "envlock.lock"
     request = RunRequest(
-        command=["python", "train.py", "--lr", "0.1 x"], seed=3, outputs=("out",), pass_env=("WANDB_KEY",)
+        command=["python", "train.py", "--lr", "0.1 x"], seed=3, outputs=("out",), pass_env=("WANDB_KEY",), **asked
     )
     return submit_run(
         LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", IMAGE),
-        Submission(request, options, "envlock-demo"),
+        Submission(request, options, "envlock-demo", push=push),
         project_dir=project,
         store=RunStore(project),
         slurm=Slurm(fake),
@@ -214,6 +217,35 @@ def test_the_nodes_task_runs_the_queued_record_once(project: Path, monkeypatch: 
     assert "secret" not in (store.directory(record.run_id) / "record.json").read_text()
     with pytest.raises(RunRecordError, match="runs once"):
         run_submitted(store, queued.run_id, 0, node_start(project, launcher, cpu_host(), environ))
+
+
+def test_a_submitted_runs_inputs_and_params_are_bound_on_the_node_as_a_local_runs(project: Path) -> None:
+    """Declared inputs are hashed on the node before the command starts, mounted read-only, and recorded with the
+    params (given and from files), as `envlock run` does; the queued record says what was asked."""
+    (project / "data").mkdir()
+    (project / "data" / "train.csv").write_text("x,y\n1,2\n")
+    (project / "params.toml").write_text("lr = 0.1\nepochs = 3\n")
+    queued = submit(
+        project, FakeSlurm(), push=True, inputs=("data",), params={"epochs": "5"}, param_files=("params.toml",)
+    )
+    assert queued.scheduler is not None
+    asked = queued.scheduler.request.as_dict()
+    assert (asked["inputs"], asked["params"], asked["param-files"], asked["push"]) == (
+        ["data"], {"epochs": "5"}, ["params.toml"], True
+    )  # fmt: skip
+    launcher = FakeLauncher()
+    record = run_submitted(RunStore(project), queued.run_id, 0, node_start(project, launcher, cpu_host(), {}))
+    assert record.status == "finished" and record.inputs is not None
+    assert set(record.inputs.files) == {"data/train.csv"} and all(record.inputs.files.values())
+    assert record.params is not None and record.params.values == {"lr": "0.1", "epochs": "5"}, "given over files'"
+    (spec,) = launcher.launched
+    assert any(inside == "/work/data" for _host, inside in spec.read_only), "mounted read-only"
+
+
+def test_a_plain_submissions_request_keeps_the_keys_older_readers_know(project: Path) -> None:
+    queued = submit(project, FakeSlurm())
+    assert queued.scheduler is not None
+    assert set(queued.scheduler.request.as_dict()) == {"outputs", "force", "gpus", "mlflow"}
 
 
 def test_a_two_node_job_runs_a_container_per_node_each_with_its_record(

@@ -13,10 +13,12 @@ from envlock.cli.options import (
     EnvOpt,
     FileOutOpt,
     GpusOpt,
+    InputsOpt,
     MlflowOpt,
     NoMlflowOpt,
     OldOutputOpt,
     OutputsOpt,
+    ParamOpt,
     PlatformOpt,
     ProjectOpt,
     RuntimeOpt,
@@ -55,10 +57,16 @@ def submit_command(
     force: Annotated[bool, typer.Option("--force", help="Run although the node fails the preflight.")] = False,
     gpus: GpusOpt = None,
     output: OutputsOpt = None,
+    inputs: InputsOpt = None,
+    param: ParamOpt = None,
     env: EnvOpt = None,
     mlflow: MlflowOpt = None,
     no_mlflow: NoMlflowOpt = False,
     runtime: RuntimeOpt = None,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="When the job finished, its node publishes the run's evidence (envlock push)."),
+    ] = False,
 ) -> None:
     """Submit a batch job that runs a command in the lock's image on a cluster node, with a run record.
 
@@ -66,7 +74,8 @@ def submit_command(
     """
     from envlock.cluster.submit import Submission, sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
-    from envlock.lock.spec import load_spec  # noqa: PLC0415
+    from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
+    from envlock.run.params import parse_given  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
 
@@ -77,6 +86,7 @@ def submit_command(
     if not invocation.submit_command:
         raise UsageError("no command to run: it goes after --", hint="envlock submit --slurm -p gpu -- python train.py")
     sbatch = sbatch_options_of(list(invocation.sbatch_args))
+    given = parse_given(param or [])
     wiring.slurm.ping()
     spec = load_spec(project)
     wiring.register_root(spec.project_dir, spec.name)
@@ -85,6 +95,9 @@ def submit_command(
     locked = check_lock(spec)
     settings = tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ)
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
+    # As `envlock run`: the project's declared inputs and params files with the ones given, hashed on the node
+    # when the job starts (the data a cluster job reads is bound into its record like a local run's).
+    read = tuple(dict.fromkeys([*spec.run_inputs, *(check_input(path) for path in inputs or [])]))
     request = RunRequest(
         command=list(invocation.submit_command),
         seed=seed,
@@ -92,8 +105,11 @@ def submit_command(
         gpus=gpus,
         outputs=outputs,
         pass_env=tuple(env or ()),
+        inputs=read,
+        params=given,
+        param_files=spec.params,
     )
-    submission = Submission(request, sbatch, f"envlock-{spec.name}", settings, chosen)
+    submission = Submission(request, sbatch, f"envlock-{spec.name}", settings, chosen, push)
     record = submit_project(
         spec, locked, submission, slurm=wiring.slurm, tools=wiring.run_tools(chosen), python=sys.executable
     )
@@ -161,6 +177,11 @@ def run_submitted_command(
     record = run_submitted(store, run_id, rank, start)
     where = store.directory(record.run_id) if rank == 0 else store.for_node(rank).directory(record.run_id)
     wiring.say(f"run {record.run_id} (node rank {rank}): {record.status} (exit {record.exit_code}); record in {where}")
+    asked = record.scheduler.request.push if record.scheduler else None
+    if asked and rank == 0 and record.status == "finished" and record.exit_code == 0:
+        from envlock.cli.publish_commands import publish  # noqa: PLC0415
+
+        publish(wiring, project, record.run_id, None)
     raise CommandExited(record.exit_code or 0)
 
 

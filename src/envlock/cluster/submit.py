@@ -56,14 +56,26 @@ class Submission:
     job_name: str
     tracking: TrackingSettings | None = None  # MLflow: uri, experiment, reuse (the node starts the run)
     runtime: str | None = None  # what the nodes run the image with (None: docker)
+    push: bool = False  # the node publishes the run's evidence when it finished (envlock push)
 
 
 def request_facts(
-    request: RunRequest, tracking: TrackingSettings | None = None, runtime: str | None = None
+    request: RunRequest, tracking: TrackingSettings | None = None, runtime: str | None = None, *, push: bool = False
 ) -> JobRequest:
-    """The parts of a request the node needs that the record does not already hold (the URI without credentials)."""
+    """The parts of a request the node needs that the record does not already hold (the URI without credentials);
+    what was not asked for is left out (older readers see the keys they know)."""
     mlflow = TrackingRequest(redact(tracking.uri), tracking.experiment, tracking.reuse) if tracking else None
-    return JobRequest(request.outputs, request.force, request.gpus, mlflow, runtime)
+    return JobRequest(
+        request.outputs,
+        request.force,
+        request.gpus,
+        mlflow,
+        runtime,
+        inputs=request.inputs or None,
+        params=dict(request.params) or None,
+        param_files=request.param_files or None,
+        push=push or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,9 @@ def submitted_request(record: RunRecord, environ: Mapping[str, str], role: NodeR
         gpu_devices=tuple(d for d in allotted.split(",") if d),
         settings=role.settings,
         host_network=role.nodes > 1,
+        inputs=facts.inputs or (),
+        params=facts.params or {},
+        param_files=facts.param_files or (),
     )
 
 
@@ -151,7 +166,7 @@ def submit_run(
         job_id=None,
         options=submission.sbatch_options,
         submitted=now(),
-        request=request_facts(request, submission.tracking, submission.runtime),
+        request=request_facts(request, submission.tracking, submission.runtime, push=submission.push),
         submit_host=socket.gethostname(),
     )
     # git and the host are taken on the node, when the job starts

@@ -72,6 +72,12 @@ class JobRequest(Codec):
     # What the node runs the image with (None: docker, as before version 3); written only when chosen: older
     # readers see the keys they know.
     runtime: str | None = field(default=None, omit_none=True, check=one_of(RUNTIMES))
+    # The declared inputs (hashed on the node before the command starts), the --param values and the params files,
+    # and --push (the node publishes a finished run): written only when asked for, like runtime.
+    inputs: tuple[str, ...] | None = field(default=None, omit_none=True)
+    params: dict[str, str] | None = field(default=None, omit_none=True)
+    param_files: tuple[str, ...] | None = field(default=None, omit_none=True)
+    push: bool | None = field(default=None, omit_none=True)
 
 
 class JobRecord(Codec):
