@@ -25,7 +25,7 @@ from envlock.cluster.submit import (
     submitted_request,
 )
 from envlock.engine.launch import LaunchSpec, gpu_request
-from envlock.errors import PreflightError, RunRecordError, RunWaitTimeoutError, SchedulerError
+from envlock.errors import PreflightError, RegistryError, RunRecordError, RunWaitTimeoutError, SchedulerError
 from envlock.lock import lockfile
 from envlock.run.gitstate import GitState
 from envlock.run.hostprobe import HostState
@@ -240,6 +240,24 @@ def test_a_submitted_runs_inputs_and_params_are_bound_on_the_node_as_a_local_run
     assert record.params is not None and record.params.values == {"lr": "0.1", "epochs": "5"}, "given over files'"
     (spec,) = launcher.launched
     assert any(inside == "/work/data" for _host, inside in spec.read_only), "mounted read-only"
+
+
+def test_push_of_an_image_never_pushed_is_refused_before_anything_is_queued(project: Path) -> None:
+    fake = FakeSlurm()
+    lock_path = project / "envlock.lock"
+    unpushed = replace(IMAGE, repo_digests=())
+    locked = LockedImage(lockfile.read(lock_path), lock_path.read_text(encoding="utf-8"), "linux/amd64", unpushed)
+    with pytest.raises(RegistryError, match="never pushed") as refused:
+        submit_run(
+            locked,
+            Submission(RunRequest(command=["true"]), (), "envlock-demo", push=True),
+            project_dir=project,
+            store=RunStore(project),
+            slurm=Slurm(fake),
+            task=lambda run_id: ["envlock", "run-submitted", run_id],
+        )
+    assert "envlock build --push" in refused.value.hint
+    assert fake.calls == [] and not (project / ".envlock" / "runs").exists()
 
 
 def test_a_plain_submissions_request_keeps_the_keys_older_readers_know(project: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from envlock.cluster.slurm import JobState, Slurm, batch_script
-from envlock.errors import EnvlockError, RunRecordError, SchedulerError
+from envlock.errors import EnvlockError, RegistryError, RunRecordError, SchedulerError
 from envlock.fsutil import atomic_write_text
 from envlock.lock.credentials import redact
 from envlock.lock.lockfile import Lock
@@ -159,6 +159,12 @@ def submit_run(
 ) -> RunRecord:
     """Queue the run: record, job script, `sbatch --hold`, job id into the record, release. All or nothing: on any
     failure the job is cancelled and the run's folder removed."""
+    if submission.push and not locked.image.repo_digests:
+        raise RegistryError(
+            "--push: the lock's image was never pushed, so the node would have nothing to publish the run beside",
+            hint="envlock build --push (registry from [tool.envlock]) or envlock build --registry HOST/NAMESPACE, "
+            "then submit again",
+        )
     run_id = new_run_id()
     request = submission.request
     job = JobRecord(
