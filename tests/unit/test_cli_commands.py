@@ -248,3 +248,27 @@ def test_a_plain_input_path_runs_and_its_record_reads_back(world: World, capsys:
     records, broken = RunStore(world.project).scan()
     assert broken == [] and len(records) == 1 and records[0].inputs is not None
     assert list(records[0].inputs.files) == ["data/x"]
+
+
+def test_a_link_out_of_the_project_is_named_unless_declared(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A dataset folder linked into the project dangles in the container (it sees the project alone): a warning
+    names it and how to declare it; declared, it is mounted from where it leads, and nothing is said."""
+    outside = tmp_path / "datasets" / "digits"
+    outside.mkdir(parents=True)
+    (outside / "train.csv").write_text("x\n1\n")
+    (world.project / "data").symlink_to(outside)
+    (world.project / "inside").symlink_to(world.project / "out", target_is_directory=True)  # inside: fine
+    (world.project / "gone").symlink_to(tmp_path / "nowhere")  # dangling here too: nothing the container misses
+    code, _, said = world(capsys, "run", "-C", str(world.project), "--", "python", "t.py")
+    assert code == 0, said
+    warnings = [line for line in said.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: data -> {outside} leads outside the project, which is all the container sees: there it dangles "
+        "(declare it, --input data or inputs = [...], to mount it read-only and hash it into the record)"
+    ]
+    world.said.clear()
+    code, _, said = world(capsys, "run", "-C", str(world.project), "-i", "data", "--", "python", "t.py")
+    assert code == 0 and "warning:" not in said, said
+    assert (world.project / "data", "/work/data") in world.launcher.launched[-1].read_only  # resolved by the engine

@@ -21,6 +21,30 @@ RACY_NS = 1_000_000_000
 _WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
+def links_out_of(project_dir: Path, declared: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The project's top-level symbolic links that lead outside it to something that exists (a dataset folder
+    linked in), not under a declared input: (name, where it points). The container sees the project alone, so there
+    they dangle; a declared input is mounted from where the link leads."""
+    root = project_dir.resolve()
+    covered = {Path(path).parts[0] for path in declared if Path(path).parts}
+    try:
+        entries = sorted(os.scandir(project_dir), key=lambda e: e.name)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name in covered or not entry.is_symlink():
+            continue
+        try:
+            target = Path(entry.path).resolve(strict=True)
+            pointed = str(Path(entry.path).readlink())
+        except (OSError, RuntimeError):  # dangling here too, a loop: nothing the container misses
+            continue
+        if target != root and root not in target.parents:
+            found.append((entry.name, pointed))
+    return found
+
+
 class InputSet(Codec):
     """The declared inputs as hashed: path (project-relative) → sha256, plus the declared paths that were absent;
     written with the manifest's digest, which must match the files on read."""

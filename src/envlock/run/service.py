@@ -33,6 +33,7 @@ from envlock.report import Report
 from envlock.run.arguments import ImageRef, LockRef, RunRef
 from envlock.run.gitstate import GitState, git_state, save_untracked
 from envlock.run.hostprobe import HostState
+from envlock.run.inputs import links_out_of
 from envlock.run.objects import ObjectStore
 from envlock.run.ownversion import current_versions, metadata_folder
 from envlock.run.records import RunRecord, RunStore
@@ -362,6 +363,11 @@ def run_project(
     for orphan in store.settle_orphans(remove_container):
         tools.report(f"run {orphan.run_id} had lost its envlock (killed): marked interrupted, container removed")
         tools.evidence.run_ended(store.directory(orphan.run_id))
+    for name, target in links_out_of(spec.project_dir, request.inputs):
+        tools.report(
+            f"warning: {name} -> {target} leads outside the project, which is all the container sees: there it "
+            f"dangles (declare it, --input {name} or inputs = [...], to mount it read-only and hash it into the record)"
+        )
     versions = current_versions(spec.local_packages, spec.project_dir, tools.backend())
     locked = LockedImage(lock, lock_text, host_platform(), image)
     host = tools.probe()
