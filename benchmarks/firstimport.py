@@ -12,7 +12,8 @@ seeds the new image's bytecode folder from the earlier one's, see envlock.engine
 and as the median of three more. The anchor, from the same run: the new image with everything on its sys.path
 compiled inside it (a container committed, as pip compiles at install in a Dockerfile), started the same way with
 `docker run --rm`. One table: envlock, the anchor, their ratio; the notes say how many pycs were seeded, how long
-that took, and whether the new image's own compile had ended at the first start. Images made here are removed.
+that took, whether the new image's own compile had ended at the first start, and when it ended. Images made here
+are removed.
 """
 
 from __future__ import annotations
