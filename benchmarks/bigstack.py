@@ -53,6 +53,8 @@ from pathlib import Path
 from build import CA_BUNDLE, DOCKERFILE, Lines, envlock, phases, run, size_mb
 from common import BIN, Failed, docker, print_notes, print_table, run_bench, seed_cache, user_cache
 
+from envlock.engine.launch import BYTECODE_LABEL
+
 PLATFORM, RECIPE, LIGHT = "linux/amd64", "debian-bookworm", "six==1.16.0"
 SETS = {
     "digits": (
@@ -365,6 +367,10 @@ class Bench:
             self.notes.append(f"envlock second cold build: {exc}")
 
     def cleanup(self) -> None:
+        # A background bytecode compile of one of these images (the last cold build starts one) holds its image.
+        for ref in self.refs.values():
+            if compiling := docker("ps", "-aq", "--filter", f"label={BYTECODE_LABEL}", "--filter", f"ancestor={ref}"):
+                docker("rm", "-f", *compiling.split())
         docker("image", "rm", *self.refs.values(), *(f"{DOCKER_REPO}:{state}" for state in STATES))
         if leftovers := docker("images", "-a", "-q", "--filter", f"label={LABEL}").split():
             docker("image", "rm", "-f", *leftovers)
