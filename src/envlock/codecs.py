@@ -7,7 +7,7 @@ Mapping[str, X], or another Codec, or a list or table of them); `field(...)` add
 name, a pattern or a check, a one-line description, how an absent key reads and when a value is left out.
 `toml_text` writes a format as TOML, with tables, arrays of tables and inline tables as its fields ask. One path
 rule for project-relative paths (`project_path_problem`) lives here too: the spec, the command line and the run
-record all use it.
+record all use it, and one strict JSON reader (`strict_json`) for what another machine may have written.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import re
 import types
 import typing
@@ -51,6 +52,32 @@ def project_path_problem(path: str) -> str | None:
     if not path or path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in parts):
         return f"{path!r} must be a path inside the project (relative, / between names, without . or .., no \\)"
     return None
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as one reading only: UTF-8 without a byte order mark, every key of a table once, no NaN or Infinity,
+    nesting no deeper than Python's reader goes. Two readers (first key wins, last key wins) never see two
+    documents. ValueError names the first problem."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError; json.loads would guess UTF-16 or -32
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark (BOM) before the JSON")
+
+    def table(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in found:
+                raise ValueError(f"the key {key!r} twice in one table")
+            found[key] = value
+        return found
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(text, object_pairs_hook=table, parse_constant=constant)
+    except RecursionError as exc:
+        raise ValueError("nested deeper than a JSON reader goes") from exc
 
 
 class Problems:

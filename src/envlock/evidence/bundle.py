@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from envlock.codecs import project_path_problem
+from envlock.codecs import project_path_problem, strict_json
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
@@ -39,6 +39,7 @@ from envlock.evidence.attest import (
     attest_run,
     image_subjects,
     open_checked,
+    unbound_files,
     verify_run_dir,
 )
 from envlock.evidence.trust import Trust
@@ -116,7 +117,14 @@ def make_bundle(
 
 def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path) -> None:
     """The run's folder (less the nodes' own), the lock's SBOM for the run's platform, the image's provenance."""
-    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns(NODES_DIR))
+    # Only what the attestation binds (and the record, the attestation, the signer's key): not the nodes' own
+    # folders, not Slurm's output of the job (written on after the run was attested).
+    left_out = {NODES_DIR, *unbound_files(run_dir)}
+
+    def unbound(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if (Path(folder) / n).relative_to(run_dir).as_posix() in left_out]
+
+    shutil.copytree(run_dir, stage / "run", ignore=unbound)
     lock = lockfile.read(run_dir / LOCK_FILE)
     (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
     provenance = attestation_path(project_dir, record.image_id)
@@ -236,7 +244,7 @@ def _read_manifest(bundle: Path, root: Path) -> dict[str, Any]:
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise BundleError(f"{bundle}: {MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes: not a manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = strict_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError
         raise BundleError(f"{bundle}: {MANIFEST} is not JSON ({exc})") from exc
     problems = _manifest_problems(manifest)
@@ -320,7 +328,11 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs", left_out)
     checks = verify_run_dir(places, trust=trust, image_present=image_present)
     checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
+    checks.mismatches += [
+        f"run file {name}: not in the attestation (a bundle carries none)" for name in unbound_files(root / "run")
+    ]
     signed = checks.signed_record or {}
+    checks.expect("bundle.json: run id", signed.get("run_id"), found.manifest.get("run-id"))
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
     lock = lockfile.read(root / "run" / LOCK_FILE)
@@ -346,7 +358,7 @@ def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, c
         checks.unchecked.append("image provenance: not in the bundle")
         return
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = strict_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"the bundle's image.dsse.json is not JSON: {exc}") from exc
     seen = Checks()

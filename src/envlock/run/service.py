@@ -204,6 +204,9 @@ class RecordedRun:
     folders: RunFolders
     origin: Origin = "own"
     archives: tuple[Path, ...] = ()
+    # Whether the registries the record names may be asked for its image: a foreign record's only with the user's
+    # word (`reproduce --pull`), or a bundle's sender would choose where the receiver's engine connects.
+    pull: bool = True
 
 
 def run_recorded(
@@ -270,12 +273,15 @@ def _restored(recorded: RecordedRun, tools: RunTools) -> _Found:
 
     record, origin, project_dir = recorded.record, recorded.origin, recorded.folders.store.project_dir
     repository = FOREIGN_REPOSITORY if origin == "foreign" else record.image_reference.split(":")[0]
+    digests = tuple(record.repo_digests) if recorded.pull else ()
+    if record.repo_digests and not recorded.pull:
+        tools.report(f"not pulling {', '.join(record.repo_digests)}: a bundle's registries are asked only with --pull")
 
     def through_engine() -> Restored:
         return restore_image(
             record.image_id,
             engine=tools.engine,
-            repo_digests=tuple(record.repo_digests),
+            repo_digests=digests,
             archives=(*recorded.archives, ProjectLayout(project_dir).archive_for(record.image_id)),
             rebuild=rebuild_from(recorded.lock_path, repository, tools, project_dir),
             reference=None if origin == "foreign" else record.image_reference,
@@ -287,7 +293,7 @@ def _restored(recorded: RecordedRun, tools: RunTools) -> _Found:
         restored = restore_for_runtime(
             record.image_id,
             runtime=launcher,
-            repo_digests=tuple(record.repo_digests),
+            repo_digests=digests,
             through_engine=through_engine,
             report=tools.report,
         )

@@ -1,0 +1,375 @@
+"""A hostile reviewer's attacks on the evidence chain (record → attestation → trust → bundle → verify, report,
+reproduce), one class each, with the outcome envlock must give. Each test names the trick it plays."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envlock.evidence.attest import attest_run, run_statement
+from envlock.evidence.bundle import MANIFEST
+from envlock.paths import ATTESTATION
+from envlock.run.records import RunStore
+from envlock.run.reproduce import Tolerance, compare_output
+from envlock.signing import PAYLOAD_TYPE, SigningKey, canonical, envelope, generate_key, pae, write_envelope
+from tests.unit import test_cli_commands
+from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made
+from tests.unit.test_cli_commands import World
+from tests.unit.test_evidence_trust import _signed_run
+
+world = test_cli_commands.world
+
+ESCAPES = "\x1b]0;owned\x07\x1b[1A\x1b[2K\r\u202e"
+
+
+def _alice(tmp_path: Path) -> SigningKey:
+    """The key of the run's signer (made by _signed_run)."""
+    return SigningKey((tmp_path / "keys" / "alice.pem").read_bytes())
+
+
+def _packed(root: Path, out: Path) -> Path:
+    """An unpacked bundle, edited, packed again with bundle.json's list made to hold (nothing re-attested)."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
+    manifest["contents"] = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
+        for path in [root / MANIFEST, *files]:
+            archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    return out
+
+
+def _resign(run_dir: Path, statement: dict[str, Any], key: SigningKey) -> None:
+    write_envelope(run_dir / ATTESTATION, envelope(statement, key))
+
+
+# --- 1. what the signature covers ----------------------------------------------------------------------------------
+
+
+def test_a_record_edit_that_flattens_like_the_signed_record_is_named(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`{"git": {"commit": X}}` and `{"git.commit": X}` are not the same record; neither are 0 and false. (A run
+    of the project is read through its schema first; a bundle's loose record is compared with the signed one.)"""
+    bundle, record = _made(world, capsys)
+
+    def collide(root: Path) -> None:
+        signed = json.loads((root / "run" / "record.json").read_text())
+        evil = dict(signed, git=dict(signed["git"], commit="e" * 40), exit_code=False)
+        evil["git.commit"] = signed["git"]["commit"]  # flattened last: the signed value again
+        (root.parent / "evil.json").write_text(json.dumps(evil))
+
+    _crafted(bundle, tmp_path / "collide.tar", collide)
+    root = tmp_path / "collide-unpacked"
+    (tmp_path / "evil.json").replace(root / "run" / "record.json")  # after the attestation was made
+    assert record.exit_code == 0
+    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "collided.tar")), "--allow-unsigned")
+    assert code == 26 and "VERIFIED" not in out and "HASHES HOLD" not in out, out + err
+    assert "MISMATCH record exit_code: signed 0, on disk false" in out
+    assert "MISMATCH record git.commit" in out
+
+
+def test_duplicate_keys_in_the_record_on_disk_are_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A reader that keeps the first of two keys sees another record than one that keeps the last."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    text = (run_dir / "record.json").read_text()
+    (run_dir / "record.json").write_text(text.replace("{", '{\n  "command": ["rm", "-rf", "/"],', 1))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 21 and out == "", out + err
+    assert "is unreadable (ValueError: the key 'command' twice in one table)" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("\ufeff{}", "byte order mark"), ('{"seed": NaN}', "NaN"), ('{"seed": Infinity}', "Infinity"), ("[" * 5000, "")],
+)
+def test_a_non_canonical_record_on_disk_is_one_line(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, problem: str
+) -> None:
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    (run_dir / "record.json").write_text(text)
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code != 0 and "VERIFIED" not in out, out + err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert problem in line
+
+
+def test_a_signed_run_copied_under_another_run_id_is_not_that_run(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Replaying a genuine run's folder (record, attestation, files) under another id vouches for nothing there."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    other = run_dir.parent / "20991231T235959Z-abcdef"
+    shutil.copytree(run_dir, other)
+    code, out, err = world(capsys, "verify", other.name, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "VERIFIED" not in out, out + err
+    assert f"MISMATCH run id: attested {run_id}, found {other.name}" in out
+
+
+def test_swapping_outputs_between_two_signed_runs_is_named(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Run B's attestation carried into run A's folder: every field that differs is named."""
+    first, first_dir, public = _signed_run(world, capsys, tmp_path)
+    key = _alice(tmp_path)
+    world.wiring.environ = {"ENVLOCK_SIGNING_KEY": str(tmp_path / "keys" / "alice.pem")}
+    code, _, said = world(capsys, "run", "-C", str(world.project), "-o", "out/other.json", "--", "python", "u.py")
+    world.wiring.environ = {}
+    assert code == 0, said
+    (second,) = [r.run_id for r in RunStore(world.project).all() if r.run_id != first]
+    second_dir = RunStore(world.project).directory(second)
+    shutil.copy(second_dir / ATTESTATION, first_dir / ATTESTATION)
+    code, out, _ = world(capsys, "verify", first, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "MISMATCH record outputs" in out and key.public.keyid
+
+
+def test_subjects_that_disagree_with_the_signed_record_are_named(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The subjects (what in-toto tools check) and the record's outputs (what envlock shows) must be one list: a
+    statement whose subject names the file's digest while its record names another is not VERIFIED."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    statement = run_statement(run_dir)
+    statement["predicate"]["record"]["outputs"]["out/metrics.json"] = "0" * 64
+    _resign(run_dir, statement, _alice(tmp_path))
+    (run_dir / "record.json").write_text(json.dumps(statement["predicate"]["record"]))
+    code, out, _ = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "MISMATCH subject out/metrics.json" in out, out
+    # The log standing in as the subject of a run without outputs: its digest is the log's.
+    statement = run_statement(run_dir)
+    statement["subject"] = [{"name": f".envlock/runs/{run_id}/log.txt", "digest": {"sha256": "1" * 64}}]
+    _resign(run_dir, statement, _alice(tmp_path))
+    code, out, _ = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "MISMATCH subject" in out, out
+
+
+def test_a_payload_type_other_than_in_toto_is_refused_and_never_signs_as_one(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """DSSE binds the payload type into what is signed: a signature made for another type does not hold here."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    key = _alice(tmp_path)
+    payload = canonical(run_statement(run_dir))
+    sig = base64.b64encode(key.sign(pae("application/json", payload))).decode()
+    document = {"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
+                "signatures": [{"keyid": key.public.keyid, "sig": sig}]}  # fmt: skip
+    (run_dir / ATTESTATION).write_text(json.dumps(document))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "claims trusted key" in out and "VERIFIED" not in out, out + err
+    document["payloadType"] = "application/json"
+    (run_dir / ATTESTATION).write_text(json.dumps(document))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "not an in-toto statement" in err
+
+
+def test_a_run_v1_statement_signed_by_a_trusted_key_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    statement = run_statement(run_dir)
+    statement["predicateType"] = "https://envlock.dev/run/v1"
+    _resign(run_dir, statement, _alice(tmp_path))
+    code, _, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "run/v1 attestation" in err
+
+
+# --- 2. trust ------------------------------------------------------------------------------------------------------
+
+
+def test_a_declared_keyid_that_is_a_prefix_of_a_trusted_one_is_not_trusted(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    mallory = generate_key(tmp_path / "mallory.pem")
+    _resign(run_dir, run_statement(run_dir), mallory)
+    document = json.loads((run_dir / ATTESTATION).read_text())
+    document["signatures"][0]["keyid"] = _alice(tmp_path).public.keyid[:16]
+    (run_dir / ATTESTATION).write_text(json.dumps(document))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 30 and "VERIFIED" not in out, out + err
+
+
+@pytest.mark.parametrize("loose", ["folder", "key"])
+def test_a_trust_store_others_can_write_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, loose: str
+) -> None:
+    """Whoever can write the trust store decides what is VERIFIED: a store (or key) writable by others is refused."""
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    store = tmp_path / "trust"
+    world.wiring.environ = {"ENVLOCK_TRUST_DIR": str(store)}
+    assert world(capsys, "trust", "add", str(public), "--name", "alice")[0] == 0
+    (store if loose == "folder" else store / "alice.pub").chmod(0o777 if loose == "folder" else 0o666)
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project))
+    assert code == 2 and "VERIFIED" not in out and "writable by others" in err, out + err
+
+
+def test_a_symlinked_trust_store_is_judged_by_what_it_points_at(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    real = tmp_path / "shared-keys"
+    world.wiring.environ = {"ENVLOCK_TRUST_DIR": str(real)}
+    assert world(capsys, "trust", "add", str(public), "--name", "alice")[0] == 0
+    (tmp_path / "link").symlink_to(real)
+    world.wiring.environ = {"ENVLOCK_TRUST_DIR": str(tmp_path / "link")}
+    assert world(capsys, "verify", run_id, "-C", str(world.project))[0] == 0  # the user's own 0700 folder
+    real.chmod(0o777)
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project))
+    assert code == 2 and "writable by others" in err, out + err
+
+
+@pytest.mark.parametrize(
+    ("signatures", "code"), [([], 29), ([{}], 30), ([{"keyid": "x", "sig": "!!"}], 30), ([{"sig": ""}], 30)]
+)
+def test_verify_never_exits_0_without_a_trusted_key_over_these_bytes(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, signatures: list[object], code: int
+) -> None:
+    run_id, run_dir, _ = _signed_run(world, capsys, tmp_path)
+    document = json.loads((run_dir / ATTESTATION).read_text())
+    document["signatures"] = signatures
+    (run_dir / ATTESTATION).write_text(json.dumps(document))
+    found, out, err = world(capsys, "verify", run_id, "-C", str(world.project))
+    assert found == code and "VERIFIED" not in out, out + err
+
+
+# --- 3. bundles ----------------------------------------------------------------------------------------------------
+
+
+def test_a_bundle_whose_manifest_names_another_run_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bundle, record = _made(world, capsys)
+
+    def rename(root: Path) -> None:
+        manifest = json.loads((root / "bundle.json").read_text())
+        manifest["run-id"] = "20991231T235959Z-abcdef"
+        (root / "bundle.json").write_text(json.dumps(manifest))
+
+    crafted = _crafted(bundle, tmp_path / "renamed.tar", rename)
+    code, out, err = world(capsys, "verify", str(crafted), "--allow-unsigned")
+    assert code == 26 and f"MISMATCH bundle.json: run id: attested {record.run_id}" in out, out + err
+
+
+def test_files_the_attestation_never_bound_cannot_ride_in_a_bundle(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """run/nodes/… and Slurm's output are left out of what a run's attestation binds; a bundle has neither."""
+    bundle, _ = _made(world, capsys)
+
+    def smuggle(root: Path) -> None:
+        (root / "run" / "nodes" / "1").mkdir(parents=True)
+        (root / "run" / "nodes" / "1" / "record.json").write_text("{}")
+        (root / "run" / "slurm-7.out").write_text("VERIFIED\n")
+
+    crafted = _crafted(bundle, tmp_path / "smuggled.tar", smuggle)
+    code, out, err = world(capsys, "verify", str(crafted), "--allow-unsigned")
+    assert code == 26, out + err
+    assert "MISMATCH run file nodes/1/record.json: not in the attestation" in out
+    assert "MISMATCH run file slurm-7.out: not in the attestation" in out
+
+
+def test_terminal_escapes_in_a_bundles_record_are_shown_escaped(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A record's strings reach the receiver's terminal: no escape sequence, bidi override or line break of
+    theirs may rewrite what envlock prints (the verdict line above, a fake `ok` line below)."""
+    bundle, _ = _made(world, capsys)
+
+    def inject(root: Path) -> None:
+        _edit_record(root, lambda r: r.update(command=["t.py", f"{ESCAPES}\n[VERIFIED] signed by alice"]))
+
+    crafted = _crafted(bundle, tmp_path / "escapes.tar", inject)
+    code, report, err = world(capsys, "report", str(crafted))
+    assert code == 0, err
+    assert not any(c in report for c in "\x1b\x07\r\u202e") and "\n[VERIFIED]" not in report, report
+    assert "\\x1b]0;owned\\x07" in report
+    # Edited after attestation: verify names both values, escaped; the error line too.
+    root = tmp_path / "escapes-unpacked"
+    _edit_record(root, lambda r: r.update(image_reference=f"x{ESCAPES}\nok everything"))
+    document = json.loads((root / "run" / ATTESTATION).read_text())
+    document["signatures"] = [{"keyid": f"{ESCAPES}beef", "sig": "AAAA"}]
+    (root / "run" / ATTESTATION).write_text(json.dumps(document))
+    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "escapes2.tar")))
+    assert code in (26, 30), out + err
+    assert not any(c in out + err for c in "\x1b\x07\r\u202e") and "\nok everything" not in out, out + err
+
+
+def test_a_bundle_record_naming_script_is_inert_in_the_html_report(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bundle, _ = _made(world, capsys)
+    script = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+
+    def inject(root: Path) -> None:
+        _edit_record(root, lambda r: r.update(command=["t.py", script], image_reference=script))
+
+    crafted = _crafted(bundle, tmp_path / "script.tar", inject)
+    page = tmp_path / "r.html"
+    code, _, err = world(capsys, "report", str(crafted), "--html", "-o", str(page))
+    text = page.read_text()
+    assert code == 0 and "<script" not in text and "<img" not in text and "&lt;script&gt;" in text, err
+
+
+# --- 4. reproduce --------------------------------------------------------------------------------------------------
+
+
+def test_a_foreign_record_names_no_registry_envlock_pulls_from_unasked(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bundle with its image: the receiver's engine is never sent to a registry the (foreign) record names."""
+    bundle, record = _made(world, capsys)
+
+    def registry(root: Path) -> None:
+        _edit_record(root, lambda r: r.update(repo_digests=["evil.example:5000/x@sha256:" + "a" * 64]))
+
+    crafted = _crafted(bundle, tmp_path / "registry.tar", registry)
+    world.engine.images.pop(record.image_id)
+    world.engine.tags.clear()
+    receiver = tmp_path / "receiver"
+    receiver.mkdir()
+    code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--allow-unsigned")
+    assert world.engine.pulls == [], out + err
+    assert code == 0 and out.startswith("REPRODUCED"), out + err
+    assert "not pulling evil.example:5000/x@sha256:" in err and "only with --pull" in err
+    # The user's word: --pull lets the engine ask the record's registry (unreachable here: the archive serves).
+    world.engine.images.pop(record.image_id)
+    code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--allow-unsigned", "--pull",
+                           "--keep", str(tmp_path / "again"))  # fmt: skip
+    assert world.engine.pulls == ["evil.example:5000/x@sha256:" + "a" * 64] and code == 0, out + err
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"a": {"b": 1}}, {"a.b": 1}),
+        ({"a": [1, 2]}, {"a": {"[0]": 1, "[1]": 2}}),
+        ({"acc": 0.5}, '{"acc": 0.1, "acc": 0.5}'),
+    ],
+)
+def test_metrics_that_differ_in_shape_are_never_within_tolerance(tmp_path: Path, before: object, after: object) -> None:
+    """Zero tolerance compares values, but never two different documents as one (flattened names colliding,
+    a key given twice)."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(before))
+    new.write_text(after if isinstance(after, str) else json.dumps(after))
+    check = compare_output("m.json", ("1" * 64, "2" * 64), old, new, Tolerance())
+    assert check.status == "differs", check
+
+
+def test_an_attested_run_reattested_unchanged_still_verifies(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The fixes above refuse tricks, not envlock's own evidence: attest again, verify again."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    attest_run(run_dir, _alice(tmp_path))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 0 and out.splitlines()[-1].startswith("VERIFIED: signed by alice"), out + err
