@@ -8,21 +8,26 @@ import hashlib
 import json
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envlock.engine.launch import LaunchSpec
+from envlock.engine.runtimes import StreamSink
 from envlock.evidence.attest import attest_run, run_statement
 from envlock.evidence.bundle import MANIFEST
 from envlock.paths import ATTESTATION
 from envlock.run.records import RunStore
 from envlock.run.reproduce import Tolerance, compare_output
+from envlock.safetar import extract
 from envlock.signing import PAYLOAD_TYPE, SigningKey, canonical, envelope, generate_key, pae, write_envelope
+from tests.fakes import FakeLauncher
 from tests.unit import test_cli_commands
 from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made
 from tests.unit.test_cli_commands import World
-from tests.unit.test_evidence_trust import _signed_run
+from tests.unit.test_evidence_trust import _git_init, _signed_run
 
 world = test_cli_commands.world
 
@@ -259,6 +264,34 @@ def test_a_bundle_whose_manifest_names_another_run_is_refused(
     assert code == 26 and f"MISMATCH bundle.json: run id: attested {record.run_id}" in out, out + err
 
 
+def test_a_bundle_pointing_reproduce_at_another_folder_of_the_commit_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """bundle.json's project folder decides where the command re-runs: it is checked against the signed one."""
+    (world.project / "decoy").mkdir()
+    (world.project / "decoy" / "t.py").write_text("print('not the code that ran')\n")
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle), "--with-image")[0] == 0
+    assert world(capsys, "verify", str(bundle), "--key", str(public))[0] == 0
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    manifest = json.loads((root / "bundle.json").read_text())
+    manifest["project-subdir"] = "decoy/"  # the signed attestation is left as it is: only bundle.json moves
+    (root / "bundle.json").write_text(json.dumps(manifest))
+    crafted = _packed(root, tmp_path / "decoy.tar")
+    code, out, err = world(capsys, "verify", str(crafted), "--key", str(public))
+    assert code == 26 and "MISMATCH bundle.json: project folder in the repository: attested , found decoy/" in out, (
+        out + err
+    )
+    receiver = tmp_path / "receiver"
+    receiver.mkdir()
+    code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--key", str(public))
+    assert code == 26 and list(receiver.iterdir()) == [], out + err
+
+
 def test_files_the_attestation_never_bound_cannot_ride_in_a_bundle(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -345,6 +378,37 @@ def test_a_foreign_record_names_no_registry_envlock_pulls_from_unasked(
     code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--allow-unsigned", "--pull",
                            "--keep", str(tmp_path / "again"))  # fmt: skip
     assert world.engine.pulls == ["evil.example:5000/x@sha256:" + "a" * 64] and code == 0, out + err
+
+
+@dataclass
+class LinkingLauncher(FakeLauncher):
+    """A bundle's code that, in the container, replaces its output with a link to a file of the receiver's."""
+
+    target: Path = Path("/nonexistent")
+
+    def run(self, spec: LaunchSpec, output: StreamSink) -> int:
+        code = super().run(spec, output)
+        (spec.project_dir / "out" / "metrics.json").unlink()
+        (spec.project_dir / "out" / "metrics.json").symlink_to(self.target)
+        return code
+
+
+def test_an_output_the_rerun_links_to_a_receivers_file_is_never_read(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Outputs are hashed, kept and compared only where they lie inside the project: a link the re-run made to the
+    receiver's secrets is not produced, and their bytes go nowhere (not the verdict, not the kept folder)."""
+    bundle, _ = _made(world, capsys)
+    secret = tmp_path / "secrets" / "credentials.json"
+    secret.parent.mkdir()
+    secret.write_text('{"token": "s3cr3t-of-the-receiver"}')
+    world.wiring.launcher_ = LinkingLauncher(writes=dict(world.launcher.writes), target=secret)
+    receiver = tmp_path / "receiver"
+    receiver.mkdir()
+    code, out, err = world(capsys, "reproduce", str(bundle), "-C", str(receiver), "--allow-unsigned")
+    assert code == 16 and "output out/metrics.json: missing" in out, out + err
+    kept = [p for p in receiver.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert not any(b"s3cr3t" in p.read_bytes() for p in kept) and "s3cr3t" not in out + err
 
 
 @pytest.mark.parametrize(

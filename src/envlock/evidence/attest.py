@@ -24,6 +24,7 @@ from envlock.codecs import strict_json
 from envlock.errors import EnvlockError, UnsignedError, UntrustedKeyError, VerificationError
 from envlock.evidence.trust import Trust, TrustedKey
 from envlock.fsutil import sha256_file
+from envlock.git import own_git, prefix
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
 from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, RECORD_FILE, SIGNER, ProjectLayout
@@ -107,6 +108,8 @@ def run_statement(run_dir: Path) -> dict[str, Any]:
         "record": record,
         "run-files": files,
     }
+    if (subdir := project_subdir(run_dir, record)) is not None:
+        predicate["project-subdir"] = subdir
     return {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": RUN_PREDICATE, "predicate": predicate}
 
 
@@ -119,6 +122,17 @@ def attest_run(run_dir: Path, key: SigningKey | None) -> Path:
     else:
         signer.unlink(missing_ok=True)
     return path
+
+
+def project_subdir(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """The project's folder in its repository (`sub/dir/`, or empty at the top; empty for a run outside git), where
+    a bundle's code re-runs: signed, so that a bundle cannot point `reproduce` at another folder of the commit. None
+    for a run folder that is not in a project's run store."""
+    project = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir  # project/.envlock/runs/<id>
+    if run_dir.parent != ProjectLayout(project).runs:
+        return None
+    commit = (record.get("git") or {}).get("commit") if isinstance(record.get("git"), dict) else None
+    return prefix(own_git, project) if commit else ""
 
 
 @dataclass(frozen=True)

@@ -342,6 +342,15 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
         (root / "sbom.cdx.json").read_text(encoding="utf-8") if (root / "sbom.cdx.json").is_file() else None,
     )
     _check_provenance(root / "image.dsse.json", trust, image_id, lock.lock_hash, checks)
+    predicate = (checks.statement or {}).get("predicate") or {}
+    if "project-subdir" in predicate:  # where the code re-runs: a bundle may not point reproduce elsewhere
+        checks.expect(
+            "bundle.json: project folder in the repository",
+            predicate["project-subdir"],
+            found.manifest.get("project-subdir") or "",
+        )
+    else:
+        checks.unchecked.append("bundle.json: project folder in the repository (attested before envlock signed it)")
     commit = (signed.get("git") or {}).get("commit")
     checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
     if commit:
