@@ -18,6 +18,7 @@ from envlock.engine.launch import LaunchSpec
 from envlock.engine.runtimes import StreamSink
 from envlock.evidence.attest import attest_run, run_statement
 from envlock.evidence.bundle import MANIFEST
+from envlock.image.provenance import attestation_path
 from envlock.paths import ATTESTATION
 from envlock.run.records import RunStore
 from envlock.run.reproduce import Tolerance, compare_output
@@ -28,6 +29,7 @@ from tests.unit import test_cli_commands
 from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made
 from tests.unit.test_cli_commands import World
 from tests.unit.test_evidence_trust import _git_init, _signed_run
+from tests.unit.test_published import _published_run
 
 world = test_cli_commands.world
 
@@ -290,6 +292,40 @@ def test_a_bundle_pointing_reproduce_at_another_folder_of_the_commit_is_refused(
     receiver.mkdir()
     code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--key", str(public))
     assert code == 26 and list(receiver.iterdir()) == [], out + err
+
+
+def test_a_saved_copy_the_signed_record_does_not_name_cannot_ride_in_a_bundle(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """objects/ is a content-addressed store a pull writes into: a copy nobody checks is refused, not carried."""
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    digest = hashlib.sha256(b"the receiver's own file\n").hexdigest()
+    (root / "objects" / "sha256" / digest[:2]).mkdir(parents=True)
+    (root / "objects" / "sha256" / digest[:2] / digest).write_text("poison\n")
+    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "poison.tar")), "--key", str(public))
+    assert code == 26 and f"MISMATCH objects/sha256/{digest[:2]}/{digest}: a saved copy the signed record" in out, (
+        out + err
+    )
+
+
+def test_a_pull_never_replaces_the_projects_own_provenance_or_saved_copies(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, ref, _ = _published_run(world, capsys, tmp_path)
+    image_id = RunStore(world.project).load(run_id).image_id
+    other = tmp_path / "other"
+    mine = attestation_path(other, image_id)
+    mine.parent.mkdir(parents=True)
+    mine.write_text("the receiver's own provenance\n")
+    code, out, err = world(capsys, "pull", ref, "-C", str(other), "--key", str(tmp_path / "keys" / "signing.pem.pub"))
+    assert code == 0 and f"pulled run {run_id}" in out, out + err
+    assert mine.read_text() == "the receiver's own provenance\n"
 
 
 def test_files_the_attestation_never_bound_cannot_ride_in_a_bundle(

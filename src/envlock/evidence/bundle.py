@@ -333,6 +333,7 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     ]
     signed = checks.signed_record or {}
     checks.expect("bundle.json: run id", signed.get("run_id"), found.manifest.get("run-id"))
+    checks.mismatches += _unnamed_objects(root / "objects", signed)
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
     lock = lockfile.read(root / "run" / LOCK_FILE)
@@ -359,6 +360,18 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     else:
         checks.unchecked.append("code: the run was not in a git repository")
     return checks
+
+
+def _unnamed_objects(objects: Path, signed: dict[str, Any]) -> list[str]:
+    """Saved copies the bundle carries that the signed record does not name (their content is checked by nobody,
+    and a pull would put them into the receiver's content-addressed store)."""
+    git = signed.get("git")
+    saved = git.get("untracked-saved") if isinstance(git, dict) else None
+    named = {str(digest) for digest in saved.values()} if isinstance(saved, dict) else set()
+    carried = sorted(p.relative_to(objects.parent).as_posix() for p in objects.rglob("*") if not p.is_dir())
+    return [
+        f"{name}: a saved copy the signed record does not name" for name in carried if name.split("/")[-1] not in named
+    ]
 
 
 def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, checks: Checks) -> None:
