@@ -416,6 +416,35 @@ def test_a_foreign_record_names_no_registry_envlock_pulls_from_unasked(
     assert world.engine.pulls == ["evil.example:5000/x@sha256:" + "a" * 64] and code == 0, out + err
 
 
+def test_a_saved_copy_that_is_not_the_output_never_makes_a_reproduction(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The record claims accuracy 0.99; the kept metrics copy says what the re-run will really give (0.93): the
+    re-run is compared with the claim, never with a copy that is not it."""
+    bundle, _ = _made(world, capsys)
+    claimed = b'{"accuracy": 0.99}\n'
+
+    def inflate(root: Path) -> None:
+        digest = hashlib.sha256(claimed).hexdigest()
+        _edit_record(root, lambda r: r.update(outputs={"out/metrics.json": digest}))
+        (root / "outputs" / "out" / "metrics.json").write_bytes(claimed)
+
+    crafted = _crafted(bundle, tmp_path / "inflated.tar", inflate)
+    code, out, err = world(capsys, "verify", str(crafted), "--allow-unsigned")
+    assert code == 26 and "MISMATCH run file outputs/out/metrics.json: not the output" in out, out + err
+    receiver = tmp_path / "receiver"
+    receiver.mkdir()
+    world.engine.images.clear()
+    code, out, err = world(capsys, "reproduce", str(crafted), "-C", str(receiver), "--allow-unsigned")
+    assert code != 0 and "REPRODUCED" not in out.replace("NOT REPRODUCED", ""), out + err
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_bytes(b'{"accuracy": 0.93}\n')
+    new.write_bytes(b'{"accuracy": 0.93}\n')
+    digest = hashlib.sha256(claimed).hexdigest()
+    check = compare_output("m.json", (digest, hashlib.sha256(new.read_bytes()).hexdigest()), old, new, Tolerance())
+    assert check.status == "differs" and "the original's kept copy is not its output" in check.details[0], check
+
+
 @dataclass
 class LinkingLauncher(FakeLauncher):
     """A bundle's code that, in the container, replaces its output with a link to a file of the receiver's."""

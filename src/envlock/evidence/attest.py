@@ -27,7 +27,7 @@ from envlock.fsutil import sha256_file
 from envlock.git import own_git, prefix
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
-from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, RECORD_FILE, SIGNER, ProjectLayout
+from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, OUTPUTS_DIR, RECORD_FILE, SIGNER, ProjectLayout
 from envlock.run.objects import ObjectStore
 from envlock.signing import (
     STATEMENT_TYPE,
@@ -351,6 +351,7 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     _check_subject_list(statement, predicate, checks)
     _check_subjects(statement, places, checks)
     _check_run_files(predicate, run_dir, checks)
+    _check_kept_outputs(signed, predicate, checks)
     _check_objects(signed, places.objects_root, checks)
     if places.inputs_root is not None:
         _check_inputs(signed, places.inputs_root, checks)
@@ -429,6 +430,20 @@ def _check_run_files(predicate: dict[str, Any], run_dir: Path, checks: Checks) -
         checks.expect(f"run file {relative}", digest, sha256_file(file) if ok else None)
     for relative in sorted(set(bound_files(run_dir)) - set(attested)):  # names only: the attested were hashed
         checks.mismatches.append(f"run file {relative}: not in the attestation (added after it was made)")
+
+
+def _check_kept_outputs(signed: dict[str, Any], predicate: dict[str, Any], checks: Checks) -> None:
+    """Each output's copy kept in the run folder (what a reproduction compares values with) is that output: the
+    sha256 the signed record names for it."""
+    found = signed.get("outputs")
+    outputs: dict[str, Any] = found if isinstance(found, dict) else {}
+    for relative, digest in sorted(predicate["run-files"].items()):
+        if relative.startswith(f"{OUTPUTS_DIR}/"):
+            name = relative.removeprefix(f"{OUTPUTS_DIR}/")
+            if not _same(outputs.get(name), digest):
+                checks.mismatches.append(
+                    f"run file {relative}: not the output {name} the record names ({_short(outputs.get(name))})"
+                )
 
 
 def _check_objects(signed: dict[str, Any], objects_root: Path, checks: Checks) -> None:

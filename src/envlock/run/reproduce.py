@@ -144,8 +144,11 @@ def compare_output(
     before_hash, after_hash = hashes
     if before_hash is None or after_hash is None or before_hash == after_hash:
         return _by_presence(path, before_hash, after_hash)
+    hashes_moved = f"sha256 {str(before_hash)[:12]} -> {after_hash[:12]}"
     if before is None or not before.is_file():
-        return OutputCheck(path, "differs", (f"sha256 {str(before_hash)[:12]} -> {after_hash[:12]}",))
+        return OutputCheck(path, "differs", (hashes_moved,))
+    if sha256_file(before) != before_hash:  # values are compared with the output the record names, or not at all
+        return OutputCheck(path, "differs", (f"{hashes_moved} (the original's kept copy is not its output)",))
     try:
         if after.suffix.lower() == ".json":
             old, new = _named(
