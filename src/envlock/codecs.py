@@ -54,6 +54,9 @@ def project_path_problem(path: str) -> str | None:
     return None
 
 
+JSON_MAX_DEPTH = 64  # envlock's documents nest a few levels; every reader after this one may recurse freely
+
+
 def strict_json(text: str | bytes) -> Any:
     """JSON as one reading only: UTF-8 without a byte order mark, every key of a table once, no NaN or Infinity,
     nesting no deeper than Python's reader goes. Two readers (first key wins, last key wins) never see two
@@ -75,9 +78,22 @@ def strict_json(text: str | bytes) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
     try:
-        return json.loads(text, object_pairs_hook=table, parse_constant=constant)
+        document = json.loads(text, object_pairs_hook=table, parse_constant=constant)
     except RecursionError as exc:
-        raise ValueError("nested deeper than a JSON reader goes") from exc
+        raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists") from exc
+    _shallow(document)
+    return document
+
+
+def _shallow(document: Any) -> None:
+    """ValueError when tables and lists nest deeper than JSON_MAX_DEPTH (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= JSON_MAX_DEPTH:
+                raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
 
 
 class Problems:

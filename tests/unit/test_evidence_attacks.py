@@ -97,7 +97,13 @@ def test_duplicate_keys_in_the_record_on_disk_are_refused(
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("\ufeff{}", "byte order mark"), ('{"seed": NaN}', "NaN"), ('{"seed": Infinity}', "Infinity"), ("[" * 5000, "")],
+    [
+        ("\ufeff{}", "byte order mark"),
+        ('{"seed": NaN}', "NaN"),
+        ('{"seed": Infinity}', "Infinity"),
+        ("[" * 5000, "nested deeper than 64"),
+        ('{"a":' * 500 + "1" + "}" * 500, "nested deeper than 64"),
+    ],
 )
 def test_a_non_canonical_record_on_disk_is_one_line(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, problem: str
