@@ -421,6 +421,25 @@ def test_a_foreign_record_names_no_registry_envlock_pulls_from_unasked(
                            "--keep", str(tmp_path / "again"))  # fmt: skip
     assert world.engine.pulls == ["evil.example:5000/x@sha256:" + "a" * 64] and code == 0, out + err
 
+    # Without its image in the bundle: nothing is fetched or rebuilt unasked; the error says how to ask.
+    def imageless(root: Path) -> None:
+        registry(root)
+        (root / "image.tar").unlink()
+        manifest = json.loads((root / "bundle.json").read_text())
+        manifest["image"]["archive"] = None
+        (root / "bundle.json").write_text(json.dumps(manifest))
+
+    bare = _crafted(bundle, tmp_path / "imageless.tar", imageless)
+    world.engine.images.pop(record.image_id)
+    world.engine.pulls.clear()
+    loads = world.engine.loads
+    code, out, err = world(capsys, "reproduce", str(bare), "-C", str(receiver), "--allow-unsigned",
+                           "--keep", str(tmp_path / "bare"))  # fmt: skip
+    assert code == 15 and world.engine.pulls == [] and world.engine.loads == loads, out + err
+    assert (
+        "a bundle's run is fetched or rebuilt only with --pull" in err and "hint: reproduce it again with --pull" in err
+    )
+
 
 def test_a_saved_copy_that_is_not_the_output_never_makes_a_reproduction(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path

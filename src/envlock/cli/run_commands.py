@@ -131,8 +131,9 @@ PullOpt = Annotated[
     bool,
     typer.Option(
         "--pull",
-        help="reproduce BUNDLE: let the engine pull the run's image by digest from the registries its record names "
-        "(without it, only the bundle's image archive, --archive, the engine or a rebuild).",
+        help="reproduce BUNDLE: let envlock fetch the run's image: by digest from the registries its record names, "
+        "else by a rebuild from its lock (its base and wheels downloaded). Without it: the bundle's image archive, "
+        "--archive or the engine only.",
     ),
 ]
 ReproduceEnvOpt = Annotated[
