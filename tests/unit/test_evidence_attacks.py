@@ -8,7 +8,7 @@ import hashlib
 import json
 import shutil
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from envlock.image.provenance import attestation_path
 from envlock.paths import ATTESTATION
 from envlock.run.records import RunStore
 from envlock.run.reproduce import Tolerance, compare_output
+from envlock.run.schema import JobRecord, JobRequest
 from envlock.safetar import extract
 from envlock.signing import PAYLOAD_TYPE, SigningKey, canonical, envelope, generate_key, pae, write_envelope
 from tests.fakes import FakeLauncher
@@ -193,6 +194,27 @@ def test_a_run_v1_statement_signed_by_a_trusted_key_is_refused(
     _resign(run_dir, statement, _alice(tmp_path))
     code, _, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
     assert code == 26 and "run/v1 attestation" in err
+
+
+def test_runs_show_verified_shows_no_node_record_the_attestation_does_not_cover(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A submitted run's other nodes keep records of their own beside it (nodes/<rank>/), outside its attestation:
+    `runs show --verified` shows what was verified, never their loose facts."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    store = RunStore(world.project)
+    record = store.load(run_id)
+    assert record.host is not None
+    submitted = replace(record, scheduler=JobRecord("slurm", "7", (), record.started, JobRequest()))
+    store.save(submitted)
+    attest_run(run_dir, _alice(tmp_path))
+    forged = replace(submitted, host=replace(record.host, driver_version="999.99-forged"))
+    store.for_node(1).save(forged)
+    code, out, err = world(capsys, "runs", "show", run_id, "-C", str(world.project), "--verified", "--key", str(public))
+    assert code == 0 and "VERIFIED" in err, out + err
+    assert "999.99-forged" not in out and "1 more, not shown: their records are outside this run's attestation" in out
+    code, out, _ = world(capsys, "runs", "show", run_id, "-C", str(world.project))
+    assert code == 0 and "999.99-forged" in out, "shown unverified, where nothing claims it was verified"
 
 
 # --- 2. trust ------------------------------------------------------------------------------------------------------

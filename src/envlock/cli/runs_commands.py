@@ -211,4 +211,4 @@ def _show_verified(
     if as_json:
         typer.echo(json.dumps(shown.as_dict(), indent=2, sort_keys=True))
     else:
-        typer.echo(shown_lines(run_details(shown, store, {})))
+        typer.echo(shown_lines(run_details(shown, store, {}, nodes=False)))  # only what the attestation covers
