@@ -166,6 +166,24 @@ def test_subjects_that_disagree_with_the_signed_record_are_named(
     assert code == 26 and "MISMATCH subject" in out, out
 
 
+def test_a_run_file_named_outside_the_run_folder_is_never_read(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A statement naming /etc/passwd or ../../x as a run file would make verify hash the verifier's own files (an
+    oracle: does this secret have that content?): such names are mismatches, never opened."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hunter2\n")
+    statement = run_statement(run_dir)
+    statement["predicate"]["run-files"][str(secret)] = hashlib.sha256(b"hunter2\n").hexdigest()
+    statement["predicate"]["run-files"]["../../../../secret.txt"] = hashlib.sha256(b"hunter2\n").hexdigest()
+    _resign(run_dir, statement, _alice(tmp_path))
+    code, out, _ = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and f"MISMATCH run file {secret}: not a file inside the run's folder" in out, out
+    assert "MISMATCH run file ../../../../secret.txt: not a file inside the run's folder" in out
+    assert f"ok run file {secret}" not in out
+
+
 def test_a_payload_type_other_than_in_toto_is_refused_and_never_signs_as_one(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -23,12 +23,13 @@ from envlock import __version__
 from envlock.codecs import strict_json
 from envlock.errors import EnvlockError, UnsignedError, UntrustedKeyError, VerificationError
 from envlock.evidence.trust import Trust, TrustedKey
-from envlock.fsutil import sha256_file
+from envlock.fsutil import resolves_inside, sha256_file
 from envlock.git import own_git, prefix
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
 from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, OUTPUTS_DIR, RECORD_FILE, SIGNER, ProjectLayout
 from envlock.run.objects import ObjectStore
+from envlock.safetar import name_problem
 from envlock.signing import (
     STATEMENT_TYPE,
     SigningKey,
@@ -425,8 +426,11 @@ def _check_subjects(statement: dict[str, Any], places: RunPlaces, checks: Checks
 def _check_run_files(predicate: dict[str, Any], run_dir: Path, checks: Checks) -> None:
     attested = predicate.get("run-files") or {}
     for relative, digest in sorted(attested.items()):
+        if name_problem(relative) or not resolves_inside(run_dir, relative):  # nothing outside the run is read
+            checks.mismatches.append(f"run file {relative}: not a file inside the run's folder")
+            continue
         file = run_dir / relative
-        ok = file.is_file() and not file.is_symlink() and ".." not in Path(relative).parts
+        ok = file.is_file() and not file.is_symlink()
         checks.expect(f"run file {relative}", digest, sha256_file(file) if ok else None)
     for relative in sorted(set(bound_files(run_dir)) - set(attested)):  # names only: the attested were hashed
         checks.mismatches.append(f"run file {relative}: not in the attestation (added after it was made)")
