@@ -77,8 +77,14 @@ def strict_json(text: str | bytes) -> Any:
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
+    def number(literal: str) -> float:
+        value = float(literal)
+        if value in (float("inf"), float("-inf")):  # 1e400: a number no reader holds as it is written
+            raise ValueError(f"{literal[:20]} is not a finite number")
+        return value
+
     try:
-        document = json.loads(text, object_pairs_hook=table, parse_constant=constant)
+        document = json.loads(text, object_pairs_hook=table, parse_constant=constant, parse_float=number)
     except RecursionError as exc:
         raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists") from exc
     _shallow(document)
@@ -86,7 +92,8 @@ def strict_json(text: str | bytes) -> Any:
 
 
 def _shallow(document: Any) -> None:
-    """ValueError when tables and lists nest deeper than JSON_MAX_DEPTH (walked without recursion)."""
+    """ValueError when tables and lists nest deeper than JSON_MAX_DEPTH or a string holds a lone surrogate (walked
+    without recursion)."""
     stack: list[tuple[Any, int]] = [(document, 0)]
     while stack:
         value, depth = stack.pop()
@@ -94,6 +101,12 @@ def _shallow(document: Any) -> None:
             if depth >= JSON_MAX_DEPTH:
                 raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists")
             stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+            stack.extend((key, depth) for key in value if isinstance(value, dict))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # "\\udc80": no character, and no UTF-8 writer takes it
+                raise ValueError(f"a lone surrogate ({value[exc.start]!a}) in a string") from exc
 
 
 class Problems:

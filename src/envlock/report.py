@@ -3,7 +3,7 @@ print (`shown`)."""
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Callable
 
 # One line of progress ("resolving …", "making layer torch").
@@ -12,15 +12,19 @@ Report = Callable[[str], None]
 Progress = Callable[[str, int, int | None], None]
 
 
-# C0 and C1 controls (ESC, BEL, CR, line breaks), DEL, Unicode line separators and bidirectional overrides: what
-# can move a terminal's cursor, retitle its window, rewrite a line already printed or reorder what a reader sees.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0, C1, DEL), format characters (bidirectional overrides, zero-width ones), line and paragraph
+# separators, surrogates, private-use and unassigned code points: what can move a terminal's cursor, retitle its
+# window, rewrite a line already printed, reorder or hide what a reader sees, or fail to print at all.
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 def shown(text: str) -> str:
     """`text` (a record's value, a file name, a key id: anything another machine wrote) as one printable line: each
-    control, line break or bidi override written as its escape (`\\x1b`, `\\n` as `\\x0a`, `\\u202e`)."""
-    return _UNSAFE.sub(lambda found: _escape(found.group()), text)
+    control, line break, format character or surrogate written as its escape (`\\x1b`, `\\n` as `\\x0a`,
+    `\\u202e`)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(char) if unicodedata.category(char) in _UNSAFE else char for char in text)
 
 
 def shown_lines(text: str) -> str:
@@ -30,7 +34,7 @@ def shown_lines(text: str) -> str:
 
 def _escape(char: str) -> str:
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def silent(_message: str) -> None:

@@ -262,7 +262,7 @@ def open_envelope(document: object, key: PublicKey | None, where: str = "attesta
         payload = base64.b64decode(document["payload"], validate=True)
         statement = strict_json(payload)
     except ValueError as exc:
-        raise VerificationError(f"{where}: its payload is not base64 JSON") from exc
+        raise VerificationError(f"{where}: its payload is not base64 JSON ({exc})") from exc
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise VerificationError(f"{where}: the payload is not an in-toto Statement v1")
     signatures = document.get("signatures") or []

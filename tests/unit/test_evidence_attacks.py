@@ -8,23 +8,36 @@ import hashlib
 import json
 import shutil
 import tarfile
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from envlock.engine.launch import LaunchSpec
 from envlock.engine.runtimes import StreamSink
-from envlock.evidence.attest import attest_run, run_statement
+from envlock.evidence.attest import RUN_PREDICATE, attest_run, run_statement
 from envlock.evidence.bundle import MANIFEST
 from envlock.image.provenance import attestation_path
 from envlock.paths import ATTESTATION
+from envlock.report import shown
 from envlock.run.records import RunStore
 from envlock.run.reproduce import Tolerance, compare_output
 from envlock.run.schema import JobRecord, JobRequest
 from envlock.safetar import extract
-from envlock.signing import PAYLOAD_TYPE, SigningKey, canonical, envelope, generate_key, pae, write_envelope
+from envlock.signing import (
+    PAYLOAD_TYPE,
+    STATEMENT_TYPE,
+    SigningKey,
+    canonical,
+    envelope,
+    generate_key,
+    pae,
+    write_envelope,
+)
 from tests.fakes import FakeLauncher
 from tests.unit import test_cli_commands
 from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made
@@ -34,7 +47,7 @@ from tests.unit.test_published import _published_run
 
 world = test_cli_commands.world
 
-ESCAPES = "\x1b]0;owned\x07\x1b[1A\x1b[2K\r\u202e"
+ESCAPES = "\x1b]0;owned\x07\x1b[1A\x1b[2K\r\u202e\u200b"
 
 
 def _alice(tmp_path: Path) -> SigningKey:
@@ -102,6 +115,8 @@ def test_duplicate_keys_in_the_record_on_disk_are_refused(
         ("\ufeff{}", "byte order mark"),
         ('{"seed": NaN}', "NaN"),
         ('{"seed": Infinity}', "Infinity"),
+        ('{"seed": -1e400}', "-1e400 is not a finite number"),
+        ('{"command": ["\\udc80"]}', "a lone surrogate ('\\udc80') in a string"),
         ("[" * 5000, "nested deeper than 64"),
         ('{"a":' * 500 + "1" + "}" * 500, "nested deeper than 64"),
     ],
@@ -405,7 +420,7 @@ def test_terminal_escapes_in_a_bundles_record_are_shown_escaped(
     crafted = _crafted(bundle, tmp_path / "escapes.tar", inject)
     code, report, err = world(capsys, "report", str(crafted))
     assert code == 0, err
-    assert not any(c in report for c in "\x1b\x07\r\u202e") and "\n[VERIFIED]" not in report, report
+    assert not any(c in report for c in "\x1b\x07\r\u202e\u200b") and "\n[VERIFIED]" not in report, report
     assert "\\x1b]0;owned\\x07" in report
     # Edited after attestation: verify names both values, escaped; the error line too.
     root = tmp_path / "escapes-unpacked"
@@ -416,6 +431,40 @@ def test_terminal_escapes_in_a_bundles_record_are_shown_escaped(
     code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "escapes2.tar")))
     assert code in (26, 30), out + err
     assert not any(c in out + err for c in "\x1b\x07\r\u202e") and "\nok everything" not in out, out + err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_shown_text_has_no_control_line_break_or_bidi_character_and_keeps_the_rest(text: str) -> None:
+    made = shown(text)
+    unsafe = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+    assert not any(unicodedata.category(c) in unsafe for c in made)
+    assert all(c in made for c in text if unicodedata.category(c) not in unsafe)
+    made.encode("utf-8")  # printable anywhere: no lone surrogate left
+
+
+def test_a_lone_surrogate_in_a_bundles_record_is_one_line_not_a_crash(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """JSON can spell "\\udc80", which is no character: printing or writing it as UTF-8 raises. Refused on reading."""
+    bundle, _ = _made(world, capsys)
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    record = json.loads((root / "run" / "record.json").read_text())
+    record["command"] = ["t.py", "\udc80"]
+    (root / "run" / "record.json").write_text(json.dumps(record))  # ASCII: the surrogate spelled \udc80
+    predicate = {"run-id": record["run_id"], "record": record, "run-files": {}}
+    statement = {"_type": STATEMENT_TYPE, "predicateType": RUN_PREDICATE, "subject": [], "predicate": predicate}
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    (root / "run" / ATTESTATION).write_text(
+        json.dumps({"payload": payload, "payloadType": PAYLOAD_TYPE, "signatures": []})
+    )
+    crafted = _packed(root, tmp_path / "surrogate.tar")
+    page = tmp_path / "r.html"
+    for args in (("verify", str(crafted), "--allow-unsigned"), ("report", str(crafted), "--html", "-o", str(page))):
+        code, out, err = world(capsys, *args)
+        assert code == 26 and "a lone surrogate ('\\udc80') in a string" in err, out + err
 
 
 def test_a_bundle_record_naming_script_is_inert_in_the_html_report(
