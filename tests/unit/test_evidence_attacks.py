@@ -280,6 +280,20 @@ def test_a_trust_store_others_can_write_is_refused(
     assert code == 2 and "VERIFIED" not in out and "writable by others" in err, out + err
 
 
+def test_a_projects_trusted_keys_folder_anyone_can_write_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    keys = world.project / ".envlock" / "trusted-keys"
+    keys.mkdir()
+    shutil.copy(public, keys / "alice.pub")
+    keys.chmod(0o775)  # a team's shared checkout: fine
+    assert world(capsys, "verify", run_id, "-C", str(world.project))[0] == 0
+    keys.chmod(0o777)
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project))
+    assert code == 2 and "the project's trusted-keys'" in err and "writable by others (mode 777)" in err, out + err
+
+
 def test_a_symlinked_trust_store_is_judged_by_what_it_points_at(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -66,27 +66,29 @@ def project_trust_dir(project_dir: Path) -> Path:
 def _folder(folder: Path, source: str, *, private: bool = False) -> list[TrustedKey]:
     if not folder.is_dir():
         return []
-    if private:
-        _owned(folder)
+    _guarded(folder, private=private)
     found = []
     for path in sorted(folder.glob("*.pub")):
         if path.is_file() and not path.is_symlink():
-            if private:
-                _owned(path)
+            _guarded(path, private=private)
             found.append(TrustedKey(_checked(path), path.stem, source))
     return found
 
 
-def _owned(path: Path) -> None:
-    """Whoever can write the user's trust store decides what verifies: it (what a link to it points at) and its keys
-    must be the user's (or root's) and writable by nobody else, as ssh's StrictModes asks of ~/.ssh."""
+def _guarded(path: Path, *, private: bool) -> None:
+    """Whoever can write a folder of trusted keys decides what verifies. The user's store (what a link to it points
+    at) and its keys must be the user's (or root's) and writable by nobody else, as ssh's StrictModes asks of ~/.ssh;
+    a project's committed folder may be a team's (group-writable, others' files) but never writable by anyone."""
     found = path.stat()  # through a link: the folder the store really is
-    loose = found.st_mode & 0o022
-    if loose or found.st_uid not in (os.getuid(), 0):
+    loose = found.st_mode & (0o022 if private else 0o002)
+    if loose or (private and found.st_uid not in (os.getuid(), 0)):
         what = f"writable by others (mode {found.st_mode & 0o777:o})" if loose else f"owned by uid {found.st_uid}"
+        whose = "your trust store's" if private else "the project's trusted-keys'"
         raise UsageError(
-            f"your trust store's {path} is {what}: anyone who can write it chooses what verifies",
-            hint=f"chmod go-w {path} (and check who added its keys)" if loose else f"remove {path} or chown it",
+            f"{whose} {path} is {what}: anyone who can write it chooses what verifies",
+            hint=f"chmod {'go' if private else 'o'}-w {path} (and check who added its keys)"
+            if loose
+            else f"remove {path} or chown it",
         )
 
 
