@@ -403,6 +403,27 @@ def test_a_pull_never_replaces_the_projects_own_provenance_or_saved_copies(
     assert mine.read_text() == "the receiver's own provenance\n"
 
 
+def test_a_bundle_file_nothing_signed_names_is_a_mismatch(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Every file of a bundle is covered by a check (or is the bundle's own list): a stowaway is named, whether it
+    looks like a git hook, an output nobody declared or an input outside the signed manifest."""
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    for name in (".git/hooks/post-checkout", "outputs/undeclared.bin", "inputs/data/extra.csv", "notes.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("#!/bin/sh\ntouch /tmp/owned\n")
+    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "stowaways.tar")), "--key", str(public))
+    assert code == 26, out + err
+    for name in (".git/hooks/post-checkout", "outputs/undeclared.bin", "inputs/data/extra.csv", "notes.txt"):
+        assert f"MISMATCH bundle file {name}: nothing signed names it" in out, name
+
+
 def test_files_the_attestation_never_bound_cannot_ride_in_a_bundle(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -334,6 +334,7 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     signed = checks.signed_record or {}
     checks.expect("bundle.json: run id", signed.get("run_id"), found.manifest.get("run-id"))
     checks.mismatches += _unnamed_objects(root / "objects", signed)
+    checks.mismatches += _unaccounted(found, signed)
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
     lock = lockfile.read(root / "run" / LOCK_FILE)
@@ -371,6 +372,26 @@ def _unnamed_objects(objects: Path, signed: dict[str, Any]) -> list[str]:
     carried = sorted(p.relative_to(objects.parent).as_posix() for p in objects.rglob("*") if not p.is_dir())
     return [
         f"{name}: a saved copy the signed record does not name" for name in carried if name.split("/")[-1] not in named
+    ]
+
+
+_OWN_FILES = frozenset({MANIFEST, "sbom.cdx.json", "image.dsse.json", "code.gitbundle"})
+
+
+def _unaccounted(found: Unpacked, signed: dict[str, Any]) -> list[str]:
+    """Files the bundle carries that no check covers: besides its own files, the run's folder and saved copies
+    (checked on their own), only the signed record's outputs, its inputs' files and the image archive belong."""
+    outputs, inputs = signed.get("outputs"), signed.get("inputs")
+    listed = inputs.get("files") if isinstance(inputs, dict) else None
+    files: dict[str, Any] = listed if isinstance(listed, dict) else {}
+    archive = (found.manifest.get("image") or {}).get("archive")
+    declared = outputs if isinstance(outputs, dict) else {}
+    named = {*_OWN_FILES, *(f"outputs/{p}" for p in declared), *(f"inputs/{p}" for p in files), archive}
+    carried = sorted(str(name) for name in found.manifest.get("contents") or {})
+    return [
+        f"bundle file {name}: nothing signed names it"
+        for name in carried
+        if name not in named and not name.startswith(("run/", "objects/"))
     ]
 
 
