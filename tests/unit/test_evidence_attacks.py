@@ -132,6 +132,44 @@ def test_a_non_canonical_record_on_disk_is_one_line(
     assert problem in line
 
 
+def test_a_second_payload_key_in_the_envelope_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """{"payload": signed, "payload": forged}: a last-key-wins reader and a first-key-wins one would disagree."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    text = (run_dir / ATTESTATION).read_text()
+    forged = base64.b64encode(b'{"_type": "x"}').decode()
+    (run_dir / ATTESTATION).write_text(text.replace("{", '{"payload": "' + forged + '",', 1))
+    code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "VERIFIED" not in out and "the key 'payload' twice" in err, out + err
+
+
+def test_a_record_version_downgraded_on_disk_is_named(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    record = json.loads((run_dir / "record.json").read_text())
+    (run_dir / "record.json").write_text(json.dumps(dict(record, record_version=2)))
+    code, out, _ = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "MISMATCH record record_version: signed 6, on disk 2" in out, out
+
+
+def test_a_key_given_twice_in_bundle_json_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bundle, _ = _made(world, capsys)
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    text = (root / MANIFEST).read_text()
+    (root / MANIFEST).write_text(text.replace("{", '{"run-id": "20991231T235959Z-abcdef",', 1))
+    with tarfile.open(tmp_path / "twice.tar", "w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    code, out, err = world(capsys, "verify", str(tmp_path / "twice.tar"), "--allow-unsigned")
+    assert code == 31 and "bundle.json is not JSON (the key 'run-id' twice in one table)" in err, out + err
+
+
 def test_a_signed_run_copied_under_another_run_id_is_not_that_run(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -327,7 +327,8 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
         document = strict_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(
-            f"no readable attestation at {path}", hint="every run that ends is attested; envlock attest RUN makes one"
+            f"no readable attestation at {path} ({exc})",
+            hint="every run that ends is attested; envlock attest RUN makes one",
         ) from exc
     statement = open_checked(document, trust, run_dir / SIGNER, checks, "attestation")
     if statement.get("predicateType") == OLD_RUN_PREDICATE:
