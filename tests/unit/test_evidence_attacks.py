@@ -663,6 +663,26 @@ def test_an_output_the_rerun_links_to_a_receivers_file_is_never_read(
     assert not any(b"s3cr3t" in p.read_bytes() for p in kept) and "s3cr3t" not in out + err
 
 
+def test_a_pulled_run_is_reproduced_as_the_bundle_it_came_in_never_as_ones_own(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`envlock pull` puts another machine's run into the run store; `reproduce RUN` of it must not take it for
+    the project's own (which passes the variables its record names, pulls from its registries, moves the tag it
+    names and runs git with the user's hooks): it is re-run from its bundle, verified under the user's trust, in
+    a kept folder of its own."""
+    run_id, ref, _ = _published_run(world, capsys, tmp_path)
+    pub = str(tmp_path / "keys" / "signing.pem.pub")
+    other = tmp_path / "other"
+    assert world(capsys, "pull", ref, "-C", str(other), "--key", pub)[0] == 0
+    world.wiring.environ = {"AWS_SECRET_ACCESS_KEY": "receivers-secret"}
+    code, out, err = world(capsys, "reproduce", run_id, "-C", str(other))
+    assert code == 30 and "UNTRUSTED KEY" in err and "from the bundle it was pulled in" in err, out + err
+    code, out, err = world(capsys, "reproduce", run_id, "-C", str(other), "--key", pub)
+    assert code == 0 and out.startswith("REPRODUCED"), out + err
+    assert (other / f"envlock-reproduction-{run_id}").is_dir()
+    assert all("receivers-secret" not in str(spec.environment) for spec in world.launcher.launched)
+
+
 @pytest.mark.parametrize(
     ("before", "after"),
     [

@@ -174,6 +174,7 @@ def reproduce_command(
     mode and settings, and compare: exit 0 only for REPRODUCED (docs/run-and-reproduce.md has the others)."""
     from envlock.errors import UsageError  # noqa: PLC0415
     from envlock.evidence.bundle import verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.published import pulled_bundle  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.run.arguments import BundleRef, DigestRef, FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
@@ -193,6 +194,11 @@ def reproduce_command(
         return load_trust(key or [], environ=wiring.environ, project_dir=None)
 
     target = resolve(run_id, (BundleRef, DigestRef, RunRef), store)
+    if isinstance(target, RunRef) and (pulled := pulled_bundle(project, target.run_id)).is_file():
+        # Another machine's run (envlock pull): never taken for the project's own (its variables passed, its
+        # registries asked, its tag moved, git with the user's hooks); re-run from its bundle, under your trust.
+        wiring.say(f"run {target.run_id} came with envlock pull: reproduced from the bundle it was pulled in")
+        target = BundleRef(str(pulled), pulled)
     if isinstance(target, BundleRef):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
 
         def gate(found: Unpacked) -> str:
