@@ -57,10 +57,11 @@ def project_path_problem(path: str) -> str | None:
 JSON_MAX_DEPTH = 64  # envlock's documents nest a few levels; every reader after this one may recurse freely
 
 
-def strict_json(text: str | bytes) -> Any:
-    """JSON as one reading only: UTF-8 without a byte order mark, every key of a table once, no NaN or Infinity,
-    nesting no deeper than Python's reader goes. Two readers (first key wins, last key wins) never see two
-    documents. ValueError names the first problem."""
+def strict_json(text: str | bytes, *, nan: bool = False) -> Any:
+    """JSON as one reading only: UTF-8 without a byte order mark, every key of a table once, no NaN or Infinity
+    (`nan=True`: a metrics file's NaN and Infinity, as Python's json writes them), nesting no deeper than
+    JSON_MAX_DEPTH, no lone surrogate. Two readers (first key wins, last key wins) never see two documents.
+    ValueError names the first problem."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError; json.loads would guess UTF-16 or -32
     if text.startswith("\ufeff"):
@@ -75,11 +76,13 @@ def strict_json(text: str | bytes) -> Any:
         return found
 
     def constant(name: str) -> Any:
+        if nan:
+            return float(name)
         raise ValueError(f"{name} is not a JSON number")
 
     def number(literal: str) -> float:
         value = float(literal)
-        if value in (float("inf"), float("-inf")):  # 1e400: a number no reader holds as it is written
+        if value in (float("inf"), float("-inf")) and not nan:  # 1e400: no reader holds it as it is written
             raise ValueError(f"{literal[:20]} is not a finite number")
         return value
 

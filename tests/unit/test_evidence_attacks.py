@@ -701,6 +701,23 @@ def test_metrics_that_differ_in_shape_are_never_within_tolerance(tmp_path: Path,
     assert check.status == "differs", check
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "status"),
+    [
+        ('{"loss": NaN, "n": 1}', '{"n": 1, "loss": NaN}', "within tolerance"),
+        ('{"loss": NaN}', '{"loss": 0.5}', "differs"),
+    ],
+)
+def test_nan_in_metrics_is_compared_not_refused(tmp_path: Path, before: str, after: str, status: str) -> None:
+    """Metrics files are the user's own: Python's json writes NaN there, and NaN reproduced is reproduced (the
+    strict reader refuses NaN in envlock's evidence, not in what a run wrote)."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(before)
+    new.write_text(after)
+    digests = (hashlib.sha256(before.encode()).hexdigest(), hashlib.sha256(after.encode()).hexdigest())
+    assert compare_output("m.json", digests, old, new, Tolerance()).status == status
+
+
 def test_an_attested_run_reattested_unchanged_still_verifies(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

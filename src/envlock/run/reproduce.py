@@ -152,8 +152,8 @@ def compare_output(
     try:
         if after.suffix.lower() == ".json":
             old, new = _named(
-                _leaves(strict_json(before.read_text(encoding="utf-8"))),
-                _leaves(strict_json(after.read_text(encoding="utf-8"))),
+                _leaves(strict_json(before.read_text(encoding="utf-8"), nan=True)),
+                _leaves(strict_json(after.read_text(encoding="utf-8"), nan=True)),
             )
         else:
             old, new = _table(before), _table(after)
