@@ -462,6 +462,24 @@ def test_a_bundle_file_nothing_signed_names_is_a_mismatch(
         assert f"MISMATCH bundle file {name}: nothing signed names it" in out, name
 
 
+def test_git_never_reads_a_git_folder_the_bundle_carries(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """verify reads the git bundle's heads with git: never from the folder the bundle was unpacked into, where a
+    `.git` of the sender's would be the repository whose config git reads (here one that names nowhere)."""
+    _git_init(world.project)
+    run_id, _, public = _signed_run(world, capsys, tmp_path)
+    bundle = tmp_path / "run.tar"
+    assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    extract(bundle, root)
+    (root / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
+    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "dotgit.tar")), "--key", str(public))
+    assert code == 26 and "MISMATCH bundle file .git: nothing signed names it" in out, out + err
+    assert "ok code.gitbundle: the signed commit" in out, out
+
+
 def test_files_the_attestation_never_bound_cannot_ride_in_a_bundle(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
