@@ -7,7 +7,7 @@ Mapping[str, X], or another Codec, or a list or table of them); `field(...)` add
 name, a pattern or a check, a one-line description, how an absent key reads and when a value is left out.
 `toml_text` writes a format as TOML, with tables, arrays of tables and inline tables as its fields ask. One path
 rule for project-relative paths (`project_path_problem`) lives here too: the spec, the command line and the run
-record all use it.
+record all use it, and one strict JSON reader (`strict_json`) for what another machine may have written.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import re
 import types
 import typing
@@ -51,6 +52,64 @@ def project_path_problem(path: str) -> str | None:
     if not path or path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in parts):
         return f"{path!r} must be a path inside the project (relative, / between names, without . or .., no \\)"
     return None
+
+
+JSON_MAX_DEPTH = 64  # envlock's documents nest a few levels; every reader after this one may recurse freely
+
+
+def strict_json(text: str | bytes, *, nan: bool = False) -> Any:
+    """JSON as one reading only: UTF-8 without a byte order mark, every key of a table once, no NaN or Infinity
+    (`nan=True`: a metrics file's NaN and Infinity, as Python's json writes them), nesting no deeper than
+    JSON_MAX_DEPTH, no lone surrogate. Two readers (first key wins, last key wins) never see two documents.
+    ValueError names the first problem."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError; json.loads would guess UTF-16 or -32
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark (BOM) before the JSON")
+
+    def table(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in found:
+                raise ValueError(f"the key {key!r} twice in one table")
+            found[key] = value
+        return found
+
+    def constant(name: str) -> Any:
+        if nan:
+            return float(name)
+        raise ValueError(f"{name} is not a JSON number")
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if value in (float("inf"), float("-inf")) and not nan:  # 1e400: no reader holds it as it is written
+            raise ValueError(f"{literal[:20]} is not a finite number")
+        return value
+
+    try:
+        document = json.loads(text, object_pairs_hook=table, parse_constant=constant, parse_float=number)
+    except RecursionError as exc:
+        raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists") from exc
+    _shallow(document)
+    return document
+
+
+def _shallow(document: Any) -> None:
+    """ValueError when tables and lists nest deeper than JSON_MAX_DEPTH or a string holds a lone surrogate (walked
+    without recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= JSON_MAX_DEPTH:
+                raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} tables or lists")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+            stack.extend((key, depth) for key in value if isinstance(value, dict))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # "\\udc80": no character, and no UTF-8 writer takes it
+                raise ValueError(f"a lone surrogate ({value[exc.start]!a}) in a string") from exc
 
 
 class Problems:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,8 +172,11 @@ def bundle_commit(repo: Path, commit: str, name: str, out: Path) -> None:
 
 
 def bundle_heads(bundle: Path) -> list[str]:
-    """The commits a bundle file names (read as foreign: the file came from elsewhere)."""
-    heads = foreign_git(bundle.parent, "bundle", "list-heads", str(bundle))
+    """The commits a bundle file names (read as foreign: the file came from elsewhere), git started in an empty
+    folder of its own: never in the folder the bundle was unpacked into, where a `.git` of the sender's would be
+    the repository git reads its config from."""
+    with tempfile.TemporaryDirectory(prefix="envlock-git-") as empty:
+        heads = foreign_git(Path(empty), "bundle", "list-heads", str(bundle.resolve()))
     return heads.stdout.decode("utf-8", "replace").split()
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from envlock.codecs import strict_json
 from envlock.errors import UsageError, VerificationError
 from envlock.fsutil import atomic_write_bytes
 
@@ -259,9 +260,9 @@ def open_envelope(document: object, key: PublicKey | None, where: str = "attesta
         raise VerificationError(f"{where} carries {document.get('payloadType')!r}, not an in-toto statement")
     try:
         payload = base64.b64decode(document["payload"], validate=True)
-        statement = json.loads(payload)
+        statement = strict_json(payload)
     except ValueError as exc:
-        raise VerificationError(f"{where}: its payload is not base64 JSON") from exc
+        raise VerificationError(f"{where}: its payload is not base64 JSON ({exc})") from exc
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise VerificationError(f"{where}: the payload is not an in-toto Statement v1")
     signatures = document.get("signatures") or []

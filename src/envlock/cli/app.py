@@ -11,6 +11,7 @@ import typer
 from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import Invocation, Wiring
 from envlock.errors import ENVLOCK_FAILED, EXIT_CODES, INTERRUPTED, USAGE, EnvlockError
+from envlock.report import shown
 
 # The modules (under envlock.cli) whose imports register each top-level command or group: a command imports only
 # its own, so typer builds one command and not all of them (start-up time: `envlock run` is on every training
@@ -59,11 +60,12 @@ PASSTHROUGH = ("run", "run-submitted")
 
 
 def _fail(message: str, hint: str, code: int, details: tuple[str, ...] = ()) -> int:
-    typer.secho(f"error: {message}", err=True, fg="red")
+    # A message may quote what another machine wrote (a record's value, a key id, a member's name): escaped.
+    typer.secho(f"error: {shown(message)}", err=True, fg="red")
     for line in details:
-        typer.echo(f"  {line}", err=True)
+        typer.echo(f"  {shown(line)}", err=True)
     if hint:
-        typer.echo(f"hint: {hint}", err=True)
+        typer.echo(f"hint: {shown(hint)}", err=True)
     return code
 
 

@@ -114,8 +114,10 @@ def attest_command(ctx: typer.Context, run_id: RunIdArg, project: ProjectOpt = P
 
 
 def _show(checks: Checks) -> None:
-    for line in checks.lines():
-        typer.echo(line)
+    from envlock.report import shown  # noqa: PLC0415
+
+    for line in checks.lines():  # names and values from the evidence: escaped, one line each
+        typer.echo(shown(line))
 
 
 def _trust(wiring: Wiring, keys: list[Path] | None, project_dir: Path | None) -> Trust:
@@ -163,7 +165,9 @@ def verify_command(
         places = RunPlaces.of_project(project, store.directory(named.run_id))
         checks = verify_run_dir(places, trust=_trust(wiring, key, project), image_present=present)
     _show(checks)
-    typer.echo(checks.require(allow_unsigned=allow_unsigned))
+    from envlock.report import shown  # noqa: PLC0415
+
+    typer.echo(shown(checks.require(allow_unsigned=allow_unsigned)))
 
 
 @trust_app.command("add")

@@ -29,5 +29,7 @@ def lineage_command(
     if as_json:
         typer.echo(json.dumps(lineage.as_dict(), indent=2, sort_keys=True))
         return
+    from envlock.report import shown  # noqa: PLC0415
+
     for line in lineage.lines():
-        typer.echo(line)
+        typer.echo(shown(line))

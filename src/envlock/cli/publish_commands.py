@@ -11,6 +11,7 @@ import typer
 from envlock.cli.options import AllowUnsignedOpt, ProjectOpt, PublicKeyOpt, RunIdArg
 from envlock.cli.root import app
 from envlock.cli.wiring import Wiring, wiring_of
+from envlock.report import shown
 
 if TYPE_CHECKING:
     from envlock.evidence.published import Published
@@ -91,5 +92,5 @@ def pull_command(
     ):
         verdict = verify_fetched(found, fetched, trust, lambda: None).require(allow_unsigned=allow_unsigned)
         run_id = store_pulled(found, fetched.bundle, project)
-    typer.echo(verdict)
+    typer.echo(shown(verdict))
     typer.echo(f"pulled run {run_id} ({fetched.size} bytes) into {RunStore(project).directory(run_id)}")

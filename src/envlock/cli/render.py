@@ -165,13 +165,18 @@ def _verdict_lines(record: RunRecord, store: RunStore) -> list[str]:
     return [f"reproduces {record.reproduces}", f"verdict   {outcome}  ({where})"]
 
 
-def _job_lines(record: RunRecord, job: JobRecord, store: RunStore, live: Mapping[str, JobState]) -> list[str]:
+def _job_lines(
+    record: RunRecord, job: JobRecord, store: RunStore, live: Mapping[str, JobState], *, nodes: bool = True
+) -> list[str]:
     state = live[record.run_id].state if record.run_id in live else job.state or ""
     lines = [
         f"job       {describe(record, live)}  {state}  node {job.node or '-'}".rstrip(),
         f"sbatch    {' '.join(job.options) or '(no options)'}  submitted {job.submitted}",
     ]
-    for rank, node in store.node_records(record.run_id).items():
+    others = store.node_records(record.run_id)
+    if others and not nodes:
+        return [*lines, f"nodes     {len(others)} more, not shown: their records are outside this run's attestation"]
+    for rank, node in others.items():
         name = (node.scheduler.node if node.scheduler else None) or "-"
         driver = (node.host.driver_version if node.host else None) or "none"
         gpus = gpu_summary(node.host.gpus if node.host else ())
@@ -183,12 +188,13 @@ def _job_lines(record: RunRecord, job: JobRecord, store: RunStore, live: Mapping
     return lines
 
 
-def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState]) -> str:
-    """`envlock runs show`: one record in full."""
+def run_details(record: RunRecord, store: RunStore, live: Mapping[str, JobState], *, nodes: bool = True) -> str:
+    """`envlock runs show`: one record in full (`nodes=False`: without the other nodes' records, which no
+    attestation of the run covers)."""
     settings = " ".join(f"{k}={v}" for k, v in sorted(record.environment.items()) if not k.startswith("ENVLOCK_"))
     lines = [
         f"run       {record.run_id}  {record.status}, exit {record.exit_code}",
-        *(_job_lines(record, record.scheduler, store, live) if record.scheduler else []),
+        *(_job_lines(record, record.scheduler, store, live, nodes=nodes) if record.scheduler else []),
         f"command   {' '.join(record.command)}",
         f"image     {record.image_id}  ({record.image_reference})",
         *(f"pushed    {d}" for d in record.repo_digests),

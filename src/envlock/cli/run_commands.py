@@ -32,6 +32,7 @@ from envlock.cli.root import CommandExited, app
 from envlock.cli.wiring import wiring_of
 from envlock.errors import DIFFERS
 from envlock.paths import LOCK_FILE, VERDICT_FILE, ProjectLayout
+from envlock.report import shown
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,6 +127,15 @@ KeepOpt = Annotated[
         show_default=False,
     ),
 ]
+PullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pull",
+        help="reproduce BUNDLE: let envlock fetch the run's image: by digest from the registries its record names, "
+        "else by a rebuild from its lock (its base and wheels downloaded). Without it: the bundle's image archive, "
+        "--archive or the engine only.",
+    ),
+]
 ReproduceEnvOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -151,6 +161,7 @@ def reproduce_command(
     keep: KeepOpt = None,
     key: PublicKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
+    pull: PullOpt = False,
     chain: Annotated[
         bool,
         typer.Option(
@@ -163,6 +174,7 @@ def reproduce_command(
     mode and settings, and compare: exit 0 only for REPRODUCED (docs/run-and-reproduce.md has the others)."""
     from envlock.errors import UsageError  # noqa: PLC0415
     from envlock.evidence.bundle import verify_unpacked  # noqa: PLC0415
+    from envlock.evidence.published import pulled_bundle  # noqa: PLC0415
     from envlock.evidence.trust import load_trust  # noqa: PLC0415
     from envlock.run.arguments import BundleRef, DigestRef, FileRef, RunRef, resolve  # noqa: PLC0415
     from envlock.run.records import RunStore  # noqa: PLC0415
@@ -170,7 +182,7 @@ def reproduce_command(
 
     wiring = wiring_of(ctx)
     store = RunStore(project)
-    rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()))
+    rerun = _Rerun(Tolerance(rtol, atol), tuple(archive or ()), force, runtime, tuple(env or ()), pull)
     if chain:
         top = resolve(run_id, (FileRef, RunRef), store)
         _reproduce_chain(ctx, top, project, rerun.tolerance, rerun.archives, force, runtime)
@@ -182,6 +194,11 @@ def reproduce_command(
         return load_trust(key or [], environ=wiring.environ, project_dir=None)
 
     target = resolve(run_id, (BundleRef, DigestRef, RunRef), store)
+    if isinstance(target, RunRef) and (pulled := pulled_bundle(project, target.run_id)).is_file():
+        # Another machine's run (envlock pull): never taken for the project's own (its variables passed, its
+        # registries asked, its tag moved, git with the user's hooks); re-run from its bundle, under your trust.
+        wiring.say(f"run {target.run_id} came with envlock pull: reproduced from the bundle it was pulled in")
+        target = BundleRef(str(pulled), pulled)
     if isinstance(target, BundleRef):  # envlock reproduce BUNDLE: verified, then the project rebuilt in a kept folder
 
         def gate(found: Unpacked) -> str:
@@ -191,9 +208,10 @@ def reproduce_command(
     elif isinstance(target, DigestRef):  # a run published in a registry (envlock push)
         code = _reproduce_published(ctx, target.text, keep, project, rerun, trust, allow_unsigned=allow_unsigned)
     else:
-        if keep is not None or key or allow_unsigned:
+        if keep is not None or key or allow_unsigned or pull:
             raise UsageError(
-                "--keep, --key and --allow-unsigned are for `envlock reproduce BUNDLE` (or REGISTRY/REPO@sha256:…)",
+                "--keep, --key, --allow-unsigned and --pull are for `envlock reproduce BUNDLE` "
+                "(or REGISTRY/REPO@sha256:…)",
                 hint="a run of this project re-runs in the project, from its own records",
             )
         code = _reproduce(ctx, store, target.run_id, rerun, "own")
@@ -257,6 +275,7 @@ class _Rerun:
     force: bool
     runtime: str | None
     env: tuple[str, ...]
+    pull: bool = False  # a bundle's run: its record's registries may be asked for its image
 
 
 def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, origin: Origin) -> int:
@@ -277,7 +296,12 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
     def rerun(code: Path) -> RunRecord:
         folders = RunFolders(code, store, inputs_from=store.project_dir)
         recorded = RecordedRun(
-            record=original, lock_path=lock_path, folders=folders, origin=origin, archives=how.archives
+            record=original,
+            lock_path=lock_path,
+            folders=folders,
+            origin=origin,
+            archives=how.archives,
+            pull=origin == "own" or how.pull,
         )
         return run_recorded(recorded, request, tools)
 
@@ -285,7 +309,7 @@ def _reproduce(ctx: typer.Context, store: RunStore, run_id: str, how: _Rerun, or
         original, store, store.project_dir, rerun, how.tolerance, origin=origin, evidence=tools.evidence
     )
     for line in verdict.lines():
-        typer.echo(line)
+        typer.echo(shown(line))
     wiring.say(f"verdict kept in {store.directory(verdict.new.run_id) / VERDICT_FILE}")
     return verdict.exit_code
 
@@ -324,7 +348,7 @@ def _reproduce_chain(
         lineage, store, project, rerun_step, tolerance, evidence=evidence, force=force, report=wiring.say
     )
     for line in verdict.lines():
-        typer.echo(line)
+        typer.echo(shown(line))
     wiring.say(f"chain verdict kept in {ProjectLayout(project).chains / (verdict.chain_id + '.json')}")
     if verdict.exit_code:
         raise typer.Exit(verdict.exit_code)
@@ -357,8 +381,8 @@ def diff_command(
         document = {"a": {"kind": kind_a, "name": a}, "b": {"kind": kind_b, "name": b}, **changes.as_dict()}
         typer.echo(json.dumps(document, indent=2))
     else:
-        typer.echo(f"{kind_a} {a} -> {kind_b} {b}")
+        typer.echo(shown(f"{kind_a} {a} -> {kind_b} {b}"))
         for line in changes.lines() or ["no differences"]:
-            typer.echo(f"  {line}")
+            typer.echo(f"  {shown(line)}")
     if exit_code and changes:
         raise CommandExited(DIFFERS)

@@ -11,6 +11,7 @@ import typer
 from envlock.cli.options import AllowUnsignedOpt, JsonOpt, ProjectOpt, PublicKeyOpt, RunIdArg, RunsProjectOpt
 from envlock.cli.root import CommandExited, runs_app
 from envlock.cli.wiring import Wiring, wiring_of
+from envlock.report import shown, shown_lines
 
 if TYPE_CHECKING:
     from envlock.cluster.slurm import JobState
@@ -80,7 +81,7 @@ def runs_list(
     elif not records:
         typer.echo("no runs yet: envlock run -- COMMAND")
     else:
-        typer.echo(runs_table(records, {r.run_id: describe(r, live) for r in records}))
+        typer.echo(shown_lines(runs_table(records, {r.run_id: describe(r, live) for r in records})))
 
 
 def _published(wiring: Wiring, registry: str | None, image: str | None, lock: str | None, *, as_json: bool) -> None:
@@ -104,7 +105,9 @@ def _published(wiring: Wiring, registry: str | None, image: str | None, lock: st
     else:
         for run in runs:
             lock_hash = run.lock_hash.removeprefix("sha256:")[:12]
-            typer.echo(f"{run.run_id:<24} {run.status:<11} lock {lock_hash}  image {run.subject[:19]}  {run.ref}")
+            typer.echo(
+                shown(f"{run.run_id:<24} {run.status:<11} lock {lock_hash}  image {run.subject[:19]}  {run.ref}")
+            )
 
 
 @runs_app.command("wait")
@@ -167,7 +170,7 @@ def runs_show(
         document = record.as_dict() | ({"verdict": verdict} if verdict else {})
         typer.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
-        typer.echo(run_details(record, store, live))
+        typer.echo(shown_lines(run_details(record, store, live)))
 
 
 def _show_verified(
@@ -208,4 +211,4 @@ def _show_verified(
     if as_json:
         typer.echo(json.dumps(shown.as_dict(), indent=2, sort_keys=True))
     else:
-        typer.echo(run_details(shown, store, {}))
+        typer.echo(shown_lines(run_details(shown, store, {}, nodes=False)))  # only what the attestation covers

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from envlock.paths import CacheLayout, cache_root
-from envlock.report import Progress, no_progress
+from envlock.report import Progress, no_progress, shown_lines
 
 if TYPE_CHECKING:
     from envlock.cluster.slurm import Slurm
@@ -43,7 +43,7 @@ PRECOMPILE_ENV = "ENVLOCK_PRECOMPILE"
 
 def say(message: str) -> None:
     """Progress and notes: dim, on stderr (stdout stays for results)."""
-    typer.secho(message, err=True, dim=True)
+    typer.secho(shown_lines(message), err=True, dim=True)
 
 
 def write_through(stream: str, data: bytes) -> None:

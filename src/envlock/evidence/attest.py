@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envlock import __version__
+from envlock.codecs import strict_json
 from envlock.errors import EnvlockError, UnsignedError, UntrustedKeyError, VerificationError
 from envlock.evidence.trust import Trust, TrustedKey
-from envlock.fsutil import sha256_file
+from envlock.fsutil import resolves_inside, sha256_file
+from envlock.git import own_git, prefix
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
-from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, RECORD_FILE, SIGNER, ProjectLayout
+from envlock.paths import ATTESTATION, LOCK_FILE, LOG_FILE, OUTPUTS_DIR, RECORD_FILE, SIGNER, ProjectLayout
 from envlock.run.objects import ObjectStore
+from envlock.safetar import name_problem
 from envlock.signing import (
     STATEMENT_TYPE,
     SigningKey,
@@ -52,7 +55,7 @@ OriginState = Literal["trusted", "unsigned", "untrusted", "unknown"]
 
 def _record_json(run_dir: Path) -> dict[str, Any]:
     try:
-        data = json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
+        data = strict_json((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"the run record in {run_dir} is unreadable: {exc}") from exc
     if not isinstance(data, dict):
@@ -77,6 +80,14 @@ def bound_files(run_dir: Path) -> list[str]:
     return found
 
 
+def unbound_files(run_dir: Path) -> list[str]:
+    """The files of a run folder its attestation does not bind and that are not the record, the attestation or the
+    signer's key (a multi-node run's nodes/, Slurm's output): a bundle carries none of them."""
+    bound = set(bound_files(run_dir)) | _NOT_BOUND
+    found = (path.relative_to(run_dir).as_posix() for path in sorted(run_dir.rglob("*")) if not path.is_dir())
+    return [relative for relative in found if relative not in bound]
+
+
 def run_files(run_dir: Path) -> dict[str, str]:
     """sha256 of every file the attestation binds (bound_files)."""
     return {relative: sha256_file(run_dir / relative) for relative in bound_files(run_dir)}
@@ -98,6 +109,8 @@ def run_statement(run_dir: Path) -> dict[str, Any]:
         "record": record,
         "run-files": files,
     }
+    if (subdir := project_subdir(run_dir, record)) is not None:
+        predicate["project-subdir"] = subdir
     return {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": RUN_PREDICATE, "predicate": predicate}
 
 
@@ -110,6 +123,17 @@ def attest_run(run_dir: Path, key: SigningKey | None) -> Path:
     else:
         signer.unlink(missing_ok=True)
     return path
+
+
+def project_subdir(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """The project's folder in its repository (`sub/dir/`, or empty at the top; empty for a run outside git), where
+    a bundle's code re-runs: signed, so that a bundle cannot point `reproduce` at another folder of the commit. None
+    for a run folder that is not in a project's run store."""
+    project = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir  # project/.envlock/runs/<id>
+    if run_dir.parent != ProjectLayout(project).runs:
+        return None
+    commit = (record.get("git") or {}).get("commit") if isinstance(record.get("git"), dict) else None
+    return prefix(own_git, project) if commit else ""
 
 
 @dataclass(frozen=True)
@@ -233,13 +257,21 @@ def open_checked(document: object, trust: Trust, beside: Path | None, checks: Ch
     return statement
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flat(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Leaves by their path of keys (a tuple: `{"a": {"b": 1}}` and `{"a.b": 1}` are two records, not one)."""
     if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
+        out: dict[tuple[str, ...], Any] = {}
         for key, item in value.items():
-            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(_flat(item, (*prefix, str(key))))
         return out
     return {prefix: value}
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as JSON, type included: 0 is not false, 1 is not 1.0 (Python's == says they are)."""
+    if a is _ABSENT or b is _ABSENT:
+        return a is b
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def record_differences(signed: Mapping[str, Any], on_disk: Mapping[str, Any]) -> list[str]:
@@ -247,9 +279,10 @@ def record_differences(signed: Mapping[str, Any], on_disk: Mapping[str, Any]) ->
     before, after = _flat(dict(signed)), _flat(dict(on_disk))
     lines = []
     for key in sorted(before.keys() | after.keys()):
-        if before.get(key, _ABSENT) != after.get(key, _ABSENT):
+        if not _same(before.get(key, _ABSENT), after.get(key, _ABSENT)):
             lines.append(
-                f"record {key}: signed {_value(before.get(key, _ABSENT))}, on disk {_value(after.get(key, _ABSENT))}"
+                f"record {'.'.join(key)}: signed {_value(before.get(key, _ABSENT))}, "
+                f"on disk {_value(after.get(key, _ABSENT))}"
             )
     return lines
 
@@ -276,11 +309,12 @@ class RunPlaces:
     objects_root: Path
     inputs_root: Path | None = None
     outputs_left_out: frozenset[str] = frozenset()  # outputs a bundle names by digest only (too large to carry)
+    run_id: str | None = None  # the run the place says it holds (its folder's name): the signed record must agree
 
     @classmethod
     def of_project(cls, project_dir: Path, run_dir: Path) -> RunPlaces:
         """A run of a project, where it was made."""
-        return cls(run_dir, project_dir, ProjectLayout(project_dir).objects)
+        return cls(run_dir, project_dir, ProjectLayout(project_dir).objects, run_id=run_dir.name)
 
 
 def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[str], bool | None]) -> Checks:
@@ -290,10 +324,11 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     run_dir = places.run_dir
     path = run_dir / ATTESTATION
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = strict_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(
-            f"no readable attestation at {path}", hint="every run that ends is attested; envlock attest RUN makes one"
+            f"no readable attestation at {path} ({exc})",
+            hint="every run that ends is attested; envlock attest RUN makes one",
         ) from exc
     statement = open_checked(document, trust, run_dir / SIGNER, checks, "attestation")
     if statement.get("predicateType") == OLD_RUN_PREDICATE:
@@ -310,10 +345,15 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     checks.mismatches += record_differences(signed, _record_json(run_dir))
     if not any(m.startswith("record ") for m in checks.mismatches):
         checks.held.append(f"record: every field as signed ({len(_flat(signed))} fields)")
+    checks.expect("statement: run id", signed.get("run_id"), predicate.get("run-id"))
+    if places.run_id is not None:  # a copy of another run's folder (record, attestation, files) is not this run
+        checks.expect("run id", signed.get("run_id"), places.run_id)
     if signed.get("reproduces"):  # a re-run's outputs were written in a worktree: its folder keeps them
-        places = RunPlaces(run_dir, run_dir / "outputs", places.objects_root, places.inputs_root)
+        places = RunPlaces(run_dir, run_dir / "outputs", places.objects_root, places.inputs_root, run_id=places.run_id)
+    _check_subject_list(statement, predicate, checks)
     _check_subjects(statement, places, checks)
     _check_run_files(predicate, run_dir, checks)
+    _check_kept_outputs(signed, predicate, checks)
     _check_objects(signed, places.objects_root, checks)
     if places.inputs_root is not None:
         _check_inputs(signed, places.inputs_root, checks)
@@ -346,6 +386,27 @@ def _check_shape(statement: dict[str, Any], path: Path) -> None:
         raise VerificationError(f"{path}: a malformed run statement ({'; '.join(problems)})")
 
 
+def _check_subject_list(statement: dict[str, Any], predicate: dict[str, Any], checks: Checks) -> None:
+    """The subjects (what in-toto tools check) are the signed record's outputs (what envlock shows), or the log
+    standing in for a run without any: one list, never two that a signer could make disagree."""
+    signed = predicate["record"]
+    outputs = signed.get("outputs") if isinstance(signed.get("outputs"), dict) else {}
+    expected = {str(path): digest for path, digest in outputs.items() if digest}
+    if not expected:
+        log = f"{_RUNS}/{signed.get('run_id')}/{LOG_FILE}"
+        expected = {log: predicate["run-files"].get(LOG_FILE, "")}
+    subjects = statement["subject"]
+    declared = {s["name"]: s["digest"].get("sha256") for s in subjects}
+    if len(declared) != len(subjects):
+        checks.mismatches.append("subject: a name given twice")
+    for name in sorted(expected.keys() | declared.keys()):
+        if not _same(expected.get(name), declared.get(name)):
+            checks.mismatches.append(
+                f"subject {name}: the signed record names {_short(expected.get(name))}, "
+                f"the subject {_short(declared.get(name))}"
+            )
+
+
 def _check_subjects(statement: dict[str, Any], places: RunPlaces, checks: Checks) -> None:
     for subject in statement.get("subject") or []:
         name = str(subject.get("name", ""))
@@ -366,11 +427,28 @@ def _check_subjects(statement: dict[str, Any], places: RunPlaces, checks: Checks
 def _check_run_files(predicate: dict[str, Any], run_dir: Path, checks: Checks) -> None:
     attested = predicate.get("run-files") or {}
     for relative, digest in sorted(attested.items()):
+        if name_problem(relative) or not resolves_inside(run_dir, relative):  # nothing outside the run is read
+            checks.mismatches.append(f"run file {relative}: not a file inside the run's folder")
+            continue
         file = run_dir / relative
-        ok = file.is_file() and not file.is_symlink() and ".." not in Path(relative).parts
+        ok = file.is_file() and not file.is_symlink()
         checks.expect(f"run file {relative}", digest, sha256_file(file) if ok else None)
     for relative in sorted(set(bound_files(run_dir)) - set(attested)):  # names only: the attested were hashed
         checks.mismatches.append(f"run file {relative}: not in the attestation (added after it was made)")
+
+
+def _check_kept_outputs(signed: dict[str, Any], predicate: dict[str, Any], checks: Checks) -> None:
+    """Each output's copy kept in the run folder (what a reproduction compares values with) is that output: the
+    sha256 the signed record names for it."""
+    found = signed.get("outputs")
+    outputs: dict[str, Any] = found if isinstance(found, dict) else {}
+    for relative, digest in sorted(predicate["run-files"].items()):
+        if relative.startswith(f"{OUTPUTS_DIR}/"):
+            name = relative.removeprefix(f"{OUTPUTS_DIR}/")
+            if not _same(outputs.get(name), digest):
+                checks.mismatches.append(
+                    f"run file {relative}: not the output {name} the record names ({_short(outputs.get(name))})"
+                )
 
 
 def _check_objects(signed: dict[str, Any], objects_root: Path, checks: Checks) -> None:
@@ -419,7 +497,7 @@ def _check_image(image_id: str, image_present: Callable[[str], bool | None], che
 def verify_envelope_file(path: Path, trust: Trust, image_present: Callable[[str], bool | None]) -> Checks:
     """A lone envelope: a run's (checked against the run folder it sits in) or an image's provenance."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = strict_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"{path} is not a readable attestation") from exc
     checks = Checks()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from envlock.codecs import project_path_problem
+from envlock.codecs import project_path_problem, strict_json
 from envlock.engine.docker import Engine
 from envlock.errors import BundleError, RerunError, UsageError, VerificationError
 from envlock.evidence.attest import (
@@ -39,6 +39,7 @@ from envlock.evidence.attest import (
     attest_run,
     image_subjects,
     open_checked,
+    unbound_files,
     verify_run_dir,
 )
 from envlock.evidence.trust import Trust
@@ -116,7 +117,14 @@ def make_bundle(
 
 def _stage_run(project_dir: Path, run_dir: Path, record: RunRecord, stage: Path) -> None:
     """The run's folder (less the nodes' own), the lock's SBOM for the run's platform, the image's provenance."""
-    shutil.copytree(run_dir, stage / "run", ignore=shutil.ignore_patterns(NODES_DIR))
+    # Only what the attestation binds (and the record, the attestation, the signer's key): not the nodes' own
+    # folders, not Slurm's output of the job (written on after the run was attested).
+    left_out = {NODES_DIR, *unbound_files(run_dir)}
+
+    def unbound(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if (Path(folder) / n).relative_to(run_dir).as_posix() in left_out]
+
+    shutil.copytree(run_dir, stage / "run", ignore=unbound)
     lock = lockfile.read(run_dir / LOCK_FILE)
     (stage / "sbom.cdx.json").write_text(sbom_json(lock, record.platform), encoding="utf-8")
     provenance = attestation_path(project_dir, record.image_id)
@@ -236,7 +244,7 @@ def _read_manifest(bundle: Path, root: Path) -> dict[str, Any]:
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise BundleError(f"{bundle}: {MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes: not a manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = strict_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError
         raise BundleError(f"{bundle}: {MANIFEST} is not JSON ({exc})") from exc
     problems = _manifest_problems(manifest)
@@ -320,7 +328,13 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     places = RunPlaces(root / "run", root / "outputs", root / "objects", root / "inputs", left_out)
     checks = verify_run_dir(places, trust=trust, image_present=image_present)
     checks.held.insert(0, f"bundle: {len(found.manifest.get('contents') or {})} files match bundle.json")
+    checks.mismatches += [
+        f"run file {name}: not in the attestation (a bundle carries none)" for name in unbound_files(root / "run")
+    ]
     signed = checks.signed_record or {}
+    checks.expect("bundle.json: run id", signed.get("run_id"), found.manifest.get("run-id"))
+    checks.mismatches += _unnamed_objects(root / "objects", signed)
+    checks.mismatches += _unaccounted(found, signed)
     image_id = str(signed.get("image_id") or "")
     checks.expect("bundle.json: image ID", image_id, (found.manifest.get("image") or {}).get("id"))
     lock = lockfile.read(root / "run" / LOCK_FILE)
@@ -330,6 +344,15 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
         (root / "sbom.cdx.json").read_text(encoding="utf-8") if (root / "sbom.cdx.json").is_file() else None,
     )
     _check_provenance(root / "image.dsse.json", trust, image_id, lock.lock_hash, checks)
+    predicate = (checks.statement or {}).get("predicate") or {}
+    if "project-subdir" in predicate:  # where the code re-runs: a bundle may not point reproduce elsewhere
+        checks.expect(
+            "bundle.json: project folder in the repository",
+            predicate["project-subdir"],
+            found.manifest.get("project-subdir") or "",
+        )
+    else:
+        checks.unchecked.append("bundle.json: project folder in the repository (attested before envlock signed it)")
     commit = (signed.get("git") or {}).get("commit")
     checks.expect("bundle.json: commit", commit, found.manifest.get("commit"))
     if commit:
@@ -340,13 +363,45 @@ def verify_unpacked(found: Unpacked, trust: Trust, engine: Callable[[], Engine |
     return checks
 
 
+def _unnamed_objects(objects: Path, signed: dict[str, Any]) -> list[str]:
+    """Saved copies the bundle carries that the signed record does not name (their content is checked by nobody,
+    and a pull would put them into the receiver's content-addressed store)."""
+    git = signed.get("git")
+    saved = git.get("untracked-saved") if isinstance(git, dict) else None
+    named = {str(digest) for digest in saved.values()} if isinstance(saved, dict) else set()
+    carried = sorted(p.relative_to(objects.parent).as_posix() for p in objects.rglob("*") if not p.is_dir())
+    return [
+        f"{name}: a saved copy the signed record does not name" for name in carried if name.split("/")[-1] not in named
+    ]
+
+
+_OWN_FILES = frozenset({MANIFEST, "sbom.cdx.json", "image.dsse.json", "code.gitbundle"})
+
+
+def _unaccounted(found: Unpacked, signed: dict[str, Any]) -> list[str]:
+    """Files the bundle carries that no check covers: besides its own files, the run's folder and saved copies
+    (checked on their own), only the signed record's outputs, its inputs' files and the image archive belong."""
+    outputs, inputs = signed.get("outputs"), signed.get("inputs")
+    listed = inputs.get("files") if isinstance(inputs, dict) else None
+    files: dict[str, Any] = listed if isinstance(listed, dict) else {}
+    archive = (found.manifest.get("image") or {}).get("archive")
+    declared = outputs if isinstance(outputs, dict) else {}
+    named = {*_OWN_FILES, *(f"outputs/{p}" for p in declared), *(f"inputs/{p}" for p in files), archive}
+    carried = sorted(str(name) for name in found.manifest.get("contents") or {})
+    return [
+        f"bundle file {name}: nothing signed names it"
+        for name in carried
+        if name not in named and not name.startswith(("run/", "objects/"))
+    ]
+
+
 def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, checks: Checks) -> None:
     """The bundled image provenance: about the signed record's image and lock, and who vouches for it."""
     if not path.is_file():
         checks.unchecked.append("image provenance: not in the bundle")
         return
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = strict_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"the bundle's image.dsse.json is not JSON: {exc}") from exc
     seen = Checks()

@@ -20,6 +20,7 @@ from envlock.evidence.runreport import BANNER_CLASS, CSS, Banner, Verified, veri
 from envlock.evidence.trust import Trust
 from envlock.fsutil import atomic_write_text, sha256_file
 from envlock.paths import ProjectLayout
+from envlock.report import shown_lines
 from envlock.run.arguments import FileRef, RunRef
 from envlock.run.links import producers
 from envlock.run.records import RunRecord, RunStore, new_run_id
@@ -505,7 +506,7 @@ def render_chain_text(report: ChainReport) -> str:
            if isinstance(r.get("first_divergent"), dict) else "")
         for r in report.reruns
     ] or ["  none yet (envlock reproduce --chain " + report.lineage.run + ")"]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return shown_lines("\n".join(lines)) + "\n"  # a record's strings never move the terminal's cursor
 
 
 _NODE_W, _NODE_H, _GAP_X, _GAP_Y = 220, 54, 70, 24

@@ -352,10 +352,16 @@ def store_pulled(found: Unpacked, bundle: Path, project_dir: Path) -> str:
         raise UsageError(f"run {run_id} is already in this project's run store", hint="envlock runs show " + run_id)
     project_dir.mkdir(parents=True, exist_ok=True)
     copy_confined(found.root / "run", project_dir, _under(layout.runs / run_id, project_dir))
-    if (found.root / "objects").is_dir():
-        copy_confined(found.root / "objects", project_dir, _under(layout.objects, project_dir))
-    if (found.root / "image.dsse.json").is_file():
-        provenance = attestation_path(project_dir, str(found.manifest["image"]["id"]))
+    # What the project has already stays as it is: its saved copies (content-addressed, and its own runs' evidence)
+    # and its image provenance (perhaps signed here: a bundle's, whose origin verify does not require, never
+    # replaces it).
+    objects = found.root / "objects"
+    for saved in sorted(p for p in objects.rglob("*") if p.is_file()) if objects.is_dir() else ():
+        target = layout.objects / saved.relative_to(objects)
+        if not (target.exists() or target.is_symlink()):
+            copy_confined(saved, project_dir, _under(target, project_dir))
+    provenance = attestation_path(project_dir, str(found.manifest["image"]["id"]))
+    if (found.root / "image.dsse.json").is_file() and not (provenance.exists() or provenance.is_symlink()):
         copy_confined(found.root / "image.dsse.json", project_dir, _under(provenance, project_dir))
     copy_confined(bundle, project_dir, _under(pulled_bundle(project_dir, run_id), project_dir))
     return run_id

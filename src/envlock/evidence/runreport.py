@@ -22,6 +22,7 @@ from envlock.evidence.trust import Trust
 from envlock.lock import lockfile
 from envlock.lock.lockfile import Lock
 from envlock.paths import ATTESTATION, LOCK_FILE
+from envlock.report import shown
 from envlock.run.hostprobe import HostState
 from envlock.run.records import RunRecord, RunStore
 from envlock.run.schema import GitRecord
@@ -304,12 +305,14 @@ def _commit(record: RunRecord) -> str:
 
 
 def render_text(summary: Summary) -> str:
-    """The report as plain text."""
-    lines = [summary.title, f"[{summary.banner}] {summary.verdict}", ""]
+    """The report as plain text (every value escaped: a record's strings never move the terminal's cursor nor
+    start a line of their own)."""
+    lines = [shown(summary.title), f"[{summary.banner}] {shown(summary.verdict)}", ""]
     for title, rows in summary.sections:
-        lines.append(title)
-        width = max((len(row[0]) for row in rows), default=0)
-        lines += [f"  {row[0]:<{width}}  {'  |  '.join(row[1:])}".rstrip() for row in rows]
+        lines.append(shown(title))
+        cells = [[shown(cell) for cell in row] for row in rows]
+        width = max((len(row[0]) for row in cells), default=0)
+        lines += [f"  {row[0]:<{width}}  {'  |  '.join(row[1:])}".rstrip() for row in cells]
         lines.append("")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ keeps the user's.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,14 +63,33 @@ def project_trust_dir(project_dir: Path) -> Path:
     return ProjectLayout(project_dir).state / "trusted-keys"
 
 
-def _folder(folder: Path, source: str) -> list[TrustedKey]:
+def _folder(folder: Path, source: str, *, private: bool = False) -> list[TrustedKey]:
     if not folder.is_dir():
         return []
+    _guarded(folder, private=private)
     found = []
     for path in sorted(folder.glob("*.pub")):
         if path.is_file() and not path.is_symlink():
+            _guarded(path, private=private)
             found.append(TrustedKey(_checked(path), path.stem, source))
     return found
+
+
+def _guarded(path: Path, *, private: bool) -> None:
+    """Whoever can write a folder of trusted keys decides what verifies. The user's store (what a link to it points
+    at) and its keys must be the user's (or root's) and writable by nobody else, as ssh's StrictModes asks of ~/.ssh;
+    a project's committed folder may be a team's (group-writable, others' files) but never writable by anyone."""
+    found = path.stat()  # through a link: the folder the store really is
+    loose = found.st_mode & (0o022 if private else 0o002)
+    if loose or (private and found.st_uid not in (os.getuid(), 0)):
+        what = f"writable by others (mode {found.st_mode & 0o777:o})" if loose else f"owned by uid {found.st_uid}"
+        whose = "your trust store's" if private else "the project's trusted-keys'"
+        raise UsageError(
+            f"{whose} {path} is {what}: anyone who can write it chooses what verifies",
+            hint=f"chmod {'go' if private else 'o'}-w {path} (and check who added its keys)"
+            if loose
+            else f"remove {path} or chown it",
+        )
 
 
 def _checked(path: Path) -> PublicKey:
@@ -87,7 +107,7 @@ def load_trust(keys: Sequence[Path], *, environ: Mapping[str, str], project_dir:
     `project_dir` is None for evidence from elsewhere (a bundle): a folder of keys that came with it proves nothing.
     """
     found = [TrustedKey(_checked(path), path.stem, f"--key {path}") for path in keys]
-    found += _folder(user_trust_dir(environ), "your trust store")
+    found += _folder(user_trust_dir(environ), "your trust store", private=True)
     if project_dir is not None:
         found += _folder(project_trust_dir(project_dir), "the project's .envlock/trusted-keys")
     unique: dict[str, TrustedKey] = {}
@@ -108,7 +128,7 @@ def add_key(source: Path, name: str | None, environ: Mapping[str, str]) -> Trust
             f"{chosen!r} is not a usable key name (letters, digits, '.', '_', '-'; up to 64)", hint="pass --name NAME"
         )
     folder = user_trust_dir(environ)
-    existing = {k.keyid: k for k in _folder(folder, "your trust store")}
+    existing = {k.keyid: k for k in _folder(folder, "your trust store", private=True)}
     if key.keyid in existing:
         raise UsageError(
             f"key {key.keyid[:16]} is already trusted as {existing[key.keyid].name!r}",
@@ -131,7 +151,7 @@ def list_keys(environ: Mapping[str, str], project_dir: Path | None) -> list[Trus
 def remove_key(which: str, environ: Mapping[str, str]) -> TrustedKey:
     """Stop trusting a key of the user's store, by name or by a key-id prefix (8 hex digits at least)."""
     folder = user_trust_dir(environ)
-    keys = _folder(folder, "your trust store")
+    keys = _folder(folder, "your trust store", private=True)
     chosen = [k for k in keys if k.name == which] or (
         [k for k in keys if k.keyid.startswith(which.lower())] if len(which) >= 8 else []
     )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.codecs import Codec, Problems, field
+from envlock.codecs import Codec, Problems, field, strict_json
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
 from envlock.fsutil import atomic_write_bytes, atomic_write_text
 from envlock.paths import (
@@ -182,7 +182,7 @@ class RunStore:
     def verdict(self, run_id: str) -> dict[str, Any] | None:
         """The verdict kept beside a reproducing run's record (None: none, or unreadable)."""
         try:
-            data = json.loads((self.directory(run_id) / VERDICT_FILE).read_text(encoding="utf-8"))
+            data = strict_json((self.directory(run_id) / VERDICT_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -231,7 +231,7 @@ class RunStore:
     @staticmethod
     def _read(path: Path) -> RunRecord:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = strict_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
         return RunRecord.from_dict(data, f"run record {path}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import shutil
 import tempfile
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.codecs import project_path_problem
+from envlock.codecs import project_path_problem, strict_json
 from envlock.errors import (
     FAILURE_REPRODUCED,
     NOT_REPRODUCED,
@@ -67,18 +66,31 @@ class Tolerance:
         return math.isclose(a, b, rel_tol=self.rtol, abs_tol=self.atol)
 
 
-def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+def _leaves(value: Any, prefix: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], Any]:
+    """Each value by its path of keys and list indexes (a tuple: `{"a": {"b": 1}}` and `{"a.b": 1}` differ)."""
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        out: dict[tuple[str | int, ...], Any] = {}
         for key, item in value.items():
-            out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(_leaves(item, (*prefix, str(key))))
         return out
     if isinstance(value, list):
         out = {}
         for index, item in enumerate(value):
-            out.update(_leaves(item, f"{prefix}[{index}]"))
+            out.update(_leaves(item, (*prefix, index)))
         return out
     return {prefix: value}
+
+
+def _named(*documents: dict[tuple[str | int, ...], Any]) -> list[dict[str, Any]]:
+    """The documents' values by their names as people read them (`a.b[0]`); ValueError when two different paths of
+    the two documents read as one name (the documents differ in shape, not in a value)."""
+    names: dict[str, tuple[str | int, ...]] = {}
+    for path in {path for document in documents for path in document}:
+        name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).removeprefix(".")
+        if names.setdefault(name, path) != path:
+            raise ValueError(f"two different values are named {name}")
+    by_path = {path: name for name, path in names.items()}
+    return [{by_path[path]: value for path, value in document.items()} for document in documents]
 
 
 def _number(value: Any) -> float | None:
@@ -98,7 +110,7 @@ def _compare_values(before: dict[str, Any], after: dict[str, Any], tolerance: To
     exact = True
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)
-        if a == b:
+        if type(a) is type(b) and a == b:  # true is not 1
             continue
         exact = False
         x, y = _number(a), _number(b)
@@ -132,12 +144,17 @@ def compare_output(
     before_hash, after_hash = hashes
     if before_hash is None or after_hash is None or before_hash == after_hash:
         return _by_presence(path, before_hash, after_hash)
+    hashes_moved = f"sha256 {str(before_hash)[:12]} -> {after_hash[:12]}"
     if before is None or not before.is_file():
-        return OutputCheck(path, "differs", (f"sha256 {str(before_hash)[:12]} -> {after_hash[:12]}",))
+        return OutputCheck(path, "differs", (hashes_moved,))
+    if sha256_file(before) != before_hash:  # values are compared with the output the record names, or not at all
+        return OutputCheck(path, "differs", (f"{hashes_moved} (the original's kept copy is not its output)",))
     try:
         if after.suffix.lower() == ".json":
-            old = _leaves(json.loads(before.read_text(encoding="utf-8")))
-            new = _leaves(json.loads(after.read_text(encoding="utf-8")))
+            old, new = _named(
+                _leaves(strict_json(before.read_text(encoding="utf-8"), nan=True)),
+                _leaves(strict_json(after.read_text(encoding="utf-8"), nan=True)),
+            )
         else:
             old, new = _table(before), _table(after)
     except (ValueError, OSError, UnicodeDecodeError) as exc:

@@ -23,6 +23,7 @@ from envlock.fsutil import (
     is_disk_full,
     make_dirs_confined,
     no_space_is_an_error,
+    resolves_inside,
     sha256_file,
     write_confined,
 )
@@ -201,16 +202,22 @@ def project_outputs(project_dir: Path, outputs: tuple[str, ...]) -> tuple[str, .
 
 def hash_outputs(project_dir: Path, outputs: tuple[str, ...], since_ns: int | None = None) -> dict[str, str | None]:
     """sha256 of each declared output; a directory counts as every file in it written during the run (modified at
-    or after `since_ns`: a directory that accumulates, like mlruns/, keeps older runs' files). None: not produced."""
+    or after `since_ns`: a directory that accumulates, like mlruns/, keeps older runs' files). None: not produced.
+    Only files that lie inside the project, links followed: a link the command made to a file elsewhere on the host
+    (a bundle's code, in its container) is not produced, and nothing reads, keeps or compares what it points at."""
     hashes: dict[str, str | None] = {}
+
+    def inside(file: Path) -> bool:
+        return file.is_file() and resolves_inside(project_dir, file.relative_to(project_dir).as_posix())
+
     for declared in outputs:
         path = project_dir / declared
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if path.is_dir() and resolves_inside(project_dir, declared):
+            for file in sorted(p for p in path.rglob("*") if inside(p)):
                 if since_ns is None or file.stat().st_mtime_ns >= since_ns:
                     hashes[file.relative_to(project_dir).as_posix()] = sha256_file(file)
         else:
-            hashes[declared] = sha256_file(path) if path.is_file() else None
+            hashes[declared] = sha256_file(path) if inside(path) else None
     return hashes
 
 

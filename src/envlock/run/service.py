@@ -205,6 +205,9 @@ class RecordedRun:
     folders: RunFolders
     origin: Origin = "own"
     archives: tuple[Path, ...] = ()
+    # Whether the registries the record names may be asked for its image: a foreign record's only with the user's
+    # word (`reproduce --pull`), or a bundle's sender would choose where the receiver's engine connects.
+    pull: bool = True
 
 
 def run_recorded(
@@ -271,24 +274,41 @@ def _restored(recorded: RecordedRun, tools: RunTools) -> _Found:
 
     record, origin, project_dir = recorded.record, recorded.origin, recorded.folders.store.project_dir
     repository = FOREIGN_REPOSITORY if origin == "foreign" else record.image_reference.split(":")[0]
+    # Without the user's word a foreign record sends nothing to the network: no pull from the registries it names,
+    # no rebuild from its lock (which would pull the base the lock names and download the wheels from its URLs).
+    digests = tuple(record.repo_digests) if recorded.pull else ()
+    rebuild = rebuild_from(recorded.lock_path, repository, tools, project_dir) if recorded.pull else None
+    if record.repo_digests and not recorded.pull:
+        tools.report(f"not pulling {', '.join(record.repo_digests)}: a bundle's registries are asked only with --pull")
 
     def through_engine() -> Restored:
-        return restore_image(
-            record.image_id,
-            engine=tools.engine,
-            repo_digests=tuple(record.repo_digests),
-            archives=(*recorded.archives, ProjectLayout(project_dir).archive_for(record.image_id)),
-            rebuild=rebuild_from(recorded.lock_path, repository, tools, project_dir),
-            reference=None if origin == "foreign" else record.image_reference,
-            report=tools.report,
-        )
+        try:
+            return restore_image(
+                record.image_id,
+                engine=tools.engine,
+                repo_digests=digests,
+                archives=(*recorded.archives, ProjectLayout(project_dir).archive_for(record.image_id)),
+                rebuild=rebuild,
+                reference=None if origin == "foreign" else record.image_reference,
+                report=tools.report,
+            )
+        except RestoreError as exc:
+            if recorded.pull:
+                raise
+            where = ", ".join(record.repo_digests) or "no registry"
+            raise RestoreError(
+                f"{exc.message}; the record names {where}: a bundle's run is fetched or rebuilt only with --pull",
+                hint="reproduce it again with --pull (the image by digest from those registries, else a rebuild "
+                "from its lock, which downloads its base and wheels), or ask for a bundle with its image "
+                "(bundle --with-image)",
+            ) from exc
 
     launcher = tools.launcher()
     if isinstance(launcher, OwnImages):  # Podman, Charliecloud: from the registry themselves, no engine asked
         restored = restore_for_runtime(
             record.image_id,
             runtime=launcher,
-            repo_digests=tuple(record.repo_digests),
+            repo_digests=digests,
             through_engine=through_engine,
             report=tools.report,
         )
