@@ -426,10 +426,57 @@ def _existing(path: Path) -> Path:
     return path
 
 
+# The most envlock reads whole of a file it expects to be small (a lock, pyproject.toml, a record, a requirements or
+# params file, its own state): far above any real one (a 90-package CUDA lock is ~100 kB), far below memory.
+SMALL_FILE_LIMIT = 64 << 20
+
+
+def read_small(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """The bytes of a file envlock reads whole. Anything but a regular file (a FIFO, whose read would wait for a
+    writer forever; a folder; a device) and a file over `limit` bytes (a 2 GB file is not read into memory) is
+    refused as an OSError whose strerror says what it is; `unreadable` words any of them for a message."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once, without a writer
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            code = errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL
+            raise OSError(code, f"is {_kind(info.st_mode)}, not a regular file", str(path))
+        chunks: list[bytes] = []
+        taken = 0
+        while taken <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - taken))):
+            chunks.append(chunk)
+            taken += len(chunk)
+        if info.st_size > limit or taken > limit:
+            size = max(info.st_size, taken)
+            raise OSError(errno.EFBIG, f"is {size:,} bytes, larger than the {limit:,} envlock reads", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_small_text(path: Path, limit: int = SMALL_FILE_LIMIT) -> str:
+    """A small file's text (UTF-8), read as `read_small` reads (UnicodeDecodeError when it is not UTF-8)."""
+    return read_small(path, limit).decode("utf-8")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a device")
+
+
+def unreadable(exc: OSError | ValueError) -> str:
+    """Why a file could not be read, in words for one line (the path is named by the caller, not repeated)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of envlock's own state, or None when it is missing or damaged (then it is simply remade)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_small_text(path))
     except (OSError, ValueError):
         return None
 

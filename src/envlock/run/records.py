@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from envlock.codecs import Codec, Problems, field
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
-from envlock.fsutil import atomic_write_bytes, atomic_write_text
+from envlock.fsutil import atomic_write_bytes, atomic_write_text, read_small_text, unreadable
 from envlock.paths import (
     DIFF_FILE,
     LOCK_FILE,
@@ -182,7 +182,7 @@ class RunStore:
     def verdict(self, run_id: str) -> dict[str, Any] | None:
         """The verdict kept beside a reproducing run's record (None: none, or unreadable)."""
         try:
-            data = json.loads((self.directory(run_id) / VERDICT_FILE).read_text(encoding="utf-8"))
+            data = json.loads(read_small_text(self.directory(run_id) / VERDICT_FILE))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -231,9 +231,11 @@ class RunStore:
     @staticmethod
     def _read(path: Path) -> RunRecord:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_small_text(path))
         except (OSError, ValueError) as exc:
-            raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+            raise RunRecordError(
+                f"run record {path} is unreadable ({exc.__class__.__name__}: {unreadable(exc)})"
+            ) from exc
         return RunRecord.from_dict(data, f"run record {path}")
 
     def scan(self) -> tuple[list[RunRecord], list[Path]]:
