@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from envlock.errors import BundleError, CacheNotWritableError, DiskFullError
+from envlock.errors import BundleError, CacheNotWritableError, DiskFullError, EnvlockError, FileAccessError
 
 
 def make_dirs(path: Path) -> None:
@@ -36,6 +36,11 @@ def make_dirs(path: Path) -> None:
             folder.mkdir()
         except FileExistsError:
             continue  # made meanwhile by another process: its maker set the mode
+        except FileNotFoundError as exc:  # its parent is there, yet takes no folder (HOME=/proc, a pseudo-filesystem)
+            raise FileAccessError(
+                f"cannot make the folder {folder}: {folder.parent} takes no new folders",
+                hint="point HOME (or XDG_CACHE_HOME, ENVLOCK_CACHE_DIR) at a folder you can write",
+            ) from exc
         parent_mode = folder.parent.stat().st_mode
         if parent_mode & stat.S_ISGID:
             folder.chmod(stat.S_IMODE(parent_mode))
@@ -102,7 +107,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     directory = path.parent
     make_dirs(directory)
     mode = shared_file_mode(directory, mode) if mode == 0o644 else mode
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _as_meant(exc, path) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -114,15 +122,21 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if is_disk_full(exc):
-            assert isinstance(exc, OSError)  # noqa: S101  (for the type checker)
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file meant, not the temp file
+        if isinstance(exc, OSError):
+            raise _as_meant(exc, path) from exc
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _as_meant(exc: OSError, path: Path) -> OSError:
+    """The same failure, naming the file meant rather than the temp file beside it (which no longer exists)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
@@ -300,8 +314,11 @@ def _open_lock(path: Path) -> int:
     folder (NFS's fcntl locks need a writable descriptor), else opened read-only (a local flock needs no more)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError as exc:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # not there, and this user may not make it: the folder is the one to name
+            raise PermissionError(exc.errno, exc.strerror, str(path.parent)) from exc
     with contextlib.suppress(OSError):
         folder = path.parent.stat().st_mode
         if folder & stat.S_ISGID and os.fstat(fd).st_uid == os.getuid():
@@ -385,6 +402,62 @@ def cache_writes(action: str, root: Path, doer: str = "this build") -> Iterator[
         if not target.is_relative_to(root):
             raise
         raise not_writable(target if target.is_dir() else target.parent, exc.errno == errno.EROFS, doer) from exc
+
+
+# What the filesystem answers when the environment, not envlock, is at fault: the words for each, and whether a
+# path-less error is still the environment's (a permission error of a syscall on no file may be anything).
+_ACCESS = {
+    errno.EROFS: "is on a read-only filesystem",
+    errno.EACCES: "is not accessible to you (permission denied)",
+    errno.EPERM: "is not accessible to you (operation not permitted)",
+    errno.ENOTDIR: "has a file where a folder belongs",
+    errno.EISDIR: "is a folder where a file belongs",
+    errno.ELOOP: "is a symbolic link loop, or a link envlock does not follow",
+}
+
+
+def environment_error(exc: OSError, action: str) -> EnvlockError | None:
+    """The one error for a filesystem failure while `action` that is the environment's (a read-only project, a
+    folder of another user, a full disk, a file where a folder belongs, the working folder removed): one line naming
+    the path, its owner and mode; None for anything else (that is a bug, and shows its traceback)."""
+    if is_disk_full(exc):
+        return disk_full(action, exc)
+    if exc.errno == errno.ENOENT and exc.filename is None:
+        return FileAccessError(
+            f"the working folder was removed while {action}",
+            hint="cd into an existing folder (or pass -C DIR) and run it again",
+        )
+    if exc.errno not in _ACCESS or exc.filename is None:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    return FileAccessError(f"{path} {_ACCESS[exc.errno]} while {action}{_owner_mode(path)}", hint=_access_hint(exc))
+
+
+def _owner_mode(path: Path) -> str:
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    try:
+        info = path.lstat()
+    except OSError:
+        return ""
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return f" (owner {owner}, group {group}, mode {stat.S_IMODE(info.st_mode):04o})"
+
+
+def _access_hint(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "run it where the project (and ENVLOCK_CACHE_DIR) can be written, or remount the filesystem read-write"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "run it as the folder's owner, have its owner grant you access, or set ENVLOCK_CACHE_DIR to your own"
+    return "move what is in its place aside (envlock never removes what it did not make), then run it again"
 
 
 def require_writable(folders: Iterable[Path]) -> None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import pytest
+import requests
 
 from envlock.cli.app import run
-from envlock.fsutil import read_small, read_small_text, unreadable
+from envlock.engine.docker import translated
+from envlock.errors import EngineUnreachableError, FileAccessError
+from envlock.fsutil import make_dirs, read_small, read_small_text, unreadable
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
 from tests.fakes import FakeResolver, package
@@ -128,3 +133,97 @@ def test_an_odd_requirements_file_to_import_is_one_line_exit_27(
     assert code == 27, lines
     assert lines[0].startswith("error: ") and "requirements.txt" in lines[0]
     assert (locked / "pyproject.toml").read_bytes() == before
+
+
+# --- places envlock must write that cannot be written ------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A folder with a locked project, then bound onto itself read-only (EROFS even for root); unbound afterwards."""
+    project = tmp_path / "ro"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    lock_project(load_spec(project), FakeResolver({"linux/amd64": [package("alpha", "1.0")]}))
+    (project / "requirements.txt").write_text("alpha==1.0\nbeta\n")
+    done = subprocess.run(["mount", "--bind", "-o", "ro", project, project], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here: {done.stderr.decode().strip()}")
+    try:
+        yield project
+    finally:
+        subprocess.run(["umount", "-l", project], check=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [(("init", "--from", "requirements.txt"), "pyproject.toml"), (("sbom", "-o", "sbom.json"), "sbom.json")],
+)
+def test_a_read_only_project_is_one_line_exit_34_naming_the_file_meant(
+    capsys: pytest.CaptureFixture[str], read_only: Path, argv: tuple[str, ...], meant: str
+) -> None:
+    before = sorted(p.name for p in read_only.iterdir())
+    argv = tuple(str(read_only / a) if a == "sbom.json" else a for a in argv)
+    code, lines = envlock(capsys, *argv, "-C", str(read_only))
+    assert code == 34, lines
+    assert lines[0].startswith(f"error: {read_only / meant} is on a read-only filesystem"), lines
+    assert ".tmp" not in lines[0]  # the file meant, not the temp file beside it
+    assert lines[-1].startswith("hint: ")
+    assert sorted(p.name for p in read_only.iterdir()) == before
+
+
+def test_a_file_where_a_folder_belongs_is_one_line_exit_34(capsys: pytest.CaptureFixture[str], locked: Path) -> None:
+    (locked / "reports").write_text("a file, not a folder")
+    code, lines = envlock(capsys, "sbom", "-C", str(locked), "-o", str(locked / "reports" / "sbom.json"))
+    assert code == 34, lines
+    assert "has a file where a folder belongs" in lines[0]
+    assert (locked / "reports").read_text() == "a file, not a folder"
+
+
+def test_a_cache_under_a_pseudo_filesystem_is_one_error(tmp_path: Path) -> None:
+    """HOME=/proc: /proc is a folder, yet takes no new ones (mkdir answers ENOENT, which is no bug of envlock's)."""
+    with pytest.raises(FileAccessError, match="takes no new folders") as caught:
+        make_dirs(Path("/proc/envlock-cache/envlock/tmp"))
+    assert caught.value.exit_code == 34
+    assert "HOME" in caught.value.hint
+
+
+def test_a_lock_file_in_a_folder_of_another_user_names_the_folder(tmp_path: Path) -> None:
+    """A non-root user taking the gc lock of a cache it may not write: the folder is named, not a missing file."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root and setpriv to act as another user")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom envlock.fsutil import exclusive\n"
+        "with exclusive(Path(sys.argv[1])):\n    pass\n"
+    )
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "1234",
+            "--regid",
+            "1234",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+            cache / "gc.lock",
+        ],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "PermissionError" in done.stderr and f"'{cache}'" in done.stderr, done.stderr
+
+
+def test_permission_denied_on_the_engine_socket_is_said_so() -> None:
+    """A user outside the docker group: not "is dockerd running?", but the socket and the group."""
+    with pytest.raises(EngineUnreachableError) as caught, translated("inspect x"):
+        raise requests.ConnectionError(("Connection aborted.", PermissionError(13, "Permission denied")))
+    assert "permission denied on the Docker engine's socket" in caught.value.message
+    assert "docker" in caught.value.hint and "group" in caught.value.hint
+    assert caught.value.exit_code == 7

@@ -111,6 +111,15 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
         return _parser_exit(exc, args)
     except EnvlockError as exc:
         return _own_failure(exc, args)
+    except OSError as exc:
+        # A filesystem failure no code path translated (a read-only project, another user's folder, a full disk):
+        # the environment's, so one line; any other OSError is a bug and keeps its traceback.
+        from envlock.fsutil import environment_error  # noqa: PLC0415  (only on failure: not on every start's path)
+
+        error = environment_error(exc, f"running `envlock {' '.join(args[:1])}`")
+        if error is None:
+            raise
+        return _own_failure(error, args)
     except KeyboardInterrupt:
         return _fail("interrupted", "envlock writes atomically: every file is as it was before", INTERRUPTED)
     return 0
