@@ -139,6 +139,18 @@ def _as_meant(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(path))
 
 
+@contextlib.contextmanager
+def writing_to(path: Path) -> Iterator[None]:
+    """A block that streams into `path` (or its temp file): a failure the OS gives without a file name (a write()
+    meeting a full disk) names `path`, so the one line says which file could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write text (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)

@@ -4,10 +4,12 @@ an engine that cannot be reached, signals): one line with a hint and the table's
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -15,13 +17,14 @@ from types import FrameType
 import pytest
 import requests
 
-from envlock.cli.app import run
-from envlock.engine.docker import translated
-from envlock.errors import EngineUnreachableError, FileAccessError
-from envlock.fsutil import make_dirs, read_small, read_small_text, unreadable
+from envlock.cli.app import run, stop_on_sigterm
+from envlock.engine.docker import Sink, translated
+from envlock.errors import DiskFullError, EngineUnreachableError, FileAccessError
+from envlock.fsutil import environment_error, make_dirs, read_small, read_small_text, unreadable
+from envlock.image.restore import write_archive_file
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
-from tests.fakes import FakeResolver, package
+from tests.fakes import FakeEngine, FakeResolver, package
 
 PYPROJECT = '[project]\nname = "demo"\nversion = "0.1"\ndependencies = ["alpha"]\n'
 
@@ -227,3 +230,49 @@ def test_permission_denied_on_the_engine_socket_is_said_so() -> None:
     assert "permission denied on the Docker engine's socket" in caught.value.message
     assert "docker" in caught.value.hint and "group" in caught.value.hint
     assert caught.value.exit_code == 7
+
+
+def test_sigterm_stops_envlock_as_ctrl_c_does() -> None:
+    """`kill PID` (or Slurm's scancel): KeyboardInterrupt, so every command cleans up and exits 130, not 143."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode boundary: at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_handler_someone_installed_is_kept() -> None:
+    def theirs(_signum: int, _frame: FrameType | None) -> None:
+        return
+
+    previous = signal.signal(signal.SIGTERM, theirs)
+    try:
+        stop_on_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class FullDiskEngine(FakeEngine):
+    """An engine whose export meets a full disk on its way into the file (write() names no file)."""
+
+    def save(self, ref: str, sink: Sink) -> None:
+        sink.write(b"the first bytes of an export")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_archiving_names_the_archive_and_leaves_no_part_of_it(tmp_path: Path) -> None:
+    out = tmp_path / "archives" / "c3acda99c43f.tar"
+    out.parent.mkdir()
+    with pytest.raises(OSError) as caught:
+        write_archive_file(FullDiskEngine(), "sha256:" + "c" * 64, out)
+    assert caught.value.filename == str(out)
+    assert list(out.parent.iterdir()) == []
+    error = environment_error(caught.value, "running `envlock archive`")
+    assert isinstance(error, DiskFullError)
+    assert error.message.startswith(f"disk full while running `envlock archive`: cannot write {out} (")
+    assert error.exit_code == 22
