@@ -516,11 +516,18 @@ def _existing(path: Path) -> Path:
 SMALL_FILE_LIMIT = 64 << 20
 
 
-def read_small(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
+def read_small(path: Path, limit: int = SMALL_FILE_LIMIT, *, follow_links: bool = True) -> bytes:
     """The bytes of a file envlock reads whole. Anything but a regular file (a FIFO, whose read would wait for a
-    writer forever; a folder; a device) and a file over `limit` bytes (a 2 GB file is not read into memory) is
-    refused as an OSError whose strerror says what it is; `unreadable` words any of them for a message."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once, without a writer
+    writer forever; a folder; a device), a file over `limit` bytes (a 2 GB file is not read into memory) and, with
+    `follow_links` off, a symbolic link (for files only envlock writes, never as links) is refused as an OSError
+    whose strerror says what it is; `unreadable` words any of them for a message."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO opens at once, without a writer
+    try:
+        fd = os.open(path, flags if follow_links else flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise OSError(errno.ELOOP, "is a symbolic link, and envlock writes no link there", str(path)) from exc
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -539,9 +546,9 @@ def read_small(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
         os.close(fd)
 
 
-def read_small_text(path: Path, limit: int = SMALL_FILE_LIMIT) -> str:
+def read_small_text(path: Path, limit: int = SMALL_FILE_LIMIT, *, follow_links: bool = True) -> str:
     """A small file's text (UTF-8), read as `read_small` reads (UnicodeDecodeError when it is not UTF-8)."""
-    return read_small(path, limit).decode("utf-8")
+    return read_small(path, limit, follow_links=follow_links).decode("utf-8")
 
 
 def _kind(mode: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -19,11 +20,12 @@ import requests
 
 from envlock.cli.app import run, stop_on_sigterm
 from envlock.engine.docker import Sink, translated
-from envlock.errors import DiskFullError, EngineUnreachableError, FileAccessError
+from envlock.errors import DiskFullError, EngineUnreachableError, FileAccessError, RunNotFoundError, RunRecordError
 from envlock.fsutil import environment_error, make_dirs, read_small, read_small_text, unreadable
 from envlock.image.restore import write_archive_file
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
+from envlock.run.records import RunStore
 from tests.fakes import FakeEngine, FakeResolver, package
 
 PYPROJECT = '[project]\nname = "demo"\nversion = "0.1"\ndependencies = ["alpha"]\n'
@@ -276,3 +278,47 @@ def test_a_full_disk_while_archiving_names_the_archive_and_leaves_no_part_of_it(
     assert isinstance(error, DiskFullError)
     assert error.message.startswith(f"disk full while running `envlock archive`: cannot write {out} (")
     assert error.exit_code == 22
+
+
+# --- run folders and records that are links --------------------------------------------------------------------
+
+RECORDS = Path(__file__).parents[1] / "data" / "records"
+
+
+def _orphan(folder: Path) -> str:
+    """A record of a local run whose envlock died (status running, its pid gone), in `folder`; its run id."""
+    data = json.loads((RECORDS / "v1-local-cpu.json").read_text(encoding="utf-8"))
+    data.update(status="running", envlock_pid=2**22 + 1, ended=None, exit_code=None)
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(data), encoding="utf-8")
+    return str(data["run_id"])
+
+
+def test_a_run_folder_that_is_a_link_out_of_the_project_is_never_written(
+    capsys: pytest.CaptureFixture[str], locked: Path, tmp_path: Path
+) -> None:
+    """`envlock runs` marks orphaned runs interrupted: through a linked run folder that would write elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    run_id = _orphan(elsewhere)
+    (locked / ".envlock" / "runs").mkdir(parents=True)
+    (locked / ".envlock" / "runs" / run_id).symlink_to(elsewhere)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+    code, lines = envlock(capsys, "runs", "-C", str(locked))
+    assert code == 0, lines
+    assert any("skipped unreadable run record" in line and run_id in line for line in lines), lines
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before
+    with pytest.raises(RunNotFoundError):
+        RunStore(locked).load(run_id)
+
+
+def test_a_record_that_is_a_link_is_refused_and_left_alone(locked: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    run_id = _orphan(elsewhere)
+    folder = locked / ".envlock" / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "record.json").symlink_to(elsewhere / "record.json")
+    store = RunStore(locked)
+    with pytest.raises(RunRecordError, match="is a symbolic link"):
+        store.load(run_id)
+    assert store.settle_orphans(lambda _container: None) == []
+    assert json.loads((elsewhere / "record.json").read_text())["status"] == "running"

@@ -231,7 +231,7 @@ class RunStore:
     @staticmethod
     def _read(path: Path) -> RunRecord:
         try:
-            data = json.loads(read_small_text(path))
+            data = json.loads(read_small_text(path, follow_links=False))
         except (OSError, ValueError) as exc:
             raise RunRecordError(
                 f"run record {path} is unreadable ({exc.__class__.__name__}: {unreadable(exc)})"
@@ -245,19 +245,25 @@ class RunStore:
         broken: list[Path] = []
         for run_id in self._ids():
             path = self.directory(run_id) / RECORD_FILE
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
                 try:
                     records.append(self._read(path))
                 except RunRecordError:
                     broken.append(path)
+        broken += [entry / RECORD_FILE for entry in self._entries() if entry.is_symlink()]
         return records, broken
 
     def all(self) -> list[RunRecord]:
         """Every readable record, oldest first."""
         return self.scan()[0]
 
+    def _entries(self) -> list[Path]:
+        return sorted(self.root.iterdir()) if self.root.is_dir() else []
+
     def _ids(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        """The run folders: real folders only. A link in a run folder's place leads elsewhere (envlock never makes
+        one), and whatever envlock then wrote there (an orphan marked interrupted) would land outside the project."""
+        return [entry.name for entry in self._entries() if entry.is_dir() and not entry.is_symlink()]
 
     def settle_orphans(self, remove_container: Any, records: list[RunRecord] | None = None) -> list[RunRecord]:
         """Local runs whose envlock died (kill -9): mark them interrupted and remove their containers. A batch job's
