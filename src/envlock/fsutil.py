@@ -435,14 +435,18 @@ def environment_error(exc: OSError, action: str) -> EnvlockError | None:
     if is_disk_full(exc):
         return disk_full(action, exc)
     if exc.errno == errno.ENOENT and exc.filename is None:
-        return FileAccessError(
-            f"the working folder was removed while {action}",
-            hint="cd into an existing folder (or pass -C DIR) and run it again",
-        )
+        return working_folder_removed(action)
     if exc.errno not in _ACCESS or exc.filename is None:
         return None
     path = Path(os.fsdecode(exc.filename))
     return FileAccessError(f"{path} {_ACCESS[exc.errno]} while {action}{_owner_mode(path)}", hint=_access_hint(exc))
+
+
+def working_folder_removed(action: str) -> FileAccessError:
+    """The one line for a working folder removed under envlock (os.getcwd() fails; `.` leads nowhere)."""
+    return FileAccessError(
+        f"the working folder was removed while {action}", hint="cd into an existing folder and run it again"
+    )
 
 
 def _owner_mode(path: Path) -> str:

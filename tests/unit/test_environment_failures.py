@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,3 +323,23 @@ def test_a_record_that_is_a_link_is_refused_and_left_alone(locked: Path, tmp_pat
         store.load(run_id)
     assert store.settle_orphans(lambda _container: None) == []
     assert json.loads((elsewhere / "record.json").read_text())["status"] == "running"
+
+
+def test_a_removed_working_folder_is_one_line_exit_34(tmp_path: Path) -> None:
+    """Every default path (the project `.`) is relative to it: "no pyproject.toml in ." would mislead."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "envlock", "lock"],
+        cwd=gone,
+        preexec_fn=gone.rmdir,  # removed once the child stands in it
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 34, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: the working folder was removed while running `envlock lock`",
+        "hint: cd into an existing folder and run it again",
+    ]

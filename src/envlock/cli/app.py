@@ -109,6 +109,7 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
         invocation = Invocation(invocation.wiring, tuple(sbatch_args), tuple(command))
     load_commands(args)
     try:
+        Path.cwd()  # every default path (the project `.`) is relative to it: a removed one would mislead every line
         app(args=args, obj=invocation, standalone_mode=True)  # typer reports its own usage errors and exits 2
     except CommandExited as exc:
         return exc.code if isinstance(exc.code, int) else 1
