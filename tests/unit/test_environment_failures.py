@@ -21,7 +21,14 @@ import requests
 
 from envlock.cli.app import run, stop_on_sigterm
 from envlock.engine.docker import Sink, translated
-from envlock.errors import DiskFullError, EngineUnreachableError, FileAccessError, RunNotFoundError, RunRecordError
+from envlock.errors import (
+    DiskFullError,
+    EngineUnreachableError,
+    FileAccessError,
+    RunNotFoundError,
+    RunRecordError,
+    SpecError,
+)
 from envlock.fsutil import environment_error, make_dirs, read_small, read_small_text, unreadable
 from envlock.image.restore import write_archive_file
 from envlock.lock.project import lock_project
@@ -343,3 +350,16 @@ def test_a_removed_working_folder_is_one_line_exit_34(tmp_path: Path) -> None:
         "error: the working folder was removed while running `envlock lock`",
         "hint: cd into an existing folder and run it again",
     ]
+
+
+@pytest.mark.parametrize("kind", ["sparse-2g", "not-utf8"])  # a FIFO or a folder there is no pyproject.toml
+def test_an_odd_pyproject_of_a_local_package_is_one_spec_error(tmp_path: Path, kind: str) -> None:
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\nversion = "0.1"\ndependencies = ["pkg @ file:pkg"]\n'
+    )
+    make_odd(project / "pkg" / "pyproject.toml", kind)
+    with within(5), pytest.raises(SpecError) as caught:
+        load_spec(project)
+    assert WORDS[kind] in caught.value.message
