@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 import requests
 
 from envlock.cli.app import run, stop_on_sigterm
 from envlock.engine.docker import Sink, translated
+from envlock.engine.launch import DockerLauncher, LaunchSpec
 from envlock.errors import (
     DiskFullError,
     EngineUnreachableError,
@@ -363,3 +365,51 @@ def test_an_odd_pyproject_of_a_local_package_is_one_spec_error(tmp_path: Path, k
     with within(5), pytest.raises(SpecError) as caught:
         load_spec(project)
     assert WORDS[kind] in caught.value.message
+
+
+class _Created:
+    """A container the engine made, removable by name."""
+
+    def __init__(self, made: dict[str, str], name: str) -> None:
+        self.made = made
+        self.name = name
+
+    def remove(self, force: bool = False) -> None:
+        del self.made[self.name]
+
+
+class _CreatingApi:
+    """The engine creates the container, and Ctrl-C arrives before its ID reaches envlock."""
+
+    def __init__(self, made: dict[str, str]) -> None:
+        self.made = made
+
+    def create_host_config(self, **values: Any) -> dict[str, Any]:
+        return values
+
+    def create_container(self, image: str, command: list[str], *, name: str, **values: Any) -> dict[str, str]:
+        self.made[name] = "created"
+        raise KeyboardInterrupt
+
+
+class _InterruptedClient:
+    def __init__(self) -> None:
+        self.made: dict[str, str] = {}
+        self.api = _CreatingApi(self.made)
+        self.containers = self
+
+    def get(self, name: str) -> _Created:
+        import docker.errors  # noqa: PLC0415  (docker-py's own NotFound, as the real client raises it)
+
+        if name not in self.made:
+            raise docker.errors.NotFound(name)
+        return _Created(self.made, name)
+
+
+def test_ctrl_c_while_the_engine_creates_the_container_leaves_no_container(tmp_path: Path) -> None:
+    """The container exists before envlock holds its ID: removed by its name, not left in state Created."""
+    client = _InterruptedClient()
+    spec = LaunchSpec("sha256:" + "e" * 64, ["sleep", "30"], "envlock-run-x", tmp_path, {}, "0:0", gpus=False)
+    with pytest.raises(KeyboardInterrupt):
+        DockerLauncher(client, precompile=False).run(spec, lambda _stream, _data: None)
+    assert client.made == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from envlock.engine.bytecode import ImageStack, LayerTars, Seeded, read_stack, seed
 from envlock.engine.docker import translated
 from envlock.engine.runtimes import RuntimeInfo, StreamSink
-from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
+from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError, EnvlockError
 
 WORKDIR = "/work"
 # Where a run's Python writes and finds bytecode (PYTHONPYCACHEPREFIX): a host folder per image ID, so the
@@ -304,7 +304,7 @@ class DockerLauncher:
         requests = [gpu_request(spec)] if spec.gpus else []
         bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
         environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment
-        with translated(f"start the container for {spec.image_id[:19]}"):
+        with translated(f"start the container for {spec.image_id[:19]}"), self._removed_if_interrupted(spec.name):
             # What `containers.create` sends, minus the inspect it makes afterwards to fill a model we never read:
             # the container's ID is all that attach, wait, start and remove need (one round trip fewer per run).
             api = self.client.api
@@ -353,6 +353,17 @@ class DockerLauncher:
             # Also on Ctrl-C or a failed start: stop and remove, so nothing keeps running behind the user's back.
             if not removed:
                 _remove_quietly(container)
+
+    @contextlib.contextmanager
+    def _removed_if_interrupted(self, name: str) -> Iterator[None]:
+        """Ctrl-C (or SIGTERM) while the engine creates the container: it may exist already, with no ID of it here
+        yet; removed by its name (a run's own), so no created container stays behind the interrupted run."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            with contextlib.suppress(EnvlockError):
+                self.remove(name)
+            raise
 
     def remove(self, name: str) -> None:
         """Force-remove a container by name; absent is fine."""
