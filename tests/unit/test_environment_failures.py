@@ -388,27 +388,33 @@ class _CreatingApi:
         return values
 
     def create_container(self, image: str, command: list[str], *, name: str, **values: Any) -> dict[str, str]:
-        self.made[name] = "created"
+        self.made[name] = "being made"  # the request went out; the engine may answer before or after envlock looks
         raise KeyboardInterrupt
 
 
 class _InterruptedClient:
-    def __init__(self) -> None:
+    def __init__(self, late: bool) -> None:
         self.made: dict[str, str] = {}
         self.api = _CreatingApi(self.made)
         self.containers = self
+        self.late = late  # the engine finishes the create only after envlock first looked for it
 
     def get(self, name: str) -> _Created:
         import docker.errors  # noqa: PLC0415  (docker-py's own NotFound, as the real client raises it)
 
+        if self.made.get(name) == "being made" and self.late:
+            self.made[name] = "created"
+            raise docker.errors.NotFound(name)
         if name not in self.made:
             raise docker.errors.NotFound(name)
         return _Created(self.made, name)
 
 
-def test_ctrl_c_while_the_engine_creates_the_container_leaves_no_container(tmp_path: Path) -> None:
-    """The container exists before envlock holds its ID: removed by its name, not left in state Created."""
-    client = _InterruptedClient()
+@pytest.mark.parametrize("late", [False, True])
+def test_ctrl_c_while_the_engine_creates_the_container_leaves_no_container(tmp_path: Path, late: bool) -> None:
+    """The container exists before envlock holds its ID (or only a moment after the cut-off request): removed by its
+    name, not left in state Created."""
+    client = _InterruptedClient(late)
     spec = LaunchSpec("sha256:" + "e" * 64, ["sleep", "30"], "envlock-run-x", tmp_path, {}, "0:0", gpus=False)
     with pytest.raises(KeyboardInterrupt):
         DockerLauncher(client, precompile=False).run(spec, lambda _stream, _data: None)

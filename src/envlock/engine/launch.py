@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,10 @@ class _Waiter:
         return self._outcome[0]
 
 
+# How often (0.1 s apart) an interrupted create looks for the container the engine may still be making.
+CREATE_GRACE_TRIES = 5
+
+
 class DockerLauncher:
     """Launcher through docker-py: the requests `docker run --rm` makes, and no more."""
 
@@ -362,18 +367,27 @@ class DockerLauncher:
             yield
         except KeyboardInterrupt:
             with contextlib.suppress(EnvlockError):
-                self.remove(name)
+                # The engine may finish a create whose request was cut off: looked for a little while, not once.
+                for _ in range(CREATE_GRACE_TRIES):
+                    if self._removed(name):
+                        break
+                    time.sleep(0.1)
             raise
 
     def remove(self, name: str) -> None:
         """Force-remove a container by name; absent is fine."""
+        self._removed(name)
+
+    def _removed(self, name: str) -> bool:
+        """Force-remove a container by name; whether there was one."""
         import docker.errors  # noqa: PLC0415
 
         with translated(f"remove container {name}"):
             try:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
-                return
+                return False
+        return True
 
     def runtime(self) -> RuntimeInfo:
         """Docker and the engine's version."""
