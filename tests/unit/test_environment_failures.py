@@ -419,3 +419,43 @@ def test_ctrl_c_while_the_engine_creates_the_container_leaves_no_container(tmp_p
     with pytest.raises(KeyboardInterrupt):
         DockerLauncher(client, precompile=False).run(spec, lambda _stream, _data: None)
     assert client.made == {}
+
+
+def test_a_failing_mmdebstrap_that_hangs_up_its_group_does_not_end_envlock(tmp_path: Path) -> None:
+    """mmdebstrap answers its own failure (a full cache disk) with SIGHUP to its whole process group: envlock must
+    not be in it, or it dies with exit 129 and leaves its work folders behind instead of giving its one line."""
+    fake = tmp_path / "bin" / "mmdebstrap"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\necho "E: cannot write: No space left on device" >&2\n'
+        'kill -HUP -$(ps -o pgid= $$ | tr -d " ")\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    script = (
+        "from pathlib import Path\n"
+        "from envlock.errors import BuildError\n"
+        "from envlock.image.bases import MmdebstrapBuilder\n"
+        "from envlock.lock.recipes import load_recipe\n"
+        "try:\n"
+        "    MmdebstrapBuilder().build(load_recipe('debian-bookworm'), 'linux/amd64', Path('rootfs.tar'))\n"
+        "except BuildError as exc:\n"
+        "    print('refused:', exc.__class__.__name__, exc.message)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PATH": f"{fake.parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=True,  # a hang-up of the group reaches this child's group only, never pytest
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.startswith(
+        "refused: DiskFullError disk full while building base debian-bookworm for linux/amd64 with mmdebstrap: "
+        "cannot write rootfs.tar ("
+    ), done.stdout
