@@ -32,6 +32,7 @@ from envlock.errors import (
     SpecError,
 )
 from envlock.fsutil import environment_error, make_dirs, read_small, read_small_text, unreadable
+from envlock.image.bases import BASE_ROOM_BYTES, room_hint
 from envlock.image.restore import write_archive_file
 from envlock.lock.project import lock_project
 from envlock.lock.spec import load_spec
@@ -459,3 +460,21 @@ def test_a_failing_mmdebstrap_that_hangs_up_its_group_does_not_end_envlock(tmp_p
         "refused: DiskFullError disk full while building base debian-bookworm for linux/amd64 with mmdebstrap: "
         "cannot write rootfs.tar ("
     ), done.stdout
+
+
+def test_a_base_build_that_fails_on_a_nearly_full_disk_says_how_little_room_there_is(tmp_path: Path) -> None:
+    """mmdebstrap --quiet says only "failed to run" when the disk fills: the hint names the room left."""
+    if shutil.disk_usage(tmp_path).free < BASE_ROOM_BYTES:
+        pytest.skip("this disk is nearly full itself")
+    assert room_hint(tmp_path) == ""
+    small = tmp_path / "small"
+    small.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        work = small / ".building-1-abc-x"
+        work.mkdir()
+        assert room_hint(work).startswith(f"only 0 MiB free in {small}, and a base takes ~220 MB there")
+    finally:
+        subprocess.run(["umount", "-l", small], check=False)

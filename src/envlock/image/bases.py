@@ -136,8 +136,30 @@ class MmdebstrapBuilder:
             last = [line for line in done.stderr.splitlines() if line.strip()][-3:]
             raise BuildError(
                 f"mmdebstrap could not build base {recipe.name} for {platform}: {' / '.join(last)}",
-                hint="check that the Debian mirror is reachable and that you are root (or have user namespaces)",
+                hint=room_hint(out.parent)
+                or "check that the Debian mirror is reachable and that you are root (or have user namespaces)",
             )
+
+
+# A base's rootfs tar is ~220 MB; with less room than this where it goes, a failure is most likely the disk's (with
+# --quiet, mmdebstrap says only "failed to run", and its partial tar is gone, its space free again, when it ends).
+BASE_ROOM_BYTES = 512 << 20
+
+
+def room_hint(folder: Path) -> str:
+    """The hint for a failed base build where the disk is the likely cause: how little room there is; else ""."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= BASE_ROOM_BYTES:
+        return ""
+    if folder.name.startswith(".building-"):  # the store's own work folder: the store is the place to name
+        folder = folder.parent
+    return (
+        f"only {free // (1 << 20)} MiB free in {folder}, and a base takes ~220 MB there: free some space, or set "
+        "ENVLOCK_CACHE_DIR to a folder on a larger disk"
+    )
 
 
 def _run_apart(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
