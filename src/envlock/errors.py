@@ -47,6 +47,8 @@ EXIT_CODES: dict[int, str] = {
     32: "a folder of a shared cache that a build (or a pull's scratch) must write is not writable by this user (the "
     "line names the folder, its owner, group and mode); running an image already built never needs it",
     33: "`envlock diff --exit-code`: the two sides differ (not 1, as git diff gives, which is envlock's own bug code)",
+    34: "a file or folder envlock must read or write cannot be: a read-only filesystem, permission denied, the working "
+    "folder removed, or something else in its place (a file where a folder belongs); the line names it",
     125: "`run`, `runs wait`: envlock itself failed (a usage error included); the error line names its own code above",
     126: "`run`: the command was found but cannot be executed (not executable, a directory)",
     127: "`run`: the command was not found in the image",
@@ -279,6 +281,13 @@ class CacheNotWritableError(EnvlockError):
     """A build must write a folder of the (shared) cache that this user may not write."""
 
     exit_code = 32
+
+
+class FileAccessError(EnvlockError):
+    """A file or folder envlock must read or write cannot be (read-only filesystem, permission denied, a file where
+    a folder belongs): the environment's failure, not envlock's, so one line naming it rather than a traceback."""
+
+    exit_code = 34
 
 
 class RerunError(EnvlockError):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from envlock.errors import BundleError, CacheNotWritableError, DiskFullError
+from envlock.errors import BundleError, CacheNotWritableError, DiskFullError, EnvlockError, FileAccessError
 
 
 def make_dirs(path: Path) -> None:
@@ -36,6 +36,11 @@ def make_dirs(path: Path) -> None:
             folder.mkdir()
         except FileExistsError:
             continue  # made meanwhile by another process: its maker set the mode
+        except FileNotFoundError as exc:  # its parent is there, yet takes no folder (HOME=/proc, a pseudo-filesystem)
+            raise FileAccessError(
+                f"cannot make the folder {folder}: {folder.parent} takes no new folders",
+                hint="point HOME (or XDG_CACHE_HOME, ENVLOCK_CACHE_DIR) at a folder you can write",
+            ) from exc
         parent_mode = folder.parent.stat().st_mode
         if parent_mode & stat.S_ISGID:
             folder.chmod(stat.S_IMODE(parent_mode))
@@ -102,7 +107,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     directory = path.parent
     make_dirs(directory)
     mode = shared_file_mode(directory, mode) if mode == 0o644 else mode
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _as_meant(exc, path) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -114,15 +122,33 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if is_disk_full(exc):
-            assert isinstance(exc, OSError)  # noqa: S101  (for the type checker)
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file meant, not the temp file
+        if isinstance(exc, OSError):
+            raise _as_meant(exc, path) from exc
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _as_meant(exc: OSError, path: Path) -> OSError:
+    """The same failure, naming the file meant rather than the temp file beside it (which no longer exists)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+@contextlib.contextmanager
+def writing_to(path: Path) -> Iterator[None]:
+    """A block that streams into `path` (or its temp file): a failure the OS gives without a file name (a write()
+    meeting a full disk) names `path`, so the one line says which file could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
@@ -300,8 +326,11 @@ def _open_lock(path: Path) -> int:
     folder (NFS's fcntl locks need a writable descriptor), else opened read-only (a local flock needs no more)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError as exc:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # not there, and this user may not make it: the folder is the one to name
+            raise PermissionError(exc.errno, exc.strerror, str(path.parent)) from exc
     with contextlib.suppress(OSError):
         folder = path.parent.stat().st_mode
         if folder & stat.S_ISGID and os.fstat(fd).st_uid == os.getuid():
@@ -387,6 +416,66 @@ def cache_writes(action: str, root: Path, doer: str = "this build") -> Iterator[
         raise not_writable(target if target.is_dir() else target.parent, exc.errno == errno.EROFS, doer) from exc
 
 
+# What the filesystem answers when the environment, not envlock, is at fault: the words for each, and whether a
+# path-less error is still the environment's (a permission error of a syscall on no file may be anything).
+_ACCESS = {
+    errno.EROFS: "is on a read-only filesystem",
+    errno.EACCES: "is not accessible to you (permission denied)",
+    errno.EPERM: "is not accessible to you (operation not permitted)",
+    errno.ENOTDIR: "has a file where a folder belongs",
+    errno.EISDIR: "is a folder where a file belongs",
+    errno.ELOOP: "is a symbolic link loop, or a link envlock does not follow",
+}
+
+
+def environment_error(exc: OSError, action: str) -> EnvlockError | None:
+    """The one error for a filesystem failure while `action` that is the environment's (a read-only project, a
+    folder of another user, a full disk, a file where a folder belongs, the working folder removed): one line naming
+    the path, its owner and mode; None for anything else (that is a bug, and shows its traceback)."""
+    if is_disk_full(exc):
+        return disk_full(action, exc)
+    if exc.errno == errno.ENOENT and exc.filename is None:
+        return working_folder_removed(action)
+    if exc.errno not in _ACCESS or exc.filename is None:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    return FileAccessError(f"{path} {_ACCESS[exc.errno]} while {action}{_owner_mode(path)}", hint=_access_hint(exc))
+
+
+def working_folder_removed(action: str) -> FileAccessError:
+    """The one line for a working folder removed under envlock (os.getcwd() fails; `.` leads nowhere)."""
+    return FileAccessError(
+        f"the working folder was removed while {action}", hint="cd into an existing folder and run it again"
+    )
+
+
+def _owner_mode(path: Path) -> str:
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    try:
+        info = path.lstat()
+    except OSError:
+        return ""
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return f" (owner {owner}, group {group}, mode {stat.S_IMODE(info.st_mode):04o})"
+
+
+def _access_hint(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "run it where the project (and ENVLOCK_CACHE_DIR) can be written, or remount the filesystem read-write"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "run it as the folder's owner, have its owner grant you access, or set ENVLOCK_CACHE_DIR to your own"
+    return "move what is in its place aside (envlock never removes what it did not make), then run it again"
+
+
 def require_writable(folders: Iterable[Path]) -> None:
     """Refuse, before any work, when a cache folder a build must write exists and is not writable by this user."""
     for folder in folders:
@@ -426,10 +515,64 @@ def _existing(path: Path) -> Path:
     return path
 
 
+# The most envlock reads whole of a file it expects to be small (a lock, pyproject.toml, a record, a requirements or
+# params file, its own state): far above any real one (a 90-package CUDA lock is ~100 kB), far below memory.
+SMALL_FILE_LIMIT = 64 << 20
+
+
+def read_small(path: Path, limit: int = SMALL_FILE_LIMIT, *, follow_links: bool = True) -> bytes:
+    """The bytes of a file envlock reads whole. Anything but a regular file (a FIFO, whose read would wait for a
+    writer forever; a folder; a device), a file over `limit` bytes (a 2 GB file is not read into memory) and, with
+    `follow_links` off, a symbolic link (for files only envlock writes, never as links) is refused as an OSError
+    whose strerror says what it is; `unreadable` words any of them for a message."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO opens at once, without a writer
+    try:
+        fd = os.open(path, flags if follow_links else flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise OSError(errno.ELOOP, "is a symbolic link, and envlock writes no link there", str(path)) from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            code = errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL
+            raise OSError(code, f"is {_kind(info.st_mode)}, not a regular file", str(path))
+        chunks: list[bytes] = []
+        taken = 0
+        while taken <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - taken))):
+            chunks.append(chunk)
+            taken += len(chunk)
+        if info.st_size > limit or taken > limit:
+            size = max(info.st_size, taken)
+            raise OSError(errno.EFBIG, f"is {size:,} bytes, larger than the {limit:,} envlock reads", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_small_text(path: Path, limit: int = SMALL_FILE_LIMIT, *, follow_links: bool = True) -> str:
+    """A small file's text (UTF-8), read as `read_small` reads (UnicodeDecodeError when it is not UTF-8)."""
+    return read_small(path, limit, follow_links=follow_links).decode("utf-8")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a device")
+
+
+def unreadable(exc: OSError | ValueError) -> str:
+    """Why a file could not be read, in words for one line (the path is named by the caller, not repeated)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of envlock's own state, or None when it is missing or damaged (then it is simply remade)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_small_text(path))
     except (OSError, ValueError):
         return None
 

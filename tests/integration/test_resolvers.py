@@ -176,7 +176,11 @@ def test_unreachable_index_leaves_the_lock_alone(
         lock_project(load_spec(project), PipToolsResolver())
 
 
-def test_ctrl_c_while_resolving_leaves_nothing_behind(tmp_path: Path, write_project: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_while_resolving_leaves_nothing_behind(
+    tmp_path: Path, write_project: Callable[[str], Path], stop: str
+) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) and `kill PID` (SIGTERM to envlock alone) both exit 130."""
     wheel = build_wheel(tmp_path, "envlock-probe", "1.0")
     with serve_index([wheel], stall=20) as index:
         project = write_project(
@@ -193,7 +197,10 @@ def test_ctrl_c_while_resolving_leaves_nothing_behind(tmp_path: Path, write_proj
         assert process.stderr is not None
         assert "resolving" in process.stderr.readline()
         time.sleep(0.5)  # uv is now waiting on the stalled index
-        os.killpg(process.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 130
     assert "error: interrupted" in err and "Traceback" not in err

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+import os
+import signal
 import sys
+from pathlib import Path
+from types import FrameType
 
 import typer
 
@@ -106,6 +111,7 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
         invocation = Invocation(invocation.wiring, tuple(sbatch_args), tuple(command))
     load_commands(args)
     try:
+        Path.cwd()  # every default path (the project `.`) is relative to it: a removed one would mislead every line
         app(args=args, obj=invocation, standalone_mode=True)  # typer reports its own usage errors and exits 2
     except CommandExited as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -113,13 +119,57 @@ def run(argv: list[str] | None = None, wiring: Wiring | None = None) -> int:
         return _parser_exit(exc, args)
     except EnvlockError as exc:
         return _own_failure(exc, args)
+    except OSError as exc:
+        # A filesystem failure no code path translated (a read-only project, another user's folder, a full disk):
+        # the environment's, so one line; any other OSError is a bug and keeps its traceback.
+        from envlock.fsutil import environment_error  # noqa: PLC0415  (only on failure: not on every start's path)
+
+        error = environment_error(exc, f"running `envlock {' '.join(args[:1])}`")
+        if error is None:
+            raise
+        return _own_failure(error, args)
     except KeyboardInterrupt:
         return _fail("interrupted", "envlock writes atomically: every file is as it was before", INTERRUPTED)
     return 0
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    # What Ctrl-C would have reached: the children in envlock's process group get SIGINT (a resolver waiting on an
+    # index in a worker thread, a `docker` client), then envlock stops as on Ctrl-C.
+    for pid in _children_in_group():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGINT)
+    raise KeyboardInterrupt
+
+
+def _children_in_group() -> list[int]:
+    """This process's direct children (every thread's) in its own process group (Linux /proc; none elsewhere):
+    a child started in a session of its own on purpose is not Ctrl-C's to reach, nor this handler's."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found += [int(pid) for pid in (task / "children").read_text(encoding="ascii").split()]
+    group = os.getpgrp()
+    in_group = []
+    for pid in found:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == group:
+                in_group.append(pid)
+    return in_group
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, `docker stop` of a wrapper, Slurm's scancel and time limit) stops envlock as Ctrl-C does:
+    temp files removed, the container stopped, the record marked, exit 130. Python's default would end the process
+    on the spot (exit 143) with all of them left behind. A handler someone else installed is kept."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main() -> None:
     """Console-script entry point."""
+    stop_on_sigterm()
     code = run()
     # Nothing is left to collect that matters at exit; skipping the final sweep of a large heap saves ~30 ms.
     gc.freeze()

@@ -117,17 +117,6 @@ def submit_command(
     wiring.say(f"follow it with `envlock runs`, wait for it with `envlock runs wait {record.run_id}`")
 
 
-def _stop_on_sigterm() -> None:
-    """Slurm cancels (scancel, time limit) with SIGTERM: stop like Ctrl-C, so the container goes and the record
-    says interrupted."""
-    import signal  # noqa: PLC0415
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 @app.command("run-submitted", hidden=True)
 def run_submitted_command(
     ctx: typer.Context,
@@ -148,7 +137,6 @@ def run_submitted_command(
     from envlock.run.service import RecordedRun, run_recorded  # noqa: PLC0415
     from envlock.run.tracking import open_tracking  # noqa: PLC0415
 
-    _stop_on_sigterm()
     wiring = wiring_of(ctx)
     environ = wiring.environ
     store = RunStore(project)

@@ -20,6 +20,7 @@ from pathlib import Path
 from envlock.cluster.slurm import JobState, Slurm, batch_script
 from envlock.errors import EnvlockError, RegistryError, RunRecordError, SchedulerError
 from envlock.fsutil import atomic_write_text
+from envlock.lock import lockfile
 from envlock.lock.credentials import redact
 from envlock.lock.lockfile import Lock
 from envlock.lock.spec import Spec
@@ -386,7 +387,7 @@ def submit_project(
         return [python, "-m", "envlock", "run-submitted", run_id, "--project", str(project_dir)]
 
     return submit_run(
-        LockedImage(lock, spec.lock_path.read_text(encoding="utf-8"), host_platform(), image),
+        LockedImage(lock, lockfile.read_text(spec.lock_path), host_platform(), image),
         submission,
         project_dir=project_dir,
         store=RunStore(spec.project_dir),

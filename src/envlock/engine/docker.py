@@ -131,9 +131,19 @@ def translated(action: str, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None
             f"cannot {action}: {_first_line(exc)}", hint="see `docker info` for the engine's state"
         ) from exc
     except requests.RequestException as exc:
+        if "Permission denied" in str(exc) or "PermissionError" in str(exc):
+            raise EngineUnreachableError(
+                f"cannot {action}: permission denied on the Docker engine's socket ({_engine_address()})",
+                hint="join the group that owns the socket (usually `docker`: `sudo usermod -aG docker $USER`, then "
+                "log in again), or point DOCKER_HOST at an engine you may use",
+            ) from exc
         raise EngineUnreachableError(
             f"cannot {action}: the Docker engine is not reachable ({exc.__class__.__name__})"
         ) from exc
+
+
+def _engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 def _first_line(exc: BaseException) -> str:

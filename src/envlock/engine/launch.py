@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from envlock.engine.bytecode import ImageStack, LayerTars, Seeded, read_stack, seed
 from envlock.engine.docker import translated
 from envlock.engine.runtimes import RuntimeInfo, StreamSink
-from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError
+from envlock.errors import CANNOT_EXECUTE, NOT_FOUND, EngineError, EnvlockError
 
 WORKDIR = "/work"
 # Where a run's Python writes and finds bytecode (PYTHONPYCACHEPREFIX): a host folder per image ID, so the
@@ -254,6 +255,10 @@ class _Waiter:
         return self._outcome[0]
 
 
+# How often (0.1 s apart) an interrupted create looks for the container the engine may still be making.
+CREATE_GRACE_TRIES = 5
+
+
 class DockerLauncher:
     """Launcher through docker-py: the requests `docker run --rm` makes, and no more."""
 
@@ -373,7 +378,7 @@ class DockerLauncher:
         requests = [gpu_request(spec)] if spec.gpus else []
         bytecode = bytecode_folder(self.bytecode_root, spec.image_id)
         environment = {**spec.environment, "PYTHONPYCACHEPREFIX": BYTECODE_DIR} if bytecode else spec.environment
-        with translated(f"start the container for {spec.image_id[:19]}"):
+        with translated(f"start the container for {spec.image_id[:19]}"), self._removed_if_interrupted(spec.name):
             # What `containers.create` sends, minus the inspect it makes afterwards to fill a model we never read:
             # the container's ID is all that attach, wait, start and remove need (one round trip fewer per run).
             api = self.client.api
@@ -424,15 +429,35 @@ class DockerLauncher:
             if not removed:
                 _remove_quietly(container)
 
+    @contextlib.contextmanager
+    def _removed_if_interrupted(self, name: str) -> Iterator[None]:
+        """Ctrl-C (or SIGTERM) while the engine creates the container: it may exist already, with no ID of it here
+        yet; removed by its name (a run's own), so no created container stays behind the interrupted run."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            with contextlib.suppress(EnvlockError):
+                # The engine may finish a create whose request was cut off: looked for a little while, not once.
+                for _ in range(CREATE_GRACE_TRIES):
+                    if self._removed(name):
+                        break
+                    time.sleep(0.1)
+            raise
+
     def remove(self, name: str) -> None:
         """Force-remove a container by name; absent is fine."""
+        self._removed(name)
+
+    def _removed(self, name: str) -> bool:
+        """Force-remove a container by name; whether there was one."""
         import docker.errors  # noqa: PLC0415
 
         with translated(f"remove container {name}"):
             try:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
-                return
+                return False
+        return True
 
     def runtime(self) -> RuntimeInfo:
         """Docker and the engine's version."""

@@ -18,7 +18,7 @@ from envlock.codecs import project_path_problem
 from envlock.errors import RerunError, UsageError
 from envlock.evidence.runreport import BANNER_CLASS, CSS, Banner, Verified, verified_run
 from envlock.evidence.trust import Trust
-from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.fsutil import atomic_write_text, read_small_text, sha256_file
 from envlock.paths import ProjectLayout
 from envlock.report import shown_lines
 from envlock.run.arguments import FileRef, RunRef
@@ -451,7 +451,7 @@ def _chain_verdicts(project_dir: Path, originals: set[str]) -> list[dict[str, An
     folder = ProjectLayout(project_dir).chains
     for path in sorted(folder.glob("chain-*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_small_text(path))
         except (OSError, ValueError):
             continue
         steps = data.get("steps") if isinstance(data, dict) else None

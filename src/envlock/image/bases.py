@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -17,7 +20,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from envlock.engine.archive import ArchivedImage, ImageArchive
 from envlock.engine.docker import save_file
 from envlock.errors import BuildError
-from envlock.fsutil import atomic_write_text, exclusive, make_dirs, owned_prefix, read_json, share, share_folder
+from envlock.fsutil import (
+    atomic_write_text,
+    disk_full,
+    exclusive,
+    make_dirs,
+    owned_prefix,
+    read_json,
+    share,
+    share_folder,
+)
 from envlock.image.layers import Layer
 from envlock.report import Report, silent
 
@@ -116,13 +128,63 @@ class MmdebstrapBuilder:
             f"--include={','.join((*recipe.packages, *recipe.system_packages))}", recipe.suite, str(out), recipe.mirror,
         ]  # fmt: skip
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        done = _run_apart(command, env)
+        if done.returncode != 0 and "No space left on device" in done.stderr:
+            full = OSError(errno.ENOSPC, "No space left on device", str(out))
+            raise disk_full(f"building base {recipe.name} for {platform} with mmdebstrap", full, (out.parent,))
         if done.returncode != 0:
             last = [line for line in done.stderr.splitlines() if line.strip()][-3:]
             raise BuildError(
                 f"mmdebstrap could not build base {recipe.name} for {platform}: {' / '.join(last)}",
-                hint="check that the Debian mirror is reachable and that you are root (or have user namespaces)",
+                hint=room_hint(out.parent)
+                or "check that the Debian mirror is reachable and that you are root (or have user namespaces)",
             )
+
+
+# A base's rootfs tar is ~220 MB; with less room than this where it goes, a failure is most likely the disk's (with
+# --quiet, mmdebstrap says only "failed to run", and its partial tar is gone, its space free again, when it ends).
+BASE_ROOM_BYTES = 512 << 20
+
+
+def room_hint(folder: Path) -> str:
+    """The hint for a failed base build where the disk is the likely cause: how little room there is; else ""."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= BASE_ROOM_BYTES:
+        return ""
+    if folder.name.startswith(".building-"):  # the store's own work folder: the store is the place to name
+        folder = folder.parent
+    return (
+        f"only {free // (1 << 20)} MiB free in {folder}, and a base takes ~220 MB there: free some space, or set "
+        "ENVLOCK_CACHE_DIR to a folder on a larger disk"
+    )
+
+
+def _run_apart(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """mmdebstrap in a process group of its own: when it fails (a full disk, the mirror gone) it sends SIGHUP to its
+    whole group (`kill HUP => -getpgrp()`), which would end envlock with it (exit 129, its work folders left behind).
+    When envlock stops first (Ctrl-C, SIGTERM), mmdebstrap is told to stop and given time to clean up after itself."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=MMDEBSTRAP_CLEANUP_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+# How long a stopped mmdebstrap may take to remove its own work (unmounts, its temp folder) before it is killed.
+MMDEBSTRAP_CLEANUP_S = 30
 
 
 class BaseStore:

@@ -13,6 +13,7 @@ from envlock.engine.archive import CHUNK, ImageArchive, Scan, scan, write_archiv
 from envlock.engine.docker import Engine, LayerHolder, Sink
 from envlock.engine.runtimes import OwnImages
 from envlock.errors import EngineError, EnvlockError, ImageArchiveError, RegistryError, RestoreError
+from envlock.fsutil import writing_to
 from envlock.report import Report, silent
 
 
@@ -108,7 +109,7 @@ def write_archive_file(engine: Engine, image_id: str, out: Path) -> str:
     layers hashed as the engine streams them to the file."""
     partial = out.with_name(f".{out.name}.partial")
     try:  # a failed or interrupted export leaves no partial file behind
-        with partial.open("wb") as handle:
+        with writing_to(out), partial.open("wb") as handle:
             scanned = _scanned_while_written(lambda sink: engine.save(image_id, sink), handle, out)
         found = scanned.image_id(image_id)
         partial.replace(out)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envlock.errors import SpecError
-from envlock.fsutil import mark_used, published_folder, read_json
+from envlock.fsutil import mark_used, published_folder, read_json, read_small_text, unreadable
 
 # The cache's two kinds of entries (under CacheLayout.build_backends): `metadata/<fingerprint>.json` and a venv
 # per set of build requirements, `envs/<env_key>/` (with a `ready` file once complete).
@@ -458,9 +458,9 @@ def _pyproject(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from exc
+        return tomllib.loads(read_small_text(path))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise SpecError(f"cannot read {path}: {unreadable(exc)}") from exc
 
 
 def default_backend() -> MetadataSource:

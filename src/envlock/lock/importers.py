@@ -20,6 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.errors import ImportSourceError
+from envlock.fsutil import read_small_text, unreadable
 from envlock.lock import conda
 from envlock.lock.backend import build_system, is_buildable
 from envlock.lock.credentials import redact
@@ -146,9 +147,9 @@ def _read_requirements(path: Path, imported: Imported, *, into_constraints: bool
     if resolved in seen:
         raise ImportSourceError(f"{path} includes itself (through {' -> '.join(p.name for p in seen)})")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ImportSourceError(f"cannot read {path}: {exc}") from exc
+        raise ImportSourceError(f"cannot read {path}: {unreadable(exc)}") from exc
     for number, line in _logical_lines(text):
         where = f"{path.name}:{number}"
         if line.startswith("-") and not line.startswith("--hash"):
@@ -222,9 +223,9 @@ def _local_package(directory: Path, value: str, where: str, imported: Imported, 
     document: dict[str, Any] = {}
     if (target / "pyproject.toml").is_file():
         try:
-            document = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ImportSourceError(f"{where}: cannot read {target / 'pyproject.toml'}: {exc}") from exc
+            document = tomllib.loads(read_small_text(target / "pyproject.toml"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+            raise ImportSourceError(f"{where}: cannot read {target / 'pyproject.toml'}: {unreadable(exc)}") from exc
     name = document.get("project", {}).get("name")
     if target.resolve() == directory.resolve() and is_buildable(target, document):
         imported.notes.append(
@@ -247,9 +248,11 @@ def _local_package(directory: Path, value: str, where: str, imported: Imported, 
 
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise ImportSourceError(f"cannot read {path}: {exc}") from exc
+        return tomllib.loads(read_small_text(path))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise ImportSourceError(f"cannot read {path}: {unreadable(exc)}") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise ImportSourceError(f"cannot read {path}: its tables or arrays are nested too deeply") from exc
 
 
 def _dig(document: Any, *keys: str) -> Any:
@@ -706,8 +709,10 @@ def from_conda(path: Path) -> Imported:
     import yaml  # noqa: PLC0415  (only for conda files)
 
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        document = yaml.safe_load(read_small_text(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportSourceError(f"cannot read {path}: {unreadable(exc)}") from exc
+    except yaml.YAMLError as exc:
         raise ImportSourceError(f"cannot read {path}: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("dependencies", []), list):
         raise ImportSourceError(f"{path.name} is not a conda environment file (no dependencies list)")

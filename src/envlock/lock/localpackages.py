@@ -24,6 +24,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from envlock.errors import SpecError
+from envlock.fsutil import read_small_text, unreadable
 from envlock.lock.backend import MetadataSource, is_buildable, version_from_vcs
 
 # A project name (PEP 508), a version without path separators, a script name that stays in bin/.
@@ -264,9 +265,9 @@ def local_url_path(requirement: Requirement, project_dir: Path) -> Path | None:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from exc
+        return tomllib.loads(read_small_text(path))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise SpecError(f"cannot read {path}: {unreadable(exc)}") from exc
 
 
 def local_packages(

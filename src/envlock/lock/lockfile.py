@@ -15,7 +15,7 @@ from typing import Any, Literal, Self, cast
 
 from envlock.codecs import Codec, Problems, did_you_mean, field, table_check, toml_text
 from envlock.errors import LockfileError
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, read_small_text, unreadable
 from envlock.lock import recipes
 from envlock.lock.cuda import CPU, UNKNOWN, CudaStack, Source
 from envlock.lock.localpackages import LocalPackage
@@ -508,13 +508,19 @@ def write(path: Path, lock: Lock) -> None:
 
 def read(path: Path) -> Lock:
     """Read and verify a lock; a hand-edited lock (hash mismatch) is refused."""
+    return loads(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """A lock file's text, unparsed (LockfileError when it is missing, not a small regular file, or not UTF-8)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return read_small_text(path)
     except FileNotFoundError:
         raise LockfileError(f"no lock file at {path}", hint="run `envlock lock` first") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LockfileError(f"cannot read {path}: {exc}") from exc
-    return loads(text, path)
+        raise LockfileError(
+            f"cannot read {path}: {unreadable(exc)}", hint="restore it from version control or run `envlock lock`"
+        ) from exc
 
 
 def loads(text: str, path: Path = Path(LOCK_FILE)) -> Lock:

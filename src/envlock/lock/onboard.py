@@ -20,7 +20,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Array, Table, Whitespace
 
 from envlock.errors import ImportSourceError, SpecError
-from envlock.fsutil import atomic_write_text, sha256_file
+from envlock.fsutil import atomic_write_text, read_small_text, sha256_file, unreadable
 from envlock.lock import recipes
 from envlock.lock.backend import is_buildable
 from envlock.lock.credentials import mask
@@ -58,10 +58,12 @@ def _load_document(path: Path) -> tuple[tomlkit.TOMLDocument, str, bool]:
     if not path.exists():
         return tomlkit.document(), "", True
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
         return tomlkit.parse(text), text, False
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from exc
+        raise SpecError(
+            f"cannot read {path}: {unreadable(exc)}", hint="pyproject.toml must be a UTF-8 text file in the project"
+        ) from exc
     except TOMLKitError as exc:
         raise SpecError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line and column shown") from exc
 
@@ -133,7 +135,7 @@ def _gitignore_missing(project_dir: Path, lines: list[str]) -> tuple[str, ...]:
     path = project_dir / ".gitignore"
     present = set()
     if path.is_file():
-        present = {line.strip().strip("/") for line in path.read_text(encoding="utf-8").splitlines()}
+        present = {line.strip().strip("/") for line in _read_gitignore(path).splitlines()}
     return tuple(
         line for line in lines if line.strip("/") not in present and line.lstrip("/").strip("/") not in present
     )
@@ -269,9 +271,18 @@ def _check_valid(text: str, project_dir: Path, source: Path | None) -> None:
         ) from exc
 
 
+def _read_gitignore(path: Path) -> str:
+    try:
+        return read_small_text(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            f"cannot read {path}: {unreadable(exc)}", hint="make it a UTF-8 text file, or drop --gitignore"
+        ) from exc
+
+
 def _append_gitignore(project_dir: Path, missing: tuple[str, ...]) -> None:
     gitignore = project_dir / ".gitignore"
-    old = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+    old = _read_gitignore(gitignore) if gitignore.is_file() else ""
     atomic_write_text(gitignore, old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
 
 

@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 from envlock.codecs import Codec, Problems, declared_path_problem, did_you_mean, each, field, project_path_problem
 from envlock.engine.runtimes import RUNTIMES, RuntimeName
 from envlock.errors import SpecError, UsageError
-from envlock.fsutil import sha256_file
+from envlock.fsutil import read_small_text, sha256_file, unreadable
 from envlock.lock import recipes
 from envlock.lock.backend import MetadataSource, default_backend, is_buildable
 from envlock.lock.credentials import redact
@@ -336,14 +336,16 @@ def load_spec(project_dir: Path, backend: MetadataSource | None = None) -> Spec:
     """
     path = project_dir / PYPROJECT
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
     except FileNotFoundError:
         raise SpecError(
             f"no {PYPROJECT} in {project_dir}",
             hint="run envlock inside your project, or point at it with --project DIR",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from exc
+        raise SpecError(
+            f"cannot read {path}: {unreadable(exc)}", hint=f"{PYPROJECT} must be a UTF-8 text file in the project"
+        ) from exc
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -41,7 +41,7 @@ def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
         repositories |= {str(e.get("reference", "")).rpartition(":")[0] for e in read_images(project).values()}
         lock = ProjectLayout(project).lock
         if lock.is_file():
-            texts.append(lock.read_text(encoding="utf-8"))
+            texts.append(lockfile.read_text(lock))
         store = RunStore(project)
         records, damaged = store.scan()
         broken += damaged
@@ -51,7 +51,7 @@ def needed_by(projects: Sequence[Path]) -> tuple[Needed, list[Path]]:
             repositories.add(record.image_reference.rpartition(":")[0])
             copy = store.directory(record.run_id) / LOCK_FILE
             if copy.is_file():
-                text = copy.read_text(encoding="utf-8")
+                text = lockfile.read_text(copy)
                 texts.append(text)
                 names |= _own_metadata(text, record.package_versions)
         own.append((project, None if damaged else frozenset(names)))

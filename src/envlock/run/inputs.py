@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from envlock.codecs import PATH_DIGESTS, Codec, declared_path_problem, each, field
-from envlock.fsutil import atomic_write_text
+from envlock.fsutil import atomic_write_text, read_small_text
 
 # A file whose mtime/ctime is this close to the moment it was read may still change within the same timestamp
 # tick without its stat changing: its hash is used but not cached (git's "racy clean" problem).
@@ -84,7 +84,7 @@ class StatCache:
         self.entries: dict[str, list[object]] = {}
         self.dirty = False
         with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = json.loads(read_small_text(path))
             if isinstance(loaded, dict):
                 self.entries = loaded
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock.errors import ParamsError, UsageError
-from envlock.fsutil import sha256_file
+from envlock.fsutil import read_small_text, sha256_file, unreadable
 from envlock.run.schema import ParamsRecord
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-\[\]]*")
@@ -52,9 +52,9 @@ def _parsed(path: Path, name: str) -> Any:
     """One params file's contents, by its suffix; ParamsError when it cannot be read as such."""
     kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(path.suffix.lower(), "TOML")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"params file {name} cannot be read as UTF-8 text ({exc})") from exc
+        raise ParamsError(f"params file {name} cannot be read as UTF-8 text ({unreadable(exc)})") from exc
     try:
         if kind == "YAML":
             import yaml  # noqa: PLC0415  (only when YAML params are read: not on every run's path)

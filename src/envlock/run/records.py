@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from envlock.codecs import Codec, Problems, field, strict_json
 from envlock.errors import RunNotFoundError, RunRecordError, RunWaitTimeoutError
-from envlock.fsutil import atomic_write_bytes, atomic_write_text
+from envlock.fsutil import atomic_write_bytes, atomic_write_text, read_small_text, unreadable
 from envlock.paths import (
     DIFF_FILE,
     LOCK_FILE,
@@ -182,7 +182,7 @@ class RunStore:
     def verdict(self, run_id: str) -> dict[str, Any] | None:
         """The verdict kept beside a reproducing run's record (None: none, or unreadable)."""
         try:
-            data = strict_json((self.directory(run_id) / VERDICT_FILE).read_text(encoding="utf-8"))
+            data = strict_json(read_small_text(self.directory(run_id) / VERDICT_FILE))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -231,9 +231,11 @@ class RunStore:
     @staticmethod
     def _read(path: Path) -> RunRecord:
         try:
-            data = strict_json(path.read_text(encoding="utf-8"))
+            data = strict_json(read_small_text(path, follow_links=False))
         except (OSError, ValueError) as exc:
-            raise RunRecordError(f"run record {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+            raise RunRecordError(
+                f"run record {path} is unreadable ({exc.__class__.__name__}: {unreadable(exc)})"
+            ) from exc
         return RunRecord.from_dict(data, f"run record {path}")
 
     def scan(self) -> tuple[list[RunRecord], list[Path]]:
@@ -243,19 +245,25 @@ class RunStore:
         broken: list[Path] = []
         for run_id in self._ids():
             path = self.directory(run_id) / RECORD_FILE
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
                 try:
                     records.append(self._read(path))
                 except RunRecordError:
                     broken.append(path)
+        broken += [entry / RECORD_FILE for entry in self._entries() if entry.is_symlink()]
         return records, broken
 
     def all(self) -> list[RunRecord]:
         """Every readable record, oldest first."""
         return self.scan()[0]
 
+    def _entries(self) -> list[Path]:
+        return sorted(self.root.iterdir()) if self.root.is_dir() else []
+
     def _ids(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        """The run folders: real folders only. A link in a run folder's place leads elsewhere (envlock never makes
+        one), and whatever envlock then wrote there (an orphan marked interrupted) would land outside the project."""
+        return [entry.name for entry in self._entries() if entry.is_dir() and not entry.is_symlink()]
 
     def settle_orphans(self, remove_container: Any, records: list[RunRecord] | None = None) -> list[RunRecord]:
         """Local runs whose envlock died (kill -9): mark them interrupted and remove their containers. A batch job's

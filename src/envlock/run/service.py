@@ -235,7 +235,7 @@ def run_recorded(
     context = RunContext(
         locked=LockedImage(
             lock,
-            recorded.lock_path.read_text(encoding="utf-8"),
+            lockfile.read_text(recorded.lock_path),
             record.platform,
             PinnedImage(record.image_id, record.image_reference, tuple(record.repo_digests)),
         ),
@@ -369,7 +369,7 @@ def run_project(
     remove_container: Callable[[str], None],
 ) -> tuple[RunRecord, RunStore]:
     """`envlock run`: the lock's image (built when missing), orphaned runs closed, then the run in it."""
-    lock_text = spec.lock_path.read_text(encoding="utf-8")
+    lock_text = lockfile.read_text(spec.lock_path)
     launcher = tools.launcher()
     image = lock_image(
         lock,
