@@ -449,14 +449,11 @@ def working_folder_removed(action: str) -> FileAccessError:
     )
 
 
-def _owner_mode(path: Path) -> str:
+def _owner_group(info: os.stat_result) -> tuple[str, str]:
+    """A file's owner and group by name (by number where this host has no name for them)."""
     import grp  # noqa: PLC0415
     import pwd  # noqa: PLC0415
 
-    try:
-        info = path.lstat()
-    except OSError:
-        return ""
     try:
         owner = pwd.getpwuid(info.st_uid).pw_name
     except KeyError:
@@ -465,6 +462,15 @@ def _owner_mode(path: Path) -> str:
         group = grp.getgrgid(info.st_gid).gr_name
     except KeyError:
         group = str(info.st_gid)
+    return owner, group
+
+
+def _owner_mode(path: Path) -> str:
+    try:
+        info = path.lstat()
+    except OSError:
+        return ""
+    owner, group = _owner_group(info)
     return f" (owner {owner}, group {group}, mode {stat.S_IMODE(info.st_mode):04o})"
 
 
@@ -486,19 +492,9 @@ def require_writable(folders: Iterable[Path]) -> None:
 
 def not_writable(folder: Path, read_only_fs: bool, doer: str = "this build") -> CacheNotWritableError:
     """The one line for a cache folder this user cannot write: who owns it, its group and mode, what to do."""
-    import grp  # noqa: PLC0415
-    import pwd  # noqa: PLC0415
-
     folder = _existing(folder)
     info = folder.stat()
-    try:
-        owner = pwd.getpwuid(info.st_uid).pw_name
-    except KeyError:
-        owner = str(info.st_uid)
-    try:
-        group = grp.getgrgid(info.st_gid).gr_name
-    except KeyError:
-        group = str(info.st_gid)
+    owner, group = _owner_group(info)
     mode = f"{stat.S_IMODE(info.st_mode):04o}"
     why = "on a read-only filesystem" if read_only_fs else "not writable by you"
     return CacheNotWritableError(
