@@ -63,6 +63,11 @@ def _crafted(bundle: Path, out: Path, edit: Edit) -> Path:
     extract(bundle, root)  # envlock's own reader: Debian's Python 3.11.2 has no tarfile filters
     edit(root)
     attest_run(root / "run", None)
+    return packed(root, out)
+
+
+def packed(root: Path, out: Path) -> Path:
+    """An unpacked bundle, edited, packed again with bundle.json's list made to hold (nothing re-attested here)."""
     manifest = json.loads((root / MANIFEST).read_text())
     files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
     manifest["contents"] = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -40,7 +40,7 @@ from envlock.signing import (
 )
 from tests.fakes import FakeLauncher
 from tests.unit import test_cli_commands
-from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made
+from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made, packed
 from tests.unit.test_cli_commands import World
 from tests.unit.test_evidence_trust import _git_init, _signed_run
 from tests.unit.test_published import _published_run
@@ -53,18 +53,6 @@ ESCAPES = "\x1b]0;owned\x07\x1b[1A\x1b[2K\r\u202e\u200b"
 def _alice(tmp_path: Path) -> SigningKey:
     """The key of the run's signer (made by _signed_run)."""
     return SigningKey((tmp_path / "keys" / "alice.pem").read_bytes())
-
-
-def _packed(root: Path, out: Path) -> Path:
-    """An unpacked bundle, edited, packed again with bundle.json's list made to hold (nothing re-attested)."""
-    manifest = json.loads((root / MANIFEST).read_text())
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
-    manifest["contents"] = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-    (root / MANIFEST).write_text(json.dumps(manifest))
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
-        for path in [root / MANIFEST, *files]:
-            archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
-    return out
 
 
 def _resign(run_dir: Path, statement: dict[str, Any], key: SigningKey) -> None:
@@ -91,7 +79,7 @@ def test_a_record_edit_that_flattens_like_the_signed_record_is_named(
     root = tmp_path / "collide-unpacked"
     (tmp_path / "evil.json").replace(root / "run" / "record.json")  # after the attestation was made
     assert record.exit_code == 0
-    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "collided.tar")), "--allow-unsigned")
+    code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "collided.tar")), "--allow-unsigned")
     assert code == 26 and "VERIFIED" not in out and "HASHES HOLD" not in out, out + err
     assert "MISMATCH record exit_code: signed 0, on disk false" in out
     assert "MISMATCH record git.commit" in out
@@ -396,7 +384,7 @@ def test_a_bundle_pointing_reproduce_at_another_folder_of_the_commit_is_refused(
     manifest = json.loads((root / "bundle.json").read_text())
     manifest["project-subdir"] = "decoy/"  # the signed attestation is left as it is: only bundle.json moves
     (root / "bundle.json").write_text(json.dumps(manifest))
-    crafted = _packed(root, tmp_path / "decoy.tar")
+    crafted = packed(root, tmp_path / "decoy.tar")
     code, out, err = world(capsys, "verify", str(crafted), "--key", str(public))
     assert code == 26 and "MISMATCH bundle.json: project folder in the repository: attested , found decoy/" in out, (
         out + err
@@ -421,7 +409,7 @@ def test_a_saved_copy_the_signed_record_does_not_name_cannot_ride_in_a_bundle(
     digest = hashlib.sha256(b"the receiver's own file\n").hexdigest()
     (root / "objects" / "sha256" / digest[:2]).mkdir(parents=True)
     (root / "objects" / "sha256" / digest[:2] / digest).write_text("poison\n")
-    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "poison.tar")), "--key", str(public))
+    code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "poison.tar")), "--key", str(public))
     assert code == 26 and f"MISMATCH objects/sha256/{digest[:2]}/{digest}: a saved copy the signed record" in out, (
         out + err
     )
@@ -456,7 +444,7 @@ def test_a_bundle_file_nothing_signed_names_is_a_mismatch(
     for name in (".git/hooks/post-checkout", "outputs/undeclared.bin", "inputs/data/extra.csv", "notes.txt"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("#!/bin/sh\ntouch /tmp/owned\n")
-    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "stowaways.tar")), "--key", str(public))
+    code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "stowaways.tar")), "--key", str(public))
     assert code == 26, out + err
     for name in (".git/hooks/post-checkout", "outputs/undeclared.bin", "inputs/data/extra.csv", "notes.txt"):
         assert f"MISMATCH bundle file {name}: nothing signed names it" in out, name
@@ -475,7 +463,7 @@ def test_git_never_reads_a_git_folder_the_bundle_carries(
     root.mkdir()
     extract(bundle, root)
     (root / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
-    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "dotgit.tar")), "--key", str(public))
+    code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "dotgit.tar")), "--key", str(public))
     assert code == 26 and "MISMATCH bundle file .git: nothing signed names it" in out, out + err
     assert "ok code.gitbundle: the signed commit" in out, out
 
@@ -519,7 +507,7 @@ def test_terminal_escapes_in_a_bundles_record_are_shown_escaped(
     document = json.loads((root / "run" / ATTESTATION).read_text())
     document["signatures"] = [{"keyid": f"{ESCAPES}beef", "sig": "AAAA"}]
     (root / "run" / ATTESTATION).write_text(json.dumps(document))
-    code, out, err = world(capsys, "verify", str(_packed(root, tmp_path / "escapes2.tar")))
+    code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "escapes2.tar")))
     assert code in (26, 30), out + err
     assert not any(c in out + err for c in "\x1b\x07\r\u202e") and "\nok everything" not in out, out + err
 
@@ -551,7 +539,7 @@ def test_a_lone_surrogate_in_a_bundles_record_is_one_line_not_a_crash(
     (root / "run" / ATTESTATION).write_text(
         json.dumps({"payload": payload, "payloadType": PAYLOAD_TYPE, "signatures": []})
     )
-    crafted = _packed(root, tmp_path / "surrogate.tar")
+    crafted = packed(root, tmp_path / "surrogate.tar")
     page = tmp_path / "r.html"
     for args in (("verify", str(crafted), "--allow-unsigned"), ("report", str(crafted), "--html", "-o", str(page))):
         code, out, err = world(capsys, *args)
