@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,6 +35,7 @@ from envlock.lock.resolve import LockedFile, LockedPackage
 from envlock.lock.spec import load_spec
 from envlock.run.runner import project_outputs
 from tests.fakes import FakeBaseBuilder, FakeEngine, FakeImage, FakeResolver, project_with_wheels, stores
+from tests.servers import QuietServer
 from tests.unit.test_build import run_build
 from tests.wheelmaker import build_wheel
 
@@ -42,7 +43,7 @@ from tests.wheelmaker import build_wheel
 @contextmanager
 def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A tiny HTTP server on 127.0.0.1 for the block; yields host:port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
