@@ -58,12 +58,17 @@ def _made(world: World, capsys: pytest.CaptureFixture[str], *run_args: str) -> t
 
 def _crafted(bundle: Path, out: Path, edit: Edit) -> Path:
     """The bundle unpacked, edited, its run attested again (unsigned) and bundle.json's list made to hold."""
-    root = out.parent / f"{out.stem}-unpacked"
-    root.mkdir()
-    extract(bundle, root)  # envlock's own reader: Debian's Python 3.11.2 has no tarfile filters
+    root = unpacked(bundle, out.parent / f"{out.stem}-unpacked")
     edit(root)
     attest_run(root / "run", None)
     return packed(root, out)
+
+
+def unpacked(bundle: Path, root: Path) -> Path:
+    """The bundle unpacked into a new folder `root`, by envlock's own reader (Debian's 3.11.2 has no tar filters)."""
+    root.mkdir()
+    extract(bundle, root)
+    return root
 
 
 def packed(root: Path, out: Path) -> Path:

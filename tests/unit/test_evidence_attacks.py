@@ -27,7 +27,6 @@ from envlock.report import shown
 from envlock.run.records import RunStore
 from envlock.run.reproduce import Tolerance, compare_output
 from envlock.run.schema import JobRecord, JobRequest
-from envlock.safetar import extract
 from envlock.signing import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
@@ -40,7 +39,7 @@ from envlock.signing import (
 )
 from tests.fakes import FakeLauncher
 from tests.unit import test_cli_commands
-from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made, packed
+from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made, packed, unpacked
 from tests.unit.test_cli_commands import World
 from tests.unit.test_evidence_trust import _git_init, _signed_run
 from tests.unit.test_published import _published_run
@@ -146,9 +145,7 @@ def test_a_key_given_twice_in_bundle_json_is_refused(
     world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     bundle, _ = _made(world, capsys)
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     text = (root / MANIFEST).read_text()
     (root / MANIFEST).write_text(text.replace("{", '{"run-id": "20991231T235959Z-abcdef",', 1))
     with tarfile.open(tmp_path / "twice.tar", "w", format=tarfile.PAX_FORMAT) as archive:
@@ -378,9 +375,7 @@ def test_a_bundle_pointing_reproduce_at_another_folder_of_the_commit_is_refused(
     bundle = tmp_path / "run.tar"
     assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle), "--with-image")[0] == 0
     assert world(capsys, "verify", str(bundle), "--key", str(public))[0] == 0
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     manifest = json.loads((root / "bundle.json").read_text())
     manifest["project-subdir"] = "decoy/"  # the signed attestation is left as it is: only bundle.json moves
     (root / "bundle.json").write_text(json.dumps(manifest))
@@ -403,9 +398,7 @@ def test_a_saved_copy_the_signed_record_does_not_name_cannot_ride_in_a_bundle(
     run_id, _, public = _signed_run(world, capsys, tmp_path)
     bundle = tmp_path / "run.tar"
     assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     digest = hashlib.sha256(b"the receiver's own file\n").hexdigest()
     (root / "objects" / "sha256" / digest[:2]).mkdir(parents=True)
     (root / "objects" / "sha256" / digest[:2] / digest).write_text("poison\n")
@@ -438,9 +431,7 @@ def test_a_bundle_file_nothing_signed_names_is_a_mismatch(
     run_id, _, public = _signed_run(world, capsys, tmp_path)
     bundle = tmp_path / "run.tar"
     assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     for name in (".git/hooks/post-checkout", "outputs/undeclared.bin", "inputs/data/extra.csv", "notes.txt"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("#!/bin/sh\ntouch /tmp/owned\n")
@@ -459,9 +450,7 @@ def test_git_never_reads_a_git_folder_the_bundle_carries(
     run_id, _, public = _signed_run(world, capsys, tmp_path)
     bundle = tmp_path / "run.tar"
     assert world(capsys, "bundle", run_id, "-C", str(world.project), "-o", str(bundle))[0] == 0
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     (root / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
     code, out, err = world(capsys, "verify", str(packed(root, tmp_path / "dotgit.tar")), "--key", str(public))
     assert code == 26 and "MISMATCH bundle file .git: nothing signed names it" in out, out + err
@@ -527,9 +516,7 @@ def test_a_lone_surrogate_in_a_bundles_record_is_one_line_not_a_crash(
 ) -> None:
     """JSON can spell "\\udc80", which is no character: printing or writing it as UTF-8 raises. Refused on reading."""
     bundle, _ = _made(world, capsys)
-    root = tmp_path / "unpacked"
-    root.mkdir()
-    extract(bundle, root)
+    root = unpacked(bundle, tmp_path / "unpacked")
     record = json.loads((root / "run" / "record.json").read_text())
     record["command"] = ["t.py", "\udc80"]
     (root / "run" / "record.json").write_text(json.dumps(record))  # ASCII: the surrogate spelled \udc80
