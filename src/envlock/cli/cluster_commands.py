@@ -74,7 +74,7 @@ def submit_command(
     """
     from envlock.cluster.submit import Submission, sbatch_options_of, submit_project  # noqa: PLC0415
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
-    from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.run.params import parse_given  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.tracking import open_tracking, tracking_settings  # noqa: PLC0415
@@ -97,7 +97,7 @@ def submit_command(
     open_tracking(settings, wiring.tracker)  # an unusable or unreachable store is refused now, not on the node
     # As `envlock run`: the project's declared inputs and params files with the ones given, hashed on the node
     # when the job starts (the data a cluster job reads is bound into its record like a local run's).
-    read = tuple(dict.fromkeys([*spec.run_inputs, *(check_input(path) for path in inputs or [])]))
+    read = spec.run_inputs_with(inputs)
     request = RunRequest(
         command=list(invocation.submit_command),
         seed=seed,

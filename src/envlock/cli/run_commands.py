@@ -69,7 +69,7 @@ def run_command(
 ) -> None:
     """Run a command in the lock's image and record the run under .envlock/runs/ (and in MLflow, when asked)."""
     from envlock.lock.project import check as check_lock  # noqa: PLC0415
-    from envlock.lock.spec import check_input, load_spec  # noqa: PLC0415
+    from envlock.lock.spec import load_spec  # noqa: PLC0415
     from envlock.run.params import parse_given  # noqa: PLC0415
     from envlock.run.runner import RunRequest, project_outputs  # noqa: PLC0415
     from envlock.run.service import run_project  # noqa: PLC0415
@@ -85,7 +85,7 @@ def run_command(
     outputs = project_outputs(spec.project_dir, (*spec.outputs, *(output or [])))
     locked = check_lock(spec)
     tracking = open_tracking(tracking_settings(mlflow, no_mlflow, spec.name, wiring.environ), wiring.tracker)
-    read = tuple(dict.fromkeys([*spec.run_inputs, *(check_input(path) for path in inputs or [])]))
+    read = spec.run_inputs_with(inputs)
     record, store = run_project(
         spec,
         locked,

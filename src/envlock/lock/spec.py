@@ -203,6 +203,11 @@ class Spec:
         """Where this project's lock lives."""
         return ProjectLayout(self.project_dir).lock
 
+    def run_inputs_with(self, given: list[str] | None) -> tuple[str, ...]:
+        """What a run (`run`, `submit`) reads: `inputs = [...]` and then the `--input` paths given, each checked and
+        normalized, once each."""
+        return tuple(dict.fromkeys([*self.run_inputs, *(check_input(path) for path in given or [])]))
+
     def inputs(self) -> dict[str, Any]:
         """Everything that decides the resolution and the image, normalized, credentials removed."""
         inputs = {
