@@ -147,7 +147,7 @@ def writing_to(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise _as_meant(exc, path) from exc
         raise
 
 
