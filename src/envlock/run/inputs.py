@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from envlock.codecs import PATH_DIGESTS, Codec, declared_path_problem, each, field
-from envlock.fsutil import atomic_write_text, read_small_text
+from envlock.fsutil import atomic_write_text, read_small_text, resolves_inside
 
 # A file whose mtime/ctime is this close to the moment it was read may still change within the same timestamp
 # tick without its stat changing: its hash is used but not cached (git's "racy clean" problem).
@@ -25,7 +25,6 @@ def links_out_of(project_dir: Path, declared: tuple[str, ...]) -> list[tuple[str
     """The project's top-level symbolic links that lead outside it to something that exists (a dataset folder
     linked in), not under a declared input: (name, where it points). The container sees the project alone, so there
     they dangle; a declared input is mounted from where the link leads."""
-    root = project_dir.resolve()
     covered = {Path(path).parts[0] for path in declared if Path(path).parts}
     try:
         entries = sorted(os.scandir(project_dir), key=lambda e: e.name)
@@ -33,15 +32,13 @@ def links_out_of(project_dir: Path, declared: tuple[str, ...]) -> list[tuple[str
         return []
     found = []
     for entry in entries:
-        if entry.name in covered or not entry.is_symlink():
+        link = Path(entry.path)
+        # Dangling here too, or a loop (exists() is False for both): nothing the container misses.
+        if entry.name in covered or not entry.is_symlink() or not link.exists():
             continue
-        try:
-            target = Path(entry.path).resolve(strict=True)
-            pointed = str(Path(entry.path).readlink())
-        except (OSError, RuntimeError):  # dangling here too, a loop: nothing the container misses
-            continue
-        if target != root and root not in target.parents:
-            found.append((entry.name, pointed))
+        if not resolves_inside(project_dir, entry.name):
+            with contextlib.suppress(OSError):
+                found.append((entry.name, str(link.readlink())))
     return found
 
 
