@@ -41,6 +41,7 @@ from tests.fakes import FakeLauncher
 from tests.unit import test_cli_commands
 from tests.unit.test_bundle_attacks import _crafted, _edit_record, _made, packed, unpacked
 from tests.unit.test_cli_commands import World
+from tests.unit.test_environment_failures import ODD, WORDS, make_odd, within
 from tests.unit.test_evidence_trust import _git_init, _signed_run
 from tests.unit.test_published import _published_run
 
@@ -719,3 +720,16 @@ def test_an_attested_run_reattested_unchanged_still_verifies(
     attest_run(run_dir, _alice(tmp_path))
     code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
     assert code == 0 and out.splitlines()[-1].startswith("VERIFIED: signed by alice"), out + err
+
+
+@pytest.mark.parametrize("kind", ODD)
+def test_an_attestation_that_is_no_small_file_is_one_line_never_a_hang(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str
+) -> None:
+    """A FIFO in the attestation's place would wait for a writer forever; a 2 GB one would be read into memory."""
+    run_id, run_dir, public = _signed_run(world, capsys, tmp_path)
+    make_odd(run_dir / ATTESTATION, kind)
+    with within(10):
+        code, out, err = world(capsys, "verify", run_id, "-C", str(world.project), "--key", str(public))
+    assert code == 26 and "no readable attestation" in err and WORDS[kind] in err, out + err
+    assert "VERIFIED" not in out

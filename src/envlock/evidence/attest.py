@@ -23,7 +23,7 @@ from envlock import __version__
 from envlock.codecs import strict_json
 from envlock.errors import EnvlockError, UnsignedError, UntrustedKeyError, VerificationError
 from envlock.evidence.trust import Trust, TrustedKey
-from envlock.fsutil import resolves_inside, sha256_file
+from envlock.fsutil import read_small_text, resolves_inside, sha256_file, unreadable
 from envlock.git import own_git, prefix
 from envlock.image.provenance import SLSA_PROVENANCE, hex_of
 from envlock.lock import lockfile
@@ -55,9 +55,9 @@ OriginState = Literal["trusted", "unsigned", "untrusted", "unknown"]
 
 def _record_json(run_dir: Path) -> dict[str, Any]:
     try:
-        data = strict_json((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
+        data = strict_json(read_small_text(run_dir / RECORD_FILE))
     except (OSError, ValueError) as exc:
-        raise VerificationError(f"the run record in {run_dir} is unreadable: {exc}") from exc
+        raise VerificationError(f"the run record in {run_dir} is unreadable: {unreadable(exc)}") from exc
     if not isinstance(data, dict):
         raise VerificationError(f"the run record in {run_dir} is not a table")
     return data
@@ -324,10 +324,10 @@ def verify_run_dir(places: RunPlaces, *, trust: Trust, image_present: Callable[[
     run_dir = places.run_dir
     path = run_dir / ATTESTATION
     try:
-        document = strict_json(path.read_text(encoding="utf-8"))
+        document = strict_json(read_small_text(path))
     except (OSError, ValueError) as exc:
         raise VerificationError(
-            f"no readable attestation at {path} ({exc})",
+            f"no readable attestation at {path} ({unreadable(exc)})",
             hint="every run that ends is attested; envlock attest RUN makes one",
         ) from exc
     statement = open_checked(document, trust, run_dir / SIGNER, checks, "attestation")
@@ -497,7 +497,7 @@ def _check_image(image_id: str, image_present: Callable[[str], bool | None], che
 def verify_envelope_file(path: Path, trust: Trust, image_present: Callable[[str], bool | None]) -> Checks:
     """A lone envelope: a run's (checked against the run folder it sits in) or an image's provenance."""
     try:
-        document = strict_json(path.read_text(encoding="utf-8"))
+        document = strict_json(read_small_text(path))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"{path} is not a readable attestation") from exc
     checks = Checks()

@@ -43,7 +43,14 @@ from envlock.evidence.attest import (
     verify_run_dir,
 )
 from envlock.evidence.trust import Trust
-from envlock.fsutil import atomic_write_text, copy_confined, make_dirs_confined, resolves_inside, sha256_file
+from envlock.fsutil import (
+    atomic_write_text,
+    copy_confined,
+    make_dirs_confined,
+    read_small_text,
+    resolves_inside,
+    sha256_file,
+)
 from envlock.git import bundle_commit, bundle_heads, checkout_bundle, own_git, prefix
 from envlock.image.provenance import attestation_path
 from envlock.image.restore import verify_archive, write_archive_file
@@ -401,7 +408,7 @@ def _check_provenance(path: Path, trust: Trust, image_id: str, lock_hash: str, c
         checks.unchecked.append("image provenance: not in the bundle")
         return
     try:
-        document = strict_json(path.read_text(encoding="utf-8"))
+        document = strict_json(read_small_text(path))
     except (OSError, ValueError) as exc:
         raise VerificationError(f"the bundle's image.dsse.json is not JSON: {exc}") from exc
     seen = Checks()
