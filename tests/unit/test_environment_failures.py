@@ -139,15 +139,16 @@ def test_an_odd_pyproject_toml_is_one_line_exit_20(
     assert lines[-1].startswith("hint: ")
 
 
+@pytest.mark.parametrize("source", ["requirements.txt", "Pipfile.lock", "pdm.lock"])
 @pytest.mark.parametrize("kind", ODD)
 def test_an_odd_requirements_file_to_import_is_one_line_exit_27(
-    capsys: pytest.CaptureFixture[str], locked: Path, kind: str
+    capsys: pytest.CaptureFixture[str], locked: Path, kind: str, source: str
 ) -> None:
-    make_odd(locked / "requirements.txt", kind)
+    make_odd(locked / source, kind)
     before = (locked / "pyproject.toml").read_bytes()
-    code, lines = envlock(capsys, "init", "--from", "requirements.txt", "-C", str(locked))
+    code, lines = envlock(capsys, "init", "--from", source, "-C", str(locked))
     assert code == 27, lines
-    assert lines[0].startswith("error: ") and "requirements.txt" in lines[0]
+    assert lines[0].startswith("error: ") and source in lines[0]
     assert (locked / "pyproject.toml").read_bytes() == before
 
 

@@ -382,11 +382,13 @@ PIPFILE_SPEC = 6  # what pipenv has written since 2018; an older one has the sam
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(read_small_text(path))
     except json.JSONDecodeError as exc:
         raise ImportSourceError(f"{path.name}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
-    except (OSError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImportSourceError(f"cannot read {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportSourceError(f"cannot read {path}: {unreadable(exc)}") from exc
+    except RecursionError as exc:
+        raise ImportSourceError(f"cannot read {path}: its tables or arrays are nested too deeply") from exc
     if not isinstance(document, dict):
         raise ImportSourceError(f"{path.name} is not a Pipfile.lock (a JSON object with _meta and default)")
     return document
