@@ -737,8 +737,8 @@ def from_conda(path: Path) -> Imported:
 
 def _pip_wins(imported: Imported, conda_count: int) -> None:
     """A package in both sections is installed by pip last in conda: its pip line is the one kept."""
-    from_pip = {canonicalize_name(Requirement(r).name) for r in imported.requirements[conda_count:]}
-    kept = [r for r in imported.requirements[:conda_count] if canonicalize_name(Requirement(r).name) not in from_pip]
+    from_pip = {_requirement_name(r) for r in imported.requirements[conda_count:]}
+    kept = [r for r in imported.requirements[:conda_count] if _requirement_name(r) not in from_pip]
     imported.requirements[:conda_count] = kept
 
 
